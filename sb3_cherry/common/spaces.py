@@ -1,0 +1,145 @@
+"""
+Flat encoding of (possibly nested) ``Tuple`` action spaces.
+
+SB3's rollout buffers store actions as a float array of shape ``(n_steps, n_envs, action_dim)``.
+A ``Tuple`` action is stored as the concatenation of its components, depth first:
+
+- ``Discrete(n)``: one column holding the index (as float),
+- ``MultiDiscrete(nvec)``: ``len(nvec)`` columns of indices,
+- ``MultiBinary(n)``: ``n`` columns of 0/1,
+- ``Box(shape)``: ``prod(shape)`` columns,
+- ``Tuple``: its components' columns, in order.
+
+This is *not* gymnasium's ``flatten`` (which one-hot encodes discrete components): the index
+encoding is what the action distributions evaluate log-probabilities on.
+"""
+
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+
+SUPPORTED_COMPONENTS = (spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary, spaces.Box, spaces.Tuple)
+
+
+def check_action_space(space: spaces.Space) -> None:
+    """
+    Raise a ``ValueError`` if ``space`` (or one of its ``Tuple`` components) cannot be encoded.
+
+    :param space: the action space
+    """
+    if isinstance(space, spaces.Tuple):
+        if len(space.spaces) == 0:
+            raise ValueError("Empty Tuple action spaces are not supported: give the Tuple at least one component.")
+        for sub in space.spaces:
+            check_action_space(sub)
+    elif not isinstance(space, SUPPORTED_COMPONENTS):
+        raise ValueError(
+            f"Unsupported action space component {space!r}: sb3_cherry supports Discrete, MultiDiscrete, "
+            "MultiBinary, Box and (nested) Tuples of them."
+        )
+
+
+def flat_action_dim(space: spaces.Space) -> int:
+    """
+    Number of columns of the flat encoding of an action of ``space``.
+
+    :param space: the action space
+    :return: the flat dimension
+    """
+    if isinstance(space, spaces.Discrete):
+        return 1
+    if isinstance(space, spaces.MultiDiscrete):
+        return int(np.prod(space.nvec.shape))
+    if isinstance(space, spaces.MultiBinary):
+        return int(np.prod(space.shape))
+    if isinstance(space, spaces.Box):
+        return int(np.prod(space.shape))
+    if isinstance(space, spaces.Tuple):
+        return sum(flat_action_dim(sub) for sub in space.spaces)
+    check_action_space(space)
+    raise AssertionError("unreachable")
+
+
+def flat_action_space(space: spaces.Space) -> spaces.Box:
+    """
+    A ``Box`` with the shape of the flat encoding (bounds are not meaningful for discrete columns).
+
+    :param space: the action space
+    :return: a float32 ``Box`` of shape ``(flat_action_dim(space),)``
+    """
+    return spaces.Box(-np.inf, np.inf, shape=(flat_action_dim(space),), dtype=np.float32)
+
+
+def flatten_action(space: spaces.Space, action: Any) -> np.ndarray:
+    """
+    Encode one action of ``space`` as a flat float32 vector.
+
+    :param space: the action space
+    :param action: an element of ``space``
+    :return: array of shape ``(flat_action_dim(space),)``
+    """
+    if isinstance(space, spaces.Tuple):
+        if not isinstance(action, (tuple, list)) or len(action) != len(space.spaces):
+            raise ValueError(f"Expected a tuple of {len(space.spaces)} components for {space}, got {action!r}.")
+        return np.concatenate([flatten_action(sub, a) for sub, a in zip(space.spaces, action)]).astype(np.float32)
+    return np.asarray(action, dtype=np.float32).reshape(-1)
+
+
+def unflatten_action(space: spaces.Space, flat: np.ndarray, clip: bool = True) -> Any:
+    """
+    Decode one flat action into an element of ``space``.
+
+    :param space: the action space
+    :param flat: array of shape ``(flat_action_dim(space),)``
+    :param clip: clip ``Box`` components to their bounds (as SB3 does for Gaussian actions)
+    :return: the action (a tuple for ``Tuple`` spaces)
+    """
+    flat = np.asarray(flat)
+    if flat.shape != (flat_action_dim(space),):
+        raise ValueError(f"Flat action of shape {flat.shape} does not match {space} (expected ({flat_action_dim(space)},)).")
+    return _unflatten(space, flat, clip)
+
+
+def _unflatten(space: spaces.Space, flat: np.ndarray, clip: bool) -> Any:
+    if isinstance(space, spaces.Tuple):
+        out, start = [], 0
+        for sub in space.spaces:
+            dim = flat_action_dim(sub)
+            out.append(_unflatten(sub, flat[start : start + dim], clip))
+            start += dim
+        return tuple(out)
+    if isinstance(space, spaces.Discrete):
+        return np.int64(np.rint(flat[0]))
+    if isinstance(space, (spaces.MultiDiscrete, spaces.MultiBinary)):
+        return np.rint(flat).astype(space.dtype).reshape(space.shape)
+    assert isinstance(space, spaces.Box)
+    box = flat.astype(space.dtype).reshape(space.shape)
+    return np.clip(box, space.low, space.high) if clip else box
+
+
+def unflatten_actions(space: spaces.Space, flat: np.ndarray, clip: bool = True) -> list[Any]:
+    """
+    Decode a batch of flat actions.
+
+    :param space: the action space
+    :param flat: array of shape ``(batch, flat_action_dim(space))``
+    :param clip: clip ``Box`` components to their bounds
+    :return: a list of ``batch`` actions
+    """
+    return [unflatten_action(space, row, clip) for row in np.asarray(flat).reshape(len(flat), -1)]
+
+
+def component_slices(space: spaces.Tuple) -> list[slice]:
+    """
+    Column slices of each top-level component in the flat encoding of a ``Tuple`` space.
+
+    :param space: a ``Tuple`` space
+    :return: one slice per component
+    """
+    slices, start = [], 0
+    for sub in space.spaces:
+        dim = flat_action_dim(sub)
+        slices.append(slice(start, start + dim))
+        start += dim
+    return slices
