@@ -1,0 +1,231 @@
+"""
+Rollout buffers with a choice of returns estimator and flat storage of Tuple actions.
+
+They are SB3's ``RolloutBuffer`` / ``DictRolloutBuffer``; only ``compute_returns_and_advantage`` is overridden
+(it dispatches to the pure functions of :mod:`sb3_cherry.common.returns`), plus
+:meth:`ReturnsEstimatorMixin.recompute_returns_and_advantage`, which re-evaluates values and log-probabilities with
+the current networks (cherry_rl recomputes targets before every epoch).
+"""
+
+from typing import Any
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.utils import obs_as_tensor
+
+from sb3_cherry.common import returns as returns_lib
+from sb3_cherry.common.spaces import flat_action_space
+
+RETURNS_ESTIMATORS = ("gae", "one_step", "n_step", "vtrace")
+
+
+def check_estimator_args(returns_estimator: str, n_step: int, rho_bar: float, c_bar: float) -> None:
+    """
+    Validate the returns estimator arguments.
+
+    :param returns_estimator: one of ``RETURNS_ESTIMATORS``
+    :param n_step: horizon of the n-step estimator
+    :param rho_bar: V-trace truncation of the importance weights in the TD errors
+    :param c_bar: V-trace truncation of the traces
+    :raises ValueError: naming the bad argument
+    """
+    if returns_estimator not in RETURNS_ESTIMATORS:
+        raise ValueError(f"Unknown returns_estimator={returns_estimator!r}: choose one of {list(RETURNS_ESTIMATORS)}.")
+    if int(n_step) < 1:
+        raise ValueError(f"n_step must be >= 1, got {n_step}.")
+    if rho_bar <= 0 or c_bar <= 0:
+        raise ValueError(f"rho_bar and c_bar must be > 0, got rho_bar={rho_bar}, c_bar={c_bar}.")
+
+
+class ReturnsEstimatorMixin:
+    """
+    Returns estimators for SB3 rollout buffers. Must come before the SB3 buffer class in the bases.
+
+    Arrays are ``(n_steps, n_envs)``. ``dones[t]`` (episode ended after step t) is derived from SB3's
+    ``episode_starts``; time-limit truncations arrive already bootstrapped in the rewards, as SB3's
+    ``collect_rollouts`` adds ``gamma * V(terminal_obs)`` to the reward.
+    """
+
+    # Set by the concrete buffers' __init__
+    returns_estimator: str
+    n_step: int
+    rho_bar: float
+    c_bar: float
+    original_action_space: spaces.Space
+    rewards: np.ndarray
+    values: np.ndarray
+    log_probs: np.ndarray
+    episode_starts: np.ndarray
+    returns: np.ndarray
+    advantages: np.ndarray
+    buffer_size: int
+    n_envs: int
+    gamma: float
+    gae_lambda: float
+    generator_ready: bool
+    device: th.device
+
+    def __init__(
+        self,
+        buffer_size: int,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        device: th.device | str = "auto",
+        gae_lambda: float = 1,
+        gamma: float = 0.99,
+        n_envs: int = 1,
+        returns_estimator: str = "gae",
+        n_step: int = 5,
+        rho_bar: float = 1.0,
+        c_bar: float = 1.0,
+    ):
+        check_estimator_args(returns_estimator, n_step, rho_bar, c_bar)
+        self.returns_estimator = returns_estimator
+        self.n_step = int(n_step)
+        self.rho_bar = float(rho_bar)
+        self.c_bar = float(c_bar)
+        self.last_dones = np.zeros(0)
+        self.original_action_space = action_space
+        storage_space = flat_action_space(action_space) if isinstance(action_space, spaces.Tuple) else action_space
+        super().__init__(buffer_size, observation_space, storage_space, device, gae_lambda, gamma, n_envs)  # type: ignore[call-arg]
+
+    def _dones_after(self, last_dones: np.ndarray) -> np.ndarray:
+        """``dones[t]``: the episode ended after step t (SB3 stores the shifted ``episode_starts``)."""
+        dones = np.empty_like(self.episode_starts)
+        dones[:-1] = self.episode_starts[1:]
+        dones[-1] = np.asarray(last_dones, dtype=np.float32)
+        return dones
+
+    def _estimate(self, values: np.ndarray, last_values: np.ndarray, log_ratios: np.ndarray | None) -> None:
+        """Fill ``self.returns`` and ``self.advantages`` (shape ``(n_steps, n_envs)``)."""
+        dones = self._dones_after(self.last_dones)
+        if self.returns_estimator == "gae":
+            ret, adv = returns_lib.gae(self.rewards, values, last_values, dones, self.gamma, self.gae_lambda)
+        elif self.returns_estimator == "one_step":
+            ret, adv = returns_lib.one_step(self.rewards, values, last_values, dones, self.gamma)
+        elif self.returns_estimator == "n_step":
+            ret, adv = returns_lib.n_step(self.rewards, values, last_values, dones, self.gamma, self.n_step)
+        else:
+            if log_ratios is None:
+                log_ratios = np.zeros_like(self.rewards)
+            ret, adv = returns_lib.vtrace(
+                self.rewards,
+                values,
+                last_values,
+                dones,
+                log_ratios,
+                self.gamma,
+                gae_lambda=self.gae_lambda,
+                rho_bar=self.rho_bar,
+                c_bar=self.c_bar,
+            )
+        self.returns, self.advantages = ret.astype(np.float32), adv.astype(np.float32)
+
+    def compute_returns_and_advantage(self, last_values: th.Tensor, dones: np.ndarray) -> None:
+        """
+        Compute returns and advantages with the chosen estimator (on-policy data: V-trace ratios are 1).
+
+        :param last_values: state value estimation for the last step (one for each env)
+        :param dones: if the last step was a terminal step (one bool for each env)
+        """
+        self.last_dones = np.asarray(dones, dtype=np.float32).copy()
+        last = last_values.clone().cpu().numpy().flatten()
+        self._estimate(self.values, last, None)
+
+    def compute_off_policy_returns(self, last_values: th.Tensor, dones: np.ndarray, log_ratios: np.ndarray) -> None:
+        """
+        Compute returns and advantages for data collected by another (behaviour) policy.
+
+        :param last_values: state value estimation for the last step (one for each env)
+        :param dones: if the last step was a terminal step (one bool for each env)
+        :param log_ratios: ``log pi(a|s) - log mu(a|s)``, shape ``(n_steps, n_envs)``
+        """
+        self.last_dones = np.asarray(dones, dtype=np.float32).copy()
+        self._estimate(self.values, last_values.clone().cpu().numpy().flatten(), log_ratios)
+
+    def _unflat(self, arr: np.ndarray) -> np.ndarray:
+        """Inverse of ``swap_and_flatten`` for per-step scalars: ``(n_steps * n_envs, ...)`` to ``(n_steps, n_envs)``."""
+        return arr.reshape(self.n_envs, self.buffer_size).swapaxes(0, 1)
+
+    def _flat_observations(self) -> Any:
+        raise NotImplementedError
+
+    def recompute_returns_and_advantage(self, policy: ActorCriticPolicy, last_obs: Any, chunk_size: int = 4096) -> None:
+        """
+        Re-evaluate values (and, for V-trace, log-probabilities of the stored actions) with the current networks,
+        then recompute returns and advantages. The stored ``values`` / ``log_probs`` of the collecting policy are
+        kept (PPO's ratio and value clipping refer to them).
+
+        :param policy: the current policy
+        :param last_obs: observation after the last step (the algorithm's ``_last_obs``)
+        :param chunk_size: evaluation batch size
+        """
+        flat = self.generator_ready
+        obs = self._flat_observations()
+        actions = self.actions if flat else self.swap_and_flatten(self.actions)  # type: ignore[attr-defined]
+        old_log_probs = self.log_probs.reshape(-1) if flat else self.swap_and_flatten(self.log_probs).reshape(-1)  # type: ignore[attr-defined]
+        total = self.buffer_size * self.n_envs
+        new_values, new_log_probs = np.empty(total, np.float32), np.empty(total, np.float32)
+        with th.no_grad():
+            for start in range(0, total, chunk_size):
+                idx = slice(start, start + chunk_size)
+                obs_chunk = {k: v[idx] for k, v in obs.items()} if isinstance(obs, dict) else obs[idx]
+                act = th.as_tensor(actions[idx], device=self.device)
+                if isinstance(self.original_action_space, spaces.Discrete):
+                    act = act.long().flatten()
+                values, log_prob, _ = policy.evaluate_actions(obs_as_tensor(obs_chunk, self.device), act)  # type: ignore[arg-type]
+                new_values[idx] = values.flatten().cpu().numpy()
+                new_log_probs[idx] = log_prob.cpu().numpy()
+            last_values = policy.predict_values(obs_as_tensor(last_obs, self.device)).cpu().numpy().flatten()  # type: ignore[arg-type]
+        log_ratios = self._unflat(new_log_probs - old_log_probs)
+        self._estimate(self._unflat(new_values), last_values, log_ratios)
+        if flat:
+            self.returns = self.swap_and_flatten(self.returns)  # type: ignore[attr-defined]
+            self.advantages = self.swap_and_flatten(self.advantages)  # type: ignore[attr-defined]
+
+
+class CherryRolloutBuffer(ReturnsEstimatorMixin, RolloutBuffer):
+    """
+    SB3's ``RolloutBuffer`` with a choice of returns estimator; Tuple actions are stored flat.
+
+    :param buffer_size: Max number of element in the buffer
+    :param observation_space: Observation space
+    :param action_space: Action space (Tuple spaces are stored in their flat encoding)
+    :param device: PyTorch device
+    :param gae_lambda: lambda of GAE, and the trace coefficient of V-trace
+    :param gamma: Discount factor
+    :param n_envs: Number of parallel environments
+    :param returns_estimator: ``"gae"``, ``"one_step"``, ``"n_step"`` or ``"vtrace"``
+    :param n_step: horizon of the ``"n_step"`` estimator
+    :param rho_bar: V-trace truncation level of the importance weights in the TD errors
+    :param c_bar: V-trace truncation level of the traces
+    """
+
+    def _flat_observations(self) -> np.ndarray:
+        return self.observations if self.generator_ready else self.swap_and_flatten(self.observations)
+
+
+class CherryDictRolloutBuffer(ReturnsEstimatorMixin, DictRolloutBuffer):
+    """
+    SB3's ``DictRolloutBuffer`` (Dict observations) with a choice of returns estimator; Tuple actions are stored flat.
+
+    :param buffer_size: Max number of element in the buffer
+    :param observation_space: Observation space (``Dict``)
+    :param action_space: Action space (Tuple spaces are stored in their flat encoding)
+    :param device: PyTorch device
+    :param gae_lambda: lambda of GAE, and the trace coefficient of V-trace
+    :param gamma: Discount factor
+    :param n_envs: Number of parallel environments
+    :param returns_estimator: ``"gae"``, ``"one_step"``, ``"n_step"`` or ``"vtrace"``
+    :param n_step: horizon of the ``"n_step"`` estimator
+    :param rho_bar: V-trace truncation level of the importance weights in the TD errors
+    :param c_bar: V-trace truncation level of the traces
+    """
+
+    def _flat_observations(self) -> dict[str, np.ndarray]:
+        if self.generator_ready:
+            return self.observations
+        return {key: self.swap_and_flatten(obs) for key, obs in self.observations.items()}

@@ -1,0 +1,619 @@
+"""
+Action distributions that Stable-Baselines3 lacks, behind SB3's ``Distribution`` interface.
+
+Every distribution here (a :class:`CherryDistribution`) is parameterised by ONE flat tensor produced by the
+module returned from :meth:`CherryDistribution.proba_distribution_net`, and evaluates actions in the flat encoding of
+:mod:`sb3_cherry.common.spaces` (shape ``(batch, action_dim)``; ``(batch,)`` is accepted for one-column actions).
+This uniform interface is what lets a :class:`TupleDistribution` hold one distribution per component.
+
+Distributions by action space (first one is the default):
+
+====================  ==========================================================
+space                 names accepted by :func:`make_distribution`
+====================  ==========================================================
+``Box``               ``"normal"``, ``"beta"``, ``"tanh_normal"``
+``Discrete``          ``"categorical"``, ``"gumbel_softmax"``
+``MultiDiscrete``     ``"multi_categorical"`` (alias ``"categorical"``)
+``MultiBinary``       ``"bernoulli"``
+``Tuple``             a tuple of the above, one per component (nested for nested Tuples)
+====================  ==========================================================
+
+For a non-Tuple space, the default pairing returns SB3's own distribution class, so that sb3_cherry reproduces
+SB3 exactly.
+"""
+
+import math
+from collections.abc import Sequence
+from typing import Any, TypeVar, Union
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common import distributions as sb3_dist
+from stable_baselines3.common.distributions import Distribution, make_proba_distribution
+from torch import nn
+from torch.distributions import Beta, Categorical, Normal
+from torch.distributions import kl_divergence as th_kl_divergence
+from torch.nn import functional as F
+
+from sb3_cherry.common.spaces import check_action_space
+
+SelfCherryDistribution = TypeVar("SelfCherryDistribution", bound="CherryDistribution")
+
+#: A distribution spec: a name, ``None`` (the space's default) or a sequence of specs for a Tuple space.
+DistributionSpec = Union[str, None, Sequence["DistributionSpec"]]
+
+BOX_DISTRIBUTIONS = ("normal", "beta", "tanh_normal")
+DISCRETE_DISTRIBUTIONS = ("categorical", "gumbel_softmax")
+MULTI_DISCRETE_DISTRIBUTIONS = ("multi_categorical", "categorical")
+MULTI_BINARY_DISTRIBUTIONS = ("bernoulli",)
+
+
+def _as_columns(actions: th.Tensor, dim: int) -> th.Tensor:
+    """Reshape actions to ``(batch, dim)``."""
+    return actions.reshape(-1, dim)
+
+
+def _finite_bounds(space: spaces.Box, name: str) -> tuple[th.Tensor, th.Tensor]:
+    if not (np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))):
+        raise ValueError(
+            f"The '{name}' distribution maps onto the Box bounds, but {space} has infinite bounds. "
+            "Use action_distribution='normal' or give the Box finite bounds."
+        )
+    low = th.as_tensor(space.low.reshape(-1), dtype=th.float32)
+    high = th.as_tensor(space.high.reshape(-1), dtype=th.float32)
+    return low, high
+
+
+class CherryDistribution(Distribution):
+    """
+    Base class of sb3_cherry distributions: parameterised by one flat tensor, evaluated on flat actions.
+
+    :param action_dim: number of columns of the flat action encoding
+    :param param_dim: number of distribution parameters per sample (output size of the action net)
+    """
+
+    def __init__(self, action_dim: int, param_dim: int):
+        super().__init__()
+        self.action_dim = action_dim
+        self.param_dim = param_dim
+
+    def proba_distribution_net(self, latent_dim: int, log_std_init: float = 0.0) -> nn.Module:
+        """
+        The layer mapping the policy latent to the distribution parameters (default: one linear layer).
+
+        :param latent_dim: dimension of the policy latent
+        :param log_std_init: initial log standard deviation (Gaussian families only)
+        :return: a module mapping ``(batch, latent_dim)`` to ``(batch, param_dim)``
+        """
+        return nn.Linear(latent_dim, self.param_dim)
+
+    def actions_from_params(self, params: th.Tensor, deterministic: bool = False) -> th.Tensor:
+        """
+        Sample (or take the mode) from the distribution with the given parameters.
+
+        :param params: distribution parameters, ``(batch, param_dim)``
+        :param deterministic: return the mode instead of a sample
+        :return: actions
+        """
+        self.proba_distribution(params)
+        return self.get_actions(deterministic=deterministic)
+
+    def log_prob_from_params(self, params: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        """
+        Sample from the distribution with the given parameters, with the samples' log-probabilities.
+
+        :param params: distribution parameters, ``(batch, param_dim)``
+        :return: actions and their log-probabilities
+        """
+        actions = self.actions_from_params(params)
+        return actions, self.log_prob(actions)
+
+    def kl(self, other: "CherryDistribution") -> th.Tensor:
+        """
+        KL(self || other), summed over action dimensions.
+
+        :param other: a distribution of the same class and space
+        :return: shape ``(batch,)``
+        """
+        return th_kl_divergence(self.distribution, other.distribution).reshape(len(self._batch_ref()), -1).sum(dim=1)
+
+    def _batch_ref(self) -> th.Tensor:
+        raise NotImplementedError
+
+
+class _GaussianHead(nn.Module):
+    """Linear mean and a state-independent log standard deviation, output as ``[mean, log_std]``."""
+
+    def __init__(self, latent_dim: int, action_dim: int, log_std_init: float):
+        super().__init__()
+        self.mean = nn.Linear(latent_dim, action_dim)
+        self.log_std = nn.Parameter(th.ones(action_dim) * log_std_init, requires_grad=True)
+
+    def forward(self, latent: th.Tensor) -> th.Tensor:
+        mean = self.mean(latent)
+        return th.cat([mean, self.log_std.expand_as(mean)], dim=-1)
+
+
+class NormalDistribution(CherryDistribution):
+    """
+    Diagonal Gaussian with a state-independent standard deviation (SB3's ``DiagGaussianDistribution``, in the
+    flat-parameter interface used inside Tuple distributions). Samples are unbounded; like SB3, they are clipped to the
+    Box bounds only when sent to the environment.
+
+    :param space: the ``Box`` action space
+    """
+
+    def __init__(self, space: spaces.Box):
+        dim = int(np.prod(space.shape))
+        super().__init__(action_dim=dim, param_dim=2 * dim)
+
+    def proba_distribution_net(self, latent_dim: int, log_std_init: float = 0.0) -> nn.Module:
+        return _GaussianHead(latent_dim, self.action_dim, log_std_init)
+
+    def proba_distribution(self: SelfCherryDistribution, params: th.Tensor) -> SelfCherryDistribution:
+        mean, log_std = params.split(self.action_dim, dim=-1)  # type: ignore[attr-defined]
+        self.distribution = Normal(mean, log_std.exp())
+        return self
+
+    def _batch_ref(self) -> th.Tensor:
+        return self.distribution.loc
+
+    def log_prob(self, actions: th.Tensor) -> th.Tensor:
+        return self.distribution.log_prob(_as_columns(actions, self.action_dim)).sum(dim=1)
+
+    def entropy(self) -> th.Tensor:
+        return self.distribution.entropy().sum(dim=1)
+
+    def sample(self) -> th.Tensor:
+        return self.distribution.rsample()
+
+    def mode(self) -> th.Tensor:
+        return self.distribution.mean
+
+
+class TanhNormalDistribution(CherryDistribution):
+    """
+    tanh-squashed diagonal Gaussian mapped affinely onto the Box bounds: ``a = low + (tanh(u) + 1) / 2 * (high - low)``
+    with ``u ~ N(mean, std)`` and a state-independent ``std``.
+
+    The log-density is exact, change of variables included:
+    ``log p(a) = log N(u) - log(1 - tanh(u)^2) - log((high - low) / 2)`` summed over dimensions, with
+    ``log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u))`` for numerical stability.
+    Actions on (or numerically at) the bounds are moved ``epsilon`` inside before inverting ``tanh``, so log-probs
+    and gradients stay finite.
+
+    :param space: the ``Box`` action space (finite bounds)
+    :param epsilon: margin used when inverting ``tanh`` at the bounds
+    """
+
+    def __init__(self, space: spaces.Box, epsilon: float = 1e-6):
+        dim = int(np.prod(space.shape))
+        super().__init__(action_dim=dim, param_dim=2 * dim)
+        self.low, self.high = _finite_bounds(space, "tanh_normal")
+        self.epsilon = epsilon
+
+    def proba_distribution_net(self, latent_dim: int, log_std_init: float = 0.0) -> nn.Module:
+        return _GaussianHead(latent_dim, self.action_dim, log_std_init)
+
+    def proba_distribution(self: SelfCherryDistribution, params: th.Tensor) -> SelfCherryDistribution:
+        mean, log_std = params.split(self.action_dim, dim=-1)  # type: ignore[attr-defined]
+        self.distribution = Normal(mean, log_std.exp())
+        return self
+
+    def _batch_ref(self) -> th.Tensor:
+        return self.distribution.loc
+
+    def _to_bounds(self, squashed: th.Tensor) -> th.Tensor:
+        low, high = self.low.to(squashed.device), self.high.to(squashed.device)
+        return low + 0.5 * (squashed + 1.0) * (high - low)
+
+    def log_prob(self, actions: th.Tensor) -> th.Tensor:
+        actions = _as_columns(actions, self.action_dim).to(self.distribution.loc.dtype)
+        low, high = self.low.to(actions.device), self.high.to(actions.device)
+        squashed = 2.0 * (actions - low) / (high - low) - 1.0
+        # Keep atanh finite for actions on the bounds (float32 tanh saturates at |u| ~ 9)
+        squashed = squashed.clamp(-1.0 + self.epsilon, 1.0 - self.epsilon)
+        u = th.atanh(squashed)
+        log_det_tanh = 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))
+        log_det_affine = th.log((high - low) / 2.0)
+        return (self.distribution.log_prob(u) - log_det_tanh - log_det_affine).sum(dim=1)
+
+    def entropy(self) -> th.Tensor | None:
+        # No closed form: PPO/A2C then use -log_prob as the entropy estimate, as SB3 does for squashed Gaussians
+        return None
+
+    def sample(self) -> th.Tensor:
+        return self._to_bounds(th.tanh(self.distribution.rsample()))
+
+    def mode(self) -> th.Tensor:
+        return self._to_bounds(th.tanh(self.distribution.mean))
+
+
+class BetaDistribution(CherryDistribution):
+    """
+    Beta distribution per action dimension, mapped affinely onto the Box bounds (Chou et al., 2017).
+    Concentrations are ``softplus(x) + 1`` so the density is unimodal and bounded. Log-probs include the
+    ``-log(high - low)`` of the affine map; actions on the bounds are moved ``epsilon`` inside (relative to the
+    range), so log-probs and gradients stay finite.
+
+    :param space: the ``Box`` action space (finite bounds)
+    :param epsilon: relative margin at the bounds
+    """
+
+    def __init__(self, space: spaces.Box, epsilon: float = 1e-6):
+        dim = int(np.prod(space.shape))
+        super().__init__(action_dim=dim, param_dim=2 * dim)
+        self.low, self.high = _finite_bounds(space, "beta")
+        self.epsilon = epsilon
+
+    def proba_distribution(self: SelfCherryDistribution, params: th.Tensor) -> SelfCherryDistribution:
+        alpha, beta = (F.softplus(p) + 1.0 for p in params.split(self.action_dim, dim=-1))  # type: ignore[attr-defined]
+        self.distribution = Beta(alpha, beta)
+        return self
+
+    def _batch_ref(self) -> th.Tensor:
+        return self.distribution.concentration1
+
+    def _to_bounds(self, unit: th.Tensor) -> th.Tensor:
+        low, high = self.low.to(unit.device), self.high.to(unit.device)
+        return low + unit * (high - low)
+
+    def log_prob(self, actions: th.Tensor) -> th.Tensor:
+        actions = _as_columns(actions, self.action_dim).to(self.distribution.concentration1.dtype)
+        low, high = self.low.to(actions.device), self.high.to(actions.device)
+        unit = ((actions - low) / (high - low)).clamp(self.epsilon, 1.0 - self.epsilon)
+        return (self.distribution.log_prob(unit) - th.log(high - low)).sum(dim=1)
+
+    def entropy(self) -> th.Tensor:
+        low, high = self.low.to(self._batch_ref().device), self.high.to(self._batch_ref().device)
+        return (self.distribution.entropy() + th.log(high - low)).sum(dim=1)
+
+    def sample(self) -> th.Tensor:
+        return self._to_bounds(self.distribution.rsample())
+
+    def mode(self) -> th.Tensor:
+        alpha, beta = self.distribution.concentration1, self.distribution.concentration0
+        return self._to_bounds((alpha - 1.0) / (alpha + beta - 2.0))
+
+
+class CategoricalDistribution(CherryDistribution):
+    """
+    Categorical distribution over ``Discrete(n)`` (flat encoding: one column holding the index).
+
+    :param space: the ``Discrete`` action space
+    """
+
+    def __init__(self, space: spaces.Discrete):
+        super().__init__(action_dim=1, param_dim=int(space.n))
+        self.start = int(space.start)
+
+    def proba_distribution(self: SelfCherryDistribution, params: th.Tensor) -> SelfCherryDistribution:
+        self.distribution = Categorical(logits=params)
+        return self
+
+    def _batch_ref(self) -> th.Tensor:
+        return self.distribution.logits
+
+    def log_prob(self, actions: th.Tensor) -> th.Tensor:
+        index = _as_columns(actions, 1)[:, 0].round().long() - self.start
+        return self.distribution.log_prob(index)
+
+    def entropy(self) -> th.Tensor:
+        return self.distribution.entropy()
+
+    def sample(self) -> th.Tensor:
+        return self.distribution.sample().unsqueeze(1) + self.start
+
+    def mode(self) -> th.Tensor:
+        return self.distribution.probs.argmax(dim=1, keepdim=True) + self.start
+
+    def kl(self, other: CherryDistribution) -> th.Tensor:
+        return th_kl_divergence(self.distribution, other.distribution)
+
+
+class GumbelSoftmaxDistribution(CategoricalDistribution):
+    """
+    Categorical distribution with the Gumbel-Softmax relaxation (Jang et al., 2017; Maddison et al., 2017).
+
+    Actions sent to the environment are the hard ``argmax(logits + g)``, ``g ~ Gumbel(0, 1)`` (the Gumbel-max trick,
+    an exact categorical sample whatever the temperature), and log-probabilities are the exact categorical ones, so
+    PPO's ratios are unbiased. :meth:`relaxed_sample` gives the differentiable relaxed one-hot sample (straight-through
+    with ``hard=True``) for objectives that backpropagate through the action.
+
+    :param space: the ``Discrete`` action space
+    :param temperature: relaxation temperature (> 0)
+    """
+
+    def __init__(self, space: spaces.Discrete, temperature: float = 1.0):
+        if temperature <= 0:
+            raise ValueError(f"gumbel_softmax temperature must be > 0, got {temperature}.")
+        super().__init__(space)
+        self.temperature = temperature
+
+    def relaxed_sample(self, hard: bool = False) -> th.Tensor:
+        """
+        Differentiable relaxed one-hot sample.
+
+        :param hard: straight-through estimator (one-hot forward, relaxed gradient)
+        :return: shape ``(batch, n)``
+        """
+        return F.gumbel_softmax(self.distribution.logits, tau=self.temperature, hard=hard)
+
+    def sample(self) -> th.Tensor:
+        gumbel = -th.log(-th.log(th.rand_like(self.distribution.logits).clamp_min(1e-20)))
+        return (self.distribution.logits + gumbel).argmax(dim=1, keepdim=True) + self.start
+
+
+class MultiCategoricalDistribution(CherryDistribution):
+    """
+    Independent categoricals over ``MultiDiscrete(nvec)``.
+
+    :param space: the ``MultiDiscrete`` action space
+    """
+
+    def __init__(self, space: spaces.MultiDiscrete):
+        self.nvec = [int(n) for n in space.nvec.reshape(-1)]
+        self.start = th.as_tensor(np.asarray(space.start).reshape(-1), dtype=th.long)
+        super().__init__(action_dim=len(self.nvec), param_dim=sum(self.nvec))
+
+    def proba_distribution(self: SelfCherryDistribution, params: th.Tensor) -> SelfCherryDistribution:
+        self.distribution = [Categorical(logits=split) for split in th.split(params, self.nvec, dim=1)]  # type: ignore
+        return self
+
+    def _batch_ref(self) -> th.Tensor:
+        return self.distribution[0].logits
+
+    def log_prob(self, actions: th.Tensor) -> th.Tensor:
+        index = _as_columns(actions, self.action_dim).round().long() - self.start.to(actions.device)
+        return th.stack([d.log_prob(a) for d, a in zip(self.distribution, th.unbind(index, dim=1))], dim=1).sum(dim=1)
+
+    def entropy(self) -> th.Tensor:
+        return th.stack([d.entropy() for d in self.distribution], dim=1).sum(dim=1)
+
+    def sample(self) -> th.Tensor:
+        return th.stack([d.sample() for d in self.distribution], dim=1) + self.start.to(self._batch_ref().device)
+
+    def mode(self) -> th.Tensor:
+        return th.stack([d.probs.argmax(dim=1) for d in self.distribution], dim=1) + self.start.to(self._batch_ref().device)
+
+    def kl(self, other: CherryDistribution) -> th.Tensor:
+        return th.stack([th_kl_divergence(p, q) for p, q in zip(self.distribution, other.distribution)], dim=1).sum(dim=1)
+
+
+class BernoulliDistribution(CherryDistribution):
+    """
+    Independent Bernoullis over ``MultiBinary(n)``.
+
+    :param space: the ``MultiBinary`` action space
+    """
+
+    def __init__(self, space: spaces.MultiBinary):
+        dim = int(np.prod(space.shape))
+        super().__init__(action_dim=dim, param_dim=dim)
+
+    def proba_distribution(self: SelfCherryDistribution, params: th.Tensor) -> SelfCherryDistribution:
+        self.distribution = th.distributions.Bernoulli(logits=params)
+        return self
+
+    def _batch_ref(self) -> th.Tensor:
+        return self.distribution.logits
+
+    def log_prob(self, actions: th.Tensor) -> th.Tensor:
+        return self.distribution.log_prob(_as_columns(actions, self.action_dim).float()).sum(dim=1)
+
+    def entropy(self) -> th.Tensor:
+        return self.distribution.entropy().sum(dim=1)
+
+    def sample(self) -> th.Tensor:
+        return self.distribution.sample()
+
+    def mode(self) -> th.Tensor:
+        return th.round(self.distribution.probs)
+
+
+class _TupleHead(nn.Module):
+    """One parameter head per Tuple component, outputs concatenated."""
+
+    def __init__(self, heads: list[nn.Module]):
+        super().__init__()
+        self.heads = nn.ModuleList(heads)
+
+    def forward(self, latent: th.Tensor) -> th.Tensor:
+        return th.cat([head(latent) for head in self.heads], dim=-1)
+
+
+class TupleDistribution(CherryDistribution):
+    """
+    Product distribution over a ``Tuple`` action space: one distribution per component, independent given the
+    observation. Log-probabilities and entropies add; actions are the concatenation of the components' flat actions
+    (:mod:`sb3_cherry.common.spaces`). Entropy is ``None`` when a component has no closed form (then PPO uses
+    ``-log_prob`` for the whole action, as SB3 does).
+
+    :param components: one distribution per component of the Tuple
+    """
+
+    def __init__(self, components: Sequence[CherryDistribution]):
+        self.components = list(components)
+        super().__init__(
+            action_dim=sum(c.action_dim for c in self.components), param_dim=sum(c.param_dim for c in self.components)
+        )
+
+    def proba_distribution_net(self, latent_dim: int, log_std_init: float = 0.0) -> nn.Module:
+        return _TupleHead([c.proba_distribution_net(latent_dim, log_std_init=log_std_init) for c in self.components])
+
+    def proba_distribution(self: SelfCherryDistribution, params: th.Tensor) -> SelfCherryDistribution:
+        for component, split in zip(self.components, params.split([c.param_dim for c in self.components], dim=-1)):  # type: ignore
+            component.proba_distribution(split)
+        return self
+
+    def _batch_ref(self) -> th.Tensor:
+        return self.components[0]._batch_ref()
+
+    def _split_actions(self, actions: th.Tensor) -> tuple[th.Tensor, ...]:
+        return _as_columns(actions, self.action_dim).split([c.action_dim for c in self.components], dim=1)
+
+    def log_prob(self, actions: th.Tensor) -> th.Tensor:
+        return th.stack([c.log_prob(a) for c, a in zip(self.components, self._split_actions(actions))], dim=1).sum(dim=1)
+
+    def component_log_probs(self, actions: th.Tensor) -> list[th.Tensor]:
+        """
+        Log-probability of each component of the actions.
+
+        :param actions: flat actions
+        :return: one ``(batch,)`` tensor per component
+        """
+        return [c.log_prob(a) for c, a in zip(self.components, self._split_actions(actions))]
+
+    def entropy(self) -> th.Tensor | None:
+        entropies = [c.entropy() for c in self.components]
+        if any(e is None for e in entropies):
+            return None
+        return th.stack(entropies, dim=1).sum(dim=1)  # type: ignore[arg-type]
+
+    def sample(self) -> th.Tensor:
+        return th.cat([c.sample().float().reshape(-1, c.action_dim) for c in self.components], dim=1)
+
+    def mode(self) -> th.Tensor:
+        return th.cat([c.mode().float().reshape(-1, c.action_dim) for c in self.components], dim=1)
+
+    def kl(self, other: CherryDistribution) -> th.Tensor:
+        assert isinstance(other, TupleDistribution)
+        return th.stack([p.kl(q) for p, q in zip(self.components, other.components)], dim=1).sum(dim=1)
+
+
+def default_distribution(space: spaces.Space) -> DistributionSpec:
+    """
+    The default distribution name for an action space (a nested tuple of names for Tuple spaces).
+
+    :param space: the action space
+    :return: the spec
+    """
+    if isinstance(space, spaces.Tuple):
+        return tuple(default_distribution(sub) for sub in space.spaces)
+    if isinstance(space, spaces.Box):
+        return "normal"
+    if isinstance(space, spaces.Discrete):
+        return "categorical"
+    if isinstance(space, spaces.MultiDiscrete):
+        return "multi_categorical"
+    if isinstance(space, spaces.MultiBinary):
+        return "bernoulli"
+    check_action_space(space)
+    raise AssertionError("unreachable")
+
+
+def _allowed(space: spaces.Space) -> tuple[str, ...]:
+    if isinstance(space, spaces.Box):
+        return BOX_DISTRIBUTIONS
+    if isinstance(space, spaces.Discrete):
+        return DISCRETE_DISTRIBUTIONS
+    if isinstance(space, spaces.MultiDiscrete):
+        return MULTI_DISCRETE_DISTRIBUTIONS
+    return MULTI_BINARY_DISTRIBUTIONS
+
+
+def resolve_spec(space: spaces.Space, spec: DistributionSpec) -> DistributionSpec:
+    """
+    Validate a distribution spec against an action space and fill in defaults.
+
+    For a Tuple space, ``spec`` is ``None`` (all defaults), one name applied to every component that accepts it
+    (others get their default), or a sequence with one spec per component.
+
+    :param space: the action space
+    :param spec: the user's ``action_distribution``
+    :return: a fully specified spec (names, nested tuples for Tuple spaces)
+    :raises ValueError: for an unknown name or an unsupported space/distribution pairing
+    """
+    check_action_space(space)
+    if isinstance(space, spaces.Tuple):
+        if spec is None or isinstance(spec, str):
+            return tuple(
+                resolve_spec(sub, spec if (spec is None or isinstance(sub, spaces.Tuple) or spec in _allowed(sub)) else None)
+                for sub in space.spaces
+            )
+        if not isinstance(spec, Sequence) or len(spec) != len(space.spaces):
+            raise ValueError(
+                f"action_distribution for {space} must be None, a name, or a sequence of {len(space.spaces)} specs "
+                f"(one per component), got {spec!r}."
+            )
+        return tuple(resolve_spec(sub, sub_spec) for sub, sub_spec in zip(space.spaces, spec))
+    if spec is None:
+        return default_distribution(space)
+    if not isinstance(spec, str):
+        raise ValueError(f"action_distribution for {space} must be a name, got {spec!r}.")
+    allowed = _allowed(space)
+    if spec not in allowed:
+        raise ValueError(
+            f"action_distribution={spec!r} is not available for the action space {space}. Allowed choices: {list(allowed)}."
+        )
+    return spec
+
+
+def _make_component(space: spaces.Space, spec: DistributionSpec, kwargs: dict[str, dict[str, Any]]) -> CherryDistribution:
+    if isinstance(space, spaces.Tuple):
+        assert isinstance(spec, tuple)
+        return TupleDistribution([_make_component(sub, s, kwargs) for sub, s in zip(space.spaces, spec)])
+    assert isinstance(spec, str)
+    extra = kwargs.get(spec, {})
+    if isinstance(space, spaces.Box):
+        cls = {"normal": NormalDistribution, "beta": BetaDistribution, "tanh_normal": TanhNormalDistribution}[spec]
+        return cls(space, **extra)  # type: ignore[abstract]
+    if isinstance(space, spaces.Discrete):
+        if spec == "gumbel_softmax":
+            return GumbelSoftmaxDistribution(space, **extra)
+        return CategoricalDistribution(space)
+    if isinstance(space, spaces.MultiDiscrete):
+        return MultiCategoricalDistribution(space)
+    assert isinstance(space, spaces.MultiBinary)
+    return BernoulliDistribution(space)
+
+
+def make_distribution(
+    action_space: spaces.Space,
+    spec: DistributionSpec = None,
+    distribution_kwargs: dict[str, dict[str, Any]] | None = None,
+    use_sde: bool = False,
+    dist_kwargs: dict[str, Any] | None = None,
+) -> Distribution:
+    """
+    Build the action distribution for ``action_space``.
+
+    The SB3 default pairings (``"normal"`` on Box, ``"categorical"`` on Discrete, ``"multi_categorical"`` on
+    MultiDiscrete, ``"bernoulli"`` on MultiBinary) return SB3's own classes (gSDE included), so results match SB3
+    exactly; every other pairing, and every Tuple space, returns a :class:`CherryDistribution`.
+
+    :param action_space: the action space
+    :param spec: distribution name, or a sequence of specs for a Tuple space (see :func:`resolve_spec`)
+    :param distribution_kwargs: extra constructor arguments per distribution name,
+        e.g. ``{"gumbel_softmax": {"temperature": 0.5}, "beta": {"epsilon": 1e-5}}``
+    :param use_sde: use gSDE (only with ``"normal"`` on a Box space)
+    :param dist_kwargs: SB3 gSDE arguments
+    :return: the distribution
+    """
+    resolved = resolve_spec(action_space, spec)
+    if use_sde and not (isinstance(action_space, spaces.Box) and resolved == "normal"):
+        raise ValueError(
+            f"use_sde=True is only available with action_distribution='normal' on a Box space, "
+            f"got {resolved!r} on {action_space}."
+        )
+    if resolved == default_distribution(action_space) and not isinstance(action_space, spaces.Tuple):
+        return make_proba_distribution(action_space, use_sde=use_sde, dist_kwargs=dist_kwargs)
+    return _make_component(action_space, resolved, distribution_kwargs or {})
+
+
+def kl_divergence(dist_true: Distribution, dist_pred: Distribution) -> th.Tensor:
+    """
+    KL(dist_true || dist_pred) for SB3 and sb3_cherry distributions, Tuple distributions included
+    (sum over components). Returns shape ``(batch,)`` for sb3_cherry distributions.
+
+    :param dist_true: the p distribution
+    :param dist_pred: the q distribution
+    :return: the KL divergence
+    """
+    if dist_true.__class__ != dist_pred.__class__:
+        raise ValueError(f"KL divergence needs two distributions of the same type, got {dist_true} and {dist_pred}.")
+    if isinstance(dist_true, CherryDistribution):
+        return dist_true.kl(dist_pred)  # type: ignore[arg-type]
+    return sb3_dist.kl_divergence(dist_true, dist_pred)
+
