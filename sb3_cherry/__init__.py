@@ -1,5 +1,6 @@
 import os
 
+from sb3_cherry.a2c import CherryA2C
 from sb3_cherry.ppo_rollback import PPORollback
 
 # Read version from file
@@ -7,4 +8,14 @@ version_file = os.path.join(os.path.dirname(__file__), "version.txt")
 with open(version_file) as file_handler:
     __version__ = file_handler.read().strip()
 
-__all__ = ["PPORollback"]
+
+def zoo_algorithms() -> dict[str, type]:
+    """
+    sb3_cherry's algorithms under their rl_zoo3 names (``--algo`` of ``sb3-cherry train``).
+
+    :return: ``{name: class}``
+    """
+    return {"ppo_rollback": PPORollback, "cherry_a2c": CherryA2C}
+
+
+__all__ = ["CherryA2C", "PPORollback", "zoo_algorithms"]

@@ -1,0 +1,52 @@
+# Two-command setup: `make train` and `make test` (see README.md).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_VERSION := 2.13.0
+LINT_PATHS := sb3_cherry tests benchmarks
+
+.PHONY: install train test test-slow lint format type check-codestyle commit-checks clean
+
+# The stamp file is rebuilt when the packaging changes.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	# torch first, pinned: the CPU wheel available locally; a bare `torch` would pull a CUDA build
+	$(PIP) install torch==$(TORCH_VERSION)
+	$(PIP) install -e ".[tests,imitation]"
+	# imitation's metadata pins an old SB3/gymnasium: install it without its dependencies
+	# (the packages its modules import come with the [imitation] extra above)
+	$(PIP) install --no-deps imitation==1.0.1
+	touch $@
+
+install: $(VENV)/.installed
+
+train: install
+	$(VENV)/bin/sb3-cherry train --algo ppo_rollback --env CartPole-v1 -f logs --seed 0 --progress --eval-freq -1
+	$(VENV)/bin/sb3-cherry evaluate --algo ppo_rollback --env CartPole-v1 -f logs -n 10
+
+test: install
+	$(PY) -m pytest -q
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+lint: install
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+
+format: install
+	$(VENV)/bin/ruff check --select I --fix $(LINT_PATHS)
+	$(VENV)/bin/black $(LINT_PATHS)
+
+check-codestyle: install
+	$(VENV)/bin/ruff check --select I $(LINT_PATHS)
+	$(VENV)/bin/black --check $(LINT_PATHS)
+
+type: install
+	$(VENV)/bin/mypy sb3_cherry
+
+commit-checks: format type lint
+
+clean:
+	rm -rf $(VENV) logs .pytest_cache .ruff_cache *.egg-info

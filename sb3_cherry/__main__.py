@@ -1,0 +1,3 @@
+from sb3_cherry.cli import main
+
+main()

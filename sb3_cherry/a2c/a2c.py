@@ -1,0 +1,142 @@
+from typing import Any, ClassVar, TypeVar
+
+import torch as th
+from stable_baselines3 import A2C
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+
+from sb3_cherry.a2c.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
+from sb3_cherry.common.on_policy import CherryOnPolicyAlgorithm
+from sb3_cherry.common.policies import CherryActorCriticPolicy
+
+SelfCherryA2C = TypeVar("SelfCherryA2C", bound="CherryA2C")
+
+
+class CherryA2C(A2C, CherryOnPolicyAlgorithm):
+    """
+    Advantage Actor Critic (A2C) with sb3_cherry's action distributions (Beta, tanh-Normal, Gumbel-Softmax, Tuple
+    action spaces) and returns estimators (GAE, 1-step, n-step, V-trace).
+
+    SB3's A2C update runs unchanged; with the default estimator and distributions this is SB3's A2C exactly.
+
+    Paper: https://arxiv.org/abs/1602.01783
+    Code: Stable-Baselines3's A2C (https://github.com/DLR-RM/stable-baselines3), cherry_rl
+
+    :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy, ...)
+    :param env: The environment to learn from (if registered in Gym, can be str)
+    :param learning_rate: The learning rate, it can be a function of the current progress remaining (from 1 to 0)
+    :param n_steps: The number of steps to run for each environment per update
+    :param gamma: Discount factor
+    :param gae_lambda: Factor for trade-off of bias vs variance for GAE (and the trace coefficient of V-trace).
+        Equivalent to classic advantage when set to 1.
+    :param ent_coef: Entropy coefficient for the loss calculation
+    :param vf_coef: Value function coefficient for the loss calculation
+    :param max_grad_norm: The maximum value for the gradient clipping
+    :param rms_prop_eps: RMSProp epsilon. It stabilizes square root computation in denominator of RMSProp update
+    :param use_rms_prop: Whether to use RMSprop (default) or Adam as optimizer
+    :param use_sde: Whether to use generalized State Dependent Exploration (gSDE) (``"normal"`` distribution only)
+    :param sde_sample_freq: Sample a new noise matrix every n steps when using gSDE
+    :param rollout_buffer_class: Rollout buffer class to use. If ``None``, a ``CherryRolloutBuffer`` (or its Dict
+        variant) carrying the returns estimator.
+    :param rollout_buffer_kwargs: Keyword arguments to pass to the rollout buffer on creation.
+    :param normalize_advantage: Whether to normalize or not the advantage
+    :param returns_estimator: ``"gae"`` (default), ``"one_step"``, ``"n_step"`` or ``"vtrace"``
+    :param n_step: horizon of the ``"n_step"`` estimator
+    :param rho_bar: V-trace truncation level of the importance weights in the TD errors
+    :param c_bar: V-trace truncation level of the traces
+    :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
+        the reported success rate, mean episode length, and mean reward over
+    :param tensorboard_log: the log location for tensorboard (if None, no logging)
+    :param policy_kwargs: additional arguments to be passed to the policy on creation, e.g.
+        ``dict(action_distribution="beta")``
+    :param verbose: Verbosity level: 0 for no output, 1 for info messages, 2 for debug messages
+    :param seed: Seed for the pseudo random generators
+    :param device: Device (cpu, cuda, ...) on which the code should be run.
+    :param _init_setup_model: Whether or not to build the network at the creation of the instance
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "MlpPolicy": MlpPolicy,
+        "CnnPolicy": CnnPolicy,
+        "MultiInputPolicy": MultiInputPolicy,
+    }
+
+    def __init__(
+        self,
+        policy: str | type[CherryActorCriticPolicy],
+        env: GymEnv | str,
+        learning_rate: float | Schedule = 7e-4,
+        n_steps: int = 5,
+        gamma: float = 0.99,
+        gae_lambda: float = 1.0,
+        ent_coef: float = 0.0,
+        vf_coef: float = 0.5,
+        max_grad_norm: float = 0.5,
+        rms_prop_eps: float = 1e-5,
+        use_rms_prop: bool = True,
+        use_sde: bool = False,
+        sde_sample_freq: int = -1,
+        rollout_buffer_class: type[RolloutBuffer] | None = None,
+        rollout_buffer_kwargs: dict[str, Any] | None = None,
+        normalize_advantage: bool = False,
+        returns_estimator: str = "gae",
+        n_step: int = 5,
+        rho_bar: float = 1.0,
+        c_bar: float = 1.0,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "auto",
+        _init_setup_model: bool = True,
+    ):
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,
+            n_steps=n_steps,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            ent_coef=ent_coef,
+            vf_coef=vf_coef,
+            max_grad_norm=max_grad_norm,
+            rms_prop_eps=rms_prop_eps,
+            use_rms_prop=use_rms_prop,
+            use_sde=use_sde,
+            sde_sample_freq=sde_sample_freq,
+            rollout_buffer_class=rollout_buffer_class,
+            rollout_buffer_kwargs=rollout_buffer_kwargs,
+            normalize_advantage=normalize_advantage,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            seed=seed,
+            device=device,
+            _init_setup_model=False,
+        )
+        # A2C makes one gradient step per rollout: there is no later epoch to recompute returns for
+        self._init_estimator(returns_estimator, n_step, rho_bar, c_bar, recompute_returns=False)
+
+        if _init_setup_model:
+            self._setup_model()
+
+    def learn(
+        self: SelfCherryA2C,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 100,
+        tb_log_name: str = "CherryA2C",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfCherryA2C:
+        return super().learn(
+            total_timesteps=total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )

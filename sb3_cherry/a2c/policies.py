@@ -1,0 +1,5 @@
+from sb3_cherry.common.policies import CherryActorCriticCnnPolicy, CherryActorCriticPolicy, CherryMultiInputActorCriticPolicy
+
+MlpPolicy = CherryActorCriticPolicy
+CnnPolicy = CherryActorCriticCnnPolicy
+MultiInputPolicy = CherryMultiInputActorCriticPolicy

@@ -1,0 +1,548 @@
+"""
+Tests of ``sb3_cherry.common.returns`` against naive references.
+
+The references below are written independently of the module: plain python loops over envs and steps, on
+python floats, using the *sum* forms of the papers' equations (not the backward recursions the module uses),
+and handling time-limit truncation explicitly (bootstrap on V(terminal observation)) instead of folding it
+into the rewards.
+"""
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import RolloutBuffer
+
+from sb3_cherry.common.returns import bootstrap_truncated, gae, n_step, one_step, vtrace
+
+N_STEPS, N_ENVS = 12, 5
+
+
+@dataclass
+class Rollout:
+    """Random rollout data, float64, shapes ``(n_steps, n_envs)`` except ``last_values`` ``(n_envs,)``."""
+
+    rewards: np.ndarray
+    values: np.ndarray
+    last_values: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    terminal_values: np.ndarray  # V(terminal observation) where truncated, NaN elsewhere
+    log_ratios: np.ndarray
+
+    @property
+    def dones(self) -> np.ndarray:
+        return self.terminated | self.truncated
+
+    def folded_rewards(self, gamma: float) -> np.ndarray:
+        return bootstrap_truncated(self.rewards, self.truncated, self.terminal_values, gamma)
+
+
+def make_rollout(seed: int, with_truncation: bool = True, n_steps: int = N_STEPS, n_envs: int = N_ENVS) -> Rollout:
+    rng = np.random.default_rng(seed)
+    shape = (n_steps, n_envs)
+    ends = rng.random(shape) < 0.25
+    truncated = ends & (rng.random(shape) < 0.5)
+    # env 0: an episode ends in the middle, the last one is cut by the end of the rollout (bootstrap on last_values)
+    ends[:, 0] = False
+    ends[n_steps // 2, 0] = True
+    # env 1: terminated in the middle and after the last step
+    ends[3, 1] = ends[-1, 1] = True
+    truncated[3, 1] = truncated[-1, 1] = False
+    # env 2: truncated in the middle and after the last step
+    ends[4, 2] = ends[-1, 2] = True
+    truncated[4, 2] = truncated[-1, 2] = True
+    # env 3: a single episode, no end at all
+    ends[:, 3] = False
+    truncated &= ends
+    if not with_truncation:
+        truncated[:] = False
+    return Rollout(
+        rewards=rng.normal(size=shape),
+        values=rng.normal(size=shape),
+        last_values=rng.normal(size=n_envs),
+        terminated=ends & ~truncated,
+        truncated=truncated,
+        terminal_values=np.where(truncated, rng.normal(size=shape), np.nan),
+        log_ratios=rng.normal(scale=0.8, size=shape),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Naive references: one env, one step at a time, python floats, explicit truncation bootstrap.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def naive_next(data: Rollout, t: int, e: int, bootstrap_after: list[float] | None = None) -> tuple[float, bool]:
+    """
+    What the target of step ``t`` bootstraps on after it, and whether the episode ended after step ``t``.
+
+    :param bootstrap_after: value of the state after each step when the episode goes on (default: V(s_{t+1}))
+    """
+    if data.terminated[t, e]:
+        return 0.0, True
+    if data.truncated[t, e]:
+        return float(data.terminal_values[t, e]), True
+    if bootstrap_after is not None:
+        return bootstrap_after[t], False
+    if t == len(data.rewards) - 1:
+        return float(data.last_values[e]), False
+    return float(data.values[t + 1, e]), False
+
+
+def naive_one_step(data: Rollout, gamma: float) -> np.ndarray:
+    returns = np.zeros(data.rewards.shape)
+    for e in range(data.rewards.shape[1]):
+        for t in range(data.rewards.shape[0]):
+            next_value, _ = naive_next(data, t, e)
+            returns[t, e] = float(data.rewards[t, e]) + gamma * next_value
+    return returns
+
+
+def naive_n_step(data: Rollout, gamma: float, n: int) -> np.ndarray:
+    """G_t = sum_{k<m} gamma^k r_{t+k} + gamma^m V(s_{t+m}), cut at the end of the episode."""
+    n_steps, n_envs = data.rewards.shape
+    returns = np.zeros((n_steps, n_envs))
+    for e in range(n_envs):
+        for t in range(n_steps):
+            total = 0.0
+            m = min(n, n_steps - t)
+            for k in range(m):
+                total += gamma**k * float(data.rewards[t + k, e])
+                next_value, ended = naive_next(data, t + k, e)
+                if ended or k == m - 1:
+                    total += gamma ** (k + 1) * next_value
+                    break
+            returns[t, e] = total
+    return returns
+
+
+def naive_gae_advantages(data: Rollout, gamma: float, gae_lambda: float) -> np.ndarray:
+    """A_t = sum_l (gamma lambda)^l delta_{t+l} (Schulman et al. 2016, eq. 16), up to the end of the episode."""
+    n_steps, n_envs = data.rewards.shape
+    advantages = np.zeros((n_steps, n_envs))
+    for e in range(n_envs):
+        for t in range(n_steps):
+            total = 0.0
+            for l in range(n_steps - t):  # noqa: E741
+                next_value, ended = naive_next(data, t + l, e)
+                delta = float(data.rewards[t + l, e]) + gamma * next_value - float(data.values[t + l, e])
+                total += (gamma * gae_lambda) ** l * delta
+                if ended:
+                    break
+            advantages[t, e] = total
+    return advantages
+
+
+def naive_vtrace(
+    data: Rollout,
+    gamma: float,
+    gae_lambda: float = 1.0,
+    rho_bar: float = 1.0,
+    c_bar: float = 1.0,
+    truncate=min,
+    log_ratios: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """
+    IMPALA eq. 1 in its sum form:
+    v_s = V(x_s) + sum_{t>=s} gamma^{t-s} (prod_{i=s}^{t-1} c_i) rho_t (r_t + gamma V(x_{t+1}) - V(x_t)),
+    up to the end of the episode or of the rollout; advantage rho_s (r_s + gamma v_{s+1} - V(x_s)).
+
+    :param truncate: ``min`` as in the paper; ``max`` reproduces the clamp-from-below bug
+    """
+    log_ratios = data.log_ratios if log_ratios is None else log_ratios
+    n_steps, n_envs = data.rewards.shape
+    vs = np.zeros((n_steps, n_envs))
+    advantages = np.zeros((n_steps, n_envs))
+    for e in range(n_envs):
+        ratios = [math.exp(float(x)) for x in log_ratios[:, e]]
+        rhos = [truncate(rho_bar, ratio) for ratio in ratios]
+        cs = [gae_lambda * truncate(c_bar, ratio) for ratio in ratios]
+        for s in range(n_steps):
+            total = float(data.values[s, e])
+            trace = 1.0  # prod_{i=s}^{t-1} c_i
+            for t in range(s, n_steps):
+                next_value, ended = naive_next(data, t, e)
+                delta = rhos[t] * (float(data.rewards[t, e]) + gamma * next_value - float(data.values[t, e]))
+                total += gamma ** (t - s) * trace * delta
+                if ended:
+                    break
+                trace *= cs[t]
+            vs[s, e] = total
+        v_after = [float(vs[t + 1, e]) for t in range(n_steps - 1)] + [float(data.last_values[e])]
+        for s in range(n_steps):
+            next_v, _ = naive_next(data, s, e, bootstrap_after=v_after)
+            advantages[s, e] = rhos[s] * (float(data.rewards[s, e]) + gamma * next_v - float(data.values[s, e]))
+    return vs, advantages
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------------------------------
+
+GAMMA = 0.97
+
+
+def run_estimator(name: str, data: Rollout, gamma: float, convert=lambda x: x, **kwargs):
+    """Run the module's estimator ``name`` on the rollout, truncation folded into the rewards."""
+    args = [convert(x) for x in (data.folded_rewards(gamma), data.values, data.last_values, data.dones)]
+    if name == "gae":
+        return gae(*args, gamma=gamma, **kwargs)
+    if name == "one_step":
+        return one_step(*args, gamma=gamma)
+    if name == "n_step":
+        return n_step(*args, gamma=gamma, **kwargs)
+    assert name == "vtrace"
+    return vtrace(*args, convert(data.log_ratios), gamma=gamma, **kwargs)
+
+
+def naive_estimator(name: str, data: Rollout, gamma: float, **kwargs) -> tuple[np.ndarray, np.ndarray]:
+    if name == "gae":
+        advantages = naive_gae_advantages(data, gamma, kwargs["gae_lambda"])
+        return advantages + data.values, advantages
+    if name == "one_step":
+        returns = naive_one_step(data, gamma)
+        return returns, returns - data.values
+    if name == "n_step":
+        returns = naive_n_step(data, gamma, kwargs["n"])
+        return returns, returns - data.values
+    return naive_vtrace(data, gamma, **kwargs)
+
+
+CASES = [
+    ("gae", {"gae_lambda": 0.95}),
+    ("gae", {"gae_lambda": 0.0}),
+    ("gae", {"gae_lambda": 1.0}),
+    ("one_step", {}),
+    ("n_step", {"n": 1}),
+    ("n_step", {"n": 3}),
+    ("n_step", {"n": 5}),
+    ("n_step", {"n": 100}),
+    ("vtrace", {}),
+    ("vtrace", {"gae_lambda": 0.9, "rho_bar": 1.5, "c_bar": 0.8}),
+    ("vtrace", {"gae_lambda": 0.7, "rho_bar": 0.6, "c_bar": 1.3}),
+]
+CASE_IDS = [name + "-" + "-".join(f"{k}={v}" for k, v in kwargs.items()) for name, kwargs in CASES]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Tests
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gamma, gae_lambda", [(0.99, 0.95), (0.937, 0.81), (0.5, 1.0), (0.99, 0.0), (1.0, 1.0)])
+@pytest.mark.parametrize("n_envs", [1, 4])
+def test_gae_bit_identical_to_sb3_rollout_buffer(gamma, gae_lambda, n_envs):
+    rng = np.random.default_rng(0)
+    n_steps = 16
+    buffer = RolloutBuffer(
+        n_steps,
+        spaces.Box(-1, 1, (2,)),
+        spaces.Box(-1, 1, (1,)),
+        device="cpu",
+        gae_lambda=gae_lambda,
+        gamma=gamma,
+        n_envs=n_envs,
+    )
+    # as SB3's collect_rollouts: episode_starts[t] = dones[t - 1], rewards from the VecEnv are float32
+    dones = rng.random((n_steps, n_envs)) < 0.2
+    dones[-1, 0] = True
+    episode_start = np.ones(n_envs, dtype=bool)
+    for t in range(n_steps):
+        buffer.add(
+            np.zeros((n_envs, 2), dtype=np.float32),
+            np.zeros((n_envs, 1), dtype=np.float32),
+            (rng.normal(size=n_envs) * 10).astype(np.float32),
+            episode_start,
+            th.as_tensor(rng.normal(size=(n_envs, 1)) * 10, dtype=th.float32),
+            th.zeros(n_envs),
+        )
+        episode_start = dones[t]
+    last_values = th.as_tensor(rng.normal(size=(n_envs, 1)), dtype=th.float32)
+    rewards, values = buffer.rewards.copy(), buffer.values.copy()
+    buffer.compute_returns_and_advantage(last_values=last_values, dones=dones[-1])
+
+    returns, advantages = gae(rewards, values, last_values.numpy().flatten(), dones, gamma, gae_lambda)
+    assert returns.dtype == advantages.dtype == np.float32
+    assert np.array_equal(advantages, buffer.advantages)
+    assert np.array_equal(returns, buffer.returns)
+
+
+@pytest.mark.parametrize("with_truncation", [False, True])
+@pytest.mark.parametrize("name, kwargs", CASES, ids=CASE_IDS)
+def test_matches_naive_reference(name, kwargs, with_truncation):
+    for seed in range(3):
+        data = make_rollout(seed, with_truncation=with_truncation)
+        returns, advantages = run_estimator(name, data, GAMMA, **kwargs)
+        expected_returns, expected_advantages = naive_estimator(name, data, GAMMA, **kwargs)
+        assert isinstance(returns, np.ndarray) and returns.dtype == np.float64
+        np.testing.assert_allclose(returns, expected_returns, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(advantages, expected_advantages, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name, kwargs", CASES, ids=CASE_IDS)
+def test_numpy_and_torch_agree_and_keep_dtype(name, kwargs, dtype):
+    data = make_rollout(1)
+    torch_dtype = {np.float32: th.float32, np.float64: th.float64}[dtype]
+
+    def as_numpy(x):
+        return x.astype(dtype) if x.dtype.kind == "f" else x
+
+    def as_torch(x):
+        return th.as_tensor(as_numpy(x))
+
+    np_returns, np_advantages = run_estimator(name, data, GAMMA, convert=as_numpy, **kwargs)
+    th_returns, th_advantages = run_estimator(name, data, GAMMA, convert=as_torch, **kwargs)
+    assert isinstance(np_returns, np.ndarray) and isinstance(np_advantages, np.ndarray)
+    assert np_returns.dtype == np_advantages.dtype == dtype
+    assert isinstance(th_returns, th.Tensor) and isinstance(th_advantages, th.Tensor)
+    assert th_returns.dtype == th_advantages.dtype == torch_dtype
+    assert np_returns.shape == tuple(th_returns.shape) == (N_STEPS, N_ENVS)
+    tolerance = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(th_returns.numpy(), np_returns, rtol=tolerance, atol=tolerance)
+    np.testing.assert_allclose(th_advantages.numpy(), np_advantages, rtol=tolerance, atol=tolerance)
+    # float32 results are float32 roundings of the exact ones
+    expected_returns, expected_advantages = naive_estimator(name, data, GAMMA, **kwargs)
+    np.testing.assert_allclose(np_returns, expected_returns, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np_advantages, expected_advantages, rtol=1e-4, atol=1e-4)
+
+
+def test_mixed_inputs_and_boolean_dones():
+    data = make_rollout(2)
+    rewards = data.folded_rewards(GAMMA).astype(np.float32)
+    values, last_values = data.values.astype(np.float32), data.last_values.astype(np.float32)
+    reference = gae(rewards, values, last_values, data.dones.astype(np.float32), GAMMA, 0.9)
+    # boolean dones give the same float32 result
+    for result, expected in zip(gae(rewards, values, last_values, data.dones, GAMMA, 0.9), reference, strict=True):
+        assert result.dtype == np.float32
+        assert np.array_equal(result, expected)
+    # a tensor among numpy inputs (e.g. the critic's values) makes the computation run in torch
+    returns, advantages = gae(rewards, th.as_tensor(values), th.as_tensor(last_values), data.dones, GAMMA, 0.9)
+    assert isinstance(returns, th.Tensor) and returns.dtype == th.float32
+    np.testing.assert_allclose(returns.numpy(), reference[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(advantages.numpy(), reference[1], rtol=1e-6, atol=1e-6)
+
+
+def test_bootstrap_truncated():
+    data = make_rollout(0)
+    assert data.truncated.any() and np.isnan(data.terminal_values).any()
+    rewards_before = data.rewards.copy()
+    folded = bootstrap_truncated(data.rewards, data.truncated, data.terminal_values, 0.9)
+    assert np.array_equal(data.rewards, rewards_before)  # the input is not modified
+    assert folded is not data.rewards and folded.dtype == np.float64
+    for t in range(N_STEPS):
+        for e in range(N_ENVS):
+            expected = data.rewards[t, e] + (0.9 * data.terminal_values[t, e] if data.truncated[t, e] else 0.0)
+            assert folded[t, e] == pytest.approx(expected, rel=1e-12)  # NaN terminal values are not read
+    rewards32 = th.as_tensor(data.rewards, dtype=th.float32)
+    folded32 = bootstrap_truncated(rewards32, th.as_tensor(data.truncated), th.as_tensor(data.terminal_values).float(), 0.9)
+    assert isinstance(folded32, th.Tensor) and folded32.dtype == th.float32
+    np.testing.assert_allclose(folded32.numpy(), folded, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("with_truncation", [False, True])
+def test_special_cases(with_truncation):
+    data = make_rollout(3, with_truncation=with_truncation)
+    args = (data.folded_rewards(GAMMA), data.values, data.last_values, data.dones)
+    # lambda = 1: GAE returns are the Monte-Carlo returns, bootstrapped at the end of the rollout
+    mc_returns = naive_n_step(data, GAMMA, n=10**6)
+    gae_returns, gae_advantages = gae(*args, GAMMA, 1.0)
+    np.testing.assert_allclose(gae_returns, mc_returns, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(n_step(*args, GAMMA, N_STEPS)[0], mc_returns, rtol=1e-10, atol=1e-10)
+    # lambda = 0: GAE is TD(0)
+    td0_returns, td0_advantages = one_step(*args, GAMMA)
+    np.testing.assert_allclose(td0_returns, naive_one_step(data, GAMMA), rtol=1e-10, atol=1e-10)
+    for result, expected in zip(gae(*args, GAMMA, 0.0), (td0_returns, td0_advantages), strict=True):
+        np.testing.assert_allclose(result, expected, rtol=1e-12, atol=1e-12)
+    # n = 1 is TD(0), to the bit
+    for result, expected in zip(n_step(*args, GAMMA, 1), (td0_returns, td0_advantages), strict=True):
+        assert np.array_equal(result, expected)
+    # V-trace on-policy (ratios 1, rho_bar = c_bar = 1): GAE(lambda) returns; GAE advantages when lambda = 1
+    zeros = np.zeros_like(data.log_ratios)
+    for gae_lambda in (0.0, 0.5, 0.95, 1.0):
+        vs, vtrace_advantages = vtrace(*args, zeros, GAMMA, gae_lambda=gae_lambda)
+        np.testing.assert_allclose(vs, gae(*args, GAMMA, gae_lambda)[0], rtol=1e-12, atol=1e-12)
+        if gae_lambda == 1.0:
+            np.testing.assert_allclose(vtrace_advantages, gae_advantages, rtol=1e-10, atol=1e-10)
+        if gae_lambda == 0.0:  # then the advantage bootstraps on v_{s+1} = r_{s+1} + gamma V(x_{s+2}) instead
+            assert not np.allclose(vtrace_advantages, td0_advantages)
+
+
+def test_vtrace_truncates_ratios_from_above_only():
+    data = make_rollout(4)
+    args = (data.folded_rewards(GAMMA), data.values, data.last_values, data.dones)
+    on_policy = vtrace(*args, np.zeros_like(data.log_ratios), GAMMA, gae_lambda=0.9)
+
+    # ratios of 3 > rho_bar = c_bar = 1 are truncated to 1: on-policy result
+    above = np.full_like(data.log_ratios, math.log(3.0))
+    for result, expected in zip(vtrace(*args, above, GAMMA, gae_lambda=0.9), on_policy, strict=True):
+        np.testing.assert_allclose(result, expected, rtol=1e-12, atol=1e-12)
+
+    # ratios of 0.5 < 1 are used as they are; a clamp from below (max) would give the on-policy result
+    below = np.full_like(data.log_ratios, math.log(0.5))
+    vs, advantages = vtrace(*args, below, GAMMA, gae_lambda=0.9)
+    expected_vs, expected_advantages = naive_vtrace(data, GAMMA, gae_lambda=0.9, log_ratios=below)
+    np.testing.assert_allclose(vs, expected_vs, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(advantages, expected_advantages, rtol=1e-10, atol=1e-10)
+    max_vs, max_advantages = naive_vtrace(data, GAMMA, gae_lambda=0.9, log_ratios=below, truncate=max)
+    np.testing.assert_allclose(max_vs, on_policy[0], rtol=1e-10, atol=1e-10)
+    assert not np.allclose(vs, max_vs) and not np.allclose(advantages, max_advantages)
+
+    # rho_bar and c_bar act separately: ratio 1 is below rho_bar = 2 (kept) and above c_bar = 0.5 (truncated)
+    ones = np.zeros_like(data.log_ratios)
+    vs, advantages = vtrace(*args, ones, GAMMA, gae_lambda=0.9, rho_bar=2.0, c_bar=0.5)
+    # rho = 1 and c = lambda * 0.5: the TD(lambda * 0.5) returns, not the on-policy TD(lambda) ones
+    np.testing.assert_allclose(vs, gae(*args, GAMMA, 0.9 * 0.5)[0], rtol=1e-10, atol=1e-10)
+    assert not np.allclose(vs, on_policy[0])
+    expected_vs, expected_advantages = naive_vtrace(data, GAMMA, 0.9, rho_bar=2.0, c_bar=0.5, log_ratios=ones)
+    np.testing.assert_allclose(vs, expected_vs, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(advantages, expected_advantages, rtol=1e-10, atol=1e-10)
+
+    # random ratios on both sides of the bars, against the paper's (min) and the buggy (max) truncation
+    vs, advantages = vtrace(*args, data.log_ratios, GAMMA, gae_lambda=0.9, rho_bar=1.2, c_bar=0.9)
+    expected_vs, _ = naive_vtrace(data, GAMMA, 0.9, rho_bar=1.2, c_bar=0.9)
+    max_vs, _ = naive_vtrace(data, GAMMA, 0.9, rho_bar=1.2, c_bar=0.9, truncate=max)
+    np.testing.assert_allclose(vs, expected_vs, rtol=1e-10, atol=1e-10)
+    assert not np.allclose(vs, max_vs)
+
+
+def test_vtrace_huge_ratio_is_truncated_without_warning():
+    data = make_rollout(5)
+    args = (data.folded_rewards(GAMMA), data.values, data.last_values, data.dones)
+    huge = np.full_like(data.log_ratios, 1000.0)  # exp overflows to inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        vs, advantages = vtrace(*args, huge, GAMMA, rho_bar=1.0, c_bar=1.0)
+        th_vs, _ = vtrace(*(th.as_tensor(x) for x in args), th.as_tensor(huge, dtype=th.float32), GAMMA)
+    on_policy = vtrace(*args, np.zeros_like(huge), GAMMA)
+    np.testing.assert_allclose(vs, on_policy[0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(advantages, on_policy[1], rtol=1e-12, atol=1e-12)
+    assert th.isfinite(th_vs).all()
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_vtrace_worked_example(backend):
+    # 1 env, 3 steps, no episode end, gamma = 0.5, lambda = 1, rho_bar = c_bar = 1.
+    #   r = [1, 2, 3], V(x_0..2) = [1, 2, 1], V(x_3) = last_values = 2, pi/mu = [2, 0.5, 1]
+    #   rho = c = [min(1, 2), min(1, 0.5), min(1, 1)] = [1, 0.5, 1]   (2 is truncated, 0.5 is not)
+    #   delta_0 = 1   * (1 + 0.5 * 2 - 1) = 1
+    #   delta_1 = 0.5 * (2 + 0.5 * 1 - 2) = 0.25
+    #   delta_2 = 1   * (3 + 0.5 * 2 - 1) = 3
+    #   v_3 = 2
+    #   v_2 = V_2 + delta_2 + gamma c_2 (v_3 - V_3) = 1 + 3 + 0.5 * 1 * 0         = 4
+    #   v_1 = V_1 + delta_1 + gamma c_1 (v_2 - V_2) = 2 + 0.25 + 0.5 * 0.5 * 3    = 3
+    #   v_0 = V_0 + delta_0 + gamma c_0 (v_1 - V_1) = 1 + 1 + 0.5 * 1 * 1         = 2.5
+    #   A_0 = rho_0 (r_0 + gamma v_1 - V_0) = 1   * (1 + 1.5 - 1) = 1.5
+    #   A_1 = rho_1 (r_1 + gamma v_2 - V_1) = 0.5 * (2 + 2 - 2)   = 1
+    #   A_2 = rho_2 (r_2 + gamma v_3 - V_2) = 1   * (3 + 1 - 1)   = 3
+    # Clamping from below (max) would give rho = c = [2, 1, 1] and v = [5, 4, 4];
+    # no truncation at all would give v = [4, 3, 4].
+    convert = th.as_tensor if backend == "torch" else np.asarray
+    rewards = convert(np.array([[1.0], [2.0], [3.0]], dtype=np.float32))
+    values = convert(np.array([[1.0], [2.0], [1.0]], dtype=np.float32))
+    last_values = convert(np.array([2.0], dtype=np.float32))
+    dones = convert(np.zeros((3, 1), dtype=bool))
+    log_ratios = convert(np.log(np.array([[2.0], [0.5], [1.0]], dtype=np.float32)))
+    vs, advantages = vtrace(rewards, values, last_values, dones, log_ratios, gamma=0.5)
+    assert vs.dtype == advantages.dtype == (th.float32 if backend == "torch" else np.float32)
+    np.testing.assert_allclose(np.asarray(vs).ravel(), [2.5, 3.0, 4.0], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(advantages).ravel(), [1.5, 1.0, 3.0], rtol=1e-6)
+    # the independent reference agrees, and the max clamp does not
+    data = Rollout(
+        rewards=np.array([[1.0], [2.0], [3.0]]),
+        values=np.array([[1.0], [2.0], [1.0]]),
+        last_values=np.array([2.0]),
+        terminated=np.zeros((3, 1), dtype=bool),
+        truncated=np.zeros((3, 1), dtype=bool),
+        terminal_values=np.full((3, 1), np.nan),
+        log_ratios=np.log(np.array([[2.0], [0.5], [1.0]])),
+    )
+    np.testing.assert_allclose(naive_vtrace(data, 0.5)[0].ravel(), [2.5, 3.0, 4.0], rtol=1e-12)
+    np.testing.assert_allclose(naive_vtrace(data, 0.5, truncate=max)[0].ravel(), [5.0, 4.0, 4.0], rtol=1e-12)
+
+
+def _shape_error_cases():
+    t, e = 4, 3
+    good = {
+        "rewards": np.zeros((t, e)),
+        "values": np.zeros((t, e)),
+        "last_values": np.zeros(e),
+        "dones": np.zeros((t, e), dtype=bool),
+        "log_ratios": np.zeros((t, e)),
+    }
+    bad = {
+        "rewards": [np.zeros(t), np.zeros((t, e, 1))],
+        "values": [np.zeros((t, e + 1)), np.zeros((t + 1, e)), np.zeros(t * e)],
+        "last_values": [np.zeros((e, 1)), np.zeros(e + 1), np.zeros((t, e))],
+        "dones": [np.zeros((t - 1, e), dtype=bool), np.zeros(e, dtype=bool)],
+        "log_ratios": [np.zeros((t, 1)), np.zeros(t)],
+    }
+    cases = []
+    for name, arrays in bad.items():
+        for array in arrays:
+            cases.append(pytest.param({**good, name: array}, name, id=f"{name}-{array.shape}"))
+    return cases
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("inputs, bad_name", _shape_error_cases())
+def test_bad_shapes_raise(inputs, bad_name, backend):
+    if backend == "torch":
+        inputs = {name: th.as_tensor(x) for name, x in inputs.items()}
+    common = (inputs["rewards"], inputs["values"], inputs["last_values"], inputs["dones"])
+    calls = [
+        lambda: vtrace(*common, inputs["log_ratios"], 0.99),
+    ]
+    if bad_name != "log_ratios":
+        calls += [
+            lambda: gae(*common, 0.99, 0.95),
+            lambda: one_step(*common, 0.99),
+            lambda: n_step(*common, 0.99, 2),
+        ]
+    for call in calls:
+        with pytest.raises(ValueError, match=rf"^{bad_name} must have shape"):
+            call()
+
+
+def test_bad_bootstrap_truncated_shapes_raise():
+    rewards = np.zeros((4, 2))
+    with pytest.raises(ValueError, match=r"^truncated must have shape"):
+        bootstrap_truncated(rewards, np.zeros((4, 3), dtype=bool), np.zeros((4, 2)), 0.99)
+    with pytest.raises(ValueError, match=r"^terminal_values must have shape"):
+        bootstrap_truncated(rewards, np.zeros((4, 2), dtype=bool), np.zeros(2), 0.99)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda a: gae(*a, 1.5, 0.95), "gamma must be in"),
+        (lambda a: gae(*a, -0.1, 0.95), "gamma must be in"),
+        (lambda a: gae(*a, 0.99, 1.01), "gae_lambda must be in"),
+        (lambda a: one_step(*a, 2.0), "gamma must be in"),
+        (lambda a: n_step(*a, 0.99, 0), "n must be an integer >= 1"),
+        (lambda a: n_step(*a, 0.99, 1.5), "n must be an integer >= 1"),
+        (lambda a: n_step(*a, 0.99, True), "n must be an integer >= 1"),
+        (lambda a: n_step(*a, 1.1, 2), "gamma must be in"),
+        (lambda a: vtrace(*a, np.zeros((4, 2)), 0.99, rho_bar=0.0), "rho_bar must be > 0"),
+        (lambda a: vtrace(*a, np.zeros((4, 2)), 0.99, c_bar=-1.0), "c_bar must be > 0"),
+        (lambda a: vtrace(*a, np.zeros((4, 2)), 0.99, gae_lambda=-0.5), "gae_lambda must be in"),
+        (lambda a: vtrace(*a, np.zeros((4, 2)), -1.0), "gamma must be in"),
+        (lambda a: bootstrap_truncated(a[0], a[3], a[1], 1.5), "gamma must be in"),
+    ],
+)
+def test_bad_parameters_raise(call, match):
+    args = (np.zeros((4, 2)), np.zeros((4, 2)), np.zeros(2), np.zeros((4, 2), dtype=bool))
+    with pytest.raises(ValueError, match=match):
+        call(args)
+
+
+def test_rho_bar_below_c_bar_is_allowed():
+    data = make_rollout(6)
+    args = (data.folded_rewards(GAMMA), data.values, data.last_values, data.dones, data.log_ratios)
+    vs, _ = vtrace(*args, GAMMA, rho_bar=0.5, c_bar=2.0)
+    np.testing.assert_allclose(vs, naive_vtrace(data, GAMMA, rho_bar=0.5, c_bar=2.0)[0], rtol=1e-10, atol=1e-10)
