@@ -1,0 +1,326 @@
+"""BCO: inverse model accuracy, learning budget, logging, save/load, clear errors; slow imitation runs."""
+
+import csv
+import time
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+from test_demos import DictEnv, LineEnv, RandomModel, TupleEnv
+
+from sb3_cherry import PPORollback
+from sb3_cherry.bco import BCO
+from sb3_cherry.demos import demos_to_transitions, record_demos
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    # Tiny networks: extra threads only add contention on a shared machine
+    n_threads = th.get_num_threads()
+    th.set_num_threads(1)
+    yield
+    th.set_num_threads(n_threads)
+
+
+class BoxLineEnv(gym.Env):
+    """``s' = s + a`` with ``a`` in ``Box(-1, 1, (2,))``; truncated after 10 steps."""
+
+    observation_space = spaces.Box(-np.inf, np.inf, (2,), np.float32)
+    action_space = spaces.Box(-1, 1, (2,), np.float32)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.state, self.steps = self.np_random.uniform(-3, 3, 2).astype(np.float32), 0
+        return self.state.copy(), {}
+
+    def step(self, action):
+        self.state = (self.state + np.clip(action, -1, 1)).astype(np.float32)
+        self.steps += 1
+        return self.state.copy(), float(-np.abs(self.state).sum()), False, self.steps >= 10, {}
+
+
+class ScriptedModel:
+    """An "expert" from a function of the (batched) observations."""
+
+    def __init__(self, policy):
+        self.policy = policy
+
+    def predict(self, obs, state=None, episode_start=None, deterministic=True):
+        return self.policy(obs), state
+
+
+def go_right(obs):
+    return np.full(len(obs), 2)
+
+
+def go_home(obs):
+    return np.clip(-0.5 * obs, -1, 1).astype(np.float32)
+
+
+def _random_transitions(env: gym.Env, n: int, seed: int = 123):
+    """Fresh (s, a, s') from uniformly random actions (flat actions)."""
+    trajectories = record_demos(RandomModel(env.action_space, seed=seed), env, n_episodes=n, seed=seed)
+    return demos_to_transitions(trajectories)
+
+
+@pytest.fixture(scope="module")
+def line_demos(tmp_path_factory):
+    path = tmp_path_factory.mktemp("demos") / "line.npz"
+    record_demos(ScriptedModel(go_right), LineEnv(), n_episodes=10, path=path, seed=0)
+    return path
+
+
+def test_inverse_model_labels_discrete_actions(line_demos):
+    model = BCO("MlpPolicy", LineEnv(), demonstrations=line_demos, n_pre_interactions=2000, seed=0)
+    model.learn(2000)
+    assert model.num_timesteps == 2000
+    # held-out style check on fresh random interactions: s' = s + a - 1 is recovered
+    fresh = _random_transitions(LineEnv(), 100)
+    labels = model.infer_actions(fresh.obs, fresh.next_obs)
+    assert labels.shape == (len(fresh), 1)
+    assert np.mean(labels[:, 0] == fresh.acts) >= 0.95
+    # the demonstrations' (ignored) actions are what the inverse model infers from their states
+    demos = model._demo_transitions()
+    assert np.mean(model.infer_actions(demos.obs, demos.next_obs)[:, 0] == demos.acts) >= 0.95
+    # and the policy cloned "go right"
+    actions, _ = model.predict(np.array([[0.0], [1.0], [2.0]], dtype=np.float32), deterministic=True)
+    np.testing.assert_array_equal(actions, [2, 2, 2])
+
+
+def test_inverse_model_continuous_and_tuple_actions(tmp_path):
+    box_demos = tmp_path / "box.npz"
+    record_demos(ScriptedModel(go_home), BoxLineEnv(), n_episodes=5, path=box_demos, seed=0)
+    model = BCO(
+        "MlpPolicy", BoxLineEnv(), demonstrations=box_demos, n_pre_interactions=2000, n_epochs_inverse=20, n_epochs_bc=300, seed=0
+    )
+    model.learn(2000)
+    fresh = _random_transitions(BoxLineEnv(), 50)
+    assert np.mean(np.abs(model.infer_actions(fresh.obs, fresh.next_obs) - fresh.acts)) < 0.05
+    obs = np.array([[1.0, -1.0], [0.5, 0.5]], dtype=np.float32)
+    actions, _ = model.predict(obs, deterministic=True)
+    np.testing.assert_allclose(actions, go_home(obs), atol=0.2)
+
+    tuple_demos = tmp_path / "tuple.npz"
+    record_demos(RandomModel(TupleEnv.action_space), TupleEnv(), n_episodes=5, path=tuple_demos, seed=0)
+    model = BCO("MlpPolicy", TupleEnv(), demonstrations=tuple_demos, n_pre_interactions=2000, n_epochs_inverse=20, seed=0)
+    model.learn(2000)
+    fresh = _random_transitions(TupleEnv(), 100)
+    labels = model.infer_actions(fresh.obs, fresh.next_obs)
+    assert np.mean(labels[:, 0] == fresh.acts[:, 0]) >= 0.95
+    assert np.mean(np.abs(labels[:, 1] - fresh.acts[:, 1])) < 0.1
+    action, _ = model.predict(fresh.obs[0], deterministic=True)
+    assert TupleEnv.action_space.contains((action[0], np.asarray(action[1], dtype=np.float32)))
+
+
+@pytest.mark.parametrize("distribution", ["beta", "tanh_normal"])
+def test_bounded_distributions(tmp_path, distribution):
+    path = tmp_path / "box.npz"
+    record_demos(ScriptedModel(go_home), BoxLineEnv(), n_episodes=3, path=path, seed=0)
+    model = BCO(
+        "MlpPolicy",
+        BoxLineEnv(),
+        demonstrations=path,
+        n_pre_interactions=300,
+        n_epochs_bc=2,
+        policy_kwargs=dict(action_distribution=distribution),
+        inverse_model_kwargs=dict(action_distribution=distribution, net_arch=[32], activation_fn="tanh"),
+        seed=0,
+    )
+    model.learn(300)
+    actions, _ = model.predict(np.zeros((4, 2), dtype=np.float32))
+    assert np.all(np.abs(actions) <= 1)
+
+
+def test_alpha_rounds_budget_and_logs(tmp_path, line_demos):
+    env = make_vec_env(LineEnv, n_envs=2, seed=0)
+    model = BCO("MlpPolicy", env, demonstrations=line_demos, alpha=2.0, n_pre_interactions=100, n_epochs_bc=50, seed=0)
+    model.set_logger(configure(str(tmp_path), ["csv"]))
+    n_demo = len(model._demo_transitions())  # 10 episodes of 3 steps
+    assert n_demo == 30
+    model.learn(400)
+    # 100 random interactions, then rounds of alpha * 30 = 60 policy interactions: 100 + 5 * 60 = 400
+    assert model.num_timesteps == 400
+    assert model._n_rounds == 6
+    assert len(model._agent_data) == 400
+    with open(tmp_path / "progress.csv") as file:
+        logs = list(csv.DictReader(file))
+    assert len(logs) == 6
+    for key in ["bco/inverse_loss", "bco/inverse_val_loss", "bco/inverse_accuracy", "bco/bc_loss", "rollout/ep_rew_mean"]:
+        assert all(row[key] != "" for row in logs), key
+    assert [int(row["time/total_timesteps"]) for row in logs] == [100, 160, 220, 280, 340, 400]
+    # the cloned policy goes right: 3 steps per episode, return -3 (the random phase's episodes are not reported)
+    assert float(logs[-1]["rollout/ep_rew_mean"]) > -3.5
+
+    # a budget that does not divide into rounds is never exceeded
+    model.learn(130)
+    assert model.num_timesteps == 130
+
+
+def test_save_load_round_trip(tmp_path, line_demos):
+    model = BCO("MlpPolicy", LineEnv(), demonstrations=line_demos, alpha=1.0, n_pre_interactions=200, n_epochs_bc=2, seed=0)
+    model.learn(260)
+    obs = np.linspace(-3, 3, 13, dtype=np.float32).reshape(-1, 1)
+    before, _ = model.predict(obs, deterministic=True)
+    fresh = _random_transitions(LineEnv(), 10)
+    labels = model.infer_actions(fresh.obs, fresh.next_obs)
+    model.save(tmp_path / "bco")
+    assert (tmp_path / "bco.zip").exists()
+
+    loaded = BCO.load(tmp_path / "bco", env=model.get_env())
+    after, _ = loaded.predict(obs, deterministic=True)
+    np.testing.assert_array_equal(before, after)
+    np.testing.assert_array_equal(labels, loaded.infer_actions(fresh.obs, fresh.next_obs))
+    for name in ("policy", "inverse_model"):
+        for p, q in zip(getattr(model, name).parameters(), getattr(loaded, name).parameters()):
+            assert th.equal(p, q)
+    assert (loaded.alpha, loaded.n_pre_interactions, loaded._n_rounds) == (1.0, 200, model._n_rounds)
+    assert loaded.demonstrations == str(line_demos)
+    # the agent's transitions are not saved: learning again starts with a new pre-demonstration phase
+    assert len(loaded._agent_data) == 0
+    loaded.learn(200)
+    assert len(loaded._agent_data) == 200
+
+    # in-memory demonstrations are not saved with the model
+    trajectories = record_demos(ScriptedModel(go_right), LineEnv(), n_episodes=2, seed=0)
+    model = BCO("MlpPolicy", LineEnv(), demonstrations=trajectories, n_pre_interactions=50, n_epochs_bc=1, seed=0)
+    model.learn(50)
+    model.save(tmp_path / "in_memory.zip")
+    loaded = BCO.load(tmp_path / "in_memory.zip", env=model.get_env())
+    with pytest.raises(ValueError, match="BCO needs demonstrations"):
+        loaded.learn(50)
+    loaded = BCO.load(tmp_path / "in_memory.zip", env=model.get_env(), demonstrations=trajectories)
+    loaded.learn(50)
+
+
+def test_load_errors_name_the_file(tmp_path):
+    corrupt = tmp_path / "corrupt.zip"
+    corrupt.write_bytes(b"not a zip at all")
+    with pytest.raises(ValueError, match="corrupt.zip.*not a Stable-Baselines3 model"):
+        BCO.load(corrupt)
+
+
+def test_wrong_demonstrations_raise_clear_errors(tmp_path, line_demos):
+    with pytest.raises(ValueError, match=r"line.npz\) have observations of shape \(1,\), but the environment's observation"):
+        BCO("MlpPolicy", TupleEnv(), demonstrations=line_demos)
+    with pytest.raises(ValueError, match="have Dict observations"):
+        trajectories = record_demos(RandomModel(DictEnv.action_space), DictEnv(), n_episodes=1, seed=0)
+        BCO("MlpPolicy", BoxLineEnv(), demonstrations=trajectories)
+    with pytest.raises(ValueError, match="BCO needs demonstrations"):
+        BCO("MlpPolicy", LineEnv()).learn(10)
+    with pytest.raises(ValueError, match="left no environment interaction"):
+        BCO("MlpPolicy", LineEnv(), demonstrations=line_demos, n_pre_interactions=0).learn(10)
+    with pytest.raises(ValueError, match="alpha must be >= 0"):
+        BCO("MlpPolicy", LineEnv(), demonstrations=line_demos, alpha=-1)
+    with pytest.raises(ValueError, match="Unknown activation_fn"):
+        BCO("MlpPolicy", LineEnv(), inverse_model_kwargs=dict(activation_fn="swish"))
+    with pytest.raises(FileNotFoundError):
+        BCO("MlpPolicy", LineEnv(), demonstrations=tmp_path / "nowhere.npz")
+
+
+def test_dict_observations_and_vec_normalize(tmp_path):
+    path = tmp_path / "dict.npz"
+    record_demos(RandomModel(DictEnv.action_space), DictEnv(), n_episodes=3, path=path, seed=0)
+    model = BCO("MultiInputPolicy", DictEnv(), demonstrations=path, alpha=1.0, n_pre_interactions=100, n_epochs_bc=1, seed=0)
+    model.learn(124)
+    action, _ = model.predict(DictEnv.observation_space.sample(), deterministic=True)
+    assert action.shape == (2,)
+
+    # VecNormalize: raw demonstrations and stored transitions are normalised with the current statistics
+    box_demos = tmp_path / "box.npz"
+    record_demos(ScriptedModel(go_home), BoxLineEnv(), n_episodes=5, path=box_demos, seed=0)
+    env = VecNormalize(DummyVecEnv([BoxLineEnv]), norm_reward=False)
+    model = BCO("MlpPolicy", env, demonstrations=box_demos, n_pre_interactions=2000, n_epochs_inverse=20, seed=0)
+    model.learn(2000)
+    fresh = _random_transitions(BoxLineEnv(), 50)
+    assert np.mean(np.abs(model.infer_actions(fresh.obs, fresh.next_obs) - fresh.acts)) < 0.1
+
+
+# ------------------------------------------------------------------------------------------------------------ slow
+def _linear(value: float):
+    return lambda progress_remaining: progress_remaining * value
+
+
+@pytest.mark.slow
+def test_bco_cartpole(tmp_path):
+    """BCO(alpha) from 20 state-only expert episodes reaches >= 95% of the expert's return within 50k interactions."""
+    start = time.time()
+    expert = PPORollback(
+        "MlpPolicy",
+        make_vec_env("CartPole-v1", n_envs=8, seed=0),
+        n_steps=32,
+        batch_size=256,
+        gae_lambda=0.8,
+        gamma=0.98,
+        n_epochs=20,
+        ent_coef=0.0,
+        learning_rate=_linear(1e-3),
+        clip_range=_linear(0.2),
+        rollback_alpha=0.1,
+        seed=0,
+    )
+    expert.learn(100_000)
+    expert_time = time.time() - start
+    expert_return, _ = evaluate_policy(expert, make_vec_env("CartPole-v1", seed=100), n_eval_episodes=20)
+    path = tmp_path / "cartpole.npz"
+    trajectories = record_demos(expert, "CartPole-v1", n_episodes=20, path=path, seed=0)
+    demo_return = np.mean([t.rews.sum() for t in trajectories])
+
+    start = time.time()
+    model = BCO(
+        "MlpPolicy", "CartPole-v1", demonstrations=path, alpha=0.1, n_pre_interactions=10_000, n_epochs_inverse=3, seed=0
+    )
+    model.learn(50_000)
+    bco_time = time.time() - start
+    bco_return, bco_std = evaluate_policy(model, make_vec_env("CartPole-v1", seed=200), n_eval_episodes=20)
+    print(
+        f"\nCartPole: expert {expert_return:.1f} (demos {demo_return:.1f}, trained in {expert_time:.0f}s); "
+        f"BCO {bco_return:.1f} ± {bco_std:.1f} after {model.num_timesteps} interactions, {model._n_rounds} rounds, "
+        f"{bco_time:.0f}s"
+    )
+    assert model.num_timesteps <= 50_000
+    assert bco_return >= 0.95 * expert_return
+
+
+@pytest.mark.slow
+def test_bco_pendulum(tmp_path):
+    """BCO(alpha) from 20 state-only expert episodes gets within 20% of the expert's (negative) return."""
+    start = time.time()
+    expert = PPORollback(
+        "MlpPolicy",
+        make_vec_env("Pendulum-v1", n_envs=4, seed=0),
+        n_steps=1024,
+        gae_lambda=0.95,
+        gamma=0.9,
+        n_epochs=10,
+        ent_coef=0.0,
+        learning_rate=1e-3,
+        clip_range=0.2,
+        use_sde=True,
+        sde_sample_freq=4,
+        seed=0,
+    )
+    expert.learn(100_000)
+    expert_time = time.time() - start
+    expert_return, _ = evaluate_policy(expert, make_vec_env("Pendulum-v1", seed=100), n_eval_episodes=20)
+    assert expert_return >= -300, f"the PPORollback expert only reached {expert_return:.1f}"
+    path = tmp_path / "pendulum.npz"
+    record_demos(expert, "Pendulum-v1", n_episodes=20, path=path, seed=0)
+
+    start = time.time()
+    model = BCO(
+        "MlpPolicy", "Pendulum-v1", demonstrations=path, alpha=0.5, n_pre_interactions=20_000, n_epochs_inverse=3, seed=0
+    )
+    model.learn(50_000)
+    bco_time = time.time() - start
+    bco_return, bco_std = evaluate_policy(model, make_vec_env("Pendulum-v1", seed=200), n_eval_episodes=20)
+    print(
+        f"\nPendulum: expert {expert_return:.1f} (trained in {expert_time:.0f}s); BCO {bco_return:.1f} ± {bco_std:.1f} "
+        f"after {model.num_timesteps} interactions, {bco_time:.0f}s"
+    )
+    assert bco_return >= 1.2 * expert_return

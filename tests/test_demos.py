@@ -1,0 +1,334 @@
+"""Demonstration files: record -> save -> load round trips, VecNormalize, bad files, imitation hidden."""
+
+import importlib
+import json
+import sys
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+import sb3_cherry.demos as demos
+from sb3_cherry.common.spaces import flat_action_dim, flatten_action
+from sb3_cherry.demos import demos_to_transitions, load_demo_spaces, load_demos, record_demos, save_demos
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    # Tiny networks: extra threads only add contention on a shared machine
+    n_threads = th.get_num_threads()
+    th.set_num_threads(1)
+    yield
+    th.set_num_threads(n_threads)
+
+
+class LineEnv(gym.Env):
+    """``s' = s + (a - 1)``; terminates at ``|s| >= 3``, truncated after ``max_steps``; reward -1 per step."""
+
+    observation_space = spaces.Box(-np.inf, np.inf, (1,), np.float32)
+    action_space = spaces.Discrete(3)
+
+    def __init__(self, max_steps: int = 6):
+        self.max_steps = max_steps
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.pos, self.steps = 0.0, 0
+        return np.array([self.pos], dtype=np.float32), {}
+
+    def step(self, action):
+        self.pos += float(int(action) - 1)
+        self.steps += 1
+        terminated = abs(self.pos) >= 3
+        return np.array([self.pos], dtype=np.float32), -1.0, terminated, self.steps >= self.max_steps, {}
+
+
+class TupleEnv(gym.Env):
+    """Parameterised action ``(Discrete(3), Box(-1, 1, (1,)))``: ``s' = s + [d - 1, p]``; truncated after 5 steps."""
+
+    observation_space = spaces.Box(-np.inf, np.inf, (2,), np.float32)
+    action_space = spaces.Tuple((spaces.Discrete(3), spaces.Box(-1, 1, (1,), np.float32)))
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.state, self.steps = np.zeros(2, dtype=np.float32), 0
+        return self.state.copy(), {}
+
+    def step(self, action):
+        discrete, box = action
+        self.state = self.state + np.array([int(discrete) - 1, float(np.clip(box, -1, 1)[0])], dtype=np.float32)
+        self.steps += 1
+        return self.state.copy(), float(-np.abs(self.state).sum()), False, self.steps >= 5, {}
+
+
+class DictEnv(gym.Env):
+    """Dict observations (a Box and a Discrete key), Box actions; terminates after 4 steps."""
+
+    observation_space = spaces.Dict(
+        {"pos": spaces.Box(-10, 10, (2,), np.float32), "step": spaces.Discrete(5)},
+    )
+    action_space = spaces.Box(-1, 1, (2,), np.float32)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.pos, self.steps = np.zeros(2, dtype=np.float32), 0
+        return self._obs(), {}
+
+    def _obs(self):
+        return {"pos": self.pos.copy(), "step": self.steps}
+
+    def step(self, action):
+        self.pos = (self.pos + np.clip(action, -1, 1)).astype(np.float32)
+        self.steps += 1
+        return self._obs(), 1.0, self.steps >= 4, False, {}
+
+
+class RandomModel:
+    """A stand-in for a trained model: ``predict`` samples the action space (seeded)."""
+
+    def __init__(self, action_space: spaces.Space, seed: int = 0):
+        self.action_space = action_space
+        self.action_space.seed(seed)
+
+    def predict(self, obs: Any, state=None, episode_start=None, deterministic: bool = False):
+        n_envs = len(next(iter(obs.values()))) if isinstance(obs, dict) else len(obs)
+        actions = [self.action_space.sample() for _ in range(n_envs)]
+        if isinstance(self.action_space, spaces.Tuple):
+            return actions, state
+        return np.stack(actions), state
+
+
+def _assert_same_trajectories(a: list, b: list) -> None:
+    assert len(a) == len(b)
+    for ta, tb in zip(a, b):
+        obs_a, obs_b = demos._unwrap_obs(ta.obs), demos._unwrap_obs(tb.obs)
+        if isinstance(obs_a, dict):
+            assert obs_a.keys() == obs_b.keys()
+            for key in obs_a:
+                np.testing.assert_array_equal(obs_a[key], obs_b[key])
+        else:
+            np.testing.assert_array_equal(obs_a, obs_b)
+        np.testing.assert_array_equal(ta.acts, tb.acts)
+        np.testing.assert_array_equal(ta.rews, tb.rews)
+        assert ta.terminal == tb.terminal
+
+
+@pytest.mark.parametrize("env_class", [LineEnv, TupleEnv, DictEnv])
+def test_round_trip(tmp_path, env_class):
+    env = env_class()
+    path = tmp_path / "demos.npz"
+    trajectories = record_demos(RandomModel(env.action_space), env, n_episodes=4, path=path, seed=0)
+    assert len(trajectories) == 4
+    loaded = load_demos(path)
+    _assert_same_trajectories(trajectories, loaded)
+    observation_space, action_space = load_demo_spaces(path)
+    assert observation_space == env.observation_space
+    assert action_space == env.action_space
+    for traj in loaded:
+        assert len(demos._unwrap_obs(traj.obs)["pos"] if env_class is DictEnv else traj.obs) == len(traj.acts) + 1
+        if isinstance(env.action_space, spaces.Tuple):
+            assert traj.acts.shape == (len(traj), flat_action_dim(env.action_space)) and traj.acts.dtype == np.float32
+        elif isinstance(env.action_space, spaces.Discrete):
+            assert traj.acts.shape == (len(traj),) and traj.acts.dtype == np.int64
+        else:
+            assert traj.acts.shape == (len(traj), 2)
+
+    transitions = demos_to_transitions(loaded)
+    assert len(transitions) == sum(len(t) for t in loaded)
+    if env_class is DictEnv:
+        assert type(loaded[0].obs).__name__ == "DictObs"  # imitation is installed in the test environment
+        assert transitions.obs["step"].shape == (len(transitions),) and transitions.next_obs["pos"].shape[1:] == (2,)
+    assert transitions.dones.sum() == sum(t.terminal for t in loaded)
+
+
+def test_final_observation_and_terminal_flags():
+    # The line env terminates at |s| >= 3 and the VecEnv resets automatically: the final observation must be the
+    # terminal one (|s| = 3, not the reset observation 0), and the dynamics s' = s + a - 1 hold on every step.
+    env = LineEnv(max_steps=6)
+    trajectories = record_demos(RandomModel(env.action_space, seed=3), env, n_episodes=30, seed=3)
+    for traj in trajectories:
+        np.testing.assert_array_equal(np.diff(traj.obs[:, 0]), traj.acts - 1)
+        assert traj.obs[0, 0] == 0
+        if traj.terminal:
+            assert abs(traj.obs[-1, 0]) == 3
+        else:
+            assert len(traj) == 6  # truncated by the time limit
+    assert {t.terminal for t in trajectories} == {True, False}
+
+
+def test_vec_normalize_records_original_values():
+    venv = VecNormalize(DummyVecEnv([LineEnv]), norm_obs=True, norm_reward=True, clip_obs=0.5)
+    model = RandomModel(venv.action_space, seed=1)
+    trajectories = record_demos(model, venv, n_episodes=10, seed=1)
+    for traj in trajectories:
+        # Unnormalised (and unclipped) observations, terminal ones included, and the raw rewards
+        np.testing.assert_array_equal(np.diff(traj.obs[:, 0]), traj.acts - 1)
+        np.testing.assert_array_equal(traj.rews, -1.0)
+    # the recorder wrapper was removed again
+    assert isinstance(venv.venv, DummyVecEnv)
+
+
+def test_record_rejects_several_envs():
+    venv = DummyVecEnv([LineEnv, LineEnv])
+    with pytest.raises(ValueError, match="one environment"):
+        record_demos(RandomModel(venv.action_space), venv, n_episodes=1)
+
+
+def test_record_from_env_id_and_sb3_model(tmp_path):
+    from sb3_cherry import PPORollback
+
+    model = PPORollback("MlpPolicy", "CartPole-v1", n_steps=16, batch_size=16, seed=0)
+    trajectories = record_demos(model, "CartPole-v1", n_episodes=2, path=tmp_path / "cartpole", seed=0)
+    assert (tmp_path / "cartpole.npz").exists()
+    _assert_same_trajectories(trajectories, load_demos(tmp_path / "cartpole"))
+    metadata = json.loads(str(np.load(tmp_path / "cartpole.npz")["metadata"]))
+    assert metadata["env_id"] == "CartPole-v1"
+
+
+def test_save_demos_accepts_tuple_actions(tmp_path):
+    space = TupleEnv.action_space
+    acts = [(1, np.array([0.5], dtype=np.float32)), (2, np.array([-0.25], dtype=np.float32))]
+    obs = np.zeros((3, 2), np.float32)
+    traj = demos.DemoTrajectory(obs=obs, acts=acts, infos=None, terminal=True, rews=np.zeros(2, np.float32))  # type: ignore[arg-type]
+    save_demos(tmp_path / "t.npz", [traj], TupleEnv.observation_space, space)
+    loaded = load_demos(tmp_path / "t.npz")
+    np.testing.assert_array_equal(loaded[0].acts, np.stack([flatten_action(space, a) for a in acts]))
+
+
+# ----------------------------------------------------------------------------------------------------- bad files
+@pytest.fixture
+def good_arrays(tmp_path) -> dict[str, np.ndarray]:
+    env = LineEnv()
+    record_demos(RandomModel(env.action_space), env, n_episodes=3, path=tmp_path / "good.npz", seed=0)
+    with np.load(tmp_path / "good.npz") as data:
+        return {key: data[key] for key in data.files}
+
+
+def _write(tmp_path, arrays: dict[str, np.ndarray], name: str = "bad.npz"):
+    path = tmp_path / name
+    np.savez(path, **arrays)
+    return path
+
+
+def test_not_an_archive(tmp_path):
+    path = tmp_path / "garbage.npz"
+    path.write_bytes(b"this is not a numpy archive")
+    with pytest.raises(ValueError, match="garbage.npz is not a demonstration file"):
+        load_demos(path)
+    with pytest.raises(FileNotFoundError, match="missing.npz"):
+        load_demos(tmp_path / "missing.npz")
+
+
+def test_single_array_file(tmp_path):
+    path = tmp_path / "array.npy"
+    np.save(path, np.zeros(3))
+    with pytest.raises(ValueError, match=r"array.npy holds a single array"):
+        load_demos(path)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda a: a.pop("format_version"), "missing 'format_version': not an sb3_cherry demonstration file"),
+        (lambda a: a.update(format_version=np.array(99)), "format_version 99 is not supported"),
+        (lambda a: a.pop("actions"), r"missing \['actions'\]"),
+        (lambda a: a.pop("observations"), "missing observation array 'observations'"),
+        (lambda a: a.update(observations=a["observations"][:-1]), r"observations in 'observations'.*need.*final observation"),
+        (lambda a: a.update(actions=a["actions"][:-1]), "'actions' has shape"),
+        (lambda a: a.update(rewards=a["rewards"][:-1]), "'rewards' must be a float array"),
+        (lambda a: a.update(episode_lengths=np.array([0, 1, 2])), "'episode_lengths' must be"),
+        (lambda a: a.update(terminal=np.array([1, 0, 1])), "'terminal' must be a bool array"),
+        (lambda a: a.update(observations=a["observations"][:, :, None]), "per-step shape"),
+        (lambda a: a.update(spaces=np.array("{not json")), "'spaces' is not a valid space description"),
+        (lambda a: a.update(spaces=np.array(json.dumps({"observation_space": {"type": "Graph"}}))), "not a valid space"),
+    ],
+)
+def test_bad_files_raise_clear_errors(tmp_path, good_arrays, change, message):
+    change(good_arrays)
+    path = _write(tmp_path, good_arrays)
+    with pytest.raises(ValueError, match=message) as info:
+        load_demos(path)
+    assert "bad.npz" in str(info.value)
+
+
+def test_pickled_arrays_are_refused(tmp_path, good_arrays):
+    good_arrays["rewards"] = np.array([{"evil": 1}] * len(good_arrays["rewards"]), dtype=object)
+    path = _write(tmp_path, good_arrays)
+    with pytest.raises(ValueError, match="bad.npz: cannot read array 'rewards'"):
+        load_demos(path)
+
+
+def test_dict_observation_keys_checked(tmp_path):
+    env = DictEnv()
+    record_demos(RandomModel(env.action_space), env, n_episodes=2, path=tmp_path / "dict.npz", seed=0)
+    with np.load(tmp_path / "dict.npz") as data:
+        arrays = {key: data[key] for key in data.files}
+    arrays["obs/extra"] = arrays["obs/pos"]
+    with pytest.raises(ValueError, match=r"\['obs/extra'\] are not keys"):
+        load_demos(_write(tmp_path, arrays))
+    del arrays["obs/extra"], arrays["obs/step"]
+    with pytest.raises(ValueError, match="missing observation array 'obs/step'"):
+        load_demos(_write(tmp_path, arrays))
+
+
+def test_atomic_write_keeps_previous_file(tmp_path, monkeypatch):
+    env = LineEnv()
+    path = tmp_path / "demos.npz"
+    record_demos(RandomModel(env.action_space), env, n_episodes=2, path=path, seed=0)
+    good = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("simulated crash in the middle of a write")
+
+    monkeypatch.setattr(np, "savez_compressed", crash)
+    with pytest.raises(KeyboardInterrupt):
+        record_demos(RandomModel(env.action_space), env, n_episodes=2, path=path, seed=1)
+    assert path.read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir()] == ["demos.npz"]
+
+
+def test_load_without_imitation(tmp_path, monkeypatch):
+    for env in (LineEnv(), DictEnv()):
+        record_demos(RandomModel(env.action_space), env, n_episodes=2, path=tmp_path / f"{type(env).__name__}.npz", seed=0)
+    with_imitation = load_demos(tmp_path / "DictEnv.npz")
+
+    for name in [m for m in sys.modules if m == "imitation" or m.startswith("imitation.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, "imitation", None)
+    reloaded = importlib.reload(demos)
+    try:
+        line = reloaded.load_demos(tmp_path / "LineEnv.npz")
+        assert all(type(t) is reloaded.DemoTrajectory for t in line)
+        assert line[0].rews.dtype == np.float32 and len(line[0].obs) == len(line[0]) + 1
+        dict_demos = reloaded.load_demos(tmp_path / "DictEnv.npz")
+        assert isinstance(dict_demos[0].obs, dict)
+        _assert_same_trajectories(with_imitation, dict_demos)
+        # recording works too
+        trajectories = reloaded.record_demos(RandomModel(LineEnv.action_space), LineEnv(), n_episodes=1)
+        assert type(trajectories[0]) is reloaded.DemoTrajectory
+    finally:
+        monkeypatch.undo()
+        importlib.reload(demos)
+
+
+class _SpaceCase:
+    cases: ClassVar[list[spaces.Space]] = [
+        spaces.Box(-1.0, 2.0, (3,), np.float32),
+        spaces.Box(np.array([-np.inf, 0.0]), np.array([1.0, np.inf]), dtype=np.float64),
+        spaces.Box(0, 255, (4, 4, 3), np.uint8),
+        spaces.Discrete(4, start=2),
+        spaces.MultiDiscrete([3, 2]),
+        spaces.MultiBinary(5),
+        spaces.Tuple((spaces.Discrete(2), spaces.Tuple((spaces.Box(-1, 1, (2,)), spaces.MultiBinary(2))))),
+        spaces.Dict({"a": spaces.Box(-1, 1, (2,)), "b": spaces.Discrete(3)}),
+    ]
+
+
+@pytest.mark.parametrize("space", _SpaceCase.cases, ids=lambda s: type(s).__name__)
+def test_space_json_round_trip(space):
+    text = json.dumps(demos.space_to_dict(space), allow_nan=False)  # strict JSON: no Infinity / NaN literals
+    assert demos.space_from_dict(json.loads(text)) == space

@@ -1,0 +1,881 @@
+"""
+Action distributions, checked against independent references.
+
+Every expected value is computed with ``torch.distributions`` (or numerically, or by an explicit formula) from the
+parameter layout the design fixes: one flat parameter tensor per distribution, the components' parameters
+concatenated in order for Tuples; Gaussian families ``[mean, log_std]``; Beta ``[alpha_raw, beta_raw]`` with
+concentrations ``softplus(raw) + 1``; logits for Categorical / Gumbel-Softmax / MultiCategorical / Bernoulli.
+"""
+
+from functools import partial
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common import distributions as sb3_dist
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+from torch.distributions import (
+    AffineTransform,
+    Bernoulli,
+    Beta,
+    Categorical,
+    Normal,
+    TanhTransform,
+    TransformedDistribution,
+)
+from torch.distributions import kl_divergence as th_kl
+from torch.nn import functional as F
+
+from sb3_cherry import PPORollback
+from sb3_cherry.common.distributions import (
+    BernoulliDistribution,
+    BetaDistribution,
+    CategoricalDistribution,
+    CherryDistribution,
+    GumbelSoftmaxDistribution,
+    MultiCategoricalDistribution,
+    NormalDistribution,
+    TanhNormalDistribution,
+    TupleDistribution,
+    kl_divergence,
+    make_distribution,
+    resolve_spec,
+)
+from sb3_cherry.common.spaces import flatten_action, unflatten_action, unflatten_actions
+
+# Non-symmetric, non-unit bounds (exactly representable in float32)
+LOW = np.array([-1.0, 0.0, 2.0], dtype=np.float32)
+HIGH = np.array([1.0, 5.0, 3.0], dtype=np.float32)
+BOX3 = spaces.Box(LOW, HIGH, dtype=np.float32)
+LOW_T, HIGH_T = th.as_tensor(LOW, dtype=th.float64), th.as_tensor(HIGH, dtype=th.float64)
+
+NESTED = spaces.Tuple(
+    (
+        spaces.Discrete(3),
+        spaces.Tuple((spaces.Box(-1, 1, (1,)), spaces.Box(0, 2, (2,)), spaces.Box(-5, 5, (1,)))),
+    )
+)
+NESTED_SPEC = ("gumbel_softmax", ("beta", "tanh_normal", "normal"))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    th.manual_seed(0)
+    np.random.seed(0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Independent references
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def ref_beta(params: th.Tensor, low: th.Tensor, high: th.Tensor) -> TransformedDistribution:
+    alpha_raw, beta_raw = params.chunk(2, dim=-1)
+    base = Beta(F.softplus(alpha_raw) + 1.0, F.softplus(beta_raw) + 1.0)
+    return TransformedDistribution(base, AffineTransform(low.to(params.dtype), (high - low).to(params.dtype)))
+
+
+def ref_tanh_normal(params: th.Tensor, low: th.Tensor, high: th.Tensor) -> TransformedDistribution:
+    mean, log_std = params.chunk(2, dim=-1)
+    low, high = low.to(params.dtype), high.to(params.dtype)
+    return TransformedDistribution(
+        Normal(mean, log_std.exp()), [TanhTransform(), AffineTransform(loc=(high + low) / 2, scale=(high - low) / 2)]
+    )
+
+
+def ref_normal(params: th.Tensor) -> Normal:
+    mean, log_std = params.chunk(2, dim=-1)
+    return Normal(mean, log_std.exp())
+
+
+def ks_statistic(samples: np.ndarray, cdf) -> float:
+    """Kolmogorov-Smirnov distance between the empirical CDF of ``samples`` and ``cdf``."""
+    x = np.sort(samples)
+    n = len(x)
+    ref = cdf(x)
+    return float(max(np.max(np.arange(1, n + 1) / n - ref), np.max(ref - np.arange(n) / n)))
+
+
+def ks_critical(n: int) -> float:
+    return 1.95 / np.sqrt(n)  # p = 0.001
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# log-prob against torch.distributions
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [th.float64, th.float32])
+def test_beta_log_prob(dtype):
+    params = (2.0 * th.randn(256, 6, dtype=th.float64)).to(dtype)
+    ref = ref_beta(params.double(), LOW_T, HIGH_T)
+    actions = ref.sample()
+    # stay away from the epsilon margin at the bounds (tested separately)
+    margin = 1e-4 * (HIGH_T - LOW_T)
+    actions = th.maximum(th.minimum(actions, HIGH_T - margin), LOW_T + margin)
+    dist = BetaDistribution(BOX3).proba_distribution(params)
+    # float64: the log(high - low) term is computed from the float32 bounds (~1e-7 relative)
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype == th.float64 else dict(rtol=1e-4, atol=1e-4)
+    th.testing.assert_close(dist.log_prob(actions.to(dtype)).double(), ref.log_prob(actions).sum(-1), **tol)
+
+
+@pytest.mark.parametrize("dtype", [th.float64, th.float32])
+def test_tanh_normal_log_prob(dtype):
+    mean = 2.0 * th.rand(256, 3, dtype=th.float64) - 1.0
+    log_std = th.rand(256, 3, dtype=th.float64) - 0.8
+    params = th.cat([mean, log_std], dim=1)
+    ref = ref_tanh_normal(params, LOW_T, HIGH_T)
+    actions = ref.sample()
+    margin = 1e-4 * (HIGH_T - LOW_T)
+    actions = th.maximum(th.minimum(actions, HIGH_T - margin), LOW_T + margin)
+    dist = TanhNormalDistribution(BOX3).proba_distribution(params.to(dtype))
+    tol = dict(rtol=1e-7, atol=1e-7) if dtype == th.float64 else dict(rtol=2e-3, atol=2e-3)
+    th.testing.assert_close(dist.log_prob(actions.to(dtype)).double(), ref.log_prob(actions).sum(-1), **tol)
+
+
+def test_normal_log_prob():
+    params = th.randn(64, 6)
+    actions = 3.0 * th.randn(64, 3)
+    dist = NormalDistribution(BOX3).proba_distribution(params)
+    th.testing.assert_close(dist.log_prob(actions), ref_normal(params).log_prob(actions).sum(-1))
+
+
+def test_one_column_actions_accept_flat_shape():
+    space = spaces.Box(0, 2, (1,))
+    params = th.randn(10, 2)
+    for name in ("normal", "beta", "tanh_normal"):
+        dist = make_distribution(space, name) if name != "normal" else NormalDistribution(space)
+        dist.proba_distribution(params)
+        actions = th.rand(10, 1) * 2
+        th.testing.assert_close(dist.log_prob(actions), dist.log_prob(actions.flatten()))
+
+
+@pytest.mark.parametrize("cls", [CategoricalDistribution, GumbelSoftmaxDistribution])
+def test_categorical_log_prob(cls):
+    space = spaces.Discrete(5, start=-2)
+    logits = th.randn(64, 5)
+    index = Categorical(logits=logits).sample()
+    dist = cls(space).proba_distribution(logits)
+    expected = Categorical(logits=logits).log_prob(index)
+    # (batch,) long, (batch, 1) float (as stored in rollout buffers): both accepted
+    th.testing.assert_close(dist.log_prob(index - 2), expected)
+    th.testing.assert_close(dist.log_prob((index - 2).float().unsqueeze(1)), expected)
+
+
+def test_multi_categorical_log_prob():
+    space = spaces.MultiDiscrete([3, 2, 4], start=[1, 0, -1])
+    logits = th.randn(64, 9)
+    refs = [Categorical(logits=x) for x in logits.split([3, 2, 4], dim=1)]
+    index = th.stack([r.sample() for r in refs], dim=1)
+    expected = sum(r.log_prob(i) for r, i in zip(refs, index.unbind(1), strict=True))
+    dist = MultiCategoricalDistribution(space).proba_distribution(logits)
+    th.testing.assert_close(dist.log_prob((index + th.tensor([1, 0, -1])).float()), expected)
+
+
+def test_bernoulli_log_prob():
+    logits = th.randn(64, 4)
+    actions = Bernoulli(logits=logits).sample()
+    dist = BernoulliDistribution(spaces.MultiBinary(4)).proba_distribution(logits)
+    th.testing.assert_close(dist.log_prob(actions), Bernoulli(logits=logits).log_prob(actions).sum(-1))
+
+
+def test_log_prob_from_params():
+    dist = BetaDistribution(BOX3)
+    params = th.randn(8, 6)
+    actions, log_prob = dist.log_prob_from_params(params)
+    th.testing.assert_close(log_prob, ref_beta(params.double(), LOW_T, HIGH_T).log_prob(actions.double()).sum(-1).float())
+    assert th.equal(dist.actions_from_params(params, deterministic=True), dist.mode())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Densities, samples, entropies, modes of the Box distributions (1-D, non-unit intervals)
+# ---------------------------------------------------------------------------------------------------------------------
+
+INTERVALS = [(0.0, 2.0), (-3.0, 1.0)]
+BOX_PARAMS = {
+    "beta": [(0.0, 0.0), (2.0, -1.0), (-3.0, 3.0), (4.0, 4.0)],
+    "tanh_normal": [(0.0, 0.0), (1.5, -0.5), (-1.0, 0.3), (0.3, -2.0)],
+}
+
+
+@pytest.mark.parametrize("low, high", INTERVALS)
+@pytest.mark.parametrize("name", ["beta", "tanh_normal", "normal"])
+def test_density_integrates_to_one(name, low, high):
+    space = spaces.Box(low, high, (1,))
+    dist = NormalDistribution(space) if name == "normal" else make_distribution(space, name)
+    for p in BOX_PARAMS.get(name, [(0.5, 0.0), (-1.0, -1.5)]):
+        params = th.tensor([p], dtype=th.float64)
+        if name == "normal":
+            a, b = p[0] - 12 * np.exp(p[1]), p[0] + 12 * np.exp(p[1])
+        else:
+            delta = 1e-6 * (high - low)  # the endpoint singularities of atanh / log are left out
+            a, b = low + delta, high - delta
+        grid = th.linspace(a, b, 20_001, dtype=th.float64)
+        dist.proba_distribution(params.expand(len(grid), 2))
+        density = dist.log_prob(grid.unsqueeze(1)).exp()
+        assert th.isfinite(density).all()
+        assert th.trapezoid(density, grid).item() == pytest.approx(1.0, abs=2e-3), p
+
+
+def _beta_cdf(alpha: float, beta: float, low: float, high: float):
+    grid = th.linspace(0.0, 1.0, 20_001, dtype=th.float64)
+    reference = Beta(th.tensor(alpha, dtype=th.float64), th.tensor(beta, dtype=th.float64))
+    pdf = reference.log_prob(grid.clamp(1e-12, 1 - 1e-12)).exp()
+    cdf = th.cat([th.zeros(1, dtype=th.float64), th.cumulative_trapezoid(pdf, grid)]).numpy()
+    cdf /= cdf[-1]
+    return lambda x: np.interp((x - low) / (high - low), grid.numpy(), cdf)
+
+
+def _tanh_normal_cdf(base: Normal, low: float, high: float, x: np.ndarray) -> np.ndarray:
+    squashed = th.as_tensor(2 * (x - low) / (high - low) - 1).clamp(-1 + 1e-15, 1 - 1e-15)
+    return base.cdf(th.atanh(squashed)).numpy()
+
+
+def _normal_cdf(base: Normal, x: np.ndarray) -> np.ndarray:
+    return base.cdf(th.as_tensor(x)).numpy()
+
+
+@pytest.mark.parametrize("low, high", INTERVALS)
+@pytest.mark.parametrize("name", ["beta", "tanh_normal", "normal"])
+def test_sample_histogram_matches_density(name, low, high):
+    n = 2000
+    space = spaces.Box(low, high, (1,))
+    dist = NormalDistribution(space) if name == "normal" else make_distribution(space, name)
+    for p in BOX_PARAMS.get(name, [(0.5, 0.0), (-1.0, -1.5)]):
+        params = th.tensor([p], dtype=th.float64).expand(n, 2)
+        with th.no_grad():
+            samples = dist.proba_distribution(params).sample().numpy().reshape(-1)
+        base = Normal(th.tensor(p[0], dtype=th.float64), th.tensor(np.exp(p[1]), dtype=th.float64))
+        if name == "beta":
+            alpha, beta = (F.softplus(th.tensor(x, dtype=th.float64)).item() + 1.0 for x in p)
+            cdf = _beta_cdf(alpha, beta, low, high)
+        elif name == "tanh_normal":
+            cdf = partial(_tanh_normal_cdf, base, low, high)
+        else:
+            cdf = partial(_normal_cdf, base)
+        if name != "normal":
+            assert samples.min() >= low and samples.max() <= high
+        assert ks_statistic(samples, cdf) < ks_critical(n), p
+
+
+@pytest.mark.parametrize("name", ["beta", "tanh_normal"])
+@pytest.mark.parametrize("scale", [1.0, 25.0])
+def test_samples_inside_bounds(name, scale):
+    dist = make_distribution(BOX3, name)
+    params = scale * th.randn(5000, 6)
+    if name == "tanh_normal":
+        params[:, 3:] = th.randn(5000, 3).clamp(-5.0, 2.0)  # extreme means; log_std within float32 range
+    with th.no_grad():
+        samples = dist.proba_distribution(params).sample()
+        mode = dist.mode()
+    for a in (samples, mode):
+        assert th.isfinite(a).all()
+        assert (a >= th.as_tensor(LOW)).all() and (a <= th.as_tensor(HIGH)).all()
+        assert all(BOX3.contains(x) for x in a[:200].numpy())
+
+
+@pytest.mark.parametrize("cls", [CategoricalDistribution, GumbelSoftmaxDistribution])
+def test_categorical_sample_frequencies(cls):
+    """Gumbel-max samples are exact categorical samples (any temperature)."""
+    n = 20_000
+    logits = th.tensor([[1.0, -0.5, 0.0, 2.0]])
+    kwargs = {"temperature": 0.3} if cls is GumbelSoftmaxDistribution else {}
+    dist = cls(spaces.Discrete(4, start=3), **kwargs).proba_distribution(logits.expand(n, 4))
+    samples = dist.sample()
+    assert samples.shape == (n, 1) and samples.min() >= 3 and samples.max() <= 6
+    freq = th.bincount(samples[:, 0] - 3, minlength=4).float() / n
+    th.testing.assert_close(freq, th.softmax(logits[0], 0), atol=0.015, rtol=0)
+    assert dist.mode()[0].item() == 6
+
+
+def test_gumbel_softmax_relaxed_sample():
+    dist = GumbelSoftmaxDistribution(spaces.Discrete(4), temperature=0.5)
+    logits = th.randn(32, 4, requires_grad=True)
+    dist.proba_distribution(logits)
+    soft = dist.relaxed_sample()
+    th.testing.assert_close(soft.sum(1), th.ones(32))
+    hard = dist.relaxed_sample(hard=True)
+    assert ((hard == 0) | (hard == 1)).all() and (hard.sum(1) == 1).all()
+    (hard * th.arange(4.0)).sum().backward()
+    assert logits.grad is not None and th.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="temperature"):
+        GumbelSoftmaxDistribution(spaces.Discrete(4), temperature=0.0)
+
+
+def _entropy_check(dist, params: th.Tensor, n: int = 5000) -> th.Tensor:
+    """Analytic entropy vs -mean log-prob over ``n`` samples for each row of ``params``; returns the entropy."""
+    batch = len(params)
+    with th.no_grad():
+        dist.proba_distribution(params.repeat(n, 1))
+        log_prob = dist.log_prob(dist.sample()).reshape(n, batch)
+        entropy = dist.entropy().reshape(n, batch)[0]
+    estimate = -log_prob.mean(0)
+    tol = 4.0 * log_prob.std(0) / np.sqrt(n) + 1e-3
+    assert (estimate - entropy).abs().le(tol).all(), (estimate, entropy)
+    return entropy
+
+
+def test_entropy_beta():
+    params = th.randn(3, 6, dtype=th.float64)
+    entropy = _entropy_check(BetaDistribution(BOX3), params)
+    alpha, beta = (F.softplus(x) + 1 for x in params.chunk(2, dim=1))
+    # differential entropy of the affine map: H(Beta) + log(high - low), summed over dimensions
+    th.testing.assert_close(entropy, (Beta(alpha, beta).entropy() + th.log(HIGH_T - LOW_T)).sum(1))
+
+
+def test_entropy_normal():
+    params = th.randn(3, 6, dtype=th.float64)
+    entropy = _entropy_check(NormalDistribution(BOX3), params)
+    th.testing.assert_close(entropy, ref_normal(params).entropy().sum(1))
+
+
+def test_entropy_discrete_families():
+    logits = th.randn(3, 5, dtype=th.float64)
+    th.testing.assert_close(
+        _entropy_check(CategoricalDistribution(spaces.Discrete(5, start=1)), logits), Categorical(logits=logits).entropy()
+    )
+    th.testing.assert_close(
+        _entropy_check(GumbelSoftmaxDistribution(spaces.Discrete(5)), logits), Categorical(logits=logits).entropy()
+    )
+    md = spaces.MultiDiscrete([2, 3], start=[-1, 4])
+    expected = sum(Categorical(logits=x).entropy() for x in logits.split([2, 3], dim=1))
+    th.testing.assert_close(_entropy_check(MultiCategoricalDistribution(md), logits), expected)
+    logits = th.randn(3, 4, dtype=th.float64)
+    th.testing.assert_close(
+        _entropy_check(BernoulliDistribution(spaces.MultiBinary(4)), logits), Bernoulli(logits=logits).entropy().sum(1)
+    )
+
+
+def test_tanh_normal_entropy_is_none():
+    assert TanhNormalDistribution(BOX3).proba_distribution(th.zeros(2, 6)).entropy() is None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Numerical robustness at the bounds and for extreme parameters (float32)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _edge_actions() -> th.Tensor:
+    """Actions exactly on the bounds, 1e-7 inside, one float32 ulp inside, and mixed per dimension."""
+    low, high = th.as_tensor(LOW), th.as_tensor(HIGH)
+    rows = [
+        low,
+        high,
+        low + 1e-7,
+        high - 1e-7,
+        th.nextafter(low, high),
+        th.nextafter(high, low),
+        th.where(th.tensor([True, False, True]), low, high),
+        (low + high) / 2,
+    ]
+    return th.stack(rows).float()
+
+
+@pytest.mark.parametrize("name", ["beta", "tanh_normal"])
+def test_no_nan_at_bounds_and_extreme_params(name):
+    if name == "tanh_normal":
+        grid = [(m, s) for m in (-20.0, 0.0, 20.0) for s in (-5.0, 0.0, 2.0)]
+    else:
+        grid = [(a, b) for a in (-20.0, 0.0, 20.0) for b in (-20.0, 0.0, 20.0)]
+    actions = _edge_actions()
+    dist = make_distribution(BOX3, name)
+    for first, second in grid:
+        params = th.tensor([[first] * 3 + [second] * 3], dtype=th.float32).repeat(len(actions), 1).requires_grad_(True)
+        dist.proba_distribution(params)
+        log_prob = dist.log_prob(actions)
+        assert log_prob.dtype == th.float32
+        assert th.isfinite(log_prob).all(), (first, second, log_prob)
+        log_prob.sum().backward()
+        assert th.isfinite(params.grad).all(), (first, second, params.grad)
+
+        # Through reparameterised samples and the mode as well
+        params.grad = None
+        dist.proba_distribution(params)
+        sample = dist.sample()
+        assert th.isfinite(sample).all() and th.isfinite(dist.mode()).all()
+        log_prob = dist.log_prob(sample)
+        assert th.isfinite(log_prob).all()
+        log_prob.sum().backward()
+        assert th.isfinite(params.grad).all()
+
+
+def test_tanh_normal_saturated_log_prob_is_stable():
+    """On the bound, the log-density of a tanh-Normal centred far outside must stay finite and monotone."""
+    dist = TanhNormalDistribution(BOX3).proba_distribution(th.tensor([[20.0, -20.0, 20.0, 0.0, 0.0, 0.0]]))
+    at_mode = dist.log_prob(dist.mode())
+    inside = dist.log_prob(((th.as_tensor(LOW) + th.as_tensor(HIGH)) / 2).unsqueeze(0))
+    assert th.isfinite(at_mode).all() and th.isfinite(inside).all()
+    assert at_mode.item() > inside.item()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Modes
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_beta_mode():
+    params = th.randn(64, 6, dtype=th.float64)
+    dist = BetaDistribution(BOX3).proba_distribution(params)
+    alpha, beta = (F.softplus(x) + 1 for x in params.chunk(2, dim=1))
+    expected = LOW_T + (alpha - 1) / (alpha + beta - 2) * (HIGH_T - LOW_T)
+    th.testing.assert_close(dist.mode(), expected)
+
+
+@pytest.mark.parametrize("p", [(0.0, 0.0), (2.0, -1.0), (-3.0, 3.0)])
+def test_beta_mode_is_density_argmax(p):
+    """The mode maximises the (torch reference) density on the non-unit interval [-3, 1]."""
+    params = th.tensor([p], dtype=th.float64)
+    mode = BetaDistribution(spaces.Box(-3.0, 1.0, (1,))).proba_distribution(params).mode()
+    grid = th.linspace(-3.0 + 1e-9, 1.0 - 1e-9, 100_001, dtype=th.float64).unsqueeze(1)
+    density = ref_beta(params, th.tensor([-3.0]), th.tensor([1.0])).log_prob(grid)[:, 0]
+    assert mode.item() == pytest.approx(grid[density.argmax(), 0].item(), abs=2e-5)
+
+
+def test_beta_mode_uniform_is_finite():
+    """alpha = beta = 1 in float32 (softplus underflows for raw params below ~ -17): the mode must not be 0 / 0."""
+    params = th.tensor([[-30.0, -30.0, -30.0, -30.0, -30.0, -30.0], [-30.0, 20.0, 0.0, 20.0, -30.0, 0.0]])
+    mode = BetaDistribution(BOX3).proba_distribution(params).mode()
+    assert th.isfinite(mode).all()
+    th.testing.assert_close(mode[0], (th.as_tensor(LOW) + th.as_tensor(HIGH)) / 2)
+    # alpha = 1 < beta: mode at low; alpha > 1 = beta: mode at high
+    th.testing.assert_close(mode[1, 0], th.tensor(LOW[0]))
+    th.testing.assert_close(mode[1, 1], th.tensor(HIGH[1]))
+
+
+def test_beta_mode_near_uniform_stays_inside():
+    """Concentrations within a few float32 ulps of 1: alpha + beta - 2 cancels catastrophically; the mode must not."""
+    raw = th.tensor([-30.0, -17.0, -16.0, -15.5, -15.0, -14.0, -12.0, -8.0])
+    pairs = th.cartesian_prod(raw, raw)
+    params = th.cat([pairs[:, :1].expand(-1, 3), pairs[:, 1:].expand(-1, 3)], dim=1)
+    dist = BetaDistribution(BOX3).proba_distribution(params)
+    mode = dist.mode()
+    assert th.isfinite(mode).all()
+    assert (mode >= th.as_tensor(LOW)).all() and (mode <= th.as_tensor(HIGH)).all()
+    # float64 reference from the same float32 concentrations (uniform rows: the middle of the bounds)
+    alpha, beta = dist.distribution.concentration1.double(), dist.distribution.concentration0.double()
+    unit = ((alpha - 1) / (alpha + beta - 2)).nan_to_num(0.5)
+    th.testing.assert_close(mode.double(), LOW_T + unit * (HIGH_T - LOW_T), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["beta", "tanh_normal"])
+def test_saturated_samples_and_modes_stay_inside_arbitrary_bounds(name):
+    """low + 1 * (high - low) can round one ulp above high: the distributions must still return valid actions."""
+    gen = th.Generator().manual_seed(1)
+    low = (3 * th.randn(2000, generator=gen)).numpy().astype(np.float32)
+    high = (th.as_tensor(low) + 5 * th.rand(2000, generator=gen) + 1e-3).numpy().astype(np.float32)
+    space = spaces.Box(low, high, dtype=np.float32)
+    dist = make_distribution(space, name)
+    for sign in (1.0, -1.0):
+        first = th.full((1, 2000), 40.0 * sign)
+        second = th.full((1, 2000), -40.0 * sign) if name == "beta" else th.full((1, 2000), -3.0)
+        dist.proba_distribution(th.cat([first, second], dim=1))
+        for action in (dist.mode()[0].numpy(), dist.sample()[0].numpy()):
+            assert space.contains(action)
+
+
+def test_tanh_normal_mode():
+    params = 3.0 * th.randn(64, 6, dtype=th.float64)
+    dist = TanhNormalDistribution(BOX3).proba_distribution(params)
+    expected = (HIGH_T + LOW_T) / 2 + th.tanh(params[:, :3]) * (HIGH_T - LOW_T) / 2
+    th.testing.assert_close(dist.mode(), expected)
+
+
+def test_discrete_modes():
+    logits = th.randn(32, 4)
+    categorical = CategoricalDistribution(spaces.Discrete(4, start=-1)).proba_distribution(logits)
+    assert th.equal(categorical.mode()[:, 0], logits.argmax(1) - 1)
+    assert th.equal(BernoulliDistribution(spaces.MultiBinary(4)).proba_distribution(logits).mode(), (logits > 0).float())
+    md = MultiCategoricalDistribution(spaces.MultiDiscrete([2, 2], start=[5, 0])).proba_distribution(logits)
+    expected = th.stack([logits[:, :2].argmax(1) + 5, logits[:, 2:].argmax(1)], dim=1)
+    assert th.equal(md.mode(), expected)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Tuple distributions
+# ---------------------------------------------------------------------------------------------------------------------
+
+FLAT_TUPLE = spaces.Tuple(
+    (spaces.Discrete(3, start=1), BOX3, spaces.MultiBinary(2), spaces.Box(0, 2, (1,)), spaces.MultiDiscrete([2, 3]))
+)
+FLAT_SPEC = ("gumbel_softmax", "beta", "bernoulli", "normal", "multi_categorical")
+
+
+def _flat_tuple_refs(params: th.Tensor):
+    """Torch reference distributions, one per component of FLAT_TUPLE, with their action column counts."""
+    logits, beta, bern, normal, multi = params.split([3, 6, 2, 2, 5], dim=1)
+    return [
+        (lambda a: Categorical(logits=logits).log_prob(a[:, 0].long() - 1), Categorical(logits=logits).entropy(), 1),
+        (lambda a: ref_beta(beta, LOW_T, HIGH_T).log_prob(a).sum(1), None, 3),
+        (lambda a: Bernoulli(logits=bern).log_prob(a).sum(1), Bernoulli(logits=bern).entropy().sum(1), 2),
+        (lambda a: ref_normal(normal).log_prob(a).sum(1), ref_normal(normal).entropy().sum(1), 1),
+        (
+            lambda a: sum(
+                Categorical(logits=x).log_prob(c.long()) for x, c in zip(multi.split([2, 3], dim=1), a.unbind(1), strict=True)
+            ),
+            sum(Categorical(logits=x).entropy() for x in multi.split([2, 3], dim=1)),
+            2,
+        ),
+    ]
+
+
+def test_tuple_log_prob_and_entropy():
+    dist = make_distribution(FLAT_TUPLE, FLAT_SPEC)
+    assert isinstance(dist, TupleDistribution)
+    assert [type(c) for c in dist.components] == [
+        GumbelSoftmaxDistribution,
+        BetaDistribution,
+        BernoulliDistribution,
+        NormalDistribution,
+        MultiCategoricalDistribution,
+    ]
+    params = th.randn(128, dist.param_dim, dtype=th.float64)
+    assert dist.param_dim == 18 and dist.action_dim == 9
+    dist.proba_distribution(params)
+    actions = dist.sample()
+    assert actions.shape == (128, 9)
+    columns = actions.split([1, 3, 2, 1, 2], dim=1)
+    refs = _flat_tuple_refs(params)
+    expected = sum(log_prob(a) for (log_prob, _, _), a in zip(refs, columns, strict=True))
+    th.testing.assert_close(dist.log_prob(actions), expected)
+    for got, (log_prob, _, _), a in zip(dist.component_log_probs(actions), refs, columns, strict=True):
+        th.testing.assert_close(got, log_prob(a))
+    alpha, beta = (F.softplus(x) + 1 for x in params[:, 3:9].chunk(2, dim=1))
+    beta_entropy = (Beta(alpha, beta).entropy() + th.log(HIGH_T - LOW_T)).sum(1)
+    expected_entropy = beta_entropy + sum(e for _, e, _ in refs if e is not None)
+    th.testing.assert_close(dist.entropy(), expected_entropy)
+    for row in actions[:50].numpy():
+        assert FLAT_TUPLE.contains(unflatten_action(FLAT_TUPLE, row))
+
+
+def test_tuple_entropy_monte_carlo():
+    dist = make_distribution(FLAT_TUPLE, FLAT_SPEC)
+    _entropy_check(dist, th.randn(2, dist.param_dim, dtype=th.float64))
+
+
+def test_nested_tuple_mixed_specs():
+    dist = make_distribution(NESTED, [NESTED_SPEC[0], list(NESTED_SPEC[1])])  # lists, as YAML gives them
+    assert dist.action_dim == 5 and dist.param_dim == 3 + 2 + 4 + 2
+    params = th.randn(64, dist.param_dim, dtype=th.float64)
+    params[:, 7:9] = th.rand(64, 2, dtype=th.float64) - 1.0  # tanh log_std: no float64 saturation of the reference
+    logits, beta, tanh, normal = params.split([3, 2, 4, 2], dim=1)
+    dist.proba_distribution(params)
+    actions = dist.sample()
+    a_disc, a_beta, a_tanh, a_norm = actions.split([1, 1, 2, 1], dim=1)
+    expected = (
+        Categorical(logits=logits).log_prob(a_disc[:, 0].long())
+        + ref_beta(beta, th.tensor([-1.0]), th.tensor([1.0])).log_prob(a_beta).sum(1)
+        + ref_tanh_normal(tanh, th.zeros(2), 2 * th.ones(2)).log_prob(a_tanh).sum(1)
+        + ref_normal(normal).log_prob(a_norm).sum(1)
+    )
+    th.testing.assert_close(dist.log_prob(actions), expected)
+    assert dist.entropy() is None  # a tanh_normal component has no closed form
+
+    for decoded in unflatten_actions(NESTED, actions.numpy()) + unflatten_actions(NESTED, dist.mode().numpy()):
+        assert NESTED.contains(decoded)
+        assert isinstance(decoded, tuple) and isinstance(decoded[1], tuple)
+    mode = dist.mode()
+    # Tuple samples / modes are float32 (the rollout buffer's dtype), whatever the parameters' dtype
+    th.testing.assert_close(mode[:, 0], logits.argmax(1).float())
+    th.testing.assert_close(mode[:, 2:4], (1.0 + th.tanh(tanh[:, :2])).float())
+    th.testing.assert_close(mode[:, 4], normal[:, 0].float())
+
+
+def test_tuple_kl():
+    p = make_distribution(FLAT_TUPLE, FLAT_SPEC)
+    q = make_distribution(FLAT_TUPLE, FLAT_SPEC)
+    params_p, params_q = th.randn(32, 18, dtype=th.float64), th.randn(32, 18, dtype=th.float64)
+    p.proba_distribution(params_p)
+    q.proba_distribution(params_q)
+    th.testing.assert_close(kl_divergence(p, p), th.zeros(32, dtype=th.float64))
+    lp, bp, np_, gp, mp = params_p.split([3, 6, 2, 2, 5], dim=1)
+    lq, bq, nq, gq, mq = params_q.split([3, 6, 2, 2, 5], dim=1)
+    expected = (
+        th_kl(Categorical(logits=lp), Categorical(logits=lq))
+        # KL is invariant under the (shared) affine map: KL of the Beta base distributions
+        + th_kl(ref_beta(bp, LOW_T, HIGH_T).base_dist, ref_beta(bq, LOW_T, HIGH_T).base_dist).sum(1)
+        + th_kl(Bernoulli(logits=np_), Bernoulli(logits=nq)).sum(1)
+        + th_kl(ref_normal(gp), ref_normal(gq)).sum(1)
+        + th_kl(Categorical(logits=mp[:, :2]), Categorical(logits=mq[:, :2]))
+        + th_kl(Categorical(logits=mp[:, 2:]), Categorical(logits=mq[:, 2:]))
+    )
+    th.testing.assert_close(kl_divergence(p, q), expected)
+    assert (kl_divergence(p, q) > 0).all()
+
+
+def test_nested_tuple_kl_with_tanh_normal():
+    p, q = make_distribution(NESTED, NESTED_SPEC), make_distribution(NESTED, NESTED_SPEC)
+    params_p, params_q = th.randn(16, 11, dtype=th.float64), th.randn(16, 11, dtype=th.float64)
+    p.proba_distribution(params_p)
+    q.proba_distribution(params_q)
+    th.testing.assert_close(kl_divergence(p, p), th.zeros(16, dtype=th.float64))
+    sp, sq = params_p.split([3, 2, 4, 2], dim=1), params_q.split([3, 2, 4, 2], dim=1)
+    expected = (
+        th_kl(Categorical(logits=sp[0]), Categorical(logits=sq[0]))
+        + th_kl(ref_beta(sp[1], LOW_T[:1], HIGH_T[:1]).base_dist, ref_beta(sq[1], LOW_T[:1], HIGH_T[:1]).base_dist).sum(1)
+        # KL is invariant under the tanh + affine bijection: KL of the Gaussian base distributions
+        + th_kl(ref_normal(sp[2]), ref_normal(sq[2])).sum(1)
+        + th_kl(ref_normal(sp[3]), ref_normal(sq[3])).sum(1)
+    )
+    th.testing.assert_close(kl_divergence(p, q), expected)
+
+
+def test_kl_single_distributions_and_sb3_passthrough():
+    for name in ("beta", "tanh_normal"):
+        p, q = make_distribution(BOX3, name), make_distribution(BOX3, name)
+        params_p, params_q = th.randn(8, 6), th.randn(8, 6)
+        p.proba_distribution(params_p)
+        q.proba_distribution(params_q)
+        if name == "beta":
+            expected = th_kl(ref_beta(params_p, LOW_T, HIGH_T).base_dist, ref_beta(params_q, LOW_T, HIGH_T).base_dist).sum(1)
+        else:
+            expected = th_kl(ref_normal(params_p), ref_normal(params_q)).sum(1)
+        th.testing.assert_close(kl_divergence(p, q), expected)
+    # SB3's own distributions go through SB3's kl_divergence
+    p, q = make_distribution(spaces.Discrete(3)), make_distribution(spaces.Discrete(3))
+    lp, lq = th.randn(4, 3), th.randn(4, 3)
+    p.proba_distribution(lp)
+    q.proba_distribution(lq)
+    th.testing.assert_close(kl_divergence(p, q), th_kl(Categorical(logits=lp), Categorical(logits=lq)))
+    with pytest.raises(ValueError, match="same type"):
+        kl_divergence(make_distribution(BOX3, "beta"), make_distribution(BOX3, "tanh_normal"))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# resolve_spec / make_distribution
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_defaults():
+    assert resolve_spec(BOX3, None) == "normal"
+    assert resolve_spec(spaces.Discrete(3), None) == "categorical"
+    assert resolve_spec(spaces.MultiDiscrete([2, 3]), None) == "multi_categorical"
+    assert resolve_spec(spaces.MultiBinary(3), None) == "bernoulli"
+    assert resolve_spec(NESTED, None) == ("categorical", ("normal", "normal", "normal"))
+    assert resolve_spec(FLAT_TUPLE, None) == ("categorical", "normal", "bernoulli", "normal", "multi_categorical")
+
+
+def test_sb3_native_for_default_pairings():
+    cases = [
+        (BOX3, None, sb3_dist.DiagGaussianDistribution),
+        (BOX3, "normal", sb3_dist.DiagGaussianDistribution),
+        (spaces.Discrete(3), None, sb3_dist.CategoricalDistribution),
+        (spaces.Discrete(3), "categorical", sb3_dist.CategoricalDistribution),
+        (spaces.MultiDiscrete([2, 3]), None, sb3_dist.MultiCategoricalDistribution),
+        (spaces.MultiDiscrete([2, 3]), "multi_categorical", sb3_dist.MultiCategoricalDistribution),
+        (spaces.MultiDiscrete([2, 3]), "categorical", sb3_dist.MultiCategoricalDistribution),  # alias
+        (spaces.MultiBinary(3), None, sb3_dist.BernoulliDistribution),
+    ]
+    for space, spec, cls in cases:
+        dist = make_distribution(space, spec)
+        assert type(dist) is cls, (space, spec, dist)
+        assert not isinstance(dist, CherryDistribution)
+    assert type(make_distribution(BOX3, use_sde=True)) is sb3_dist.StateDependentNoiseDistribution
+    # Non-default pairings and every Tuple space: sb3_cherry's classes
+    assert type(make_distribution(BOX3, "beta")) is BetaDistribution
+    assert type(make_distribution(BOX3, "tanh_normal")) is TanhNormalDistribution
+    assert type(make_distribution(spaces.Discrete(3), "gumbel_softmax")) is GumbelSoftmaxDistribution
+    tuple_default = make_distribution(spaces.Tuple((spaces.Discrete(2), BOX3)))
+    assert type(tuple_default) is TupleDistribution
+    assert [type(c) for c in tuple_default.components] == [CategoricalDistribution, NormalDistribution]
+
+
+def test_single_name_for_tuple_applies_where_accepted():
+    assert resolve_spec(NESTED, "beta") == ("categorical", ("beta", "beta", "beta"))
+    assert resolve_spec(NESTED, "gumbel_softmax") == ("gumbel_softmax", ("normal", "normal", "normal"))
+
+
+def test_lists_accepted_where_tuples_are():
+    assert resolve_spec(NESTED, ["gumbel_softmax", ["beta", "tanh_normal", "normal"]]) == NESTED_SPEC
+    assert resolve_spec(NESTED, ["gumbel_softmax", None]) == ("gumbel_softmax", ("normal", "normal", "normal"))
+    assert resolve_spec(NESTED, ("categorical", "tanh_normal")) == ("categorical", ("tanh_normal",) * 3)
+
+
+def test_distribution_kwargs():
+    kwargs = {"gumbel_softmax": {"temperature": 0.5}}
+    dist = make_distribution(spaces.Discrete(3), "gumbel_softmax", distribution_kwargs=kwargs)
+    assert dist.temperature == 0.5
+    dist = make_distribution(NESTED, NESTED_SPEC, distribution_kwargs={"beta": {"epsilon": 1e-4}})
+    assert dist.components[1].components[0].epsilon == 1e-4
+
+
+def test_bad_specs():
+    with pytest.raises(ValueError, match=r"(?s)'beta'.*Discrete.*categorical.*gumbel_softmax"):
+        resolve_spec(spaces.Discrete(3), "beta")
+    with pytest.raises(ValueError, match=r"(?s)'beta'.*Discrete.*categorical.*gumbel_softmax"):
+        make_distribution(spaces.Discrete(3), "beta")
+    with pytest.raises(ValueError, match=r"(?s)MultiBinary.*bernoulli"):
+        resolve_spec(spaces.MultiBinary(2), "categorical")
+    with pytest.raises(ValueError, match="Allowed choices"):
+        resolve_spec(BOX3, "gaussian")
+    # Wrong length for a Tuple, at the top level and nested
+    with pytest.raises(ValueError, match="2 specs"):
+        resolve_spec(NESTED, ("categorical",))
+    with pytest.raises(ValueError, match="3 specs"):
+        resolve_spec(NESTED, ("categorical", ("beta", "beta")))
+    with pytest.raises(ValueError, match="must be a name"):
+        resolve_spec(BOX3, ("beta",))
+    # A misspelt single name must not silently fall back to the defaults
+    with pytest.raises(ValueError, match="'betta'"):
+        resolve_spec(NESTED, "betta")
+    with pytest.raises(ValueError, match="'bernoulli'"):
+        resolve_spec(NESTED, "bernoulli")
+    # Unsupported spaces
+    with pytest.raises(ValueError, match="Unsupported"):
+        make_distribution(spaces.Dict({"a": spaces.Discrete(2)}))
+    with pytest.raises(ValueError, match="Unsupported"):
+        resolve_spec(spaces.Tuple((spaces.Discrete(2), spaces.Text(3))), None)
+    # Infinite bounds for bounded distributions
+    with pytest.raises(ValueError, match="infinite bounds"):
+        make_distribution(spaces.Box(-np.inf, np.inf, (2,)), "beta")
+    with pytest.raises(ValueError, match="infinite bounds"):
+        make_distribution(spaces.Tuple((spaces.Box(0, np.inf, (1,)),)), ("tanh_normal",))
+
+
+def test_use_sde_only_with_normal():
+    for space, spec in [(BOX3, "beta"), (BOX3, "tanh_normal"), (spaces.Discrete(3), None), (NESTED, None)]:
+        with pytest.raises(ValueError, match="use_sde"):
+            make_distribution(space, spec, use_sde=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Policy level: CherryActorCriticPolicy through PPORollback
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class ActionSpaceEnv(gym.Env):
+    """Tiny env with any action space: asserts every action is valid, 6-step episodes, reward from the observation."""
+
+    observation_space = spaces.Box(-1.0, 1.0, (3,), dtype=np.float32)
+
+    def __init__(self, action_space: spaces.Space = NESTED):
+        self.action_space = action_space
+        self._t = 0
+
+    def _obs(self) -> np.ndarray:
+        return self.np_random.uniform(-1, 1, 3).astype(np.float32)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self._t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        assert self.action_space.contains(action), f"invalid action {action!r} for {self.action_space}"
+        self._t += 1
+        obs = self._obs()
+        return obs, float(-np.abs(obs).sum()), False, self._t >= 6, {}
+
+
+PPO_KWARGS = dict(n_steps=8, batch_size=8, n_epochs=1, seed=0, device="cpu")
+POLICY_CASES = [
+    ("beta", BOX3),
+    ("tanh_normal", BOX3),
+    ("gumbel_softmax", spaces.Discrete(4, start=1)),
+    (["gumbel_softmax", ["beta", "tanh_normal", "normal"]], NESTED),
+    (FLAT_SPEC, FLAT_TUPLE),
+]
+
+
+def _env_action(space: spaces.Space, action):
+    """An action as returned by predict, cast the way the env receives it (non-Tuple: array of the space's shape)."""
+    if isinstance(space, spaces.Tuple):
+        return action
+    return np.asarray(action, dtype=space.dtype).reshape(space.shape)
+
+
+@pytest.mark.parametrize("spec, space", POLICY_CASES)
+def test_policy_forward_evaluate_predict(spec, space):
+    model = PPORollback("MlpPolicy", ActionSpaceEnv(space), policy_kwargs=dict(action_distribution=spec), **PPO_KWARGS)
+    policy = model.policy
+    assert policy.action_distribution == resolve_spec(space, spec)
+    obs = th.as_tensor(np.stack([ActionSpaceEnv.observation_space.sample() for _ in range(16)]))
+    with th.no_grad():
+        for deterministic in (False, True):
+            actions, values, log_prob = policy(obs, deterministic=deterministic)
+            # As stored in and read from the rollout buffer: float (batch, action_dim); Discrete: long (batch,)
+            stored = actions.reshape(16, -1).float()
+            if isinstance(space, spaces.Discrete):
+                stored = stored.long().flatten()
+            values_eval, log_prob_eval, entropy = policy.evaluate_actions(obs, stored)
+            th.testing.assert_close(log_prob_eval, log_prob)
+            th.testing.assert_close(values_eval, values)
+            assert th.isfinite(log_prob).all()
+            assert (entropy is None) == (space is NESTED or spec == "tanh_normal")
+
+        if spec in ("beta", "tanh_normal"):
+            # The policy's log-prob is the reference distribution's, evaluated at the head's parameters
+            latent_pi = policy.mlp_extractor.forward_actor(policy.extract_features(obs))
+            params = policy.action_net(latent_pi).double()
+            ref = ref_beta(params, LOW_T, HIGH_T) if spec == "beta" else ref_tanh_normal(params, LOW_T, HIGH_T)
+            actions, _, log_prob = policy(obs)
+            th.testing.assert_close(log_prob.double(), ref.log_prob(actions.double()).sum(1), rtol=1e-4, atol=1e-4)
+
+    single, _ = model.predict(obs[0].numpy())
+    assert space.contains(_env_action(space, single))
+    batch, _ = model.predict(obs.numpy(), deterministic=True)
+    assert len(batch) == 16
+    for action in batch:
+        assert space.contains(_env_action(space, action))
+    if isinstance(space, spaces.Tuple):
+        assert isinstance(single, tuple) and isinstance(batch, list) and all(isinstance(a, tuple) for a in batch)
+
+
+@pytest.mark.parametrize("vec_env_cls", [DummyVecEnv, SubprocVecEnv])
+def test_tuple_env_learns_with_vec_envs(vec_env_cls):
+    # fork: the workers need no fresh interpreter importing torch (keeps the test fast on a shared machine)
+    vec_env_kwargs = dict(start_method="fork") if vec_env_cls is SubprocVecEnv else None
+    env = make_vec_env(
+        ActionSpaceEnv, n_envs=2, vec_env_cls=vec_env_cls, env_kwargs=dict(action_space=NESTED), vec_env_kwargs=vec_env_kwargs
+    )
+    try:
+        model = PPORollback("MlpPolicy", env, policy_kwargs=dict(action_distribution=NESTED_SPEC), **PPO_KWARGS)
+        model.learn(32)
+        assert model.num_timesteps == 32
+        assert model.rollout_buffer.actions.reshape(-1, 5).shape == (16, 5)  # flat Tuple actions
+        actions, _ = model.predict(model.get_env().reset())
+        assert len(actions) == 2 and all(NESTED.contains(a) for a in actions)
+        model.get_env().step(actions)  # predict's output is accepted by the VecEnv as is
+    finally:
+        env.close()
+
+
+def test_tuple_save_load_round_trip(tmp_path):
+    model = PPORollback(
+        "MlpPolicy", ActionSpaceEnv(FLAT_TUPLE), policy_kwargs=dict(action_distribution=list(FLAT_SPEC)), **PPO_KWARGS
+    )
+    model.learn(16)
+    obs = np.stack([ActionSpaceEnv.observation_space.sample() for _ in range(10)])
+    before, _ = model.predict(obs, deterministic=True)
+    model.save(tmp_path / "tuple_model")
+    loaded = PPORollback.load(tmp_path / "tuple_model", env=model.get_env(), device="cpu")
+    assert loaded.action_space == FLAT_TUPLE
+    assert loaded.policy.action_distribution == FLAT_SPEC
+    after, _ = loaded.predict(obs, deterministic=True)
+    np.testing.assert_array_equal(
+        np.stack([flatten_action(FLAT_TUPLE, a) for a in before]), np.stack([flatten_action(FLAT_TUPLE, a) for a in after])
+    )
+    loaded.learn(16)
+
+
+def test_evaluate_policy_on_tuple_env():
+    model = PPORollback("MlpPolicy", ActionSpaceEnv(NESTED), policy_kwargs=dict(action_distribution=NESTED_SPEC), **PPO_KWARGS)
+    for env in (model.get_env(), Monitor(ActionSpaceEnv(NESTED))):
+        mean, std = evaluate_policy(model, env, n_eval_episodes=2, deterministic=True)
+        assert np.isfinite(mean) and np.isfinite(std)
+        rewards, lengths = evaluate_policy(model, env, n_eval_episodes=2, return_episode_rewards=True)
+        assert lengths == [6, 6] and len(rewards) == 2
+
+
+def test_policy_rejects_bad_pairings():
+    beta = dict(action_distribution="beta")
+    with pytest.raises(ValueError, match=r"(?s)'beta'.*Discrete.*gumbel_softmax"):
+        PPORollback("MlpPolicy", ActionSpaceEnv(spaces.Discrete(3)), policy_kwargs=beta, **PPO_KWARGS)
+    with pytest.raises(ValueError, match="use_sde"):
+        PPORollback("MlpPolicy", ActionSpaceEnv(BOX3), use_sde=True, policy_kwargs=beta, **PPO_KWARGS)
+    with pytest.raises(ValueError, match="2 specs"):
+        PPORollback("MlpPolicy", ActionSpaceEnv(NESTED), policy_kwargs=dict(action_distribution=["beta"]), **PPO_KWARGS)

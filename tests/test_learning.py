@@ -1,0 +1,94 @@
+"""Learning: a fast test that CartPole improves on a small budget, and slow tests at the issue's thresholds."""
+
+import numpy as np
+import pytest
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.vec_env import VecNormalize
+
+from sb3_cherry import CherryA2C, PPORollback
+from sb3_cherry.common.zoo_config import load_zoo_entry
+
+
+def train_from_zoo(algo_cls, algo: str, env_id: str, seed: int = 0, n_timesteps: int | None = None, **overrides):
+    """Train with the shipped zoo config entry (optionally overriding hyperparameters)."""
+    entry = load_zoo_entry(algo, env_id)
+    kwargs = {**entry.model_kwargs, **overrides}
+    if "policy_kwargs" in overrides:
+        kwargs["policy_kwargs"] = {**entry.model_kwargs.get("policy_kwargs", {}), **overrides["policy_kwargs"]}
+    env = make_vec_env(env_id, n_envs=entry.n_envs, seed=seed)
+    if entry.normalize is not None:
+        env = VecNormalize(env, **entry.normalize)
+    model = algo_cls(env=env, seed=seed, **kwargs)
+    model.learn(n_timesteps or entry.n_timesteps)
+    return model
+
+
+def evaluate(model, env_id: str, n_episodes: int = 10, deterministic: bool = True) -> float:
+    env = make_vec_env(env_id, n_envs=1, seed=123)
+    train_env = model.get_vec_normalize_env()
+    if train_env is not None:
+        env = VecNormalize(env, training=False, norm_reward=False)
+        env.obs_rms = train_env.obs_rms
+    mean, _ = evaluate_policy(model, env, n_eval_episodes=n_episodes, deterministic=deterministic)
+    return float(mean)
+
+
+def test_cartpole_improves_fast():
+    # 25k steps of the zoo config, fixed seed. The *sampled* actions of the untrained policy are near random (~22);
+    # after training both the sampled and the deterministic policy are near the maximum (measured: 500).
+    untrained = PPORollback("MlpPolicy", "CartPole-v1", seed=0)
+    assert evaluate(untrained, "CartPole-v1", deterministic=False) < 60
+    model = train_from_zoo(PPORollback, "ppo_rollback", "CartPole-v1", n_timesteps=25_000)
+    assert evaluate(model, "CartPole-v1", deterministic=False) > 400
+    assert evaluate(model, "CartPole-v1") > 450
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+def test_cartpole_zoo_config_solves(seed):
+    model = train_from_zoo(PPORollback, "ppo_rollback", "CartPole-v1", seed=seed)
+    assert model.num_timesteps <= 100_000
+    assert evaluate(model, "CartPole-v1") >= 475
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},  # zoo entry: Gaussian with gSDE
+        {"use_sde": False, "policy_kwargs": {"action_distribution": "beta"}},
+        {"use_sde": False, "policy_kwargs": {"action_distribution": "tanh_normal"}},
+    ],
+    ids=["normal_sde", "beta", "tanh_normal"],
+)
+def test_pendulum_learns(overrides):
+    model = train_from_zoo(PPORollback, "ppo_rollback", "Pendulum-v1", n_timesteps=200_000, **overrides)
+    assert evaluate(model, "Pendulum-v1") >= -300
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("estimator", ["one_step", "n_step", "vtrace"])
+def test_estimators_solve_cartpole(estimator):
+    model = train_from_zoo(PPORollback, "ppo_rollback", "CartPole-v1", returns_estimator=estimator, n_step=8)
+    assert evaluate(model, "CartPole-v1") >= 475
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env_id, threshold", [("CartPole-v1", 475), ("Pendulum-v1", -300)])
+def test_cherry_a2c_learns(env_id, threshold):
+    model = train_from_zoo(CherryA2C, "cherry_a2c", env_id)
+    assert evaluate(model, env_id) >= threshold
+
+
+def test_random_cartpole_is_low():
+    # Sanity of the threshold above: a random policy scores ~22
+    env = make_vec_env("CartPole-v1", n_envs=1, seed=0)
+    rewards, obs, total, episodes = [], env.reset(), 0.0, 0
+    while episodes < 20:
+        obs, reward, done, _ = env.step(np.array([env.action_space.sample()]))
+        total += reward[0]
+        if done[0]:
+            rewards.append(total)
+            total, episodes = 0.0, episodes + 1
+    assert np.mean(rewards) < 60

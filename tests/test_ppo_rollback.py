@@ -1,0 +1,100 @@
+"""Rollback surrogate against hand-worked values, and PPORollback(alpha=0) == SB3 PPO."""
+
+import numpy as np
+import pytest
+import torch as th
+from stable_baselines3 import A2C, PPO
+
+from sb3_cherry import CherryA2C, PPORollback
+from sb3_cherry.ppo_rollback.ppo_rollback import rollback_mask, rollback_surrogate
+
+EPS = 0.2
+ALPHA = 0.3
+
+
+# Worked by hand from Truly PPO's rollback function with eps = 0.2, alpha = 0.3:
+#   A >= 0, r > 1.2:  f = -0.3 r + 1.3 * 1.2 = -0.3 r + 1.56
+#   A <  0, r < 0.8:  f = -0.3 r + 1.3 * 0.8 = -0.3 r + 1.04
+#   otherwise f = r
+@pytest.mark.parametrize(
+    "ratio, advantage, expected, in_rollback",
+    [
+        (1.1, 2.0, 2.2, False),  # A >= 0, inside: 2 * 1.1
+        (1.5, 2.0, 2.22, True),  # A >= 0, above 1 + eps: 2 * (-0.45 + 1.56) = 2 * 1.11
+        (0.5, 2.0, 1.0, False),  # A >= 0, below 1 - eps: no rollback on that side, 2 * 0.5
+        (0.9, -1.0, -0.9, False),  # A < 0, inside
+        (0.5, -1.0, -0.89, True),  # A < 0, below 1 - eps: -1 * (-0.15 + 1.04) = -0.89
+        (1.5, -1.0, -1.5, False),  # A < 0, above 1 + eps: no rollback on that side
+        (1.2, 3.0, 3.6, False),  # A >= 0 on the boundary: both branches agree, 3 * 1.2
+        (2.0, 0.0, 0.0, True),  # A = 0 counts as A >= 0 and contributes nothing
+    ],
+)
+def test_rollback_surrogate_hand_values(ratio, advantage, expected, in_rollback):
+    r, a = th.tensor([ratio], dtype=th.float64), th.tensor([advantage], dtype=th.float64)
+    assert rollback_surrogate(r, a, EPS, ALPHA).item() == pytest.approx(expected, abs=1e-12)
+    assert bool(rollback_mask(r, a, EPS).item()) is in_rollback
+
+
+def test_rollback_gradient_sign():
+    # In the rollback region the gradient pushes the ratio back towards the trust region: d/dr = -alpha * A
+    r = th.tensor([1.5, 0.5], dtype=th.float64, requires_grad=True)
+    a = th.tensor([2.0, -1.0], dtype=th.float64)
+    rollback_surrogate(r, a, EPS, ALPHA).sum().backward()
+    assert r.grad.tolist() == pytest.approx([-ALPHA * 2.0, -ALPHA * -1.0])
+    # Plain PPO (alpha = 0): zero gradient there
+    r.grad = None
+    rollback_surrogate(r, a, EPS, 0.0).sum().backward()
+    assert r.grad.tolist() == pytest.approx([0.0, 0.0])
+
+
+def test_alpha_zero_is_clipped_ppo_objective():
+    gen = th.Generator().manual_seed(0)
+    ratio = th.exp(th.randn(10_000, generator=gen) * 0.4)
+    adv = th.randn(10_000, generator=gen)
+    ppo = th.min(adv * ratio, adv * th.clamp(ratio, 1 - EPS, 1 + EPS))
+    assert th.equal(rollback_surrogate(ratio, adv, EPS, 0.0), ppo)
+    # and the rollback objective is never above PPO's
+    assert th.all(rollback_surrogate(ratio, adv, EPS, ALPHA) <= ppo + 1e-6)
+
+
+def _params(model) -> np.ndarray:
+    return th.nn.utils.parameters_to_vector(model.policy.parameters()).detach().numpy()
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_alpha_zero_reproduces_sb3_ppo(env_id):
+    kwargs = dict(n_steps=64, batch_size=32, n_epochs=3, seed=7, clip_range_vf=0.5, ent_coef=0.01)
+    ppo = PPO("MlpPolicy", env_id, **kwargs).learn(256)
+    ours = PPORollback("MlpPolicy", env_id, rollback_alpha=0.0, **kwargs).learn(256)
+    np.testing.assert_array_equal(_params(ppo), _params(ours))
+
+
+def test_default_alpha_differs_from_ppo():
+    kwargs = dict(n_steps=64, batch_size=32, n_epochs=10, seed=7, learning_rate=3e-3)
+    ppo = PPO("MlpPolicy", "CartPole-v1", **kwargs).learn(256)
+    ours = PPORollback("MlpPolicy", "CartPole-v1", rollback_alpha=0.3, **kwargs).learn(256)
+    assert not np.array_equal(_params(ppo), _params(ours))
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_cherry_a2c_reproduces_sb3_a2c(env_id):
+    a2c = A2C("MlpPolicy", env_id, seed=3).learn(200)
+    ours = CherryA2C("MlpPolicy", env_id, seed=3).learn(200)
+    np.testing.assert_array_equal(_params(a2c), _params(ours))
+
+
+def test_rollback_fraction_logged():
+    model = PPORollback("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32, n_epochs=10, learning_rate=1e-2, seed=0)
+    model.learn(128)
+    # SB3 dumps the logs before train(): the last update's values are still in the logger
+    values = model.logger.name_to_value
+    assert 0.0 <= values["train/rollback_fraction"] <= values["train/clip_fraction"] + 1e-9
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="rollback_alpha"):
+        PPORollback("MlpPolicy", "CartPole-v1", rollback_alpha=-0.1)
+    with pytest.raises(ValueError, match="returns_estimator"):
+        PPORollback("MlpPolicy", "CartPole-v1", returns_estimator="td_lambda")
+    with pytest.raises(ValueError, match="Allowed choices"):
+        PPORollback("MlpPolicy", "CartPole-v1", policy_kwargs=dict(action_distribution="beta"))

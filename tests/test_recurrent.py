@@ -1,0 +1,313 @@
+"""RecurrentPPORollback: GRU / LSTM policies, every distribution, exactness vs sb3-contrib, save/load, memory task."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from gymnasium import spaces
+from sb3_contrib import RecurrentPPO
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+from torch import nn
+
+from sb3_cherry.common.policies import CherryActorCriticPolicy
+from sb3_cherry.ppo_recurrent import RecurrentPPORollback
+from sb3_cherry.ppo_recurrent.policies import LSTMCompatibleGRU, RecurrentCherryActorCriticPolicy
+from sb3_cherry.ppo_rollback import PPORollback
+
+TINY = dict(n_steps=16, batch_size=16, n_epochs=1)
+SMALL_NET = dict(lstm_hidden_size=8, net_arch=[8])
+
+
+class _NoVelocity(gym.ObservationWrapper):
+    """CartPole with the velocities hidden (fallback until ``sb3_cherry/CartPoleNoVel-v0`` is registered)."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        low, high = env.observation_space.low[[0, 2]], env.observation_space.high[[0, 2]]
+        self.observation_space = spaces.Box(low, high, dtype=np.float32)
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        return observation[[0, 2]]
+
+
+def cartpole_no_vel() -> gym.Env:
+    try:
+        return gym.make("sb3_cherry/CartPoleNoVel-v0")
+    except gym.error.Error:
+        return _NoVelocity(gym.make("CartPole-v1"))
+
+
+class TupleEnv(gym.Env):
+    """Discrete + Box actions; 7-step episodes, so sequences in the buffer cross episode boundaries."""
+
+    observation_space = spaces.Box(-1, 1, (2,), np.float32)
+    action_space = spaces.Tuple((spaces.Discrete(3), spaces.Box(-1, 1, (2,), np.float32)))
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self.np_random.uniform(-1, 1, 2).astype(np.float32), {}
+
+    def step(self, action):
+        assert self.action_space.contains(action), action
+        self.t += 1
+        reward = float(action[0] == 1) - float(np.abs(action[1]).sum())
+        return self.np_random.uniform(-1, 1, 2).astype(np.float32), reward, self.t >= 7, False, {}
+
+
+def _params(model) -> np.ndarray:
+    return th.nn.utils.parameters_to_vector(model.policy.parameters()).detach().numpy()
+
+
+@pytest.mark.parametrize("rnn_type", ["lstm", "gru"])
+@pytest.mark.parametrize(
+    "env, distribution",
+    [
+        ("CartPole-v1", None),
+        ("Pendulum-v1", "beta"),
+        (TupleEnv, ("gumbel_softmax", "beta")),
+    ],
+)
+def test_run(rnn_type, env, distribution):
+    env = env() if callable(env) else env
+    policy_kwargs = dict(rnn_type=rnn_type, action_distribution=distribution, **SMALL_NET)
+    model = RecurrentPPORollback("MlpLstmPolicy", env, policy_kwargs=policy_kwargs, seed=0, **TINY)
+    model.learn(32)
+    expected = LSTMCompatibleGRU if rnn_type == "gru" else nn.LSTM
+    assert type(model.policy.lstm_actor) is expected and type(model.policy.lstm_critic) is expected
+    action, state = model.predict(model.observation_space.sample(), episode_start=np.ones(1, dtype=bool))
+    assert model.action_space.contains(action if isinstance(action, tuple) else np.asarray(action, model.action_space.dtype))
+    assert state[0].shape == (1, 1, 8)
+
+
+@pytest.mark.parametrize("distribution", ["gumbel_softmax", "tanh_normal"])
+def test_other_distributions(distribution):
+    env_id = "CartPole-v1" if distribution == "gumbel_softmax" else "Pendulum-v1"
+    model = RecurrentPPORollback(
+        "MlpGruPolicy", env_id, policy_kwargs=dict(action_distribution=distribution, **SMALL_NET), seed=0, **TINY
+    )
+    model.learn(32)
+    assert type(model.policy.action_dist).__name__.lower().startswith(distribution.replace("_", ""))
+
+
+@pytest.mark.parametrize(
+    "policy, rnn_type",
+    [("MlpLstmPolicy", "lstm"), ("MlpGruPolicy", "gru"), ("MultiInputGruPolicy", "gru"), ("MultiInputLstmPolicy", "lstm")],
+)
+def test_policy_aliases(policy, rnn_type):
+    from stable_baselines3.common.envs import SimpleMultiObsEnv
+
+    env = SimpleMultiObsEnv(random_start=False) if policy.startswith("MultiInput") else "CartPole-v1"
+    model = RecurrentPPORollback(policy, env, policy_kwargs=SMALL_NET, **TINY)
+    assert model.policy.rnn_type == rnn_type
+    model.learn(32)
+
+
+def test_cnn_gru_policy():
+    from stable_baselines3.common.envs import FakeImageEnv
+
+    env = FakeImageEnv(screen_height=36, screen_width=36, n_channels=1, discrete=False)
+    policy_kwargs = dict(action_distribution="beta", features_extractor_kwargs=dict(features_dim=16), **SMALL_NET)
+    model = RecurrentPPORollback("CnnGruPolicy", env, policy_kwargs=policy_kwargs, n_steps=8, batch_size=8, n_epochs=1)
+    model.learn(16)
+
+
+def test_rnn_type_kwarg_overrides_alias_default():
+    model = RecurrentPPORollback("MlpLstmPolicy", "CartPole-v1", policy_kwargs=dict(rnn_type="gru", **SMALL_NET), **TINY)
+    assert isinstance(model.policy.lstm_actor, LSTMCompatibleGRU)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="rnn_type"):
+        RecurrentPPORollback("MlpLstmPolicy", "CartPole-v1", policy_kwargs=dict(rnn_type="rnn"))
+    with pytest.raises(ValueError, match="rollback_alpha"):
+        RecurrentPPORollback("MlpLstmPolicy", "CartPole-v1", rollback_alpha=-0.1)
+    with pytest.raises(ValueError, match="recurrent policy"):
+        RecurrentPPORollback(CherryActorCriticPolicy, "CartPole-v1")
+    with pytest.raises(ValueError, match="not available"):
+        RecurrentPPORollback("MlpGruPolicy", "CartPole-v1", policy_kwargs=dict(action_distribution="beta"))
+
+
+def test_gru_wrapper_matches_gru_and_resets():
+    th.manual_seed(0)
+    wrapper = LSTMCompatibleGRU(3, 5, num_layers=2)
+    gru = nn.GRU(3, 5, num_layers=2)
+    gru.load_state_dict(wrapper.state_dict())
+    x, h = th.randn(6, 4, 3), th.randn(2, 4, 5)
+    out, (h_n, c_n) = wrapper(x, (h, th.randn(2, 4, 5)))
+    ref_out, ref_h = gru(x, h)
+    assert th.equal(out, ref_out) and th.equal(h_n, ref_h) and th.equal(c_n, th.zeros_like(h_n))
+
+    # contrib's _process_sequence with an episode start in the middle of a sequence == two separate sequences
+    features = th.randn(1 * 6, 3)  # one sequence of length 6
+    starts = th.tensor([0.0, 0.0, 0.0, 1.0, 0.0, 0.0])
+    state = (th.randn(2, 1, 5), th.zeros(2, 1, 5))
+    latent, (h_end, c_end) = RecurrentCherryActorCriticPolicy._process_sequence(features, state, starts, wrapper)
+    first, _ = gru(features[:3].unsqueeze(1), state[0])
+    second, h_ref = gru(features[3:].unsqueeze(1), th.zeros(2, 1, 5))
+    th.testing.assert_close(latent, th.cat([first, second]).squeeze(1))
+    th.testing.assert_close(h_end, h_ref)
+    assert th.equal(c_end, th.zeros_like(c_end))
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_alpha_zero_reproduces_sb3_contrib_recurrent_ppo(env_id):
+    kwargs = dict(n_steps=32, batch_size=24, n_epochs=2, seed=3, clip_range_vf=0.5, ent_coef=0.01)
+    policy_kwargs = dict(lstm_hidden_size=16, net_arch=[16])
+    env_kwargs = dict(n_envs=2, seed=5)
+    # construct and learn one after the other: the seed is applied at construction, to the global generators
+    contrib = RecurrentPPO("MlpLstmPolicy", make_vec_env(env_id, **env_kwargs), policy_kwargs=policy_kwargs, **kwargs)
+    contrib.learn(128)
+    ours = RecurrentPPORollback(
+        "MlpLstmPolicy", make_vec_env(env_id, **env_kwargs), policy_kwargs=policy_kwargs, rollback_alpha=0.0, **kwargs
+    )
+    ours.learn(128)
+    np.testing.assert_array_equal(_params(contrib), _params(ours))
+
+
+def test_default_alpha_differs_and_logs_rollback_fraction():
+    kwargs = dict(n_steps=32, batch_size=32, n_epochs=10, seed=3, learning_rate=1e-2, policy_kwargs=SMALL_NET)
+    contrib = RecurrentPPO("MlpLstmPolicy", "CartPole-v1", **kwargs).learn(64)
+    ours = RecurrentPPORollback("MlpLstmPolicy", "CartPole-v1", **kwargs).learn(64)
+    assert ours.rollback_alpha == 0.3
+    assert ours.logger.name_to_value["train/rollback_fraction"] > 0
+    assert not np.array_equal(_params(contrib), _params(ours))
+
+
+def _episode(model, env: gym.Env, seed: int) -> tuple[list, tuple[np.ndarray, ...]]:
+    """Deterministic actions over a whole episode, carrying the recurrent state."""
+    obs, _ = env.reset(seed=seed)
+    state, episode_start, actions = None, np.ones(1, dtype=bool), []
+    for _ in range(300):
+        action, state = model.predict(obs, state=state, episode_start=episode_start, deterministic=True)
+        actions.append(action)
+        obs, _, terminated, truncated, _ = env.step(action)
+        episode_start = np.zeros(1, dtype=bool)
+        if terminated or truncated:
+            break
+    return actions, state
+
+
+def _flat(actions: list) -> np.ndarray:
+    return np.concatenate([np.concatenate([np.ravel(c) for c in a]) if isinstance(a, tuple) else np.ravel(a) for a in actions])
+
+
+@pytest.mark.parametrize(
+    "policy, make_env, distribution",
+    [
+        ("MlpGruPolicy", cartpole_no_vel, None),
+        ("MlpLstmPolicy", lambda: gym.make("Pendulum-v1", max_episode_steps=60), "beta"),
+        ("MlpGruPolicy", TupleEnv, None),
+    ],
+)
+def test_save_load_episode(tmp_path, policy, make_env, distribution):
+    model = RecurrentPPORollback(
+        policy, make_env(), policy_kwargs=dict(action_distribution=distribution, **SMALL_NET), seed=0, **TINY
+    )
+    model.learn(32)
+    before, state_before = _episode(model, make_env(), seed=42)
+    model.save(tmp_path / "model")
+
+    loaded = RecurrentPPORollback.load(tmp_path / "model", env=make_env())
+    assert loaded.policy.rnn_type == model.policy.rnn_type
+    assert loaded.rollback_alpha == model.rollback_alpha
+    np.testing.assert_array_equal(_params(model), _params(loaded))
+    after, state_after = _episode(loaded, make_env(), seed=42)
+    assert len(before) == len(after) > 1
+    np.testing.assert_array_equal(_flat(before), _flat(after))
+    for a, b in zip(state_before, state_after):
+        np.testing.assert_array_equal(a, b)
+    loaded.learn(32)
+
+
+def test_load_errors(tmp_path):
+    garbage = tmp_path / "garbage.zip"
+    garbage.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="RecurrentPPORollback"):
+        RecurrentPPORollback.load(garbage)
+    with pytest.raises(FileNotFoundError):
+        RecurrentPPORollback.load(tmp_path / "missing")
+
+
+def test_policy_save_load(tmp_path):
+    model = RecurrentPPORollback("MlpGruPolicy", TupleEnv(), policy_kwargs=SMALL_NET, seed=0, **TINY)
+    model.policy.save(tmp_path / "policy.pth")
+    policy = type(model.policy).load(tmp_path / "policy.pth")
+    assert isinstance(policy.lstm_actor, LSTMCompatibleGRU)
+    obs = np.stack([model.observation_space.sample() for _ in range(4)])
+    np.testing.assert_array_equal(
+        _flat(model.predict(obs, deterministic=True)[0]), _flat(policy.predict(obs, deterministic=True)[0])
+    )
+
+
+@pytest.mark.parametrize("rnn_type", ["lstm", "gru"])
+def test_predict_state_and_episode_start(rnn_type):
+    model = RecurrentPPORollback(
+        "MlpLstmPolicy", TupleEnv(), policy_kwargs=dict(rnn_type=rnn_type, n_lstm_layers=2, **SMALL_NET), seed=0, **TINY
+    )
+    obs = np.stack([model.observation_space.sample() for _ in range(3)])
+    actions, state = model.predict(obs, deterministic=True)
+    # a batch gives a list of tuples, states are (hidden, cell), each (n_layers, n_envs, hidden_size)
+    assert isinstance(actions, list) and len(actions) == 3 and all(model.action_space.contains(a) for a in actions)
+    assert len(state) == 2 and state[0].shape == state[1].shape == (2, 3, 8)
+    if rnn_type == "gru":
+        assert not np.any(state[1])
+
+    # the state is carried: a second step from it differs from a fresh start ...
+    _, carried = model.predict(obs, state=state, episode_start=np.zeros(3, dtype=bool), deterministic=True)
+    _, fresh = model.predict(obs, deterministic=True)
+    assert not np.allclose(carried[0], fresh[0])
+    # ... and episode_start resets it, per env
+    starts = np.array([True, False, True])
+    reset_actions, reset = model.predict(obs, state=state, episode_start=starts, deterministic=True)
+    np.testing.assert_array_equal(reset[0][:, starts], fresh[0][:, starts])
+    np.testing.assert_array_equal(reset[0][:, ~starts], carried[0][:, ~starts])
+    assert _flat([reset_actions[0]]).tolist() == _flat([actions[0]]).tolist()
+
+    # a single observation gives a single tuple
+    single, single_state = model.predict(obs[0], deterministic=True)
+    assert isinstance(single, tuple) and single_state[0].shape == (2, 1, 8)
+
+
+def test_evaluate_policy():
+    model = RecurrentPPORollback("MlpGruPolicy", "CartPole-v1", policy_kwargs=SMALL_NET, seed=0, **TINY)
+    mean, _ = evaluate_policy(model, model.get_env(), n_eval_episodes=2)
+    assert mean > 0
+
+
+# --- memory task (slow) ----------------------------------------------------------------------------------------------
+
+# rl-zoo's ppo_lstm CartPoleNoVel-v1 entry, GRU instead of LSTM
+MEMORY_KWARGS = dict(
+    n_steps=32,
+    batch_size=256,
+    gae_lambda=0.8,
+    gamma=0.98,
+    n_epochs=10,
+    ent_coef=0.0,
+    learning_rate=lambda progress: 1e-3 * progress,
+    clip_range=lambda progress: 0.2 * progress,
+)
+MEMORY_POLICY_KWARGS = dict(ortho_init=False, activation_fn=nn.ReLU, net_arch=dict(pi=[64], vf=[64]))
+
+
+@pytest.mark.slow
+def test_memory_task_needs_recurrence():
+    th.set_num_threads(1)
+    budget = 300_000
+    env = make_vec_env(cartpole_no_vel, n_envs=8, seed=0)
+    gru = RecurrentPPORollback(
+        "MlpGruPolicy",
+        env,
+        policy_kwargs=dict(lstm_hidden_size=64, enable_critic_lstm=True, **MEMORY_POLICY_KWARGS),
+        seed=0,
+        **MEMORY_KWARGS,
+    ).learn(budget)
+    gru_mean, _ = evaluate_policy(gru, make_vec_env(cartpole_no_vel, n_envs=1, seed=10_000), n_eval_episodes=20)
+
+    env = make_vec_env(cartpole_no_vel, n_envs=8, seed=0)
+    feed_forward = PPORollback("MlpPolicy", env, policy_kwargs=MEMORY_POLICY_KWARGS, seed=0, **MEMORY_KWARGS).learn(budget)
+    ff_mean, _ = evaluate_policy(feed_forward, make_vec_env(cartpole_no_vel, n_envs=1, seed=10_000), n_eval_episodes=20)
+    assert gru_mean >= 450, f"GRU policy: {gru_mean:.1f}"
+    assert ff_mean < 200, f"feed-forward policy: {ff_mean:.1f}"

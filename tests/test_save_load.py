@@ -1,0 +1,102 @@
+"""save -> load -> identical parameters and deterministic predictions; atomic saves; clear load errors."""
+
+import os
+import zipfile
+
+import numpy as np
+import pytest
+import torch as th
+
+from sb3_cherry import CherryA2C, PPORollback
+
+
+def _params(model) -> np.ndarray:
+    return th.nn.utils.parameters_to_vector(model.policy.parameters()).detach().numpy()
+
+
+@pytest.mark.parametrize("algo", [PPORollback, CherryA2C])
+@pytest.mark.parametrize("env_id, distribution", [("CartPole-v1", None), ("Pendulum-v1", "beta"), ("Pendulum-v1", "tanh_normal")])
+def test_save_load_round_trip(tmp_path, algo, env_id, distribution):
+    kwargs = dict(n_steps=32, batch_size=32, n_epochs=1) if algo is PPORollback else dict(n_steps=8)
+    model = algo("MlpPolicy", env_id, policy_kwargs=dict(action_distribution=distribution), seed=0, **kwargs)
+    model.learn(64)
+    obs = np.stack([model.observation_space.sample() for _ in range(20)])
+    before, _ = model.predict(obs, deterministic=True)
+    path = tmp_path / "model"
+    model.save(path)
+    assert (tmp_path / "model.zip").exists()
+
+    loaded = algo.load(path, env=model.get_env())
+    np.testing.assert_array_equal(_params(model), _params(loaded))
+    after, _ = loaded.predict(obs, deterministic=True)
+    np.testing.assert_array_equal(before, after)
+    assert loaded.policy.action_distribution == model.policy.action_distribution
+
+    # Continued learning, with and without resetting the counter
+    steps = loaded.num_timesteps
+    loaded.learn(64, reset_num_timesteps=False)
+    assert loaded.num_timesteps == steps + 64
+    loaded.learn(64)
+    assert loaded.num_timesteps == 64
+
+
+def test_hyperparameters_survive(tmp_path):
+    model = PPORollback("MlpPolicy", "CartPole-v1", rollback_alpha=0.17, returns_estimator="vtrace", rho_bar=1.5, n_steps=32)
+    model.save(tmp_path / "m.zip")
+    loaded = PPORollback.load(tmp_path / "m.zip")
+    assert (loaded.rollback_alpha, loaded.returns_estimator, loaded.rho_bar) == (0.17, "vtrace", 1.5)
+    assert loaded.rollout_buffer.returns_estimator == "vtrace"
+
+
+def test_interrupted_save_keeps_previous_file(tmp_path, monkeypatch):
+    model = PPORollback("MlpPolicy", "CartPole-v1", n_steps=32)
+    path = tmp_path / "model.zip"
+    model.save(path)
+    good = path.read_bytes()
+
+    import stable_baselines3.common.base_class as base_class
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("simulated crash in the middle of a save")
+
+    monkeypatch.setattr(base_class, "save_to_zip_file", crash)
+    with pytest.raises(KeyboardInterrupt):
+        model.save(path)
+    assert path.read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir()] == ["model.zip"]  # no temporary file left behind
+
+
+def test_load_errors_name_the_file(tmp_path):
+    corrupt = tmp_path / "corrupt.zip"
+    corrupt.write_bytes(b"not a zip at all")
+    with pytest.raises(ValueError, match="corrupt.zip.*not a Stable-Baselines3 model"):
+        PPORollback.load(corrupt)
+
+    foreign = tmp_path / "foreign.zip"
+    with zipfile.ZipFile(foreign, "w") as archive:
+        archive.writestr("hello.txt", "hi")
+    with pytest.raises(ValueError, match="foreign.zip.*missing"):
+        PPORollback.load(foreign)
+
+    model = PPORollback("MlpPolicy", "CartPole-v1", n_steps=32)
+    model.save(tmp_path / "good.zip")
+    truncated = tmp_path / "truncated.zip"
+    data = (tmp_path / "good.zip").read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated.zip"):
+        PPORollback.load(truncated)
+
+    with pytest.raises(FileNotFoundError, match="missing"):
+        PPORollback.load(tmp_path / "missing")
+    assert os.path.exists(tmp_path / "good.zip")
+
+
+def test_set_parameters_rejects_bad_input():
+    model = PPORollback("MlpPolicy", "CartPole-v1", n_steps=32)
+    params = model.get_parameters()
+    params["policy"].pop(next(iter(params["policy"])))
+    # SB3 raises a RuntimeError from torch's load_state_dict naming the missing key
+    with pytest.raises(RuntimeError, match="Missing key"):
+        model.set_parameters(params, exact_match=True)
+    with pytest.raises(ValueError, match="not_a_module"):
+        model.set_parameters({"not_a_module": {}}, exact_match=True)
