@@ -206,7 +206,8 @@ class TanhNormalDistribution(CherryDistribution):
 
     def _to_bounds(self, squashed: th.Tensor) -> th.Tensor:
         low, high = self.low.to(squashed.device), self.high.to(squashed.device)
-        return low + 0.5 * (squashed + 1.0) * (high - low)
+        # The clamp only removes float rounding: with tanh saturated at 1, the map can exceed high by one ulp
+        return th.clamp(low + 0.5 * (squashed + 1.0) * (high - low), low, high)
 
     def log_prob(self, actions: th.Tensor) -> th.Tensor:
         actions = _as_columns(actions, self.action_dim).to(self.distribution.loc.dtype)
@@ -257,7 +258,8 @@ class BetaDistribution(CherryDistribution):
 
     def _to_bounds(self, unit: th.Tensor) -> th.Tensor:
         low, high = self.low.to(unit.device), self.high.to(unit.device)
-        return low + unit * (high - low)
+        # The clamp only removes float rounding: low + 1 * (high - low) can exceed high by one ulp
+        return th.clamp(low + unit * (high - low), low, high)
 
     def log_prob(self, actions: th.Tensor) -> th.Tensor:
         actions = _as_columns(actions, self.action_dim).to(self.distribution.concentration1.dtype)
@@ -273,8 +275,15 @@ class BetaDistribution(CherryDistribution):
         return self._to_bounds(self.distribution.rsample())
 
     def mode(self) -> th.Tensor:
-        alpha, beta = self.distribution.concentration1, self.distribution.concentration0
-        return self._to_bounds((alpha - 1.0) / (alpha + beta - 2.0))
+        # (alpha - 1) / (alpha + beta - 2), written x / (x + y) with x = alpha - 1 >= 0, y = beta - 1 >= 0 (exact
+        # subtractions): computing alpha + beta - 2 directly cancels catastrophically in float32 when both
+        # concentrations are close to 1, giving modes far outside the bounds (or inf). x / (x + y) is always in [0, 1].
+        x, y = self.distribution.concentration1 - 1.0, self.distribution.concentration0 - 1.0
+        total = x + y
+        # alpha = beta = 1 (uniform; softplus underflows for raw params below ~ -17 in float32): 0 / 0 would be NaN,
+        # take the middle of the bounds (every point is a mode of the uniform).
+        unit = th.where(total > 0, x / total.clamp_min(th.finfo(total.dtype).tiny), 0.5)
+        return self._to_bounds(unit)
 
 
 class CategoricalDistribution(CherryDistribution):
@@ -527,11 +536,14 @@ def resolve_spec(space: spaces.Space, spec: DistributionSpec) -> DistributionSpe
     """
     check_action_space(space)
     if isinstance(space, spaces.Tuple):
-        if spec is None or isinstance(spec, str):
-            return tuple(
-                resolve_spec(sub, spec if (spec is None or isinstance(sub, spaces.Tuple) or spec in _allowed(sub)) else None)
-                for sub in space.spaces
+        if isinstance(spec, str) and spec not in _leaf_names(space):
+            # Without this check a misspelt or inapplicable name would silently fall back to every default.
+            raise ValueError(
+                f"action_distribution={spec!r} is not available for any component of {space}. "
+                f"Allowed choices: {sorted(_leaf_names(space))}, or one spec per component."
             )
+        if spec is None or isinstance(spec, str):
+            return tuple(resolve_spec(sub, spec if spec in _leaf_names(sub) else None) for sub in space.spaces)
         if not isinstance(spec, Sequence) or len(spec) != len(space.spaces):
             raise ValueError(
                 f"action_distribution for {space} must be None, a name, or a sequence of {len(space.spaces)} specs "
@@ -547,7 +559,17 @@ def resolve_spec(space: spaces.Space, spec: DistributionSpec) -> DistributionSpe
         raise ValueError(
             f"action_distribution={spec!r} is not available for the action space {space}. Allowed choices: {list(allowed)}."
         )
+    if isinstance(space, spaces.MultiDiscrete) and spec == "categorical":
+        # "categorical" is an alias: normalise it so that make_distribution returns SB3's own class for it too
+        return "multi_categorical"
     return spec
+
+
+def _leaf_names(space: spaces.Space) -> set[str]:
+    """All distribution names accepted by at least one (possibly nested) component of ``space``."""
+    if isinstance(space, spaces.Tuple):
+        return set().union(*(_leaf_names(sub) for sub in space.spaces))
+    return set(_allowed(space))
 
 
 def _make_component(space: spaces.Space, spec: DistributionSpec, kwargs: dict[str, dict[str, Any]]) -> CherryDistribution:

@@ -83,7 +83,13 @@ def flatten_action(space: spaces.Space, action: Any) -> np.ndarray:
         if not isinstance(action, (tuple, list)) or len(action) != len(space.spaces):
             raise ValueError(f"Expected a tuple of {len(space.spaces)} components for {space}, got {action!r}.")
         return np.concatenate([flatten_action(sub, a) for sub, a in zip(space.spaces, action)]).astype(np.float32)
-    return np.asarray(action, dtype=np.float32).reshape(-1)
+    # flat_action_dim() also rejects unsupported components (Dict, Text, ...) with a ValueError
+    dim = flat_action_dim(space)
+    flat = np.asarray(action, dtype=np.float32).reshape(-1)
+    if flat.shape != (dim,):
+        # A component of the wrong size would otherwise shift every later column of the flat encoding
+        raise ValueError(f"Action {action!r} has {flat.size} values, but {space} needs {dim}.")
+    return flat
 
 
 def unflatten_action(space: spaces.Space, flat: np.ndarray, clip: bool = True) -> Any:
