@@ -1,7 +1,10 @@
 import os
 
 from sb3_cherry.a2c import CherryA2C
+from sb3_cherry.envs import register_envs
 from sb3_cherry.ppo_rollback import PPORollback
+
+register_envs()
 
 # Read version from file
 version_file = os.path.join(os.path.dirname(__file__), "version.txt")

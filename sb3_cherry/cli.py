@@ -72,7 +72,10 @@ def default_config(algo: str) -> pathlib.Path:
     :return: the path
     :raises FileNotFoundError: no config found
     """
-    candidates = [pathlib.Path("zoo_configs") / f"{algo}.yml", pathlib.Path(__file__).parents[1] / "zoo_configs" / f"{algo}.yml"]
+    candidates = [
+        pathlib.Path("zoo_configs") / f"{algo}.yml",
+        pathlib.Path(__file__).parents[1] / "zoo_configs" / f"{algo}.yml",
+    ]
     for candidate in candidates:
         if candidate.exists():
             return candidate
@@ -83,7 +86,7 @@ def _type_ok(value: Any, default: Any, key: str) -> bool:
     if isinstance(default, bool):
         return isinstance(value, bool)
     if isinstance(default, int) and not isinstance(default, bool):
-        return isinstance(value, int) and not isinstance(value, bool) or (isinstance(value, float) and value.is_integer())
+        return (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, float) and value.is_integer())
     if isinstance(default, float):
         if isinstance(value, str):
             return key in SCHEDULE_KEYS and value.startswith("lin_")
@@ -336,8 +339,8 @@ def cmd_evaluate(argv: list[str]) -> dict[str, Any]:
     args = parser.parse_args(argv)
     defaults = _eval_defaults(args.env)
     fail_below = args.fail_below if args.fail_below is not None else defaults.get("fail_below")
-    fail_on_termination = args.fail_on_termination if args.fail_on_termination is not None else defaults.get(
-        "fail_on_termination", False
+    fail_on_termination = (
+        args.fail_on_termination if args.fail_on_termination is not None else defaults.get("fail_on_termination", False)
     )
     model, env = _load_for_eval(args)
     summary = evaluate_model(model, env, args.n_episodes, not args.stochastic, fail_below, bool(fail_on_termination))

@@ -84,9 +84,9 @@ def test_cherry_a2c_learns(env_id, threshold):
 def test_random_cartpole_is_low():
     # Sanity of the threshold above: a random policy scores ~22
     env = make_vec_env("CartPole-v1", n_envs=1, seed=0)
-    rewards, obs, total, episodes = [], env.reset(), 0.0, 0
+    rewards, _obs, total, episodes = [], env.reset(), 0.0, 0
     while episodes < 20:
-        obs, reward, done, _ = env.step(np.array([env.action_space.sample()]))
+        _obs, reward, done, _ = env.step(np.array([env.action_space.sample()]))
         total += reward[0]
         if done[0]:
             rewards.append(total)

@@ -71,7 +71,9 @@ def test_cnn_policy():
     from stable_baselines3.common.envs import FakeImageEnv
 
     env = FakeImageEnv(screen_height=40, screen_width=40, n_channels=1, discrete=False)
-    model = PPORollback("CnnPolicy", env, n_steps=16, batch_size=16, n_epochs=1, policy_kwargs=dict(action_distribution="beta"))
+    model = PPORollback(
+        "CnnPolicy", env, n_steps=16, batch_size=16, n_epochs=1, policy_kwargs=dict(action_distribution="beta")
+    )
     model.learn(32)
 
 

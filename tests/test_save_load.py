@@ -15,7 +15,9 @@ def _params(model) -> np.ndarray:
 
 
 @pytest.mark.parametrize("algo", [PPORollback, CherryA2C])
-@pytest.mark.parametrize("env_id, distribution", [("CartPole-v1", None), ("Pendulum-v1", "beta"), ("Pendulum-v1", "tanh_normal")])
+@pytest.mark.parametrize(
+    "env_id, distribution", [("CartPole-v1", None), ("Pendulum-v1", "beta"), ("Pendulum-v1", "tanh_normal")]
+)
 def test_save_load_round_trip(tmp_path, algo, env_id, distribution):
     kwargs = dict(n_steps=32, batch_size=32, n_epochs=1) if algo is PPORollback else dict(n_steps=8)
     model = algo("MlpPolicy", env_id, policy_kwargs=dict(action_distribution=distribution), seed=0, **kwargs)
@@ -69,13 +71,13 @@ def test_interrupted_save_keeps_previous_file(tmp_path, monkeypatch):
 def test_load_errors_name_the_file(tmp_path):
     corrupt = tmp_path / "corrupt.zip"
     corrupt.write_bytes(b"not a zip at all")
-    with pytest.raises(ValueError, match="corrupt.zip.*not a Stable-Baselines3 model"):
+    with pytest.raises(ValueError, match=r"corrupt\.zip.*not a Stable-Baselines3 model"):
         PPORollback.load(corrupt)
 
     foreign = tmp_path / "foreign.zip"
     with zipfile.ZipFile(foreign, "w") as archive:
         archive.writestr("hello.txt", "hi")
-    with pytest.raises(ValueError, match="foreign.zip.*missing"):
+    with pytest.raises(ValueError, match=r"foreign\.zip.*missing"):
         PPORollback.load(foreign)
 
     model = PPORollback("MlpPolicy", "CartPole-v1", n_steps=32)
@@ -83,7 +85,7 @@ def test_load_errors_name_the_file(tmp_path):
     truncated = tmp_path / "truncated.zip"
     data = (tmp_path / "good.zip").read_bytes()
     truncated.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="truncated.zip"):
+    with pytest.raises(ValueError, match=r"truncated\.zip"):
         PPORollback.load(truncated)
 
     with pytest.raises(FileNotFoundError, match="missing"):

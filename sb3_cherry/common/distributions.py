@@ -41,7 +41,7 @@ from sb3_cherry.common.spaces import check_action_space
 SelfCherryDistribution = TypeVar("SelfCherryDistribution", bound="CherryDistribution")
 
 #: A distribution spec: a name, ``None`` (the space's default) or a sequence of specs for a Tuple space.
-DistributionSpec = Union[str, None, Sequence["DistributionSpec"]]
+DistributionSpec = Union[str, None, Sequence["DistributionSpec"]]  # noqa: UP007 (recursive alias needs Union)
 
 BOX_DISTRIBUTIONS = ("normal", "beta", "tanh_normal")
 DISCRETE_DISTRIBUTIONS = ("categorical", "gumbel_softmax")
@@ -375,7 +375,9 @@ class MultiCategoricalDistribution(CherryDistribution):
 
     def log_prob(self, actions: th.Tensor) -> th.Tensor:
         index = _as_columns(actions, self.action_dim).round().long() - self.start.to(actions.device)
-        return th.stack([d.log_prob(a) for d, a in zip(self.distribution, th.unbind(index, dim=1))], dim=1).sum(dim=1)
+        return th.stack([d.log_prob(a) for d, a in zip(self.distribution, th.unbind(index, dim=1), strict=True)], dim=1).sum(
+            dim=1
+        )
 
     def entropy(self) -> th.Tensor:
         return th.stack([d.entropy() for d in self.distribution], dim=1).sum(dim=1)
@@ -387,7 +389,9 @@ class MultiCategoricalDistribution(CherryDistribution):
         return th.stack([d.probs.argmax(dim=1) for d in self.distribution], dim=1) + self.start.to(self._batch_ref().device)
 
     def kl(self, other: CherryDistribution) -> th.Tensor:
-        return th.stack([th_kl_divergence(p, q) for p, q in zip(self.distribution, other.distribution)], dim=1).sum(dim=1)
+        return th.stack(
+            [th_kl_divergence(p, q) for p, q in zip(self.distribution, other.distribution, strict=True)], dim=1
+        ).sum(dim=1)
 
 
 class BernoulliDistribution(CherryDistribution):
@@ -452,7 +456,8 @@ class TupleDistribution(CherryDistribution):
         return _TupleHead([c.proba_distribution_net(latent_dim, log_std_init=log_std_init) for c in self.components])
 
     def proba_distribution(self: SelfCherryDistribution, params: th.Tensor) -> SelfCherryDistribution:
-        for component, split in zip(self.components, params.split([c.param_dim for c in self.components], dim=-1)):  # type: ignore
+        splits = params.split([c.param_dim for c in self.components], dim=-1)
+        for component, split in zip(self.components, splits, strict=True):
             component.proba_distribution(split)
         return self
 
@@ -463,7 +468,9 @@ class TupleDistribution(CherryDistribution):
         return _as_columns(actions, self.action_dim).split([c.action_dim for c in self.components], dim=1)
 
     def log_prob(self, actions: th.Tensor) -> th.Tensor:
-        return th.stack([c.log_prob(a) for c, a in zip(self.components, self._split_actions(actions))], dim=1).sum(dim=1)
+        return th.stack(
+            [c.log_prob(a) for c, a in zip(self.components, self._split_actions(actions), strict=True)], dim=1
+        ).sum(dim=1)
 
     def component_log_probs(self, actions: th.Tensor) -> list[th.Tensor]:
         """
@@ -472,7 +479,7 @@ class TupleDistribution(CherryDistribution):
         :param actions: flat actions
         :return: one ``(batch,)`` tensor per component
         """
-        return [c.log_prob(a) for c, a in zip(self.components, self._split_actions(actions))]
+        return [c.log_prob(a) for c, a in zip(self.components, self._split_actions(actions), strict=True)]
 
     def entropy(self) -> th.Tensor | None:
         entropies = [c.entropy() for c in self.components]
@@ -488,7 +495,7 @@ class TupleDistribution(CherryDistribution):
 
     def kl(self, other: CherryDistribution) -> th.Tensor:
         assert isinstance(other, TupleDistribution)
-        return th.stack([p.kl(q) for p, q in zip(self.components, other.components)], dim=1).sum(dim=1)
+        return th.stack([p.kl(q) for p, q in zip(self.components, other.components, strict=True)], dim=1).sum(dim=1)
 
 
 def default_distribution(space: spaces.Space) -> DistributionSpec:
@@ -549,7 +556,7 @@ def resolve_spec(space: spaces.Space, spec: DistributionSpec) -> DistributionSpe
                 f"action_distribution for {space} must be None, a name, or a sequence of {len(space.spaces)} specs "
                 f"(one per component), got {spec!r}."
             )
-        return tuple(resolve_spec(sub, sub_spec) for sub, sub_spec in zip(space.spaces, spec))
+        return tuple(resolve_spec(sub, sub_spec) for sub, sub_spec in zip(space.spaces, spec, strict=True))
     if spec is None:
         return default_distribution(space)
     if not isinstance(spec, str):
@@ -575,7 +582,7 @@ def _leaf_names(space: spaces.Space) -> set[str]:
 def _make_component(space: spaces.Space, spec: DistributionSpec, kwargs: dict[str, dict[str, Any]]) -> CherryDistribution:
     if isinstance(space, spaces.Tuple):
         assert isinstance(spec, tuple)
-        return TupleDistribution([_make_component(sub, s, kwargs) for sub, s in zip(space.spaces, spec)])
+        return TupleDistribution([_make_component(sub, s, kwargs) for sub, s in zip(space.spaces, spec, strict=True)])
     assert isinstance(spec, str)
     extra = kwargs.get(spec, {})
     if isinstance(space, spaces.Box):
@@ -638,4 +645,3 @@ def kl_divergence(dist_true: Distribution, dist_pred: Distribution) -> th.Tensor
     if isinstance(dist_true, CherryDistribution):
         return dist_true.kl(dist_pred)  # type: ignore[arg-type]
     return sb3_dist.kl_divergence(dist_true, dist_pred)
-

@@ -82,7 +82,7 @@ def flatten_action(space: spaces.Space, action: Any) -> np.ndarray:
     if isinstance(space, spaces.Tuple):
         if not isinstance(action, (tuple, list)) or len(action) != len(space.spaces):
             raise ValueError(f"Expected a tuple of {len(space.spaces)} components for {space}, got {action!r}.")
-        return np.concatenate([flatten_action(sub, a) for sub, a in zip(space.spaces, action)]).astype(np.float32)
+        return np.concatenate([flatten_action(sub, a) for sub, a in zip(space.spaces, action, strict=True)]).astype(np.float32)
     # flat_action_dim() also rejects unsupported components (Dict, Text, ...) with a ValueError
     dim = flat_action_dim(space)
     flat = np.asarray(action, dtype=np.float32).reshape(-1)

@@ -4,7 +4,6 @@ import pathlib
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
 from stable_baselines3.common.utils import LinearSchedule
 
 

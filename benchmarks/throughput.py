@@ -1,0 +1,193 @@
+"""
+Training throughput (env steps per second, collection + updates) of sb3_cherry vs SB3's PPO, measured alternately
+in ONE process so that machine noise hits both sides alike; the ratio is what we report.
+
+    python -m benchmarks.throughput                 # all cases, 3 alternating repetitions
+    python -m benchmarks.throughput --cases cartpole_ppo_rollback --repeats 5
+
+Writes ``benchmarks/results/throughput.csv`` (one row per case, median steps/s of each side and their ratio) and
+``benchmarks/results/throughput.png``.
+"""
+
+import argparse
+import csv
+import pathlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch as th
+from stable_baselines3 import PPO
+from stable_baselines3.common.env_util import make_vec_env
+
+from sb3_cherry import CherryA2C, PPORollback
+
+RESULTS = pathlib.Path(__file__).parent / "results"
+
+
+@dataclass
+class Case:
+    """One comparison: ``ours`` vs ``baseline``, same env and hyperparameters."""
+
+    name: str
+    env_id: str
+    n_envs: int
+    steps: int
+    ours: Callable
+    baseline: Callable
+
+
+def _ppo_kwargs(n_steps: int, batch_size: int, n_epochs: int) -> dict:
+    return dict(n_steps=n_steps, batch_size=batch_size, n_epochs=n_epochs, seed=0, device="cpu")
+
+
+def cases() -> list[Case]:
+    """The benchmark cases (the issue's CartPole 8 envs / Hopper 1 env, plus distributions)."""
+    cp = _ppo_kwargs(32, 256, 20)  # rl-zoo CartPole PPO entry
+    hop = _ppo_kwargs(512, 32, 5)  # rl-zoo Hopper PPO entry
+    pend = _ppo_kwargs(1024, 64, 10)
+    a2c = dict(n_steps=5, seed=0, device="cpu")
+    from stable_baselines3 import A2C
+
+    return [
+        Case(
+            "cartpole_ppo_rollback",
+            "CartPole-v1",
+            8,
+            16_384,
+            lambda e: PPORollback("MlpPolicy", e, **cp),
+            lambda e: PPO("MlpPolicy", e, **cp),
+        ),
+        Case(
+            "hopper_ppo_rollback",
+            "Hopper-v5",
+            1,
+            4_096,
+            lambda e: PPORollback("MlpPolicy", e, **hop),
+            lambda e: PPO("MlpPolicy", e, **hop),
+        ),
+        Case(
+            "pendulum_beta_vs_sb3_gaussian",
+            "Pendulum-v1",
+            4,
+            8_192,
+            lambda e: PPORollback("MlpPolicy", e, policy_kwargs=dict(action_distribution="beta"), **pend),
+            lambda e: PPO("MlpPolicy", e, **pend),
+        ),
+        Case(
+            "pendulum_tanh_normal_vs_sb3_gaussian",
+            "Pendulum-v1",
+            4,
+            8_192,
+            lambda e: PPORollback("MlpPolicy", e, policy_kwargs=dict(action_distribution="tanh_normal"), **pend),
+            lambda e: PPO("MlpPolicy", e, **pend),
+        ),
+        Case(
+            "hybrid_tuple_vs_sb3_gaussian",
+            "sb3_cherry/HybridGoal-v0",
+            4,
+            8_192,
+            lambda e: PPORollback("MlpPolicy", e, **pend),
+            # SB3 cannot handle the Tuple space: its baseline is a Gaussian policy on the flattened action vector
+            lambda e: PPO("MlpPolicy", _flat_box_env(e), **pend),
+        ),
+        Case(
+            "cartpole_cherry_a2c",
+            "CartPole-v1",
+            8,
+            16_384,
+            lambda e: CherryA2C("MlpPolicy", e, **a2c),
+            lambda e: A2C("MlpPolicy", e, **a2c),
+        ),
+    ]
+
+
+def _flat_box_env(vec_env):
+    """The same envs seen through a flat Box action space (what a user of plain SB3 would have to do)."""
+    import gymnasium as gym
+
+    from sb3_cherry.common.spaces import flat_action_dim, unflatten_action
+
+    class FlatActions(gym.ActionWrapper):
+        def __init__(self, env: gym.Env):
+            super().__init__(env)
+            self.tuple_space = env.action_space
+            self.action_space = gym.spaces.Box(-1, 1, (flat_action_dim(env.action_space),), np.float32)
+
+        def action(self, action):
+            return unflatten_action(self.tuple_space, np.asarray(action, np.float32))
+
+    env_id = vec_env.envs[0].spec.id if hasattr(vec_env, "envs") else None
+    return make_vec_env(env_id, n_envs=vec_env.num_envs, seed=0, wrapper_class=FlatActions)
+
+
+def measure(build: Callable, env_id: str, n_envs: int, steps: int) -> float:
+    """Steps per second of ``learn(steps)`` (model construction excluded)."""
+    model = build(make_vec_env(env_id, n_envs=n_envs, seed=0))
+    start = time.perf_counter()
+    model.learn(steps)
+    elapsed = time.perf_counter() - start
+    model.get_env().close()
+    return steps / elapsed
+
+
+def main() -> None:
+    """Run the benchmark and write the CSV and the plot."""
+    import sb3_cherry  # noqa: F401  (registers the sb3_cherry/ envs)
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", nargs="*", help="subset of case names")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: fair on a shared machine)")
+    args = parser.parse_args()
+    th.set_num_threads(args.threads)
+    selected = [c for c in cases() if not args.cases or c.name in args.cases]
+    rows = []
+    for case in selected:
+        ours, base = [], []
+        for _ in range(args.repeats):  # alternate, so drifting machine load hits both sides
+            base.append(measure(case.baseline, case.env_id, case.n_envs, case.steps))
+            ours.append(measure(case.ours, case.env_id, case.n_envs, case.steps))
+        row = dict(
+            case=case.name,
+            env=case.env_id,
+            n_envs=case.n_envs,
+            steps=case.steps,
+            repeats=args.repeats,
+            ours_steps_per_s=round(float(np.median(ours)), 1),
+            sb3_steps_per_s=round(float(np.median(base)), 1),
+            ratio=round(float(np.median(np.array(ours) / np.array(base))), 3),
+        )
+        rows.append(row)
+        print(row, flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / ("throughput.csv" if not args.cases else f"throughput_{'_'.join(args.cases)}.csv")
+    with open(out, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    _plot(rows, out.with_suffix(".png"))
+    print(f"wrote {out}")
+
+
+def _plot(rows: list[dict], path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.6 * len(rows) + 1.5))
+    names = [r["case"] for r in rows]
+    ax.barh(names, [r["ratio"] for r in rows], color="tab:red")
+    ax.axvline(1.0, color="k", lw=1)
+    ax.axvline(0.95, color="gray", ls="--", lw=1, label="goal 0.95 (PPO) / 0.85 (distributions)")
+    ax.axvline(0.85, color="gray", ls=":", lw=1)
+    ax.set_xlabel("steps/s ratio: sb3_cherry / SB3 (same process, alternating runs)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    main()
