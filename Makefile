@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install --upgrade pip
 	# torch first, pinned: the CPU wheel available locally; a bare `torch` would pull a CUDA build
 	$(PIP) install torch==$(TORCH_VERSION)
-	$(PIP) install -e ".[tests,imitation]"
+	$(PIP) install -e ".[tests,imitation,distributed]"
 	# imitation's metadata pins an old SB3/gymnasium: install it without its dependencies
 	# (the packages its modules import come with the [imitation] extra above)
 	$(PIP) install --no-deps imitation==1.0.1

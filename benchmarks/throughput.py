@@ -104,21 +104,32 @@ def cases() -> list[Case]:
 
 
 def _flat_box_env(vec_env):
-    """The same envs seen through a flat Box action space (what a user of plain SB3 would have to do)."""
+    """
+    The hybrid env seen through one flat Box in [-1, 1] (what a user of plain SB3 would have to do): the first
+    coordinate is binned into the discrete choice, the others are mapped onto each parameter Box's bounds.
+    """
     import gymnasium as gym
-
-    from sb3_cherry.common.spaces import flat_action_dim, unflatten_action
 
     class FlatActions(gym.ActionWrapper):
         def __init__(self, env: gym.Env):
             super().__init__(env)
-            self.tuple_space = env.action_space
-            self.action_space = gym.spaces.Box(-1, 1, (flat_action_dim(env.action_space),), np.float32)
+            discrete, boxes = env.action_space.spaces
+            self.n, self.boxes = int(discrete.n), list(boxes.spaces)
+            dim = 1 + sum(int(np.prod(b.shape)) for b in self.boxes)
+            self.action_space = gym.spaces.Box(-1, 1, (dim,), np.float32)
 
         def action(self, action):
-            return unflatten_action(self.tuple_space, np.asarray(action, np.float32))
+            action = np.clip(np.asarray(action, np.float32), -1, 1)
+            choice = int(min(self.n - 1, (action[0] + 1) / 2 * self.n))
+            params, start = [], 1
+            for box in self.boxes:
+                size = int(np.prod(box.shape))
+                unit = (action[start : start + size].reshape(box.shape) + 1) / 2
+                params.append((box.low + unit * (box.high - box.low)).astype(box.dtype))
+                start += size
+            return choice, tuple(params)
 
-    env_id = vec_env.envs[0].spec.id if hasattr(vec_env, "envs") else None
+    env_id = vec_env.envs[0].spec.id
     return make_vec_env(env_id, n_envs=vec_env.num_envs, seed=0, wrapper_class=FlatActions)
 
 
@@ -144,6 +155,8 @@ def main() -> None:
     th.set_num_threads(args.threads)
     selected = [c for c in cases() if not args.cases or c.name in args.cases]
     rows = []
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / ("throughput.csv" if not args.cases else f"throughput_{'_'.join(args.cases)}.csv")
     for case in selected:
         ours, base = [], []
         for _ in range(args.repeats):  # alternate, so drifting machine load hits both sides
@@ -161,13 +174,12 @@ def main() -> None:
         )
         rows.append(row)
         print(row, flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / ("throughput.csv" if not args.cases else f"throughput_{'_'.join(args.cases)}.csv")
-    with open(out, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    _plot(rows, out.with_suffix(".png"))
+        # written after every case, so an interrupted run keeps what it measured
+        with open(out, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        _plot(rows, out.with_suffix(".png"))
     print(f"wrote {out}")
 
 

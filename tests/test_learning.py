@@ -92,3 +92,10 @@ def test_random_cartpole_is_low():
             rewards.append(total)
             total, episodes = 0.0, episodes + 1
     assert np.mean(rewards) < 60
+
+
+@pytest.mark.slow
+def test_hybrid_goal_learns():
+    # Tuple(Discrete, Tuple(Box, Box, Box)) policy: random -14.7, best discrete-only policy -0.9, expert 4.2
+    model = train_from_zoo(PPORollback, "ppo_rollback", "sb3_cherry/HybridGoal-v0")
+    assert evaluate(model, "sb3_cherry/HybridGoal-v0", n_episodes=50) >= 2.0

@@ -89,6 +89,23 @@ class TupleActionEnv(gym.Env):
         return obs, float(discrete), bool(discrete == 2), False, {}
 
 
+def wait_until_dead(actor, timeout: float = 30.0) -> bool:
+    """``ray.kill`` is asynchronous: a call made right after it may still be served."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.get_spaces.remote(), timeout=timeout)
+        except ray.exceptions.RayActorError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def kill(actor) -> None:
+    ray.kill(actor)
+    assert wait_until_dead(actor)
+
+
 def assert_same_step(ray_out, dummy_out):
     (obs_r, rew_r, done_r, infos_r), (obs_d, rew_d, done_d, infos_d) = ray_out, dummy_out
     np.testing.assert_array_equal(obs_r, obs_d)
@@ -161,7 +178,7 @@ def test_dead_worker_without_restart_raises(ray_vec_env):
     venv = ray_vec_env([make_cartpole] * 2, num_cpus_per_actor=0.5, max_restarts=0)
     venv.reset()
     venv.step(np.zeros(2, dtype=np.int64))
-    ray.kill(venv.actors[1])
+    kill(venv.actors[1])
     with pytest.raises(RuntimeError, match=r"worker actor 1 \(holding env 1\) died .*max_restarts=0"):
         venv.step(np.zeros(2, dtype=np.int64))
     venv.close()
@@ -177,7 +194,7 @@ class KillWorker(BaseCallback):
 
     def _on_step(self) -> bool:
         if self.n_calls == 10:
-            ray.kill(self.venv.actors[0])
+            kill(self.venv.actors[0])
         for env_idx, (info, done) in enumerate(zip(self.locals["infos"], self.locals["dones"], strict=True)):
             if info.get("worker_restarted"):
                 self.restarted.append((env_idx, bool(done), info))
@@ -198,7 +215,7 @@ def test_dead_worker_restarted_training_continues(ray_vec_env):
     assert info["TimeLimit.truncated"] is False
     assert info["terminal_observation"].shape == (4,)
     # The restart budget of actor 0 is used up
-    ray.kill(venv.actors[0])
+    kill(venv.actors[0])
     with pytest.raises(RuntimeError, match=r"worker actor 0 .*max_restarts=1 \(restarts so far: 1\)"):
         venv.step(np.zeros(2, dtype=np.int64))
     venv.close()
@@ -272,9 +289,7 @@ def test_close_idempotent_releases_actors(ray_vec_env):
     venv.close()
     assert venv.closed and venv.actors == []
     assert ray.is_initialized(), "a Ray session started by the user must not be shut down"
-    for actor in actors:
-        with pytest.raises(ray.exceptions.RayActorError):
-            ray.get(actor.get_spaces.remote(), timeout=10)
+    assert all(wait_until_dead(actor) for actor in actors)
     deadline = time.monotonic() + 10
     while ray.available_resources().get("CPU", 0) < N_CPUS and time.monotonic() < deadline:
         time.sleep(0.1)
