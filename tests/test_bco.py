@@ -97,7 +97,13 @@ def test_inverse_model_continuous_and_tuple_actions(tmp_path):
     box_demos = tmp_path / "box.npz"
     record_demos(ScriptedModel(go_home), BoxLineEnv(), n_episodes=5, path=box_demos, seed=0)
     model = BCO(
-        "MlpPolicy", BoxLineEnv(), demonstrations=box_demos, n_pre_interactions=2000, n_epochs_inverse=20, n_epochs_bc=300, seed=0
+        "MlpPolicy",
+        BoxLineEnv(),
+        demonstrations=box_demos,
+        n_pre_interactions=2000,
+        n_epochs_inverse=20,
+        n_epochs_bc=300,
+        seed=0,
     )
     model.learn(2000)
     fresh = _random_transitions(BoxLineEnv(), 50)
@@ -177,7 +183,7 @@ def test_save_load_round_trip(tmp_path, line_demos):
     np.testing.assert_array_equal(before, after)
     np.testing.assert_array_equal(labels, loaded.infer_actions(fresh.obs, fresh.next_obs))
     for name in ("policy", "inverse_model"):
-        for p, q in zip(getattr(model, name).parameters(), getattr(loaded, name).parameters()):
+        for p, q in zip(getattr(model, name).parameters(), getattr(loaded, name).parameters(), strict=True):
             assert th.equal(p, q)
     assert (loaded.alpha, loaded.n_pre_interactions, loaded._n_rounds) == (1.0, 200, model._n_rounds)
     assert loaded.demonstrations == str(line_demos)
@@ -201,7 +207,7 @@ def test_save_load_round_trip(tmp_path, line_demos):
 def test_load_errors_name_the_file(tmp_path):
     corrupt = tmp_path / "corrupt.zip"
     corrupt.write_bytes(b"not a zip at all")
-    with pytest.raises(ValueError, match="corrupt.zip.*not a Stable-Baselines3 model"):
+    with pytest.raises(ValueError, match=r"corrupt\.zip.*not a Stable-Baselines3 model"):
         BCO.load(corrupt)
 
 
@@ -314,7 +320,14 @@ def test_bco_pendulum(tmp_path):
 
     start = time.time()
     model = BCO(
-        "MlpPolicy", "Pendulum-v1", demonstrations=path, alpha=0.5, n_pre_interactions=20_000, n_epochs_inverse=3, seed=0
+        "MlpPolicy",
+        "Pendulum-v1",
+        demonstrations=path,
+        alpha=0.5,
+        n_pre_interactions=20_000,
+        n_epochs_inverse=3,
+        n_epochs_bc=50,
+        seed=0,
     )
     model.learn(50_000)
     bco_time = time.time() - start

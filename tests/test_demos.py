@@ -104,7 +104,7 @@ class RandomModel:
 
 def _assert_same_trajectories(a: list, b: list) -> None:
     assert len(a) == len(b)
-    for ta, tb in zip(a, b):
+    for ta, tb in zip(a, b, strict=True):
         obs_a, obs_b = demos._unwrap_obs(ta.obs), demos._unwrap_obs(tb.obs)
         if isinstance(obs_a, dict):
             assert obs_a.keys() == obs_b.keys()
@@ -217,9 +217,9 @@ def _write(tmp_path, arrays: dict[str, np.ndarray], name: str = "bad.npz"):
 def test_not_an_archive(tmp_path):
     path = tmp_path / "garbage.npz"
     path.write_bytes(b"this is not a numpy archive")
-    with pytest.raises(ValueError, match="garbage.npz is not a demonstration file"):
+    with pytest.raises(ValueError, match=r"garbage\.npz is not a demonstration file"):
         load_demos(path)
-    with pytest.raises(FileNotFoundError, match="missing.npz"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.npz"):
         load_demos(tmp_path / "missing.npz")
 
 
@@ -258,7 +258,7 @@ def test_bad_files_raise_clear_errors(tmp_path, good_arrays, change, message):
 def test_pickled_arrays_are_refused(tmp_path, good_arrays):
     good_arrays["rewards"] = np.array([{"evil": 1}] * len(good_arrays["rewards"]), dtype=object)
     path = _write(tmp_path, good_arrays)
-    with pytest.raises(ValueError, match="bad.npz: cannot read array 'rewards'"):
+    with pytest.raises(ValueError, match=r"bad\.npz: cannot read array 'rewards'"):
         load_demos(path)
 
 

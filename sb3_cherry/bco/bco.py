@@ -1,0 +1,668 @@
+import io
+import math
+import os
+import pathlib
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, Schedule
+from stable_baselines3.common.utils import obs_as_tensor, safe_mean
+from stable_baselines3.common.vec_env import VecEnv, VecTransposeImage, is_vecenv_wrapped
+
+from sb3_cherry.bco.policies import (
+    CnnPolicy,
+    InverseDynamicsModel,
+    MlpPolicy,
+    MultiInputPolicy,
+    distribution_actions,
+    flat_columns,
+)
+from sb3_cherry.common.policies import CherryActorCriticPolicy
+from sb3_cherry.common.save_util import atomic_write, check_model_file, resolve_zip_path
+from sb3_cherry.common.spaces import flatten_action
+from sb3_cherry.common.vec_env.tuple_actions import VecTupleActions
+from sb3_cherry.demos import DemoTransitions, demos_to_transitions, load_demos
+
+SelfAtomicSaveAlgorithm = TypeVar("SelfAtomicSaveAlgorithm", bound="AtomicSaveAlgorithm")
+SelfBCO = TypeVar("SelfBCO", bound="BCO")
+
+Observation = np.ndarray | dict[str, np.ndarray]
+
+
+class AtomicSaveAlgorithm(BaseAlgorithm):
+    """
+    ``BaseAlgorithm`` whose ``save`` is atomic and whose ``load`` checks the file first (the behaviour of
+    :class:`sb3_cherry.common.on_policy.CherryOnPolicyAlgorithm`, for algorithms that are not on-policy). Put it before
+    the SB3 base in the bases of an algorithm: ``class BCO(AtomicSaveAlgorithm)``.
+    """
+
+    def save(
+        self,
+        path: str | pathlib.Path | io.BufferedIOBase,
+        exclude: Iterable[str] | None = None,
+        include: Iterable[str] | None = None,
+    ) -> None:
+        """
+        Save the model (SB3's zip format). Writing a path is atomic: the archive is written to a temporary file next
+        to it and renamed, so an interrupted save never destroys the previous checkpoint.
+
+        :param path: path to the file (``.zip`` is appended when there is no suffix) or a file object
+        :param exclude: names of parameters that should be excluded in addition to the default ones
+        :param include: names of parameters that might be excluded but should be included anyway
+        """
+        if isinstance(path, io.IOBase):
+            super().save(path, exclude=exclude, include=include)
+            return
+        atomic_write(resolve_zip_path(path), lambda f: super(AtomicSaveAlgorithm, self).save(f, exclude, include))
+
+    @classmethod
+    def load(  # type: ignore[override]
+        cls: type[SelfAtomicSaveAlgorithm],
+        path: str | pathlib.Path | io.BufferedIOBase,
+        env: GymEnv | None = None,
+        device: th.device | str = "auto",
+        custom_objects: dict[str, Any] | None = None,
+        print_system_info: bool = False,
+        force_reset: bool = True,
+        **kwargs: Any,
+    ) -> SelfAtomicSaveAlgorithm:
+        """
+        Load a model saved with ``save`` (SB3's ``load``, after checking the file is an SB3 model archive).
+
+        :param path: path to the file (or a file object)
+        :param env: the new environment to run the loaded model on (can be None if you only need prediction)
+        :param device: device on which the code should run
+        :param custom_objects: objects to replace upon loading (see SB3's ``load``)
+        :param print_system_info: print the system info of the saved model and the current one
+        :param force_reset: force a call to ``reset()`` before training
+        :param kwargs: extra arguments to change the model when loading
+        :return: the loaded model
+        :raises ValueError: the file is corrupt or not an SB3 model
+        """
+        check_model_file(path, cls.__name__)
+        return super().load(  # type: ignore[return-value]
+            path,
+            env=env,
+            device=device,
+            custom_objects=custom_objects,
+            print_system_info=print_system_info,
+            force_reset=force_reset,
+            **kwargs,
+        )
+
+
+def _obs_concat(parts: Sequence[Observation]) -> Observation:
+    if isinstance(parts[0], dict):
+        return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}  # type: ignore[index]
+    return np.concatenate(parts)  # type: ignore[arg-type]
+
+
+def _obs_take(obs: Observation, index: np.ndarray) -> Observation:
+    if isinstance(obs, dict):
+        return {key: value[index] for key, value in obs.items()}
+    return obs[index]
+
+
+def _obs_copy(obs: Observation) -> Observation:
+    if isinstance(obs, dict):
+        return {key: np.array(value) for key, value in obs.items()}
+    return np.array(obs)
+
+
+def _tensor_take(obs: PyTorchObs, index: th.Tensor) -> PyTorchObs:
+    if isinstance(obs, dict):
+        return {key: value[index] for key, value in obs.items()}
+    return obs[index]
+
+
+class _TransitionStore:
+    """The agent's own transitions ``(s, a, s')`` (inverse model data), split into a training and a held-out part."""
+
+    def __init__(self) -> None:
+        self._chunks: dict[bool, list[tuple[Observation, Observation, np.ndarray]]] = {False: [], True: []}
+
+    def add(self, obs: Observation, next_obs: Observation, actions: np.ndarray, held_out: np.ndarray) -> None:
+        """
+        Add a batch of transitions.
+
+        :param obs: observations ``s`` (batch first)
+        :param next_obs: next observations ``s'``
+        :param actions: flat actions
+        :param held_out: boolean mask of the transitions kept for validation
+        """
+        for flag in (False, True):
+            index = np.flatnonzero(held_out == flag)
+            if len(index) > 0:
+                self._chunks[flag].append((_obs_take(obs, index), _obs_take(next_obs, index), actions[index]))
+
+    def size(self, held_out: bool) -> int:
+        return sum(len(chunk[2]) for chunk in self._chunks[held_out])
+
+    def __len__(self) -> int:
+        return self.size(False) + self.size(True)
+
+    def get(self, held_out: bool) -> tuple[Observation, Observation, np.ndarray] | None:
+        """
+        All transitions of one part (consolidated into one chunk), or None when empty.
+
+        :param held_out: the held-out part instead of the training part
+        :return: ``(obs, next_obs, actions)``
+        """
+        chunks = self._chunks[held_out]
+        if not chunks:
+            return None
+        if len(chunks) > 1:
+            merged = (
+                _obs_concat([c[0] for c in chunks]),
+                _obs_concat([c[1] for c in chunks]),
+                np.concatenate([c[2] for c in chunks]),
+            )
+            self._chunks[held_out] = [merged]
+        return self._chunks[held_out][0]
+
+
+class BCO(AtomicSaveAlgorithm):
+    """
+    Behavioral Cloning from Observation, BCO(alpha): imitation from state-only demonstrations.
+
+    An inverse dynamics model ``p(a | s, s')`` is learnt from the agent's own interactions (first
+    ``n_pre_interactions`` steps of a uniformly random policy), used to label the demonstrations' state pairs
+    ``(s, s')`` with actions (its mode), and the policy is behaviour-cloned on the labelled pairs by maximising the
+    log-likelihood ``evaluate_actions`` returns (so every sb3_cherry distribution, Beta and Tuple included, works).
+    With ``alpha > 0`` (BCO(alpha)), each further round collects ``alpha * |demonstration transitions|`` interactions
+    with the current policy, adds them to the inverse model's data and repeats, until ``learn``'s budget is spent.
+
+    The actions stored in a demonstration file are ignored: only the observations are used.
+    ``learn(total_timesteps)`` counts environment interactions (random and policy steps).
+
+    Logged per round: ``bco/inverse_loss`` (training NLL of the inverse model), ``bco/inverse_val_loss``,
+    ``bco/inverse_accuracy`` (discrete action columns) and ``bco/inverse_mae`` (continuous columns) on held-out agent
+    transitions, ``bco/bc_loss`` (cloning NLL), and ``rollout/ep_rew_mean`` (after the first round: episodes of the
+    policy only; the first round reports the random policy's episodes).
+
+    Paper: https://arxiv.org/abs/1805.01954 (Torabi, Warnell and Stone, "Behavioral Cloning from Observation", 2018)
+    Code: this implementation (cherry_rl's BCO for the algorithm structure; no official code was released)
+
+    :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy, ...). Its actor is cloned; its
+        value head is unused.
+    :param env: The environment to learn from (if registered in Gym, can be str)
+    :param demonstrations: a demonstration file (:func:`sb3_cherry.demos.record_demos`, ``sb3-cherry record``) or a
+        list of trajectories (imitation's or :class:`sb3_cherry.demos.DemoTrajectory`). Required by ``learn``; a path
+        is saved with the model, a list is not (pass ``demonstrations=`` to ``load`` to keep learning)
+    :param alpha: BCO(alpha)'s post-demonstration interactions per round, as a fraction of the number of demonstration
+        transitions (0: plain BCO, one round after the pre-demonstration phase)
+    :param n_pre_interactions: interactions of the uniformly random policy collected first (pre-demonstration phase)
+    :param learning_rate: learning rate of the policy and of the inverse model, it can be a function of the current
+        progress remaining (from 1 to 0)
+    :param batch_size: minibatch size of both regressions
+    :param n_epochs_inverse: epochs over the agent's transitions when fitting the inverse model, per round
+    :param n_epochs_bc: epochs over the labelled demonstrations when cloning, per round
+    :param inverse_model_kwargs: arguments of :class:`sb3_cherry.bco.policies.InverseDynamicsModel` (``net_arch``,
+        ``activation_fn``, ``action_distribution``, ``log_std_init``, ``use_difference``, ``optimizer_kwargs``, ...);
+        the features extractor defaults to the policy's
+    :param ent_coef: entropy bonus of the cloning loss (``loss = -log_prob - ent_coef * entropy``)
+    :param validation_fraction: fraction of the agent's transitions held out to measure the inverse model
+        (``bco/inverse_accuracy``, ``bco/inverse_mae``, ``bco/inverse_val_loss``)
+    :param deterministic_collection: collect post-demonstration interactions with the policy's mode instead of samples
+    :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
+        the reported success rate, mean episode length, and mean reward over
+    :param tensorboard_log: the log location for tensorboard (if None, no logging)
+    :param policy_kwargs: additional arguments to be passed to the policy on creation, e.g.
+        ``dict(action_distribution="beta")``
+    :param verbose: Verbosity level: 0 for no output, 1 for info messages, 2 for debug messages
+    :param seed: Seed for the pseudo random generators
+    :param device: Device (cpu, cuda, ...) on which the code should be run.
+    :param _init_setup_model: Whether or not to build the network at the creation of the instance
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "MlpPolicy": MlpPolicy,
+        "CnnPolicy": CnnPolicy,
+        "MultiInputPolicy": MultiInputPolicy,
+    }
+    policy: CherryActorCriticPolicy
+    inverse_model: InverseDynamicsModel
+
+    def __init__(
+        self,
+        policy: str | type[CherryActorCriticPolicy],
+        env: GymEnv | str,
+        demonstrations: str | os.PathLike | Sequence[Any] | None = None,
+        alpha: float = 0.0,
+        n_pre_interactions: int = 10_000,
+        learning_rate: float | Schedule = 1e-3,
+        batch_size: int = 256,
+        n_epochs_inverse: int = 10,
+        n_epochs_bc: int = 10,
+        inverse_model_kwargs: dict[str, Any] | None = None,
+        ent_coef: float = 0.0,
+        validation_fraction: float = 0.1,
+        deterministic_collection: bool = False,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "auto",
+        _init_setup_model: bool = True,
+    ):
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,
+            policy_kwargs=policy_kwargs,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            verbose=verbose,
+            device=device,
+            support_multi_env=True,
+            monitor_wrapper=True,
+            seed=seed,
+            supported_action_spaces=(spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary, spaces.Tuple),
+        )
+        if alpha < 0:
+            raise ValueError(f"alpha must be >= 0 (0: plain BCO without post-demonstration rounds), got {alpha}.")
+        if n_pre_interactions < 0 or float(n_pre_interactions) != int(n_pre_interactions):
+            raise ValueError(f"n_pre_interactions must be an integer >= 0, got {n_pre_interactions}.")
+        for name, value in (("batch_size", batch_size), ("n_epochs_inverse", n_epochs_inverse), ("n_epochs_bc", n_epochs_bc)):
+            if value < 1 or float(value) != int(value):
+                raise ValueError(f"{name} must be an integer >= 1, got {value}.")
+        if not 0.0 <= validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}.")
+        self.demonstrations = str(demonstrations) if isinstance(demonstrations, (str, os.PathLike)) else demonstrations
+        self.alpha = float(alpha)
+        self.n_pre_interactions = int(n_pre_interactions)
+        self.batch_size = int(batch_size)
+        self.n_epochs_inverse = int(n_epochs_inverse)
+        self.n_epochs_bc = int(n_epochs_bc)
+        self.inverse_model_kwargs = dict(inverse_model_kwargs or {})
+        self.ent_coef = float(ent_coef)
+        self.validation_fraction = float(validation_fraction)
+        self.deterministic_collection = bool(deterministic_collection)
+        self._n_rounds = 0
+        # Runtime state, not saved: the agent's transitions and how much of the pre-demonstration phase they hold
+        self._agent_data = _TransitionStore()
+        self._n_pre_collected = 0
+        self._demo_cache: tuple[Any, DemoTransitions] | None = None
+        self._episodes_from_random_policy = False
+
+        if self.demonstrations is not None and env is not None:
+            self._demo_transitions()  # fail now, not after the pre-demonstration phase
+        if _init_setup_model:
+            self._setup_model()
+
+    @staticmethod
+    def _wrap_env(env: GymEnv, verbose: int = 0, monitor_wrapper: bool = True) -> VecEnv:
+        env = BaseAlgorithm._wrap_env(env, verbose, monitor_wrapper)
+        if isinstance(env.action_space, spaces.Tuple) and not is_vecenv_wrapped(env, VecTupleActions):
+            env = VecTupleActions(env)
+        return env
+
+    def _setup_model(self) -> None:
+        self._setup_lr_schedule()
+        self.set_random_seed(self.seed)
+        self.policy = self.policy_class(  # type: ignore[assignment]
+            self.observation_space, self.action_space, self.lr_schedule, **self.policy_kwargs
+        )
+        self.policy = self.policy.to(self.device)
+        inverse_kwargs: dict[str, Any] = {
+            "features_extractor_class": self.policy.features_extractor_class,
+            "features_extractor_kwargs": self.policy.features_extractor_kwargs,
+            "normalize_images": self.policy.normalize_images,
+            **self.inverse_model_kwargs,
+        }
+        self.inverse_model = InverseDynamicsModel(
+            self.observation_space, self.action_space, self.lr_schedule, **inverse_kwargs
+        )
+        self.inverse_model = self.inverse_model.to(self.device)
+        self._flat_low, self._flat_high, self._discrete_columns = flat_columns(self.action_space)
+
+    def _excluded_save_params(self) -> list[str]:
+        excluded = [*super()._excluded_save_params(), "_agent_data", "_n_pre_collected", "_demo_cache"]
+        if not isinstance(self.demonstrations, str):
+            excluded.append("demonstrations")  # trajectories given in memory are not saved (a path is)
+        return excluded
+
+    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
+        return ["policy", "policy.optimizer", "inverse_model", "inverse_model.optimizer"], []
+
+    # ------------------------------------------------------------------------------------------------ demonstrations
+    def _demo_transitions(self) -> DemoTransitions:
+        """The demonstrations as transitions (loaded once per ``demonstrations`` object), checked against the env."""
+        if self.demonstrations is None:
+            raise ValueError(
+                "BCO needs demonstrations: pass demonstrations=<a file written by sb3_cherry.demos.record_demos or "
+                "`sb3-cherry record`> or a list of trajectories (BCO.load(..., demonstrations=...) for a loaded model)."
+            )
+        if self._demo_cache is not None and self._demo_cache[0] is self.demonstrations:
+            return self._demo_cache[1]
+        if isinstance(self.demonstrations, str):
+            source = self.demonstrations
+            transitions = demos_to_transitions(load_demos(self.demonstrations))
+        else:
+            source = "the given trajectories"
+            transitions = demos_to_transitions(list(self.demonstrations))
+        transitions = self._match_env_layout(transitions)
+        _check_demo_observations(transitions.obs, self.observation_space, source)
+        self._demo_cache = (self.demonstrations, transitions)
+        return transitions
+
+    def _match_env_layout(self, transitions: DemoTransitions) -> DemoTransitions:
+        """Channel-last demonstration images become channel-first when SB3 wrapped the env in ``VecTransposeImage``."""
+        if self.env is None or not is_vecenv_wrapped(self.env, VecTransposeImage):
+            return transitions
+
+        def transpose(obs: Observation) -> Observation:
+            if isinstance(obs, dict):
+                assert isinstance(self.observation_space, spaces.Dict)
+                return {
+                    key: (
+                        VecTransposeImage.transpose_image(value)
+                        if value.shape[1:] != self.observation_space[key].shape
+                        else value
+                    )
+                    for key, value in obs.items()
+                }
+            return VecTransposeImage.transpose_image(obs) if obs.shape[1:] != self.observation_space.shape else obs
+
+        return DemoTransitions(
+            transpose(transitions.obs), transitions.acts, transpose(transitions.next_obs), transitions.dones
+        )
+
+    # -------------------------------------------------------------------------------------------------- inference
+    def _to_tensor(self, obs: Observation) -> PyTorchObs:
+        """Raw env observations -> tensors on the device (normalised with the VecNormalize statistics, if any)."""
+        if self._vec_normalize_env is not None:
+            obs = self._vec_normalize_env.normalize_obs(obs)
+        return obs_as_tensor(obs, self.device)  # type: ignore[arg-type]
+
+    def infer_actions(self, obs: Observation, next_obs: Observation) -> np.ndarray:
+        """
+        Label state pairs with the inverse dynamics model (its mode), ``Box`` components clipped to their bounds.
+
+        :param obs: raw observations ``s`` (batch first; not normalised, as stored in demonstration files)
+        :param next_obs: raw next observations ``s'``
+        :return: flat actions, shape ``(batch, flat_action_dim)`` (see :mod:`sb3_cherry.common.spaces`)
+        """
+        self.inverse_model.set_training_mode(False)
+        n = len(next(iter(obs.values()))) if isinstance(obs, dict) else len(obs)
+        labels = []
+        chunk = max(self.batch_size, 4096)
+        with th.no_grad():
+            for start in range(0, n, chunk):
+                index = np.arange(start, min(start + chunk, n))
+                s, s_next = self._to_tensor(_obs_take(obs, index)), self._to_tensor(_obs_take(next_obs, index))
+                labels.append(self.inverse_model(s, s_next).cpu().numpy())
+        return np.clip(np.concatenate(labels), self._flat_low, self._flat_high).astype(np.float32)
+
+    # --------------------------------------------------------------------------------------------------- training
+    def _minibatches(self, n: int) -> Iterable[th.Tensor]:
+        permutation = th.randperm(n, device=self.device)
+        for start in range(0, n, self.batch_size):
+            yield permutation[start : start + self.batch_size]
+
+    def _train_inverse_model(self) -> float:
+        """Fit the inverse model on the agent's training transitions; return the last epoch's mean NLL."""
+        data = self._agent_data.get(held_out=False)
+        if data is None:
+            data = self._agent_data.get(held_out=True)  # only held-out data so far (tiny budgets): train on it
+        assert data is not None
+        obs, next_obs = self._to_tensor(data[0]), self._to_tensor(data[1])
+        actions = th.as_tensor(data[2], device=self.device)
+        self.inverse_model.set_training_mode(True)
+        losses: list[float] = []
+        for _ in range(self.n_epochs_inverse):
+            losses = []
+            for index in self._minibatches(len(actions)):
+                log_prob = self.inverse_model.log_prob(_tensor_take(obs, index), _tensor_take(next_obs, index), actions[index])
+                loss = -log_prob.mean()
+                self.inverse_model.optimizer.zero_grad()
+                loss.backward()
+                self.inverse_model.optimizer.step()
+                losses.append(loss.item())
+                self._n_updates += 1
+        return float(np.mean(losses))
+
+    def _log_inverse_validation(self) -> None:
+        """Held-out negative log-likelihood, accuracy (discrete columns) and mean absolute error (continuous columns)."""
+        data = self._agent_data.get(held_out=True)
+        if data is None:
+            return
+        self.inverse_model.set_training_mode(False)
+        obs, next_obs, actions = data
+        predicted = self.infer_actions(obs, next_obs)
+        with th.no_grad():
+            log_prob = self.inverse_model.log_prob(
+                self._to_tensor(obs), self._to_tensor(next_obs), th.as_tensor(actions, device=self.device)
+            )
+        self.logger.record("bco/inverse_val_loss", float(-log_prob.mean().item()))
+        if self._discrete_columns.any():
+            columns = self._discrete_columns
+            self.logger.record("bco/inverse_accuracy", float(np.mean(np.rint(predicted[:, columns]) == actions[:, columns])))
+        if (~self._discrete_columns).any():
+            columns = ~self._discrete_columns
+            self.logger.record("bco/inverse_mae", float(np.mean(np.abs(predicted[:, columns] - actions[:, columns]))))
+
+    def _behavior_clone(self, obs: Observation, labels: np.ndarray) -> float:
+        """Maximise the policy's log-likelihood of the labels; return the last epoch's mean loss."""
+        obs_tensor = self._to_tensor(obs)
+        actions = th.as_tensor(labels, device=self.device)
+        self.policy.set_training_mode(True)
+        losses: list[float] = []
+        for _ in range(self.n_epochs_bc):
+            losses = []
+            for index in self._minibatches(len(actions)):
+                _, log_prob, entropy = self.policy.evaluate_actions(
+                    _tensor_take(obs_tensor, index), distribution_actions(self.action_space, actions[index])
+                )
+                loss = -log_prob.mean()
+                if self.ent_coef != 0.0 and entropy is not None:
+                    loss = loss - self.ent_coef * entropy.mean()
+                self.policy.optimizer.zero_grad()
+                loss.backward()
+                self.policy.optimizer.step()
+                losses.append(loss.item())
+                self._n_updates += 1
+        self.policy.set_training_mode(False)
+        return float(np.mean(losses))
+
+    def train(self) -> None:
+        """
+        One BCO round: fit the inverse model on the agent's transitions, label the demonstrations with it and
+        behaviour-clone the policy on the labels.
+        """
+        self._update_learning_rate([self.policy.optimizer, self.inverse_model.optimizer])
+        inverse_loss = self._train_inverse_model()
+        self._log_inverse_validation()
+        demos = self._demo_transitions()
+        labels = self.infer_actions(demos.obs, demos.next_obs)
+        bc_loss = self._behavior_clone(demos.obs, labels)
+        self._n_rounds += 1
+        self.logger.record("bco/inverse_loss", inverse_loss)
+        self.logger.record("bco/bc_loss", bc_loss)
+        self.logger.record("bco/round", self._n_rounds)
+        self.logger.record("bco/n_agent_transitions", len(self._agent_data))
+        self.logger.record("bco/n_demo_transitions", len(demos))
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+
+    # ------------------------------------------------------------------------------------------------- collection
+    def _collect(self, n_steps: int, callback: BaseCallback, use_policy: bool) -> bool:
+        """
+        Step every env ``n_steps`` times with the random policy or the current policy; store the transitions.
+
+        :return: False if the callback asked to stop
+        """
+        assert self.env is not None and self._last_obs is not None
+        if use_policy and self._episodes_from_random_policy:
+            # rollout/ep_rew_mean reports the policy's episodes, not the random phase's
+            self.ep_info_buffer.clear()  # type: ignore[union-attr]
+            self.ep_success_buffer.clear()  # type: ignore[union-attr]
+            self._episodes_from_random_policy = False
+        self._episodes_from_random_policy |= not use_policy
+        tuple_actions = isinstance(self.action_space, spaces.Tuple)
+        self.policy.set_training_mode(False)
+        callback.on_rollout_start()
+        for _ in range(n_steps):
+            if use_policy:
+                actions, _ = self.policy.predict(self._last_obs, deterministic=self.deterministic_collection)
+                rows = list(actions)
+            else:
+                rows = [self.action_space.sample() for _ in range(self.env.num_envs)]
+                actions = rows if tuple_actions else np.stack(rows)
+            flat = np.stack([flatten_action(self.action_space, row) for row in rows]).astype(np.float32)
+            new_obs, rewards, dones, infos = self.env.step(actions)
+            self.num_timesteps += self.env.num_envs
+            if not use_policy:
+                self._n_pre_collected += self.env.num_envs
+            callback.update_locals(locals())
+            if not callback.on_step():
+                return False
+            self._update_info_buffer(infos, dones)
+            self._store(new_obs, dones, infos, flat)  # type: ignore[arg-type]
+            self._last_obs = new_obs  # type: ignore[assignment]
+            self._last_episode_starts = dones
+        callback.on_rollout_end()
+        return True
+
+    def _store(self, new_obs: Observation, dones: np.ndarray, infos: list[dict[str, Any]], flat_actions: np.ndarray) -> None:
+        """Store ``(s, a, s')`` with unnormalised observations; ``s'`` is the terminal observation at episode ends."""
+        if self._vec_normalize_env is not None:
+            obs = self._last_original_obs
+            new_original = self._vec_normalize_env.get_original_obs()
+            next_obs = _obs_copy(new_original)
+        else:
+            obs = self._last_obs
+            next_obs = _obs_copy(new_obs)
+        for i, done in enumerate(dones):
+            terminal = infos[i].get("terminal_observation") if done else None
+            if terminal is None:
+                continue
+            if self._vec_normalize_env is not None:
+                terminal = self._vec_normalize_env.unnormalize_obs(terminal)
+            if isinstance(next_obs, dict):
+                for key in next_obs:
+                    next_obs[key][i] = terminal[key]
+            else:
+                next_obs[i] = terminal
+        held_out = np.random.random_sample(len(dones)) < self.validation_fraction
+        self._agent_data.add(_obs_copy(obs), next_obs, flat_actions, held_out)  # type: ignore[arg-type]
+        if self._vec_normalize_env is not None:
+            self._last_original_obs = new_original
+
+    def dump_logs(self, iteration: int = 0) -> None:
+        """
+        Write the logs of a round: time, rollout statistics and the ``bco/`` metrics recorded by ``train``.
+
+        :param iteration: number of rounds so far
+        """
+        assert self.ep_info_buffer is not None and self.ep_success_buffer is not None
+        time_elapsed = max((time.time_ns() - self.start_time) / 1e9, sys.float_info.epsilon)
+        fps = int((self.num_timesteps - self._num_timesteps_at_start) / time_elapsed)
+        if iteration > 0:
+            self.logger.record("time/iterations", iteration, exclude="tensorboard")
+        if len(self.ep_info_buffer) > 0 and len(self.ep_info_buffer[0]) > 0:
+            self.logger.record("rollout/ep_rew_mean", safe_mean([ep_info["r"] for ep_info in self.ep_info_buffer]))
+            self.logger.record("rollout/ep_len_mean", safe_mean([ep_info["l"] for ep_info in self.ep_info_buffer]))
+        if len(self.ep_success_buffer) > 0:
+            self.logger.record("rollout/success_rate", safe_mean(self.ep_success_buffer))
+        self.logger.record("time/fps", fps)
+        self.logger.record("time/time_elapsed", int(time_elapsed), exclude="tensorboard")
+        self.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
+        self.logger.dump(step=self.num_timesteps)
+
+    def _round(self, log_interval: int | None) -> None:
+        self._update_current_progress_remaining(self.num_timesteps, self._total_timesteps)
+        self.train()
+        if log_interval is not None and self._n_rounds % log_interval == 0:
+            self.dump_logs(self._n_rounds)
+
+    def learn(
+        self: SelfBCO,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int | None = 1,
+        tb_log_name: str = "BCO",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfBCO:
+        """
+        Run BCO(alpha) with a budget of ``total_timesteps`` environment interactions: the pre-demonstration phase
+        (``n_pre_interactions`` random steps, if not done yet), a round (inverse model, labels, cloning), then, while
+        ``alpha > 0`` and the budget allows, ``alpha * |demonstration transitions|`` policy steps and another round.
+        The agent's transitions are not saved with the model: a loaded model starts with a new pre-demonstration phase.
+
+        :param total_timesteps: the number of environment interactions (all envs together)
+        :param callback: callback(s) called at every step with state of the algorithm
+        :param log_interval: dump the logs every ``log_interval`` rounds (None: never)
+        :param tb_log_name: the name of the run for TensorBoard logging
+        :param reset_num_timesteps: whether or not to reset the current timestep number (used in logging)
+        :param progress_bar: display a progress bar using tqdm and rich
+        :return: the trained model
+        :raises ValueError: without demonstrations, or when the budget leaves no interaction to learn from
+        """
+        demos = self._demo_transitions()
+        total_timesteps, callback = self._setup_learn(
+            total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar
+        )
+        callback.on_training_start(locals(), globals())
+        assert self.env is not None
+        n_envs = self.env.num_envs
+
+        def steps_for(wanted: int) -> int:
+            return min(math.ceil(wanted / n_envs), (total_timesteps - self.num_timesteps) // n_envs)
+
+        rounds_at_start, stopped = self._n_rounds, False
+        if self._n_pre_collected < self.n_pre_interactions:
+            n_steps = steps_for(self.n_pre_interactions - self._n_pre_collected)
+            stopped = n_steps > 0 and not self._collect(n_steps, callback, use_policy=False)
+        if not stopped and len(self._agent_data) > 0:
+            self._round(log_interval)
+        while not stopped and self.alpha > 0:
+            n_steps = steps_for(math.ceil(self.alpha * len(demos)))
+            if n_steps <= 0:
+                break
+            stopped = not self._collect(n_steps, callback, use_policy=True)
+            if not stopped:
+                self._round(log_interval)
+        if not stopped and self._n_rounds == rounds_at_start:
+            raise ValueError(
+                f"BCO.learn: total_timesteps={total_timesteps - self._num_timesteps_at_start} left no environment "
+                f"interaction to train the inverse model on (n_envs={n_envs}, n_pre_interactions={self.n_pre_interactions}, "
+                f"alpha={self.alpha}). Give a budget of at least n_envs steps and n_pre_interactions > 0 or alpha > 0."
+            )
+        callback.on_training_end()
+        return self
+
+
+def _check_demo_observations(obs: Observation, space: spaces.Space, source: str) -> None:
+    """Raise a ValueError when the demonstrations' observations do not fit the environment's observation space."""
+    hint = "Record the demonstrations on the same environment (sb3_cherry.demos.record_demos or `sb3-cherry record`)."
+    if isinstance(space, spaces.Dict):
+        if not isinstance(obs, dict) or set(obs) != set(space.spaces):
+            keys = sorted(obs) if isinstance(obs, dict) else "none (array observations)"
+            raise ValueError(
+                f"BCO: the demonstrations ({source}) have observation keys {keys}, but the environment's Dict observation "
+                f"space has keys {sorted(space.spaces)}. {hint}"
+            )
+        for key, sub in space.spaces.items():
+            _check_demo_observations(obs[key], sub, f"{source}, key {key!r}")
+        return
+    if isinstance(obs, dict):
+        raise ValueError(
+            f"BCO: the demonstrations ({source}) have Dict observations (keys {sorted(obs)}), but the environment's "
+            f"observation space is {space}. {hint}"
+        )
+    expected = () if isinstance(space, spaces.Discrete) else tuple(space.shape)  # type: ignore[arg-type]
+    if tuple(obs.shape[1:]) != expected:
+        raise ValueError(
+            f"BCO: the demonstrations ({source}) have observations of shape {tuple(obs.shape[1:])}, but the environment's "
+            f"observation space {space} has shape {expected}. {hint}"
+        )

@@ -1,0 +1,689 @@
+"""
+Record and load demonstrations (imitation-compatible trajectories).
+
+:func:`record_demos` runs a trained model for a number of episodes and returns (and optionally writes) one trajectory
+per episode; :func:`load_demos` reads such a file back. Trajectories are ``imitation.data.types.TrajectoryWithRew``
+(Dict observations as ``imitation.data.types.DictObs``) when `imitation <https://github.com/HumanCompatibleAI/imitation>`_
+is installed, else :class:`DemoTrajectory`, a frozen dataclass with the same fields (``obs``, ``acts``, ``infos``,
+``terminal``, ``rews``; Dict observations as a plain ``dict`` of arrays). imitation is imported lazily: this module
+works without it.
+
+File format (version 1): a NumPy ``.npz`` archive, written atomically (temporary file + rename) and read with
+``allow_pickle=False``. ``T`` is the total number of transitions, ``E`` the number of episodes:
+
+===================  ===============================  =========================================================
+key                  shape, dtype                     content
+===================  ===============================  =========================================================
+``format_version``   ``()`` int64                     ``1``
+``spaces``           ``()`` str                       JSON ``{"observation_space": ..., "action_space": ...}``
+                                                      (see :func:`space_to_dict`)
+``metadata``         ``()`` str (optional)            JSON of free-form information (env id, sb3_cherry version)
+``observations``     ``(T + E, *obs_shape)``          observations of every episode, each episode's final
+                                                      observation included; for a ``Dict`` observation space
+                                                      one array ``obs/<key>`` per key instead
+``actions``          ``(T, *act_shape)``              actions in their space's shape (``(T,)`` int64 for
+                                                      ``Discrete``); for a ``Tuple`` space the flat float32
+                                                      encoding of :mod:`sb3_cherry.common.spaces`, ``(T, dim)``
+``rewards``          ``(T,)`` float                   rewards (NaN when unknown)
+``episode_lengths``  ``(E,)`` int64                   transitions per episode (>= 1); episode ``i`` owns
+                                                      ``episode_lengths[i]`` actions and that many + 1 observations
+``terminal``         ``(E,)`` bool                    the episode ended in a terminal state (termination); False when it
+                                                      was cut by a time limit (truncation)
+===================  ===============================  =========================================================
+
+Observations and rewards are the environment's own: when recording through a ``VecNormalize``, the unnormalised values
+are stored (``get_original_obs`` / ``get_original_reward``), at the ``VecNormalize`` level (below a ``VecFrameStack``).
+"""
+
+import dataclasses
+import json
+import os
+import pathlib
+import zipfile
+from collections.abc import Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper, unwrap_vec_normalize
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
+
+from sb3_cherry.common.save_util import atomic_write
+from sb3_cherry.common.spaces import check_action_space, flat_action_dim, flatten_action
+
+#: Version of the demonstration file format written by :func:`save_demos`
+FORMAT_VERSION = 1
+REQUIRED_KEYS = ("format_version", "spaces", "actions", "rewards", "episode_lengths", "terminal")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DemoTrajectory:
+    """
+    One episode, with the fields of ``imitation.data.types.TrajectoryWithRew`` (used when imitation is missing).
+
+    :param obs: observations, ``len(acts) + 1`` of them (a dict of arrays for Dict observation spaces)
+    :param acts: actions
+    :param infos: per-step info dicts, or None
+    :param terminal: the episode ended in a terminal state
+    :param rews: rewards, shape ``(len(acts),)``
+    """
+
+    obs: np.ndarray | dict[str, np.ndarray]
+    acts: np.ndarray
+    infos: np.ndarray | None
+    terminal: bool
+    rews: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.acts)
+
+    def __post_init__(self) -> None:
+        if _obs_len(self.obs) != len(self.acts) + 1:
+            raise ValueError(f"expected one more observation than actions: {_obs_len(self.obs)} != {len(self.acts)} + 1")
+        if len(self.acts) == 0:
+            raise ValueError("Degenerate trajectory: must have at least one action.")
+        if self.rews.shape != (len(self.acts),):
+            raise ValueError(f"rewards must have shape ({len(self.acts)},), got {self.rews.shape}")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DemoTransitions:
+    """
+    Demonstrations flattened into transitions ``(obs, acts, next_obs, dones)`` (numpy arrays; dicts of arrays for Dict
+    observations). ``dones`` marks the last transition of each episode that ended in a terminal state.
+
+    :param obs: observations ``s_t``
+    :param acts: actions ``a_t`` (as stored: flat for Tuple spaces)
+    :param next_obs: observations ``s_{t+1}``
+    :param dones: terminal flags
+    """
+
+    obs: np.ndarray | dict[str, np.ndarray]
+    acts: np.ndarray
+    next_obs: np.ndarray | dict[str, np.ndarray]
+    dones: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.acts)
+
+
+def _imitation_types() -> tuple[type, type | None]:
+    """The trajectory class and the Dict observation class: imitation's when importable, else ours (and ``None``)."""
+    try:
+        from imitation.data.types import DictObs, TrajectoryWithRew
+    except ImportError:
+        return DemoTrajectory, None
+    return TrajectoryWithRew, DictObs
+
+
+def _obs_len(obs: Any) -> int:
+    if isinstance(obs, dict):
+        return len(next(iter(obs.values())))
+    return len(obs)
+
+
+def _unwrap_obs(obs: Any) -> np.ndarray | dict[str, np.ndarray]:
+    """A trajectory's observations as an array or a plain dict of arrays (imitation's DictObs unwrapped)."""
+    if hasattr(obs, "unwrap") and hasattr(obs, "dict_len"):
+        return dict(obs.unwrap())
+    if isinstance(obs, dict):
+        return dict(obs)
+    return np.asarray(obs)
+
+
+# ----------------------------------------------------------------------------------------------------------- spaces
+def _encode_array(values: np.ndarray) -> Any:
+    """A scalar when all values are equal, else a nested list; non-finite floats as the strings ``inf``/``-inf``/``nan``."""
+    values = np.asarray(values)
+    flat = values.reshape(-1)
+    if flat.size > 0 and (np.all(flat == flat[0]) or np.all(np.isnan(flat.astype(np.float64)))):
+        return _encode_scalar(flat[0])
+    return _encode_nested(values.tolist())
+
+
+def _encode_nested(values: Any) -> Any:
+    if isinstance(values, list):
+        return [_encode_nested(v) for v in values]
+    return _encode_scalar(values)
+
+
+def _encode_scalar(value: Any) -> Any:
+    value = value.item() if isinstance(value, np.generic) else value
+    if isinstance(value, float) and not np.isfinite(value):
+        return "nan" if np.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
+def _decode_array(encoded: Any, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    def decode(value: Any) -> Any:
+        if isinstance(value, list):
+            return [decode(v) for v in value]
+        return float(value) if isinstance(value, str) else value
+
+    array = np.asarray(decode(encoded), dtype=dtype)
+    return np.broadcast_to(array, shape).copy() if array.shape != tuple(shape) else array
+
+
+def space_to_dict(space: spaces.Space) -> dict[str, Any]:
+    """
+    A JSON-serialisable description of a space: ``Box`` (shape, dtype, bounds), ``Discrete`` (n, start),
+    ``MultiDiscrete`` (nvec, start, dtype), ``MultiBinary`` (n), ``Tuple`` and ``Dict`` (nested; Dict keys in order).
+
+    :param space: the space
+    :return: the description
+    :raises ValueError: for other space types
+    """
+    if isinstance(space, spaces.Box):
+        return {
+            "type": "Box",
+            "shape": list(space.shape),
+            "dtype": str(space.dtype),
+            "low": _encode_array(space.low),
+            "high": _encode_array(space.high),
+        }
+    if isinstance(space, spaces.Discrete):
+        return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
+    if isinstance(space, spaces.MultiDiscrete):
+        return {
+            "type": "MultiDiscrete",
+            "nvec": np.asarray(space.nvec).tolist(),
+            "start": np.asarray(space.start).tolist(),
+            "dtype": str(space.dtype),
+        }
+    if isinstance(space, spaces.MultiBinary):
+        return {"type": "MultiBinary", "n": np.asarray(space.n).tolist()}
+    if isinstance(space, spaces.Tuple):
+        return {"type": "Tuple", "spaces": [space_to_dict(sub) for sub in space.spaces]}
+    if isinstance(space, spaces.Dict):
+        return {"type": "Dict", "spaces": [[key, space_to_dict(sub)] for key, sub in space.spaces.items()]}
+    raise ValueError(
+        f"Cannot record the space {space!r}: demonstration files support Box, Discrete, MultiDiscrete, MultiBinary, "
+        "Tuple and Dict spaces."
+    )
+
+
+def space_from_dict(description: dict[str, Any]) -> spaces.Space:
+    """
+    Rebuild a space from :func:`space_to_dict`'s description.
+
+    :param description: the description
+    :return: the space
+    :raises ValueError: for an unknown or malformed description
+    """
+    kind = description.get("type") if isinstance(description, dict) else None
+    try:
+        if kind == "Box":
+            shape = tuple(int(s) for s in description["shape"])
+            dtype = np.dtype(description["dtype"])
+            low = _decode_array(description["low"], shape, dtype)
+            high = _decode_array(description["high"], shape, dtype)
+            return spaces.Box(low=low, high=high, shape=shape, dtype=dtype)  # type: ignore[arg-type]
+        if kind == "Discrete":
+            return spaces.Discrete(int(description["n"]), start=int(description.get("start", 0)))
+        if kind == "MultiDiscrete":
+            return spaces.MultiDiscrete(
+                np.asarray(description["nvec"]), dtype=description.get("dtype", "int64"), start=description.get("start")
+            )
+        if kind == "MultiBinary":
+            return spaces.MultiBinary(description["n"])
+        if kind == "Tuple":
+            return spaces.Tuple([space_from_dict(sub) for sub in description["spaces"]])
+        if kind == "Dict":
+            return spaces.Dict({key: space_from_dict(sub) for key, sub in description["spaces"]})
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"malformed {kind} space description {description!r}: {exc}") from exc
+    raise ValueError(f"unknown space description {description!r}")
+
+
+# ------------------------------------------------------------------------------------------------------ array checks
+def _action_shape(space: spaces.Space) -> tuple[int, ...]:
+    """Per-step shape of stored actions."""
+    if isinstance(space, spaces.Tuple):
+        return (flat_action_dim(space),)
+    if isinstance(space, spaces.Discrete):
+        return ()
+    return tuple(space.shape)  # type: ignore[arg-type]
+
+
+def _action_dtype(space: spaces.Space) -> np.dtype:
+    if isinstance(space, spaces.Tuple):
+        return np.dtype(np.float32)
+    if isinstance(space, spaces.Discrete):
+        return np.dtype(np.int64)
+    return np.dtype(space.dtype)
+
+
+def _obs_shape(space: spaces.Space) -> tuple[int, ...]:
+    """Per-step shape of stored observations (non-Dict space)."""
+    if isinstance(space, spaces.Discrete):
+        return ()
+    return tuple(space.shape)  # type: ignore[arg-type]
+
+
+def _check_obs_space(space: spaces.Space) -> None:
+    if isinstance(space, spaces.Dict):
+        for key, sub in space.spaces.items():
+            if isinstance(sub, (spaces.Dict, spaces.Tuple)):
+                raise ValueError(f"Nested observation space {key!r}: {sub} is not supported in demonstration files.")
+            space_to_dict(sub)
+    elif isinstance(space, spaces.Tuple):
+        raise ValueError(f"Tuple observation spaces are not supported in demonstration files (got {space}).")
+    else:
+        space_to_dict(space)
+
+
+def _action_array(space: spaces.Space, acts: Any) -> np.ndarray:
+    """Stored actions of one trajectory: flat for Tuple spaces (tuples are flattened), native shape otherwise."""
+    if isinstance(space, spaces.Tuple):
+        if isinstance(acts, np.ndarray) and acts.dtype != object and acts.ndim == 2:
+            return acts.astype(np.float32)
+        dim = flat_action_dim(space)
+        rows = [flatten_action(space, a) if isinstance(a, (tuple, list)) else np.asarray(a).reshape(dim) for a in acts]
+        return np.stack(rows).astype(np.float32)
+    return np.asarray(acts, dtype=_action_dtype(space)).reshape((-1, *_action_shape(space)))
+
+
+# ---------------------------------------------------------------------------------------------------------- writing
+def _with_suffix(path: str | os.PathLike) -> pathlib.Path:
+    path = pathlib.Path(path)
+    return path.with_suffix(".npz") if path.suffix == "" else path
+
+
+def save_demos(
+    path: str | os.PathLike,
+    trajectories: Sequence[Any],
+    observation_space: spaces.Space,
+    action_space: spaces.Space,
+    metadata: dict[str, Any] | None = None,
+) -> pathlib.Path:
+    """
+    Write trajectories to a demonstration file (atomically: an interrupted write leaves any previous file intact).
+
+    :param path: destination (``.npz`` appended when there is no suffix)
+    :param trajectories: one per episode, with ``obs``, ``acts``, ``terminal`` and optionally ``rews``
+        (imitation trajectories or :class:`DemoTrajectory`); Tuple actions as flat arrays or tuples
+    :param observation_space: the environment's observation space
+    :param action_space: the environment's action space
+    :param metadata: JSON-serialisable free-form information stored with the demonstrations
+    :return: the path written
+    :raises ValueError: no trajectories, unsupported spaces, or trajectories that do not match the spaces
+    """
+    if len(trajectories) == 0:
+        raise ValueError("save_demos: no trajectories to save.")
+    _check_obs_space(observation_space)
+    check_action_space(action_space)
+    space_to_dict(action_space)
+    arrays: dict[str, np.ndarray] = {}
+    obs_parts: list[Any] = []
+    acts_parts, rews_parts, lengths, terminal = [], [], [], []
+    for i, traj in enumerate(trajectories):
+        obs = _unwrap_obs(traj.obs)
+        acts = _action_array(action_space, traj.acts)
+        if _obs_len(obs) != len(acts) + 1:
+            raise ValueError(f"save_demos: trajectory {i} has {_obs_len(obs)} observations for {len(acts)} actions.")
+        rews = getattr(traj, "rews", None)
+        rews = np.full(len(acts), np.nan, dtype=np.float32) if rews is None else np.asarray(rews).reshape(-1)
+        obs_parts.append(obs)
+        acts_parts.append(acts)
+        rews_parts.append(rews)
+        lengths.append(len(acts))
+        terminal.append(bool(traj.terminal))
+    if isinstance(observation_space, spaces.Dict):
+        for key in observation_space.spaces:
+            if any(not isinstance(o, dict) or key not in o for o in obs_parts):
+                raise ValueError(f"save_demos: the observation space is a Dict but some trajectories lack the key {key!r}.")
+            arrays[f"obs/{key}"] = np.concatenate([np.asarray(o[key]) for o in obs_parts])
+    else:
+        arrays["observations"] = np.concatenate(obs_parts)
+    arrays.update(
+        format_version=np.array(FORMAT_VERSION, dtype=np.int64),
+        spaces=np.array(
+            json.dumps({"observation_space": space_to_dict(observation_space), "action_space": space_to_dict(action_space)})
+        ),
+        metadata=np.array(json.dumps(metadata or {})),
+        actions=np.concatenate(acts_parts),
+        rewards=np.concatenate(rews_parts),
+        episode_lengths=np.asarray(lengths, dtype=np.int64),
+        terminal=np.asarray(terminal, dtype=bool),
+    )
+    path = _with_suffix(path)
+    # Check what we are about to write with the same code that reads it
+    _validate(str(path), arrays)
+    return atomic_write(path, lambda file: np.savez_compressed(file, **arrays))  # type: ignore[arg-type]
+
+
+class _RawTerminalObservations(VecEnvWrapper):
+    """Placed under a VecNormalize while recording: keeps the unnormalised ``terminal_observation`` of each env."""
+
+    def __init__(self, venv: VecEnv):
+        super().__init__(venv)
+        self.terminal_observations: list[Any] = [None] * venv.num_envs
+
+    def reset(self) -> Any:
+        return self.venv.reset()
+
+    def step_wait(self) -> VecEnvStepReturn:
+        obs, rewards, dones, infos = self.venv.step_wait()
+        # VecNormalize replaces (does not modify) the info entry, so keeping the reference is enough
+        self.terminal_observations = [info.get("terminal_observation") for info in infos]
+        return obs, rewards, dones, infos
+
+
+def _as_vec_env(env: gym.Env | VecEnv | str) -> tuple[VecEnv, bool]:
+    """The VecEnv to record from, and whether we created it (and must close it)."""
+    if isinstance(env, VecEnv):
+        return env, False
+    if isinstance(env, str):
+        return DummyVecEnv([lambda: gym.make(env)]), True
+    if isinstance(env, gym.Env):
+        return DummyVecEnv([lambda: env]), False
+    raise ValueError(f"record_demos: env must be a gymnasium.Env, an env id or a VecEnv, got {type(env).__name__}.")
+
+
+def _first(obs: Any) -> Any:
+    """Copy of the first env's observation of a batch."""
+    if isinstance(obs, dict):
+        return {key: np.array(value[0]) for key, value in obs.items()}
+    return np.array(obs[0])
+
+
+def _stack(observations: list[Any]) -> np.ndarray | dict[str, np.ndarray]:
+    if isinstance(observations[0], dict):
+        return {key: np.stack([o[key] for o in observations]) for key in observations[0]}
+    return np.stack(observations)
+
+
+def record_demos(
+    model: Any,
+    env: gym.Env | VecEnv | str,
+    n_episodes: int,
+    path: str | os.PathLike | None = None,
+    deterministic: bool = True,
+    seed: int | None = None,
+) -> list[Any]:
+    """
+    Run ``model`` for ``n_episodes`` episodes and return one trajectory per episode (written to ``path`` if given).
+
+    The final observation of an episode is taken from ``infos[0]["terminal_observation"]`` (SB3 VecEnvs reset
+    automatically). Through a ``VecNormalize``, the unnormalised observations and rewards are recorded.
+
+    :param model: a trained SB3 model (anything with ``predict(obs, state, episode_start, deterministic)``)
+    :param env: a ``gymnasium.Env``, an env id, or a VecEnv with one environment
+    :param n_episodes: number of episodes (>= 1)
+    :param path: demonstration file to write (see the module docstring), or None
+    :param deterministic: take the policy's mode instead of sampling
+    :param seed: seed the environment before the first reset
+    :return: ``imitation.data.types.TrajectoryWithRew`` objects (or :class:`DemoTrajectory` without imitation)
+    :raises ValueError: for a VecEnv with several environments, unsupported spaces or a VecEnv that does not report
+        terminal observations
+    """
+    if n_episodes < 1:
+        raise ValueError(f"record_demos: n_episodes must be >= 1, got {n_episodes}.")
+    venv, owned = _as_vec_env(env)
+    if venv.num_envs != 1:
+        raise ValueError(f"record_demos records from a VecEnv with one environment, got {venv.num_envs}.")
+    vec_normalize = unwrap_vec_normalize(venv)
+    observation_space = vec_normalize.observation_space if vec_normalize is not None else venv.observation_space
+    action_space = venv.action_space
+    _check_obs_space(observation_space)
+    check_action_space(action_space)
+
+    recorder = None
+    if vec_normalize is not None:
+        recorder = _RawTerminalObservations(vec_normalize.venv)
+        vec_normalize.venv = recorder
+    trajectory_class, dict_obs_class = _imitation_types()
+    trajectories = []
+    try:
+        if seed is not None:
+            venv.seed(seed)
+        obs = venv.reset()
+        raw_obs = vec_normalize.get_original_obs() if vec_normalize is not None else obs
+        state, episode_start = None, np.ones((1,), dtype=bool)
+        ep_obs, ep_acts, ep_rews = [_first(raw_obs)], [], []
+        while len(trajectories) < n_episodes:
+            action, state = model.predict(obs, state=state, episode_start=episode_start, deterministic=deterministic)
+            obs, rewards, dones, infos = venv.step(action)
+            ep_acts.append(action[0])
+            if vec_normalize is not None:
+                rewards, raw_obs = vec_normalize.get_original_reward(), vec_normalize.get_original_obs()
+            else:
+                raw_obs = obs
+            ep_rews.append(float(rewards[0]))
+            if dones[0]:
+                final = recorder.terminal_observations[0] if recorder is not None else infos[0].get("terminal_observation")
+                if final is None:
+                    raise ValueError(
+                        "record_demos: the VecEnv reported the end of an episode without infos[0]['terminal_observation'] "
+                        "(use an SB3 VecEnv, which resets automatically and reports it)."
+                    )
+                ep_obs.append({k: np.array(v) for k, v in final.items()} if isinstance(final, dict) else np.array(final))
+                stacked = _stack(ep_obs)
+                trajectories.append(
+                    trajectory_class(
+                        obs=dict_obs_class(stacked) if dict_obs_class is not None and isinstance(stacked, dict) else stacked,
+                        acts=_action_array(action_space, ep_acts),
+                        infos=None,
+                        terminal=not infos[0].get("TimeLimit.truncated", False),
+                        rews=np.asarray(ep_rews, dtype=np.float32),
+                    )
+                )
+                ep_obs, ep_acts, ep_rews = [_first(raw_obs)], [], []
+            else:
+                ep_obs.append(_first(raw_obs))
+            episode_start = dones
+    finally:
+        if vec_normalize is not None and recorder is not None:
+            vec_normalize.venv = recorder.venv
+        if owned:
+            venv.close()
+    if path is not None:
+        import sb3_cherry
+
+        env_id = env if isinstance(env, str) else _env_id(venv)
+        save_demos(
+            path,
+            trajectories,
+            observation_space,
+            action_space,
+            metadata={"env_id": env_id, "deterministic": deterministic, "sb3_cherry_version": sb3_cherry.__version__},
+        )
+    return trajectories
+
+
+def _env_id(venv: VecEnv) -> str | None:
+    try:
+        spec = venv.get_attr("spec")[0]
+    except Exception:  # a VecEnv that cannot report attributes: the id is only informative
+        return None
+    return getattr(spec, "id", None)
+
+
+# ---------------------------------------------------------------------------------------------------------- reading
+def _read_archive(path: pathlib.Path) -> dict[str, np.ndarray]:
+    """All arrays of the archive (``allow_pickle=False``), with errors that name the file."""
+    if not path.exists():
+        raise FileNotFoundError(f"No demonstration file at {path}.")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path} is not a demonstration file (expected an .npz archive; {exc}).") from exc
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path} holds a single array (.npy), not a demonstration archive (.npz).")
+    with loaded:
+        arrays = {}
+        for key in loaded.files:
+            try:
+                arrays[key] = loaded[key]
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+                raise ValueError(f"{path}: cannot read array {key!r} ({exc}).") from exc
+    return arrays
+
+
+def _parse_spaces(where: str, arrays: dict[str, np.ndarray]) -> tuple[spaces.Space, spaces.Space]:
+    try:
+        description = json.loads(str(arrays["spaces"][()]))
+        return space_from_dict(description["observation_space"]), space_from_dict(description["action_space"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: 'spaces' is not a valid space description ({exc}).") from exc
+
+
+def _validate(where: str, arrays: dict[str, np.ndarray]) -> tuple[spaces.Space, spaces.Space]:
+    """Check a demonstration archive's arrays; return its spaces. Every problem raises a ValueError naming ``where``."""
+    if "format_version" not in arrays:
+        raise ValueError(
+            f"{where}: missing 'format_version': not an sb3_cherry demonstration file "
+            "(write one with sb3_cherry.demos.record_demos or `sb3-cherry record`)."
+        )
+    version = arrays["format_version"]
+    if version.shape != () or not np.issubdtype(version.dtype, np.integer) or int(version) != FORMAT_VERSION:
+        raise ValueError(
+            f"{where}: format_version {version.tolist()!r} is not supported (this sb3_cherry reads version "
+            f"{FORMAT_VERSION}); re-record the demonstrations or upgrade sb3_cherry."
+        )
+    missing = [key for key in REQUIRED_KEYS if key not in arrays]
+    if missing:
+        raise ValueError(
+            f"{where}: missing {missing} (a version {FORMAT_VERSION} demonstration file has {list(REQUIRED_KEYS)})."
+        )
+    observation_space, action_space = _parse_spaces(where, arrays)
+
+    lengths, terminal = arrays["episode_lengths"], arrays["terminal"]
+    if lengths.ndim != 1 or len(lengths) == 0 or not np.issubdtype(lengths.dtype, np.integer) or np.any(lengths < 1):
+        raise ValueError(f"{where}: 'episode_lengths' must be a non-empty 1-D integer array of values >= 1, got {lengths!r}.")
+    if terminal.shape != lengths.shape or terminal.dtype != bool:
+        raise ValueError(
+            f"{where}: 'terminal' must be a bool array with one flag per episode ({len(lengths)}), "
+            f"got {terminal.dtype} of shape {terminal.shape}."
+        )
+    n_transitions, n_episodes = int(lengths.sum()), len(lengths)
+
+    actions, rewards = arrays["actions"], arrays["rewards"]
+    expected_act = (n_transitions, *_action_shape(action_space))
+    if actions.shape != expected_act:
+        raise ValueError(
+            f"{where}: 'actions' has shape {actions.shape}, but {n_episodes} episodes of {n_transitions} transitions "
+            f"in the action space {action_space} need {expected_act}."
+        )
+    if rewards.shape != (n_transitions,) or not np.issubdtype(rewards.dtype, np.floating):
+        raise ValueError(
+            f"{where}: 'rewards' must be a float array of shape ({n_transitions},), got {rewards.dtype} {rewards.shape}."
+        )
+
+    n_obs = n_transitions + n_episodes
+    if isinstance(observation_space, spaces.Dict):
+        obs_items = [(f"obs/{key}", sub) for key, sub in observation_space.spaces.items()]
+        extra = sorted(k for k in arrays if k.startswith("obs/") and k not in dict(obs_items))
+        if extra:
+            raise ValueError(f"{where}: observation arrays {extra} are not keys of the observation space {observation_space}.")
+    else:
+        obs_items = [("observations", observation_space)]
+    for key, sub in obs_items:
+        if key not in arrays:
+            raise ValueError(f"{where}: missing observation array {key!r} for the observation space {observation_space}.")
+        obs = arrays[key]
+        if len(obs) != n_obs:
+            raise ValueError(
+                f"{where}: {len(obs)} observations in {key!r}, but {n_transitions} actions in {n_episodes} episodes need "
+                f"{n_transitions} + {n_episodes} = {n_obs} (each episode stores its final observation)."
+            )
+        if obs.shape[1:] != _obs_shape(sub):
+            raise ValueError(
+                f"{where}: {key!r} has per-step shape {obs.shape[1:]}, but the observation space {sub} needs "
+                f"{_obs_shape(sub)}."
+            )
+        if obs.dtype == object:
+            raise ValueError(f"{where}: {key!r} is an object array.")
+    return observation_space, action_space
+
+
+def load_demo_spaces(path: str | os.PathLike) -> tuple[spaces.Space, spaces.Space]:
+    """
+    The observation and action spaces recorded in a demonstration file (the file is fully validated).
+
+    :param path: the demonstration file
+    :return: ``(observation_space, action_space)``
+    :raises ValueError: the file is not a valid demonstration file
+    """
+    path = _resolve(path)
+    return _validate(str(path), _read_archive(path))
+
+
+def _resolve(path: str | os.PathLike) -> pathlib.Path:
+    path = pathlib.Path(path)
+    if not path.exists() and path.suffix == "" and path.with_suffix(".npz").exists():
+        return path.with_suffix(".npz")
+    return path
+
+
+def load_demos(path: str | os.PathLike) -> list[Any]:
+    """
+    Load a demonstration file written by :func:`record_demos` / :func:`save_demos` (``allow_pickle=False``).
+
+    :param path: the file (``.npz`` appended if the bare path does not exist)
+    :return: one trajectory per episode: ``imitation.data.types.TrajectoryWithRew`` (``DictObs`` observations for Dict
+        spaces) when imitation is installed, else :class:`DemoTrajectory`
+    :raises FileNotFoundError: no such file
+    :raises ValueError: the file is not a demonstration archive, has the wrong version, lacks keys, or its arrays
+        disagree in shape (the message names the file and the problem)
+    """
+    path = _resolve(path)
+    arrays = _read_archive(path)
+    observation_space, _ = _validate(str(path), arrays)
+    trajectory_class, dict_obs_class = _imitation_types()
+    lengths = arrays["episode_lengths"]
+    act_ends = np.cumsum(lengths)
+    act_starts = act_ends - lengths
+    obs_starts = act_starts + np.arange(len(lengths))
+    if isinstance(observation_space, spaces.Dict):
+        obs_arrays: dict[str, np.ndarray] | np.ndarray = {key: arrays[f"obs/{key}"] for key in observation_space.spaces}
+    else:
+        obs_arrays = arrays["observations"]
+    trajectories = []
+    for i, length in enumerate(lengths):
+        window = slice(obs_starts[i], obs_starts[i] + length + 1)
+        if isinstance(obs_arrays, dict):
+            obs: Any = {key: value[window] for key, value in obs_arrays.items()}
+            obs = dict_obs_class(obs) if dict_obs_class is not None else obs
+        else:
+            obs = obs_arrays[window]
+        trajectories.append(
+            trajectory_class(
+                obs=obs,
+                acts=arrays["actions"][act_starts[i] : act_ends[i]],
+                infos=None,
+                terminal=bool(arrays["terminal"][i]),
+                rews=arrays["rewards"][act_starts[i] : act_ends[i]],
+            )
+        )
+    return trajectories
+
+
+def demos_to_transitions(trajectories: Sequence[Any]) -> DemoTransitions:
+    """
+    Flatten trajectories into transitions ``(s_t, a_t, s_{t+1}, done_t)`` (what BCO's inverse model labels).
+
+    :param trajectories: imitation trajectories or :class:`DemoTrajectory` objects
+    :return: the transitions (plain numpy arrays; dicts of arrays for Dict observations)
+    :raises ValueError: no trajectories, or trajectories mixing array and Dict observations
+    """
+    if len(trajectories) == 0:
+        raise ValueError("demos_to_transitions: no trajectories.")
+    observations = [_unwrap_obs(traj.obs) for traj in trajectories]
+    if len({isinstance(o, dict) for o in observations}) != 1:
+        raise ValueError("demos_to_transitions: trajectories mix array and Dict observations.")
+    dones = []
+    for traj in trajectories:
+        done = np.zeros(len(traj.acts), dtype=bool)
+        done[-1] = bool(traj.terminal)
+        dones.append(done)
+    acts = np.concatenate([np.asarray(traj.acts) for traj in trajectories])
+    if isinstance(observations[0], dict):
+        keys = list(observations[0])
+        obs: Any = {k: np.concatenate([np.asarray(o[k])[:-1] for o in observations]) for k in keys}
+        next_obs: Any = {k: np.concatenate([np.asarray(o[k])[1:] for o in observations]) for k in keys}
+    else:
+        obs = np.concatenate([o[:-1] for o in observations])
+        next_obs = np.concatenate([o[1:] for o in observations])
+    return DemoTransitions(obs=obs, acts=acts, next_obs=next_obs, dones=np.concatenate(dones))
