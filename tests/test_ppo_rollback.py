@@ -98,3 +98,12 @@ def test_bad_arguments():
         PPORollback("MlpPolicy", "CartPole-v1", returns_estimator="td_lambda")
     with pytest.raises(ValueError, match="Allowed choices"):
         PPORollback("MlpPolicy", "CartPole-v1", policy_kwargs=dict(action_distribution="beta"))
+
+
+def test_vtrace_lambda_one_equals_gae_lambda_one():
+    # On-policy, one epoch on one minibatch: V-trace targets are the lambda-returns and, with lambda = 1, its
+    # advantages r_s + gamma v_{s+1} - V(x_s) equal GAE(1)'s, so the update is identical.
+    kwargs = dict(n_steps=64, batch_size=64, n_epochs=1, gae_lambda=1.0, seed=5)
+    gae = PPORollback("MlpPolicy", "CartPole-v1", returns_estimator="gae", **kwargs).learn(128)
+    vtrace = PPORollback("MlpPolicy", "CartPole-v1", returns_estimator="vtrace", **kwargs).learn(128)
+    np.testing.assert_allclose(_params(gae), _params(vtrace), rtol=0, atol=1e-6)
