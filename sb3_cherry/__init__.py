@@ -3,6 +3,7 @@ import os
 from sb3_cherry.a2c import CherryA2C
 from sb3_cherry.bco import BCO
 from sb3_cherry.envs import register_envs
+from sb3_cherry.ppo_recurrent import RecurrentPPORollback
 from sb3_cherry.ppo_rollback import PPORollback
 
 register_envs()
@@ -19,7 +20,7 @@ def zoo_algorithms() -> dict[str, type]:
 
     :return: ``{name: class}``
     """
-    return {"ppo_rollback": PPORollback, "cherry_a2c": CherryA2C, "bco": BCO}
+    return {"ppo_rollback": PPORollback, "cherry_a2c": CherryA2C, "bco": BCO, "recurrent_ppo_rollback": RecurrentPPORollback}
 
 
-__all__ = ["BCO", "CherryA2C", "PPORollback", "zoo_algorithms"]
+__all__ = ["BCO", "CherryA2C", "PPORollback", "RecurrentPPORollback", "zoo_algorithms"]
