@@ -39,6 +39,8 @@ def ray_vec_env():
     created = []
 
     def make(*args, **kwargs) -> RayVecEnv:
+        # A generous default timeout: on a loaded 2-core CI machine a healthy actor can be starved for a minute
+        kwargs.setdefault("step_timeout", 300.0)
         venv = RayVecEnv(*args, **kwargs)
         created.append(venv)
         return venv

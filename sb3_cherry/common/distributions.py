@@ -153,7 +153,7 @@ class NormalDistribution(CherryDistribution):
 
     def proba_distribution(self: SelfCherryDistribution, params: th.Tensor) -> SelfCherryDistribution:
         mean, log_std = params.split(self.action_dim, dim=-1)  # type: ignore[attr-defined]
-        self.distribution = Normal(mean, log_std.exp())
+        self.distribution = Normal(mean, log_std.exp(), validate_args=False)
         return self
 
     def _batch_ref(self) -> th.Tensor:
@@ -198,7 +198,7 @@ class TanhNormalDistribution(CherryDistribution):
 
     def proba_distribution(self: SelfCherryDistribution, params: th.Tensor) -> SelfCherryDistribution:
         mean, log_std = params.split(self.action_dim, dim=-1)  # type: ignore[attr-defined]
-        self.distribution = Normal(mean, log_std.exp())
+        self.distribution = Normal(mean, log_std.exp(), validate_args=False)
         return self
 
     def _batch_ref(self) -> th.Tensor:
@@ -250,7 +250,7 @@ class BetaDistribution(CherryDistribution):
 
     def proba_distribution(self: SelfCherryDistribution, params: th.Tensor) -> SelfCherryDistribution:
         alpha, beta = (F.softplus(p) + 1.0 for p in params.split(self.action_dim, dim=-1))  # type: ignore[attr-defined]
-        self.distribution = Beta(alpha, beta)
+        self.distribution = Beta(alpha, beta, validate_args=False)
         return self
 
     def _batch_ref(self) -> th.Tensor:
@@ -265,14 +265,23 @@ class BetaDistribution(CherryDistribution):
         actions = _as_columns(actions, self.action_dim).to(self.distribution.concentration1.dtype)
         low, high = self.low.to(actions.device), self.high.to(actions.device)
         unit = ((actions - low) / (high - low)).clamp(self.epsilon, 1.0 - self.epsilon)
-        return (self.distribution.log_prob(unit) - th.log(high - low)).sum(dim=1)
+        alpha, beta = self.distribution.concentration1, self.distribution.concentration0
+        # Beta density written out (torch's Beta goes through a Dirichlet on stacked [x, 1 - x], ~2x slower):
+        # log p(x) = (alpha - 1) log x + (beta - 1) log(1 - x) - log B(alpha, beta)
+        log_beta_fn = th.lgamma(alpha) + th.lgamma(beta) - th.lgamma(alpha + beta)
+        log_density = (alpha - 1.0) * th.log(unit) + (beta - 1.0) * th.log1p(-unit) - log_beta_fn
+        return (log_density - th.log(high - low)).sum(dim=1)
 
     def entropy(self) -> th.Tensor:
         low, high = self.low.to(self._batch_ref().device), self.high.to(self._batch_ref().device)
         return (self.distribution.entropy() + th.log(high - low)).sum(dim=1)
 
     def sample(self) -> th.Tensor:
-        return self._to_bounds(self.distribution.rsample())
+        # X ~ Gamma(alpha), Y ~ Gamma(beta) => X / (X + Y) ~ Beta(alpha, beta) (reparameterised like torch's Beta,
+        # without its Dirichlet stacking)
+        x = th._standard_gamma(self.distribution.concentration1)
+        y = th._standard_gamma(self.distribution.concentration0)
+        return self._to_bounds(x / (x + y).clamp_min(th.finfo(x.dtype).tiny))
 
     def mode(self) -> th.Tensor:
         # (alpha - 1) / (alpha + beta - 2), written x / (x + y) with x = alpha - 1 >= 0, y = beta - 1 >= 0 (exact
@@ -298,7 +307,7 @@ class CategoricalDistribution(CherryDistribution):
         self.start = int(space.start)
 
     def proba_distribution(self: SelfCherryDistribution, params: th.Tensor) -> SelfCherryDistribution:
-        self.distribution = Categorical(logits=params)
+        self.distribution = Categorical(logits=params, validate_args=False)
         return self
 
     def _batch_ref(self) -> th.Tensor:
@@ -367,7 +376,7 @@ class MultiCategoricalDistribution(CherryDistribution):
         super().__init__(action_dim=len(self.nvec), param_dim=sum(self.nvec))
 
     def proba_distribution(self: SelfCherryDistribution, params: th.Tensor) -> SelfCherryDistribution:
-        self.distribution = [Categorical(logits=split) for split in th.split(params, self.nvec, dim=1)]  # type: ignore
+        self.distribution = [Categorical(logits=split, validate_args=False) for split in th.split(params, self.nvec, dim=1)]  # type: ignore
         return self
 
     def _batch_ref(self) -> th.Tensor:
@@ -406,7 +415,7 @@ class BernoulliDistribution(CherryDistribution):
         super().__init__(action_dim=dim, param_dim=dim)
 
     def proba_distribution(self: SelfCherryDistribution, params: th.Tensor) -> SelfCherryDistribution:
-        self.distribution = th.distributions.Bernoulli(logits=params)
+        self.distribution = th.distributions.Bernoulli(logits=params, validate_args=False)
         return self
 
     def _batch_ref(self) -> th.Tensor:
