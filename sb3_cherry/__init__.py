@@ -1,6 +1,7 @@
 import os
 
 from sb3_cherry.a2c import CherryA2C
+from sb3_cherry.adversarial import AIRL, GAIL
 from sb3_cherry.bco import BCO
 from sb3_cherry.envs import register_envs
 from sb3_cherry.ppo_recurrent import RecurrentPPORollback
@@ -20,7 +21,14 @@ def zoo_algorithms() -> dict[str, type]:
 
     :return: ``{name: class}``
     """
-    return {"ppo_rollback": PPORollback, "cherry_a2c": CherryA2C, "bco": BCO, "recurrent_ppo_rollback": RecurrentPPORollback}
+    return {
+        "ppo_rollback": PPORollback,
+        "cherry_a2c": CherryA2C,
+        "bco": BCO,
+        "recurrent_ppo_rollback": RecurrentPPORollback,
+        "gail": GAIL,
+        "airl": AIRL,
+    }
 
 
-__all__ = ["BCO", "CherryA2C", "PPORollback", "RecurrentPPORollback", "zoo_algorithms"]
+__all__ = ["AIRL", "BCO", "GAIL", "CherryA2C", "PPORollback", "RecurrentPPORollback", "zoo_algorithms"]  # noqa: RUF022

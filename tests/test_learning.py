@@ -48,7 +48,7 @@ def test_cartpole_improves_fast():
 @pytest.mark.parametrize("seed", [0, 1])
 def test_cartpole_zoo_config_solves(seed):
     model = train_from_zoo(PPORollback, "ppo_rollback", "CartPole-v1", seed=seed)
-    assert model.num_timesteps <= 100_000
+    assert model.num_timesteps <= 100_000 + 256  # the last rollout (8 envs x 32 steps) may overshoot
     assert evaluate(model, "CartPole-v1") >= 475
 
 

@@ -286,13 +286,14 @@ def test_evaluate_policy():
 
 # --- memory task (slow) ----------------------------------------------------------------------------------------------
 
-# rl-zoo's ppo_lstm CartPoleNoVel-v1 entry, GRU instead of LSTM
+# rl-zoo's ppo_lstm CartPoleNoVel-v1 entry (without normalize), GRU instead of LSTM. Measured (deterministic mean return
+# over 20 episodes after 3e5 steps, seeds 0 / 1 / 2): 459.6 / 500.0 / 500.0. With n_epochs=10: 496.9 / 448.8 (seeds 0 / 1).
 MEMORY_KWARGS = dict(
     n_steps=32,
     batch_size=256,
     gae_lambda=0.8,
     gamma=0.98,
-    n_epochs=10,
+    n_epochs=20,
     ent_coef=0.0,
     learning_rate=lambda progress: 1e-3 * progress,
     clip_range=lambda progress: 0.2 * progress,

@@ -45,8 +45,6 @@ class CherryA2C(A2C, CherryOnPolicyAlgorithm):
     :param n_step: horizon of the ``"n_step"`` estimator
     :param rho_bar: V-trace truncation level of the importance weights in the TD errors
     :param c_bar: V-trace truncation level of the traces
-    :param collection: ``"sync"`` (SB3: collect, then train) or ``"async"``: a background thread collects the next
-        rollout with a policy one update old while the learner trains (see ``sb3_cherry.common.async_collection``)
     :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
         the reported success rate, mean episode length, and mean reward over
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
@@ -86,7 +84,6 @@ class CherryA2C(A2C, CherryOnPolicyAlgorithm):
         n_step: int = 5,
         rho_bar: float = 1.0,
         c_bar: float = 1.0,
-        collection: str = "sync",
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -122,15 +119,9 @@ class CherryA2C(A2C, CherryOnPolicyAlgorithm):
         )
         # A2C makes one gradient step per rollout: there is no later epoch to recompute returns for
         self._init_estimator(returns_estimator, n_step, rho_bar, c_bar, recompute_returns=False)
-        self._init_collection(collection)
 
         if _init_setup_model:
             self._setup_model()
-
-    def train(self) -> None:
-        """SB3's A2C update (after re-evaluating returns with the current networks when collection is asynchronous)."""
-        self._recompute_returns(first_epoch=True)
-        super().train()
 
     def learn(
         self: SelfCherryA2C,

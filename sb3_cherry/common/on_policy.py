@@ -7,8 +7,6 @@ only three hooks are added:
 
 - ``Tuple`` action spaces are accepted, and the env is wrapped in :class:`VecTupleActions`;
 - the default rollout buffer is a :class:`CherryRolloutBuffer` carrying the returns estimator;
-- ``collection="async"``: rollouts are collected in a background thread while the learner trains
-  (:mod:`sb3_cherry.common.async_collection`);
 - saving is atomic and loading a foreign or corrupt file fails with a clear message;
 - the default policies pick their action distribution from ``policy_kwargs["action_distribution"]``.
 """
@@ -20,14 +18,11 @@ from typing import Any, TypeVar
 
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.buffers import RolloutBuffer
-from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
-from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
+from stable_baselines3.common.type_aliases import GymEnv
 from stable_baselines3.common.vec_env import VecEnv, is_vecenv_wrapped
 
 from sb3_cherry.common.save_util import atomic_write, check_model_file, resolve_zip_path
-from sb3_cherry.common.async_collection import AsyncCollector
 from sb3_cherry.common.buffers import CherryDictRolloutBuffer, CherryRolloutBuffer, ReturnsEstimatorMixin, check_estimator_args
 from sb3_cherry.common.vec_env.tuple_actions import VecTupleActions
 
@@ -47,8 +42,6 @@ class CherryOnPolicyAlgorithm(OnPolicyAlgorithm):
     rho_bar: float
     c_bar: float
     recompute_returns: bool
-    collection: str = "sync"
-    _async_collector: AsyncCollector | None = None
 
     def __init__(self, *args: Any, supported_action_spaces: tuple[type[spaces.Space], ...] | None = None, **kwargs: Any):
         if supported_action_spaces is not None and spaces.Tuple not in supported_action_spaces:
@@ -73,73 +66,6 @@ class CherryOnPolicyAlgorithm(OnPolicyAlgorithm):
         self.rho_bar = float(rho_bar)
         self.c_bar = float(c_bar)
         self.recompute_returns = bool(recompute_returns)
-
-    def _init_collection(self, collection: str) -> None:
-        """
-        Validate and store the collection mode (call before ``_setup_model``).
-
-        :param collection: ``"sync"`` (SB3's collect-then-train) or ``"async"`` (collection overlaps learning)
-        """
-        if collection not in ("sync", "async"):
-            raise ValueError(f"collection must be 'sync' or 'async', got {collection!r}.")
-        self.collection = collection
-        self._async_collector = None
-
-    def collect_rollouts(
-        self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int
-    ) -> bool:
-        """
-        SB3's ``collect_rollouts``; with ``collection="async"``, hand over the rollout collected in the background
-        (by a policy one update old) and start the next one.
-
-        :param env: the training environment
-        :param callback: callback called at each step (replayed in the main thread when asynchronous)
-        :param rollout_buffer: buffer to fill (synchronous mode)
-        :param n_rollout_steps: number of experiences to collect per environment
-        :return: False if a callback stopped training
-        """
-        if self.collection != "async":
-            return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
-        if self._async_collector is None:
-            self._async_collector = AsyncCollector(self)
-        return self._async_collector.next_rollout(env, callback, n_rollout_steps)
-
-    def learn(  # type: ignore[override]
-        self: SelfCherryOnPolicyAlgorithm,
-        total_timesteps: int,
-        callback: MaybeCallback = None,
-        log_interval: int = 1,
-        tb_log_name: str = "OnPolicyAlgorithm",
-        reset_num_timesteps: bool = True,
-        progress_bar: bool = False,
-    ) -> SelfCherryOnPolicyAlgorithm:
-        """
-        SB3's ``learn``; with asynchronous collection, the rollout still in flight at the end is waited for and
-        discarded, so that no thread touches the env after ``learn`` returns.
-
-        :param total_timesteps: total number of samples (env steps) to train on
-        :param callback: callback(s) called at every step with state of the algorithm
-        :param log_interval: the number of rollouts before logging
-        :param tb_log_name: the name of the run for TensorBoard logging
-        :param reset_num_timesteps: whether or not to reset the current timestep number (used in logging)
-        :param progress_bar: display a progress bar using tqdm and rich
-        :return: the trained model
-        """
-        try:
-            return super().learn(  # type: ignore[return-value]
-                total_timesteps=total_timesteps,
-                callback=callback,
-                log_interval=log_interval,
-                tb_log_name=tb_log_name,
-                reset_num_timesteps=reset_num_timesteps,
-                progress_bar=progress_bar,
-            )
-        finally:
-            if self._async_collector is not None:
-                self._async_collector.stop()
-
-    def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_async_collector"]
 
     @staticmethod
     def _wrap_env(env: GymEnv, verbose: int = 0, monitor_wrapper: bool = True) -> VecEnv:
@@ -168,15 +94,9 @@ class CherryOnPolicyAlgorithm(OnPolicyAlgorithm):
             )
         super()._setup_model()
 
-    def _recompute_returns(self, first_epoch: bool = False) -> None:
-        """
-        Recompute returns/advantages with the current networks: before every epoch after the first with
-        ``recompute_returns``, and before the first one too with asynchronous collection (the rollout was collected
-        by an older policy: current critic, V-trace ratios current / behaviour).
-
-        :param first_epoch: called before the first epoch
-        """
-        if (self.recompute_returns and not first_epoch) or (first_epoch and self.collection == "async"):
+    def _recompute_returns(self) -> None:
+        """Recompute returns/advantages with the current networks (no-op unless ``recompute_returns``)."""
+        if self.recompute_returns:
             assert isinstance(self.rollout_buffer, ReturnsEstimatorMixin)
             self.policy.set_training_mode(False)
             self.rollout_buffer.recompute_returns_and_advantage(self.policy, self._last_obs)

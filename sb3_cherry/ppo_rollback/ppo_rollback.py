@@ -98,10 +98,6 @@ class PPORollback(PPO, CherryOnPolicyAlgorithm):
     :param c_bar: V-trace truncation level of the traces
     :param recompute_returns: recompute values, returns and advantages with the current networks before every epoch
         after the first (as cherry_rl does; with V-trace, the ratios current / collecting policy correct the drift)
-    :param collection: ``"sync"`` (SB3: collect, then train) or ``"async"``: a background thread collects the next
-        rollout with a policy one update old while the learner trains (use a ``SubprocVecEnv``; pair with
-        ``returns_estimator="vtrace"`` to correct the lag in the returns, the PPO ratio already uses the behaviour
-        log-probabilities)
     :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
         the reported success rate, mean episode length, and mean reward over
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
@@ -146,7 +142,6 @@ class PPORollback(PPO, CherryOnPolicyAlgorithm):
         rho_bar: float = 1.0,
         c_bar: float = 1.0,
         recompute_returns: bool = False,
-        collection: str = "sync",
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -187,7 +182,6 @@ class PPORollback(PPO, CherryOnPolicyAlgorithm):
             raise ValueError(f"rollback_alpha must be >= 0 (0 gives plain clipped PPO), got {rollback_alpha}.")
         self.rollback_alpha = float(rollback_alpha)
         self._init_estimator(returns_estimator, n_step, rho_bar, c_bar, recompute_returns)
-        self._init_collection(collection)
 
         if _init_setup_model:
             self._setup_model()
@@ -213,7 +207,8 @@ class PPORollback(PPO, CherryOnPolicyAlgorithm):
         continue_training = True
         # train for n_epochs epochs
         for epoch in range(self.n_epochs):
-            self._recompute_returns(first_epoch=epoch == 0)
+            if epoch > 0:
+                self._recompute_returns()
             approx_kl_divs = []
             # Do a complete pass on the rollout buffer
             for rollout_data in self.rollout_buffer.get(self.batch_size):

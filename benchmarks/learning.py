@@ -1,0 +1,244 @@
+"""
+Learning curves: train with the ``zoo_configs/`` entry of an algorithm on one env, evaluate periodically, and append
+one CSV row per evaluation to ``benchmarks/results/<env>.csv`` (so an interrupted run keeps what it measured).
+
+    python -m benchmarks.learning --env CartPole-v1 --algo ppo_rollback --seeds 0 1
+    python -m benchmarks.learning --env CartPole-v1 --algo ppo_rollback --seeds 0 1 --variant vtrace \\
+        --set returns_estimator=vtrace
+    python -m benchmarks.learning --env Pendulum-v1 --algo ppo_rollback --seeds 0 --variant beta \\
+        --set use_sde=false --set policy_kwargs.action_distribution=beta
+    python -m benchmarks.learning --env Hopper-v5 --algo ppo --seeds 0 --timesteps 200000 --eval-freq 20000
+
+Algorithms: ``ppo_rollback`` and ``cherry_a2c`` (their own zoo entries) and ``ppo``: SB3's PPO with the hyperparameters
+of the ``ppo_rollback`` entry minus ``rollback_alpha`` (the baseline). ``--set key=value`` overrides a hyperparameter
+(values parsed as YAML: ``true``, ``8``, ``1e-3``, ``beta``; ``lin_<v>`` is a linear schedule; a dotted key sets an
+entry of a dict argument, e.g. ``policy_kwargs.action_distribution``); ``--variant`` names the row (default ``zoo``).
+
+Evaluation: ``--eval-episodes`` (10) deterministic episodes on a separate env (seed ``1000 + seed``); with
+observation normalisation, the training ``VecNormalize`` statistics are copied into it and reward normalisation is off,
+so the reported return is the true episodic return. Evaluations at step 0, every ``--eval-freq`` steps, and at the end.
+
+CSV columns: ``env, algo, variant, seed, timesteps, mean_return, std_return, wall_time_s`` (training wall time since
+the start of ``learn``, evaluation time excluded). ``python -m benchmarks.plot`` turns the CSVs into curves and a summary.
+"""
+
+import argparse
+import copy
+import csv
+import pathlib
+import time
+from typing import Any
+
+import numpy as np
+import torch as th
+import yaml
+from stable_baselines3 import PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.utils import LinearSchedule
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
+
+RESULTS = pathlib.Path(__file__).parent / "results"
+COLUMNS = ["env", "algo", "variant", "seed", "timesteps", "mean_return", "std_return", "wall_time_s"]
+# Keys of the ppo_rollback entry that SB3's PPO does not have (dropped for the ``ppo`` baseline)
+ROLLBACK_ONLY = ("rollback_alpha", "returns_estimator", "n_step", "rho_bar", "c_bar", "recompute_returns")
+
+
+def csv_path(env_id: str, results: pathlib.Path = RESULTS) -> pathlib.Path:
+    """
+    The results file of an env.
+
+    :param env_id: environment id (``/`` replaced by ``_`` in the file name)
+    :param results: results folder
+    :return: ``<results>/<env>.csv``
+    """
+    return results / f"{env_id.replace('/', '_')}.csv"
+
+
+def parse_value(text: str) -> Any:
+    """
+    Parse a ``--set`` value: YAML scalars (``true``, ``8``, ``1e-3``, ``beta``), ``lin_<v>`` as a linear schedule.
+
+    :param text: the value as typed
+    :return: the Python value
+    """
+    if text.startswith("lin_"):
+        return LinearSchedule(float(text[4:]), 0.0, 1.0)
+    value = yaml.safe_load(text)
+    if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def apply_overrides(kwargs: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
+    """
+    Apply ``key=value`` assignments to constructor arguments (a dotted key sets an entry of a dict argument).
+
+    :param kwargs: constructor arguments (not modified)
+    :param assignments: ``["returns_estimator=vtrace", "policy_kwargs.action_distribution=beta", ...]``
+    :return: the updated copy
+    """
+    kwargs = copy.deepcopy(kwargs)
+    for assignment in assignments:
+        if "=" not in assignment:
+            raise ValueError(f"--set expects key=value, got {assignment!r}")
+        key, text = assignment.split("=", 1)
+        *parents, leaf = key.strip().split(".")
+        target = kwargs
+        for parent in parents:
+            target = target.setdefault(parent, {})
+            if not isinstance(target, dict):
+                raise ValueError(f"--set {key}: {parent!r} is not a dict argument")
+        target[leaf] = parse_value(text.strip())
+    return kwargs
+
+
+def build_model(algo: str, env_id: str, seed: int, overrides: list[str]) -> tuple[BaseAlgorithm, int]:
+    """
+    Build the model of ``algo`` on ``env_id`` from its zoo entry (training env with ``VecNormalize`` if the entry asks).
+
+    :param algo: ``ppo_rollback``, ``cherry_a2c`` or ``ppo`` (SB3 PPO with the ppo_rollback entry minus rollback keys)
+    :param env_id: environment id
+    :param seed: random seed of the model and the training env
+    :param overrides: ``--set`` assignments
+    :return: the model and the zoo entry's ``n_timesteps``
+    """
+    from sb3_cherry import CherryA2C, PPORollback
+    from sb3_cherry.common.zoo_config import load_zoo_entry
+
+    classes: dict[str, type[BaseAlgorithm]] = {"ppo_rollback": PPORollback, "cherry_a2c": CherryA2C, "ppo": PPO}
+    entry = load_zoo_entry("ppo_rollback" if algo == "ppo" else algo, env_id)
+    kwargs = dict(entry.model_kwargs)
+    if algo == "ppo":
+        kwargs = {k: v for k, v in kwargs.items() if k not in ROLLBACK_ONLY}
+        if "action_distribution" in kwargs.get("policy_kwargs", {}):
+            raise ValueError("SB3's PPO has no action_distribution: the ppo baseline needs a Gaussian/categorical entry.")
+    kwargs = apply_overrides(kwargs, overrides)
+    env: VecEnv = make_vec_env(env_id, n_envs=entry.n_envs, seed=seed)
+    if entry.normalize is not None:
+        env = VecNormalize(env, **entry.normalize)
+    return classes[algo](env=env, seed=seed, device="cpu", **kwargs), entry.n_timesteps
+
+
+class EvalAppendCallback(BaseCallback):
+    """
+    Evaluate every ``eval_freq`` environment steps on a separate env and append one CSV row per evaluation.
+
+    :param env_id: environment id of the evaluation env
+    :param row: constant columns of the rows (env, algo, variant, seed)
+    :param path: CSV file (header written if it does not exist yet)
+    :param eval_freq: evaluation period in environment steps (counted over all training envs); evaluations happen
+        between updates, at the first rollout boundary at or after each multiple, and once more at the end
+    :param n_episodes: episodes per evaluation
+    :param seed: seed of the evaluation env
+    """
+
+    def __init__(self, env_id: str, row: dict[str, Any], path: pathlib.Path, eval_freq: int, n_episodes: int, seed: int):
+        super().__init__()
+        self.env_id, self.row, self.path = env_id, row, path
+        self.eval_freq, self.n_episodes, self.eval_seed = eval_freq, n_episodes, seed
+        self.next_eval = 0
+        self.eval_time = 0.0
+        self.start = 0.0
+        self.last_timesteps = -1
+
+    def _on_training_start(self) -> None:
+        self.start = time.perf_counter()
+        self.next_eval = self.num_timesteps
+
+    def _on_rollout_start(self) -> None:
+        # between two updates: the policy evaluated is the one trained on exactly ``num_timesteps`` steps
+        if self.num_timesteps >= self.next_eval:
+            self.evaluate()
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_training_end(self) -> None:
+        if self.num_timesteps != self.last_timesteps:
+            self.evaluate()
+
+    def evaluate(self) -> None:
+        """Run the evaluation episodes and append the row."""
+        tic = time.perf_counter()
+        env: VecEnv = make_vec_env(self.env_id, n_envs=1, seed=self.eval_seed)
+        train_norm = self.model.get_vec_normalize_env()
+        if train_norm is not None:
+            env = VecNormalize(env, training=False, norm_obs=train_norm.norm_obs, norm_reward=False)
+            env.obs_rms = copy.deepcopy(train_norm.obs_rms)
+        returns, _ = evaluate_policy(
+            self.model, env, n_eval_episodes=self.n_episodes, deterministic=True, return_episode_rewards=True
+        )
+        env.close()
+        wall = tic - self.start - self.eval_time  # training time only
+        self.eval_time += time.perf_counter() - tic
+        row = dict(
+            self.row,
+            timesteps=self.num_timesteps,
+            mean_return=round(float(np.mean(returns)), 3),
+            std_return=round(float(np.std(returns)), 3),
+            wall_time_s=round(wall, 1),
+        )
+        new = not self.path.exists()
+        with open(self.path, "a", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=COLUMNS)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        print(row, flush=True)
+        self.last_timesteps = self.num_timesteps
+        while self.next_eval <= self.num_timesteps:
+            self.next_eval += self.eval_freq
+
+
+def run(args: argparse.Namespace) -> None:
+    """
+    Train and evaluate every seed in turn, appending rows as they are measured.
+
+    :param args: parsed command line
+    """
+    th.set_num_threads(args.threads)
+    path = csv_path(args.env, pathlib.Path(args.results))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for seed in args.seeds:
+        model, zoo_timesteps = build_model(args.algo, args.env, seed, args.set)
+        timesteps = args.timesteps or zoo_timesteps
+        row = dict(env=args.env, algo=args.algo, variant=args.variant, seed=seed)
+        callback = EvalAppendCallback(
+            args.env, row, path, args.eval_freq or max(1, timesteps // 10), args.eval_episodes, seed=1000 + seed
+        )
+        print(f"{args.algo}/{args.variant} on {args.env}, seed {seed}: {timesteps} steps (zoo: {zoo_timesteps})", flush=True)
+        model.learn(timesteps, callback=callback)
+        model.get_env().close()
+    print(f"appended to {path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """
+    Command line entry point.
+
+    :param argv: arguments (default: ``sys.argv[1:]``)
+    """
+    import sb3_cherry  # noqa: F401  (registers the sb3_cherry/ envs)
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", required=True, help="environment id (a key of the zoo config)")
+    parser.add_argument("--algo", required=True, choices=["ppo_rollback", "cherry_a2c", "ppo"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--timesteps", type=int, default=None, help="training steps per seed (default: the zoo entry's)")
+    parser.add_argument("--eval-freq", type=int, default=None, help="evaluation period in steps (default: timesteps/10)")
+    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--variant", default="zoo", help="name of the row (e.g. the --set overrides)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a hyperparameter")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: fair on a shared machine)")
+    parser.add_argument("--results", default=str(RESULTS), help="results folder")
+    run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

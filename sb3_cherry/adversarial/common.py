@@ -1,0 +1,757 @@
+"""
+Adapter between imitation's adversarial trainers (``imitation.algorithms.adversarial``) and sb3_cherry's generators.
+
+imitation (https://github.com/HumanCompatibleAI/imitation, 1.0.1) is imported lazily: importing this module works
+without it, constructing or loading a model raises an ``ImportError`` that says how to install it.
+
+What the adapter adds to imitation's ``GAIL`` / ``AIRL``:
+
+- demonstrations from sb3_cherry's demonstration files (:mod:`sb3_cherry.demos`) or trajectories, checked against
+  the environment;
+- ``Tuple`` action spaces: imitation sees the flat encoding (:mod:`sb3_cherry.adversarial.wrappers`), for generator
+  rollouts and demonstrations alike;
+- the user's ``VecNormalize`` kept above imitation's reward wrapper: the discriminator sees raw observations (as the
+  demonstration files store them), the policy normalised ones;
+- one ``generator.learn`` call for the whole budget, with a discriminator round after each rollout (see
+  :meth:`AdversarialImitation.learn`), so SB3 callbacks, progress bars, logging and learning-rate / clip-range
+  schedules behave as in plain SB3 training;
+- SB3 2.9 / sb3_cherry fixes: GAIL does not evaluate the generator's log-probabilities (imitation computes them for
+  every discriminator batch; recurrent policies cannot do it without their hidden states), AIRL evaluates them on
+  normalised observations when the env has a ``VecNormalize``;
+- save / load: the generator as a normal PPORollback (or RecurrentPPORollback) model file, the reward net as a torch
+  ``state_dict`` next to it (:func:`reward_net_path`).
+"""
+
+import contextlib
+import os
+import pathlib
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from sb3_contrib import RecurrentPPO
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.save_util import load_from_zip_file
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
+from stable_baselines3.common.utils import get_latest_run_id
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize, unwrap_vec_normalize
+
+from sb3_cherry.adversarial.wrappers import OpaqueVecEnv, VecFlatActionSpace, VecTupleActionSpace
+from sb3_cherry.common.save_util import atomic_write, check_model_file, resolve_zip_path
+from sb3_cherry.common.spaces import flat_action_space
+from sb3_cherry.common.vec_env.tuple_actions import VecTupleActions
+from sb3_cherry.demos import load_demos
+from sb3_cherry.ppo_recurrent import RecurrentPPORollback
+from sb3_cherry.ppo_rollback import PPORollback
+
+SelfAdversarialImitation = TypeVar("SelfAdversarialImitation", bound="AdversarialImitation")
+
+#: How to install imitation (its metadata pins an old SB3 / gymnasium, hence ``--no-deps``)
+INSTALL_HINT = (
+    "Install it with\n"
+    "    pip install --no-deps imitation==1.0.1\n"
+    '    pip install "sb3_cherry[imitation]"\n'
+    "(imitation's metadata pins old Stable-Baselines3 / gymnasium versions, hence --no-deps; the sb3_cherry[imitation] "
+    "extra installs the packages its modules import)."
+)
+
+#: Generator classes by name (``generator_class`` in zoo configs)
+GENERATOR_CLASSES: dict[str, type[OnPolicyAlgorithm]] = {
+    "ppo_rollback": PPORollback,
+    "recurrent_ppo_rollback": RecurrentPPORollback,
+}
+
+_TRAINER_CLASSES: dict[str, type] = {}
+_AIRL_RECURRENT = (
+    "AIRL needs log pi(a|s) of the generator for single transitions, which a recurrent policy cannot give without its "
+    "hidden states: use GAIL with a recurrent generator, or a feed-forward generator with AIRL."
+)
+
+
+def import_imitation(algo_name: str = "GAIL") -> None:
+    """
+    Import imitation's adversarial trainers, or raise an ``ImportError`` saying how to install imitation.
+
+    :param algo_name: the algorithm that needs it (for the message)
+    :raises ImportError: imitation is missing or cannot be imported
+    """
+    try:
+        import imitation  # noqa: F401
+        from imitation.algorithms.adversarial import airl, gail  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(
+            f"{algo_name} needs the `imitation` package (https://github.com/HumanCompatibleAI/imitation), which could "
+            f"not be imported ({exc}). {INSTALL_HINT}"
+        ) from exc
+
+
+def _trainer_class(kind: str) -> type:
+    """imitation's GAIL or AIRL trainer with the adapter's fixes (classes built on first use: imitation is lazy)."""
+    if not _TRAINER_CLASSES:
+        from imitation.algorithms.adversarial import airl, gail
+
+        class GAILTrainer(gail.GAIL):
+            """imitation's GAIL, without evaluating generator log-probabilities (the GAIL discriminator ignores them)."""
+
+            def _get_log_policy_act_prob(self, obs_th: th.Tensor, acts_th: th.Tensor) -> th.Tensor | None:
+                return None
+
+        class AIRLTrainer(airl.AIRL):
+            """imitation's AIRL, evaluating ``log pi(a|s)`` on observations normalised as the policy sees them."""
+
+            obs_normalizer: VecNormalize | None = None
+
+            def _get_log_policy_act_prob(self, obs_th: th.Tensor, acts_th: th.Tensor) -> th.Tensor | None:
+                if self.obs_normalizer is not None and self.obs_normalizer.norm_obs:
+                    normalised = self.obs_normalizer.normalize_obs(obs_th.cpu().numpy())
+                    obs_th = th.as_tensor(normalised, device=obs_th.device)
+                return super()._get_log_policy_act_prob(obs_th, acts_th)
+
+        _TRAINER_CLASSES.update(gail=GAILTrainer, airl=AIRLTrainer)
+    return _TRAINER_CLASSES[kind]
+
+
+def reward_net_path(path: str | os.PathLike) -> pathlib.Path:
+    """
+    The reward net file saved next to a model: ``<path>_reward_net.pt`` (``.zip`` stripped from ``path``).
+
+    :param path: the model path given to ``save`` / ``load``
+    :return: the reward net path
+    """
+    model_path = resolve_zip_path(path)
+    base = model_path.with_suffix("") if model_path.suffix == ".zip" else model_path
+    return base.with_name(f"{base.name}_reward_net.pt")
+
+
+def resolve_generator_class(generator_class: str | type[OnPolicyAlgorithm]) -> type[OnPolicyAlgorithm]:
+    """
+    The generator class from a class or a name (``"ppo_rollback"``, ``"recurrent_ppo_rollback"``).
+
+    :param generator_class: class or name
+    :return: the class
+    :raises ValueError: unknown name, or not an on-policy algorithm
+    """
+    if isinstance(generator_class, str):
+        if generator_class not in GENERATOR_CLASSES:
+            raise ValueError(f"Unknown generator_class {generator_class!r}: choose one of {sorted(GENERATOR_CLASSES)}.")
+        return GENERATOR_CLASSES[generator_class]
+    if isinstance(generator_class, type) and issubclass(generator_class, OnPolicyAlgorithm):
+        return generator_class
+    raise ValueError(
+        f"generator_class must be an on-policy algorithm class (PPORollback, RecurrentPPORollback) or one of "
+        f"{sorted(GENERATOR_CLASSES)}, got {generator_class!r}: the discriminator is trained after each rollout."
+    )
+
+
+def _detect_generator_class(path: str | os.PathLike) -> type[OnPolicyAlgorithm]:
+    """RecurrentPPORollback when the saved policy is recurrent, else PPORollback."""
+    data, _, _ = load_from_zip_file(path, load_data=True, device="cpu")
+    policy_class = (data or {}).get("policy_class")
+    if isinstance(policy_class, type) and issubclass(policy_class, RecurrentActorCriticPolicy):
+        return RecurrentPPORollback
+    return PPORollback
+
+
+@contextlib.contextmanager
+def _action_space_as(generator: OnPolicyAlgorithm, action_space: spaces.Space) -> Iterator[None]:
+    """
+    Let the generator accept a VecEnv with another action space for the duration of the block. imitation's trainer
+    calls ``gen_algo.set_env(venv_train)`` with the flat action space; the adapter sets the real chain right after.
+    """
+    original = generator.action_space
+    generator.action_space = action_space
+    try:
+        yield
+    finally:
+        generator.action_space = original
+
+
+def _resolve_reward_net_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Names from YAML files to objects: ``normalize_input_layer`` (``"RunningNorm"``, ...) and ``activation``."""
+    from imitation.util import networks
+
+    resolved = dict(kwargs)
+    layer = resolved.get("normalize_input_layer")
+    if isinstance(layer, str):
+        if layer in ("None", "none", ""):
+            resolved["normalize_input_layer"] = None
+        elif isinstance(getattr(networks, layer, None), type):
+            resolved["normalize_input_layer"] = getattr(networks, layer)
+        else:
+            raise ValueError(
+                f"reward_net_kwargs: unknown normalize_input_layer {layer!r} (use 'RunningNorm', 'EMANorm' or None)."
+            )
+    activation = resolved.get("activation")
+    if isinstance(activation, str):
+        name = activation.removeprefix("nn.")
+        if not isinstance(getattr(th.nn, name, None), type):
+            raise ValueError(f"reward_net_kwargs: unknown activation {activation!r} (a torch.nn class, e.g. 'ReLU').")
+        resolved["activation"] = getattr(th.nn, name)
+    return resolved
+
+
+class _DiscriminatorRounds(BaseCallback):
+    """Runs the adapter's discriminator round at the end of each generator rollout."""
+
+    def __init__(self, model: "AdversarialImitation"):
+        super().__init__()
+        self._adversarial = model
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        self._adversarial._end_of_rollout()
+
+
+class AdversarialImitation:
+    """
+    Base of the :class:`~sb3_cherry.adversarial.GAIL` and :class:`~sb3_cherry.adversarial.AIRL` adapters: an
+    SB3-like front to ``imitation.algorithms.adversarial`` with a PPORollback (or RecurrentPPORollback) generator.
+
+    Training (:meth:`learn`) is one ``generator.learn`` call on the environment whose reward imitation replaces with
+    the discriminator's; after each rollout (once ``gen_train_timesteps`` new transitions are buffered), the adapter
+    moves them to imitation's generator replay buffer and runs ``n_disc_updates_per_round`` discriminator updates,
+    then the generator trains on the rollout. This is imitation's round (``train_gen`` then ``train_disc``) with the
+    discriminator update placed before the policy update of the same rollout: the generator's rewards were computed
+    when the rollout was collected, so GAIL trains the same way; AIRL's discriminator evaluates the generator's
+    log-probabilities with the policy that collected the rollout.
+
+    :param policy: the generator's policy (MlpPolicy, ..., MlpLstmPolicy for ``generator_class="recurrent_ppo_rollback"``)
+    :param env: the environment (VecEnv, gymnasium env or env id); a ``VecNormalize`` on it normalises the policy's
+        observations and the discriminator's rewards, while the discriminator sees raw observations. ``rollout/ep_rew_mean``
+        reports the environment's own return (Monitor)
+    :param demonstrations: a demonstration file (:func:`sb3_cherry.demos.record_demos`, ``sb3-cherry record``) or a list
+        of trajectories (imitation's ``TrajectoryWithRew`` or :class:`sb3_cherry.demos.DemoTrajectory`; ``Tuple``
+        actions in the flat encoding of :mod:`sb3_cherry.common.spaces`). Required by :meth:`learn`
+    :param generator_class: ``"ppo_rollback"`` (default), ``"recurrent_ppo_rollback"`` or an on-policy algorithm class
+    :param generator_kwargs: the generator's hyperparameters (``n_steps``, ``batch_size``, ``learning_rate``,
+        ``rollback_alpha``, ...; not ``policy_kwargs``, ``seed``, ``verbose``, ``device``, ``tensorboard_log``, which are
+        arguments of this class)
+    :param policy_kwargs: the generator's policy arguments, e.g. ``dict(action_distribution="beta")``
+    :param reward_net_class: an ``imitation.rewards.reward_nets.RewardNet`` subclass or its name; None: the
+        algorithm's default (``BasicRewardNet`` for GAIL, ``BasicShapedRewardNet`` for AIRL)
+    :param reward_net_kwargs: arguments of the reward net, e.g. ``dict(hid_sizes=[64, 64])``. Default
+        ``normalize_input_layer=RunningNorm``; names are accepted for ``normalize_input_layer`` (``"RunningNorm"``,
+        ``"EMANorm"``, None) and ``activation`` (``"ReLU"``)
+    :param demo_batch_size: expert transitions per discriminator update (as many generator transitions are added)
+    :param demo_minibatch_size: split each discriminator batch in minibatches of this size (gradient accumulation);
+        None: ``demo_batch_size``
+    :param n_disc_updates_per_round: discriminator updates per round
+    :param gen_train_timesteps: generator transitions between discriminator rounds, rounded up to whole rollouts;
+        None: one rollout (``n_envs * n_steps``)
+    :param gen_replay_buffer_capacity: generator transitions the discriminator samples from; None:
+        ``gen_train_timesteps`` (only the latest round)
+    :param disc_lr: the discriminator's Adam learning rate
+    :param disc_opt_kwargs: other Adam arguments of the discriminator (``betas``, ``weight_decay``, ...)
+    :param allow_variable_horizon: accept episodes of different lengths (imitation refuses them by default: the
+        termination condition leaks information about the reward; CartPole-v1, for one, needs True)
+    :param tensorboard_log: the log location for tensorboard (if None, no logging). Generator metrics as in SB3,
+        discriminator metrics as ``mean/disc/...`` (per-update values under ``raw/``)
+    :param verbose: Verbosity level: 0 for no output, 1 for info messages, 2 for debug messages
+    :param seed: Seed for the pseudo random generators (generator, environment, reward net, discriminator batches)
+    :param device: Device (cpu, cuda, ...) of the generator and the reward net
+    :param _init_setup_model: Whether or not to build the generator, the reward net and imitation's trainer at the
+        creation of the instance
+    """
+
+    #: ``"gail"`` or ``"airl"``
+    trainer_kind: ClassVar[str]
+    #: name of the default reward net class in ``imitation.rewards.reward_nets``
+    default_reward_net: ClassVar[str]
+
+    generator: OnPolicyAlgorithm
+    reward_net: th.nn.Module
+    trainer: Any
+
+    def __init__(
+        self,
+        policy: str | type[BasePolicy],
+        env: GymEnv | str | None,
+        demonstrations: str | os.PathLike | Sequence[Any] | None = None,
+        generator_class: str | type[OnPolicyAlgorithm] = "ppo_rollback",
+        generator_kwargs: dict[str, Any] | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        reward_net_class: str | type | None = None,
+        reward_net_kwargs: dict[str, Any] | None = None,
+        demo_batch_size: int = 1024,
+        demo_minibatch_size: int | None = None,
+        n_disc_updates_per_round: int = 2,
+        gen_train_timesteps: int | None = None,
+        gen_replay_buffer_capacity: int | None = None,
+        disc_lr: float = 1e-3,
+        disc_opt_kwargs: dict[str, Any] | None = None,
+        allow_variable_horizon: bool = False,
+        tensorboard_log: str | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "auto",
+        _init_setup_model: bool = True,
+    ):
+        import_imitation(type(self).__name__)
+        name = type(self).__name__
+        if demo_batch_size < 1:
+            raise ValueError(f"{name}: demo_batch_size must be >= 1, got {demo_batch_size}.")
+        if demo_minibatch_size is not None and (demo_minibatch_size < 1 or demo_batch_size % demo_minibatch_size != 0):
+            raise ValueError(
+                f"{name}: demo_minibatch_size={demo_minibatch_size} must divide demo_batch_size={demo_batch_size}."
+            )
+        if n_disc_updates_per_round < 0:
+            raise ValueError(f"{name}: n_disc_updates_per_round must be >= 0, got {n_disc_updates_per_round}.")
+        if disc_opt_kwargs is not None and "lr" in disc_opt_kwargs:
+            raise ValueError(f"{name}: give the discriminator's learning rate as disc_lr, not in disc_opt_kwargs.")
+        generator_kwargs = dict(generator_kwargs or {})
+        own_arguments = {"policy_kwargs", "seed", "verbose", "device", "tensorboard_log", "env", "policy"}
+        reserved = sorted(own_arguments & set(generator_kwargs))
+        if reserved:
+            raise ValueError(f"{name}: pass {reserved} to {name} directly, not in generator_kwargs.")
+        self.policy_class = policy
+        self.demonstrations = demonstrations
+        self.generator_class = resolve_generator_class(generator_class)
+        self.generator_kwargs = generator_kwargs
+        self.policy_kwargs = policy_kwargs
+        self.reward_net_class = reward_net_class
+        self.reward_net_kwargs = dict(reward_net_kwargs or {})
+        self.demo_batch_size = int(demo_batch_size)
+        self.demo_minibatch_size = demo_minibatch_size
+        self.n_disc_updates_per_round = int(n_disc_updates_per_round)
+        self.gen_train_timesteps = gen_train_timesteps
+        self.gen_replay_buffer_capacity = gen_replay_buffer_capacity
+        self.disc_lr = float(disc_lr)
+        self.disc_opt_kwargs = dict(disc_opt_kwargs or {})
+        self.allow_variable_horizon = bool(allow_variable_horizon)
+        self.tensorboard_log = tensorboard_log
+        self.verbose = verbose
+        self.seed = seed
+        self.device = device
+        self._env = env
+        self.trainer = None
+        self._vec_normalize: VecNormalize | None = None
+        self._scratch_dir = tempfile.TemporaryDirectory(prefix=f"sb3_cherry_{self.trainer_kind}_")
+        self._logger: Logger | None = None
+        if _init_setup_model:
+            self._setup_model()
+
+    # ------------------------------------------------------------------------------------------------------ setup
+    def _setup_model(self, generator: OnPolicyAlgorithm | None = None) -> None:
+        """
+        Build (or adopt) the generator, build the reward net, and, when there is an environment, imitation's trainer
+        and the VecEnv chain of :mod:`sb3_cherry.adversarial.wrappers`.
+
+        :param generator: an existing generator (``load``); None: build one from the constructor arguments
+        """
+        name = type(self).__name__
+        if self.trainer_kind == "airl" and issubclass(self.generator_class, RecurrentPPO):
+            raise ValueError(_AIRL_RECURRENT)
+        if generator is None:
+            if self._env is None:
+                raise ValueError(f"{name} needs an environment (env=None is only possible with {name}.load).")
+            generator = self.generator_class(
+                self.policy_class,
+                self._env,
+                policy_kwargs=self.policy_kwargs,
+                verbose=self.verbose,
+                seed=self.seed,
+                device=self.device,
+                **self.generator_kwargs,
+            )
+        self._env = None
+        self.generator = generator
+        if isinstance(generator.observation_space, spaces.Dict):
+            raise ValueError(
+                f"{name}: Dict observation spaces are not supported (imitation 1.0.1's adversarial replay buffer needs "
+                "array observations)."
+            )
+        if self.trainer_kind == "airl" and isinstance(generator.policy, RecurrentActorCriticPolicy):
+            raise ValueError(_AIRL_RECURRENT)
+        tuple_space = generator.action_space if isinstance(generator.action_space, spaces.Tuple) else None
+        # imitation's reward nets and replay buffer see the flat encoding of Tuple actions
+        imitation_action_space = flat_action_space(tuple_space) if tuple_space is not None else generator.action_space
+        self.reward_net = self._build_reward_net(generator.observation_space, imitation_action_space)
+        venv = generator.get_env()
+        if venv is None:  # loaded for prediction only
+            return
+
+        top = venv.venv if isinstance(venv, VecTupleActions) else venv
+        self._vec_normalize = top if isinstance(top, VecNormalize) else None
+        raw = self._vec_normalize.venv if self._vec_normalize is not None else top
+        if unwrap_vec_normalize(raw) is not None:
+            raise ValueError(
+                f"{name}: VecNormalize must be the outermost wrapper of the environment (VecFrameStack / "
+                "VecTransposeImage above it are not supported): the discriminator needs the raw observations."
+            )
+        imitation_venv = VecFlatActionSpace(raw) if tuple_space is not None else raw
+        trajectories = self._demo_trajectories(imitation_venv) if self.demonstrations is not None else None
+        trainer_class = _trainer_class(self.trainer_kind)
+        self._logger = self._make_logger(None, True)
+        with _action_space_as(generator, imitation_venv.action_space):
+            self.trainer = trainer_class(
+                demonstrations=trajectories,
+                demo_batch_size=self.demo_batch_size,
+                venv=imitation_venv,
+                gen_algo=generator,
+                reward_net=self.reward_net,
+                demo_minibatch_size=self.demo_minibatch_size,
+                n_disc_updates_per_round=self.n_disc_updates_per_round,
+                log_dir=self._scratch_dir.name,
+                disc_opt_cls=th.optim.Adam,
+                disc_opt_kwargs={"lr": self.disc_lr, **self.disc_opt_kwargs},
+                gen_train_timesteps=self.gen_train_timesteps,
+                gen_replay_buffer_capacity=self.gen_replay_buffer_capacity,
+                custom_logger=self._logger,
+                allow_variable_horizon=self.allow_variable_horizon,
+            )
+        if self.trainer_kind == "airl":
+            self.trainer.obs_normalizer = self._vec_normalize
+        # The generator's env: imitation's reward-wrapped VecEnv, the Tuple action space restored, the user's
+        # VecNormalize on top (re-pointed at the new chain, as sb3_cherry.demos.record_demos does)
+        generator_env: VecEnv = self.trainer.venv_train
+        if tuple_space is not None:
+            generator_env = VecTupleActionSpace(generator_env, tuple_space)
+        generator_env = OpaqueVecEnv(generator_env)
+        if self._vec_normalize is not None:
+            self._vec_normalize.venv = generator_env
+            generator_env = self._vec_normalize
+        generator.set_env(generator_env)
+
+    def _build_reward_net(self, observation_space: spaces.Space, action_space: spaces.Space) -> th.nn.Module:
+        from imitation.rewards import reward_nets
+        from imitation.util import networks
+
+        net_class: Any = self.reward_net_class or self.default_reward_net
+        if isinstance(net_class, str):
+            net_class = getattr(reward_nets, net_class, None)
+        if not (isinstance(net_class, type) and issubclass(net_class, reward_nets.RewardNet)):
+            raise ValueError(
+                f"{type(self).__name__}: reward_net_class must be an imitation.rewards.reward_nets.RewardNet subclass or "
+                f"its name (BasicRewardNet, BasicShapedRewardNet, ...), got {self.reward_net_class!r}."
+            )
+        kwargs = {"normalize_input_layer": networks.RunningNorm, **_resolve_reward_net_kwargs(self.reward_net_kwargs)}
+        if issubclass(net_class, reward_nets.BasicShapedRewardNet):
+            # potential shaping gamma * phi(s') - phi(s) with the generator's discount
+            kwargs.setdefault("discount_factor", float(self.generator.gamma))
+        return net_class(observation_space, action_space, **kwargs).to(self.generator.device)
+
+    def _demo_trajectories(self, venv: VecEnv) -> list[Any]:
+        """The demonstrations as imitation trajectories, checked against the spaces imitation sees."""
+        from imitation.data.types import Trajectory, TrajectoryWithRew
+
+        name = type(self).__name__
+        hint = "Record the demonstrations on the same environment (sb3_cherry.demos.record_demos or `sb3-cherry record`)."
+        if isinstance(self.demonstrations, (str, os.PathLike)):
+            source = str(self.demonstrations)
+            loaded = load_demos(self.demonstrations)
+        else:
+            source = "the given trajectories"
+            loaded = list(self.demonstrations)  # type: ignore[arg-type]
+        if len(loaded) == 0:
+            raise ValueError(f"{name}: no demonstrations in {source}.")
+        obs_shape = tuple(venv.observation_space.shape)  # type: ignore[arg-type]
+        act_shape = tuple(venv.action_space.shape)  # type: ignore[arg-type]
+        trajectories = []
+        for i, trajectory in enumerate(loaded):
+            if isinstance(trajectory.obs, dict) or hasattr(trajectory.obs, "dict_len"):
+                raise ValueError(f"{name}: demonstration {i} of {source} has Dict observations, which are not supported.")
+            obs, acts = np.asarray(trajectory.obs), np.asarray(trajectory.acts)
+            if obs.shape[1:] != obs_shape:
+                raise ValueError(
+                    f"{name}: demonstration {i} of {source} has observations of shape {obs.shape[1:]}, but the "
+                    f"environment's observation space {venv.observation_space} has shape {obs_shape}. {hint}"
+                )
+            if acts.shape[1:] != act_shape or acts.dtype == object:
+                what = "the flat encoding of the Tuple action space, " if isinstance(venv, VecFlatActionSpace) else ""
+                raise ValueError(
+                    f"{name}: demonstration {i} of {source} has actions of shape {acts.shape[1:]} ({acts.dtype}), but "
+                    f"the environment needs {what}shape {act_shape}. {hint}"
+                )
+            if isinstance(trajectory, Trajectory):
+                trajectories.append(trajectory)
+            else:
+                rews = np.asarray(getattr(trajectory, "rews", np.zeros(len(acts))), dtype=np.float32)
+                trajectories.append(TrajectoryWithRew(obs=obs, acts=acts, infos=None, terminal=trajectory.terminal, rews=rews))
+        n_transitions = sum(len(t.acts) for t in trajectories)
+        if n_transitions < self.demo_batch_size:
+            raise ValueError(
+                f"{name}: {source} holds {n_transitions} transitions, fewer than demo_batch_size={self.demo_batch_size}: "
+                "record more episodes or lower demo_batch_size."
+            )
+        return trajectories
+
+    def set_demonstrations(self, demonstrations: str | os.PathLike | Sequence[Any]) -> None:
+        """
+        Replace the demonstrations (e.g. after ``load`` without them).
+
+        :param demonstrations: a demonstration file or a list of trajectories (see the ``demonstrations`` argument)
+        :raises ValueError: the model has no environment, or the demonstrations do not fit it
+        """
+        if self.trainer is None:
+            raise ValueError(f"{type(self).__name__}: a model loaded without an environment cannot take demonstrations.")
+        previous, self.demonstrations = self.demonstrations, demonstrations
+        try:
+            self.trainer.set_demonstrations(self._demo_trajectories(self.trainer.venv))
+        except Exception:
+            self.demonstrations = previous
+            raise
+
+    # ---------------------------------------------------------------------------------------------------- logging
+    def _make_logger(self, tb_log_name: str | None, reset_num_timesteps: bool) -> Logger:
+        """
+        imitation's HierarchicalLogger writing like SB3's default logger: stdout when ``verbose >= 1``, tensorboard in
+        ``<tensorboard_log>/<tb_log_name>_<run>`` when ``tensorboard_log`` is set (per-update discriminator values under
+        ``raw/``, stdout excluded). Without tensorboard, imitation's scratch folders go to a temporary directory.
+        """
+        from imitation.util.logger import HierarchicalLogger
+        from stable_baselines3.common.logger import configure
+
+        formats = ["stdout"] if self.verbose >= 1 and tb_log_name is not None else []
+        folder = self._scratch_dir.name
+        if self.tensorboard_log is not None and tb_log_name is not None:
+            latest_run_id = get_latest_run_id(self.tensorboard_log, tb_log_name)
+            if not reset_num_timesteps:
+                latest_run_id -= 1  # continue in the same folder
+            folder = os.path.join(self.tensorboard_log, f"{tb_log_name}_{latest_run_id + 1}")
+            formats.append("tensorboard")
+        return HierarchicalLogger(configure(folder, formats), [f for f in formats if f != "stdout"])
+
+    # --------------------------------------------------------------------------------------------------- training
+    def _end_of_rollout(self) -> None:
+        """After a rollout: once ``gen_train_timesteps`` transitions are buffered, run a discriminator round."""
+        if self.trainer.venv_buffering.n_transitions >= self.trainer.gen_train_timesteps:
+            self._store_generator_samples()
+            from imitation.util import networks
+
+            for _ in range(self.n_disc_updates_per_round):
+                with networks.training(self.trainer.reward_train):
+                    self.trainer.train_disc()
+
+    def _store_generator_samples(self) -> None:
+        """
+        Move the buffered generator transitions to the discriminator's replay buffer (what imitation's ``train_gen``
+        does after ``gen_algo.learn``).
+        """
+        from imitation.data import rollout
+
+        trajectories, episode_lengths = self.trainer.venv_buffering.pop_trajectories()
+        self.trainer._check_fixed_horizon(episode_lengths)
+        if len(trajectories) > 0:
+            self.trainer._gen_replay_buffer.store(rollout.flatten_trajectories_with_rew(trajectories))
+        self.trainer._global_step += 1
+
+    def learn(
+        self: SelfAdversarialImitation,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int | None = 1,
+        tb_log_name: str | None = None,
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfAdversarialImitation:
+        """
+        Train the generator for ``total_timesteps`` environment steps on the discriminator's reward, with a
+        discriminator round (``n_disc_updates_per_round`` updates) after each rollout (see the class docstring).
+
+        :param total_timesteps: generator environment steps (all envs together; rounded up to whole rollouts)
+        :param callback: callback(s) of the generator's ``learn`` (EvalCallback, CheckpointCallback, ...: they see the
+            generator as ``self.model``)
+        :param log_interval: dump the logs every ``log_interval`` rollouts (None: never)
+        :param tb_log_name: the name of the run for TensorBoard logging (default: the class name)
+        :param reset_num_timesteps: whether or not to reset the current timestep number (used in logging)
+        :param progress_bar: display a progress bar using tqdm and rich
+        :return: the trained model
+        :raises ValueError: without environment or demonstrations
+        """
+        name = type(self).__name__
+        if self.trainer is None:
+            raise ValueError(f"{name}.learn needs an environment: {name}.load(path, env=..., demonstrations=...).")
+        if self.demonstrations is None:
+            raise ValueError(
+                f"{name}.learn needs demonstrations: pass demonstrations=<a file written by sb3_cherry.demos.record_demos "
+                f"or `sb3-cherry record`> or a list of trajectories (also to {name}.load)."
+            )
+        if self._logger is not None:
+            self._logger.close()
+        self._logger = self._make_logger(tb_log_name or name, reset_num_timesteps)
+        self.trainer.logger = self._logger
+        self.generator.set_logger(self._logger)
+        if reset_num_timesteps and self.trainer.venv_buffering.n_transitions > 0:
+            # the generator resets the env, which imitation's BufferingWrapper refuses while it holds transitions
+            self._store_generator_samples()
+        if callback is None:
+            callback = []
+        callbacks = [_DiscriminatorRounds(self), self.trainer.gen_callback]
+        callbacks += callback if isinstance(callback, list) else [callback]
+        self.generator.learn(
+            total_timesteps=total_timesteps,
+            callback=callbacks,
+            log_interval=log_interval,  # type: ignore[arg-type]
+            tb_log_name=tb_log_name or name,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )
+        return self
+
+    # ------------------------------------------------------------------------------------------------- prediction
+    def predict(
+        self,
+        observation: np.ndarray | dict[str, np.ndarray],
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[Any, tuple[np.ndarray, ...] | None]:
+        """
+        The generator's action(s) (its ``predict``: tuples for ``Tuple`` action spaces).
+
+        :param observation: the input observation (normalised, when the env has a ``VecNormalize``)
+        :param state: the last hidden states (recurrent generators)
+        :param episode_start: the last masks (recurrent generators)
+        :param deterministic: whether or not to return deterministic actions
+        :return: the model's action and the next hidden state
+        """
+        return self.generator.predict(observation, state=state, episode_start=episode_start, deterministic=deterministic)
+
+    @property
+    def policy(self) -> BasePolicy:
+        """The generator's policy."""
+        return self.generator.policy
+
+    @property
+    def env(self) -> VecEnv | None:
+        """The generator's environment (the VecEnv chain described in :mod:`sb3_cherry.adversarial.wrappers`)."""
+        return self.generator.env
+
+    @property
+    def num_timesteps(self) -> int:
+        """Generator environment steps so far."""
+        return self.generator.num_timesteps
+
+    @property
+    def logger(self) -> Logger:
+        """The logger of the generator and the discriminator (imitation's HierarchicalLogger)."""
+        return self.generator.logger
+
+    @property
+    def observation_space(self) -> spaces.Space:
+        return self.generator.observation_space
+
+    @property
+    def action_space(self) -> spaces.Space:
+        return self.generator.action_space
+
+    def get_env(self) -> VecEnv | None:
+        """
+        :return: the generator's environment
+        """
+        return self.generator.get_env()
+
+    def get_vec_normalize_env(self) -> VecNormalize | None:
+        """
+        :return: the user's ``VecNormalize`` (its statistics are what evaluation needs), or None
+        """
+        return self.generator.get_vec_normalize_env()
+
+    # -------------------------------------------------------------------------------------------------- save/load
+    def save(self, path: str | os.PathLike) -> None:
+        """
+        Save the generator as a normal model file (``path``, ``.zip`` appended when there is no suffix; load it with
+        ``PPORollback.load``, ``sb3-cherry evaluate/enjoy --algo ppo_rollback``) and the reward net's ``state_dict``
+        next to it (:func:`reward_net_path`). Both writes are atomic. The discriminator's optimizer state, imitation's
+        replay buffer and the constructor arguments of this class are not saved (pass them again to :meth:`load`).
+
+        :param path: path to the model file
+        """
+        self.generator.save(resolve_zip_path(path))
+        state_dict = {key: value.detach().cpu() for key, value in self.reward_net.state_dict().items()}
+        atomic_write(reward_net_path(path), lambda file: th.save(state_dict, file))
+
+    def load_reward_net(self, path: str | os.PathLike) -> None:
+        """
+        Load a reward net ``state_dict`` (``th.load(..., weights_only=True)``) into :attr:`reward_net`.
+
+        :param path: the reward net file
+        :raises ValueError: not a torch file, or a reward net of another architecture
+        """
+        name = type(self).__name__
+        try:
+            state_dict = th.load(path, map_location=self.generator.device, weights_only=True)
+        except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for foreign files
+            raise ValueError(f"{name}.load: {path} is not a reward net state_dict saved by {name}.save ({exc}).") from exc
+        if not isinstance(state_dict, dict):
+            raise ValueError(f"{name}.load: {path} holds a {type(state_dict).__name__}, not a reward net state_dict.")
+        try:
+            self.reward_net.load_state_dict(state_dict)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"{name}.load: the reward net in {path} does not fit the one built from reward_net_class / reward_net_kwargs "
+                f"(pass the values used for training): {exc}"
+            ) from exc
+
+    @classmethod
+    def load(
+        cls: type[SelfAdversarialImitation],
+        path: str | os.PathLike,
+        env: GymEnv | None = None,
+        demonstrations: str | os.PathLike | Sequence[Any] | None = None,
+        device: th.device | str = "auto",
+        custom_objects: dict[str, Any] | None = None,
+        print_system_info: bool = False,
+        force_reset: bool = True,
+        **kwargs: Any,
+    ) -> SelfAdversarialImitation:
+        """
+        Load a model saved with :meth:`save`: the generator (its class detected from the file unless
+        ``generator_class`` is given) and the reward net next to it (a warning, and an untrained reward net, if the
+        file is missing: e.g. an EvalCallback's ``best_model.zip``).
+
+        :param path: path to the model file
+        :param env: the environment to keep training on (None: prediction only)
+        :param demonstrations: the demonstrations to keep training with
+        :param device: device of the generator and the reward net
+        :param custom_objects: objects to replace upon loading the generator (see SB3's ``load``)
+        :param print_system_info: print the system info of the saved generator and the current one
+        :param force_reset: force a call to ``reset()`` before training
+        :param kwargs: other constructor arguments (``reward_net_kwargs``, ``demo_batch_size``, ...);
+            ``generator_kwargs`` change the loaded generator's hyperparameters
+        :return: the loaded model
+        """
+        import_imitation(cls.__name__)
+        check_model_file(path, cls.__name__)
+        generator_class = resolve_generator_class(kwargs.pop("generator_class", None) or _detect_generator_class(path))
+        kwargs.pop("policy", None)
+        kwargs.pop("policy_kwargs", None)  # stored in the generator's file
+        generator = generator_class.load(
+            path,
+            env=env,
+            device=device,
+            custom_objects=custom_objects,
+            print_system_info=print_system_info,
+            force_reset=force_reset,
+            **(kwargs.pop("generator_kwargs", None) or {}),
+        )
+        if kwargs.get("seed") is not None:
+            generator.set_random_seed(kwargs["seed"])
+        if "verbose" in kwargs:
+            generator.verbose = kwargs["verbose"]
+        model = cls(
+            policy=generator.policy_class,
+            env=None,
+            demonstrations=demonstrations,
+            generator_class=generator_class,
+            device=device,
+            _init_setup_model=False,
+            **kwargs,
+        )
+        model._setup_model(generator=generator)
+        reward_file = reward_net_path(path)
+        if reward_file.exists():
+            model.load_reward_net(reward_file)
+        else:
+            warnings.warn(f"{cls.__name__}.load: no reward net file {reward_file}; the reward net starts untrained.")
+        return model

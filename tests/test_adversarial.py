@@ -1,0 +1,464 @@
+"""GAIL / AIRL adapters over imitation: runs, save/load, Tuple actions, VecNormalize, errors, zoo; slow CartPole GAIL."""
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch as th
+import yaml
+from gymnasium import spaces
+from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.vec_env import VecNormalize
+
+import sb3_cherry
+from sb3_cherry import PPORollback, RecurrentPPORollback
+from sb3_cherry.adversarial import AIRL, GAIL, reward_net_path
+from sb3_cherry.adversarial.wrappers import canonical_flat_actions
+from sb3_cherry.common.zoo_config import load_zoo_entry
+from sb3_cherry.demos import load_demos, record_demos
+from sb3_cherry.envs.hybrid_goal import expert_action
+
+ALGOS = [GAIL, AIRL]
+SMALL = dict(
+    generator_kwargs=dict(n_steps=128, batch_size=128, n_epochs=2),
+    demo_batch_size=256,
+    allow_variable_horizon=True,  # CartPole-v1 ends episodes on failure
+    seed=0,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    # Tiny networks: extra threads only add contention on a shared machine
+    n_threads = th.get_num_threads()
+    th.set_num_threads(1)
+    yield
+    th.set_num_threads(n_threads)
+
+
+class ScriptedModel:
+    """An "expert" from a function of the (batched) observations."""
+
+    def __init__(self, policy):
+        self.policy = policy
+
+    def predict(self, obs, state=None, episode_start=None, deterministic=True):
+        return self.policy(obs), state
+
+
+def balance(obs):
+    """Hand-written CartPole controller (keeps the pole up for the 500 steps)."""
+    return (obs[:, 2] + 0.5 * obs[:, 3] + 0.1 * obs[:, 1] > 0).astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def cartpole_demos(tmp_path_factory):
+    path = tmp_path_factory.mktemp("demos") / "cartpole.npz"
+    trajectories = record_demos(ScriptedModel(balance), "CartPole-v1", n_episodes=4, path=path, seed=0)
+    assert all(len(t) == 500 for t in trajectories)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def hybrid_demos(tmp_path_factory):
+    path = tmp_path_factory.mktemp("demos") / "hybrid.npz"
+    expert = ScriptedModel(lambda obs: [expert_action(o) for o in obs])
+    record_demos(expert, "sb3_cherry/HybridGoal-v0", n_episodes=20, path=path, seed=0)
+    return str(path)
+
+
+@pytest.fixture
+def zoo_with_adversarial(monkeypatch):
+    """``gail`` / ``airl`` in ``sb3_cherry.zoo_algorithms()`` (a no-op once the package registers them)."""
+    algos = sb3_cherry.zoo_algorithms()
+    if "gail" not in algos or "airl" not in algos:
+        monkeypatch.setattr(sb3_cherry, "zoo_algorithms", lambda: {**algos, "gail": GAIL, "airl": AIRL})
+
+
+def cartpole(n_envs=4, seed=0):
+    return make_vec_env("CartPole-v1", n_envs=n_envs, seed=seed)
+
+
+def demo_observations(path, n=64):
+    return np.concatenate([np.asarray(t.obs[:-1]) for t in load_demos(path)])[:n]
+
+
+def assert_state_dicts_equal(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert th.equal(a[key].cpu(), b[key].cpu()), key
+
+
+# ------------------------------------------------------------------------------------------------------- imitation
+def test_import_without_imitation():
+    """``import sb3_cherry`` / ``sb3_cherry.adversarial`` neither need nor import imitation."""
+    code = (
+        "import sys\n"
+        "sys.modules['imitation'] = None\n"
+        "import sb3_cherry, sb3_cherry.adversarial\n"
+        "from sb3_cherry.adversarial import AIRL, GAIL\n"
+        "assert not [m for m in sys.modules if m.startswith('imitation.')], 'imitation submodule imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_missing_imitation_says_how_to_install(monkeypatch, cartpole_demos, tmp_path, algo):
+    monkeypatch.setitem(sys.modules, "imitation", None)
+    for make in (
+        lambda: algo("MlpPolicy", "CartPole-v1", demonstrations=cartpole_demos),
+        lambda: algo.load(tmp_path / "model.zip"),
+    ):
+        with pytest.raises(ImportError) as info:
+            make()
+        message = str(info.value)
+        assert f"{algo.__name__} needs the `imitation` package" in message
+        assert "pip install --no-deps imitation==1.0.1" in message
+        assert 'pip install "sb3_cherry[imitation]"' in message
+
+
+# ---------------------------------------------------------------------------------------------------------- runs
+@pytest.mark.parametrize("algo", ALGOS)
+def test_run_cartpole(cartpole_demos, algo):
+    model = algo("MlpPolicy", cartpole(), demonstrations=cartpole_demos, n_disc_updates_per_round=3, **SMALL)
+    initial = {key: value.clone() for key, value in model.reward_net.state_dict().items()}
+    model.learn(2048)
+    assert model.num_timesteps == 2048
+    assert model.trainer._disc_step == 4 * 3  # a round of 3 updates after each of the 4 rollouts (4 envs x 128 steps)
+    assert model.trainer._gen_replay_buffer.size() == 512
+    changed = [key for key, value in model.reward_net.state_dict().items() if not th.equal(value, initial[key])]
+    assert changed, "the discriminator did not train"
+    obs = demo_observations(cartpole_demos)
+    actions, _ = model.predict(obs, deterministic=True)
+    assert actions.shape == (len(obs),)
+
+
+def test_gen_train_timesteps_spaces_the_rounds(cartpole_demos):
+    model = GAIL("MlpPolicy", cartpole(), demonstrations=cartpole_demos, gen_train_timesteps=1024, **SMALL)
+    model.learn(2048)
+    assert model.trainer._disc_step == 2 * 2  # every second rollout, 2 updates each (the default)
+
+
+def test_same_seed_same_result(cartpole_demos):
+    models = [GAIL("MlpPolicy", cartpole(), demonstrations=cartpole_demos, **SMALL).learn(1024) for _ in range(2)]
+    assert_state_dicts_equal(models[0].generator.policy.state_dict(), models[1].generator.policy.state_dict())
+    assert_state_dicts_equal(models[0].reward_net.state_dict(), models[1].reward_net.state_dict())
+
+
+def test_schedules_follow_the_whole_budget(cartpole_demos):
+    """One ``generator.learn`` call for the budget: schedules see progress 1 -> 0, not 0 every round."""
+    seen = []
+
+    def learning_rate(progress_remaining):
+        seen.append(progress_remaining)
+        return 3e-4
+
+    kwargs = {**SMALL, "generator_kwargs": {**SMALL["generator_kwargs"], "learning_rate": learning_rate}}
+    model = GAIL("MlpPolicy", cartpole(), demonstrations=cartpole_demos, **kwargs)
+    seen.clear()
+    model.learn(2048)
+    np.testing.assert_allclose(sorted(set(seen), reverse=True), [0.75, 0.5, 0.25, 0.0])
+
+
+def test_callbacks_and_logging(cartpole_demos, tmp_path):
+    class Recorder(BaseCallback):
+        def __init__(self):
+            super().__init__()
+            self.starts, self.steps, self.values = 0, 0, {}
+
+        def _on_training_start(self):
+            self.starts += 1
+
+        def _on_step(self):
+            self.steps += 1
+            return self.num_timesteps < 1024  # stop early
+
+        def _on_rollout_end(self):
+            # after the discriminator round (the adapter's callback runs first), before SB3 dumps the logs
+            self.values.update(getattr(self.logger, "default_logger", self.logger).name_to_value)
+
+    recorder = Recorder()
+    model = GAIL("MlpPolicy", cartpole(), demonstrations=cartpole_demos, tensorboard_log=str(tmp_path), **SMALL)
+    model.learn(4096, callback=recorder)
+    assert recorder.starts == 1
+    assert model.num_timesteps == 1024  # the callback stopped training
+    assert {"mean/disc/disc_loss", "mean/disc/disc_acc"} <= set(recorder.values)
+    assert list((tmp_path / "GAIL_1").glob("events.out.tfevents.*"))
+    assert list((tmp_path / "GAIL_1" / "raw" / "disc").glob("events.out.tfevents.*"))
+
+
+# ----------------------------------------------------------------------------------------------------- save/load
+@pytest.mark.parametrize("algo", ALGOS)
+def test_save_load_round_trip(cartpole_demos, tmp_path, algo):
+    model = algo("MlpPolicy", cartpole(), demonstrations=cartpole_demos, **SMALL).learn(1024)
+    model.save(tmp_path / "model")
+    assert (tmp_path / "model.zip").exists()
+    assert reward_net_path(tmp_path / "model") == tmp_path / "model_reward_net.pt"
+    assert reward_net_path(tmp_path / "model.zip") == tmp_path / "model_reward_net.pt"
+    obs = demo_observations(cartpole_demos)
+    expected, _ = model.predict(obs, deterministic=True)
+
+    # the generator is a normal PPORollback model
+    generator = PPORollback.load(tmp_path / "model.zip")
+    np.testing.assert_array_equal(generator.predict(obs, deterministic=True)[0], expected)
+    # the reward net a plain state_dict
+    state_dict = th.load(tmp_path / "model_reward_net.pt", weights_only=True)
+    assert_state_dicts_equal(state_dict, model.reward_net.state_dict())
+
+    loaded = algo.load(tmp_path / "model", env=cartpole(), demonstrations=cartpole_demos, **SMALL)
+    assert type(loaded.generator) is PPORollback
+    np.testing.assert_array_equal(loaded.predict(obs, deterministic=True)[0], expected)
+    assert_state_dicts_equal(loaded.reward_net.state_dict(), model.reward_net.state_dict())
+    loaded.learn(512, reset_num_timesteps=False)
+    assert loaded.num_timesteps == 1024 + 512
+
+    # prediction only
+    predictor = algo.load(tmp_path / "model.zip")
+    np.testing.assert_array_equal(predictor.predict(obs, deterministic=True)[0], expected)
+    with pytest.raises(ValueError, match="needs an environment"):
+        predictor.learn(512)
+
+
+def test_load_reward_net_errors(cartpole_demos, tmp_path):
+    model = GAIL("MlpPolicy", cartpole(), demonstrations=cartpole_demos, **SMALL)
+    model.save(tmp_path / "model")
+    with pytest.raises(ValueError, match="does not fit"):
+        GAIL.load(tmp_path / "model", reward_net_kwargs=dict(hid_sizes=[8]))
+    (tmp_path / "model_reward_net.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match=r"model_reward_net\.pt is not a reward net state_dict"):
+        GAIL.load(tmp_path / "model")
+    (tmp_path / "model_reward_net.pt").unlink()
+    with pytest.warns(UserWarning, match="no reward net file"):
+        GAIL.load(tmp_path / "model")
+
+
+# -------------------------------------------------------------------------------------------- Tuple / recurrent
+def test_canonical_flat_actions():
+    space = spaces.Tuple((spaces.Discrete(3), spaces.Box(-1, 1, (2,), np.float32)))
+    flat = np.array([[1.6, 3.0, -0.5], [0.2, -2.0, 0.25]], dtype=np.float32)
+    expected = np.array([[2.0, 1.0, -0.5], [0.0, -1.0, 0.25]], dtype=np.float32)
+    np.testing.assert_array_equal(canonical_flat_actions(space, flat, 2), expected)
+    tuples = [(2, np.array([3.0, -0.5])), (0, np.array([-2.0, 0.25]))]
+    np.testing.assert_array_equal(canonical_flat_actions(space, tuples, 2), expected)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_tuple_actions_hybrid_goal(hybrid_demos, tmp_path, algo):
+    env = make_vec_env("sb3_cherry/HybridGoal-v0", n_envs=2, seed=0)
+    tuple_space = env.action_space
+    model = algo(
+        "MlpPolicy",
+        env,
+        demonstrations=hybrid_demos,
+        generator_kwargs=dict(n_steps=64, batch_size=64, n_epochs=2),
+        demo_batch_size=32,
+        allow_variable_horizon=True,
+        seed=0,
+    )
+    # the reward net sees the flat encoding: club index + putt (2) + chip (1) + drive (1)
+    assert model.reward_net.action_space == spaces.Box(-np.inf, np.inf, (5,), np.float32)
+    assert model.action_space == tuple_space
+    model.learn(256)
+    assert model.num_timesteps == 256
+    # generator transitions: the flat encoding of the executed actions, as the demonstration files store them
+    acts = model.trainer._gen_replay_buffer._buffer._arrays["acts"][: model.trainer._gen_replay_buffer.size()]
+    np.testing.assert_array_equal(acts, canonical_flat_actions(tuple_space, acts, len(acts)))
+    assert set(np.unique(acts[:, 0])) <= {0.0, 1.0, 2.0}
+    assert acts[:, 1:4].min() >= -1 and acts[:, 1:4].max() <= 1 and acts[:, 4].min() >= 0 and acts[:, 4].max() <= 2
+    demo_acts = np.concatenate([t.acts for t in load_demos(hybrid_demos)])
+    assert demo_acts.shape[1:] == acts.shape[1:] and demo_acts.dtype == acts.dtype
+
+    obs = np.concatenate([np.asarray(t.obs[:-1]) for t in load_demos(hybrid_demos)])[:16]
+    actions, _ = model.predict(obs, deterministic=True)
+    assert all(tuple_space.contains(action) for action in actions)
+    model.save(tmp_path / "hybrid")
+    generator = PPORollback.load(tmp_path / "hybrid.zip")
+    for ours, theirs in zip(actions, generator.predict(obs, deterministic=True)[0], strict=True):
+        assert ours[0] == theirs[0]
+        for a, b in zip(ours[1], theirs[1], strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_recurrent_generator(cartpole_demos, tmp_path):
+    model = GAIL(
+        "MlpLstmPolicy",
+        cartpole(n_envs=2),
+        demonstrations=cartpole_demos,
+        generator_class="recurrent_ppo_rollback",
+        generator_kwargs=dict(n_steps=64, batch_size=64, n_epochs=1),
+        policy_kwargs=dict(lstm_hidden_size=16),
+        demo_batch_size=128,
+        allow_variable_horizon=True,
+        seed=0,
+    )
+    model.learn(256)
+    model.save(tmp_path / "lstm")
+    obs = demo_observations(cartpole_demos, 8)
+    starts = np.ones(len(obs), dtype=bool)
+    expected, _ = model.predict(obs, episode_start=starts, deterministic=True)
+    generator = RecurrentPPORollback.load(tmp_path / "lstm.zip")
+    np.testing.assert_array_equal(generator.predict(obs, episode_start=starts, deterministic=True)[0], expected)
+    loaded = GAIL.load(tmp_path / "lstm")  # the generator class is read from the file
+    assert type(loaded.generator) is RecurrentPPORollback
+    np.testing.assert_array_equal(loaded.predict(obs, episode_start=starts, deterministic=True)[0], expected)
+    with pytest.raises(ValueError, match="recurrent policy"):
+        AIRL("MlpLstmPolicy", cartpole(n_envs=2), demonstrations=cartpole_demos, generator_class="recurrent_ppo_rollback")
+
+
+# ------------------------------------------------------------------------------------------------ VecNormalize
+@pytest.mark.parametrize("algo", ALGOS)
+def test_vec_normalize_and_eval_callback(tmp_path, algo):
+    """The discriminator sees raw observations, the policy normalised ones; EvalCallback syncs the statistics."""
+
+    def swing(obs):
+        return np.clip(-2 * obs[:, 1:2] - 0.5 * obs[:, 2:3], -2, 2).astype(np.float32)
+
+    path = tmp_path / "pendulum.npz"
+    record_demos(ScriptedModel(swing), "Pendulum-v1", n_episodes=2, path=path, seed=0)
+    env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=2, seed=0))
+    eval_env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=1, seed=5), training=False, norm_reward=False)
+    model = algo(
+        "MlpPolicy",
+        env,
+        demonstrations=path,
+        generator_kwargs=dict(n_steps=64, batch_size=64, n_epochs=2),
+        demo_batch_size=128,
+        seed=0,
+    )
+    callback = EvalCallback(eval_env, eval_freq=64, n_eval_episodes=1, log_path=str(tmp_path), verbose=0)
+    model.learn(512, callback=callback)
+    assert model.get_vec_normalize_env() is env
+    assert env.obs_rms.count > 500
+    np.testing.assert_array_equal(eval_env.obs_rms.mean, env.obs_rms.mean)  # synchronised at the last evaluation
+    assert (tmp_path / "evaluations.npz").exists()
+    buffer = model.trainer._gen_replay_buffer
+    obs = buffer._buffer._arrays["obs"][: buffer.size()]
+    np.testing.assert_allclose(obs[:, 0] ** 2 + obs[:, 1] ** 2, 1.0, atol=1e-4)  # raw (cos, sin, speed)
+
+
+# ------------------------------------------------------------------------------------------------------ errors
+def test_bad_input_errors(cartpole_demos, tmp_path):
+    pendulum = tmp_path / "pendulum.npz"
+    record_demos(ScriptedModel(lambda obs: np.zeros((len(obs), 1), np.float32)), "Pendulum-v1", 1, pendulum, seed=0)
+    with pytest.raises(ValueError, match=r"observations of shape \(3,\).*shape \(4,\)"):
+        GAIL("MlpPolicy", cartpole(), demonstrations=pendulum, demo_batch_size=64)
+    with pytest.raises(ValueError, match="fewer than demo_batch_size=4096"):
+        GAIL("MlpPolicy", cartpole(), demonstrations=cartpole_demos, demo_batch_size=4096)
+    with pytest.raises(ValueError, match="needs demonstrations"):
+        GAIL("MlpPolicy", cartpole(), **SMALL).learn(512)
+    with pytest.raises(ValueError, match="disc_lr"):
+        GAIL("MlpPolicy", cartpole(), disc_opt_kwargs=dict(lr=1e-4))
+    with pytest.raises(ValueError, match=r"pass \['seed'\] to GAIL directly"):
+        GAIL("MlpPolicy", cartpole(), generator_kwargs=dict(seed=1))
+    with pytest.raises(ValueError, match="Unknown generator_class 'sac'"):
+        GAIL("MlpPolicy", cartpole(), generator_class="sac")
+    with pytest.raises(ValueError, match="reward_net_class"):
+        GAIL("MlpPolicy", cartpole(), reward_net_class="NoSuchNet")
+    with pytest.raises(ValueError, match="normalize_input_layer"):
+        GAIL("MlpPolicy", cartpole(), reward_net_kwargs=dict(normalize_input_layer="NoSuchNorm"))
+    with pytest.raises(ValueError, match="Dict observation spaces"):
+        GAIL("MultiInputPolicy", make_vec_env("sb3_cherry/DictReach-v0", n_envs=1))
+    # imitation's own check: CartPole-v1 episodes differ in length
+    model = GAIL("MlpPolicy", cartpole(), demonstrations=cartpole_demos, demo_batch_size=256)
+    with pytest.raises(ValueError, match="allow_variable_horizon=True"):
+        model.learn(2048)
+
+
+# --------------------------------------------------------------------------------------------------------- zoo
+def test_zoo_config_validates(zoo_with_adversarial):
+    from sb3_cherry.cli import validate_config
+
+    with open("zoo_configs/gail.yml") as file:
+        config = yaml.safe_load(file)
+    assert set(config) == {"CartPole-v1", "BipedalWalker-v3"}
+    for env_id, entry in config.items():
+        assert "demonstrations" in entry, env_id
+        validate_config("zoo_configs/gail.yml", "gail", env_id)
+
+
+def test_sb3_cherry_train(zoo_with_adversarial, monkeypatch, cartpole_demos, tmp_path):
+    """``sb3-cherry train --algo gail`` (rl_zoo3 with EvalCallback and tensorboard), then the model loads as PPORollback."""
+    import rl_zoo3.utils
+
+    from sb3_cherry.cli import main
+
+    monkeypatch.setitem(rl_zoo3.utils.ALGOS, "gail", GAIL)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    with open("zoo_configs/gail.yml") as file:
+        entry = yaml.safe_load(file)["CartPole-v1"]
+    entry.update(demonstrations=cartpole_demos, demo_batch_size=256, n_envs=4)
+    entry["generator_kwargs"]["n_steps"] = 64
+    config = tmp_path / "gail.yml"
+    config.write_text(yaml.safe_dump({"CartPole-v1": entry}))
+    args = ["train", "--algo", "gail", "--env", "CartPole-v1", "-c", str(config), "-f", str(tmp_path / "logs")]
+    main([*args, "-n", "1024", "--seed", "0", "--eval-freq", "256", "--eval-episodes", "2", "-tb", str(tmp_path / "tb")])
+    exp = tmp_path / "logs" / "gail" / "CartPole-v1_1"
+    assert (exp / "CartPole-v1_reward_net.pt").exists()
+    assert (exp / "best_model.zip").exists()
+    model = PPORollback.load(exp / "CartPole-v1.zip")
+    assert model.num_timesteps == 1024
+
+
+# -------------------------------------------------------------------------------------------------------- slow
+class _Curve(BaseCallback):
+    """Deterministic mean return every ``every`` generator steps."""
+
+    def __init__(self, every: int):
+        super().__init__()
+        self.every, self.next, self.points = every, every, []
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self.next:
+            mean, _ = evaluate_policy(self.model, make_vec_env("CartPole-v1", seed=1000 + self.next), n_eval_episodes=5)
+            self.points.append((self.num_timesteps, float(mean)))
+            self.next += self.every
+        return True
+
+
+@pytest.mark.slow
+def test_gail_cartpole(zoo_with_adversarial, tmp_path):
+    """
+    GAIL from 20 episodes of a PPORollback expert reaches >= 95% of the expert's return within 300k generator steps, and
+    picks the expert's action on most demonstrated states (the return alone does not show imitation on CartPole-v1).
+    """
+    start = time.time()
+    expert_entry = load_zoo_entry("ppo_rollback", "CartPole-v1")
+    expert_env = make_vec_env("CartPole-v1", n_envs=expert_entry.n_envs, seed=0)
+    expert = PPORollback(env=expert_env, seed=0, **expert_entry.model_kwargs)
+    expert.learn(expert_entry.n_timesteps)
+    expert_return, _ = evaluate_policy(expert, make_vec_env("CartPole-v1", seed=100), n_eval_episodes=20)
+    expert_time = time.time() - start
+    assert expert_return >= 475, expert_return
+    path = tmp_path / "cartpole.npz"
+    trajectories = record_demos(expert, "CartPole-v1", n_episodes=20, path=path, seed=0)
+    demo_return = float(np.mean([t.rews.sum() for t in trajectories]))
+
+    start = time.time()
+    entry = load_zoo_entry("gail", "CartPole-v1")
+    kwargs = {**entry.model_kwargs, "demonstrations": str(path)}
+    model = GAIL(env=make_vec_env("CartPole-v1", n_envs=entry.n_envs, seed=0), seed=0, **kwargs)
+    curve = _Curve(every=25_000)
+    model.learn(entry.n_timesteps, callback=curve)
+    gail_time = time.time() - start
+    gail_return, gail_std = evaluate_policy(model, make_vec_env("CartPole-v1", seed=100), n_eval_episodes=20)
+
+    # how often the imitator picks the expert's action on the demonstrated states
+    demo_obs = np.concatenate([t.obs[:-1] for t in trajectories])
+    demo_acts = np.concatenate([t.acts for t in trajectories])
+    agreement = float(np.mean(model.predict(demo_obs, deterministic=True)[0] == demo_acts))
+    first = next((steps for steps, value in curve.points if value >= 0.95 * expert_return), None)
+    print(
+        f"\nexpert (PPORollback, {expert_entry.n_timesteps} steps, {expert_time:.0f} s): {expert_return:.1f} over 20 "
+        f"episodes; demonstrations: 20 episodes, mean return {demo_return:.1f}\n"
+        f"GAIL ({model.num_timesteps} generator steps, {gail_time:.0f} s): {gail_return:.1f} +- {gail_std:.1f} over 20 "
+        f"episodes; first >= 95% of the expert at {first} steps; action agreement on demo states {agreement:.3f}\n"
+        f"curve (steps, mean return over 5 episodes): {curve.points}"
+    )
+    assert gail_return >= 0.95 * expert_return
+    # On CartPole-v1 the positive GAIL reward alone (an untrained discriminator: n_disc_updates_per_round=0) also
+    # reaches 500 within this budget, with 0.49 agreement (chance); measured here: GAIL 0.79, AIRL 0.90.
+    assert agreement >= 0.7
