@@ -31,4 +31,4 @@ def zoo_algorithms() -> dict[str, type]:
     }
 
 
-__all__ = ["AIRL", "BCO", "GAIL", "CherryA2C", "PPORollback", "RecurrentPPORollback", "zoo_algorithms"]  # noqa: RUF022
+__all__ = ["AIRL", "BCO", "GAIL", "CherryA2C", "PPORollback", "RecurrentPPORollback", "zoo_algorithms"]
