@@ -1,7 +1,5 @@
-import io
 import math
 import os
-import pathlib
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -26,77 +24,14 @@ from sb3_cherry.bco.policies import (
     flat_columns,
 )
 from sb3_cherry.common.policies import CherryActorCriticPolicy
-from sb3_cherry.common.save_util import atomic_write, check_model_file, resolve_zip_path
+from sb3_cherry.common.save_util import AtomicSaveAlgorithm
 from sb3_cherry.common.spaces import flatten_action
 from sb3_cherry.common.vec_env.tuple_actions import VecTupleActions
 from sb3_cherry.demos import DemoTransitions, demos_to_transitions, load_demos
 
-SelfAtomicSaveAlgorithm = TypeVar("SelfAtomicSaveAlgorithm", bound="AtomicSaveAlgorithm")
 SelfBCO = TypeVar("SelfBCO", bound="BCO")
 
 Observation = np.ndarray | dict[str, np.ndarray]
-
-
-class AtomicSaveAlgorithm(BaseAlgorithm):
-    """
-    ``BaseAlgorithm`` whose ``save`` is atomic and whose ``load`` checks the file first (the behaviour of
-    :class:`sb3_cherry.common.on_policy.CherryOnPolicyAlgorithm`, for algorithms that are not on-policy). Put it before
-    the SB3 base in the bases of an algorithm: ``class BCO(AtomicSaveAlgorithm)``.
-    """
-
-    def save(
-        self,
-        path: str | pathlib.Path | io.BufferedIOBase,
-        exclude: Iterable[str] | None = None,
-        include: Iterable[str] | None = None,
-    ) -> None:
-        """
-        Save the model (SB3's zip format). Writing a path is atomic: the archive is written to a temporary file next
-        to it and renamed, so an interrupted save never destroys the previous checkpoint.
-
-        :param path: path to the file (``.zip`` is appended when there is no suffix) or a file object
-        :param exclude: names of parameters that should be excluded in addition to the default ones
-        :param include: names of parameters that might be excluded but should be included anyway
-        """
-        if isinstance(path, io.IOBase):
-            super().save(path, exclude=exclude, include=include)
-            return
-        atomic_write(resolve_zip_path(path), lambda f: super(AtomicSaveAlgorithm, self).save(f, exclude, include))
-
-    @classmethod
-    def load(  # type: ignore[override]
-        cls: type[SelfAtomicSaveAlgorithm],
-        path: str | pathlib.Path | io.BufferedIOBase,
-        env: GymEnv | None = None,
-        device: th.device | str = "auto",
-        custom_objects: dict[str, Any] | None = None,
-        print_system_info: bool = False,
-        force_reset: bool = True,
-        **kwargs: Any,
-    ) -> SelfAtomicSaveAlgorithm:
-        """
-        Load a model saved with ``save`` (SB3's ``load``, after checking the file is an SB3 model archive).
-
-        :param path: path to the file (or a file object)
-        :param env: the new environment to run the loaded model on (can be None if you only need prediction)
-        :param device: device on which the code should run
-        :param custom_objects: objects to replace upon loading (see SB3's ``load``)
-        :param print_system_info: print the system info of the saved model and the current one
-        :param force_reset: force a call to ``reset()`` before training
-        :param kwargs: extra arguments to change the model when loading
-        :return: the loaded model
-        :raises ValueError: the file is corrupt or not an SB3 model
-        """
-        check_model_file(path, cls.__name__)
-        return super().load(  # type: ignore[return-value]
-            path,
-            env=env,
-            device=device,
-            custom_objects=custom_objects,
-            print_system_info=print_system_info,
-            force_reset=force_reset,
-            **kwargs,
-        )
 
 
 def _obs_concat(parts: Sequence[Observation]) -> Observation:

@@ -11,25 +11,19 @@ only three hooks are added:
 - the default policies pick their action distribution from ``policy_kwargs["action_distribution"]``.
 """
 
-import io
-import pathlib
-from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import Any
 
-import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.type_aliases import GymEnv
 from stable_baselines3.common.vec_env import VecEnv, is_vecenv_wrapped
 
-from sb3_cherry.common.save_util import atomic_write, check_model_file, resolve_zip_path
 from sb3_cherry.common.buffers import CherryDictRolloutBuffer, CherryRolloutBuffer, ReturnsEstimatorMixin, check_estimator_args
+from sb3_cherry.common.save_util import AtomicSaveAlgorithm
 from sb3_cherry.common.vec_env.tuple_actions import VecTupleActions
 
-SelfCherryOnPolicyAlgorithm = TypeVar("SelfCherryOnPolicyAlgorithm", bound="CherryOnPolicyAlgorithm")
 
-
-class CherryOnPolicyAlgorithm(OnPolicyAlgorithm):
+class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
     """
     Mixin base adding Tuple action spaces and returns estimators to an SB3 on-policy algorithm.
 
@@ -101,57 +95,3 @@ class CherryOnPolicyAlgorithm(OnPolicyAlgorithm):
             self.policy.set_training_mode(False)
             self.rollout_buffer.recompute_returns_and_advantage(self.policy, self._last_obs)
             self.policy.set_training_mode(True)
-
-    def save(
-        self,
-        path: str | pathlib.Path | io.BufferedIOBase,
-        exclude: Iterable[str] | None = None,
-        include: Iterable[str] | None = None,
-    ) -> None:
-        """
-        Save the model (SB3's zip format). Writing a path is atomic: the archive is written to a temporary file next
-        to it and renamed, so an interrupted save never destroys the previous checkpoint.
-
-        :param path: path to the file (``.zip`` is appended when there is no suffix) or a file object
-        :param exclude: names of parameters that should be excluded in addition to the default ones
-        :param include: names of parameters that might be excluded but should be included anyway
-        """
-        if isinstance(path, io.IOBase):
-            super().save(path, exclude=exclude, include=include)
-            return
-        atomic_write(resolve_zip_path(path), lambda f: super(CherryOnPolicyAlgorithm, self).save(f, exclude, include))
-
-    @classmethod
-    def load(  # type: ignore[override]
-        cls: type[SelfCherryOnPolicyAlgorithm],
-        path: str | pathlib.Path | io.BufferedIOBase,
-        env: GymEnv | None = None,
-        device: th.device | str = "auto",
-        custom_objects: dict[str, Any] | None = None,
-        print_system_info: bool = False,
-        force_reset: bool = True,
-        **kwargs: Any,
-    ) -> SelfCherryOnPolicyAlgorithm:
-        """
-        Load a model saved with ``save`` (SB3's ``load``, after checking the file is an SB3 model archive).
-
-        :param path: path to the file (or a file object)
-        :param env: the new environment to run the loaded model on (can be None if you only need prediction)
-        :param device: device on which the code should run
-        :param custom_objects: objects to replace upon loading (see SB3's ``load``)
-        :param print_system_info: print the system info of the saved model and the current one
-        :param force_reset: force a call to ``reset()`` before training
-        :param kwargs: extra arguments to change the model when loading
-        :return: the loaded model
-        :raises ValueError: the file is corrupt or not an SB3 model
-        """
-        check_model_file(path, cls.__name__)
-        return super().load(  # type: ignore[return-value]
-            path,
-            env=env,
-            device=device,
-            custom_objects=custom_objects,
-            print_system_info=print_system_info,
-            force_reset=force_reset,
-            **kwargs,
-        )
