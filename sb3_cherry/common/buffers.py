@@ -135,17 +135,6 @@ class ReturnsEstimatorMixin:
         last = last_values.clone().cpu().numpy().flatten()
         self._estimate(self.values, last, None)
 
-    def compute_off_policy_returns(self, last_values: th.Tensor, dones: np.ndarray, log_ratios: np.ndarray) -> None:
-        """
-        Compute returns and advantages for data collected by another (behaviour) policy.
-
-        :param last_values: state value estimation for the last step (one for each env)
-        :param dones: if the last step was a terminal step (one bool for each env)
-        :param log_ratios: ``log pi(a|s) - log mu(a|s)``, shape ``(n_steps, n_envs)``
-        """
-        self.last_dones = np.asarray(dones, dtype=np.float32).copy()
-        self._estimate(self.values, last_values.clone().cpu().numpy().flatten(), log_ratios)
-
     def _unflat(self, arr: np.ndarray) -> np.ndarray:
         """Inverse of ``swap_and_flatten`` for per-step scalars: ``(n_steps * n_envs, ...)`` to ``(n_steps, n_envs)``."""
         return arr.reshape(self.n_envs, self.buffer_size).swapaxes(0, 1)

@@ -15,7 +15,7 @@ from gymnasium import spaces
 from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import CombinedExtractor, NatureCNN
-from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
+from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 
 from sb3_cherry.common.distributions import CherryDistribution, DistributionSpec, make_distribution, resolve_spec
@@ -154,9 +154,6 @@ class CherryActorCriticPolicy(ActorCriticPolicy):
             flat = self._predict(obs_tensor, deterministic=deterministic)
         actions = unflatten_actions(self.action_space, flat.cpu().numpy().reshape(-1, flat_action_dim(self.action_space)))
         return (actions if vectorized_env else actions[0]), state
-
-    def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:
-        return self.get_distribution(observation).get_actions(deterministic=deterministic)
 
 
 class CherryActorCriticCnnPolicy(CherryActorCriticPolicy):
