@@ -45,6 +45,9 @@ class CherryA2C(A2C, CherryOnPolicyAlgorithm):
     :param n_step: horizon of the ``"n_step"`` estimator
     :param rho_bar: V-trace truncation level of the importance weights in the TD errors
     :param c_bar: V-trace truncation level of the traces
+    :param collection: ``"sync"`` (collect, then train, as SB3) or ``"async"``: the updates run in a learner process
+        while the next rollout is collected with the previous weights (behaviour policy one update old; see
+        :mod:`sb3_cherry.common.async_learner`)
     :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
         the reported success rate, mean episode length, and mean reward over
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
@@ -84,6 +87,7 @@ class CherryA2C(A2C, CherryOnPolicyAlgorithm):
         n_step: int = 5,
         rho_bar: float = 1.0,
         c_bar: float = 1.0,
+        collection: str = "sync",
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -119,6 +123,8 @@ class CherryA2C(A2C, CherryOnPolicyAlgorithm):
         )
         # A2C makes one gradient step per rollout: there is no later epoch to recompute returns for
         self._init_estimator(returns_estimator, n_step, rho_bar, c_bar, recompute_returns=False)
+
+        self._init_collection(collection)
 
         if _init_setup_model:
             self._setup_model()

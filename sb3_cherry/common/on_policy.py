@@ -8,19 +8,24 @@ only three hooks are added:
 - ``Tuple`` action spaces are accepted, and the env is wrapped in :class:`VecTupleActions`;
 - the default rollout buffer is a :class:`CherryRolloutBuffer` carrying the returns estimator;
 - saving is atomic and loading a foreign or corrupt file fails with a clear message;
-- the default policies pick their action distribution from ``policy_kwargs["action_distribution"]``.
+- the default policies pick their action distribution from ``policy_kwargs["action_distribution"]``;
+- with ``collection="async"``, ``learn`` trains in a learner process while the next rollout is collected
+  (:mod:`sb3_cherry.common.async_learner`).
 """
 
-from typing import Any
+from typing import Any, TypeVar
 
 from gymnasium import spaces
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
-from stable_baselines3.common.type_aliases import GymEnv
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
 from stable_baselines3.common.vec_env import VecEnv, is_vecenv_wrapped
 
+from sb3_cherry.common.async_learner import AsyncLearner, check_collection
 from sb3_cherry.common.buffers import CherryDictRolloutBuffer, CherryRolloutBuffer, ReturnsEstimatorMixin, check_estimator_args
 from sb3_cherry.common.save_util import AtomicSaveAlgorithm
 from sb3_cherry.common.vec_env.tuple_actions import VecTupleActions
+
+SelfCherryOnPolicyAlgorithm = TypeVar("SelfCherryOnPolicyAlgorithm", bound="CherryOnPolicyAlgorithm")
 
 
 class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
@@ -36,6 +41,7 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
     rho_bar: float
     c_bar: float
     recompute_returns: bool
+    collection: str = "sync"
 
     def __init__(self, *args: Any, supported_action_spaces: tuple[type[spaces.Space], ...] | None = None, **kwargs: Any):
         if supported_action_spaces is not None and spaces.Tuple not in supported_action_spaces:
@@ -60,6 +66,15 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
         self.rho_bar = float(rho_bar)
         self.c_bar = float(c_bar)
         self.recompute_returns = bool(recompute_returns)
+
+    def _init_collection(self, collection: str) -> None:
+        """
+        Validate and store the collection mode.
+
+        :param collection: ``"sync"`` (collect, then train, as SB3) or ``"async"`` (train in a learner process while
+            the next rollout is collected with the previous weights)
+        """
+        self.collection = check_collection(collection)
 
     @staticmethod
     def _wrap_env(env: GymEnv, verbose: int = 0, monitor_wrapper: bool = True) -> VecEnv:
@@ -95,3 +110,54 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
             self.policy.set_training_mode(False)
             self.rollout_buffer.recompute_returns_and_advantage(self.policy, self._last_obs)
             self.policy.set_training_mode(True)
+
+    def learn(
+        self: SelfCherryOnPolicyAlgorithm,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 1,
+        tb_log_name: str = "OnPolicyAlgorithm",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfCherryOnPolicyAlgorithm:
+        """
+        SB3's on-policy training loop; with ``collection="async"`` the updates run in a learner process, overlapping
+        the collection of the next rollout (whose behaviour policy is then one update old). During an async ``learn``,
+        ``self.policy`` holds the behaviour weights; the learner's final weights and optimizer state are copied back
+        before ``learn`` returns.
+
+        :param total_timesteps: the total number of samples (env steps) to train on
+        :param callback: callback(s) called at every step with state of the algorithm
+        :param log_interval: the number of rollouts before logging
+        :param tb_log_name: the name of the run for TensorBoard logging
+        :param reset_num_timesteps: whether or not to reset the current timestep number (used in logging)
+        :param progress_bar: display a progress bar using tqdm and rich
+        :return: the trained model
+        """
+        if self.collection == "sync":
+            return super().learn(total_timesteps, callback, log_interval, tb_log_name, reset_num_timesteps, progress_bar)
+
+        iteration = 0
+        total_timesteps, callback = self._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
+        callback.on_training_start(locals(), globals())
+        assert self.env is not None
+        learner = AsyncLearner(self)
+        try:
+            while self.num_timesteps < total_timesteps:
+                continue_training = self.collect_rollouts(self.env, callback, self.rollout_buffer, n_rollout_steps=self.n_steps)
+                if not continue_training:
+                    break
+                iteration += 1
+                self._update_current_progress_remaining(self.num_timesteps, total_timesteps)
+                if log_interval is not None and iteration % log_interval == 0:
+                    assert self.ep_info_buffer is not None
+                    self.dump_logs(iteration)
+                # wait for the update of the previous rollout, take its weights, and start training on this one:
+                # the next rollout is collected with these weights while the learner trains
+                learner.sync(self)
+                learner.submit(self)
+            learner.finish(self)
+        finally:
+            learner.close()
+        callback.on_training_end()
+        return self

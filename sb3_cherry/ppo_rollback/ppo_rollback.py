@@ -98,6 +98,9 @@ class PPORollback(PPO, CherryOnPolicyAlgorithm):
     :param c_bar: V-trace truncation level of the traces
     :param recompute_returns: recompute values, returns and advantages with the current networks before every epoch
         after the first (as cherry_rl does; with V-trace, the ratios current / collecting policy correct the drift)
+    :param collection: ``"sync"`` (collect, then train, as SB3) or ``"async"``: the updates run in a learner process
+        while the next rollout is collected with the previous weights (behaviour policy one update old; see
+        :mod:`sb3_cherry.common.async_learner`)
     :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
         the reported success rate, mean episode length, and mean reward over
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
@@ -142,6 +145,7 @@ class PPORollback(PPO, CherryOnPolicyAlgorithm):
         rho_bar: float = 1.0,
         c_bar: float = 1.0,
         recompute_returns: bool = False,
+        collection: str = "sync",
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -182,6 +186,8 @@ class PPORollback(PPO, CherryOnPolicyAlgorithm):
             raise ValueError(f"rollback_alpha must be >= 0 (0 gives plain clipped PPO), got {rollback_alpha}.")
         self.rollback_alpha = float(rollback_alpha)
         self._init_estimator(returns_estimator, n_step, rho_bar, c_bar, recompute_returns)
+
+        self._init_collection(collection)
 
         if _init_setup_model:
             self._setup_model()

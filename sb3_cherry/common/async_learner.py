@@ -1,0 +1,308 @@
+"""
+Collection that overlaps learning: the gradient updates run in a learner process while the main process keeps
+collecting the next rollout with the previous weights.
+
+Timeline (``C_i``: collect rollout ``i`` in the main process, ``T_i``: train on it in the learner)::
+
+    main:     C_0 | C_1 (weights v0)  | C_2 (weights v1)  | ...
+    learner:      | T_0: v0 -> v1     | T_1: v1 -> v2     | ...
+
+The behaviour policy of rollout ``i`` (``i >= 1``) is therefore exactly one update older than the weights the learner
+starts from. The correction is the one of the algorithm itself: PPO's (and the rollback's) ratio is taken with respect
+to the stored log-probabilities of the behaviour policy, and with ``returns_estimator="vtrace"`` and
+``recompute_returns=True`` the targets are recomputed before every epoch with the learner's networks, the V-trace
+importance weights ``pi_learner / pi_behaviour`` correcting the lag.
+
+What crosses the process boundary, per update: the rollout (arrays of the rollout buffer, sent once through a pipe) to
+the learner; the new policy weights back through a ``multiprocessing.shared_memory`` block (written in place by the
+learner, copied into the main policy once per update, never pickled); the ``train/`` log values (a small dict).
+The optimizer state stays in the learner and is copied back once, when ``learn`` ends.
+"""
+
+import io
+import multiprocessing as mp
+import traceback
+from multiprocessing.connection import Connection
+from multiprocessing.shared_memory import SharedMemory
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch as th
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.logger import Logger
+
+if TYPE_CHECKING:
+    from sb3_cherry.common.on_policy import CherryOnPolicyAlgorithm
+
+COLLECTION_MODES = ("sync", "async")
+# rollout buffer fields that are not per-step data
+_BUFFER_SCALARS = ("pos", "full", "generator_ready")
+
+
+def check_collection(collection: str) -> str:
+    """
+    Validate the ``collection`` argument of the on-policy algorithms.
+
+    :param collection: ``"sync"`` or ``"async"``
+    :return: the value
+    :raises ValueError: any other value
+    """
+    if collection not in COLLECTION_MODES:
+        raise ValueError(
+            f"collection={collection!r} is not supported: use 'sync' (collect then train, as SB3) or 'async' "
+            "(train in a learner process while the next rollout is collected)."
+        )
+    return collection
+
+
+class SharedStateDict:
+    """
+    The floating point tensors of a ``state_dict`` laid out in one ``multiprocessing.shared_memory`` block.
+
+    :param layout: ``(name, dtype, shape, offset)`` per tensor
+    :param name: name of an existing block to attach to (``None``: create one)
+    """
+
+    def __init__(self, layout: list[tuple[str, str, tuple[int, ...], int]], name: str | None = None):
+        self.layout = layout
+        size = max([1] + [offset + np.dtype(dtype).itemsize * int(np.prod(shape)) for _, dtype, shape, offset in layout])
+        self.shm = SharedMemory(name=name, create=name is None, size=size)
+        self.owner = name is None
+        self.arrays = {
+            key: np.ndarray(shape, dtype=np.dtype(dtype), buffer=self.shm.buf, offset=offset)
+            for key, dtype, shape, offset in layout
+        }
+
+    @staticmethod
+    def layout_of(state_dict: dict[str, th.Tensor]) -> list[tuple[str, str, tuple[int, ...], int]]:
+        """
+        Byte layout of the tensors of a state dict.
+
+        :param state_dict: a module's ``state_dict()`` (CPU tensors)
+        :return: ``(name, numpy dtype string, shape, byte offset)`` per tensor, 8-byte aligned
+        """
+        layout, offset = [], 0
+        for key, tensor in state_dict.items():
+            array = tensor.detach().cpu().numpy()
+            layout.append((key, array.dtype.str, tuple(array.shape), offset))
+            offset += -(-array.nbytes // 8) * 8
+        return layout
+
+    def write(self, state_dict: dict[str, th.Tensor]) -> None:
+        """
+        Copy the tensors into shared memory.
+
+        :param state_dict: tensors with the layout's names and shapes
+        """
+        for key, array in self.arrays.items():
+            array[...] = state_dict[key].detach().cpu().numpy()
+
+    def read_into(self, module: th.nn.Module) -> None:
+        """
+        Copy the shared tensors into a module's parameters and buffers, in place.
+
+        :param module: module with the layout's ``state_dict`` names
+        """
+        state = module.state_dict()
+        with th.no_grad():
+            for key, array in self.arrays.items():
+                state[key].copy_(th.from_numpy(array))
+
+    def close(self) -> None:
+        """Detach (and free, in the process that created it) the shared block."""
+        self.arrays = {}
+        self.shm.close()
+        if self.owner:
+            self.shm.unlink()
+
+
+def buffer_payload(buffer: RolloutBuffer) -> dict[str, Any]:
+    """
+    The data of a filled rollout buffer: its numpy arrays (and dicts of arrays) and position flags.
+
+    :param buffer: a full rollout buffer (after ``compute_returns_and_advantage``)
+    :return: picklable dict of attributes
+    """
+    payload = {
+        key: value
+        for key, value in vars(buffer).items()
+        if isinstance(value, np.ndarray) or (isinstance(value, dict) and all(isinstance(v, np.ndarray) for v in value.values()))
+    }
+    payload.update({key: getattr(buffer, key) for key in _BUFFER_SCALARS})
+    return payload
+
+
+def _learner_main(conn: Connection, model_bytes: bytes, shm_name: str, layout: list, threads: int) -> None:
+    """
+    Entry point of the learner process: rebuild the model, then train on every rollout received.
+
+    :param conn: pipe to the main process
+    :param model_bytes: the model saved with ``model.save`` (policy, optimizer state, hyperparameters)
+    :param shm_name: shared memory block for the weights
+    :param layout: its layout (see :class:`SharedStateDict`)
+    :param threads: torch threads of the learner
+    """
+    shared = None
+    try:
+        th.set_num_threads(threads)
+        model_class, device = conn.recv()
+        model = model_class.load(io.BytesIO(model_bytes), env=None, device=device)
+        logger = Logger(folder=None, output_formats=[])
+        model.set_logger(logger)
+        shared = SharedStateDict(layout, name=shm_name)
+        conn.send(("ready", None))
+        while True:
+            command, data = conn.recv()
+            if command == "close":
+                break
+            if command == "optimizer":
+                state = io.BytesIO()
+                th.save(model.policy.optimizer.state_dict(), state)
+                conn.send(("optimizer", state.getvalue()))
+                continue
+            for key, value in data["buffer"].items():
+                setattr(model.rollout_buffer, key, value)
+            model._last_obs = data["last_obs"]
+            model.num_timesteps = data["num_timesteps"]
+            model._current_progress_remaining = data["progress_remaining"]
+            # the first epoch too is off-policy (behaviour policy one update old): re-evaluate the targets
+            model._recompute_returns()
+            model.train()
+            shared.write(model.policy.state_dict())
+            logs = {key: (logger.name_to_value[key], logger.name_to_excluded.get(key)) for key in logger.name_to_value}
+            logger.name_to_value.clear()
+            logger.name_to_excluded.clear()
+            conn.send(("trained", {"logs": logs, "n_updates": model._n_updates}))
+    except (EOFError, KeyboardInterrupt, BrokenPipeError):
+        pass
+    except BaseException:
+        try:
+            conn.send(("error", traceback.format_exc()))
+        except (BrokenPipeError, OSError):
+            pass
+    finally:
+        if shared is not None:
+            shared.close()
+        conn.close()
+
+
+class AsyncLearner:
+    """
+    Learner process of an on-policy model with ``collection="async"`` (see the module docstring).
+
+    :param model: the model (its current policy, optimizer state and hyperparameters are copied to the learner)
+    :param threads: torch threads of the learner process (default: half of the main process's, at least 1)
+    :param timeout: seconds to wait for one update before reporting the learner as stuck
+    :param start_method: multiprocessing start method (default: ``forkserver`` where available, else ``spawn``,
+        as SB3's ``SubprocVecEnv``)
+    """
+
+    def __init__(
+        self,
+        model: "CherryOnPolicyAlgorithm",
+        threads: int | None = None,
+        timeout: float = 3600.0,
+        start_method: str | None = None,
+    ):
+        if start_method is None:
+            start_method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+        ctx = mp.get_context(start_method)
+        self.timeout = timeout
+        self.pending = False
+        layout = SharedStateDict.layout_of(model.policy.state_dict())
+        self.shared = SharedStateDict(layout)
+        buffer = io.BytesIO()
+        model.save(buffer)
+        self.conn, child_conn = ctx.Pipe()
+        threads = threads if threads is not None else max(1, th.get_num_threads() // 2)
+        self.process = ctx.Process(
+            target=_learner_main,
+            args=(child_conn, buffer.getvalue(), self.shared.shm.name, layout, threads),
+            daemon=True,
+            name="sb3_cherry-learner",
+        )
+        self.process.start()
+        child_conn.close()
+        self.conn.send((type(model), str(model.device)))
+        self._receive("ready")
+
+    def _receive(self, expected: str) -> Any:
+        """Wait for the learner's answer, reporting its death, its errors or a timeout instead of hanging."""
+        waited = 0.0
+        while not self.conn.poll(1.0):
+            waited += 1.0
+            if not self.process.is_alive():
+                raise RuntimeError(
+                    f"The async learner process died (exit code {self.process.exitcode}) before answering "
+                    f"{expected!r}: out of memory or killed? Retry with collection='sync' to see the error in-process."
+                )
+            if waited >= self.timeout:
+                raise RuntimeError(f"The async learner process did not answer {expected!r} within {self.timeout:.0f} s.")
+        try:
+            kind, data = self.conn.recv()
+        except EOFError as exc:
+            raise RuntimeError(
+                f"The async learner process closed its pipe (exit code {self.process.exitcode}) before answering "
+                f"{expected!r}."
+            ) from exc
+        if kind == "error":
+            raise RuntimeError(f"The async learner process failed:\n{data}")
+        assert kind == expected, (kind, expected)
+        return data
+
+    def submit(self, model: "CherryOnPolicyAlgorithm") -> None:
+        """
+        Send the model's filled rollout buffer to the learner, which starts training on it.
+
+        :param model: the model whose ``rollout_buffer`` was just collected
+        """
+        assert not self.pending, "wait for the previous update (sync) before submitting a new rollout"
+        data = {
+            "buffer": buffer_payload(model.rollout_buffer),
+            "last_obs": model._last_obs,
+            "num_timesteps": model.num_timesteps,
+            "progress_remaining": model._current_progress_remaining,
+        }
+        self.conn.send(("train", data))
+        self.pending = True
+
+    def sync(self, model: "CherryOnPolicyAlgorithm") -> None:
+        """
+        Wait for the update in progress (if any), then copy its weights into the model's policy and record its logs.
+
+        :param model: the model to update
+        """
+        if not self.pending:
+            return
+        result = self._receive("trained")
+        self.pending = False
+        self.shared.read_into(model.policy)
+        model._n_updates = result["n_updates"]
+        for key, (value, exclude) in result["logs"].items():
+            model.logger.record(key, value, exclude=exclude)
+
+    def finish(self, model: "CherryOnPolicyAlgorithm") -> None:
+        """
+        Wait for the last update and copy the learner's weights and optimizer state into the model.
+
+        :param model: the model to update
+        """
+        self.sync(model)
+        self.conn.send(("optimizer", None))
+        state = th.load(io.BytesIO(self._receive("optimizer")), map_location=model.device, weights_only=True)
+        model.policy.optimizer.load_state_dict(state)
+
+    def close(self) -> None:
+        """Stop the learner process and free the shared memory (safe to call twice)."""
+        if self.process.is_alive():
+            try:
+                self.conn.send(("close", None))
+            except (BrokenPipeError, OSError):
+                pass
+            self.process.join(timeout=10)
+            if self.process.is_alive():
+                self.process.terminate()
+                self.process.join(timeout=5)
+        self.conn.close()
+        if self.shared.arrays:
+            self.shared.close()
