@@ -126,7 +126,8 @@ def buffer_payload(buffer: RolloutBuffer) -> dict[str, Any]:
     payload = {
         key: value
         for key, value in vars(buffer).items()
-        if isinstance(value, np.ndarray) or (isinstance(value, dict) and all(isinstance(v, np.ndarray) for v in value.values()))
+        if isinstance(value, np.ndarray)
+        or (isinstance(value, dict) and all(isinstance(v, np.ndarray) for v in value.values()))
     }
     payload.update({key: getattr(buffer, key) for key in _BUFFER_SCALARS})
     return payload

@@ -138,13 +138,17 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
             return super().learn(total_timesteps, callback, log_interval, tb_log_name, reset_num_timesteps, progress_bar)
 
         iteration = 0
-        total_timesteps, callback = self._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
+        total_timesteps, callback = self._setup_learn(
+            total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar
+        )
         callback.on_training_start(locals(), globals())
         assert self.env is not None
         learner = AsyncLearner(self)
         try:
             while self.num_timesteps < total_timesteps:
-                continue_training = self.collect_rollouts(self.env, callback, self.rollout_buffer, n_rollout_steps=self.n_steps)
+                continue_training = self.collect_rollouts(
+                    self.env, callback, self.rollout_buffer, n_rollout_steps=self.n_steps
+                )
                 if not continue_training:
                     break
                 iteration += 1
