@@ -8,9 +8,14 @@ one CSV row per evaluation to ``benchmarks/results/<env>.csv`` (so an interrupte
     python -m benchmarks.learning --env Pendulum-v1 --algo ppo_rollback --seeds 0 --variant beta \\
         --set use_sde=false --set policy_kwargs.action_distribution=beta
     python -m benchmarks.learning --env Hopper-v5 --algo ppo --seeds 0 --timesteps 200000 --eval-freq 20000
+    python -m benchmarks.learning --env sb3_cherry/CartPoleNoVel-v0 --algo recurrent_ppo_rollback --seeds 0 --variant gru
+    python -m benchmarks.learning --env sb3_cherry/CartPoleNoVel-v0 --algo ppo_rollback --seeds 0 \
+        --hyperparams-from recurrent_ppo_rollback --variant feed_forward
 
-Algorithms: ``ppo_rollback`` and ``cherry_a2c`` (their own zoo entries) and ``ppo``: SB3's PPO with the hyperparameters
-of the ``ppo_rollback`` entry minus ``rollback_alpha`` (the baseline). ``--set key=value`` overrides a hyperparameter
+Algorithms: ``ppo_rollback``, ``cherry_a2c`` and ``recurrent_ppo_rollback`` (their own zoo entries) and ``ppo``: SB3's
+PPO with the hyperparameters of the ``ppo_rollback`` entry minus ``rollback_alpha`` (the baseline).
+``--hyperparams-from recurrent_ppo_rollback`` trains a feed-forward algorithm with a recurrent entry minus its recurrent
+parts (the memory-task baseline). ``--set key=value`` overrides a hyperparameter
 (values parsed as YAML: ``true``, ``8``, ``1e-3``, ``beta``; ``lin_<v>`` is a linear schedule; a dotted key sets an
 entry of a dict argument, e.g. ``policy_kwargs.action_distribution``); ``--variant`` names the row (default ``zoo``).
 
@@ -44,6 +49,8 @@ RESULTS = pathlib.Path(__file__).parent / "results"
 COLUMNS = ["env", "algo", "variant", "seed", "timesteps", "mean_return", "std_return", "wall_time_s"]
 # Keys of the ppo_rollback entry that SB3's PPO does not have (dropped for the ``ppo`` baseline)
 ROLLBACK_ONLY = ("rollback_alpha", "returns_estimator", "n_step", "rho_bar", "c_bar", "recompute_returns")
+# policy_kwargs of the recurrent policies (dropped by --hyperparams-from recurrent_ppo_rollback)
+RECURRENT_ONLY = ("lstm_hidden_size", "n_lstm_layers", "enable_critic_lstm", "shared_lstm", "lstm_kwargs", "rnn_type")
 
 
 def csv_path(env_id: str, results: pathlib.Path = RESULTS) -> pathlib.Path:
@@ -98,22 +105,36 @@ def apply_overrides(kwargs: dict[str, Any], assignments: list[str]) -> dict[str,
     return kwargs
 
 
-def build_model(algo: str, env_id: str, seed: int, overrides: list[str]) -> tuple[BaseAlgorithm, int]:
+def build_model(
+    algo: str, env_id: str, seed: int, overrides: list[str], hyperparams_from: str | None = None
+) -> tuple[BaseAlgorithm, int]:
     """
     Build the model of ``algo`` on ``env_id`` from its zoo entry (training env with ``VecNormalize`` if the entry asks).
 
-    :param algo: ``ppo_rollback``, ``cherry_a2c`` or ``ppo`` (SB3 PPO with the ppo_rollback entry minus rollback keys)
+    :param algo: ``ppo_rollback``, ``cherry_a2c``, ``recurrent_ppo_rollback`` or ``ppo`` (SB3 PPO with the
+        ppo_rollback entry minus rollback keys)
     :param env_id: environment id
     :param seed: random seed of the model and the training env
     :param overrides: ``--set`` assignments
+    :param hyperparams_from: read the entry of this algorithm's config instead; ``recurrent_ppo_rollback`` for a
+        feed-forward ``algo`` drops the recurrent policy keys
     :return: the model and the zoo entry's ``n_timesteps``
     """
-    from sb3_cherry import CherryA2C, PPORollback
+    from sb3_cherry import CherryA2C, PPORollback, RecurrentPPORollback
     from sb3_cherry.common.zoo_config import load_zoo_entry
 
-    classes: dict[str, type[BaseAlgorithm]] = {"ppo_rollback": PPORollback, "cherry_a2c": CherryA2C, "ppo": PPO}
-    entry = load_zoo_entry("ppo_rollback" if algo == "ppo" else algo, env_id)
+    classes: dict[str, type[BaseAlgorithm]] = {
+        "ppo_rollback": PPORollback,
+        "cherry_a2c": CherryA2C,
+        "recurrent_ppo_rollback": RecurrentPPORollback,
+        "ppo": PPO,
+    }
+    entry = load_zoo_entry(hyperparams_from or ("ppo_rollback" if algo == "ppo" else algo), env_id)
     kwargs = dict(entry.model_kwargs)
+    if hyperparams_from == "recurrent_ppo_rollback" and algo != hyperparams_from:
+        kwargs["policy"] = kwargs["policy"].replace("Gru", "").replace("Lstm", "")  # MlpGruPolicy -> MlpPolicy
+        policy_kwargs = kwargs.get("policy_kwargs", {})
+        kwargs["policy_kwargs"] = {k: v for k, v in policy_kwargs.items() if k not in RECURRENT_ONLY}
     if algo == "ppo":
         kwargs = {k: v for k, v in kwargs.items() if k not in ROLLBACK_ONLY}
         if "action_distribution" in kwargs.get("policy_kwargs", {}):
@@ -206,7 +227,7 @@ def run(args: argparse.Namespace) -> None:
     path = csv_path(args.env, pathlib.Path(args.results))
     path.parent.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
-        model, zoo_timesteps = build_model(args.algo, args.env, seed, args.set)
+        model, zoo_timesteps = build_model(args.algo, args.env, seed, args.set, args.hyperparams_from)
         timesteps = args.timesteps or zoo_timesteps
         row = dict(env=args.env, algo=args.algo, variant=args.variant, seed=seed)
         callback = EvalAppendCallback(
@@ -228,7 +249,10 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", required=True, help="environment id (a key of the zoo config)")
-    parser.add_argument("--algo", required=True, choices=["ppo_rollback", "cherry_a2c", "ppo"])
+    parser.add_argument("--algo", required=True, choices=["ppo_rollback", "cherry_a2c", "recurrent_ppo_rollback", "ppo"])
+    parser.add_argument(
+        "--hyperparams-from", default=None, help="zoo config of another algorithm (e.g. recurrent_ppo_rollback)"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--timesteps", type=int, default=None, help="training steps per seed (default: the zoo entry's)")
     parser.add_argument("--eval-freq", type=int, default=None, help="evaluation period in steps (default: timesteps/10)")

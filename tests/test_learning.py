@@ -99,3 +99,24 @@ def test_hybrid_goal_learns():
     # Tuple(Discrete, Tuple(Box, Box, Box)) policy: random -14.7, best discrete-only policy -0.9, expert 4.2
     model = train_from_zoo(PPORollback, "ppo_rollback", "sb3_cherry/HybridGoal-v0")
     assert evaluate(model, "sb3_cherry/HybridGoal-v0", n_episodes=50) >= 2.0
+
+
+def test_pixel_catch_cnn_learns():
+    # Image observations through CnnPolicy (NatureCNN on 36x36x1): the zoo entry's 40k steps, deterministic evaluation.
+    # Random play scores -0.98, the optimum is +2.0.
+    model = train_from_zoo(PPORollback, "ppo_rollback", "sb3_cherry/PixelCatch-v0", device="cpu")
+    assert evaluate(model, "sb3_cherry/PixelCatch-v0", n_episodes=50) >= 1.8
+
+
+def test_dict_reach_multi_input_learns():
+    # Dict observations through MultiInputPolicy: the zoo entry's 30k steps. Random actions score 0.07, heading for the
+    # wrong goal 0.23, the expert 2.13: >= 1.5 needs the discrete "target" key to be read.
+    model = train_from_zoo(PPORollback, "ppo_rollback", "sb3_cherry/DictReach-v0", device="cpu")
+    assert evaluate(model, "sb3_cherry/DictReach-v0", n_episodes=50) >= 1.5
+
+
+def test_zoo_entry_normalization_as_rl_zoo3():
+    # ``normalize: true`` means VecNormalize with the model's gamma (rl_zoo3's ExperimentManager); no key: none
+    assert load_zoo_entry("ppo_rollback", "Hopper-v5").normalize == {"gamma": 0.999}
+    assert load_zoo_entry("cherry_a2c", "Pendulum-v1").normalize == {"gamma": 0.9}
+    assert load_zoo_entry("ppo_rollback", "CartPole-v1").normalize is None

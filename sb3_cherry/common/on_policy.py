@@ -40,7 +40,7 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
     n_step: int
     rho_bar: float
     c_bar: float
-    recompute_returns: bool
+    recompute_returns: bool = False
     collection: str = "sync"
 
     def __init__(self, *args: Any, supported_action_spaces: tuple[type[spaces.Space], ...] | None = None, **kwargs: Any):

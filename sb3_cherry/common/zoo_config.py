@@ -14,7 +14,7 @@ class ZooEntry:
 
     :param n_timesteps: training budget
     :param n_envs: number of parallel environments
-    :param normalize: VecNormalize arguments (``None``: no normalisation)
+    :param normalize: VecNormalize arguments (``None``: no normalisation); its ``gamma`` is the model's, as in rl_zoo3
     :param model_kwargs: arguments for the algorithm's constructor (policy included; schedules and
         ``policy_kwargs`` strings converted)
     """
@@ -43,7 +43,12 @@ def load_zoo_entry(algo: str, env_id: str, path: str | pathlib.Path | None = Non
     normalize = entry.pop("normalize", False)
     if isinstance(normalize, str):
         normalize = eval(normalize)
-    normalize = ({} if normalize is True else normalize) or None
+    if normalize is True:
+        normalize = {}
+    elif normalize is False:
+        normalize = None
+    if normalize is not None and "gamma" in entry:
+        normalize = {**normalize, "gamma": entry["gamma"]}  # as rl_zoo3: VecNormalize discounts with the model's gamma
     for key in ("learning_rate", "clip_range", "clip_range_vf"):
         if isinstance(entry.get(key), str):
             entry[key] = LinearSchedule(float(entry[key].split("_")[1]), 0.0, 1.0)

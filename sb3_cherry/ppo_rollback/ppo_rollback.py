@@ -1,3 +1,4 @@
+from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -54,6 +55,147 @@ def rollback_mask(ratio: th.Tensor, advantages: th.Tensor, clip_range: float) ->
     """
     positive = advantages >= 0
     return (positive & (ratio > 1.0 + clip_range)) | (~positive & (ratio < 1.0 - clip_range))
+
+
+def _masked_mean(x: th.Tensor, mask: th.Tensor | None) -> th.Tensor:
+    """Mean of ``x`` over the entries where ``mask`` is True (all entries if ``mask`` is None)."""
+    return th.mean(x) if mask is None else th.mean(x[mask])
+
+
+def _normalized_advantages(advantages: th.Tensor, mask: th.Tensor | None) -> th.Tensor:
+    """Advantages standardised over the minibatch (over its real samples when ``mask`` is given)."""
+    if mask is not None:
+        return (advantages - advantages[mask].mean()) / (advantages[mask].std() + 1e-8)
+    # Normalization does not make sense if mini batchsize == 1, see GH issue #325
+    if len(advantages) > 1:
+        return (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    return advantages
+
+
+def rollback_train(model: Any, evaluate: Callable[[Any, th.Tensor], tuple[th.Tensor, th.Tensor, Any, Any]]) -> None:
+    """
+    One PPO update (``n_epochs`` passes over the rollout buffer) with the rollback surrogate: SB3's ``PPO.train`` with
+    ``rollback_surrogate`` in place of the clipped objective, shared by :class:`PPORollback` and
+    ``RecurrentPPORollback`` (whose padded sequence steps are masked out, as in sb3-contrib's ``RecurrentPPO.train``).
+
+    :param model: the algorithm (PPO hyperparameters, ``rollback_alpha``, ``policy``, ``rollout_buffer``, ``logger``)
+    :param evaluate: ``evaluate(rollout_data, actions) -> (values, log_prob, entropy, mask)``; ``mask`` is None, or a
+        boolean tensor of the real (not padded) samples
+    """
+    # Switch to train mode (this affects batch norm / dropout)
+    model.policy.set_training_mode(True)
+    # Update optimizer learning rate
+    model._update_learning_rate(model.policy.optimizer)
+    # Compute current clip range
+    clip_range = model.clip_range(model._current_progress_remaining)
+    # Optional: clip range for the value function
+    if model.clip_range_vf is not None:
+        clip_range_vf = model.clip_range_vf(model._current_progress_remaining)
+
+    entropy_losses = []
+    pg_losses, value_losses = [], []
+    clip_fractions, rollback_fractions = [], []
+
+    continue_training = True
+    # train for n_epochs epochs
+    for epoch in range(model.n_epochs):
+        if epoch > 0:
+            model._recompute_returns()
+        approx_kl_divs = []
+        # Do a complete pass on the rollout buffer
+        for rollout_data in model.rollout_buffer.get(model.batch_size):
+            actions = rollout_data.actions
+            if isinstance(model.action_space, spaces.Discrete):
+                # Convert discrete action from float to long
+                actions = rollout_data.actions.long().flatten()
+
+            values, log_prob, entropy, mask = evaluate(rollout_data, actions)
+            values = values.flatten()
+            # Normalize advantage
+            advantages = (
+                _normalized_advantages(rollout_data.advantages, mask) if model.normalize_advantage else rollout_data.advantages
+            )
+
+            # ratio between old and new policy, should be one at the first iteration
+            ratio = th.exp(log_prob - rollout_data.old_log_prob)
+
+            # rollback surrogate loss (clipped PPO when rollback_alpha == 0)
+            policy_loss = -_masked_mean(rollback_surrogate(ratio, advantages, clip_range, model.rollback_alpha), mask)
+
+            # Logging
+            pg_losses.append(policy_loss.item())
+            clip_fractions.append(_masked_mean((th.abs(ratio - 1) > clip_range).float(), mask).item())
+            rollback_fractions.append(_masked_mean(rollback_mask(ratio, advantages, clip_range).float(), mask).item())
+
+            if model.clip_range_vf is None:
+                # No clipping
+                values_pred = values
+            else:
+                # Clip the difference between old and new value
+                # NOTE: this depends on the reward scaling
+                values_pred = rollout_data.old_values + th.clamp(
+                    values - rollout_data.old_values, -clip_range_vf, clip_range_vf
+                )
+            # Value loss using the returns estimator's targets
+            if mask is None:
+                value_loss = F.mse_loss(rollout_data.returns, values_pred)
+            else:
+                value_loss = _masked_mean((rollout_data.returns - values_pred) ** 2, mask)
+            value_losses.append(value_loss.item())
+
+            # Entropy loss favor exploration
+            if entropy is None:
+                # Approximate entropy when no analytical form
+                entropy_loss = -_masked_mean(-log_prob, mask)
+            else:
+                entropy_loss = -_masked_mean(entropy, mask)
+
+            entropy_losses.append(entropy_loss.item())
+
+            loss = policy_loss + model.ent_coef * entropy_loss + model.vf_coef * value_loss
+
+            # Calculate approximate form of reverse KL Divergence for early stopping
+            # see SB3 issue #417 and http://joschu.net/blog/kl-approx.html
+            with th.no_grad():
+                log_ratio = log_prob - rollout_data.old_log_prob
+                approx_kl_div = _masked_mean((th.exp(log_ratio) - 1) - log_ratio, mask).cpu().numpy()
+                approx_kl_divs.append(approx_kl_div)
+
+            if model.target_kl is not None and approx_kl_div > 1.5 * model.target_kl:
+                continue_training = False
+                if model.verbose >= 1:
+                    print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
+                break
+
+            # Optimization step
+            model.policy.optimizer.zero_grad()
+            loss.backward()
+            # Clip grad norm
+            th.nn.utils.clip_grad_norm_(model.policy.parameters(), model.max_grad_norm)
+            model.policy.optimizer.step()
+
+        model._n_updates += 1
+        if not continue_training:
+            break
+
+    explained_var = explained_variance(model.rollout_buffer.values.flatten(), model.rollout_buffer.returns.flatten())
+
+    # Logs
+    model.logger.record("train/entropy_loss", np.mean(entropy_losses))
+    model.logger.record("train/policy_gradient_loss", np.mean(pg_losses))
+    model.logger.record("train/value_loss", np.mean(value_losses))
+    model.logger.record("train/approx_kl", np.mean(approx_kl_divs))
+    model.logger.record("train/clip_fraction", np.mean(clip_fractions))
+    model.logger.record("train/rollback_fraction", np.mean(rollback_fractions))
+    model.logger.record("train/loss", loss.item())
+    model.logger.record("train/explained_variance", explained_var)
+    if hasattr(model.policy, "log_std"):
+        model.logger.record("train/std", th.exp(model.policy.log_std).mean().item())
+
+    model.logger.record("train/n_updates", model._n_updates, exclude="tensorboard")
+    model.logger.record("train/clip_range", clip_range)
+    if model.clip_range_vf is not None:
+        model.logger.record("train/clip_range_vf", clip_range_vf)
 
 
 class PPORollback(PPO, CherryOnPolicyAlgorithm):
@@ -196,119 +338,12 @@ class PPORollback(PPO, CherryOnPolicyAlgorithm):
         """
         Update policy using the currently gathered rollout buffer (SB3's PPO update with the rollback surrogate).
         """
-        # Switch to train mode (this affects batch norm / dropout)
-        self.policy.set_training_mode(True)
-        # Update optimizer learning rate
-        self._update_learning_rate(self.policy.optimizer)
-        # Compute current clip range
-        clip_range = self.clip_range(self._current_progress_remaining)  # type: ignore[operator]
-        # Optional: clip range for the value function
-        if self.clip_range_vf is not None:
-            clip_range_vf = self.clip_range_vf(self._current_progress_remaining)  # type: ignore[operator]
 
-        entropy_losses = []
-        pg_losses, value_losses = [], []
-        clip_fractions, rollback_fractions = [], []
+        def evaluate(rollout_data: Any, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor | None, None]:
+            values, log_prob, entropy = self.policy.evaluate_actions(rollout_data.observations, actions)
+            return values, log_prob, entropy, None
 
-        continue_training = True
-        # train for n_epochs epochs
-        for epoch in range(self.n_epochs):
-            if epoch > 0:
-                self._recompute_returns()
-            approx_kl_divs = []
-            # Do a complete pass on the rollout buffer
-            for rollout_data in self.rollout_buffer.get(self.batch_size):
-                actions = rollout_data.actions
-                if isinstance(self.action_space, spaces.Discrete):
-                    # Convert discrete action from float to long
-                    actions = rollout_data.actions.long().flatten()
-
-                values, log_prob, entropy = self.policy.evaluate_actions(rollout_data.observations, actions)
-                values = values.flatten()
-                # Normalize advantage
-                advantages = rollout_data.advantages
-                # Normalization does not make sense if mini batchsize == 1, see GH issue #325
-                if self.normalize_advantage and len(advantages) > 1:
-                    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-
-                # ratio between old and new policy, should be one at the first iteration
-                ratio = th.exp(log_prob - rollout_data.old_log_prob)
-
-                # rollback surrogate loss (clipped PPO when rollback_alpha == 0)
-                policy_loss = -rollback_surrogate(ratio, advantages, clip_range, self.rollback_alpha).mean()
-
-                # Logging
-                pg_losses.append(policy_loss.item())
-                clip_fraction = th.mean((th.abs(ratio - 1) > clip_range).float()).item()
-                clip_fractions.append(clip_fraction)
-                rollback_fractions.append(th.mean(rollback_mask(ratio, advantages, clip_range).float()).item())
-
-                if self.clip_range_vf is None:
-                    # No clipping
-                    values_pred = values
-                else:
-                    # Clip the difference between old and new value
-                    # NOTE: this depends on the reward scaling
-                    values_pred = rollout_data.old_values + th.clamp(
-                        values - rollout_data.old_values, -clip_range_vf, clip_range_vf
-                    )
-                # Value loss using the returns estimator's targets
-                value_loss = F.mse_loss(rollout_data.returns, values_pred)
-                value_losses.append(value_loss.item())
-
-                # Entropy loss favor exploration
-                if entropy is None:
-                    # Approximate entropy when no analytical form
-                    entropy_loss = -th.mean(-log_prob)
-                else:
-                    entropy_loss = -th.mean(entropy)
-
-                entropy_losses.append(entropy_loss.item())
-
-                loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
-
-                # Calculate approximate form of reverse KL Divergence for early stopping
-                # see SB3 issue #417 and http://joschu.net/blog/kl-approx.html
-                with th.no_grad():
-                    log_ratio = log_prob - rollout_data.old_log_prob
-                    approx_kl_div = th.mean((th.exp(log_ratio) - 1) - log_ratio).cpu().numpy()
-                    approx_kl_divs.append(approx_kl_div)
-
-                if self.target_kl is not None and approx_kl_div > 1.5 * self.target_kl:
-                    continue_training = False
-                    if self.verbose >= 1:
-                        print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
-                    break
-
-                # Optimization step
-                self.policy.optimizer.zero_grad()
-                loss.backward()
-                # Clip grad norm
-                th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
-                self.policy.optimizer.step()
-
-            self._n_updates += 1
-            if not continue_training:
-                break
-
-        explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
-
-        # Logs
-        self.logger.record("train/entropy_loss", np.mean(entropy_losses))
-        self.logger.record("train/policy_gradient_loss", np.mean(pg_losses))
-        self.logger.record("train/value_loss", np.mean(value_losses))
-        self.logger.record("train/approx_kl", np.mean(approx_kl_divs))
-        self.logger.record("train/clip_fraction", np.mean(clip_fractions))
-        self.logger.record("train/rollback_fraction", np.mean(rollback_fractions))
-        self.logger.record("train/loss", loss.item())
-        self.logger.record("train/explained_variance", explained_var)
-        if hasattr(self.policy, "log_std"):
-            self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
-
-        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
-        self.logger.record("train/clip_range", clip_range)
-        if self.clip_range_vf is not None:
-            self.logger.record("train/clip_range_vf", clip_range_vf)
+        rollback_train(self, evaluate)
 
     def learn(
         self: SelfPPORollback,
