@@ -21,7 +21,7 @@ import torch as th
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 
-from sb3_cherry import CherryA2C, PPORollback
+from sb3_cherry import CherryA2C, PPORollback, RecurrentPPORollback
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 
@@ -48,6 +48,8 @@ def cases() -> list[Case]:
     hop = _ppo_kwargs(512, 32, 5)  # rl-zoo Hopper PPO entry
     pend = _ppo_kwargs(1024, 64, 10)
     a2c = dict(n_steps=5, seed=0, device="cpu")
+    rec = _ppo_kwargs(128, 256, 4)  # 8 envs x 128 steps, 4 minibatches of 256
+    from sb3_contrib import RecurrentPPO
     from stable_baselines3 import A2C
 
     return [
@@ -99,6 +101,30 @@ def cases() -> list[Case]:
             16_384,
             lambda e: CherryA2C("MlpPolicy", e, **a2c),
             lambda e: A2C("MlpPolicy", e, **a2c),
+        ),
+        Case(
+            "cartpole_gumbel_softmax_vs_sb3_categorical",
+            "CartPole-v1",
+            8,
+            16_384,
+            lambda e: PPORollback("MlpPolicy", e, policy_kwargs=dict(action_distribution="gumbel_softmax"), **cp),
+            lambda e: PPO("MlpPolicy", e, **cp),
+        ),
+        Case(
+            "cartpole_recurrent_lstm_vs_sb3_contrib",
+            "CartPole-v1",
+            8,
+            8_192,
+            lambda e: RecurrentPPORollback("MlpLstmPolicy", e, **rec),
+            lambda e: RecurrentPPO("MlpLstmPolicy", e, **rec),
+        ),
+        Case(
+            "cartpole_recurrent_gru_vs_sb3_contrib_lstm",
+            "CartPole-v1",
+            8,
+            8_192,
+            lambda e: RecurrentPPORollback("MlpGruPolicy", e, **rec),
+            lambda e: RecurrentPPO("MlpLstmPolicy", e, **rec),
         ),
     ]
 

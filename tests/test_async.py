@@ -1,4 +1,4 @@
-"""collection="async": the learner process computes exactly the lag-one updates of a hand-written reference loop."""
+"""collection="async": the learner process computes exactly the lag-one, re-centred updates of a hand-written loop."""
 
 import copy
 import multiprocessing as mp
@@ -8,6 +8,7 @@ import signal
 import numpy as np
 import pytest
 import torch as th
+from gymnasium import spaces
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
@@ -30,23 +31,47 @@ def _params(model) -> np.ndarray:
     return th.nn.utils.parameters_to_vector(model.policy.parameters()).detach().numpy().copy()
 
 
+def _decoupled_correction(model) -> None:
+    """
+    Decoupled PPO's correction of a rollout from an older behaviour policy mu, by hand: PPO's old log-probs become
+    those of the current policy pi_prox, the advantages are weighted by min(rho_bar, pi_prox / mu).
+    """
+    buf = model.rollout_buffer
+    obs = th.as_tensor(buf.swap_and_flatten(buf.observations))
+    actions = th.as_tensor(buf.swap_and_flatten(buf.actions))
+    if isinstance(model.action_space, spaces.Discrete):
+        actions = actions.long().flatten()
+    model.policy.set_training_mode(False)
+    with th.no_grad():
+        _, log_prox, _ = model.policy.evaluate_actions(obs, actions)
+    log_prox = log_prox.numpy().reshape(N_ENVS, N_STEPS).T  # env-major back to (n_steps, n_envs)
+    mu = buf.log_probs.copy()
+    rho = np.exp(np.minimum(log_prox - mu, np.log(model.rho_bar))).astype(np.float32)
+    buf.behaviour_log_probs, buf.advantage_weights = mu, rho
+    buf.log_probs = log_prox.astype(np.float32)
+    buf.advantages = buf.advantages * rho
+
+
 def _lag_one_reference(model, iterations: int):
     """
     The semantics of async collection written out with SB3's own ``collect_rollouts`` and ``train``, in one process:
-    rollout i >= 1 is collected with the weights from before update i - 1 ... i.e. one update older than the weights
-    the update starts from.
+    rollout i >= 1 is collected with the weights from before update i - 1, i.e. one update older than the weights
+    the update starts from, and corrected by hand before the update.
     """
     total, callback = model._setup_learn(iterations * N_STEPS * N_ENVS, None)
     callback.on_training_start(locals(), globals())
     behaviour = copy.deepcopy(model.policy.state_dict())
-    for _ in range(iterations):
+    for i in range(iterations):
         current = copy.deepcopy(model.policy.state_dict())
         model.policy.load_state_dict(behaviour)
         model.collect_rollouts(model.env, callback, model.rollout_buffer, n_rollout_steps=model.n_steps)
         model._update_current_progress_remaining(model.num_timesteps, total)
         behaviour = current
         model.policy.load_state_dict(current)
-        model._recompute_returns()
+        if i > 0:
+            _decoupled_correction(model)
+            model._recompute_returns()
+        model.policy.set_training_mode(True)
         model.train()
     return model
 
@@ -196,3 +221,25 @@ def test_shared_state_dict_round_trip():
         assert th.equal(target.state_dict()[key], value), key
     attached.close()
     shared.close()
+
+
+def test_recentre_weights_and_log_probs():
+    # A 2-step, 1-env buffer whose behaviour log-probs and advantages are set by hand: rho = min(rho_bar, pi / mu)
+    from sb3_cherry.common.buffers import CherryRolloutBuffer
+
+    class FixedPolicy:  # log pi(a) = -1 for every sample
+        def evaluate_actions(self, obs, actions):
+            n = len(actions)
+            return th.zeros(n, 1), th.full((n,), -1.0), None
+
+    buf = CherryRolloutBuffer(2, spaces.Box(-1, 1, (1,)), spaces.Box(-1, 1, (1,)), n_envs=1, rho_bar=1.0)
+    buf.log_probs[:] = np.array([[-2.0], [-0.5]])  # mu
+    buf.advantages[:] = np.array([[3.0], [4.0]])
+    buf.recentre(FixedPolicy())
+    # pi/mu = e^1 (truncated to 1) and e^-0.5
+    np.testing.assert_allclose(buf.advantage_weights[:, 0], [1.0, np.exp(-0.5)], rtol=1e-6)
+    np.testing.assert_allclose(buf.advantages[:, 0], [3.0, 4.0 * np.exp(-0.5)], rtol=1e-6)
+    np.testing.assert_array_equal(buf.log_probs[:, 0], [-1.0, -1.0])
+    np.testing.assert_array_equal(buf.behaviour_log_probs[:, 0], [-2.0, -0.5])
+    buf.reset()
+    assert buf.behaviour_log_probs is None and buf.advantage_weights is None

@@ -7,11 +7,13 @@ Timeline (``C_i``: collect rollout ``i`` in the main process, ``T_i``: train on 
     main:     C_0 | C_1 (weights v0)  | C_2 (weights v1)  | ...
     learner:      | T_0: v0 -> v1     | T_1: v1 -> v2     | ...
 
-The behaviour policy of rollout ``i`` (``i >= 1``) is therefore exactly one update older than the weights the learner
-starts from. The correction is the one of the algorithm itself: PPO's (and the rollback's) ratio is taken with respect
-to the stored log-probabilities of the behaviour policy, and with ``returns_estimator="vtrace"`` and
-``recompute_returns=True`` the targets are recomputed before every epoch with the learner's networks, the V-trace
-importance weights ``pi_learner / pi_behaviour`` correcting the lag.
+The behaviour policy ``mu`` of rollout ``i`` (``i >= 1``) is therefore exactly one update older than the weights
+``pi_prox`` the learner starts from. Before the update, the learner corrects the rollout as decoupled PPO does (Hilton
+et al., 2021, eq. 3; :meth:`~sb3_cherry.common.buffers.ReturnsEstimatorMixin.recentre`): PPO's (and the rollback's)
+ratio and trust region are centred on ``pi_prox`` instead of ``mu`` (otherwise the first epoch would already sit
+outside the trust region, and the rollback would push the policy back towards ``mu``), and the advantages are
+weighted by the truncated importance weights ``min(rho_bar, pi_prox / mu)``. With ``returns_estimator="vtrace"`` and
+``recompute_returns=True``, the targets are also recomputed before every epoch with V-trace ratios ``pi / mu``.
 
 What crosses the process boundary, per update: the rollout (arrays of the rollout buffer, sent once through a pipe) to
 the learner; the new policy weights back through a ``multiprocessing.shared_memory`` block (written in place by the
@@ -161,13 +163,18 @@ def _learner_main(conn: Connection, model_bytes: bytes, shm_name: str, layout: l
                 th.save(model.policy.optimizer.state_dict(), state)
                 conn.send(("optimizer", state.getvalue()))
                 continue
+            buffer = model.rollout_buffer
+            buffer.behaviour_log_probs, buffer.advantage_weights = None, None
             for key, value in data["buffer"].items():
-                setattr(model.rollout_buffer, key, value)
+                setattr(buffer, key, value)
             model._last_obs = data["last_obs"]
             model.num_timesteps = data["num_timesteps"]
             model._current_progress_remaining = data["progress_remaining"]
-            # the first epoch too is off-policy (behaviour policy one update old): re-evaluate the targets
-            model._recompute_returns()
+            if data["lagged"]:
+                # collected by the previous weights: centre the trust region on the current policy, importance-weight
+                # the advantages, and (recompute_returns) re-evaluate the targets before the first epoch too
+                model._prepare_lagged_rollout()
+                model._recompute_returns()
             model.train()
             shared.write(model.policy.state_dict())
             logs = {key: (logger.name_to_value[key], logger.name_to_excluded.get(key)) for key in logger.name_to_value}
@@ -210,6 +217,7 @@ class AsyncLearner:
         ctx = mp.get_context(start_method)
         self.timeout = timeout
         self.pending = False
+        self.submitted = 0
         layout = SharedStateDict.layout_of(model.policy.state_dict())
         self.shared = SharedStateDict(layout)
         buffer = io.BytesIO()
@@ -263,9 +271,12 @@ class AsyncLearner:
             "last_obs": model._last_obs,
             "num_timesteps": model.num_timesteps,
             "progress_remaining": model._current_progress_remaining,
+            # every rollout but the first was collected while the learner computed the weights it now starts from
+            "lagged": self.submitted > 0,
         }
         self.conn.send(("train", data))
         self.pending = True
+        self.submitted += 1
 
     def sync(self, model: "CherryOnPolicyAlgorithm") -> None:
         """

@@ -88,9 +88,19 @@ class ReturnsEstimatorMixin:
         self.rho_bar = float(rho_bar)
         self.c_bar = float(c_bar)
         self.last_dones = np.zeros(0)
+        # set by ``recentre`` (async collection): log-probs of the collecting policy, and the truncated importance
+        # weights min(rho_bar, pi_prox / mu) that multiply the advantages
+        self.behaviour_log_probs: np.ndarray | None = None
+        self.advantage_weights: np.ndarray | None = None
         self.original_action_space = action_space
         storage_space = flat_action_space(action_space) if isinstance(action_space, spaces.Tuple) else action_space
         super().__init__(buffer_size, observation_space, storage_space, device, gae_lambda, gamma, n_envs)  # type: ignore[call-arg]
+
+    def reset(self) -> None:
+        """Empty the buffer (and forget any re-centring of the previous rollout)."""
+        super().reset()  # type: ignore[misc]
+        self.behaviour_log_probs = None
+        self.advantage_weights = None
 
     def _dones_after(self, last_dones: np.ndarray) -> np.ndarray:
         """``dones[t]``: the episode ended after step t (SB3 stores the shifted ``episode_starts``)."""
@@ -123,6 +133,9 @@ class ReturnsEstimatorMixin:
                 c_bar=self.c_bar,
             )
         self.returns, self.advantages = ret.astype(np.float32), adv.astype(np.float32)
+        # V-trace advantages computed with ratios already carry their importance weight rho_s
+        if self.advantage_weights is not None and not (self.returns_estimator == "vtrace" and log_ratios is not None):
+            self.advantages = (self.advantages * self.advantage_weights).astype(np.float32)
 
     def compute_returns_and_advantage(self, last_values: th.Tensor, dones: np.ndarray) -> None:
         """
@@ -142,20 +155,17 @@ class ReturnsEstimatorMixin:
     def _flat_observations(self) -> Any:
         raise NotImplementedError
 
-    def recompute_returns_and_advantage(self, policy: ActorCriticPolicy, last_obs: Any, chunk_size: int = 4096) -> None:
+    def _evaluate(self, policy: ActorCriticPolicy, chunk_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
         """
-        Re-evaluate values (and, for V-trace, log-probabilities of the stored actions) with the current networks,
-        then recompute returns and advantages. The stored ``values`` / ``log_probs`` of the collecting policy are
-        kept (PPO's ratio and value clipping refer to them).
+        Values and log-probabilities of the stored actions under ``policy``, in the flattened (env-major) order.
 
-        :param policy: the current policy
-        :param last_obs: observation after the last step (the algorithm's ``_last_obs``)
+        :param policy: the policy to evaluate
         :param chunk_size: evaluation batch size
+        :return: values and log-probs, each ``(n_steps * n_envs,)``
         """
         flat = self.generator_ready
         obs = self._flat_observations()
         actions = self.actions if flat else self.swap_and_flatten(self.actions)  # type: ignore[attr-defined]
-        old_log_probs = self.log_probs.reshape(-1) if flat else self.swap_and_flatten(self.log_probs).reshape(-1)  # type: ignore[attr-defined]
         total = self.buffer_size * self.n_envs
         new_values, new_log_probs = np.empty(total, np.float32), np.empty(total, np.float32)
         with th.no_grad():
@@ -168,6 +178,45 @@ class ReturnsEstimatorMixin:
                 values, log_prob, _ = policy.evaluate_actions(obs_as_tensor(obs_chunk, self.device), act)  # type: ignore[arg-type]
                 new_values[idx] = values.flatten().cpu().numpy()
                 new_log_probs[idx] = log_prob.cpu().numpy()
+        return new_values, new_log_probs
+
+    def recentre(self, policy: ActorCriticPolicy, chunk_size: int = 4096) -> None:
+        """
+        Prepare a rollout collected by an older behaviour policy ``mu`` for an update that starts from ``policy``
+        (``pi_prox``), as decoupled PPO does (Hilton et al., 2021, "Batch size-invariance for policy optimization",
+        eq. 3): the stored log-probabilities become ``pi_prox``'s, so that PPO's ratio and trust region are centred on
+        the policy being updated, and the advantages are multiplied by the truncated importance weights
+        ``min(rho_bar, pi_prox / mu)``. ``mu``'s log-probabilities are kept in ``behaviour_log_probs`` for the V-trace
+        ratios of ``recompute_returns_and_advantage``.
+
+        :param policy: the policy the update starts from
+        :param chunk_size: evaluation batch size
+        """
+        assert not self.generator_ready, "recentre a freshly collected rollout (before get())"
+        _, prox = self._evaluate(policy, chunk_size)
+        prox = self._unflat(prox)
+        self.behaviour_log_probs = self.log_probs.copy()
+        self.advantage_weights = np.exp(np.minimum(prox - self.log_probs, np.log(self.rho_bar))).astype(np.float32)
+        self.log_probs = prox.astype(np.float32)
+        self.advantages = (self.advantages * self.advantage_weights).astype(np.float32)
+
+    def recompute_returns_and_advantage(self, policy: ActorCriticPolicy, last_obs: Any, chunk_size: int = 4096) -> None:
+        """
+        Re-evaluate values (and, for V-trace, log-probabilities of the stored actions) with the current networks,
+        then recompute returns and advantages. The stored ``values`` / ``log_probs`` of the collecting policy are
+        kept (PPO's ratio and value clipping refer to them).
+
+        :param policy: the current policy
+        :param last_obs: observation after the last step (the algorithm's ``_last_obs``)
+        :param chunk_size: evaluation batch size
+        """
+        flat = self.generator_ready
+        if self.behaviour_log_probs is not None:  # (n_steps, n_envs), never flattened
+            old_log_probs = self.swap_and_flatten(self.behaviour_log_probs).reshape(-1)  # type: ignore[attr-defined]
+        else:
+            old_log_probs = self.log_probs.reshape(-1) if flat else self.swap_and_flatten(self.log_probs).reshape(-1)  # type: ignore[attr-defined]
+        new_values, new_log_probs = self._evaluate(policy, chunk_size)
+        with th.no_grad():
             last_values = policy.predict_values(obs_as_tensor(last_obs, self.device)).cpu().numpy().flatten()  # type: ignore[arg-type]
         log_ratios = self._unflat(new_log_probs - old_log_probs)
         self._estimate(self._unflat(new_values), last_values, log_ratios)

@@ -103,6 +103,17 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
             )
         super()._setup_model()
 
+    def _prepare_lagged_rollout(self) -> None:
+        """
+        Off-policy correction of a rollout collected by the previous weights (``collection="async"``): centre PPO's
+        trust region on the current policy and weight the advantages by ``min(rho_bar, pi / mu)``
+        (:meth:`CherryRolloutBuffer.recentre`).
+        """
+        assert isinstance(self.rollout_buffer, ReturnsEstimatorMixin)
+        self.policy.set_training_mode(False)
+        self.rollout_buffer.recentre(self.policy)
+        self.policy.set_training_mode(True)
+
     def _recompute_returns(self) -> None:
         """Recompute returns/advantages with the current networks (no-op unless ``recompute_returns``)."""
         if self.recompute_returns:
