@@ -4,6 +4,8 @@ in ONE process so that machine noise hits both sides alike; the ratio is what we
 
     python -m benchmarks.throughput                 # all cases, 3 alternating repetitions
     python -m benchmarks.throughput --cases cartpole_ppo_rollback --repeats 5
+    python -m benchmarks.throughput --out throughput_extra.csv --cases cartpole_gumbel_softmax_vs_sb3_categorical \
+        cartpole_recurrent_lstm_vs_sb3_contrib cartpole_recurrent_gru_vs_sb3_contrib_lstm
 
 Writes ``benchmarks/results/throughput.csv`` (one row per case, median steps/s of each side and their ratio) and
 ``benchmarks/results/throughput.png``.
@@ -177,12 +179,13 @@ def main() -> None:
     parser.add_argument("--cases", nargs="*", help="subset of case names")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: fair on a shared machine)")
+    parser.add_argument("--out", default=None, help="CSV name in benchmarks/results (default: throughput.csv)")
     args = parser.parse_args()
     th.set_num_threads(args.threads)
     selected = [c for c in cases() if not args.cases or c.name in args.cases]
     rows = []
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / ("throughput.csv" if not args.cases else f"throughput_{'_'.join(args.cases)}.csv")
+    out = RESULTS / (args.out or ("throughput.csv" if not args.cases else f"throughput_{'_'.join(args.cases)}.csv"))
     for case in selected:
         ours, base = [], []
         for _ in range(args.repeats):  # alternate, so drifting machine load hits both sides
