@@ -232,8 +232,23 @@ class AsyncLearner:
         )
         self.process.start()
         child_conn.close()
-        self.conn.send((type(model), str(model.device)))
+        self._send((type(model), str(model.device)), "ready")
         self._receive("ready")
+
+    def _lost(self, expected: str) -> RuntimeError:
+        """The error reported when the pipe to the learner breaks."""
+        self.process.join(timeout=1.0)
+        return RuntimeError(
+            f"The async learner process closed its pipe (exit code {self.process.exitcode}) before {expected!r}: "
+            "killed or out of memory? Retry with collection='sync' to see any error in-process."
+        )
+
+    def _send(self, message: tuple[str, Any], expected: str) -> None:
+        """Send a command to the learner, reporting a dead learner instead of a broken pipe."""
+        try:
+            self.conn.send(message)
+        except OSError as exc:  # BrokenPipeError / ConnectionResetError
+            raise self._lost(expected) from exc
 
     def _receive(self, expected: str) -> Any:
         """Wait for the learner's answer, reporting its death, its errors or a timeout instead of hanging."""
@@ -249,11 +264,8 @@ class AsyncLearner:
                 raise RuntimeError(f"The async learner process did not answer {expected!r} within {self.timeout:.0f} s.")
         try:
             kind, data = self.conn.recv()
-        except EOFError as exc:
-            raise RuntimeError(
-                f"The async learner process closed its pipe (exit code {self.process.exitcode}) before answering "
-                f"{expected!r}."
-            ) from exc
+        except (EOFError, OSError) as exc:  # OSError: ConnectionResetError when the learner was killed mid-write
+            raise self._lost(expected) from exc
         if kind == "error":
             raise RuntimeError(f"The async learner process failed:\n{data}")
         assert kind == expected, (kind, expected)
@@ -274,7 +286,7 @@ class AsyncLearner:
             # every rollout but the first was collected while the learner computed the weights it now starts from
             "lagged": self.submitted > 0,
         }
-        self.conn.send(("train", data))
+        self._send(("train", data), "trained")
         self.pending = True
         self.submitted += 1
 
@@ -300,7 +312,7 @@ class AsyncLearner:
         :param model: the model to update
         """
         self.sync(model)
-        self.conn.send(("optimizer", None))
+        self._send(("optimizer", None), "optimizer")
         state = th.load(io.BytesIO(self._receive("optimizer")), map_location=model.device, weights_only=True)
         model.policy.optimizer.load_state_dict(state)
 
