@@ -1,11 +1,11 @@
 #!/bin/sh
 # Memory task sb3_cherry/CartPoleNoVel-v0 (velocities hidden): RecurrentPPORollback with a GRU (zoo entry) against a
-# feed-forward PPORollback with the same entry minus the recurrent parts. 300k steps, 2 seeds. One process at a time.
+# feed-forward PPORollback with the same entry minus the recurrent parts. 300k steps, 3 seeds. One process at a time.
 set -x
 export OMP_NUM_THREADS=1
 PY=${PY:-.venv/bin/python}
 M="$PY -m benchmarks.learning --env sb3_cherry/CartPoleNoVel-v0 --eval-freq 20000"
-for seed in 0 1; do
+for seed in 0 1 2; do
   $M --seeds $seed --algo recurrent_ppo_rollback --variant gru
   $M --seeds $seed --algo ppo_rollback --hyperparams-from recurrent_ppo_rollback --variant feed_forward
 done
