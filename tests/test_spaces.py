@@ -92,6 +92,21 @@ def test_batch_decoding():
         _assert_same_action(NESTED, a, d)
 
 
+@pytest.mark.parametrize("clip", [True, False])
+def test_batch_decoding_matches_row_decoding(clip):
+    # Column-wise batch decoding against the row-by-row decoder, on unrounded, out-of-bounds rows
+    rng = np.random.default_rng(0)
+    flat = rng.normal(scale=6.0, size=(7, NESTED_DIM)).astype(np.float32)
+    decoded = unflatten_actions(NESTED, flat, clip=clip)
+    assert len(decoded) == 7
+    for row, d in zip(flat, decoded, strict=True):
+        expected = unflatten_action(NESTED, row, clip=clip)
+        _assert_same_action(NESTED, expected, d)
+    assert unflatten_actions(NESTED, np.zeros((0, NESTED_DIM))) == []
+    with pytest.raises(ValueError, match="expected"):
+        unflatten_actions(NESTED, flat[:, :-1])
+
+
 def test_box_clipping():
     low, high = np.array([0.0, -3.0], dtype=np.float32), np.array([2.0, 1.0], dtype=np.float32)
     space = spaces.Tuple((spaces.Discrete(2), spaces.Box(low=low, high=high, dtype=np.float32)))

@@ -126,14 +126,38 @@ def _unflatten(space: spaces.Space, flat: np.ndarray, clip: bool) -> Any:
 
 def unflatten_actions(space: spaces.Space, flat: np.ndarray, clip: bool = True) -> list[Any]:
     """
-    Decode a batch of flat actions.
+    Decode a batch of flat actions (column-wise, one numpy operation per component rather than per row: this runs
+    at every env step).
 
     :param space: the action space
     :param flat: array of shape ``(batch, flat_action_dim(space))``
     :param clip: clip ``Box`` components to their bounds
-    :return: a list of ``batch`` actions
+    :return: a list of ``batch`` actions, each equal to ``unflatten_action(space, row, clip)``
     """
-    return [unflatten_action(space, row, clip) for row in np.asarray(flat).reshape(len(flat), -1)]
+    flat = np.asarray(flat)
+    flat = flat.reshape(len(flat), -1) if flat.size else flat.reshape(0, flat_action_dim(space))
+    if flat.shape[1] != flat_action_dim(space):
+        raise ValueError(
+            f"Flat actions of shape {flat.shape} do not match {space} (expected (batch, {flat_action_dim(space)}))."
+        )
+    return _unflatten_batch(space, flat, clip)
+
+
+def _unflatten_batch(space: spaces.Space, flat: np.ndarray, clip: bool) -> list[Any]:
+    if isinstance(space, spaces.Tuple):
+        columns, start = [], 0
+        for sub in space.spaces:
+            dim = flat_action_dim(sub)
+            columns.append(_unflatten_batch(sub, flat[:, start : start + dim], clip))
+            start += dim
+        return list(zip(*columns, strict=True))
+    if isinstance(space, spaces.Discrete):
+        return list(np.rint(flat[:, 0]).astype(np.int64))
+    if isinstance(space, (spaces.MultiDiscrete, spaces.MultiBinary)):
+        return list(np.rint(flat).astype(space.dtype).reshape((len(flat), *space.shape)))
+    assert isinstance(space, spaces.Box)
+    box = flat.astype(space.dtype).reshape((len(flat), *space.shape))
+    return list(np.clip(box, space.low, space.high) if clip else box)
 
 
 def component_slices(space: spaces.Tuple) -> list[slice]:
