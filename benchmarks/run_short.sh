@@ -11,5 +11,6 @@ $C --algo ppo_rollback --variant gumbel_softmax --set policy_kwargs.action_distr
 $C --algo ppo_rollback --variant async --set collection=async
 $C --algo recurrent_ppo_rollback --variant gru
 $C --algo recurrent_ppo_rollback --variant lstm --set policy=MlpLstmPolicy
+$C --algo recurrent_ppo_rollback --variant gru_n_step8 --set returns_estimator=n_step --set n_step=8
 P="$PY -m benchmarks.learning --env Pendulum-v1 --seeds 0 1 --timesteps 200000 --eval-freq 20000"
 $P --algo ppo --variant normal_sde

@@ -174,6 +174,74 @@ def test_alpha_zero_reproduces_sb3_contrib_recurrent_ppo(env_id):
     np.testing.assert_array_equal(_params(contrib), _params(ours))
 
 
+@pytest.mark.parametrize(
+    "estimator, kwargs",
+    [("gae", {}), ("one_step", {}), ("n_step", dict(n_step=3)), ("vtrace", dict(rho_bar=1.0, c_bar=0.9))],
+)
+def test_returns_estimators(estimator, kwargs, monkeypatch):
+    # The recurrent buffer's returns and advantages equal those of the feed-forward CherryRolloutBuffer (whose
+    # estimators are checked against hand-written loops in test_returns / test_ppo_rollback) fed the same rollout
+    from sb3_cherry.common.buffers import CherryRolloutBuffer
+    from sb3_cherry.ppo_recurrent.buffers import CherryRecurrentRolloutBuffer
+
+    env = make_vec_env("CartPole-v1", n_envs=2, seed=1)  # random-policy episodes end inside the 64-step rollout
+    model = RecurrentPPORollback(
+        "MlpGruPolicy",
+        env,
+        n_steps=64,
+        batch_size=64,
+        gamma=0.9,
+        gae_lambda=0.8,
+        policy_kwargs=SMALL_NET,
+        seed=0,
+        returns_estimator=estimator,
+        **kwargs,
+    )
+    buffer = model.rollout_buffer
+    assert isinstance(buffer, CherryRecurrentRolloutBuffer) and buffer.returns_estimator == estimator
+    calls = []
+    original = CherryRecurrentRolloutBuffer.compute_returns_and_advantage
+
+    def spy(self, last_values, dones):
+        calls.append((last_values.clone(), np.array(dones)))
+        original(self, last_values, dones)
+
+    monkeypatch.setattr(CherryRecurrentRolloutBuffer, "compute_returns_and_advantage", spy)
+    _, callback = model._setup_learn(128, None)
+    model.collect_rollouts(model.env, callback, buffer, n_rollout_steps=model.n_steps)
+    assert len(calls) == 1 and buffer.episode_starts[1:].any()
+
+    reference = CherryRolloutBuffer(
+        64,
+        env.observation_space,
+        env.action_space,
+        gamma=0.9,
+        gae_lambda=0.8,
+        n_envs=2,
+        returns_estimator=estimator,
+        **kwargs,
+    )
+    reference.rewards, reference.values = buffer.rewards.copy(), buffer.values.copy()
+    reference.episode_starts = buffer.episode_starts.copy()
+    reference.compute_returns_and_advantage(*calls[0])
+    np.testing.assert_array_equal(buffer.returns, reference.returns)
+    np.testing.assert_array_equal(buffer.advantages, reference.advantages)
+    gae_reference = CherryRolloutBuffer(64, env.observation_space, env.action_space, gamma=0.9, gae_lambda=0.8, n_envs=2)
+    gae_reference.rewards, gae_reference.values = buffer.rewards.copy(), buffer.values.copy()
+    gae_reference.episode_starts = buffer.episode_starts.copy()
+    gae_reference.compute_returns_and_advantage(*calls[0])
+    # the choice reached the buffer: anything but GAE gives other advantages
+    assert np.array_equal(buffer.advantages, gae_reference.advantages) == (estimator == "gae")
+    model.learn(64)  # and trains
+
+
+def test_recurrent_estimator_errors():
+    with pytest.raises(ValueError, match="returns_estimator"):
+        RecurrentPPORollback("MlpGruPolicy", "CartPole-v1", returns_estimator="td")
+    with pytest.raises(ValueError, match="n_step"):
+        RecurrentPPORollback("MlpGruPolicy", "CartPole-v1", returns_estimator="n_step", n_step=0)
+
+
 def test_default_alpha_differs_and_logs_rollback_fraction():
     kwargs = dict(n_steps=32, batch_size=32, n_epochs=10, seed=3, learning_rate=1e-2, policy_kwargs=SMALL_NET)
     contrib = RecurrentPPO("MlpLstmPolicy", "CartPole-v1", **kwargs).learn(32)

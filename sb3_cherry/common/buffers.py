@@ -82,6 +82,17 @@ class ReturnsEstimatorMixin:
         rho_bar: float = 1.0,
         c_bar: float = 1.0,
     ):
+        storage_space = self._init_estimator_fields(action_space, returns_estimator, n_step, rho_bar, c_bar)
+        super().__init__(buffer_size, observation_space, storage_space, device, gae_lambda, gamma, n_envs)  # type: ignore[call-arg]
+
+    def _init_estimator_fields(
+        self, action_space: spaces.Space, returns_estimator: str, n_step: int, rho_bar: float, c_bar: float
+    ) -> spaces.Space:
+        """
+        Validate and store the estimator arguments (before the SB3 buffer's ``__init__``, which calls ``reset``).
+
+        :return: the action space the SB3 buffer stores (the flat ``Box`` of a ``Tuple`` space)
+        """
         check_estimator_args(returns_estimator, n_step, rho_bar, c_bar)
         self.returns_estimator = returns_estimator
         self.n_step = int(n_step)
@@ -93,8 +104,7 @@ class ReturnsEstimatorMixin:
         self.behaviour_log_probs: np.ndarray | None = None
         self.advantage_weights: np.ndarray | None = None
         self.original_action_space = action_space
-        storage_space = flat_action_space(action_space) if isinstance(action_space, spaces.Tuple) else action_space
-        super().__init__(buffer_size, observation_space, storage_space, device, gae_lambda, gamma, n_envs)  # type: ignore[call-arg]
+        return flat_action_space(action_space) if isinstance(action_space, spaces.Tuple) else action_space
 
     def reset(self) -> None:
         """Empty the buffer (and forget any re-centring of the previous rollout)."""

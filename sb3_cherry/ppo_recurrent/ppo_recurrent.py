@@ -31,7 +31,9 @@ class RecurrentPPORollback(RecurrentPPO, CherryOnPolicyAlgorithm):
 
     sb3-contrib's ``RecurrentPPO`` (rollout collection with recurrent states, sequence minibatches with padding masks)
     with the rollback surrogate in place of the clipped one. ``CherryOnPolicyAlgorithm`` adds Tuple action spaces
-    (``VecTupleActions``), atomic saving and clear load errors. Returns are GAE (contrib's buffers).
+    (``VecTupleActions``), atomic saving and clear load errors; the returns estimator is a choice (GAE, 1-step,
+    n-step, V-trace on contrib's buffers). Not available here: ``recompute_returns`` and ``collection="async"`` (both
+    re-evaluate stored steps, which a recurrent policy can only do by replaying whole sequences).
 
     With ``rollback_alpha=0`` and the LSTM policies with default distributions, this is sb3-contrib's ``RecurrentPPO``
     exactly.
@@ -61,6 +63,10 @@ class RecurrentPPORollback(RecurrentPPO, CherryOnPolicyAlgorithm):
     :param target_kl: Limit the KL divergence between updates (early stopping). By default, no limit.
     :param rollback_alpha: Slope ``alpha`` of the rollback outside the trust region (0: plain clipped PPO;
         the Truly PPO paper uses 0.3 on MuJoCo)
+    :param returns_estimator: ``"gae"`` (default), ``"one_step"``, ``"n_step"`` or ``"vtrace"``
+    :param n_step: horizon of the ``"n_step"`` estimator
+    :param rho_bar: V-trace truncation level of the importance weights in the TD errors
+    :param c_bar: V-trace truncation level of the traces
     :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
         the reported success rate, mean episode length, and mean reward over
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
@@ -101,6 +107,10 @@ class RecurrentPPORollback(RecurrentPPO, CherryOnPolicyAlgorithm):
         sde_sample_freq: int = -1,
         target_kl: float | None = None,
         rollback_alpha: float = 0.3,
+        returns_estimator: str = "gae",
+        n_step: int = 5,
+        rho_bar: float = 1.0,
+        c_bar: float = 1.0,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -138,6 +148,7 @@ class RecurrentPPORollback(RecurrentPPO, CherryOnPolicyAlgorithm):
         if rollback_alpha < 0:
             raise ValueError(f"rollback_alpha must be >= 0 (0 gives plain clipped PPO), got {rollback_alpha}.")
         self.rollback_alpha = float(rollback_alpha)
+        self._init_estimator(returns_estimator, n_step, rho_bar, c_bar, recompute_returns=False)
 
         if _init_setup_model:
             self._setup_model()
@@ -190,6 +201,10 @@ class RecurrentPPORollback(RecurrentPPO, CherryOnPolicyAlgorithm):
             gamma=self.gamma,
             gae_lambda=self.gae_lambda,
             n_envs=self.n_envs,
+            returns_estimator=self.returns_estimator,
+            n_step=self.n_step,
+            rho_bar=self.rho_bar,
+            c_bar=self.c_bar,
         )
 
         # Initialize schedules for policy/value clipping
