@@ -137,9 +137,18 @@ def build_model(
         kwargs["policy_kwargs"] = {k: v for k, v in policy_kwargs.items() if k not in RECURRENT_ONLY}
     if algo == "ppo":
         kwargs = {k: v for k, v in kwargs.items() if k not in ROLLBACK_ONLY}
-        if "action_distribution" in kwargs.get("policy_kwargs", {}):
-            raise ValueError("SB3's PPO has no action_distribution: the ppo baseline needs a Gaussian/categorical entry.")
     kwargs = apply_overrides(kwargs, overrides)
+    if algo == "ppo":
+        policy_kwargs = dict(kwargs.get("policy_kwargs", {}))
+        # SB3's own default pairing ("--set policy_kwargs.action_distribution=normal" on a Beta entry) is plain PPO
+        if policy_kwargs.get("action_distribution") in ("normal", "categorical"):
+            del policy_kwargs["action_distribution"]
+            kwargs["policy_kwargs"] = policy_kwargs
+        if "action_distribution" in policy_kwargs:
+            raise ValueError(
+                "SB3's PPO has no action_distribution: for the ppo baseline of an entry with another distribution, "
+                "add --set policy_kwargs.action_distribution=normal (or categorical)."
+            )
     env: VecEnv = make_vec_env(env_id, n_envs=entry.n_envs, seed=seed)
     if entry.normalize is not None:
         env = VecNormalize(env, **entry.normalize)

@@ -5,7 +5,8 @@ Learning curves and summary from the CSVs written by ``benchmarks/learning.py``.
     python -m benchmarks.plot --envs CartPole-v1 Hopper-v5
 
 Per env: ``benchmarks/results/<env>.png``, mean ± std over seeds of the evaluation return per (algo, variant) against
-environment steps. For all envs: ``benchmarks/results/summary.csv`` with one row per (env, algo, variant):
+environment steps. For all envs: ``benchmarks/results/summary.csv`` (and ``summary.md``, the README table, by
+:mod:`benchmarks.table`) with one row per (env, algo, variant):
 
 - ``seeds``: number of seeds, ``seed_list``: which;
 - ``steps``: the environment steps actually run (the last evaluation common to all seeds), next to
@@ -24,6 +25,8 @@ import pathlib
 from collections import defaultdict
 
 import numpy as np
+
+from benchmarks import table
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 SUMMARY_COLUMNS = [
@@ -191,6 +194,8 @@ def main(argv: list[str] | None = None) -> None:
             f"  wall {row['wall_time_s']} s"
         )
     print(f"wrote {out}")
+    if out.resolve() == (table.RESULTS / "summary.csv").resolve():
+        table.main()  # the README table, benchmarks/results/summary.md
 
 
 def is_learning_csv(path: pathlib.Path) -> bool:

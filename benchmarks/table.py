@@ -1,0 +1,99 @@
+"""
+The README's learning-curve table, generated from ``benchmarks/results/summary.csv``: one row per (env, algo,
+variant) with its published reference figure and the one command that reproduces it.
+
+    python -m benchmarks.table          # writes benchmarks/results/summary.md and prints it
+
+(``python -m benchmarks.plot`` calls it after writing the summary.)
+"""
+
+import csv
+import pathlib
+
+RESULTS = pathlib.Path(__file__).parent / "results"
+
+# Published figures: rl-zoo's benchmark table (https://github.com/DLR-RM/rl-baselines3-zoo/blob/master/benchmark.md,
+# MuJoCo v3), CleanRL's ppo_continuous_action (MuJoCo v4, https://docs.cleanrl.dev/rl-algorithms/ppo/) and the
+# cherry_rl seed (its README).
+REFERENCES = {
+    ("CartPole-v1", "ppo"): "rl-zoo PPO: 500 @ 100k",
+    ("CartPole-v1", "ppo_rollback"): "rl-zoo PPO: 500 @ 100k",
+    ("CartPole-v1", "recurrent_ppo_rollback"): "rl-zoo PPO: 500 @ 100k",
+    ("CartPole-v1", "cherry_a2c"): "rl-zoo A2C: 500 @ 500k",
+    ("Pendulum-v1", "cherry_a2c"): "rl-zoo A2C: -163 ± 103 @ 1M",
+    ("Pendulum-v1", "ppo"): "rl-zoo PPO: -172 ± 104 @ 100k",
+    ("Pendulum-v1", "ppo_rollback"): "rl-zoo PPO: -172 ± 104 @ 100k",
+    ("Hopper-v5", "ppo"): "rl-zoo PPO (v3): 2410 @ 1M; CleanRL (v4) ≈ 2383",
+    ("Hopper-v5", "ppo_rollback"): "rl-zoo PPO (v3): 2410 @ 1M; CleanRL (v4) ≈ 2383",
+    ("HalfCheetah-v5", "ppo"): "rl-zoo PPO (v3): 5819 @ 1M; CleanRL (v4) ≈ 1443",
+    ("HalfCheetah-v5", "ppo_rollback"): "rl-zoo PPO (v3): 5819 @ 1M; CleanRL (v4) ≈ 1443",
+    ("BipedalWalker-v3", "ppo"): "rl-zoo PPO: 213 ± 129 @ 5M (issue: ≈ 288)",
+    ("BipedalWalker-v3", "ppo_rollback"): "rl-zoo PPO: 213 ± 129 @ 5M (issue: ≈ 288); seed (Beta): 333; goal ≥ 300",
+}
+
+# The script under benchmarks/ that produced each row: (env, algo, variant) -> command; None matches any.
+COMMANDS = [
+    (
+        "CartPole-v1",
+        "ppo_rollback",
+        ("gae", "one_step", "n_step8", "vtrace", "vtrace_recompute"),
+        "run_cartpole_estimators.sh",
+    ),
+    (None, "cherry_a2c", None, "run_cherry_a2c.sh"),
+    ("Pendulum-v1", "ppo_rollback", ("beta", "normal_sde", "tanh_normal"), "run_pendulum.sh"),
+    ("sb3_cherry/CartPoleNoVel-v0", None, None, "run_memory.sh"),
+    ("Hopper-v5", None, None, "run_mujoco_1m.sh"),
+    ("HalfCheetah-v5", None, None, "ENV=HalfCheetah-v5 ./benchmarks/run_mujoco_1m.sh"),
+    ("BipedalWalker-v3", "ppo_rollback", None, "run_bipedal.sh"),
+    ("BipedalWalker-v3", "ppo", None, "ALGO=ppo VARIANT=normal ./benchmarks/run_bipedal.sh"),
+    ("CartPole-v1", None, None, "run_short.sh"),
+    ("Pendulum-v1", "ppo", None, "run_short.sh"),
+]
+
+
+def command(env: str, algo: str, variant: str) -> str:
+    """
+    The command that reproduces a summary row.
+
+    :param env: env id
+    :param algo: algorithm name of ``benchmarks/learning.py``
+    :param variant: variant name
+    :return: a shell command, or ``"—"`` if no script produced it
+    """
+    for c_env, c_algo, c_variants, cmd in COMMANDS:
+        if (c_env in (None, env)) and (c_algo in (None, algo)) and (c_variants is None or variant in c_variants):
+            return f"`{cmd}`" if " " in cmd else f"`./benchmarks/{cmd}`"
+    return "—"
+
+
+def rows(summary: pathlib.Path = RESULTS / "summary.csv") -> list[str]:
+    """
+    Markdown table lines for ``summary.csv``.
+
+    :param summary: the summary written by ``benchmarks.plot``
+    :return: header, separator and one line per row
+    """
+    lines = [
+        "| env | algorithm / variant | steps | seeds | final return (mean ± std over seeds) | AUC | reference | command |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    with open(summary, newline="") as file:
+        for r in csv.DictReader(file):
+            ref = REFERENCES.get((r["env"], r["algo"]), "—")
+            final = f"{float(r['final_mean']):.1f} ± {float(r['final_std']):.1f}"
+            lines.append(
+                f"| {r['env']} | {r['algo']} / {r['variant']} | {r['steps']} | {r['seeds']} | {final} "
+                f"| {float(r['auc_mean']):.1f} | {ref} | {command(r['env'], r['algo'], r['variant'])} |"
+            )
+    return lines
+
+
+def main() -> None:
+    """Write ``benchmarks/results/summary.md`` and print it."""
+    text = "\n".join(rows()) + "\n"
+    (RESULTS / "summary.md").write_text(text)
+    print(text, end="")
+
+
+if __name__ == "__main__":
+    main()

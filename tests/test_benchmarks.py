@@ -1,0 +1,38 @@
+"""The benchmark scripts' model construction and README table (the runs themselves are in benchmarks/)."""
+
+import csv
+
+import pytest
+from stable_baselines3 import PPO
+
+from benchmarks.learning import apply_overrides, build_model
+from benchmarks.table import RESULTS, command, rows
+from sb3_cherry import PPORollback
+
+
+def test_overrides():
+    kwargs = apply_overrides({"policy_kwargs": {"net_arch": [8]}}, ["n_step=8", "policy_kwargs.action_distribution=beta"])
+    assert kwargs == {"n_step": 8, "policy_kwargs": {"net_arch": [8], "action_distribution": "beta"}}
+    with pytest.raises(ValueError, match="not a dict"):
+        apply_overrides({"gamma": 0.9}, ["gamma.x=1"])
+
+
+def test_ppo_baseline_of_a_beta_entry():
+    beta = ["use_sde=false", "policy_kwargs.action_distribution=beta"]
+    model, _ = build_model("ppo_rollback", "Pendulum-v1", 0, beta)
+    assert isinstance(model, PPORollback) and type(model.policy.action_dist).__name__ == "BetaDistribution"
+    with pytest.raises(ValueError, match="action_distribution=normal"):
+        build_model("ppo", "Pendulum-v1", 0, beta)
+    # the Gaussian baseline: SB3's PPO, same entry, rollback keys dropped
+    model, n_timesteps = build_model("ppo", "Pendulum-v1", 0, [*beta, "policy_kwargs.action_distribution=normal"])
+    assert type(model) is PPO and type(model.policy.action_dist).__name__ == "DiagGaussianDistribution"
+    assert n_timesteps == 200_000 and not hasattr(model, "rollback_alpha")
+
+
+def test_every_summary_row_has_a_command():
+    with open(RESULTS / "summary.csv", newline="") as file:
+        summary = list(csv.DictReader(file))
+    assert summary
+    for row in summary:
+        assert command(row["env"], row["algo"], row["variant"]) != "—", row
+    assert len(rows()) == len(summary) + 2
