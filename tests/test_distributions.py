@@ -552,6 +552,70 @@ def test_tuple_log_prob_and_entropy():
         assert FLAT_TUPLE.contains(unflatten_action(FLAT_TUPLE, row))
 
 
+def test_consecutive_gaussians_are_fused():
+    # Discrete, two Boxes (fused), a Beta Box (not fused), and a nested Tuple of two Boxes (fused inside it)
+    space = spaces.Tuple(
+        (
+            spaces.Discrete(3),
+            spaces.Box(-1, 1, (2,)),
+            spaces.Box(-1, 1, (1,)),
+            spaces.Box(0, 2, (1,)),
+            spaces.Tuple((spaces.Box(-1, 1, (1,)), spaces.Box(-1, 1, (2,)))),
+        )
+    )
+    dist = make_distribution(space, ("categorical", "normal", "normal", "beta", ("normal", "normal")))
+    # the nested Tuple reduces to one Gaussian, which is evaluated without its Tuple wrapper
+    assert [type(p) for p in dist.parts] == [CategoricalDistribution, NormalDistribution, BetaDistribution, NormalDistribution]
+    assert [p.action_dim for p in dist.parts] == [1, 3, 1, 3] and dist.part_sizes == [[1], [2, 1], [1], [3]]
+    assert len(dist.components) == 5 and [type(p) for p in dist.components[4].parts] == [NormalDistribution]
+    assert dist.param_dim == 3 + 6 + 2 + 6 and dist.action_dim == 8
+    # parameter layout: [logits | means(3), log_stds(3) | beta(2) | nested means(3), log_stds(3)]
+    params = th.randn(64, dist.param_dim, dtype=th.float64)
+    logits, gauss, beta, nested = params.split([3, 6, 2, 6], dim=1)
+    dist.proba_distribution(params)
+    actions = dist.sample().double()
+    a_cat, a_g1, a_g2, a_beta, a_n1, a_n2 = actions.split([1, 2, 1, 1, 1, 2], dim=1)
+    mean, log_std = gauss.chunk(2, dim=1)
+    n_mean, n_log_std = nested.chunk(2, dim=1)
+    low, high = th.zeros(1, dtype=th.float64), 2 * th.ones(1, dtype=th.float64)
+    expected_components = [
+        Categorical(logits=logits).log_prob(a_cat[:, 0].long()),
+        Normal(mean[:, :2], log_std[:, :2].exp()).log_prob(a_g1).sum(1),
+        Normal(mean[:, 2:], log_std[:, 2:].exp()).log_prob(a_g2).sum(1),
+        ref_beta(beta, low, high).log_prob(a_beta).sum(1),
+        Normal(n_mean, n_log_std.exp()).log_prob(th.cat([a_n1, a_n2], dim=1)).sum(1),
+    ]
+    for got, expected in zip(dist.component_log_probs(actions), expected_components, strict=True):
+        th.testing.assert_close(got, expected)
+    th.testing.assert_close(dist.log_prob(actions), sum(expected_components))
+    expected_entropy = (
+        Categorical(logits=logits).entropy()
+        + Normal(mean, log_std.exp()).entropy().sum(1)
+        + (Beta(*(F.softplus(x) + 1 for x in beta.chunk(2, dim=1))).entropy() + th.log(high - low)).sum(1)
+        + Normal(n_mean, n_log_std.exp()).entropy().sum(1)
+    )
+    th.testing.assert_close(dist.entropy(), expected_entropy)
+    th.testing.assert_close(dist.mode()[:, 1:4], mean.float())
+    # a nested all-Gaussian Tuple next to a Gaussian: one part, component log-probs still per component
+    hybrid = spaces.Tuple((spaces.Box(-1, 1, (1,)), spaces.Tuple((spaces.Box(-1, 1, (2,)), spaces.Box(-1, 1, (1,))))))
+    fused = make_distribution(hybrid)
+    assert len(fused.parts) == 1 and fused.part_sizes == [[1, 3]] and fused.param_dim == 8
+    params = th.randn(16, 8, dtype=th.float64)
+    fused.proba_distribution(params)
+    actions = fused.sample().double()
+    g_mean, g_log_std = params.chunk(2, dim=1)
+    per_column = Normal(g_mean, g_log_std.exp()).log_prob(actions)
+    got = fused.component_log_probs(actions)
+    th.testing.assert_close(got[0], per_column[:, 0])
+    th.testing.assert_close(got[1], per_column[:, 1:].sum(1))
+    # one Gaussian head (one log_std vector) per fused group
+    spec = ("categorical", "normal", "normal", "beta", ("normal", "normal"))
+    model = PPORollback("MlpPolicy", ActionSpaceEnv(space), policy_kwargs=dict(action_distribution=spec), **PPO_KWARGS)
+    model.learn(16)  # and trains
+    log_stds = [p for name, p in model.policy.action_net.named_parameters() if name.endswith("log_std")]
+    assert [p.numel() for p in log_stds] == [3, 3]
+
+
 def test_tuple_entropy_monte_carlo():
     dist = make_distribution(FLAT_TUPLE, FLAT_SPEC)
     _entropy_check(dist, th.randn(2, dist.param_dim, dtype=th.float64))
@@ -625,8 +689,8 @@ def test_nested_tuple_kl_with_tanh_normal():
 
 
 def test_kl_single_distributions_and_sb3_passthrough():
-    for name in ("beta", "tanh_normal"):
-        p, q = make_distribution(BOX3, name), make_distribution(BOX3, name)
+    for name in ("beta", "tanh_normal", "normal"):
+        p, q = ((NormalDistribution(BOX3) if name == "normal" else make_distribution(BOX3, name)) for _ in range(2))
         params_p, params_q = th.randn(8, 6), th.randn(8, 6)
         p.proba_distribution(params_p)
         q.proba_distribution(params_q)
@@ -635,6 +699,8 @@ def test_kl_single_distributions_and_sb3_passthrough():
         else:
             expected = th_kl(ref_normal(params_p), ref_normal(params_q)).sum(1)
         th.testing.assert_close(kl_divergence(p, q), expected)
+    # the Gaussian's mode is its mean
+    th.testing.assert_close(NormalDistribution(BOX3).proba_distribution(params_p).mode(), params_p[:, :3])
     # SB3's own distributions go through SB3's kl_divergence
     p, q = make_distribution(spaces.Discrete(3)), make_distribution(spaces.Discrete(3))
     lp, lq = th.randn(4, 3), th.randn(4, 3)

@@ -159,25 +159,34 @@ class NormalDistribution(CherryDistribution):
     def proba_distribution_net(self, latent_dim: int, log_std_init: float = 0.0) -> nn.Module:
         return _GaussianHead(latent_dim, self.action_dim, log_std_init)
 
+    # Written out on (mean, log_std) without a torch ``Normal`` object: its construction and methods cost more than
+    # the arithmetic at these batch sizes, once per component of a Tuple (tested against torch's Normal).
     def proba_distribution(self: SelfCherryDistribution, params: th.Tensor) -> SelfCherryDistribution:
         self.mean, self.log_std = params.split(self.action_dim, dim=-1)  # type: ignore[attr-defined]
-        self.distribution = Normal(self.mean, self.log_std.exp(), validate_args=False)
         return self
 
     def _batch_ref(self) -> th.Tensor:
-        return self.distribution.loc
+        return self.mean
 
     def log_prob(self, actions: th.Tensor) -> th.Tensor:
         return _gaussian_log_density(_as_columns(actions, self.action_dim), self.mean, self.log_std).sum(dim=1)
 
     def entropy(self) -> th.Tensor:
-        return self.distribution.entropy().sum(dim=1)
+        # 0.5 + 0.5 log(2 pi) + log(sigma) per dimension
+        return (self.log_std + (0.5 + _HALF_LOG_2PI)).sum(dim=1)
 
     def sample(self) -> th.Tensor:
         return self.mean + th.exp(self.log_std) * th.randn_like(self.mean)
 
     def mode(self) -> th.Tensor:
-        return self.distribution.mean
+        return self.mean
+
+    def kl(self, other: CherryDistribution) -> th.Tensor:
+        assert isinstance(other, NormalDistribution)
+        # KL(N(m1, s1^2) || N(m2, s2^2)) = log(s2 / s1) + (s1^2 + (m1 - m2)^2) / (2 s2^2) - 1/2, per dimension
+        var_ratio = th.exp(2.0 * (self.log_std - other.log_std))
+        scaled_gap = ((self.mean - other.mean) * th.exp(-other.log_std)) ** 2
+        return (0.5 * (var_ratio + scaled_gap - 1.0) - (self.log_std - other.log_std)).sum(dim=1)
 
 
 class TanhNormalDistribution(CherryDistribution):
@@ -460,6 +469,13 @@ class TupleDistribution(CherryDistribution):
     (:mod:`sb3_cherry.common.spaces`). Entropy is ``None`` when a component has no closed form (then PPO uses
     ``-log_prob`` for the whole action, as SB3 does).
 
+    Consecutive ``"normal"`` components are evaluated as one diagonal Gaussian over their concatenated columns (the
+    same distribution: independent dimensions either way) with one parameter head, which saves a head, a density and
+    an entropy per extra component at every step; a nested Tuple that reduces to one distribution is evaluated as
+    that distribution (and may fuse with its neighbours). Fused parameters are laid out ``[means, log_stds]`` over the
+    fused columns; every other component keeps its own block of parameters, in order. ``components`` is the per-component
+    structure (types, options); the values per component come from :meth:`component_log_probs`.
+
     :param components: one distribution per component of the Tuple
     """
 
@@ -468,26 +484,38 @@ class TupleDistribution(CherryDistribution):
         super().__init__(
             action_dim=sum(c.action_dim for c in self.components), param_dim=sum(c.param_dim for c in self.components)
         )
+        # parts: what is evaluated; part_sizes[i]: action columns of each component that part i covers
+        self.parts: list[CherryDistribution] = []
+        self.part_sizes: list[list[int]] = []
+        for component in self.components:
+            if isinstance(component, TupleDistribution) and len(component.parts) == 1:
+                component = component.parts[0]  # a nested Tuple evaluated as one distribution: no wrapper
+            if type(component) is NormalDistribution and self.parts and type(self.parts[-1]) is NormalDistribution:
+                sizes = [*self.part_sizes[-1], component.action_dim]
+                self.parts[-1] = NormalDistribution(spaces.Box(-np.inf, np.inf, (sum(sizes),), np.float32))
+                self.part_sizes[-1] = sizes
+            else:
+                self.parts.append(component)
+                self.part_sizes.append([component.action_dim])
 
     def proba_distribution_net(self, latent_dim: int, log_std_init: float = 0.0) -> nn.Module:
-        return _TupleHead([c.proba_distribution_net(latent_dim, log_std_init=log_std_init) for c in self.components])
+        return _TupleHead([p.proba_distribution_net(latent_dim, log_std_init=log_std_init) for p in self.parts])
 
     def proba_distribution(self: SelfCherryDistribution, params: th.Tensor) -> SelfCherryDistribution:
-        splits = params.split([c.param_dim for c in self.components], dim=-1)
-        for component, split in zip(self.components, splits, strict=True):
-            component.proba_distribution(split)
+        splits = params.split([p.param_dim for p in self.parts], dim=-1)  # type: ignore[attr-defined]
+        for part, split in zip(self.parts, splits, strict=True):  # type: ignore[attr-defined]
+            part.proba_distribution(split)
         return self
 
     def _batch_ref(self) -> th.Tensor:
-        return self.components[0]._batch_ref()
+        return self.parts[0]._batch_ref()
 
     def _split_actions(self, actions: th.Tensor) -> tuple[th.Tensor, ...]:
-        return _as_columns(actions, self.action_dim).split([c.action_dim for c in self.components], dim=1)
+        return _as_columns(actions, self.action_dim).split([p.action_dim for p in self.parts], dim=1)
 
     def log_prob(self, actions: th.Tensor) -> th.Tensor:
-        return th.stack(
-            [c.log_prob(a) for c, a in zip(self.components, self._split_actions(actions), strict=True)], dim=1
-        ).sum(dim=1)
+        log_probs = [p.log_prob(a) for p, a in zip(self.parts, self._split_actions(actions), strict=True)]
+        return log_probs[0] if len(log_probs) == 1 else th.stack(log_probs, dim=1).sum(dim=1)
 
     def component_log_probs(self, actions: th.Tensor) -> list[th.Tensor]:
         """
@@ -496,23 +524,31 @@ class TupleDistribution(CherryDistribution):
         :param actions: flat actions
         :return: one ``(batch,)`` tensor per component
         """
-        return [c.log_prob(a) for c, a in zip(self.components, self._split_actions(actions), strict=True)]
+        out = []
+        for part, sizes, a in zip(self.parts, self.part_sizes, self._split_actions(actions), strict=True):
+            if len(sizes) == 1:
+                out.append(part.log_prob(a))
+            else:  # a fused Gaussian: per-column densities, summed per component
+                assert isinstance(part, NormalDistribution)
+                columns = _gaussian_log_density(a, part.mean, part.log_std)
+                out += [c.sum(dim=1) for c in columns.split(sizes, dim=1)]
+        return out
 
     def entropy(self) -> th.Tensor | None:
-        entropies = [c.entropy() for c in self.components]
+        entropies = [p.entropy() for p in self.parts]
         if any(e is None for e in entropies):
             return None
-        return th.stack(entropies, dim=1).sum(dim=1)  # type: ignore[arg-type]
+        return entropies[0] if len(entropies) == 1 else th.stack(entropies, dim=1).sum(dim=1)  # type: ignore[arg-type]
 
     def sample(self) -> th.Tensor:
-        return th.cat([c.sample().float().reshape(-1, c.action_dim) for c in self.components], dim=1)
+        return th.cat([p.sample().float().reshape(-1, p.action_dim) for p in self.parts], dim=1)
 
     def mode(self) -> th.Tensor:
-        return th.cat([c.mode().float().reshape(-1, c.action_dim) for c in self.components], dim=1)
+        return th.cat([p.mode().float().reshape(-1, p.action_dim) for p in self.parts], dim=1)
 
     def kl(self, other: CherryDistribution) -> th.Tensor:
         assert isinstance(other, TupleDistribution)
-        return th.stack([p.kl(q) for p, q in zip(self.components, other.components, strict=True)], dim=1).sum(dim=1)
+        return th.stack([p.kl(q) for p, q in zip(self.parts, other.parts, strict=True)], dim=1).sum(dim=1)
 
 
 def default_distribution(space: spaces.Space) -> DistributionSpec:
