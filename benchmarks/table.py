@@ -44,7 +44,8 @@ COMMANDS = [
     ("sb3_cherry/CartPoleNoVel-v0", None, None, "run_memory.sh"),
     ("Hopper-v5", None, None, "run_mujoco_1m.sh"),
     ("HalfCheetah-v5", None, None, "ENV=HalfCheetah-v5 ./benchmarks/run_mujoco_1m.sh"),
-    ("BipedalWalker-v3", "ppo_rollback", None, "run_bipedal.sh"),
+    ("BipedalWalker-v3", "ppo_rollback", ("beta",), "run_bipedal.sh"),
+    ("BipedalWalker-v3", "ppo_rollback", ("beta_seed_config",), "VARIANT=beta_seed_config ./benchmarks/run_bipedal.sh"),
     ("BipedalWalker-v3", "ppo", None, "ALGO=ppo VARIANT=normal ./benchmarks/run_bipedal.sh"),
     ("CartPole-v1", None, None, "run_short.sh"),
     ("Pendulum-v1", "ppo", None, "run_short.sh"),
@@ -78,7 +79,7 @@ def rows(summary: pathlib.Path = RESULTS / "summary.csv") -> list[str]:
         "|---|---|---|---|---|---|---|---|",
     ]
     with open(summary, newline="") as file:
-        for r in csv.DictReader(file):
+        for r in sorted(csv.DictReader(file), key=lambda r: (r["env"], r["algo"], r["variant"])):
             ref = REFERENCES.get((r["env"], r["algo"]), "—")
             final = f"{float(r['final_mean']):.1f} ± {float(r['final_std']):.1f}"
             lines.append(
