@@ -151,7 +151,9 @@ def build_model(
             )
     env: VecEnv = make_vec_env(env_id, n_envs=entry.n_envs, seed=seed)
     if entry.normalize is not None:
-        env = VecNormalize(env, **entry.normalize)
+        # VecNormalize discounts with the model's gamma, --set gamma=... included (as rl_zoo3 with --hyperparams)
+        normalize = {**entry.normalize, "gamma": kwargs["gamma"]} if "gamma" in kwargs else entry.normalize
+        env = VecNormalize(env, **normalize)
     return classes[algo](env=env, seed=seed, device="cpu", **kwargs), entry.n_timesteps
 
 

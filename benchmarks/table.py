@@ -28,7 +28,7 @@ REFERENCES = {
     ("HalfCheetah-v5", "ppo"): "rl-zoo PPO (v3): 5819 @ 1M; CleanRL (v4) ≈ 1443",
     ("HalfCheetah-v5", "ppo_rollback"): "rl-zoo PPO (v3): 5819 @ 1M; CleanRL (v4) ≈ 1443",
     ("BipedalWalker-v3", "ppo"): "rl-zoo PPO: 213 ± 129 @ 5M (issue: ≈ 288)",
-    ("BipedalWalker-v3", "ppo_rollback"): "rl-zoo PPO: 213 ± 129 @ 5M (issue: ≈ 288); seed (Beta): 333; goal ≥ 300",
+    ("BipedalWalker-v3", "ppo_rollback"): "rl-zoo PPO: 213 ± 129 @ 5M (issue: ≈ 288); cherry_rl seed (Beta): 333; goal ≥ 300",
 }
 
 # The script under benchmarks/ that produced each row: (env, algo, variant) -> command; None matches any.
@@ -45,7 +45,7 @@ COMMANDS = [
     ("Hopper-v5", None, None, "run_mujoco_1m.sh"),
     ("HalfCheetah-v5", None, None, "ENV=HalfCheetah-v5 ./benchmarks/run_mujoco_1m.sh"),
     ("BipedalWalker-v3", "ppo_rollback", ("beta",), "run_bipedal.sh"),
-    ("BipedalWalker-v3", "ppo_rollback", ("beta_seed_config",), "VARIANT=beta_seed_config ./benchmarks/run_bipedal.sh"),
+    ("BipedalWalker-v3", "ppo_rollback", ("beta_rlzoo_config",), "VARIANT=beta_rlzoo_config ./benchmarks/run_bipedal.sh"),
     ("BipedalWalker-v3", "ppo", None, "ALGO=ppo VARIANT=normal ./benchmarks/run_bipedal.sh"),
     ("CartPole-v1", None, None, "run_short.sh"),
     ("Pendulum-v1", "ppo", None, "run_short.sh"),
