@@ -94,7 +94,8 @@ def test_batch_decoding():
 
 @pytest.mark.parametrize("clip", [True, False])
 def test_batch_decoding_matches_row_decoding(clip):
-    # Column-wise batch decoding against the row-by-row decoder, on unrounded, out-of-bounds rows
+    # Decoding a batch equals decoding each row alone, on unrounded, out-of-bounds rows (the values themselves are
+    # checked by the round trips and test_box_clipping)
     rng = np.random.default_rng(0)
     flat = rng.normal(scale=6.0, size=(7, NESTED_DIM)).astype(np.float32)
     decoded = unflatten_actions(NESTED, flat, clip=clip)

@@ -26,7 +26,13 @@ from gymnasium import spaces
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
-from sb3_cherry.common.spaces import check_action_space, flat_action_space, flatten_action, unflatten_action
+from sb3_cherry.common.spaces import (
+    check_action_space,
+    flat_action_space,
+    flatten_action,
+    unflatten_action,
+    unflatten_actions,
+)
 
 
 def canonical_flat_actions(space: spaces.Tuple, actions: Any, num_envs: int) -> np.ndarray:
@@ -39,7 +45,7 @@ def canonical_flat_actions(space: spaces.Tuple, actions: Any, num_envs: int) -> 
     :return: float32 array ``(num_envs, flat_action_dim)``
     """
     if isinstance(actions, np.ndarray) and actions.dtype != object:
-        rows = [unflatten_action(space, row) for row in actions.reshape(num_envs, -1)]
+        rows = unflatten_actions(space, actions.reshape(num_envs, -1))
     else:
         rows = [unflatten_action(space, flatten_action(space, action)) for action in actions]
     return np.stack([flatten_action(space, row) for row in rows]).astype(np.float32)
@@ -62,7 +68,7 @@ class VecFlatActionSpace(VecEnvWrapper):
 
     def step_async(self, actions: np.ndarray) -> None:
         flat = canonical_flat_actions(self.tuple_space, actions, self.num_envs)
-        self.venv.step_async([unflatten_action(self.tuple_space, row) for row in flat])  # type: ignore[arg-type]
+        self.venv.step_async(unflatten_actions(self.tuple_space, flat))  # type: ignore[arg-type]
 
     def step_wait(self) -> VecEnvStepReturn:
         return self.venv.step_wait()

@@ -104,24 +104,7 @@ def unflatten_action(space: spaces.Space, flat: np.ndarray, clip: bool = True) -
     flat = np.asarray(flat)
     if flat.shape != (flat_action_dim(space),):
         raise ValueError(f"Flat action of shape {flat.shape} does not match {space} (expected ({flat_action_dim(space)},)).")
-    return _unflatten(space, flat, clip)
-
-
-def _unflatten(space: spaces.Space, flat: np.ndarray, clip: bool) -> Any:
-    if isinstance(space, spaces.Tuple):
-        out, start = [], 0
-        for sub in space.spaces:
-            dim = flat_action_dim(sub)
-            out.append(_unflatten(sub, flat[start : start + dim], clip))
-            start += dim
-        return tuple(out)
-    if isinstance(space, spaces.Discrete):
-        return np.int64(np.rint(flat[0]))
-    if isinstance(space, (spaces.MultiDiscrete, spaces.MultiBinary)):
-        return np.rint(flat).astype(space.dtype).reshape(space.shape)
-    assert isinstance(space, spaces.Box)
-    box = flat.astype(space.dtype).reshape(space.shape)
-    return np.clip(box, space.low, space.high) if clip else box
+    return _unflatten_batch(space, flat.reshape(1, -1), clip)[0]
 
 
 def unflatten_actions(space: spaces.Space, flat: np.ndarray, clip: bool = True) -> list[Any]:
