@@ -15,21 +15,31 @@ RESULTS = pathlib.Path(__file__).parent / "results"
 # Published figures: rl-zoo's benchmark table (https://github.com/DLR-RM/rl-baselines3-zoo/blob/master/benchmark.md,
 # MuJoCo v3), CleanRL's ppo_continuous_action (MuJoCo v4, https://docs.cleanrl.dev/rl-algorithms/ppo/) and the
 # cherry_rl seed (its README).
-REFERENCES = {
-    ("CartPole-v1", "ppo"): "rl-zoo PPO: 500 @ 100k",
-    ("CartPole-v1", "ppo_rollback"): "rl-zoo PPO: 500 @ 100k",
-    ("CartPole-v1", "recurrent_ppo_rollback"): "rl-zoo PPO: 500 @ 100k",
-    ("CartPole-v1", "cherry_a2c"): "rl-zoo A2C: 500 @ 500k",
-    ("Pendulum-v1", "cherry_a2c"): "rl-zoo A2C: -163 ± 103 @ 1M",
-    ("Pendulum-v1", "ppo"): "rl-zoo PPO: -172 ± 104 @ 100k",
-    ("Pendulum-v1", "ppo_rollback"): "rl-zoo PPO: -172 ± 104 @ 100k",
-    ("Hopper-v5", "ppo"): "rl-zoo PPO (v3): 2410 @ 1M; CleanRL (v4) ≈ 2383",
-    ("Hopper-v5", "ppo_rollback"): "rl-zoo PPO (v3): 2410 @ 1M; CleanRL (v4) ≈ 2383",
-    ("HalfCheetah-v5", "ppo"): "rl-zoo PPO (v3): 5819 @ 1M; CleanRL (v4) ≈ 1443",
-    ("HalfCheetah-v5", "ppo_rollback"): "rl-zoo PPO (v3): 5819 @ 1M; CleanRL (v4) ≈ 1443",
-    ("BipedalWalker-v3", "ppo"): "rl-zoo PPO: 213 ± 129 @ 5M (issue: ≈ 288)",
-    ("BipedalWalker-v3", "ppo_rollback"): "rl-zoo PPO: 213 ± 129 @ 5M (issue: ≈ 288); cherry_rl seed (Beta): 333; goal ≥ 300",
+# PPO-family rows (ppo, ppo_rollback, recurrent_ppo_rollback) take the env's PPO figure, cherry_a2c rows its A2C one.
+PPO_REFERENCES = {
+    "CartPole-v1": "rl-zoo PPO: 500 @ 100k",
+    "Pendulum-v1": "rl-zoo PPO: -172 ± 104 @ 100k",
+    "Hopper-v5": "rl-zoo PPO (v3): 2410 @ 1M; CleanRL (v4) ≈ 2383",
+    "HalfCheetah-v5": "rl-zoo PPO (v3): 5819 @ 1M; CleanRL (v4) ≈ 1443",
+    "BipedalWalker-v3": "rl-zoo PPO: 213 ± 129 @ 5M (issue: ≈ 288)",
 }
+A2C_REFERENCES = {"CartPole-v1": "rl-zoo A2C: 500 @ 500k", "Pendulum-v1": "rl-zoo A2C: -163 ± 103 @ 1M"}
+# appended to the reference of one (env, algo)
+GOALS = {("BipedalWalker-v3", "ppo_rollback"): "cherry_rl seed (Beta): 333; goal ≥ 300"}
+
+
+def reference(env: str, algo: str) -> str:
+    """
+    The published figure (and goal) a summary row is compared with.
+
+    :param env: env id
+    :param algo: algorithm name of ``benchmarks/learning.py``
+    :return: the reference text, or ``"—"``
+    """
+    ref = (A2C_REFERENCES if algo == "cherry_a2c" else PPO_REFERENCES).get(env)
+    parts = [p for p in (ref, GOALS.get((env, algo))) if p]
+    return "; ".join(parts) if parts else "—"
+
 
 # The script under benchmarks/ that produced each row: (env, algo, variant) -> command; None matches any.
 COMMANDS = [
@@ -80,7 +90,7 @@ def rows(summary: pathlib.Path = RESULTS / "summary.csv") -> list[str]:
     ]
     with open(summary, newline="") as file:
         for r in sorted(csv.DictReader(file), key=lambda r: (r["env"], r["algo"], r["variant"])):
-            ref = REFERENCES.get((r["env"], r["algo"]), "—")
+            ref = reference(r["env"], r["algo"])
             final = f"{float(r['final_mean']):.1f} ± {float(r['final_std']):.1f}"
             lines.append(
                 f"| {r['env']} | {r['algo']} / {r['variant']} | {r['steps']} | {r['seeds']} | {final} "
