@@ -1,0 +1,472 @@
+"""
+Run checkpoints that continue exactly: a long training run split into chunks (processes, sessions) gives the same
+``num_timesteps``, learning-rate / clip-range schedules and — for a fixed seed and a ``DummyVecEnv`` of envs whose state
+is plain data — the same parameters as one uninterrupted run.
+
+A checkpoint is a folder:
+
+- ``model.zip``: the model as ``model.save`` writes it (parameters, optimizer state, hyperparameters);
+- ``run_state.json``: counters (``num_timesteps``, the run's ``total_timesteps``, ``_n_updates``), the episode
+  statistics, the RNG states of Python / NumPy / torch, the env states, and any ``extra`` data of the caller (e.g. an
+  evaluation history);
+- ``run_state.npz``: the arrays those refer to (last observation, episode starts, VecNormalize statistics, env arrays).
+
+Everything reads back without pickle (``json`` and ``np.load(allow_pickle=False)``). A checkpoint is written at an
+update boundary (after ``train``, before the next rollout), into a temporary folder that replaces the previous
+checkpoint only once it is complete.
+
+What is restored exactly:
+
+- the model (through ``Algorithm.load``), the counters, the schedules' progress, the RNG states, the episode buffer;
+- every ``VecEnvWrapper`` layer's plain data (``VecNormalize``'s running statistics and discounted returns, ...);
+- with a ``DummyVecEnv``: each env's wrapper chain and unwrapped env when all their state is plain data (arrays,
+  numbers, ``np.random.Generator`` states: classic control, sb3_cherry's envs, ``Monitor``, ``TimeLimit``) or a MuJoCo
+  simulation (``mujoco.mj_getState``). Other envs (Box2D worlds, ``SubprocVecEnv`` workers) cannot be captured as data:
+  on resume they start new episodes (``VecEnv.reset``), which changes nothing else; ``run_state.json`` records which
+  case applied (``"envs_exact"``).
+
+Use :class:`RunCheckpointCallback` to write checkpoints during ``learn`` (and optionally stop the process after a
+chunk), :func:`load_run_checkpoint` + :func:`continue_run` to go on.
+"""
+
+import json
+import os
+import pathlib
+import random
+import shutil
+import tempfile
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch as th
+from gymnasium import Env, Wrapper
+from gymnasium.spaces import Space
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.running_mean_std import RunningMeanStd
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper
+
+MODEL_FILE = "model.zip"
+STATE_FILE = "run_state.json"
+ARRAYS_FILE = "run_state.npz"
+FORMAT_VERSION = 1
+
+# attributes that are configuration, rendering or links between layers, never episode state
+_SKIPPED_ATTRS = {
+    "env",
+    "venv",
+    "envs",
+    "spec",
+    "metadata",
+    "render_mode",
+    "screen",
+    "clock",
+    "isopen",
+    "mujoco_renderer",
+    "model",
+    "data",
+    "results_writer",
+    "t_start",
+    "class_attributes",
+    "_cached_spec",
+    "_np_random_seed",
+}
+_SCALARS = (bool, int, float, str, type(None))
+
+
+class _Unplain(Exception):
+    """An attribute holds state that is not plain data (the env cannot be captured exactly)."""
+
+
+class _Encoder:
+    """Encode plain data as JSON with the arrays kept aside (``{"__array__": key}`` references)."""
+
+    def __init__(self) -> None:
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def encode(self, value: Any, key: str) -> Any:
+        if isinstance(value, _SCALARS):
+            if isinstance(value, float) and not np.isfinite(value):
+                return {"__float__": repr(value)}
+            return value
+        if isinstance(value, np.generic):
+            if value.dtype.kind in "biuf":
+                return {"__scalar__": value.item(), "dtype": value.dtype.str}
+            return self.encode(np.asarray(value), key)
+        if isinstance(value, np.ndarray):
+            if value.dtype == object:
+                raise _Unplain(key)
+            self.arrays[key] = value
+            return {"__array__": key}
+        if isinstance(value, np.random.Generator):
+            return {"__generator__": value.bit_generator.state}
+        if isinstance(value, RunningMeanStd):
+            return {"__rms__": {name: self.encode(getattr(value, name), f"{key}.{name}") for name in ("mean", "var", "count")}}
+        if isinstance(value, deque):
+            return {"__deque__": [self.encode(v, f"{key}.{i}") for i, v in enumerate(value)], "maxlen": value.maxlen}
+        if isinstance(value, (list, tuple)):
+            items = [self.encode(v, f"{key}.{i}") for i, v in enumerate(value)]
+            return items if isinstance(value, list) else {"__tuple__": items}
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return {"__dict__": {k: self.encode(v, f"{key}.{k}") for k, v in value.items()}}
+        raise _Unplain(key)
+
+
+def _decode(value: Any, arrays: Any) -> Any:
+    """Inverse of :meth:`_Encoder.encode`."""
+    if isinstance(value, list):
+        return [_decode(v, arrays) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "__array__" in value:
+        return np.array(arrays[value["__array__"]])
+    if "__float__" in value:
+        return float(value["__float__"])
+    if "__scalar__" in value:
+        return np.dtype(value["dtype"]).type(value["__scalar__"])
+    if "__generator__" in value:
+        state = value["__generator__"]
+        bit_generator = getattr(np.random, state["bit_generator"])()
+        bit_generator.state = state
+        return np.random.Generator(bit_generator)
+    if "__rms__" in value:
+        rms = RunningMeanStd()
+        for name, item in value["__rms__"].items():
+            setattr(rms, name, _decode(item, arrays))
+        return rms
+    if "__deque__" in value:
+        return deque([_decode(v, arrays) for v in value["__deque__"]], maxlen=value["maxlen"])
+    if "__tuple__" in value:
+        return tuple(_decode(v, arrays) for v in value["__tuple__"])
+    if "__dict__" in value:
+        return {k: _decode(v, arrays) for k, v in value["__dict__"].items()}
+    raise ValueError(f"Unknown entry in a run checkpoint: {sorted(value)}")
+
+
+def _layer_state(layer: Any, encoder: _Encoder, key: str) -> dict[str, Any]:
+    """The plain-data attributes of one wrapper / env layer (raises :class:`_Unplain` on anything else)."""
+    state = {}
+    for name, value in vars(layer).items():
+        if name in _SKIPPED_ATTRS or isinstance(value, (Space, Env)) or callable(value):
+            continue
+        state[name] = encoder.encode(value, f"{key}.{name}")
+    unwrapped_data = getattr(layer, "data", None)
+    if type(unwrapped_data).__name__ == "MjData":  # MuJoCo: the full integration state
+        import mujoco
+
+        spec = mujoco.mjtState.mjSTATE_INTEGRATION
+        buffer = np.empty(mujoco.mj_stateSize(layer.model, spec))
+        mujoco.mj_getState(layer.model, unwrapped_data, buffer, spec)
+        state["__mujoco_state__"] = encoder.encode(buffer, f"{key}.__mujoco_state__")
+    elif unwrapped_data is not None:
+        raise _Unplain(f"{key}.data")
+    return state
+
+
+def _env_chain(env: Env) -> list[Any]:
+    """An env's wrapper layers, outermost first, ending with the unwrapped env."""
+    chain: list[Any] = []
+    while isinstance(env, Wrapper):
+        chain.append(env)
+        env = env.env
+    chain.append(env)
+    return chain
+
+
+def _vec_chain(venv: VecEnv) -> list[VecEnv]:
+    """The VecEnv wrapper layers, outermost first, ending with the base VecEnv."""
+    chain = [venv]
+    while isinstance(chain[-1], VecEnvWrapper):
+        chain.append(chain[-1].venv)
+    return chain
+
+
+def _capture_envs(venv: VecEnv, encoder: _Encoder) -> tuple[list[dict[str, Any]], bool]:
+    """Plain-data state of every VecEnv layer and, for a DummyVecEnv, of every env (``exact`` tells which)."""
+    layers, exact = [], False
+    chain = _vec_chain(venv)
+    for i, layer in enumerate(chain[:-1]):
+        layers.append(_layer_state(layer, encoder, f"vec{i}"))
+    base = chain[-1]
+    if isinstance(base, DummyVecEnv):
+        trial = _Encoder()
+        try:
+            envs = [[_layer_state(layer, trial, f"env{j}.{k}") for k, layer in enumerate(_env_chain(env))] for j, env in enumerate(base.envs)]
+            # (the step buffers buf_obs / buf_rews / buf_dones are rewritten by every step)
+            dummy = {name: trial.encode(getattr(base, name), f"dummy.{name}") for name in ("_seeds", "_options", "reset_infos")}
+            encoder.arrays.update(trial.arrays)
+            layers.append({"__dummy__": dummy, "__envs__": envs})
+            exact = True
+        except _Unplain:
+            exact = False
+    if not exact:
+        layers.append({})
+    return layers, exact
+
+
+def _restore_layer(layer: Any, state: dict[str, Any], arrays: Any) -> None:
+    for name, value in state.items():
+        if name == "__mujoco_state__":
+            import mujoco
+
+            mujoco.mj_setState(layer.model, layer.data, _decode(value, arrays), mujoco.mjtState.mjSTATE_INTEGRATION)
+            mujoco.mj_forward(layer.model, layer.data)
+        else:
+            setattr(layer, name, _decode(value, arrays))
+
+
+def _restore_envs(venv: VecEnv, layers: list[dict[str, Any]], exact: bool, arrays: Any) -> None:
+    chain = _vec_chain(venv)
+    if len(chain) != len(layers):
+        raise ValueError(
+            f"The run checkpoint has {len(layers)} VecEnv layers, the env passed has {len(chain)} "
+            f"({[type(layer).__name__ for layer in chain]}): build the env as the run did (same wrappers, normalize)."
+        )
+    for layer, state in zip(chain[:-1], layers[:-1]):
+        _restore_layer(layer, state, arrays)
+    if exact:
+        base = chain[-1]
+        assert isinstance(base, DummyVecEnv)
+        envs = layers[-1]["__envs__"]
+        if len(envs) != len(base.envs):
+            raise ValueError(f"The run checkpoint has {len(envs)} envs, the env passed has {len(base.envs)}.")
+        for env, env_layers in zip(base.envs, envs):
+            for layer, state in zip(_env_chain(env), env_layers):
+                _restore_layer(layer, state, arrays)
+        for name, value in layers[-1]["__dummy__"].items():
+            setattr(base, name, _decode(value, arrays))
+
+
+def _rng_state(encoder: _Encoder) -> dict[str, Any]:
+    py_version, py_state, py_gauss = random.getstate()
+    np_state = np.random.get_state()
+    return {
+        "python": [py_version, list(py_state), py_gauss],
+        "numpy": [np_state[0], encoder.encode(np_state[1], "rng.numpy"), *np_state[2:]],
+        "torch": encoder.encode(th.get_rng_state().numpy(), "rng.torch"),
+    }
+
+
+def _restore_rng(state: dict[str, Any], arrays: Any) -> None:
+    version, py_state, gauss = state["python"]
+    random.setstate((version, tuple(py_state), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, _decode(keys, arrays), pos, has_gauss, cached))
+    th.set_rng_state(th.from_numpy(_decode(state["torch"], arrays)))
+
+
+def save_run_checkpoint(
+    model: BaseAlgorithm, folder: str | pathlib.Path, total_timesteps: int | None = None, extra: dict[str, Any] | None = None
+) -> pathlib.Path:
+    """
+    Write a checkpoint of a run at an update boundary (between ``train`` and the next rollout, or after ``learn``).
+
+    :param model: the model (its env is captured too)
+    :param folder: checkpoint folder (replaced atomically: an interrupted save keeps the previous checkpoint)
+    :param total_timesteps: the run's total budget (default: ``model._total_timesteps``)
+    :param extra: JSON-able data of the caller (e.g. evaluation history), returned by :func:`load_run_checkpoint`
+    :return: the folder
+    """
+    folder = pathlib.Path(folder)
+    encoder = _Encoder()
+    env = model.get_env()
+    if env is None:
+        raise ValueError("save_run_checkpoint needs a model with an env (the run's VecEnv).")
+    env_layers, envs_exact = _capture_envs(env, encoder)
+    state = {
+        "format_version": FORMAT_VERSION,
+        "algorithm": type(model).__name__,
+        "num_timesteps": int(model.num_timesteps),
+        "total_timesteps": int(total_timesteps if total_timesteps is not None else model._total_timesteps),
+        "n_updates": int(getattr(model, "_n_updates", 0)),
+        "episode_num": int(model._episode_num),
+        "last_obs": encoder.encode(model._last_obs, "last_obs"),
+        "last_episode_starts": encoder.encode(model._last_episode_starts, "last_episode_starts"),
+        "last_original_obs": encoder.encode(model._last_original_obs, "last_original_obs"),
+        "ep_info_buffer": encoder.encode(list(model.ep_info_buffer or []), "ep_info"),
+        "ep_success_buffer": encoder.encode(list(model.ep_success_buffer or []), "ep_success"),
+        "rng": _rng_state(encoder),
+        "envs_exact": envs_exact,
+        "env_layers": env_layers,
+        "extra": extra or {},
+    }
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        model.save(tmp / MODEL_FILE)
+        with open(tmp / STATE_FILE, "w") as file:
+            json.dump(state, file)
+        np.savez(tmp / ARRAYS_FILE, **encoder.arrays)
+        old = folder.with_name(f".{folder.name}.old")
+        if folder.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@dataclass
+class RunState:
+    """
+    What :func:`load_run_checkpoint` read besides the model.
+
+    :param num_timesteps: steps done
+    :param total_timesteps: the run's total budget
+    :param envs_exact: whether the env states were restored (else the envs start new episodes)
+    :param extra: the caller's data given to :func:`save_run_checkpoint`
+    """
+
+    num_timesteps: int
+    total_timesteps: int
+    envs_exact: bool
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def remaining(self) -> int:
+        """Steps left to the run's budget."""
+        return max(0, self.total_timesteps - self.num_timesteps)
+
+
+def has_run_checkpoint(folder: str | pathlib.Path) -> bool:
+    """
+    :param folder: a checkpoint folder
+    :return: whether it holds a complete checkpoint
+    """
+    folder = pathlib.Path(folder)
+    return all((folder / name).is_file() for name in (MODEL_FILE, STATE_FILE, ARRAYS_FILE))
+
+
+def load_run_checkpoint(
+    algo_class: type[BaseAlgorithm], folder: str | pathlib.Path, env: VecEnv, **load_kwargs: Any
+) -> tuple[BaseAlgorithm, RunState]:
+    """
+    Load a checkpoint written by :func:`save_run_checkpoint` and restore the run's state into ``env`` and the model.
+
+    :param algo_class: the algorithm class (``PPORollback``, ...)
+    :param folder: the checkpoint folder
+    :param env: the run's VecEnv, built as the run built it (same wrappers, ``VecNormalize``, number of envs)
+    :param load_kwargs: passed to ``algo_class.load`` (``device``, ...)
+    :return: the model, ready for :func:`continue_run`, and the run state
+    :raises ValueError: an incomplete checkpoint, one of another algorithm, or an env of another shape
+    """
+    folder = pathlib.Path(folder)
+    if not has_run_checkpoint(folder):
+        raise ValueError(f"{folder} is not a complete run checkpoint (expected {MODEL_FILE}, {STATE_FILE}, {ARRAYS_FILE}).")
+    with open(folder / STATE_FILE) as file:
+        state = json.load(file)
+    if state.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{folder}: run checkpoint format {state.get('format_version')} is not supported ({FORMAT_VERSION}).")
+    if state["algorithm"] != algo_class.__name__:
+        raise ValueError(f"{folder} is a checkpoint of {state['algorithm']}, not {algo_class.__name__}: load it with that class.")
+    model = algo_class.load(folder / MODEL_FILE, env=env, **load_kwargs)
+    with np.load(folder / ARRAYS_FILE, allow_pickle=False) as arrays:
+        _restore_envs(env, state["env_layers"], state["envs_exact"], arrays)
+        model.num_timesteps = state["num_timesteps"]
+        model._total_timesteps = state["total_timesteps"]
+        model._n_updates = state["n_updates"]  # type: ignore[attr-defined]
+        model._episode_num = state["episode_num"]
+        model._current_progress_remaining = 1.0 - state["num_timesteps"] / max(1, state["total_timesteps"])
+        window = model._stats_window_size
+        model.ep_info_buffer = deque(_decode(state["ep_info_buffer"], arrays), maxlen=window)
+        model.ep_success_buffer = deque(_decode(state["ep_success_buffer"], arrays), maxlen=window)
+        if state["envs_exact"]:
+            model._last_obs = _decode(state["last_obs"], arrays)
+            model._last_episode_starts = _decode(state["last_episode_starts"], arrays)
+            model._last_original_obs = _decode(state["last_original_obs"], arrays)
+        else:  # new episodes: ``learn`` resets the env
+            model._last_obs = None
+        _restore_rng(state["rng"], arrays)
+    run_state = RunState(state["num_timesteps"], state["total_timesteps"], state["envs_exact"], state["extra"])
+    return model, run_state
+
+
+def continue_run(model: BaseAlgorithm, run_state: RunState, **learn_kwargs: Any) -> BaseAlgorithm:
+    """
+    Go on training a loaded run to its total budget (``learn(remaining, reset_num_timesteps=False)``, so the
+    schedules continue where they stopped).
+
+    :param model: the model from :func:`load_run_checkpoint`
+    :param run_state: its run state
+    :param learn_kwargs: passed to ``learn`` (``callback``, ``log_interval``, ``progress_bar``, ...)
+    :return: the model
+    """
+    if run_state.remaining == 0:
+        return model
+    return model.learn(run_state.remaining, reset_num_timesteps=False, **learn_kwargs)
+
+
+class RunCheckpointCallback(BaseCallback):
+    """
+    Write a run checkpoint every ``save_freq`` steps, at the first update boundary after each multiple (and at the end
+    of training); optionally stop ``learn`` after ``stop_after`` steps in this process (a chunk), right after a
+    checkpoint, so that a later :func:`continue_run` takes over exactly.
+
+    :param folder: checkpoint folder
+    :param save_freq: steps between checkpoints
+    :param stop_after: stop this ``learn`` once it has done at least this many steps (None: run to the end)
+    :param extra: callable returning JSON-able data stored with each checkpoint (e.g. an evaluation history)
+    :param verbose: 1 prints a line per checkpoint
+    """
+
+    def __init__(
+        self,
+        folder: str | pathlib.Path,
+        save_freq: int,
+        stop_after: int | None = None,
+        extra: Any = None,
+        verbose: int = 0,
+    ):
+        super().__init__(verbose)
+        if save_freq < 1:
+            raise ValueError(f"save_freq must be >= 1, got {save_freq}.")
+        self.folder = pathlib.Path(folder)
+        self.save_freq = int(save_freq)
+        self.stop_after = stop_after
+        self.extra = extra
+        self.start = 0
+        self.next_save = 0
+        self.stop = False
+
+    def _on_training_start(self) -> None:
+        if getattr(self.model, "collection", "sync") != "sync":
+            raise ValueError(
+                "RunCheckpointCallback needs collection='sync' (with 'async' the weights of an update boundary live in "
+                "the learner process): train with collection='sync', or call save_run_checkpoint between learn calls."
+            )
+        self.start = self.num_timesteps
+        self.next_save = (self.num_timesteps // self.save_freq + 1) * self.save_freq
+        self.stop = False
+
+    def save(self) -> None:
+        """Write the checkpoint now."""
+        save_run_checkpoint(self.model, self.folder, extra=self.extra() if self.extra is not None else None)
+        if self.verbose >= 1:
+            print(f"run checkpoint at {self.num_timesteps} steps: {self.folder}")
+
+    def _on_rollout_start(self) -> None:
+        # an update boundary: the weights are those trained on exactly num_timesteps steps
+        if self.num_timesteps >= self.next_save:
+            self.save()
+            self.next_save = (self.num_timesteps // self.save_freq + 1) * self.save_freq
+            if self.stop_after is not None and self.num_timesteps - self.start >= self.stop_after:
+                self.stop = True
+
+    def _on_step(self) -> bool:
+        return not self.stop
+
+    def _on_training_end(self) -> None:
+        if not self.stop:
+            self.save()

@@ -1,0 +1,116 @@
+"""Run checkpoints: two chunks give the same run as one uninterrupted ``learn``."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.utils import LinearSchedule
+from stable_baselines3.common.vec_env import VecNormalize
+
+from sb3_cherry import CherryA2C, PPORollback
+from sb3_cherry.common.checkpoint import (
+    RunCheckpointCallback,
+    continue_run,
+    has_run_checkpoint,
+    load_run_checkpoint,
+    save_run_checkpoint,
+)
+
+TOTAL = 1024
+
+
+def make_env(env_id: str = "CartPole-v1", n_envs: int = 2, normalize: bool = True):
+    env = make_vec_env(env_id, n_envs=n_envs, seed=3)
+    return VecNormalize(env, gamma=0.98) if normalize else env
+
+
+def make_model(env, algo=PPORollback):
+    kwargs = dict(n_steps=64, seed=5, learning_rate=LinearSchedule(1e-3, 0.0, 1.0), gamma=0.98)
+    if algo is PPORollback:
+        kwargs.update(batch_size=32, n_epochs=2, clip_range=LinearSchedule(0.3, 0.1, 1.0))
+    return algo("MlpPolicy", env, **kwargs)
+
+
+def params(model):
+    return {k: v.clone() for k, v in model.policy.state_dict().items()}
+
+
+@pytest.mark.parametrize("algo", [PPORollback, CherryA2C])
+def test_two_chunks_equal_one_run(tmp_path, algo):
+    reference = make_model(make_env(), algo)
+    reference.learn(TOTAL)
+
+    folder = tmp_path / "ckpt"
+    first = make_model(make_env(), algo)
+    first.learn(TOTAL, callback=RunCheckpointCallback(folder, save_freq=256, stop_after=256))
+    assert has_run_checkpoint(folder)
+    assert 256 <= first.num_timesteps < TOTAL
+    del first
+
+    # a new process would start here: fresh env, fresh RNG states
+    th.manual_seed(1234)
+    np.random.seed(1234)
+    model, state = load_run_checkpoint(algo, folder, make_env())
+    assert state.envs_exact and state.total_timesteps == TOTAL and state.remaining == TOTAL - state.num_timesteps
+    continue_run(model, state)
+
+    assert model.num_timesteps == reference.num_timesteps
+    assert model._n_updates == reference._n_updates
+    assert model._current_progress_remaining == reference._current_progress_remaining
+    assert model.policy.optimizer.param_groups[0]["lr"] == reference.policy.optimizer.param_groups[0]["lr"]
+    ref_params, new_params = params(reference), params(model)
+    for key in ref_params:
+        assert th.equal(ref_params[key], new_params[key]), key
+    ref_norm, new_norm = reference.get_vec_normalize_env(), model.get_vec_normalize_env()
+    np.testing.assert_array_equal(ref_norm.obs_rms.mean, new_norm.obs_rms.mean)
+    np.testing.assert_array_equal(ref_norm.ret_rms.var, new_norm.ret_rms.var)
+
+
+def test_mujoco_state_is_restored_exactly(tmp_path):
+    pytest.importorskip("mujoco")
+    reference = make_model(make_env("Hopper-v5", n_envs=1))
+    reference.learn(256)
+    first = make_model(make_env("Hopper-v5", n_envs=1))
+    first.learn(256, callback=RunCheckpointCallback(tmp_path / "ckpt", save_freq=128, stop_after=128))
+    model, state = load_run_checkpoint(PPORollback, tmp_path / "ckpt", make_env("Hopper-v5", n_envs=1))
+    assert state.envs_exact
+    continue_run(model, state)
+    for key, value in params(reference).items():
+        assert th.equal(value, params(model)[key]), key
+
+
+class OpaqueStateEnv(gym.Wrapper):
+    """An env holding state that is not plain data: it cannot be captured, so a resume starts new episodes."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.handle = object()
+
+
+def test_uncapturable_env_resumes_with_new_episodes(tmp_path):
+    def build():
+        return make_vec_env("CartPole-v1", n_envs=2, seed=0, wrapper_class=OpaqueStateEnv)
+
+    model = make_model(build())
+    model.learn(256)
+    save_run_checkpoint(model, tmp_path / "ckpt", total_timesteps=512, extra={"evaluations": [1.0, 2.5]})
+    loaded, state = load_run_checkpoint(PPORollback, tmp_path / "ckpt", build())
+    assert not state.envs_exact and state.extra == {"evaluations": [1.0, 2.5]}
+    continue_run(loaded, state)
+    assert loaded.num_timesteps == 512
+
+
+def test_checkpoint_errors(tmp_path):
+    model = make_model(make_env())
+    model.learn(128)
+    save_run_checkpoint(model, tmp_path / "ckpt")
+    with pytest.raises(ValueError, match="PPORollback, not CherryA2C"):
+        load_run_checkpoint(CherryA2C, tmp_path / "ckpt", make_env())
+    with pytest.raises(ValueError, match="VecEnv layers"):
+        load_run_checkpoint(PPORollback, tmp_path / "ckpt", make_env(normalize=False))
+    with pytest.raises(ValueError, match="not a complete run checkpoint"):
+        load_run_checkpoint(PPORollback, tmp_path / "missing", make_env())
+    async_model = PPORollback("MlpPolicy", make_env(), n_steps=64, collection="async")
+    with pytest.raises(ValueError, match="collection='sync'"):
+        async_model.learn(128, callback=RunCheckpointCallback(tmp_path / "a", save_freq=64))
