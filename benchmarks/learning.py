@@ -23,8 +23,14 @@ Evaluation: ``--eval-episodes`` (10) deterministic episodes on a separate env (s
 observation normalisation, the training ``VecNormalize`` statistics are copied into it and reward normalisation is off,
 so the reported return is the true episodic return. Evaluations at step 0, every ``--eval-freq`` steps, and at the end.
 
+Long runs in chunks (``--checkpoint-dir DIR --chunk-steps N``): every ``N`` steps the run writes a run checkpoint
+(:mod:`sb3_cherry.common.checkpoint`: model, optimizer, VecNormalize statistics, RNG and env states, the evaluation
+schedule) to ``DIR/<env>_<algo>_<variant>_<seed>/`` and the process moves on to the next seed; the same command run
+again continues each unfinished seed exactly where it stopped, skips finished ones (a CSV row at the full budget) and
+deletes a checkpoint once its run is complete.
+
 CSV columns: ``env, algo, variant, seed, timesteps, mean_return, std_return, wall_time_s`` (training wall time since
-the start of ``learn``, evaluation time excluded). ``python -m benchmarks.plot`` turns the CSVs into curves and a summary.
+the start of ``learn``, summed over chunks, evaluation time excluded). ``python -m benchmarks.plot`` turns the CSVs into curves and a summary.
 """
 
 import argparse
@@ -178,10 +184,21 @@ class EvalAppendCallback(BaseCallback):
         self.eval_time = 0.0
         self.start = 0.0
         self.last_timesteps = -1
+        self.resumed: dict[str, Any] | None = None
+        # set by run_chunk: True when a chunk ended at a checkpoint (no final evaluation: the run goes on later)
+        self.chunk_stopped: Any = None
+
+    def state(self) -> dict[str, Any]:
+        """The evaluation schedule and the training wall time so far (stored with run checkpoints)."""
+        training_time = time.perf_counter() - self.start - self.eval_time
+        return {"next_eval": self.next_eval, "last_timesteps": self.last_timesteps, "training_time": training_time}
 
     def _on_training_start(self) -> None:
         self.start = time.perf_counter()
         self.next_eval = self.num_timesteps
+        if self.resumed is not None:  # continue the schedule and the wall clock of a checkpointed run
+            self.next_eval, self.last_timesteps = self.resumed["next_eval"], self.resumed["last_timesteps"]
+            self.start -= self.resumed["training_time"]
 
     def _on_rollout_start(self) -> None:
         # between two updates: the policy evaluated is the one trained on exactly ``num_timesteps`` steps
@@ -192,6 +209,8 @@ class EvalAppendCallback(BaseCallback):
         return True
 
     def _on_training_end(self) -> None:
+        if self.chunk_stopped is not None and self.chunk_stopped():
+            return
         if self.num_timesteps != self.last_timesteps:
             self.evaluate()
 
@@ -245,9 +264,64 @@ def run(args: argparse.Namespace) -> None:
             args.env, row, path, args.eval_freq or max(1, timesteps // 10), args.eval_episodes, seed=1000 + seed
         )
         print(f"{args.algo}/{args.variant} on {args.env}, seed {seed}: {timesteps} steps (zoo: {zoo_timesteps})", flush=True)
-        model.learn(timesteps, callback=callback)
+        if args.checkpoint_dir is None:
+            model.learn(timesteps, callback=callback)
+        else:
+            run_chunk(model, callback, timesteps, args, row)
         model.get_env().close()
     print(f"appended to {path}")
+
+
+def finished(path: pathlib.Path, row: dict[str, Any], timesteps: int) -> bool:
+    """
+    Whether the CSV already holds the final evaluation of this run.
+
+    :param path: the CSV file
+    :param row: the run's constant columns (env, algo, variant, seed)
+    :param timesteps: the run's budget
+    :return: a row of this run at ``timesteps`` or more exists
+    """
+    if not path.exists():
+        return False
+    with open(path, newline="") as file:
+        for line in csv.DictReader(file):
+            same = all(str(line[key]) == str(value) for key, value in row.items())
+            if same and int(line["timesteps"]) >= timesteps:
+                return True
+    return False
+
+
+def run_chunk(model: BaseAlgorithm, callback: EvalAppendCallback, timesteps: int, args: argparse.Namespace, row: dict) -> None:
+    """
+    Train one chunk of a checkpointed run: skip a finished run, continue an unfinished one from its checkpoint, stop
+    after ``--chunk-steps`` steps with a checkpoint, delete the checkpoint when the run is complete.
+
+    :param model: a freshly built model (its env is the one the run uses)
+    :param callback: the evaluation callback of the run
+    :param timesteps: the run's budget
+    :param args: the command line (``checkpoint_dir``, ``chunk_steps``)
+    :param row: the run's constant columns
+    """
+    import shutil
+
+    from sb3_cherry.common.checkpoint import RunCheckpointCallback, continue_run, has_run_checkpoint, load_run_checkpoint
+
+    folder = pathlib.Path(args.checkpoint_dir) / "_".join(str(v).replace("/", "_") for v in row.values())
+    if finished(callback.path, row, timesteps) and not has_run_checkpoint(folder):
+        print(f"{folder.name}: finished, skipped", flush=True)
+        return
+    chunk = args.chunk_steps or timesteps
+    saver = RunCheckpointCallback(folder, save_freq=chunk, stop_after=chunk, extra=callback.state)
+    callback.chunk_stopped = lambda: saver.stop
+    if has_run_checkpoint(folder):
+        model, state = load_run_checkpoint(type(model), folder, model.get_env(), device="cpu")
+        callback.resumed = state.extra
+        print(f"{folder.name}: resuming at {state.num_timesteps} of {state.total_timesteps} steps", flush=True)
+        continue_run(model, state, callback=[callback, saver])
+    else:
+        model.learn(timesteps, callback=[callback, saver])
+    if model.num_timesteps >= timesteps:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -272,6 +346,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a hyperparameter")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: fair on a shared machine)")
     parser.add_argument("--results", default=str(RESULTS), help="results folder")
+    parser.add_argument("--checkpoint-dir", default=None, help="run checkpoints: resumable runs in chunks")
+    parser.add_argument("--chunk-steps", type=int, default=None, help="steps per process and checkpoint period")
     run(parser.parse_args(argv))
 
 

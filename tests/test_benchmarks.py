@@ -36,3 +36,25 @@ def test_every_summary_row_has_a_command():
     for row in summary:
         assert command(row["env"], row["algo"], row["variant"]) != "—", row
     assert len(rows()) == len(summary) + 2
+
+
+def test_learning_runs_in_resumable_chunks(tmp_path):
+    from benchmarks.learning import main
+
+    common = ["--env", "CartPole-v1", "--algo", "ppo_rollback", "--timesteps", "768", "--eval-freq", "256"]
+    common += ["--eval-episodes", "2"]
+    main([*common, "--results", str(tmp_path / "one")])
+    chunked = [*common, "--results", str(tmp_path / "chunks"), "--checkpoint-dir", str(tmp_path / "ckpt")]
+    main([*chunked, "--chunk-steps", "256"])  # stops after the first chunk, with a checkpoint
+    assert (tmp_path / "ckpt" / "CartPole-v1_ppo_rollback_zoo_0").is_dir()
+    main([*chunked, "--chunk-steps", "256"])
+    main([*chunked, "--chunk-steps", "256"])  # reaches the budget and deletes the checkpoint
+    assert not (tmp_path / "ckpt" / "CartPole-v1_ppo_rollback_zoo_0").exists()
+    main([*chunked, "--chunk-steps", "256"])  # finished: skipped, no new rows
+
+    def read(folder):
+        with open(tmp_path / folder / "CartPole-v1.csv", newline="") as file:
+            return [(row["timesteps"], row["mean_return"]) for row in csv.DictReader(file)]
+
+    assert read("chunks") == read("one")
+    assert [t for t, _ in read("one")] == ["0", "256", "512", "768"]

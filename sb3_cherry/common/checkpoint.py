@@ -193,9 +193,14 @@ def _capture_envs(venv: VecEnv, encoder: _Encoder) -> tuple[list[dict[str, Any]]
     if isinstance(base, DummyVecEnv):
         trial = _Encoder()
         try:
-            envs = [[_layer_state(layer, trial, f"env{j}.{k}") for k, layer in enumerate(_env_chain(env))] for j, env in enumerate(base.envs)]
+            envs = [
+                [_layer_state(layer, trial, f"env{j}.{k}") for k, layer in enumerate(_env_chain(env))]
+                for j, env in enumerate(base.envs)
+            ]
             # (the step buffers buf_obs / buf_rews / buf_dones are rewritten by every step)
-            dummy = {name: trial.encode(getattr(base, name), f"dummy.{name}") for name in ("_seeds", "_options", "reset_infos")}
+            dummy = {
+                name: trial.encode(getattr(base, name), f"dummy.{name}") for name in ("_seeds", "_options", "reset_infos")
+            }
             encoder.arrays.update(trial.arrays)
             layers.append({"__dummy__": dummy, "__envs__": envs})
             exact = True
@@ -370,7 +375,9 @@ def load_run_checkpoint(
     if state.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{folder}: run checkpoint format {state.get('format_version')} is not supported ({FORMAT_VERSION}).")
     if state["algorithm"] != algo_class.__name__:
-        raise ValueError(f"{folder} is a checkpoint of {state['algorithm']}, not {algo_class.__name__}: load it with that class.")
+        raise ValueError(
+            f"{folder} is a checkpoint of {state['algorithm']}, not {algo_class.__name__}: load it with that class."
+        )
     model = algo_class.load(folder / MODEL_FILE, env=env, **load_kwargs)
     with np.load(folder / ARRAYS_FILE, allow_pickle=False) as arrays:
         _restore_envs(env, state["env_layers"], state["envs_exact"], arrays)
