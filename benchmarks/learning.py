@@ -30,7 +30,8 @@ again continues each unfinished seed exactly where it stopped, skips finished on
 deletes a checkpoint once its run is complete.
 
 CSV columns: ``env, algo, variant, seed, timesteps, mean_return, std_return, wall_time_s`` (training wall time since
-the start of ``learn``, summed over chunks, evaluation time excluded). ``python -m benchmarks.plot`` turns the CSVs into curves and a summary.
+the start of ``learn``, summed over chunks, evaluation time excluded). ``python -m benchmarks.plot`` turns the CSVs
+into curves and a summary.
 """
 
 import argparse

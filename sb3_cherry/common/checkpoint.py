@@ -229,7 +229,7 @@ def _restore_envs(venv: VecEnv, layers: list[dict[str, Any]], exact: bool, array
             f"The run checkpoint has {len(layers)} VecEnv layers, the env passed has {len(chain)} "
             f"({[type(layer).__name__ for layer in chain]}): build the env as the run did (same wrappers, normalize)."
         )
-    for layer, state in zip(chain[:-1], layers[:-1]):
+    for layer, state in zip(chain[:-1], layers[:-1], strict=True):
         _restore_layer(layer, state, arrays)
     if exact:
         base = chain[-1]
@@ -237,8 +237,8 @@ def _restore_envs(venv: VecEnv, layers: list[dict[str, Any]], exact: bool, array
         envs = layers[-1]["__envs__"]
         if len(envs) != len(base.envs):
             raise ValueError(f"The run checkpoint has {len(envs)} envs, the env passed has {len(base.envs)}.")
-        for env, env_layers in zip(base.envs, envs):
-            for layer, state in zip(_env_chain(env), env_layers):
+        for env, env_layers in zip(base.envs, envs, strict=True):
+            for layer, state in zip(_env_chain(env), env_layers, strict=True):
                 _restore_layer(layer, state, arrays)
         for name, value in layers[-1]["__dummy__"].items():
             setattr(base, name, _decode(value, arrays))
@@ -246,7 +246,7 @@ def _restore_envs(venv: VecEnv, layers: list[dict[str, Any]], exact: bool, array
 
 def _rng_state(encoder: _Encoder) -> dict[str, Any]:
     py_version, py_state, py_gauss = random.getstate()
-    np_state = np.random.get_state()
+    np_state: tuple[Any, ...] = tuple(np.random.get_state())
     return {
         "python": [py_version, list(py_state), py_gauss],
         "numpy": [np_state[0], encoder.encode(np_state[1], "rng.numpy"), *np_state[2:]],
@@ -304,7 +304,7 @@ def save_run_checkpoint(
         model.save(tmp / MODEL_FILE)
         with open(tmp / STATE_FILE, "w") as file:
             json.dump(state, file)
-        np.savez(tmp / ARRAYS_FILE, **encoder.arrays)
+        np.savez(tmp / ARRAYS_FILE, **encoder.arrays)  # type: ignore[arg-type]
         old = folder.with_name(f".{folder.name}.old")
         if folder.exists():
             shutil.rmtree(old, ignore_errors=True)
