@@ -251,7 +251,8 @@ def test_save_load_round_trip(cartpole_demos, tmp_path, algo):
     assert type(loaded.generator) is PPORollback
     assert_parameters_equal(loaded.get_parameters(), model.get_parameters())
     np.testing.assert_array_equal(loaded.predict(obs, deterministic=True)[0], expected)
-    for key in ("demo_batch_size", "n_disc_updates_per_round", "disc_lr", "allow_variable_horizon", "seed", "reward_net_kwargs"):
+    kept = ("demo_batch_size", "n_disc_updates_per_round", "disc_lr", "allow_variable_horizon", "seed", "reward_net_kwargs")
+    for key in kept:
         assert getattr(loaded, key) == getattr(model, key), key
     assert loaded.generator.n_steps == 128 and loaded.num_timesteps == 1024
     assert (loaded.trainer._global_step, loaded.trainer._disc_step) == (2, 6)
@@ -314,7 +315,8 @@ def test_set_env_and_get_env(cartpole_demos, tmp_path):
 def test_callbacks_save_the_whole_model(cartpole_demos, tmp_path):
     """EvalCallback / CheckpointCallback see the GAIL model: their files load with GAIL.load, reward net included."""
     model = GAIL("MlpPolicy", cartpole(), demonstrations=cartpole_demos, **SMALL)
-    eval_callback = EvalCallback(cartpole(n_envs=1, seed=9), eval_freq=128, n_eval_episodes=1, best_model_save_path=str(tmp_path))
+    eval_env = cartpole(n_envs=1, seed=9)
+    eval_callback = EvalCallback(eval_env, eval_freq=128, n_eval_episodes=1, best_model_save_path=str(tmp_path))
     checkpoint = CheckpointCallback(save_freq=256, save_path=str(tmp_path), name_prefix="ckpt")
     model.learn(1024, callback=[eval_callback, checkpoint])
     assert eval_callback.model is model and checkpoint.model is model

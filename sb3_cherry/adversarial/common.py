@@ -30,7 +30,7 @@ import os
 import pathlib
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -55,6 +55,12 @@ from sb3_cherry.adversarial.serialization import (
     write_model_archive,
     zip_bytes,
 )
+from sb3_cherry.adversarial.trainers import (
+    discriminator_logger_class,
+    import_imitation,
+    resolve_reward_net_kwargs,
+    trainer_class,
+)
 from sb3_cherry.adversarial.wrappers import OpaqueVecEnv, VecFlatActionSpace, VecTupleActionSpace
 from sb3_cherry.common.save_util import atomic_write, check_model_file, resolve_zip_path
 from sb3_cherry.common.spaces import flat_action_space
@@ -65,99 +71,16 @@ from sb3_cherry.ppo_rollback import PPORollback
 
 SelfAdversarialImitation = TypeVar("SelfAdversarialImitation", bound="AdversarialImitation")
 
-#: How to install imitation (its metadata pins an old SB3 / gymnasium, hence ``--no-deps``)
-INSTALL_HINT = (
-    "Install it with\n"
-    "    pip install --no-deps imitation==1.0.1\n"
-    '    pip install "sb3_cherry[imitation]"\n'
-    "(imitation's metadata pins old Stable-Baselines3 / gymnasium versions, hence --no-deps; the sb3_cherry[imitation] "
-    "extra installs the packages its modules import)."
-)
-
 #: Generator classes by name (``generator_class`` in zoo configs)
 GENERATOR_CLASSES: dict[str, type[OnPolicyAlgorithm]] = {
     "ppo_rollback": PPORollback,
     "recurrent_ppo_rollback": RecurrentPPORollback,
 }
 
-_TRAINER_CLASSES: dict[str, type] = {}
 _AIRL_RECURRENT = (
     "AIRL needs log pi(a|s) of the generator for single transitions, which a recurrent policy cannot give without its "
     "hidden states: use GAIL with a recurrent generator, or a feed-forward generator with AIRL."
 )
-
-
-def import_imitation(algo_name: str = "GAIL") -> None:
-    """
-    Import imitation's adversarial trainers, or raise an ``ImportError`` saying how to install imitation.
-
-    :param algo_name: the algorithm that needs it (for the message)
-    :raises ImportError: imitation is missing or cannot be imported
-    """
-    try:
-        import imitation  # noqa: F401
-        from imitation.algorithms.adversarial import airl, gail  # noqa: F401
-    except ImportError as exc:
-        raise ImportError(
-            f"{algo_name} needs the `imitation` package (https://github.com/HumanCompatibleAI/imitation), which could "
-            f"not be imported ({exc}). {INSTALL_HINT}"
-        ) from exc
-
-
-def _trainer_class(kind: str) -> type:
-    """imitation's GAIL or AIRL trainer with the adapter's fixes (classes built on first use: imitation is lazy)."""
-    if not _TRAINER_CLASSES:
-        from imitation.algorithms.adversarial import airl, gail
-
-        class GAILTrainer(gail.GAIL):
-            """imitation's GAIL, without evaluating generator log-probabilities (the GAIL discriminator ignores them)."""
-
-            def _get_log_policy_act_prob(self, obs_th: th.Tensor, acts_th: th.Tensor) -> th.Tensor | None:
-                return None
-
-        class AIRLTrainer(airl.AIRL):
-            """imitation's AIRL, evaluating ``log pi(a|s)`` on observations normalised as the policy sees them."""
-
-            obs_normalizer: VecNormalize | None = None
-
-            def _get_log_policy_act_prob(self, obs_th: th.Tensor, acts_th: th.Tensor) -> th.Tensor | None:
-                if self.obs_normalizer is not None and self.obs_normalizer.norm_obs:
-                    normalised = self.obs_normalizer.normalize_obs(obs_th.cpu().numpy())
-                    obs_th = th.as_tensor(normalised, device=obs_th.device)
-                return super()._get_log_policy_act_prob(obs_th, acts_th)
-
-        _TRAINER_CLASSES.update(gail=GAILTrainer, airl=AIRLTrainer)
-    return _TRAINER_CLASSES[kind]
-
-
-#: Discriminator statistics of imitation (``compute_train_stats`` and ``global_step``) -> SB3-style keys
-DISCRIMINATOR_KEYS = {"global_step": "rounds"}
-_LOGGER_CLASSES: dict[str, type] = {}
-
-
-def _discriminator_logger_class() -> type:
-    """
-    imitation's ``HierarchicalLogger`` writing the discriminator's means under ``discriminator/<stat>`` (``loss``,
-    ``acc``, ``acc_expert``, ``acc_gen``, ``entropy``, ...: imitation's ``disc_`` prefix dropped) next to SB3's
-    ``train/`` and ``rollout/`` keys, instead of ``mean/disc/disc_<stat>``. Per-update values stay in imitation's
-    ``raw/disc`` sub-logger (tensorboard only). Built on first use: imitation is imported lazily.
-    """
-    if not _LOGGER_CLASSES:
-        from imitation.util.logger import HierarchicalLogger
-
-        class DiscriminatorLogger(HierarchicalLogger):
-            """HierarchicalLogger with the discriminator's means under ``discriminator/``."""
-
-            def record(self, key: str, val: Any, exclude: str | tuple[str, ...] | None = None) -> None:
-                if self.current_logger is not None and self._name == "disc" and not self._accumulate_prefixes:
-                    stat = DISCRIMINATOR_KEYS.get(key, key.removeprefix("disc_"))
-                    self.current_logger.record(f"raw/discriminator/{stat}", val, exclude)
-                    self.default_logger.record_mean(f"discriminator/{stat}", val, exclude)
-                else:
-                    super().record(key, val, exclude)
-
-        _LOGGER_CLASSES["discriminator"] = DiscriminatorLogger
-    return _LOGGER_CLASSES["discriminator"]
 
 
 def reward_net_path(path: str | os.PathLike) -> pathlib.Path:
@@ -167,7 +90,7 @@ def reward_net_path(path: str | os.PathLike) -> pathlib.Path:
     :param path: the model path given to ``save`` / ``load``
     :return: the reward net path
     """
-    model_path = resolve_zip_path(path)
+    model_path = resolve_zip_path(pathlib.Path(path))
     base = model_path.with_suffix("") if model_path.suffix == ".zip" else model_path
     return base.with_name(f"{base.name}_reward_net.pt")
 
@@ -215,30 +138,6 @@ def _action_space_as(generator: OnPolicyAlgorithm, action_space: spaces.Space) -
         yield
     finally:
         generator.action_space = original
-
-
-def _resolve_reward_net_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Names from YAML files to objects: ``normalize_input_layer`` (``"RunningNorm"``, ...) and ``activation``."""
-    from imitation.util import networks
-
-    resolved = dict(kwargs)
-    layer = resolved.get("normalize_input_layer")
-    if isinstance(layer, str):
-        if layer in ("None", "none", ""):
-            resolved["normalize_input_layer"] = None
-        elif isinstance(getattr(networks, layer, None), type):
-            resolved["normalize_input_layer"] = getattr(networks, layer)
-        else:
-            raise ValueError(
-                f"reward_net_kwargs: unknown normalize_input_layer {layer!r} (use 'RunningNorm', 'EMANorm' or None)."
-            )
-    activation = resolved.get("activation")
-    if isinstance(activation, str):
-        name = activation.removeprefix("nn.")
-        if not isinstance(getattr(th.nn, name, None), type):
-            raise ValueError(f"reward_net_kwargs: unknown activation {activation!r} (a torch.nn class, e.g. 'ReLU').")
-        resolved["activation"] = getattr(th.nn, name)
-    return resolved
 
 
 class _DiscriminatorRounds(BaseCallback):
@@ -510,7 +409,7 @@ class AdversarialImitation(BaseAlgorithm):
             if self._user_env is None:
                 raise ValueError(f"{name} needs an environment (env=None is only possible with {name}.load).")
             generator = self.generator_class(
-                self.policy_class,
+                self.policy_class,  # type: ignore[arg-type]
                 self._user_env,
                 policy_kwargs=self.policy_kwargs,
                 verbose=self.verbose,
@@ -558,9 +457,9 @@ class AdversarialImitation(BaseAlgorithm):
             )
         imitation_venv = VecFlatActionSpace(raw) if tuple_space is not None else raw
         trajectories = self._demo_trajectories(imitation_venv) if self.demonstrations is not None else None
-        trainer_class = _trainer_class(self.trainer_kind)
+        trainer_type = trainer_class(self.trainer_kind)
         with _action_space_as(generator, imitation_venv.action_space):
-            self.trainer = trainer_class(
+            self.trainer = trainer_type(
                 demonstrations=trajectories,
                 demo_batch_size=self.demo_batch_size,
                 venv=imitation_venv,
@@ -606,7 +505,7 @@ class AdversarialImitation(BaseAlgorithm):
                 f"its name (BasicRewardNet, BasicShapedRewardNet, ...), got {self.reward_net_class!r} (a model saved with "
                 "a reward net class of your own loads with reward_net_class=<that class>)."
             )
-        kwargs = {"normalize_input_layer": networks.RunningNorm, **_resolve_reward_net_kwargs(self.reward_net_kwargs)}
+        kwargs = {"normalize_input_layer": networks.RunningNorm, **resolve_reward_net_kwargs(self.reward_net_kwargs)}
         if issubclass(net_class, reward_nets.BasicShapedRewardNet):
             # potential shaping gamma * phi(s') - phi(s) with the generator's discount
             kwargs.setdefault("discount_factor", float(self.generator.gamma))
@@ -690,7 +589,7 @@ class AdversarialImitation(BaseAlgorithm):
                 latest_run_id -= 1  # continue in the same folder
             folder = os.path.join(self.tensorboard_log, f"{tb_log_name}_{latest_run_id + 1}")
             formats.append("tensorboard")
-        return _discriminator_logger_class()(configure(folder, formats), [f for f in formats if f != "stdout"])
+        return discriminator_logger_class()(configure(folder, formats), [f for f in formats if f != "stdout"])
 
     def set_logger(self, logger: Logger) -> None:
         """
@@ -699,7 +598,7 @@ class AdversarialImitation(BaseAlgorithm):
 
         :param logger: the logger
         """
-        logger_class = _discriminator_logger_class()
+        logger_class = discriminator_logger_class()
         if not isinstance(logger, logger_class):
             if logger.dir is None:  # imitation's per-update sub-loggers need a folder (they write nothing here)
                 logger.dir = self._scratch_dir.name
@@ -874,7 +773,8 @@ class AdversarialImitation(BaseAlgorithm):
         """
         if not isinstance(load_path_or_dict, dict):
             archive = zip_bytes(load_path_or_dict)
-            _, params, _ = load_from_zip_file(archive, device=device, load_data=False)
+            _, loaded, _ = load_from_zip_file(archive, device=device, load_data=False)
+            params: dict[str, Any] = dict(loaded)
             _, reward_state = read_adversarial_entries(archive, type(self).__name__)
             if reward_state is not None:
                 params["reward_net"] = reward_state
@@ -920,8 +820,8 @@ class AdversarialImitation(BaseAlgorithm):
     def save(
         self,
         path: str | os.PathLike | io.BufferedIOBase,
-        exclude: Sequence[str] | None = None,
-        include: Sequence[str] | None = None,
+        exclude: Iterable[str] | None = None,
+        include: Iterable[str] | None = None,
     ) -> None:
         """
         Save the model in one zip archive: the generator's own archive (``PPORollback.load`` / ``sb3-cherry evaluate
@@ -941,7 +841,9 @@ class AdversarialImitation(BaseAlgorithm):
         if isinstance(path, io.IOBase):
             write_model_archive(path, generator_archive, config, state)
             return
-        atomic_write(resolve_zip_path(path), lambda file: write_model_archive(file, generator_archive, config, state))
+        atomic_write(
+            resolve_zip_path(pathlib.Path(path)), lambda file: write_model_archive(file, generator_archive, config, state)
+        )
 
     def load_reward_net(self, path: str | os.PathLike) -> None:
         """
@@ -993,7 +895,7 @@ class AdversarialImitation(BaseAlgorithm):
         :raises ValueError: the file is not a model of this class, or its reward net does not fit
         """
         import_imitation(cls.__name__)
-        check_model_file(path, cls.__name__)
+        check_model_file(path if isinstance(path, io.IOBase) else pathlib.Path(path), cls.__name__)
         name = cls.__name__
         archive = zip_bytes(path)
         config, reward_state = read_adversarial_entries(archive, name)
@@ -1011,7 +913,7 @@ class AdversarialImitation(BaseAlgorithm):
         hyperparameters.pop("policy", None)
         hyperparameters.pop("policy_kwargs", None)  # stored in the generator's part of the file
         generator = generator_class.load(
-            archive if isinstance(path, io.IOBase) else path,
+            archive if isinstance(path, io.IOBase) else pathlib.Path(path),
             env=env,
             device=device,
             custom_objects=custom_objects,
