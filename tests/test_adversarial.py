@@ -501,8 +501,9 @@ def test_zoo_config_validates(zoo_with_adversarial):
         validate_config("zoo_configs/gail.yml", "gail", env_id)
 
 
-def test_sb3_cherry_train(zoo_with_adversarial, monkeypatch, cartpole_demos, tmp_path):
-    """``sb3-cherry train --algo gail`` (rl_zoo3 with EvalCallback and tensorboard), then the model loads as PPORollback."""
+def test_sb3_cherry_train(zoo_with_adversarial, monkeypatch, cartpole_demos, tmp_path, capsys):
+    """``sb3-cherry train --algo gail`` (rl_zoo3 with EvalCallback and tensorboard): one file per model, which loads as
+    GAIL (and its generator part as PPORollback); ``sb3-cherry evaluate --algo gail`` reads it."""
     import rl_zoo3.utils
 
     from sb3_cherry.cli import main
@@ -524,6 +525,8 @@ def test_sb3_cherry_train(zoo_with_adversarial, monkeypatch, cartpole_demos, tmp
         assert model.demo_batch_size == 256 and model.n_disc_updates_per_round == 8, name
     assert model.num_timesteps <= 1024
     assert PPORollback.load(exp / "CartPole-v1.zip").num_timesteps == 1024
+    main(["evaluate", "--algo", "gail", "--env", "CartPole-v1", "-f", str(tmp_path / "logs"), "-n", "2", "--json", "-"])
+    assert "gail on CartPole-v1: mean return" in capsys.readouterr().out
 
 
 # -------------------------------------------------------------------------------------------------------- slow
