@@ -85,7 +85,8 @@ _AIRL_RECURRENT = (
 
 def reward_net_path(path: str | os.PathLike) -> pathlib.Path:
     """
-    The reward net file saved next to a model: ``<path>_reward_net.pt`` (``.zip`` stripped from ``path``).
+    The reward net file that sb3_cherry 0.x saved next to a model, ``<path>_reward_net.pt`` (``.zip`` stripped from
+    ``path``); :meth:`AdversarialImitation.load` still reads it for files of that layout.
 
     :param path: the model path given to ``save`` / ``load``
     :return: the reward net path
