@@ -343,7 +343,7 @@ def test_load_errors_and_older_files(cartpole_demos, tmp_path):
             target.writestr(name, b"not a torch file" if name == REWARD_NET_ENTRY else source.read(name))
     with pytest.raises(ValueError, match=r"reward_net\.pt entry is not a reward net state_dict"):
         GAIL.load(tmp_path / "bad.zip")
-    # sb3_cherry 0.x: the generator's file and the reward net next to it (defaults from the constructor arguments)
+    # earlier sb3_cherry versions: the generator's file and the reward net next to it (constructor arguments given)
     model.generator.save(tmp_path / "old.zip")
     th.save(model.reward_net.state_dict(), reward_net_path(tmp_path / "old"))
     old = GAIL.load(tmp_path / "old", **SMALL)

@@ -85,8 +85,8 @@ _AIRL_RECURRENT = (
 
 def reward_net_path(path: str | os.PathLike) -> pathlib.Path:
     """
-    The reward net file that sb3_cherry 0.x saved next to a model, ``<path>_reward_net.pt`` (``.zip`` stripped from
-    ``path``); :meth:`AdversarialImitation.load` still reads it for files of that layout.
+    The reward net file that earlier sb3_cherry versions saved next to a model, ``<path>_reward_net.pt`` (``.zip``
+    stripped from ``path``); :meth:`AdversarialImitation.load` still reads it for files of that layout.
 
     :param path: the model path given to ``save`` / ``load``
     :return: the reward net path
@@ -849,7 +849,7 @@ class AdversarialImitation(BaseAlgorithm):
     def load_reward_net(self, path: str | os.PathLike) -> None:
         """
         Load a reward net ``state_dict`` file (``th.load(..., weights_only=True)``) into :attr:`reward_net`, e.g. the
-        ``<path>_reward_net.pt`` that sb3_cherry 0.x saved next to the generator.
+        ``<path>_reward_net.pt`` that earlier sb3_cherry versions saved next to the generator.
 
         :param path: the reward net file
         :raises ValueError: not a torch file, or a reward net of another architecture
@@ -879,8 +879,9 @@ class AdversarialImitation(BaseAlgorithm):
     ) -> SelfAdversarialImitation:
         """
         Load a model saved with :meth:`save`: the generator, the reward net and the hyperparameters of this class, all
-        from the one file. Also reads a generator-only file (e.g. sb3_cherry 0.x's, whose reward net sits next to it
-        as ``<path>_reward_net.pt``, or a ``PPORollback`` model: the reward net then starts untrained, with a warning).
+        from the one file. Also reads a generator-only file: the two-file layout of earlier sb3_cherry versions (the
+        reward net next to it as ``<path>_reward_net.pt``), or a ``PPORollback`` model (the reward net then starts
+        untrained, with a warning).
 
         :param path: path to the model file (or a file object)
         :param env: the environment to keep training on (None: prediction only; see also :meth:`set_env`)
@@ -940,7 +941,7 @@ class AdversarialImitation(BaseAlgorithm):
         if reward_state is not None:
             model._load_reward_state(reward_state, f"{path}")
         elif not isinstance(path, io.IOBase) and reward_net_path(path).exists():
-            model.load_reward_net(reward_net_path(path))  # the two-file layout of sb3_cherry 0.x
+            model.load_reward_net(reward_net_path(path))  # the two-file layout of earlier sb3_cherry versions
         else:
             warnings.warn(f"{name}.load: {path} holds no reward net (a generator-only file); the reward net starts untrained.")
         counters = (config or {}).get("discriminator") or {}
