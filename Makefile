@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 TORCH_VERSION := 2.13.0
 LINT_PATHS := sb3_cherry tests benchmarks
 
-.PHONY: install train test test-slow lint format type check-codestyle commit-checks clean
+.PHONY: install train test test-slow lint format type docs check-codestyle commit-checks clean
 
 # The stamp file is rebuilt when the packaging changes.
 $(VENV)/.installed: pyproject.toml
@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install --upgrade pip
 	# torch first, pinned: the CPU wheel available locally; a bare `torch` would pull a CUDA build
 	$(PIP) install torch==$(TORCH_VERSION)
-	$(PIP) install -e ".[tests,imitation,distributed]"
+	$(PIP) install -e ".[tests,imitation,distributed,docs]"
 	# imitation's metadata pins an old SB3/gymnasium: install it without its dependencies
 	# (the packages its modules import come with the [imitation] extra above)
 	$(PIP) install --no-deps imitation==1.0.1
@@ -46,7 +46,11 @@ check-codestyle: install
 type: install
 	$(VENV)/bin/mypy sb3_cherry
 
+# Sphinx HTML in docs/_build/html; -W: any warning fails the build
+docs: install
+	$(VENV)/bin/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+
 commit-checks: format type lint
 
 clean:
-	rm -rf $(VENV) logs .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) logs .pytest_cache .ruff_cache *.egg-info docs/_build

@@ -1,22 +1,29 @@
-"""GAIL / AIRL adapters over imitation: runs, save/load, Tuple actions, VecNormalize, errors, zoo; slow CartPole GAIL."""
+"""GAIL / AIRL (SB3 algorithms over imitation): runs, SB3 method set, save/load, Tuple actions, VecNormalize, errors, zoo;
+slow CartPole GAIL."""
 
+import io
+import json
 import subprocess
 import sys
 import time
+import zipfile
 
 import numpy as np
 import pytest
 import torch as th
 import yaml
 from gymnasium import spaces
-from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback, EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import VecNormalize
 
 import sb3_cherry
 from sb3_cherry import PPORollback, RecurrentPPORollback
 from sb3_cherry.adversarial import AIRL, GAIL, reward_net_path
+from sb3_cherry.adversarial.serialization import CONFIG_ENTRY, REWARD_NET_ENTRY
 from sb3_cherry.adversarial.wrappers import canonical_flat_actions
 from sb3_cherry.common.zoo_config import load_zoo_entry
 from sb3_cherry.demos import load_demos, record_demos
@@ -184,37 +191,74 @@ def test_callbacks_and_logging(cartpole_demos, tmp_path):
     recorder = Recorder()
     model = GAIL("MlpPolicy", cartpole(), demonstrations=cartpole_demos, tensorboard_log=str(tmp_path), **SMALL)
     model.learn(4096, callback=recorder)
+    assert recorder.model is model  # callbacks see the GAIL model, not its generator
     assert recorder.starts == 1
     assert model.num_timesteps == 1024  # the callback stopped training
-    assert {"mean/disc/disc_loss", "mean/disc/disc_acc"} <= set(recorder.values)
+    expected = {f"discriminator/{stat}" for stat in ("loss", "acc", "acc_expert", "acc_gen", "entropy", "rounds")}
+    assert expected <= set(recorder.values)
+    assert not [key for key in recorder.values if key.startswith(("mean/", "raw/"))]
     assert list((tmp_path / "GAIL_1").glob("events.out.tfevents.*"))
     assert list((tmp_path / "GAIL_1" / "raw" / "disc").glob("events.out.tfevents.*"))
 
 
+def test_logger_keys_in_sb3_scheme(cartpole_demos, tmp_path):
+    """``set_logger`` with a plain SB3 logger (kept by ``learn``); every key is ``train/``, ``rollout/``, ``time/`` or
+    ``discriminator/``."""
+    model = GAIL("MlpPolicy", cartpole(), demonstrations=cartpole_demos, **SMALL)
+    model.set_logger(configure(str(tmp_path), ["csv"]))
+    model.learn(1024)
+    assert model.logger.default_logger.dir == str(tmp_path)
+    with open(tmp_path / "progress.csv") as file:
+        header = file.readline().strip().split(",")
+    assert {"train/policy_gradient_loss", "rollout/ep_rew_mean", "discriminator/loss", "discriminator/acc"} <= set(header)
+    assert {key.split("/")[0] for key in header} <= {"train", "rollout", "time", "discriminator"}, header
+
+
 # ----------------------------------------------------------------------------------------------------- save/load
+def assert_parameters_equal(a, b):
+    assert a.keys() == b.keys()
+    for name in a:
+        if name.endswith("optimizer"):
+            continue  # optimiser state dicts nest lists; the modules are what predict uses
+        assert_state_dicts_equal(a[name], b[name])
+
+
 @pytest.mark.parametrize("algo", ALGOS)
 def test_save_load_round_trip(cartpole_demos, tmp_path, algo):
-    model = algo("MlpPolicy", cartpole(), demonstrations=cartpole_demos, **SMALL).learn(1024)
+    """One zip: ``algo.load(path, env=...)`` restores generator, reward net and hyperparameters; then learns again."""
+    hidden = {"reward_hid_sizes" if algo is AIRL else "hid_sizes": [16, 16]}
+    kwargs = {**SMALL, "reward_net_kwargs": hidden, "n_disc_updates_per_round": 3, "disc_lr": 5e-4}
+    model = algo("MlpPolicy", cartpole(), demonstrations=cartpole_demos, **kwargs).learn(1024)
+    assert isinstance(model, BaseAlgorithm)
     model.save(tmp_path / "model")
-    assert (tmp_path / "model.zip").exists()
-    assert reward_net_path(tmp_path / "model") == tmp_path / "model_reward_net.pt"
-    assert reward_net_path(tmp_path / "model.zip") == tmp_path / "model_reward_net.pt"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model.zip"]  # one file
     obs = demo_observations(cartpole_demos)
     expected, _ = model.predict(obs, deterministic=True)
 
-    # the generator is a normal PPORollback model
+    # the file is data: the adapter's hyperparameters as JSON, the reward net a plain state_dict (weights_only)
+    with zipfile.ZipFile(tmp_path / "model.zip") as archive:
+        config = json.loads(archive.read(CONFIG_ENTRY))
+        state_dict = th.load(io.BytesIO(archive.read(REWARD_NET_ENTRY)), weights_only=True)
+    assert config["algo"] == algo.__name__ and config["generator_class"] == "ppo_rollback"
+    assert config["hyperparameters"]["reward_net_kwargs"] == hidden
+    assert config["discriminator"] == {"rounds": 2, "updates": 6}
+    assert_state_dicts_equal(state_dict, model.reward_net.state_dict())
+    # the generator part is a normal PPORollback model
     generator = PPORollback.load(tmp_path / "model.zip")
     np.testing.assert_array_equal(generator.predict(obs, deterministic=True)[0], expected)
-    # the reward net a plain state_dict
-    state_dict = th.load(tmp_path / "model_reward_net.pt", weights_only=True)
-    assert_state_dicts_equal(state_dict, model.reward_net.state_dict())
 
-    loaded = algo.load(tmp_path / "model", env=cartpole(), demonstrations=cartpole_demos, **SMALL)
+    loaded = algo.load(tmp_path / "model", env=cartpole(), demonstrations=cartpole_demos)  # no constructor arguments
     assert type(loaded.generator) is PPORollback
+    assert_parameters_equal(loaded.get_parameters(), model.get_parameters())
     np.testing.assert_array_equal(loaded.predict(obs, deterministic=True)[0], expected)
-    assert_state_dicts_equal(loaded.reward_net.state_dict(), model.reward_net.state_dict())
+    kept = ("demo_batch_size", "n_disc_updates_per_round", "disc_lr", "allow_variable_horizon", "seed", "reward_net_kwargs")
+    for key in kept:
+        assert getattr(loaded, key) == getattr(model, key), key
+    assert loaded.generator.n_steps == 128 and loaded.num_timesteps == 1024
+    assert (loaded.trainer._global_step, loaded.trainer._disc_step) == (2, 6)
     loaded.learn(512, reset_num_timesteps=False)
     assert loaded.num_timesteps == 1024 + 512
+    assert loaded.trainer._disc_step == 6 + 3
 
     # prediction only
     predictor = algo.load(tmp_path / "model.zip")
@@ -223,17 +267,94 @@ def test_save_load_round_trip(cartpole_demos, tmp_path, algo):
         predictor.learn(512)
 
 
-def test_load_reward_net_errors(cartpole_demos, tmp_path):
+def test_set_parameters_round_trip(cartpole_demos, tmp_path):
+    """``get_parameters`` -> ``set_parameters`` (dict and file) on a fresh model gives the same networks."""
+    model = GAIL("MlpPolicy", cartpole(), demonstrations=cartpole_demos, **SMALL).learn(512)
+    params = model.get_parameters()
+    assert set(params) == {"policy", "policy.optimizer", "reward_net"}
+    obs = demo_observations(cartpole_demos)
+    expected, _ = model.predict(obs, deterministic=True)
+    model.save(tmp_path / "model")
+    for source in (params, tmp_path / "model.zip"):
+        other = GAIL("MlpPolicy", cartpole(), demonstrations=cartpole_demos, **{**SMALL, "seed": 1})
+        other.set_parameters(source)
+        assert_parameters_equal(other.get_parameters(), params)
+        np.testing.assert_array_equal(other.predict(obs, deterministic=True)[0], expected)
+    # bad input raises (SB3's checks)
+    with pytest.raises(ValueError, match="invalid object name"):
+        other.set_parameters({**params, "no_such_module": {}})
+    with pytest.raises(ValueError, match="do not match"):
+        other.set_parameters({"policy": params["policy"]})
+    with pytest.raises(RuntimeError):
+        other.set_parameters({**params, "reward_net": {"bogus": th.zeros(1)}})
+
+
+def test_set_env_and_get_env(cartpole_demos, tmp_path):
+    model = GAIL("MlpPolicy", cartpole(), demonstrations=cartpole_demos, **SMALL).learn(512)
+    model.save(tmp_path / "model")
+    predictor = GAIL.load(tmp_path / "model", demonstrations=cartpole_demos)
+    assert predictor.get_env() is None and predictor.env is None
+    with pytest.raises(ValueError, match="needs an environment"):
+        predictor.learn(512)
+    predictor.set_env(cartpole(n_envs=4, seed=3))  # SB3's set_env: same number of envs
+    assert predictor.get_env() is predictor.generator.get_env() and predictor.n_envs == 4
+    reward_before = {key: value.clone() for key, value in predictor.reward_net.state_dict().items()}
+    predictor.learn(1024)
+    assert predictor.num_timesteps == 1024 and predictor.trainer._disc_step == 2 * 2  # 2 rollouts of 4 x 128 steps
+    assert any(not th.equal(value, reward_before[key]) for key, value in predictor.reward_net.state_dict().items())
+    # set_env on a trained model keeps the discriminator's state
+    steps = predictor.trainer._disc_step
+    predictor.set_env(cartpole(n_envs=4, seed=4))
+    assert predictor.trainer._disc_step == steps
+    predictor.learn(512)
+    assert predictor.trainer._disc_step == steps + 2
+    with pytest.raises(ValueError):
+        predictor.set_env(make_vec_env("Pendulum-v1", n_envs=4))  # other spaces
+
+
+def test_callbacks_save_the_whole_model(cartpole_demos, tmp_path):
+    """EvalCallback / CheckpointCallback see the GAIL model: their files load with GAIL.load, reward net included."""
+    model = GAIL("MlpPolicy", cartpole(), demonstrations=cartpole_demos, **SMALL)
+    eval_env = cartpole(n_envs=1, seed=9)
+    eval_callback = EvalCallback(eval_env, eval_freq=128, n_eval_episodes=1, best_model_save_path=str(tmp_path))
+    checkpoint = CheckpointCallback(save_freq=256, save_path=str(tmp_path), name_prefix="ckpt")
+    model.learn(1024, callback=[eval_callback, checkpoint])
+    assert eval_callback.model is model and checkpoint.model is model
+    for path in (tmp_path / "best_model.zip", tmp_path / "ckpt_1024_steps.zip"):
+        with zipfile.ZipFile(path) as archive:
+            assert {CONFIG_ENTRY, REWARD_NET_ENTRY} <= set(archive.namelist()), path
+    with zipfile.ZipFile(tmp_path / "ckpt_1024_steps.zip") as archive:
+        # saved at the last step of the second rollout: after the first discriminator round, before the second
+        assert json.loads(archive.read(CONFIG_ENTRY))["discriminator"] == {"rounds": 1, "updates": 2}
+    checkpoint_model = GAIL.load(tmp_path / "ckpt_1024_steps.zip")
+    assert checkpoint_model.reward_net.state_dict().keys() == model.reward_net.state_dict().keys()
+
+
+def test_load_errors_and_older_files(cartpole_demos, tmp_path):
     model = GAIL("MlpPolicy", cartpole(), demonstrations=cartpole_demos, **SMALL)
     model.save(tmp_path / "model")
     with pytest.raises(ValueError, match="does not fit"):
         GAIL.load(tmp_path / "model", reward_net_kwargs=dict(hid_sizes=[8]))
-    (tmp_path / "model_reward_net.pt").write_bytes(b"not a torch file")
-    with pytest.raises(ValueError, match=r"model_reward_net\.pt is not a reward net state_dict"):
-        GAIL.load(tmp_path / "model")
-    (tmp_path / "model_reward_net.pt").unlink()
-    with pytest.warns(UserWarning, match="no reward net file"):
-        GAIL.load(tmp_path / "model")
+    with pytest.raises(ValueError, match="holds a GAIL model"):
+        AIRL.load(tmp_path / "model")
+    # a damaged reward net entry
+    with zipfile.ZipFile(tmp_path / "model.zip") as source, zipfile.ZipFile(tmp_path / "bad.zip", "w") as target:
+        for name in source.namelist():
+            target.writestr(name, b"not a torch file" if name == REWARD_NET_ENTRY else source.read(name))
+    with pytest.raises(ValueError, match=r"reward_net\.pt entry is not a reward net state_dict"):
+        GAIL.load(tmp_path / "bad.zip")
+    # earlier sb3_cherry versions: the generator's file and the reward net next to it (constructor arguments given)
+    model.generator.save(tmp_path / "old.zip")
+    th.save(model.reward_net.state_dict(), reward_net_path(tmp_path / "old"))
+    old = GAIL.load(tmp_path / "old", **SMALL)
+    assert_state_dicts_equal(old.reward_net.state_dict(), model.reward_net.state_dict())
+    (tmp_path / "old_reward_net.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match=r"old_reward_net\.pt is not a reward net state_dict"):
+        GAIL.load(tmp_path / "old")
+    # a generator-only file (PPORollback.save): untrained reward net, with a warning
+    (tmp_path / "old_reward_net.pt").unlink()
+    with pytest.warns(UserWarning, match="holds no reward net"):
+        GAIL.load(tmp_path / "old")
 
 
 # -------------------------------------------------------------------------------------------- Tuple / recurrent
@@ -380,8 +501,9 @@ def test_zoo_config_validates(zoo_with_adversarial):
         validate_config("zoo_configs/gail.yml", "gail", env_id)
 
 
-def test_sb3_cherry_train(zoo_with_adversarial, monkeypatch, cartpole_demos, tmp_path):
-    """``sb3-cherry train --algo gail`` (rl_zoo3 with EvalCallback and tensorboard), then the model loads as PPORollback."""
+def test_sb3_cherry_train(zoo_with_adversarial, monkeypatch, cartpole_demos, tmp_path, capsys):
+    """``sb3-cherry train --algo gail`` (rl_zoo3 with EvalCallback and tensorboard): one file per model, which loads as
+    GAIL (and its generator part as PPORollback); ``sb3-cherry evaluate --algo gail`` reads it."""
     import rl_zoo3.utils
 
     from sb3_cherry.cli import main
@@ -397,10 +519,14 @@ def test_sb3_cherry_train(zoo_with_adversarial, monkeypatch, cartpole_demos, tmp
     args = ["train", "--algo", "gail", "--env", "CartPole-v1", "-c", str(config), "-f", str(tmp_path / "logs")]
     main([*args, "-n", "1024", "--seed", "0", "--eval-freq", "256", "--eval-episodes", "2", "-tb", str(tmp_path / "tb")])
     exp = tmp_path / "logs" / "gail" / "CartPole-v1_1"
-    assert (exp / "CartPole-v1_reward_net.pt").exists()
-    assert (exp / "best_model.zip").exists()
-    model = PPORollback.load(exp / "CartPole-v1.zip")
-    assert model.num_timesteps == 1024
+    assert not (exp / "CartPole-v1_reward_net.pt").exists()  # one file
+    for name in ("CartPole-v1.zip", "best_model.zip"):
+        model = GAIL.load(exp / name)
+        assert model.demo_batch_size == 256 and model.n_disc_updates_per_round == 8, name
+    assert model.num_timesteps <= 1024
+    assert PPORollback.load(exp / "CartPole-v1.zip").num_timesteps == 1024
+    main(["evaluate", "--algo", "gail", "--env", "CartPole-v1", "-f", str(tmp_path / "logs"), "-n", "2", "--json", "-"])
+    assert "gail on CartPole-v1: mean return" in capsys.readouterr().out
 
 
 # -------------------------------------------------------------------------------------------------------- slow

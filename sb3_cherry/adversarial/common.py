@@ -18,16 +18,19 @@ What the adapter adds to imitation's ``GAIL`` / ``AIRL``:
 - SB3 2.9 / sb3_cherry fixes: GAIL does not evaluate the generator's log-probabilities (imitation computes them for
   every discriminator batch; recurrent policies cannot do it without their hidden states), AIRL evaluates them on
   normalised observations when the env has a ``VecNormalize``;
-- save / load: the generator as a normal PPORollback (or RecurrentPPORollback) model file, the reward net as a torch
-  ``state_dict`` next to it (:func:`reward_net_path`).
+- an SB3 ``BaseAlgorithm``: ``learn``, ``predict``, ``save`` / ``load`` of one zip (the generator's archive, which
+  ``PPORollback.load`` still reads, plus the reward net and the adapter's hyperparameters as data:
+  :mod:`sb3_cherry.adversarial.serialization`), ``get_parameters`` / ``set_parameters``, ``set_env``, ``logger``
+  (discriminator metrics under ``discriminator/``); callbacks see the adapter as ``self.model``.
 """
 
 import contextlib
+import io
 import os
 import pathlib
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -35,15 +38,29 @@ import torch as th
 from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.save_util import load_from_zip_file
-from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, TensorDict
 from stable_baselines3.common.utils import get_latest_run_id
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize, unwrap_vec_normalize
 
+from sb3_cherry.adversarial.serialization import (
+    load_state_dict,
+    read_adversarial_entries,
+    to_json_value,
+    write_model_archive,
+    zip_bytes,
+)
+from sb3_cherry.adversarial.trainers import (
+    discriminator_logger_class,
+    import_imitation,
+    resolve_reward_net_kwargs,
+    trainer_class,
+)
 from sb3_cherry.adversarial.wrappers import OpaqueVecEnv, VecFlatActionSpace, VecTupleActionSpace
 from sb3_cherry.common.save_util import atomic_write, check_model_file, resolve_zip_path
 from sb3_cherry.common.spaces import flat_action_space
@@ -54,79 +71,27 @@ from sb3_cherry.ppo_rollback import PPORollback
 
 SelfAdversarialImitation = TypeVar("SelfAdversarialImitation", bound="AdversarialImitation")
 
-#: How to install imitation (its metadata pins an old SB3 / gymnasium, hence ``--no-deps``)
-INSTALL_HINT = (
-    "Install it with\n"
-    "    pip install --no-deps imitation==1.0.1\n"
-    '    pip install "sb3_cherry[imitation]"\n'
-    "(imitation's metadata pins old Stable-Baselines3 / gymnasium versions, hence --no-deps; the sb3_cherry[imitation] "
-    "extra installs the packages its modules import)."
-)
-
 #: Generator classes by name (``generator_class`` in zoo configs)
 GENERATOR_CLASSES: dict[str, type[OnPolicyAlgorithm]] = {
     "ppo_rollback": PPORollback,
     "recurrent_ppo_rollback": RecurrentPPORollback,
 }
 
-_TRAINER_CLASSES: dict[str, type] = {}
 _AIRL_RECURRENT = (
     "AIRL needs log pi(a|s) of the generator for single transitions, which a recurrent policy cannot give without its "
     "hidden states: use GAIL with a recurrent generator, or a feed-forward generator with AIRL."
 )
 
 
-def import_imitation(algo_name: str = "GAIL") -> None:
-    """
-    Import imitation's adversarial trainers, or raise an ``ImportError`` saying how to install imitation.
-
-    :param algo_name: the algorithm that needs it (for the message)
-    :raises ImportError: imitation is missing or cannot be imported
-    """
-    try:
-        import imitation  # noqa: F401
-        from imitation.algorithms.adversarial import airl, gail  # noqa: F401
-    except ImportError as exc:
-        raise ImportError(
-            f"{algo_name} needs the `imitation` package (https://github.com/HumanCompatibleAI/imitation), which could "
-            f"not be imported ({exc}). {INSTALL_HINT}"
-        ) from exc
-
-
-def _trainer_class(kind: str) -> type:
-    """imitation's GAIL or AIRL trainer with the adapter's fixes (classes built on first use: imitation is lazy)."""
-    if not _TRAINER_CLASSES:
-        from imitation.algorithms.adversarial import airl, gail
-
-        class GAILTrainer(gail.GAIL):
-            """imitation's GAIL, without evaluating generator log-probabilities (the GAIL discriminator ignores them)."""
-
-            def _get_log_policy_act_prob(self, obs_th: th.Tensor, acts_th: th.Tensor) -> th.Tensor | None:
-                return None
-
-        class AIRLTrainer(airl.AIRL):
-            """imitation's AIRL, evaluating ``log pi(a|s)`` on observations normalised as the policy sees them."""
-
-            obs_normalizer: VecNormalize | None = None
-
-            def _get_log_policy_act_prob(self, obs_th: th.Tensor, acts_th: th.Tensor) -> th.Tensor | None:
-                if self.obs_normalizer is not None and self.obs_normalizer.norm_obs:
-                    normalised = self.obs_normalizer.normalize_obs(obs_th.cpu().numpy())
-                    obs_th = th.as_tensor(normalised, device=obs_th.device)
-                return super()._get_log_policy_act_prob(obs_th, acts_th)
-
-        _TRAINER_CLASSES.update(gail=GAILTrainer, airl=AIRLTrainer)
-    return _TRAINER_CLASSES[kind]
-
-
 def reward_net_path(path: str | os.PathLike) -> pathlib.Path:
     """
-    The reward net file saved next to a model: ``<path>_reward_net.pt`` (``.zip`` stripped from ``path``).
+    The reward net file that earlier sb3_cherry versions saved next to a model, ``<path>_reward_net.pt`` (``.zip``
+    stripped from ``path``); :meth:`AdversarialImitation.load` still reads it for files of that layout.
 
     :param path: the model path given to ``save`` / ``load``
     :return: the reward net path
     """
-    model_path = resolve_zip_path(path)
+    model_path = resolve_zip_path(pathlib.Path(path))
     base = model_path.with_suffix("") if model_path.suffix == ".zip" else model_path
     return base.with_name(f"{base.name}_reward_net.pt")
 
@@ -151,9 +116,11 @@ def resolve_generator_class(generator_class: str | type[OnPolicyAlgorithm]) -> t
     )
 
 
-def _detect_generator_class(path: str | os.PathLike) -> type[OnPolicyAlgorithm]:
-    """RecurrentPPORollback when the saved policy is recurrent, else PPORollback."""
-    data, _, _ = load_from_zip_file(path, load_data=True, device="cpu")
+def _detect_generator_class(archive: io.BytesIO) -> type[OnPolicyAlgorithm]:
+    """RecurrentPPORollback when the saved policy is recurrent, else PPORollback (generator-only files)."""
+    archive.seek(0)
+    data, _, _ = load_from_zip_file(archive, load_data=True, device="cpu")
+    archive.seek(0)
     policy_class = (data or {}).get("policy_class")
     if isinstance(policy_class, type) and issubclass(policy_class, RecurrentActorCriticPolicy):
         return RecurrentPPORollback
@@ -174,30 +141,6 @@ def _action_space_as(generator: OnPolicyAlgorithm, action_space: spaces.Space) -
         generator.action_space = original
 
 
-def _resolve_reward_net_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Names from YAML files to objects: ``normalize_input_layer`` (``"RunningNorm"``, ...) and ``activation``."""
-    from imitation.util import networks
-
-    resolved = dict(kwargs)
-    layer = resolved.get("normalize_input_layer")
-    if isinstance(layer, str):
-        if layer in ("None", "none", ""):
-            resolved["normalize_input_layer"] = None
-        elif isinstance(getattr(networks, layer, None), type):
-            resolved["normalize_input_layer"] = getattr(networks, layer)
-        else:
-            raise ValueError(
-                f"reward_net_kwargs: unknown normalize_input_layer {layer!r} (use 'RunningNorm', 'EMANorm' or None)."
-            )
-    activation = resolved.get("activation")
-    if isinstance(activation, str):
-        name = activation.removeprefix("nn.")
-        if not isinstance(getattr(th.nn, name, None), type):
-            raise ValueError(f"reward_net_kwargs: unknown activation {activation!r} (a torch.nn class, e.g. 'ReLU').")
-        resolved["activation"] = getattr(th.nn, name)
-    return resolved
-
-
 class _DiscriminatorRounds(BaseCallback):
     """Runs the adapter's discriminator round at the end of each generator rollout."""
 
@@ -212,10 +155,74 @@ class _DiscriminatorRounds(BaseCallback):
         self._adversarial._end_of_rollout()
 
 
-class AdversarialImitation:
+class _AdapterCallback(BaseCallback):
+    """
+    Runs the user's callbacks inside the generator's ``learn`` with the adapter as their ``model``: an
+    ``EvalCallback`` / ``CheckpointCallback`` then saves the whole model (generator, reward net, hyperparameters) and
+    reads ``num_timesteps``, ``get_env()``, ``logger`` from the adapter.
+
+    :param callback: the user's callbacks
+    :param model: the adapter
+    """
+
+    def __init__(self, callback: BaseCallback, model: "AdversarialImitation"):
+        super().__init__(verbose=callback.verbose)
+        self.callback = callback
+        self._adversarial = model
+
+    def init_callback(self, model: BaseAlgorithm) -> None:
+        super().init_callback(model)  # the generator
+        self.callback.init_callback(self._adversarial)
+
+    def update_child_locals(self, locals_: dict[str, Any]) -> None:
+        self.callback.update_locals(locals_)
+
+    def _on_training_start(self) -> None:
+        self.callback.on_training_start(self.locals, self.globals)
+
+    def _on_rollout_start(self) -> None:
+        self.callback.on_rollout_start()
+
+    def _on_step(self) -> bool:
+        return self.callback.on_step()
+
+    def _on_rollout_end(self) -> None:
+        self.callback.on_rollout_end()
+
+    def _on_training_end(self) -> None:
+        self.callback.on_training_end()
+
+
+class _FromGenerator:
+    """
+    An attribute of the adapter that is the generator's once the generator exists (``policy``, ``env``,
+    ``num_timesteps``, ...): SB3 tools reading ``model.<name>`` see the generator's run, and ``BaseAlgorithm.__init__``
+    can still assign its defaults before the generator is built.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        generator = instance.__dict__.get("generator")
+        if generator is not None:
+            return getattr(generator, self.name)
+        return instance.__dict__.get(self.name)
+
+    def __set__(self, instance: Any, value: Any) -> None:
+        generator = instance.__dict__.get("generator")
+        if generator is not None:
+            setattr(generator, self.name, value)
+        else:
+            instance.__dict__[self.name] = value
+
+
+class AdversarialImitation(BaseAlgorithm):
     """
     Base of the :class:`~sb3_cherry.adversarial.GAIL` and :class:`~sb3_cherry.adversarial.AIRL` adapters: an
-    SB3-like front to ``imitation.algorithms.adversarial`` with a PPORollback (or RecurrentPPORollback) generator.
+    SB3 algorithm over ``imitation.algorithms.adversarial`` with a PPORollback (or RecurrentPPORollback) generator.
 
     Training (:meth:`learn`) is one ``generator.learn`` call on the environment whose reward imitation replaces with
     the discriminator's; after each rollout (once ``gen_train_timesteps`` new transitions are buffered), the adapter
@@ -254,8 +261,9 @@ class AdversarialImitation:
     :param disc_opt_kwargs: other Adam arguments of the discriminator (``betas``, ``weight_decay``, ...)
     :param allow_variable_horizon: accept episodes of different lengths (imitation refuses them by default: the
         termination condition leaks information about the reward; CartPole-v1, for one, needs True)
-    :param tensorboard_log: the log location for tensorboard (if None, no logging). Generator metrics as in SB3,
-        discriminator metrics as ``mean/disc/...`` (per-update values under ``raw/``)
+    :param tensorboard_log: the log location for tensorboard (if None, no logging). Generator metrics as in SB3
+        (``train/``, ``rollout/``, ``time/``), discriminator metrics as ``discriminator/loss``, ``discriminator/acc``,
+        ... (means over the updates since the last dump; per-update values in the run's ``raw/disc`` folder)
     :param verbose: Verbosity level: 0 for no output, 1 for info messages, 2 for debug messages
     :param seed: Seed for the pseudo random generators (generator, environment, reward net, discriminator batches)
     :param device: Device (cpu, cuda, ...) of the generator and the reward net
@@ -271,6 +279,32 @@ class AdversarialImitation:
     generator: OnPolicyAlgorithm
     reward_net: th.nn.Module
     trainer: Any
+
+    # The generator's run, seen through the adapter (see _FromGenerator)
+    policy = _FromGenerator()  # type: ignore[assignment]
+    env = _FromGenerator()  # type: ignore[assignment]
+    num_timesteps = _FromGenerator()  # type: ignore[assignment]
+    _total_timesteps = _FromGenerator()  # type: ignore[assignment]
+    _num_timesteps_at_start = _FromGenerator()  # type: ignore[assignment]
+    observation_space = _FromGenerator()  # type: ignore[assignment]
+    action_space = _FromGenerator()  # type: ignore[assignment]
+    n_envs = _FromGenerator()  # type: ignore[assignment]
+    learning_rate = _FromGenerator()  # type: ignore[assignment]
+    lr_schedule = _FromGenerator()  # type: ignore[assignment]
+    _vec_normalize_env = _FromGenerator()  # type: ignore[assignment]
+    ep_info_buffer = _FromGenerator()  # type: ignore[assignment]
+    ep_success_buffer = _FromGenerator()  # type: ignore[assignment]
+    _n_updates = _FromGenerator()  # type: ignore[assignment]
+    _episode_num = _FromGenerator()  # type: ignore[assignment]
+    _current_progress_remaining = _FromGenerator()  # type: ignore[assignment]
+    start_time = _FromGenerator()  # type: ignore[assignment]
+    _last_obs = _FromGenerator()  # type: ignore[assignment]
+    _last_episode_starts = _FromGenerator()  # type: ignore[assignment]
+    _last_original_obs = _FromGenerator()  # type: ignore[assignment]
+    _stats_window_size = _FromGenerator()  # type: ignore[assignment]
+    use_sde = _FromGenerator()  # type: ignore[assignment]
+    sde_sample_freq = _FromGenerator()  # type: ignore[assignment]
+    action_noise = _FromGenerator()  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -313,11 +347,21 @@ class AdversarialImitation:
         reserved = sorted(own_arguments & set(generator_kwargs))
         if reserved:
             raise ValueError(f"{name}: pass {reserved} to {name} directly, not in generator_kwargs.")
-        self.policy_class = policy
-        self.demonstrations = demonstrations
+        # needed by BaseAlgorithm.__init__ to resolve policy names (the generator's policy_aliases)
         self.generator_class = resolve_generator_class(generator_class)
+        super().__init__(
+            policy=policy,  # type: ignore[arg-type]
+            env=None,  # the generator wraps the environment (see _setup_model)
+            learning_rate=disc_lr,  # replaced by the generator's learning_rate once it exists
+            policy_kwargs=policy_kwargs,
+            tensorboard_log=tensorboard_log,
+            verbose=verbose,
+            device=device,
+            seed=seed,
+            support_multi_env=True,
+        )
+        self.demonstrations = demonstrations
         self.generator_kwargs = generator_kwargs
-        self.policy_kwargs = policy_kwargs
         self.reward_net_class = reward_net_class
         self.reward_net_kwargs = dict(reward_net_kwargs or {})
         self.demo_batch_size = int(demo_batch_size)
@@ -328,17 +372,28 @@ class AdversarialImitation:
         self.disc_lr = float(disc_lr)
         self.disc_opt_kwargs = dict(disc_opt_kwargs or {})
         self.allow_variable_horizon = bool(allow_variable_horizon)
-        self.tensorboard_log = tensorboard_log
-        self.verbose = verbose
-        self.seed = seed
-        self.device = device
-        self._env = env
+        self._user_env = env
         self.trainer = None
         self._vec_normalize: VecNormalize | None = None
         self._scratch_dir = tempfile.TemporaryDirectory(prefix=f"sb3_cherry_{self.trainer_kind}_")
-        self._logger: Logger | None = None
         if _init_setup_model:
             self._setup_model()
+
+    def _get_policy_from_name(self, policy_name: str) -> type[BasePolicy]:
+        """
+        The generator's policy class for ``policy_name`` (its ``policy_aliases``).
+
+        :param policy_name: alias of the policy
+        :return: the policy class
+        :raises ValueError: the generator class has no such policy
+        """
+        aliases: dict[str, type[BasePolicy]] = getattr(self.generator_class, "policy_aliases", {})
+        if policy_name not in aliases:
+            raise ValueError(
+                f"Policy {policy_name!r} unknown for the generator {self.generator_class.__name__}: choose one of "
+                f"{sorted(aliases)}."
+            )
+        return aliases[policy_name]
 
     # ------------------------------------------------------------------------------------------------------ setup
     def _setup_model(self, generator: OnPolicyAlgorithm | None = None) -> None:
@@ -352,18 +407,18 @@ class AdversarialImitation:
         if self.trainer_kind == "airl" and issubclass(self.generator_class, RecurrentPPO):
             raise ValueError(_AIRL_RECURRENT)
         if generator is None:
-            if self._env is None:
+            if self._user_env is None:
                 raise ValueError(f"{name} needs an environment (env=None is only possible with {name}.load).")
             generator = self.generator_class(
-                self.policy_class,
-                self._env,
+                self.policy_class,  # type: ignore[arg-type]
+                self._user_env,
                 policy_kwargs=self.policy_kwargs,
                 verbose=self.verbose,
                 seed=self.seed,
                 device=self.device,
                 **self.generator_kwargs,
             )
-        self._env = None
+        self._user_env = None
         self.generator = generator
         if isinstance(generator.observation_space, spaces.Dict):
             raise ValueError(
@@ -376,10 +431,23 @@ class AdversarialImitation:
         # imitation's reward nets and replay buffer see the flat encoding of Tuple actions
         imitation_action_space = flat_action_space(tuple_space) if tuple_space is not None else generator.action_space
         self.reward_net = self._build_reward_net(generator.observation_space, imitation_action_space)
+        if not self._custom_logger:
+            self._logger = self._make_logger(None, True)
+        self._build_trainer()
+
+    def _build_trainer(self) -> None:
+        """
+        imitation's trainer on the generator's environment, and the generator's environment replaced by the chain of
+        :mod:`sb3_cherry.adversarial.wrappers`. Without an environment (loaded for prediction), no trainer. A trainer
+        built before (``set_env``) hands over the discriminator's optimiser state, counters and replay buffer.
+        """
+        name = type(self).__name__
+        previous, self.trainer, self._vec_normalize = self.trainer, None, None
+        generator = self.generator
         venv = generator.get_env()
         if venv is None:  # loaded for prediction only
             return
-
+        tuple_space = generator.action_space if isinstance(generator.action_space, spaces.Tuple) else None
         top = venv.venv if isinstance(venv, VecTupleActions) else venv
         self._vec_normalize = top if isinstance(top, VecNormalize) else None
         raw = self._vec_normalize.venv if self._vec_normalize is not None else top
@@ -390,10 +458,9 @@ class AdversarialImitation:
             )
         imitation_venv = VecFlatActionSpace(raw) if tuple_space is not None else raw
         trajectories = self._demo_trajectories(imitation_venv) if self.demonstrations is not None else None
-        trainer_class = _trainer_class(self.trainer_kind)
-        self._logger = self._make_logger(None, True)
+        trainer_type = trainer_class(self.trainer_kind)
         with _action_space_as(generator, imitation_venv.action_space):
-            self.trainer = trainer_class(
+            self.trainer = trainer_type(
                 demonstrations=trajectories,
                 demo_batch_size=self.demo_batch_size,
                 venv=imitation_venv,
@@ -411,6 +478,10 @@ class AdversarialImitation:
             )
         if self.trainer_kind == "airl":
             self.trainer.obs_normalizer = self._vec_normalize
+        if previous is not None:
+            self.trainer._disc_opt.load_state_dict(previous._disc_opt.state_dict())
+            self.trainer._gen_replay_buffer = previous._gen_replay_buffer
+            self.trainer._global_step, self.trainer._disc_step = previous._global_step, previous._disc_step
         # The generator's env: imitation's reward-wrapped VecEnv, the Tuple action space restored, the user's
         # VecNormalize on top (re-pointed at the new chain, as sb3_cherry.demos.record_demos does)
         generator_env: VecEnv = self.trainer.venv_train
@@ -432,9 +503,10 @@ class AdversarialImitation:
         if not (isinstance(net_class, type) and issubclass(net_class, reward_nets.RewardNet)):
             raise ValueError(
                 f"{type(self).__name__}: reward_net_class must be an imitation.rewards.reward_nets.RewardNet subclass or "
-                f"its name (BasicRewardNet, BasicShapedRewardNet, ...), got {self.reward_net_class!r}."
+                f"its name (BasicRewardNet, BasicShapedRewardNet, ...), got {self.reward_net_class!r} (a model saved with "
+                "a reward net class of your own loads with reward_net_class=<that class>)."
             )
-        kwargs = {"normalize_input_layer": networks.RunningNorm, **_resolve_reward_net_kwargs(self.reward_net_kwargs)}
+        kwargs = {"normalize_input_layer": networks.RunningNorm, **resolve_reward_net_kwargs(self.reward_net_kwargs)}
         if issubclass(net_class, reward_nets.BasicShapedRewardNet):
             # potential shaping gamma * phi(s') - phi(s) with the generator's discount
             kwargs.setdefault("discount_factor", float(self.generator.gamma))
@@ -504,11 +576,10 @@ class AdversarialImitation:
     # ---------------------------------------------------------------------------------------------------- logging
     def _make_logger(self, tb_log_name: str | None, reset_num_timesteps: bool) -> Logger:
         """
-        imitation's HierarchicalLogger writing like SB3's default logger: stdout when ``verbose >= 1``, tensorboard in
+        The adapter's logger, writing like SB3's default logger: stdout when ``verbose >= 1``, tensorboard in
         ``<tensorboard_log>/<tb_log_name>_<run>`` when ``tensorboard_log`` is set (per-update discriminator values under
         ``raw/``, stdout excluded). Without tensorboard, imitation's scratch folders go to a temporary directory.
         """
-        from imitation.util.logger import HierarchicalLogger
         from stable_baselines3.common.logger import configure
 
         formats = ["stdout"] if self.verbose >= 1 and tb_log_name is not None else []
@@ -519,7 +590,26 @@ class AdversarialImitation:
                 latest_run_id -= 1  # continue in the same folder
             folder = os.path.join(self.tensorboard_log, f"{tb_log_name}_{latest_run_id + 1}")
             formats.append("tensorboard")
-        return HierarchicalLogger(configure(folder, formats), [f for f in formats if f != "stdout"])
+        return discriminator_logger_class()(configure(folder, formats), [f for f in formats if f != "stdout"])
+
+    def set_logger(self, logger: Logger) -> None:
+        """
+        Log the generator and the discriminator to ``logger`` (SB3's ``set_logger``: ``learn`` then keeps it). A plain
+        SB3 ``Logger`` is wrapped in the adapter's hierarchical logger (imitation's discriminator update needs one).
+
+        :param logger: the logger
+        """
+        logger_class = discriminator_logger_class()
+        if not isinstance(logger, logger_class):
+            if logger.dir is None:  # imitation's per-update sub-loggers need a folder (they write nothing here)
+                logger.dir = self._scratch_dir.name
+            logger = logger_class(logger, format_strs=[])
+        self._logger = logger
+        self._custom_logger = True
+        if "generator" in self.__dict__:
+            self.generator.set_logger(logger)
+        if self.trainer is not None:
+            self.trainer.logger = logger
 
     # --------------------------------------------------------------------------------------------------- training
     def _end_of_rollout(self) -> None:
@@ -559,8 +649,8 @@ class AdversarialImitation:
         discriminator round (``n_disc_updates_per_round`` updates) after each rollout (see the class docstring).
 
         :param total_timesteps: generator environment steps (all envs together; rounded up to whole rollouts)
-        :param callback: callback(s) of the generator's ``learn`` (EvalCallback, CheckpointCallback, ...: they see the
-            generator as ``self.model``)
+        :param callback: callback(s) called at every step with state of the algorithm (EvalCallback,
+            CheckpointCallback, ...: they see this model as ``self.model``, so their saves hold the reward net too)
         :param log_interval: dump the logs every ``log_interval`` rollouts (None: never)
         :param tb_log_name: the name of the run for TensorBoard logging (default: the class name)
         :param reset_num_timesteps: whether or not to reset the current timestep number (used in logging)
@@ -570,24 +660,31 @@ class AdversarialImitation:
         """
         name = type(self).__name__
         if self.trainer is None:
-            raise ValueError(f"{name}.learn needs an environment: {name}.load(path, env=..., demonstrations=...).")
+            raise ValueError(
+                f"{name}.learn needs an environment: {name}.load(path, env=..., demonstrations=...) or model.set_env(env)."
+            )
         if self.demonstrations is None:
             raise ValueError(
                 f"{name}.learn needs demonstrations: pass demonstrations=<a file written by sb3_cherry.demos.record_demos "
-                f"or `sb3-cherry record`> or a list of trajectories (also to {name}.load)."
+                f"or `sb3-cherry record`> or a list of trajectories (also to {name}.load), or call set_demonstrations."
             )
-        if self._logger is not None:
+        if not self._custom_logger:
             self._logger.close()
-        self._logger = self._make_logger(tb_log_name or name, reset_num_timesteps)
-        self.trainer.logger = self._logger
-        self.generator.set_logger(self._logger)
+            self._logger = self._make_logger(tb_log_name or name, reset_num_timesteps)
+            self.trainer.logger = self._logger
+            self.generator.set_logger(self._logger)
         if reset_num_timesteps and self.trainer.venv_buffering.n_transitions > 0:
             # the generator resets the env, which imitation's BufferingWrapper refuses while it holds transitions
             self._store_generator_samples()
-        if callback is None:
-            callback = []
-        callbacks = [_DiscriminatorRounds(self), self.trainer.gen_callback]
-        callbacks += callback if isinstance(callback, list) else [callback]
+        callbacks: list[BaseCallback] = [_DiscriminatorRounds(self), self.trainer.gen_callback]
+        if callback is not None:
+            if isinstance(callback, list):
+                callback = CallbackList(callback)
+            if not isinstance(callback, BaseCallback):
+                from stable_baselines3.common.callbacks import ConvertCallback
+
+                callback = ConvertCallback(callback)
+            callbacks.append(_AdapterCallback(callback, self))
         self.generator.learn(
             total_timesteps=total_timesteps,
             callback=callbacks,
@@ -617,37 +714,19 @@ class AdversarialImitation:
         """
         return self.generator.predict(observation, state=state, episode_start=episode_start, deterministic=deterministic)
 
-    @property
-    def policy(self) -> BasePolicy:
-        """The generator's policy."""
-        return self.generator.policy
+    def set_random_seed(self, seed: int | None = None) -> None:
+        """
+        Seed the generator (Python, NumPy, torch, action space, environment).
 
-    @property
-    def env(self) -> VecEnv | None:
-        """The generator's environment (the VecEnv chain described in :mod:`sb3_cherry.adversarial.wrappers`)."""
-        return self.generator.env
+        :param seed: the seed
+        """
+        if "generator" in self.__dict__:
+            self.generator.set_random_seed(seed)
 
-    @property
-    def num_timesteps(self) -> int:
-        """Generator environment steps so far."""
-        return self.generator.num_timesteps
-
-    @property
-    def logger(self) -> Logger:
-        """The logger of the generator and the discriminator (imitation's HierarchicalLogger)."""
-        return self.generator.logger
-
-    @property
-    def observation_space(self) -> spaces.Space:
-        return self.generator.observation_space
-
-    @property
-    def action_space(self) -> spaces.Space:
-        return self.generator.action_space
-
+    # -------------------------------------------------------------------------------------------------- env
     def get_env(self) -> VecEnv | None:
         """
-        :return: the generator's environment
+        :return: the generator's environment (the VecEnv chain described in :mod:`sb3_cherry.adversarial.wrappers`)
         """
         return self.generator.get_env()
 
@@ -657,83 +736,192 @@ class AdversarialImitation:
         """
         return self.generator.get_vec_normalize_env()
 
-    # -------------------------------------------------------------------------------------------------- save/load
-    def save(self, path: str | os.PathLike) -> None:
+    def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
         """
-        Save the generator as a normal model file (``path``, ``.zip`` appended when there is no suffix; load it with
-        ``PPORollback.load``, ``sb3-cherry evaluate/enjoy --algo ppo_rollback``) and the reward net's ``state_dict``
-        next to it (:func:`reward_net_path`). Both writes are atomic. The discriminator's optimizer state, imitation's
-        replay buffer and the constructor arguments of this class are not saved (pass them again to :meth:`load`).
+        Train on another environment with the same spaces (e.g. after ``load`` without one). imitation's trainer is
+        rebuilt on it; the discriminator keeps its weights, optimiser state and replay buffer.
 
-        :param path: path to the model file
+        :param env: the new environment
+        :param force_reset: force a call to ``reset()`` before training
+        :raises ValueError: the spaces differ from the model's
         """
-        self.generator.save(resolve_zip_path(path))
-        state_dict = {key: value.detach().cpu() for key, value in self.reward_net.state_dict().items()}
-        atomic_write(reward_net_path(path), lambda file: th.save(state_dict, file))
+        self.generator.set_env(env, force_reset=force_reset)
+        self._build_trainer()
+
+    # -------------------------------------------------------------------------------------------------- save/load
+    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
+        """
+        :return: the generator's state dicts (``policy``, ``policy.optimizer``) and ``reward_net``; the generator's
+            other torch variables
+        """
+        state_dicts, torch_variables = self.generator._get_torch_save_params()
+        return [*state_dicts, "reward_net"], torch_variables
+
+    def set_parameters(
+        self,
+        load_path_or_dict: str | os.PathLike | io.BufferedIOBase | TensorDict,
+        exact_match: bool = True,
+        device: th.device | str = "auto",
+    ) -> None:
+        """
+        Load the parameters of the generator and the reward net (see ``get_parameters``) from a dict or a model file.
+
+        :param load_path_or_dict: a model file written by :meth:`save`, or ``{name: state_dict}`` with the names of
+            ``get_parameters`` (``policy``, ``policy.optimizer``, ``reward_net``)
+        :param exact_match: if True, every module must be given, each with all its parameters
+        :param device: device on which the code should run
+        :raises ValueError: unknown names, or missing ones with ``exact_match``
+        """
+        if not isinstance(load_path_or_dict, dict):
+            archive = zip_bytes(load_path_or_dict)
+            _, loaded, _ = load_from_zip_file(archive, device=device, load_data=False)
+            params: dict[str, Any] = dict(loaded)
+            _, reward_state = read_adversarial_entries(archive, type(self).__name__)
+            if reward_state is not None:
+                params["reward_net"] = reward_state
+            load_path_or_dict = params
+        super().set_parameters(load_path_or_dict, exact_match=exact_match, device=device)  # type: ignore[arg-type]
+
+    def _config_data(self) -> dict[str, Any]:
+        """The adapter's part of the model file (:data:`~sb3_cherry.adversarial.serialization.CONFIG_ENTRY`), JSON data."""
+        from imitation.rewards import reward_nets
+
+        net_class = type(self.reward_net)
+        if getattr(reward_nets, net_class.__name__, None) is net_class:
+            net_class_name = net_class.__name__
+        else:  # a user class: load needs reward_net_class=<the class> (no code is imported from a file)
+            net_class_name = f"{net_class.__module__}.{net_class.__qualname__}"
+        name = type(self).__name__
+        hyperparameters = {
+            "reward_net_class": net_class_name,
+            "reward_net_kwargs": to_json_value(self.reward_net_kwargs, f"{name}.save: reward_net_kwargs"),
+            "demo_batch_size": self.demo_batch_size,
+            "demo_minibatch_size": self.demo_minibatch_size,
+            "n_disc_updates_per_round": self.n_disc_updates_per_round,
+            "gen_train_timesteps": self.gen_train_timesteps,
+            "gen_replay_buffer_capacity": self.gen_replay_buffer_capacity,
+            "disc_lr": self.disc_lr,
+            "disc_opt_kwargs": to_json_value(self.disc_opt_kwargs, f"{name}.save: disc_opt_kwargs"),
+            "allow_variable_horizon": self.allow_variable_horizon,
+            "tensorboard_log": self.tensorboard_log,
+            "verbose": self.verbose,
+            "seed": self.seed,
+        }
+        generator_name = next((key for key, cls in GENERATOR_CLASSES.items() if cls is type(self.generator)), None)
+        counters = {}
+        if self.trainer is not None:
+            counters = {"rounds": int(self.trainer._global_step), "updates": int(self.trainer._disc_step)}
+        return {
+            "algo": name,
+            "generator_class": generator_name,
+            "hyperparameters": hyperparameters,
+            "discriminator": counters,
+        }
+
+    def save(
+        self,
+        path: str | os.PathLike | io.BufferedIOBase,
+        exclude: Iterable[str] | None = None,
+        include: Iterable[str] | None = None,
+    ) -> None:
+        """
+        Save the model in one zip archive: the generator's own archive (``PPORollback.load`` / ``sb3-cherry evaluate
+        --algo ppo_rollback`` read it as a normal model), the reward net's ``state_dict`` and this class's
+        hyperparameters as JSON (:mod:`sb3_cherry.adversarial.serialization`). Writing a path is atomic. Not saved:
+        the demonstrations (pass them to :meth:`load`), the discriminator's optimiser state and replay buffer.
+
+        :param path: path to the file (``.zip`` is appended when there is no suffix) or a file object
+        :param exclude: names of generator attributes to exclude in addition to the default ones
+        :param include: names of generator attributes that might be excluded but should be included anyway
+        :raises ValueError: a hyperparameter has no data (JSON) form
+        """
+        config = self._config_data()
+        generator_archive = io.BytesIO()
+        self.generator.save(generator_archive, exclude=exclude, include=include)
+        state = {key: value.detach().cpu() for key, value in self.reward_net.state_dict().items()}
+        if isinstance(path, io.IOBase):
+            write_model_archive(path, generator_archive, config, state)
+            return
+        atomic_write(
+            resolve_zip_path(pathlib.Path(path)), lambda file: write_model_archive(file, generator_archive, config, state)
+        )
 
     def load_reward_net(self, path: str | os.PathLike) -> None:
         """
-        Load a reward net ``state_dict`` (``th.load(..., weights_only=True)``) into :attr:`reward_net`.
+        Load a reward net ``state_dict`` file (``th.load(..., weights_only=True)``) into :attr:`reward_net`, e.g. the
+        ``<path>_reward_net.pt`` that earlier sb3_cherry versions saved next to the generator.
 
         :param path: the reward net file
         :raises ValueError: not a torch file, or a reward net of another architecture
         """
-        name = type(self).__name__
-        try:
-            state_dict = th.load(path, map_location=self.generator.device, weights_only=True)
-        except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for foreign files
-            raise ValueError(f"{name}.load: {path} is not a reward net state_dict saved by {name}.save ({exc}).") from exc
-        if not isinstance(state_dict, dict):
-            raise ValueError(f"{name}.load: {path} holds a {type(state_dict).__name__}, not a reward net state_dict.")
+        self._load_reward_state(load_state_dict(path, str(path), type(self).__name__), str(path))
+
+    def _load_reward_state(self, state_dict: dict[str, Any], source: str) -> None:
         try:
             self.reward_net.load_state_dict(state_dict)
         except RuntimeError as exc:
             raise ValueError(
-                f"{name}.load: the reward net in {path} does not fit the one built from reward_net_class / reward_net_kwargs "
-                f"(pass the values used for training): {exc}"
+                f"{type(self).__name__}.load: the reward net in {source} does not fit the one built from reward_net_class "
+                f"/ reward_net_kwargs (pass the values used for training): {exc}"
             ) from exc
 
     @classmethod
-    def load(
+    def load(  # type: ignore[override]
         cls: type[SelfAdversarialImitation],
-        path: str | os.PathLike,
+        path: str | os.PathLike | io.BufferedIOBase,
         env: GymEnv | None = None,
-        demonstrations: str | os.PathLike | Sequence[Any] | None = None,
         device: th.device | str = "auto",
         custom_objects: dict[str, Any] | None = None,
         print_system_info: bool = False,
         force_reset: bool = True,
+        demonstrations: str | os.PathLike | Sequence[Any] | None = None,
         **kwargs: Any,
     ) -> SelfAdversarialImitation:
         """
-        Load a model saved with :meth:`save`: the generator (its class detected from the file unless
-        ``generator_class`` is given) and the reward net next to it (a warning, and an untrained reward net, if the
-        file is missing: e.g. an EvalCallback's ``best_model.zip``).
+        Load a model saved with :meth:`save`: the generator, the reward net and the hyperparameters of this class, all
+        from the one file. Also reads a generator-only file: the two-file layout of earlier sb3_cherry versions (the
+        reward net next to it as ``<path>_reward_net.pt``), or a ``PPORollback`` model (the reward net then starts
+        untrained, with a warning).
 
-        :param path: path to the model file
-        :param env: the environment to keep training on (None: prediction only)
-        :param demonstrations: the demonstrations to keep training with
+        :param path: path to the model file (or a file object)
+        :param env: the environment to keep training on (None: prediction only; see also :meth:`set_env`)
         :param device: device of the generator and the reward net
         :param custom_objects: objects to replace upon loading the generator (see SB3's ``load``)
         :param print_system_info: print the system info of the saved generator and the current one
         :param force_reset: force a call to ``reset()`` before training
-        :param kwargs: other constructor arguments (``reward_net_kwargs``, ``demo_batch_size``, ...);
-            ``generator_kwargs`` change the loaded generator's hyperparameters
+        :param demonstrations: the demonstrations to keep training with (they are not in the file)
+        :param kwargs: constructor arguments that replace the saved ones (``demo_batch_size``, ``disc_lr``, ...;
+            ``reward_net_class`` for a user reward net class); ``generator_kwargs`` change the generator's
+            hyperparameters
         :return: the loaded model
+        :raises ValueError: the file is not a model of this class, or its reward net does not fit
         """
         import_imitation(cls.__name__)
-        check_model_file(path, cls.__name__)
-        generator_class = resolve_generator_class(kwargs.pop("generator_class", None) or _detect_generator_class(path))
-        kwargs.pop("policy", None)
-        kwargs.pop("policy_kwargs", None)  # stored in the generator's file
+        check_model_file(path if isinstance(path, io.IOBase) else pathlib.Path(path), cls.__name__)
+        name = cls.__name__
+        archive = zip_bytes(path)
+        config, reward_state = read_adversarial_entries(archive, name)
+        saved: dict[str, Any] = {}
+        saved_generator_class = None
+        if config is not None:
+            if config.get("algo") != name:
+                raise ValueError(f"{name}.load: the file holds a {config.get('algo')} model: load it with that class.")
+            saved = dict(config.get("hyperparameters") or {})
+            saved_generator_class = config.get("generator_class")
+        hyperparameters = {**saved, **kwargs}
+        generator_class = resolve_generator_class(
+            hyperparameters.pop("generator_class", None) or saved_generator_class or _detect_generator_class(archive)
+        )
+        hyperparameters.pop("policy", None)
+        hyperparameters.pop("policy_kwargs", None)  # stored in the generator's part of the file
         generator = generator_class.load(
-            path,
+            archive if isinstance(path, io.IOBase) else pathlib.Path(path),
             env=env,
             device=device,
             custom_objects=custom_objects,
             print_system_info=print_system_info,
             force_reset=force_reset,
-            **(kwargs.pop("generator_kwargs", None) or {}),
+            **(hyperparameters.pop("generator_kwargs", None) or {}),
         )
         if kwargs.get("seed") is not None:
             generator.set_random_seed(kwargs["seed"])
@@ -746,12 +934,18 @@ class AdversarialImitation:
             generator_class=generator_class,
             device=device,
             _init_setup_model=False,
-            **kwargs,
+            **hyperparameters,
         )
+        model.policy_kwargs = generator.policy_kwargs
         model._setup_model(generator=generator)
-        reward_file = reward_net_path(path)
-        if reward_file.exists():
-            model.load_reward_net(reward_file)
+        if reward_state is not None:
+            model._load_reward_state(reward_state, f"{path}")
+        elif not isinstance(path, io.IOBase) and reward_net_path(path).exists():
+            model.load_reward_net(reward_net_path(path))  # the two-file layout of earlier sb3_cherry versions
         else:
-            warnings.warn(f"{cls.__name__}.load: no reward net file {reward_file}; the reward net starts untrained.")
+            warnings.warn(f"{name}.load: {path} holds no reward net (a generator-only file); the reward net starts untrained.")
+        counters = (config or {}).get("discriminator") or {}
+        if model.trainer is not None and counters:
+            model.trainer._global_step = int(counters.get("rounds", 0))
+            model.trainer._disc_step = int(counters.get("updates", 0))
         return model
