@@ -39,12 +39,12 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
 from stable_baselines3.common.utils import get_latest_run_id
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize, unwrap_vec_normalize
 
 from sb3_cherry.adversarial.wrappers import OpaqueVecEnv, VecFlatActionSpace, VecTupleActionSpace
+from sb3_cherry.common.safe_load import stored_policy_class
 from sb3_cherry.common.save_util import atomic_write, check_model_file, resolve_zip_path
 from sb3_cherry.common.spaces import flat_action_space
 from sb3_cherry.common.vec_env.tuple_actions import VecTupleActions
@@ -153,8 +153,7 @@ def resolve_generator_class(generator_class: str | type[OnPolicyAlgorithm]) -> t
 
 def _detect_generator_class(path: str | os.PathLike) -> type[OnPolicyAlgorithm]:
     """RecurrentPPORollback when the saved policy is recurrent, else PPORollback."""
-    data, _, _ = load_from_zip_file(path, load_data=True, device="cpu")
-    policy_class = (data or {}).get("policy_class")
+    policy_class = stored_policy_class(path)  # read by name from an allow-list: nothing unpickled
     if isinstance(policy_class, type) and issubclass(policy_class, RecurrentActorCriticPolicy):
         return RecurrentPPORollback
     return PPORollback
@@ -733,6 +732,7 @@ class AdversarialImitation:
             custom_objects=custom_objects,
             print_system_info=print_system_info,
             force_reset=force_reset,
+            allow_pickle=kwargs.pop("allow_pickle", False),
             **(kwargs.pop("generator_kwargs", None) or {}),
         )
         if kwargs.get("seed") is not None:

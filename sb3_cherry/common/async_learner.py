@@ -149,7 +149,7 @@ def _learner_main(conn: Connection, model_bytes: bytes, shm_name: str, layout: l
     try:
         th.set_num_threads(threads)
         model_class, device = conn.recv()
-        model = model_class.load(io.BytesIO(model_bytes), env=None, device=device)
+        model = model_class.load(io.BytesIO(model_bytes), env=None, device=device, allow_pickle=True)  # our own bytes
         logger = Logger(folder=None, output_formats=[])
         model.set_logger(logger)
         shared = SharedStateDict(layout, name=shm_name)

@@ -1,0 +1,208 @@
+"""
+Configs are data: a YAML loader that builds only plain values, and a restricted parser for the ``policy_kwargs`` /
+``normalize`` strings of rl-zoo configs.
+
+Nothing here calls ``eval`` or imports a name found in a file: a string is parsed with :mod:`ast` and only literals,
+``dict(...)`` and the names of :func:`allowed_names` (activation functions, optimizers, SB3 feature extractors) are
+accepted. Anything else raises :class:`UnsafeConfigError` naming the offending piece, before anything runs.
+"""
+
+import ast
+import collections
+import math
+import pathlib
+from collections.abc import Callable, Mapping
+from typing import IO, Any
+
+import yaml
+
+#: The one non-standard YAML tag accepted: rl_zoo3 writes ``config.yml`` / ``args.yml`` as an OrderedDict
+ORDERED_DICT_TAG = "tag:yaml.org,2002:python/object/apply:collections.OrderedDict"
+
+
+class UnsafeConfigError(ValueError):
+    """A config value that is not plain data (a call, an attribute or a name outside the allow-list)."""
+
+
+class SafeConfigLoader(yaml.SafeLoader):
+    """
+    ``yaml.SafeLoader`` that also reads rl_zoo3's ``!!python/object/apply:collections.OrderedDict`` tag (as a plain
+    ``dict``, insertion order kept). Every other ``!!python/...`` tag is refused, as by ``yaml.safe_load``.
+    """
+
+
+def _construct_ordered_dict(loader: SafeConfigLoader, node: yaml.Node) -> dict[str, Any]:
+    """The OrderedDict tag as rl_zoo3 writes it: a sequence whose only item is the list of ``[key, value]`` pairs."""
+    if not isinstance(node, yaml.SequenceNode):
+        raise yaml.constructor.ConstructorError(
+            None,
+            None,
+            "collections.OrderedDict is only read in rl_zoo3's form (a list of [key, value] pairs)",
+            node.start_mark,
+        )
+    args = loader.construct_sequence(node, deep=True)
+    pairs = args[0] if len(args) == 1 else None
+    if not isinstance(pairs, list) or not all(isinstance(pair, list) and len(pair) == 2 for pair in pairs):
+        raise yaml.constructor.ConstructorError(
+            None, None, "collections.OrderedDict must hold one list of [key, value] pairs", node.start_mark
+        )
+    return dict((key, value) for key, value in pairs)
+
+
+SafeConfigLoader.add_constructor(ORDERED_DICT_TAG, _construct_ordered_dict)
+
+
+def safe_load_yaml(source: str | pathlib.Path | IO[str]) -> Any:
+    """
+    Read a YAML file as plain data (:class:`SafeConfigLoader`).
+
+    :param source: a path or an open text stream
+    :return: the document
+    :raises ValueError: a YAML syntax error or a tag that would build an object (naming the file and line)
+    """
+    name = str(source) if isinstance(source, (str, pathlib.Path)) else getattr(source, "name", "<stream>")
+    try:
+        if isinstance(source, (str, pathlib.Path)):
+            with open(source) as file:
+                return yaml.load(file, Loader=SafeConfigLoader)
+        return yaml.load(source, Loader=SafeConfigLoader)
+    except yaml.constructor.ConstructorError as exc:
+        raise UnsafeConfigError(
+            f"{name}: refused a YAML tag that builds a Python object ({exc.problem}{_where(exc)}); configs are plain "
+            "data: remove the tag."
+        ) from exc
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{name}: YAML syntax error{_where(exc)}: {getattr(exc, 'problem', None) or exc}.") from exc
+
+
+def _where(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+
+def allowed_names() -> dict[str, Any]:
+    """
+    The names a ``policy_kwargs`` string may use, each under the spellings rl-zoo configs use (``nn.ReLU``,
+    ``th.nn.ReLU``, ``torch.nn.ReLU``; ``th.optim.Adam``; ``NatureCNN``, ...).
+
+    :return: ``{dotted name: object}``
+    """
+    import torch as th
+    from stable_baselines3.common import torch_layers
+    from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
+    from torch import nn
+
+    names: dict[str, Any] = {}
+    activations = ["ReLU", "Tanh", "ELU", "LeakyReLU", "GELU", "SiLU", "Sigmoid", "Softplus", "SELU", "Mish", "Identity"]
+    for name in activations:
+        for prefix in ("nn.", "th.nn.", "torch.nn."):
+            names[prefix + name] = getattr(nn, name)
+    for name in ("LSTM", "GRU"):
+        for prefix in ("nn.", "th.nn.", "torch.nn."):
+            names[prefix + name] = getattr(nn, name)
+    for name in ("Adam", "AdamW", "RMSprop", "SGD"):
+        for prefix in ("th.optim.", "torch.optim.", "optim."):
+            names[prefix + name] = getattr(th.optim, name)
+    names["RMSpropTFLike"] = RMSpropTFLike
+    for name in ("NatureCNN", "FlattenExtractor", "CombinedExtractor", "MlpExtractor"):
+        names[name] = getattr(torch_layers, name)
+        names[f"stable_baselines3.common.torch_layers.{name}"] = getattr(torch_layers, name)
+    for value in ("float32", "float64"):
+        names[f"th.{value}"] = getattr(th, value)
+    return names
+
+
+def _dotted(node: ast.AST) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        base = _dotted(node.value)
+        return None if base is None else f"{base}.{node.attr}"
+    return None
+
+
+def literal_value(
+    node: ast.AST,
+    names: Mapping[str, Any],
+    calls: Mapping[str, Callable[..., Any]],
+    where: str,
+) -> Any:
+    """
+    Evaluate an :mod:`ast` expression made of literals, containers, unary signs, the given ``names`` (dotted names
+    allowed) and calls to the given ``calls`` whose arguments are themselves such expressions.
+
+    :param node: the expression
+    :param names: names that may appear (``{"nn.ReLU": nn.ReLU, "inf": math.inf, ...}``)
+    :param calls: callables that may be called, by name (``{"dict": dict}``)
+    :param where: what is being parsed, for the error message
+    :return: the value
+    :raises UnsafeConfigError: any other construct
+    """
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float, str, bool, type(None))):
+        return node.value
+    if isinstance(node, (ast.List, ast.Tuple)):
+        items = [literal_value(item, names, calls, where) for item in node.elts]
+        return items if isinstance(node, ast.List) else tuple(items)
+    if isinstance(node, ast.Dict):
+        if any(key is None for key in node.keys):
+            raise UnsafeConfigError(f"{where}: '**' unpacking is not allowed.")
+        return {
+            literal_value(key, names, calls, where): literal_value(value, names, calls, where)  # type: ignore[arg-type]
+            for key, value in zip(node.keys, node.values, strict=True)
+        }
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        operand = literal_value(node.operand, names, calls, where)
+        if isinstance(operand, (int, float)) and not isinstance(operand, bool):
+            return -operand if isinstance(node.op, ast.USub) else operand
+        raise UnsafeConfigError(f"{where}: a sign only applies to a number.")
+    dotted = _dotted(node)
+    if dotted is not None:
+        if dotted in names:
+            return names[dotted]
+        raise UnsafeConfigError(f"{where}: name {dotted!r} is not allowed. Allowed names: {sorted(names)}.")
+    if isinstance(node, ast.Call):
+        func = _dotted(node.func)
+        if func is None or func not in calls:
+            raise UnsafeConfigError(
+                f"{where}: call of {ast.unparse(node.func)!r} is not allowed (only {sorted(calls)} can be called)."
+            )
+        if any(keyword.arg is None for keyword in node.keywords):
+            raise UnsafeConfigError(f"{where}: '**' unpacking is not allowed.")
+        args = [literal_value(arg, names, calls, where) for arg in node.args]
+        kwargs = {keyword.arg: literal_value(keyword.value, names, calls, where) for keyword in node.keywords}
+        return calls[func](*args, **kwargs)  # type: ignore[arg-type]
+    raise UnsafeConfigError(f"{where}: {ast.unparse(node)!r} is not a literal, dict(...) or an allowed name.")
+
+
+def parse_literal_string(text: str, where: str, names: Mapping[str, Any] | None = None) -> Any:
+    """
+    Parse a ``policy_kwargs`` / ``normalize`` string of an rl-zoo config without evaluating it: literals,
+    ``dict(...)``, ``inf``/``nan`` and the names of :func:`allowed_names`.
+
+    :param text: the string, e.g. ``"dict(activation_fn=nn.ReLU, net_arch=dict(pi=[64], vf=[64]))"``
+    :param where: what is being parsed (file, env and key), for the error message
+    :param names: the allowed names (default: :func:`allowed_names`)
+    :return: the value
+    :raises UnsafeConfigError: a call, attribute or name outside the allow-list, or a syntax error
+    """
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as exc:
+        raise UnsafeConfigError(f"{where}: cannot parse {text!r}: {exc.msg}.") from exc
+    allowed = {**(allowed_names() if names is None else names), "inf": math.inf, "nan": math.nan}
+    return literal_value(tree.body, allowed, {"dict": dict, "OrderedDict": collections.OrderedDict}, where)
+
+
+def parse_policy_kwargs(text: str | dict[str, Any], where: str = "policy_kwargs") -> dict[str, Any]:
+    """
+    The ``policy_kwargs`` of a config as a dict (strings parsed by :func:`parse_literal_string`).
+
+    :param text: the config value (a string or already a dict)
+    :param where: what is being parsed, for the error message
+    :return: the keyword arguments
+    :raises UnsafeConfigError: the string is not plain data or not a dict
+    """
+    value = parse_literal_string(text, where) if isinstance(text, str) else text
+    if not isinstance(value, dict):
+        raise UnsafeConfigError(f"{where}: expected a dict, got {type(value).__name__} ({text!r}).")
+    return value
