@@ -206,3 +206,139 @@ def parse_policy_kwargs(text: str | dict[str, Any], where: str = "policy_kwargs"
     if not isinstance(value, dict):
         raise UnsafeConfigError(f"{where}: expected a dict, got {type(value).__name__} ({text!r}).")
     return value
+
+
+def policy_kwargs_keys(policy_class: type) -> set[str] | None:
+    """
+    The keyword arguments ``policy_class`` accepts: its ``__init__`` parameters and, through ``**kwargs``, those of
+    its bases.
+
+    :param policy_class: the policy class
+    :return: the names, or None when some ``__init__`` takes ``**kwargs`` without passing them to a base we can see
+    """
+    import inspect
+
+    keys: set[str] = set()
+    for klass in policy_class.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = inspect.signature(vars(klass)["__init__"]).parameters.values()
+        keys |= {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return keys - {"self", "observation_space", "action_space", "lr_schedule"}
+    return None
+
+
+def check_policy_kwargs(policy_kwargs: Mapping[str, Any], policy_class: type | None, where: str) -> None:
+    """
+    Refuse ``policy_kwargs`` keys that ``policy_class`` does not accept (a typo would otherwise fail late, or not at
+    all when the policy swallows ``**kwargs``).
+
+    :param policy_kwargs: the parsed keyword arguments
+    :param policy_class: the policy class (None: not checked)
+    :param where: file, env and key, for the error message
+    :raises ValueError: an unknown key, naming the accepted ones
+    """
+    keys = policy_kwargs_keys(policy_class) if policy_class is not None else None
+    if keys is None:
+        return
+    unknown = sorted(set(policy_kwargs) - keys)
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown policy_kwargs key(s) {unknown} for {policy_class.__name__}. Accepted: {sorted(keys)}."
+        )
+
+
+#: Hyperparameters that must be integers >= 1
+POSITIVE_KEYS = ("n_steps", "batch_size", "n_epochs", "n_envs", "n_timesteps")
+
+
+def check_positive(entry: Mapping[str, Any], where: str) -> None:
+    """
+    Refuse counts below 1 (``n_steps: 0`` would otherwise create a run folder and fail inside SB3).
+
+    :param entry: the config entry (overrides merged)
+    :param where: file and env, for the error message
+    :raises ValueError: naming the key
+    """
+    for key in POSITIVE_KEYS:
+        value = entry.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 1:
+            raise ValueError(f"{where}: {key}={value!r} must be at least 1.")
+
+
+def saved_hyperparams(
+    stats_path: str, norm_reward: bool = False, test_mode: bool = False
+) -> tuple[dict[str, Any], str | None]:
+    """
+    rl_zoo3's ``get_saved_hyperparams`` reading the run's ``config.yml`` as data (:func:`safe_load_yaml`) and its
+    ``normalize`` string with :func:`parse_literal_string` (rl_zoo3 uses ``yaml.UnsafeLoader`` and ``eval``).
+
+    :param stats_path: the run's ``<env>`` folder
+    :param norm_reward: normalise rewards (test mode)
+    :param test_mode: evaluation: ``norm_reward`` overrides the saved value
+    :return: the hyperparameters (with ``normalize_kwargs``) and the stats path (None when the folder is missing)
+    """
+    import os
+
+    hyperparams: dict[str, Any] = {}
+    if not os.path.isdir(stats_path):
+        return hyperparams, None
+    config_file = os.path.join(stats_path, "config.yml")
+    if os.path.isfile(config_file):
+        hyperparams = safe_load_yaml(config_file) or {}
+        if not isinstance(hyperparams, dict):
+            raise ValueError(f"{config_file}: expected a mapping of hyperparameters, got {type(hyperparams).__name__}.")
+        hyperparams["normalize"] = hyperparams.get("normalize", False)
+    else:
+        hyperparams["normalize"] = os.path.isfile(os.path.join(stats_path, "obs_rms.pkl"))
+    normalize = hyperparams["normalize"]
+    if normalize:
+        if isinstance(normalize, str):
+            normalize_kwargs = parse_literal_string(normalize, f"{config_file} [normalize]")
+            if not isinstance(normalize_kwargs, dict):
+                raise ValueError(f"{config_file}: normalize must be a bool or a dict, got {normalize!r}.")
+            if test_mode:
+                normalize_kwargs["norm_reward"] = norm_reward
+        elif isinstance(normalize, dict):
+            normalize_kwargs = normalize
+        else:
+            normalize_kwargs = {"norm_obs": normalize, "norm_reward": norm_reward}
+        hyperparams["normalize_kwargs"] = normalize_kwargs
+    return hyperparams, stats_path
+
+
+class _SafeYamlModule:
+    """Stands in for the ``yaml`` module inside rl_zoo3's ``enjoy``: every ``yaml.load`` reads data only."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(yaml, name)
+
+    @staticmethod
+    def load(stream: Any, Loader: Any = None) -> Any:
+        """
+        :param stream: the YAML stream
+        :param Loader: ignored (rl_zoo3 asks for ``yaml.UnsafeLoader``)
+        :return: the document, read by :class:`SafeConfigLoader`
+        """
+        return safe_load_yaml(stream)
+
+
+class rl_zoo3_reads_safely:
+    """
+    Within the block, rl_zoo3's ``enjoy`` reads a run's ``config.yml`` / ``args.yml`` with :class:`SafeConfigLoader`
+    and its ``normalize`` string with the restricted parser (it uses ``yaml.UnsafeLoader`` and ``eval``).
+    """
+
+    def __enter__(self) -> "rl_zoo3_reads_safely":
+        import rl_zoo3.enjoy
+
+        self._saved = (rl_zoo3.enjoy.get_saved_hyperparams, rl_zoo3.enjoy.yaml)
+        rl_zoo3.enjoy.get_saved_hyperparams = saved_hyperparams
+        rl_zoo3.enjoy.yaml = _SafeYamlModule()  # type: ignore[assignment]
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        import rl_zoo3.enjoy
+
+        rl_zoo3.enjoy.get_saved_hyperparams, rl_zoo3.enjoy.yaml = self._saved
