@@ -61,8 +61,11 @@ def register_zoo() -> dict[str, type]:
     """
     import rl_zoo3.utils
 
+    from sb3_cherry.common.vec_env.subproc_vec_env import use_in_rl_zoo3
+
     algos = sb3_cherry.zoo_algorithms()
     rl_zoo3.utils.ALGOS.update(algos)
+    use_in_rl_zoo3()  # --vec-env subproc: worker failures name the worker and the env's exception
     try:
         from sb3_cherry.common.hyperparams_opt import register_samplers
 
