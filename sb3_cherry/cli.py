@@ -337,15 +337,16 @@ def _load_for_eval(args: argparse.Namespace) -> tuple[Any, Any]:
         model_path, exp_dir = find_model(args.folder, args.algo, args.env, args.exp_id)
     stats_path = exp_dir / args.env
     hyperparams, maybe_stats_path = saved_hyperparams(str(stats_path), norm_reward=False, test_mode=True)
-    env = create_test_env(
-        args.env,
-        n_envs=1,
-        stats_path=maybe_stats_path,
-        seed=args.seed,
-        log_dir=None,
-        should_render=False,
-        hyperparams=hyperparams,
-    )
+    with rl_zoo3_reads_safely():  # vecnormalize.pkl through a restricted unpickler
+        env = create_test_env(
+            args.env,
+            n_envs=1,
+            stats_path=maybe_stats_path,
+            seed=args.seed,
+            log_dir=None,
+            should_render=False,
+            hyperparams=hyperparams,
+        )
     model = ALGOS[args.algo].load(model_path, env=env, device="cpu")
     return model, env
 

@@ -1,6 +1,7 @@
 """Configs are data: safe YAML (rl_zoo3's OrderedDict tag only), restricted policy_kwargs parser, CLI errors (rc 2)."""
 
 import collections
+import os
 import pathlib
 
 import pytest
@@ -179,3 +180,30 @@ def test_evaluate_zero_episodes_is_an_error(run_folder, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "at least 1" in err
+
+
+def test_crafted_vecnormalize_in_run_folder_runs_nothing(run_folder, tmp_path, capsys):
+    import cloudpickle
+
+    marker = tmp_path / "marker"
+
+    class RunsCommand:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    with open(run_folder / "CartPole-v1" / "config.yml", "w") as file:
+        yaml.dump(collections.OrderedDict([("normalize", True), ("policy", "MlpPolicy")]), file)
+    (run_folder / "CartPole-v1" / "vecnormalize.pkl").write_bytes(cloudpickle.dumps(RunsCommand()))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--algo", "ppo_rollback", "--env", "CartPole-v1", "-f", str(run_folder.parents[1]), "-n", "1"])
+    assert exit_info.value.code == 2
+    assert "posix.system, which a safe load does not resolve" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_run_folder_wrapper_outside_trusted_packages_refused(run_folder, capsys):
+    with open(run_folder / "CartPole-v1" / "config.yml", "w") as file:
+        yaml.dump(collections.OrderedDict([("env_wrapper", ["os.system"]), ("policy", "MlpPolicy")]), file)
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--algo", "ppo_rollback", "--env", "CartPole-v1", "-f", str(run_folder.parents[1]), "-n", "1"])
+    assert "env_wrapper 'os.system' is not a class of" in capsys.readouterr().err

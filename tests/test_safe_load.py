@@ -165,20 +165,53 @@ def test_spaces_rebuilt_from_readable_fields(space):
     assert space_from_fields(stored) == space
 
 
-@pytest.mark.parametrize(
-    "space",
-    [spaces.Box(-np.arange(2000.0, dtype=np.float32), 1.0, dtype=np.float32), spaces.Box(0, 255, (84, 84, 3), np.uint8)],
-)
-def test_truncated_space_needs_the_env(space):
+TRUNCATED = [
+    spaces.Box(-np.arange(2000.0, dtype=np.float32), 1.0, dtype=np.float32),
+    spaces.Box(0, 255, (84, 84, 3), np.uint8),
+]
+
+
+@pytest.mark.parametrize("space", TRUNCATED, ids=["Box2000", "image"])
+def test_truncated_space_from_restricted_pickle(space):
+    """numpy printed '...': the space is read from its pickle by an unpickler that resolves only spaces and numpy."""
     stored = json.loads(data_to_json({"space": space}))["space"]
     with pytest.raises(ValueError, match="truncated"):
         space_from_fields(stored)
+    rebuilt = rebuild_space("observation_space", stored, None)
+    assert rebuilt == space and np.array_equal(rebuilt.low, space.low)
+
+
+@pytest.mark.parametrize("space", TRUNCATED, ids=["Box2000", "image"])
+def test_truncated_space_with_crafted_pickle_needs_the_env(tmp_path, space):
+    marker = tmp_path / "marker"
+    stored = json.loads(data_to_json({"space": space}))["space"]
+    stored[":serialized:"] = _evil(marker)[":serialized:"]
     with pytest.raises(UnsafeModelFileError, match=r"pass env=\.\.\. to load"):
         rebuild_space("observation_space", stored, None)
     env_space = spaces.Box(space.low, space.high, dtype=space.dtype)
     assert rebuild_space("observation_space", stored, env_space) is env_space
     with pytest.raises(UnsafeModelFileError):  # an env space of another shape is not taken
         rebuild_space("observation_space", stored, spaces.Box(0, 255, (3,), np.uint8))
+    assert not marker.exists()
+
+
+def test_vec_normalize_restricted(tmp_path):
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from sb3_cherry.common.safe_load import load_vec_normalize
+
+    venv = VecNormalize(make_vec_env("CartPole-v1", 2))
+    venv.reset()
+    venv.step(np.array([0, 1]))
+    venv.save(tmp_path / "vecnormalize.pkl")
+    loaded = load_vec_normalize(tmp_path / "vecnormalize.pkl", make_vec_env("CartPole-v1", 2))
+    np.testing.assert_array_equal(loaded.obs_rms.mean, venv.obs_rms.mean)
+    marker = tmp_path / "marker"
+    (tmp_path / "evil.pkl").write_bytes(cloudpickle.dumps(_RunsCommand(f"touch {marker}")))
+    with pytest.raises(UnsafeModelFileError, match=r"posix\.system"):
+        load_vec_normalize(tmp_path / "evil.pkl", make_vec_env("CartPole-v1", 2))
+    assert not marker.exists()
 
 
 def test_pickled_global_name_reads_without_executing():

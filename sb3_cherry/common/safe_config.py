@@ -267,6 +267,31 @@ def check_positive(entry: Mapping[str, Any], where: str) -> None:
             raise ValueError(f"{where}: {key}={value!r} must be at least 1.")
 
 
+#: Packages whose classes a run folder's config may name as ``env_wrapper`` / ``vec_env_wrapper`` / ``callback``
+TRUSTED_WRAPPER_PACKAGES = ("gymnasium", "stable_baselines3", "sb3_contrib", "rl_zoo3", "sb3_cherry")
+
+
+def check_imported_names(hyperparams: Mapping[str, Any], where: str) -> None:
+    """
+    rl_zoo3 imports the classes a config names as ``env_wrapper``, ``vec_env_wrapper`` and ``callback``, and calls
+    them: in a run folder you did not write, only names from :data:`TRUSTED_WRAPPER_PACKAGES` are accepted.
+
+    :param hyperparams: the run's hyperparameters
+    :param where: the file, for the error message
+    :raises UnsafeConfigError: another name
+    """
+    for key in ("env_wrapper", "vec_env_wrapper", "callback"):
+        value = hyperparams.get(key)
+        items = value if isinstance(value, list) else [value] if value is not None else []
+        names = [name for item in items for name in (item if isinstance(item, dict) else [item])]
+        for name in names:
+            if not isinstance(name, str) or name.split(".")[0] not in TRUSTED_WRAPPER_PACKAGES:
+                raise UnsafeConfigError(
+                    f"{where}: {key} {name!r} is not a class of {list(TRUSTED_WRAPPER_PACKAGES)}; rl_zoo3 would import "
+                    "and call it. Remove it, or run the folder's code only if you trust it."
+                )
+
+
 def saved_hyperparams(
     stats_path: str, norm_reward: bool = False, test_mode: bool = False
 ) -> tuple[dict[str, Any], str | None]:
@@ -289,6 +314,7 @@ def saved_hyperparams(
         hyperparams = safe_load_yaml(config_file) or {}
         if not isinstance(hyperparams, dict):
             raise ValueError(f"{config_file}: expected a mapping of hyperparameters, got {type(hyperparams).__name__}.")
+        check_imported_names(hyperparams, config_file)
         hyperparams["normalize"] = hyperparams.get("normalize", False)
     else:
         hyperparams["normalize"] = os.path.isfile(os.path.join(stats_path, "obs_rms.pkl"))
@@ -332,13 +358,35 @@ class rl_zoo3_reads_safely:
 
     def __enter__(self) -> "rl_zoo3_reads_safely":
         import rl_zoo3.enjoy
+        import rl_zoo3.utils
 
-        self._saved = (rl_zoo3.enjoy.get_saved_hyperparams, rl_zoo3.enjoy.yaml)
+        self._saved = (rl_zoo3.enjoy.get_saved_hyperparams, rl_zoo3.enjoy.yaml, rl_zoo3.utils.VecNormalize)
         rl_zoo3.enjoy.get_saved_hyperparams = saved_hyperparams
         rl_zoo3.enjoy.yaml = _SafeYamlModule()  # type: ignore[assignment]
+        rl_zoo3.utils.VecNormalize = _safe_vec_normalize_class()  # type: ignore[misc]
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
         import rl_zoo3.enjoy
+        import rl_zoo3.utils
 
-        rl_zoo3.enjoy.get_saved_hyperparams, rl_zoo3.enjoy.yaml = self._saved
+        rl_zoo3.enjoy.get_saved_hyperparams, rl_zoo3.enjoy.yaml, rl_zoo3.utils.VecNormalize = self._saved
+
+
+def _safe_vec_normalize_class() -> type:
+    """``VecNormalize`` whose ``load`` resolves only the globals a VecNormalize pickle needs (for ``create_test_env``)."""
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from sb3_cherry.common.safe_load import load_vec_normalize
+
+    class SafeVecNormalize(VecNormalize):
+        @staticmethod
+        def load(load_path: str, venv: Any) -> VecNormalize:  # type: ignore[override]
+            """
+            :param load_path: the ``vecnormalize.pkl`` file
+            :param venv: the VecEnv to wrap
+            :return: the loaded wrapper
+            """
+            return load_vec_normalize(load_path, venv)
+
+    return SafeVecNormalize

@@ -25,6 +25,7 @@ import binascii
 import io
 import json
 import os
+import pickle
 import pickletools
 import re
 import warnings
@@ -273,6 +274,16 @@ def _same_space(a: spaces.Space, b: spaces.Space) -> bool:
     return a == b
 
 
+def _space_from_restricted_pickle(item: Mapping[str, Any]) -> spaces.Space | None:
+    """The space from its pickle read by :class:`RestrictedUnpickler` (spaces and numpy only), or None."""
+    try:
+        raw = base64.b64decode(str(item[":serialized:"]).encode(), validate=True)
+        space = RestrictedUnpickler(io.BytesIO(raw), SPACE_GLOBALS, "space").load()
+    except Exception:  # refused or unreadable: the caller falls back on the env
+        return None
+    return space if isinstance(space, spaces.Space) else None
+
+
 def rebuild_space(key: str, item: Mapping[str, Any], env_space: spaces.Space | None) -> spaces.Space:
     """
     A space of the file from its readable fields; the env's own space when it is the same space (exact bounds),
@@ -287,6 +298,9 @@ def rebuild_space(key: str, item: Mapping[str, Any], env_space: spaces.Space | N
     try:
         space = space_from_fields(item)
     except (ValueError, KeyError, TypeError) as exc:
+        restricted = _space_from_restricted_pickle(item)
+        if restricted is not None:
+            return env_space if env_space is not None and _same_space(restricted, env_space) else restricted
         stored_shape = item.get("_shape")
         if (
             env_space is not None
@@ -535,3 +549,97 @@ def read_archive_bytes(path: Any) -> io.BytesIO:
         path = f"{path}.zip"
     with open(path, "rb") as file:
         return io.BytesIO(file.read())
+
+
+#: What a pickled gymnasium space may refer to: the space classes, numpy arrays, dtypes and random generators
+SPACE_GLOBALS = frozenset(
+    {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        *(
+            (module, name)
+            for module in ("numpy._core.multiarray", "numpy.core.multiarray")
+            for name in ("_reconstruct", "scalar")
+        ),
+        *((module, "_frombuffer") for module in ("numpy._core.numeric", "numpy.core.numeric")),
+        ("numpy.random._pcg64", "PCG64"),
+        ("numpy.random._pickle", "__bit_generator_ctor"),
+        ("numpy.random._pickle", "__generator_ctor"),
+        ("numpy.random.bit_generator", "SeedSequence"),
+        ("numpy.random.bit_generator", "__pyx_unpickle_SeedSequence"),
+        ("collections", "OrderedDict"),
+        *(
+            (f"gymnasium.spaces.{module}", name)
+            for module, name in (
+                ("box", "Box"),
+                ("discrete", "Discrete"),
+                ("multi_discrete", "MultiDiscrete"),
+                ("multi_binary", "MultiBinary"),
+                ("tuple", "Tuple"),
+                ("dict", "Dict"),
+            )
+        ),
+    }
+)
+#: What a ``VecNormalize`` pickle (``vecnormalize.pkl``) may refer to: the object, its running statistics and spaces
+VEC_NORMALIZE_GLOBALS = SPACE_GLOBALS | {
+    ("stable_baselines3.common.vec_env.vec_normalize", "VecNormalize"),
+    ("stable_baselines3.common.running_mean_std", "RunningMeanStd"),
+}
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """
+    An unpickler that resolves only the given globals (Python's documented way to restrict unpickling, and what
+    torch's ``weights_only`` does): any other class or function named by the pickle raises instead of being called.
+
+    :param file: the binary stream
+    :param allowed: the ``(module, name)`` pairs that may be resolved
+    :param where: the file, for the error message
+    """
+
+    def __init__(self, file: Any, allowed: frozenset[tuple[str, str]], where: str):
+        super().__init__(file)
+        self.allowed, self.where = allowed, where
+
+    def find_class(self, module: str, name: str) -> Any:
+        """
+        :param module: the module named by the pickle
+        :param name: the attribute named by the pickle
+        :return: the object, when allowed
+        :raises UnsafeModelFileError: any other name
+        """
+        if (module, name) not in self.allowed:
+            raise UnsafeModelFileError(
+                f"{self.where} refers to {module}.{name}, which a safe load does not resolve (it could run code). "
+                "Load it with allow_pickle=True only if you trust the file."
+            )
+        return super().find_class(module, name)
+
+
+def load_vec_normalize(path: str | os.PathLike, venv: Any, allow_pickle: bool = False) -> Any:
+    """
+    ``VecNormalize.load`` without running code from the file: only the globals of :data:`VEC_NORMALIZE_GLOBALS`
+    are resolved.
+
+    :param path: the ``vecnormalize.pkl`` file
+    :param venv: the VecEnv to wrap
+    :param allow_pickle: use plain ``pickle`` (SB3's behaviour; only for files you trust)
+    :return: the ``VecNormalize`` wrapper around ``venv``
+    :raises UnsafeModelFileError: the pickle names something else
+    """
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    if allow_pickle:
+        return VecNormalize.load(str(path), venv)
+    with open(path, "rb") as file:
+        try:
+            vec_normalize = RestrictedUnpickler(file, VEC_NORMALIZE_GLOBALS, str(path)).load()
+        except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError) as exc:
+            if isinstance(exc, UnsafeModelFileError):
+                raise
+            raise ValueError(f"{path} is not a VecNormalize file written by VecNormalize.save ({exc}).") from exc
+    if not isinstance(vec_normalize, VecNormalize):
+        raise ValueError(f"{path} holds a {type(vec_normalize).__name__}, not a VecNormalize.")
+    vec_normalize.set_venv(venv)
+    return vec_normalize
