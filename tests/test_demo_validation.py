@@ -85,3 +85,14 @@ def test_multi_discrete_and_binary(tmp_path):
     acts = [np.array([[0, 1]] * 3, np.int8), np.array([[1, 1]] * 4, np.int8)]
     with pytest.raises(ValueError, match="episode 0, step 1"):
         load_demos(_file(tmp_path, mb, acts, _set("actions", 1, [2, 0])))
+
+
+def test_demo_file_mode_follows_umask(tmp_path):
+    import os
+
+    old = os.umask(0o027)
+    try:
+        path = _file(tmp_path, spaces.Discrete(2), DISCRETE)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o640

@@ -334,3 +334,17 @@ def test_stale_temp_file_removed_by_next_save(tmp_path):
     alive.write_bytes(b"partial")
     PPORollback("MlpPolicy", "CartPole-v1", n_steps=32, batch_size=32).save(tmp_path / "other")
     assert not stale.exists() and alive.exists()
+
+
+@pytest.mark.parametrize("algo_name", ["GAIL", "AIRL"])
+def test_crafted_generator_file_runs_nothing_through_adversarial_load(tmp_path, ppo_rollback_bytes, algo_name):
+    pytest.importorskip("imitation")
+    import sb3_cherry
+
+    marker = tmp_path / "marker"
+    data = json.loads(zipfile.ZipFile(ppo_rollback_bytes).read("data"))
+    data["extra_key"] = _evil(marker)
+    path = _rewrite(ppo_rollback_bytes, tmp_path / "gail.zip", data=data)
+    with pytest.raises(UnsafeModelFileError, match="extra_key"):
+        getattr(sb3_cherry, algo_name).load(path)
+    assert not marker.exists()
