@@ -14,6 +14,8 @@ import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.type_aliases import GymEnv
 
+from sb3_cherry.common.safe_load import ALGORITHM_KEY, read_archive_bytes, read_data_entry, safe_custom_objects
+
 
 def resolve_zip_path(path: str | pathlib.Path) -> pathlib.Path:
     """
@@ -124,8 +126,6 @@ def check_model_file(
     :raises FileNotFoundError: the file does not exist
     :raises ValueError: the file is truncated, corrupt, lacks an entry, or was written by another algorithm
     """
-    from sb3_cherry.common.safe_load import ALGORITHM_KEY, read_data_entry
-
     if isinstance(path, io.IOBase):
         position = path.tell()
         source: Any = io.BytesIO(path.read())  # type: ignore[arg-type]
@@ -244,8 +244,6 @@ class AtomicSaveAlgorithm(BaseAlgorithm):
         :param exclude: names of parameters that should be excluded in addition to the default ones
         :param include: names of parameters that might be excluded but should be included anyway
         """
-        from sb3_cherry.common.safe_load import ALGORITHM_KEY
-
         setattr(self, ALGORITHM_KEY, type(self).__name__)
         if isinstance(path, io.IOBase):
             super().save(path, exclude=exclude, include=include)
@@ -287,8 +285,6 @@ class AtomicSaveAlgorithm(BaseAlgorithm):
         :raises ValueError: the file is truncated, corrupt, not an SB3 model, written by another algorithm, or holds
             an entry that cannot be restored without unpickling
         """
-        from sb3_cherry.common.safe_load import read_archive_bytes, safe_custom_objects
-
         data = check_model_file(path, cls.__name__, cls)
         source: Any = path
         if not allow_pickle:
