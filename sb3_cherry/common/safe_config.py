@@ -239,7 +239,9 @@ def check_policy_kwargs(policy_kwargs: Mapping[str, Any], policy_class: type | N
     :param where: file, env and key, for the error message
     :raises ValueError: an unknown key, naming the accepted ones
     """
-    keys = policy_kwargs_keys(policy_class) if policy_class is not None else None
+    if policy_class is None:
+        return
+    keys = policy_kwargs_keys(policy_class)
     if keys is None:
         return
     unknown = sorted(set(policy_kwargs) - keys)
@@ -363,14 +365,15 @@ class rl_zoo3_reads_safely:
         self._saved = (rl_zoo3.enjoy.get_saved_hyperparams, rl_zoo3.enjoy.yaml, rl_zoo3.utils.VecNormalize)
         rl_zoo3.enjoy.get_saved_hyperparams = saved_hyperparams
         rl_zoo3.enjoy.yaml = _SafeYamlModule()  # type: ignore[assignment]
-        rl_zoo3.utils.VecNormalize = _safe_vec_normalize_class()  # type: ignore[misc]
+        rl_zoo3.utils.VecNormalize = _safe_vec_normalize_class()  # type: ignore[misc,assignment]
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
         import rl_zoo3.enjoy
         import rl_zoo3.utils
 
-        rl_zoo3.enjoy.get_saved_hyperparams, rl_zoo3.enjoy.yaml, rl_zoo3.utils.VecNormalize = self._saved
+        rl_zoo3.enjoy.get_saved_hyperparams, rl_zoo3.enjoy.yaml = self._saved[:2]
+        rl_zoo3.utils.VecNormalize = self._saved[2]  # type: ignore[misc]
 
 
 def _safe_vec_normalize_class() -> type:

@@ -30,7 +30,7 @@ import pickletools
 import re
 import warnings
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -69,9 +69,10 @@ class UnsafeModelFileError(ValueError):
 
 def _subclasses(base: type) -> Iterator[type]:
     seen: set[type] = set()
-    stack = [base]
+    stack: list[type] = [base]
     while stack:
-        for sub in stack.pop().__subclasses__():
+        subclasses: list[type] = stack.pop().__subclasses__()
+        for sub in subclasses:
             if sub not in seen:
                 seen.add(sub)
                 stack.append(sub)
@@ -120,7 +121,7 @@ def pickled_global_name(serialized: str) -> str | None:
             if opcode.name not in _GLOBAL_OPCODES:
                 return None
             if opcode.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
-                strings.append(arg)
+                strings.append(str(arg))
             elif opcode.name == "STACK_GLOBAL":
                 if name is not None or len(strings) != 2:
                     return None
@@ -318,7 +319,7 @@ def rebuild_space(key: str, item: Mapping[str, Any], env_space: spaces.Space | N
 
 
 # ---------------------------------------------------------------------------------------------------- schedules
-_SCHEDULE_CALLS = {
+_SCHEDULE_CALLS: dict[str, Callable[..., Any]] = {
     "ConstantSchedule": ConstantSchedule,
     "LinearSchedule": LinearSchedule,
     # rl_zoo3's ``lin_<value>``: progress_remaining * initial_value
@@ -506,7 +507,7 @@ def _fallback_schedule(algo_class: type, key: str, data: Mapping[str, Any], arch
         stored = data.get("learning_rate")
         value = stored if isinstance(stored, (int, float)) else _optimizer_lr(archive)
     if value is None:
-        parameter = inspect.signature(algo_class.__init__).parameters.get(key)
+        parameter = inspect.signature(algo_class).parameters.get(key)
         value = parameter.default if parameter is not None else None
     if value is None or value is inspect.Parameter.empty:
         return None

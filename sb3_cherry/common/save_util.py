@@ -206,9 +206,10 @@ def _ends_with_zip_directory(source: pathlib.Path | io.BytesIO) -> bool:
 
 def _all_subclasses(klass: type) -> set[type]:
     found: set[type] = set()
-    stack = [klass]
+    stack: list[type] = [klass]
     while stack:
-        for sub in stack.pop().__subclasses__():
+        subclasses: list[type] = stack.pop().__subclasses__()
+        for sub in subclasses:
             if sub not in found:
                 found.add(sub)
                 stack.append(sub)
