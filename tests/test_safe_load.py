@@ -165,6 +165,15 @@ def test_spaces_rebuilt_from_readable_fields(space):
     assert space_from_fields(stored) == space
 
 
+def test_float64_bounds_are_exact():
+    """numpy prints 8 digits; the bounds come back bit for bit (restricted pickle, checked against the fields)."""
+    space = spaces.Box(np.array([0.123456789012345, -1.0]), np.array([1.0, 2.718281828459045]), dtype=np.float64)
+    stored = json.loads(data_to_json({"space": space}))["space"]
+    assert not np.array_equal(space_from_fields(stored).low, space.low)  # the printed fields lose digits
+    rebuilt = rebuild_space("action_space", stored, None)
+    assert np.array_equal(rebuilt.low, space.low) and np.array_equal(rebuilt.high, space.high)
+
+
 TRUNCATED = [
     spaces.Box(-np.arange(2000.0, dtype=np.float32), 1.0, dtype=np.float32),
     spaces.Box(0, 255, (84, 84, 3), np.uint8),

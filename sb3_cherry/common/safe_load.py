@@ -287,8 +287,9 @@ def _space_from_restricted_pickle(item: Mapping[str, Any]) -> spaces.Space | Non
 
 def rebuild_space(key: str, item: Mapping[str, Any], env_space: spaces.Space | None) -> spaces.Space:
     """
-    A space of the file from its readable fields; the env's own space when it is the same space (exact bounds),
-    or when the fields cannot be read (truncated arrays) and the env's space has the stored type and shape.
+    A space of the file from its readable fields, with the exact bounds of the env's own space or of the pickle read
+    by :class:`RestrictedUnpickler` when they agree. When the fields cannot be read (numpy truncated an array): the
+    pickle read by :class:`RestrictedUnpickler`, else the env's space if it has the stored type and shape.
 
     :param key: ``observation_space`` or ``action_space``
     :param item: the ``data`` entry
@@ -315,7 +316,9 @@ def rebuild_space(key: str, item: Mapping[str, Any], env_space: spaces.Space | N
         ) from exc
     if env_space is not None and _same_space(space, env_space):
         return env_space
-    return space
+    # numpy prints floats to 8 digits: the pickle (read by the restricted unpickler) has the exact bounds
+    exact = _space_from_restricted_pickle(item)
+    return exact if exact is not None and _same_space(space, exact) else space
 
 
 # ---------------------------------------------------------------------------------------------------- schedules
