@@ -716,7 +716,9 @@ class AdversarialImitation:
         :param custom_objects: objects to replace upon loading the generator (see SB3's ``load``)
         :param print_system_info: print the system info of the saved generator and the current one
         :param force_reset: force a call to ``reset()`` before training
-        :param kwargs: other constructor arguments (``reward_net_kwargs``, ``demo_batch_size``, ...);
+        :param kwargs: ``allow_pickle=True`` to unpickle the generator file as SB3 does (only for files you trust;
+            by default nothing is unpickled, see :class:`~sb3_cherry.common.save_util.AtomicSaveAlgorithm`), and other
+            constructor arguments (``reward_net_kwargs``, ``demo_batch_size``, ...);
             ``generator_kwargs`` change the loaded generator's hyperparameters
         :return: the loaded model
         """
