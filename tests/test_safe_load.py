@@ -208,7 +208,7 @@ def test_vec_normalize_restricted(tmp_path):
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import VecNormalize
 
-    from sb3_cherry.common.safe_load import load_vec_normalize
+    from sb3_cherry.common.restricted_pickle import load_vec_normalize
 
     venv = VecNormalize(make_vec_env("CartPole-v1", 2))
     venv.reset()

@@ -380,7 +380,7 @@ def _safe_vec_normalize_class() -> type:
     """``VecNormalize`` whose ``load`` resolves only the globals a VecNormalize pickle needs (for ``create_test_env``)."""
     from stable_baselines3.common.vec_env import VecNormalize
 
-    from sb3_cherry.common.safe_load import load_vec_normalize
+    from sb3_cherry.common.restricted_pickle import load_vec_normalize
 
     class SafeVecNormalize(VecNormalize):
         @staticmethod

@@ -6,8 +6,10 @@ cloudpickle under a ``:serialized:`` key, next to readable copies of the object'
 whatever the file says. :func:`safe_custom_objects` rebuilds each such entry from plain data instead and hands the
 result to SB3's ``load`` as ``custom_objects`` (which SB3 uses *instead of* unpickling the entry):
 
-- spaces (Box, Discrete, MultiDiscrete, MultiBinary, Tuple, Dict, nested) from their readable fields; when those are
-  truncated (numpy prints big arrays with ``...``) the space of the env passed to ``load`` is used;
+- spaces (Box, Discrete, MultiDiscrete, MultiBinary, Tuple, Dict, nested) from their readable fields, with exact
+  bounds from the pickle read by :mod:`~sb3_cherry.common.restricted_pickle` (spaces and numpy only) when the two
+  agree; when the fields are truncated (numpy prints big arrays with ``...``), that restricted read alone, else the
+  space of the env passed to ``load``;
 - schedules as ``ConstantSchedule`` / ``LinearSchedule`` from their stored numbers (an opaque function becomes a
   constant: the optimizer's last learning rate, or the constructor default, with a warning);
 - classes (policy, rollout buffer, ``policy_kwargs`` entries) by qualified name from an allow-list of classes that are
@@ -25,7 +27,6 @@ import binascii
 import io
 import json
 import os
-import pickle
 import pickletools
 import re
 import warnings
@@ -41,6 +42,7 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.utils import ConstantSchedule, FloatSchedule, LinearSchedule
 
+from sb3_cherry.common.restricted_pickle import SPACE_GLOBALS, RestrictedUnpickler, UnsafeModelFileError
 from sb3_cherry.common.safe_config import UnsafeConfigError, literal_value
 
 #: Packages whose (already imported) classes may be named by a model file
@@ -61,10 +63,6 @@ ALGORITHM_KEY = "sb3_cherry_algorithm"
 #: Pickle opcodes of a bare reference to an importable object (what cloudpickle writes for a class)
 _GLOBAL_OPCODES = {"PROTO", "FRAME", "SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "STACK_GLOBAL", "GLOBAL", "MEMOIZE"}
 _GLOBAL_OPCODES |= {"BINPUT", "LONG_BINPUT", "PUT", "STOP"}
-
-
-class UnsafeModelFileError(ValueError):
-    """A model file entry that can only be restored by unpickling it (pass ``allow_pickle=True`` if you trust it)."""
 
 
 def _subclasses(base: type) -> Iterator[type]:
@@ -553,97 +551,3 @@ def read_archive_bytes(path: Any) -> io.BytesIO:
         path = f"{path}.zip"
     with open(path, "rb") as file:
         return io.BytesIO(file.read())
-
-
-#: What a pickled gymnasium space may refer to: the space classes, numpy arrays, dtypes and random generators
-SPACE_GLOBALS = frozenset(
-    {
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        *(
-            (module, name)
-            for module in ("numpy._core.multiarray", "numpy.core.multiarray")
-            for name in ("_reconstruct", "scalar")
-        ),
-        *((module, "_frombuffer") for module in ("numpy._core.numeric", "numpy.core.numeric")),
-        ("numpy.random._pcg64", "PCG64"),
-        ("numpy.random._pickle", "__bit_generator_ctor"),
-        ("numpy.random._pickle", "__generator_ctor"),
-        ("numpy.random.bit_generator", "SeedSequence"),
-        ("numpy.random.bit_generator", "__pyx_unpickle_SeedSequence"),
-        ("collections", "OrderedDict"),
-        *(
-            (f"gymnasium.spaces.{module}", name)
-            for module, name in (
-                ("box", "Box"),
-                ("discrete", "Discrete"),
-                ("multi_discrete", "MultiDiscrete"),
-                ("multi_binary", "MultiBinary"),
-                ("tuple", "Tuple"),
-                ("dict", "Dict"),
-            )
-        ),
-    }
-)
-#: What a ``VecNormalize`` pickle (``vecnormalize.pkl``) may refer to: the object, its running statistics and spaces
-VEC_NORMALIZE_GLOBALS = SPACE_GLOBALS | {
-    ("stable_baselines3.common.vec_env.vec_normalize", "VecNormalize"),
-    ("stable_baselines3.common.running_mean_std", "RunningMeanStd"),
-}
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """
-    An unpickler that resolves only the given globals (Python's documented way to restrict unpickling, and what
-    torch's ``weights_only`` does): any other class or function named by the pickle raises instead of being called.
-
-    :param file: the binary stream
-    :param allowed: the ``(module, name)`` pairs that may be resolved
-    :param where: the file, for the error message
-    """
-
-    def __init__(self, file: Any, allowed: frozenset[tuple[str, str]], where: str):
-        super().__init__(file)
-        self.allowed, self.where = allowed, where
-
-    def find_class(self, module: str, name: str) -> Any:
-        """
-        :param module: the module named by the pickle
-        :param name: the attribute named by the pickle
-        :return: the object, when allowed
-        :raises UnsafeModelFileError: any other name
-        """
-        if (module, name) not in self.allowed:
-            raise UnsafeModelFileError(
-                f"{self.where} refers to {module}.{name}, which a safe load does not resolve (it could run code). "
-                "Load it with allow_pickle=True only if you trust the file."
-            )
-        return super().find_class(module, name)
-
-
-def load_vec_normalize(path: str | os.PathLike, venv: Any, allow_pickle: bool = False) -> Any:
-    """
-    ``VecNormalize.load`` without running code from the file: only the globals of :data:`VEC_NORMALIZE_GLOBALS`
-    are resolved.
-
-    :param path: the ``vecnormalize.pkl`` file
-    :param venv: the VecEnv to wrap
-    :param allow_pickle: use plain ``pickle`` (SB3's behaviour; only for files you trust)
-    :return: the ``VecNormalize`` wrapper around ``venv``
-    :raises UnsafeModelFileError: the pickle names something else
-    """
-    from stable_baselines3.common.vec_env import VecNormalize
-
-    if allow_pickle:
-        return VecNormalize.load(str(path), venv)
-    with open(path, "rb") as file:
-        try:
-            vec_normalize = RestrictedUnpickler(file, VEC_NORMALIZE_GLOBALS, str(path)).load()
-        except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError) as exc:
-            if isinstance(exc, UnsafeModelFileError):
-                raise
-            raise ValueError(f"{path} is not a VecNormalize file written by VecNormalize.save ({exc}).") from exc
-    if not isinstance(vec_normalize, VecNormalize):
-        raise ValueError(f"{path} holds a {type(vec_normalize).__name__}, not a VecNormalize.")
-    vec_normalize.set_venv(venv)
-    return vec_normalize
