@@ -23,6 +23,15 @@ import numpy as np
 import yaml
 
 import sb3_cherry
+from sb3_cherry.common.safe_config import (
+    check_policy_kwargs,
+    check_positive,
+    parse_literal_string,
+    parse_policy_kwargs,
+    rl_zoo3_reads_safely,
+    safe_load_yaml,
+    saved_hyperparams,
+)
 
 #: Keys that rl_zoo3's ExperimentManager consumes itself (not passed to the algorithm)
 ZOO_KEYS = {
@@ -52,8 +61,11 @@ def register_zoo() -> dict[str, type]:
     """
     import rl_zoo3.utils
 
+    from sb3_cherry.common.vec_env.subproc_vec_env import use_in_rl_zoo3
+
     algos = sb3_cherry.zoo_algorithms()
     rl_zoo3.utils.ALGOS.update(algos)
+    use_in_rl_zoo3()  # --vec-env subproc: worker failures name the worker and the env's exception
     try:
         from sb3_cherry.common.hyperparams_opt import register_samplers
 
@@ -96,25 +108,33 @@ def _type_ok(value: Any, default: Any, key: str) -> bool:
     return True
 
 
-def validate_config(path: str | pathlib.Path, algo: str, env_id: str) -> dict[str, Any]:
+def validate_config(
+    path: str | pathlib.Path, algo: str, env_id: str, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """
-    Check the config entry of ``env_id`` in ``path`` before any training starts.
+    Check the config entry of ``env_id`` in ``path`` before any training starts. The file is read as data and
+    ``policy_kwargs`` strings are parsed without ``eval`` (:mod:`sb3_cherry.common.safe_config`).
 
     :param path: the YAML file
     :param algo: algorithm name registered in the zoo
     :param env_id: environment id (key of the YAML file)
-    :return: the entry
+    :param overrides: ``-params``/``--hyperparams`` values, checked like the file's keys
+    :return: the entry (overrides merged)
     :raises ValueError: naming the file, the env key and the offending hyperparameter
     """
     algos = sb3_cherry.zoo_algorithms()
     if algo not in algos:
         raise ValueError(f"Unknown algo {algo!r}: choose one of {sorted(algos)}.")
-    with open(path) as file:
-        config = yaml.safe_load(file) or {}
+    config = safe_load_yaml(path) or {}
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: the top level must map env ids to hyperparameters, not a {type(config).__name__}.")
     entry = config.get(env_id, config.get("default"))
     if entry is None:
         raise ValueError(f"{path}: no entry for env {env_id!r} (and no 'default'). Entries: {sorted(config)}.")
     where = f"{path} [{env_id}]"
+    entry = {**entry, **(overrides or {})} if isinstance(entry, dict) else entry
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: the entry must be a mapping of hyperparameters, not {entry!r}.")
     parameters = inspect.signature(algos[algo].__init__).parameters
     allowed = ZOO_KEYS | (set(parameters) - RESERVED_ARGS)
     for key, value in entry.items():
@@ -128,12 +148,10 @@ def validate_config(path: str | pathlib.Path, algo: str, env_id: str) -> dict[st
             )
     if "n_timesteps" not in entry:
         raise ValueError(f"{where}: missing 'n_timesteps'.")
-    policy_kwargs = entry.get("policy_kwargs", {})
-    if isinstance(policy_kwargs, str):
-        try:
-            policy_kwargs = eval(policy_kwargs, {"__builtins__": __builtins__, **_policy_kwargs_namespace()})
-        except Exception as exc:
-            raise ValueError(f"{where}: cannot evaluate policy_kwargs {entry['policy_kwargs']!r}: {exc}") from exc
+    check_positive(entry, where)
+    policy_kwargs = parse_policy_kwargs(entry.get("policy_kwargs") or {}, f"{where} policy_kwargs")
+    aliases = getattr(algos[algo], "policy_aliases", {})
+    check_policy_kwargs(policy_kwargs, aliases.get(entry.get("policy", "MlpPolicy")), where)
     if "action_distribution" in policy_kwargs:
         from sb3_cherry.common.distributions import resolve_spec
         from sb3_cherry.common.policies import _tuple_from_list
@@ -169,6 +187,20 @@ def _split_known(argv: list[str], flags: dict[str, str]) -> tuple[dict[str, str]
     return known, rest
 
 
+def _hyperparams_overrides(argv: list[str]) -> dict[str, Any]:
+    """The ``-params``/``--hyperparams key:value ...`` of a train command line, parsed as rl_zoo3 reads them."""
+    overrides: dict[str, Any] = {}
+    for i, flag in enumerate(argv):
+        if flag not in ("-params", "--hyperparams"):
+            continue
+        for item in argv[i + 1 :]:
+            if item.startswith("-") and ":" not in item:
+                break
+            key, _, value = item.partition(":")
+            overrides[key] = parse_literal_string(value, f"{flag} {key}")
+    return overrides
+
+
 def cmd_train(argv: list[str]) -> None:
     """
     ``sb3-cherry train``: rl_zoo3's train with sb3_cherry registered (all of rl_zoo3's train flags work).
@@ -185,7 +217,7 @@ def cmd_train(argv: list[str]) -> None:
     known, rest = _split_known(argv, {"--algo": "algo", "--env": "env", "-c": "conf", "-conf": "conf", "--conf-file": "conf"})
     algo, env_id = known.get("algo", "ppo_rollback"), known.get("env", "CartPole-v1")
     conf = known.get("conf") or str(default_config(algo))
-    validate_config(conf, algo, env_id)
+    validate_config(conf, algo, env_id, _hyperparams_overrides(rest))
     register_zoo()
     from rl_zoo3.train import train
 
@@ -203,7 +235,8 @@ def cmd_enjoy(argv: list[str]) -> None:
     from rl_zoo3.enjoy import enjoy
 
     sys.argv = ["sb3-cherry enjoy", *argv]
-    enjoy()
+    with rl_zoo3_reads_safely():  # the run's config.yml / args.yml as data, not rl_zoo3's yaml.UnsafeLoader
+        enjoy()
 
 
 def find_model(folder: str, algo: str, env_id: str, exp_id: int = 0) -> tuple[pathlib.Path, pathlib.Path]:
@@ -295,7 +328,7 @@ def _eval_defaults(env_id: str) -> dict[str, Any]:
 
 def _load_for_eval(args: argparse.Namespace) -> tuple[Any, Any]:
     """Load a model and build its evaluation env (with the saved normalisation statistics)."""
-    from rl_zoo3.utils import ALGOS, create_test_env, get_saved_hyperparams
+    from rl_zoo3.utils import ALGOS, create_test_env
 
     register_zoo()
     if args.model:
@@ -303,16 +336,17 @@ def _load_for_eval(args: argparse.Namespace) -> tuple[Any, Any]:
     else:
         model_path, exp_dir = find_model(args.folder, args.algo, args.env, args.exp_id)
     stats_path = exp_dir / args.env
-    hyperparams, maybe_stats_path = get_saved_hyperparams(str(stats_path), norm_reward=False, test_mode=True)
-    env = create_test_env(
-        args.env,
-        n_envs=1,
-        stats_path=maybe_stats_path,
-        seed=args.seed,
-        log_dir=None,
-        should_render=False,
-        hyperparams=hyperparams,
-    )
+    hyperparams, maybe_stats_path = saved_hyperparams(str(stats_path), norm_reward=False, test_mode=True)
+    with rl_zoo3_reads_safely():  # vecnormalize.pkl through a restricted unpickler
+        env = create_test_env(
+            args.env,
+            n_envs=1,
+            stats_path=maybe_stats_path,
+            seed=args.seed,
+            log_dir=None,
+            should_render=False,
+            hyperparams=hyperparams,
+        )
     model = ALGOS[args.algo].load(model_path, env=env, device="cpu")
     return model, env
 
@@ -337,6 +371,8 @@ def cmd_evaluate(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--fail-on-termination", action="store_true", default=None, help="termination counts as failure")
     parser.add_argument("--json", dest="json_path", help="also write the summary to this JSON file ('-' for stdout)")
     args = parser.parse_args(argv)
+    if args.n_episodes < 1:
+        raise ValueError(f"-n/--n-episodes must be at least 1, got {args.n_episodes}.")
     defaults = _eval_defaults(args.env)
     fail_below = args.fail_below if args.fail_below is not None else defaults.get("fail_below")
     fail_on_termination = (

@@ -595,7 +595,71 @@ def _validate(where: str, arrays: dict[str, np.ndarray]) -> tuple[spaces.Space, 
             )
         if obs.dtype == object:
             raise ValueError(f"{where}: {key!r} is an object array.")
+    _check_values(where, arrays, [key for key, _ in obs_items], action_space)
     return observation_space, action_space
+
+
+def _check_values(where: str, arrays: dict[str, np.ndarray], obs_keys: list[str], action_space: spaces.Space) -> None:
+    """Refuse non-finite values and actions outside ``action_space``, naming the first episode and step."""
+    lengths, actions = arrays["episode_lengths"], arrays["actions"]
+    for key in obs_keys:
+        _check_finite(where, key, arrays[key], lengths, per_episode_extra=1)
+    _check_finite(where, "actions", actions, lengths)
+    _check_finite(where, "rewards", arrays["rewards"], lengths)
+    outside = _actions_outside(action_space, actions)
+    if outside.any():
+        episode, step = _locate(int(np.argmax(outside)), lengths, 0)
+        raise ValueError(
+            f"{where}: the action of episode {episode}, step {step} ({actions[int(np.argmax(outside))].tolist()!r}) is "
+            f"outside the action space {action_space} ({int(outside.sum())} such actions): the file does not match its "
+            "recorded space."
+        )
+
+
+def _locate(row: int, lengths: np.ndarray, per_episode_extra: int) -> tuple[int, int]:
+    """Episode and step of ``row`` of an array holding ``length + per_episode_extra`` rows per episode."""
+    ends = np.cumsum(lengths + per_episode_extra)
+    episode = int(np.searchsorted(ends, row, side="right"))
+    return episode, row - int(ends[episode] - lengths[episode] - per_episode_extra)
+
+
+def _check_finite(where: str, key: str, values: np.ndarray, lengths: np.ndarray, per_episode_extra: int = 0) -> None:
+    """Refuse NaN / inf in a float array, naming the first episode and step."""
+    if not np.issubdtype(values.dtype, np.floating):
+        return
+    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    if bad.any():
+        episode, step = _locate(int(np.argmax(bad)), lengths, per_episode_extra)
+        raise ValueError(
+            f"{where}: {key!r} has a non-finite value (NaN or inf) at episode {episode}, step {step} "
+            f"({int(bad.sum())} such steps): re-record the demonstrations, or drop those episodes."
+        )
+
+
+def _actions_outside(space: spaces.Space, actions: np.ndarray) -> np.ndarray:
+    """One flag per stored action: not an element of ``space`` (stored encodings: flat columns for Tuple)."""
+    rows = actions.reshape(len(actions), -1)
+    if isinstance(space, spaces.Tuple):
+        outside, column = np.zeros(len(actions), dtype=bool), 0
+        for sub in space.spaces:
+            width = flat_action_dim(sub)
+            part = rows[:, column : column + width]
+            outside |= _actions_outside(sub, part if _action_shape(sub) != () else part[:, 0])
+            column += width
+        return outside
+    if isinstance(space, spaces.Box):
+        low, high = space.low.reshape(1, -1), space.high.reshape(1, -1)
+        return ~((rows >= low) & (rows <= high)).all(axis=1)
+    if isinstance(space, spaces.Discrete):
+        start, stop = int(space.start), int(space.start + space.n)
+    elif isinstance(space, spaces.MultiDiscrete):
+        start, stop = space.start.reshape(1, -1), (space.start + space.nvec).reshape(1, -1)
+    elif isinstance(space, spaces.MultiBinary):
+        start, stop = 0, 2
+    else:
+        return np.zeros(len(actions), dtype=bool)
+    integral = rows == np.round(rows)
+    return ~(integral & (rows >= start) & (rows < stop)).all(axis=1)
 
 
 def load_demo_spaces(path: str | os.PathLike) -> tuple[spaces.Space, spaces.Space]:

@@ -43,7 +43,6 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, TensorDict
 from stable_baselines3.common.utils import get_latest_run_id
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize, unwrap_vec_normalize
@@ -62,6 +61,7 @@ from sb3_cherry.adversarial.trainers import (
     trainer_class,
 )
 from sb3_cherry.adversarial.wrappers import OpaqueVecEnv, VecFlatActionSpace, VecTupleActionSpace
+from sb3_cherry.common.safe_load import stored_policy_class
 from sb3_cherry.common.save_util import atomic_write, check_model_file, resolve_zip_path
 from sb3_cherry.common.spaces import flat_action_space
 from sb3_cherry.common.vec_env.tuple_actions import VecTupleActions
@@ -119,9 +119,8 @@ def resolve_generator_class(generator_class: str | type[OnPolicyAlgorithm]) -> t
 def _detect_generator_class(archive: io.BytesIO) -> type[OnPolicyAlgorithm]:
     """RecurrentPPORollback when the saved policy is recurrent, else PPORollback (generator-only files)."""
     archive.seek(0)
-    data, _, _ = load_from_zip_file(archive, load_data=True, device="cpu")
+    policy_class = stored_policy_class(archive)  # read by name from an allow-list: nothing unpickled
     archive.seek(0)
-    policy_class = (data or {}).get("policy_class")
     if isinstance(policy_class, type) and issubclass(policy_class, RecurrentActorCriticPolicy):
         return RecurrentPPORollback
     return PPORollback
@@ -890,7 +889,9 @@ class AdversarialImitation(BaseAlgorithm):
         :param print_system_info: print the system info of the saved generator and the current one
         :param force_reset: force a call to ``reset()`` before training
         :param demonstrations: the demonstrations to keep training with (they are not in the file)
-        :param kwargs: constructor arguments that replace the saved ones (``demo_batch_size``, ``disc_lr``, ...;
+        :param kwargs: ``allow_pickle=True`` to unpickle the generator part as SB3 does (only for files you trust;
+            by default nothing is unpickled, see :class:`~sb3_cherry.common.save_util.AtomicSaveAlgorithm`), and
+            constructor arguments that replace the saved ones (``demo_batch_size``, ``disc_lr``, ...;
             ``reward_net_class`` for a user reward net class); ``generator_kwargs`` change the generator's
             hyperparameters
         :return: the loaded model
@@ -921,6 +922,7 @@ class AdversarialImitation(BaseAlgorithm):
             custom_objects=custom_objects,
             print_system_info=print_system_info,
             force_reset=force_reset,
+            allow_pickle=hyperparameters.pop("allow_pickle", False),
             **(hyperparameters.pop("generator_kwargs", None) or {}),
         )
         if kwargs.get("seed") is not None:

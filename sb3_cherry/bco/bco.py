@@ -163,6 +163,8 @@ class BCO(AtomicSaveAlgorithm):
         "CnnPolicy": CnnPolicy,
         "MultiInputPolicy": MultiInputPolicy,
     }
+    #: Saved arrays that ``_setup_model`` recomputes (not unpickled by a safe load)
+    setup_rebuilds: ClassVar[frozenset[str]] = frozenset({"_flat_low", "_flat_high", "_discrete_columns"})
     policy: CherryActorCriticPolicy
     inverse_model: InverseDynamicsModel
 

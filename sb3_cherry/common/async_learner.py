@@ -23,6 +23,8 @@ The optimizer state stays in the learner and is copied back once, when ``learn``
 
 import io
 import multiprocessing as mp
+import os
+import sys
 import traceback
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
@@ -55,6 +57,46 @@ def check_collection(collection: str) -> str:
             "(train in a learner process while the next rollout is collected)."
         )
     return collection
+
+
+def _has_main_guard(path: str) -> bool:
+    """Whether the script at ``path`` has a top-level ``if __name__ == "__main__":`` block."""
+    import ast
+
+    with open(path, encoding="utf-8") as file:
+        tree = ast.parse(file.read(), filename=path)
+    for node in tree.body:
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Compare):
+            names = [node.test.left, *node.test.comparators]
+            if any(isinstance(n, ast.Name) and n.id == "__name__" for n in names) and any(
+                isinstance(n, ast.Constant) and n.value == "__main__" for n in names
+            ):
+                return True
+    return False
+
+
+def check_main_guard(start_method: str) -> None:
+    """
+    Refuse to start the learner process when doing so would re-run the user's script.
+
+    With the ``spawn`` and ``forkserver`` start methods, a new process imports the main script again; without an
+    ``if __name__ == "__main__":`` guard, that re-runs the training (and its saves) in the child.
+
+    :param start_method: the multiprocessing start method
+    :raises RuntimeError: we are inside such a re-import, or the main script has no guard
+    """
+    if start_method == "fork":
+        return
+    advice = (
+        'collection="async" starts a learner process, which re-imports the main script: put the script\'s code under '
+        '`if __name__ == "__main__":` (see the README example), or use collection="sync".'
+    )
+    if getattr(mp.current_process(), "_inheriting", False):
+        raise RuntimeError(f"learn() was called while a child process imported the main script. {advice}")
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path and path.endswith(".py") and os.path.isfile(path) and not _has_main_guard(path):
+        raise RuntimeError(f'{path} has no `if __name__ == "__main__":` guard. {advice}')
 
 
 class SharedStateDict:
@@ -149,7 +191,7 @@ def _learner_main(conn: Connection, model_bytes: bytes, shm_name: str, layout: l
     try:
         th.set_num_threads(threads)
         model_class, device = conn.recv()
-        model = model_class.load(io.BytesIO(model_bytes), env=None, device=device)
+        model = model_class.load(io.BytesIO(model_bytes), env=None, device=device, allow_pickle=True)  # our own bytes
         logger = Logger(folder=None, output_formats=[])
         model.set_logger(logger)
         shared = SharedStateDict(layout, name=shm_name)
@@ -214,6 +256,7 @@ class AsyncLearner:
     ):
         if start_method is None:
             start_method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+        check_main_guard(start_method)
         ctx = mp.get_context(start_method)
         self.timeout = timeout
         self.pending = False
@@ -232,8 +275,12 @@ class AsyncLearner:
         )
         self.process.start()
         child_conn.close()
-        self._send((type(model), str(model.device)), "ready")
-        self._receive("ready")
+        try:
+            self._send((type(model), str(model.device)), "ready")
+            self._receive("ready")
+        except BaseException:
+            self.close()
+            raise
 
     def _lost(self, expected: str) -> RuntimeError:
         """The error reported when the pipe to the learner breaks."""
@@ -241,6 +288,12 @@ class AsyncLearner:
         return RuntimeError(
             f"The async learner process closed its pipe (exit code {self.process.exitcode}) before {expected!r}: "
             "killed or out of memory? Retry with collection='sync' to see any error in-process."
+            + (
+                ' If the script calls learn() outside `if __name__ == "__main__":`, the learner process re-ran it: '
+                "move that code under the guard."
+                if expected == "ready"
+                else ""
+            )
         )
 
     def _send(self, message: tuple[str, Any], expected: str) -> None:

@@ -3,14 +3,18 @@
 import io
 import os
 import pathlib
+import re
+import stat
 import tempfile
 import zipfile
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.type_aliases import GymEnv
+
+from sb3_cherry.common.safe_load import ALGORITHM_KEY, read_archive_bytes, read_data_entry, safe_custom_objects
 
 
 def resolve_zip_path(path: str | pathlib.Path) -> pathlib.Path:
@@ -26,23 +30,69 @@ def resolve_zip_path(path: str | pathlib.Path) -> pathlib.Path:
     return path
 
 
+#: Temporary files of :func:`atomic_write`: ``.<name>.<pid>.<random>.tmp``
+_TMP_NAME = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$")
+
+
+def _new_file_mode() -> int:
+    """``0o666 & ~umask``: the mode ``open(path, "w")`` gives a new file (what SB3 and numpy give)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def remove_stale_temp_files(folder: str | pathlib.Path) -> list[pathlib.Path]:
+    """
+    Remove the temporary files that a killed :func:`atomic_write` left in ``folder`` (those whose writing process
+    no longer exists; the files of running saves are kept).
+
+    :param folder: the folder
+    :return: the removed files
+    """
+    removed = []
+    for candidate in pathlib.Path(folder).glob(".*.tmp"):
+        match = _TMP_NAME.match(candidate.name)
+        if match is None or int(match.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+            continue  # its writer is alive
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError):
+            continue  # a process of another user / not a pid
+        try:
+            candidate.unlink()
+            removed.append(candidate)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 def atomic_write(path: str | pathlib.Path, write: Any) -> pathlib.Path:
     """
     Write a file atomically: ``write(file_object)`` fills a temporary file in the same directory, which is then
-    flushed, fsynced and renamed over ``path``. An interrupted write leaves any previous ``path`` intact.
+    flushed, fsynced and renamed over ``path``. An interrupted write leaves any previous ``path`` intact; the
+    temporary file of a killed write is removed by the next write into the folder. A symlink is followed (its target
+    is written). The file gets the mode an existing file had, else ``0o666 & ~umask``.
 
     :param path: destination
     :param write: callable receiving a binary file object
     :return: the destination path
     """
     path = pathlib.Path(path)
+    if path.is_symlink():
+        path = pathlib.Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temp_files(path.parent)
+    mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else _new_file_mode()
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as tmp:
             write(tmp)
             tmp.flush()
             os.fsync(tmp.fileno())
+        os.chmod(tmp_name, mode)
         os.replace(tmp_name, path)
     except BaseException:
         if os.path.exists(tmp_name):
@@ -51,40 +101,119 @@ def atomic_write(path: str | pathlib.Path, write: Any) -> pathlib.Path:
     return path
 
 
-def check_model_file(path: str | pathlib.Path | io.BufferedIOBase, algo_name: str) -> None:
-    """
-    Check that ``path`` looks like an SB3 model archive before SB3 deserialises it.
+def _required_entries(algo_class: type | None) -> list[str]:
+    """The ``.pth`` entries ``algo_class`` saves (``policy`` and ``policy.optimizer`` for SB3's on-policy algorithms)."""
+    try:
+        state_dicts, _ = algo_class._get_torch_save_params(None)  # type: ignore[union-attr,arg-type]
+        return [f"{name}.pth" for name in state_dicts]
+    except Exception:
+        return ["policy.pth", "policy.optimizer.pth"]
 
-    :param path: the model file (``.zip`` appended when missing and the bare path does not exist)
+
+def check_model_file(
+    path: str | pathlib.Path | io.BufferedIOBase, algo_name: str, algo_class: type | None = None
+) -> dict[str, Any]:
+    """
+    Check that ``path`` is a complete SB3 model archive before SB3 reads it: a readable zip with a JSON ``data``
+    entry and loadable (``weights_only``) ``.pth`` entries, written by ``algo_class`` (or a file that does not say).
+    Nothing is unpickled.
+
+    :param path: the model file (``.zip`` appended when missing and the bare path does not exist) or a file object
+        (read and rewound)
     :param algo_name: the class name, for the error message
+    :param algo_class: the class that will load the file (its saved entries are required, its name checked)
+    :return: the ``data`` entry as JSON
     :raises FileNotFoundError: the file does not exist
-    :raises ValueError: the file is not a zip archive or lacks SB3's ``data`` / ``policy.pth`` entries
+    :raises ValueError: the file is truncated, corrupt, lacks an entry, or was written by another algorithm
     """
     if isinstance(path, io.IOBase):
-        return
-    candidate = pathlib.Path(path)
-    if not candidate.exists() and candidate.suffix == "":
-        candidate = candidate.with_suffix(".zip")
-    if not candidate.exists():
-        raise FileNotFoundError(f"{algo_name}.load: no model file at {path} (nor {candidate}).")
-    if not zipfile.is_zipfile(candidate):
+        position = path.tell()
+        source: Any = io.BytesIO(path.read())  # type: ignore[arg-type]
+        path.seek(position)
+        candidate = pathlib.Path("<file object>")
+    else:
+        candidate = pathlib.Path(path)
+        if not candidate.exists() and candidate.suffix == "":
+            candidate = candidate.with_suffix(".zip")
+        if not candidate.exists():
+            raise FileNotFoundError(f"{algo_name}.load: no model file at {path} (nor {candidate}).")
+        source = candidate
+    if not zipfile.is_zipfile(source) or not _ends_with_zip_directory(source):
         raise ValueError(
-            f"{algo_name}.load: {candidate} is not a Stable-Baselines3 model (not a zip archive: corrupt, truncated or "
-            "another format). Point to a file written by model.save()."
+            f"{algo_name}.load: {candidate} is not a Stable-Baselines3 model: truncated or corrupt (no zip directory at "
+            "its end: a partial download or copy, or another format). Point to a complete file written by model.save()."
         )
     try:
-        with zipfile.ZipFile(candidate) as archive:
-            names: Iterable[str] = archive.namelist()
+        with zipfile.ZipFile(source) as archive:
+            names: list[str] = archive.namelist()
             bad = archive.testzip()
-    except (zipfile.BadZipFile, OSError) as exc:
+            if bad is not None:
+                raise ValueError(f"{algo_name}.load: {candidate} is corrupt (CRC error in entry {bad!r}).")
+            missing = [name for name in ("data", "policy.pth") if name not in names]
+            if missing:
+                raise ValueError(
+                    f"{algo_name}.load: {candidate} is a zip archive but not a Stable-Baselines3 model (missing {missing})."
+                )
+            data = read_data_entry(archive, f"{algo_name}.load: {candidate}")
+            stored = data.get(ALGORITHM_KEY)
+            if algo_class is not None and isinstance(stored, str):
+                compatible = {klass.__name__ for klass in algo_class.__mro__}
+                compatible |= {klass.__name__ for klass in _all_subclasses(algo_class)}
+                if stored not in compatible:
+                    raise ValueError(
+                        f"{algo_name}.load: {candidate} was written by {stored}, not by {algo_name}: load it with "
+                        f"{stored}.load (the hyperparameters and optimizer state belong to {stored})."
+                    )
+            missing = [name for name in _required_entries(algo_class) if name not in names]
+            if missing:
+                raise ValueError(
+                    f"{algo_name}.load: {candidate} lacks the entry {missing[0]!r} (incomplete file): save the model "
+                    "again, or load only the weights with model.set_parameters(path, exact_match=False)."
+                )
+            for name in names:
+                if name.endswith(".pth"):
+                    try:
+                        with archive.open(name) as file:
+                            th.load(file, map_location="cpu", weights_only=True)
+                    except Exception as exc:
+                        raise ValueError(
+                            f"{algo_name}.load: {candidate}: the entry {name!r} is corrupt or not a weights-only "
+                            f"torch file ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})."
+                        ) from exc
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise ValueError(f"{algo_name}.load: {candidate} is a damaged zip archive ({exc}).") from exc
-    if bad is not None:
-        raise ValueError(f"{algo_name}.load: {candidate} is corrupt (CRC error in entry {bad!r}).")
-    missing = [name for name in ("data", "policy.pth") if name not in names]
-    if missing:
-        raise ValueError(
-            f"{algo_name}.load: {candidate} is a zip archive but not a Stable-Baselines3 model (missing {missing})."
-        )
+    return data
+
+
+def _ends_with_zip_directory(source: pathlib.Path | io.BytesIO) -> bool:
+    """
+    The zip's end-of-directory record ends the file. A truncated model file can still look like a zip archive
+    (the ``.pth`` entries are zip archives themselves, whose records zipfile then finds).
+    """
+    if isinstance(source, io.BytesIO):
+        tail = source.getvalue()[-65557:]
+    else:
+        with open(source, "rb") as file:
+            file.seek(0, os.SEEK_END)
+            file.seek(max(0, file.tell() - 65557))
+            tail = file.read()
+    position = tail.rfind(b"PK\x05\x06")
+    if position < 0 or position + 22 > len(tail):
+        return False
+    comment_length = int.from_bytes(tail[position + 20 : position + 22], "little")
+    return position + 22 + comment_length == len(tail)
+
+
+def _all_subclasses(klass: type) -> set[type]:
+    found: set[type] = set()
+    stack: list[type] = [klass]
+    while stack:
+        subclasses: list[type] = stack.pop().__subclasses__()
+        for sub in subclasses:
+            if sub not in found:
+                found.add(sub)
+                stack.append(sub)
+    return found
 
 
 SelfAtomicSaveAlgorithm = TypeVar("SelfAtomicSaveAlgorithm", bound="AtomicSaveAlgorithm")
@@ -92,10 +221,14 @@ SelfAtomicSaveAlgorithm = TypeVar("SelfAtomicSaveAlgorithm", bound="AtomicSaveAl
 
 class AtomicSaveAlgorithm(BaseAlgorithm):
     """
-    ``BaseAlgorithm`` whose ``save`` is atomic and whose ``load`` checks the file first . Put it before the
-    SB3 base in the bases of an algorithm: ``class BCO(AtomicSaveAlgorithm)``,
-    ``class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm)``.
+    ``BaseAlgorithm`` whose ``save`` is atomic and records the algorithm's name, and whose ``load`` checks the file
+    first and unpickles nothing unless asked to (``allow_pickle=True``). Put it before the SB3 base in the bases of an
+    algorithm: ``class BCO(AtomicSaveAlgorithm)``, ``class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm,
+    OnPolicyAlgorithm)``.
     """
+
+    #: Saved entries that ``_setup_model`` recomputes: a safe load sets them to None instead of unpickling them
+    setup_rebuilds: ClassVar[frozenset[str]] = frozenset()
 
     def save(
         self,
@@ -104,13 +237,15 @@ class AtomicSaveAlgorithm(BaseAlgorithm):
         include: Iterable[str] | None = None,
     ) -> None:
         """
-        Save the model (SB3's zip format). Writing a path is atomic: the archive is written to a temporary file next
-        to it and renamed, so an interrupted save never destroys the previous checkpoint.
+        Save the model (SB3's zip format, plus the algorithm's class name in ``data``). Writing a path is atomic: the
+        archive is written to a temporary file next to it and renamed, so an interrupted save never destroys the
+        previous checkpoint; a symlink is followed.
 
         :param path: path to the file (``.zip`` is appended when there is no suffix) or a file object
         :param exclude: names of parameters that should be excluded in addition to the default ones
         :param include: names of parameters that might be excluded but should be included anyway
         """
+        setattr(self, ALGORITHM_KEY, type(self).__name__)
         if isinstance(path, io.IOBase):
             super().save(path, exclude=exclude, include=include)
             return
@@ -125,24 +260,41 @@ class AtomicSaveAlgorithm(BaseAlgorithm):
         custom_objects: dict[str, Any] | None = None,
         print_system_info: bool = False,
         force_reset: bool = True,
+        allow_pickle: bool = False,
         **kwargs: Any,
     ) -> SelfAtomicSaveAlgorithm:
         """
-        Load a model saved with ``save`` (SB3's ``load``, after checking the file is an SB3 model archive).
+        Load a model saved with ``save`` or by SB3 / sb3-contrib, without running code from the file.
+
+        SB3 unpickles the ``:serialized:`` entries of the file's ``data`` (spaces, schedules, classes), which runs
+        whatever a crafted file contains. By default these entries are rebuilt from plain data instead
+        (:mod:`sb3_cherry.common.safe_load`): spaces from their readable fields (or from ``env``), schedules from
+        their numbers, classes by name from an allow-list of SB3 / sb3-contrib / sb3_cherry classes. An entry that
+        only a pickle can restore raises an error naming it.
 
         :param path: path to the file (or a file object)
         :param env: the new environment to run the loaded model on (can be None if you only need prediction)
         :param device: device on which the code should run
-        :param custom_objects: objects to replace upon loading (see SB3's ``load``)
+        :param custom_objects: objects to replace upon loading (see SB3's ``load``); they also stand in for entries
+            that cannot be rebuilt safely (e.g. ``{"policy_class": MyPolicy}``)
         :param print_system_info: print the system info of the saved model and the current one
         :param force_reset: force a call to ``reset()`` before training
+        :param allow_pickle: unpickle the file's serialized entries as SB3 does. Only for files you trust:
+            unpickling a crafted file runs arbitrary code
         :param kwargs: extra arguments to change the model when loading
         :return: the loaded model
-        :raises ValueError: the file is corrupt or not an SB3 model
+        :raises ValueError: the file is truncated, corrupt, not an SB3 model, written by another algorithm, or holds
+            an entry that cannot be restored without unpickling
         """
-        check_model_file(path, cls.__name__)
+        data = check_model_file(path, cls.__name__, cls)
+        source: Any = path
+        if not allow_pickle:
+            source = read_archive_bytes(path if isinstance(path, io.IOBase) else _existing(path))
+            with zipfile.ZipFile(source) as archive:
+                custom_objects = safe_custom_objects(cls, data, archive, env, custom_objects)
+            source.seek(0)
         return super().load(  # type: ignore[return-value]
-            path,
+            source,
             env=env,
             device=device,
             custom_objects=custom_objects,
@@ -150,3 +302,11 @@ class AtomicSaveAlgorithm(BaseAlgorithm):
             force_reset=force_reset,
             **kwargs,
         )
+
+
+def _existing(path: str | pathlib.Path) -> pathlib.Path:
+    """``path``, or ``path.zip`` when ``path`` has no suffix and does not exist (SB3's lookup)."""
+    candidate = pathlib.Path(path)
+    if not candidate.exists() and candidate.suffix == "":
+        candidate = candidate.with_suffix(".zip")
+    return candidate

@@ -34,7 +34,8 @@ def load_zoo_entry(algo: str, env_id: str, path: str | pathlib.Path | None = Non
     :param path: config file (default: the shipped ``zoo_configs/<algo>.yml``)
     :return: the entry
     """
-    from sb3_cherry.cli import _policy_kwargs_namespace, default_config, validate_config
+    from sb3_cherry.cli import default_config, validate_config
+    from sb3_cherry.common.safe_config import parse_literal_string, parse_policy_kwargs
 
     path = path or default_config(algo)
     entry = dict(validate_config(path, algo, env_id))
@@ -42,7 +43,7 @@ def load_zoo_entry(algo: str, env_id: str, path: str | pathlib.Path | None = Non
     n_envs = int(entry.pop("n_envs", 1))
     normalize = entry.pop("normalize", False)
     if isinstance(normalize, str):
-        normalize = eval(normalize)
+        normalize = parse_literal_string(normalize, f"{path} [{env_id}] normalize")
     if normalize is True:
         normalize = {}
     elif normalize is False:
@@ -53,7 +54,7 @@ def load_zoo_entry(algo: str, env_id: str, path: str | pathlib.Path | None = Non
         if isinstance(entry.get(key), str):
             entry[key] = LinearSchedule(float(entry[key].split("_")[1]), 0.0, 1.0)
     if isinstance(entry.get("policy_kwargs"), str):
-        entry["policy_kwargs"] = eval(entry["policy_kwargs"], _policy_kwargs_namespace())
+        entry["policy_kwargs"] = parse_policy_kwargs(entry["policy_kwargs"], f"{path} [{env_id}] policy_kwargs")
     for key in ("env_wrapper", "vec_env_wrapper", "frame_stack", "callback", "env_kwargs", "monitor_kwargs"):
         if key in entry:
             raise ValueError(f"load_zoo_entry does not handle {key!r}; train this entry with `sb3-cherry train`.")

@@ -1,0 +1,209 @@
+"""Configs are data: safe YAML (rl_zoo3's OrderedDict tag only), restricted policy_kwargs parser, CLI errors (rc 2)."""
+
+import collections
+import os
+import pathlib
+
+import pytest
+import yaml
+from torch import nn
+
+from sb3_cherry import PPORollback
+from sb3_cherry.cli import main, validate_config
+from sb3_cherry.common.safe_config import (
+    UnsafeConfigError,
+    parse_policy_kwargs,
+    rl_zoo3_reads_safely,
+    safe_load_yaml,
+    saved_hyperparams,
+)
+
+
+def _crafted_yaml(marker: pathlib.Path) -> str:
+    return f"!!python/object/apply:os.system ['touch {marker}']\n"
+
+
+def test_reads_rl_zoo3_config_with_ordered_dict_tag(tmp_path):
+    path = tmp_path / "config.yml"
+    with open(path, "w") as file:  # exactly how rl_zoo3's ExperimentManager writes config.yml / args.yml
+        pairs = [("n_steps", 32), ("policy", "MlpPolicy"), ("normalize", "dict(norm_obs=True)")]
+        yaml.dump(collections.OrderedDict(pairs), file)
+    assert path.read_text().startswith("!!python/object/apply:collections.OrderedDict")
+    assert safe_load_yaml(path) == {"n_steps": 32, "policy": "MlpPolicy", "normalize": "dict(norm_obs=True)"}
+    hyperparams, stats = saved_hyperparams(str(tmp_path), norm_reward=False, test_mode=True)
+    assert hyperparams["normalize_kwargs"] == {"norm_obs": True, "norm_reward": False} and stats == str(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "!!python/object/apply:os.system ['touch {marker}']\n",
+        "a: !!python/object/apply:os.system ['touch {marker}']\n",
+        "!!python/object/apply:collections.OrderedDict\n- - - a\n    - !!python/object/apply:os.system ['touch {marker}']\n",
+        "!!python/object/new:os.system ['touch {marker}']\n",
+    ],
+)
+def test_crafted_yaml_runs_nothing(tmp_path, text):
+    marker = tmp_path / "marker"
+    path = tmp_path / "config.yml"
+    path.write_text(text.format(marker=marker))
+    with pytest.raises(UnsafeConfigError, match="refused a YAML tag"):
+        safe_load_yaml(path)
+    assert not marker.exists()
+    yaml.load(path.read_text(), Loader=yaml.UnsafeLoader)  # what rl_zoo3 does: the file is a real attack
+    assert marker.exists()
+
+
+def test_policy_kwargs_parser_accepts_zoo_spellings():
+    from stable_baselines3.common.torch_layers import NatureCNN
+
+    text = (
+        "dict(log_std_init=-2, ortho_init=False, activation_fn=nn.ReLU, net_arch=dict(pi=[256, 256], vf=[256]),"
+        " optimizer_class=th.optim.Adam, optimizer_kwargs=dict(eps=1e-5), features_extractor_class=NatureCNN)"
+    )
+    kwargs = parse_policy_kwargs(text)
+    assert kwargs["activation_fn"] is nn.ReLU and kwargs["features_extractor_class"] is NatureCNN
+    assert kwargs["net_arch"] == {"pi": [256, 256], "vf": [256]} and kwargs["log_std_init"] == -2
+    assert parse_policy_kwargs("{'activation_fn': torch.nn.Tanh}") == {"activation_fn": nn.Tanh}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "dict(net_arch=[__import__('os').system('touch {marker}') or 64])",
+        "dict(activation_fn=nn.Module.__subclasses__)",
+        "dict(a=open('{marker}', 'w'))",
+        "dict(**{{'a': 1}})",
+        "[x for x in ().__class__.__base__.__subclasses__()]",
+        "dict(a=(lambda: __import__('os').system('touch {marker}'))())",
+        "dict(net_arch=[64]); import os",
+    ],
+)
+def test_crafted_policy_kwargs_run_nothing(tmp_path, text):
+    marker = tmp_path / "marker"
+    with pytest.raises(UnsafeConfigError):
+        parse_policy_kwargs(text.format(marker=marker), "conf.yml [CartPole-v1] policy_kwargs")
+    assert not marker.exists()
+
+
+def _conf(tmp_path, text: str) -> pathlib.Path:
+    path = tmp_path / "conf.yml"
+    path.write_text(text)
+    return path
+
+
+ENTRY = "CartPole-v1:\n  n_timesteps: 1000\n  policy: MlpPolicy\n"
+
+
+@pytest.mark.parametrize(
+    "text, extra, message",
+    [
+        ("CartPole-v1:\n  n_timesteps: [1000\n", [], "YAML syntax error at line"),
+        ("- CartPole-v1\n- n_timesteps: 10\n", [], "top level must map env ids"),
+        (ENTRY + '  policy_kwargs: "dict(net_arhc=[64])"\n', [], r"unknown policy_kwargs key\(s\) \['net_arhc'\]"),
+        (ENTRY + "  n_steps: 0\n", [], "n_steps=0 must be at least 1"),
+        (ENTRY, ["-params", "rollback_alfa:0.3"], "unknown hyperparameter 'rollback_alfa'"),
+        (ENTRY, ["-params", "n_steps:0"], "n_steps=0 must be at least 1"),
+        (ENTRY, ["--hyperparams", "gamma:'high'"], "hyperparameter 'gamma'='high' has the wrong type"),
+        (ENTRY, ["-params", "policy_kwargs:\"dict(net_arch=[__import__('os').getpid()])\""], "not allowed"),
+        (ENTRY + "  policy_kwargs: \"dict(net_arch=[__import__('os').getpid()])\"\n", [], "not allowed"),
+        ("CartPole-v1:\n  n_timesteps: 10\n  x: !!python/object/apply:os.getpid []\n", [], "refused a YAML tag"),
+    ],
+)
+def test_train_config_errors_are_one_line_rc2_and_leave_no_folder(tmp_path, capsys, text, extra, message):
+    conf = _conf(tmp_path, text)
+    logs = tmp_path / "logs"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--algo", "ppo_rollback", "--env", "CartPole-v1", "-c", str(conf), "-f", str(logs), *extra])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert pytest.importorskip("re").search(message, err), err
+    assert not logs.exists()
+
+
+def test_shipped_configs_parse_without_eval():
+    for path in sorted(pathlib.Path("zoo_configs").glob("*.yml")):
+        config = safe_load_yaml(path)
+        if path.stem == "evaluation":
+            continue
+        for env_id in config:
+            validate_config(path, path.stem, env_id)
+
+
+@pytest.fixture
+def run_folder(tmp_path):
+    """An rl_zoo3 run folder (``<logs>/ppo_rollback/CartPole-v1_1``) as a user would download it."""
+    exp = tmp_path / "logs" / "ppo_rollback" / "CartPole-v1_1"
+    (exp / "CartPole-v1").mkdir(parents=True)
+    PPORollback("MlpPolicy", "CartPole-v1", n_steps=32, batch_size=32).save(exp / "CartPole-v1.zip")
+    return exp
+
+
+@pytest.mark.parametrize("command", ["evaluate", "enjoy", "record"])
+def test_crafted_run_folder_config_runs_nothing(run_folder, tmp_path, capsys, command):
+    marker = tmp_path / "marker"
+    (run_folder / "CartPole-v1" / "config.yml").write_text(_crafted_yaml(marker))
+    argv = [command, "--algo", "ppo_rollback", "--env", "CartPole-v1", "-f", str(run_folder.parents[1])]
+    tails = {
+        "evaluate": ["-n", "1"],
+        "enjoy": ["--no-render", "-n", "5"],
+        "record": ["-n", "1", "-o", str(tmp_path / "d.npz")],
+    }
+    argv += tails[command]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert "refused a YAML tag" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_crafted_run_folder_args_runs_nothing_in_enjoy(run_folder, tmp_path, capsys):
+    marker = tmp_path / "marker"
+    with open(run_folder / "CartPole-v1" / "config.yml", "w") as file:
+        yaml.dump(collections.OrderedDict([("policy", "MlpPolicy"), ("n_timesteps", 100)]), file)
+    (run_folder / "CartPole-v1" / "args.yml").write_text(f"env_kwargs: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(SystemExit):
+        main(["enjoy", "--algo", "ppo_rollback", "--env", "CartPole-v1", "-f", str(run_folder.parents[1]), "--no-render"])
+    assert "refused a YAML tag" in capsys.readouterr().err
+    assert not marker.exists()
+    import rl_zoo3.enjoy
+
+    with rl_zoo3_reads_safely():
+        assert rl_zoo3.enjoy.get_saved_hyperparams is saved_hyperparams
+    assert rl_zoo3.enjoy.get_saved_hyperparams is not saved_hyperparams  # restored after the block
+
+
+def test_evaluate_zero_episodes_is_an_error(run_folder, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--algo", "ppo_rollback", "--env", "CartPole-v1", "-f", str(run_folder.parents[1]), "-n", "0"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "at least 1" in err
+
+
+def test_crafted_vecnormalize_in_run_folder_runs_nothing(run_folder, tmp_path, capsys):
+    import cloudpickle
+
+    marker = tmp_path / "marker"
+
+    class RunsCommand:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    with open(run_folder / "CartPole-v1" / "config.yml", "w") as file:
+        yaml.dump(collections.OrderedDict([("normalize", True), ("policy", "MlpPolicy")]), file)
+    (run_folder / "CartPole-v1" / "vecnormalize.pkl").write_bytes(cloudpickle.dumps(RunsCommand()))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--algo", "ppo_rollback", "--env", "CartPole-v1", "-f", str(run_folder.parents[1]), "-n", "1"])
+    assert exit_info.value.code == 2
+    assert "posix.system, which a safe load does not resolve" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_run_folder_wrapper_outside_trusted_packages_refused(run_folder, capsys):
+    with open(run_folder / "CartPole-v1" / "config.yml", "w") as file:
+        yaml.dump(collections.OrderedDict([("env_wrapper", ["os.system"]), ("policy", "MlpPolicy")]), file)
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--algo", "ppo_rollback", "--env", "CartPole-v1", "-f", str(run_folder.parents[1]), "-n", "1"])
+    assert "env_wrapper 'os.system' is not a class of" in capsys.readouterr().err

@@ -1,0 +1,359 @@
+"""Safe loading: no model file is unpickled unless asked to; files of SB3 / sb3-contrib / older sb3_cherry still load."""
+
+import base64
+import io
+import json
+import os
+import pathlib
+import zipfile
+
+import cloudpickle
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium import spaces
+from sb3_contrib import RecurrentPPO
+from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.save_util import data_to_json
+from stable_baselines3.common.utils import LinearSchedule
+from torch import nn
+
+from sb3_cherry import BCO, CherryA2C, PPORollback, RecurrentPPORollback
+from sb3_cherry.common.safe_load import (
+    UnsafeModelFileError,
+    pickled_global_name,
+    rebuild_space,
+    space_from_fields,
+    stored_policy_class,
+)
+
+
+def _observations(env_id: str, n: int = 8) -> np.ndarray:
+    space = gym.make(env_id).observation_space
+    space.seed(0)
+    return np.stack([space.sample() for _ in range(n)])
+
+
+def _to_bytes(model: BaseAlgorithm, sb3_save: bool = False) -> io.BytesIO:
+    file = io.BytesIO()
+    if sb3_save:
+        BaseAlgorithm.save(model, file)  # what SB3 and sb3_cherry before the algorithm name was stored write
+    else:
+        model.save(file)
+    file.seek(0)
+    return file
+
+
+def _rewrite(source: io.BytesIO, path: pathlib.Path, data: dict | None = None, drop: str | None = None, replace=None):
+    """Copy a model archive to ``path`` with a new ``data`` entry, an entry dropped or replaced."""
+    source.seek(0)
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(path, "w") as new:
+        for name in old.namelist():
+            if name == drop:
+                continue
+            content = old.read(name)
+            if name == "data" and data is not None:
+                content = json.dumps(data).encode()
+            if replace is not None and name == replace[0]:
+                content = replace[1]
+            new.writestr(name, content)
+    return path
+
+
+class _RunsCommand:
+    """A pickle payload: unpickling it runs ``os.system(command)``."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+def _evil(marker: pathlib.Path) -> dict:
+    payload = base64.b64encode(cloudpickle.dumps(_RunsCommand(f"touch {marker}"))).decode()
+    return {":type:": "<class 'function'>", ":serialized:": payload}
+
+
+@pytest.mark.parametrize(
+    "writer, loader, env_id, kwargs",
+    [
+        (PPO, PPORollback, "CartPole-v1", dict(n_steps=32, batch_size=32, policy_kwargs=dict(activation_fn=nn.ReLU))),
+        (A2C, CherryA2C, "Pendulum-v1", dict(n_steps=8)),
+        (RecurrentPPO, RecurrentPPORollback, "CartPole-v1", dict(n_steps=32, batch_size=32)),
+    ],
+)
+def test_files_of_sb3_and_contrib_load_safely(writer, loader, env_id, kwargs):
+    policy = "MlpLstmPolicy" if writer is RecurrentPPO else "MlpPolicy"
+    model = writer(policy, env_id, seed=0, **kwargs).learn(64)
+    obs = _observations(env_id)
+    loaded = loader.load(_to_bytes(model))
+    np.testing.assert_array_equal(model.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0])
+    assert loaded.policy_class is model.policy_class
+    assert loaded.observation_space == model.observation_space and loaded.action_space == model.action_space
+    loaded = loader.load(_to_bytes(model), env=gym.make(env_id))
+    assert loaded.observation_space is loaded.env.observation_space  # the env's exact space, same as stored
+    loaded.learn(64)
+
+
+@pytest.mark.parametrize("sb3_save", [False, True], ids=["current", "without-algorithm-name"])
+@pytest.mark.parametrize(
+    "algo, env_id, kwargs",
+    [
+        (PPORollback, "Pendulum-v1", dict(n_steps=32, batch_size=32, policy_kwargs=dict(action_distribution="beta"))),
+        (CherryA2C, "CartPole-v1", dict(n_steps=8, learning_rate=LinearSchedule(1e-3, 0.0, 1.0))),
+        (RecurrentPPORollback, "CartPole-v1", dict(n_steps=32, batch_size=32)),
+    ],
+)
+def test_sb3_cherry_files_load_safely(algo, env_id, kwargs, sb3_save):
+    policy = "MlpLstmPolicy" if algo is RecurrentPPORollback else "MlpPolicy"
+    model = algo(policy, env_id, seed=0, **kwargs).learn(64)
+    obs = _observations(env_id)
+    loaded = algo.load(_to_bytes(model, sb3_save))
+    np.testing.assert_array_equal(model.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0])
+    assert loaded.policy_kwargs == model.policy_kwargs
+    if isinstance(model.learning_rate, LinearSchedule):  # rebuilt from its stored numbers
+        assert isinstance(loaded.learning_rate, LinearSchedule)
+        assert loaded.lr_schedule(0.25) == pytest.approx(model.lr_schedule(0.25))
+
+
+def test_bco_file_loads_safely(tmp_path):
+    from sb3_cherry.demos import record_demos
+
+    expert = PPORollback("MlpPolicy", "CartPole-v1", n_steps=32, batch_size=32, seed=0).learn(32)
+    demos = tmp_path / "demos.npz"
+    record_demos(expert, gym.make("CartPole-v1"), 2, demos)
+    model = BCO("MlpPolicy", "CartPole-v1", demonstrations=str(demos), seed=0)
+    model.save(tmp_path / "bco")
+    loaded = BCO.load(tmp_path / "bco")
+    obs = _observations("CartPole-v1")
+    np.testing.assert_array_equal(model.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0])
+
+
+def test_opaque_schedule_becomes_constant_with_warning():
+    model = PPO("MlpPolicy", "CartPole-v1", n_steps=32, batch_size=32, learning_rate=lambda p: 3e-4 * p, seed=0).learn(64)
+    last_lr = model.policy.optimizer.param_groups[0]["lr"]
+    with pytest.warns(UserWarning, match="learning_rate was stored as a function"):
+        loaded = PPORollback.load(_to_bytes(model))
+    assert loaded.lr_schedule(1.0) == pytest.approx(last_lr)
+
+
+@pytest.mark.parametrize(
+    "space",
+    [
+        spaces.Box(-1.0, 2.0, (3, 2), np.float32),
+        spaces.Box(np.array([-1.5, 0.0]), np.array([1.0, np.inf]), dtype=np.float64),
+        spaces.Box(0, 255, (4, 4, 3), np.uint8),
+        spaces.Discrete(5, start=-2),
+        spaces.MultiDiscrete([3, 4]),
+        spaces.MultiDiscrete([[2, 3], [4, 5]], start=[[1, 1], [0, 0]]),
+        spaces.MultiBinary(4),
+        spaces.MultiBinary([2, 3]),
+        spaces.Tuple((spaces.Discrete(3, start=1), spaces.Box(-1.0, np.array([1.0, 2.0]), dtype=np.float32))),
+        spaces.Dict(
+            {
+                "image": spaces.Box(0, 255, (8, 8, 1), np.uint8),
+                "inner": spaces.Tuple((spaces.MultiBinary(2), spaces.Dict({"x": spaces.Discrete(2)}))),
+            }
+        ),
+    ],
+    ids=lambda space: type(space).__name__,
+)
+def test_spaces_rebuilt_from_readable_fields(space):
+    stored = json.loads(data_to_json({"space": space}))["space"]
+    assert space_from_fields(stored) == space
+
+
+def test_float64_bounds_are_exact():
+    """numpy prints 8 digits; the bounds come back bit for bit (restricted pickle, checked against the fields)."""
+    space = spaces.Box(np.array([0.123456789012345, -1.0]), np.array([1.0, 2.718281828459045]), dtype=np.float64)
+    stored = json.loads(data_to_json({"space": space}))["space"]
+    assert not np.array_equal(space_from_fields(stored).low, space.low)  # the printed fields lose digits
+    rebuilt = rebuild_space("action_space", stored, None)
+    assert np.array_equal(rebuilt.low, space.low) and np.array_equal(rebuilt.high, space.high)
+
+
+TRUNCATED = [
+    spaces.Box(-np.arange(2000.0, dtype=np.float32), 1.0, dtype=np.float32),
+    spaces.Box(0, 255, (84, 84, 3), np.uint8),
+]
+
+
+@pytest.mark.parametrize("space", TRUNCATED, ids=["Box2000", "image"])
+def test_truncated_space_from_restricted_pickle(space):
+    """numpy printed '...': the space is read from its pickle by an unpickler that resolves only spaces and numpy."""
+    stored = json.loads(data_to_json({"space": space}))["space"]
+    with pytest.raises(ValueError, match="truncated"):
+        space_from_fields(stored)
+    rebuilt = rebuild_space("observation_space", stored, None)
+    assert rebuilt == space and np.array_equal(rebuilt.low, space.low)
+
+
+@pytest.mark.parametrize("space", TRUNCATED, ids=["Box2000", "image"])
+def test_truncated_space_with_crafted_pickle_needs_the_env(tmp_path, space):
+    marker = tmp_path / "marker"
+    stored = json.loads(data_to_json({"space": space}))["space"]
+    stored[":serialized:"] = _evil(marker)[":serialized:"]
+    with pytest.raises(UnsafeModelFileError, match=r"pass env=\.\.\. to load"):
+        rebuild_space("observation_space", stored, None)
+    env_space = spaces.Box(space.low, space.high, dtype=space.dtype)
+    assert rebuild_space("observation_space", stored, env_space) is env_space
+    with pytest.raises(UnsafeModelFileError):  # an env space of another shape is not taken
+        rebuild_space("observation_space", stored, spaces.Box(0, 255, (3,), np.uint8))
+    assert not marker.exists()
+
+
+def test_vec_normalize_restricted(tmp_path):
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from sb3_cherry.common.restricted_pickle import load_vec_normalize
+
+    venv = VecNormalize(make_vec_env("CartPole-v1", 2))
+    venv.reset()
+    venv.step(np.array([0, 1]))
+    venv.save(tmp_path / "vecnormalize.pkl")
+    loaded = load_vec_normalize(tmp_path / "vecnormalize.pkl", make_vec_env("CartPole-v1", 2))
+    np.testing.assert_array_equal(loaded.obs_rms.mean, venv.obs_rms.mean)
+    marker = tmp_path / "marker"
+    (tmp_path / "evil.pkl").write_bytes(cloudpickle.dumps(_RunsCommand(f"touch {marker}")))
+    with pytest.raises(UnsafeModelFileError, match=r"posix\.system"):
+        load_vec_normalize(tmp_path / "evil.pkl", make_vec_env("CartPole-v1", 2))
+    assert not marker.exists()
+
+
+def test_pickled_global_name_reads_without_executing():
+    from stable_baselines3.common.policies import ActorCriticPolicy
+
+    assert pickled_global_name(base64.b64encode(cloudpickle.dumps(ActorCriticPolicy)).decode()) == (
+        "stable_baselines3.common.policies.ActorCriticPolicy"
+    )
+    assert pickled_global_name(base64.b64encode(cloudpickle.dumps(_RunsCommand("true"))).decode()) is None
+
+
+@pytest.fixture(scope="module")
+def ppo_rollback_bytes():
+    return _to_bytes(PPORollback("MlpPolicy", "CartPole-v1", n_steps=32, batch_size=32, seed=0).learn(32))
+
+
+@pytest.mark.parametrize(
+    "key", ["extra_key", "lr_schedule", "clip_range", "policy_class", "observation_space", "policy_kwargs", "_last_obs"]
+)
+def test_crafted_pickle_does_not_run(tmp_path, ppo_rollback_bytes, key):
+    marker = tmp_path / "marker"
+    data = json.loads(zipfile.ZipFile(ppo_rollback_bytes).read("data"))
+    data[key] = _evil(marker)
+    path = _rewrite(ppo_rollback_bytes, tmp_path / "crafted.zip", data=data)
+    try:
+        model = PPORollback.load(path)  # either refused with a clear error, or loaded without the pickle
+        if key in ("_last_obs",):
+            assert model._last_obs is None
+    except UnsafeModelFileError as exc:
+        assert key in str(exc) or "not one of the known" in str(exc) or "stored as" in str(exc)
+        assert "allow_pickle=True" in str(exc)
+    assert not marker.exists()
+    # the same file does run its payload with SB3's behaviour (allow_pickle=True): the crafted file is a real attack
+    try:
+        PPORollback.load(path, allow_pickle=True)
+    except Exception:
+        pass
+    assert marker.exists()
+
+
+def test_crafted_policy_class_naming_another_callable_is_refused(tmp_path, ppo_rollback_bytes):
+    data = json.loads(zipfile.ZipFile(ppo_rollback_bytes).read("data"))
+    data["policy_class"][":serialized:"] = base64.b64encode(cloudpickle.dumps(os.system)).decode()
+    path = _rewrite(ppo_rollback_bytes, tmp_path / "crafted.zip", data=data)
+    with pytest.raises(UnsafeModelFileError, match=r"policy_class .*posix\.system.* is not one of the known"):
+        PPORollback.load(path)
+
+
+def test_other_algorithm_file_is_refused(ppo_rollback_bytes):
+    with pytest.raises(ValueError, match="written by PPORollback, not by CherryA2C"):
+        CherryA2C.load(io.BytesIO(ppo_rollback_bytes.getvalue()))
+
+
+def test_stored_policy_class_for_the_generator(tmp_path):
+    from sb3_cherry.ppo_recurrent.policies import RecurrentCherryActorCriticPolicy
+
+    RecurrentPPORollback("MlpLstmPolicy", "CartPole-v1", n_steps=32, batch_size=32).save(tmp_path / "gen")
+    assert stored_policy_class(tmp_path / "gen.zip") is RecurrentCherryActorCriticPolicy
+
+
+# ------------------------------------------------------------------------------------------------ failure messages
+def test_truncated_file(tmp_path, ppo_rollback_bytes):
+    path = tmp_path / "half.zip"
+    content = ppo_rollback_bytes.getvalue()
+    path.write_bytes(content[: len(content) // 2])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        PPORollback.load(path)
+
+
+def test_missing_optimizer_entry(tmp_path, ppo_rollback_bytes):
+    path = _rewrite(ppo_rollback_bytes, tmp_path / "no_opt.zip", drop="policy.optimizer.pth")
+    with pytest.raises(ValueError, match=r"lacks the entry .policy\.optimizer\.pth."):
+        PPORollback.load(path)
+
+
+def test_non_json_data(tmp_path, ppo_rollback_bytes):
+    path = _rewrite(ppo_rollback_bytes, tmp_path / "bad_data.zip", replace=("data", b"{not json"))
+    with pytest.raises(ValueError, match="'data' entry is not valid JSON"):
+        PPORollback.load(path)
+
+
+def test_corrupt_policy_entry(tmp_path, ppo_rollback_bytes):
+    path = _rewrite(ppo_rollback_bytes, tmp_path / "bad_policy.zip", replace=("policy.pth", b"garbage" * 10))
+    with pytest.raises(ValueError, match=r"entry .policy\.pth. is corrupt"):
+        PPORollback.load(path)
+
+
+# ------------------------------------------------------------------------------------------------ files
+def test_saved_file_mode_follows_umask(tmp_path):
+    model = PPORollback("MlpPolicy", "CartPole-v1", n_steps=32, batch_size=32)
+    old = os.umask(0o022)
+    try:
+        model.save(tmp_path / "model")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "model.zip").stat().st_mode & 0o777 == 0o644
+
+
+def test_save_through_symlink_writes_target(tmp_path):
+    model = PPORollback("MlpPolicy", "CartPole-v1", n_steps=32, batch_size=32)
+    target = tmp_path / "runs" / "model.zip"
+    model.save(target)
+    link = tmp_path / "latest.zip"
+    link.symlink_to(target)
+    before = target.stat().st_mtime_ns
+    model.save(link)
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert target.stat().st_mtime_ns >= before
+    PPORollback.load(link)
+
+
+def test_stale_temp_file_removed_by_next_save(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".model.zip.{int(dead.stdout)}.abc123.tmp"
+    stale.write_bytes(b"partial")
+    alive = tmp_path / f".model.zip.{os.getppid()}.abc123.tmp"  # a save in progress in a live process
+    alive.write_bytes(b"partial")
+    PPORollback("MlpPolicy", "CartPole-v1", n_steps=32, batch_size=32).save(tmp_path / "other")
+    assert not stale.exists() and alive.exists()
+
+
+@pytest.mark.parametrize("algo_name", ["GAIL", "AIRL"])
+def test_crafted_generator_file_runs_nothing_through_adversarial_load(tmp_path, ppo_rollback_bytes, algo_name):
+    pytest.importorskip("imitation")
+    import sb3_cherry
+
+    marker = tmp_path / "marker"
+    data = json.loads(zipfile.ZipFile(ppo_rollback_bytes).read("data"))
+    data["extra_key"] = _evil(marker)
+    path = _rewrite(ppo_rollback_bytes, tmp_path / "gail.zip", data=data)
+    with pytest.raises(UnsafeModelFileError, match="extra_key"):
+        getattr(sb3_cherry, algo_name).load(path)
+    assert not marker.exists()

@@ -1,0 +1,135 @@
+"""Failures of worker processes name their cause: SubprocVecEnv workers, and the async learner's main-guard check."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import cloudpickle
+import gymnasium as gym
+import pytest
+from stable_baselines3.common.env_util import make_vec_env
+
+from sb3_cherry import PPORollback
+from sb3_cherry.common.vec_env import CherrySubprocVecEnv, WorkerDiedError
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers need not import the tests folder
+
+
+class Failing(gym.Wrapper):
+    """CartPole that raises, or exits its process, at a given step / reset."""
+
+    def __init__(self, env: gym.Env, mode: str, at_step: int = 20):
+        super().__init__(env)
+        self.mode, self.at_step, self.t = mode, at_step, 0
+
+    def step(self, action):
+        self.t += 1
+        if self.t == self.at_step:
+            if self.mode == "raise":
+                raise ValueError("the env's own message")
+            if self.mode == "exit":
+                os._exit(3)
+        return self.env.step(action)
+
+    def reset(self, **kwargs):
+        if self.mode == "reset":
+            raise KeyError("reset failed")
+        return self.env.reset(**kwargs)
+
+
+def _venv(mode: str, at_step: int = 20, start_method: str | None = "fork") -> CherrySubprocVecEnv:
+    """Two workers (``fork``: quick to start; the default start method is used once)."""
+    kwargs = dict(mode=mode, at_step=at_step)
+    return make_vec_env(
+        "CartPole-v1",
+        n_envs=2,
+        vec_env_cls=CherrySubprocVecEnv,
+        wrapper_class=Failing,
+        wrapper_kwargs=kwargs,
+        vec_env_kwargs=dict(start_method=start_method),
+    )
+
+
+def test_env_exception_in_step_reaches_learn_with_traceback():
+    venv = _venv("raise", start_method=None)
+    model = PPORollback("MlpPolicy", venv, n_steps=64, batch_size=64)
+    with pytest.raises(ValueError, match="the env's own message") as info:
+        model.learn(256)
+    note = "\n".join(info.value.__notes__)
+    assert "raised by env 0 of a SubprocVecEnv in step()" in note and "in step" in note and "Traceback" in note
+    with pytest.raises(RuntimeError, match="unusable after the error of worker 0"):
+        venv.reset()
+    venv.close()  # does not hang on the answers that were not read
+    assert all(not p.is_alive() for p in venv.processes)
+
+
+def test_env_exception_in_reset():
+    venv = _venv("reset")
+    with pytest.raises(KeyError, match="reset failed") as info:
+        venv.reset()
+    assert "in reset()" in "\n".join(info.value.__notes__)
+    venv.close()
+
+
+def test_dead_worker_named_with_exit_code():
+    venv = _venv("exit")
+    model = PPORollback("MlpPolicy", venv, n_steps=64, batch_size=64)
+    with pytest.raises(WorkerDiedError, match=r"worker 0 \(env 0\) died \(exit code 3\)"):
+        model.learn(256)
+    venv.close()
+
+
+def test_env_constructor_failure():
+    def broken() -> gym.Env:
+        raise OSError("no display")
+
+    with pytest.raises(WorkerDiedError, match="died while creating the envs"):
+        CherrySubprocVecEnv([broken, broken], start_method="fork")
+
+
+def test_rl_zoo3_uses_it():
+    import rl_zoo3.exp_manager
+
+    from sb3_cherry.cli import register_zoo
+
+    register_zoo()
+    assert rl_zoo3.exp_manager.SubprocVecEnv is CherrySubprocVecEnv
+
+
+def _run_script(tmp_path, body: str) -> subprocess.CompletedProcess:
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(body))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+
+
+def test_async_without_main_guard_says_so(tmp_path):
+    result = _run_script(
+        tmp_path,
+        """
+        import os, pathlib
+        from sb3_cherry import PPORollback
+        pathlib.Path(f"ran_{os.getpid()}").touch()
+        PPORollback("MlpPolicy", "CartPole-v1", n_steps=32, batch_size=32, collection="async").learn(64)
+        pathlib.Path("trained").touch()
+        """,
+    )
+    assert result.returncode != 0
+    assert "RuntimeError: " in result.stderr and 'no `if __name__ == "__main__":` guard' in result.stderr
+    assert len(list(tmp_path.glob("ran_*"))) == 1 and not (tmp_path / "trained").exists()  # the script ran once
+
+
+def test_async_learn_outside_the_guard_says_so(tmp_path):
+    result = _run_script(
+        tmp_path,
+        """
+        from sb3_cherry import PPORollback
+        if __name__ == "__main__":
+            print("guarded")
+        PPORollback("MlpPolicy", "CartPole-v1", n_steps=32, batch_size=32, collection="async").learn(64)
+        """,
+    )
+    assert result.returncode != 0
+    assert "while a child process imported the main script" in result.stderr  # the child's own error
+    assert "move that code under the guard" in result.stderr  # the main process's error
