@@ -17,7 +17,8 @@ Writes, in ``--out`` (``benchmarks/results/``):
   wall_time_s``; training wall time since the start of ``learn``). Rows are appended as they come; a (variant, seed)
   whose final evaluation is already in the file is skipped, and the rows of an interrupted one are replaced, so an
   interrupted benchmark resumes where it stopped.
-- ``hybrid_ranges.json``: the final return per variant (mean and std over seeds, per-seed values) and the settings.
+- ``hybrid_ranges.json``: the final return per variant (mean and std over the seeds in the CSV, per-seed values) and
+  the settings.
 - ``hybrid_ranges.png``: mean learning curve per variant (shaded: min..max over seeds).
 """
 
@@ -115,7 +116,7 @@ def read_rows(path: pathlib.Path) -> list[dict[str, str]]:
 
 def summarise(rows: list[dict[str, str]], timesteps: int) -> dict[str, dict[str, Any]]:
     """
-    Final return per variant: the evaluation at ``timesteps`` of each seed, mean and std over seeds.
+    Final return per variant: the last evaluation of each seed (at or after ``timesteps``), mean and std over seeds.
 
     :param rows: CSV rows
     :param timesteps: the training budget (runs without an evaluation at it are left out)
@@ -123,7 +124,12 @@ def summarise(rows: list[dict[str, str]], timesteps: int) -> dict[str, dict[str,
     """
     summary: dict[str, dict[str, Any]] = {}
     for variant in VARIANTS:
-        final = [r for r in rows if r["variant"] == variant and int(r["timesteps"]) >= timesteps]
+        last: dict[str, dict[str, str]] = {}  # per seed, the last evaluation (learn() may overshoot the budget)
+        for r in rows:
+            if r["variant"] == variant and int(r["timesteps"]) >= timesteps:
+                if r["seed"] not in last or int(r["timesteps"]) > int(last[r["seed"]]["timesteps"]):
+                    last[r["seed"]] = r
+        final = list(last.values())
         if not final:
             continue
         values = np.array([float(r["mean_return"]) for r in final])
@@ -132,6 +138,7 @@ def summarise(rows: list[dict[str, str]], timesteps: int) -> dict[str, dict[str,
             "mean": float(values.mean()),
             "std": float(values.std()),
             "per_seed": {r["seed"]: float(r["mean_return"]) for r in final},
+            "timesteps": {r["seed"]: int(r["timesteps"]) for r in final},
             "wall_time_s": float(np.mean([float(r["wall_time_s"]) for r in final])),
         }
     return summary
@@ -223,7 +230,6 @@ def main(argv: list[str] | None = None) -> None:
         batch_size=256,
         timesteps=args.timesteps,
         eval_episodes=args.eval_episodes,
-        seeds=args.seeds,
     )
     with open(args.out / "hybrid_ranges.json", "w") as file:
         json.dump({"settings": settings, "final_return": summary}, file, indent=2)
