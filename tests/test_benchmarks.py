@@ -58,3 +58,16 @@ def test_learning_runs_in_resumable_chunks(tmp_path):
 
     assert read("chunks") == read("one")
     assert [t for t, _ in read("one")] == ["0", "256", "512", "768"]
+
+
+def test_hybrid_ranges_variants():
+    from benchmarks.hybrid_ranges import build_model
+
+    default, beta = build_model("default", 0), build_model("beta", 0)
+    assert default.policy.action_distribution == beta.policy.action_distribution == ("categorical", ("beta",) * 3)
+    assert default.n_envs == 4 and default.n_steps == 512 and default.batch_size == 256
+    with pytest.warns(UserWarning, match=r"component \[1\]\[2\] Box\(0.0, 700.0"):
+        normal = build_model("normal", 0)
+    assert normal.policy.action_distribution == ("categorical", ("normal",) * 3)
+    with pytest.raises(ValueError, match="Unknown variant"):
+        build_model("gaussian", 0)

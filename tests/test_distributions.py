@@ -7,6 +7,7 @@ concatenated in order for Tuples; Gaussian families ``[mean, log_std]``; Beta ``
 concentrations ``softplus(raw) + 1``; logits for Categorical / Gumbel-Softmax / MultiCategorical / Bernoulli.
 """
 
+import warnings
 from functools import partial
 
 import gymnasium as gym
@@ -43,6 +44,7 @@ from sb3_cherry.common.distributions import (
     TanhNormalDistribution,
     TupleDistribution,
     kl_divergence,
+    gaussian_range_warning,
     make_distribution,
     resolve_spec,
 )
@@ -598,7 +600,7 @@ def test_consecutive_gaussians_are_fused():
     th.testing.assert_close(dist.mode()[:, 1:4], mean.float())
     # a nested all-Gaussian Tuple next to a Gaussian: one part, component log-probs still per component
     hybrid = spaces.Tuple((spaces.Box(-1, 1, (1,)), spaces.Tuple((spaces.Box(-1, 1, (2,)), spaces.Box(-1, 1, (1,))))))
-    fused = make_distribution(hybrid)
+    fused = make_distribution(hybrid, "normal")
     assert len(fused.parts) == 1 and fused.part_sizes == [[1, 3]] and fused.param_dim == 8
     params = th.randn(16, 8, dtype=th.float64)
     fused.proba_distribution(params)
@@ -717,12 +719,125 @@ def test_kl_single_distributions_and_sb3_passthrough():
 
 
 def test_defaults():
+    # Plain spaces: SB3's pairings (a Box keeps the Gaussian whatever its bounds)
     assert resolve_spec(BOX3, None) == "normal"
+    assert resolve_spec(spaces.Box(0, 700, (1,)), None) == "normal"
     assert resolve_spec(spaces.Discrete(3), None) == "categorical"
     assert resolve_spec(spaces.MultiDiscrete([2, 3]), None) == "multi_categorical"
     assert resolve_spec(spaces.MultiBinary(3), None) == "bernoulli"
-    assert resolve_spec(NESTED, None) == ("categorical", ("normal", "normal", "normal"))
-    assert resolve_spec(FLAT_TUPLE, None) == ("categorical", "normal", "bernoulli", "normal", "multi_categorical")
+    # Inside a Tuple, nested or not: Beta on every bounded Box part
+    assert resolve_spec(NESTED, None) == ("categorical", ("beta", "beta", "beta"))
+    assert resolve_spec(FLAT_TUPLE, None) == ("categorical", "beta", "bernoulli", "beta", "multi_categorical")
+
+
+def test_tuple_defaults_per_part():
+    unbounded = spaces.Box(-np.inf, np.inf, (2,))
+    half_bounded = spaces.Box(0.0, np.inf, (1,))
+    partly_bounded = spaces.Box(np.array([-1.0, -np.inf]), np.array([1.0, np.inf]), dtype=np.float64)
+    degenerate = spaces.Box(np.array([0.0, 1.0]), np.array([1.0, 1.0]), dtype=np.float64)  # zero width: no Beta density
+    space = spaces.Tuple(
+        (
+            spaces.Box(0, 700, (1,)),
+            unbounded,
+            spaces.Tuple((spaces.Discrete(2), half_bounded, spaces.Tuple((spaces.Box(-5, 5, (3,)), partly_bounded)))),
+            degenerate,
+        )
+    )
+    expected = ("beta", "normal", ("categorical", "normal", ("beta", "normal")), "normal")
+    assert resolve_spec(space, None) == expected
+    dist = make_distribution(space)
+    assert [type(c).__name__ for c in dist.components] == [
+        "BetaDistribution",
+        "NormalDistribution",
+        "TupleDistribution",
+        "NormalDistribution",
+    ]
+    inner = dist.components[2].components[2]
+    assert [type(c) for c in inner.components] == [BetaDistribution, NormalDistribution]
+    # the default Beta part maps onto its own bounds
+    bounded = make_distribution(spaces.Tuple((spaces.Box(0, 700, (1,)), spaces.Box(0, 0.1, (1,)))))
+    bounded.proba_distribution(th.zeros(1000, bounded.param_dim))
+    samples = bounded.sample()
+    assert 0 <= samples[:, 0].min() and samples[:, 0].max() <= 700 and samples[:, 0].std() > 100
+    assert 0 <= samples[:, 1].min() and samples[:, 1].max() <= 0.1 and samples[:, 1].std() > 0.01
+
+
+def test_explicit_spec_overrides_tuple_defaults():
+    # one name for every part that accepts it, the old Gaussian default included
+    assert resolve_spec(NESTED, "normal") == ("categorical", ("normal", "normal", "normal"))
+    assert resolve_spec(NESTED, "tanh_normal") == ("categorical", ("tanh_normal",) * 3)
+    # per component: None (or a missing name) is that part's Tuple default
+    assert resolve_spec(NESTED, ("categorical", ("normal", None, "tanh_normal"))) == (
+        "categorical",
+        ("normal", "beta", "tanh_normal"),
+    )
+    assert resolve_spec(NESTED, ("gumbel_softmax", None)) == ("gumbel_softmax", ("beta", "beta", "beta"))
+    # through the policy
+    model = PPORollback("MlpPolicy", ActionSpaceEnv(NESTED), policy_kwargs=dict(action_distribution="normal"), **PPO_KWARGS)
+    assert [type(c) for c in model.policy.action_dist.components[1].components] == [NormalDistribution] * 3
+    model = PPORollback("MlpPolicy", ActionSpaceEnv(NESTED), **PPO_KWARGS)
+    assert model.policy.action_distribution == ("categorical", ("beta", "beta", "beta"))
+    assert [type(c) for c in model.policy.action_dist.components[1].components] == [BetaDistribution] * 3
+    # a plain Box keeps SB3's Gaussian (bit-for-bit parity with SB3 PPO is tested in test_ppo_rollback.py)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Box(0, 700): the range warning, tested below
+        model = PPORollback("MlpPolicy", ActionSpaceEnv(spaces.Box(0, 700, (2,))), **PPO_KWARGS)
+    assert type(model.policy.action_dist) is sb3_dist.DiagGaussianDistribution
+
+
+@pytest.mark.parametrize(
+    "low, high, far",
+    [
+        (-1.0, 1.0, False),
+        (-2.0, 2.0, False),  # Pendulum
+        (0.0, 2.0, False),  # HybridGoal's drive: overlaps [-1, 1], half-width 1
+        (-10.0, 10.0, False),  # half-width exactly 10 times 1
+        (-0.1, 0.1, False),  # half-width exactly 1 / 10
+        (-np.inf, np.inf, False),  # no rescaling applies
+        (0.0, np.inf, False),
+        (0.0, 700.0, True),
+        (-20.0, 20.0, True),
+        (0.0, 0.1, True),
+        (5.0, 10.0, True),  # does not overlap [-1, 1]
+        (-10.0, -2.0, True),
+    ],
+)
+def test_gaussian_range_criterion(low, high, far):
+    space = spaces.Box(np.array([-1.0, low]), np.array([1.0, high]), dtype=np.float64)
+    message = gaussian_range_warning(space, "normal")
+    assert (message is not None) == far
+    if far:
+        assert str(space) in message and f"[{low:g}, {high:g}]" in message and "action_distribution='beta'" in message
+    for bounded in ("beta", "tanh_normal"):
+        assert gaussian_range_warning(space, bounded) is None
+
+
+def _range_warnings(space: spaces.Space, spec=None) -> list[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        PPORollback("MlpPolicy", ActionSpaceEnv(space), policy_kwargs=dict(action_distribution=spec), **PPO_KWARGS)
+    return [str(w.message) for w in caught if issubclass(w.category, UserWarning) and "far from [-1, 1]" in str(w.message)]
+
+
+def test_gaussian_range_warning_on_policy_construction():
+    unscaled = spaces.Tuple(
+        (spaces.Discrete(3), spaces.Tuple((spaces.Box(-5, 5, (2,)), spaces.Box(0, 0.1, (1,)), spaces.Box(0, 700, (1,)))))
+    )
+    # fires once per construction, naming every offending part and the fix
+    (message,) = _range_warnings(unscaled, "normal")
+    assert "component [1][1] Box(0.0, 0.1, (1,), float32)" in message and "component [1][2]" in message
+    assert "[1][0]" not in message  # [-5, 5] is within a factor 10 of [-1, 1]
+    assert "leave action_distribution unset" in message and "'beta'" in message
+    (message,) = _range_warnings(spaces.Box(0, 700, (2,)))  # SB3's default Gaussian on a plain Box
+    assert "Box(0.0, 700.0, (2,), float32)" in message and "RescaleAction" in message
+    # does not fire: bound-aware defaults and explicit choices, unit-scale Boxes
+    assert _range_warnings(unscaled) == []
+    assert _range_warnings(unscaled, "tanh_normal") == []
+    assert _range_warnings(unscaled, ("categorical", ("normal", "beta", "beta"))) == []
+    assert _range_warnings(spaces.Box(0, 700, (2,)), "beta") == []
+    assert _range_warnings(spaces.Box(-2, 2, (2,))) == []
+    assert len(_range_warnings(BOX3)) == 1  # its last dimension, [2, 3], does not overlap [-1, 1]
+    assert _range_warnings(spaces.Tuple((spaces.Discrete(2), spaces.Box(-np.inf, np.inf, (2,))))) == []  # default normal
 
 
 def test_sb3_native_for_default_pairings():
@@ -747,17 +862,17 @@ def test_sb3_native_for_default_pairings():
     assert type(make_distribution(spaces.Discrete(3), "gumbel_softmax")) is GumbelSoftmaxDistribution
     tuple_default = make_distribution(spaces.Tuple((spaces.Discrete(2), BOX3)))
     assert type(tuple_default) is TupleDistribution
-    assert [type(c) for c in tuple_default.components] == [CategoricalDistribution, NormalDistribution]
+    assert [type(c) for c in tuple_default.components] == [CategoricalDistribution, BetaDistribution]
 
 
 def test_single_name_for_tuple_applies_where_accepted():
     assert resolve_spec(NESTED, "beta") == ("categorical", ("beta", "beta", "beta"))
-    assert resolve_spec(NESTED, "gumbel_softmax") == ("gumbel_softmax", ("normal", "normal", "normal"))
+    assert resolve_spec(NESTED, "gumbel_softmax") == ("gumbel_softmax", ("beta", "beta", "beta"))
 
 
 def test_lists_accepted_where_tuples_are():
     assert resolve_spec(NESTED, ["gumbel_softmax", ["beta", "tanh_normal", "normal"]]) == NESTED_SPEC
-    assert resolve_spec(NESTED, ["gumbel_softmax", None]) == ("gumbel_softmax", ("normal", "normal", "normal"))
+    assert resolve_spec(NESTED, ["gumbel_softmax", None]) == ("gumbel_softmax", ("beta", "beta", "beta"))
     assert resolve_spec(NESTED, ("categorical", "tanh_normal")) == ("categorical", ("tanh_normal",) * 3)
 
 

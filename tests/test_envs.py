@@ -70,9 +70,9 @@ def test_gymnasium_check_env(env_id: str):
         gym_check_env(_unwrapped_for_check(env_id), skip_render_check=True)
 
 
-@pytest.mark.parametrize("env_id", [env_id for env_id in ENV_IDS if env_id != "sb3_cherry/HybridGoal-v0"])
+@pytest.mark.parametrize("env_id", [env_id for env_id in ENV_IDS if not env_id.startswith("sb3_cherry/HybridGoal")])
 def test_sb3_check_env(env_id: str):
-    # SB3's checker does not support Tuple action spaces, hence no HybridGoal
+    # SB3's checker does not support Tuple action spaces, hence no HybridGoal (nor its unscaled variant)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # our envs should not trigger any SB3 recommendation
         warnings.filterwarnings("ignore", message=".*different from the unwrapped version.*")
@@ -225,6 +225,45 @@ def test_hybrid_goal_only_chosen_parameter_matters():
     assert results[0][1] == results[1][1]
     with pytest.raises(ValueError, match="out of range"):
         env.step(hybrid_action(3))
+
+
+def _to_unscaled(action: tuple) -> tuple:
+    """A HybridGoal-v0 action in HybridGoalUnscaled-v0's units, written out per club: putt x5, chip [-1, 1] -> [0, 0.1],
+    drive [0, 2] -> [0, 700]."""
+    club, params = action
+    putt, chip, drive = (np.asarray(p, dtype=np.float64) for p in params)  # float64: the round trip is exact to ~1e-15
+    return club, (5.0 * putt, (chip + 1.0) / 2.0 * 0.1, drive / 2.0 * 700.0)
+
+
+def test_hybrid_goal_unscaled_is_hybrid_goal_in_other_units():
+    scaled, unscaled = gym.make("sb3_cherry/HybridGoal-v0"), gym.make("sb3_cherry/HybridGoalUnscaled-v0")
+    club_space, parameter_spaces = unscaled.action_space.spaces
+    assert club_space.n == 3
+    bounds = [(tuple(space.low), tuple(space.high)) for space in parameter_spaces.spaces]
+    assert bounds == [((-5.0, -5.0), (5.0, 5.0)), ((0.0,), (np.float32(0.1),)), ((0.0,), (700.0,))]
+    assert gym.spec("sb3_cherry/HybridGoalUnscaled-v0").max_episode_steps == 20
+    assert unscaled.observation_space == scaled.observation_space
+    rng = np.random.default_rng(0)
+    for seed in range(3):
+        obs_a, _ = scaled.reset(seed=seed)
+        obs_b, _ = unscaled.reset(seed=seed)
+        done = False
+        while not done:
+            np.testing.assert_allclose(obs_a, obs_b, atol=1e-6)
+            action = scaled.action_space.sample() if rng.random() < 0.5 else hybrid_expert(obs_a, scaled)
+            obs_a, reward_a, terminated, truncated, _ = scaled.step(action)
+            obs_b, reward_b, *ends, _ = unscaled.step(_to_unscaled(action))
+            # 1e-6: the Box bounds are float32 (0.1 is 0.10000000149), hence ~1e-8 differences in the parameters
+            assert reward_b == pytest.approx(reward_a, abs=1e-6) and ends == [terminated, truncated]
+            done = terminated or truncated
+    # out-of-range parameters are clipped like HybridGoal-v0's: a 1000 drive is a 700 drive
+    results = []
+    for power in (700.0, 1000.0):
+        unscaled.reset(seed=5)
+        results.append(unscaled.step((2, (np.zeros(2), np.zeros(1), np.array([power]))))[:2])
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    with pytest.raises(ValueError, match="out of range"):
+        unscaled.step(_to_unscaled(hybrid_action(3)))
 
 
 # name, policy, documented mean return, tolerance (N_EPISODES episodes, seeds 0..N_EPISODES-1)

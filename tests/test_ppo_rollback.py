@@ -1,9 +1,12 @@
 """Rollback surrogate against hand-worked values, and PPORollback(alpha=0) == SB3 PPO."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch as th
 from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.policies import ActorCriticPolicy
 
 from sb3_cherry import CherryA2C, PPORollback
 from sb3_cherry.ppo_rollback.ppo_rollback import rollback_mask, rollback_surrogate
@@ -107,3 +110,35 @@ def test_vtrace_lambda_one_equals_gae_lambda_one():
     gae = PPORollback("MlpPolicy", "CartPole-v1", returns_estimator="gae", **kwargs).learn(128)
     vtrace = PPORollback("MlpPolicy", "CartPole-v1", returns_estimator="vtrace", **kwargs).learn(128)
     np.testing.assert_allclose(_params(gae), _params(vtrace), rtol=0, atol=1e-6)
+
+
+def _gpu_recommendations(model, policy_class) -> list[str]:
+    """SB3's CPU recommendation emitted by ``model`` for ``policy_class`` if it ran on a GPU (the check called directly)."""
+    model.policy_class = policy_class
+    model.device = th.device("cuda")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model._maybe_recommend_cpu()
+    return [str(w.message) for w in caught if "on the GPU" in str(w.message)]
+
+
+@pytest.mark.parametrize("sb3_algo, algo", [(PPO, PPORollback), (A2C, CherryA2C)])
+def test_gpu_recommendation_as_in_sb3(sb3_algo, algo):
+    kwargs = dict(n_steps=8, device="cpu", **(dict(batch_size=8) if sb3_algo is PPO else {}))
+    sb3_model, ours = sb3_algo("MlpPolicy", "CartPole-v1", **kwargs), algo("MlpPolicy", "CartPole-v1", **kwargs)
+    # MlpPolicy: SB3 recommends the CPU, and so do we, with SB3's message (our class name in it)
+    (expected,) = _gpu_recommendations(sb3_model, sb3_model.policy_aliases["MlpPolicy"])
+    (message,) = _gpu_recommendations(ours, ours.policy_aliases["MlpPolicy"])
+    assert message == expected.replace(sb3_algo.__name__, algo.__name__, 1).replace(
+        "ActorCriticPolicy", "CherryActorCriticPolicy"
+    )
+    # CNN / MultiInput policies: neither warns; SB3's own MLP policy passed to our algorithm: still warns
+    for alias in ("CnnPolicy", "MultiInputPolicy"):
+        assert _gpu_recommendations(sb3_model, sb3_model.policy_aliases[alias]) == []
+        assert _gpu_recommendations(ours, ours.policy_aliases[alias]) == []
+    assert len(_gpu_recommendations(ours, ActorCriticPolicy)) == 1
+    # on the CPU nothing is recommended
+    ours.device = th.device("cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ours._maybe_recommend_cpu()

@@ -11,7 +11,8 @@ Distributions by action space (first one is the default):
 ====================  ==========================================================
 space                 names accepted by :func:`make_distribution`
 ====================  ==========================================================
-``Box``               ``"normal"``, ``"beta"``, ``"tanh_normal"``
+``Box``               ``"normal"``, ``"beta"``, ``"tanh_normal"`` (inside a Tuple, a Box with finite
+                      bounds defaults to ``"beta"``, see :func:`default_distribution`)
 ``Discrete``          ``"categorical"``, ``"gumbel_softmax"``
 ``MultiDiscrete``     ``"multi_categorical"`` (alias ``"categorical"``)
 ``MultiBinary``       ``"bernoulli"``
@@ -551,17 +552,24 @@ class TupleDistribution(CherryDistribution):
         return th.stack([p.kl(q) for p, q in zip(self.parts, other.parts, strict=True)], dim=1).sum(dim=1)
 
 
-def default_distribution(space: spaces.Space) -> DistributionSpec:
+def default_distribution(space: spaces.Space, inside_tuple: bool = False) -> DistributionSpec:
     """
     The default distribution name for an action space (a nested tuple of names for Tuple spaces).
 
+    A ``Box`` gets SB3's ``"normal"`` (so that a plain Box space reproduces SB3), except as a component of a Tuple:
+    there a Box with finite bounds gets ``"beta"``, which covers the bounds whatever their scale (a Gaussian starts at
+    mean 0, std 1, so it barely explores a ``[0, 700]`` parameter and piles its clipped mass on a bound), and a Box with
+    an infinite bound keeps ``"normal"``. SB3 has no Tuple support, so there is no SB3 behaviour to keep there.
+
     :param space: the action space
+    :param inside_tuple: ``space`` is a component of a Tuple (the Tuple branch passes ``True`` to its components)
     :return: the spec
     """
     if isinstance(space, spaces.Tuple):
-        return tuple(default_distribution(sub) for sub in space.spaces)
+        return tuple(default_distribution(sub, inside_tuple=True) for sub in space.spaces)
     if isinstance(space, spaces.Box):
-        return "normal"
+        bounded = bool(np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high)) and np.all(space.high > space.low))
+        return "beta" if inside_tuple and bounded else "normal"
     if isinstance(space, spaces.Discrete):
         return "categorical"
     if isinstance(space, spaces.MultiDiscrete):
@@ -570,6 +578,65 @@ def default_distribution(space: spaces.Space) -> DistributionSpec:
         return "bernoulli"
     check_action_space(space)
     raise AssertionError("unreachable")
+
+
+#: A Gaussian's range warning fires when a finite Box dimension's half-width is more than this factor away from 1 (the
+#: half-width of [-1, 1]), or when the dimension does not overlap [-1, 1] at all.
+GAUSSIAN_RANGE_FACTOR = 10.0
+
+
+def gaussian_range_warning(space: spaces.Space, spec: DistributionSpec) -> str | None:
+    """
+    The message of the warning for ``"normal"`` on a Box whose range is far from ``[-1, 1]``, or ``None``.
+
+    SB3's env checker recommends a normalised ``[-1, 1]`` Box action space because SB3's Gaussian starts at mean 0 and
+    std 1 whatever the bounds, then clips its samples to them. "Far" here: a finite dimension whose half-width
+    ``(high - low) / 2`` is more than :data:`GAUSSIAN_RANGE_FACTOR` times larger or smaller than 1 (e.g. ``[0, 700]``,
+    ``[0, 0.1]``), or whose interval does not overlap ``[-1, 1]`` (e.g. ``[5, 10]``). Dimensions with an infinite bound
+    are not checked (no rescaling applies; the Gaussian is the right choice there).
+
+    :param space: the action space
+    :param spec: the resolved distribution spec of ``space`` (:func:`resolve_spec`)
+    :return: one message naming every offending Box (Tuple components by index path) and the fix, or ``None``
+    """
+    offending: list[str] = []
+
+    def visit(sub: spaces.Space, sub_spec: DistributionSpec, path: str) -> None:
+        if isinstance(sub, spaces.Tuple):
+            for i, (part, part_spec) in enumerate(zip(sub.spaces, sub_spec, strict=True)):  # type: ignore[arg-type]
+                visit(part, part_spec, f"{path}[{i}]")
+            return
+        if not isinstance(sub, spaces.Box) or sub_spec != "normal":
+            return
+        low, high = sub.low.astype(np.float64).reshape(-1), sub.high.astype(np.float64).reshape(-1)
+        finite = np.isfinite(low) & np.isfinite(high)
+        half = (high - low) / 2.0
+        with np.errstate(invalid="ignore"):  # inf - inf in unbounded dimensions (masked by ``finite``)
+            scale_off = (half > GAUSSIAN_RANGE_FACTOR) | (half < 1.0 / GAUSSIAN_RANGE_FACTOR)
+        far = finite & (scale_off | (low > 1.0) | (high < -1.0))
+        if np.any(far):
+            ranges = ", ".join(f"[{low[i]:g}, {high[i]:g}]" for i in np.flatnonzero(far)[:3])
+            where = f"component {path} " if path else ""
+            offending.append(f"{where}{sub} (dimension range {ranges})")
+
+    visit(space, spec, "")
+    if not offending:
+        return None
+    if isinstance(space, spaces.Tuple):
+        fix = (
+            "leave action_distribution unset (bounded Box components of a Tuple then default to 'beta'), give 'beta' or "
+            "'tanh_normal' for these components, or rescale their ranges to [-1, 1] in the environment"
+        )
+    else:
+        fix = (
+            "pass policy_kwargs=dict(action_distribution='beta') (or 'tanh_normal'), which map onto the bounds, or rescale "
+            "the action space to [-1, 1] (gymnasium.wrappers.RescaleAction)"
+        )
+    return (
+        f"A Gaussian action distribution ('normal': mean 0, std 1 at initialisation, samples clipped to the bounds) is "
+        f"used on {'; '.join(offending)}, far from [-1, 1]: it will explore only a sliver of that range or pile its "
+        f"clipped mass onto a bound. To fix it, {fix}."
+    )
 
 
 def _allowed(space: spaces.Space) -> tuple[str, ...]:
@@ -582,15 +649,17 @@ def _allowed(space: spaces.Space) -> tuple[str, ...]:
     return MULTI_BINARY_DISTRIBUTIONS
 
 
-def resolve_spec(space: spaces.Space, spec: DistributionSpec) -> DistributionSpec:
+def resolve_spec(space: spaces.Space, spec: DistributionSpec, inside_tuple: bool = False) -> DistributionSpec:
     """
     Validate a distribution spec against an action space and fill in defaults.
 
     For a Tuple space, ``spec`` is ``None`` (all defaults), one name applied to every component that accepts it
-    (others get their default), or a sequence with one spec per component.
+    (others get their default), or a sequence with one spec per component. Defaults are those of
+    :func:`default_distribution` (a bounded Box inside a Tuple defaults to ``"beta"``).
 
     :param space: the action space
     :param spec: the user's ``action_distribution``
+    :param inside_tuple: ``space`` is a component of a Tuple (for its default, see :func:`default_distribution`)
     :return: a fully specified spec (names, nested tuples for Tuple spaces)
     :raises ValueError: for an unknown name or an unsupported space/distribution pairing
     """
@@ -603,15 +672,15 @@ def resolve_spec(space: spaces.Space, spec: DistributionSpec) -> DistributionSpe
                 f"Allowed choices: {sorted(_leaf_names(space))}, or one spec per component."
             )
         if spec is None or isinstance(spec, str):
-            return tuple(resolve_spec(sub, spec if spec in _leaf_names(sub) else None) for sub in space.spaces)
+            return tuple(resolve_spec(sub, spec if spec in _leaf_names(sub) else None, True) for sub in space.spaces)
         if not isinstance(spec, Sequence) or len(spec) != len(space.spaces):
             raise ValueError(
                 f"action_distribution for {space} must be None, a name, or a sequence of {len(space.spaces)} specs "
                 f"(one per component), got {spec!r}."
             )
-        return tuple(resolve_spec(sub, sub_spec) for sub, sub_spec in zip(space.spaces, spec, strict=True))
+        return tuple(resolve_spec(sub, sub_spec, True) for sub, sub_spec in zip(space.spaces, spec, strict=True))
     if spec is None:
-        return default_distribution(space)
+        return default_distribution(space, inside_tuple)
     if not isinstance(spec, str):
         raise ValueError(f"action_distribution for {space} must be a name, got {spec!r}.")
     allowed = _allowed(space)

@@ -22,6 +22,7 @@ from stable_baselines3.common.vec_env import VecEnv, is_vecenv_wrapped
 
 from sb3_cherry.common.async_learner import AsyncLearner, check_collection
 from sb3_cherry.common.buffers import CherryDictRolloutBuffer, CherryRolloutBuffer, ReturnsEstimatorMixin, check_estimator_args
+from sb3_cherry.common.policies import CherryActorCriticPolicy
 from sb3_cherry.common.save_util import AtomicSaveAlgorithm
 from sb3_cherry.common.vec_env.tuple_actions import VecTupleActions
 
@@ -102,6 +103,17 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
                 "sb3_cherry.common.buffers.CherryRolloutBuffer (or leave rollout_buffer_class=None)."
             )
         super()._setup_model()
+
+    def _maybe_recommend_cpu(self, mlp_class_name: str = "ActorCriticPolicy") -> None:
+        """
+        SB3's warning that an MLP policy runs better on the CPU, for sb3_cherry's ``MlpPolicy`` too: SB3 recognises the
+        MLP policy by its class name (``ActorCriticPolicy``), which :class:`CherryActorCriticPolicy` does not have.
+
+        :param mlp_class_name: the class name of the MLP policy (SB3's, kept when the policy is not ours)
+        """
+        if self.policy_class is CherryActorCriticPolicy:
+            mlp_class_name = CherryActorCriticPolicy.__name__
+        super()._maybe_recommend_cpu(mlp_class_name)
 
     def _prepare_lagged_rollout(self) -> None:
         """

@@ -6,6 +6,7 @@ keyword, ``action_distribution`` (see :mod:`sb3_cherry.common.distributions`). W
 non-Tuple space they build exactly SB3's networks, in the same order, so results match SB3 to the bit.
 """
 
+import warnings
 from functools import partial
 from typing import Any
 
@@ -19,6 +20,7 @@ from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 
 from sb3_cherry.common.distributions import CherryDistribution, DistributionSpec, make_distribution, resolve_spec
+from sb3_cherry.common.distributions import gaussian_range_warning
 from sb3_cherry.common.spaces import flat_action_dim, flat_action_space, unflatten_actions
 
 
@@ -54,6 +56,9 @@ class CherryActorCriticPolicy(ActorCriticPolicy):
         # Validate before any network is built, so a bad pairing fails with a clear message.
         # (Plain attributes may be set before nn.Module.__init__; _build below reads them.)
         self.action_distribution = resolve_spec(action_space, _tuple_from_list(action_distribution))
+        range_warning = gaussian_range_warning(action_space, self.action_distribution)
+        if range_warning is not None:
+            warnings.warn(range_warning, UserWarning, stacklevel=2)
         self.action_distribution_kwargs = action_distribution_kwargs or {}
         self._cherry_action_space = action_space
         # SB3's constructor calls make_proba_distribution(), which rejects Tuple spaces: give it a flat Box

@@ -224,3 +224,56 @@ class HybridGoalEnv(gym.Env):
         draw_disc(canvas, centre, centre, self.HOLE_RADIUS * scale * 3, (0, 0, 0))
         draw_disc(canvas, centre - self._ball[1] * scale, centre + self._ball[0] * scale, 2.0, (255, 255, 255))
         return canvas
+
+
+class HybridGoalUnscaledEnv(HybridGoalEnv):
+    """
+    ``sb3_cherry/HybridGoalUnscaled-v0``: :class:`HybridGoalEnv` with each club's parameter in its own unscaled units.
+
+    The same task, dynamics, rewards and optimum; only the parameter Boxes change, to ranges of very different sizes,
+    as in third-party parameterized-action domains whose parameters are physical quantities:
+
+    ====  =======  ==========================  ================================================
+    id    club     parameter space             mapped affinely onto HybridGoal-v0's parameter
+    ====  =======  ==========================  ================================================
+    0     putt     ``Box(-5, 5, (2,))``        ``Box(-1, 1, (2,))``
+    1     chip     ``Box(0, 0.1, (1,))``       ``Box(-1, 1, (1,))``
+    2     drive    ``Box(0, 700, (1,))``       ``Box(0, 2, (1,))``
+    ====  =======  ==========================  ================================================
+
+    A distribution that ignores the bounds (SB3's Gaussian: mean 0, std 1, clipped) covers the putt range, lands on the
+    bounds of the chip range and drives at most a few thousandths of the drive range; ``benchmarks/hybrid_ranges.py``
+    compares the action distributions on it.
+
+    :param render_mode: ``None`` or ``"rgb_array"`` (a top view of the course)
+    """
+
+    #: (low, high, size) of the putt, chip and drive parameter Boxes
+    PARAMETER_RANGES: ClassVar[tuple[tuple[float, float, int], ...]] = ((-5.0, 5.0, 2), (0.0, 0.1, 1), (0.0, 700.0, 1))
+
+    def __init__(self, render_mode: str | None = None) -> None:
+        super().__init__(render_mode)
+        self._base_parameter_spaces = self.action_space.spaces[1].spaces
+        self.action_space = spaces.Tuple(
+            (
+                spaces.Discrete(3),
+                spaces.Tuple(
+                    tuple(spaces.Box(low, high, shape=(size,), dtype=np.float32) for low, high, size in self.PARAMETER_RANGES)
+                ),
+            )
+        )
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """
+        Play one stroke: the chosen club's parameter is mapped onto HybridGoal-v0's range, then played there.
+
+        :param action: ``(club, (putt_params, chip_params, drive_params))`` in this env's units; only ``params[club]``
+            is used
+        :return: observation, reward, terminated (holed), truncated (always ``False``; the time limit is a wrapper), info
+        """
+        club, raw_param = self._parse_action(action)
+        unscaled, base = self.action_space.spaces[1].spaces[club], self._base_parameter_spaces[club]
+        unit = (np.asarray(raw_param, dtype=np.float64).reshape(-1) - unscaled.low) / (unscaled.high - unscaled.low)
+        params = [space.low for space in self._base_parameter_spaces]  # the other clubs' parameters are ignored
+        params[club] = base.low + unit * (base.high - base.low)
+        return super().step((club, tuple(params)))
