@@ -22,6 +22,7 @@ import numpy as np
 import torch as th
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from sb3_cherry import CherryA2C, PPORollback, RecurrentPPORollback
 
@@ -38,14 +39,54 @@ class Case:
     steps: int
     ours: Callable
     baseline: Callable
+    normalize: dict | None = None  # VecNormalize arguments (zoo entries with ``normalize: true``)
 
 
 def _ppo_kwargs(n_steps: int, batch_size: int, n_epochs: int) -> dict:
     return dict(n_steps=n_steps, batch_size=batch_size, n_epochs=n_epochs, seed=0, device="cpu")
 
 
+#: PPORollback arguments SB3's PPO does not have (dropped for the baseline, with ``action_distribution``)
+_CHERRY_ONLY = ("rollback_alpha", "returns_estimator", "n_step", "rho_bar", "c_bar", "recompute_returns", "collection")
+
+
+def _zoo_case(name: str, env_id: str, steps: int) -> Case:
+    """
+    PPORollback with the shipped zoo entry of ``env_id`` (``zoo_configs/ppo_rollback.yml``: n_envs, normalize,
+    hyperparameters, distribution) vs SB3's PPO with the same hyperparameters (its default Gaussian / categorical
+    distribution and GAE, as SB3 has no other).
+    """
+    from sb3_cherry.common.zoo_config import load_zoo_entry
+
+    entry = load_zoo_entry("ppo_rollback", env_id)
+    ours_kwargs = {**entry.model_kwargs, "seed": 0, "device": "cpu"}
+    base_kwargs = {k: v for k, v in ours_kwargs.items() if k not in _CHERRY_ONLY}
+    policy_kwargs = {k: v for k, v in base_kwargs.get("policy_kwargs", {}).items() if k != "action_distribution"}
+    base_kwargs["policy_kwargs"] = policy_kwargs
+    policy = ours_kwargs.pop("policy")
+    base_policy = base_kwargs.pop("policy")
+    return Case(
+        name,
+        env_id,
+        entry.n_envs,
+        steps,
+        lambda e: PPORollback(policy, e, **ours_kwargs),
+        lambda e: PPO(base_policy, e, **base_kwargs),
+        normalize=entry.normalize,
+    )
+
+
+def zoo_cases() -> list[Case]:
+    """The issue-19 goal cases: the shipped zoo entries of CartPole-v1 (8 envs), Hopper-v5 (1 env), BipedalWalker-v3."""
+    return [
+        _zoo_case("zoo_cartpole", "CartPole-v1", 16_384),
+        _zoo_case("zoo_hopper", "Hopper-v5", 4_096),
+        _zoo_case("zoo_bipedal", "BipedalWalker-v3", 16_384),
+    ]
+
+
 def cases() -> list[Case]:
-    """The benchmark cases (the issue's CartPole 8 envs / Hopper 1 env, plus distributions)."""
+    """The benchmark cases (the zoo entries, the issue's CartPole 8 envs / Hopper 1 env, plus distributions)."""
     cp = _ppo_kwargs(32, 256, 20)  # rl-zoo CartPole PPO entry
     hop = _ppo_kwargs(512, 32, 5)  # rl-zoo Hopper PPO entry
     pend = _ppo_kwargs(1024, 64, 10)
@@ -55,6 +96,7 @@ def cases() -> list[Case]:
     from stable_baselines3 import A2C
 
     return [
+        *zoo_cases(),
         Case(
             "cartpole_ppo_rollback",
             "CartPole-v1",
@@ -161,14 +203,38 @@ def _flat_box_env(vec_env):
     return make_vec_env(env_id, n_envs=vec_env.num_envs, seed=0, wrapper_class=FlatActions)
 
 
-def measure(build: Callable, env_id: str, n_envs: int, steps: int) -> float:
+def make_env(case: Case) -> VecEnv:
+    """The case's VecEnv (DummyVecEnv, seed 0, VecNormalize when the zoo entry normalises)."""
+    env = make_vec_env(case.env_id, n_envs=case.n_envs, seed=0)
+    return VecNormalize(env, **case.normalize) if case.normalize is not None else env
+
+
+def measure(build: Callable, case: Case) -> float:
     """Steps per second of ``learn(steps)`` (model construction excluded)."""
-    model = build(make_vec_env(env_id, n_envs=n_envs, seed=0))
+    model = build(make_env(case))
     start = time.perf_counter()
-    model.learn(steps)
+    model.learn(case.steps)
     elapsed = time.perf_counter() - start
     model.get_env().close()
-    return steps / elapsed
+    return case.steps / elapsed
+
+
+def measure_raw(case: Case) -> float:
+    """
+    Raw env step rate: steps per second of the case's VecEnv stepped with pre-sampled random actions (no policy, no
+    learning), the ceiling that ``learn`` is compared to.
+    """
+    env = make_env(case)
+    env.reset()
+    n_calls = max(1, case.steps // case.n_envs)
+    space = env.action_space
+    actions = [np.stack([space.sample() for _ in range(case.n_envs)]) for _ in range(min(n_calls, 64))]
+    start = time.perf_counter()
+    for i in range(n_calls):
+        env.step(actions[i % len(actions)])
+    elapsed = time.perf_counter() - start
+    env.close()
+    return n_calls * case.n_envs / elapsed
 
 
 def main() -> None:
@@ -187,10 +253,11 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / (args.out or ("throughput.csv" if not args.cases else f"throughput_{'_'.join(args.cases)}.csv"))
     for case in selected:
-        ours, base = [], []
+        ours, base, raw = [], [], []
         for _ in range(args.repeats):  # alternate, so drifting machine load hits both sides
-            base.append(measure(case.baseline, case.env_id, case.n_envs, case.steps))
-            ours.append(measure(case.ours, case.env_id, case.n_envs, case.steps))
+            base.append(measure(case.baseline, case))
+            ours.append(measure(case.ours, case))
+            raw.append(measure_raw(case))
         row = dict(
             case=case.name,
             env=case.env_id,
@@ -200,6 +267,9 @@ def main() -> None:
             ours_steps_per_s=round(float(np.median(ours)), 1),
             sb3_steps_per_s=round(float(np.median(base)), 1),
             ratio=round(float(np.median(np.array(ours) / np.array(base))), 3),
+            raw_env_steps_per_s=round(float(np.median(raw)), 1),
+            ours_vs_raw=round(float(np.median(np.array(ours) / np.array(raw))), 3),
+            sb3_vs_raw=round(float(np.median(np.array(base) / np.array(raw))), 3),
         )
         rows.append(row)
         print(row, flush=True)

@@ -13,6 +13,7 @@ from torch.nn import functional as F
 
 from sb3_cherry.common.on_policy import CherryOnPolicyAlgorithm
 from sb3_cherry.common.policies import CherryActorCriticPolicy
+from sb3_cherry.common.speed import clip_grad_norm
 from sb3_cherry.ppo_rollback.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 
 SelfPPORollback = TypeVar("SelfPPORollback", bound="PPORollback")
@@ -171,7 +172,7 @@ def rollback_train(model: Any, evaluate: Callable[[Any, th.Tensor], tuple[th.Ten
             model.policy.optimizer.zero_grad()
             loss.backward()
             # Clip grad norm
-            th.nn.utils.clip_grad_norm_(model.policy.parameters(), model.max_grad_norm)
+            clip_grad_norm(model.policy, model.max_grad_norm)
             model.policy.optimizer.step()
 
         model._n_updates += 1
