@@ -124,3 +124,24 @@ def test_distribution_validation_restored():
     model.learn(32)
     assert th.distributions.Distribution._validate_args == default
     assert model.policy.optimizer.param_groups[0]["foreach"] is True
+
+
+def test_minibatch_means_match_a_loop():
+    """The vectorised per-minibatch (masked) means of the deferred logging against a loop of th.mean."""
+    from sb3_cherry.common.speed import mean_of, minibatch_means
+    from sb3_cherry.ppo_rollback.ppo_rollback import _logged_fractions, rollback_mask
+
+    gen = th.Generator().manual_seed(0)
+    sizes = [5, 5, 3]
+    ratios = [th.exp(0.3 * th.randn(n, generator=gen)) for n in sizes]
+    advs = [th.randn(n, generator=gen) for n in sizes]
+    for masks in ([None, None, None], [th.tensor([1, 1, 0, 1, 0]).bool(), None, th.tensor([0, 1, 1]).bool()]):
+        values = [(th.abs(r - 1) > 0.2).float() for r in ratios]
+        got = minibatch_means(th.cat(values), sizes, masks)
+        want = th.stack([v.mean() if m is None else v[m].mean() for v, m in zip(values, masks)])
+        assert th.allclose(got, want, atol=1e-7)
+        clip, rolled = _logged_fractions(list(zip(ratios, advs, masks)), 0.2)
+        flags = [rollback_mask(r, a, 0.2).float() for r, a in zip(ratios, advs)]
+        want_rb = np.mean([(f if m is None else f[m]).mean().item() for f, m in zip(flags, masks)])
+        assert clip == pytest.approx(want.mean().item()) and rolled == pytest.approx(want_rb)
+    assert mean_of([th.tensor(1.0), th.tensor(2.0)]) == 1.5 and np.isnan(mean_of([]))

@@ -171,6 +171,39 @@ def clip_grad_norm(policy: th.nn.Module, max_norm: float) -> th.Tensor:
     return clipper(max_norm)
 
 
+def mean_of(values: list[th.Tensor]) -> float:
+    """
+    Mean of per-minibatch log values kept as tensors, with one host transfer (``np.mean`` of their ``.item()``).
+
+    :param values: scalar tensors
+    :return: their mean (NaN if there are none, as ``np.mean([])``)
+    """
+    if not values:
+        return float("nan")
+    return th.stack([v.reshape(()) for v in values]).double().mean().item()
+
+
+def minibatch_means(flat: th.Tensor, sizes: list[int], masks: list[th.Tensor | None]) -> th.Tensor:
+    """
+    The mean of each minibatch's per-sample values (over its mask), for all minibatches in a few vectorised ops.
+
+    :param flat: the minibatches' per-sample values, concatenated
+    :param sizes: number of samples of each minibatch
+    :param masks: per minibatch, None (all samples) or a boolean tensor of the samples to average
+    :return: one mean per minibatch
+    """
+    segments = th.repeat_interleave(th.arange(len(sizes), device=flat.device), th.tensor(sizes, device=flat.device))
+    if all(m is None for m in masks):
+        weights = th.ones_like(flat)
+    else:
+        weights = th.cat(
+            [th.ones(n, dtype=flat.dtype, device=flat.device) if m is None else m.to(flat.dtype) for n, m in zip(sizes, masks)]
+        )
+    totals = th.zeros(len(sizes), dtype=flat.dtype, device=flat.device).index_add_(0, segments, flat * weights)
+    counts = th.zeros(len(sizes), dtype=flat.dtype, device=flat.device).index_add_(0, segments, weights)
+    return totals / counts
+
+
 class TensorSamplesMixin:
     """
     Rollout buffer mixin (before SB3's ``RolloutBuffer`` / ``DictRolloutBuffer`` in the bases): minibatches are
