@@ -44,7 +44,9 @@ def _fill(buffer: RolloutBuffer, rng: np.random.Generator) -> None:
 def test_tensor_samples_equal_sb3_samples(obs_space, action_space):
     """Same permutation, same minibatches, same values and dtypes as SB3's numpy gather."""
     ours_cls, sb3_cls = (
-        (CherryDictRolloutBuffer, DictRolloutBuffer) if isinstance(obs_space, spaces.Dict) else (CherryRolloutBuffer, RolloutBuffer)
+        (CherryDictRolloutBuffer, DictRolloutBuffer)
+        if isinstance(obs_space, spaces.Dict)
+        else (CherryRolloutBuffer, RolloutBuffer)
     )
     ours = ours_cls(8, obs_space, action_space, device="cpu", n_envs=3)
     obs_space.seed(0)
@@ -60,8 +62,8 @@ def test_tensor_samples_equal_sb3_samples(obs_space, action_space):
         np.random.seed(epoch)
         expected = list(ref.get(5))
         assert len(batches) == len(expected) == 5
-        for got, want in zip(batches, expected):
-            for g, w in zip(got, want):
+        for got, want in zip(batches, expected, strict=True):
+            for g, w in zip(got, want, strict=True):
                 if isinstance(w, dict):
                     for key in w:
                         assert g[key].dtype == w[key].dtype and th.equal(g[key], w[key])
@@ -90,7 +92,7 @@ def test_grad_norm_clipper_matches_torch():
         norm = GradNormClipper(net.parameters())(max_norm)
         ref = th.nn.utils.clip_grad_norm_(other.parameters(), max_norm)
         assert th.equal(norm, ref)
-        for p, q in zip(net.parameters(), other.parameters()):
+        for p, q in zip(net.parameters(), other.parameters(), strict=True):
             assert th.equal(p.grad, q.grad)
 
 
@@ -107,7 +109,7 @@ def test_foreach_optimizer_is_bit_exact_on_cpu(optimizer_class):
             optimizer.zero_grad()
             model(x).pow(2).mean().backward()
             optimizer.step()
-    for p, q in zip(net.parameters(), other.parameters()):
+    for p, q in zip(net.parameters(), other.parameters(), strict=True):
         assert th.equal(p, q)
     # an explicit user choice is left alone
     fused = th.optim.Adam(net.parameters(), fused=True)
@@ -138,10 +140,22 @@ def test_minibatch_means_match_a_loop():
     for masks in ([None, None, None], [th.tensor([1, 1, 0, 1, 0]).bool(), None, th.tensor([0, 1, 1]).bool()]):
         values = [(th.abs(r - 1) > 0.2).float() for r in ratios]
         got = minibatch_means(th.cat(values), sizes, masks)
-        want = th.stack([v.mean() if m is None else v[m].mean() for v, m in zip(values, masks)])
+        want = th.stack([v.mean() if m is None else v[m].mean() for v, m in zip(values, masks, strict=True)])
         assert th.allclose(got, want, atol=1e-7)
-        clip, rolled = _logged_fractions(list(zip(ratios, advs, masks)), 0.2)
-        flags = [rollback_mask(r, a, 0.2).float() for r, a in zip(ratios, advs)]
-        want_rb = np.mean([(f if m is None else f[m]).mean().item() for f, m in zip(flags, masks)])
+        clip, rolled = _logged_fractions(list(zip(ratios, advs, masks, strict=True)), 0.2)
+        flags = [rollback_mask(r, a, 0.2).float() for r, a in zip(ratios, advs, strict=True)]
+        want_rb = np.mean([(f if m is None else f[m]).mean().item() for f, m in zip(flags, masks, strict=True)])
         assert clip == pytest.approx(want.mean().item()) and rolled == pytest.approx(want_rb)
     assert mean_of([th.tensor(1.0), th.tensor(2.0)]) == 1.5 and np.isnan(mean_of([]))
+
+
+def test_fused_optimizer_is_opt_in():
+    """The rounding-changing fused Adam is only used when asked for, and then trains without error."""
+    kwargs = dict(n_steps=32, batch_size=16, n_epochs=2, seed=0)
+    model = PPORollback("MlpPolicy", "Pendulum-v1", **kwargs)
+    model.fused_optimizer = True
+    model.learn(64)
+    assert model.policy.optimizer.param_groups[0]["fused"] is True
+    assert np.all(np.isfinite(th.nn.utils.parameters_to_vector(model.policy.parameters()).detach().numpy()))
+    default = PPORollback("MlpPolicy", "Pendulum-v1", **kwargs).learn(64)
+    assert not default.policy.optimizer.param_groups[0]["fused"]

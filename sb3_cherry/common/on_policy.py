@@ -48,6 +48,10 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
     #: validate the parameters of ``torch.distributions`` objects during ``learn`` (torch's default; off for speed,
     #: values are identical either way; set True on the model to debug a NaN policy)
     validate_distribution_args: bool = False
+    #: opt-in (issue 19): torch's fused Adam for the policy's optimizer (faster steps; float rounding differs from
+    #: SB3's per-parameter Adam, so ``rollback_alpha=0`` is then no longer bit-identical to SB3's PPO). Set
+    #: ``model.fused_optimizer = True`` before ``learn``. Off: the default ``foreach`` Adam, bit-identical to SB3.
+    fused_optimizer: bool = False
 
     def __init__(self, *args: Any, supported_action_spaces: tuple[type[spaces.Space], ...] | None = None, **kwargs: Any):
         if supported_action_spaces is not None and spaces.Tuple not in supported_action_spaces:

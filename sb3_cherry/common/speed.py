@@ -12,8 +12,8 @@ it replaces, with less per-call Python work.
 - :class:`TensorSamplesMixin`: rollout minibatches gathered from tensors that share memory with the buffer's arrays,
   instead of a numpy gather and a copy per array.
 
-Switches that change float rounding are never applied here: e.g. torch's fused Adam
-(``policy_kwargs=dict(optimizer_kwargs=dict(fused=True))``) is faster still, and stays the user's choice.
+Switches that change float rounding are opt-in: torch's fused Adam (:func:`use_fused_optimizer`, enabled by
+setting ``model.fused_optimizer = True`` before ``learn``) is faster still but not bit-identical to SB3.
 """
 
 import contextlib
@@ -57,7 +57,10 @@ def fast_learn(learn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(learn)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        use_foreach_optimizer(self.policy.optimizer)
+        if getattr(self, "fused_optimizer", False):
+            use_fused_optimizer(self.policy.optimizer)
+        else:
+            use_foreach_optimizer(self.policy.optimizer)
         with distribution_validation(bool(getattr(self, "validate_distribution_args", False))):
             return learn(self, *args, **kwargs)
 
@@ -117,6 +120,25 @@ def use_foreach_optimizer(optimizer: th.optim.Optimizer) -> bool:
             group["foreach"] = True
             switched = True
     return switched
+
+
+def use_fused_optimizer(optimizer: th.optim.Optimizer) -> bool:
+    """
+    Opt-in: switch an Adam / AdamW optimizer to torch's fused implementation (one kernel per parameter; 2-4x faster
+    steps on CPU here). It rounds differently from the per-parameter loop, so training is no longer bit-identical
+    to SB3's (see ``CherryOnPolicyAlgorithm.fused_optimizer``).
+
+    :param optimizer: the policy's optimizer
+    :return: whether it was switched (False for other optimizers, e.g. A2C's RMSprop, which torch does not fuse)
+    """
+    if type(optimizer) not in (th.optim.Adam, th.optim.AdamW):
+        return False
+    for group in optimizer.param_groups:
+        if group.get("differentiable") or group.get("capturable"):
+            return False
+    for group in optimizer.param_groups:
+        group["fused"], group["foreach"] = True, False
+    return True
 
 
 class GradNormClipper:
@@ -197,7 +219,10 @@ def minibatch_means(flat: th.Tensor, sizes: list[int], masks: list[th.Tensor | N
         weights = th.ones_like(flat)
     else:
         weights = th.cat(
-            [th.ones(n, dtype=flat.dtype, device=flat.device) if m is None else m.to(flat.dtype) for n, m in zip(sizes, masks)]
+            [
+                th.ones(n, dtype=flat.dtype, device=flat.device) if m is None else m.to(flat.dtype)
+                for n, m in zip(sizes, masks, strict=True)
+            ]
         )
     totals = th.zeros(len(sizes), dtype=flat.dtype, device=flat.device).index_add_(0, segments, flat * weights)
     counts = th.zeros(len(sizes), dtype=flat.dtype, device=flat.device).index_add_(0, segments, weights)

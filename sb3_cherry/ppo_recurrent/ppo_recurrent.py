@@ -218,7 +218,9 @@ class RecurrentPPORollback(RecurrentPPO, CherryOnPolicyAlgorithm):
                 assert self.clip_range_vf > 0, "`clip_range_vf` must be positive, pass `None` to deactivate vf clipping"
             self.clip_range_vf = FloatSchedule(self.clip_range_vf)
 
-    def collect_rollouts(self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int) -> bool:
+    def collect_rollouts(
+        self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int
+    ) -> bool:
         """
         sb3-contrib's ``collect_rollouts``, with the policy's forward passes in ``torch.inference_mode``
         (:func:`sb3_cherry.common.speed.inference_forward`; same values).
