@@ -93,11 +93,11 @@ def zoo_cases() -> list[Case]:
     return [
         _zoo_case("zoo_cartpole", "CartPole-v1", 16_384),
         _zoo_case("zoo_hopper", "Hopper-v5", 4_096),
-        _zoo_case("zoo_bipedal", "BipedalWalker-v3", 16_384),
-        _zoo_case("zoo_bipedal_same_math", "BipedalWalker-v3", 16_384, same_math=True),
+        _zoo_case("zoo_bipedal", "BipedalWalker-v3", 8_192),
+        _zoo_case("zoo_bipedal_same_math", "BipedalWalker-v3", 8_192, same_math=True),
         _zoo_case("zoo_cartpole_fused_adam", "CartPole-v1", 16_384, fused=True),
         _zoo_case("zoo_hopper_fused_adam", "Hopper-v5", 4_096, fused=True),
-        _zoo_case("zoo_bipedal_fused_adam", "BipedalWalker-v3", 16_384, fused=True),
+        _zoo_case("zoo_bipedal_fused_adam", "BipedalWalker-v3", 8_192, fused=True),
     ]
 
 
