@@ -10,7 +10,8 @@ in ONE process so that machine noise hits both sides alike; the ratio is what we
         cartpole_recurrent_lstm_vs_sb3_contrib cartpole_recurrent_gru_vs_sb3_contrib_lstm
 
 Writes ``benchmarks/results/throughput.csv`` (one row per case, median steps/s of each side and their ratio, and the
-raw env step rate of the same VecEnv with random actions, with each side's ratio to it) and
+raw env step rate of the same VecEnv with random actions, with each side's ratio to it, and the ratio of steps per
+second of process CPU time, robust to a loaded machine) and
 ``benchmarks/results/throughput.png``.
 """
 
@@ -227,12 +228,21 @@ def make_env(case: Case) -> VecEnv:
 
 def measure(build: Callable, case: Case) -> float:
     """Steps per second of ``learn(steps)`` (model construction excluded)."""
+    return measure_wall_and_cpu(build, case)[0]
+
+
+def measure_wall_and_cpu(build: Callable, case: Case) -> tuple[float, float]:
+    """
+    Steps per second of ``learn(steps)``, per wall-clock second and per second of this process's CPU time (model
+    construction excluded). With torch on 1 thread and a DummyVecEnv the two agree on an idle machine; on a loaded
+    one the CPU-time rate is not diluted by waiting for a core.
+    """
     model = build(make_env(case))
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     model.learn(case.steps)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     model.get_env().close()
-    return case.steps / elapsed
+    return case.steps / elapsed, case.steps / cpu
 
 
 def measure_raw(case: Case) -> float:
@@ -269,10 +279,12 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / (args.out or ("throughput.csv" if not args.cases else f"throughput_{'_'.join(args.cases)}.csv"))
     for case in selected:
-        ours, base, raw = [], [], []
+        ours, base, raw, ours_cpu, base_cpu = [], [], [], [], []
         for _ in range(args.repeats):  # alternate, so drifting machine load hits both sides
-            base.append(measure(case.baseline, case))
-            ours.append(measure(case.ours, case))
+            for side, build in ((base, case.baseline), (ours, case.ours)):
+                wall, cpu = measure_wall_and_cpu(build, case)
+                side.append(wall)
+                (base_cpu if side is base else ours_cpu).append(cpu)
             raw.append(measure_raw(case))
         row = dict(
             case=case.name,
@@ -286,6 +298,7 @@ def main() -> None:
             raw_env_steps_per_s=round(float(np.median(raw)), 1),
             ours_vs_raw=round(float(np.median(np.array(ours) / np.array(raw))), 3),
             sb3_vs_raw=round(float(np.median(np.array(base) / np.array(raw))), 3),
+            ratio_cpu_time=round(float(np.median(np.array(ours_cpu) / np.array(base_cpu))), 3),
         )
         rows.append(row)
         print(row, flush=True)
