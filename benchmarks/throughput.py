@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import gymnasium as gym
 import numpy as np
 import torch as th
 from stable_baselines3 import PPO
@@ -254,7 +255,10 @@ def measure_raw(case: Case) -> float:
     env.reset()
     n_calls = max(1, case.steps // case.n_envs)
     space = env.action_space
-    actions = [np.stack([space.sample() for _ in range(case.n_envs)]) for _ in range(min(n_calls, 64))]
+    actions = []
+    for _ in range(min(n_calls, 64)):
+        batch = [space.sample() for _ in range(case.n_envs)]
+        actions.append(batch if isinstance(space, gym.spaces.Tuple) else np.stack(batch))  # VecEnv takes Tuples as a list
     start = time.perf_counter()
     for i in range(n_calls):
         env.step(actions[i % len(actions)])
