@@ -18,6 +18,7 @@ from stable_baselines3.common.utils import obs_as_tensor
 
 from sb3_cherry.common import returns as returns_lib
 from sb3_cherry.common.spaces import flat_action_space
+from sb3_cherry.common.speed import TensorSamplesMixin
 
 RETURNS_ESTIMATORS = ("gae", "one_step", "n_step", "vtrace")
 
@@ -235,7 +236,7 @@ class ReturnsEstimatorMixin:
             self.advantages = self.swap_and_flatten(self.advantages)  # type: ignore[attr-defined]
 
 
-class CherryRolloutBuffer(ReturnsEstimatorMixin, RolloutBuffer):
+class CherryRolloutBuffer(ReturnsEstimatorMixin, TensorSamplesMixin, RolloutBuffer):
     """
     SB3's ``RolloutBuffer`` with a choice of returns estimator; Tuple actions are stored flat.
 
@@ -256,7 +257,7 @@ class CherryRolloutBuffer(ReturnsEstimatorMixin, RolloutBuffer):
         return self.observations if self.generator_ready else self.swap_and_flatten(self.observations)
 
 
-class CherryDictRolloutBuffer(ReturnsEstimatorMixin, DictRolloutBuffer):
+class CherryDictRolloutBuffer(ReturnsEstimatorMixin, TensorSamplesMixin, DictRolloutBuffer):
     """
     SB3's ``DictRolloutBuffer`` (Dict observations) with a choice of returns estimator; Tuple actions are stored flat.
 

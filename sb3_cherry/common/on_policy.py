@@ -16,6 +16,8 @@ only three hooks are added:
 from typing import Any, TypeVar
 
 from gymnasium import spaces
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
 from stable_baselines3.common.vec_env import VecEnv, is_vecenv_wrapped
@@ -24,6 +26,7 @@ from sb3_cherry.common.async_learner import AsyncLearner, check_collection
 from sb3_cherry.common.buffers import CherryDictRolloutBuffer, CherryRolloutBuffer, ReturnsEstimatorMixin, check_estimator_args
 from sb3_cherry.common.policies import CherryActorCriticPolicy
 from sb3_cherry.common.save_util import AtomicSaveAlgorithm
+from sb3_cherry.common.speed import fast_learn, inference_forward
 from sb3_cherry.common.vec_env.tuple_actions import VecTupleActions
 
 SelfCherryOnPolicyAlgorithm = TypeVar("SelfCherryOnPolicyAlgorithm", bound="CherryOnPolicyAlgorithm")
@@ -43,6 +46,13 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
     c_bar: float
     recompute_returns: bool = False
     collection: str = "sync"
+    #: validate the parameters of ``torch.distributions`` objects during ``learn`` (torch's default; off for speed,
+    #: values are identical either way; set True on the model to debug a NaN policy)
+    validate_distribution_args: bool = False
+    #: opt-in (issue 19): torch's fused Adam for the policy's optimizer (faster steps; float rounding differs from
+    #: SB3's per-parameter Adam, so ``rollback_alpha=0`` is then no longer bit-identical to SB3's PPO). Set
+    #: ``model.fused_optimizer = True`` before ``learn``. Off: the default ``foreach`` Adam, bit-identical to SB3.
+    fused_optimizer: bool = False
 
     def __init__(self, *args: Any, supported_action_spaces: tuple[type[spaces.Space], ...] | None = None, **kwargs: Any):
         if supported_action_spaces is not None and spaces.Tuple not in supported_action_spaces:
@@ -115,6 +125,22 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
             mlp_class_name = CherryActorCriticPolicy.__name__
         super()._maybe_recommend_cpu(mlp_class_name)
 
+    def collect_rollouts(
+        self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int
+    ) -> bool:
+        """
+        SB3's ``collect_rollouts``, with the policy's forward passes in ``torch.inference_mode``
+        (:func:`sb3_cherry.common.speed.inference_forward`; same values, less autograd bookkeeping).
+
+        :param env: the training environment
+        :param callback: callback called at every step
+        :param rollout_buffer: buffer to fill
+        :param n_rollout_steps: number of steps to collect per environment
+        :return: False if a callback stopped the rollout
+        """
+        with inference_forward(self.policy):
+            return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
+
     def _prepare_lagged_rollout(self) -> None:
         """
         Off-policy correction of a rollout collected by the previous weights (``collection="async"``): centre PPO's
@@ -134,6 +160,7 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
             self.rollout_buffer.recompute_returns_and_advantage(self.policy, self._last_obs)
             self.policy.set_training_mode(True)
 
+    @fast_learn
     def learn(
         self: SelfCherryOnPolicyAlgorithm,
         total_timesteps: int,

@@ -5,11 +5,15 @@ from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from stable_baselines3.common.utils import FloatSchedule
+from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_cherry.common.on_policy import CherryOnPolicyAlgorithm
+from sb3_cherry.common.speed import inference_forward
 from sb3_cherry.ppo_recurrent.buffers import CherryRecurrentDictRolloutBuffer, CherryRecurrentRolloutBuffer
 from sb3_cherry.ppo_recurrent.policies import (
     CnnGruPolicy,
@@ -213,6 +217,22 @@ class RecurrentPPORollback(RecurrentPPO, CherryOnPolicyAlgorithm):
             if isinstance(self.clip_range_vf, (float, int)):
                 assert self.clip_range_vf > 0, "`clip_range_vf` must be positive, pass `None` to deactivate vf clipping"
             self.clip_range_vf = FloatSchedule(self.clip_range_vf)
+
+    def collect_rollouts(
+        self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int
+    ) -> bool:
+        """
+        sb3-contrib's ``collect_rollouts``, with the policy's forward passes in ``torch.inference_mode``
+        (:func:`sb3_cherry.common.speed.inference_forward`; same values).
+
+        :param env: the training environment
+        :param callback: callback called at every step
+        :param rollout_buffer: buffer to fill
+        :param n_rollout_steps: number of steps to collect per environment
+        :return: False if a callback stopped the rollout
+        """
+        with inference_forward(self.policy):
+            return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
 
     def train(self) -> None:
         """

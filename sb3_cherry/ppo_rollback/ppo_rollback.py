@@ -1,7 +1,6 @@
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
-import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3 import PPO
@@ -13,6 +12,7 @@ from torch.nn import functional as F
 
 from sb3_cherry.common.on_policy import CherryOnPolicyAlgorithm
 from sb3_cherry.common.policies import CherryActorCriticPolicy
+from sb3_cherry.common.speed import clip_grad_norm, mean_of, minibatch_means
 from sb3_cherry.ppo_rollback.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 
 SelfPPORollback = TypeVar("SelfPPORollback", bound="PPORollback")
@@ -62,6 +62,26 @@ def _masked_mean(x: th.Tensor, mask: th.Tensor | None) -> th.Tensor:
     return th.mean(x) if mask is None else th.mean(x[mask])
 
 
+def _logged_fractions(samples: list[tuple[th.Tensor, th.Tensor, th.Tensor | None]], clip_range: float) -> tuple[float, float]:
+    """
+    Mean over minibatches of the fraction of samples outside the trust region (``clip_fraction``) and in the
+    rollback region (``rollback_fraction``), computed once for the whole update.
+
+    :param samples: ``(ratio, advantages, mask)`` of each minibatch
+    :param clip_range: ``eps``
+    :return: clip fraction and rollback fraction
+    """
+    if not samples:
+        return float("nan"), float("nan")
+    ratio = th.cat([s[0] for s in samples])
+    advantages = th.cat([s[1] for s in samples])
+    masks = [s[2] for s in samples]
+    sizes = [len(s[0]) for s in samples]
+    clipped = minibatch_means((th.abs(ratio - 1) > clip_range).float(), sizes, masks).mean()
+    rolled_back = minibatch_means(rollback_mask(ratio, advantages, clip_range).float(), sizes, masks).mean()
+    return clipped.item(), rolled_back.item()
+
+
 def _normalized_advantages(advantages: th.Tensor, mask: th.Tensor | None) -> th.Tensor:
     """Advantages standardised over the minibatch (over its real samples when ``mask`` is given)."""
     if mask is not None:
@@ -94,7 +114,8 @@ def rollback_train(model: Any, evaluate: Callable[[Any, th.Tensor], tuple[th.Ten
 
     entropy_losses = []
     pg_losses, value_losses = [], []
-    clip_fractions, rollback_fractions = [], []
+    # (ratio, advantages, mask) per minibatch: clip / rollback fractions computed once, after the update
+    logged_samples: list[tuple[th.Tensor, th.Tensor, th.Tensor | None]] = []
 
     continue_training = True
     # train for n_epochs epochs
@@ -123,9 +144,9 @@ def rollback_train(model: Any, evaluate: Callable[[Any, th.Tensor], tuple[th.Ten
             policy_loss = -_masked_mean(rollback_surrogate(ratio, advantages, clip_range, model.rollback_alpha), mask)
 
             # Logging
-            pg_losses.append(policy_loss.item())
-            clip_fractions.append(_masked_mean((th.abs(ratio - 1) > clip_range).float(), mask).item())
-            rollback_fractions.append(_masked_mean(rollback_mask(ratio, advantages, clip_range).float(), mask).item())
+            # log values stay tensors until the end of the update (no host transfer per minibatch)
+            pg_losses.append(policy_loss.detach())
+            logged_samples.append((ratio.detach(), advantages.detach(), mask))
 
             if model.clip_range_vf is None:
                 # No clipping
@@ -141,7 +162,7 @@ def rollback_train(model: Any, evaluate: Callable[[Any, th.Tensor], tuple[th.Ten
                 value_loss = F.mse_loss(rollout_data.returns, values_pred)
             else:
                 value_loss = _masked_mean((rollout_data.returns - values_pred) ** 2, mask)
-            value_losses.append(value_loss.item())
+            value_losses.append(value_loss.detach())
 
             # Entropy loss favor exploration
             if entropy is None:
@@ -150,7 +171,7 @@ def rollback_train(model: Any, evaluate: Callable[[Any, th.Tensor], tuple[th.Ten
             else:
                 entropy_loss = -_masked_mean(entropy, mask)
 
-            entropy_losses.append(entropy_loss.item())
+            entropy_losses.append(entropy_loss.detach())
 
             loss = policy_loss + model.ent_coef * entropy_loss + model.vf_coef * value_loss
 
@@ -158,10 +179,10 @@ def rollback_train(model: Any, evaluate: Callable[[Any, th.Tensor], tuple[th.Ten
             # see SB3 issue #417 and http://joschu.net/blog/kl-approx.html
             with th.no_grad():
                 log_ratio = log_prob - rollout_data.old_log_prob
-                approx_kl_div = _masked_mean((th.exp(log_ratio) - 1) - log_ratio, mask).cpu().numpy()
+                approx_kl_div = _masked_mean((th.exp(log_ratio) - 1) - log_ratio, mask)
                 approx_kl_divs.append(approx_kl_div)
 
-            if model.target_kl is not None and approx_kl_div > 1.5 * model.target_kl:
+            if model.target_kl is not None and approx_kl_div.item() > 1.5 * model.target_kl:
                 continue_training = False
                 if model.verbose >= 1:
                     print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
@@ -171,7 +192,7 @@ def rollback_train(model: Any, evaluate: Callable[[Any, th.Tensor], tuple[th.Ten
             model.policy.optimizer.zero_grad()
             loss.backward()
             # Clip grad norm
-            th.nn.utils.clip_grad_norm_(model.policy.parameters(), model.max_grad_norm)
+            clip_grad_norm(model.policy, model.max_grad_norm)
             model.policy.optimizer.step()
 
         model._n_updates += 1
@@ -181,12 +202,13 @@ def rollback_train(model: Any, evaluate: Callable[[Any, th.Tensor], tuple[th.Ten
     explained_var = explained_variance(model.rollout_buffer.values.flatten(), model.rollout_buffer.returns.flatten())
 
     # Logs
-    model.logger.record("train/entropy_loss", np.mean(entropy_losses))
-    model.logger.record("train/policy_gradient_loss", np.mean(pg_losses))
-    model.logger.record("train/value_loss", np.mean(value_losses))
-    model.logger.record("train/approx_kl", np.mean(approx_kl_divs))
-    model.logger.record("train/clip_fraction", np.mean(clip_fractions))
-    model.logger.record("train/rollback_fraction", np.mean(rollback_fractions))
+    clip_fraction, rollback_fraction = _logged_fractions(logged_samples, clip_range)
+    model.logger.record("train/entropy_loss", mean_of(entropy_losses))
+    model.logger.record("train/policy_gradient_loss", mean_of(pg_losses))
+    model.logger.record("train/value_loss", mean_of(value_losses))
+    model.logger.record("train/approx_kl", mean_of(approx_kl_divs))
+    model.logger.record("train/clip_fraction", clip_fraction)
+    model.logger.record("train/rollback_fraction", rollback_fraction)
     model.logger.record("train/loss", loss.item())
     model.logger.record("train/explained_variance", explained_var)
     if hasattr(model.policy, "log_std"):

@@ -1,0 +1,51 @@
+"""
+Interleaved best-of-N CPU time of one ``collect_rollouts`` and one ``train`` for the two sides of a throughput case
+(the same models, each on its own freshly collected buffer), a less noisy view than whole ``learn`` runs on a loaded
+machine.
+
+    python -m benchmarks.phase_ab zoo_bipedal_same_math --repeats 8
+"""
+
+import argparse
+import time
+
+import torch as th
+from stable_baselines3.common.callbacks import CallbackList
+
+from benchmarks.throughput import cases, make_env
+from sb3_cherry.common.speed import distribution_validation
+
+
+def main() -> None:
+    """Print the best CPU time per phase of each side and the speed-up."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("case")
+    parser.add_argument("--repeats", type=int, default=8)
+    args = parser.parse_args()
+    th.set_num_threads(1)
+    case = next(c for c in cases() if c.name == args.case)
+    models = {}
+    for side, build in (("sb3", case.baseline), ("ours", case.ours)):
+        model = build(make_env(case))
+        model.learn(model.n_steps * model.n_envs)  # logger, buffer, last observation, foreach optimizer for ours
+        models[side] = model
+    best = {(side, phase): float("inf") for side in models for phase in ("collect", "train")}
+    for _ in range(args.repeats):
+        for side, model in models.items():
+            callback = CallbackList([])
+            callback.init_callback(model)
+            # what learn() does: sb3_cherry trains without distribution validation, SB3 with torch's default
+            with distribution_validation(side == "sb3"):
+                start = time.process_time()
+                model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
+                best[(side, "collect")] = min(best[(side, "collect")], time.process_time() - start)
+                start = time.process_time()
+                model.train()
+                best[(side, "train")] = min(best[(side, "train")], time.process_time() - start)
+    for phase in ("collect", "train"):
+        sb3, ours = best[("sb3", phase)], best[("ours", phase)]
+        print(f"{case.name} {phase}: SB3 {sb3 * 1e3:.1f} ms, sb3_cherry {ours * 1e3:.1f} ms, speed-up {sb3 / ours:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""The bit-exact speed-ups of sb3_cherry.common.speed against the SB3 / torch code they replace."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
+
+from sb3_cherry import PPORollback
+from sb3_cherry.common.buffers import CherryDictRolloutBuffer, CherryRolloutBuffer
+from sb3_cherry.common.speed import GradNormClipper, distribution_validation, use_foreach_optimizer
+
+
+def _fill(buffer: RolloutBuffer, rng: np.random.Generator) -> None:
+    for _ in range(buffer.buffer_size):
+        obs_space = buffer.observation_space
+        if isinstance(obs_space, spaces.Dict):
+            obs = {k: np.stack([s.sample() for _ in range(buffer.n_envs)]) for k, s in obs_space.spaces.items()}
+        else:
+            obs = np.stack([obs_space.sample() for _ in range(buffer.n_envs)])
+        action = np.stack([buffer.action_space.sample() for _ in range(buffer.n_envs)])
+        buffer.add(
+            obs,
+            action,
+            rng.normal(size=buffer.n_envs).astype(np.float32),
+            rng.random(buffer.n_envs) < 0.1,
+            th.as_tensor(rng.normal(size=(buffer.n_envs, 1)).astype(np.float32)),
+            th.as_tensor(rng.normal(size=buffer.n_envs).astype(np.float32)),
+        )
+    buffer.compute_returns_and_advantage(th.zeros(buffer.n_envs, 1), np.zeros(buffer.n_envs, dtype=bool))
+
+
+@pytest.mark.parametrize(
+    "obs_space, action_space",
+    [
+        (spaces.Box(-1, 1, (3,)), spaces.Box(-1, 1, (2,))),
+        (spaces.Box(0, 255, (4, 4), dtype=np.uint8), spaces.Discrete(3)),
+        (spaces.Box(-1, 1, (3,)), spaces.MultiBinary(3)),
+        (spaces.Dict({"a": spaces.Box(-1, 1, (2,)), "b": spaces.Discrete(4)}), spaces.Box(-1, 1, (2,))),
+    ],
+)
+def test_tensor_samples_equal_sb3_samples(obs_space, action_space):
+    """Same permutation, same minibatches, same values and dtypes as SB3's numpy gather."""
+    ours_cls, sb3_cls = (
+        (CherryDictRolloutBuffer, DictRolloutBuffer)
+        if isinstance(obs_space, spaces.Dict)
+        else (CherryRolloutBuffer, RolloutBuffer)
+    )
+    ours = ours_cls(8, obs_space, action_space, device="cpu", n_envs=3)
+    obs_space.seed(0)
+    action_space.seed(0)
+    _fill(ours, np.random.default_rng(0))
+    ref = sb3_cls(8, obs_space, action_space, device="cpu", n_envs=3)
+    obs_space.seed(0)
+    action_space.seed(0)
+    _fill(ref, np.random.default_rng(0))
+    for epoch in range(2):  # the second pass reuses the cached tensor views
+        np.random.seed(epoch)
+        batches = list(ours.get(5))
+        np.random.seed(epoch)
+        expected = list(ref.get(5))
+        assert len(batches) == len(expected) == 5
+        for got, want in zip(batches, expected, strict=True):
+            for g, w in zip(got, want, strict=True):
+                if isinstance(w, dict):
+                    for key in w:
+                        assert g[key].dtype == w[key].dtype and th.equal(g[key], w[key])
+                else:
+                    assert g.dtype == w.dtype and g.shape == w.shape and th.equal(g, w)
+
+
+def test_tensor_samples_follow_reassigned_arrays():
+    """Returns recomputed between epochs (a new array) are what the next minibatches carry."""
+    buffer = CherryRolloutBuffer(4, spaces.Box(-1, 1, (2,)), spaces.Box(-1, 1, (1,)), device="cpu", n_envs=2)
+    _fill(buffer, np.random.default_rng(1))
+    list(buffer.get(4))
+    buffer.returns = buffer.returns + 1.0
+    batch = next(buffer.get(8))
+    assert th.equal(th.sort(batch.returns).values, th.sort(th.as_tensor(buffer.returns.flatten())).values)
+
+
+def test_grad_norm_clipper_matches_torch():
+    th.manual_seed(0)
+    net = th.nn.Sequential(th.nn.Linear(5, 7), th.nn.Tanh(), th.nn.Linear(7, 2))
+    other = copy.deepcopy(net)
+    for max_norm in (0.01, 1e6):  # clipped and not clipped
+        for model in (net, other):
+            model.zero_grad()
+            model(th.arange(10.0).reshape(2, 5)).pow(2).sum().backward()
+        norm = GradNormClipper(net.parameters())(max_norm)
+        ref = th.nn.utils.clip_grad_norm_(other.parameters(), max_norm)
+        assert th.equal(norm, ref)
+        for p, q in zip(net.parameters(), other.parameters(), strict=True):
+            assert th.equal(p.grad, q.grad)
+
+
+@pytest.mark.parametrize("optimizer_class", [th.optim.Adam, th.optim.RMSprop])
+def test_foreach_optimizer_is_bit_exact_on_cpu(optimizer_class):
+    th.manual_seed(0)
+    net = th.nn.Sequential(th.nn.Linear(4, 16), th.nn.Tanh(), th.nn.Linear(16, 3))
+    other = copy.deepcopy(net)
+    opt, ref = optimizer_class(net.parameters(), lr=1e-2), optimizer_class(other.parameters(), lr=1e-2)
+    assert use_foreach_optimizer(opt) and opt.param_groups[0]["foreach"] is True
+    x = th.randn(32, 4)
+    for _ in range(20):
+        for model, optimizer in ((net, opt), (other, ref)):
+            optimizer.zero_grad()
+            model(x).pow(2).mean().backward()
+            optimizer.step()
+    for p, q in zip(net.parameters(), other.parameters(), strict=True):
+        assert th.equal(p, q)
+    # an explicit user choice is left alone
+    fused = th.optim.Adam(net.parameters(), fused=True)
+    assert not use_foreach_optimizer(fused)
+    assert not use_foreach_optimizer(th.optim.SGD(net.parameters(), lr=0.1))
+
+
+def test_distribution_validation_restored():
+    default = th.distributions.Distribution._validate_args
+    with distribution_validation(False):
+        th.distributions.Normal(th.tensor(0.0), th.tensor(-1.0))  # would raise with validation
+    assert th.distributions.Distribution._validate_args == default
+    model = PPORollback("MlpPolicy", "Pendulum-v1", n_steps=32, batch_size=16, n_epochs=1, seed=0)
+    model.learn(32)
+    assert th.distributions.Distribution._validate_args == default
+    assert model.policy.optimizer.param_groups[0]["foreach"] is True
+
+
+def test_minibatch_means_match_a_loop():
+    """The vectorised per-minibatch (masked) means of the deferred logging against a loop of th.mean."""
+    from sb3_cherry.common.speed import mean_of, minibatch_means
+    from sb3_cherry.ppo_rollback.ppo_rollback import _logged_fractions, rollback_mask
+
+    gen = th.Generator().manual_seed(0)
+    sizes = [5, 5, 3]
+    ratios = [th.exp(0.3 * th.randn(n, generator=gen)) for n in sizes]
+    advs = [th.randn(n, generator=gen) for n in sizes]
+    for masks in ([None, None, None], [th.tensor([1, 1, 0, 1, 0]).bool(), None, th.tensor([0, 1, 1]).bool()]):
+        values = [(th.abs(r - 1) > 0.2).float() for r in ratios]
+        got = minibatch_means(th.cat(values), sizes, masks)
+        want = th.stack([v.mean() if m is None else v[m].mean() for v, m in zip(values, masks, strict=True)])
+        assert th.allclose(got, want, atol=1e-7)
+        clip, rolled = _logged_fractions(list(zip(ratios, advs, masks, strict=True)), 0.2)
+        flags = [rollback_mask(r, a, 0.2).float() for r, a in zip(ratios, advs, strict=True)]
+        want_rb = np.mean([(f if m is None else f[m]).mean().item() for f, m in zip(flags, masks, strict=True)])
+        assert clip == pytest.approx(want.mean().item()) and rolled == pytest.approx(want_rb)
+    assert mean_of([th.tensor(1.0), th.tensor(2.0)]) == 1.5 and np.isnan(mean_of([]))
+
+
+def test_fused_optimizer_is_opt_in():
+    """The rounding-changing fused Adam is only used when asked for, and then trains without error."""
+    kwargs = dict(n_steps=32, batch_size=16, n_epochs=2, seed=0)
+    model = PPORollback("MlpPolicy", "Pendulum-v1", **kwargs)
+    model.fused_optimizer = True
+    model.learn(64)
+    assert model.policy.optimizer.param_groups[0]["fused"] is True
+    assert np.all(np.isfinite(th.nn.utils.parameters_to_vector(model.policy.parameters()).detach().numpy()))
+    default = PPORollback("MlpPolicy", "Pendulum-v1", **kwargs).learn(64)
+    assert not default.policy.optimizer.param_groups[0]["fused"]
