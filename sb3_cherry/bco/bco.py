@@ -2,6 +2,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar, TypeVar
 
@@ -112,8 +113,14 @@ class BCO(AtomicSaveAlgorithm):
     ``n_pre_interactions`` steps of a uniformly random policy), used to label the demonstrations' state pairs
     ``(s, s')`` with actions (its mode), and the policy is behaviour-cloned on the labelled pairs by maximising the
     log-likelihood ``evaluate_actions`` returns (so every sb3_cherry distribution, Beta and Tuple included, works).
-    With ``alpha > 0`` (BCO(alpha)), each further round collects ``alpha * |demonstration transitions|`` interactions
-    with the current policy, adds them to the inverse model's data and repeats, until ``learn``'s budget is spent.
+    With ``alpha > 0`` (BCO(alpha)), each further round collects ``alpha * |I_pre|`` interactions with the current
+    policy (``|I_pre|`` = the pre-demonstration interactions, ``n_pre_interactions``), adds them to the inverse model's
+    data and repeats, until ``learn``'s budget is spent. This is alpha as Torabi et al. define it (Algorithm 1: a
+    round's post-demonstration interactions are a fraction of ``|I_pre|``); earlier sb3_cherry versions collected
+    ``alpha * |demonstration transitions|`` (the same rounds when the demonstrations hold ``n_pre_interactions``
+    transitions, as 20 CartPole episodes of 500 steps with the default 10k do).
+    The defaults (``alpha=0.1``, ``n_pre_interactions=10_000``: rounds of 1000 policy steps) spend the whole budget;
+    with ``alpha=0`` (plain BCO) ``learn`` stops after the pre-demonstration phase and warns if budget is left.
 
     The actions stored in a demonstration file are ignored: only the observations are used.
     ``learn(total_timesteps)`` counts environment interactions (random and policy steps).
@@ -132,8 +139,9 @@ class BCO(AtomicSaveAlgorithm):
     :param demonstrations: a demonstration file (:func:`sb3_cherry.demos.record_demos`, ``sb3-cherry record``) or a
         list of trajectories (imitation's or :class:`sb3_cherry.demos.DemoTrajectory`). Required by ``learn``; a path
         is saved with the model, a list is not (pass ``demonstrations=`` to ``load`` to keep learning)
-    :param alpha: BCO(alpha)'s post-demonstration interactions per round, as a fraction of the number of demonstration
-        transitions (0: plain BCO, one round after the pre-demonstration phase)
+    :param alpha: BCO(alpha)'s post-demonstration interactions per round, as a fraction of the pre-demonstration
+        interactions ``|I_pre|`` (Torabi et al. 2018, Algorithm 1; 0: plain BCO, one round after the pre-demonstration
+        phase, leaving the rest of ``learn``'s budget unused)
     :param n_pre_interactions: interactions of the uniformly random policy collected first (pre-demonstration phase)
     :param learning_rate: learning rate of the policy and of the inverse model, it can be a function of the current
         progress remaining (from 1 to 0)
@@ -171,7 +179,7 @@ class BCO(AtomicSaveAlgorithm):
         policy: str | type[CherryActorCriticPolicy],
         env: GymEnv | str,
         demonstrations: str | os.PathLike | Sequence[Any] | None = None,
-        alpha: float = 0.0,
+        alpha: float = 0.1,
         n_pre_interactions: int = 10_000,
         learning_rate: float | Schedule = 1e-3,
         batch_size: int = 256,
@@ -203,10 +211,15 @@ class BCO(AtomicSaveAlgorithm):
             seed=seed,
             supported_action_spaces=(spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary, spaces.Tuple),
         )
-        if alpha < 0:
+        if not (math.isfinite(alpha) and alpha >= 0):
             raise ValueError(f"alpha must be >= 0 (0: plain BCO without post-demonstration rounds), got {alpha}.")
         if n_pre_interactions < 0 or float(n_pre_interactions) != int(n_pre_interactions):
             raise ValueError(f"n_pre_interactions must be an integer >= 0, got {n_pre_interactions}.")
+        if alpha > 0 and n_pre_interactions == 0:
+            raise ValueError(
+                f"alpha={alpha} collects alpha * n_pre_interactions policy steps per round (Torabi et al. 2018), but "
+                "n_pre_interactions=0: give n_pre_interactions > 0, or alpha=0."
+            )
         for name, value in (("batch_size", batch_size), ("n_epochs_inverse", n_epochs_inverse), ("n_epochs_bc", n_epochs_bc)):
             if value < 1 or float(value) != int(value):
                 raise ValueError(f"{name} must be an integer >= 1, got {value}.")
@@ -531,7 +544,8 @@ class BCO(AtomicSaveAlgorithm):
         """
         Run BCO(alpha) with a budget of ``total_timesteps`` environment interactions: the pre-demonstration phase
         (``n_pre_interactions`` random steps, if not done yet), a round (inverse model, labels, cloning), then, while
-        ``alpha > 0`` and the budget allows, ``alpha * |demonstration transitions|`` policy steps and another round.
+        ``alpha > 0`` and the budget allows, ``alpha * n_pre_interactions`` policy steps (the last round takes what is
+        left) and another round. With ``alpha=0`` the budget left after the first round is unused (a warning says so).
         The agent's transitions are not saved with the model: a loaded model starts with a new pre-demonstration phase.
 
         :param total_timesteps: the number of environment interactions (all envs together)
@@ -543,7 +557,7 @@ class BCO(AtomicSaveAlgorithm):
         :return: the trained model
         :raises ValueError: without demonstrations, or when the budget leaves no interaction to learn from
         """
-        demos = self._demo_transitions()
+        self._demo_transitions()  # no demonstrations, or ones that do not fit the env: fail before collecting
         total_timesteps, callback = self._setup_learn(
             total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar
         )
@@ -561,7 +575,8 @@ class BCO(AtomicSaveAlgorithm):
         if not stopped and len(self._agent_data) > 0:
             self._round(log_interval)
         while not stopped and self.alpha > 0:
-            n_steps = steps_for(math.ceil(self.alpha * len(demos)))
+            # Torabi et al. 2018, Algorithm 1: |I_post| = alpha * |I_pre| interactions per round
+            n_steps = steps_for(max(1, math.ceil(self.alpha * self.n_pre_interactions)))
             if n_steps <= 0:
                 break
             stopped = not self._collect(n_steps, callback, use_policy=True)
@@ -572,6 +587,14 @@ class BCO(AtomicSaveAlgorithm):
                 f"BCO.learn: total_timesteps={total_timesteps - self._num_timesteps_at_start} left no environment "
                 f"interaction to train the inverse model on (n_envs={n_envs}, n_pre_interactions={self.n_pre_interactions}, "
                 f"alpha={self.alpha}). Give a budget of at least n_envs steps and n_pre_interactions > 0 or alpha > 0."
+            )
+        if not stopped and self.alpha == 0 and total_timesteps - self.num_timesteps >= n_envs:
+            warnings.warn(
+                f"BCO.learn: alpha=0 (plain BCO) stops after the pre-demonstration phase, having used "
+                f"{self.num_timesteps - self._num_timesteps_at_start} of total_timesteps="
+                f"{total_timesteps - self._num_timesteps_at_start} interactions. Give alpha > 0 (BCO(alpha), e.g. the "
+                "default 0.1) to spend the budget on post-demonstration rounds, or a smaller total_timesteps.",
+                stacklevel=2,
             )
         callback.on_training_end()
         return self
