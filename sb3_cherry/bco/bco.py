@@ -24,6 +24,7 @@ from sb3_cherry.bco.policies import (
     distribution_actions,
     flat_columns,
 )
+from sb3_cherry.common.finite import UpdateSnapshot, check_finite_observation, check_finite_step, check_update
 from sb3_cherry.common.policies import CherryActorCriticPolicy
 from sb3_cherry.common.save_util import AtomicSaveAlgorithm
 from sb3_cherry.common.spaces import flatten_action
@@ -122,7 +123,10 @@ class BCO(AtomicSaveAlgorithm):
     The defaults (``alpha=0.1``, ``n_pre_interactions=10_000``: rounds of 1000 policy steps) spend the whole budget;
     with ``alpha=0`` (plain BCO) ``learn`` stops after the pre-demonstration phase and warns if budget is left.
 
-    The actions stored in a demonstration file are ignored: only the observations are used.
+    The actions stored in a demonstration file are ignored: only the observations are used. A non-finite observation
+    from the environment raises a ValueError (env index and ``num_timesteps`` in the message), and a round whose
+    losses or parameters turn non-finite is undone and raises (``check_finite``, as for the on-policy algorithms;
+    rewards are not used, so not checked).
     ``learn(total_timesteps)`` counts environment interactions (random and policy steps).
 
     Logged per round: ``bco/inverse_loss`` (training NLL of the inverse model), ``bco/inverse_val_loss``,
@@ -173,6 +177,8 @@ class BCO(AtomicSaveAlgorithm):
     }
     policy: CherryActorCriticPolicy
     inverse_model: InverseDynamicsModel
+    #: raise at the first non-finite observation, undo a round with non-finite losses (see sb3_cherry.common.finite)
+    check_finite: bool = True
 
     def __init__(
         self,
@@ -274,7 +280,7 @@ class BCO(AtomicSaveAlgorithm):
         self._flat_low, self._flat_high, self._discrete_columns = flat_columns(self.action_space)
 
     def _excluded_save_params(self) -> list[str]:
-        excluded = [*super()._excluded_save_params(), "_agent_data", "_n_pre_collected", "_demo_cache"]
+        excluded = [*super()._excluded_save_params(), "_agent_data", "_n_pre_collected", "_demo_cache", "_update_snapshot"]
         if not isinstance(self.demonstrations, str):
             excluded.append("demonstrations")  # trajectories given in memory are not saved (a path is)
         return excluded
@@ -428,11 +434,21 @@ class BCO(AtomicSaveAlgorithm):
         behaviour-clone the policy on the labels.
         """
         self._update_learning_rate([self.policy.optimizer, self.inverse_model.optimizer])
+        snapshot = self.__dict__.get("_update_snapshot")
+        if self.check_finite:
+            if snapshot is None:
+                snapshot = self._update_snapshot = UpdateSnapshot(
+                    [self.policy, self.inverse_model], [self.policy.optimizer, self.inverse_model.optimizer]
+                )
+            snapshot.take()
         inverse_loss = self._train_inverse_model()
         self._log_inverse_validation()
         demos = self._demo_transitions()
         labels = self.infer_actions(demos.obs, demos.next_obs)
         bc_loss = self._behavior_clone(demos.obs, labels)
+        if self.check_finite:
+            losses = {"bco/inverse_loss": inverse_loss, "bco/bc_loss": bc_loss}
+            check_update(snapshot, losses, "BCO", self.num_timesteps, self._n_updates)  # type: ignore[arg-type]
         self._n_rounds += 1
         self.logger.record("bco/inverse_loss", inverse_loss)
         self.logger.record("bco/bc_loss", bc_loss)
@@ -457,6 +473,10 @@ class BCO(AtomicSaveAlgorithm):
         self._episodes_from_random_policy |= not use_policy
         tuple_actions = isinstance(self.action_space, spaces.Tuple)
         self.policy.set_training_mode(False)
+        if self.check_finite:
+            check_finite_observation(
+                self._last_obs, "observation", f"reset / rollout start, num_timesteps={self.num_timesteps}"
+            )
         callback.on_rollout_start()
         for _ in range(n_steps):
             if use_policy:
@@ -470,6 +490,8 @@ class BCO(AtomicSaveAlgorithm):
             self.num_timesteps += self.env.num_envs
             if not use_policy:
                 self._n_pre_collected += self.env.num_envs
+            if self.check_finite:  # before the policy or the inverse model sees it (rewards are not used)
+                check_finite_step(new_obs, None, dones, infos, self.num_timesteps)
             callback.update_locals(locals())
             if not callback.on_step():
                 return False

@@ -675,6 +675,13 @@ def _leaf_names(space: spaces.Space) -> set[str]:
     return set(_allowed(space))
 
 
+def _spec_names(spec: DistributionSpec) -> set[str]:
+    """The distribution names a resolved spec uses."""
+    if isinstance(spec, str):
+        return {spec}
+    return set().union(*(_spec_names(sub) for sub in spec or ()))
+
+
 def _make_component(space: spaces.Space, spec: DistributionSpec, kwargs: dict[str, dict[str, Any]]) -> CherryDistribution:
     if isinstance(space, spaces.Tuple):
         assert isinstance(spec, tuple)
@@ -711,12 +718,19 @@ def make_distribution(
     :param action_space: the action space
     :param spec: distribution name, or a sequence of specs for a Tuple space (see :func:`resolve_spec`)
     :param distribution_kwargs: extra constructor arguments per distribution name,
-        e.g. ``{"gumbel_softmax": {"temperature": 0.5}, "beta": {"epsilon": 1e-5}}``
+        e.g. ``{"gumbel_softmax": {"temperature": 0.5}, "beta": {"epsilon": 1e-5}}``; a name the spec does not use
+        raises a ValueError (the arguments would be silently ignored)
     :param use_sde: use gSDE (only with ``"normal"`` on a Box space)
     :param dist_kwargs: SB3 gSDE arguments
     :return: the distribution
     """
     resolved = resolve_spec(action_space, spec)
+    unused = sorted(set(distribution_kwargs or {}) - _spec_names(resolved))
+    if unused:
+        raise ValueError(
+            f"action_distribution_kwargs has arguments for {unused}, but the policy uses {sorted(_spec_names(resolved))} "
+            f"on {action_space}: select that distribution with action_distribution=..., or remove its entry."
+        )
     if use_sde and not (isinstance(action_space, spaces.Box) and resolved == "normal"):
         raise ValueError(
             f"use_sde=True is only available with action_distribution='normal' on a Box space, "
