@@ -6,6 +6,10 @@ in ONE process so that machine noise hits both sides alike; the ratio is what we
     python -m benchmarks.throughput --cases cartpole_ppo_rollback --repeats 5
     python -m benchmarks.throughput --out throughput_extra.csv --cases cartpole_gumbel_softmax_vs_sb3_categorical \
         cartpole_recurrent_lstm_vs_sb3_contrib cartpole_recurrent_gru_vs_sb3_contrib_lstm
+    python -m benchmarks.throughput --guard --out throughput_guard.csv --repeats 5 --cases cartpole_ppo_rollback ...
+
+``--guard`` compares sb3_cherry with its non-finite checks (``check_finite=True``, the default) against the same
+model with ``check_finite=False`` instead of SB3 (the "sb3" columns are then the unguarded runs).
 
 Writes ``benchmarks/results/throughput.csv`` (one row per case, median steps/s of each side and their ratio) and
 ``benchmarks/results/throughput.png``.
@@ -161,9 +165,11 @@ def _flat_box_env(vec_env):
     return make_vec_env(env_id, n_envs=vec_env.num_envs, seed=0, wrapper_class=FlatActions)
 
 
-def measure(build: Callable, env_id: str, n_envs: int, steps: int) -> float:
-    """Steps per second of ``learn(steps)`` (model construction excluded)."""
+def measure(build: Callable, env_id: str, n_envs: int, steps: int, check_finite: bool | None = None) -> float:
+    """Steps per second of ``learn(steps)`` (model construction excluded); ``check_finite`` set on the model if given."""
     model = build(make_vec_env(env_id, n_envs=n_envs, seed=0))
+    if check_finite is not None:
+        model.check_finite = check_finite
     start = time.perf_counter()
     model.learn(steps)
     elapsed = time.perf_counter() - start
@@ -180,6 +186,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: fair on a shared machine)")
     parser.add_argument("--out", default=None, help="CSV name in benchmarks/results (default: throughput.csv)")
+    parser.add_argument("--guard", action="store_true", help="baseline: sb3_cherry with check_finite=False, not SB3")
     args = parser.parse_args()
     th.set_num_threads(args.threads)
     selected = [c for c in cases() if not args.cases or c.name in args.cases]
@@ -189,8 +196,12 @@ def main() -> None:
     for case in selected:
         ours, base = [], []
         for _ in range(args.repeats):  # alternate, so drifting machine load hits both sides
-            base.append(measure(case.baseline, case.env_id, case.n_envs, case.steps))
-            ours.append(measure(case.ours, case.env_id, case.n_envs, case.steps))
+            if args.guard:
+                base.append(measure(case.ours, case.env_id, case.n_envs, case.steps, check_finite=False))
+                ours.append(measure(case.ours, case.env_id, case.n_envs, case.steps, check_finite=True))
+            else:
+                base.append(measure(case.baseline, case.env_id, case.n_envs, case.steps))
+                ours.append(measure(case.ours, case.env_id, case.n_envs, case.steps))
         row = dict(
             case=case.name,
             env=case.env_id,

@@ -80,16 +80,20 @@ def check_finite_step(
     :param num_timesteps: the model's ``num_timesteps`` after this step (reported in the message)
     :raises ValueError: naming what was non-finite, the env index and the step
     """
-    step = f"num_timesteps={num_timesteps}"
-    check_finite_observation(new_obs, "observation", step)
-    if rewards is not None:
-        found = _first_non_finite(rewards)
-        if found is not None:
-            _raise("reward", found[0], found[1], step)
-    ended = np.flatnonzero(dones)
-    if len(ended) > 0:
+    # Fast path (every step): one sum per array is finite iff all its entries are (or finite values overflowed; then
+    # the checks below find nothing)
+    fast = isinstance(new_obs, np.ndarray) and new_obs.dtype.kind == "f" and math.isfinite(new_obs.sum())
+    if not (fast and (rewards is None or math.isfinite(rewards.sum()))):
+        step = f"num_timesteps={num_timesteps}"
+        check_finite_observation(new_obs, "observation", step)
+        if rewards is not None:
+            found = _first_non_finite(rewards)
+            if found is not None:
+                _raise("reward", found[0], found[1], step)
+    if dones.any():
         infos = list(infos)
-        for index in ended:
+        step = f"num_timesteps={num_timesteps}"
+        for index in np.flatnonzero(dones):
             terminal = infos[index].get("terminal_observation")
             if terminal is None:
                 continue
@@ -123,9 +127,15 @@ class FiniteCheckCallback(BaseCallback):
 
 class UpdateSnapshot:
     """
-    Copies of modules' parameters and buffers and of their optimizers' state, taken before an update and restored
-    if the update turned out non-finite. The copies are kept between updates and refreshed in place (one fused copy),
-    so a snapshot costs a memory copy of the parameters and optimizer state, no allocation.
+    Copies of modules' parameters and buffers and of their optimizers' state, from before an update, restored if the
+    update turns out non-finite.
+
+    Two copies alternate, each one flat buffer (float32 tensors; others are copied one by one): :meth:`check`
+    copies the values after an update into the spare buffer and tests that one buffer with one ``isfinite`` (so the
+    parameters, buffers and optimizer state are all checked); if they are finite, that copy is the snapshot of the
+    next update (parameters only change in updates), so a steady-state update costs one fused copy and one
+    reduction. :meth:`invalidate` (at each ``learn``) forces a fresh copy before the next update, in case the
+    parameters were changed in between (``set_parameters``, loading).
 
     :param modules: the modules whose parameters and buffers are saved
     :param optimizers: their optimizers
@@ -134,56 +144,117 @@ class UpdateSnapshot:
     def __init__(self, modules: list[th.nn.Module], optimizers: list[th.optim.Optimizer]):
         self.modules = modules
         self.optimizers = optimizers
-        self._layout: list[tuple[int, ...]] | None = None
-        self._saved: list[th.Tensor] = []
+        self._key: tuple | None = None
+        self._floating: list[th.Tensor] = []
+        self._live: list[th.Tensor] = []
         self._state_keys: list[list[tuple[th.Tensor, str]]] = []
+        # two snapshots: (flat float32 storage, per-tensor views / copies); _current is the valid one
+        self._copies: list[tuple[th.Tensor, list[th.Tensor]]] = []
+        self._other_floating: list[list[th.Tensor]] = [[], []]
+        self._current = 0
+        self._valid = False
 
-    def _live(self) -> tuple[list[th.Tensor], list[list[tuple[th.Tensor, str]]]]:
-        tensors = [t for m in self.modules for t in (*m.parameters(), *m.buffers())]
-        keys: list[list[tuple[th.Tensor, str]]] = []
+    def _layout_key(self) -> tuple:
+        # Parameters are updated in place and optimizer state tensors too (their dicts are replaced only when the
+        # state is created or loaded); a device move replaces a parameter's storage (its data_ptr changes)
+        return (
+            tuple(id(m) for m in self.modules),
+            tuple(p.data_ptr() for p in self._floating),
+            tuple((id(o), tuple(map(id, o.state.values()))) for o in self.optimizers),
+        )
+
+    def _new_copy(self) -> tuple[th.Tensor, list[th.Tensor]]:
+        n_float = sum(t.numel() for t in self._live if t.dtype == th.float32)
+        device = self._live[0].device if self._live else th.device("cpu")
+        flat = th.empty(n_float, dtype=th.float32, device=device)
+        views, offset = [], 0
+        for t in self._live:
+            if t.dtype == th.float32:
+                views.append(flat[offset : offset + t.numel()].view_as(t))
+                offset += t.numel()
+            else:
+                views.append(t.clone())
+        return flat, views
+
+    def _rebuild(self) -> None:
+        self._floating = [t for m in self.modules for t in m.parameters() if t.is_floating_point()]
+        self._live = [t.detach() for m in self.modules for t in (*m.parameters(), *m.buffers())]
+        self._state_keys = []
         for optimizer in self.optimizers:
-            entries = [(p, k) for p, state in optimizer.state.items() for k, v in state.items() if isinstance(v, th.Tensor)]
-            keys.append(entries)
-            tensors += [optimizer.state[p][k] for p, k in entries]
-        return tensors, keys
+            entries = [(p, k) for p, st in optimizer.state.items() for k, v in st.items() if isinstance(v, th.Tensor)]
+            self._state_keys.append(entries)
+            self._live += [optimizer.state[p][k].detach() for p, k in entries]
+        self._copies = [self._new_copy(), self._new_copy()]
+        self._other_floating = [[v for v in c[1] if v.is_floating_point() and v.dtype != th.float32] for c in self._copies]
+        self._key = self._layout_key()
+
+    def invalidate(self) -> None:
+        """The parameters may have changed outside updates: copy them again before the next update."""
+        self._valid = False
 
     def take(self) -> None:
-        """Save the current values (before an update)."""
-        tensors, keys = self._live()
-        layout = [id(t) for t in tensors] + [t.numel() for t in tensors]
+        """Save the current values (before an update); a no-op when the last :meth:`check` already holds them."""
+        if self._valid and self._key == self._layout_key():
+            return
+        self._rebuild()
         with th.no_grad():
-            if layout != self._layout:  # first snapshot, or the optimizer created its state: new copies
-                self._saved = [t.detach().clone() for t in tensors]
-                self._layout = layout
-            else:
-                th._foreach_copy_(self._saved, [t.detach() for t in tensors])
-        self._state_keys = keys
+            th._foreach_copy_(self._copies[self._current][1], self._live)
+        self._valid = True
+
+    def check(self) -> bool:
+        """
+        After an update: copy the values into the spare snapshot and test them.
+
+        :return: whether every parameter, buffer and optimizer state value is finite (then the copy becomes the
+            snapshot of the next update; otherwise the snapshot from before the update is kept for :meth:`restore`)
+        """
+        if self._key != self._layout_key():
+            # the optimizer created its state during the update (first update): test tensor by tensor, and only if
+            # finite switch to the new layout (restore still needs the old one)
+            with th.no_grad():
+                tensors = [t for m in self.modules for t in (*m.parameters(), *m.buffers())]
+                tensors += [
+                    v for o in self.optimizers for st in o.state.values() for v in st.values() if isinstance(v, th.Tensor)
+                ]
+                finite = all(bool(th.isfinite(t).all()) for t in tensors if t.is_floating_point())
+            if finite:
+                self._rebuild()
+                with th.no_grad():
+                    th._foreach_copy_(self._copies[self._current][1], self._live)
+                self._valid = True
+            return finite
+        spare = 1 - self._current
+        flat, views = self._copies[spare]
+        with th.no_grad():
+            th._foreach_copy_(views, self._live)
+            # a sum is finite iff every entry is, unless finite values overflow (then the exact test decides); one sum
+            # is ~10x cheaper than isfinite().all() on CPU
+            finite = math.isfinite(flat.sum().item()) or bool(th.isfinite(flat).all())
+            finite = finite and all(bool(th.isfinite(v).all()) for v in self._other_floating[spare])
+        if finite:
+            self._current = spare
+            self._valid = True
+        return finite
 
     def restore(self) -> None:
-        """Put the saved values back; optimizer state created after the snapshot is dropped."""
-        n_module = sum(1 for m in self.modules for _ in (*m.parameters(), *m.buffers()))
+        """Put the values from before the update back; optimizer state created during the update is dropped."""
         with th.no_grad():
-            live = [t for m in self.modules for t in (*m.parameters(), *m.buffers())]
-            th._foreach_copy_(live, self._saved[:n_module])
-            saved = iter(self._saved[n_module:])
-            for optimizer, entries in zip(self.optimizers, self._state_keys, strict=True):
-                kept = {p for p, _ in entries}
-                for p in [p for p in optimizer.state if p not in kept]:
-                    del optimizer.state[p]
-                for p, k in entries:
-                    optimizer.state[p][k].copy_(next(saved))
-
-    def parameters_finite(self) -> bool:
-        """
-        :return: whether every parameter and buffer of the modules is finite (one reduction per tensor, one sync)
-        """
-        tensors = [t.detach() for m in self.modules for t in m.parameters() if t.is_floating_point()]
-        norms = th._foreach_norm(tensors)
-        return bool(th.isfinite(th.stack(norms)).all())
+            th._foreach_copy_(self._live, self._copies[self._current][1])
+        for optimizer, entries in zip(self.optimizers, self._state_keys, strict=True):
+            kept = {p for p, _ in entries}
+            for p in [p for p in optimizer.state if p not in kept]:
+                del optimizer.state[p]
+        self._key = None
+        self._valid = False
 
 
 def check_update(
-    snapshot: UpdateSnapshot, losses: Mapping[str, Any], algorithm: str, num_timesteps: int, n_updates: int
+    snapshot: UpdateSnapshot,
+    losses: Mapping[str, Any],
+    algorithm: str,
+    num_timesteps: int,
+    n_updates: int,
+    finite: bool | None = None,
 ) -> None:
     """
     After an update: if a logged loss or a parameter is not finite, restore the snapshot and raise.
@@ -193,13 +264,18 @@ def check_update(
     :param algorithm: the algorithm's name, for the message
     :param num_timesteps: the model's ``num_timesteps`` (reported)
     :param n_updates: the model's update counter (reported)
+    :param finite: the result of ``snapshot.check()`` if the caller already ran it
     :raises ValueError: naming the non-finite loss (or the parameters) and the step
     """
     bad = {name: value for name, value in losses.items() if value is not None and not math.isfinite(float(value))}
-    if not bad and snapshot.parameters_finite():
+    if not bad and (snapshot.check() if finite is None else finite):
         return
     snapshot.restore()
-    what = "loss " + ", ".join(f"{name}={value}" for name, value in bad.items()) if bad else "parameters after the update"
+    what = (
+        "loss " + ", ".join(f"{name}={value}" for name, value in bad.items())
+        if bad
+        else "parameters or optimizer state after the update"
+    )
     raise ValueError(
         f"Non-finite {what} in the {algorithm} update at num_timesteps={num_timesteps} (n_updates={n_updates}): the "
         "update was undone, the parameters and optimizer state are those from before it. The data were finite, so "

@@ -56,8 +56,10 @@ def _train_checked(train: Callable[[Any], None]) -> Callable[[Any], None]:
         except Exception:
             # e.g. a torch distribution rejecting NaN parameters in a later minibatch of the same update: undo the
             # update and say so (check_update raises); any other error propagates unchanged
-            if not snapshot.parameters_finite():
-                check_update(snapshot, {}, name, self.num_timesteps, self._n_updates)
+            finite = snapshot.check()
+            snapshot.invalidate()
+            if not finite:
+                check_update(snapshot, {}, name, self.num_timesteps, self._n_updates, finite=False)
             raise
         logged = self.logger.name_to_value
         check_update(snapshot, {key: logged.get(key) for key in _LOSS_KEYS}, name, self.num_timesteps, self._n_updates)
@@ -128,6 +130,8 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
         self.collection = check_collection(collection)
 
     def _init_callback(self, callback: MaybeCallback, progress_bar: bool = False) -> BaseCallback:
+        if "_update_snapshot" in self.__dict__:
+            self._update_snapshot.invalidate()  # parameters may have been set or loaded since the last update
         if self.check_finite:
             # first, so that no other callback (e.g. an EvalCallback) runs on a non-finite step
             if callback is None:
