@@ -266,3 +266,18 @@ def test_async_with_buffer_that_cannot_recentre_rejected():
     with pytest.raises(ValueError, match="collection='async'"):
         CherryA2C("MlpPolicy", "CartPole-v1", collection="async", rollout_buffer_class=RolloutBuffer)
     PPORollback("MlpPolicy", "CartPole-v1", collection="sync", rollout_buffer_class=RolloutBuffer)  # fine when sync
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_parameters_set_between_learns_are_what_a_failed_update_restores():
+    """The snapshot is refreshed at each learn: parameters loaded in between are the ones restored, not older ones."""
+    env = DummyVecEnv([lambda: InjectEnv(BOX, "huge_reward", at_step=N_STEPS + 1)])
+    model = _make("ppo", env, None)
+    model.learn(N_STEPS)
+    other = _make("ppo", DummyVecEnv([lambda: InjectEnv(BOX)]), None)
+    other.learn(2 * N_STEPS)
+    model.policy.load_state_dict(other.policy.state_dict())  # in place: same tensors, same optimizer state
+    expected = copy.deepcopy(model.policy.state_dict())
+    with pytest.raises(ValueError, match="Non-finite loss"):
+        model.learn(N_STEPS, reset_num_timesteps=False)
+    _assert_state_equal(model.policy.state_dict(), expected)
