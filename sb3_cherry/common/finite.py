@@ -159,8 +159,8 @@ class UpdateSnapshot:
         # state is created or loaded); a device move replaces a parameter's storage (its data_ptr changes)
         return (
             tuple(id(m) for m in self.modules),
-            tuple(p.data_ptr() for p in self._floating),
-            tuple((id(o), tuple(map(id, o.state.values()))) for o in self.optimizers),
+            tuple([p.data_ptr() for p in self._floating]),
+            tuple([(id(o), tuple(map(id, o.state.values()))) for o in self.optimizers]),
         )
 
     def _new_copy(self) -> tuple[th.Tensor, list[th.Tensor]]:
@@ -193,8 +193,10 @@ class UpdateSnapshot:
         self._valid = False
 
     def take(self) -> None:
-        """Save the current values (before an update); a no-op when the last :meth:`check` already holds them."""
-        if self._valid and self._key == self._layout_key():
+        """Save the current values (before an update); a no-op when the last :meth:`check` already holds them (the
+        layout can only change in an update, which :meth:`check` detects, or between ``learn`` calls, which
+        :meth:`invalidate` covers)."""
+        if self._valid:
             return
         self._rebuild()
         with th.no_grad():
