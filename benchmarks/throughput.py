@@ -8,6 +8,12 @@ in ONE process so that machine noise hits both sides alike; the ratio is what we
     python -m benchmarks.throughput --cases cartpole_ppo_rollback --repeats 5
     python -m benchmarks.throughput --out throughput_extra.csv --cases cartpole_gumbel_softmax_vs_sb3_categorical \
         cartpole_recurrent_lstm_vs_sb3_contrib cartpole_recurrent_gru_vs_sb3_contrib_lstm
+    python -m benchmarks.throughput --guard --out throughput_guard.csv --repeats 5 --cases cartpole_ppo_rollback ...
+
+``--guard`` compares sb3_cherry with its non-finite checks (``check_finite=True``, the default) against the same
+model with ``check_finite=False`` instead of SB3 (the "sb3" columns are then the unguarded runs), timed in process
+CPU time: the difference sought (a few %) is below the wall-clock noise of a shared machine, and with one torch
+thread and in-process envs the CPU time is the work done.
 
 Writes ``benchmarks/results/throughput.csv`` (one row per case, median steps/s of each side and their ratio, and the
 raw env step rate of the same VecEnv with random actions, with each side's ratio to it, and the ratio of steps per
@@ -232,13 +238,16 @@ def measure(build: Callable, case: Case) -> float:
     return measure_wall_and_cpu(build, case)[0]
 
 
-def measure_wall_and_cpu(build: Callable, case: Case) -> tuple[float, float]:
+def measure_wall_and_cpu(build: Callable, case: Case, check_finite: bool | None = None) -> tuple[float, float]:
     """
     Steps per second of ``learn(steps)``, per wall-clock second and per second of this process's CPU time (model
     construction excluded). With torch on 1 thread and a DummyVecEnv the two agree on an idle machine; on a loaded
-    one the CPU-time rate is not diluted by waiting for a core.
+    one the CPU-time rate is not diluted by waiting for a core. ``check_finite``, when given, is set on the model
+    (``--guard``).
     """
     model = build(make_env(case))
+    if check_finite is not None:
+        model.check_finite = check_finite
     start, cpu_start = time.perf_counter(), time.process_time()
     model.learn(case.steps)
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
@@ -276,6 +285,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: fair on a shared machine)")
     parser.add_argument("--out", default=None, help="CSV name in benchmarks/results (default: throughput.csv)")
+    parser.add_argument("--guard", action="store_true", help="baseline: sb3_cherry with check_finite=False, not SB3")
     args = parser.parse_args()
     th.set_num_threads(args.threads)
     selected = [c for c in cases() if not args.cases or c.name in args.cases]
@@ -285,8 +295,12 @@ def main() -> None:
     for case in selected:
         ours, base, raw, ours_cpu, base_cpu = [], [], [], [], []
         for _ in range(args.repeats):  # alternate, so drifting machine load hits both sides
-            for side, build in ((base, case.baseline), (ours, case.ours)):
-                wall, cpu = measure_wall_and_cpu(build, case)
+            if args.guard:  # the same model with the non-finite checks off ("sb3" columns) and on
+                sides = ((base, case.ours, False), (ours, case.ours, True))
+            else:
+                sides = ((base, case.baseline, None), (ours, case.ours, None))
+            for side, build, check_finite in sides:
+                wall, cpu = measure_wall_and_cpu(build, case, check_finite)
                 side.append(wall)
                 (base_cpu if side is base else ours_cpu).append(cpu)
             raw.append(measure_raw(case))

@@ -145,12 +145,13 @@ def test_bounded_distributions(tmp_path, distribution):
 
 def test_alpha_rounds_budget_and_logs(tmp_path, line_demos):
     env = make_vec_env(LineEnv, n_envs=2, seed=0)
-    model = BCO("MlpPolicy", env, demonstrations=line_demos, alpha=2.0, n_pre_interactions=100, n_epochs_bc=50, seed=0)
+    model = BCO("MlpPolicy", env, demonstrations=line_demos, alpha=0.6, n_pre_interactions=100, n_epochs_bc=50, seed=0)
     model.set_logger(configure(str(tmp_path), ["csv"]))
     n_demo = len(model._demo_transitions())  # 10 episodes of 3 steps
     assert n_demo == 30
     model.learn(400)
-    # 100 random interactions, then rounds of alpha * 30 = 60 policy interactions: 100 + 5 * 60 = 400
+    # 100 random interactions |I_pre|, then rounds of alpha * |I_pre| = 60 policy interactions (Torabi et al. 2018,
+    # Algorithm 1; the number of demonstration transitions plays no part): 100 + 5 * 60 = 400
     assert model.num_timesteps == 400
     assert model._n_rounds == 6
     assert len(model._agent_data) == 400
@@ -166,6 +167,24 @@ def test_alpha_rounds_budget_and_logs(tmp_path, line_demos):
     # a budget that does not divide into rounds is never exceeded
     model.learn(130)
     assert model.num_timesteps == 130
+
+
+def test_round_size_follows_pre_interactions_and_budget_is_used(line_demos):
+    """BCO(alpha) per Torabi et al. 2018, Algorithm 1: |I_post| = alpha * |I_pre| per round, whatever the number of
+    demonstration transitions; with the defaults, learn(n) spends n; alpha=0 warns that the budget is not used."""
+    for n_demo_episodes in (2, 10):
+        trajectories = record_demos(ScriptedModel(go_right), LineEnv(), n_episodes=n_demo_episodes, seed=0)
+        model = BCO("MlpPolicy", LineEnv(), demonstrations=trajectories, alpha=0.25, n_pre_interactions=80, n_epochs_bc=1)
+        model.learn(80 + 3 * 20)
+        assert (model.num_timesteps, model._n_rounds, len(model._agent_data)) == (140, 4, 140)
+    model = BCO("MlpPolicy", LineEnv(), demonstrations=line_demos, n_epochs_inverse=1, n_epochs_bc=1)
+    assert (model.alpha, model.n_pre_interactions) == (0.1, 10_000)
+    model.learn(12_500)  # 10k random steps + rounds of 1000 policy steps, the last one 500
+    assert (model.num_timesteps, model._n_rounds) == (12_500, 4)
+    model = BCO("MlpPolicy", LineEnv(), demonstrations=line_demos, alpha=0.0, n_pre_interactions=50, n_epochs_bc=1)
+    with pytest.warns(UserWarning, match=r"alpha=0 \(plain BCO\) stops after the pre-demonstration phase, having used 50 of"):
+        model.learn(200)
+    assert model.num_timesteps == 50
 
 
 def test_save_load_round_trip(tmp_path, line_demos):
@@ -220,7 +239,12 @@ def test_wrong_demonstrations_raise_clear_errors(tmp_path, line_demos):
     with pytest.raises(ValueError, match="BCO needs demonstrations"):
         BCO("MlpPolicy", LineEnv()).learn(10)
     with pytest.raises(ValueError, match="left no environment interaction"):
-        BCO("MlpPolicy", LineEnv(), demonstrations=line_demos, n_pre_interactions=0).learn(10)
+        BCO("MlpPolicy", LineEnv(), demonstrations=line_demos, n_pre_interactions=0, alpha=0.0).learn(10)
+    with pytest.raises(ValueError, match="give n_pre_interactions > 0, or alpha=0"):
+        BCO("MlpPolicy", LineEnv(), demonstrations=line_demos, n_pre_interactions=0)
+    for alpha in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="alpha must be >= 0"):
+            BCO("MlpPolicy", LineEnv(), demonstrations=line_demos, alpha=alpha)
     with pytest.raises(ValueError, match="alpha must be >= 0"):
         BCO("MlpPolicy", LineEnv(), demonstrations=line_demos, alpha=-1)
     with pytest.raises(ValueError, match="Unknown activation_fn"):
@@ -278,9 +302,8 @@ def test_bco_cartpole(tmp_path):
     demo_return = np.mean([t.rews.sum() for t in trajectories])
 
     start = time.time()
-    model = BCO(
-        "MlpPolicy", "CartPole-v1", demonstrations=path, alpha=0.1, n_pre_interactions=10_000, n_epochs_inverse=3, seed=0
-    )
+    # the defaults alone (issue 21): BCO(0.1) with |I_pre| = 10k, i.e. 10k random steps + 40 rounds of 1k policy steps
+    model = BCO("MlpPolicy", "CartPole-v1", demonstrations=path, seed=0)
     model.learn(50_000)
     bco_time = time.time() - start
     bco_return, bco_std = evaluate_policy(model, make_vec_env("CartPole-v1", seed=200), n_eval_episodes=20)
@@ -289,7 +312,8 @@ def test_bco_cartpole(tmp_path):
         f"BCO {bco_return:.1f} ± {bco_std:.1f} after {model.num_timesteps} interactions, {model._n_rounds} rounds, "
         f"{bco_time:.0f}s"
     )
-    assert model.num_timesteps <= 50_000
+    assert model.num_timesteps == 50_000  # the whole budget is used
+    assert model._n_rounds == 41
     assert bco_return >= 0.95 * expert_return
 
 
@@ -323,7 +347,7 @@ def test_bco_pendulum(tmp_path):
         "MlpPolicy",
         "Pendulum-v1",
         demonstrations=path,
-        alpha=0.5,
+        alpha=0.1,  # alpha * |I_pre| = 2k policy steps per round
         n_pre_interactions=20_000,
         n_epochs_inverse=3,
         n_epochs_bc=50,

@@ -353,8 +353,10 @@ def test_entropy_discrete_families():
     )
 
 
-def test_tanh_normal_entropy_is_none():
-    assert TanhNormalDistribution(BOX3).proba_distribution(th.zeros(2, 6)).entropy() is None
+def test_tanh_normal_entropy_is_differentiable():
+    # (Monte-Carlo agreement and gradients against a numerical integral: tests/test_entropy.py)
+    entropy = TanhNormalDistribution(BOX3).proba_distribution(th.zeros(2, 6, requires_grad=True)).entropy()
+    assert entropy.shape == (2,) and entropy.requires_grad
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -639,7 +641,10 @@ def test_nested_tuple_mixed_specs():
         + ref_normal(normal).log_prob(a_norm).sum(1)
     )
     th.testing.assert_close(dist.log_prob(actions), expected)
-    assert dist.entropy() is None  # a tanh_normal component has no closed form
+    # entropies add: the tanh_normal component's (Gauss-Hermite) estimate included
+    tanh_entropy = TanhNormalDistribution(NESTED.spaces[1].spaces[1]).proba_distribution(tanh).entropy()
+    th.testing.assert_close(dist.entropy(), sum(c.entropy() for c in dist.components))
+    th.testing.assert_close(dist.components[1].parts[1].entropy(), tanh_entropy)
 
     for decoded in unflatten_actions(NESTED, actions.numpy()) + unflatten_actions(NESTED, dist.mode().numpy()):
         assert NESTED.contains(decoded)
@@ -986,7 +991,7 @@ def test_policy_forward_evaluate_predict(spec, space):
             th.testing.assert_close(log_prob_eval, log_prob)
             th.testing.assert_close(values_eval, values)
             assert th.isfinite(log_prob).all()
-            assert (entropy is None) == (space is NESTED or spec == "tanh_normal")
+            assert entropy is not None and th.isfinite(entropy).all()
 
         if spec in ("beta", "tanh_normal"):
             # The policy's log-prob is the reference distribution's, evaluated at the head's parameters

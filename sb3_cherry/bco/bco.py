@@ -2,6 +2,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar, TypeVar
 
@@ -23,6 +24,7 @@ from sb3_cherry.bco.policies import (
     distribution_actions,
     flat_columns,
 )
+from sb3_cherry.common.finite import UpdateSnapshot, check_finite_observation, check_finite_step, check_update
 from sb3_cherry.common.policies import CherryActorCriticPolicy
 from sb3_cherry.common.save_util import AtomicSaveAlgorithm
 from sb3_cherry.common.spaces import flatten_action
@@ -112,10 +114,19 @@ class BCO(AtomicSaveAlgorithm):
     ``n_pre_interactions`` steps of a uniformly random policy), used to label the demonstrations' state pairs
     ``(s, s')`` with actions (its mode), and the policy is behaviour-cloned on the labelled pairs by maximising the
     log-likelihood ``evaluate_actions`` returns (so every sb3_cherry distribution, Beta and Tuple included, works).
-    With ``alpha > 0`` (BCO(alpha)), each further round collects ``alpha * |demonstration transitions|`` interactions
-    with the current policy, adds them to the inverse model's data and repeats, until ``learn``'s budget is spent.
+    With ``alpha > 0`` (BCO(alpha)), each further round collects ``alpha * |I_pre|`` interactions with the current
+    policy (``|I_pre|`` = the pre-demonstration interactions, ``n_pre_interactions``), adds them to the inverse model's
+    data and repeats, until ``learn``'s budget is spent. This is alpha as Torabi et al. define it (Algorithm 1: a
+    round's post-demonstration interactions are a fraction of ``|I_pre|``); earlier sb3_cherry versions collected
+    ``alpha * |demonstration transitions|`` (the same rounds when the demonstrations hold ``n_pre_interactions``
+    transitions, as 20 CartPole episodes of 500 steps with the default 10k do).
+    The defaults (``alpha=0.1``, ``n_pre_interactions=10_000``: rounds of 1000 policy steps) spend the whole budget;
+    with ``alpha=0`` (plain BCO) ``learn`` stops after the pre-demonstration phase and warns if budget is left.
 
-    The actions stored in a demonstration file are ignored: only the observations are used.
+    The actions stored in a demonstration file are ignored: only the observations are used. A non-finite observation
+    from the environment raises a ValueError (env index and ``num_timesteps`` in the message), and a round whose
+    losses or parameters turn non-finite is undone and raises (``check_finite``, as for the on-policy algorithms;
+    rewards are not used, so not checked).
     ``learn(total_timesteps)`` counts environment interactions (random and policy steps).
 
     Logged per round: ``bco/inverse_loss`` (training NLL of the inverse model), ``bco/inverse_val_loss``,
@@ -132,8 +143,9 @@ class BCO(AtomicSaveAlgorithm):
     :param demonstrations: a demonstration file (:func:`sb3_cherry.demos.record_demos`, ``sb3-cherry record``) or a
         list of trajectories (imitation's or :class:`sb3_cherry.demos.DemoTrajectory`). Required by ``learn``; a path
         is saved with the model, a list is not (pass ``demonstrations=`` to ``load`` to keep learning)
-    :param alpha: BCO(alpha)'s post-demonstration interactions per round, as a fraction of the number of demonstration
-        transitions (0: plain BCO, one round after the pre-demonstration phase)
+    :param alpha: BCO(alpha)'s post-demonstration interactions per round, as a fraction of the pre-demonstration
+        interactions ``|I_pre|`` (Torabi et al. 2018, Algorithm 1; 0: plain BCO, one round after the pre-demonstration
+        phase, leaving the rest of ``learn``'s budget unused)
     :param n_pre_interactions: interactions of the uniformly random policy collected first (pre-demonstration phase)
     :param learning_rate: learning rate of the policy and of the inverse model, it can be a function of the current
         progress remaining (from 1 to 0)
@@ -167,13 +179,15 @@ class BCO(AtomicSaveAlgorithm):
     setup_rebuilds: ClassVar[frozenset[str]] = frozenset({"_flat_low", "_flat_high", "_discrete_columns"})
     policy: CherryActorCriticPolicy
     inverse_model: InverseDynamicsModel
+    #: raise at the first non-finite observation, undo a round with non-finite losses (see sb3_cherry.common.finite)
+    check_finite: bool = True
 
     def __init__(
         self,
         policy: str | type[CherryActorCriticPolicy],
         env: GymEnv | str,
         demonstrations: str | os.PathLike | Sequence[Any] | None = None,
-        alpha: float = 0.0,
+        alpha: float = 0.1,
         n_pre_interactions: int = 10_000,
         learning_rate: float | Schedule = 1e-3,
         batch_size: int = 256,
@@ -205,10 +219,15 @@ class BCO(AtomicSaveAlgorithm):
             seed=seed,
             supported_action_spaces=(spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary, spaces.Tuple),
         )
-        if alpha < 0:
+        if not (math.isfinite(alpha) and alpha >= 0):
             raise ValueError(f"alpha must be >= 0 (0: plain BCO without post-demonstration rounds), got {alpha}.")
         if n_pre_interactions < 0 or float(n_pre_interactions) != int(n_pre_interactions):
             raise ValueError(f"n_pre_interactions must be an integer >= 0, got {n_pre_interactions}.")
+        if alpha > 0 and n_pre_interactions == 0:
+            raise ValueError(
+                f"alpha={alpha} collects alpha * n_pre_interactions policy steps per round (Torabi et al. 2018), but "
+                "n_pre_interactions=0: give n_pre_interactions > 0, or alpha=0."
+            )
         for name, value in (("batch_size", batch_size), ("n_epochs_inverse", n_epochs_inverse), ("n_epochs_bc", n_epochs_bc)):
             if value < 1 or float(value) != int(value):
                 raise ValueError(f"{name} must be an integer >= 1, got {value}.")
@@ -263,7 +282,7 @@ class BCO(AtomicSaveAlgorithm):
         self._flat_low, self._flat_high, self._discrete_columns = flat_columns(self.action_space)
 
     def _excluded_save_params(self) -> list[str]:
-        excluded = [*super()._excluded_save_params(), "_agent_data", "_n_pre_collected", "_demo_cache"]
+        excluded = [*super()._excluded_save_params(), "_agent_data", "_n_pre_collected", "_demo_cache", "_update_snapshot"]
         if not isinstance(self.demonstrations, str):
             excluded.append("demonstrations")  # trajectories given in memory are not saved (a path is)
         return excluded
@@ -417,11 +436,21 @@ class BCO(AtomicSaveAlgorithm):
         behaviour-clone the policy on the labels.
         """
         self._update_learning_rate([self.policy.optimizer, self.inverse_model.optimizer])
+        snapshot = self.__dict__.get("_update_snapshot")
+        if self.check_finite:
+            if snapshot is None:
+                snapshot = self._update_snapshot = UpdateSnapshot(
+                    [self.policy, self.inverse_model], [self.policy.optimizer, self.inverse_model.optimizer]
+                )
+            snapshot.take()
         inverse_loss = self._train_inverse_model()
         self._log_inverse_validation()
         demos = self._demo_transitions()
         labels = self.infer_actions(demos.obs, demos.next_obs)
         bc_loss = self._behavior_clone(demos.obs, labels)
+        if self.check_finite:
+            losses = {"bco/inverse_loss": inverse_loss, "bco/bc_loss": bc_loss}
+            check_update(snapshot, losses, "BCO", self.num_timesteps, self._n_updates)  # type: ignore[arg-type]
         self._n_rounds += 1
         self.logger.record("bco/inverse_loss", inverse_loss)
         self.logger.record("bco/bc_loss", bc_loss)
@@ -446,6 +475,10 @@ class BCO(AtomicSaveAlgorithm):
         self._episodes_from_random_policy |= not use_policy
         tuple_actions = isinstance(self.action_space, spaces.Tuple)
         self.policy.set_training_mode(False)
+        if self.check_finite:
+            check_finite_observation(
+                self._last_obs, "observation", f"reset / rollout start, num_timesteps={self.num_timesteps}"
+            )
         callback.on_rollout_start()
         for _ in range(n_steps):
             if use_policy:
@@ -459,6 +492,8 @@ class BCO(AtomicSaveAlgorithm):
             self.num_timesteps += self.env.num_envs
             if not use_policy:
                 self._n_pre_collected += self.env.num_envs
+            if self.check_finite:  # before the policy or the inverse model sees it (rewards are not used)
+                check_finite_step(new_obs, None, dones, infos, self.num_timesteps)
             callback.update_locals(locals())
             if not callback.on_step():
                 return False
@@ -533,7 +568,8 @@ class BCO(AtomicSaveAlgorithm):
         """
         Run BCO(alpha) with a budget of ``total_timesteps`` environment interactions: the pre-demonstration phase
         (``n_pre_interactions`` random steps, if not done yet), a round (inverse model, labels, cloning), then, while
-        ``alpha > 0`` and the budget allows, ``alpha * |demonstration transitions|`` policy steps and another round.
+        ``alpha > 0`` and the budget allows, ``alpha * n_pre_interactions`` policy steps (the last round takes what is
+        left) and another round. With ``alpha=0`` the budget left after the first round is unused (a warning says so).
         The agent's transitions are not saved with the model: a loaded model starts with a new pre-demonstration phase.
 
         :param total_timesteps: the number of environment interactions (all envs together)
@@ -545,7 +581,7 @@ class BCO(AtomicSaveAlgorithm):
         :return: the trained model
         :raises ValueError: without demonstrations, or when the budget leaves no interaction to learn from
         """
-        demos = self._demo_transitions()
+        self._demo_transitions()  # no demonstrations, or ones that do not fit the env: fail before collecting
         total_timesteps, callback = self._setup_learn(
             total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar
         )
@@ -563,7 +599,8 @@ class BCO(AtomicSaveAlgorithm):
         if not stopped and len(self._agent_data) > 0:
             self._round(log_interval)
         while not stopped and self.alpha > 0:
-            n_steps = steps_for(math.ceil(self.alpha * len(demos)))
+            # Torabi et al. 2018, Algorithm 1: |I_post| = alpha * |I_pre| interactions per round
+            n_steps = steps_for(max(1, math.ceil(self.alpha * self.n_pre_interactions)))
             if n_steps <= 0:
                 break
             stopped = not self._collect(n_steps, callback, use_policy=True)
@@ -574,6 +611,14 @@ class BCO(AtomicSaveAlgorithm):
                 f"BCO.learn: total_timesteps={total_timesteps - self._num_timesteps_at_start} left no environment "
                 f"interaction to train the inverse model on (n_envs={n_envs}, n_pre_interactions={self.n_pre_interactions}, "
                 f"alpha={self.alpha}). Give a budget of at least n_envs steps and n_pre_interactions > 0 or alpha > 0."
+            )
+        if not stopped and self.alpha == 0 and total_timesteps - self.num_timesteps >= n_envs:
+            warnings.warn(
+                f"BCO.learn: alpha=0 (plain BCO) stops after the pre-demonstration phase, having used "
+                f"{self.num_timesteps - self._num_timesteps_at_start} of total_timesteps="
+                f"{total_timesteps - self._num_timesteps_at_start} interactions. Give alpha > 0 (BCO(alpha), e.g. the "
+                "default 0.1) to spend the budget on post-demonstration rounds, or a smaller total_timesteps.",
+                stacklevel=2,
             )
         callback.on_training_end()
         return self

@@ -7,6 +7,8 @@ They are SB3's ``RolloutBuffer`` / ``DictRolloutBuffer``; only ``compute_returns
 the current networks (cherry_rl recomputes targets before every epoch).
 """
 
+import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -35,10 +37,14 @@ def check_estimator_args(returns_estimator: str, n_step: int, rho_bar: float, c_
     """
     if returns_estimator not in RETURNS_ESTIMATORS:
         raise ValueError(f"Unknown returns_estimator={returns_estimator!r}: choose one of {list(RETURNS_ESTIMATORS)}.")
-    if int(n_step) < 1:
-        raise ValueError(f"n_step must be >= 1, got {n_step}.")
-    if rho_bar <= 0 or c_bar <= 0:
-        raise ValueError(f"rho_bar and c_bar must be > 0, got rho_bar={rho_bar}, c_bar={c_bar}.")
+    integral = isinstance(n_step, numbers.Integral) or (isinstance(n_step, numbers.Real) and float(n_step).is_integer())
+    if isinstance(n_step, bool) or not integral or n_step < 1:
+        raise ValueError(
+            f"n_step must be an integer >= 1 (an integral float such as 5.0 is accepted), got {n_step!r}: "
+            "give the horizon as a whole number of steps, e.g. n_step=3."
+        )
+    if not (rho_bar > 0 and c_bar > 0 and math.isfinite(rho_bar) and math.isfinite(c_bar)):
+        raise ValueError(f"rho_bar and c_bar must be finite numbers > 0, got rho_bar={rho_bar}, c_bar={c_bar}.")
 
 
 class ReturnsEstimatorMixin:

@@ -190,6 +190,42 @@ class NormalDistribution(CherryDistribution):
         return (0.5 * (var_ratio + scaled_gap - 1.0) - (self.log_std - other.log_std)).sum(dim=1)
 
 
+#: Gauss-Hermite rule for E_{u ~ N(mean, std^2)}[g(u)] = sum_i w_i / sqrt(pi) * g(mean + sqrt(2) * std * x_i)
+TANH_ENTROPY_NODES = 64
+_GH_NODES, _GH_WEIGHTS = np.polynomial.hermite.hermgauss(TANH_ENTROPY_NODES)
+_GH_WEIGHTS = _GH_WEIGHTS / math.sqrt(math.pi)
+_GH_CACHE: dict[tuple[th.dtype, th.device], tuple[th.Tensor, th.Tensor]] = {}
+
+
+def expected_log_det_tanh(mean: th.Tensor, log_std: th.Tensor) -> th.Tensor:
+    """
+    ``E_{u ~ N(mean, exp(log_std)^2)}[log(1 - tanh(u)^2)]`` elementwise, by a deterministic 64-node Gauss-Hermite rule
+    over ``u = mean + std * sqrt(2) * x`` (differentiable in ``mean`` and ``log_std``, the same value every call).
+    ``log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u))`` is evaluated in its stable form.
+
+    Accuracy (absolute, per dimension, against a float64 trapezoidal integral on a 1e-4 grid, any mean): < 1e-10
+    for ``std <= 1``, 2e-7 at ``std = 1.65``, 7e-5 at ``std = e``, 2e-3 at ``std = 4.5``, 2e-2 at ``std = 7.4``; in
+    float32 the float rounding (~1e-6) dominates for ``std <= 2``. Its gradient is as accurate (2e-5 up to ``std = 1``,
+    4e-4 at ``std = e``; tests/test_entropy.py). The integrand ``-2 log cosh(u)`` has poles at
+    ``u = +-i pi / 2``, so the rule loses accuracy as ``std`` grows; a tanh-Normal's entropy is largest near
+    ``std ~ 1``, so an entropy bonus does not drive ``std`` into that range.
+
+    :param mean: means of the Gaussian, any shape
+    :param log_std: log standard deviations, same shape
+    :return: the expectation, same shape
+    """
+    key = (mean.dtype, mean.device)
+    if key not in _GH_CACHE:
+        _GH_CACHE[key] = (
+            th.as_tensor(_GH_NODES * math.sqrt(2.0), dtype=mean.dtype, device=mean.device),
+            th.as_tensor(_GH_WEIGHTS, dtype=mean.dtype, device=mean.device),
+        )
+    nodes, weights = _GH_CACHE[key]
+    u = mean.unsqueeze(-1) + th.exp(log_std).unsqueeze(-1) * nodes
+    log_det = 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))
+    return log_det @ weights
+
+
 class TanhNormalDistribution(CherryDistribution):
     """
     tanh-squashed diagonal Gaussian mapped affinely onto the Box bounds: ``a = low + (tanh(u) + 1) / 2 * (high - low)``
@@ -200,6 +236,12 @@ class TanhNormalDistribution(CherryDistribution):
     ``log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u))`` for numerical stability.
     Actions on (or numerically at) the bounds are moved ``epsilon`` inside before inverting ``tanh``, so log-probs
     and gradients stay finite.
+
+    The entropy has no closed form; by the change of variables it is, per dimension,
+    ``H(a) = H(u) + E[log |da/du|] = 1/2 + log(2 pi)/2 + log(std) + E[log(1 - tanh(u)^2)] + log((high - low) / 2)``,
+    with the expectation computed by a deterministic Gauss-Hermite rule (:func:`expected_log_det_tanh`, accuracy
+    there): smooth, repeatable and differentiable in ``mean`` and ``log_std``, so ``ent_coef`` acts on the policy
+    (the ``-log_prob`` of stored actions SB3 falls back on has zero expected gradient).
 
     :param space: the ``Box`` action space (finite bounds)
     :param epsilon: margin used when inverting ``tanh`` at the bounds
@@ -238,9 +280,12 @@ class TanhNormalDistribution(CherryDistribution):
         log_det_affine = th.log((high - low) / 2.0)
         return (_gaussian_log_density(u, self.mean, self.log_std) - log_det_tanh - log_det_affine).sum(dim=1)
 
-    def entropy(self) -> th.Tensor | None:
-        # No closed form: PPO/A2C then use -log_prob as the entropy estimate, as SB3 does for squashed Gaussians
-        return None
+    def entropy(self) -> th.Tensor:
+        # H(a) = H(u) + E[log |d tanh / du|] + log|d a / d tanh| per dimension (change of variables), the middle term
+        # by Gauss-Hermite quadrature
+        log_scale = th.log((self.high - self.low) / 2.0).to(self.mean)
+        gaussian = self.log_std + (0.5 + _HALF_LOG_2PI)
+        return (gaussian + expected_log_det_tanh(self.mean, self.log_std) + log_scale).sum(dim=1)
 
     def sample(self) -> th.Tensor:
         return self._to_bounds(th.tanh(self.mean + th.exp(self.log_std) * th.randn_like(self.mean)))
@@ -467,8 +512,8 @@ class TupleDistribution(CherryDistribution):
     """
     Product distribution over a ``Tuple`` action space: one distribution per component, independent given the
     observation. Log-probabilities and entropies add; actions are the concatenation of the components' flat actions
-    (:mod:`sb3_cherry.common.spaces`). Entropy is ``None`` when a component has no closed form (then PPO uses
-    ``-log_prob`` for the whole action, as SB3 does).
+    (:mod:`sb3_cherry.common.spaces`). The entropy is the sum of the components' entropies: exact where a closed form
+    exists, the Gauss-Hermite estimate for tanh-Normal components, so every component gets its entropy gradient.
 
     Consecutive ``"normal"`` components are evaluated as one diagonal Gaussian over their concatenated columns (the
     same distribution: independent dimensions either way) with one parameter head, which saves a head, a density and
@@ -535,11 +580,9 @@ class TupleDistribution(CherryDistribution):
                 out += [c.sum(dim=1) for c in columns.split(sizes, dim=1)]
         return out
 
-    def entropy(self) -> th.Tensor | None:
+    def entropy(self) -> th.Tensor:
         entropies = [p.entropy() for p in self.parts]
-        if any(e is None for e in entropies):
-            return None
-        return entropies[0] if len(entropies) == 1 else th.stack(entropies, dim=1).sum(dim=1)  # type: ignore[arg-type]
+        return entropies[0] if len(entropies) == 1 else th.stack(entropies, dim=1).sum(dim=1)
 
     def sample(self) -> th.Tensor:
         return th.cat([p.sample().float().reshape(-1, p.action_dim) for p in self.parts], dim=1)
@@ -701,6 +744,13 @@ def _leaf_names(space: spaces.Space) -> set[str]:
     return set(_allowed(space))
 
 
+def _spec_names(spec: DistributionSpec) -> set[str]:
+    """The distribution names a resolved spec uses."""
+    if isinstance(spec, str):
+        return {spec}
+    return set().union(*(_spec_names(sub) for sub in spec or ()))
+
+
 def _make_component(space: spaces.Space, spec: DistributionSpec, kwargs: dict[str, dict[str, Any]]) -> CherryDistribution:
     if isinstance(space, spaces.Tuple):
         assert isinstance(spec, tuple)
@@ -737,12 +787,19 @@ def make_distribution(
     :param action_space: the action space
     :param spec: distribution name, or a sequence of specs for a Tuple space (see :func:`resolve_spec`)
     :param distribution_kwargs: extra constructor arguments per distribution name,
-        e.g. ``{"gumbel_softmax": {"temperature": 0.5}, "beta": {"epsilon": 1e-5}}``
+        e.g. ``{"gumbel_softmax": {"temperature": 0.5}, "beta": {"epsilon": 1e-5}}``; a name the spec does not use
+        raises a ValueError (the arguments would be silently ignored)
     :param use_sde: use gSDE (only with ``"normal"`` on a Box space)
     :param dist_kwargs: SB3 gSDE arguments
     :return: the distribution
     """
     resolved = resolve_spec(action_space, spec)
+    unused = sorted(set(distribution_kwargs or {}) - _spec_names(resolved))
+    if unused:
+        raise ValueError(
+            f"action_distribution_kwargs has arguments for {unused}, but the policy uses {sorted(_spec_names(resolved))} "
+            f"on {action_space}: select that distribution with action_distribution=..., or remove its entry."
+        )
     if use_sde and not (isinstance(action_space, spaces.Box) and resolved == "normal"):
         raise ValueError(
             f"use_sde=True is only available with action_distribution='normal' on a Box space, "

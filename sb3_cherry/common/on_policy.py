@@ -10,26 +10,65 @@ only three hooks are added:
 - saving is atomic and loading a foreign or corrupt file fails with a clear message;
 - the default policies pick their action distribution from ``policy_kwargs["action_distribution"]``;
 - with ``collection="async"``, ``learn`` trains in a learner process while the next rollout is collected
-  (:mod:`sb3_cherry.common.async_learner`).
+  (:mod:`sb3_cherry.common.async_learner`);
+- non-finite data never trains silently (:mod:`sb3_cherry.common.finite`): the first NaN/inf observation or reward
+  raises a ValueError naming the env and the step, and an update whose loss or parameters turn non-finite is undone
+  and raises.
 """
 
+import functools
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, ConvertCallback
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
 from stable_baselines3.common.vec_env import VecEnv, is_vecenv_wrapped
 
 from sb3_cherry.common.async_learner import AsyncLearner, check_collection
 from sb3_cherry.common.buffers import CherryDictRolloutBuffer, CherryRolloutBuffer, ReturnsEstimatorMixin, check_estimator_args
+from sb3_cherry.common.finite import FiniteCheckCallback, UpdateSnapshot, check_update
 from sb3_cherry.common.policies import CherryActorCriticPolicy
 from sb3_cherry.common.save_util import AtomicSaveAlgorithm
 from sb3_cherry.common.speed import fast_learn, inference_forward
 from sb3_cherry.common.vec_env.tuple_actions import VecTupleActions
 
 SelfCherryOnPolicyAlgorithm = TypeVar("SelfCherryOnPolicyAlgorithm", bound="CherryOnPolicyAlgorithm")
+
+#: Losses the SB3 / sb3_cherry trainers log (PPO and A2C names); a non-finite one undoes the update
+_LOSS_KEYS = ("train/policy_gradient_loss", "train/policy_loss", "train/value_loss", "train/entropy_loss", "train/loss")
+
+
+def _train_checked(train: Callable[[Any], None]) -> Callable[[Any], None]:
+    """Wrap an algorithm's ``train`` so that an update with a non-finite loss or non-finite parameters is undone."""
+
+    @functools.wraps(train)
+    def train_checked(self: "CherryOnPolicyAlgorithm") -> None:
+        if not self.check_finite:
+            train(self)
+            return
+        snapshot = self.__dict__.get("_update_snapshot")
+        if snapshot is None:
+            snapshot = self._update_snapshot = UpdateSnapshot([self.policy], [self.policy.optimizer])
+        snapshot.take()
+        name = type(self).__name__
+        try:
+            train(self)
+        except Exception:
+            # e.g. a torch distribution rejecting NaN parameters in a later minibatch of the same update: undo the
+            # update and say so (check_update raises); any other error propagates unchanged
+            finite = snapshot.check()
+            snapshot.invalidate()
+            if not finite:
+                check_update(snapshot, {}, name, self.num_timesteps, self._n_updates, finite=False)
+            raise
+        logged = self.logger.name_to_value
+        check_update(snapshot, {key: logged.get(key) for key in _LOSS_KEYS}, name, self.num_timesteps, self._n_updates)
+
+    train_checked._checks_finite = True  # type: ignore[attr-defined]
+    return train_checked
 
 
 class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
@@ -38,7 +77,20 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
 
     The concrete algorithm sets ``returns_estimator``, ``n_step``, ``rho_bar``, ``c_bar`` and ``recompute_returns``
     (with :meth:`_init_estimator`) before ``_setup_model`` runs.
+
+    ``check_finite`` (attribute, default True): raise a ValueError at the first non-finite observation or reward
+    (env index and ``num_timesteps`` in the message) and undo an update whose loss or parameters are non-finite
+    (the model keeps its parameters and optimizer state from before it). Setting it to False removes the checks
+    (``benchmarks/throughput.py --guard`` measures their cost); it never changes a float of training.
     """
+
+    check_finite: bool = True
+
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        # Each concrete algorithm's train (its own, or SB3's PPO / A2C one) gets the non-finite update check once
+        if not getattr(cls.train, "_checks_finite", False):
+            cls.train = _train_checked(cls.train)  # type: ignore[method-assign]
 
     returns_estimator: str
     n_step: int
@@ -87,6 +139,21 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
         """
         self.collection = check_collection(collection)
 
+    def _init_callback(self, callback: MaybeCallback, progress_bar: bool = False) -> BaseCallback:
+        if "_update_snapshot" in self.__dict__:
+            self._update_snapshot.invalidate()  # parameters may have been set or loaded since the last update
+        if self.check_finite:
+            # first, so that no other callback (e.g. an EvalCallback) runs on a non-finite step
+            if callback is None:
+                callback = []
+            elif not isinstance(callback, list):
+                callback = [callback if isinstance(callback, BaseCallback) else ConvertCallback(callback)]
+            callback = [FiniteCheckCallback(), *callback]
+        return super()._init_callback(callback, progress_bar)
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_update_snapshot"]
+
     @staticmethod
     def _wrap_env(env: GymEnv, verbose: int = 0, monitor_wrapper: bool = True) -> VecEnv:
         env = OnPolicyAlgorithm._wrap_env(env, verbose, monitor_wrapper)
@@ -111,6 +178,12 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
                 f"rollout_buffer_class={self.rollout_buffer_class.__name__} does not support returns_estimator="
                 f"{self.returns_estimator!r}, recompute_returns or Tuple actions: use a subclass of "
                 "sb3_cherry.common.buffers.CherryRolloutBuffer (or leave rollout_buffer_class=None)."
+            )
+        elif self.collection == "async":
+            raise ValueError(
+                f"collection='async' re-centres each lagged rollout on the current policy, which "
+                f"rollout_buffer_class={self.rollout_buffer_class.__name__} cannot do: use a subclass of "
+                "sb3_cherry.common.buffers.CherryRolloutBuffer (or leave rollout_buffer_class=None), or collection='sync'."
             )
         super()._setup_model()
 

@@ -1,3 +1,4 @@
+import math
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
@@ -346,8 +347,11 @@ class PPORollback(PPO, CherryOnPolicyAlgorithm):
             device=device,
             _init_setup_model=False,
         )
-        if rollback_alpha < 0:
-            raise ValueError(f"rollback_alpha must be >= 0 (0 gives plain clipped PPO), got {rollback_alpha}.")
+        if not (math.isfinite(rollback_alpha) and rollback_alpha >= 0):
+            raise ValueError(
+                f"rollback_alpha must be a finite number >= 0 (0 gives plain clipped PPO; the Truly PPO paper uses 0.3), "
+                f"got {rollback_alpha}."
+            )
         self.rollback_alpha = float(rollback_alpha)
         self._init_estimator(returns_estimator, n_step, rho_bar, c_bar, recompute_returns)
 

@@ -1,0 +1,283 @@
+"""
+Non-finite data never trains silently (issue 15 item 5) and arguments are rejected at construction (item 6).
+
+The references are the environments' own injected values (which env, which step) and copies of the parameters and
+optimizer state taken by the test itself before the failing rollout / update.
+"""
+
+import copy
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from sb3_cherry import CherryA2C, PPORollback, RecurrentPPORollback
+from sb3_cherry.bco import BCO
+from sb3_cherry.common.finite import check_finite_observation, check_finite_step
+from sb3_cherry.demos import record_demos
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    n_threads = th.get_num_threads()
+    th.set_num_threads(1)
+    yield
+    th.set_num_threads(n_threads)
+
+
+class InjectEnv(gym.Env):
+    """
+    Random observations in [-1, 1], 6-step episodes; at its ``at_step``-th step (counted over episodes) it returns a
+    NaN in the observation or the reward, or a huge finite reward (``"huge_reward"``: finite data, non-finite loss).
+    """
+
+    observation_space = spaces.Box(-1.0, 1.0, (3,), np.float32)
+
+    def __init__(self, action_space: spaces.Space, what: str | None = None, at_step: int = 0):
+        self.action_space = action_space
+        self.what, self.at_step, self.steps, self._t = what, at_step, 0, 0
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self._t = 0
+        return self.np_random.uniform(-1, 1, 3).astype(np.float32), {}
+
+    def step(self, action):
+        self.steps += 1
+        self._t += 1
+        obs = self.np_random.uniform(-1, 1, 3).astype(np.float32)
+        reward = 0.0
+        if self.what is not None and self.steps >= self.at_step:
+            if self.what == "observation" and self.steps == self.at_step:
+                obs[1] = np.nan
+            elif self.what == "reward" and self.steps == self.at_step:
+                reward = float("inf")
+            elif self.what == "huge_reward":
+                reward = 1e30  # finite, but its square (the value loss) overflows float32
+        return obs, reward, False, self._t >= 6, {}
+
+
+BOX = spaces.Box(-1.0, 1.0, (2,), np.float32)
+N_STEPS = 8
+
+
+def _make(algo: str, env, distribution: str | None):
+    kwargs = dict(n_steps=N_STEPS, seed=0, device="cpu")
+    policy_kwargs = {} if distribution is None else dict(action_distribution=distribution)
+    if algo == "ppo":
+        return PPORollback("MlpPolicy", env, batch_size=8, n_epochs=2, policy_kwargs=policy_kwargs, **kwargs)
+    if algo == "a2c":
+        return CherryA2C("MlpPolicy", env, policy_kwargs=policy_kwargs, **kwargs)
+    policy_kwargs.update(lstm_hidden_size=8, net_arch=[16])
+    return RecurrentPPORollback("MlpLstmPolicy", env, batch_size=8, n_epochs=2, policy_kwargs=policy_kwargs, **kwargs)
+
+
+class RecordState(BaseCallback):
+    """Copies of the parameters and optimizer state at every rollout start / end (the test's own reference)."""
+
+    def _on_rollout_start(self) -> None:
+        self.at_rollout_start = copy.deepcopy(self.model.policy.state_dict())
+
+    def _on_rollout_end(self) -> None:
+        self.at_rollout_end = copy.deepcopy(self.model.policy.state_dict())
+        self.optimizer_at_rollout_end = copy.deepcopy(self.model.policy.optimizer.state_dict())
+
+    def _on_step(self) -> bool:
+        return True
+
+
+def _assert_state_equal(state: dict, expected: dict) -> None:
+    assert state.keys() == expected.keys()
+    for key in expected:
+        assert th.equal(state[key], expected[key]), key
+
+
+def _assert_optimizer_equal(state: dict, expected: dict) -> None:
+    assert state["state"].keys() == expected["state"].keys()
+    for index, values in expected["state"].items():
+        for name, value in values.items():
+            got = state["state"][index][name]
+            assert th.equal(got, value) if isinstance(value, th.Tensor) else got == value, (index, name)
+
+
+CASES = [
+    ("ppo", "beta"),
+    ("ppo", "tanh_normal"),
+    ("ppo", "gumbel_softmax"),
+    ("ppo", None),
+    ("a2c", "beta"),
+    ("recurrent", "tanh_normal"),
+]
+
+
+def _space(distribution: str | None) -> spaces.Space:
+    return spaces.Discrete(3) if distribution == "gumbel_softmax" else BOX
+
+
+@pytest.mark.parametrize("algo, distribution", CASES)
+@pytest.mark.parametrize("what", ["observation", "reward"])
+def test_non_finite_env_data_raises_and_keeps_parameters(tmp_path, algo, distribution, what):
+    space = _space(distribution)
+    # env 1 of 2 returns a NaN observation / an inf reward at its 20th step: num_timesteps = 2 * 20 = 40 then
+    env = DummyVecEnv([lambda: InjectEnv(space), lambda: InjectEnv(space, what, at_step=20)])
+    model = _make(algo, env, distribution)
+    model.learn(2 * N_STEPS)  # one clean rollout and update
+    model.save(tmp_path / "checkpoint")
+    obs = np.stack([InjectEnv.observation_space.sample() for _ in range(5)])
+    before, _ = model.predict(obs, deterministic=True)
+    record = RecordState()
+    value = "nan" if what == "observation" else "inf"
+    with pytest.raises(ValueError, match=rf"Non-finite {what} \({value}\) from env 1 at num_timesteps=40"):
+        model.learn(200, callback=record, reset_num_timesteps=False)
+    assert model.num_timesteps == 40
+    # the failing rollout never reached train: parameters are those from its start, all finite
+    _assert_state_equal(model.policy.state_dict(), record.at_rollout_start)
+    assert all(th.isfinite(p).all() for p in model.policy.parameters())
+    after, _ = model.predict(obs, deterministic=True)
+    assert np.all(np.isfinite(after))
+    # the checkpoint written before still loads and predicts what it predicted
+    loaded = type(model).load(tmp_path / "checkpoint", device="cpu")
+    np.testing.assert_array_equal(loaded.predict(obs, deterministic=True)[0], before)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy's own overflow warnings on the 1e30 rewards
+@pytest.mark.parametrize("algo, distribution", [("ppo", "beta"), ("ppo", None), ("a2c", None), ("recurrent", "tanh_normal")])
+def test_non_finite_loss_undoes_the_update(algo, distribution):
+    """Finite data whose value loss overflows (reward 1e30): the update is undone, parameters and optimizer state
+    equal the test's copies from before the update, and the error names the loss."""
+    space = _space(distribution)
+    env = DummyVecEnv([lambda: InjectEnv(space), lambda: InjectEnv(space, "huge_reward", at_step=N_STEPS + 1)])
+    model = _make(algo, env, distribution)
+    model.learn(2 * N_STEPS)  # one clean update: the optimizer has state to restore
+    record = RecordState()
+    with pytest.raises(ValueError, match=r"Non-finite loss .*value_loss=(inf|nan).* update at num_timesteps=32"):
+        model.learn(2 * N_STEPS, callback=record, reset_num_timesteps=False)
+    _assert_state_equal(model.policy.state_dict(), record.at_rollout_end)
+    _assert_optimizer_equal(model.policy.optimizer.state_dict(), record.optimizer_at_rollout_end)
+    assert all(th.isfinite(p).all() for p in model.policy.parameters())
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_first_update_failing_drops_the_new_optimizer_state():
+    env = DummyVecEnv([lambda: InjectEnv(BOX, "huge_reward", at_step=1)])
+    model = _make("ppo", env, "tanh_normal")
+    initial = copy.deepcopy(model.policy.state_dict())
+    with pytest.raises(ValueError, match="Non-finite loss"):
+        model.learn(N_STEPS)
+    _assert_state_equal(model.policy.state_dict(), initial)
+    assert len(model.policy.optimizer.state) == 0
+
+
+def test_guard_changes_no_float():
+    """The checks only read: the same run with check_finite off gives the same parameters bit for bit."""
+    states = []
+    for check in (True, False):
+        model = PPORollback("MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=32, n_epochs=2, seed=0, device="cpu")
+        model.check_finite = check
+        model.learn(128)
+        states.append(model.policy.state_dict())
+    _assert_state_equal(states[0], states[1])
+
+
+def test_check_functions_name_key_terminal_observation_and_env():
+    obs = {"a": np.zeros((3, 2), np.float32), "b": np.array([[0.0], [1.0], [np.inf]], np.float32)}
+    with pytest.raises(ValueError, match=r"Non-finite observation \(key 'b'\) \(inf\) from env 2 at num_timesteps=7"):
+        check_finite_observation(obs, "observation", "num_timesteps=7")
+    check_finite_observation(np.arange(6).reshape(3, 2), "observation", "x")  # integer observations: nothing to check
+    finite = np.zeros((3, 2), np.float32)
+    infos = [{}, {"terminal_observation": np.array([0.0, np.nan], np.float32)}, {}]
+    with pytest.raises(ValueError, match=r"Non-finite terminal observation \(nan\) from env 1 at num_timesteps=9"):
+        check_finite_step(finite, np.zeros(3), np.array([False, True, False]), infos, 9)
+    check_finite_step(finite, np.zeros(3), np.array([False, False, False]), infos, 9)  # not done: not read
+    with pytest.raises(ValueError, match=r"Non-finite reward \(nan\) from env 0"):
+        check_finite_step(finite, np.array([np.nan, 0.0, 0.0]), np.zeros(3, bool), infos, 9)
+
+
+def test_bco_non_finite_observation(tmp_path):
+    path = tmp_path / "demos.npz"
+
+    class Expert:
+        def predict(self, obs, state=None, episode_start=None, deterministic=True):
+            return np.zeros((len(obs), 2), np.float32), state
+
+    record_demos(Expert(), InjectEnv(BOX), n_episodes=2, path=path, seed=0)
+    env = DummyVecEnv([lambda: InjectEnv(BOX), lambda: InjectEnv(BOX, "observation", at_step=29)])
+    model = BCO("MlpPolicy", env, demonstrations=path, n_pre_interactions=40, alpha=0.5, n_epochs_bc=1, seed=0)
+    with pytest.raises(ValueError, match=r"Non-finite observation \(nan\) from env 1 at num_timesteps=58"):
+        model.learn(200)
+    assert all(th.isfinite(p).all() for p in model.policy.parameters())
+    assert all(th.isfinite(p).all() for p in model.inverse_model.parameters())
+
+
+# ------------------------------------------------------------------------------------------------ argument checks
+@pytest.mark.parametrize("alpha", [float("nan"), float("inf"), -0.1])
+@pytest.mark.parametrize("cls, policy", [(PPORollback, "MlpPolicy"), (RecurrentPPORollback, "MlpLstmPolicy")])
+def test_rollback_alpha_rejected(cls, policy, alpha):
+    with pytest.raises(ValueError, match="rollback_alpha must be a finite number >= 0"):
+        cls(policy, "CartPole-v1", rollback_alpha=alpha)
+
+
+@pytest.mark.parametrize("n_step", [2.7, 0, -1, float("nan"), "3", True])
+def test_non_integer_n_step_rejected(n_step):
+    with pytest.raises(ValueError, match=r"n_step must be an integer >= 1 .*e\.g\. n_step=3"):
+        PPORollback("MlpPolicy", "CartPole-v1", returns_estimator="n_step", n_step=n_step)
+    with pytest.raises(ValueError, match="n_step must be an integer"):
+        CherryA2C("MlpPolicy", "CartPole-v1", returns_estimator="n_step", n_step=n_step)
+
+
+def test_integral_n_step_accepted():
+    for n_step in (5, 5.0, np.int64(5)):
+        model = PPORollback("MlpPolicy", "CartPole-v1", returns_estimator="n_step", n_step=n_step, n_steps=16, batch_size=16)
+        assert model.n_step == 5 and type(model.n_step) is int
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 0.0])
+def test_rho_bar_rejected(value):
+    with pytest.raises(ValueError, match="rho_bar and c_bar must be finite numbers > 0"):
+        PPORollback("MlpPolicy", "CartPole-v1", returns_estimator="vtrace", rho_bar=value)
+
+
+def test_distribution_kwargs_for_unused_distribution_rejected():
+    kwargs = {"gumbel_softmax": {"temperature": 0.5}}
+    with pytest.raises(ValueError, match=r"action_distribution_kwargs has arguments for \['gumbel_softmax'\], but the "):
+        PPORollback("MlpPolicy", "CartPole-v1", policy_kwargs=dict(action_distribution_kwargs=kwargs))
+    with pytest.raises(ValueError, match=r"arguments for \['beta'\].*\['tanh_normal'\]"):
+        PPORollback(
+            "MlpPolicy",
+            "Pendulum-v1",
+            policy_kwargs=dict(action_distribution="tanh_normal", action_distribution_kwargs={"beta": {"epsilon": 1e-5}}),
+        )
+    model = PPORollback(
+        "MlpPolicy",
+        "CartPole-v1",
+        policy_kwargs=dict(action_distribution="gumbel_softmax", action_distribution_kwargs=kwargs),
+    )
+    assert model.policy.action_dist.temperature == 0.5
+
+
+def test_async_with_buffer_that_cannot_recentre_rejected():
+    with pytest.raises(ValueError, match=r"collection='async' re-centres .*RolloutBuffer cannot do: use a subclass"):
+        PPORollback("MlpPolicy", "CartPole-v1", collection="async", rollout_buffer_class=RolloutBuffer)
+    with pytest.raises(ValueError, match="collection='async'"):
+        CherryA2C("MlpPolicy", "CartPole-v1", collection="async", rollout_buffer_class=RolloutBuffer)
+    PPORollback("MlpPolicy", "CartPole-v1", collection="sync", rollout_buffer_class=RolloutBuffer)  # fine when sync
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_parameters_set_between_learns_are_what_a_failed_update_restores():
+    """The snapshot is refreshed at each learn: parameters loaded in between are the ones restored, not older ones."""
+    env = DummyVecEnv([lambda: InjectEnv(BOX, "huge_reward", at_step=N_STEPS + 1)])
+    model = _make("ppo", env, None)
+    model.learn(N_STEPS)
+    other = _make("ppo", DummyVecEnv([lambda: InjectEnv(BOX)]), None)
+    other.learn(2 * N_STEPS)
+    model.policy.load_state_dict(other.policy.state_dict())  # in place: same tensors, same optimizer state
+    expected = copy.deepcopy(model.policy.state_dict())
+    with pytest.raises(ValueError, match="Non-finite loss"):
+        model.learn(N_STEPS, reset_num_timesteps=False)
+    _assert_state_equal(model.policy.state_dict(), expected)
