@@ -11,37 +11,17 @@ Every subcommand accepts ``-h``.
 """
 
 import argparse
-import inspect
 import json
 import os
 import pathlib
 import sys
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import yaml
 
 import sb3_cherry
-
-#: Keys that rl_zoo3's ExperimentManager consumes itself (not passed to the algorithm)
-ZOO_KEYS = {
-    "n_timesteps",
-    "policy",
-    "n_envs",
-    "normalize",
-    "env_wrapper",
-    "vec_env_wrapper",
-    "frame_stack",
-    "callback",
-    "env_kwargs",
-    "monitor_kwargs",
-    "policy_kwargs",
-}
-#: Hyperparameters that rl_zoo3 accepts as ``lin_<value>`` schedules
-SCHEDULE_KEYS = {"learning_rate", "clip_range", "clip_range_vf"}
-#: Constructor arguments that the zoo sets itself
-RESERVED_ARGS = {"self", "policy", "env", "_init_setup_model", "tensorboard_log", "verbose", "seed", "device"}
+from sb3_cherry.common.config_schema import default_config, validate_config
 
 
 def register_zoo() -> dict[str, type]:
@@ -61,99 +41,6 @@ def register_zoo() -> dict[str, type]:
     except ImportError:  # optuna is an rl_zoo3 dependency; tolerate its absence for non-optimize commands
         pass
     return algos
-
-
-def default_config(algo: str) -> pathlib.Path:
-    """
-    The default config file of ``algo``: ``zoo_configs/<algo>.yml`` in the working directory, else the one shipped
-    next to the package (source checkout / editable install).
-
-    :param algo: algorithm name (``ppo_rollback``, ``cherry_a2c``, ...)
-    :return: the path
-    :raises FileNotFoundError: no config found
-    """
-    candidates = [
-        pathlib.Path("zoo_configs") / f"{algo}.yml",
-        pathlib.Path(__file__).parents[1] / "zoo_configs" / f"{algo}.yml",
-    ]
-    for candidate in candidates:
-        if candidate.exists():
-            return candidate
-    raise FileNotFoundError(f"No config for algo {algo!r}: looked for {[str(c) for c in candidates]}. Pass -c <file.yml>.")
-
-
-def _type_ok(value: Any, default: Any, key: str) -> bool:
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, int) and not isinstance(default, bool):
-        return (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, float) and value.is_integer())
-    if isinstance(default, float):
-        if isinstance(value, str):
-            return key in SCHEDULE_KEYS and value.startswith("lin_")
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if isinstance(default, str):
-        return isinstance(value, str)
-    return True
-
-
-def validate_config(path: str | pathlib.Path, algo: str, env_id: str) -> dict[str, Any]:
-    """
-    Check the config entry of ``env_id`` in ``path`` before any training starts.
-
-    :param path: the YAML file
-    :param algo: algorithm name registered in the zoo
-    :param env_id: environment id (key of the YAML file)
-    :return: the entry
-    :raises ValueError: naming the file, the env key and the offending hyperparameter
-    """
-    algos = sb3_cherry.zoo_algorithms()
-    if algo not in algos:
-        raise ValueError(f"Unknown algo {algo!r}: choose one of {sorted(algos)}.")
-    with open(path) as file:
-        config = yaml.safe_load(file) or {}
-    entry = config.get(env_id, config.get("default"))
-    if entry is None:
-        raise ValueError(f"{path}: no entry for env {env_id!r} (and no 'default'). Entries: {sorted(config)}.")
-    where = f"{path} [{env_id}]"
-    parameters = inspect.signature(algos[algo].__init__).parameters
-    allowed = ZOO_KEYS | (set(parameters) - RESERVED_ARGS)
-    for key, value in entry.items():
-        if key not in allowed:
-            raise ValueError(f"{where}: unknown hyperparameter {key!r} for {algo}. Allowed: {sorted(allowed)}.")
-        default = parameters[key].default if key in parameters else None
-        if default is not None and default is not inspect.Parameter.empty and not _type_ok(value, default, key):
-            raise ValueError(
-                f"{where}: hyperparameter {key!r}={value!r} has the wrong type (expected {type(default).__name__}"
-                f"{' or lin_<value>' if key in SCHEDULE_KEYS else ''})."
-            )
-    if "n_timesteps" not in entry:
-        raise ValueError(f"{where}: missing 'n_timesteps'.")
-    policy_kwargs = entry.get("policy_kwargs", {})
-    if isinstance(policy_kwargs, str):
-        try:
-            policy_kwargs = eval(policy_kwargs, {"__builtins__": __builtins__, **_policy_kwargs_namespace()})
-        except Exception as exc:
-            raise ValueError(f"{where}: cannot evaluate policy_kwargs {entry['policy_kwargs']!r}: {exc}") from exc
-    if "action_distribution" in policy_kwargs:
-        from sb3_cherry.common.distributions import resolve_spec
-        from sb3_cherry.common.policies import _tuple_from_list
-
-        env = gym.make(env_id, **entry.get("env_kwargs", {}) or {})
-        try:
-            resolve_spec(env.action_space, _tuple_from_list(policy_kwargs["action_distribution"]))
-        except ValueError as exc:
-            raise ValueError(f"{where}: policy_kwargs.action_distribution: {exc}") from exc
-        finally:
-            env.close()
-    return entry
-
-
-def _policy_kwargs_namespace() -> dict[str, Any]:
-    """Names rl_zoo3 makes available when it evaluates ``policy_kwargs`` strings."""
-    import torch as th
-    from torch import nn
-
-    return {"nn": nn, "th": th, "dict": dict}
 
 
 def _split_known(argv: list[str], flags: dict[str, str]) -> tuple[dict[str, str], list[str]]:

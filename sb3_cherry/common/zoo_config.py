@@ -6,6 +6,8 @@ from typing import Any
 
 from stable_baselines3.common.utils import LinearSchedule
 
+from sb3_cherry.common.config_schema import _policy_kwargs_namespace, default_config, validate_config
+
 
 @dataclass
 class ZooEntry:
@@ -34,8 +36,6 @@ def load_zoo_entry(algo: str, env_id: str, path: str | pathlib.Path | None = Non
     :param path: config file (default: the shipped ``zoo_configs/<algo>.yml``)
     :return: the entry
     """
-    from sb3_cherry.cli import _policy_kwargs_namespace, default_config, validate_config
-
     path = path or default_config(algo)
     entry = dict(validate_config(path, algo, env_id))
     n_timesteps = int(entry.pop("n_timesteps"))
