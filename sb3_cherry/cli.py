@@ -2,26 +2,53 @@
 ``sb3-cherry`` command line: a thin layer over rl_zoo3.
 
 - ``train``: rl_zoo3 training with sb3_cherry's algorithms registered in ``rl_zoo3.utils.ALGOS`` and the config read
-  from ``zoo_configs/<algo>.yml``; the config is validated first (unknown keys, wrong types, unknown distributions).
+  from the shipped ``zoo_configs/<algo>.yml`` (or ``-c FILE``); the config is validated first (unknown keys, wrong
+  types, unknown distributions).
 - ``enjoy``: rl_zoo3's ``enjoy`` (``--no-render`` for headless machines).
-- ``evaluate``: mean ± std return and length over N episodes, number of failed episodes, optional JSON output.
+- ``evaluate``: mean ± std return and length over N episodes (SB3's ``evaluate_policy``), number of failed episodes,
+  optional JSON output.
 - ``record``: write a demonstration file from a trained model (:mod:`sb3_cherry.demos`).
+- ``video``: an MP4 (and with ``--gif`` a GIF) of a trained agent (SB3's ``VecVideoRecorder``, as rl_zoo3's
+  ``record_video``).
 
-Every subcommand accepts ``-h``.
+Every subcommand accepts ``-h``; the help texts are plain text (:data:`USAGE`).
 """
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import pathlib
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import yaml
+from stable_baselines3.common.vec_env import VecEnv, VecVideoRecorder
 
 import sb3_cherry
 from sb3_cherry.common.config_schema import default_config, validate_config
+
+#: One line per subcommand, printed by ``sb3-cherry --help``
+COMMAND_HELP = {
+    "train": "train an agent with rl_zoo3 from the shipped zoo config (or -c FILE); rl_zoo3's train options work",
+    "enjoy": "watch a trained agent (rl_zoo3's enjoy; --no-render on headless machines)",
+    "evaluate": "mean and std of return and length over N episodes, and the number of failed episodes",
+    "record": "write a demonstration file (.npz) from a trained agent",
+    "video": "record an MP4 of a trained agent (--gif: also a GIF)",
+}
+#: Plain-text help of ``sb3-cherry``
+USAGE = (
+    f"usage: sb3-cherry [-h] [--version] {{{','.join(COMMAND_HELP)}}} ...\n\n"
+    "sb3_cherry's algorithms through rl_zoo3: train, evaluate, watch and film agents.\n\ncommands:\n"
+    + "".join(f"  {name:<10}{text}\n" for name, text in COMMAND_HELP.items())
+    + "\n'sb3-cherry COMMAND -h' lists the options of a command. Examples:\n"
+    "  sb3-cherry train --algo ppo_rollback --env CartPole-v1 -f logs\n"
+    "  sb3-cherry evaluate --algo ppo_rollback --env CartPole-v1 -f logs -n 10\n"
+    "  sb3-cherry video --algo ppo_rollback --env CartPole-v1 -f logs --gif\n"
+)
 
 
 def register_zoo() -> dict[str, type]:
@@ -43,17 +70,66 @@ def register_zoo() -> dict[str, type]:
     return algos
 
 
-def _split_known(argv: list[str], flags: dict[str, str]) -> tuple[dict[str, str], list[str]]:
-    """Pull ``--flag value`` pairs out of argv (flags maps every spelling to a name); return them and the rest."""
-    known, rest, i = {}, [], 0
-    while i < len(argv):
-        if argv[i] in flags and i + 1 < len(argv):
-            known[flags[argv[i]]] = argv[i + 1]
-            i += 2
-        else:
-            rest.append(argv[i])
-            i += 1
-    return known, rest
+def _algo_choices() -> list[str]:
+    """The ``--algo`` choices: sb3_cherry's algorithms (the ones with a shipped zoo config)."""
+    return sorted(sb3_cherry.zoo_algorithms())
+
+
+def _run_rl_zoo3(entry: Callable[[], Any], prog: str, argv: list[str]) -> None:
+    """Run an rl_zoo3 script function (it parses ``sys.argv``) with ``argv``, restoring ``sys.argv`` afterwards."""
+    saved = sys.argv
+    sys.argv = [prog, *argv]
+    try:
+        entry()
+    finally:
+        sys.argv = saved
+
+
+def _rl_zoo3_options(entry: Callable[[], Any], prog: str, skip: tuple[str, ...] = ()) -> str:
+    """
+    The options of an rl_zoo3 script's ``--help`` (captured; its usage line and the options in ``skip`` left out).
+
+    :param entry: the rl_zoo3 script function (it parses ``sys.argv``)
+    :param prog: program name shown in the help
+    :param skip: option strings whose entries are left out (the ones sb3-cherry handles itself)
+    :return: the help text of the remaining options
+    """
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+        _run_rl_zoo3(entry, prog, ["--help"])
+    lines = out.getvalue().splitlines()
+    start = next((i + 1 for i, line in enumerate(lines) if line.rstrip() == "options:"), 0)
+    kept: list[str] = []
+    keep = True
+    for line in lines[start:]:
+        stripped = line.lstrip()
+        if stripped.startswith("-") and len(line) - len(stripped) == 2:  # an option's first line
+            keep = not any(part.rstrip(",") in skip for part in stripped.split())
+        if keep:
+            kept.append(line)
+    return "\n".join(kept)
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    """Options of ``sb3-cherry train`` handled here; everything else goes to rl_zoo3's train."""
+    parser = argparse.ArgumentParser(
+        prog="sb3-cherry train",
+        description="Train an sb3_cherry agent with rl_zoo3. The config entry of --env in the shipped zoo config of "
+        "--algo (or -c FILE) is validated first; every other option is rl_zoo3's (listed below).",
+        allow_abbrev=False,
+        add_help=False,
+    )
+    parser.add_argument("-h", "--help", action="store_true", help="show this help message and exit")
+    parser.add_argument("--algo", default="ppo_rollback", choices=_algo_choices(), help="algorithm (default: %(default)s)")
+    parser.add_argument("--env", default="CartPole-v1", help="environment id (default: %(default)s)")
+    parser.add_argument(
+        "-c",
+        "-conf",
+        "--conf-file",
+        dest="conf",
+        help="YAML config keyed by env id (default: the zoo config shipped with sb3_cherry for --algo)",
+    )
+    return parser
 
 
 def cmd_train(argv: list[str]) -> None:
@@ -62,103 +138,78 @@ def cmd_train(argv: list[str]) -> None:
 
     :param argv: arguments after ``train``
     """
-    if "-h" in argv or "--help" in argv:
-        print(
-            "usage: sb3-cherry train --algo ALGO --env ENV [-c CONFIG.yml] [rl_zoo3 train flags: -n N, --seed S, "
-            "-f LOGS, --vec-env subproc, -P/--progress, -tb DIR, --eval-freq N, --save-freq N, -optimize, "
-            "--n-trials N, -params key:value ...]\n\nDefault config: zoo_configs/<algo>.yml."
-        )
-        return
-    known, rest = _split_known(argv, {"--algo": "algo", "--env": "env", "-c": "conf", "-conf": "conf", "--conf-file": "conf"})
-    algo, env_id = known.get("algo", "ppo_rollback"), known.get("env", "CartPole-v1")
-    conf = known.get("conf") or str(default_config(algo))
-    validate_config(conf, algo, env_id)
-    register_zoo()
     from rl_zoo3.train import train
 
-    sys.argv = ["sb3-cherry train", "--algo", algo, "--env", env_id, "--conf-file", conf, *rest]
-    train()
+    parser = _train_parser()
+    args, rest = parser.parse_known_args(argv)
+    register_zoo()
+    if args.help:
+        parser.print_help()
+        print("\nrl_zoo3 train options (passed through to rl_zoo3):")
+        print(_rl_zoo3_options(train, "sb3-cherry train", skip=("-h", "--help", "--algo", "--env", "-conf", "--conf-file")))
+        return
+    conf = args.conf or str(default_config(args.algo))
+    validate_config(conf, args.algo, args.env)
+    _run_rl_zoo3(train, "sb3-cherry train", ["--algo", args.algo, "--env", args.env, "--conf-file", conf, *rest])
 
 
 def cmd_enjoy(argv: list[str]) -> None:
     """
-    ``sb3-cherry enjoy``: rl_zoo3's enjoy with sb3_cherry registered.
+    ``sb3-cherry enjoy``: rl_zoo3's enjoy with sb3_cherry registered; the log folder defaults to ``logs`` (where
+    ``sb3-cherry train`` writes) instead of rl_zoo3's ``rl-trained-agents``.
 
     :param argv: arguments after ``enjoy``
     """
     register_zoo()
     from rl_zoo3.enjoy import enjoy
 
-    sys.argv = ["sb3-cherry enjoy", *argv]
-    enjoy()
-
-
-def find_model(folder: str, algo: str, env_id: str, exp_id: int = 0) -> tuple[pathlib.Path, pathlib.Path]:
-    """
-    Locate a model trained by ``sb3-cherry train`` (rl_zoo3's layout ``<folder>/<algo>/<env>_<exp_id>/``).
-
-    :param folder: log folder
-    :param algo: algorithm name
-    :param env_id: environment id
-    :param exp_id: experiment id (0: latest)
-    :return: the model file and the experiment folder
-    """
-    from huggingface_sb3 import EnvironmentName
-    from rl_zoo3.utils import get_latest_run_id
-
-    env_name = str(EnvironmentName(env_id))
-    log_path = pathlib.Path(folder) / algo
-    if exp_id == 0:
-        exp_id = get_latest_run_id(str(log_path), env_name)
-    exp_dir = log_path / f"{env_name}_{exp_id}"
-    for name in (f"{env_name}.zip", "best_model.zip"):
-        if (exp_dir / name).exists():
-            return exp_dir / name, exp_dir
-    raise FileNotFoundError(f"No trained model in {exp_dir} (looked for {env_name}.zip, best_model.zip).")
+    if not any(arg in ("-f", "--folder") or arg.startswith("--folder=") for arg in argv):
+        argv = ["-f", "logs", *argv]
+    _run_rl_zoo3(enjoy, "sb3-cherry enjoy", argv)
 
 
 def evaluate_model(
     model: Any,
-    env: Any,
+    env: VecEnv,
     n_episodes: int = 10,
     deterministic: bool = True,
     fail_below: float | None = None,
     fail_on_termination: bool = False,
 ) -> dict[str, Any]:
     """
-    Run ``n_episodes`` episodes and summarise them.
+    Run ``n_episodes`` episodes with SB3's ``evaluate_policy`` and summarise them.
 
     An episode counts as *failed* when its return is below ``fail_below`` (if given), or when it ended by termination
     rather than time-limit truncation and ``fail_on_termination`` is set (e.g. the pole fell, the walker fell).
 
     :param model: a trained SB3 model
-    :param env: a VecEnv with one environment (wrapped with Monitor by rl_zoo3 / SB3)
+    :param env: a VecEnv (wrapped with Monitor by rl_zoo3 / SB3: returns are then the unnormalised ones)
     :param n_episodes: number of episodes
     :param deterministic: deterministic actions
     :param fail_below: return threshold of a failed episode
     :param fail_on_termination: count terminated (not truncated) episodes as failed
     :return: dict with mean/std return and length, n_failed, n_episodes and the per-episode returns
     """
-    returns, lengths, failed = [], [], 0
-    obs = env.reset()
-    state, episode_start = None, np.ones((env.num_envs,), dtype=bool)
-    ep_return, ep_len = 0.0, 0
-    while len(returns) < n_episodes:
-        action, state = model.predict(obs, state=state, episode_start=episode_start, deterministic=deterministic)
-        obs, reward, done, infos = env.step(action)
-        episode_start = done
-        ep_return += float(reward[0])
-        ep_len += 1
-        if done[0]:
-            info = infos[0]
-            # Monitor reports the unnormalised return when rewards are normalised
-            if "episode" in info:
-                ep_return, ep_len = float(info["episode"]["r"]), int(info["episode"]["l"])
-            terminated = not info.get("TimeLimit.truncated", False)
-            failed += int((fail_below is not None and ep_return < fail_below) or (fail_on_termination and terminated))
-            returns.append(ep_return)
-            lengths.append(ep_len)
-            ep_return, ep_len = 0.0, 0
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    terminated: list[bool] = []
+
+    def on_step(locals_: dict[str, Any], _globals: dict[str, Any]) -> None:
+        # evaluate_policy counts an episode when it is done and (with Monitor) its info has "episode": record the
+        # same episodes, in the same order, with how they ended
+        info = locals_["info"]
+        if locals_["done"] and ("episode" in info or not locals_["is_monitor_wrapped"]):
+            terminated.append(not info.get("TimeLimit.truncated", False))
+
+    returns, lengths = evaluate_policy(
+        model, env, n_eval_episodes=n_episodes, deterministic=deterministic, return_episode_rewards=True, callback=on_step
+    )
+    returns = [float(r) for r in returns]  # type: ignore[union-attr]
+    lengths = [int(n) for n in lengths]  # type: ignore[union-attr]
+    failed = sum(
+        int((fail_below is not None and ret < fail_below) or (fail_on_termination and term))
+        for ret, term in zip(returns, terminated, strict=True)
+    )
     return {
         "mean_return": float(np.mean(returns)),
         "std_return": float(np.std(returns)),
@@ -171,7 +222,7 @@ def evaluate_model(
 
 
 def _eval_defaults(env_id: str) -> dict[str, Any]:
-    """Per-env failure definitions from ``zoo_configs/evaluation.yml`` (if present)."""
+    """Per-env failure definitions from the shipped ``zoo_configs/evaluation.yml`` (if present)."""
     try:
         path = default_config("evaluation")
     except FileNotFoundError:
@@ -180,17 +231,72 @@ def _eval_defaults(env_id: str) -> dict[str, Any]:
         return (yaml.safe_load(file) or {}).get(env_id, {})
 
 
-def _load_for_eval(args: argparse.Namespace) -> tuple[Any, Any]:
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    """The options that locate a trained model and build its env (shared by evaluate, record and video)."""
+    from rl_zoo3.utils import StoreDict
+
+    parser.add_argument("--algo", default="ppo_rollback", choices=_algo_choices(), help="algorithm (default: %(default)s)")
+    parser.add_argument("--env", default="CartPole-v1", help="environment id (default: %(default)s)")
+    parser.add_argument("-f", "--folder", default="logs", help="log folder of 'sb3-cherry train' (default: %(default)s)")
+    parser.add_argument("--exp-id", type=int, default=0, help="experiment id (default: 0, the latest)")
+    parser.add_argument("--model", help="path to a model .zip (instead of --folder/--exp-id)")
+    parser.add_argument("--load-best", action="store_true", help="load best_model.zip (saved by the evaluation callback)")
+    parser.add_argument("--load-checkpoint", type=int, metavar="STEPS", help="load the checkpoint saved after STEPS steps")
+    parser.add_argument("--load-last-checkpoint", action="store_true", help="load the latest checkpoint")
+    parser.add_argument(
+        "--env-kwargs", type=str, nargs="+", action=StoreDict, help="keyword arguments of the env constructor (key:value)"
+    )
+    parser.add_argument("--device", default="auto", help="torch device of the model (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the env (default: %(default)s)")
+    parser.add_argument("--stochastic", action="store_true", help="sample actions instead of taking the mode")
+
+
+def _model_path(args: argparse.Namespace) -> tuple[str, pathlib.Path, pathlib.Path]:
+    """
+    The model file selected by the options of :func:`_add_model_args` (rl_zoo3's ``get_model_path``).
+
+    :return: a name prefix for output files, the model file and its experiment folder
+    """
+    from huggingface_sb3 import EnvironmentName
+    from rl_zoo3.utils import get_model_path
+
+    if args.model:
+        model_file = pathlib.Path(args.model)
+        if not model_file.is_file():
+            raise FileNotFoundError(f"No model file {model_file}.")
+        return model_file.stem, model_file, model_file.parent
+    env_name = EnvironmentName(args.env)
+    try:
+        prefix, model_path, log_path = get_model_path(
+            args.exp_id,
+            args.folder,
+            args.algo,
+            env_name,
+            args.load_best,
+            args.load_checkpoint,
+            args.load_last_checkpoint,
+        )
+    except (AssertionError, ValueError) as exc:  # rl_zoo3 asserts the run folder exists
+        hint = " (best_model.zip is written when training with --eval-freq > 0)" if args.load_best else ""
+        raise FileNotFoundError(
+            f"{exc}{hint}. Train first (sb3-cherry train --algo {args.algo} --env {args.env} -f {args.folder}) or point "
+            "-f/--exp-id/--model at a trained model."
+        ) from exc
+    return prefix, pathlib.Path(model_path), pathlib.Path(log_path)
+
+
+def _load_for_eval(args: argparse.Namespace, render_mode: str | None = None) -> tuple[Any, Any]:
     """Load a model and build its evaluation env (with the saved normalisation statistics)."""
+    from huggingface_sb3 import EnvironmentName
     from rl_zoo3.utils import ALGOS, create_test_env, get_saved_hyperparams
 
     register_zoo()
-    if args.model:
-        model_path, exp_dir = pathlib.Path(args.model), pathlib.Path(args.model).parent
-    else:
-        model_path, exp_dir = find_model(args.folder, args.algo, args.env, args.exp_id)
-    stats_path = exp_dir / args.env
+    _, model_path, exp_dir = _model_path(args)
+    stats_path = exp_dir / EnvironmentName(args.env)
     hyperparams, maybe_stats_path = get_saved_hyperparams(str(stats_path), norm_reward=False, test_mode=True)
+    env_kwargs = {**(hyperparams.get("env_kwargs") or {}), **(args.env_kwargs or {})}
+    if render_mode is not None:
+        env_kwargs["render_mode"] = render_mode
     env = create_test_env(
         args.env,
         n_envs=1,
@@ -199,8 +305,9 @@ def _load_for_eval(args: argparse.Namespace) -> tuple[Any, Any]:
         log_dir=None,
         should_render=False,
         hyperparams=hyperparams,
+        env_kwargs=env_kwargs,
     )
-    model = ALGOS[args.algo].load(model_path, env=env, device="cpu")
+    model = ALGOS[args.algo].load(model_path, env=env, device=args.device)
     return model, env
 
 
@@ -211,15 +318,14 @@ def cmd_evaluate(argv: list[str]) -> dict[str, Any]:
     :param argv: arguments after ``evaluate``
     :return: the summary (also printed)
     """
-    parser = argparse.ArgumentParser(prog="sb3-cherry evaluate", description=cmd_evaluate.__doc__)
-    parser.add_argument("--algo", default="ppo_rollback")
-    parser.add_argument("--env", default="CartPole-v1")
-    parser.add_argument("-f", "--folder", default="logs", help="log folder of `sb3-cherry train`")
-    parser.add_argument("--exp-id", type=int, default=0, help="experiment id (0: latest)")
-    parser.add_argument("--model", help="path to a model .zip (instead of --folder/--exp-id)")
-    parser.add_argument("-n", "--n-episodes", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--stochastic", action="store_true", help="sample actions instead of taking the mode")
+    parser = argparse.ArgumentParser(
+        prog="sb3-cherry evaluate",
+        description="Evaluate a trained agent: mean and std of the return and the episode length over N episodes, and "
+        "the number of failed episodes (per-env definitions in the shipped zoo_configs/evaluation.yml, overridden by "
+        "--fail-below / --fail-on-termination).",
+    )
+    _add_model_args(parser)
+    parser.add_argument("-n", "--n-episodes", type=int, default=10, help="number of episodes (default: %(default)s)")
     parser.add_argument("--fail-below", type=float, default=None, help="an episode with a lower return is a failure")
     parser.add_argument("--fail-on-termination", action="store_true", default=None, help="termination counts as failure")
     parser.add_argument("--json", dest="json_path", help="also write the summary to this JSON file ('-' for stdout)")
@@ -253,15 +359,11 @@ def cmd_record(argv: list[str]) -> None:
 
     :param argv: arguments after ``record``
     """
-    parser = argparse.ArgumentParser(prog="sb3-cherry record", description=cmd_record.__doc__)
-    parser.add_argument("--algo", default="ppo_rollback")
-    parser.add_argument("--env", default="CartPole-v1")
-    parser.add_argument("-f", "--folder", default="logs")
-    parser.add_argument("--exp-id", type=int, default=0)
-    parser.add_argument("--model", help="path to a model .zip (instead of --folder/--exp-id)")
-    parser.add_argument("-n", "--n-episodes", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--stochastic", action="store_true")
+    parser = argparse.ArgumentParser(
+        prog="sb3-cherry record", description="Write a demonstration file (.npz, imitation-compatible) from a trained agent."
+    )
+    _add_model_args(parser)
+    parser.add_argument("-n", "--n-episodes", type=int, default=20, help="number of episodes (default: %(default)s)")
     parser.add_argument("-o", "--output", required=True, help="demonstration file to write (.npz)")
     args = parser.parse_args(argv)
     from sb3_cherry.demos import record_demos
@@ -272,7 +374,109 @@ def cmd_record(argv: list[str]) -> None:
     print(f"Wrote {len(trajectories)} episodes to {args.output} (mean return {np.mean(returns):.2f} ± {np.std(returns):.2f})")
 
 
-COMMANDS = {"train": cmd_train, "enjoy": cmd_enjoy, "evaluate": cmd_evaluate, "record": cmd_record}
+class GifVideoRecorder(VecVideoRecorder):
+    """
+    SB3's ``VecVideoRecorder`` that also writes each recording as an animated GIF next to the MP4.
+
+    :param venv: the env to film (``render_mode="rgb_array"``)
+    :param video_folder: output folder
+    :param record_video_trigger: function of the step count that starts a recording
+    :param video_length: frames per recording
+    :param name_prefix: file name prefix
+    :param gif: also write a GIF
+    :param gif_scale: GIF frame size relative to the rendered frames
+    :param gif_every: keep every ``gif_every``-th frame in the GIF (the GIF plays at the same speed)
+    """
+
+    def __init__(
+        self,
+        venv: VecEnv,
+        video_folder: str,
+        record_video_trigger: Callable[[int], bool],
+        video_length: int = 200,
+        name_prefix: str = "rl-video",
+        gif: bool = False,
+        gif_scale: float = 1.0,
+        gif_every: int = 1,
+    ):
+        super().__init__(venv, video_folder, record_video_trigger, video_length, name_prefix)
+        if gif_scale <= 0 or gif_every < 1:
+            raise ValueError(f"gif_scale={gif_scale} must be > 0 and gif_every={gif_every} >= 1.")
+        self.gif, self.gif_scale, self.gif_every = gif, gif_scale, gif_every
+        self.written: list[str] = []
+
+    def _stop_recording(self) -> None:
+        """Write the GIF (if asked) from the recorded frames, then the MP4 as SB3 does."""
+        if self.recorded_frames:
+            if self.gif:
+                self.written.append(self._write_gif(os.path.splitext(self.video_path)[0] + ".gif"))
+            self.written.append(self.video_path)
+        super()._stop_recording()
+
+    def _write_gif(self, path: str) -> str:
+        """Write ``self.recorded_frames`` as a looping GIF (Pillow); return its path."""
+        from PIL import Image
+
+        frames = [Image.fromarray(frame) for frame in self.recorded_frames[:: self.gif_every]]
+        if self.gif_scale != 1.0:
+            width, height = frames[0].size
+            size = (max(1, round(width * self.gif_scale)), max(1, round(height * self.gif_scale)))
+            frames = [frame.resize(size, Image.Resampling.LANCZOS) for frame in frames]
+        fps = float(self.frames_per_sec)  # type: ignore[arg-type]  # SB3 types it loosely; render_fps of the env
+        duration_ms = round(1000 * self.gif_every / fps)
+        frames[0].save(path, save_all=True, append_images=frames[1:], duration=duration_ms, loop=0, optimize=True)
+        print(f"Saving GIF to {path}")
+        return path
+
+
+def cmd_video(argv: list[str]) -> list[str]:
+    """
+    ``sb3-cherry video``: an MP4 (``--gif``: and a GIF) of a trained agent, as rl_zoo3's ``record_video``.
+
+    :param argv: arguments after ``video``
+    :return: the files written
+    """
+    parser = argparse.ArgumentParser(
+        prog="sb3-cherry video",
+        description="Record an MP4 of a trained agent (rl_zoo3's record_video with sb3_cherry registered); --gif also "
+        "writes a GIF. Output: OUTPUT_FOLDER/<model>-step-0-to-step-N.mp4 (.gif).",
+    )
+    _add_model_args(parser)
+    parser.add_argument("-n", "--n-timesteps", type=int, default=1000, help="length in env steps (default: %(default)s)")
+    parser.add_argument("-o", "--output-folder", help="output folder (default: the run folder's videos/)")
+    parser.add_argument("--gif", action="store_true", help="also write an animated GIF")
+    parser.add_argument("--gif-scale", type=float, default=0.5, help="GIF size relative to the video (default: %(default)s)")
+    parser.add_argument("--gif-every", type=int, default=2, help="GIF keeps every k-th frame (default: %(default)s)")
+    args = parser.parse_args(argv)
+    prefix, _, exp_dir = _model_path(args)
+    model, env = _load_for_eval(args, render_mode="rgb_array")
+    recorder = GifVideoRecorder(
+        env,
+        args.output_folder or str(exp_dir / "videos"),
+        record_video_trigger=lambda step: step == 0,
+        video_length=args.n_timesteps,
+        name_prefix=prefix,
+        gif=args.gif,
+        gif_scale=args.gif_scale,
+        gif_every=args.gif_every,
+    )
+    obs = recorder.reset()
+    state, episode_start = None, np.ones((recorder.num_envs,), dtype=bool)
+    for _ in range(args.n_timesteps):
+        action, state = model.predict(obs, state=state, episode_start=episode_start, deterministic=not args.stochastic)
+        obs, _, episode_start, _ = recorder.step(action)
+    recorder.close()
+    print("Wrote " + ", ".join(recorder.written))
+    return recorder.written
+
+
+COMMANDS: dict[str, Callable[[list[str]], Any]] = {
+    "train": cmd_train,
+    "enjoy": cmd_enjoy,
+    "evaluate": cmd_evaluate,
+    "record": cmd_record,
+    "video": cmd_video,
+}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -282,11 +486,15 @@ def main(argv: list[str] | None = None) -> None:
     :param argv: command line arguments (default: ``sys.argv[1:]``)
     """
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--version":
+        print(f"sb3-cherry {sb3_cherry.__version__}")
+        return
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print(__doc__)
-        print(f"usage: sb3-cherry {{{','.join(COMMANDS)}}} [-h] ...")
         if argv and argv[0] not in ("-h", "--help"):
+            print(f"sb3-cherry: error: unknown command {argv[0]!r}: choose one of {', '.join(COMMANDS)}.\n", file=sys.stderr)
+            print(USAGE, file=sys.stderr)
             sys.exit(2)
+        print(USAGE)
         return
     try:
         COMMANDS[argv[0]](argv[1:])

@@ -57,19 +57,22 @@ def registered_algorithms() -> dict[str, type]:
 
 def default_config(algo: str) -> pathlib.Path:
     """
-    The default config file of ``algo``: ``zoo_configs/<algo>.yml`` in the working directory, else the one shipped
-    next to the package (source checkout / editable install).
+    The config file shipped with sb3_cherry for ``algo`` (or ``"evaluation"``): ``sb3_cherry/zoo_configs/<algo>.yml``,
+    package data in a wheel and a symlink to the top-level ``zoo_configs/`` in a checkout, so the same file is found
+    from any working directory. A user's own file is passed explicitly (``sb3-cherry train -c FILE``).
 
     :param algo: algorithm name (``ppo_rollback``, ``cherry_a2c``, ...)
     :return: the path
     :raises FileNotFoundError: no config found
     """
+    package = pathlib.Path(__file__).resolve().parents[1]
     candidates = [
-        pathlib.Path("zoo_configs") / f"{algo}.yml",
-        pathlib.Path(__file__).parents[2] / "zoo_configs" / f"{algo}.yml",
+        package / "zoo_configs" / f"{algo}.yml",
+        # a checkout where the symlink was not created (e.g. git on Windows without symlink support)
+        package.parent / "zoo_configs" / f"{algo}.yml",
     ]
     for candidate in candidates:
-        if candidate.exists():
+        if candidate.is_file():
             return candidate
     raise FileNotFoundError(f"No config for algo {algo!r}: looked for {[str(c) for c in candidates]}. Pass -c <file.yml>.")
 
