@@ -155,17 +155,26 @@ def cmd_train(argv: list[str]) -> None:
 
 def cmd_enjoy(argv: list[str]) -> None:
     """
-    ``sb3-cherry enjoy``: rl_zoo3's enjoy with sb3_cherry registered; the log folder defaults to ``logs`` (where
-    ``sb3-cherry train`` writes) instead of rl_zoo3's ``rl-trained-agents``.
+    ``sb3-cherry enjoy``: rl_zoo3's enjoy with sb3_cherry registered. Defaults follow the other commands: ``--algo
+    ppo_rollback`` and the log folder ``logs`` (where ``sb3-cherry train`` writes) instead of rl_zoo3's ``ppo`` and
+    ``rl-trained-agents``.
 
     :param argv: arguments after ``enjoy``
     """
     register_zoo()
     from rl_zoo3.enjoy import enjoy
 
-    if not any(arg in ("-f", "--folder") or arg.startswith("--folder=") for arg in argv):
+    def given(*flags: str) -> bool:
+        return any(arg in flags or arg.startswith(tuple(f"{flag}=" for flag in flags)) for arg in argv)
+
+    if not given("-f", "--folder"):
         argv = ["-f", "logs", *argv]
-    _run_rl_zoo3(enjoy, "sb3-cherry enjoy", argv)
+    if not given("--algo"):
+        argv = ["--algo", "ppo_rollback", *argv]
+    try:
+        _run_rl_zoo3(enjoy, "sb3-cherry enjoy", argv)
+    except AssertionError as exc:  # rl_zoo3 asserts that the run folder exists
+        raise FileNotFoundError(f"{exc}. Train first (sb3-cherry train ...) or pass -f FOLDER / --exp-id.") from exc
 
 
 def evaluate_model(
