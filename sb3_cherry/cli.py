@@ -385,7 +385,9 @@ def cmd_record(argv: list[str]) -> None:
 
 class GifVideoRecorder(VecVideoRecorder):
     """
-    SB3's ``VecVideoRecorder`` that also writes each recording as an animated GIF next to the MP4.
+    SB3's ``VecVideoRecorder`` that also writes each recording as an animated GIF next to the MP4, small enough for a
+    README: at most ``gif_width`` pixels wide and ``gif_max_fps`` frames per second (frames are dropped, the GIF
+    plays at the env's speed).
 
     :param venv: the env to film (``render_mode="rgb_array"``)
     :param video_folder: output folder
@@ -393,8 +395,8 @@ class GifVideoRecorder(VecVideoRecorder):
     :param video_length: frames per recording
     :param name_prefix: file name prefix
     :param gif: also write a GIF
-    :param gif_scale: GIF frame size relative to the rendered frames
-    :param gif_every: keep every ``gif_every``-th frame in the GIF (the GIF plays at the same speed)
+    :param gif_width: maximal GIF width in pixels (smaller renders keep their size)
+    :param gif_max_fps: maximal GIF frame rate
     """
 
     def __init__(
@@ -405,13 +407,13 @@ class GifVideoRecorder(VecVideoRecorder):
         video_length: int = 200,
         name_prefix: str = "rl-video",
         gif: bool = False,
-        gif_scale: float = 1.0,
-        gif_every: int = 1,
+        gif_width: int = 320,
+        gif_max_fps: float = 25.0,
     ):
         super().__init__(venv, video_folder, record_video_trigger, video_length, name_prefix)
-        if gif_scale <= 0 or gif_every < 1:
-            raise ValueError(f"gif_scale={gif_scale} must be > 0 and gif_every={gif_every} >= 1.")
-        self.gif, self.gif_scale, self.gif_every = gif, gif_scale, gif_every
+        if gif_width < 1 or gif_max_fps <= 0:
+            raise ValueError(f"gif_width={gif_width} must be >= 1 and gif_max_fps={gif_max_fps} > 0.")
+        self.gif, self.gif_width, self.gif_max_fps = gif, gif_width, gif_max_fps
         self.written: list[str] = []
 
     def _stop_recording(self) -> None:
@@ -426,13 +428,14 @@ class GifVideoRecorder(VecVideoRecorder):
         """Write ``self.recorded_frames`` as a looping GIF (Pillow); return its path."""
         from PIL import Image
 
-        frames = [Image.fromarray(frame) for frame in self.recorded_frames[:: self.gif_every]]
-        if self.gif_scale != 1.0:
-            width, height = frames[0].size
-            size = (max(1, round(width * self.gif_scale)), max(1, round(height * self.gif_scale)))
-            frames = [frame.resize(size, Image.Resampling.LANCZOS) for frame in frames]
         fps = float(self.frames_per_sec)  # type: ignore[arg-type]  # SB3 types it loosely; render_fps of the env
-        duration_ms = round(1000 * self.gif_every / fps)
+        every = max(1, round(fps / self.gif_max_fps))
+        frames = [Image.fromarray(frame) for frame in self.recorded_frames[::every]]
+        width, height = frames[0].size
+        if width > self.gif_width:
+            size = (self.gif_width, max(1, round(height * self.gif_width / width)))
+            frames = [frame.resize(size, Image.Resampling.LANCZOS) for frame in frames]
+        duration_ms = round(1000 * every / fps)
         frames[0].save(path, save_all=True, append_images=frames[1:], duration=duration_ms, loop=0, optimize=True)
         print(f"Saving GIF to {path}")
         return path
@@ -454,8 +457,8 @@ def cmd_video(argv: list[str]) -> list[str]:
     parser.add_argument("-n", "--n-timesteps", type=int, default=1000, help="length in env steps (default: %(default)s)")
     parser.add_argument("-o", "--output-folder", help="output folder (default: the run folder's videos/)")
     parser.add_argument("--gif", action="store_true", help="also write an animated GIF")
-    parser.add_argument("--gif-scale", type=float, default=0.5, help="GIF size relative to the video (default: %(default)s)")
-    parser.add_argument("--gif-every", type=int, default=2, help="GIF keeps every k-th frame (default: %(default)s)")
+    parser.add_argument("--gif-width", type=int, default=320, help="maximal GIF width in pixels (default: %(default)s)")
+    parser.add_argument("--gif-fps", type=float, default=25.0, help="maximal GIF frame rate (default: %(default)s)")
     args = parser.parse_args(argv)
     prefix, _, exp_dir = _model_path(args)
     model, env = _load_for_eval(args, render_mode="rgb_array")
@@ -466,8 +469,8 @@ def cmd_video(argv: list[str]) -> list[str]:
         video_length=args.n_timesteps,
         name_prefix=prefix,
         gif=args.gif,
-        gif_scale=args.gif_scale,
-        gif_every=args.gif_every,
+        gif_width=args.gif_width,
+        gif_max_fps=args.gif_fps,
     )
     obs = recorder.reset()
     state, episode_start = None, np.ones((recorder.num_envs,), dtype=bool)

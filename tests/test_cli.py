@@ -253,10 +253,10 @@ def test_video_writes_mp4_and_gif(trained, tmp_path):
     gif = [p for p in written if p.endswith(".gif")]
     assert len(mp4) == 1 and len(gif) == 1 and all(os.path.getsize(p) > 0 for p in written)
     with Image.open(gif[0]) as image:
-        # 21 frames (reset + 20 steps) at CartPole's 50 fps, every 2nd kept (40 ms each; Pillow merges identical
-        # frames, so count time, not frames), the 600x400 render at half size
+        # 21 frames (reset + 20 steps) at CartPole's 50 fps, every 2nd kept for <= 25 fps (40 ms each; Pillow merges
+        # identical frames, so count time, not frames), the 600x400 render at the default width of 320 pixels
         durations = []
         for index in range(image.n_frames):
             image.seek(index)
             durations.append(image.info["duration"])
-        assert sum(durations) == 11 * 40 and image.size == (300, 200)
+        assert sum(durations) == 11 * 40 and image.size == (320, 213)
