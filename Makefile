@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml setup.cfg
 	# envs: MuJoCo + Box2D (the optional environments every config and test of the design card uses)
 	$(PIP) install -e ".[envs,tests,imitation,distributed]"
 	# imitation's metadata pins an old SB3/gymnasium: install it without its dependencies
-	# (the packages its modules import come with the [imitation] extra above)
+	# (the packages its modules import are dependencies of sb3_cherry)
 	$(PIP) install --no-deps imitation==1.0.1
 	touch $@
 
