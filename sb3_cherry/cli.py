@@ -264,6 +264,7 @@ def _model_path(args: argparse.Namespace) -> tuple[str, pathlib.Path, pathlib.Pa
     """
     The model file selected by the options of :func:`_add_model_args` (rl_zoo3's ``get_model_path``).
 
+    :param args: the parsed options
     :return: a name prefix for output files, the model file and its experiment folder
     """
     from huggingface_sb3 import EnvironmentName
@@ -295,7 +296,13 @@ def _model_path(args: argparse.Namespace) -> tuple[str, pathlib.Path, pathlib.Pa
 
 
 def _load_for_eval(args: argparse.Namespace, render_mode: str | None = None) -> tuple[Any, Any]:
-    """Load a model and build its evaluation env (with the saved normalisation statistics)."""
+    """
+    Load a model and build its evaluation env (with the saved normalisation statistics and env kwargs).
+
+    :param args: the parsed options of :func:`_add_model_args`
+    :param render_mode: render mode of the env (``"rgb_array"`` for videos)
+    :return: the model and its one-env VecEnv
+    """
     from huggingface_sb3 import EnvironmentName
     from rl_zoo3.utils import ALGOS, create_test_env, get_saved_hyperparams
 
