@@ -520,6 +520,9 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, FileNotFoundError) as exc:
         print(f"sb3-cherry {argv[0]}: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except BrokenPipeError:  # output piped into e.g. `head`, which exited: stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
 
 
 if __name__ == "__main__":
