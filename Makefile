@@ -9,14 +9,15 @@ LINT_PATHS := sb3_cherry tests benchmarks
 .PHONY: install train test test-slow lint format type docs check-codestyle commit-checks clean
 
 # The stamp file is rebuilt when the packaging changes.
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.cfg
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	# torch first, pinned: the CPU wheel available locally; a bare `torch` would pull a CUDA build
 	$(PIP) install torch==$(TORCH_VERSION)
-	$(PIP) install -e ".[tests,imitation,distributed,docs]"
+	# envs: MuJoCo + Box2D (the optional environments every config and test of the design card uses)
+	$(PIP) install -e ".[envs,tests,imitation,distributed,docs]"
 	# imitation's metadata pins an old SB3/gymnasium: install it without its dependencies
-	# (the packages its modules import come with the [imitation] extra above)
+	# (the packages its modules import are dependencies of sb3_cherry)
 	$(PIP) install --no-deps imitation==1.0.1
 	touch $@
 

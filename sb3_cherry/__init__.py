@@ -3,6 +3,7 @@ import os
 from sb3_cherry.a2c import CherryA2C
 from sb3_cherry.adversarial import AIRL, GAIL
 from sb3_cherry.bco import BCO
+from sb3_cherry.common.config_schema import register_algorithms
 from sb3_cherry.envs import register_envs
 from sb3_cherry.ppo_recurrent import RecurrentPPORollback
 from sb3_cherry.ppo_rollback import PPORollback
@@ -29,6 +30,9 @@ def zoo_algorithms() -> dict[str, type]:
         "gail": GAIL,
         "airl": AIRL,
     }
+
+
+register_algorithms(zoo_algorithms())
 
 
 __all__ = ["AIRL", "BCO", "GAIL", "CherryA2C", "PPORollback", "RecurrentPPORollback", "zoo_algorithms"]

@@ -2,55 +2,54 @@
 ``sb3-cherry`` command line: a thin layer over rl_zoo3.
 
 - ``train``: rl_zoo3 training with sb3_cherry's algorithms registered in ``rl_zoo3.utils.ALGOS`` and the config read
-  from ``zoo_configs/<algo>.yml``; the config is validated first (unknown keys, wrong types, unknown distributions).
+  from the shipped ``zoo_configs/<algo>.yml`` (or ``-c FILE``); the config is validated first (unknown keys, wrong
+  types, unknown distributions).
 - ``enjoy``: rl_zoo3's ``enjoy`` (``--no-render`` for headless machines).
-- ``evaluate``: mean ± std return and length over N episodes, number of failed episodes, optional JSON output.
+- ``evaluate``: mean ± std return and length over N episodes (SB3's ``evaluate_policy``), number of failed episodes,
+  optional JSON output.
 - ``record``: write a demonstration file from a trained model (:mod:`sb3_cherry.demos`).
+- ``video``: an MP4 (and with ``--gif`` a GIF) of a trained agent (SB3's ``VecVideoRecorder``, as rl_zoo3's
+  ``record_video``).
 
-Every subcommand accepts ``-h``.
+Every subcommand accepts ``-h``; the help texts are plain text (:data:`USAGE`).
 """
 
 import argparse
-import inspect
+import contextlib
+import io
 import json
 import os
 import pathlib
 import sys
+from collections.abc import Callable
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import yaml
+from stable_baselines3.common.vec_env import VecEnv, VecVideoRecorder
 
 import sb3_cherry
-from sb3_cherry.common.safe_config import (
-    check_policy_kwargs,
-    check_positive,
-    parse_literal_string,
-    parse_policy_kwargs,
-    rl_zoo3_reads_safely,
-    safe_load_yaml,
-    saved_hyperparams,
-)
+from sb3_cherry.common.config_schema import default_config, validate_config
+from sb3_cherry.common.safe_config import parse_literal_string, rl_zoo3_reads_safely, saved_hyperparams
 
-#: Keys that rl_zoo3's ExperimentManager consumes itself (not passed to the algorithm)
-ZOO_KEYS = {
-    "n_timesteps",
-    "policy",
-    "n_envs",
-    "normalize",
-    "env_wrapper",
-    "vec_env_wrapper",
-    "frame_stack",
-    "callback",
-    "env_kwargs",
-    "monitor_kwargs",
-    "policy_kwargs",
+#: One line per subcommand, printed by ``sb3-cherry --help``
+COMMAND_HELP = {
+    "train": "train an agent with rl_zoo3 from the shipped zoo config (or -c FILE); rl_zoo3's train options work",
+    "enjoy": "watch a trained agent (rl_zoo3's enjoy; --no-render on headless machines)",
+    "evaluate": "mean and std of return and length over N episodes, and the number of failed episodes",
+    "record": "write a demonstration file (.npz) from a trained agent",
+    "video": "record an MP4 of a trained agent (--gif: also a GIF)",
 }
-#: Hyperparameters that rl_zoo3 accepts as ``lin_<value>`` schedules
-SCHEDULE_KEYS = {"learning_rate", "clip_range", "clip_range_vf"}
-#: Constructor arguments that the zoo sets itself
-RESERVED_ARGS = {"self", "policy", "env", "_init_setup_model", "tensorboard_log", "verbose", "seed", "device"}
+#: Plain-text help of ``sb3-cherry``
+USAGE = (
+    f"usage: sb3-cherry [-h] [--version] {{{','.join(COMMAND_HELP)}}} ...\n\n"
+    "sb3_cherry's algorithms through rl_zoo3: train, evaluate, watch and film agents.\n\ncommands:\n"
+    + "".join(f"  {name:<10}{text}\n" for name, text in COMMAND_HELP.items())
+    + "\n'sb3-cherry COMMAND -h' lists the options of a command. Examples:\n"
+    "  sb3-cherry train --algo ppo_rollback --env CartPole-v1 -f logs\n"
+    "  sb3-cherry evaluate --algo ppo_rollback --env CartPole-v1 -f logs -n 10\n"
+    "  sb3-cherry video --algo ppo_rollback --env CartPole-v1 -f logs --gif\n"
+)
 
 
 def register_zoo() -> dict[str, type]:
@@ -75,116 +74,66 @@ def register_zoo() -> dict[str, type]:
     return algos
 
 
-def default_config(algo: str) -> pathlib.Path:
+def _algo_choices() -> list[str]:
+    """The ``--algo`` choices: sb3_cherry's algorithms (the ones with a shipped zoo config)."""
+    return sorted(sb3_cherry.zoo_algorithms())
+
+
+def _run_rl_zoo3(entry: Callable[[], Any], prog: str, argv: list[str]) -> None:
+    """Run an rl_zoo3 script function (it parses ``sys.argv``) with ``argv``, restoring ``sys.argv`` afterwards."""
+    saved = sys.argv
+    sys.argv = [prog, *argv]
+    try:
+        entry()
+    finally:
+        sys.argv = saved
+
+
+def _rl_zoo3_options(entry: Callable[[], Any], prog: str, skip: tuple[str, ...] = ()) -> str:
     """
-    The default config file of ``algo``: ``zoo_configs/<algo>.yml`` in the working directory, else the one shipped
-    next to the package (source checkout / editable install).
+    The options of an rl_zoo3 script's ``--help`` (captured; its usage line and the options in ``skip`` left out).
 
-    :param algo: algorithm name (``ppo_rollback``, ``cherry_a2c``, ...)
-    :return: the path
-    :raises FileNotFoundError: no config found
+    :param entry: the rl_zoo3 script function (it parses ``sys.argv``)
+    :param prog: program name shown in the help
+    :param skip: option strings whose entries are left out (the ones sb3-cherry handles itself)
+    :return: the help text of the remaining options
     """
-    candidates = [
-        pathlib.Path("zoo_configs") / f"{algo}.yml",
-        pathlib.Path(__file__).parents[1] / "zoo_configs" / f"{algo}.yml",
-    ]
-    for candidate in candidates:
-        if candidate.exists():
-            return candidate
-    raise FileNotFoundError(f"No config for algo {algo!r}: looked for {[str(c) for c in candidates]}. Pass -c <file.yml>.")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+        _run_rl_zoo3(entry, prog, ["--help"])
+    lines = out.getvalue().splitlines()
+    start = next((i + 1 for i, line in enumerate(lines) if line.rstrip() == "options:"), 0)
+    kept: list[str] = []
+    keep = True
+    for line in lines[start:]:
+        stripped = line.lstrip()
+        if stripped.startswith("-") and len(line) - len(stripped) == 2:  # an option's first line
+            keep = not any(part.rstrip(",") in skip for part in stripped.split())
+        if keep:
+            kept.append(line)
+    return "\n".join(kept)
 
 
-def _type_ok(value: Any, default: Any, key: str) -> bool:
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, int) and not isinstance(default, bool):
-        return (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, float) and value.is_integer())
-    if isinstance(default, float):
-        if isinstance(value, str):
-            return key in SCHEDULE_KEYS and value.startswith("lin_")
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if isinstance(default, str):
-        return isinstance(value, str)
-    return True
-
-
-def validate_config(
-    path: str | pathlib.Path, algo: str, env_id: str, overrides: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """
-    Check the config entry of ``env_id`` in ``path`` before any training starts. The file is read as data and
-    ``policy_kwargs`` strings are parsed without ``eval`` (:mod:`sb3_cherry.common.safe_config`).
-
-    :param path: the YAML file
-    :param algo: algorithm name registered in the zoo
-    :param env_id: environment id (key of the YAML file)
-    :param overrides: ``-params``/``--hyperparams`` values, checked like the file's keys
-    :return: the entry (overrides merged)
-    :raises ValueError: naming the file, the env key and the offending hyperparameter
-    """
-    algos = sb3_cherry.zoo_algorithms()
-    if algo not in algos:
-        raise ValueError(f"Unknown algo {algo!r}: choose one of {sorted(algos)}.")
-    config = safe_load_yaml(path) or {}
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: the top level must map env ids to hyperparameters, not a {type(config).__name__}.")
-    entry = config.get(env_id, config.get("default"))
-    if entry is None:
-        raise ValueError(f"{path}: no entry for env {env_id!r} (and no 'default'). Entries: {sorted(config)}.")
-    where = f"{path} [{env_id}]"
-    entry = {**entry, **(overrides or {})} if isinstance(entry, dict) else entry
-    if not isinstance(entry, dict):
-        raise ValueError(f"{where}: the entry must be a mapping of hyperparameters, not {entry!r}.")
-    parameters = inspect.signature(algos[algo].__init__).parameters
-    allowed = ZOO_KEYS | (set(parameters) - RESERVED_ARGS)
-    for key, value in entry.items():
-        if key not in allowed:
-            raise ValueError(f"{where}: unknown hyperparameter {key!r} for {algo}. Allowed: {sorted(allowed)}.")
-        default = parameters[key].default if key in parameters else None
-        if default is not None and default is not inspect.Parameter.empty and not _type_ok(value, default, key):
-            raise ValueError(
-                f"{where}: hyperparameter {key!r}={value!r} has the wrong type (expected {type(default).__name__}"
-                f"{' or lin_<value>' if key in SCHEDULE_KEYS else ''})."
-            )
-    if "n_timesteps" not in entry:
-        raise ValueError(f"{where}: missing 'n_timesteps'.")
-    check_positive(entry, where)
-    policy_kwargs = parse_policy_kwargs(entry.get("policy_kwargs") or {}, f"{where} policy_kwargs")
-    aliases = getattr(algos[algo], "policy_aliases", {})
-    check_policy_kwargs(policy_kwargs, aliases.get(entry.get("policy", "MlpPolicy")), where)
-    if "action_distribution" in policy_kwargs:
-        from sb3_cherry.common.distributions import resolve_spec
-        from sb3_cherry.common.policies import _tuple_from_list
-
-        env = gym.make(env_id, **entry.get("env_kwargs", {}) or {})
-        try:
-            resolve_spec(env.action_space, _tuple_from_list(policy_kwargs["action_distribution"]))
-        except ValueError as exc:
-            raise ValueError(f"{where}: policy_kwargs.action_distribution: {exc}") from exc
-        finally:
-            env.close()
-    return entry
-
-
-def _policy_kwargs_namespace() -> dict[str, Any]:
-    """Names rl_zoo3 makes available when it evaluates ``policy_kwargs`` strings."""
-    import torch as th
-    from torch import nn
-
-    return {"nn": nn, "th": th, "dict": dict}
-
-
-def _split_known(argv: list[str], flags: dict[str, str]) -> tuple[dict[str, str], list[str]]:
-    """Pull ``--flag value`` pairs out of argv (flags maps every spelling to a name); return them and the rest."""
-    known, rest, i = {}, [], 0
-    while i < len(argv):
-        if argv[i] in flags and i + 1 < len(argv):
-            known[flags[argv[i]]] = argv[i + 1]
-            i += 2
-        else:
-            rest.append(argv[i])
-            i += 1
-    return known, rest
+def _train_parser() -> argparse.ArgumentParser:
+    """Options of ``sb3-cherry train`` handled here; everything else goes to rl_zoo3's train."""
+    parser = argparse.ArgumentParser(
+        prog="sb3-cherry train",
+        description="Train an sb3_cherry agent with rl_zoo3. The config entry of --env in the shipped zoo config of "
+        "--algo (or -c FILE) is validated first; every other option is rl_zoo3's (listed below).",
+        allow_abbrev=False,
+        add_help=False,
+    )
+    parser.add_argument("-h", "--help", action="store_true", help="show this help message and exit")
+    parser.add_argument("--algo", default="ppo_rollback", choices=_algo_choices(), help="algorithm (default: %(default)s)")
+    parser.add_argument("--env", default="CartPole-v1", help="environment id (default: %(default)s)")
+    parser.add_argument(
+        "-c",
+        "-conf",
+        "--conf-file",
+        dest="conf",
+        help="YAML config keyed by env id (default: the zoo config shipped with sb3_cherry for --algo)",
+    )
+    return parser
 
 
 def _hyperparams_overrides(argv: list[str]) -> dict[str, Any]:
@@ -207,104 +156,88 @@ def cmd_train(argv: list[str]) -> None:
 
     :param argv: arguments after ``train``
     """
-    if "-h" in argv or "--help" in argv:
-        print(
-            "usage: sb3-cherry train --algo ALGO --env ENV [-c CONFIG.yml] [rl_zoo3 train flags: -n N, --seed S, "
-            "-f LOGS, --vec-env subproc, -P/--progress, -tb DIR, --eval-freq N, --save-freq N, -optimize, "
-            "--n-trials N, -params key:value ...]\n\nDefault config: zoo_configs/<algo>.yml."
-        )
-        return
-    known, rest = _split_known(argv, {"--algo": "algo", "--env": "env", "-c": "conf", "-conf": "conf", "--conf-file": "conf"})
-    algo, env_id = known.get("algo", "ppo_rollback"), known.get("env", "CartPole-v1")
-    conf = known.get("conf") or str(default_config(algo))
-    validate_config(conf, algo, env_id, _hyperparams_overrides(rest))
-    register_zoo()
     from rl_zoo3.train import train
 
-    sys.argv = ["sb3-cherry train", "--algo", algo, "--env", env_id, "--conf-file", conf, *rest]
-    train()
+    parser = _train_parser()
+    args, rest = parser.parse_known_args(argv)
+    register_zoo()
+    if args.help:
+        parser.print_help()
+        print("\nrl_zoo3 train options (passed through to rl_zoo3):")
+        print(_rl_zoo3_options(train, "sb3-cherry train", skip=("-h", "--help", "--algo", "--env", "-conf", "--conf-file")))
+        return
+    conf = args.conf or str(default_config(args.algo))
+    validate_config(conf, args.algo, args.env, _hyperparams_overrides(rest))
+    _run_rl_zoo3(train, "sb3-cherry train", ["--algo", args.algo, "--env", args.env, "--conf-file", conf, *rest])
 
 
 def cmd_enjoy(argv: list[str]) -> None:
     """
-    ``sb3-cherry enjoy``: rl_zoo3's enjoy with sb3_cherry registered.
+    ``sb3-cherry enjoy``: rl_zoo3's enjoy with sb3_cherry registered. Defaults follow the other commands: ``--algo
+    ppo_rollback`` and the log folder ``logs`` (where ``sb3-cherry train`` writes) instead of rl_zoo3's ``ppo`` and
+    ``rl-trained-agents``.
 
     :param argv: arguments after ``enjoy``
     """
     register_zoo()
     from rl_zoo3.enjoy import enjoy
 
-    sys.argv = ["sb3-cherry enjoy", *argv]
-    with rl_zoo3_reads_safely():  # the run's config.yml / args.yml as data, not rl_zoo3's yaml.UnsafeLoader
-        enjoy()
+    def given(*flags: str) -> bool:
+        return any(arg in flags or arg.startswith(tuple(f"{flag}=" for flag in flags)) for arg in argv)
 
-
-def find_model(folder: str, algo: str, env_id: str, exp_id: int = 0) -> tuple[pathlib.Path, pathlib.Path]:
-    """
-    Locate a model trained by ``sb3-cherry train`` (rl_zoo3's layout ``<folder>/<algo>/<env>_<exp_id>/``).
-
-    :param folder: log folder
-    :param algo: algorithm name
-    :param env_id: environment id
-    :param exp_id: experiment id (0: latest)
-    :return: the model file and the experiment folder
-    """
-    from huggingface_sb3 import EnvironmentName
-    from rl_zoo3.utils import get_latest_run_id
-
-    env_name = str(EnvironmentName(env_id))
-    log_path = pathlib.Path(folder) / algo
-    if exp_id == 0:
-        exp_id = get_latest_run_id(str(log_path), env_name)
-    exp_dir = log_path / f"{env_name}_{exp_id}"
-    for name in (f"{env_name}.zip", "best_model.zip"):
-        if (exp_dir / name).exists():
-            return exp_dir / name, exp_dir
-    raise FileNotFoundError(f"No trained model in {exp_dir} (looked for {env_name}.zip, best_model.zip).")
+    if not given("-f", "--folder"):
+        argv = ["-f", "logs", *argv]
+    if not given("--algo"):
+        argv = ["--algo", "ppo_rollback", *argv]
+    try:
+        with rl_zoo3_reads_safely():  # the run's config.yml / args.yml as data, not rl_zoo3's yaml.UnsafeLoader
+            _run_rl_zoo3(enjoy, "sb3-cherry enjoy", argv)
+    except AssertionError as exc:  # rl_zoo3 asserts that the run folder exists
+        raise FileNotFoundError(f"{exc}. Train first (sb3-cherry train ...) or pass -f FOLDER / --exp-id.") from exc
 
 
 def evaluate_model(
     model: Any,
-    env: Any,
+    env: VecEnv,
     n_episodes: int = 10,
     deterministic: bool = True,
     fail_below: float | None = None,
     fail_on_termination: bool = False,
 ) -> dict[str, Any]:
     """
-    Run ``n_episodes`` episodes and summarise them.
+    Run ``n_episodes`` episodes with SB3's ``evaluate_policy`` and summarise them.
 
     An episode counts as *failed* when its return is below ``fail_below`` (if given), or when it ended by termination
     rather than time-limit truncation and ``fail_on_termination`` is set (e.g. the pole fell, the walker fell).
 
     :param model: a trained SB3 model
-    :param env: a VecEnv with one environment (wrapped with Monitor by rl_zoo3 / SB3)
+    :param env: a VecEnv (wrapped with Monitor by rl_zoo3 / SB3: returns are then the unnormalised ones)
     :param n_episodes: number of episodes
     :param deterministic: deterministic actions
     :param fail_below: return threshold of a failed episode
     :param fail_on_termination: count terminated (not truncated) episodes as failed
     :return: dict with mean/std return and length, n_failed, n_episodes and the per-episode returns
     """
-    returns, lengths, failed = [], [], 0
-    obs = env.reset()
-    state, episode_start = None, np.ones((env.num_envs,), dtype=bool)
-    ep_return, ep_len = 0.0, 0
-    while len(returns) < n_episodes:
-        action, state = model.predict(obs, state=state, episode_start=episode_start, deterministic=deterministic)
-        obs, reward, done, infos = env.step(action)
-        episode_start = done
-        ep_return += float(reward[0])
-        ep_len += 1
-        if done[0]:
-            info = infos[0]
-            # Monitor reports the unnormalised return when rewards are normalised
-            if "episode" in info:
-                ep_return, ep_len = float(info["episode"]["r"]), int(info["episode"]["l"])
-            terminated = not info.get("TimeLimit.truncated", False)
-            failed += int((fail_below is not None and ep_return < fail_below) or (fail_on_termination and terminated))
-            returns.append(ep_return)
-            lengths.append(ep_len)
-            ep_return, ep_len = 0.0, 0
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    terminated: list[bool] = []
+
+    def on_step(locals_: dict[str, Any], _globals: dict[str, Any]) -> None:
+        # evaluate_policy counts an episode when it is done and (with Monitor) its info has "episode": record the
+        # same episodes, in the same order, with how they ended
+        info = locals_["info"]
+        if locals_["done"] and ("episode" in info or not locals_["is_monitor_wrapped"]):
+            terminated.append(not info.get("TimeLimit.truncated", False))
+
+    returns, lengths = evaluate_policy(
+        model, env, n_eval_episodes=n_episodes, deterministic=deterministic, return_episode_rewards=True, callback=on_step
+    )
+    returns = [float(r) for r in returns]  # type: ignore[union-attr]
+    lengths = [int(n) for n in lengths]  # type: ignore[union-attr]
+    failed = sum(
+        int((fail_below is not None and ret < fail_below) or (fail_on_termination and term))
+        for ret, term in zip(returns, terminated, strict=True)
+    )
     return {
         "mean_return": float(np.mean(returns)),
         "std_return": float(np.std(returns)),
@@ -317,7 +250,7 @@ def evaluate_model(
 
 
 def _eval_defaults(env_id: str) -> dict[str, Any]:
-    """Per-env failure definitions from ``zoo_configs/evaluation.yml`` (if present)."""
+    """Per-env failure definitions from the shipped ``zoo_configs/evaluation.yml`` (if present)."""
     try:
         path = default_config("evaluation")
     except FileNotFoundError:
@@ -326,17 +259,80 @@ def _eval_defaults(env_id: str) -> dict[str, Any]:
         return (yaml.safe_load(file) or {}).get(env_id, {})
 
 
-def _load_for_eval(args: argparse.Namespace) -> tuple[Any, Any]:
-    """Load a model and build its evaluation env (with the saved normalisation statistics)."""
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    """The options that locate a trained model and build its env (shared by evaluate, record and video)."""
+    from rl_zoo3.utils import StoreDict
+
+    parser.add_argument("--algo", default="ppo_rollback", choices=_algo_choices(), help="algorithm (default: %(default)s)")
+    parser.add_argument("--env", default="CartPole-v1", help="environment id (default: %(default)s)")
+    parser.add_argument("-f", "--folder", default="logs", help="log folder of 'sb3-cherry train' (default: %(default)s)")
+    parser.add_argument("--exp-id", type=int, default=0, help="experiment id (default: 0, the latest)")
+    parser.add_argument("--model", help="path to a model .zip (instead of --folder/--exp-id)")
+    parser.add_argument("--load-best", action="store_true", help="load best_model.zip (saved by the evaluation callback)")
+    parser.add_argument("--load-checkpoint", type=int, metavar="STEPS", help="load the checkpoint saved after STEPS steps")
+    parser.add_argument("--load-last-checkpoint", action="store_true", help="load the latest checkpoint")
+    parser.add_argument(
+        "--env-kwargs", type=str, nargs="+", action=StoreDict, help="keyword arguments of the env constructor (key:value)"
+    )
+    parser.add_argument("--device", default="auto", help="torch device of the model (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the env (default: %(default)s)")
+    parser.add_argument("--stochastic", action="store_true", help="sample actions instead of taking the mode")
+
+
+def _model_path(args: argparse.Namespace) -> tuple[str, pathlib.Path, pathlib.Path]:
+    """
+    The model file selected by the options of :func:`_add_model_args` (rl_zoo3's ``get_model_path``).
+
+    :param args: the parsed options
+    :return: a name prefix for output files, the model file and its experiment folder
+    """
+    from huggingface_sb3 import EnvironmentName
+    from rl_zoo3.utils import get_model_path
+
+    if args.model:
+        model_file = pathlib.Path(args.model)
+        if not model_file.is_file():
+            raise FileNotFoundError(f"No model file {model_file}.")
+        return model_file.stem, model_file, model_file.parent
+    env_name = EnvironmentName(args.env)
+    try:
+        prefix, model_path, log_path = get_model_path(
+            args.exp_id,
+            args.folder,
+            args.algo,
+            env_name,
+            args.load_best,
+            args.load_checkpoint,
+            args.load_last_checkpoint,
+        )
+    except (AssertionError, ValueError) as exc:  # rl_zoo3 asserts the run folder exists
+        hint = " (best_model.zip is written when training with --eval-freq > 0)" if args.load_best else ""
+        raise FileNotFoundError(
+            f"{exc}{hint}. Train first (sb3-cherry train --algo {args.algo} --env {args.env} -f {args.folder}) or point "
+            "-f/--exp-id/--model at a trained model."
+        ) from exc
+    return prefix, pathlib.Path(model_path), pathlib.Path(log_path)
+
+
+def _load_for_eval(args: argparse.Namespace, render_mode: str | None = None) -> tuple[Any, Any]:
+    """
+    Load a model and build its evaluation env (with the saved normalisation statistics and env kwargs).
+
+    :param args: the parsed options of :func:`_add_model_args`
+    :param render_mode: render mode of the env (``"rgb_array"`` for videos)
+    :return: the model and its one-env VecEnv
+    """
+    from huggingface_sb3 import EnvironmentName
     from rl_zoo3.utils import ALGOS, create_test_env
 
     register_zoo()
-    if args.model:
-        model_path, exp_dir = pathlib.Path(args.model), pathlib.Path(args.model).parent
-    else:
-        model_path, exp_dir = find_model(args.folder, args.algo, args.env, args.exp_id)
-    stats_path = exp_dir / args.env
+    _, model_path, exp_dir = _model_path(args)
+    stats_path = exp_dir / EnvironmentName(args.env)
+    # the run's config.yml read as data (rl_zoo3's get_saved_hyperparams uses yaml.UnsafeLoader)
     hyperparams, maybe_stats_path = saved_hyperparams(str(stats_path), norm_reward=False, test_mode=True)
+    env_kwargs = {**(hyperparams.get("env_kwargs") or {}), **(args.env_kwargs or {})}
+    if render_mode is not None:
+        env_kwargs["render_mode"] = render_mode
     with rl_zoo3_reads_safely():  # vecnormalize.pkl through a restricted unpickler
         env = create_test_env(
             args.env,
@@ -346,8 +342,9 @@ def _load_for_eval(args: argparse.Namespace) -> tuple[Any, Any]:
             log_dir=None,
             should_render=False,
             hyperparams=hyperparams,
+            env_kwargs=env_kwargs,
         )
-    model = ALGOS[args.algo].load(model_path, env=env, device="cpu")
+    model = ALGOS[args.algo].load(model_path, env=env, device=args.device)
     return model, env
 
 
@@ -358,15 +355,14 @@ def cmd_evaluate(argv: list[str]) -> dict[str, Any]:
     :param argv: arguments after ``evaluate``
     :return: the summary (also printed)
     """
-    parser = argparse.ArgumentParser(prog="sb3-cherry evaluate", description=cmd_evaluate.__doc__)
-    parser.add_argument("--algo", default="ppo_rollback")
-    parser.add_argument("--env", default="CartPole-v1")
-    parser.add_argument("-f", "--folder", default="logs", help="log folder of `sb3-cherry train`")
-    parser.add_argument("--exp-id", type=int, default=0, help="experiment id (0: latest)")
-    parser.add_argument("--model", help="path to a model .zip (instead of --folder/--exp-id)")
-    parser.add_argument("-n", "--n-episodes", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--stochastic", action="store_true", help="sample actions instead of taking the mode")
+    parser = argparse.ArgumentParser(
+        prog="sb3-cherry evaluate",
+        description="Evaluate a trained agent: mean and std of the return and the episode length over N episodes, and "
+        "the number of failed episodes (per-env definitions in the shipped zoo_configs/evaluation.yml, overridden by "
+        "--fail-below / --fail-on-termination).",
+    )
+    _add_model_args(parser)
+    parser.add_argument("-n", "--n-episodes", type=int, default=10, help="number of episodes (default: %(default)s)")
     parser.add_argument("--fail-below", type=float, default=None, help="an episode with a lower return is a failure")
     parser.add_argument("--fail-on-termination", action="store_true", default=None, help="termination counts as failure")
     parser.add_argument("--json", dest="json_path", help="also write the summary to this JSON file ('-' for stdout)")
@@ -402,15 +398,11 @@ def cmd_record(argv: list[str]) -> None:
 
     :param argv: arguments after ``record``
     """
-    parser = argparse.ArgumentParser(prog="sb3-cherry record", description=cmd_record.__doc__)
-    parser.add_argument("--algo", default="ppo_rollback")
-    parser.add_argument("--env", default="CartPole-v1")
-    parser.add_argument("-f", "--folder", default="logs")
-    parser.add_argument("--exp-id", type=int, default=0)
-    parser.add_argument("--model", help="path to a model .zip (instead of --folder/--exp-id)")
-    parser.add_argument("-n", "--n-episodes", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--stochastic", action="store_true")
+    parser = argparse.ArgumentParser(
+        prog="sb3-cherry record", description="Write a demonstration file (.npz, imitation-compatible) from a trained agent."
+    )
+    _add_model_args(parser)
+    parser.add_argument("-n", "--n-episodes", type=int, default=20, help="number of episodes (default: %(default)s)")
     parser.add_argument("-o", "--output", required=True, help="demonstration file to write (.npz)")
     args = parser.parse_args(argv)
     from sb3_cherry.demos import record_demos
@@ -421,7 +413,112 @@ def cmd_record(argv: list[str]) -> None:
     print(f"Wrote {len(trajectories)} episodes to {args.output} (mean return {np.mean(returns):.2f} ± {np.std(returns):.2f})")
 
 
-COMMANDS = {"train": cmd_train, "enjoy": cmd_enjoy, "evaluate": cmd_evaluate, "record": cmd_record}
+class GifVideoRecorder(VecVideoRecorder):
+    """
+    SB3's ``VecVideoRecorder`` that also writes each recording as an animated GIF next to the MP4, small enough for a
+    README: at most ``gif_width`` pixels wide and ``gif_max_fps`` frames per second (frames are dropped, the GIF
+    plays at the env's speed).
+
+    :param venv: the env to film (``render_mode="rgb_array"``)
+    :param video_folder: output folder
+    :param record_video_trigger: function of the step count that starts a recording
+    :param video_length: frames per recording
+    :param name_prefix: file name prefix
+    :param gif: also write a GIF
+    :param gif_width: maximal GIF width in pixels (smaller renders keep their size)
+    :param gif_max_fps: maximal GIF frame rate
+    """
+
+    def __init__(
+        self,
+        venv: VecEnv,
+        video_folder: str,
+        record_video_trigger: Callable[[int], bool],
+        video_length: int = 200,
+        name_prefix: str = "rl-video",
+        gif: bool = False,
+        gif_width: int = 320,
+        gif_max_fps: float = 25.0,
+    ):
+        super().__init__(venv, video_folder, record_video_trigger, video_length, name_prefix)
+        if gif_width < 1 or gif_max_fps <= 0:
+            raise ValueError(f"gif_width={gif_width} must be >= 1 and gif_max_fps={gif_max_fps} > 0.")
+        self.gif, self.gif_width, self.gif_max_fps = gif, gif_width, gif_max_fps
+        self.written: list[str] = []
+
+    def _stop_recording(self) -> None:
+        """Write the GIF (if asked) from the recorded frames, then the MP4 as SB3 does."""
+        if self.recorded_frames:
+            if self.gif:
+                self.written.append(self._write_gif(os.path.splitext(self.video_path)[0] + ".gif"))
+            self.written.append(self.video_path)
+        super()._stop_recording()
+
+    def _write_gif(self, path: str) -> str:
+        """Write ``self.recorded_frames`` as a looping GIF (Pillow); return its path."""
+        from PIL import Image
+
+        fps = float(self.frames_per_sec)  # type: ignore[arg-type]  # SB3 types it loosely; render_fps of the env
+        every = max(1, round(fps / self.gif_max_fps))
+        frames = [Image.fromarray(frame) for frame in self.recorded_frames[::every]]
+        width, height = frames[0].size
+        if width > self.gif_width:
+            size = (self.gif_width, max(1, round(height * self.gif_width / width)))
+            frames = [frame.resize(size, Image.Resampling.LANCZOS) for frame in frames]
+        duration_ms = round(1000 * every / fps)
+        frames[0].save(path, save_all=True, append_images=frames[1:], duration=duration_ms, loop=0, optimize=True)
+        print(f"Saving GIF to {path}")
+        return path
+
+
+def cmd_video(argv: list[str]) -> list[str]:
+    """
+    ``sb3-cherry video``: an MP4 (``--gif``: and a GIF) of a trained agent, as rl_zoo3's ``record_video``.
+
+    :param argv: arguments after ``video``
+    :return: the files written
+    """
+    parser = argparse.ArgumentParser(
+        prog="sb3-cherry video",
+        description="Record an MP4 of a trained agent (rl_zoo3's record_video with sb3_cherry registered); --gif also "
+        "writes a GIF. Output: OUTPUT_FOLDER/<model>-step-0-to-step-N.mp4 (.gif).",
+    )
+    _add_model_args(parser)
+    parser.add_argument("-n", "--n-timesteps", type=int, default=1000, help="length in env steps (default: %(default)s)")
+    parser.add_argument("-o", "--output-folder", help="output folder (default: the run folder's videos/)")
+    parser.add_argument("--gif", action="store_true", help="also write an animated GIF")
+    parser.add_argument("--gif-width", type=int, default=320, help="maximal GIF width in pixels (default: %(default)s)")
+    parser.add_argument("--gif-fps", type=float, default=25.0, help="maximal GIF frame rate (default: %(default)s)")
+    args = parser.parse_args(argv)
+    prefix, _, exp_dir = _model_path(args)
+    model, env = _load_for_eval(args, render_mode="rgb_array")
+    recorder = GifVideoRecorder(
+        env,
+        args.output_folder or str(exp_dir / "videos"),
+        record_video_trigger=lambda step: step == 0,
+        video_length=args.n_timesteps,
+        name_prefix=prefix,
+        gif=args.gif,
+        gif_width=args.gif_width,
+        gif_max_fps=args.gif_fps,
+    )
+    obs = recorder.reset()
+    state, episode_start = None, np.ones((recorder.num_envs,), dtype=bool)
+    for _ in range(args.n_timesteps):
+        action, state = model.predict(obs, state=state, episode_start=episode_start, deterministic=not args.stochastic)
+        obs, _, episode_start, _ = recorder.step(action)
+    recorder.close()
+    print("Wrote " + ", ".join(recorder.written))
+    return recorder.written
+
+
+COMMANDS: dict[str, Callable[[list[str]], Any]] = {
+    "train": cmd_train,
+    "enjoy": cmd_enjoy,
+    "evaluate": cmd_evaluate,
+    "record": cmd_record,
+    "video": cmd_video,
+}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -431,17 +528,24 @@ def main(argv: list[str] | None = None) -> None:
     :param argv: command line arguments (default: ``sys.argv[1:]``)
     """
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--version":
+        print(f"sb3-cherry {sb3_cherry.__version__}")
+        return
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print(__doc__)
-        print(f"usage: sb3-cherry {{{','.join(COMMANDS)}}} [-h] ...")
         if argv and argv[0] not in ("-h", "--help"):
+            print(f"sb3-cherry: error: unknown command {argv[0]!r}: choose one of {', '.join(COMMANDS)}.\n", file=sys.stderr)
+            print(USAGE, file=sys.stderr)
             sys.exit(2)
+        print(USAGE)
         return
     try:
         COMMANDS[argv[0]](argv[1:])
     except (ValueError, FileNotFoundError) as exc:
         print(f"sb3-cherry {argv[0]}: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except BrokenPipeError:  # output piped into e.g. `head`, which exited: stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """The sb3-cherry command line: train -> evaluate / enjoy / record, and config validation."""
 
 import json
+import os
 import subprocess
 import sys
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import yaml
@@ -91,3 +93,170 @@ def test_shipped_configs_validate():
     }.items():
         for env_id in env_ids:
             validate_config(f"zoo_configs/{algo}.yml", algo, env_id)
+
+
+# ------------------------------------------------------------------------------------------ packaging and help texts
+def test_shipped_configs_found_from_any_directory(tmp_path, monkeypatch):
+    """The configs are package data (a symlink to the top-level zoo_configs/ in a checkout), found from any cwd."""
+    import pathlib
+
+    import sb3_cherry
+    from sb3_cherry.common.config_schema import default_config
+
+    monkeypatch.chdir(tmp_path)
+    package_configs = pathlib.Path(sb3_cherry.__file__).parent / "zoo_configs"
+    for algo in ("ppo_rollback", "cherry_a2c", "evaluation"):
+        assert default_config(algo).resolve() == (package_configs / f"{algo}.yml").resolve()
+    top_level = pathlib.Path(__file__).parents[1] / "zoo_configs"
+    assert sorted(p.name for p in package_configs.glob("*.yml")) == sorted(p.name for p in top_level.glob("*.yml"))
+    with pytest.raises(FileNotFoundError, match="Pass -c"):
+        default_config("no_such_algo")
+
+
+def test_common_does_not_import_cli():
+    """Arrows point down: importing common/ (schema, zoo entries, async learner) never loads the CLI."""
+    code = (
+        "import sys, sb3_cherry.common.zoo_config, sb3_cherry.common.async_learner, sb3_cherry.common.on_policy; "
+        "assert 'sb3_cherry.cli' not in sys.modules, 'cli imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_help_is_plain_text(capsys):
+    main(["--help"])
+    out = capsys.readouterr().out
+    assert "video" in out and "evaluate" in out
+    for reST in (":param", "``", ":mod:"):
+        assert reST not in out
+    main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "--algo {airl,bco,cherry_a2c,gail,ppo_rollback,recurrent_ppo_rollback}" in out
+    assert "rl_zoo3 train options" in out and "--eval-freq" in out and "--n-trials" in out  # rl_zoo3's own options
+    assert out.count("--conf-file") == 1 and ":param" not in out
+    for command in ("evaluate", "record", "video"):
+        with pytest.raises(SystemExit) as exc:
+            main([command, "--help"])
+        assert exc.value.code == 0
+        out = capsys.readouterr().out
+        assert "--load-best" in out and "--env-kwargs" in out and "--device" in out and ":param" not in out
+
+
+def test_unknown_command_and_algo(capsys):
+    with pytest.raises(SystemExit):
+        main(["trian"])
+    assert "unknown command 'trian'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--algo", "ppo"])
+    assert "invalid choice: 'ppo'" in capsys.readouterr().err
+
+
+def test_train_algo_equals_form_and_user_config_wins(tmp_path, monkeypatch):
+    """``--algo=cherry_a2c`` validates cherry_a2c's shipped config (not ppo_rollback's); ``-c FILE`` replaces it."""
+    import rl_zoo3.train
+
+    import sb3_cherry.cli as cli
+
+    seen = {}
+    monkeypatch.setattr(rl_zoo3.train, "train", lambda: seen.setdefault("argv", list(sys.argv)))
+    monkeypatch.chdir(tmp_path)
+    main(["train", "--algo=cherry_a2c", "--env=Pendulum-v1", "-n", "100", "--eval-freq", "-1"])
+    argv = seen.pop("argv")
+    conf = argv[argv.index("--conf-file") + 1]
+    assert argv[argv.index("--algo") + 1] == "cherry_a2c" and conf.endswith("cherry_a2c.yml")
+    assert argv[-4:] == ["-n", "100", "--eval-freq", "-1"]
+    user = _write(tmp_path, {"n_timesteps": 1000, "policy": "MlpPolicy", "n_steps": 8})
+    validated = []
+    monkeypatch.setattr(cli, "validate_config", lambda path, algo, env: validated.append((path, algo, env)))
+    main(["train", "--algo", "cherry_a2c", "-c", str(user)])
+    assert validated == [(str(user), "cherry_a2c", "CartPole-v1")]
+    assert seen["argv"][seen["argv"].index("--conf-file") + 1] == str(user)
+
+
+def test_enjoy_defaults_follow_the_other_commands(monkeypatch):
+    import rl_zoo3.enjoy
+
+    seen = []
+    monkeypatch.setattr(rl_zoo3.enjoy, "enjoy", lambda: seen.append(list(sys.argv[1:])))
+    main(["enjoy", "--no-render"])
+    main(["enjoy", "--algo=cherry_a2c", "-f", "elsewhere"])
+    assert seen == [["--algo", "ppo_rollback", "-f", "logs", "--no-render"], ["--algo=cherry_a2c", "-f", "elsewhere"]]
+
+
+# ------------------------------------------------------------------------------------------------- evaluate / video
+class _EndsTwoWays(gym.Env):
+    """Episode k lasts k + 1 steps with reward 1 per step; even episodes terminate, odd ones are truncated."""
+
+    observation_space = gym.spaces.Box(-1, 1, (1,))
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self):
+        self.episode, self.t = -1, 0
+
+    def reset(self, seed=None, options=None):
+        self.episode, self.t = self.episode + 1, 0
+        return np.zeros(1, dtype=np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        end = self.t == self.episode + 1
+        return np.zeros(1, dtype=np.float32), 1.0, end and self.episode % 2 == 0, end and self.episode % 2 == 1, {}
+
+
+class _AnyModel:
+    def predict(self, obs, state=None, episode_start=None, deterministic=True):
+        return np.zeros(len(obs), dtype=np.int64), None
+
+
+@pytest.mark.parametrize("monitor", [True, False])
+def test_evaluate_model_counts_failures_per_episode(monitor):
+    """Hand-computed reference: returns 1..6; episodes 1, 3, 5 (returns 1, 3, 5) terminate, the others are truncated."""
+    from stable_baselines3.common.monitor import Monitor
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from sb3_cherry.cli import evaluate_model
+
+    make = (lambda: Monitor(_EndsTwoWays())) if monitor else _EndsTwoWays
+    summary = evaluate_model(_AnyModel(), DummyVecEnv([make]), n_episodes=6, fail_on_termination=True)
+    assert summary["returns"] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0] and summary["mean_length"] == 3.5
+    assert summary["n_failed"] == 3
+    summary = evaluate_model(_AnyModel(), DummyVecEnv([make]), n_episodes=6, fail_below=4.5)
+    assert summary["n_failed"] == 4
+    summary = evaluate_model(_AnyModel(), DummyVecEnv([make]), n_episodes=6, fail_below=2.5, fail_on_termination=True)
+    assert summary["n_failed"] == 4  # returns 1, 2 (below) and 3, 5 (terminated)
+
+
+def _evaluate_json(argv, capsys):
+    main([*argv, "--json", "-"])
+    out = capsys.readouterr().out
+    return json.loads(out[out.index("{") :])
+
+
+def test_evaluate_options(trained, capsys):
+    base = ["evaluate", "--algo", "ppo_rollback", "--env", "CartPole-v1", "-f", str(trained), "-n", "2"]
+    # Sutton & Barto's CartPole reward (0 per step, -1 on failure) reaches the env through --env-kwargs
+    summary = _evaluate_json([*base, "--env-kwargs", "sutton_barto_reward:True", "--device", "cpu"], capsys)
+    assert all(r in (-1.0, 0.0) for r in summary["returns"])
+    for flags, message in ((["--load-best"], "--eval-freq > 0"), (["--load-checkpoint", "77"], "rl_model_77_steps")):
+        with pytest.raises(SystemExit):
+            main(base + flags)
+        assert message in capsys.readouterr().err
+
+
+def test_video_writes_mp4_and_gif(trained, tmp_path):
+    from PIL import Image
+
+    from sb3_cherry.cli import cmd_video
+
+    args = ["--algo", "ppo_rollback", "--env", "CartPole-v1", "-f", str(trained), "-n", "20", "-o", str(tmp_path)]
+    written = cmd_video([*args, "--gif"])
+    mp4 = [p for p in written if p.endswith(".mp4")]
+    gif = [p for p in written if p.endswith(".gif")]
+    assert len(mp4) == 1 and len(gif) == 1 and all(os.path.getsize(p) > 0 for p in written)
+    with Image.open(gif[0]) as image:
+        # 21 frames (reset + 20 steps) at CartPole's 50 fps, every 2nd kept for <= 25 fps (40 ms each; Pillow merges
+        # identical frames, so count time, not frames), the 600x400 render at the default width of 320 pixels
+        durations = []
+        for index in range(image.n_frames):
+            image.seek(index)
+            durations.append(image.info["duration"])
+        assert sum(durations) == 11 * 40 and image.size == (320, 213)

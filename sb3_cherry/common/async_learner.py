@@ -28,15 +28,13 @@ import sys
 import traceback
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch as th
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.logger import Logger
-
-if TYPE_CHECKING:
-    from sb3_cherry.common.on_policy import CherryOnPolicyAlgorithm
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
 COLLECTION_MODES = ("sync", "async")
 # rollout buffer fields that are not per-step data
@@ -249,7 +247,7 @@ class AsyncLearner:
 
     def __init__(
         self,
-        model: "CherryOnPolicyAlgorithm",
+        model: OnPolicyAlgorithm,
         threads: int | None = None,
         timeout: float = 3600.0,
         start_method: str | None = None,
@@ -324,7 +322,7 @@ class AsyncLearner:
         assert kind == expected, (kind, expected)
         return data
 
-    def submit(self, model: "CherryOnPolicyAlgorithm") -> None:
+    def submit(self, model: OnPolicyAlgorithm) -> None:
         """
         Send the model's filled rollout buffer to the learner, which starts training on it.
 
@@ -343,7 +341,7 @@ class AsyncLearner:
         self.pending = True
         self.submitted += 1
 
-    def sync(self, model: "CherryOnPolicyAlgorithm") -> None:
+    def sync(self, model: OnPolicyAlgorithm) -> None:
         """
         Wait for the update in progress (if any), then copy its weights into the model's policy and record its logs.
 
@@ -358,7 +356,7 @@ class AsyncLearner:
         for key, (value, exclude) in result["logs"].items():
             model.logger.record(key, value, exclude=exclude)
 
-    def finish(self, model: "CherryOnPolicyAlgorithm") -> None:
+    def finish(self, model: OnPolicyAlgorithm) -> None:
         """
         Wait for the last update and copy the learner's weights and optimizer state into the model.
 

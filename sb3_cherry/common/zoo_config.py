@@ -6,6 +6,9 @@ from typing import Any
 
 from stable_baselines3.common.utils import LinearSchedule
 
+from sb3_cherry.common.config_schema import default_config, validate_config
+from sb3_cherry.common.safe_config import parse_literal_string, parse_policy_kwargs
+
 
 @dataclass
 class ZooEntry:
@@ -34,9 +37,6 @@ def load_zoo_entry(algo: str, env_id: str, path: str | pathlib.Path | None = Non
     :param path: config file (default: the shipped ``zoo_configs/<algo>.yml``)
     :return: the entry
     """
-    from sb3_cherry.cli import default_config, validate_config
-    from sb3_cherry.common.safe_config import parse_literal_string, parse_policy_kwargs
-
     path = path or default_config(algo)
     entry = dict(validate_config(path, algo, env_id))
     n_timesteps = int(entry.pop("n_timesteps"))

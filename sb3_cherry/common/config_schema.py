@@ -1,0 +1,150 @@
+"""
+The schema of sb3_cherry's rl-zoo YAML configs: where the shipped configs live and how an entry is validated before any
+training starts (unknown keys, wrong types, unknown distributions). Used by the ``sb3-cherry`` CLI and by
+:func:`sb3_cherry.common.zoo_config.load_zoo_entry`.
+
+The algorithms a config may name are registered here by ``sb3_cherry/__init__.py`` (:func:`register_algorithms`), so
+that this module depends on no algorithm folder.
+"""
+
+import inspect
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+import gymnasium as gym
+
+from sb3_cherry.common.safe_config import check_policy_kwargs, check_positive, parse_policy_kwargs, safe_load_yaml
+
+#: Keys that rl_zoo3's ExperimentManager consumes itself (not passed to the algorithm)
+ZOO_KEYS = {
+    "n_timesteps",
+    "policy",
+    "n_envs",
+    "normalize",
+    "env_wrapper",
+    "vec_env_wrapper",
+    "frame_stack",
+    "callback",
+    "env_kwargs",
+    "monitor_kwargs",
+    "policy_kwargs",
+}
+#: Hyperparameters that rl_zoo3 accepts as ``lin_<value>`` schedules
+SCHEDULE_KEYS = {"learning_rate", "clip_range", "clip_range_vf"}
+#: Constructor arguments that the zoo sets itself
+RESERVED_ARGS = {"self", "policy", "env", "_init_setup_model", "tensorboard_log", "verbose", "seed", "device"}
+
+_ALGORITHMS: dict[str, type] = {}
+
+
+def register_algorithms(algorithms: Mapping[str, type]) -> None:
+    """
+    Make algorithms known to :func:`validate_config` under their rl_zoo3 names (``sb3_cherry`` registers its own).
+
+    :param algorithms: ``{name: class}``
+    """
+    _ALGORITHMS.update(algorithms)
+
+
+def registered_algorithms() -> dict[str, type]:
+    """
+    The algorithms a config may name.
+
+    :return: a copy of the ``{name: class}`` registry
+    """
+    return dict(_ALGORITHMS)
+
+
+def default_config(algo: str) -> pathlib.Path:
+    """
+    The config file shipped with sb3_cherry for ``algo`` (or ``"evaluation"``): ``sb3_cherry/zoo_configs/<algo>.yml``,
+    package data in a wheel and a symlink to the top-level ``zoo_configs/`` in a checkout, so the same file is found
+    from any working directory. A user's own file is passed explicitly (``sb3-cherry train -c FILE``).
+
+    :param algo: algorithm name (``ppo_rollback``, ``cherry_a2c``, ...)
+    :return: the path
+    :raises FileNotFoundError: no config found
+    """
+    package = pathlib.Path(__file__).resolve().parents[1]
+    candidates = [
+        package / "zoo_configs" / f"{algo}.yml",
+        # a checkout where the symlink was not created (e.g. git on Windows without symlink support)
+        package.parent / "zoo_configs" / f"{algo}.yml",
+    ]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"No config for algo {algo!r}: looked for {[str(c) for c in candidates]}. Pass -c <file.yml>.")
+
+
+def _type_ok(value: Any, default: Any, key: str) -> bool:
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int) and not isinstance(default, bool):
+        return (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, float) and value.is_integer())
+    if isinstance(default, float):
+        if isinstance(value, str):
+            return key in SCHEDULE_KEYS and value.startswith("lin_")
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    return True
+
+
+def validate_config(
+    path: str | pathlib.Path, algo: str, env_id: str, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """
+    Check the config entry of ``env_id`` in ``path`` before any training starts. The file is read as data and
+    ``policy_kwargs`` strings are parsed without ``eval`` (:mod:`sb3_cherry.common.safe_config`).
+
+    :param path: the YAML file
+    :param algo: algorithm name registered in the zoo
+    :param env_id: environment id (key of the YAML file)
+    :param overrides: ``-params``/``--hyperparams`` values, checked like the file's keys
+    :return: the entry (overrides merged)
+    :raises ValueError: naming the file, the env key and the offending hyperparameter
+    """
+    algos = registered_algorithms()
+    if algo not in algos:
+        raise ValueError(f"Unknown algo {algo!r}: choose one of {sorted(algos)}.")
+    config = safe_load_yaml(path) or {}
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: the top level must map env ids to hyperparameters, not a {type(config).__name__}.")
+    entry = config.get(env_id, config.get("default"))
+    if entry is None:
+        raise ValueError(f"{path}: no entry for env {env_id!r} (and no 'default'). Entries: {sorted(config)}.")
+    where = f"{path} [{env_id}]"
+    entry = {**entry, **(overrides or {})} if isinstance(entry, dict) else entry
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: the entry must be a mapping of hyperparameters, not {entry!r}.")
+    parameters = inspect.signature(algos[algo].__init__).parameters
+    allowed = ZOO_KEYS | (set(parameters) - RESERVED_ARGS)
+    for key, value in entry.items():
+        if key not in allowed:
+            raise ValueError(f"{where}: unknown hyperparameter {key!r} for {algo}. Allowed: {sorted(allowed)}.")
+        default = parameters[key].default if key in parameters else None
+        if default is not None and default is not inspect.Parameter.empty and not _type_ok(value, default, key):
+            raise ValueError(
+                f"{where}: hyperparameter {key!r}={value!r} has the wrong type (expected {type(default).__name__}"
+                f"{' or lin_<value>' if key in SCHEDULE_KEYS else ''})."
+            )
+    if "n_timesteps" not in entry:
+        raise ValueError(f"{where}: missing 'n_timesteps'.")
+    check_positive(entry, where)
+    policy_kwargs = parse_policy_kwargs(entry.get("policy_kwargs") or {}, f"{where} policy_kwargs")
+    aliases = getattr(algos[algo], "policy_aliases", {})
+    check_policy_kwargs(policy_kwargs, aliases.get(entry.get("policy", "MlpPolicy")), where)
+    if "action_distribution" in policy_kwargs:
+        from sb3_cherry.common.distributions import resolve_spec
+        from sb3_cherry.common.policies import _tuple_from_list
+
+        env = gym.make(env_id, **entry.get("env_kwargs", {}) or {})
+        try:
+            resolve_spec(env.action_space, _tuple_from_list(policy_kwargs["action_distribution"]))
+        except ValueError as exc:
+            raise ValueError(f"{where}: policy_kwargs.action_distribution: {exc}") from exc
+        finally:
+            env.close()
+    return entry
