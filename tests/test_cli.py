@@ -166,7 +166,7 @@ def test_train_algo_equals_form_and_user_config_wins(tmp_path, monkeypatch):
     assert argv[-4:] == ["-n", "100", "--eval-freq", "-1"]
     user = _write(tmp_path, {"n_timesteps": 1000, "policy": "MlpPolicy", "n_steps": 8})
     validated = []
-    monkeypatch.setattr(cli, "validate_config", lambda path, algo, env: validated.append((path, algo, env)))
+    monkeypatch.setattr(cli, "validate_config", lambda path, algo, env, overrides=None: validated.append((path, algo, env)))
     main(["train", "--algo", "cherry_a2c", "-c", str(user)])
     assert validated == [(str(user), "cherry_a2c", "CartPole-v1")]
     assert seen["argv"][seen["argv"].index("--conf-file") + 1] == str(user)
