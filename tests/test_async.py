@@ -5,6 +5,7 @@ import multiprocessing as mp
 import os
 import signal
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
@@ -43,13 +44,14 @@ def _decoupled_correction(model) -> None:
         actions = actions.long().flatten()
     model.policy.set_training_mode(False)
     with th.no_grad():
-        _, log_prox, _ = model.policy.evaluate_actions(obs, actions)
+        values_prox, log_prox, _ = model.policy.evaluate_actions(obs, actions)
     log_prox = log_prox.numpy().reshape(N_ENVS, N_STEPS).T  # env-major back to (n_steps, n_envs)
+    values_prox = values_prox.numpy().reshape(N_ENVS, N_STEPS).T
     mu = buf.log_probs.copy()
-    rho = np.exp(np.minimum(log_prox - mu, np.log(model.rho_bar))).astype(np.float32)
-    buf.behaviour_log_probs, buf.advantage_weights = mu, rho
+    w = np.minimum(np.exp(log_prox - mu), 100.0).astype(np.float32)
+    buf.behaviour_log_probs, buf.advantage_weights = mu, w
     buf.log_probs = log_prox.astype(np.float32)
-    buf.advantages = buf.advantages * rho
+    buf.values = values_prox.astype(np.float32)
 
 
 def _lag_one_reference(model, iterations: int):
@@ -244,3 +246,183 @@ def test_recentre_weights_and_log_probs():
     np.testing.assert_array_equal(buf.behaviour_log_probs[:, 0], [-2.0, -0.5])
     buf.reset()
     assert buf.behaviour_log_probs is None and buf.advantage_weights is None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Exact expectations on a 3-armed softmax bandit (issue 15, items 1 and 2). A rollout of 10 one-step episodes holds
+# each action in proportion to the behaviour policy mu = (0.7, 0.2, 0.1): a mean over it is an exact expectation
+# under mu, so the gradient the trainer computes on it (one minibatch, one epoch) is the expected gradient. The
+# policy has no hidden layer and a constant observation 1: its logits are action_net.bias.
+# ----------------------------------------------------------------------------------------------------------------------
+
+MU = np.array([0.7, 0.2, 0.1])
+PI_PROX = np.array([0.4, 0.3, 0.3])
+BANDIT_A = np.array([1.0, 1.2, 2.0])
+BANDIT_ACTIONS = np.repeat([0, 1, 2], [7, 2, 1])  # 10 samples in the proportions of MU
+
+
+class _Bandit(gym.Env):
+    """A constant observation, three actions, every episode one step long (only its spaces are used)."""
+
+    observation_space = spaces.Box(0.0, 1.0, (1,), np.float32)
+    action_space = spaces.Discrete(3)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.ones(1, np.float32), {}
+
+    def step(self, action):
+        return np.ones(1, np.float32), 0.0, True, False, {}
+
+
+def _policy_gradient(pi: np.ndarray, advantages: np.ndarray) -> np.ndarray:
+    """The on-policy gradient of E_pi[A] w.r.t. the softmax logits z: sum_a pi(a) A(a) (e_a - pi) = pi * (A - E_pi[A])."""
+    return pi * (advantages - pi @ advantages)
+
+
+def _bandit_model(algo, **kwargs):
+    from stable_baselines3.common.logger import Logger
+
+    n = len(BANDIT_ACTIONS)
+    if algo is PPORollback:
+        kwargs = dict(dict(batch_size=n, n_epochs=1, rollback_alpha=0.0), **kwargs)
+    model = algo(
+        "MlpPolicy",
+        _Bandit(),
+        n_steps=n,
+        max_grad_norm=1e9,  # no gradient clipping: the raw gradient is read
+        policy_kwargs=dict(net_arch=dict(pi=[], vf=[])),
+        seed=0,
+        device="cpu",
+        **kwargs,
+    )
+    model.set_logger(Logger(folder=None, output_formats=[]))
+    model._last_obs = np.ones((1, 1), np.float32)
+    return model
+
+
+def _set_bandit_policy(model, pi: np.ndarray, value: float = 0.0) -> None:
+    with th.no_grad():
+        model.policy.action_net.weight.zero_()
+        model.policy.action_net.bias.copy_(th.as_tensor(np.log(pi), dtype=th.float32))
+        model.policy.value_net.weight.zero_()
+        model.policy.value_net.bias.fill_(value)
+
+
+def _fill_bandit_rollout(model, mu: np.ndarray, rewards: np.ndarray, values: float = 0.0) -> None:
+    """The 10-sample rollout of mu: one-step episodes, stored log-probs of mu, advantages = rewards - values."""
+    buf = model.rollout_buffer
+    buf.reset()
+    buf.observations[:] = 1.0
+    buf.actions[:, 0, 0] = BANDIT_ACTIONS
+    buf.log_probs[:, 0] = np.log(mu[BANDIT_ACTIONS])
+    buf.rewards[:, 0] = rewards[BANDIT_ACTIONS]
+    buf.values[:, 0] = values
+    buf.advantages[:, 0] = rewards[BANDIT_ACTIONS] - values
+    buf.returns[:, 0] = rewards[BANDIT_ACTIONS]
+    buf.episode_starts[:] = 1.0
+    buf.last_dones = np.ones(1, np.float32)
+    buf.pos, buf.full = buf.buffer_size, True
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_bandit_hand_reference_shows_the_old_bias():
+    # the reference of the tests below tells the two maths apart: weighting the advantages by w = pi_prox / mu BEFORE
+    # the normalisation (the old recentre) raises action 1's logit, which the on-policy gradient of pi_prox lowers
+    w = PI_PROX / MU
+    wa = (w * BANDIT_A)[BANDIT_ACTIONS]
+    normalised = (wa - wa.mean()) / wa.std(ddof=1)
+    old = np.zeros(3)
+    for action, adv in zip(BANDIT_ACTIONS, normalised, strict=True):
+        old += adv * (np.eye(3)[action] - PI_PROX) / len(BANDIT_ACTIONS)
+    true = _policy_gradient(PI_PROX, BANDIT_A)
+    assert true[1] < 0 < old[1]
+    assert _cosine(old, true) == pytest.approx(0.92, abs=0.01)  # the issue's figure for rho_bar=100
+
+
+@pytest.mark.parametrize(
+    "algo, normalize",
+    [(PPORollback, True), (PPORollback, False), (CherryA2C, True), (CherryA2C, False)],
+)
+def test_async_first_epoch_gradient_is_the_on_policy_gradient(algo, normalize):
+    # a rollout of mu, re-centred on pi_prox (the update's start): the first-epoch gradient of the trainer's loss is
+    # E_mu[w (A - m) / s grad log pi] = E_pi_prox[A grad log pi] / s, with m, s the minibatch's mean / std of A
+    model = _bandit_model(algo, normalize_advantage=normalize)
+    _set_bandit_policy(model, PI_PROX)
+    _fill_bandit_rollout(model, MU, BANDIT_A)
+    model._prepare_lagged_rollout()
+    np.testing.assert_allclose(model.rollout_buffer.advantage_weights[:, 0], (PI_PROX / MU)[BANDIT_ACTIONS], rtol=1e-5)
+    model.train()
+    ascent = -model.policy.action_net.bias.grad.numpy()
+    true = _policy_gradient(PI_PROX, BANDIT_A)
+    assert ascent[1] < 0  # action 1's logit goes down, as on-policy
+    assert _cosine(ascent, true) == pytest.approx(1.0, abs=1e-6)
+    scale = BANDIT_A[BANDIT_ACTIONS].std(ddof=1) if normalize else 1.0
+    np.testing.assert_allclose(ascent, true / scale, rtol=1e-5, atol=1e-7)
+
+
+def test_imp_samp_max_truncates_the_weights():
+    model = _bandit_model(PPORollback, imp_samp_max=1.2)
+    _set_bandit_policy(model, PI_PROX)
+    _fill_bandit_rollout(model, MU, BANDIT_A)
+    model._prepare_lagged_rollout()
+    expected = np.minimum(PI_PROX / MU, 1.2)[BANDIT_ACTIONS]
+    np.testing.assert_allclose(model.rollout_buffer.advantage_weights[:, 0], expected, rtol=1e-5)
+    # the advantages themselves are not weighted (the trainer normalises them first)
+    np.testing.assert_array_equal(model.rollout_buffer.advantages[:, 0], BANDIT_A[BANDIT_ACTIONS].astype(np.float32))
+    samples = next(model.rollout_buffer.get(len(BANDIT_ACTIONS)))
+    np.testing.assert_allclose(np.sort(samples.weights.numpy()), np.sort(expected), rtol=1e-5)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="imp_samp_max must be > 0"):
+            _bandit_model(PPORollback, imp_samp_max=bad)
+
+
+def test_async_value_clipping_is_centred_on_the_proximal_critic():
+    # mu's critic stored V = 5; the proximal critic (the update's start) says V = 0; targets are 1. With clip_range_vf,
+    # the clipped value must move around 0 (gradient of vf_coef * (1 - V)^2 at V = 0: -2 * vf_coef), not around 5
+    # (where clamp(0 - 5, -0.2, 0.2) would give no value gradient at all)
+    model = _bandit_model(PPORollback, clip_range_vf=0.2, vf_coef=0.5)
+    _set_bandit_policy(model, PI_PROX, value=0.0)
+    _fill_bandit_rollout(model, MU, np.ones(3), values=5.0)
+    model._prepare_lagged_rollout()
+    np.testing.assert_allclose(model.rollout_buffer.values, 0.0, atol=1e-7)
+    model.train()
+    np.testing.assert_allclose(model.policy.value_net.bias.grad.numpy(), [-2 * 0.5 * 1.0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("lagged", [False, True])
+def test_vtrace_recompute_surrogate_is_unbiased(lagged):
+    # V-trace with recompute_returns: at a later epoch the policy pi_k differs from the behaviour mu. The surrogate's
+    # expected gradient E_mu[(pi / mu) A grad log pi] must be the on-policy E_pi_k[A grad log pi] (importance weight
+    # counted once); the old advantages rho A = min(1, pi_k / mu) A gave E_mu[r min(1, r) A grad log pi].
+    # lagged: an async rollout re-centred on pi_prox first, then trained from pi_k (weight w = pi_prox / mu times
+    # PPO's ratio pi / pi_prox).
+    # lr = 0 keeps the policy at pi_k for both epochs; the second epoch recomputes the advantages with pi_k.
+    pi_k = np.array([0.2, 0.3, 0.5])
+    model = _bandit_model(
+        PPORollback,
+        n_epochs=2,
+        learning_rate=0.0,
+        clip_range=1e6,  # no clipping: the plain importance-sampled surrogate r A
+        normalize_advantage=False,
+        returns_estimator="vtrace",
+        recompute_returns=True,
+    )
+    _fill_bandit_rollout(model, MU, BANDIT_A)
+    if lagged:
+        _set_bandit_policy(model, PI_PROX)
+        model._prepare_lagged_rollout()
+    _set_bandit_policy(model, pi_k)
+    model.train()
+    ascent = -model.policy.action_net.bias.grad.numpy()
+    true = _policy_gradient(pi_k, BANDIT_A)
+    np.testing.assert_allclose(ascent, true, rtol=1e-5, atol=1e-7)
+    # the old weighting r * min(1, r), by hand, is measurably different on this bandit
+    r = pi_k / MU
+    old = np.zeros(3)
+    for a in range(3):
+        old += MU[a] * r[a] * min(1.0, r[a]) * BANDIT_A[a] * (np.eye(3)[a] - pi_k)
+    assert np.abs(old - true).max() > 0.05
