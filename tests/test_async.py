@@ -311,22 +311,25 @@ def test_shared_state_dict_round_trip():
 
 
 def test_recentre_weights_and_log_probs():
-    # A 2-step, 1-env buffer whose behaviour log-probs and advantages are set by hand: rho = min(rho_bar, pi / mu)
+    # A 2-step, 1-env buffer whose behaviour log-probs and advantages are set by hand: w = min(imp_samp_max, pi / mu)
+    # is stored per sample; the advantages stay as they are (the trainer normalises them, then applies w)
     from sb3_cherry.common.buffers import CherryRolloutBuffer
 
-    class FixedPolicy:  # log pi(a) = -1 for every sample
+    class FixedPolicy:  # log pi(a) = -1 and V = 0.5 for every sample
         def evaluate_actions(self, obs, actions):
             n = len(actions)
-            return th.zeros(n, 1), th.full((n,), -1.0), None
+            return th.full((n, 1), 0.5), th.full((n,), -1.0), None
 
-    buf = CherryRolloutBuffer(2, spaces.Box(-1, 1, (1,)), spaces.Box(-1, 1, (1,)), n_envs=1, rho_bar=1.0)
+    buf = CherryRolloutBuffer(2, spaces.Box(-1, 1, (1,)), spaces.Box(-1, 1, (1,)), n_envs=1)
     buf.log_probs[:] = np.array([[-2.0], [-0.5]])  # mu
+    buf.values[:] = np.array([[3.0], [-3.0]])  # mu's critic
     buf.advantages[:] = np.array([[3.0], [4.0]])
-    buf.recentre(FixedPolicy())
+    buf.recentre(FixedPolicy(), imp_samp_max=1.0)
     # pi/mu = e^1 (truncated to 1) and e^-0.5
     np.testing.assert_allclose(buf.advantage_weights[:, 0], [1.0, np.exp(-0.5)], rtol=1e-6)
-    np.testing.assert_allclose(buf.advantages[:, 0], [3.0, 4.0 * np.exp(-0.5)], rtol=1e-6)
+    np.testing.assert_array_equal(buf.advantages[:, 0], [3.0, 4.0])
     np.testing.assert_array_equal(buf.log_probs[:, 0], [-1.0, -1.0])
+    np.testing.assert_array_equal(buf.values[:, 0], [0.5, 0.5])  # value clipping centred on the proximal critic
     np.testing.assert_array_equal(buf.behaviour_log_probs[:, 0], [-2.0, -0.5])
     buf.reset()
     assert buf.behaviour_log_probs is None and buf.advantage_weights is None
