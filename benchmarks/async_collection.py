@@ -212,6 +212,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threshold", type=float, default=900.0)
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the main process (and of the learner)")
+    parser.add_argument(
+        "--modes", nargs="+", default=["sync", "async"], choices=["sync", "async"], help="collection modes to run, in turn"
+    )
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--summarise-only", action="store_true", help="redo the JSON and the plot from the CSV")
     args = parser.parse_args(argv)
@@ -222,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     stem = f"async_{args.env.replace('/', '_')}"
     csv_file = results / f"{stem}.csv"
     for seed in [] if args.summarise_only else args.seeds:
-        for mode in ("sync", "async"):
+        for mode in args.modes:
             model, _ = build_model("ppo_rollback", args.env, seed, [f"collection={mode}"])
             callback = SnapshotCallback(args.snapshot_freq)
             model.learn(args.timesteps, callback=callback)

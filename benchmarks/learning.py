@@ -55,7 +55,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 RESULTS = pathlib.Path(__file__).parent / "results"
 COLUMNS = ["env", "algo", "variant", "seed", "timesteps", "mean_return", "std_return", "wall_time_s"]
 # Keys of the ppo_rollback entry that SB3's PPO does not have (dropped for the ``ppo`` baseline)
-ROLLBACK_ONLY = ("rollback_alpha", "returns_estimator", "n_step", "rho_bar", "c_bar", "recompute_returns")
+ROLLBACK_ONLY = ("rollback_alpha", "returns_estimator", "n_step", "rho_bar", "c_bar", "recompute_returns", "imp_samp_max")
 # policy_kwargs of the recurrent policies (dropped by --hyperparams-from recurrent_ppo_rollback)
 RECURRENT_ONLY = ("lstm_hidden_size", "n_lstm_layers", "enable_critic_lstm", "shared_lstm", "lstm_kwargs", "rnn_type")
 

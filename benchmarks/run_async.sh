@@ -1,7 +1,8 @@
 #!/bin/sh
 # collection="async" vs "sync": PPORollback (zoo entries), 300k steps, sync and async in turn per seed.
 # Uses both cores (main process + learner process): run alone.
-# (benchmarks/results/async_HalfCheetah-v5_uncorrected.csv: seed 0 of the same run before the decoupled-PPO correction.)
+# (benchmarks/results/async_HalfCheetah-v5_uncorrected.csv: seed 0 of the same run before the decoupled-PPO correction;
+#  async_<env>_biased.*: the run with the weights applied before the advantage normalisation, before issue 15's fix.)
 set -x
 export OMP_NUM_THREADS=1
 PY=${PY:-.venv/bin/python}

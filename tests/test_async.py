@@ -5,6 +5,7 @@ import multiprocessing as mp
 import os
 import signal
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
@@ -31,32 +32,114 @@ def _params(model) -> np.ndarray:
     return th.nn.utils.parameters_to_vector(model.policy.parameters()).detach().numpy().copy()
 
 
-def _decoupled_correction(model) -> None:
-    """
-    Decoupled PPO's correction of a rollout from an older behaviour policy mu, by hand: PPO's old log-probs become
-    those of the current policy pi_prox, the advantages are weighted by min(rho_bar, pi_prox / mu).
-    """
-    buf = model.rollout_buffer
-    obs = th.as_tensor(buf.swap_and_flatten(buf.observations))
-    actions = th.as_tensor(buf.swap_and_flatten(buf.actions))
-    if isinstance(model.action_space, spaces.Discrete):
-        actions = actions.long().flatten()
+def _env_major(x: np.ndarray) -> np.ndarray:
+    """(n_steps, n_envs, ...) to (n_envs * n_steps, ...), the order of SB3's flattened buffer."""
+    return x.swapaxes(0, 1).reshape(N_ENVS * N_STEPS, *x.shape[2:])
+
+
+def _evaluate_all(model, obs: th.Tensor, actions: th.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Values and log-probs of every stored step under the current policy (eval mode, no gradient)."""
     model.policy.set_training_mode(False)
     with th.no_grad():
-        _, log_prox, _ = model.policy.evaluate_actions(obs, actions)
-    log_prox = log_prox.numpy().reshape(N_ENVS, N_STEPS).T  # env-major back to (n_steps, n_envs)
-    mu = buf.log_probs.copy()
-    rho = np.exp(np.minimum(log_prox - mu, np.log(model.rho_bar))).astype(np.float32)
-    buf.behaviour_log_probs, buf.advantage_weights = mu, rho
-    buf.log_probs = log_prox.astype(np.float32)
-    buf.advantages = buf.advantages * rho
+        values, log_probs, _ = model.policy.evaluate_actions(obs, actions)
+    return values.flatten().numpy().astype(np.float64), log_probs.numpy().astype(np.float64)
+
+
+def _vtrace_by_hand(model, rewards, dones, values, last_values, log_ratios):
+    """
+    V-trace (IMPALA eq. 1, lambda-weighted traces) in float64 on (n_envs * n_steps,) env-major arrays; returns the
+    targets and the surrogate's advantages r_s + gamma v_{s+1} - V(x_s) (no rho: PPO's ratio is the weight).
+    """
+    gamma, lam = model.gamma, model.gae_lambda
+    vs, adv = np.zeros_like(values), np.zeros_like(values)
+    for e in range(N_ENVS):
+        sl = slice(e * N_STEPS, (e + 1) * N_STEPS)
+        r, d, v, ratio = rewards[sl], dones[sl], values[sl], np.exp(log_ratios[sl])
+        rho, c = np.minimum(model.rho_bar, ratio), lam * np.minimum(model.c_bar, ratio)
+        acc, next_v, next_vs = 0.0, last_values[e], last_values[e]
+        for t in reversed(range(N_STEPS)):
+            nonterminal = 1.0 - d[t]
+            acc = rho[t] * (r[t] + gamma * next_v * nonterminal - v[t]) + gamma * c[t] * nonterminal * acc
+            vs[sl][t] = v[t] + acc
+            adv[sl][t] = r[t] + gamma * next_vs * nonterminal - v[t]
+            next_v, next_vs = v[t], vs[sl][t]
+    return vs, adv
+
+
+def _decoupled_update(model) -> None:
+    """
+    One update on a rollout of the behaviour policy mu (the weights before the previous update), written out by hand
+    from Hilton et al. (2021) eq. 3 and openai/ppo-ewma's compute_losses: the ratio, its trust region and the value
+    clipping are centred on pi_prox (the weights the update starts from); each sample's surrogate is multiplied by
+    w = min(100, pi_prox / mu) after the minibatch's advantages are normalised. PPORollback: the rollback surrogate
+    (Wang et al. 2019); CherryA2C: -w A log pi. With V-trace + recompute_returns, targets and advantages are
+    recomputed before every epoch with the ratios pi / mu. Minibatches follow SB3's ``np.random.permutation`` per
+    epoch, so that the random stream matches the learner's.
+    """
+    buf, policy = model.rollout_buffer, model.policy
+    obs = th.as_tensor(_env_major(buf.observations))
+    actions = th.as_tensor(_env_major(buf.actions)).long().flatten()
+    rewards = _env_major(buf.rewards).astype(np.float64)
+    dones = _env_major(np.concatenate([buf.episode_starts[1:], model._last_episode_starts[None]]).astype(np.float64))
+    mu = _env_major(buf.log_probs).astype(np.float64)
+    advantages, returns = _env_major(buf.advantages), _env_major(buf.returns)
+    prox_values, prox_log_probs = _evaluate_all(model, obs, actions)
+    w = th.as_tensor(np.minimum(np.exp(prox_log_probs - mu), 100.0), dtype=th.float32)
+    old_log_prob, old_values = th.as_tensor(prox_log_probs, dtype=th.float32), th.as_tensor(prox_values, dtype=th.float32)
+    last_obs = th.as_tensor(model._last_obs)
+
+    def recompute():
+        values, log_probs = _evaluate_all(model, obs, actions)
+        with th.no_grad():
+            last_values = policy.predict_values(last_obs).flatten().numpy().astype(np.float64)
+        return _vtrace_by_hand(model, rewards, dones, values, last_values, log_probs - mu)
+
+    recompute_vtrace = getattr(model, "recompute_returns", False) and model.returns_estimator == "vtrace"
+    policy.set_training_mode(True)
+    model._update_learning_rate(policy.optimizer)
+    is_ppo = isinstance(model, PPORollback)
+    n_epochs, batch_size = (model.n_epochs, model.batch_size) if is_ppo else (1, N_ENVS * N_STEPS)
+    progress = model._current_progress_remaining
+    for _ in range(n_epochs):
+        if recompute_vtrace:
+            returns, advantages = recompute()
+        returns_t, advantages_t = th.as_tensor(returns, dtype=th.float32), th.as_tensor(advantages, dtype=th.float32)
+        policy.set_training_mode(True)
+        permutation = np.random.permutation(N_ENVS * N_STEPS)
+        for start in range(0, N_ENVS * N_STEPS, batch_size):
+            idx = th.as_tensor(permutation[start : start + batch_size])
+            values, log_prob, entropy = policy.evaluate_actions(obs[idx], actions[idx])
+            values = values.flatten()
+            adv = advantages_t[idx]
+            if model.normalize_advantage:
+                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+            if is_ppo:
+                eps, alpha = model.clip_range(progress), model.rollback_alpha
+                ratio = th.exp(log_prob - old_log_prob[idx])
+                # rollback surrogate: f(r) = r inside [1 - eps, 1 + eps], slope -alpha beyond it where A pushes out
+                beyond_up = (adv >= 0) & (ratio > 1 + eps)
+                beyond_down = (adv < 0) & (ratio < 1 - eps)
+                f = th.where(beyond_up, -alpha * ratio + (1 + alpha) * (1 + eps), ratio)
+                f = th.where(beyond_down, -alpha * ratio + (1 + alpha) * (1 - eps), f)
+                policy_loss = -(w[idx] * (adv * f)).mean()
+                if model.clip_range_vf is not None:
+                    c = model.clip_range_vf(progress)
+                    values = old_values[idx] + th.clamp(values - old_values[idx], -c, c)
+            else:
+                policy_loss = -(w[idx] * adv * log_prob).mean()
+            value_loss = ((returns_t[idx] - values) ** 2).mean()
+            loss = policy_loss + model.ent_coef * -entropy.mean() + model.vf_coef * value_loss
+            policy.optimizer.zero_grad()
+            loss.backward()
+            th.nn.utils.clip_grad_norm_(policy.parameters(), model.max_grad_norm)
+            policy.optimizer.step()
 
 
 def _lag_one_reference(model, iterations: int):
     """
-    The semantics of async collection written out with SB3's own ``collect_rollouts`` and ``train``, in one process:
-    rollout i >= 1 is collected with the weights from before update i - 1, i.e. one update older than the weights
-    the update starts from, and corrected by hand before the update.
+    The semantics of async collection written out in one process: SB3's ``collect_rollouts`` with the weights from
+    before update i - 1 for rollout i >= 1 (one update older than the weights the update starts from), SB3's own
+    update for the first rollout, and the decoupled update written out by hand (:func:`_decoupled_update`) after.
     """
     total, callback = model._setup_learn(iterations * N_STEPS * N_ENVS, None)
     callback.on_training_start(locals(), globals())
@@ -68,11 +151,11 @@ def _lag_one_reference(model, iterations: int):
         model._update_current_progress_remaining(model.num_timesteps, total)
         behaviour = current
         model.policy.load_state_dict(current)
-        if i > 0:
-            _decoupled_correction(model)
-            model._recompute_returns()
-        model.policy.set_training_mode(True)
-        model.train()
+        if i == 0:
+            model.policy.set_training_mode(True)
+            model.train()  # no lag yet: the synchronous update (pinned to SB3's by the parity tests)
+        else:
+            _decoupled_update(model)
     return model
 
 
@@ -89,21 +172,24 @@ def test_first_update_equals_sync(algo):
     "algo, kwargs",
     [
         (PPORollback, {}),
+        (PPORollback, dict(clip_range_vf=0.05)),
         (PPORollback, dict(returns_estimator="vtrace", recompute_returns=True, gae_lambda=0.9)),
         (CherryA2C, {}),
+        (CherryA2C, dict(normalize_advantage=True)),
     ],
 )
 def test_matches_lag_one_reference(algo, kwargs):
     iterations = 4
     reference = _lag_one_reference(_make(algo, "sync", **kwargs), iterations)
     async_ = _make(algo, "async", **kwargs).learn(iterations * N_STEPS * N_ENVS)
-    np.testing.assert_array_equal(_params(async_), _params(reference))
+    # float32 rounding differs between the hand-written update and the trainer (same minibatches, same math)
+    np.testing.assert_allclose(_params(async_), _params(reference), rtol=1e-5, atol=1e-6)
     # the optimizer state is brought back too (Adam / RMSprop moments), so training can continue after learn()
     ref_state = reference.policy.optimizer.state_dict()["state"]
     async_state = async_.policy.optimizer.state_dict()["state"]
     for key, value in ref_state.items():
         for name, tensor in value.items():
-            np.testing.assert_array_equal(async_state[key][name].numpy(), tensor.numpy())
+            np.testing.assert_allclose(async_state[key][name].numpy(), tensor.numpy(), rtol=1e-3, atol=1e-7)
     # ... and it differs from plain sync training (the lag is real)
     sync = _make(algo, "sync", **kwargs).learn(iterations * N_STEPS * N_ENVS)
     assert not np.array_equal(_params(sync), _params(async_))
@@ -225,22 +311,205 @@ def test_shared_state_dict_round_trip():
 
 
 def test_recentre_weights_and_log_probs():
-    # A 2-step, 1-env buffer whose behaviour log-probs and advantages are set by hand: rho = min(rho_bar, pi / mu)
+    # A 2-step, 1-env buffer whose behaviour log-probs and advantages are set by hand: w = min(imp_samp_max, pi / mu)
+    # is stored per sample; the advantages stay as they are (the trainer normalises them, then applies w)
     from sb3_cherry.common.buffers import CherryRolloutBuffer
 
-    class FixedPolicy:  # log pi(a) = -1 for every sample
+    class FixedPolicy:  # log pi(a) = -1 and V = 0.5 for every sample
         def evaluate_actions(self, obs, actions):
             n = len(actions)
-            return th.zeros(n, 1), th.full((n,), -1.0), None
+            return th.full((n, 1), 0.5), th.full((n,), -1.0), None
 
-    buf = CherryRolloutBuffer(2, spaces.Box(-1, 1, (1,)), spaces.Box(-1, 1, (1,)), n_envs=1, rho_bar=1.0)
+    buf = CherryRolloutBuffer(2, spaces.Box(-1, 1, (1,)), spaces.Box(-1, 1, (1,)), n_envs=1)
     buf.log_probs[:] = np.array([[-2.0], [-0.5]])  # mu
+    buf.values[:] = np.array([[3.0], [-3.0]])  # mu's critic
     buf.advantages[:] = np.array([[3.0], [4.0]])
-    buf.recentre(FixedPolicy())
+    buf.recentre(FixedPolicy(), imp_samp_max=1.0)
     # pi/mu = e^1 (truncated to 1) and e^-0.5
     np.testing.assert_allclose(buf.advantage_weights[:, 0], [1.0, np.exp(-0.5)], rtol=1e-6)
-    np.testing.assert_allclose(buf.advantages[:, 0], [3.0, 4.0 * np.exp(-0.5)], rtol=1e-6)
+    np.testing.assert_array_equal(buf.advantages[:, 0], [3.0, 4.0])
     np.testing.assert_array_equal(buf.log_probs[:, 0], [-1.0, -1.0])
+    np.testing.assert_array_equal(buf.values[:, 0], [0.5, 0.5])  # value clipping centred on the proximal critic
     np.testing.assert_array_equal(buf.behaviour_log_probs[:, 0], [-2.0, -0.5])
     buf.reset()
     assert buf.behaviour_log_probs is None and buf.advantage_weights is None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Exact expectations on a 3-armed softmax bandit (issue 15, items 1 and 2). A rollout of 10 one-step episodes holds
+# each action in proportion to the behaviour policy mu = (0.7, 0.2, 0.1): a mean over it is an exact expectation
+# under mu, so the gradient the trainer computes on it (one minibatch, one epoch) is the expected gradient. The
+# policy has no hidden layer and a constant observation 1: its logits are action_net.bias.
+# ----------------------------------------------------------------------------------------------------------------------
+
+MU = np.array([0.7, 0.2, 0.1])
+PI_PROX = np.array([0.4, 0.3, 0.3])
+BANDIT_A = np.array([1.0, 1.2, 2.0])
+BANDIT_ACTIONS = np.repeat([0, 1, 2], [7, 2, 1])  # 10 samples in the proportions of MU
+
+
+class _Bandit(gym.Env):
+    """A constant observation, three actions, every episode one step long (only its spaces are used)."""
+
+    observation_space = spaces.Box(0.0, 1.0, (1,), np.float32)
+    action_space = spaces.Discrete(3)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.ones(1, np.float32), {}
+
+    def step(self, action):
+        return np.ones(1, np.float32), 0.0, True, False, {}
+
+
+def _policy_gradient(pi: np.ndarray, advantages: np.ndarray) -> np.ndarray:
+    """The on-policy gradient of E_pi[A] w.r.t. the softmax logits z: sum_a pi(a) A(a) (e_a - pi) = pi * (A - E_pi[A])."""
+    return pi * (advantages - pi @ advantages)
+
+
+def _bandit_model(algo, **kwargs):
+    from stable_baselines3.common.logger import Logger
+
+    n = len(BANDIT_ACTIONS)
+    if algo is PPORollback:
+        kwargs = dict(dict(batch_size=n, n_epochs=1, rollback_alpha=0.0), **kwargs)
+    model = algo(
+        "MlpPolicy",
+        _Bandit(),
+        n_steps=n,
+        max_grad_norm=1e9,  # no gradient clipping: the raw gradient is read
+        policy_kwargs=dict(net_arch=dict(pi=[], vf=[])),
+        seed=0,
+        device="cpu",
+        **kwargs,
+    )
+    model.set_logger(Logger(folder=None, output_formats=[]))
+    model._last_obs = np.ones((1, 1), np.float32)
+    return model
+
+
+def _set_bandit_policy(model, pi: np.ndarray, value: float = 0.0) -> None:
+    with th.no_grad():
+        model.policy.action_net.weight.zero_()
+        model.policy.action_net.bias.copy_(th.as_tensor(np.log(pi), dtype=th.float32))
+        model.policy.value_net.weight.zero_()
+        model.policy.value_net.bias.fill_(value)
+
+
+def _fill_bandit_rollout(model, mu: np.ndarray, rewards: np.ndarray, values: float = 0.0) -> None:
+    """The 10-sample rollout of mu: one-step episodes, stored log-probs of mu, advantages = rewards - values."""
+    buf = model.rollout_buffer
+    buf.reset()
+    buf.observations[:] = 1.0
+    buf.actions[:, 0, 0] = BANDIT_ACTIONS
+    buf.log_probs[:, 0] = np.log(mu[BANDIT_ACTIONS])
+    buf.rewards[:, 0] = rewards[BANDIT_ACTIONS]
+    buf.values[:, 0] = values
+    buf.advantages[:, 0] = rewards[BANDIT_ACTIONS] - values
+    buf.returns[:, 0] = rewards[BANDIT_ACTIONS]
+    buf.episode_starts[:] = 1.0
+    buf.last_dones = np.ones(1, np.float32)
+    buf.pos, buf.full = buf.buffer_size, True
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_bandit_hand_reference_shows_the_old_bias():
+    # the reference of the tests below tells the two maths apart: weighting the advantages by w = pi_prox / mu BEFORE
+    # the normalisation (the old recentre) raises action 1's logit, which the on-policy gradient of pi_prox lowers
+    w = PI_PROX / MU
+    wa = (w * BANDIT_A)[BANDIT_ACTIONS]
+    normalised = (wa - wa.mean()) / wa.std(ddof=1)
+    old = np.zeros(3)
+    for action, adv in zip(BANDIT_ACTIONS, normalised, strict=True):
+        old += adv * (np.eye(3)[action] - PI_PROX) / len(BANDIT_ACTIONS)
+    true = _policy_gradient(PI_PROX, BANDIT_A)
+    assert true[1] < 0 < old[1]
+    assert _cosine(old, true) == pytest.approx(0.92, abs=0.01)  # the issue's figure for rho_bar=100
+
+
+@pytest.mark.parametrize(
+    "algo, normalize",
+    [(PPORollback, True), (PPORollback, False), (CherryA2C, True), (CherryA2C, False)],
+)
+def test_async_first_epoch_gradient_is_the_on_policy_gradient(algo, normalize):
+    # a rollout of mu, re-centred on pi_prox (the update's start): the first-epoch gradient of the trainer's loss is
+    # E_mu[w (A - m) / s grad log pi] = E_pi_prox[A grad log pi] / s, with m, s the minibatch's mean / std of A
+    model = _bandit_model(algo, normalize_advantage=normalize)
+    _set_bandit_policy(model, PI_PROX)
+    _fill_bandit_rollout(model, MU, BANDIT_A)
+    model._prepare_lagged_rollout()
+    np.testing.assert_allclose(model.rollout_buffer.advantage_weights[:, 0], (PI_PROX / MU)[BANDIT_ACTIONS], rtol=1e-5)
+    model.train()
+    ascent = -model.policy.action_net.bias.grad.numpy()
+    true = _policy_gradient(PI_PROX, BANDIT_A)
+    assert ascent[1] < 0  # action 1's logit goes down, as on-policy
+    assert _cosine(ascent, true) == pytest.approx(1.0, abs=1e-6)
+    scale = BANDIT_A[BANDIT_ACTIONS].std(ddof=1) if normalize else 1.0
+    np.testing.assert_allclose(ascent, true / scale, rtol=1e-5, atol=1e-7)
+
+
+def test_imp_samp_max_truncates_the_weights():
+    model = _bandit_model(PPORollback, imp_samp_max=1.2)
+    _set_bandit_policy(model, PI_PROX)
+    _fill_bandit_rollout(model, MU, BANDIT_A)
+    model._prepare_lagged_rollout()
+    expected = np.minimum(PI_PROX / MU, 1.2)[BANDIT_ACTIONS]
+    np.testing.assert_allclose(model.rollout_buffer.advantage_weights[:, 0], expected, rtol=1e-5)
+    # the advantages themselves are not weighted (the trainer normalises them first)
+    np.testing.assert_array_equal(model.rollout_buffer.advantages[:, 0], BANDIT_A[BANDIT_ACTIONS].astype(np.float32))
+    samples = next(model.rollout_buffer.get(len(BANDIT_ACTIONS)))
+    np.testing.assert_allclose(np.sort(samples.weights.numpy()), np.sort(expected), rtol=1e-5)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="imp_samp_max must be > 0"):
+            _bandit_model(PPORollback, imp_samp_max=bad)
+
+
+def test_async_value_clipping_is_centred_on_the_proximal_critic():
+    # mu's critic stored V = 5; the proximal critic (the update's start) says V = 0; targets are 1. With clip_range_vf,
+    # the clipped value must move around 0 (gradient of vf_coef * (1 - V)^2 at V = 0: -2 * vf_coef), not around 5
+    # (where clamp(0 - 5, -0.2, 0.2) would give no value gradient at all)
+    model = _bandit_model(PPORollback, clip_range_vf=0.2, vf_coef=0.5)
+    _set_bandit_policy(model, PI_PROX, value=0.0)
+    _fill_bandit_rollout(model, MU, np.ones(3), values=5.0)
+    model._prepare_lagged_rollout()
+    np.testing.assert_allclose(model.rollout_buffer.values, 0.0, atol=1e-7)
+    model.train()
+    np.testing.assert_allclose(model.policy.value_net.bias.grad.numpy(), [-2 * 0.5 * 1.0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("lagged", [False, True])
+def test_vtrace_recompute_surrogate_is_unbiased(lagged):
+    # V-trace with recompute_returns: at a later epoch the policy pi_k differs from the behaviour mu. The surrogate's
+    # expected gradient E_mu[(pi / mu) A grad log pi] must be the on-policy E_pi_k[A grad log pi] (importance weight
+    # counted once); the old advantages rho A = min(1, pi_k / mu) A gave E_mu[r min(1, r) A grad log pi].
+    # lagged: an async rollout re-centred on pi_prox first, then trained from pi_k (weight w = pi_prox / mu times
+    # PPO's ratio pi / pi_prox).
+    # lr = 0 keeps the policy at pi_k for both epochs; the second epoch recomputes the advantages with pi_k.
+    pi_k = np.array([0.2, 0.3, 0.5])
+    model = _bandit_model(
+        PPORollback,
+        n_epochs=2,
+        learning_rate=0.0,
+        clip_range=1e6,  # no clipping: the plain importance-sampled surrogate r A
+        normalize_advantage=False,
+        returns_estimator="vtrace",
+        recompute_returns=True,
+    )
+    _fill_bandit_rollout(model, MU, BANDIT_A)
+    if lagged:
+        _set_bandit_policy(model, PI_PROX)
+        model._prepare_lagged_rollout()
+    _set_bandit_policy(model, pi_k)
+    model.train()
+    ascent = -model.policy.action_net.bias.grad.numpy()
+    true = _policy_gradient(pi_k, BANDIT_A)
+    np.testing.assert_allclose(ascent, true, rtol=1e-5, atol=1e-7)
+    # the old weighting r * min(1, r), by hand, is measurably different on this bandit
+    r = pi_k / MU
+    old = np.zeros(3)
+    for a in range(3):
+        old += MU[a] * r[a] * min(1.0, r[a]) * BANDIT_A[a] * (np.eye(3)[a] - pi_k)
+    assert np.abs(old - true).max() > 0.05

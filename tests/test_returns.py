@@ -146,11 +146,13 @@ def naive_vtrace(
     c_bar: float = 1.0,
     truncate=min,
     log_ratios: np.ndarray | None = None,
+    rho_in_advantages: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """
     IMPALA eq. 1 in its sum form:
     v_s = V(x_s) + sum_{t>=s} gamma^{t-s} (prod_{i=s}^{t-1} c_i) rho_t (r_t + gamma V(x_{t+1}) - V(x_t)),
-    up to the end of the episode or of the rollout; advantage rho_s (r_s + gamma v_{s+1} - V(x_s)).
+    up to the end of the episode or of the rollout; advantage rho_s (r_s + gamma v_{s+1} - V(x_s))
+    (without rho_s if not ``rho_in_advantages``).
 
     :param truncate: ``min`` as in the paper; ``max`` reproduces the clamp-from-below bug
     """
@@ -176,7 +178,8 @@ def naive_vtrace(
         v_after = [float(vs[t + 1, e]) for t in range(n_steps - 1)] + [float(data.last_values[e])]
         for s in range(n_steps):
             next_v, _ = naive_next(data, s, e, bootstrap_after=v_after)
-            advantages[s, e] = rhos[s] * (float(data.rewards[s, e]) + gamma * next_v - float(data.values[s, e]))
+            rho = rhos[s] if rho_in_advantages else 1.0
+            advantages[s, e] = rho * (float(data.rewards[s, e]) + gamma * next_v - float(data.values[s, e]))
     return vs, advantages
 
 
@@ -546,3 +549,17 @@ def test_rho_bar_below_c_bar_is_allowed():
     args = (data.folded_rewards(GAMMA), data.values, data.last_values, data.dones, data.log_ratios)
     vs, _ = vtrace(*args, GAMMA, rho_bar=0.5, c_bar=2.0)
     np.testing.assert_allclose(vs, naive_vtrace(data, GAMMA, rho_bar=0.5, c_bar=2.0)[0], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_vtrace_advantages_without_rho(backend):
+    # for a surrogate that carries the importance weight itself (PPO's ratio): same targets, advantages without rho_s
+    data = make_rollout(11)
+    convert = (lambda x: th.as_tensor(x)) if backend == "torch" else (lambda x: x)
+    kwargs = dict(gae_lambda=0.9, rho_bar=1.2, c_bar=0.9)
+    vs, advantages = run_estimator("vtrace", data, GAMMA, convert, rho_in_advantages=False, **kwargs)
+    expected_vs, expected_advantages = naive_vtrace(data, GAMMA, rho_in_advantages=False, **kwargs)
+    np.testing.assert_allclose(np.asarray(vs), expected_vs, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(np.asarray(advantages), expected_advantages, rtol=1e-10, atol=1e-10)
+    _, with_rho = naive_vtrace(data, GAMMA, **kwargs)
+    assert not np.allclose(expected_advantages, with_rho)  # the ratios of this rollout are not all 1

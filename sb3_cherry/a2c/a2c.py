@@ -1,10 +1,13 @@
 from typing import Any, ClassVar, TypeVar
 
 import torch as th
+from gymnasium import spaces
 from stable_baselines3 import A2C
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+from stable_baselines3.common.utils import explained_variance
+from torch.nn import functional as F
 
 from sb3_cherry.a2c.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 from sb3_cherry.common.on_policy import CherryOnPolicyAlgorithm
@@ -18,7 +21,10 @@ class CherryA2C(A2C, CherryOnPolicyAlgorithm):
     Advantage Actor Critic (A2C) with sb3_cherry's action distributions (Beta, tanh-Normal, Gumbel-Softmax, Tuple
     action spaces) and returns estimators (GAE, 1-step, n-step, V-trace).
 
-    SB3's A2C update runs unchanged; with the default estimator and distributions this is SB3's A2C exactly.
+    SB3's A2C update, with one addition for ``collection="async"``: a rollout of the previous weights carries
+    decoupled PPO's per-sample importance weights ``w = min(imp_samp_max, pi_prox / mu)``, and the policy loss is
+    ``-w A log pi`` (after the optional advantage normalisation). With the default estimator and distributions this is
+    SB3's A2C exactly.
 
     Paper: https://arxiv.org/abs/1602.01783
     Code: Stable-Baselines3's A2C (https://github.com/DLR-RM/stable-baselines3), cherry_rl
@@ -48,6 +54,9 @@ class CherryA2C(A2C, CherryOnPolicyAlgorithm):
     :param collection: ``"sync"`` (collect, then train, as SB3) or ``"async"``: the updates run in a learner process
         while the next rollout is collected with the previous weights (behaviour policy one update old; see
         :mod:`sb3_cherry.common.async_learner`)
+    :param imp_samp_max: ``collection="async"`` only: truncation level of the per-sample importance weights
+        ``w = min(imp_samp_max, pi_prox / mu)`` of the policy loss ``-w A log pi`` (100, as in Hilton et al.'s
+        decoupled PPO code; ``float("inf")`` for no truncation). Independent of V-trace's ``rho_bar``.
     :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
         the reported success rate, mean episode length, and mean reward over
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
@@ -88,6 +97,7 @@ class CherryA2C(A2C, CherryOnPolicyAlgorithm):
         rho_bar: float = 1.0,
         c_bar: float = 1.0,
         collection: str = "sync",
+        imp_samp_max: float = 100.0,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -124,10 +134,75 @@ class CherryA2C(A2C, CherryOnPolicyAlgorithm):
         # A2C makes one gradient step per rollout: there is no later epoch to recompute returns for
         self._init_estimator(returns_estimator, n_step, rho_bar, c_bar, recompute_returns=False)
 
-        self._init_collection(collection)
+        self._init_collection(collection, imp_samp_max)
 
         if _init_setup_model:
             self._setup_model()
+
+    def train(self) -> None:
+        """
+        Update policy using the currently gathered rollout buffer (one gradient step over whole data): SB3's
+        ``A2C.train``, with the policy loss ``-w A log pi`` when the rollout carries importance weights ``w``
+        (a re-centred async rollout).
+        """
+        # Switch to train mode (this affects batch norm / dropout)
+        self.policy.set_training_mode(True)
+
+        # Update optimizer learning rate
+        self._update_learning_rate(self.policy.optimizer)
+
+        # This will only loop once (get all data in one go)
+        for rollout_data in self.rollout_buffer.get(batch_size=None):
+            actions = rollout_data.actions
+            if isinstance(self.action_space, spaces.Discrete):
+                # Convert discrete action from float to long
+                actions = actions.long().flatten()
+
+            values, log_prob, entropy = self.policy.evaluate_actions(rollout_data.observations, actions)
+            values = values.flatten()
+
+            # Normalize advantage (not present in the original implementation)
+            advantages = rollout_data.advantages
+            if self.normalize_advantage:
+                advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+            # Policy gradient loss
+            if hasattr(rollout_data, "weights"):
+                # decoupled importance weight min(imp_samp_max, pi_prox / mu), after normalisation (Hilton et al. 2021)
+                policy_loss = -(rollout_data.weights * advantages * log_prob).mean()
+            else:
+                policy_loss = -(advantages * log_prob).mean()
+
+            # Value loss using the TD(gae_lambda) target
+            value_loss = F.mse_loss(rollout_data.returns, values)
+
+            # Entropy loss favor exploration
+            if entropy is None:
+                # Approximate entropy when no analytical form
+                entropy_loss = -th.mean(-log_prob)
+            else:
+                entropy_loss = -th.mean(entropy)
+
+            loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+
+            # Optimization step
+            self.policy.optimizer.zero_grad()
+            loss.backward()
+
+            # Clip grad norm
+            th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+            self.policy.optimizer.step()
+
+        explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
+
+        self._n_updates += 1
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/explained_variance", explained_var)
+        self.logger.record("train/entropy_loss", entropy_loss.item())
+        self.logger.record("train/policy_loss", policy_loss.item())
+        self.logger.record("train/value_loss", value_loss.item())
+        if hasattr(self.policy, "log_std"):
+            self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
 
     def learn(
         self: SelfCherryA2C,

@@ -9,11 +9,14 @@ Timeline (``C_i``: collect rollout ``i`` in the main process, ``T_i``: train on 
 
 The behaviour policy ``mu`` of rollout ``i`` (``i >= 1``) is therefore exactly one update older than the weights
 ``pi_prox`` the learner starts from. Before the update, the learner corrects the rollout as decoupled PPO does (Hilton
-et al., 2021, eq. 3; :meth:`~sb3_cherry.common.buffers.ReturnsEstimatorMixin.recentre`): PPO's (and the rollback's)
-ratio and trust region are centred on ``pi_prox`` instead of ``mu`` (otherwise the first epoch would already sit
-outside the trust region, and the rollback would push the policy back towards ``mu``), and the advantages are
-weighted by the truncated importance weights ``min(rho_bar, pi_prox / mu)``. With ``returns_estimator="vtrace"`` and
-``recompute_returns=True``, the targets are also recomputed before every epoch with V-trace ratios ``pi / mu``.
+et al., 2021, eq. 3; reference code openai/ppo-ewma; :meth:`~sb3_cherry.common.buffers.ReturnsEstimatorMixin.recentre`):
+PPO's (and the rollback's) ratio and trust region are centred on ``pi_prox`` instead of ``mu`` (otherwise the first
+epoch would already sit outside the trust region, and the rollback would push the policy back towards ``mu``), value
+clipping is centred on ``pi_prox``'s critic, and each sample carries the truncated importance weight
+``w = min(imp_samp_max, pi_prox / mu)``, which multiplies its surrogate (``-w A log pi`` for A2C) after the minibatch's
+advantages are normalised. With ``returns_estimator="vtrace"`` and ``recompute_returns=True``, the critic's targets
+are also recomputed before every epoch with V-trace ratios ``pi / mu``; the surrogate then takes the advantages
+without ``rho`` (``w`` times PPO's ratio ``pi / pi_prox`` already is the importance weight ``pi / mu``).
 
 What crosses the process boundary, per update: the rollout (arrays of the rollout buffer, sent once through a pipe) to
 the learner; the new policy weights back through a ``multiprocessing.shared_memory`` block (written in place by the
@@ -211,8 +214,8 @@ def _learner_main(conn: Connection, model_bytes: bytes, shm_name: str, layout: l
             model.num_timesteps = data["num_timesteps"]
             model._current_progress_remaining = data["progress_remaining"]
             if data["lagged"]:
-                # collected by the previous weights: centre the trust region on the current policy, importance-weight
-                # the advantages, and (recompute_returns) re-evaluate the targets before the first epoch too
+                # collected by the previous weights: centre the trust region on the current policy, store the
+                # per-sample importance weights, and (recompute_returns) re-evaluate the targets before the first epoch
                 model._prepare_lagged_rollout()
                 model._recompute_returns()
             model.train()

@@ -4,18 +4,21 @@ Rollout buffers with a choice of returns estimator and flat storage of Tuple act
 They are SB3's ``RolloutBuffer`` / ``DictRolloutBuffer``; only ``compute_returns_and_advantage`` is overridden
 (it dispatches to the pure functions of :mod:`sb3_cherry.common.returns`), plus
 :meth:`ReturnsEstimatorMixin.recompute_returns_and_advantage`, which re-evaluates values and log-probabilities with
-the current networks (cherry_rl recomputes targets before every epoch).
+the current networks (cherry_rl recomputes targets before every epoch), and
+:meth:`ReturnsEstimatorMixin.recentre`, which prepares a rollout of an older behaviour policy for decoupled PPO
+(its minibatches then carry per-sample importance weights: :class:`WeightedRolloutBufferSamples`).
 """
 
 import math
 import numbers
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
 from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.type_aliases import DictRolloutBufferSamples, RolloutBufferSamples, TensorDict
 from stable_baselines3.common.utils import obs_as_tensor
 
 from sb3_cherry.common import returns as returns_lib
@@ -23,6 +26,49 @@ from sb3_cherry.common.spaces import flat_action_space
 from sb3_cherry.common.speed import TensorSamplesMixin
 
 RETURNS_ESTIMATORS = ("gae", "one_step", "n_step", "vtrace")
+
+
+class WeightedRolloutBufferSamples(NamedTuple):
+    """
+    SB3's ``RolloutBufferSamples`` plus ``weights``: the per-sample importance weights ``min(imp_samp_max, pi_prox / mu)``
+    of a re-centred rollout (decoupled PPO), which multiply the per-sample surrogate after advantage normalisation.
+    """
+
+    observations: th.Tensor
+    actions: th.Tensor
+    old_values: th.Tensor
+    old_log_prob: th.Tensor
+    advantages: th.Tensor
+    returns: th.Tensor
+    weights: th.Tensor
+
+
+class WeightedDictRolloutBufferSamples(NamedTuple):
+    """SB3's ``DictRolloutBufferSamples`` plus the per-sample ``weights`` (see :class:`WeightedRolloutBufferSamples`)."""
+
+    observations: TensorDict
+    actions: th.Tensor
+    old_values: th.Tensor
+    old_log_prob: th.Tensor
+    advantages: th.Tensor
+    returns: th.Tensor
+    weights: th.Tensor
+
+
+def check_imp_samp_max(imp_samp_max: float) -> float:
+    """
+    Validate the truncation level of decoupled PPO's importance weights.
+
+    :param imp_samp_max: truncation level of ``pi_prox / mu`` (``> 0``; ``float("inf")`` for no truncation)
+    :return: the value as a float
+    :raises ValueError: if it is not > 0
+    """
+    if not float(imp_samp_max) > 0:
+        raise ValueError(
+            f"imp_samp_max must be > 0 (the truncation of the importance weights pi_prox / mu of collection='async'; "
+            f"100 as in Hilton et al.'s code, inf for none), got {imp_samp_max}."
+        )
+    return float(imp_samp_max)
 
 
 def check_estimator_args(returns_estimator: str, n_step: int, rho_bar: float, c_bar: float) -> None:
@@ -107,7 +153,7 @@ class ReturnsEstimatorMixin:
         self.c_bar = float(c_bar)
         self.last_dones = np.zeros(0)
         # set by ``recentre`` (async collection): log-probs of the collecting policy, and the truncated importance
-        # weights min(rho_bar, pi_prox / mu) that multiply the advantages
+        # weights min(imp_samp_max, pi_prox / mu) that multiply the per-sample surrogate (sampled with each minibatch)
         self.behaviour_log_probs: np.ndarray | None = None
         self.advantage_weights: np.ndarray | None = None
         self.original_action_space = action_space
@@ -138,6 +184,8 @@ class ReturnsEstimatorMixin:
         else:
             if log_ratios is None:
                 log_ratios = np.zeros_like(self.rewards)
+            # the trainers' losses carry the importance weight themselves (PPO's ratio pi / mu, or pi / pi_prox times
+            # the decoupled weight pi_prox / mu): the advantages are r_s + gamma v_{s+1} - V(x_s), without rho_s
             ret, adv = returns_lib.vtrace(
                 self.rewards,
                 values,
@@ -148,11 +196,9 @@ class ReturnsEstimatorMixin:
                 gae_lambda=self.gae_lambda,
                 rho_bar=self.rho_bar,
                 c_bar=self.c_bar,
+                rho_in_advantages=False,
             )
         self.returns, self.advantages = ret.astype(np.float32), adv.astype(np.float32)
-        # V-trace advantages computed with ratios already carry their importance weight rho_s
-        if self.advantage_weights is not None and not (self.returns_estimator == "vtrace" and log_ratios is not None):
-            self.advantages = (self.advantages * self.advantage_weights).astype(np.float32)
 
     def compute_returns_and_advantage(self, last_values: th.Tensor, dones: np.ndarray) -> None:
         """
@@ -197,25 +243,56 @@ class ReturnsEstimatorMixin:
                 new_log_probs[idx] = log_prob.cpu().numpy()
         return new_values, new_log_probs
 
-    def recentre(self, policy: ActorCriticPolicy, chunk_size: int = 4096) -> None:
+    def recentre(self, policy: ActorCriticPolicy, imp_samp_max: float = 100.0, chunk_size: int = 4096) -> None:
         """
         Prepare a rollout collected by an older behaviour policy ``mu`` for an update that starts from ``policy``
         (``pi_prox``), as decoupled PPO does (Hilton et al., 2021, "Batch size-invariance for policy optimization",
-        eq. 3): the stored log-probabilities become ``pi_prox``'s, so that PPO's ratio and trust region are centred on
-        the policy being updated, and the advantages are multiplied by the truncated importance weights
-        ``min(rho_bar, pi_prox / mu)``. ``mu``'s log-probabilities are kept in ``behaviour_log_probs`` for the V-trace
-        ratios of ``recompute_returns_and_advantage``.
+        eq. 3; reference code openai/ppo-ewma, ``ppo_ewma/ppo.py``):
+
+        - the stored log-probabilities and values become ``pi_prox``'s, so that PPO's ratio ``pi / pi_prox``, its trust
+          region and the value clipping (``clip_range_vf``) are centred on the proximal policy and critic;
+        - the truncated importance weights ``w = min(imp_samp_max, pi_prox / mu)`` are stored per sample
+          (``advantage_weights``) and sampled with each minibatch (:class:`WeightedRolloutBufferSamples`). The
+          advantages are left as they are: the trainer normalises them first, then multiplies the per-sample surrogate
+          by ``w`` (as ``compute_losses`` of the reference does), so that the expected first-epoch gradient is
+          ``E_mu[w (A - m) / s grad log pi] = E_pi_prox[A grad log pi] / s`` (untruncated ``w``).
+
+        ``mu``'s log-probabilities are kept in ``behaviour_log_probs`` for the V-trace ratios of
+        ``recompute_returns_and_advantage``.
 
         :param policy: the policy the update starts from
+        :param imp_samp_max: truncation level of the weights ``pi_prox / mu`` (the reference's default: 100)
         :param chunk_size: evaluation batch size
         """
         assert not self.generator_ready, "recentre a freshly collected rollout (before get())"
-        _, prox = self._evaluate(policy, chunk_size)
+        imp_samp_max = check_imp_samp_max(imp_samp_max)
+        prox_values, prox = self._evaluate(policy, chunk_size)
         prox = self._unflat(prox)
         self.behaviour_log_probs = self.log_probs.copy()
-        self.advantage_weights = np.exp(np.minimum(prox - self.log_probs, np.log(self.rho_bar))).astype(np.float32)
+        with np.errstate(over="ignore"):
+            self.advantage_weights = np.minimum(np.exp(prox - self.log_probs), imp_samp_max).astype(np.float32)
         self.log_probs = prox.astype(np.float32)
-        self.advantages = (self.advantages * self.advantage_weights).astype(np.float32)
+        self.values = self._unflat(prox_values).astype(np.float32)
+
+    def _get_samples(
+        self, batch_inds: np.ndarray, *args: Any, **kwargs: Any
+    ) -> RolloutBufferSamples | DictRolloutBufferSamples | WeightedRolloutBufferSamples | WeightedDictRolloutBufferSamples:
+        """
+        The base buffer's minibatch, plus the importance weights of a re-centred rollout (``collection="async"``).
+
+        :param batch_inds: indices into the flattened (env-major) buffer
+        :param args: the base buffer's other arguments (``env``; contrib's recurrent buffers: ``env_change, env``)
+        :param kwargs: the same, by name
+        :return: the base buffer's samples, or their weighted variant after :meth:`recentre`
+        """
+        samples = super()._get_samples(batch_inds, *args, **kwargs)  # type: ignore[misc]
+        if self.advantage_weights is None:
+            return samples
+        # flat index i = env * n_steps + step (swap_and_flatten's order); advantage_weights stays (n_steps, n_envs)
+        weights = self.to_torch(self.advantage_weights[batch_inds % self.buffer_size, batch_inds // self.buffer_size])  # type: ignore[attr-defined]
+        if isinstance(samples, DictRolloutBufferSamples):
+            return WeightedDictRolloutBufferSamples(*samples, weights=weights)
+        return WeightedRolloutBufferSamples(*samples, weights=weights)
 
     def recompute_returns_and_advantage(self, policy: ActorCriticPolicy, last_obs: Any, chunk_size: int = 4096) -> None:
         """

@@ -28,7 +28,13 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
 from stable_baselines3.common.vec_env import VecEnv, is_vecenv_wrapped
 
 from sb3_cherry.common.async_learner import AsyncLearner, check_collection
-from sb3_cherry.common.buffers import CherryDictRolloutBuffer, CherryRolloutBuffer, ReturnsEstimatorMixin, check_estimator_args
+from sb3_cherry.common.buffers import (
+    CherryDictRolloutBuffer,
+    CherryRolloutBuffer,
+    ReturnsEstimatorMixin,
+    check_estimator_args,
+    check_imp_samp_max,
+)
 from sb3_cherry.common.finite import FiniteCheckCallback, UpdateSnapshot, check_update
 from sb3_cherry.common.policies import CherryActorCriticPolicy
 from sb3_cherry.common.save_util import AtomicSaveAlgorithm
@@ -105,6 +111,8 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
     #: SB3's per-parameter Adam, so ``rollback_alpha=0`` is then no longer bit-identical to SB3's PPO). Set
     #: ``model.fused_optimizer = True`` before ``learn``. Off: the default ``foreach`` Adam, bit-identical to SB3.
     fused_optimizer: bool = False
+    # class default: models saved before the argument existed load with the reference's value
+    imp_samp_max: float = 100.0
 
     def __init__(self, *args: Any, supported_action_spaces: tuple[type[spaces.Space], ...] | None = None, **kwargs: Any):
         if supported_action_spaces is not None and spaces.Tuple not in supported_action_spaces:
@@ -130,14 +138,16 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
         self.c_bar = float(c_bar)
         self.recompute_returns = bool(recompute_returns)
 
-    def _init_collection(self, collection: str) -> None:
+    def _init_collection(self, collection: str, imp_samp_max: float = 100.0) -> None:
         """
         Validate and store the collection mode.
 
         :param collection: ``"sync"`` (collect, then train, as SB3) or ``"async"`` (train in a learner process while
             the next rollout is collected with the previous weights)
+        :param imp_samp_max: truncation level of decoupled PPO's importance weights ``pi_prox / mu`` (async only)
         """
         self.collection = check_collection(collection)
+        self.imp_samp_max = check_imp_samp_max(imp_samp_max)
 
     def _init_callback(self, callback: MaybeCallback, progress_bar: bool = False) -> BaseCallback:
         if "_update_snapshot" in self.__dict__:
@@ -217,12 +227,13 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
     def _prepare_lagged_rollout(self) -> None:
         """
         Off-policy correction of a rollout collected by the previous weights (``collection="async"``): centre PPO's
-        trust region on the current policy and weight the advantages by ``min(rho_bar, pi / mu)``
-        (:meth:`CherryRolloutBuffer.recentre`).
+        trust region and the value clipping on the current (proximal) policy and critic, and store the per-sample
+        importance weights ``min(imp_samp_max, pi_prox / mu)`` that the trainers apply to the per-sample surrogate
+        after advantage normalisation (:meth:`CherryRolloutBuffer.recentre`).
         """
         assert isinstance(self.rollout_buffer, ReturnsEstimatorMixin)
         self.policy.set_training_mode(False)
-        self.rollout_buffer.recentre(self.policy)
+        self.rollout_buffer.recentre(self.policy, self.imp_samp_max)
         self.policy.set_training_mode(True)
 
     def _recompute_returns(self) -> None:

@@ -299,6 +299,7 @@ def vtrace(
     gae_lambda: float = 1.0,
     rho_bar: float = 1.0,
     c_bar: float = 1.0,
+    rho_in_advantages: bool = True,
 ) -> tuple[Array, Array]:
     """
     V-trace targets and the matching policy-gradient advantages.
@@ -310,6 +311,11 @@ def vtrace(
     With ``log_ratios = 0`` and ``rho_bar = c_bar = 1`` the targets are the TD(lambda) returns of :func:`gae`,
     and with ``gae_lambda=1`` too the advantages are the GAE advantages.
 
+    The advantages are IMPALA's ``rho_s (r_s + gamma v_{s+1} - V(x_s))`` for a plain policy gradient
+    ``E_mu[rho_s A_s grad log pi]``. A surrogate that already carries the importance weight ``pi / mu`` (PPO's ratio,
+    whose gradient is ``(pi / mu) grad log pi``) must take them without ``rho_s`` (``rho_in_advantages=False``):
+    ``r_s + gamma v_{s+1} - V(x_s)``, otherwise the weight is counted twice (``(pi / mu) min(rho_bar, pi / mu)``).
+
     :param rewards: rewards, shape ``(n_steps, n_envs)``
     :param values: V(x_t), shape ``(n_steps, n_envs)``
     :param last_values: V(x_{n_steps}), shape ``(n_envs,)``; the V-trace target after the last step
@@ -319,7 +325,10 @@ def vtrace(
     :param gae_lambda: lambda of the trace coefficients c_t, in [0, 1]
     :param rho_bar: truncation level of the importance weights rho_t (sets the fixed point's policy), > 0
     :param c_bar: truncation level of the trace coefficients c_t (sets the contraction speed), > 0
+    :param rho_in_advantages: multiply the advantages by rho_s (IMPALA's policy-gradient advantage, the default);
+        False for a loss that applies the importance weight itself (PPO's ratio ``pi / mu``)
     :return: ``(returns, advantages)``: the V-trace targets v_s and rho_s (r_s + gamma v_{s+1} - V(x_s))
+        (without rho_s when ``rho_in_advantages`` is False)
     """
     gamma = _check_unit_interval("gamma", gamma)
     gae_lambda = _check_unit_interval("gae_lambda", gae_lambda)
@@ -357,7 +366,10 @@ def vtrace(
         correction = delta + gamma * gae_lambda * next_non_terminal * traces[step] * next_correction
         vs[step] = values[step] + correction
         # Policy-gradient advantage, IMPALA section 4.2: rho_s (r_s + gamma v_{s+1} - V(x_s))
-        advantages[step] = rhos[step] * (rewards[step] + gamma * next_vs * next_non_terminal - values[step])
+        # (without rho_s for a surrogate whose ratio pi / mu already is the importance weight)
+        advantages[step] = rewards[step] + gamma * next_vs * next_non_terminal - values[step]
+        if rho_in_advantages:
+            advantages[step] = rhos[step] * advantages[step]
         next_correction = correction
         next_vs = vs[step]
     return vs, advantages

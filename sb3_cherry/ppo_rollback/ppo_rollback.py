@@ -142,7 +142,12 @@ def rollback_train(model: Any, evaluate: Callable[[Any, th.Tensor], tuple[th.Ten
             ratio = th.exp(log_prob - rollout_data.old_log_prob)
 
             # rollback surrogate loss (clipped PPO when rollback_alpha == 0)
-            policy_loss = -_masked_mean(rollback_surrogate(ratio, advantages, clip_range, model.rollback_alpha), mask)
+            surrogate = rollback_surrogate(ratio, advantages, clip_range, model.rollback_alpha)
+            if hasattr(rollout_data, "weights"):
+                # re-centred async rollout: decoupled PPO's weight min(imp_samp_max, pi_prox / mu) per sample, applied
+                # after the advantage normalisation (Hilton et al. 2021; openai/ppo-ewma compute_losses)
+                surrogate = rollout_data.weights * surrogate
+            policy_loss = -_masked_mean(surrogate, mask)
 
             # Logging
             # log values stay tensors until the end of the update (no host transfer per minibatch)
@@ -153,7 +158,8 @@ def rollback_train(model: Any, evaluate: Callable[[Any, th.Tensor], tuple[th.Ten
                 # No clipping
                 values_pred = values
             else:
-                # Clip the difference between old and new value
+                # Clip the difference between old and new value (a re-centred async rollout's old_values are the
+                # proximal critic's, as its old_log_prob are the proximal policy's)
                 # NOTE: this depends on the reward scaling
                 values_pred = rollout_data.old_values + th.clamp(
                     values - rollout_data.old_values, -clip_range_vf, clip_range_vf
@@ -262,10 +268,15 @@ class PPORollback(PPO, CherryOnPolicyAlgorithm):
     :param rho_bar: V-trace truncation level of the importance weights in the TD errors
     :param c_bar: V-trace truncation level of the traces
     :param recompute_returns: recompute values, returns and advantages with the current networks before every epoch
-        after the first (as cherry_rl does; with V-trace, the ratios current / collecting policy correct the drift)
+        after the first (as cherry_rl does; with V-trace, the ratios current / collecting policy correct the critic's
+        targets for the drift, and the surrogate takes the advantages without ``rho``: PPO's ratio already is the
+        importance weight)
     :param collection: ``"sync"`` (collect, then train, as SB3) or ``"async"``: the updates run in a learner process
         while the next rollout is collected with the previous weights (behaviour policy one update old; see
         :mod:`sb3_cherry.common.async_learner`)
+    :param imp_samp_max: ``collection="async"`` only: truncation level of decoupled PPO's per-sample importance
+        weights ``w = min(imp_samp_max, pi_prox / mu)``, which multiply the surrogate after advantage normalisation
+        (100, as in Hilton et al.'s code; ``float("inf")`` for no truncation). Independent of V-trace's ``rho_bar``.
     :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
         the reported success rate, mean episode length, and mean reward over
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
@@ -311,6 +322,7 @@ class PPORollback(PPO, CherryOnPolicyAlgorithm):
         c_bar: float = 1.0,
         recompute_returns: bool = False,
         collection: str = "sync",
+        imp_samp_max: float = 100.0,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -355,7 +367,7 @@ class PPORollback(PPO, CherryOnPolicyAlgorithm):
         self.rollback_alpha = float(rollback_alpha)
         self._init_estimator(returns_estimator, n_step, rho_bar, c_bar, recompute_returns)
 
-        self._init_collection(collection)
+        self._init_collection(collection, imp_samp_max)
 
         if _init_setup_model:
             self._setup_model()
