@@ -15,6 +15,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from torch.distributions import Bernoulli, Beta, Categorical, Normal
 from torch.distributions import kl_divergence as th_kl
 
+from benchmarks.trust_region_behaviour import UpdateProbe
 from sb3_cherry import PPORollback, RecurrentPPORollback
 from sb3_cherry.common.distributions import (
     BernoulliDistribution,
@@ -422,54 +423,10 @@ def test_yaml_cli_and_optuna(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Behaviour the paper reports (Figs. 3-5), measured from outside the algorithm: under an aggressive update TR-PPO keeps
-# the per-state KL near delta, below clipped PPO's; PPO-RB keeps the ratios closer to the clip range than PPO.
+# Behaviour the paper reports (Figs. 3-5), measured from outside the algorithm (benchmarks/trust_region_behaviour.py's
+# probe compares the policies before and after each update): under an aggressive update TR-PPO keeps the per-state KL
+# near delta, below clipped PPO's; PPO-RB keeps the ratios closer to the clip range than PPO.
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-class UpdateProbe(BaseCallback):
-    """
-    After every update, the exact per-state KL(pi_old || pi_new) and the ratios pi_new / pi_old on the rollout the
-    update trained on (pi_old: the weights when the rollout ended), computed here from the two policies.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.pending = None
-        self.kl_means, self.kl_maxes, self.ratio_dev = [], [], []
-
-    def _on_step(self) -> bool:
-        return True
-
-    def _on_rollout_end(self) -> None:
-        buffer = self.model.rollout_buffer
-        old = type(self.model.policy)(**self.model.policy._get_constructor_parameters())
-        old.load_state_dict(self.model.policy.state_dict())
-        obs = th.as_tensor(buffer.observations.reshape(-1, *buffer.obs_shape))
-        actions = th.as_tensor(buffer.actions.reshape(len(obs), -1))
-        self.pending = (old, obs, actions)
-
-    def _on_rollout_start(self) -> None:
-        if self.pending is not None:
-            self.measure()
-
-    def _on_training_end(self) -> None:
-        if self.pending is not None:
-            self.measure()
-
-    def measure(self) -> None:
-        old, obs, actions = self.pending
-        self.pending = None
-        with th.no_grad():
-            p, q = old.get_distribution(obs), self.model.policy.get_distribution(obs)
-            old_log_prob = p.log_prob(actions)
-            kl = per_state_kl(p, q)
-            ratio = (q.log_prob(actions) - old_log_prob).exp()
-        eps = self.model.clip_range(1.0)
-        self.kl_means.append(kl.mean().item())
-        self.kl_maxes.append(kl.max().item())
-        # how far the ratios ended outside [1 - eps, 1 + eps]
-        self.ratio_dev.append(th.clamp((ratio - 1).abs() - eps, min=0).mean().item())
 
 
 def _first_update(seed, **kwargs):
@@ -479,7 +436,7 @@ def _first_update(seed, **kwargs):
         "MlpPolicy", "Pendulum-v1", n_steps=1024, batch_size=64, n_epochs=50, learning_rate=5e-3, seed=seed, **kwargs
     )
     model.learn(1024, callback=probe)
-    return probe.kl_means[0], probe.ratio_dev[0]
+    return probe.kl_means[0], probe.ratio_excess[0]
 
 
 def test_aggressive_update_tr_ppo_keeps_kl_near_delta_and_rollback_keeps_ratios():
@@ -494,3 +451,62 @@ def test_aggressive_update_tr_ppo_keeps_kl_near_delta_and_rollback_keeps_ratios(
     assert tr_ppo[0] < 2 * delta and tr_ppo[0] < ppo[0], (tr_ppo, ppo)
     # PPO-RB: ratios end closer to the clip range than PPO's (measured: mean excess 0.0026 vs 0.0052)
     assert pporb[1] < ppo[1], (pporb, ppo)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The study's scripts: every method of run_trust_region.sh builds from the base entry; the Table 1 measure
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_study_methods_build_from_the_base_entry():
+    import re
+    import subprocess
+
+    from benchmarks.learning import build_model
+
+    script = open("benchmarks/run_trust_region.sh").read()
+    for method in ("ppo", "pporb", "trppo_rb", "truly_ppo"):
+        args = subprocess.run(
+            ["sh", "-c", _method_args(script) + f"\nmethod_args {method}"],
+            capture_output=True, text=True, check=True,
+        ).stdout.split()  # fmt: skip
+        algo = args[args.index("--algo") + 1]
+        sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+        model, n_timesteps = build_model(algo, "Walker2d-v5", 0, sets, config="benchmarks/trust_region.yml")
+        assert n_timesteps == 1_000_000 and model.n_steps == 2048 and model.batch_size == 64
+        if method in ("trppo_rb", "truly_ppo"):
+            assert model.trust_region == "kl" and model.kl_threshold == 0.03
+            assert (model.rollback, model.rollback_alpha) == (("kl", 5.0) if method == "truly_ppo" else ("ratio", 0.05))
+        model.get_env().close()
+    assert re.search(r"for method in ppo truly_ppo trppo_rb pporb", script)
+
+
+def _method_args(script):
+    """The ``method_args`` shell function of the study script."""
+    start = script.index("method_args() {")
+    return script[start : script.index("\n}\n", start) + 3]
+
+
+def test_trust_region_table(tmp_path):
+    from benchmarks.learning import COLUMNS
+    from benchmarks.table import steps_to_threshold, trust_region_rows
+
+    assert steps_to_threshold({0: 10.0, 20: 3100.0, 40: 2900.0, 60: 3500.0}, 3000.0) == 20
+    assert steps_to_threshold({0: 10.0, 20: 2900.0}, 3000.0) is None
+    rows = []
+    for variant, algo, curves in [
+        ("base", "ppo", {0: [100, 3200, 3300], 1: [100, 1000, 2000]}),
+        ("truly_ppo", "ppo_rollback", {0: [100, 2000, 3100], 1: [100, 3050, 3400]}),
+    ]:
+        for seed, returns in curves.items():
+            for t, ret in zip((0, 500_000, 1_000_000), returns, strict=True):
+                rows.append(dict(env="Hopper-v5", algo=algo, variant=variant, seed=seed, timesteps=t, mean_return=ret,
+                                 std_return=0, wall_time_s=0))  # fmt: skip
+    with open(tmp_path / "Hopper-v5.csv", "w", newline="") as file:
+        writer = __import__("csv").DictWriter(file, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = trust_region_rows(tmp_path)
+    assert len(lines) == 4
+    assert "| Hopper-v5 | SB3 PPO | 2 | 1000000 | 2650.0 ± 650.0 |" in lines[2] and "3000: 500k (1/2)" in lines[2]
+    assert "Truly PPO" in lines[3] and "3000: 750k (2/2)" in lines[3]
