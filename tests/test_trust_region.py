@@ -510,3 +510,14 @@ def test_trust_region_table(tmp_path):
     assert len(lines) == 4
     assert "| Hopper-v5 | SB3 PPO | 2 | 1000000 | 2650.0 ± 650.0 |" in lines[2] and "3000: 500k (1/2)" in lines[2]
     assert "Truly PPO" in lines[3] and "3000: 750k (2/2)" in lines[3]
+
+
+def test_frozen_copy_is_exact_and_leaves_the_random_stream():
+    model = PPORollback("MlpPolicy", "Pendulum-v1", n_steps=64, seed=0, use_sde=True)
+    state = th.random.get_rng_state()
+    frozen = tr_module.frozen_copy(model.policy)
+    assert th.equal(state, th.random.get_rng_state())
+    assert tr_module.frozen_copy(model.policy) is frozen  # cached, refreshed in place
+    for (name, a), (_, b) in zip(model.policy.state_dict().items(), frozen.state_dict().items(), strict=True):
+        assert th.equal(a, b), name
+    assert not any(p.requires_grad for p in frozen.parameters())

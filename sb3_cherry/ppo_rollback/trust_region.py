@@ -114,14 +114,17 @@ def frozen_copy(policy: BasePolicy) -> BasePolicy:
     """
     A copy of ``policy`` with the same weights and no gradients (built as SB3 rebuilds a saved policy, from its
     constructor parameters and ``state_dict``; a deep copy would fail on the graph tensors a gSDE distribution holds).
-    The copy is cached per policy and refreshed on every call.
+    The copy is cached per policy and refreshed on every call; building it does not consume the global torch random
+    stream.
 
     :param policy: the policy
     :return: the frozen copy, in evaluation mode
     """
     frozen = _FROZEN.get(policy)
     if frozen is None:
-        frozen = type(policy)(**policy._get_constructor_parameters()).to(policy.device)  # type: ignore[operator]
+        # the constructor initialises weights at random: leave the training's random stream untouched
+        with th.random.fork_rng(devices=[]):
+            frozen = type(policy)(**policy._get_constructor_parameters()).to(policy.device)  # type: ignore[operator]
         frozen.set_training_mode(False)
         frozen.requires_grad_(False)
         _FROZEN[policy] = frozen
