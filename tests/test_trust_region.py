@@ -521,3 +521,12 @@ def test_frozen_copy_is_exact_and_leaves_the_random_stream():
     for (name, a), (_, b) in zip(model.policy.state_dict().items(), frozen.state_dict().items(), strict=True):
         assert th.equal(a, b), name
     assert not any(p.requires_grad for p in frozen.parameters())
+
+
+def test_async_collection_with_the_kl_trust_region():
+    model = PPORollback(
+        "MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=32, n_epochs=2, seed=0, trust_region="kl", collection="async"
+    )
+    model.learn(64 * 3)
+    assert model.logger.name_to_value["train/kl_max"] >= 0.0
+    assert "train/trust_region_fraction" in model.logger.name_to_value
