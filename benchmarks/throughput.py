@@ -181,12 +181,12 @@ def _flat_box_env(vec_env):
     return make_vec_env(env_id, n_envs=vec_env.num_envs, seed=0, wrapper_class=FlatActions)
 
 
-def measure(build: Callable, env_id: str, n_envs: int, steps: int) -> float:
-    """Steps per second of ``learn(steps)`` (model construction excluded)."""
+def measure(build: Callable, env_id: str, n_envs: int, steps: int, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Steps per second of ``learn(steps)`` (model construction excluded), timed with ``clock``."""
     model = build(make_vec_env(env_id, n_envs=n_envs, seed=0))
-    start = time.perf_counter()
+    start = clock()
     model.learn(steps)
-    elapsed = time.perf_counter() - start
+    elapsed = clock() - start
     model.get_env().close()
     return steps / elapsed
 
@@ -200,8 +200,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: fair on a shared machine)")
     parser.add_argument("--out", default=None, help="CSV name in benchmarks/results (default: throughput.csv)")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall time, or this process's CPU time (steps per CPU-second: robust on a machine shared with other jobs; "
+        "everything runs in this process with the default DummyVecEnv)",
+    )
     args = parser.parse_args()
     th.set_num_threads(args.threads)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     selected = [c for c in cases() if not args.cases or c.name in args.cases]
     rows = []
     RESULTS.mkdir(exist_ok=True)
@@ -209,14 +217,15 @@ def main() -> None:
     for case in selected:
         ours, base = [], []
         for _ in range(args.repeats):  # alternate, so drifting machine load hits both sides
-            base.append(measure(case.baseline, case.env_id, case.n_envs, case.steps))
-            ours.append(measure(case.ours, case.env_id, case.n_envs, case.steps))
+            base.append(measure(case.baseline, case.env_id, case.n_envs, case.steps, clock))
+            ours.append(measure(case.ours, case.env_id, case.n_envs, case.steps, clock))
         row = dict(
             case=case.name,
             env=case.env_id,
             n_envs=case.n_envs,
             steps=case.steps,
             repeats=args.repeats,
+            clock=args.clock,
             ours_steps_per_s=round(float(np.median(ours)), 1),
             sb3_steps_per_s=round(float(np.median(base)), 1),
             ratio=round(float(np.median(np.array(ours) / np.array(base))), 3),

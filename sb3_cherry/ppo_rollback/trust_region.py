@@ -193,7 +193,9 @@ class TrustRegionUpdate:
         """
         if epoch != self.epoch:
             self.epoch, self.epoch_kls = epoch, []
-        kl = self.kl(rollout_data, model.policy.action_dist, mask)
+        # the ratio rollback uses k only in the trigger: no graph through the KL then
+        with th.set_grad_enabled(model.rollback == "kl"):
+            kl = self.kl(rollout_data, model.policy.action_dist, mask)
         triggered = trust_region_mask(ratio, advantages, kl, model.kl_threshold)
         self.fractions.append((triggered if mask is None else triggered[mask]).float().mean().item())
         return trust_region_surrogate(ratio, advantages, kl, model.kl_threshold, model.rollback_alpha, model.rollback)
