@@ -5,7 +5,7 @@ ratios ``pi_new / pi_old`` on each rollout after the update that trained on it, 
 TR-PPO-RB and Truly PPO. Both are computed here from the policy before and after each update (:class:`UpdateProbe`),
 not read from the algorithms' logs.
 
-    python -m benchmarks.trust_region_behaviour                       # Hopper-v5, 25 updates of 1024 steps each
+    python -m benchmarks.trust_region_behaviour                       # Hopper-v5, 15 updates of 1024 steps each
 
 Writes ``benchmarks/results/trust_region_behaviour.csv`` (one row per method and update) and
 ``benchmarks/results/trust_region_behaviour.png``.
@@ -176,7 +176,7 @@ def main() -> None:
     """Command line entry point."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="Hopper-v5")
-    parser.add_argument("--updates", type=int, default=25)
+    parser.add_argument("--updates", type=int, default=15)
     parser.add_argument("--n-steps", type=int, default=1024)
     parser.add_argument("--n-epochs", type=int, default=30)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
