@@ -49,16 +49,16 @@ def per_state_kl(p: sb3_dist.Distribution, q: sb3_dist.Distribution) -> th.Tenso
         raise TypeError(
             f"per_state_kl needs two distributions of the same class, got {type(p).__name__} and {type(q).__name__}."
         )
-    if isinstance(p, CherryDistribution):
+    if isinstance(p, CherryDistribution) and isinstance(q, CherryDistribution):
         # sb3_cherry's classes carry their closed forms (Tuple: sum over parts); see their ``kl`` methods
-        return p.kl(q)  # type: ignore[arg-type]
-    if isinstance(p, _SB3_FACTORISED):
-        kl = th_kl_divergence(p.distribution, q.distribution)  # type: ignore[attr-defined]
+        return p.kl(q)
+    if isinstance(p, _SB3_FACTORISED) and isinstance(q, _SB3_FACTORISED):
+        kl = th_kl_divergence(p.distribution, q.distribution)
         return kl.reshape(kl.shape[0], -1).sum(dim=1)
-    if isinstance(p, sb3_dist.CategoricalDistribution):
-        return th_kl_divergence(p.distribution, q.distribution)  # type: ignore[attr-defined]
-    if isinstance(p, sb3_dist.MultiCategoricalDistribution):
-        parts = [th_kl_divergence(a, b) for a, b in zip(p.distribution, q.distribution, strict=True)]  # type: ignore[attr-defined]
+    if isinstance(p, sb3_dist.CategoricalDistribution) and isinstance(q, sb3_dist.CategoricalDistribution):
+        return th_kl_divergence(p.distribution, q.distribution)
+    if isinstance(p, sb3_dist.MultiCategoricalDistribution) and isinstance(q, sb3_dist.MultiCategoricalDistribution):
+        parts = [th_kl_divergence(a, b) for a, b in zip(p.distribution, q.distribution, strict=True)]
         return th.stack(parts, dim=1).sum(dim=1)
     raise TypeError(
         f"No exact per-state KL for {type(p).__name__}: use one of sb3_cherry's action distributions "
