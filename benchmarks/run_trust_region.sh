@@ -9,7 +9,9 @@
 #   truly_ppo Truly PPO    KL trigger delta 0.03, KL rollback alpha 5 (kl_klrollback_constant_withratio)
 #
 # Resumable per (env, method, seed): a run trains into benchmarks/results/trust_region/partial/ and, once finished,
-# its rows are appended to benchmarks/results/trust_region/<env>.csv and committed (git commit of that file only);
+# its rows are appended to benchmarks/results/trust_region/<env>.csv, the curves (<env>.png), summary.csv and the
+# table summary.md (final return, AUC, steps to the paper's Table 1 thresholds) are regenerated, and that folder is
+# committed (git commit of benchmarks/results/trust_region only);
 # a (env, method, seed) whose rows are already in the CSV is skipped, so rerunning the script continues the study.
 # Every run trains from a snapshot of the committed code (git archive HEAD) so that edits in the worktree never leak
 # into a running study. Order: the most informative comparisons first (Hopper seed 0: SB3 PPO vs Truly PPO, ...).
@@ -59,9 +61,14 @@ run_one() {  # env method seed
   tail -n +2 "$csv" >> "$OUT/$env.csv"
   rm -rf "$partial"
   echo "$(date -u +%FT%TZ) done $env $method seed $seed"
+  # curves, summary.csv and the README's table of the study so far (from the snapshot's code, into the worktree)
+  (cd "$snap" && PYTHONPATH=$snap $PY -m benchmarks.plot --results "$OUT" > /dev/null &&
+    PYTHONPATH=$snap $PY -m benchmarks.table --trust-region --results "$OUT" > /dev/null) ||
+    echo "summary failed (the run's rows are kept)"
   if [ "$COMMIT" = 1 ]; then
     for attempt in 1 2 3 4 5; do
-      if git -C "$WT" add "$OUT/$env.csv" && git -C "$WT" commit -q -m "trust-region study: $env $method seed $seed (1M steps, code $rev)" -- "$OUT/$env.csv"; then
+      git -C "$WT" add "$OUT/$env.csv" "$OUT"/*.png "$OUT/summary.csv" "$OUT/summary.md" 2>/dev/null || git -C "$WT" add "$OUT/$env.csv"
+      if git -C "$WT" commit -q -m "trust-region study: $env $method seed $seed (1M steps, code $rev)" -- "$OUT"; then
         break
       fi
       sleep 10

@@ -165,8 +165,8 @@ def trust_region_rows(results: pathlib.Path = RESULTS / "trust_region") -> list[
 
 def main(argv: list[str] | None = None) -> None:
     """
-    Write ``benchmarks/results/summary.md`` (or, with ``--trust-region``, ``benchmarks/results/trust_region/summary.md``)
-    and print it.
+    Write ``benchmarks/results/summary.md`` (or, with ``--trust-region``, ``summary.md`` in the study's results folder,
+    ``benchmarks/results/trust_region`` by default) and print it.
 
     :param argv: arguments (default: ``sys.argv[1:]``)
     """
@@ -174,11 +174,15 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trust-region", action="store_true", help="the trust-region study's table")
+    parser.add_argument(
+        "--results", default=str(RESULTS / "trust_region"), help="with --trust-region: the study's results folder"
+    )
     # known args only: benchmarks.plot calls main() under its own command line
     args = parser.parse_known_args(argv)[0]
     if args.trust_region:
-        text = "\n".join(trust_region_rows()) + "\n"
-        (RESULTS / "trust_region" / "summary.md").write_text(text)
+        results = pathlib.Path(args.results)
+        text = "\n".join(trust_region_rows(results)) + "\n"
+        (results / "summary.md").write_text(text)
     else:
         text = "\n".join(rows()) + "\n"
         (RESULTS / "summary.md").write_text(text)
