@@ -55,7 +55,18 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 RESULTS = pathlib.Path(__file__).parent / "results"
 COLUMNS = ["env", "algo", "variant", "seed", "timesteps", "mean_return", "std_return", "wall_time_s"]
 # Keys of the ppo_rollback entry that SB3's PPO does not have (dropped for the ``ppo`` baseline)
-ROLLBACK_ONLY = ("rollback_alpha", "returns_estimator", "n_step", "rho_bar", "c_bar", "recompute_returns", "imp_samp_max")
+ROLLBACK_ONLY = (
+    "rollback_alpha",
+    "returns_estimator",
+    "n_step",
+    "rho_bar",
+    "c_bar",
+    "recompute_returns",
+    "trust_region",
+    "kl_threshold",
+    "rollback",
+    "imp_samp_max",
+)
 # policy_kwargs of the recurrent policies (dropped by --hyperparams-from recurrent_ppo_rollback)
 RECURRENT_ONLY = ("lstm_hidden_size", "n_lstm_layers", "enable_critic_lstm", "shared_lstm", "lstm_kwargs", "rnn_type")
 
@@ -113,7 +124,12 @@ def apply_overrides(kwargs: dict[str, Any], assignments: list[str]) -> dict[str,
 
 
 def build_model(
-    algo: str, env_id: str, seed: int, overrides: list[str], hyperparams_from: str | None = None
+    algo: str,
+    env_id: str,
+    seed: int,
+    overrides: list[str],
+    hyperparams_from: str | None = None,
+    config: str | pathlib.Path | None = None,
 ) -> tuple[BaseAlgorithm, int]:
     """
     Build the model of ``algo`` on ``env_id`` from its zoo entry (training env with ``VecNormalize`` if the entry asks).
@@ -125,6 +141,8 @@ def build_model(
     :param overrides: ``--set`` assignments
     :param hyperparams_from: read the entry of this algorithm's config instead; ``recurrent_ppo_rollback`` for a
         feed-forward ``algo`` drops the recurrent policy keys
+    :param config: read the entry from this YAML file instead of the shipped ``zoo_configs/<algo>.yml`` (validated
+        against the algorithm whose entry it is, ``ppo_rollback`` for ``ppo``)
     :return: the model and the zoo entry's ``n_timesteps``
     """
     from sb3_cherry import CherryA2C, PPORollback, RecurrentPPORollback
@@ -136,7 +154,7 @@ def build_model(
         "recurrent_ppo_rollback": RecurrentPPORollback,
         "ppo": PPO,
     }
-    entry = load_zoo_entry(hyperparams_from or ("ppo_rollback" if algo == "ppo" else algo), env_id)
+    entry = load_zoo_entry(hyperparams_from or ("ppo_rollback" if algo == "ppo" else algo), env_id, config)
     kwargs = dict(entry.model_kwargs)
     if hyperparams_from == "recurrent_ppo_rollback" and algo != hyperparams_from:
         kwargs["policy"] = kwargs["policy"].replace("Gru", "").replace("Lstm", "")  # MlpGruPolicy -> MlpPolicy
@@ -258,7 +276,7 @@ def run(args: argparse.Namespace) -> None:
     path = csv_path(args.env, pathlib.Path(args.results))
     path.parent.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
-        model, zoo_timesteps = build_model(args.algo, args.env, seed, args.set, args.hyperparams_from)
+        model, zoo_timesteps = build_model(args.algo, args.env, seed, args.set, args.hyperparams_from, args.config)
         timesteps = args.timesteps or zoo_timesteps
         row = dict(env=args.env, algo=args.algo, variant=args.variant, seed=seed)
         callback = EvalAppendCallback(
@@ -338,6 +356,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--algo", required=True, choices=["ppo_rollback", "cherry_a2c", "recurrent_ppo_rollback", "ppo"])
     parser.add_argument(
         "--hyperparams-from", default=None, help="zoo config of another algorithm (e.g. recurrent_ppo_rollback)"
+    )
+    parser.add_argument(
+        "--config", default=None, help="YAML file of the entries (default: zoo_configs/<algo>.yml); e.g. the study's"
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--timesteps", type=int, default=None, help="training steps per seed (default: the zoo entry's)")

@@ -3,12 +3,15 @@ The README's learning-curve table, generated from ``benchmarks/results/summary.c
 variant) with its published reference figure and the one command that reproduces it.
 
     python -m benchmarks.table          # writes benchmarks/results/summary.md and prints it
+    python -m benchmarks.table --trust-region   # the trust-region study's table (benchmarks/results/trust_region/)
 
 (``python -m benchmarks.plot`` calls it after writing the summary.)
 """
 
 import csv
 import pathlib
+
+import numpy as np
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 
@@ -99,10 +102,90 @@ def rows(summary: pathlib.Path = RESULTS / "summary.csv") -> list[str]:
     return lines
 
 
-def main() -> None:
-    """Write ``benchmarks/results/summary.md`` and print it."""
-    text = "\n".join(rows()) + "\n"
-    (RESULTS / "summary.md").write_text(text)
+# The trust-region study (benchmarks/run_trust_region.sh): the Truly PPO paper's Table 1 measure, the environment steps
+# until the evaluation return first reaches a threshold, per env
+TRUST_REGION_THRESHOLDS = {"HalfCheetah-v5": 2100.0, "Hopper-v5": 3000.0, "Walker2d-v5": 3000.0}
+TRUST_REGION_METHODS = {
+    ("ppo", "base"): "SB3 PPO",
+    ("ppo_rollback", "pporb"): "PPO-RB (alpha 0.3)",
+    ("ppo_rollback", "trppo_rb"): "TR-PPO-RB (delta 0.03, alpha 0.05)",
+    ("ppo_rollback", "truly_ppo"): "Truly PPO (delta 0.03, alpha 5)",
+}
+
+
+def steps_to_threshold(curve: dict[int, float], threshold: float) -> int | None:
+    """
+    The first evaluation step at which the return reaches ``threshold``.
+
+    :param curve: ``{timesteps: mean evaluation return}`` of one seed
+    :param threshold: the return to reach
+    :return: the steps, or None if never reached
+    """
+    return next((t for t in sorted(curve) if curve[t] >= threshold), None)
+
+
+def trust_region_rows(results: pathlib.Path = RESULTS / "trust_region") -> list[str]:
+    """
+    Markdown table of the trust-region study: per env and method, the seeds finished, final return and AUC (as in
+    ``summary.csv``: mean ± std over seeds, AUC = average return over training) and the steps to the paper's Table 1
+    threshold (mean over the seeds that reached it, and how many did).
+
+    :param results: the study's results folder (one ``<env>.csv`` per env, written by ``benchmarks/learning.py``)
+    :return: header, separator and one line per (env, method)
+    """
+    from benchmarks.plot import common_curve, read_curves, summarise
+
+    lines = [
+        "| env | method | seeds | steps | final return | AUC | steps to threshold (seeds reaching it) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for env, threshold in TRUST_REGION_THRESHOLDS.items():
+        path = results / f"{env}.csv"
+        if not path.exists():
+            continue
+        curves = read_curves(path)
+        summary = {(r["algo"], r["variant"]): r for r in summarise(env, curves)}
+        for key, name in TRUST_REGION_METHODS.items():
+            if key not in summary:
+                continue
+            r = summary[key]
+            steps, returns, _ = common_curve(curves[key])
+            reached = [
+                steps_to_threshold(dict(zip(steps.tolist(), seed_returns.tolist(), strict=True)), threshold)
+                for seed_returns in returns
+            ]
+            hits = [t for t in reached if t is not None]
+            to_threshold = f"{np.mean(hits) / 1e3:.0f}k ({len(hits)}/{len(reached)})" if hits else f"— (0/{len(reached)})"
+            lines.append(
+                f"| {env} | {name} | {r['seeds']} | {r['steps']} | {r['final_mean']:.1f} ± {r['final_std']:.1f} "
+                f"| {r['auc_mean']:.1f} ± {r['auc_std']:.1f} | {threshold:.0f}: {to_threshold} |"
+            )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    """
+    Write ``benchmarks/results/summary.md`` (or, with ``--trust-region``, ``summary.md`` in the study's results folder,
+    ``benchmarks/results/trust_region`` by default) and print it.
+
+    :param argv: arguments (default: ``sys.argv[1:]``)
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trust-region", action="store_true", help="the trust-region study's table")
+    parser.add_argument(
+        "--results", default=str(RESULTS / "trust_region"), help="with --trust-region: the study's results folder"
+    )
+    # known args only: benchmarks.plot calls main() under its own command line
+    args = parser.parse_known_args(argv)[0]
+    if args.trust_region:
+        results = pathlib.Path(args.results)
+        text = "\n".join(trust_region_rows(results)) + "\n"
+        (results / "summary.md").write_text(text)
+    else:
+        text = "\n".join(rows()) + "\n"
+        (RESULTS / "summary.md").write_text(text)
     print(text, end="")
 
 

@@ -116,6 +116,9 @@ def cases() -> list[Case]:
     pend = _ppo_kwargs(1024, 64, 10)
     a2c = dict(n_steps=5, seed=0, device="cpu")
     rec = _ppo_kwargs(128, 256, 4)  # 8 envs x 128 steps, 4 minibatches of 256
+    study = _ppo_kwargs(2048, 64, 10)  # the trust-region study's base entry (benchmarks/trust_region.yml)
+    tr_ppo_rb = dict(trust_region="kl", kl_threshold=0.03, rollback_alpha=0.05)
+    truly_ppo = dict(trust_region="kl", kl_threshold=0.03, rollback="kl", rollback_alpha=5.0)
     from sb3_contrib import RecurrentPPO
     from stable_baselines3 import A2C
 
@@ -193,6 +196,23 @@ def cases() -> list[Case]:
             8_192,
             lambda e: RecurrentPPORollback("MlpGruPolicy", e, **rec),
             lambda e: RecurrentPPO("MlpLstmPolicy", e, **rec),
+        ),
+        # the cost of the exact per-state KL (pi_old recomputed per minibatch): the baseline is PPO-RB, not SB3
+        Case(
+            "hopper_tr_ppo_rb_vs_ppo_rb",
+            "Hopper-v5",
+            1,
+            4_096,
+            lambda e: PPORollback("MlpPolicy", e, **tr_ppo_rb, **study),
+            lambda e: PPORollback("MlpPolicy", e, rollback_alpha=0.3, **study),
+        ),
+        Case(
+            "hopper_truly_ppo_vs_ppo_rb",
+            "Hopper-v5",
+            1,
+            4_096,
+            lambda e: PPORollback("MlpPolicy", e, **truly_ppo, **study),
+            lambda e: PPORollback("MlpPolicy", e, rollback_alpha=0.3, **study),
         ),
     ]
 

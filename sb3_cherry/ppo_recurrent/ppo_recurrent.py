@@ -25,6 +25,7 @@ from sb3_cherry.ppo_recurrent.policies import (
     MultiInputLstmPolicy,
 )
 from sb3_cherry.ppo_rollback.ppo_rollback import rollback_train
+from sb3_cherry.ppo_rollback.trust_region import check_trust_region_args
 
 SelfRecurrentPPORollback = TypeVar("SelfRecurrentPPORollback", bound="RecurrentPPORollback")
 
@@ -67,7 +68,13 @@ class RecurrentPPORollback(RecurrentPPO, CherryOnPolicyAlgorithm):
     :param sde_sample_freq: Sample a new noise matrix every n steps when using gSDE
     :param target_kl: Limit the KL divergence between updates (early stopping). By default, no limit.
     :param rollback_alpha: Slope ``alpha`` of the rollback outside the trust region (0: plain clipped PPO;
-        the Truly PPO paper uses 0.3 on MuJoCo)
+        the Truly PPO paper uses 0.3 on MuJoCo). With ``trust_region="kl"``: the ratio-rollback slope (0: TR-PPO;
+        the authors use 0.05 for TR-PPO-RB) or, with ``rollback="kl"``, the weight of the KL penalty (the authors use 5)
+    :param trust_region: ``"ratio"`` (default, PPO-RB) or ``"kl"``: the per-state KL trust region of Truly PPO, as
+        in :class:`~sb3_cherry.PPORollback` (the collecting policy's distribution is recomputed by replaying each
+        minibatch's sequences from their stored recurrent states with the weights frozen at the start of the update)
+    :param kl_threshold: ``delta`` of the KL trust region (the authors use 0.03 on MuJoCo)
+    :param rollback: with ``trust_region="kl"``: ``"ratio"`` (TR-PPO-RB) or ``"kl"`` (Truly PPO)
     :param returns_estimator: ``"gae"`` (default), ``"one_step"``, ``"n_step"`` or ``"vtrace"``
     :param n_step: horizon of the ``"n_step"`` estimator
     :param rho_bar: V-trace truncation level of the importance weights in the TD errors
@@ -112,6 +119,9 @@ class RecurrentPPORollback(RecurrentPPO, CherryOnPolicyAlgorithm):
         sde_sample_freq: int = -1,
         target_kl: float | None = None,
         rollback_alpha: float = 0.3,
+        trust_region: str = "ratio",
+        kl_threshold: float = 0.03,
+        rollback: str = "ratio",
         returns_estimator: str = "gae",
         n_step: int = 5,
         rho_bar: float = 1.0,
@@ -156,6 +166,8 @@ class RecurrentPPORollback(RecurrentPPO, CherryOnPolicyAlgorithm):
                 f"got {rollback_alpha}."
             )
         self.rollback_alpha = float(rollback_alpha)
+        check_trust_region_args(trust_region, kl_threshold, rollback)
+        self.trust_region, self.kl_threshold, self.rollback = trust_region, float(kl_threshold), rollback
         self._init_estimator(returns_estimator, n_step, rho_bar, c_bar, recompute_returns=False)
 
         if _init_setup_model:
@@ -251,7 +263,12 @@ class RecurrentPPORollback(RecurrentPPO, CherryOnPolicyAlgorithm):
             # Convert mask from float to bool
             return values, log_prob, entropy, rollout_data.mask > 1e-8
 
-        rollback_train(self, evaluate)
+        def old_distribution(policy: Any, rollout_data: Any) -> Any:
+            return policy.get_distribution(
+                rollout_data.observations, rollout_data.lstm_states.pi, rollout_data.episode_starts
+            )[0]
+
+        rollback_train(self, evaluate, old_distribution)
 
     def learn(
         self: SelfRecurrentPPORollback,

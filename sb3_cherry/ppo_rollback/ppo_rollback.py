@@ -15,6 +15,7 @@ from sb3_cherry.common.on_policy import CherryOnPolicyAlgorithm
 from sb3_cherry.common.policies import CherryActorCriticPolicy
 from sb3_cherry.common.speed import clip_grad_norm, mean_of, minibatch_means
 from sb3_cherry.ppo_rollback.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
+from sb3_cherry.ppo_rollback.trust_region import TrustRegionUpdate, check_trust_region_args
 
 SelfPPORollback = TypeVar("SelfPPORollback", bound="PPORollback")
 
@@ -93,7 +94,11 @@ def _normalized_advantages(advantages: th.Tensor, mask: th.Tensor | None) -> th.
     return advantages
 
 
-def rollback_train(model: Any, evaluate: Callable[[Any, th.Tensor], tuple[th.Tensor, th.Tensor, Any, Any]]) -> None:
+def rollback_train(
+    model: Any,
+    evaluate: Callable[[Any, th.Tensor], tuple[th.Tensor, th.Tensor, Any, Any]],
+    old_distribution: Callable[[Any, Any], Any] | None = None,
+) -> None:
     """
     One PPO update (``n_epochs`` passes over the rollout buffer) with the rollback surrogate: SB3's ``PPO.train`` with
     ``rollback_surrogate`` in place of the clipped objective, shared by :class:`PPORollback` and
@@ -101,7 +106,11 @@ def rollback_train(model: Any, evaluate: Callable[[Any, th.Tensor], tuple[th.Ten
 
     :param model: the algorithm (PPO hyperparameters, ``rollback_alpha``, ``policy``, ``rollout_buffer``, ``logger``)
     :param evaluate: ``evaluate(rollout_data, actions) -> (values, log_prob, entropy, mask)``; ``mask`` is None, or a
-        boolean tensor of the real (not padded) samples
+        boolean tensor of the real (not padded) samples; it leaves the current policy's distribution on the minibatch
+        in ``model.policy.action_dist`` (as SB3's and contrib's ``evaluate_actions`` do)
+    :param old_distribution: ``old_distribution(policy, rollout_data)``: ``policy``'s distribution on the minibatch's
+        states; needed with ``trust_region="kl"`` (applied to a frozen copy of the policy taken before the first step,
+        see :class:`~sb3_cherry.ppo_rollback.trust_region.TrustRegionUpdate`)
     """
     # Switch to train mode (this affects batch norm / dropout)
     model.policy.set_training_mode(True)
@@ -117,6 +126,9 @@ def rollback_train(model: Any, evaluate: Callable[[Any, th.Tensor], tuple[th.Ten
     pg_losses, value_losses = [], []
     # (ratio, advantages, mask) per minibatch: clip / rollback fractions computed once, after the update
     logged_samples: list[tuple[th.Tensor, th.Tensor, th.Tensor | None]] = []
+
+    # KL trust region (TR-PPO, TR-PPO-RB, Truly PPO), None for PPO's: pi_old frozen before the first gradient step
+    trust = TrustRegionUpdate.start(model, old_distribution)
 
     continue_training = True
     # train for n_epochs epochs
@@ -141,8 +153,12 @@ def rollback_train(model: Any, evaluate: Callable[[Any, th.Tensor], tuple[th.Ten
             # ratio between old and new policy, should be one at the first iteration
             ratio = th.exp(log_prob - rollout_data.old_log_prob)
 
-            # rollback surrogate loss (clipped PPO when rollback_alpha == 0)
-            surrogate = rollback_surrogate(ratio, advantages, clip_range, model.rollback_alpha)
+            # rollback surrogate loss (clipped PPO when rollback_alpha == 0), or the KL-triggered one
+            surrogate = (
+                rollback_surrogate(ratio, advantages, clip_range, model.rollback_alpha)
+                if trust is None
+                else trust.surrogate(model, epoch, rollout_data, ratio, advantages, mask)
+            )
             if hasattr(rollout_data, "weights"):
                 # re-centred async rollout: decoupled PPO's weight min(imp_samp_max, pi_prox / mu) per sample, applied
                 # after the advantage normalisation (Hilton et al. 2021; openai/ppo-ewma compute_losses)
@@ -216,6 +232,7 @@ def rollback_train(model: Any, evaluate: Callable[[Any, th.Tensor], tuple[th.Ten
     model.logger.record("train/approx_kl", mean_of(approx_kl_divs))
     model.logger.record("train/clip_fraction", clip_fraction)
     model.logger.record("train/rollback_fraction", rollback_fraction)
+    TrustRegionUpdate.log(trust, model.logger)
     model.logger.record("train/loss", loss.item())
     model.logger.record("train/explained_variance", explained_var)
     if hasattr(model.policy, "log_std"):
@@ -262,7 +279,16 @@ class PPORollback(PPO, CherryOnPolicyAlgorithm):
     :param rollout_buffer_kwargs: Keyword arguments to pass to the rollout buffer on creation
     :param target_kl: Limit the KL divergence between updates (early stopping). By default, no limit.
     :param rollback_alpha: Slope ``alpha`` of the rollback outside the trust region (0: plain clipped PPO;
-        the Truly PPO paper uses 0.3 on MuJoCo)
+        the Truly PPO paper uses 0.3 on MuJoCo). With ``trust_region="kl"``: the ratio-rollback slope (0: TR-PPO;
+        the authors use 0.05 for TR-PPO-RB) or, with ``rollback="kl"``, the weight of the KL penalty (the authors use 5)
+    :param trust_region: ``"ratio"`` (default): PPO's trust region ``|r - 1| <= clip_range`` with the rollback
+        surrogate (PPO-RB; clipped PPO when ``rollback_alpha=0``). ``"kl"``: the trust region of Truly PPO, triggered
+        where the exact per-state ``KL(pi_old(.|s) || pi(.|s)) >= kl_threshold`` and ``r * A > A``
+        (:func:`~sb3_cherry.ppo_rollback.trust_region_surrogate`; ``clip_range`` then only serves the logged
+        ``clip_fraction``); logs ``train/kl_mean``, ``train/kl_max`` and ``train/trust_region_fraction``
+    :param kl_threshold: ``delta`` of the KL trust region (the authors use 0.03 on MuJoCo, 0.035 for TR-PPO)
+    :param rollback: with ``trust_region="kl"``: ``"ratio"`` (TR-PPO-RB: slope ``-rollback_alpha`` on the ratio where
+        triggered) or ``"kl"`` (Truly PPO: ``r * A - rollback_alpha * KL`` where triggered)
     :param returns_estimator: ``"gae"`` (default), ``"one_step"``, ``"n_step"`` or ``"vtrace"``
     :param n_step: horizon of the ``"n_step"`` estimator
     :param rho_bar: V-trace truncation level of the importance weights in the TD errors
@@ -316,6 +342,9 @@ class PPORollback(PPO, CherryOnPolicyAlgorithm):
         rollout_buffer_kwargs: dict[str, Any] | None = None,
         target_kl: float | None = None,
         rollback_alpha: float = 0.3,
+        trust_region: str = "ratio",
+        kl_threshold: float = 0.03,
+        rollback: str = "ratio",
         returns_estimator: str = "gae",
         n_step: int = 5,
         rho_bar: float = 1.0,
@@ -365,6 +394,8 @@ class PPORollback(PPO, CherryOnPolicyAlgorithm):
                 f"got {rollback_alpha}."
             )
         self.rollback_alpha = float(rollback_alpha)
+        check_trust_region_args(trust_region, kl_threshold, rollback)
+        self.trust_region, self.kl_threshold, self.rollback = trust_region, float(kl_threshold), rollback
         self._init_estimator(returns_estimator, n_step, rho_bar, c_bar, recompute_returns)
 
         self._init_collection(collection, imp_samp_max)
@@ -381,7 +412,7 @@ class PPORollback(PPO, CherryOnPolicyAlgorithm):
             values, log_prob, entropy = self.policy.evaluate_actions(rollout_data.observations, actions)
             return values, log_prob, entropy, None
 
-        rollback_train(self, evaluate)
+        rollback_train(self, evaluate, old_distribution=lambda policy, data: policy.get_distribution(data.observations))
 
     def learn(
         self: SelfPPORollback,
