@@ -8,7 +8,10 @@
 #   trppo_rb  TR-PPO-RB    KL trigger delta 0.03, ratio rollback alpha 0.05 (kl_ratiorollback)
 #   truly_ppo Truly PPO    KL trigger delta 0.03, KL rollback alpha 5 (kl_klrollback_constant_withratio)
 #
-# Resumable per (env, method, seed): a run trains into benchmarks/results/trust_region/partial/ and, once finished,
+# Resumable per (env, method, seed), across sessions: a run trains in chunks of CHUNK steps (default 100k, one process
+# each) into benchmarks/results/trust_region/partial/, with a run checkpoint in benchmarks/checkpoints/trust_region/
+# after every chunk (sb3_cherry.common.checkpoint: exact continuation); commit both folders before a session ends and
+# the next session's rerun continues the interrupted run where it stopped. Once a run is finished,
 # its rows are appended to benchmarks/results/trust_region/<env>.csv, the curves (<env>.png), summary.csv and the
 # table summary.md (final return, AUC, steps to the paper's Table 1 thresholds) are regenerated, and that folder is
 # committed (git commit of benchmarks/results/trust_region only);
@@ -25,7 +28,9 @@ WT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PY:-/work/main/.venv/bin/python}
 OUT=$WT/benchmarks/results/trust_region
 COMMIT=${COMMIT:-1}
-mkdir -p "$OUT/partial"
+CHUNK=${CHUNK:-100000}
+CKPT=$WT/benchmarks/checkpoints/trust_region
+mkdir -p "$OUT/partial" "$CKPT"
 
 method_args() {
   case $1 in
@@ -51,11 +56,17 @@ run_one() {  # env method seed
   snap=/tmp/trust_region_snapshots/$rev
   if [ ! -d "$snap" ]; then mkdir -p "$snap" && git -C "$WT" archive HEAD | tar -x -C "$snap"; fi
   partial=$OUT/partial/${env}_${method}_$seed
-  rm -rf "$partial" && mkdir -p "$partial"
+  algo=$(method_args "$method" | cut -d' ' -f2)
+  ckpt=$CKPT/${env}_${algo}_$(variant_of "$method")_$seed  # the folder benchmarks.learning writes
+  if [ ! -d "$ckpt" ]; then rm -rf "$partial" && mkdir -p "$partial"; fi  # no checkpoint: a fresh run
   echo "$(date -u +%FT%TZ) start $env $method seed $seed (code $rev)"
-  # shellcheck disable=SC2046
-  (cd "$snap" && PYTHONPATH=$snap $PY -m benchmarks.learning --env "$env" --seeds "$seed" --eval-freq 20000 \
-    --config "$snap/benchmarks/trust_region.yml" --results "$partial" $(method_args "$method"))
+  while :; do  # one chunk per process; a checkpoint folder remains until the run reaches its budget
+    # shellcheck disable=SC2046
+    (cd "$snap" && PYTHONPATH=$snap $PY -m benchmarks.learning --env "$env" --seeds "$seed" --eval-freq 20000 \
+      --config "$snap/benchmarks/trust_region.yml" --results "$partial" --checkpoint-dir "$CKPT" \
+      --chunk-steps "$CHUNK" $(method_args "$method"))
+    [ -d "$ckpt" ] || break
+  done
   csv=$partial/$env.csv
   if [ ! -f "$OUT/$env.csv" ]; then head -n 1 "$csv" > "$OUT/$env.csv"; fi
   tail -n +2 "$csv" >> "$OUT/$env.csv"
