@@ -167,9 +167,10 @@ class CherryA2C(A2C, CherryOnPolicyAlgorithm):
                 advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
 
             # Policy gradient loss
-            if hasattr(rollout_data, "weights"):
+            weights = getattr(rollout_data, "weights", None)
+            if weights is not None:
                 # decoupled importance weight min(imp_samp_max, pi_prox / mu), after normalisation (Hilton et al. 2021)
-                policy_loss = -(rollout_data.weights * advantages * log_prob).mean()
+                policy_loss = -(weights * advantages * log_prob).mean()
             else:
                 policy_loss = -(advantages * log_prob).mean()
 

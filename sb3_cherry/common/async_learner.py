@@ -258,7 +258,7 @@ class AsyncLearner:
         if start_method is None:
             start_method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
         check_main_guard(start_method)
-        ctx = mp.get_context(start_method)
+        ctx: Any = mp.get_context(start_method)
         self.timeout = timeout
         self.pending = False
         self.submitted = 0
@@ -297,7 +297,7 @@ class AsyncLearner:
             )
         )
 
-    def _send(self, message: tuple[str, Any], expected: str) -> None:
+    def _send(self, message: tuple[Any, Any], expected: str) -> None:
         """Send a command to the learner, reporting a dead learner instead of a broken pipe."""
         try:
             self.conn.send(message)

@@ -11,7 +11,7 @@ the current networks (cherry_rl recomputes targets before every epoch), and
 
 import math
 import numbers
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import torch as th
@@ -151,7 +151,7 @@ class ReturnsEstimatorMixin:
         self.n_step = int(n_step)
         self.rho_bar = float(rho_bar)
         self.c_bar = float(c_bar)
-        self.last_dones = np.zeros(0)
+        self.last_dones: np.ndarray = np.zeros(0)
         # set by ``recentre`` (async collection): log-probs of the collecting policy, and the truncated importance
         # weights min(imp_samp_max, pi_prox / mu) that multiply the per-sample surrogate (sampled with each minibatch)
         self.behaviour_log_probs: np.ndarray | None = None
@@ -198,7 +198,7 @@ class ReturnsEstimatorMixin:
                 c_bar=self.c_bar,
                 rho_in_advantages=False,
             )
-        self.returns, self.advantages = ret.astype(np.float32), adv.astype(np.float32)
+        self.returns, self.advantages = np.asarray(ret, dtype=np.float32), np.asarray(adv, dtype=np.float32)
 
     def compute_returns_and_advantage(self, last_values: th.Tensor, dones: np.ndarray) -> None:
         """
@@ -208,7 +208,7 @@ class ReturnsEstimatorMixin:
         :param dones: if the last step was a terminal step (one bool for each env)
         """
         self.last_dones = np.asarray(dones, dtype=np.float32).copy()
-        last = last_values.clone().cpu().numpy().flatten()
+        last: np.ndarray = last_values.clone().cpu().numpy().flatten()
         self._estimate(self.values, last, None)
 
     def _unflat(self, arr: np.ndarray) -> np.ndarray:
@@ -292,7 +292,7 @@ class ReturnsEstimatorMixin:
         weights = self.to_torch(self.advantage_weights[batch_inds % self.buffer_size, batch_inds // self.buffer_size])  # type: ignore[attr-defined]
         if isinstance(samples, DictRolloutBufferSamples):
             return WeightedDictRolloutBufferSamples(*samples, weights=weights)
-        return WeightedRolloutBufferSamples(*samples, weights=weights)
+        return WeightedRolloutBufferSamples(*cast(RolloutBufferSamples, samples), weights=weights)
 
     def recompute_returns_and_advantage(self, policy: ActorCriticPolicy, last_obs: Any, chunk_size: int = 4096) -> None:
         """
@@ -319,7 +319,9 @@ class ReturnsEstimatorMixin:
             self.advantages = self.swap_and_flatten(self.advantages)  # type: ignore[attr-defined]
 
 
-class CherryRolloutBuffer(ReturnsEstimatorMixin, TensorSamplesMixin, RolloutBuffer):
+# (mypy cannot match the mixins' ``_get_samples(batch_inds, *args)`` with each base's own signature: same call, see
+# ReturnsEstimatorMixin._get_samples)
+class CherryRolloutBuffer(ReturnsEstimatorMixin, TensorSamplesMixin, RolloutBuffer):  # type: ignore[misc]
     """
     SB3's ``RolloutBuffer`` with a choice of returns estimator; Tuple actions are stored flat.
 
@@ -340,7 +342,7 @@ class CherryRolloutBuffer(ReturnsEstimatorMixin, TensorSamplesMixin, RolloutBuff
         return self.observations if self.generator_ready else self.swap_and_flatten(self.observations)
 
 
-class CherryDictRolloutBuffer(ReturnsEstimatorMixin, TensorSamplesMixin, DictRolloutBuffer):
+class CherryDictRolloutBuffer(ReturnsEstimatorMixin, TensorSamplesMixin, DictRolloutBuffer):  # type: ignore[misc]
     """
     SB3's ``DictRolloutBuffer`` (Dict observations) with a choice of returns estimator; Tuple actions are stored flat.
 

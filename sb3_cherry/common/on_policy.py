@@ -96,7 +96,7 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
         super().__init_subclass__(**kwargs)
         # Each concrete algorithm's train (its own, or SB3's PPO / A2C one) gets the non-finite update check once
         if not getattr(cls.train, "_checks_finite", False):
-            cls.train = _train_checked(cls.train)  # type: ignore[method-assign]
+            setattr(cls, "train", _train_checked(cls.train))  # noqa: B010 (mypy: SB3's train is a method)
 
     returns_estimator: str
     n_step: int
@@ -104,6 +104,8 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
     c_bar: float
     recompute_returns: bool = False
     collection: str = "sync"
+    #: parameters and optimizer state before the current update (set by the non-finite check of train)
+    _update_snapshot: UpdateSnapshot
     #: validate the parameters of ``torch.distributions`` objects during ``learn`` (torch's default; off for speed,
     #: values are identical either way; set True on the model to debug a NaN policy)
     validate_distribution_args: bool = False
@@ -117,7 +119,7 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
     def __init__(self, *args: Any, supported_action_spaces: tuple[type[spaces.Space], ...] | None = None, **kwargs: Any):
         if supported_action_spaces is not None and spaces.Tuple not in supported_action_spaces:
             supported_action_spaces = (*supported_action_spaces, spaces.Tuple)
-        super().__init__(*args, supported_action_spaces=supported_action_spaces, **kwargs)
+        super().__init__(*args, supported_action_spaces=supported_action_spaces, **kwargs)  # type: ignore[misc]
 
     def _init_estimator(
         self, returns_estimator: str, n_step: int, rho_bar: float, c_bar: float, recompute_returns: bool

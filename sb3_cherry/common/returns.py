@@ -130,7 +130,7 @@ def bootstrap_truncated(rewards: Array, truncated: Array, terminal_values: Array
     arrays = _to_one_backend({"rewards": rewards, "terminal_values": terminal_values}, {"truncated": truncated})
     _check_shapes(arrays, last_values_name=None)
     rewards, truncated, terminal_values = arrays["rewards"], arrays["truncated"], arrays["terminal_values"]
-    where = th.where if isinstance(rewards, th.Tensor) else np.where
+    where: Any = th.where if isinstance(rewards, th.Tensor) else np.where
     return where(truncated != 0, rewards + gamma * terminal_values, rewards)
 
 
@@ -341,6 +341,9 @@ def vtrace(
 
     # Truncated importance weights, IMPALA section 4.1: rho_t = min(rho_bar, pi/mu), c_t = lambda min(c_bar, pi/mu)
     # (truncation from above only; a large ratio overflowing to inf is truncated to the bar)
+    ratios: Any
+    rhos: Any
+    traces: Any
     if isinstance(log_ratios, th.Tensor):
         ratios = th.exp(log_ratios)
         rhos = th.clamp(ratios, max=rho_bar)

@@ -50,7 +50,7 @@ class _RecurrentReturnsEstimator(ReturnsEstimatorMixin):
         )
 
 
-class CherryRecurrentRolloutBuffer(_RecurrentReturnsEstimator, RecurrentRolloutBuffer):
+class CherryRecurrentRolloutBuffer(_RecurrentReturnsEstimator, RecurrentRolloutBuffer):  # type: ignore[misc]
     """
     sb3-contrib's ``RecurrentRolloutBuffer`` (observations, actions, values, ..., and the recurrent states at each
     step) with a choice of returns estimator; Tuple actions are stored flat.
@@ -71,7 +71,7 @@ class CherryRecurrentRolloutBuffer(_RecurrentReturnsEstimator, RecurrentRolloutB
     """
 
 
-class CherryRecurrentDictRolloutBuffer(_RecurrentReturnsEstimator, RecurrentDictRolloutBuffer):
+class CherryRecurrentDictRolloutBuffer(_RecurrentReturnsEstimator, RecurrentDictRolloutBuffer):  # type: ignore[misc]
     """
     sb3-contrib's ``RecurrentDictRolloutBuffer`` (Dict observations) with a choice of returns estimator; Tuple actions
     are stored flat.

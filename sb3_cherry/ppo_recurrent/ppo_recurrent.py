@@ -1,5 +1,5 @@
 import math
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 import torch as th
 from gymnasium import spaces
@@ -201,7 +201,8 @@ class RecurrentPPORollback(RecurrentPPO, CherryOnPolicyAlgorithm):
         rnn = self.policy.lstm_actor
         single_hidden_state_shape = (rnn.num_layers, self.n_envs, rnn.hidden_size)
         # hidden and cell states for actor and critic (the cell states of a GRU stay zero)
-        self._last_lstm_states = RNNStates(
+        # (RecurrentPPO.__init__ declares it None)
+        self._last_lstm_states = RNNStates(  # type: ignore[assignment]
             (
                 th.zeros(single_hidden_state_shape, device=self.device),
                 th.zeros(single_hidden_state_shape, device=self.device),
@@ -257,7 +258,8 @@ class RecurrentPPORollback(RecurrentPPO, CherryOnPolicyAlgorithm):
         """
 
         def evaluate(rollout_data: Any, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor | None, th.Tensor]:
-            values, log_prob, entropy = self.policy.evaluate_actions(
+            policy = cast(RecurrentActorCriticPolicy, self.policy)
+            values, log_prob, entropy = policy.evaluate_actions(
                 rollout_data.observations, actions, rollout_data.lstm_states, rollout_data.episode_starts
             )
             # Convert mask from float to bool
