@@ -27,7 +27,8 @@ train: install
 	$(VENV)/bin/sb3-cherry train --algo ppo_rollback --env CartPole-v1 -f logs --seed 0 --progress --eval-freq -1
 	$(VENV)/bin/sb3-cherry evaluate --algo ppo_rollback --env CartPole-v1 -f logs -n 10
 
-test: install
+# What CI runs (.ci/run): the style, type and docs checks first (seconds), then the fast test suite
+test: install lint check-codestyle type docs
 	$(PY) -m pytest -q
 
 test-slow: install
@@ -35,6 +36,7 @@ test-slow: install
 
 lint: install
 	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/black --check $(LINT_PATHS)
 
 format: install
 	$(VENV)/bin/ruff check --select I --fix $(LINT_PATHS)

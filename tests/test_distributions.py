@@ -43,8 +43,8 @@ from sb3_cherry.common.distributions import (
     NormalDistribution,
     TanhNormalDistribution,
     TupleDistribution,
-    kl_divergence,
     gaussian_range_warning,
+    kl_divergence,
     make_distribution,
     resolve_spec,
 )

@@ -25,8 +25,8 @@ from sb3_cherry.common.distributions import (
     make_distribution,
 )
 from sb3_cherry.common.kl import per_state_kl
-from sb3_cherry.ppo_rollback import trust_region_surrogate
 from sb3_cherry.ppo_rollback import trust_region as tr_module
+from sb3_cherry.ppo_rollback import trust_region_surrogate
 
 DELTA = 0.03
 

@@ -19,8 +19,13 @@ from stable_baselines3.common.torch_layers import CombinedExtractor, NatureCNN
 from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 
-from sb3_cherry.common.distributions import CherryDistribution, DistributionSpec, make_distribution, resolve_spec
-from sb3_cherry.common.distributions import gaussian_range_warning
+from sb3_cherry.common.distributions import (
+    CherryDistribution,
+    DistributionSpec,
+    gaussian_range_warning,
+    make_distribution,
+    resolve_spec,
+)
 from sb3_cherry.common.spaces import flat_action_dim, flat_action_space, unflatten_actions
 
 
