@@ -41,7 +41,7 @@ import os
 import pathlib
 import zipfile
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -434,7 +434,7 @@ def record_demos(
         recorder = _RawTerminalObservations(vec_normalize.venv)
         vec_normalize.venv = recorder
     trajectory_class, dict_obs_class = _imitation_types()
-    trajectories = []
+    trajectories: list[Any] = []  # imitation's TrajectoryWithRew when importable, else DemoTrajectory
     try:
         if seed is not None:
             venv.seed(seed)
@@ -649,7 +649,9 @@ def _actions_outside(space: spaces.Space, actions: np.ndarray) -> np.ndarray:
         return outside
     if isinstance(space, spaces.Box):
         low, high = space.low.reshape(1, -1), space.high.reshape(1, -1)
-        return ~((rows >= low) & (rows <= high)).all(axis=1)
+        return cast(np.ndarray, ~((rows >= low) & (rows <= high)).all(axis=1))  # axis=1 of a 2-D array: an array
+    start: int | np.ndarray
+    stop: int | np.ndarray
     if isinstance(space, spaces.Discrete):
         start, stop = int(space.start), int(space.start + space.n)
     elif isinstance(space, spaces.MultiDiscrete):
@@ -659,7 +661,7 @@ def _actions_outside(space: spaces.Space, actions: np.ndarray) -> np.ndarray:
     else:
         return np.zeros(len(actions), dtype=bool)
     integral = rows == np.round(rows)
-    return ~(integral & (rows >= start) & (rows < stop)).all(axis=1)
+    return cast(np.ndarray, ~(integral & (rows >= start) & (rows < stop)).all(axis=1))
 
 
 def load_demo_spaces(path: str | os.PathLike) -> tuple[spaces.Space, spaces.Space]:
@@ -748,6 +750,7 @@ def demos_to_transitions(trajectories: Sequence[Any]) -> DemoTransitions:
         obs: Any = {k: np.concatenate([np.asarray(o[k])[:-1] for o in observations]) for k in keys}
         next_obs: Any = {k: np.concatenate([np.asarray(o[k])[1:] for o in observations]) for k in keys}
     else:
-        obs = np.concatenate([o[:-1] for o in observations])
-        next_obs = np.concatenate([o[1:] for o in observations])
+        arrays = cast(list[np.ndarray], observations)  # not Dict: checked above that none is a dict
+        obs = np.concatenate([o[:-1] for o in arrays])
+        next_obs = np.concatenate([o[1:] for o in arrays])
     return DemoTransitions(obs=obs, acts=acts, next_obs=next_obs, dones=np.concatenate(dones))

@@ -4,7 +4,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterable, Sequence
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 import numpy as np
 import torch as th
@@ -489,6 +489,7 @@ class BCO(AtomicSaveAlgorithm):
                 actions = rows if tuple_actions else np.stack(rows)
             flat = np.stack([flatten_action(self.action_space, row) for row in rows]).astype(np.float32)
             new_obs, rewards, dones, infos = self.env.step(actions)
+            new_obs = cast(Observation, new_obs)  # VecEnvObs also allows tuples, which SB3 policies do not take
             self.num_timesteps += self.env.num_envs
             if not use_policy:
                 self._n_pre_collected += self.env.num_envs
@@ -498,8 +499,8 @@ class BCO(AtomicSaveAlgorithm):
             if not callback.on_step():
                 return False
             self._update_info_buffer(infos, dones)
-            self._store(new_obs, dones, infos, flat)  # type: ignore[arg-type]
-            self._last_obs = new_obs  # type: ignore[assignment]
+            self._store(new_obs, dones, infos, flat)
+            self._last_obs = new_obs
             self._last_episode_starts = dones
         callback.on_rollout_end()
         return True

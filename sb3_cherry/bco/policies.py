@@ -68,6 +68,8 @@ class InverseDynamicsModel(BaseModel):
     :param optimizer_kwargs: optimizer keyword arguments (besides the learning rate)
     """
 
+    features_extractor: BaseFeaturesExtractor
+
     def __init__(
         self,
         observation_space: spaces.Space,
@@ -156,6 +158,7 @@ class InverseDynamicsModel(BaseModel):
             parts.append(next_features - features)
         latent = self.mlp(th.cat(parts, dim=1))
         if isinstance(self.action_dist, DiagGaussianDistribution):
+            assert self.log_std is not None  # created with the Gaussian head in __init__
             return self.action_dist.proba_distribution(self.action_net(latent), self.log_std)
         return self.action_dist.proba_distribution(self.action_net(latent))
 

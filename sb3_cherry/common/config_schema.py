@@ -119,7 +119,8 @@ def validate_config(
     entry = {**entry, **(overrides or {})} if isinstance(entry, dict) else entry
     if not isinstance(entry, dict):
         raise ValueError(f"{where}: the entry must be a mapping of hyperparameters, not {entry!r}.")
-    parameters = inspect.signature(algos[algo].__init__).parameters
+    algo_class: type[Any] = algos[algo]  # a class: its __init__ is the constructor's signature
+    parameters = inspect.signature(algo_class.__init__).parameters
     allowed = ZOO_KEYS | (set(parameters) - RESERVED_ARGS)
     for key, value in entry.items():
         if key not in allowed:

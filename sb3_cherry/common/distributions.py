@@ -24,8 +24,9 @@ SB3 exactly.
 """
 
 import math
+from abc import abstractmethod
 from collections.abc import Sequence
-from typing import Any, TypeVar, Union
+from typing import Any, TypeVar, Union, cast
 
 import numpy as np
 import torch as th
@@ -33,13 +34,20 @@ from gymnasium import spaces
 from stable_baselines3.common import distributions as sb3_dist
 from stable_baselines3.common.distributions import Distribution, make_proba_distribution
 from torch import nn
-from torch.distributions import Beta, Categorical, Normal
+from torch.distributions import Bernoulli, Beta, Categorical, Normal
+from torch.distributions import Distribution as TorchDistribution
 from torch.distributions import kl_divergence as th_kl_divergence
 from torch.nn import functional as F
 
 from sb3_cherry.common.spaces import check_action_space
 
-SelfCherryDistribution = TypeVar("SelfCherryDistribution", bound="CherryDistribution")
+SelfNormalDistribution = TypeVar("SelfNormalDistribution", bound="NormalDistribution")
+SelfTanhNormalDistribution = TypeVar("SelfTanhNormalDistribution", bound="TanhNormalDistribution")
+SelfBetaDistribution = TypeVar("SelfBetaDistribution", bound="BetaDistribution")
+SelfCategoricalDistribution = TypeVar("SelfCategoricalDistribution", bound="CategoricalDistribution")
+SelfMultiCategoricalDistribution = TypeVar("SelfMultiCategoricalDistribution", bound="MultiCategoricalDistribution")
+SelfBernoulliDistribution = TypeVar("SelfBernoulliDistribution", bound="BernoulliDistribution")
+SelfTupleDistribution = TypeVar("SelfTupleDistribution", bound="TupleDistribution")
 
 #: A distribution spec: a name, ``None`` (the space's default) or a sequence of specs for a Tuple space.
 DistributionSpec = Union[str, None, Sequence["DistributionSpec"]]  # noqa: UP007 (recursive alias needs Union)
@@ -89,6 +97,14 @@ class CherryDistribution(Distribution):
         """
         return nn.Linear(latent_dim, self.param_dim)
 
+    @abstractmethod
+    def entropy(self) -> th.Tensor:
+        """
+        Entropy of the distribution, summed over action dimensions (always defined for sb3_cherry distributions).
+
+        :return: shape ``(batch,)``
+        """
+
     def actions_from_params(self, params: th.Tensor, deterministic: bool = False) -> th.Tensor:
         """
         Sample (or take the mode) from the distribution with the given parameters.
@@ -117,7 +133,9 @@ class CherryDistribution(Distribution):
         :param other: a distribution of the same class and space
         :return: shape ``(batch,)``
         """
-        return th_kl_divergence(self.distribution, other.distribution).reshape(len(self._batch_ref()), -1).sum(dim=1)
+        # Subclasses reaching this default hold one torch distribution (list-valued ones override kl)
+        p, q = cast(TorchDistribution, self.distribution), cast(TorchDistribution, other.distribution)
+        return th_kl_divergence(p, q).reshape(len(self._batch_ref()), -1).sum(dim=1)
 
     def _batch_ref(self) -> th.Tensor:
         raise NotImplementedError
@@ -153,6 +171,9 @@ class NormalDistribution(CherryDistribution):
     :param space: the ``Box`` action space
     """
 
+    mean: th.Tensor
+    log_std: th.Tensor
+
     def __init__(self, space: spaces.Box):
         dim = int(np.prod(space.shape))
         super().__init__(action_dim=dim, param_dim=2 * dim)
@@ -162,8 +183,8 @@ class NormalDistribution(CherryDistribution):
 
     # Written out on (mean, log_std) without a torch ``Normal`` object: its construction and methods cost more than
     # the arithmetic at these batch sizes, once per component of a Tuple (tested against torch's Normal).
-    def proba_distribution(self: SelfCherryDistribution, params: th.Tensor) -> SelfCherryDistribution:
-        self.mean, self.log_std = params.split(self.action_dim, dim=-1)  # type: ignore[attr-defined]
+    def proba_distribution(self: SelfNormalDistribution, params: th.Tensor) -> SelfNormalDistribution:
+        self.mean, self.log_std = params.split(self.action_dim, dim=-1)
         return self
 
     def _batch_ref(self) -> th.Tensor:
@@ -247,6 +268,10 @@ class TanhNormalDistribution(CherryDistribution):
     :param epsilon: margin used when inverting ``tanh`` at the bounds
     """
 
+    distribution: Normal
+    mean: th.Tensor
+    log_std: th.Tensor
+
     def __init__(self, space: spaces.Box, epsilon: float = 1e-6):
         dim = int(np.prod(space.shape))
         super().__init__(action_dim=dim, param_dim=2 * dim)
@@ -256,8 +281,8 @@ class TanhNormalDistribution(CherryDistribution):
     def proba_distribution_net(self, latent_dim: int, log_std_init: float = 0.0) -> nn.Module:
         return _GaussianHead(latent_dim, self.action_dim, log_std_init)
 
-    def proba_distribution(self: SelfCherryDistribution, params: th.Tensor) -> SelfCherryDistribution:
-        self.mean, self.log_std = params.split(self.action_dim, dim=-1)  # type: ignore[attr-defined]
+    def proba_distribution(self: SelfTanhNormalDistribution, params: th.Tensor) -> SelfTanhNormalDistribution:
+        self.mean, self.log_std = params.split(self.action_dim, dim=-1)
         self.distribution = Normal(self.mean, self.log_std.exp(), validate_args=False)
         return self
 
@@ -305,14 +330,16 @@ class BetaDistribution(CherryDistribution):
     :param epsilon: relative margin at the bounds
     """
 
+    distribution: Beta
+
     def __init__(self, space: spaces.Box, epsilon: float = 1e-6):
         dim = int(np.prod(space.shape))
         super().__init__(action_dim=dim, param_dim=2 * dim)
         self.low, self.high = _finite_bounds(space, "beta")
         self.epsilon = epsilon
 
-    def proba_distribution(self: SelfCherryDistribution, params: th.Tensor) -> SelfCherryDistribution:
-        alpha, beta = (F.softplus(p) + 1.0 for p in params.split(self.action_dim, dim=-1))  # type: ignore[attr-defined]
+    def proba_distribution(self: SelfBetaDistribution, params: th.Tensor) -> SelfBetaDistribution:
+        alpha, beta = (F.softplus(p) + 1.0 for p in params.split(self.action_dim, dim=-1))
         self.distribution = Beta(alpha, beta, validate_args=False)
         return self
 
@@ -365,11 +392,13 @@ class CategoricalDistribution(CherryDistribution):
     :param space: the ``Discrete`` action space
     """
 
+    distribution: Categorical
+
     def __init__(self, space: spaces.Discrete):
         super().__init__(action_dim=1, param_dim=int(space.n))
         self.start = int(space.start)
 
-    def proba_distribution(self: SelfCherryDistribution, params: th.Tensor) -> SelfCherryDistribution:
+    def proba_distribution(self: SelfCategoricalDistribution, params: th.Tensor) -> SelfCategoricalDistribution:
         self.distribution = Categorical(logits=params, validate_args=False)
         return self
 
@@ -390,6 +419,7 @@ class CategoricalDistribution(CherryDistribution):
         return self.distribution.probs.argmax(dim=1, keepdim=True) + self.start
 
     def kl(self, other: CherryDistribution) -> th.Tensor:
+        assert isinstance(other, CategoricalDistribution)
         return th_kl_divergence(self.distribution, other.distribution)
 
 
@@ -433,13 +463,15 @@ class MultiCategoricalDistribution(CherryDistribution):
     :param space: the ``MultiDiscrete`` action space
     """
 
+    distribution: list[Categorical]  # type: ignore[assignment]  # SB3 declares Distribution | list[Distribution]
+
     def __init__(self, space: spaces.MultiDiscrete):
         self.nvec = [int(n) for n in space.nvec.reshape(-1)]
         self.start = th.as_tensor(np.asarray(space.start).reshape(-1), dtype=th.long)
         super().__init__(action_dim=len(self.nvec), param_dim=sum(self.nvec))
 
-    def proba_distribution(self: SelfCherryDistribution, params: th.Tensor) -> SelfCherryDistribution:
-        self.distribution = [Categorical(logits=split, validate_args=False) for split in th.split(params, self.nvec, dim=1)]  # type: ignore
+    def proba_distribution(self: SelfMultiCategoricalDistribution, params: th.Tensor) -> SelfMultiCategoricalDistribution:
+        self.distribution = [Categorical(logits=split, validate_args=False) for split in th.split(params, self.nvec, dim=1)]
         return self
 
     def _batch_ref(self) -> th.Tensor:
@@ -461,6 +493,7 @@ class MultiCategoricalDistribution(CherryDistribution):
         return th.stack([d.probs.argmax(dim=1) for d in self.distribution], dim=1) + self.start.to(self._batch_ref().device)
 
     def kl(self, other: CherryDistribution) -> th.Tensor:
+        assert isinstance(other, MultiCategoricalDistribution)
         return th.stack(
             [th_kl_divergence(p, q) for p, q in zip(self.distribution, other.distribution, strict=True)], dim=1
         ).sum(dim=1)
@@ -473,11 +506,13 @@ class BernoulliDistribution(CherryDistribution):
     :param space: the ``MultiBinary`` action space
     """
 
+    distribution: Bernoulli
+
     def __init__(self, space: spaces.MultiBinary):
         dim = int(np.prod(space.shape))
         super().__init__(action_dim=dim, param_dim=dim)
 
-    def proba_distribution(self: SelfCherryDistribution, params: th.Tensor) -> SelfCherryDistribution:
+    def proba_distribution(self: SelfBernoulliDistribution, params: th.Tensor) -> SelfBernoulliDistribution:
         self.distribution = th.distributions.Bernoulli(logits=params, validate_args=False)
         return self
 
@@ -547,9 +582,9 @@ class TupleDistribution(CherryDistribution):
     def proba_distribution_net(self, latent_dim: int, log_std_init: float = 0.0) -> nn.Module:
         return _TupleHead([p.proba_distribution_net(latent_dim, log_std_init=log_std_init) for p in self.parts])
 
-    def proba_distribution(self: SelfCherryDistribution, params: th.Tensor) -> SelfCherryDistribution:
-        splits = params.split([p.param_dim for p in self.parts], dim=-1)  # type: ignore[attr-defined]
-        for part, split in zip(self.parts, splits, strict=True):  # type: ignore[attr-defined]
+    def proba_distribution(self: SelfTupleDistribution, params: th.Tensor) -> SelfTupleDistribution:
+        splits = params.split([p.param_dim for p in self.parts], dim=-1)
+        for part, split in zip(self.parts, splits, strict=True):
             part.proba_distribution(split)
         return self
 

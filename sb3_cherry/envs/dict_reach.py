@@ -18,7 +18,7 @@ SB3 PPO ``MultiInputPolicy`` (4 envs x 128 steps, batch 64, 10 epochs, lr 1e-3) 
 defaults (256 steps, lr 3e-4) it needs ~33k steps for 1.5.
 """
 
-from typing import Any, ClassVar
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -45,7 +45,7 @@ class DictReachEnv(gym.Env):
     :param render_mode: ``None`` or ``"rgb_array"`` (a top view)
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 10}
+    metadata: dict[str, Any] = {"render_modes": ["rgb_array"], "render_fps": 10}
 
     STEP_SIZE = 0.2
     SUCCESS_RADIUS = 0.15

@@ -55,7 +55,7 @@ mean training return of 2.1 / 3.5 / 2.4 after 49k steps and 3.3 / 4.0 / 3.4 afte
 needs ~90-100k steps.
 """
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import gymnasium as gym
 import numpy as np
@@ -92,6 +92,16 @@ def expert_action(observation: np.ndarray) -> tuple[int, tuple[np.ndarray, np.nd
     return club, (putt, chip, drive)
 
 
+def _parameter_boxes(action_space: spaces.Tuple) -> tuple[spaces.Box, ...]:
+    """
+    The per-club parameter Boxes of a HybridGoal action space ``(club, (putt, chip, drive))``.
+
+    :param action_space: the env's action space
+    :return: the putt, chip and drive Boxes
+    """
+    return cast(tuple[spaces.Box, ...], cast(spaces.Tuple, action_space.spaces[1]).spaces)
+
+
 class HybridGoalEnv(gym.Env):
     """
     Golf with a club choice (discrete) and a per-club stroke parameter (continuous), see the module docstring.
@@ -99,7 +109,9 @@ class HybridGoalEnv(gym.Env):
     :param render_mode: ``None`` or ``"rgb_array"`` (a top view of the course)
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 4}
+    metadata: dict[str, Any] = {"render_modes": ["rgb_array"], "render_fps": 4}
+    action_space: spaces.Tuple
+    observation_space: spaces.Box
 
     COURSE = 10.0  # the course is [-COURSE, COURSE]^2, hole at the origin
     HOLE_RADIUS = 0.15
@@ -253,7 +265,7 @@ class HybridGoalUnscaledEnv(HybridGoalEnv):
 
     def __init__(self, render_mode: str | None = None) -> None:
         super().__init__(render_mode)
-        self._base_parameter_spaces = self.action_space.spaces[1].spaces
+        self._base_parameter_spaces = _parameter_boxes(self.action_space)
         self.action_space = spaces.Tuple(
             (
                 spaces.Discrete(3),
@@ -272,7 +284,7 @@ class HybridGoalUnscaledEnv(HybridGoalEnv):
         :return: observation, reward, terminated (holed), truncated (always ``False``; the time limit is a wrapper), info
         """
         club, raw_param = self._parse_action(action)
-        unscaled, base = self.action_space.spaces[1].spaces[club], self._base_parameter_spaces[club]
+        unscaled, base = _parameter_boxes(self.action_space)[club], self._base_parameter_spaces[club]
         unit = (np.asarray(raw_param, dtype=np.float64).reshape(-1) - unscaled.low) / (unscaled.high - unscaled.low)
         params = [space.low for space in self._base_parameter_spaces]  # the other clubs' parameters are ignored
         params[club] = base.low + unit * (base.high - base.low)

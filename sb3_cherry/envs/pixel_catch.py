@@ -16,7 +16,7 @@ epochs, lr 2.5e-4, clip 0.1, ent_coef 0.01) reaches the 1.8 threshold (determini
 25k / 30k / 35k steps and +2.0 after 25k-40k steps (3 seeds), about a minute on one CPU core.
 """
 
-from typing import Any, ClassVar
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -44,7 +44,7 @@ class PixelCatchEnv(gym.Env):
     :param render_mode: ``None`` or ``"rgb_array"`` (the observation upscaled 4x, in RGB)
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 10}
+    metadata: dict[str, Any] = {"render_modes": ["rgb_array"], "render_fps": 10}
 
     GRID = 12
     CELL = 3

@@ -120,11 +120,12 @@ class RecurrentCherryActorCriticPolicy(CherryActorCriticPolicy, RecurrentActorCr
         self.rnn_type = rnn_type
         super().__init__(observation_space, action_space, lr_schedule, *args, **kwargs)
         if rnn_type == "gru":
-            # contrib's constructor builds nn.LSTM layers: replace them (same sizes) and rebuild the optimizer
+            # contrib's constructor builds nn.LSTM layers: replace them (same sizes) and rebuild the optimizer.
+            # contrib types these attributes nn.LSTM; LSTMCompatibleGRU has nn.LSTM's call interface (ignores below).
             n_layers = self.lstm_actor.num_layers
-            self.lstm_actor = make_rnn("gru", self.features_dim, self.lstm_output_dim, n_layers, **self.lstm_kwargs)
+            self.lstm_actor = make_rnn("gru", self.features_dim, self.lstm_output_dim, n_layers, **self.lstm_kwargs)  # type: ignore[assignment]
             if self.lstm_critic is not None:
-                self.lstm_critic = make_rnn("gru", self.features_dim, self.lstm_output_dim, n_layers, **self.lstm_kwargs)
+                self.lstm_critic = make_rnn("gru", self.features_dim, self.lstm_output_dim, n_layers, **self.lstm_kwargs)  # type: ignore[assignment]
             self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[call-arg]
 
     def _get_constructor_parameters(self) -> dict[str, Any]:

@@ -11,12 +11,15 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvObs, VecEnvStepReturn
 from stable_baselines3.common.vec_env.subproc_vec_env import _stack_obs
+
+if TYPE_CHECKING:  # ray is optional: imported where used
+    from ray.actor import ActorClass
 
 _INSTALL_HINT = 'RayVecEnv needs Ray, an optional dependency: pip install "sb3_cherry[distributed]" (or pip install ray).'
 # Upper bound (seconds) on the graceful ``env.close()`` calls made by ``RayVecEnv.close()`` before the actors are killed
@@ -260,7 +263,7 @@ class RayVecEnv(VecEnv):
             _RAY_SESSION["started_here"] = True
         _RAY_SESSION["n_open"] += 1
         try:
-            self._actor_class = ray.remote(_worker_class())
+            self._actor_class: ActorClass[Any] = ray.remote(_worker_class())
             # Ship each actor's env_fns once: restarted actors get them again from the object store
             self._env_fns_refs = [ray.put([env_fns[i] for i in indices]) for indices in self.actor_env_indices]
             self.actors = [self._start_actor(k) for k in range(len(self.actor_env_indices))]
