@@ -310,6 +310,33 @@ def finished(path: pathlib.Path, row: dict[str, Any], timesteps: int) -> bool:
     return False
 
 
+def drop_rows_after(path: pathlib.Path, row: dict[str, Any], timesteps: int) -> None:
+    """
+    Remove the CSV rows of one run measured after ``timesteps`` (the file is rewritten atomically).
+
+    :param path: the CSV file
+    :param row: the run's constant columns (env, algo, variant, seed)
+    :param timesteps: keep this run's rows up to this step count
+    """
+    if not path.exists():
+        return
+    with open(path, newline="") as file:
+        lines = list(csv.DictReader(file))
+    kept = [
+        line
+        for line in lines
+        if not (all(str(line[key]) == str(value) for key, value in row.items()) and int(line["timesteps"]) > timesteps)
+    ]
+    if len(kept) == len(lines):
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(kept)
+    tmp.replace(path)
+
+
 def run_chunk(model: BaseAlgorithm, callback: EvalAppendCallback, timesteps: int, args: argparse.Namespace, row: dict) -> None:
     """
     Train one chunk of a checkpointed run: skip a finished run, continue an unfinished one from its checkpoint, stop
@@ -335,6 +362,8 @@ def run_chunk(model: BaseAlgorithm, callback: EvalAppendCallback, timesteps: int
     if has_run_checkpoint(folder):
         model, state = load_run_checkpoint(type(model), folder, model.get_env(), device="cpu")
         callback.resumed = state.extra
+        # rows this run wrote after its checkpoint (a process stopped mid-chunk) are measured again: drop them
+        drop_rows_after(callback.path, row, state.num_timesteps)
         print(f"{folder.name}: resuming at {state.num_timesteps} of {state.total_timesteps} steps", flush=True)
         continue_run(model, state, callback=[callback, saver])
     else:

@@ -47,6 +47,9 @@ def test_learning_runs_in_resumable_chunks(tmp_path):
     chunked = [*common, "--results", str(tmp_path / "chunks"), "--checkpoint-dir", str(tmp_path / "ckpt")]
     main([*chunked, "--chunk-steps", "256"])  # stops after the first chunk, with a checkpoint
     assert (tmp_path / "ckpt" / "CartPole-v1_ppo_rollback_zoo_0").is_dir()
+    # a process killed after its checkpoint had already appended a later evaluation: that row is measured again
+    with open(tmp_path / "chunks" / "CartPole-v1.csv", "a", newline="") as file:
+        file.write("CartPole-v1,ppo_rollback,zoo,0,384,-1.0,0.0,0.0\n")
     main([*chunked, "--chunk-steps", "256"])
     main([*chunked, "--chunk-steps", "256"])  # reaches the budget and deletes the checkpoint
     assert not (tmp_path / "ckpt" / "CartPole-v1_ppo_rollback_zoo_0").exists()
