@@ -25,7 +25,7 @@
 set -eu
 export OMP_NUM_THREADS=1
 WT=$(cd "$(dirname "$0")/.." && pwd)
-PY=${PY:-/work/main/.venv/bin/python}
+PY=${PY:-$WT/.venv/bin/python}
 OUT=$WT/benchmarks/results/trust_region
 COMMIT=${COMMIT:-1}
 CHUNK=${CHUNK:-100000}
