@@ -253,11 +253,6 @@ def make_env(case: Case) -> VecEnv:
     return VecNormalize(env, **case.normalize) if case.normalize is not None else env
 
 
-def measure(build: Callable, case: Case) -> float:
-    """Steps per second of ``learn(steps)`` (model construction excluded)."""
-    return measure_wall_and_cpu(build, case)[0]
-
-
 def measure_wall_and_cpu(build: Callable, case: Case, check_finite: bool | None = None) -> tuple[float, float]:
     """
     Steps per second of ``learn(steps)``, per wall-clock second and per second of this process's CPU time (model
