@@ -1,3 +1,4 @@
+import math
 from typing import Any, ClassVar, TypeVar
 
 import torch as th
@@ -10,6 +11,7 @@ from stable_baselines3.common.utils import explained_variance
 from torch.nn import functional as F
 
 from sb3_cherry.a2c.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
+from sb3_cherry.common.finite import raise_non_finite_update
 from sb3_cherry.common.on_policy import CherryOnPolicyAlgorithm
 from sb3_cherry.common.policies import CherryActorCriticPolicy
 
@@ -191,7 +193,9 @@ class CherryA2C(A2C, CherryOnPolicyAlgorithm):
             loss.backward()
 
             # Clip grad norm
-            th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+            grad_norm = th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+            if self.check_finite and not (math.isfinite(loss.item()) and math.isfinite(grad_norm.item())):
+                self._refuse_update(policy_loss, value_loss, entropy_loss, loss, grad_norm)
             self.policy.optimizer.step()
 
         explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
@@ -204,6 +208,27 @@ class CherryA2C(A2C, CherryOnPolicyAlgorithm):
         self.logger.record("train/value_loss", value_loss.item())
         if hasattr(self.policy, "log_std"):
             self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
+
+    # The non-finite check is the one above, before the optimizer step: the single step of an A2C update is then never
+    # applied when it would be non-finite, so no snapshot of the parameters is needed (CherryOnPolicyAlgorithm wraps
+    # the trainers whose updates are several steps with one). With finite gradients clipped to max_grad_norm and a
+    # finite learning rate, RMSprop / Adam steps are finite.
+    train._checks_finite = True  # type: ignore[attr-defined]
+
+    def _refuse_update(
+        self, policy_loss: th.Tensor, value_loss: th.Tensor, entropy_loss: th.Tensor, loss: th.Tensor, grad_norm: th.Tensor
+    ) -> None:
+        """The update's loss or gradient is non-finite: drop the gradients (parameters and optimizer state are those
+        from before the update) and raise the ValueError naming it."""
+        self.policy.optimizer.zero_grad()
+        losses = {
+            "train/policy_loss": policy_loss.item(),
+            "train/value_loss": value_loss.item(),
+            "train/entropy_loss": entropy_loss.item(),
+            "train/loss": loss.item(),
+            "gradient norm": grad_norm.item(),
+        }
+        raise_non_finite_update(losses, type(self).__name__, self.num_timesteps, self._n_updates)
 
     def learn(
         self: SelfCherryA2C,

@@ -269,10 +269,29 @@ def check_update(
     :param finite: the result of ``snapshot.check()`` if the caller already ran it
     :raises ValueError: naming the non-finite loss (or the parameters) and the step
     """
-    bad = {name: value for name, value in losses.items() if value is not None and not math.isfinite(float(value))}
+    bad = _non_finite(losses)
     if not bad and (snapshot.check() if finite is None else finite):
         return
     snapshot.restore()
+    raise_non_finite_update(bad, algorithm, num_timesteps, n_updates)
+
+
+def _non_finite(losses: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in losses.items() if value is not None and not math.isfinite(float(value))}
+
+
+def raise_non_finite_update(losses: Mapping[str, Any], algorithm: str, num_timesteps: int, n_updates: int) -> None:
+    """
+    Raise the ValueError of an update that was not applied (or was undone) because it was non-finite.
+
+    :param losses: the update's losses (``name -> value``); the non-finite ones are named in the message (none:
+        the parameters or optimizer state were non-finite)
+    :param algorithm: the algorithm's name, for the message
+    :param num_timesteps: the model's ``num_timesteps`` (reported)
+    :param n_updates: the model's update counter (reported)
+    :raises ValueError: always
+    """
+    bad = _non_finite(losses)
     what = (
         "loss " + ", ".join(f"{name}={value}" for name, value in bad.items())
         if bad
