@@ -39,6 +39,7 @@ import copy
 import csv
 import pathlib
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -50,7 +51,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.utils import LinearSchedule
-from stable_baselines3.common.vec_env import VecEnv, VecNormalize
+from stable_baselines3.common.vec_env import VecEnv, VecFrameStack, VecNormalize
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 COLUMNS = ["env", "algo", "variant", "seed", "timesteps", "mean_return", "std_return", "wall_time_s"]
@@ -123,6 +124,21 @@ def apply_overrides(kwargs: dict[str, Any], assignments: list[str]) -> dict[str,
     return kwargs
 
 
+def load_entry(algo: str, env_id: str, hyperparams_from: str | None = None, config: str | pathlib.Path | None = None) -> Any:
+    """
+    The zoo entry a benchmark run of ``algo`` on ``env_id`` reads (``ppo``: the ``ppo_rollback`` entry).
+
+    :param algo: algorithm of the run
+    :param env_id: environment id
+    :param hyperparams_from: read this algorithm's entry instead
+    :param config: YAML file instead of the shipped zoo config
+    :return: the :class:`~sb3_cherry.common.zoo_config.ZooEntry`
+    """
+    from sb3_cherry.common.zoo_config import load_zoo_entry
+
+    return load_zoo_entry(hyperparams_from or ("ppo_rollback" if algo == "ppo" else algo), env_id, config)
+
+
 def build_model(
     algo: str,
     env_id: str,
@@ -146,7 +162,6 @@ def build_model(
     :return: the model and the zoo entry's ``n_timesteps``
     """
     from sb3_cherry import CherryA2C, PPORollback, RecurrentPPORollback
-    from sb3_cherry.common.zoo_config import load_zoo_entry
 
     classes: dict[str, type[BaseAlgorithm]] = {
         "ppo_rollback": PPORollback,
@@ -154,7 +169,7 @@ def build_model(
         "recurrent_ppo_rollback": RecurrentPPORollback,
         "ppo": PPO,
     }
-    entry = load_zoo_entry(hyperparams_from or ("ppo_rollback" if algo == "ppo" else algo), env_id, config)
+    entry = load_entry(algo, env_id, hyperparams_from, config)
     kwargs = dict(entry.model_kwargs)
     if hyperparams_from == "recurrent_ppo_rollback" and algo != hyperparams_from:
         kwargs["policy"] = kwargs["policy"].replace("Gru", "").replace("Lstm", "")  # MlpGruPolicy -> MlpPolicy
@@ -174,19 +189,67 @@ def build_model(
                 "SB3's PPO has no action_distribution: for the ppo baseline of an entry with another distribution, "
                 "add --set policy_kwargs.action_distribution=normal (or categorical)."
             )
-    env: VecEnv = make_vec_env(env_id, n_envs=entry.n_envs, seed=seed)
+    spec = EnvSpec.of(env_id, entry)
+    env: VecEnv = spec.make(entry.n_envs, seed)
     if entry.normalize is not None:
         # VecNormalize discounts with the model's gamma, --set gamma=... included (as rl_zoo3 with --hyperparams)
         normalize = {**entry.normalize, "gamma": kwargs["gamma"]} if "gamma" in kwargs else entry.normalize
         env = VecNormalize(env, **normalize)
+    env = spec.stack(env)
     return classes[algo](env=env, seed=seed, device="cpu", **kwargs), entry.n_timesteps
+
+
+@dataclass
+class EnvSpec:
+    """
+    How a zoo entry builds its envs, in rl_zoo3's order: ``make_vec_env`` with the entry's ``env_wrapper`` and
+    ``env_kwargs``, then ``VecNormalize`` (by the caller), then ``VecFrameStack`` (``frame_stack``); SB3 adds
+    ``VecTransposeImage`` for image observations.
+
+    :param env_id: environment id
+    :param env_wrapper: the entry's ``env_wrapper`` value (None: none)
+    :param env_kwargs: keyword arguments of the env constructor
+    :param frame_stack: frames stacked (None: no stacking)
+    """
+
+    env_id: str
+    env_wrapper: Any = None
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    frame_stack: int | None = None
+
+    @classmethod
+    def of(cls, env_id: str, entry: Any) -> "EnvSpec":
+        """
+        :param env_id: environment id
+        :param entry: a :class:`~sb3_cherry.common.zoo_config.ZooEntry`
+        :return: the entry's env construction
+        """
+        return cls(env_id, entry.env_wrapper, dict(entry.env_kwargs), entry.frame_stack)
+
+    def make(self, n_envs: int, seed: int) -> VecEnv:
+        """
+        :param n_envs: number of envs
+        :param seed: seed of the first env
+        :return: the VecEnv before normalisation and frame stacking
+        """
+        from sb3_cherry.common.zoo_config import make_env_wrapper
+
+        wrapper = make_env_wrapper(self.env_wrapper, f"entry of {self.env_id}")
+        return make_vec_env(self.env_id, n_envs=n_envs, seed=seed, wrapper_class=wrapper, env_kwargs=self.env_kwargs)
+
+    def stack(self, env: VecEnv) -> VecEnv:
+        """
+        :param env: the (normalised) VecEnv
+        :return: it with ``VecFrameStack`` if the entry stacks frames
+        """
+        return VecFrameStack(env, self.frame_stack) if self.frame_stack else env
 
 
 class EvalAppendCallback(BaseCallback):
     """
     Evaluate every ``eval_freq`` environment steps on a separate env and append one CSV row per evaluation.
 
-    :param env_id: environment id of the evaluation env
+    :param env_id: environment id of the evaluation env, or its :class:`EnvSpec` (wrappers, frame stacking)
     :param row: constant columns of the rows (env, algo, variant, seed)
     :param path: CSV file (header written if it does not exist yet)
     :param eval_freq: evaluation period in environment steps (counted over all training envs); evaluations happen
@@ -195,9 +258,12 @@ class EvalAppendCallback(BaseCallback):
     :param seed: seed of the evaluation env
     """
 
-    def __init__(self, env_id: str, row: dict[str, Any], path: pathlib.Path, eval_freq: int, n_episodes: int, seed: int):
+    def __init__(
+        self, env_id: "str | EnvSpec", row: dict[str, Any], path: pathlib.Path, eval_freq: int, n_episodes: int, seed: int
+    ):
         super().__init__()
-        self.env_id, self.row, self.path = env_id, row, path
+        self.spec = env_id if isinstance(env_id, EnvSpec) else EnvSpec(env_id)
+        self.env_id, self.row, self.path = self.spec.env_id, row, path
         self.eval_freq, self.n_episodes, self.eval_seed = eval_freq, n_episodes, seed
         self.next_eval = 0
         self.eval_time = 0.0
@@ -236,11 +302,13 @@ class EvalAppendCallback(BaseCallback):
     def evaluate(self) -> None:
         """Run the evaluation episodes and append the row."""
         tic = time.perf_counter()
-        env: VecEnv = make_vec_env(self.env_id, n_envs=1, seed=self.eval_seed)
+        env: VecEnv = self.spec.make(1, self.eval_seed)
         train_norm = self.model.get_vec_normalize_env()
         if train_norm is not None:
             env = VecNormalize(env, training=False, norm_obs=train_norm.norm_obs, norm_reward=False)
-            env.obs_rms = copy.deepcopy(train_norm.obs_rms)
+            if train_norm.norm_obs:  # (reward-only normalisation keeps no observation statistics)
+                env.obs_rms = copy.deepcopy(train_norm.obs_rms)
+        env = self.spec.stack(env)
         returns, _ = evaluate_policy(
             self.model, env, n_eval_episodes=self.n_episodes, deterministic=True, return_episode_rewards=True
         )
@@ -280,7 +348,12 @@ def run(args: argparse.Namespace) -> None:
         timesteps = args.timesteps or zoo_timesteps
         row = dict(env=args.env, algo=args.algo, variant=args.variant, seed=seed)
         callback = EvalAppendCallback(
-            args.env, row, path, args.eval_freq or max(1, timesteps // 10), args.eval_episodes, seed=1000 + seed
+            EnvSpec.of(args.env, load_entry(args.algo, args.env, args.hyperparams_from, args.config)),
+            row,
+            path,
+            args.eval_freq or max(1, timesteps // 10),
+            args.eval_episodes,
+            seed=1000 + seed,
         )
         print(f"{args.algo}/{args.variant} on {args.env}, seed {seed}: {timesteps} steps (zoo: {zoo_timesteps})", flush=True)
         if args.checkpoint_dir is None:

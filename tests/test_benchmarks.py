@@ -74,3 +74,45 @@ def test_hybrid_ranges_variants():
     assert normal.policy.action_distribution == ("categorical", ("normal",) * 3)
     with pytest.raises(ValueError, match="Unknown variant"):
         build_model("gaussian", 0)
+
+
+def test_env_wrapper_frame_stack_and_env_kwargs_built_as_rl_zoo3(tmp_path):
+    """An entry's env_wrapper (with kwargs), env_kwargs and frame_stack: wrappers applied per env, VecNormalize, then
+    VecFrameStack on top, as rl_zoo3 builds them; the evaluation env is built the same way."""
+    from gymnasium.wrappers import TimeAwareObservation
+    from stable_baselines3.common.vec_env import VecFrameStack, VecNormalize
+
+    from benchmarks.learning import EnvSpec, load_entry
+
+    config = tmp_path / "ppo_rollback.yml"
+    config.write_text(
+        "Pendulum-v1:\n"
+        "  env_wrapper:\n"
+        "    - gymnasium.wrappers.TimeAwareObservation:\n"
+        "        normalize_time: true\n"
+        '  env_kwargs: "dict(g=9.0)"\n'
+        "  frame_stack: 3\n"
+        "  normalize: true\n"
+        "  n_envs: 2\n"
+        "  n_timesteps: 1000\n"
+        "  policy: 'MlpPolicy'\n"
+        "  n_steps: 64\n"
+    )
+    model, _ = build_model("ppo_rollback", "Pendulum-v1", 0, [], config=config)
+    env = model.get_env()
+    assert isinstance(env, VecFrameStack) and isinstance(env.venv, VecNormalize)
+    assert env.observation_space.shape == (3 * 4,)  # (cos, sin, velocity, time) x 3 frames
+    inner = env.venv.venv.envs[0]
+    assert isinstance(inner, TimeAwareObservation) and inner.unwrapped.g == 9.0
+    spec = EnvSpec.of("Pendulum-v1", load_entry("ppo_rollback", "Pendulum-v1", config=config))
+    eval_env = spec.stack(spec.make(1, seed=5))
+    assert eval_env.observation_space == env.observation_space
+
+
+def test_untrusted_env_wrapper_is_refused(tmp_path):
+    from sb3_cherry.common.safe_config import UnsafeConfigError
+
+    config = tmp_path / "ppo_rollback.yml"
+    config.write_text("Pendulum-v1:\n  env_wrapper: os.system\n  n_timesteps: 1000\n  policy: 'MlpPolicy'\n")
+    with pytest.raises(UnsafeConfigError, match=r"os\.system"):
+        build_model("ppo_rollback", "Pendulum-v1", 0, [], config=config)

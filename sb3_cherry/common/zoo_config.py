@@ -1,13 +1,16 @@
 """Read an rl-zoo style entry of ``zoo_configs/`` into constructor arguments (for scripts, tests and benchmarks)."""
 
 import pathlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import gymnasium as gym
 
 from stable_baselines3.common.utils import LinearSchedule
 
 from sb3_cherry.common.config_schema import default_config, validate_config
-from sb3_cherry.common.safe_config import parse_literal_string, parse_policy_kwargs
+from sb3_cherry.common.safe_config import check_imported_names, parse_literal_string, parse_policy_kwargs
 
 
 @dataclass
@@ -20,12 +23,38 @@ class ZooEntry:
     :param normalize: VecNormalize arguments (``None``: no normalisation); its ``gamma`` is the model's, as in rl_zoo3
     :param model_kwargs: arguments for the algorithm's constructor (policy included; schedules and
         ``policy_kwargs`` strings converted)
+    :param env_wrapper: the entry's ``env_wrapper`` (a class name, a ``{name: kwargs}`` mapping or a list of them),
+        as :func:`make_env_wrapper` turns it into ``make_vec_env``'s ``wrapper_class``; None: no wrapper
+    :param frame_stack: the entry's ``frame_stack`` (``VecFrameStack`` after ``VecNormalize``, as rl_zoo3)
+    :param env_kwargs: keyword arguments of the env constructor
     """
 
     n_timesteps: int
     n_envs: int
     normalize: dict[str, Any] | None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    env_wrapper: Any = None
+    frame_stack: int | None = None
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def make_env_wrapper(env_wrapper: Any, where: str = "env_wrapper") -> Callable[[gym.Env], gym.Env] | None:
+    """
+    The ``wrapper_class`` of ``make_vec_env`` for an entry's ``env_wrapper``, built by rl_zoo3's
+    ``get_wrapper_class`` once every named class was checked to come from a trusted package
+    (:data:`~sb3_cherry.common.safe_config.TRUSTED_WRAPPER_PACKAGES`): a config names classes, it never runs other code.
+
+    :param env_wrapper: the entry's value (None: no wrapper)
+    :param where: the config and entry, for the error message
+    :return: a callable wrapping one env, or None
+    :raises UnsafeConfigError: a class outside the trusted packages
+    """
+    if env_wrapper is None:
+        return None
+    from rl_zoo3.utils import get_wrapper_class
+
+    check_imported_names({"env_wrapper": env_wrapper}, where)
+    return get_wrapper_class({"env_wrapper": env_wrapper})
 
 
 def load_zoo_entry(algo: str, env_id: str, path: str | pathlib.Path | None = None) -> ZooEntry:
@@ -55,7 +84,21 @@ def load_zoo_entry(algo: str, env_id: str, path: str | pathlib.Path | None = Non
             entry[key] = LinearSchedule(float(entry[key].split("_")[1]), 0.0, 1.0)
     if isinstance(entry.get("policy_kwargs"), str):
         entry["policy_kwargs"] = parse_policy_kwargs(entry["policy_kwargs"], f"{path} [{env_id}] policy_kwargs")
-    for key in ("env_wrapper", "vec_env_wrapper", "frame_stack", "callback", "env_kwargs", "monitor_kwargs"):
+    for key in ("vec_env_wrapper", "callback", "monitor_kwargs"):
         if key in entry:
             raise ValueError(f"load_zoo_entry does not handle {key!r}; train this entry with `sb3-cherry train`.")
-    return ZooEntry(n_timesteps, n_envs, normalize, entry)
+    env_wrapper = entry.pop("env_wrapper", None)
+    check_imported_names({"env_wrapper": env_wrapper}, f"{path} [{env_id}]")
+    frame_stack = entry.pop("frame_stack", None)
+    env_kwargs = entry.pop("env_kwargs", None) or {}
+    if isinstance(env_kwargs, str):
+        env_kwargs = parse_literal_string(env_kwargs, f"{path} [{env_id}] env_kwargs")
+    return ZooEntry(
+        n_timesteps,
+        n_envs,
+        normalize,
+        entry,
+        env_wrapper=env_wrapper,
+        frame_stack=int(frame_stack) if frame_stack else None,
+        env_kwargs=dict(env_kwargs),
+    )
