@@ -244,12 +244,17 @@ def test_hybrid_goal_unscaled_is_hybrid_goal_in_other_units():
     assert gym.spec("sb3_cherry/HybridGoalUnscaled-v0").max_episode_steps == 20
     assert unscaled.observation_space == scaled.observation_space
     rng = np.random.default_rng(0)
+    scaled.action_space.seed(0)  # deterministic test (the sampled actions)
     for seed in range(3):
         obs_a, _ = scaled.reset(seed=seed)
         obs_b, _ = unscaled.reset(seed=seed)
         done = False
         while not done:
             np.testing.assert_allclose(obs_a, obs_b, atol=1e-6)
+            if obs_a[2] < 1e-5:
+                # an exact chip left the ball on the hole (not holed: only putts hole); the direction to the hole is
+                # then rounding noise of ~1e-9 and differs between the two unit systems, so stop comparing this episode
+                break
             action = scaled.action_space.sample() if rng.random() < 0.5 else hybrid_expert(obs_a, scaled)
             obs_a, reward_a, terminated, truncated, _ = scaled.step(action)
             obs_b, reward_b, *ends, _ = unscaled.step(_to_unscaled(action))
