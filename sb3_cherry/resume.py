@@ -416,11 +416,14 @@ def chunked_experiment_manager(options: ChunkOptions) -> Iterator[type[ChunkedEx
     """
     import rl_zoo3.train
 
-    manager = type("ChunkedExperimentManager", (ChunkedExperimentManager,), {"options": options})
+    class Configured(ChunkedExperimentManager):
+        """A :class:`ChunkedExperimentManager` with its options."""
+
+    Configured.options = options
     saved = rl_zoo3.train.ExperimentManager
-    rl_zoo3.train.ExperimentManager = manager  # type: ignore[misc]
+    rl_zoo3.train.ExperimentManager = Configured  # type: ignore[misc]
     try:
-        yield manager
+        yield Configured
     finally:
         rl_zoo3.train.ExperimentManager = saved  # type: ignore[misc]
 
@@ -477,9 +480,13 @@ def checkpoint_eval_env(
     else:
         source = pathlib.Path(config) if config is not None else default_config(algo)
         entries = safe_load_yaml(source) or {}
-        if env_id not in entries and "default" not in entries:
-            raise ValueError(f"{source}: no entry for {env_id!r}: the wrappers of the checkpoint's run are unknown.")
-        hyperparams = dict(entries.get(env_id, entries.get("default")))
+        entry = entries.get(env_id, entries.get("default")) if isinstance(entries, dict) else None
+        if not isinstance(entry, dict):
+            raise ValueError(
+                f"{source}: no entry for {env_id!r}: the wrappers of the checkpoint's run are unknown. Pass the zoo config "
+                "the run used with -c FILE."
+            )
+        hyperparams = dict(entry)
     check_imported_names(hyperparams, str(source))
     normalize = hyperparams.get("normalize", False)
     if isinstance(normalize, str):

@@ -56,15 +56,19 @@ def _run(cmd):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """One uninterrupted run, and the same run as a chunk (--stop-after) plus --resume, each in its own process."""
+    """One uninterrupted run, and the same run in three chunks (--stop-after, --resume --stop-after, --resume), each
+    in its own process."""
     root = tmp_path_factory.mktemp("resume")
     conf = root / "conf.yml"
     conf.write_text(yaml.safe_dump({"CartPole-v1": ENTRY}))
     reference = _train(conf, root / "one")
     first = _train(conf, root / "chunks", "--stop-after", "700")
     folder = root / "chunks" / RUN[0] / RUN[1]
-    second = _run([sys.executable, "-m", "sb3_cherry", "train", "--resume", str(folder)])
-    return {"root": root, "one": root / "one" / RUN[0] / RUN[1], "chunks": folder, "stdout": (reference, first, second)}
+    resume = [sys.executable, "-m", "sb3_cherry", "train", "--resume", str(folder)]
+    second = _run([*resume, "--stop-after", "500"])
+    third = _run(resume)
+    stdout = (reference, first, second, third)
+    return {"root": root, "one": root / "one" / RUN[0] / RUN[1], "chunks": folder, "stdout": stdout}
 
 
 def _logged_schedule(stdout):
@@ -85,10 +89,13 @@ def _monitor_rows(folder, index):
 
 def test_two_chunks_equal_one_run(runs):
     one, chunks = runs["one"], runs["chunks"]
-    reference, first, second = runs["stdout"]
-    # the first chunk stopped at the first update boundary after 700 steps (6 rollouts of 2 x 64 steps)
-    assert "Stopped after this chunk at 768 of 2048 steps" in first and f"Continue with: sb3-cherry train --resume {chunks}" in first
+    reference, first, second, third = runs["stdout"]
+    # checkpoints every 700 steps (--stop-after 700 alone: the run's period, kept on resume), at the first update
+    # boundary (every 2 x 64 steps) after each multiple; a chunk stops at the first checkpoint after its --stop-after
+    assert "Stopped after this chunk at 768 of 2048 steps" in first
+    assert f"Continue with: sb3-cherry train --resume {chunks}" in first
     assert "Resuming" in second and "at 768 of 2048 steps" in second
+    assert "Stopped after this chunk at 1408 of 2048 steps" in second and "at 1408 of 2048 steps" in third
     assert json.loads((chunks / "run_checkpoint" / "run_state.json").read_text())["num_timesteps"] == 2048
     a = PPORollback.load(one / "CartPole-v1.zip")
     b = PPORollback.load(chunks / "CartPole-v1.zip")
@@ -101,8 +108,10 @@ def test_two_chunks_equal_one_run(runs):
     ):
         assert all(th.equal(state_a[k], state_b[k]) for k in state_a)
     # the schedules as SB3 logged them at every update: the chunks' logs together are the uninterrupted run's
-    schedule, logged = _logged_schedule(reference), {**_logged_schedule(first), **_logged_schedule(second)}
-    assert len(schedule) == 15 and logged.items() <= schedule.items() and len(logged) >= len(schedule) - 1
+    schedule = _logged_schedule(reference)
+    logged = {**_logged_schedule(first), **_logged_schedule(second), **_logged_schedule(third)}
+    # (a process prints an update's values after its next rollout: a chunk's last update is not printed)
+    assert len(schedule) == 15 and logged.items() <= schedule.items() and len(logged) >= len(schedule) - 2
     # VecNormalize statistics, evaluation log (the evaluation env continues its episodes), monitor files
     env = make_vec_env("CartPole-v1", n_envs=2)
     norm_a = load_vec_normalize(one / "CartPole-v1" / "vecnormalize.pkl", env)
