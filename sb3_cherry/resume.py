@@ -100,7 +100,7 @@ def read_run_folder(folder: str | pathlib.Path, algo: str | None = None, env_id:
     """
     Read a run folder to continue: its ``args.yml`` / ``config.yml`` (as data) and its run checkpoint.
 
-    :param folder: the run folder (``sb3-cherry train`` prints it as ``Log path:``)
+    :param folder: the run folder (``sb3-cherry train`` prints it as ``Log path:``) or its ``run_checkpoint/``
     :param algo: the ``--algo`` given with ``--resume`` (None: the run's)
     :param env_id: the ``--env`` given with ``--resume`` (None: the run's)
     :return: the run
@@ -110,6 +110,8 @@ def read_run_folder(folder: str | pathlib.Path, algo: str | None = None, env_id:
     import rl_zoo3.utils
 
     path = pathlib.Path(folder)
+    if path.name == RUN_CHECKPOINT and has_run_checkpoint(path):  # the checkpoint folder itself: its run folder
+        path = path.parent
     example = "e.g. logs/ppo_rollback/CartPole-v1_1"
     if not path.is_dir():
         raise FileNotFoundError(

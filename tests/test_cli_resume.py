@@ -64,9 +64,12 @@ def runs(tmp_path_factory):
     reference = _train(conf, root / "one")
     first = _train(conf, root / "chunks", "--stop-after", "700")
     folder = root / "chunks" / RUN[0] / RUN[1]
-    resume = [sys.executable, "-m", "sb3_cherry", "train", "--resume", str(folder)]
+    # an episode a killed process logged after its checkpoint: the resumed run drops it and logs its own
+    with open(folder / "0.monitor.csv", "a") as file:
+        file.write("999.0,999,1.0\n")
+    resume = [sys.executable, "-m", "sb3_cherry", "train", "--resume", str(folder / "run_checkpoint")]
     second = _run([*resume, "--stop-after", "500"])
-    third = _run(resume)
+    third = _run([*resume[:-1], str(folder)])
     stdout = (reference, first, second, third)
     return {"root": root, "one": root / "one" / RUN[0] / RUN[1], "chunks": folder, "stdout": stdout}
 
