@@ -383,7 +383,7 @@ def _model_path(args: argparse.Namespace) -> tuple[str, pathlib.Path, pathlib.Pa
     from rl_zoo3.utils import get_model_path
 
     if args.model:
-        from sb3_cherry.resume import MODEL_FILE, RUN_CHECKPOINT, checkpoint_folder
+        from sb3_cherry.checkpoint_eval import MODEL_FILE, RUN_CHECKPOINT, checkpoint_folder
 
         model_file = pathlib.Path(args.model)
         if model_file.is_dir():
@@ -430,7 +430,7 @@ def _load_for_eval(args: argparse.Namespace, render_mode: str | None = None) -> 
     from huggingface_sb3 import EnvironmentName
     from rl_zoo3.utils import ALGOS, create_test_env
 
-    from sb3_cherry.resume import checkpoint_eval_env
+    from sb3_cherry.checkpoint_eval import checkpoint_eval_env
 
     register_zoo()
     _, model_path, exp_dir = _model_path(args)
