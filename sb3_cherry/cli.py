@@ -116,6 +116,8 @@ def _rl_zoo3_options(entry: Callable[[], Any], prog: str, skip: tuple[str, ...] 
 
 def _train_parser() -> argparse.ArgumentParser:
     """Options of ``sb3-cherry train`` handled here; everything else goes to rl_zoo3's train."""
+    from sb3_cherry.resume import RESUME_OPTIONS
+
     parser = argparse.ArgumentParser(
         prog="sb3-cherry train",
         description="Train an sb3_cherry agent with rl_zoo3. The config entry of --env in the shipped zoo config of "
@@ -124,14 +126,37 @@ def _train_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     parser.add_argument("-h", "--help", action="store_true", help="show this help message and exit")
-    parser.add_argument("--algo", default="ppo_rollback", choices=_algo_choices(), help="algorithm (default: %(default)s)")
-    parser.add_argument("--env", default="CartPole-v1", help="environment id (default: %(default)s)")
+    # None: not given (with --resume the run's own is used)
+    parser.add_argument("--algo", default=None, choices=_algo_choices(), help="algorithm (default: ppo_rollback)")
+    parser.add_argument("--env", default=None, help="environment id (default: CartPole-v1)")
     parser.add_argument(
         "-c",
         "-conf",
         "--conf-file",
         dest="conf",
         help="YAML config keyed by env id (default: the zoo config shipped with sb3_cherry for --algo)",
+    )
+    parser.add_argument(
+        "--run-checkpoint-freq",
+        type=int,
+        metavar="STEPS",
+        help="write a run checkpoint (model, optimizer, VecNormalize statistics, RNG and env states, evaluation "
+        "history) every STEPS steps into <run folder>/run_checkpoint/, so that --resume continues the run exactly",
+    )
+    parser.add_argument(
+        "--stop-after",
+        type=int,
+        metavar="STEPS",
+        help="end this process at the first run checkpoint after STEPS steps (a chunk; implies --run-checkpoint-freq "
+        "STEPS when that is not given); continue with --resume",
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_FOLDER",
+        help="continue the run in RUN_FOLDER (e.g. logs/ppo_rollback/CartPole-v1_1) from its run checkpoint to its "
+        "total budget, with its saved settings, writing into the same folder; only "
+        + ", ".join(RESUME_OPTIONS)
+        + " of rl_zoo3's options may be given with it",
     )
     return parser
 
@@ -158,6 +183,8 @@ def cmd_train(argv: list[str]) -> None:
     """
     from rl_zoo3.train import train
 
+    from sb3_cherry.resume import ChunkOptions, check_checkpointable, chunked_experiment_manager
+
     parser = _train_parser()
     args, rest = parser.parse_known_args(argv)
     register_zoo()
@@ -166,9 +193,63 @@ def cmd_train(argv: list[str]) -> None:
         print("\nrl_zoo3 train options (passed through to rl_zoo3):")
         print(_rl_zoo3_options(train, "sb3-cherry train", skip=("-h", "--help", "--algo", "--env", "-conf", "--conf-file")))
         return
-    conf = args.conf or str(default_config(args.algo))
-    validate_config(conf, args.algo, args.env, _hyperparams_overrides(rest))
-    _run_rl_zoo3(train, "sb3-cherry train", ["--algo", args.algo, "--env", args.env, "--conf-file", conf, *rest])
+    for flag, value in (("--run-checkpoint-freq", args.run_checkpoint_freq), ("--stop-after", args.stop_after)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be at least 1 step, got {value}.")
+    if args.resume is not None:
+        _resume_train(args, rest)
+        return
+    algo, env_id = args.algo or "ppo_rollback", args.env or "CartPole-v1"
+    conf = args.conf or str(default_config(algo))
+    entry = validate_config(conf, algo, env_id, _hyperparams_overrides(rest))
+    zoo_argv = ["--algo", algo, "--env", env_id, "--conf-file", conf, *rest]
+    freq = args.run_checkpoint_freq or args.stop_after
+    if freq is None:
+        _run_rl_zoo3(train, "sb3-cherry train", zoo_argv)
+        return
+    check_checkpointable(entry, f"{conf} [{env_id}]")
+    with chunked_experiment_manager(ChunkOptions(freq, args.stop_after)):
+        _run_rl_zoo3(train, "sb3-cherry train", zoo_argv)
+
+
+def _resume_train(args: argparse.Namespace, rest: list[str]) -> None:
+    """
+    ``sb3-cherry train --resume RUN_FOLDER``: continue a run from its run checkpoint through rl_zoo3's train.
+
+    :param args: the options of :func:`_train_parser`
+    :param rest: the other options (only :data:`~sb3_cherry.resume.RESUME_OPTIONS` are accepted)
+    """
+    from rl_zoo3.train import train
+
+    from sb3_cherry.resume import RESUME_OPTIONS, ChunkOptions, chunked_experiment_manager, read_run_folder
+
+    given = [arg.split("=")[0] for arg in rest if arg.startswith("-") and not _is_number(arg)]
+    refused = [arg for arg in given if arg not in RESUME_OPTIONS] + (["-c"] if args.conf else [])
+    if refused:
+        raise ValueError(
+            f"--resume continues the run with its saved settings (<env>/args.yml, <env>/config.yml); {refused} cannot "
+            f"be given with it (accepted: --stop-after, --run-checkpoint-freq, {', '.join(RESUME_OPTIONS)}). To change "
+            "them, start a new run."
+        )
+    run = read_run_folder(args.resume, args.algo, args.env)
+    if run.num_timesteps >= run.total_timesteps:
+        print(f"{run.path}: the run is complete ({run.num_timesteps} of {run.total_timesteps} steps); nothing to train.")
+        return
+    freq = args.run_checkpoint_freq or run.extra.get("run_checkpoint_freq") or args.stop_after
+    zoo_argv = ["--algo", run.args.algo, "--env", run.args.env, "--seed", str(getattr(run.args, "seed", 0))]
+    if "--num-threads" not in given:
+        zoo_argv += ["--num-threads", str(getattr(run.args, "num_threads", -1))]
+    with chunked_experiment_manager(ChunkOptions(freq, args.stop_after, run)):
+        _run_rl_zoo3(train, "sb3-cherry train", [*zoo_argv, *rest])
+
+
+def _is_number(text: str) -> bool:
+    """Whether a command line item is a (negative) number rather than an option."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def cmd_enjoy(argv: list[str]) -> None:
@@ -267,7 +348,19 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", default="CartPole-v1", help="environment id (default: %(default)s)")
     parser.add_argument("-f", "--folder", default="logs", help="log folder of 'sb3-cherry train' (default: %(default)s)")
     parser.add_argument("--exp-id", type=int, default=0, help="experiment id (default: 0, the latest)")
-    parser.add_argument("--model", help="path to a model .zip (instead of --folder/--exp-id)")
+    parser.add_argument(
+        "--model",
+        help="path to a model .zip, or to a run checkpoint (a run folder trained with --run-checkpoint-freq, its "
+        "run_checkpoint/ folder, or a checkpoint folder of benchmarks/learning.py: the model is evaluated with the "
+        "VecNormalize statistics stored in the checkpoint), instead of --folder/--exp-id",
+    )
+    parser.add_argument(
+        "-c",
+        "--conf-file",
+        dest="conf",
+        help="with --model CHECKPOINT_FOLDER outside a run folder: the zoo config whose --env entry the run used, for "
+        "its wrappers (default: the zoo config shipped for --algo)",
+    )
     parser.add_argument("--load-best", action="store_true", help="load best_model.zip (saved by the evaluation callback)")
     parser.add_argument("--load-checkpoint", type=int, metavar="STEPS", help="load the checkpoint saved after STEPS steps")
     parser.add_argument("--load-last-checkpoint", action="store_true", help="load the latest checkpoint")
@@ -290,7 +383,19 @@ def _model_path(args: argparse.Namespace) -> tuple[str, pathlib.Path, pathlib.Pa
     from rl_zoo3.utils import get_model_path
 
     if args.model:
+        from sb3_cherry.checkpoint_eval import MODEL_FILE, RUN_CHECKPOINT, checkpoint_folder
+
         model_file = pathlib.Path(args.model)
+        if model_file.is_dir():
+            folder = checkpoint_folder(model_file)
+            if folder is None:
+                raise FileNotFoundError(
+                    f"{model_file} is a folder without a run checkpoint ({MODEL_FILE}, run_state.json, run_state.npz, "
+                    f"here or in {RUN_CHECKPOINT}/): pass a model .zip, a run checkpoint folder, or -f/--exp-id."
+                )
+            if folder.name == RUN_CHECKPOINT:  # in a run folder: name files after it, write videos into it
+                return folder.parent.name, folder / MODEL_FILE, folder.parent
+            return folder.name, folder / MODEL_FILE, pathlib.Path(".")  # a standalone checkpoint is only read
         if not model_file.is_file():
             raise FileNotFoundError(f"No model file {model_file}.")
         return model_file.stem, model_file, model_file.parent
@@ -325,8 +430,16 @@ def _load_for_eval(args: argparse.Namespace, render_mode: str | None = None) -> 
     from huggingface_sb3 import EnvironmentName
     from rl_zoo3.utils import ALGOS, create_test_env
 
+    from sb3_cherry.checkpoint_eval import checkpoint_eval_env
+
     register_zoo()
     _, model_path, exp_dir = _model_path(args)
+    if args.model and pathlib.Path(args.model).is_dir():  # a run checkpoint (checked by _model_path)
+        kwargs = dict(args.env_kwargs or {}, **({"render_mode": render_mode} if render_mode is not None else {}))
+        env = checkpoint_eval_env(model_path.parent, args.algo, args.env, args.seed, kwargs, args.conf)
+        model = ALGOS[args.algo].load(model_path, env=env, device=args.device)
+        env.seed(args.seed)  # loading seeded the env with the model's training seed
+        return model, env
     stats_path = exp_dir / EnvironmentName(args.env)
     # the run's config.yml read as data (rl_zoo3's get_saved_hyperparams uses yaml.UnsafeLoader)
     hyperparams, maybe_stats_path = saved_hyperparams(str(stats_path), norm_reward=False, test_mode=True)
@@ -345,6 +458,7 @@ def _load_for_eval(args: argparse.Namespace, render_mode: str | None = None) -> 
             env_kwargs=env_kwargs,
         )
     model = ALGOS[args.algo].load(model_path, env=env, device=args.device)
+    env.seed(args.seed)  # loading seeded the env with the model's training seed: --seed decides the episodes
     return model, env
 
 

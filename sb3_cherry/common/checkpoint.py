@@ -183,23 +183,24 @@ def _vec_chain(venv: VecEnv) -> list[VecEnv]:
     return chain
 
 
-def _capture_envs(venv: VecEnv, encoder: _Encoder) -> tuple[list[dict[str, Any]], bool]:
+def _capture_envs(venv: VecEnv, encoder: _Encoder, prefix: str = "") -> tuple[list[dict[str, Any]], bool]:
     """Plain-data state of every VecEnv layer and, for a DummyVecEnv, of every env (``exact`` tells which)."""
     layers, exact = [], False
     chain = _vec_chain(venv)
     for i, layer in enumerate(chain[:-1]):
-        layers.append(_layer_state(layer, encoder, f"vec{i}"))
+        layers.append(_layer_state(layer, encoder, f"{prefix}vec{i}"))
     base = chain[-1]
     if isinstance(base, DummyVecEnv):
         trial = _Encoder()
         try:
             envs = [
-                [_layer_state(layer, trial, f"env{j}.{k}") for k, layer in enumerate(_env_chain(env))]
+                [_layer_state(layer, trial, f"{prefix}env{j}.{k}") for k, layer in enumerate(_env_chain(env))]
                 for j, env in enumerate(base.envs)
             ]
             # (the step buffers buf_obs / buf_rews / buf_dones are rewritten by every step)
             dummy = {
-                name: trial.encode(getattr(base, name), f"dummy.{name}") for name in ("_seeds", "_options", "reset_infos")
+                name: trial.encode(getattr(base, name), f"{prefix}dummy.{name}")
+                for name in ("_seeds", "_options", "reset_infos")
             }
             encoder.arrays.update(trial.arrays)
             layers.append({"__dummy__": dummy, "__envs__": envs})
@@ -263,7 +264,11 @@ def _restore_rng(state: dict[str, Any], arrays: Any) -> None:
 
 
 def save_run_checkpoint(
-    model: BaseAlgorithm, folder: str | pathlib.Path, total_timesteps: int | None = None, extra: dict[str, Any] | None = None
+    model: BaseAlgorithm,
+    folder: str | pathlib.Path,
+    total_timesteps: int | None = None,
+    extra: dict[str, Any] | None = None,
+    other_envs: dict[str, VecEnv] | None = None,
 ) -> pathlib.Path:
     """
     Write a checkpoint of a run at an update boundary (between ``train`` and the next rollout, or after ``learn``).
@@ -272,6 +277,9 @@ def save_run_checkpoint(
     :param folder: checkpoint folder (replaced atomically: an interrupted save keeps the previous checkpoint)
     :param total_timesteps: the run's total budget (default: ``model._total_timesteps``)
     :param extra: JSON-able data of the caller (e.g. evaluation history), returned by :func:`load_run_checkpoint`
+    :param other_envs: further VecEnvs of the run whose state is captured the same way, by name (e.g. ``{"eval":
+        eval_env}``: an evaluation env then continues its episodes' random stream), restored by
+        :func:`load_run_checkpoint`
     :return: the folder
     """
     folder = pathlib.Path(folder)
@@ -280,6 +288,10 @@ def save_run_checkpoint(
     if env is None:
         raise ValueError("save_run_checkpoint needs a model with an env (the run's VecEnv).")
     env_layers, envs_exact = _capture_envs(env, encoder)
+    others = {}
+    for name, other in (other_envs or {}).items():
+        other_layers, other_exact = _capture_envs(other, encoder, prefix=f"other.{name}.")
+        others[name] = {"env_layers": other_layers, "envs_exact": other_exact}
     state = {
         "format_version": FORMAT_VERSION,
         "algorithm": type(model).__name__,
@@ -295,6 +307,7 @@ def save_run_checkpoint(
         "rng": _rng_state(encoder),
         "envs_exact": envs_exact,
         "env_layers": env_layers,
+        "other_envs": others,
         "extra": extra or {},
     }
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -354,18 +367,14 @@ def has_run_checkpoint(folder: str | pathlib.Path) -> bool:
     return all((folder / name).is_file() for name in (MODEL_FILE, STATE_FILE, ARRAYS_FILE))
 
 
-def load_run_checkpoint(
-    algo_class: type[BaseAlgorithm], folder: str | pathlib.Path, env: VecEnv, **load_kwargs: Any
-) -> tuple[BaseAlgorithm, RunState]:
+def read_run_state(folder: str | pathlib.Path, algo_class: type[BaseAlgorithm] | None = None) -> dict[str, Any]:
     """
-    Load a checkpoint written by :func:`save_run_checkpoint` and restore the run's state into ``env`` and the model.
+    The ``run_state.json`` of a checkpoint (plain JSON; the arrays it refers to stay in ``run_state.npz``).
 
-    :param algo_class: the algorithm class (``PPORollback``, ...)
     :param folder: the checkpoint folder
-    :param env: the run's VecEnv, built as the run built it (same wrappers, ``VecNormalize``, number of envs)
-    :param load_kwargs: passed to ``algo_class.load`` (``device``, ...)
-    :return: the model, ready for :func:`continue_run`, and the run state
-    :raises ValueError: an incomplete checkpoint, one of another algorithm, or an env of another shape
+    :param algo_class: when given, the checkpoint must be one of this algorithm
+    :return: the decoded JSON
+    :raises ValueError: an incomplete checkpoint, an unsupported format, or one of another algorithm
     """
     folder = pathlib.Path(folder)
     if not has_run_checkpoint(folder):
@@ -374,13 +383,59 @@ def load_run_checkpoint(
         state = json.load(file)
     if state.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{folder}: run checkpoint format {state.get('format_version')} is not supported ({FORMAT_VERSION}).")
-    if state["algorithm"] != algo_class.__name__:
+    if algo_class is not None and state["algorithm"] != algo_class.__name__:
         raise ValueError(
             f"{folder} is a checkpoint of {state['algorithm']}, not {algo_class.__name__}: load it with that class."
         )
+    return state
+
+
+def checkpoint_normalization(folder: str | pathlib.Path) -> dict[str, Any] | None:
+    """
+    The ``VecNormalize`` layer of a checkpoint's training env: its settings and running statistics, for building an
+    evaluation env (``VecNormalize(venv, training=False, norm_reward=False, ...)`` with ``obs_rms`` set from here).
+
+    :param folder: the checkpoint folder
+    :return: the layer's attributes (``obs_rms`` / ``ret_rms`` as ``RunningMeanStd``, ``norm_obs``, ``clip_obs``,
+        ``epsilon``, ``gamma``, ``norm_obs_keys``, ...), or None when the run did not normalise
+    :raises ValueError: not a complete checkpoint
+    """
+    state = read_run_state(folder)
+    with np.load(pathlib.Path(folder) / ARRAYS_FILE, allow_pickle=False) as arrays:
+        for layer in state["env_layers"][:-1]:
+            if "obs_rms" in layer and "ret_rms" in layer:
+                return {name: _decode(value, arrays) for name, value in layer.items()}
+    return None
+
+
+def load_run_checkpoint(
+    algo_class: type[BaseAlgorithm],
+    folder: str | pathlib.Path,
+    env: VecEnv,
+    other_envs: dict[str, VecEnv] | None = None,
+    **load_kwargs: Any,
+) -> tuple[BaseAlgorithm, RunState]:
+    """
+    Load a checkpoint written by :func:`save_run_checkpoint` and restore the run's state into ``env`` and the model.
+
+    :param algo_class: the algorithm class (``PPORollback``, ...)
+    :param folder: the checkpoint folder
+    :param env: the run's VecEnv, built as the run built it (same wrappers, ``VecNormalize``, number of envs)
+    :param other_envs: the further VecEnvs given to :func:`save_run_checkpoint`, by the same names, built as the run
+        built them; their state is restored too (a name the checkpoint does not hold is left as it is)
+    :param load_kwargs: passed to ``algo_class.load`` (``device``, ...)
+    :return: the model, ready for :func:`continue_run`, and the run state
+    :raises ValueError: an incomplete checkpoint, one of another algorithm, or an env of another shape
+    """
+    folder = pathlib.Path(folder)
+    state = read_run_state(folder, algo_class)
     model = algo_class.load(folder / MODEL_FILE, env=env, **load_kwargs)
     with np.load(folder / ARRAYS_FILE, allow_pickle=False) as arrays:
         _restore_envs(env, state["env_layers"], state["envs_exact"], arrays)
+        for name, other in (other_envs or {}).items():
+            saved = state.get("other_envs", {}).get(name)
+            if saved is not None:
+                _restore_envs(other, saved["env_layers"], saved["envs_exact"], arrays)
         model.num_timesteps = state["num_timesteps"]
         model._total_timesteps = state["total_timesteps"]
         model._n_updates = state["n_updates"]  # type: ignore[attr-defined]
@@ -425,6 +480,7 @@ class RunCheckpointCallback(BaseCallback):
     :param save_freq: steps between checkpoints
     :param stop_after: stop this ``learn`` once it has done at least this many steps (None: run to the end)
     :param extra: callable returning JSON-able data stored with each checkpoint (e.g. an evaluation history)
+    :param other_envs: further VecEnvs whose state is stored with each checkpoint (see :func:`save_run_checkpoint`)
     :param verbose: 1 prints a line per checkpoint
     """
 
@@ -434,6 +490,7 @@ class RunCheckpointCallback(BaseCallback):
         save_freq: int,
         stop_after: int | None = None,
         extra: Any = None,
+        other_envs: dict[str, VecEnv] | None = None,
         verbose: int = 0,
     ):
         super().__init__(verbose)
@@ -443,9 +500,11 @@ class RunCheckpointCallback(BaseCallback):
         self.save_freq = int(save_freq)
         self.stop_after = stop_after
         self.extra = extra
+        self.other_envs = other_envs
         self.start = 0
         self.next_save = 0
         self.stop = False
+        self.saved_at = -1
 
     def _on_training_start(self) -> None:
         if getattr(self.model, "collection", "sync") != "sync":
@@ -459,7 +518,9 @@ class RunCheckpointCallback(BaseCallback):
 
     def save(self) -> None:
         """Write the checkpoint now."""
-        save_run_checkpoint(self.model, self.folder, extra=self.extra() if self.extra is not None else None)
+        extra = self.extra() if self.extra is not None else None
+        save_run_checkpoint(self.model, self.folder, extra=extra, other_envs=self.other_envs)
+        self.saved_at = self.num_timesteps
         if self.verbose >= 1:
             print(f"run checkpoint at {self.num_timesteps} steps: {self.folder}")
 
@@ -475,5 +536,8 @@ class RunCheckpointCallback(BaseCallback):
         return not self.stop
 
     def _on_training_end(self) -> None:
-        if not self.stop:
+        # only when ``learn`` reached its budget (an update boundary); not after a chunk's stop, nor twice, nor when a
+        # caller ends training mid-rollout (rl_zoo3 calls ``on_training_end`` again after a KeyboardInterrupt)
+        done = self.num_timesteps >= getattr(self.model, "_total_timesteps", 0)
+        if not self.stop and done and self.saved_at != self.num_timesteps:
             self.save()

@@ -1,0 +1,439 @@
+"""
+Long ``sb3-cherry train`` runs in chunks: run checkpoints inside rl_zoo3's run folder, and ``--resume RUN_FOLDER``.
+
+- ``--run-checkpoint-freq N``: every ``N`` steps (counted as ``n_timesteps``, over all envs) the run writes a run
+  checkpoint (:mod:`sb3_cherry.common.checkpoint`: model with optimizer state, VecNormalize statistics, RNG and env
+  states, the evaluation env's state and the evaluation history) to ``<run folder>/run_checkpoint/``;
+  ``--stop-after STEPS`` ends the process at the first run checkpoint after ``STEPS`` steps (a chunk).
+- ``--resume RUN_FOLDER``: the run continues from that checkpoint to its total budget with the settings it was started
+  with (``<env>/args.yml`` and ``<env>/config.yml``, read as data), writing into the same folder as rl_zoo3 does
+  (monitor files appended, ``evaluations.npz``, ``best_model.zip``, the final model and ``vecnormalize.pkl``).
+
+rl_zoo3's own ``train`` runs unchanged: :class:`ChunkedExperimentManager` (an ``ExperimentManager`` adding the
+checkpoint callback, loading the checkpoint instead of building a new model, and learning the remaining steps) is put
+in its place for the duration of the call (:func:`chunked_experiment_manager`).
+"""
+
+import argparse
+import contextlib
+import csv
+import dataclasses
+import io
+import os
+import pathlib
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import gymnasium as gym
+from rl_zoo3.exp_manager import ExperimentManager
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
+
+from sb3_cherry.common.checkpoint import (
+    RunCheckpointCallback,
+    RunState,
+    has_run_checkpoint,
+    load_run_checkpoint,
+    read_run_state,
+)
+from sb3_cherry.checkpoint_eval import RUN_CHECKPOINT
+from sb3_cherry.common.safe_config import check_imported_names, parse_literal_string, safe_load_yaml
+
+#: Hyperparameters rl_zoo3 turns into objects with ``eval`` when they are strings (parsed as data on resume instead)
+_STRING_KEYS = ("policy_kwargs", "replay_buffer_class", "replay_buffer_kwargs", "monitor_kwargs", "normalize")
+#: Schedules passed again when loading, so that they are the very objects a new run builds (rl_zoo3's ``-i`` does so)
+_SCHEDULE_KEYS = ("learning_rate", "clip_range", "clip_range_vf")
+#: rl_zoo3 train options that ``--resume`` accepts (the others are the run's own, from its args.yml)
+RESUME_OPTIONS = ("--num-threads", "-P", "--progress", "--gym-packages")
+
+
+@dataclasses.dataclass
+class RunFolder:
+    """
+    A run folder of ``sb3-cherry train`` that holds a run checkpoint.
+
+    :param path: the run folder (``<log folder>/<algo>/<env>_<id>``)
+    :param params_path: its ``<env>`` sub-folder (``args.yml``, ``config.yml``, ``vecnormalize.pkl``)
+    :param args: the run's command line options (``args.yml``)
+    :param hyperparams: the run's hyperparameters (``config.yml``)
+    :param checkpoint: the run checkpoint folder
+    :param num_timesteps: steps done at the checkpoint
+    :param total_timesteps: the run's budget
+    :param extra: the data stored with the checkpoint (evaluation history, checkpoint period)
+    """
+
+    path: pathlib.Path
+    params_path: pathlib.Path
+    args: argparse.Namespace
+    hyperparams: dict[str, Any]
+    checkpoint: pathlib.Path
+    num_timesteps: int
+    total_timesteps: int
+    extra: dict[str, Any]
+
+
+def check_checkpointable(hyperparams: dict[str, Any], where: str) -> None:
+    """
+    Refuse run checkpoints for a config that cannot have them.
+
+    :param hyperparams: the config entry (overrides merged)
+    :param where: file and env, for the error message
+    :raises ValueError: ``collection='async'``
+    """
+    collection = hyperparams.get("collection", "sync")
+    if collection != "sync":
+        raise ValueError(
+            f"{where}: collection={collection!r}: run checkpoints (--run-checkpoint-freq / --stop-after / --resume) need "
+            "collection='sync' (with 'async' the weights of an update boundary live in the learner process). Train with "
+            "-params collection:'sync', or without run checkpoints."
+        )
+
+
+def read_run_folder(folder: str | pathlib.Path, algo: str | None = None, env_id: str | None = None) -> RunFolder:
+    """
+    Read a run folder to continue: its ``args.yml`` / ``config.yml`` (as data) and its run checkpoint.
+
+    :param folder: the run folder (``sb3-cherry train`` prints it as ``Log path:``) or its ``run_checkpoint/``
+    :param algo: the ``--algo`` given with ``--resume`` (None: the run's)
+    :param env_id: the ``--env`` given with ``--resume`` (None: the run's)
+    :return: the run
+    :raises FileNotFoundError: no such folder, not a run folder, or no run checkpoint in it
+    :raises ValueError: another algorithm or env than given, a checkpoint of another algorithm, ``collection='async'``
+    """
+    import rl_zoo3.utils
+
+    path = pathlib.Path(folder)
+    if path.name == RUN_CHECKPOINT and has_run_checkpoint(path):  # the checkpoint folder itself: its run folder
+        path = path.parent
+    example = "e.g. logs/ppo_rollback/CartPole-v1_1"
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"No run folder {path}: pass the folder 'sb3-cherry train' printed as 'Log path:' ({example})."
+        )
+    candidates = sorted(p for p in path.iterdir() if (p / "args.yml").is_file() and (p / "config.yml").is_file())
+    if len(candidates) != 1:
+        found = "none" if not candidates else ", ".join(p.name for p in candidates)
+        raise FileNotFoundError(
+            f"{path} is not a run folder of 'sb3-cherry train': expected one <env>/ sub-folder with args.yml and "
+            f"config.yml, found {found}. Pass the run folder itself ({example})."
+        )
+    params_path = candidates[0]
+    saved_args = safe_load_yaml(params_path / "args.yml")
+    hyperparams = safe_load_yaml(params_path / "config.yml")
+    if not isinstance(saved_args, dict) or not isinstance(hyperparams, dict):
+        raise ValueError(f"{params_path}: args.yml and config.yml must be mappings (as rl_zoo3 writes them).")
+    check_imported_names(hyperparams, str(params_path / "config.yml"))
+    args = argparse.Namespace(**saved_args)
+    checkpoint = path / RUN_CHECKPOINT
+    if not has_run_checkpoint(checkpoint):
+        raise FileNotFoundError(
+            f"No run checkpoint in {path} ({checkpoint}/ is missing or incomplete): only a run trained with "
+            f"--run-checkpoint-freq N (or --stop-after STEPS) continues exactly. Train again with one of them; to "
+            f"continue its final model approximately (counters, schedules and env states restart), use rl_zoo3's "
+            f"-i {params_path.name}.zip of that folder."
+        )
+    if algo is not None and algo != args.algo:
+        raise ValueError(
+            f"Algorithm mismatch: {path} was trained with --algo {args.algo}, not {algo}. Drop --algo (the run's own "
+            f"is used) or pass a run folder of {algo}."
+        )
+    if env_id is not None and env_id != args.env:
+        raise ValueError(f"Env mismatch: {path} was trained on --env {args.env}, not {env_id}. Drop --env.")
+    algo_class = rl_zoo3.utils.ALGOS.get(args.algo)
+    if algo_class is None:
+        raise ValueError(f"{params_path / 'args.yml'}: unknown algo {args.algo!r}; known: {sorted(rl_zoo3.utils.ALGOS)}.")
+    state = read_run_state(checkpoint)
+    if state["algorithm"] != algo_class.__name__:
+        raise ValueError(
+            f"Algorithm mismatch: {checkpoint} holds a {state['algorithm']} checkpoint, but the run's args.yml says "
+            f"--algo {args.algo} ({algo_class.__name__}). The folder's files come from different runs: pass the run "
+            "folder the checkpoint was written in."
+        )
+    check_checkpointable(hyperparams, str(params_path / "config.yml"))
+    return RunFolder(
+        path, params_path, args, hyperparams, checkpoint, state["num_timesteps"], state["total_timesteps"], state["extra"]
+    )
+
+
+@dataclasses.dataclass
+class ChunkOptions:
+    """
+    What :class:`ChunkedExperimentManager` adds to rl_zoo3's run.
+
+    :param run_checkpoint_freq: steps between run checkpoints (None: no checkpoints)
+    :param stop_after: end this process at the first run checkpoint after this many steps (None: run to the end)
+    :param resume: the run to continue (None: a new run)
+    """
+
+    run_checkpoint_freq: int | None = None
+    stop_after: int | None = None
+    resume: RunFolder | None = None
+
+
+def _truncate_monitor_files(venv: VecEnv) -> None:
+    """
+    Cut each ``Monitor`` file of a restored DummyVecEnv back to the episodes its restored ``Monitor`` counted (rows a
+    process wrote after its last checkpoint are written again by the resumed run), and continue its ``t`` column.
+
+    :param venv: the run's env, restored from a checkpoint with exact env states
+    """
+    base = venv.unwrapped
+    if not isinstance(base, DummyVecEnv):
+        return
+    for env in base.envs:
+        monitor = env
+        while isinstance(monitor, gym.Wrapper) and not isinstance(monitor, Monitor):
+            monitor = monitor.env
+        writer = getattr(monitor, "results_writer", None) if isinstance(monitor, Monitor) else None
+        if writer is None:
+            continue
+        assert isinstance(monitor, Monitor)
+        writer.file_handler.flush()
+        name = writer.file_handler.name
+        with open(name, "rb") as file:
+            lines = file.readlines()
+        keep = 2 + len(monitor.episode_returns)  # "#{...}" line, csv header, one row per episode
+        os.truncate(name, sum(len(line) for line in lines[:keep]))
+        rows = list(csv.DictReader(io.StringIO(b"".join(lines[1:keep]).decode())))
+        if rows:  # wall time continues from the last kept row
+            monitor.t_start = time.time() - float(rows[-1]["t"])
+
+
+class ChunkedExperimentManager(ExperimentManager):
+    """
+    rl_zoo3's ``ExperimentManager`` with run checkpoints (:class:`~sb3_cherry.common.checkpoint.RunCheckpointCallback`)
+    and ``--resume``: the constructor takes the run's saved options, ``read_hyperparameters`` its saved config,
+    ``_load_pretrained_agent`` loads the checkpoint (model, env and evaluation-env states, evaluation history) and
+    ``learn`` trains the remaining steps without resetting the counters. Configure it through :attr:`options` (see
+    :func:`chunked_experiment_manager`).
+
+    :param args: the options ``rl_zoo3.train`` parsed (replaced by the run's saved ones on resume)
+    :param positional: ``ExperimentManager``'s positional arguments, as ``rl_zoo3.train`` passes them
+    :param keywords: ``ExperimentManager``'s keyword arguments, as ``rl_zoo3.train`` passes them
+    """
+
+    options: ClassVar[ChunkOptions] = ChunkOptions()
+
+    def __init__(self, args: argparse.Namespace, *positional: Any, **keywords: Any):
+        run = self.options.resume
+        self.saver: RunCheckpointCallback | None = None
+        self.eval_callback: EvalCallback | None = None
+        self.run_state: RunState | None = None
+        if run is None:
+            super().__init__(args, *positional, **keywords)
+            return
+        saved = run.args
+
+        def get(name: str, default: Any = None) -> Any:
+            return getattr(saved, name, default)
+
+        super().__init__(
+            saved,
+            saved.algo,
+            saved.env,
+            get("log_folder", "logs"),
+            tensorboard_log=get("tensorboard_log", "") or "",
+            n_timesteps=get("n_timesteps", -1),
+            eval_freq=get("eval_freq", 25000),
+            n_eval_episodes=get("eval_episodes", 5),
+            save_freq=get("save_freq", -1),
+            hyperparams=get("hyperparams"),
+            env_kwargs=get("env_kwargs"),
+            eval_env_kwargs=get("eval_env_kwargs"),
+            truncate_last_trajectory=get("truncate_last_trajectory", True),
+            seed=get("seed", 0),
+            log_interval=get("log_interval", -1),
+            save_replay_buffer=get("save_replay_buffer", False),
+            verbose=get("verbose", 1),
+            vec_env_type=get("vec_env", "dummy"),
+            n_eval_envs=get("n_eval_envs", 1),
+            device=get("device", "auto"),
+            show_progress=keywords.get("show_progress", False),
+        )
+        # the run's folder, not a new <env>_<id + 1>
+        self.save_path, self.params_path = str(run.path), str(run.params_path)
+        self.continue_training = True
+
+    def read_hyperparameters(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """
+        :return: rl_zoo3's hyperparameters; on resume the run's ``config.yml`` (overrides already merged in), with the
+            strings rl_zoo3 would ``eval`` parsed as data
+        """
+        run = self.options.resume
+        if run is None:
+            return super().read_hyperparameters()
+        hyperparams = dict(run.hyperparams)
+        where = str(run.params_path / "config.yml")
+        for key in _STRING_KEYS:
+            if isinstance(hyperparams.get(key), str):
+                hyperparams[key] = parse_literal_string(hyperparams[key], f"{where} [{key}]")
+        print(f"Resuming {run.path} at {run.num_timesteps} of {run.total_timesteps} steps (hyperparameters: {where})")
+        return hyperparams, OrderedDict(sorted(run.hyperparams.items()))
+
+    def create_envs(self, n_envs: int, eval_env: bool = False, no_log: bool = False) -> VecEnv:
+        """
+        :param n_envs: number of envs
+        :param eval_env: an evaluation env
+        :param no_log: no monitor files
+        :return: rl_zoo3's env; on resume its monitor files are appended to, not overwritten
+        """
+        if self.options.resume is not None:
+            self.monitor_kwargs = {**self.monitor_kwargs, "override_existing": False}
+        return super().create_envs(n_envs, eval_env, no_log)
+
+    def create_callbacks(self) -> None:
+        """rl_zoo3's callbacks, then the run checkpoint callback (which also stores the evaluation env's state)."""
+        super().create_callbacks()
+        self.eval_callback = next((cb for cb in self.callbacks if isinstance(cb, EvalCallback)), None)
+        freq = self.options.run_checkpoint_freq
+        if freq is None:
+            return
+        other_envs = {"eval": self.eval_callback.eval_env} if self.eval_callback is not None else None
+        self.saver = RunCheckpointCallback(
+            pathlib.Path(self.save_path) / RUN_CHECKPOINT,
+            save_freq=freq,
+            stop_after=self.options.stop_after,
+            extra=self._callback_state,
+            other_envs=other_envs,
+            verbose=self.verbose,
+        )
+        self.callbacks.append(self.saver)
+
+    def _callback_state(self) -> dict[str, Any]:
+        """The data stored with each run checkpoint: its period and the evaluation history (JSON)."""
+        state: dict[str, Any] = {"run_checkpoint_freq": self.options.run_checkpoint_freq}
+        evaluation = self.eval_callback
+        if evaluation is not None:
+            state["evaluation"] = {
+                "timesteps": [int(t) for t in evaluation.evaluations_timesteps],
+                "results": [[float(r) for r in rs] for rs in evaluation.evaluations_results],
+                "ep_lengths": [[int(n) for n in ns] for ns in evaluation.evaluations_length],
+                "successes": [[bool(s) for s in ss] for ss in evaluation.evaluations_successes],
+                "best_mean_reward": float(evaluation.best_mean_reward),
+                "last_mean_reward": float(evaluation.last_mean_reward),
+            }
+        return state
+
+    def _load_pretrained_agent(self, hyperparams: dict[str, Any], env: VecEnv) -> BaseAlgorithm:
+        """
+        :param hyperparams: the processed hyperparameters
+        :param env: the run's env
+        :return: rl_zoo3's ``-i`` model; on resume the run checkpoint's model with every state restored
+        """
+        run = self.options.resume
+        if run is None:
+            return super()._load_pretrained_agent(hyperparams, env)
+        import rl_zoo3.utils
+
+        schedules = {key: hyperparams[key] for key in _SCHEDULE_KEYS if key in hyperparams}
+        other_envs = {"eval": self.eval_callback.eval_env} if self.eval_callback is not None else None
+        model, self.run_state = load_run_checkpoint(
+            rl_zoo3.utils.ALGOS[self.algo],
+            run.checkpoint,
+            env,
+            other_envs=other_envs,
+            device=self.device,
+            tensorboard_log=self.tensorboard_log,
+            verbose=self.verbose,
+            **schedules,
+        )
+        self._restore_callbacks(model)
+        if self.run_state.envs_exact:
+            _truncate_monitor_files(env)
+        return model
+
+    def _restore_callbacks(self, model: BaseAlgorithm) -> None:
+        """Continue the callbacks' step counts (their periods count calls) and the evaluation history."""
+        assert self.run_state is not None
+        calls = model.num_timesteps // model.n_envs
+        for callback in self.callbacks:
+            if isinstance(callback, BaseCallback):
+                callback.n_calls = calls
+        saved = self.run_state.extra.get("evaluation")
+        if self.eval_callback is not None and saved is not None:
+            evaluation = self.eval_callback
+            evaluation.evaluations_timesteps = list(saved["timesteps"])
+            evaluation.evaluations_results = [list(rs) for rs in saved["results"]]
+            evaluation.evaluations_length = [list(ns) for ns in saved["ep_lengths"]]
+            evaluation.evaluations_successes = [list(ss) for ss in saved["successes"]]
+            evaluation.best_mean_reward = saved["best_mean_reward"]
+            evaluation.last_mean_reward = saved["last_mean_reward"]
+
+    def _save_config(self, saved_hyperparams: dict[str, Any]) -> None:
+        """
+        :param saved_hyperparams: the hyperparameters as read
+        """
+        if self.options.resume is None:  # on resume the run's config.yml, args.yml and command.txt stay as they are
+            super()._save_config(saved_hyperparams)
+
+    def learn(self, model: BaseAlgorithm) -> None:
+        """
+        rl_zoo3's ``learn``; on resume ``model.learn(remaining, reset_num_timesteps=False)`` so that the counters and
+        schedules continue. Prints how to go on when the process stopped after a chunk.
+
+        :param model: the model
+        """
+        if self.run_state is None:
+            super().learn(model)
+        else:
+            kwargs: dict[str, Any] = {}
+            if self.log_interval > -1:
+                kwargs["log_interval"] = self.log_interval
+            elif self.log_interval < -1:
+                kwargs["log_interval"] = None
+            if self.callbacks:
+                kwargs["callback"] = self.callbacks
+            try:
+                if self.run_state.remaining > 0:
+                    model.learn(self.run_state.remaining, reset_num_timesteps=False, **kwargs)
+            except KeyboardInterrupt:
+                pass
+            finally:
+                if self.callbacks:
+                    self.callbacks[0].on_training_end()
+                with contextlib.suppress(EOFError):
+                    assert model.env is not None
+                    model.env.close()
+        if self.saver is not None and self.saver.stop:
+            print(
+                f"Stopped after this chunk at {self.saver.saved_at} of {model._total_timesteps} steps (run checkpoint: "
+                f"{self.saver.folder}). Continue with: sb3-cherry train --resume {self.save_path}"
+            )
+
+
+@contextlib.contextmanager
+def chunked_experiment_manager(options: ChunkOptions) -> Iterator[type[ChunkedExperimentManager]]:
+    """
+    Within the block, ``rl_zoo3.train.train`` builds a :class:`ChunkedExperimentManager` configured with ``options``.
+
+    :param options: run checkpoints, chunk length and the run to resume
+    :return: the configured class
+    """
+    import rl_zoo3.train
+
+    class Configured(ChunkedExperimentManager):
+        """A :class:`ChunkedExperimentManager` with its options."""
+
+    Configured.options = options
+    saved = rl_zoo3.train.ExperimentManager
+    rl_zoo3.train.ExperimentManager = Configured  # type: ignore[misc]
+    try:
+        yield Configured
+    finally:
+        rl_zoo3.train.ExperimentManager = saved  # type: ignore[misc]
+
+
+__all__ = [
+    "RESUME_OPTIONS",
+    "RUN_CHECKPOINT",
+    "ChunkOptions",
+    "ChunkedExperimentManager",
+    "RunFolder",
+    "check_checkpointable",
+    "chunked_experiment_manager",
+    "read_run_folder",
+]
