@@ -191,7 +191,7 @@ def test_log_prob_from_params():
     params = th.randn(8, 6)
     actions, log_prob = dist.log_prob_from_params(params)
     th.testing.assert_close(log_prob, ref_beta(params.double(), LOW_T, HIGH_T).log_prob(actions.double()).sum(-1).float())
-    assert th.equal(dist.actions_from_params(params, deterministic=True), dist.mode())
+    assert th.equal(dist.actions_from_params(params, deterministic=True), dist.deterministic_action())
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -1065,3 +1065,38 @@ def test_policy_rejects_bad_pairings():
         PPORollback("MlpPolicy", ActionSpaceEnv(BOX3), use_sde=True, policy_kwargs=beta, **PPO_KWARGS)
     with pytest.raises(ValueError, match="2 specs"):
         PPORollback("MlpPolicy", ActionSpaceEnv(NESTED), policy_kwargs=dict(action_distribution=["beta"]), **PPO_KWARGS)
+
+
+def test_beta_deterministic_action_is_the_mean_by_default_or_the_mode():
+    """predict(deterministic=True) with a Beta policy is the Beta's mean mapped onto the bounds (cherry_rl's choice),
+    or its mode with deterministic='mode'; both against torch's Beta, independently of the head's code."""
+    space = spaces.Box(low=np.array([-2.0, 0.0], np.float32), high=np.array([2.0, 10.0], np.float32))
+    params = th.tensor([[0.3, -1.2, 2.0, 0.7], [-3.0, 1.5, 0.1, -0.4]])
+    alpha, beta = F.softplus(params[:, :2]) + 1.0, F.softplus(params[:, 2:]) + 1.0
+    low, high = th.as_tensor(space.low), th.as_tensor(space.high)
+    mean = low + Beta(alpha, beta).mean * (high - low)
+    mode = low + (alpha - 1.0) / (alpha + beta - 2.0) * (high - low)
+    th.testing.assert_close(BetaDistribution(space).actions_from_params(params, deterministic=True), mean)
+    th.testing.assert_close(
+        BetaDistribution(space, deterministic="mode").actions_from_params(params, deterministic=True), mode
+    )
+    th.testing.assert_close(BetaDistribution(space).proba_distribution(params).mode(), mode)  # mode() stays the mode
+    with pytest.raises(ValueError, match="'mean' \\(default\\) or 'mode'"):
+        BetaDistribution(space, deterministic="median")
+    # through a policy, and inside a Tuple; action_distribution_kwargs selects the mode
+    env = DummyVecEnv([lambda: gym.make("Pendulum-v1")])
+    for kwargs, expected in ((None, "mean"), ({"beta": {"deterministic": "mode"}}, "mode")):
+        policy_kwargs = dict(action_distribution="beta", action_distribution_kwargs=kwargs)
+        model = PPORollback("MlpPolicy", env, policy_kwargs=policy_kwargs, n_steps=64, device="cpu", seed=0)
+        obs = env.reset()
+        with th.no_grad():
+            distribution = model.policy.get_distribution(model.policy.obs_to_tensor(obs)[0])
+            d = distribution.distribution
+            unit = d.mean if expected == "mean" else (d.concentration1 - 1) / (d.concentration1 + d.concentration0 - 2)
+        action, _ = model.predict(obs, deterministic=True)
+        np.testing.assert_allclose(action, (-2.0 + 4.0 * unit).numpy(), rtol=1e-5, atol=1e-6)
+    tuple_space = spaces.Tuple((spaces.Discrete(2), space))
+    tuple_dist = make_distribution(tuple_space, ("categorical", "beta"))
+    logits = th.tensor([[0.1, 2.0], [1.0, -1.0]])
+    action = tuple_dist.actions_from_params(th.cat([logits, params], dim=1), deterministic=True)
+    th.testing.assert_close(action, th.cat([logits.argmax(dim=1, keepdim=True).float(), mean], dim=1))

@@ -168,9 +168,9 @@ class InverseDynamicsModel(BaseModel):
 
         :param obs: observations ``s``
         :param next_obs: next observations ``s'``
-        :return: the mode of ``p(. | s, s')``
+        :return: the deterministic action of ``p(. | s, s')`` (the mode; a Beta part's mean)
         """
-        return self.get_distribution(obs, next_obs).mode().float().reshape(-1, self.flat_dim)
+        return self.get_distribution(obs, next_obs).get_actions(deterministic=True).float().reshape(-1, self.flat_dim)
 
     def log_prob(self, obs: PyTorchObs, next_obs: PyTorchObs, actions: th.Tensor) -> th.Tensor:
         """

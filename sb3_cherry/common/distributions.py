@@ -105,12 +105,28 @@ class CherryDistribution(Distribution):
         :return: shape ``(batch,)``
         """
 
+    def deterministic_action(self) -> th.Tensor:
+        """
+        The action of ``predict(..., deterministic=True)`` and of a deterministic evaluation: the mode, unless the
+        distribution defines another point (the Beta takes its mean by default, see :class:`BetaDistribution`).
+
+        :return: actions
+        """
+        return self.mode()
+
+    def get_actions(self, deterministic: bool = False) -> th.Tensor:
+        """
+        :param deterministic: return :meth:`deterministic_action` instead of a sample
+        :return: actions
+        """
+        return self.deterministic_action() if deterministic else self.sample()
+
     def actions_from_params(self, params: th.Tensor, deterministic: bool = False) -> th.Tensor:
         """
-        Sample (or take the mode) from the distribution with the given parameters.
+        Sample (or take the deterministic action) from the distribution with the given parameters.
 
         :param params: distribution parameters, ``(batch, param_dim)``
-        :param deterministic: return the mode instead of a sample
+        :param deterministic: return :meth:`deterministic_action` instead of a sample
         :return: actions
         """
         self.proba_distribution(params)
@@ -326,17 +342,34 @@ class BetaDistribution(CherryDistribution):
     ``-log(high - low)`` of the affine map; actions on the bounds are moved ``epsilon`` inside (relative to the
     range), so log-probs and gradients stay finite.
 
+    The deterministic action (``predict(..., deterministic=True)``, deterministic evaluation) is the **mean**
+    ``alpha / (alpha + beta)`` by default, as in cherry_rl: the mode ``(alpha - 1) / (alpha + beta - 2)`` moves away
+    from the mean when the concentrations are small (a skewed Beta), and a policy whose samples do well can fail with
+    it: measured on Humanoid-v5 (seed 1 of the zoo entry at 2.25M steps, 10 episodes), mean 6003 ± 17 with no fall,
+    mode 133 ± 45 (falls after ~29 steps), samples 3406 ± 2248. ``deterministic="mode"`` takes the mode instead.
+
     :param space: the ``Box`` action space (finite bounds)
     :param epsilon: relative margin at the bounds
+    :param deterministic: the deterministic action, ``"mean"`` (default) or ``"mode"``
     """
 
     distribution: Beta
 
-    def __init__(self, space: spaces.Box, epsilon: float = 1e-6):
+    def __init__(self, space: spaces.Box, epsilon: float = 1e-6, deterministic: str = "mean"):
         dim = int(np.prod(space.shape))
         super().__init__(action_dim=dim, param_dim=2 * dim)
         self.low, self.high = _finite_bounds(space, "beta")
         self.epsilon = epsilon
+        if deterministic not in ("mean", "mode"):
+            raise ValueError(f"BetaDistribution: deterministic={deterministic!r}; use 'mean' (default) or 'mode'.")
+        self.deterministic = deterministic
+
+    def deterministic_action(self) -> th.Tensor:
+        if self.deterministic == "mode":
+            return self.mode()
+        return self._to_bounds(
+            self.distribution.concentration1 / (self.distribution.concentration1 + self.distribution.concentration0)
+        )
 
     def proba_distribution(self: SelfBetaDistribution, params: th.Tensor) -> SelfBetaDistribution:
         alpha, beta = (F.softplus(p) + 1.0 for p in params.split(self.action_dim, dim=-1))
@@ -624,6 +657,9 @@ class TupleDistribution(CherryDistribution):
 
     def mode(self) -> th.Tensor:
         return th.cat([p.mode().float().reshape(-1, p.action_dim) for p in self.parts], dim=1)
+
+    def deterministic_action(self) -> th.Tensor:
+        return th.cat([p.deterministic_action().float().reshape(-1, p.action_dim) for p in self.parts], dim=1)
 
     def kl(self, other: CherryDistribution) -> th.Tensor:
         assert isinstance(other, TupleDistribution)
