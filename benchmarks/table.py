@@ -25,10 +25,14 @@ PPO_REFERENCES = {
     "Hopper-v5": "rl-zoo PPO (v3): 2410 @ 1M; CleanRL (v4) ≈ 2383",
     "HalfCheetah-v5": "rl-zoo PPO (v3): 5819 @ 1M; CleanRL (v4) ≈ 1443",
     "BipedalWalker-v3": "rl-zoo PPO: 213 ± 129 @ 5M (issue: ≈ 288)",
+    "Humanoid-v5": "Truly PPO paper (v2, 20M): PPO 7510, TR-PPO-RB 6501 (top-10 training episodes)",
 }
 A2C_REFERENCES = {"CartPole-v1": "rl-zoo A2C: 500 @ 500k", "Pendulum-v1": "rl-zoo A2C: -163 ± 103 @ 1M"}
 # appended to the reference of one (env, algo)
-GOALS = {("BipedalWalker-v3", "ppo_rollback"): "cherry_rl seed (Beta): 333; goal ≥ 300"}
+GOALS = {
+    ("BipedalWalker-v3", "ppo_rollback"): "cherry_rl seed (Beta): 333; goal ≥ 300",
+    ("Humanoid-v5", "ppo_rollback"): "goal ≥ 5000 at ≤ 10M (in progress)",
+}
 
 
 def reference(env: str, algo: str) -> str:
@@ -60,6 +64,7 @@ COMMANDS = [
     ("BipedalWalker-v3", "ppo_rollback", ("beta",), "run_bipedal.sh"),
     ("BipedalWalker-v3", "ppo_rollback", ("beta_rlzoo_config",), "VARIANT=beta_rlzoo_config ./benchmarks/run_bipedal.sh"),
     ("BipedalWalker-v3", "ppo", None, "ALGO=ppo VARIANT=normal ./benchmarks/run_bipedal.sh"),
+    ("Humanoid-v5", "ppo_rollback", ("zoo",), "SEEDS='0 1' ./benchmarks/run_humanoid.sh"),
     ("CartPole-v1", None, None, "run_short.sh"),
     ("Pendulum-v1", "ppo", None, "run_short.sh"),
 ]
