@@ -1,0 +1,290 @@
+"""
+Diagnosis of the BipedalWalker-v3 zoo entry (issue 20: why does seed 0 stall at ~160?).
+
+Trains the ``ppo_rollback`` zoo entry of BipedalWalker-v3 (``--set`` overrides as in :mod:`benchmarks.learning`) and
+records, per window of ``--log-every`` rollouts, into ``benchmarks/results/bipedal_diagnosis/diag_<variant>_s<seed>.csv``:
+
+- the Beta policy on the rollout's states: mean concentration ``alpha + beta`` per action dimension (``conc_d<i>``),
+  mean and std over states of the Beta's mode (``mode_mean_d<i>``, ``mode_std_d<i>``), the fraction of states whose
+  mode is within 5% of a bound (``mode_sat_d<i>``), the mean entropy (``entropy``, nats, summed over dimensions);
+- the std over the rollout of the actions taken (``act_std_d<i>``);
+- SB3's logger values of the update (``model.logger.name_to_value``: ``train/clip_fraction``,
+  ``train/rollback_fraction``, ``train/approx_kl``, ``train/explained_variance``, ``train/value_loss``,
+  ``train/entropy_loss``), averaged over the window's updates;
+- ``VecNormalize``'s reward scale (``ret_rms_var``; rewards are divided by ``sqrt(ret_rms_var + eps)``) and its
+  observation statistics (``obs_var_min``/``obs_var_max``/``obs_var_mean`` over dimensions);
+- the training episodes that ended in the window (raw returns, from the ``Monitor``): count, mean return and length,
+  fraction truncated by the 1600-step time limit (``ep_timeout``) and fraction ended by a fall (``ep_fall``: terminated
+  before the limit).
+
+Deterministic evaluations (10 episodes, as in :mod:`benchmarks.learning`) are appended to
+``benchmarks/results/bipedal_diagnosis/BipedalWalker-v3.csv`` every ``--eval-freq`` steps. ``--plot`` draws the given
+runs side by side (``diagnosis.png``).
+
+    python -m benchmarks.bipedal_diagnosis --seed 0 --variant zoo --timesteps 1000000
+    python -m benchmarks.bipedal_diagnosis --seed 0 --variant ent0.003 --set ent_coef=0.003 --timesteps 1000000
+    python -m benchmarks.bipedal_diagnosis --plot zoo_s0 zoo_s1 ent0.003_s0
+"""
+
+import argparse
+import csv
+import pathlib
+from typing import Any
+
+import numpy as np
+import torch as th
+from stable_baselines3.common.callbacks import BaseCallback
+
+from benchmarks.learning import EvalAppendCallback, build_model, csv_path
+
+ENV_ID = "BipedalWalker-v3"
+TIME_LIMIT = 1600
+RESULTS = pathlib.Path(__file__).parent / "results" / "bipedal_diagnosis"
+TRAIN_KEYS = (
+    "clip_fraction",
+    "rollback_fraction",
+    "approx_kl",
+    "explained_variance",
+    "value_loss",
+    "entropy_loss",
+    "policy_gradient_loss",
+)
+
+
+def beta_statistics(model: Any, observations: th.Tensor) -> dict[str, float]:
+    """
+    Statistics of the model's Beta policy on a batch of (normalised) observations.
+
+    :param model: a model whose policy's action distribution is sb3_cherry's ``BetaDistribution``
+    :param observations: ``(batch, obs_dim)`` observations as the policy sees them
+    :return: ``conc_d<i>``, ``mode_mean_d<i>``, ``mode_std_d<i>``, ``mode_sat_d<i>`` per dimension and ``entropy``
+    """
+    with th.no_grad():
+        dist = model.policy.get_distribution(observations)
+        alpha, beta = dist.distribution.concentration1, dist.distribution.concentration0
+        mode = dist.mode()  # in the action bounds
+        low, high = dist.low, dist.high
+        unit = (mode - low) / (high - low)
+        entropy = dist.entropy()
+    stats: dict[str, float] = {"entropy": float(entropy.mean())}
+    for i in range(alpha.shape[1]):
+        stats[f"conc_d{i}"] = float((alpha[:, i] + beta[:, i]).mean())
+        stats[f"mode_mean_d{i}"] = float(mode[:, i].mean())
+        stats[f"mode_std_d{i}"] = float(mode[:, i].std())
+        stats[f"mode_sat_d{i}"] = float(((unit[:, i] < 0.05) | (unit[:, i] > 0.95)).float().mean())
+    return stats
+
+
+class DiagnosisCallback(BaseCallback):
+    """
+    Record the policy, update and normalisation statistics listed in the module docstring, one CSV row per window
+    of ``log_every`` rollouts.
+
+    :param path: the CSV file (overwritten)
+    :param log_every: rollouts per row
+    """
+
+    def __init__(self, path: pathlib.Path, log_every: int = 4):
+        super().__init__()
+        self.path, self.log_every = path, log_every
+        self.rollouts = 0
+        self.train_values: list[dict[str, float]] = []
+        self.episodes: list[tuple[float, int, bool]] = []  # (return, length, truncated)
+        self.writer: Any = None
+        self.file: Any = None
+
+    def _on_training_start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "w", newline="")
+
+    def _on_step(self) -> bool:
+        for info in self.locals["infos"]:
+            episode = info.get("episode")
+            if episode is not None:
+                self.episodes.append((float(episode["r"]), int(episode["l"]), bool(info.get("TimeLimit.truncated", False))))
+        return True
+
+    def _on_rollout_end(self) -> None:
+        # SB3 records the update's values after dumping the logs, so they are still in name_to_value here (the dump
+        # of the next iteration comes after this rollout); the first rollout has no update before it.
+        values = self.model.logger.name_to_value
+        if "train/clip_fraction" in values:
+            self.train_values.append({key: float(values[f"train/{key}"]) for key in TRAIN_KEYS})
+        self.rollouts += 1
+        if self.rollouts % self.log_every == 0:
+            self.write_row()
+
+    def write_row(self) -> None:
+        """Append the row of the current window and reset the window's accumulators."""
+        buffer = self.model.rollout_buffer
+        observations = th.as_tensor(buffer.observations.reshape(-1, buffer.observations.shape[-1]), dtype=th.float32)
+        actions = buffer.actions.reshape(-1, buffer.actions.shape[-1])
+        row: dict[str, Any] = {"timesteps": self.num_timesteps}
+        row.update(beta_statistics(self.model, observations))
+        for i in range(actions.shape[1]):
+            row[f"act_std_d{i}"] = float(actions[:, i].std())
+        for key in TRAIN_KEYS:
+            row[key] = float(np.mean([v[key] for v in self.train_values])) if self.train_values else float("nan")
+        norm = self.model.get_vec_normalize_env()
+        if norm is not None:
+            row["ret_rms_var"] = float(norm.ret_rms.var) if norm.norm_reward else float("nan")
+            obs_var = np.asarray(norm.obs_rms.var)
+            row.update(obs_var_min=float(obs_var.min()), obs_var_max=float(obs_var.max()), obs_var_mean=float(obs_var.mean()))
+        returns = np.array([e[0] for e in self.episodes])
+        lengths = np.array([e[1] for e in self.episodes])
+        truncated = np.array([e[2] for e in self.episodes], dtype=bool)
+        empty = len(self.episodes) == 0
+        row["ep_count"] = len(self.episodes)
+        row["ep_return"] = float("nan") if empty else float(returns.mean())
+        row["ep_length"] = float("nan") if empty else float(lengths.mean())
+        row["ep_timeout"] = float("nan") if empty else float((truncated | (lengths >= TIME_LIMIT)).mean())
+        row["ep_fall"] = float("nan") if empty else float((~truncated & (lengths < TIME_LIMIT)).mean())
+        if self.writer is None:
+            self.writer = csv.DictWriter(self.file, fieldnames=list(row))
+            self.writer.writeheader()
+        self.writer.writerow({k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()})
+        self.file.flush()
+        self.train_values, self.episodes = [], []
+
+    def _on_training_end(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+def train(args: argparse.Namespace) -> None:
+    """
+    Train one seed of the zoo entry with the diagnosis and evaluation callbacks.
+
+    :param args: parsed command line
+    """
+    th.set_num_threads(1)
+    results = pathlib.Path(args.results)
+    model, _ = build_model("ppo_rollback", ENV_ID, args.seed, args.set)
+    row = dict(env=ENV_ID, algo="ppo_rollback", variant=args.variant, seed=args.seed)
+    evaluation = EvalAppendCallback(ENV_ID, row, csv_path(ENV_ID, results), args.eval_freq, 10, seed=1000 + args.seed)
+    diagnosis = DiagnosisCallback(results / f"diag_{args.variant}_s{args.seed}.csv", args.log_every)
+    print(f"{args.variant} seed {args.seed}: {args.timesteps} steps, overrides {args.set}", flush=True)
+    model.learn(args.timesteps, callback=[evaluation, diagnosis])
+    model.get_env().close()
+
+
+def read_run(results: pathlib.Path, run: str) -> tuple[dict[str, np.ndarray], list[tuple[int, float, float]]]:
+    """
+    The diagnosis columns and the evaluations of one run.
+
+    :param results: results folder
+    :param run: ``<variant>_s<seed>``
+    :return: the columns of ``diag_<run>.csv`` as arrays and the run's (timesteps, mean, std) evaluations
+    """
+    with open(results / f"diag_{run}.csv", newline="") as file:
+        lines = list(csv.DictReader(file))
+    columns = {key: np.array([float(line[key]) for line in lines]) for key in lines[0]}
+    variant, seed = run.rsplit("_s", 1)
+    evaluations = []
+    with open(csv_path(ENV_ID, results), newline="") as file:
+        for line in csv.DictReader(file):
+            if line["variant"] == variant and line["seed"] == seed:
+                evaluations.append((int(line["timesteps"]), float(line["mean_return"]), float(line["std_return"])))
+    return columns, evaluations
+
+
+def smooth(values: np.ndarray, window: int = 10) -> np.ndarray:
+    """
+    Running mean ignoring NaNs (windows without episodes).
+
+    :param values: the series
+    :param window: window length in rows
+    :return: the smoothed series (NaN where the whole window is NaN)
+    """
+    out = np.full_like(values, np.nan)
+    for i in range(len(values)):
+        chunk = values[max(0, i - window + 1) : i + 1]
+        if np.isfinite(chunk).any():
+            out[i] = np.nanmean(chunk)
+    return out
+
+
+def plot(results: pathlib.Path, runs: list[str], output: pathlib.Path) -> None:
+    """
+    Draw the runs' diagnosis side by side.
+
+    :param results: results folder
+    :param runs: ``<variant>_s<seed>`` names
+    :param output: the PNG file
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("evaluation return (10 det. episodes)", None),
+        ("training episode return", "ep_return"),
+        ("training episode length", "ep_length"),
+        ("fraction of episodes hitting 1600 steps", "ep_timeout"),
+        ("Beta concentration alpha+beta, max over dims", "conc_max"),
+        ("Beta concentration alpha+beta, min over dims", "conc_min"),
+        ("policy entropy (nats, sum of 4 dims)", "entropy"),
+        ("std of actions taken, mean over dims", "act_std"),
+        ("fraction of modes within 5% of a bound", "mode_sat"),
+        ("clip fraction", "clip_fraction"),
+        ("rollback fraction (ratio outside, advantage pushing out)", "rollback_fraction"),
+        ("approx KL", "approx_kl"),
+        ("explained variance", "explained_variance"),
+        ("VecNormalize ret_rms.var", "ret_rms_var"),
+        ("value loss (normalised rewards)", "value_loss"),
+    ]
+    fig, axes = plt.subplots(5, 3, figsize=(16, 20))
+    for run in runs:
+        columns, evaluations = read_run(results, run)
+        dims = [k for k in columns if k.startswith("conc_d")]
+        columns["conc_max"] = np.max([columns[k] for k in dims], axis=0)
+        columns["conc_min"] = np.min([columns[k] for k in dims], axis=0)
+        columns["act_std"] = np.mean([columns[f"act_std_d{i}"] for i in range(len(dims))], axis=0)
+        columns["mode_sat"] = np.mean([columns[f"mode_sat_d{i}"] for i in range(len(dims))], axis=0)
+        steps = columns["timesteps"]
+        for ax, (title, key) in zip(axes.flat, panels, strict=True):
+            if key is None:
+                if evaluations:
+                    t, mean, std = (np.array(x) for x in zip(*sorted(evaluations), strict=True))
+                    ax.errorbar(t, mean, yerr=std, marker="o", capsize=3, label=run)
+            else:
+                series = columns[key]
+                ax.plot(steps, smooth(series) if key.startswith("ep_") else series, label=run, lw=1)
+            ax.set_title(title, fontsize=10)
+    for ax in axes.flat:
+        ax.set_xlabel("environment steps")
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=8)
+    axes.flat[4].set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(output, dpi=80)
+    print(f"wrote {output}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """
+    Command line entry point.
+
+    :param argv: arguments (default: ``sys.argv[1:]``)
+    """
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variant", default="zoo", help="name of the run (e.g. the --set overrides)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a hyperparameter")
+    parser.add_argument("--timesteps", type=int, default=1_000_000)
+    parser.add_argument("--eval-freq", type=int, default=125_000)
+    parser.add_argument("--log-every", type=int, default=4, help="rollouts per diagnosis row")
+    parser.add_argument("--results", default=str(RESULTS), help="results folder")
+    parser.add_argument("--plot", nargs="+", default=None, metavar="RUN", help="plot these <variant>_s<seed> runs")
+    parser.add_argument("--output", default=None, help="PNG of --plot (default: <results>/diagnosis.png)")
+    args = parser.parse_args(argv)
+    if args.plot:
+        results = pathlib.Path(args.results)
+        plot(results, args.plot, pathlib.Path(args.output) if args.output else results / "diagnosis.png")
+    else:
+        train(args)
+
+
+if __name__ == "__main__":
+    main()
