@@ -18,8 +18,11 @@ records, per window of ``--log-every`` rollouts, into ``benchmarks/results/biped
   before the limit).
 
 Deterministic evaluations (10 episodes, as in :mod:`benchmarks.learning`) are appended to
-``benchmarks/results/bipedal_diagnosis/BipedalWalker-v3.csv`` every ``--eval-freq`` steps. ``--plot`` draws the given
-runs side by side (``diagnosis.png``).
+``benchmarks/results/bipedal_diagnosis/BipedalWalker-v3.csv`` every ``--eval-freq`` steps: variant ``<variant>``
+with SB3's deterministic action (the Beta's mode), and variant ``<variant>@mean`` with the Beta's mean
+``alpha / (alpha + beta)`` (the deterministic action of the cherry_rl reference, whose comment says "mean works better
+than median in practice"). With ``--save-models``, the model and VecNormalize statistics are saved at every evaluation
+(``models/<variant>_s<seed>_<steps>.zip`` / ``.pkl``, not committed). ``--plot`` draws the given runs side by side.
 
     python -m benchmarks.bipedal_diagnosis --seed 0 --variant zoo --timesteps 1000000
     python -m benchmarks.bipedal_diagnosis --seed 0 --variant ent0.003 --set ent_coef=0.003 --timesteps 1000000
@@ -49,6 +52,70 @@ TRAIN_KEYS = (
     "entropy_loss",
     "policy_gradient_loss",
 )
+
+
+class BetaMeanPredictor:
+    """
+    Stand-in for a model in :func:`~stable_baselines3.common.evaluation.evaluate_policy` that acts with the mean of
+    the model's Beta policy instead of its mode.
+
+    :param model: a model whose policy's action distribution is sb3_cherry's ``BetaDistribution``
+    """
+
+    def __init__(self, model: Any):
+        self.model = model
+
+    def predict(
+        self, observation: np.ndarray, state: Any = None, episode_start: Any = None, deterministic: bool = True
+    ) -> tuple[np.ndarray, None]:
+        """
+        The Beta's mean mapped onto the action bounds.
+
+        :param observation: a batch of (normalised) observations
+        :param state: unused (feed-forward policy)
+        :param episode_start: unused
+        :param deterministic: unused (always the mean)
+        :return: actions and no state
+        """
+        policy = self.model.policy
+        obs, _ = policy.obs_to_tensor(observation)
+        with th.no_grad():
+            dist = policy.get_distribution(obs)
+            actions = dist._to_bounds(dist.distribution.mean)
+        return actions.cpu().numpy(), None
+
+    def get_vec_normalize_env(self) -> Any:
+        """
+        :return: the model's training ``VecNormalize``
+        """
+        return self.model.get_vec_normalize_env()
+
+
+class BetaMeanEvalCallback(EvalAppendCallback):
+    """
+    :class:`~benchmarks.learning.EvalAppendCallback` acting with the Beta's mean (:class:`BetaMeanPredictor`).
+
+    :param args: as :class:`~benchmarks.learning.EvalAppendCallback`
+    :param save_dir: if given, save the model and its VecNormalize statistics there at every evaluation
+    :param name: file name prefix of the saved models
+    """
+
+    def __init__(self, *args: Any, save_dir: pathlib.Path | None = None, name: str = "model"):
+        super().__init__(*args)
+        self.save_dir, self.name = save_dir, name
+
+    def evaluate(self) -> None:
+        """Evaluate with the Beta's mean (and save the model)."""
+        model = self.model
+        self.model = BetaMeanPredictor(model)  # type: ignore[assignment]
+        try:
+            super().evaluate()
+        finally:
+            self.model = model
+        if self.save_dir is not None:
+            self.save_dir.mkdir(parents=True, exist_ok=True)
+            model.save(self.save_dir / f"{self.name}_{self.num_timesteps}.zip")
+            model.get_vec_normalize_env().save(str(self.save_dir / f"{self.name}_{self.num_timesteps}.pkl"))
 
 
 def beta_statistics(model: Any, observations: th.Tensor) -> dict[str, float]:
@@ -162,9 +229,23 @@ def train(args: argparse.Namespace) -> None:
     model, _ = build_model("ppo_rollback", ENV_ID, args.seed, args.set)
     row = dict(env=ENV_ID, algo="ppo_rollback", variant=args.variant, seed=args.seed)
     evaluation = EvalAppendCallback(ENV_ID, row, csv_path(ENV_ID, results), args.eval_freq, 10, seed=1000 + args.seed)
+    mean_row = dict(row, variant=f"{args.variant}@mean")
+    save_dir = results / "models" if args.save_models else None
+    mean_evaluation = BetaMeanEvalCallback(
+        ENV_ID,
+        mean_row,
+        csv_path(ENV_ID, results),
+        args.eval_freq,
+        10,
+        1000 + args.seed,
+        save_dir=save_dir,
+        name=f"{args.variant}_s{args.seed}",
+    )
     diagnosis = DiagnosisCallback(results / f"diag_{args.variant}_s{args.seed}.csv", args.log_every)
+    if args.no_reward_norm:
+        model.get_vec_normalize_env().norm_reward = False
     print(f"{args.variant} seed {args.seed}: {args.timesteps} steps, overrides {args.set}", flush=True)
-    model.learn(args.timesteps, callback=[evaluation, diagnosis])
+    model.learn(args.timesteps, callback=[evaluation, mean_evaluation, diagnosis])
     model.get_env().close()
 
 
@@ -274,6 +355,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a hyperparameter")
     parser.add_argument("--timesteps", type=int, default=1_000_000)
     parser.add_argument("--eval-freq", type=int, default=125_000)
+    parser.add_argument("--no-reward-norm", action="store_true", help="VecNormalize without reward normalisation")
+    parser.add_argument("--save-models", action="store_true", help="save the model at every evaluation")
     parser.add_argument("--log-every", type=int, default=4, help="rollouts per diagnosis row")
     parser.add_argument("--results", default=str(RESULTS), help="results folder")
     parser.add_argument("--plot", nargs="+", default=None, metavar="RUN", help="plot these <variant>_s<seed> runs")
