@@ -11,6 +11,8 @@ records, per window of ``--log-every`` rollouts, into ``benchmarks/results/biped
 - SB3's logger values of the update (``model.logger.name_to_value``: ``train/clip_fraction``,
   ``train/rollback_fraction``, ``train/approx_kl``, ``train/explained_variance``, ``train/value_loss``,
   ``train/entropy_loss``), averaged over the window's updates;
+- the rollout's advantages' std (``adv_std``, in normalised-reward units: the policy gradient's scale, advantages
+  are not normalised in the zoo entry) and mean value target (``return_target_mean``);
 - ``VecNormalize``'s reward scale (``ret_rms_var``; rewards are divided by ``sqrt(ret_rms_var + eps)``) and its
   observation statistics (``obs_var_min``/``obs_var_max``/``obs_var_mean`` over dimensions);
 - the training episodes that ended in the window (raw returns, from the ``Monitor``): count, mean return and length,
@@ -190,6 +192,8 @@ class DiagnosisCallback(BaseCallback):
         row.update(beta_statistics(self.model, observations))
         for i in range(actions.shape[1]):
             row[f"act_std_d{i}"] = float(actions[:, i].std())
+        row["adv_std"] = float(buffer.advantages.std())
+        row["return_target_mean"] = float(buffer.returns.mean())
         for key in TRAIN_KEYS:
             row[key] = float(np.mean([v[key] for v in self.train_values])) if self.train_values else float("nan")
         norm = self.model.get_vec_normalize_env()
@@ -285,6 +289,60 @@ def smooth(values: np.ndarray, window: int = 10) -> np.ndarray:
     return out
 
 
+SUMMARY_COLUMNS = (
+    "entropy",
+    "conc",
+    "mode_sat",
+    "act_std",
+    "clip_fraction",
+    "rollback_fraction",
+    "approx_kl",
+    "explained_variance",
+    "adv_std",
+    "ret_rms_var",
+    "ep_count",
+    "ep_return",
+    "ep_length",
+    "ep_timeout",
+    "ep_fall",
+)
+
+
+def summarize(results: pathlib.Path, run: str, bin_steps: int = 50_000) -> str:
+    """
+    A text table of one run's diagnosis, averaged over bins of ``bin_steps`` steps (episode columns weighted by the
+    number of episodes; ``conc``, ``mode_sat`` and ``act_std`` list the action dimensions).
+
+    :param results: results folder
+    :param run: ``<variant>_s<seed>``
+    :param bin_steps: bin width in environment steps
+    :return: the table
+    """
+    columns, _ = read_run(results, run)
+    dims = len([k for k in columns if k.startswith("conc_d")])
+    bins = (columns["timesteps"] - 1) // bin_steps
+    lines = [f"{run}: bins of {bin_steps} steps", "  ".join(["steps_to", *SUMMARY_COLUMNS])]
+    for b in np.unique(bins):
+        rows = bins == b
+        count = columns["ep_count"][rows]
+        cells = [str(int((b + 1) * bin_steps))]
+        for key in SUMMARY_COLUMNS:
+            if key in ("conc", "mode_sat", "act_std"):
+                cells.append("/".join(f"{columns[f'{key}_d{i}'][rows].mean():.2f}" for i in range(dims)))
+            elif key == "ep_count":
+                cells.append(str(int(count.sum())))
+            elif key.startswith("ep_"):
+                values = columns[key][rows]
+                ok = count > 0
+                cells.append(f"{np.average(values[ok], weights=count[ok]):.3g}" if ok.any() else "nan")
+            elif key in columns:
+                cells.append(f"{np.nanmean(columns[key][rows]):.3g}")
+            else:  # a column added after the run
+                cells.append("-")
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
+
+
 def plot(results: pathlib.Path, runs: list[str], output: pathlib.Path) -> None:
     """
     Draw the runs' diagnosis side by side.
@@ -360,9 +418,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-every", type=int, default=4, help="rollouts per diagnosis row")
     parser.add_argument("--results", default=str(RESULTS), help="results folder")
     parser.add_argument("--plot", nargs="+", default=None, metavar="RUN", help="plot these <variant>_s<seed> runs")
+    parser.add_argument("--summary", nargs="+", default=None, metavar="RUN", help="print these runs' binned tables")
+    parser.add_argument("--bin-steps", type=int, default=50_000, help="bin width of --summary")
     parser.add_argument("--output", default=None, help="PNG of --plot (default: <results>/diagnosis.png)")
     args = parser.parse_args(argv)
-    if args.plot:
+    if args.summary:
+        for run in args.summary:
+            print(summarize(pathlib.Path(args.results), run, args.bin_steps))
+    elif args.plot:
         results = pathlib.Path(args.results)
         plot(results, args.plot, pathlib.Path(args.output) if args.output else results / "diagnosis.png")
     else:
