@@ -11,13 +11,17 @@ records, per window of ``--log-every`` rollouts, into ``benchmarks/results/biped
 - SB3's logger values of the update (``model.logger.name_to_value``: ``train/clip_fraction``,
   ``train/rollback_fraction``, ``train/approx_kl``, ``train/explained_variance``, ``train/value_loss``,
   ``train/entropy_loss``), averaged over the window's updates;
+- gradient norms of the loss terms on the rollout (:func:`gradient_norms`: ``grad_pi``, ``grad_vf``, ``grad_ent``)
+  and the mean scale ``grad_scale`` that ``max_grad_norm``'s joint clipping applies to the step;
 - the rollout's advantages' std (``adv_std``, in normalised-reward units: the policy gradient's scale, advantages
   are not normalised in the zoo entry) and mean value target (``return_target_mean``);
 - ``VecNormalize``'s reward scale (``ret_rms_var``; rewards are divided by ``sqrt(ret_rms_var + eps)``) and its
   observation statistics (``obs_var_min``/``obs_var_max``/``obs_var_mean`` over dimensions);
 - the training episodes that ended in the window (raw returns, from the ``Monitor``): count, mean return and length,
-  fraction truncated by the 1600-step time limit (``ep_timeout``) and fraction ended by a fall (``ep_fall``: terminated
-  before the limit).
+  fraction truncated by the 1600-step time limit (``ep_timeout``), fraction terminated before it (``ep_terminated``:
+  a fall or the end of the course) and fraction ended by a fall (``ep_fall``: the env's last reward is its -100
+  fall penalty). (The zoo runs' CSVs were written before ``ep_fall`` was told apart from ``ep_terminated``: their
+  ``ep_terminated`` column counts both.)
 
 Deterministic evaluations (10 episodes, as in :mod:`benchmarks.learning`) are appended to
 ``benchmarks/results/bipedal_diagnosis/BipedalWalker-v3.csv`` every ``--eval-freq`` steps: variant ``<variant>``
@@ -144,6 +148,46 @@ def beta_statistics(model: Any, observations: th.Tensor) -> dict[str, float]:
     return stats
 
 
+def gradient_norms(model: Any, observations: th.Tensor, actions: th.Tensor, advantages: th.Tensor, returns: th.Tensor) -> dict:
+    """
+    Gradient norms of the update's loss terms at the rollout's first gradient step (ratio 1), averaged over the
+    rollout's minibatches of ``batch_size`` (taken in order: no random number is drawn). SB3 clips the norm of the
+    joint gradient of policy and value losses (``max_grad_norm``), so a large value gradient shrinks the policy's step.
+
+    :param model: the PPO model
+    :param observations: ``(n, obs_dim)`` observations of the rollout
+    :param actions: ``(n, action_dim)`` actions taken
+    :param advantages: ``(n,)`` advantages (as the update uses them: not normalised in the zoo entry)
+    :param returns: ``(n,)`` value targets
+    :return: ``grad_pi`` (policy-gradient term), ``grad_vf`` (``vf_coef`` times the value loss), ``grad_ent``
+        (the mean entropy, per unit ``ent_coef``), ``grad_scale`` (mean factor ``min(1, max_grad_norm / total)`` that
+        the clipping applies to the step of the zoo entry's loss)
+    """
+    policy = model.policy
+    params = [p for p in policy.parameters() if p.requires_grad]
+    if model.normalize_advantage:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    norms: dict[str, list[float]] = {"grad_pi": [], "grad_vf": [], "grad_ent": [], "grad_scale": []}
+
+    def norm(loss: th.Tensor) -> th.Tensor:
+        grads = th.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        return th.sqrt(sum((g**2).sum() for g in grads if g is not None))
+
+    for start in range(0, len(observations), model.batch_size):
+        batch = slice(start, start + model.batch_size)
+        values, log_prob, entropy = policy.evaluate_actions(observations[batch], actions[batch])
+        ratio = th.exp(log_prob - log_prob.detach())
+        pg_loss = -(advantages[batch] * ratio).mean()
+        vf_loss = model.vf_coef * ((returns[batch] - values.flatten()) ** 2).mean()
+        ent_loss = -entropy.mean()
+        total = norm(pg_loss + vf_loss + model.ent_coef * ent_loss)
+        norms["grad_pi"].append(float(norm(pg_loss)))
+        norms["grad_vf"].append(float(norm(vf_loss)))
+        norms["grad_ent"].append(float(norm(ent_loss)))
+        norms["grad_scale"].append(min(1.0, model.max_grad_norm / float(total)))
+    return {key: float(np.mean(values)) for key, values in norms.items()}
+
+
 class DiagnosisCallback(BaseCallback):
     """
     Record the policy, update and normalisation statistics listed in the module docstring, one CSV row per window
@@ -158,7 +202,7 @@ class DiagnosisCallback(BaseCallback):
         self.path, self.log_every = path, log_every
         self.rollouts = 0
         self.train_values: list[dict[str, float]] = []
-        self.episodes: list[tuple[float, int, bool]] = []  # (return, length, truncated)
+        self.episodes: list[tuple[float, int, bool, bool]] = []  # (return, length, truncated, fell)
         self.writer: Any = None
         self.file: Any = None
 
@@ -167,10 +211,14 @@ class DiagnosisCallback(BaseCallback):
         self.file = open(self.path, "w", newline="")
 
     def _on_step(self) -> bool:
-        for info in self.locals["infos"]:
+        norm = self.model.get_vec_normalize_env()
+        # the env's own last reward: BipedalWalker sets it to exactly -100 when the walker falls
+        last_rewards = norm.get_original_reward() if norm is not None else self.locals["rewards"]
+        for info, last_reward in zip(self.locals["infos"], last_rewards, strict=True):
             episode = info.get("episode")
             if episode is not None:
-                self.episodes.append((float(episode["r"]), int(episode["l"]), bool(info.get("TimeLimit.truncated", False))))
+                truncated = bool(info.get("TimeLimit.truncated", False))
+                self.episodes.append((float(episode["r"]), int(episode["l"]), truncated, bool(last_reward <= -100.0)))
         return True
 
     def _on_rollout_end(self) -> None:
@@ -192,6 +240,15 @@ class DiagnosisCallback(BaseCallback):
         row.update(beta_statistics(self.model, observations))
         for i in range(actions.shape[1]):
             row[f"act_std_d{i}"] = float(actions[:, i].std())
+        row.update(
+            gradient_norms(
+                self.model,
+                observations,
+                th.as_tensor(actions, dtype=th.float32),
+                th.as_tensor(buffer.advantages.reshape(-1), dtype=th.float32),
+                th.as_tensor(buffer.returns.reshape(-1), dtype=th.float32),
+            )
+        )
         row["adv_std"] = float(buffer.advantages.std())
         row["return_target_mean"] = float(buffer.returns.mean())
         for key in TRAIN_KEYS:
@@ -209,7 +266,10 @@ class DiagnosisCallback(BaseCallback):
         row["ep_return"] = float("nan") if empty else float(returns.mean())
         row["ep_length"] = float("nan") if empty else float(lengths.mean())
         row["ep_timeout"] = float("nan") if empty else float((truncated | (lengths >= TIME_LIMIT)).mean())
-        row["ep_fall"] = float("nan") if empty else float((~truncated & (lengths < TIME_LIMIT)).mean())
+        fell = np.array([e[3] for e in self.episodes], dtype=bool)
+        terminated = ~truncated & (lengths < TIME_LIMIT)
+        row["ep_terminated"] = float("nan") if empty else float(terminated.mean())
+        row["ep_fall"] = float("nan") if empty else float(fell.mean())
         if self.writer is None:
             self.writer = csv.DictWriter(self.file, fieldnames=list(row))
             self.writer.writeheader()
@@ -299,11 +359,15 @@ SUMMARY_COLUMNS = (
     "approx_kl",
     "explained_variance",
     "adv_std",
+    "grad_pi",
+    "grad_vf",
+    "grad_scale",
     "ret_rms_var",
     "ep_count",
     "ep_return",
     "ep_length",
     "ep_timeout",
+    "ep_terminated",
     "ep_fall",
 )
 
