@@ -395,7 +395,7 @@ def summarize(results: pathlib.Path, run: str, bin_steps: int = 50_000) -> str:
                 cells.append("/".join(f"{columns[f'{key}_d{i}'][rows].mean():.2f}" for i in range(dims)))
             elif key == "ep_count":
                 cells.append(str(int(count.sum())))
-            elif key.startswith("ep_"):
+            elif key.startswith("ep_") and key in columns:
                 values = columns[key][rows]
                 ok = count > 0
                 cells.append(f"{np.average(values[ok], weights=count[ok]):.3g}" if ok.any() else "nan")
