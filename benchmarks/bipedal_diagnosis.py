@@ -313,23 +313,25 @@ def train(args: argparse.Namespace) -> None:
     model.get_env().close()
 
 
-def read_run(results: pathlib.Path, run: str) -> tuple[dict[str, np.ndarray], list[tuple[int, float, float]]]:
+def read_run(results: pathlib.Path, run: str) -> tuple[dict[str, np.ndarray], dict[str, list[tuple[int, float, float]]]]:
     """
     The diagnosis columns and the evaluations of one run.
 
     :param results: results folder
     :param run: ``<variant>_s<seed>``
-    :return: the columns of ``diag_<run>.csv`` as arrays and the run's (timesteps, mean, std) evaluations
+    :return: the columns of ``diag_<run>.csv`` as arrays and the run's (timesteps, mean, std) evaluations with the
+        Beta's mode (``"mode"``) and mean (``"mean"``)
     """
     with open(results / f"diag_{run}.csv", newline="") as file:
         lines = list(csv.DictReader(file))
     columns = {key: np.array([float(line[key]) for line in lines]) for key in lines[0]}
     variant, seed = run.rsplit("_s", 1)
-    evaluations = []
+    evaluations: dict[str, list[tuple[int, float, float]]] = {"mode": [], "mean": []}
     with open(csv_path(ENV_ID, results), newline="") as file:
         for line in csv.DictReader(file):
-            if line["variant"] == variant and line["seed"] == seed:
-                evaluations.append((int(line["timesteps"]), float(line["mean_return"]), float(line["std_return"])))
+            kind = {variant: "mode", f"{variant}@mean": "mean"}.get(line["variant"])
+            if kind is not None and line["seed"] == seed:
+                evaluations[kind].append((int(line["timesteps"]), float(line["mean_return"]), float(line["std_return"])))
     return columns, evaluations
 
 
@@ -407,13 +409,14 @@ def summarize(results: pathlib.Path, run: str, bin_steps: int = 50_000) -> str:
     return "\n".join(lines)
 
 
-def plot(results: pathlib.Path, runs: list[str], output: pathlib.Path) -> None:
+def plot(results: pathlib.Path, runs: list[str], output: pathlib.Path, max_steps: int | None = None) -> None:
     """
     Draw the runs' diagnosis side by side.
 
     :param results: results folder
     :param runs: ``<variant>_s<seed>`` names
     :param output: the PNG file
+    :param max_steps: draw only the first ``max_steps`` steps
     """
     import matplotlib
 
@@ -421,7 +424,7 @@ def plot(results: pathlib.Path, runs: list[str], output: pathlib.Path) -> None:
     import matplotlib.pyplot as plt
 
     panels = [
-        ("evaluation return (10 det. episodes)", None),
+        ("evaluation return, Beta mode (10 det. episodes)", "mode"),
         ("training episode return", "ep_return"),
         ("training episode length", "ep_length"),
         ("fraction of episodes hitting 1600 steps", "ep_timeout"),
@@ -435,7 +438,7 @@ def plot(results: pathlib.Path, runs: list[str], output: pathlib.Path) -> None:
         ("approx KL", "approx_kl"),
         ("explained variance", "explained_variance"),
         ("VecNormalize ret_rms.var", "ret_rms_var"),
-        ("value loss (normalised rewards)", "value_loss"),
+        ("evaluation return, Beta mean (10 det. episodes)", "mean"),
     ]
     fig, axes = plt.subplots(5, 3, figsize=(16, 20))
     for run in runs:
@@ -445,11 +448,14 @@ def plot(results: pathlib.Path, runs: list[str], output: pathlib.Path) -> None:
         columns["conc_min"] = np.min([columns[k] for k in dims], axis=0)
         columns["act_std"] = np.mean([columns[f"act_std_d{i}"] for i in range(len(dims))], axis=0)
         columns["mode_sat"] = np.mean([columns[f"mode_sat_d{i}"] for i in range(len(dims))], axis=0)
+        if max_steps is not None:
+            columns = {key: values[columns["timesteps"] <= max_steps] for key, values in columns.items()}
         steps = columns["timesteps"]
         for ax, (title, key) in zip(axes.flat, panels, strict=True):
-            if key is None:
-                if evaluations:
-                    t, mean, std = (np.array(x) for x in zip(*sorted(evaluations), strict=True))
+            if key in evaluations:
+                points = [p for p in sorted(evaluations[key]) if max_steps is None or p[0] <= max_steps]
+                if points:
+                    t, mean, std = (np.array(x) for x in zip(*points, strict=True))
                     ax.errorbar(t, mean, yerr=std, marker="o", capsize=3, label=run)
             else:
                 series = columns[key]
@@ -459,6 +465,7 @@ def plot(results: pathlib.Path, runs: list[str], output: pathlib.Path) -> None:
         ax.set_xlabel("environment steps")
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=8)
+    axes.flat[-1].legend(fontsize=8)
     axes.flat[4].set_yscale("log")
     fig.tight_layout()
     fig.savefig(output, dpi=80)
@@ -484,6 +491,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plot", nargs="+", default=None, metavar="RUN", help="plot these <variant>_s<seed> runs")
     parser.add_argument("--summary", nargs="+", default=None, metavar="RUN", help="print these runs' binned tables")
     parser.add_argument("--bin-steps", type=int, default=50_000, help="bin width of --summary")
+    parser.add_argument("--max-steps", type=int, default=None, help="--plot: only the first steps")
     parser.add_argument("--output", default=None, help="PNG of --plot (default: <results>/diagnosis.png)")
     args = parser.parse_args(argv)
     if args.summary:
@@ -491,7 +499,8 @@ def main(argv: list[str] | None = None) -> None:
             print(summarize(pathlib.Path(args.results), run, args.bin_steps))
     elif args.plot:
         results = pathlib.Path(args.results)
-        plot(results, args.plot, pathlib.Path(args.output) if args.output else results / "diagnosis.png")
+        output = pathlib.Path(args.output) if args.output else results / "diagnosis.png"
+        plot(results, args.plot, output, args.max_steps)
     else:
         train(args)
 
