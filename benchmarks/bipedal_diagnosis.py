@@ -28,7 +28,8 @@ Deterministic evaluations (10 episodes, as in :mod:`benchmarks.learning`) are ap
 with SB3's deterministic action (the Beta's mode), and variant ``<variant>@mean`` with the Beta's mean
 ``alpha / (alpha + beta)`` (the deterministic action of the cherry_rl reference, whose comment says "mean works better
 than median in practice"). With ``--save-models``, the model and VecNormalize statistics are saved at every evaluation
-(``models/<variant>_s<seed>_<steps>.zip`` / ``.pkl``, not committed). ``--plot`` draws the given runs side by side.
+(``models/<variant>_s<seed>_<steps>.zip`` / ``.pkl``, not committed). ``--ent-decay-steps N`` decays ``ent_coef``
+linearly from its value to 0 at step ``N`` (:class:`EntropyDecayCallback`). ``--plot`` draws the given runs side by side.
 
     python -m benchmarks.bipedal_diagnosis --seed 0 --variant zoo --timesteps 1000000
     python -m benchmarks.bipedal_diagnosis --seed 0 --variant ent0.003 --set ent_coef=0.003 --timesteps 1000000
@@ -188,6 +189,30 @@ def gradient_norms(model: Any, observations: th.Tensor, actions: th.Tensor, adva
     return {key: float(np.mean(values)) for key, values in norms.items()}
 
 
+class EntropyDecayCallback(BaseCallback):
+    """
+    Decay the entropy coefficient linearly from its initial value to 0 at ``decay_steps`` environment steps (set
+    before each update; SB3's PPO takes ``ent_coef`` as a constant).
+
+    :param decay_steps: step count at which the coefficient reaches 0
+    """
+
+    def __init__(self, decay_steps: int):
+        super().__init__()
+        self.decay_steps = decay_steps
+        self.initial = 0.0
+
+    def _on_training_start(self) -> None:
+        self.initial = float(self.model.ent_coef)
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        self.model.ent_coef = self.initial * max(0.0, 1.0 - self.num_timesteps / self.decay_steps)
+        self.logger.record("train/ent_coef", self.model.ent_coef)
+
+
 class DiagnosisCallback(BaseCallback):
     """
     Record the policy, update and normalisation statistics listed in the module docstring, one CSV row per window
@@ -309,7 +334,10 @@ def train(args: argparse.Namespace) -> None:
     if args.no_reward_norm:
         model.get_vec_normalize_env().norm_reward = False
     print(f"{args.variant} seed {args.seed}: {args.timesteps} steps, overrides {args.set}", flush=True)
-    model.learn(args.timesteps, callback=[evaluation, mean_evaluation, diagnosis])
+    callbacks: list[BaseCallback] = [evaluation, mean_evaluation, diagnosis]
+    if args.ent_decay_steps is not None:
+        callbacks.insert(0, EntropyDecayCallback(args.ent_decay_steps))
+    model.learn(args.timesteps, callback=callbacks)
     model.get_env().close()
 
 
@@ -485,6 +513,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timesteps", type=int, default=1_000_000)
     parser.add_argument("--eval-freq", type=int, default=125_000)
     parser.add_argument("--no-reward-norm", action="store_true", help="VecNormalize without reward normalisation")
+    parser.add_argument("--ent-decay-steps", type=int, default=None, help="decay ent_coef linearly to 0 at this step count")
     parser.add_argument("--save-models", action="store_true", help="save the model at every evaluation")
     parser.add_argument("--log-every", type=int, default=4, help="rollouts per diagnosis row")
     parser.add_argument("--results", default=str(RESULTS), help="results folder")
