@@ -307,11 +307,12 @@ class DiagnosisCallback(BaseCallback):
             self.file.close()
 
 
-def train(args: argparse.Namespace) -> None:
+def train(args: argparse.Namespace) -> Any:
     """
     Train one seed of the zoo entry with the diagnosis and evaluation callbacks.
 
     :param args: parsed command line
+    :return: the trained model
     """
     th.set_num_threads(1)
     results = pathlib.Path(args.results)
@@ -339,6 +340,7 @@ def train(args: argparse.Namespace) -> None:
         callbacks.insert(0, EntropyDecayCallback(args.ent_decay_steps))
     model.learn(args.timesteps, callback=callbacks)
     model.get_env().close()
+    return model
 
 
 def read_run(results: pathlib.Path, run: str) -> tuple[dict[str, np.ndarray], dict[str, list[tuple[int, float, float]]]]:
@@ -430,7 +432,8 @@ def summarize(results: pathlib.Path, run: str, bin_steps: int = 50_000) -> str:
                 ok = count > 0
                 cells.append(f"{np.average(values[ok], weights=count[ok]):.3g}" if ok.any() else "nan")
             elif key in columns:
-                cells.append(f"{np.nanmean(columns[key][rows]):.3g}")
+                values = columns[key][rows]
+                cells.append(f"{np.nanmean(values):.3g}" if np.isfinite(values).any() else "nan")
             else:  # a column added after the run
                 cells.append("-")
         lines.append("  ".join(cells))
@@ -500,11 +503,12 @@ def plot(results: pathlib.Path, runs: list[str], output: pathlib.Path, max_steps
     print(f"wrote {output}")
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> Any:
     """
     Command line entry point.
 
     :param argv: arguments (default: ``sys.argv[1:]``)
+    :return: the trained model (None with ``--summary`` or ``--plot``)
     """
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0)
@@ -531,7 +535,8 @@ def main(argv: list[str] | None = None) -> None:
         output = pathlib.Path(args.output) if args.output else results / "diagnosis.png"
         plot(results, args.plot, output, args.max_steps)
     else:
-        train(args)
+        return train(args)
+    return None
 
 
 if __name__ == "__main__":
