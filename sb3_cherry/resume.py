@@ -33,6 +33,7 @@ from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
+from sb3_cherry.checkpoint_eval import RUN_CHECKPOINT
 from sb3_cherry.common.checkpoint import (
     RunCheckpointCallback,
     RunState,
@@ -40,7 +41,6 @@ from sb3_cherry.common.checkpoint import (
     load_run_checkpoint,
     read_run_state,
 )
-from sb3_cherry.checkpoint_eval import RUN_CHECKPOINT
 from sb3_cherry.common.safe_config import check_imported_names, parse_literal_string, safe_load_yaml
 
 #: Hyperparameters rl_zoo3 turns into objects with ``eval`` when they are strings (parsed as data on resume instead)

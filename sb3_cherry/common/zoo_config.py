@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium as gym
-
 from stable_baselines3.common.utils import LinearSchedule
 
 from sb3_cherry.common.config_schema import default_config, validate_config
