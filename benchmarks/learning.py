@@ -146,6 +146,7 @@ def build_model(
     overrides: list[str],
     hyperparams_from: str | None = None,
     config: str | pathlib.Path | None = None,
+    entry: Any = None,
 ) -> tuple[BaseAlgorithm, int]:
     """
     Build the model of ``algo`` on ``env_id`` from its zoo entry (training env with ``VecNormalize`` if the entry asks).
@@ -159,6 +160,7 @@ def build_model(
         feed-forward ``algo`` drops the recurrent policy keys
     :param config: read the entry from this YAML file instead of the shipped ``zoo_configs/<algo>.yml`` (validated
         against the algorithm whose entry it is, ``ppo_rollback`` for ``ppo``)
+    :param entry: the entry already read by :func:`load_entry` for these arguments (None: read it here)
     :return: the model and the zoo entry's ``n_timesteps``
     """
     from sb3_cherry import CherryA2C, PPORollback, RecurrentPPORollback
@@ -169,7 +171,7 @@ def build_model(
         "recurrent_ppo_rollback": RecurrentPPORollback,
         "ppo": PPO,
     }
-    entry = load_entry(algo, env_id, hyperparams_from, config)
+    entry = entry if entry is not None else load_entry(algo, env_id, hyperparams_from, config)
     kwargs = dict(entry.model_kwargs)
     if hyperparams_from == "recurrent_ppo_rollback" and algo != hyperparams_from:
         kwargs["policy"] = kwargs["policy"].replace("Gru", "").replace("Lstm", "")  # MlpGruPolicy -> MlpPolicy
@@ -344,11 +346,12 @@ def run(args: argparse.Namespace) -> None:
     path = csv_path(args.env, pathlib.Path(args.results))
     path.parent.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
-        model, zoo_timesteps = build_model(args.algo, args.env, seed, args.set, args.hyperparams_from, args.config)
+        entry = load_entry(args.algo, args.env, args.hyperparams_from, args.config)
+        model, zoo_timesteps = build_model(args.algo, args.env, seed, args.set, args.hyperparams_from, args.config, entry)
         timesteps = args.timesteps or zoo_timesteps
         row = dict(env=args.env, algo=args.algo, variant=args.variant, seed=seed)
         callback = EvalAppendCallback(
-            EnvSpec.of(args.env, load_entry(args.algo, args.env, args.hyperparams_from, args.config)),
+            EnvSpec.of(args.env, entry),
             row,
             path,
             args.eval_freq or max(1, timesteps // 10),
