@@ -27,7 +27,8 @@ Long runs in chunks (``--checkpoint-dir DIR --chunk-steps N``): every ``N`` step
 (:mod:`sb3_cherry.common.checkpoint`: model, optimizer, VecNormalize statistics, RNG and env states, the evaluation
 schedule) to ``DIR/<env>_<algo>_<variant>_<seed>/`` and the process moves on to the next seed; the same command run
 again continues each unfinished seed exactly where it stopped, skips finished ones (a CSV row at the full budget) and
-deletes a checkpoint once its run is complete.
+deletes a checkpoint once its run is complete (``--keep-final`` keeps it: the final model for ``sb3-cherry evaluate
+--model DIR/<run>``).
 
 CSV columns: ``env, algo, variant, seed, timesteps, mean_return, std_return, wall_time_s`` (training wall time since
 the start of ``learn``, summed over chunks, evaluation time excluded). ``python -m benchmarks.plot`` turns the CSVs
@@ -190,6 +191,12 @@ def build_model(
             raise ValueError(
                 "SB3's PPO has no action_distribution: for the ppo baseline of an entry with another distribution, "
                 "add --set policy_kwargs.action_distribution=normal (or categorical)."
+            )
+        ent_coef = kwargs.get("ent_coef", 0.0)
+        if isinstance(ent_coef, bool) or not isinstance(ent_coef, (int, float)):
+            raise ValueError(
+                f"SB3's PPO takes a constant ent_coef, the entry has {ent_coef!r}: for the ppo baseline add "
+                "--set ent_coef=<value> (or use the same schedule through a callback)."
             )
     spec = EnvSpec.of(env_id, entry)
     env: VecEnv = spec.make(entry.n_envs, seed)
@@ -416,7 +423,8 @@ def drop_rows_after(path: pathlib.Path, row: dict[str, Any], timesteps: int) -> 
 def run_chunk(model: BaseAlgorithm, callback: EvalAppendCallback, timesteps: int, args: argparse.Namespace, row: dict) -> None:
     """
     Train one chunk of a checkpointed run: skip a finished run, continue an unfinished one from its checkpoint, stop
-    after ``--chunk-steps`` steps with a checkpoint, delete the checkpoint when the run is complete.
+    after ``--chunk-steps`` steps with a checkpoint, delete the checkpoint when the run is complete (with
+    ``--keep-final``, keep it: the final model with its VecNormalize statistics, for ``sb3-cherry evaluate --model``).
 
     :param model: a freshly built model (its env is the one the run uses)
     :param callback: the evaluation callback of the run
@@ -429,7 +437,7 @@ def run_chunk(model: BaseAlgorithm, callback: EvalAppendCallback, timesteps: int
     from sb3_cherry.common.checkpoint import RunCheckpointCallback, continue_run, has_run_checkpoint, load_run_checkpoint
 
     folder = pathlib.Path(args.checkpoint_dir) / "_".join(str(v).replace("/", "_") for v in row.values())
-    if finished(callback.path, row, timesteps) and not has_run_checkpoint(folder):
+    if finished(callback.path, row, timesteps) and (args.keep_final or not has_run_checkpoint(folder)):
         print(f"{folder.name}: finished, skipped", flush=True)
         return
     chunk = args.chunk_steps or timesteps
@@ -444,7 +452,7 @@ def run_chunk(model: BaseAlgorithm, callback: EvalAppendCallback, timesteps: int
         continue_run(model, state, callback=[callback, saver])
     else:
         model.learn(timesteps, callback=[callback, saver])
-    if model.num_timesteps >= timesteps:
+    if model.num_timesteps >= timesteps and not args.keep_final:
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -475,6 +483,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", default=str(RESULTS), help="results folder")
     parser.add_argument("--checkpoint-dir", default=None, help="run checkpoints: resumable runs in chunks")
     parser.add_argument("--chunk-steps", type=int, default=None, help="steps per process and checkpoint period")
+    parser.add_argument(
+        "--keep-final",
+        action="store_true",
+        help="keep the run checkpoint of a finished run (the final model, for sb3-cherry evaluate/video --model)",
+    )
     run(parser.parse_args(argv))
 
 

@@ -63,6 +63,21 @@ def test_learning_runs_in_resumable_chunks(tmp_path):
     assert [t for t, _ in read("one")] == ["0", "256", "512", "768"]
 
 
+def test_learning_keep_final_keeps_the_final_model(tmp_path):
+    from benchmarks.learning import main
+    from sb3_cherry.common.checkpoint import read_run_state
+
+    args = ["--env", "CartPole-v1", "--algo", "ppo_rollback", "--timesteps", "512", "--eval-freq", "256"]
+    args += ["--eval-episodes", "2", "--results", str(tmp_path), "--checkpoint-dir", str(tmp_path / "ckpt")]
+    main([*args, "--chunk-steps", "512", "--keep-final"])
+    folder = tmp_path / "ckpt" / "CartPole-v1_ppo_rollback_zoo_0"
+    state = read_run_state(folder, PPORollback)
+    assert state["num_timesteps"] == state["total_timesteps"] == 512
+    rows = (tmp_path / "CartPole-v1.csv").read_text().splitlines()
+    main([*args, "--chunk-steps", "512", "--keep-final"])  # finished: skipped, no new rows, checkpoint kept
+    assert (tmp_path / "CartPole-v1.csv").read_text().splitlines() == rows and folder.is_dir()
+
+
 def test_hybrid_ranges_variants():
     from benchmarks.hybrid_ranges import build_model
 

@@ -14,6 +14,7 @@ from sb3_cherry.a2c.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 from sb3_cherry.common.finite import raise_non_finite_update
 from sb3_cherry.common.on_policy import CherryOnPolicyAlgorithm
 from sb3_cherry.common.policies import CherryActorCriticPolicy
+from sb3_cherry.common.schedules import CoefficientSchedule
 
 SelfCherryA2C = TypeVar("SelfCherryA2C", bound="CherryA2C")
 
@@ -38,7 +39,10 @@ class CherryA2C(A2C, CherryOnPolicyAlgorithm):
     :param gamma: Discount factor
     :param gae_lambda: Factor for trade-off of bias vs variance for GAE (and the trace coefficient of V-trace).
         Equivalent to classic advantage when set to 1.
-    :param ent_coef: Entropy coefficient for the loss calculation
+    :param ent_coef: Entropy coefficient for the loss calculation: a number, or a schedule of it (an SB3 schedule of
+        ``progress_remaining``, rl_zoo3's ``"lin_<value>"``, or ``{"start": ..., "end": 0.0, "end_fraction": ...}``
+        for a linear decay over the first ``end_fraction`` of the run, see
+        :func:`~sb3_cherry.common.schedules.coefficient_schedule`); logged as ``train/ent_coef``
     :param vf_coef: Value function coefficient for the loss calculation
     :param max_grad_norm: The maximum value for the gradient clipping
     :param rms_prop_eps: RMSProp epsilon. It stabilizes square root computation in denominator of RMSProp update
@@ -84,7 +88,7 @@ class CherryA2C(A2C, CherryOnPolicyAlgorithm):
         n_steps: int = 5,
         gamma: float = 0.99,
         gae_lambda: float = 1.0,
-        ent_coef: float = 0.0,
+        ent_coef: CoefficientSchedule = 0.0,
         vf_coef: float = 0.5,
         max_grad_norm: float = 0.5,
         rms_prop_eps: float = 1e-5,
@@ -115,7 +119,7 @@ class CherryA2C(A2C, CherryOnPolicyAlgorithm):
             n_steps=n_steps,
             gamma=gamma,
             gae_lambda=gae_lambda,
-            ent_coef=ent_coef,
+            ent_coef=ent_coef,  # type: ignore[arg-type]  # or its schedule: read through _current_ent_coef
             vf_coef=vf_coef,
             max_grad_norm=max_grad_norm,
             rms_prop_eps=rms_prop_eps,
@@ -152,6 +156,8 @@ class CherryA2C(A2C, CherryOnPolicyAlgorithm):
 
         # Update optimizer learning rate
         self._update_learning_rate(self.policy.optimizer)
+        # entropy coefficient of this update (a constant, or its schedule's value)
+        ent_coef = self._current_ent_coef()
 
         # This will only loop once (get all data in one go)
         for rollout_data in self.rollout_buffer.get(batch_size=None):
@@ -186,7 +192,7 @@ class CherryA2C(A2C, CherryOnPolicyAlgorithm):
             else:
                 entropy_loss = -th.mean(entropy)
 
-            loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+            loss = policy_loss + ent_coef * entropy_loss + self.vf_coef * value_loss
 
             # Optimization step
             self.policy.optimizer.zero_grad()

@@ -15,6 +15,7 @@ from typing import Any
 import gymnasium as gym
 
 from sb3_cherry.common.safe_config import check_policy_kwargs, check_positive, parse_policy_kwargs, safe_load_yaml
+from sb3_cherry.common.schedules import coefficient_schedule
 
 #: Keys that rl_zoo3's ExperimentManager consumes itself (not passed to the algorithm)
 ZOO_KEYS = {
@@ -32,6 +33,9 @@ ZOO_KEYS = {
 }
 #: Hyperparameters that rl_zoo3 accepts as ``lin_<value>`` schedules
 SCHEDULE_KEYS = {"learning_rate", "clip_range", "clip_range_vf"}
+#: Loss coefficients that sb3_cherry's constructors accept as a number, ``lin_<value>`` or a ``{start, end,
+#: end_fraction}`` mapping (:func:`~sb3_cherry.common.schedules.coefficient_schedule`)
+COEFFICIENT_SCHEDULE_KEYS = {"ent_coef"}
 #: Constructor arguments that the zoo sets itself
 RESERVED_ARGS = {"self", "policy", "env", "_init_setup_model", "tensorboard_log", "verbose", "seed", "device"}
 
@@ -125,6 +129,12 @@ def validate_config(
     for key, value in entry.items():
         if key not in allowed:
             raise ValueError(f"{where}: unknown hyperparameter {key!r} for {algo}. Allowed: {sorted(allowed)}.")
+        if key in COEFFICIENT_SCHEDULE_KEYS and key in parameters and not callable(value):
+            try:
+                coefficient_schedule(value, key)
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from exc
+            continue
         default = parameters[key].default if key in parameters else None
         if default is not None and default is not inspect.Parameter.empty and not _type_ok(value, default, key):
             raise ValueError(

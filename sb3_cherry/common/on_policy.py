@@ -38,6 +38,7 @@ from sb3_cherry.common.buffers import (
 from sb3_cherry.common.finite import FiniteCheckCallback, UpdateSnapshot, check_update
 from sb3_cherry.common.policies import CherryActorCriticPolicy
 from sb3_cherry.common.save_util import AtomicSaveAlgorithm
+from sb3_cherry.common.schedules import coefficient_schedule, scheduled_value
 from sb3_cherry.common.speed import fast_learn, inference_forward
 from sb3_cherry.common.vec_env.tuple_actions import VecTupleActions
 
@@ -119,7 +120,21 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
     def __init__(self, *args: Any, supported_action_spaces: tuple[type[spaces.Space], ...] | None = None, **kwargs: Any):
         if supported_action_spaces is not None and spaces.Tuple not in supported_action_spaces:
             supported_action_spaces = (*supported_action_spaces, spaces.Tuple)
+        coefficient_schedule(kwargs.get("ent_coef", 0.0))  # a malformed ent_coef fails here, not at the first update
         super().__init__(*args, supported_action_spaces=supported_action_spaces, **kwargs)  # type: ignore[misc]
+
+    def _current_ent_coef(self) -> float:
+        """
+        The entropy coefficient of the update about to run: ``ent_coef`` (a number, an SB3 schedule, ``"lin_<value>"``
+        or ``{"start", "end", "end_fraction"}``, see :func:`~sb3_cherry.common.schedules.coefficient_schedule`) at
+        the current ``progress_remaining``, logged as ``train/ent_coef``. A constant gives ``float(ent_coef)``, the
+        value SB3 multiplies with, so ``rollback_alpha=0`` stays bit-identical to SB3's PPO.
+
+        :return: the coefficient
+        """
+        value = scheduled_value(coefficient_schedule(self.ent_coef), self._current_progress_remaining)
+        self.logger.record("train/ent_coef", value)
+        return value
 
     def _init_estimator(
         self, returns_estimator: str, n_step: int, rho_bar: float, c_bar: float, recompute_returns: bool

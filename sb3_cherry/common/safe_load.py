@@ -57,7 +57,7 @@ RUNTIME_KEYS = {
     "ep_success_buffer",
 }
 #: Entries holding a schedule or a schedulable hyperparameter
-SCHEDULE_KEYS = {"lr_schedule", "learning_rate", "clip_range", "clip_range_vf"}
+SCHEDULE_KEYS = {"lr_schedule", "learning_rate", "clip_range", "clip_range_vf", "ent_coef"}
 #: Key under which sb3_cherry stores the class name of the algorithm that wrote the file
 ALGORITHM_KEY = "sb3_cherry_algorithm"
 #: Pickle opcodes of a bare reference to an importable object (what cloudpickle writes for a class)

@@ -14,6 +14,7 @@ from stable_baselines3.common.utils import FloatSchedule
 from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_cherry.common.on_policy import CherryOnPolicyAlgorithm
+from sb3_cherry.common.schedules import CoefficientSchedule
 from sb3_cherry.common.speed import inference_forward
 from sb3_cherry.ppo_recurrent.buffers import CherryRecurrentDictRolloutBuffer, CherryRecurrentRolloutBuffer
 from sb3_cherry.ppo_recurrent.policies import (
@@ -61,7 +62,10 @@ class RecurrentPPORollback(RecurrentPPO, CherryOnPolicyAlgorithm):
     :param clip_range_vf: Clipping parameter for the value function, it can be a function of the current progress
         remaining (from 1 to 0). None (default): no clipping. IMPORTANT: this clipping depends on the reward scaling.
     :param normalize_advantage: Whether to normalize or not the advantage
-    :param ent_coef: Entropy coefficient for the loss calculation
+    :param ent_coef: Entropy coefficient for the loss calculation: a number, or a schedule of it (an SB3 schedule of
+        ``progress_remaining``, rl_zoo3's ``"lin_<value>"``, or ``{"start": ..., "end": 0.0, "end_fraction": ...}``
+        for a linear decay over the first ``end_fraction`` of the run, see
+        :func:`~sb3_cherry.common.schedules.coefficient_schedule`); logged as ``train/ent_coef``
     :param vf_coef: Value function coefficient for the loss calculation
     :param max_grad_norm: The maximum value for the gradient clipping
     :param use_sde: Whether to use generalized State Dependent Exploration (gSDE) (``"normal"`` distribution only)
@@ -112,7 +116,7 @@ class RecurrentPPORollback(RecurrentPPO, CherryOnPolicyAlgorithm):
         clip_range: float | Schedule = 0.2,
         clip_range_vf: float | Schedule | None = None,
         normalize_advantage: bool = True,
-        ent_coef: float = 0.0,
+        ent_coef: CoefficientSchedule = 0.0,
         vf_coef: float = 0.5,
         max_grad_norm: float = 0.5,
         use_sde: bool = False,
@@ -146,7 +150,7 @@ class RecurrentPPORollback(RecurrentPPO, CherryOnPolicyAlgorithm):
             clip_range=clip_range,
             clip_range_vf=clip_range_vf,
             normalize_advantage=normalize_advantage,
-            ent_coef=ent_coef,
+            ent_coef=ent_coef,  # type: ignore[arg-type]  # or its schedule: read through _current_ent_coef
             vf_coef=vf_coef,
             max_grad_norm=max_grad_norm,
             use_sde=use_sde,

@@ -13,6 +13,7 @@ from torch.nn import functional as F
 
 from sb3_cherry.common.on_policy import CherryOnPolicyAlgorithm
 from sb3_cherry.common.policies import CherryActorCriticPolicy
+from sb3_cherry.common.schedules import CoefficientSchedule
 from sb3_cherry.common.speed import clip_grad_norm, mean_of, minibatch_means
 from sb3_cherry.ppo_rollback.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 from sb3_cherry.ppo_rollback.trust_region import TrustRegionUpdate, check_trust_region_args
@@ -121,6 +122,8 @@ def rollback_train(
     # Optional: clip range for the value function
     if model.clip_range_vf is not None:
         clip_range_vf = model.clip_range_vf(model._current_progress_remaining)
+    # entropy coefficient of this update (a constant, or its schedule's value)
+    ent_coef = model._current_ent_coef()
 
     entropy_losses = []
     pg_losses, value_losses = [], []
@@ -196,7 +199,7 @@ def rollback_train(
 
             entropy_losses.append(entropy_loss.detach())
 
-            loss = policy_loss + model.ent_coef * entropy_loss + model.vf_coef * value_loss
+            loss = policy_loss + ent_coef * entropy_loss + model.vf_coef * value_loss
 
             # Calculate approximate form of reverse KL Divergence for early stopping
             # see SB3 issue #417 and http://joschu.net/blog/kl-approx.html
@@ -269,7 +272,10 @@ class PPORollback(PPO, CherryOnPolicyAlgorithm):
     :param clip_range_vf: Clipping parameter for the value function, it can be a function of the current progress
         remaining (from 1 to 0). None (default): no clipping. IMPORTANT: this clipping depends on the reward scaling.
     :param normalize_advantage: Whether to normalize or not the advantage
-    :param ent_coef: Entropy coefficient for the loss calculation
+    :param ent_coef: Entropy coefficient for the loss calculation: a number, or a schedule of it (an SB3 schedule of
+        ``progress_remaining``, rl_zoo3's ``"lin_<value>"``, or ``{"start": ..., "end": 0.0, "end_fraction": ...}``
+        for a linear decay over the first ``end_fraction`` of the run, see
+        :func:`~sb3_cherry.common.schedules.coefficient_schedule`); logged as ``train/ent_coef``
     :param vf_coef: Value function coefficient for the loss calculation
     :param max_grad_norm: The maximum value for the gradient clipping
     :param use_sde: Whether to use generalized State Dependent Exploration (gSDE) (``"normal"`` distribution only)
@@ -333,7 +339,7 @@ class PPORollback(PPO, CherryOnPolicyAlgorithm):
         clip_range: float | Schedule = 0.2,
         clip_range_vf: float | Schedule | None = None,
         normalize_advantage: bool = True,
-        ent_coef: float = 0.0,
+        ent_coef: CoefficientSchedule = 0.0,
         vf_coef: float = 0.5,
         max_grad_norm: float = 0.5,
         use_sde: bool = False,
@@ -372,7 +378,7 @@ class PPORollback(PPO, CherryOnPolicyAlgorithm):
             clip_range=clip_range,
             clip_range_vf=clip_range_vf,
             normalize_advantage=normalize_advantage,
-            ent_coef=ent_coef,
+            ent_coef=ent_coef,  # type: ignore[arg-type]  # or its schedule: read through _current_ent_coef
             vf_coef=vf_coef,
             max_grad_norm=max_grad_norm,
             use_sde=use_sde,
