@@ -284,12 +284,16 @@ def evaluate_model(
     deterministic: bool = True,
     fail_below: float | None = None,
     fail_on_termination: bool = False,
+    fall_reward: float | None = None,
 ) -> dict[str, Any]:
     """
     Run ``n_episodes`` episodes with SB3's ``evaluate_policy`` and summarise them.
 
     An episode counts as *failed* when its return is below ``fail_below`` (if given), or when it ended by termination
-    rather than time-limit truncation and ``fail_on_termination`` is set (e.g. the pole fell, the walker fell).
+    rather than time-limit truncation and ``fail_on_termination`` is set (e.g. the pole fell, the walker fell). With
+    ``fall_reward``, an episode that ended by termination with a last reward ``<= fall_reward`` is also counted as a
+    *fall* (``n_falls``): BipedalWalker terminates both at the end of the course and when the walker falls, and only
+    a fall gives -100.
 
     :param model: a trained SB3 model
     :param env: a VecEnv (wrapped with Monitor by rl_zoo3 / SB3: returns are then the unnormalised ones)
@@ -297,11 +301,14 @@ def evaluate_model(
     :param deterministic: deterministic actions
     :param fail_below: return threshold of a failed episode
     :param fail_on_termination: count terminated (not truncated) episodes as failed
-    :return: dict with mean/std return and length, n_failed, n_episodes and the per-episode returns
+    :param fall_reward: count terminated episodes whose last reward is at most this as falls
+    :return: dict with mean/std return and length, n_failed, n_episodes and the per-episode returns (and n_falls with
+        ``fall_reward``)
     """
     from stable_baselines3.common.evaluation import evaluate_policy
 
     terminated: list[bool] = []
+    last_rewards: list[float] = []
 
     def on_step(locals_: dict[str, Any], _globals: dict[str, Any]) -> None:
         # evaluate_policy counts an episode when it is done and (with Monitor) its info has "episode": record the
@@ -309,6 +316,8 @@ def evaluate_model(
         info = locals_["info"]
         if locals_["done"] and ("episode" in info or not locals_["is_monitor_wrapped"]):
             terminated.append(not info.get("TimeLimit.truncated", False))
+            # the env's own reward (a VecNormalize built for evaluation does not scale rewards)
+            last_rewards.append(float(locals_["reward"]))
 
     returns, lengths = evaluate_policy(
         model, env, n_eval_episodes=n_episodes, deterministic=deterministic, return_episode_rewards=True, callback=on_step
@@ -319,7 +328,7 @@ def evaluate_model(
         int((fail_below is not None and ret < fail_below) or (fail_on_termination and term))
         for ret, term in zip(returns, terminated, strict=True)
     )
-    return {
+    summary = {
         "mean_return": float(np.mean(returns)),
         "std_return": float(np.std(returns)),
         "mean_length": float(np.mean(lengths)),
@@ -328,6 +337,12 @@ def evaluate_model(
         "n_episodes": n_episodes,
         "returns": returns,
     }
+    if fall_reward is not None:
+        summary["fall_reward"] = fall_reward
+        summary["n_falls"] = sum(
+            int(term and last <= fall_reward) for term, last in zip(terminated, last_rewards, strict=True)
+        )
+    return summary
 
 
 def _eval_defaults(env_id: str) -> dict[str, Any]:
@@ -479,6 +494,12 @@ def cmd_evaluate(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("-n", "--n-episodes", type=int, default=10, help="number of episodes (default: %(default)s)")
     parser.add_argument("--fail-below", type=float, default=None, help="an episode with a lower return is a failure")
     parser.add_argument("--fail-on-termination", action="store_true", default=None, help="termination counts as failure")
+    parser.add_argument(
+        "--fall-reward",
+        type=float,
+        default=None,
+        help="also count falls: episodes ended by termination with a last reward <= this (BipedalWalker: -100)",
+    )
     parser.add_argument("--json", dest="json_path", help="also write the summary to this JSON file ('-' for stdout)")
     args = parser.parse_args(argv)
     if args.n_episodes < 1:
@@ -488,14 +509,18 @@ def cmd_evaluate(argv: list[str]) -> dict[str, Any]:
     fail_on_termination = (
         args.fail_on_termination if args.fail_on_termination is not None else defaults.get("fail_on_termination", False)
     )
+    fall_reward = args.fall_reward if args.fall_reward is not None else defaults.get("fall_reward")
     model, env = _load_for_eval(args)
-    summary = evaluate_model(model, env, args.n_episodes, not args.stochastic, fail_below, bool(fail_on_termination))
+    summary = evaluate_model(
+        model, env, args.n_episodes, not args.stochastic, fail_below, bool(fail_on_termination), fall_reward
+    )
     env.close()
     summary.update(algo=args.algo, env=args.env)
+    falls = f", {summary['n_falls']} falls" if "n_falls" in summary else ""
     print(
         f"{args.algo} on {args.env}: mean return {summary['mean_return']:.2f} ± {summary['std_return']:.2f}, "
         f"mean length {summary['mean_length']:.1f} ± {summary['std_length']:.1f} over {args.n_episodes} episodes, "
-        f"{summary['n_failed']} fails out of {args.n_episodes}"
+        f"{summary['n_failed']} fails out of {args.n_episodes}{falls}"
     )
     if args.json_path == "-":
         print(json.dumps(summary, indent=2))

@@ -223,6 +223,43 @@ def test_evaluate_model_counts_failures_per_episode(monitor):
     assert summary["n_failed"] == 4
     summary = evaluate_model(_AnyModel(), DummyVecEnv([make]), n_episodes=6, fail_below=2.5, fail_on_termination=True)
     assert summary["n_failed"] == 4  # returns 1, 2 (below) and 3, 5 (terminated)
+    assert "n_falls" not in summary
+
+
+class _FallsOrFinishes(gym.Env):
+    """BipedalWalker's endings by hand: episode k ends after 2 steps; k % 3 == 0 falls (-100), 1 finishes (+5), 2 times out."""
+
+    observation_space = gym.spaces.Box(-1, 1, (1,))
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self):
+        self.episode, self.t = -1, 0
+
+    def reset(self, seed=None, options=None):
+        self.episode, self.t = self.episode + 1, 0
+        return np.zeros(1, dtype=np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        kind = self.episode % 3
+        if self.t < 2:
+            return np.zeros(1, dtype=np.float32), 1.0, False, False, {}
+        reward = {0: -100.0, 1: 5.0, 2: -100.0}[kind]  # a time-out with a -100 step is no fall: it did not terminate
+        return np.zeros(1, dtype=np.float32), reward, kind in (0, 1), kind == 2, {}
+
+
+@pytest.mark.parametrize("monitor", [True, False])
+def test_evaluate_model_counts_falls(monitor):
+    from stable_baselines3.common.monitor import Monitor
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from sb3_cherry.cli import evaluate_model
+
+    make = (lambda: Monitor(_FallsOrFinishes())) if monitor else _FallsOrFinishes
+    summary = evaluate_model(_AnyModel(), DummyVecEnv([make]), n_episodes=7, fail_below=0.0, fall_reward=-100.0)
+    assert summary["returns"] == [-99.0, 6.0, -99.0] * 2 + [-99.0]
+    assert summary["n_falls"] == 3  # episodes 0, 3, 6
+    assert summary["n_failed"] == 5  # every return below 0, falls and time-outs alike
 
 
 def _evaluate_json(argv, capsys):
