@@ -620,6 +620,57 @@ def test_consecutive_gaussians_are_fused():
     assert [p.numel() for p in log_stds] == [3, 3]
 
 
+def test_consecutive_betas_are_fused_each_on_its_bounds():
+    # the default for bounded Boxes inside a Tuple: Discrete, then three Beta parts with very different ranges
+    space = spaces.Tuple((spaces.Discrete(3), spaces.Box(-5, 5, (2,)), spaces.Box(0, 0.1, (1,)), spaces.Box(0, 700, (1,))))
+    dist = make_distribution(space, None)
+    assert [type(p) for p in dist.parts] == [CategoricalDistribution, BetaDistribution]
+    assert dist.part_sizes == [[1], [2, 1, 1]] and dist.param_dim == 3 + 8 and dist.action_dim == 5
+    # parameter layout: [logits(3) | alpha_raw(4), beta_raw(4)] over the fused columns
+    params = th.randn(256, dist.param_dim, dtype=th.float64)
+    logits, beta_params = params.split([3, 8], dim=1)
+    alpha_raw, beta_raw = beta_params.chunk(2, dim=1)
+    bounds = [(-5.0, 5.0, slice(0, 2)), (0.0, 0.1, slice(2, 3)), (0.0, 700.0, slice(3, 4))]
+    refs = [
+        ref_beta(th.cat([alpha_raw[:, cols], beta_raw[:, cols]], dim=1), th.tensor(lo), th.tensor(hi))
+        for lo, hi, cols in bounds
+    ]
+    dist.proba_distribution(params)
+    actions = dist.sample().double()
+    a_cat, a_box = actions[:, :1], actions[:, 1:]
+    for lo, hi, cols in bounds:
+        assert th.all((a_box[:, cols] >= lo) & (a_box[:, cols] <= hi))
+    expected_components = [Categorical(logits=logits).log_prob(a_cat[:, 0].long())] + [
+        ref.log_prob(a_box[:, cols]).sum(1) for (_, _, cols), ref in zip(bounds, refs, strict=True)
+    ]
+    for got, expected in zip(dist.component_log_probs(actions), expected_components, strict=True):
+        th.testing.assert_close(got, expected)
+    th.testing.assert_close(dist.log_prob(actions), sum(expected_components))
+    expected_entropy = Categorical(logits=logits).entropy() + sum(
+        (ref.base_dist.entropy() + th.log(th.tensor(hi - lo, dtype=th.float64))).sum(1)
+        for (lo, hi, _), ref in zip(bounds, refs, strict=True)
+    )
+    th.testing.assert_close(dist.entropy(), expected_entropy)
+    means = th.cat([lo + (hi - lo) * ref.base_dist.mean for (lo, hi, _), ref in zip(bounds, refs, strict=True)], dim=1)
+    th.testing.assert_close(dist.deterministic_action()[:, 1:].double(), means, rtol=1e-6, atol=1e-5)
+    other = make_distribution(space, None).proba_distribution(th.randn(256, dist.param_dim, dtype=th.float64))
+    o_alpha, o_beta = other.parts[1].distribution.concentration1, other.parts[1].distribution.concentration0
+    expected_kl = th_kl(Categorical(logits=logits), other.parts[0].distribution) + th_kl(
+        Beta(F.softplus(alpha_raw) + 1, F.softplus(beta_raw) + 1), Beta(o_alpha, o_beta)
+    ).sum(1)
+    th.testing.assert_close(dist.kl(other), expected_kl)
+    # different options do not fuse: the mode on one part keeps it apart
+    assert len(make_distribution(spaces.Tuple((spaces.Box(0, 1, (1,)), spaces.Box(0, 1, (1,)))), ("beta", "beta")).parts) == 1
+    apart = TupleDistribution(
+        [BetaDistribution(spaces.Box(0, 1, (1,))), BetaDistribution(spaces.Box(0, 1, (1,)), deterministic="mode")]
+    )
+    assert len(apart.parts) == 2
+    # one Beta head for the three Boxes, and it trains
+    model = PPORollback("MlpPolicy", ActionSpaceEnv(space), **PPO_KWARGS)
+    assert len(list(model.policy.action_net.parameters())) == 2 + 2  # categorical head + one fused Beta head
+    model.learn(16)
+
+
 def test_tuple_entropy_monte_carlo():
     dist = make_distribution(FLAT_TUPLE, FLAT_SPEC)
     _entropy_check(dist, th.randn(2, dist.param_dim, dtype=th.float64))
