@@ -46,6 +46,7 @@ import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
 
 from benchmarks.learning import EvalAppendCallback, build_model, csv_path
+from sb3_cherry.common.schedules import coefficient_schedule, scheduled_value
 
 ENV_ID = "BipedalWalker-v3"
 TIME_LIMIT = 1600
@@ -181,7 +182,8 @@ def gradient_norms(model: Any, observations: th.Tensor, actions: th.Tensor, adva
         pg_loss = -(advantages[batch] * ratio).mean()
         vf_loss = model.vf_coef * ((returns[batch] - values.flatten()) ** 2).mean()
         ent_loss = -entropy.mean()
-        total = norm(pg_loss + vf_loss + model.ent_coef * ent_loss)
+        ent_coef = scheduled_value(coefficient_schedule(model.ent_coef), model._current_progress_remaining)
+        total = norm(pg_loss + vf_loss + ent_coef * ent_loss)
         norms["grad_pi"].append(float(norm(pg_loss)))
         norms["grad_vf"].append(float(norm(vf_loss)))
         norms["grad_ent"].append(float(norm(ent_loss)))
@@ -203,6 +205,11 @@ class EntropyDecayCallback(BaseCallback):
         self.initial = 0.0
 
     def _on_training_start(self) -> None:
+        if isinstance(self.model.ent_coef, bool) or not isinstance(self.model.ent_coef, (int, float)):
+            raise ValueError(
+                f"--ent-decay-steps decays a constant ent_coef, the model has {self.model.ent_coef!r}: pass "
+                "--set ent_coef=<value> (or give the schedule to the model itself, e.g. --set ent_coef=lin_0.005)."
+            )
         self.initial = float(self.model.ent_coef)
 
     def _on_step(self) -> bool:
