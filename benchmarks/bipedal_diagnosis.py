@@ -31,7 +31,7 @@ than median in practice"). With ``--save-models``, the model and VecNormalize st
 (``models/<variant>_s<seed>_<steps>.zip`` / ``.pkl``, not committed). ``--ent-decay-steps N`` decays ``ent_coef``
 linearly from its value to 0 at step ``N`` (:class:`EntropyDecayCallback`). ``--plot`` draws the given runs side by side.
 
-    python -m benchmarks.bipedal_diagnosis --seed 0 --variant zoo --timesteps 1000000
+    python -m benchmarks.bipedal_diagnosis --seed 0 --variant zoo --set ent_coef=0 --timesteps 1000000
     python -m benchmarks.bipedal_diagnosis --seed 0 --variant ent0.003 --set ent_coef=0.003 --timesteps 1000000
     python -m benchmarks.bipedal_diagnosis --plot zoo_s0 zoo_s1 ent0.003_s0
 """
