@@ -30,8 +30,8 @@ PPO_REFERENCES = {
 A2C_REFERENCES = {"CartPole-v1": "rl-zoo A2C: 500 @ 500k", "Pendulum-v1": "rl-zoo A2C: -163 ± 103 @ 1M"}
 # appended to the reference of one (env, algo)
 GOALS = {
-    ("BipedalWalker-v3", "ppo_rollback"): "cherry_rl seed (Beta): 333; goal ≥ 300",
-    ("Humanoid-v5", "ppo_rollback"): "goal ≥ 5000 at ≤ 10M (in progress)",
+    ("BipedalWalker-v3", "ppo_rollback"): "cherry_rl seed (Beta): 333; goal ≥ 320 over 3 seeds",
+    ("Humanoid-v5", "ppo_rollback"): "goal ≥ 5000 at ≤ 10M (met at 2.25M)",
 }
 
 
@@ -61,7 +61,8 @@ COMMANDS = [
     ("sb3_cherry/CartPoleNoVel-v0", None, None, "run_memory.sh"),
     ("Hopper-v5", None, None, "run_mujoco_1m.sh"),
     ("HalfCheetah-v5", None, None, "ENV=HalfCheetah-v5 ./benchmarks/run_mujoco_1m.sh"),
-    ("BipedalWalker-v3", "ppo_rollback", ("beta",), "run_bipedal.sh"),
+    ("BipedalWalker-v3", "ppo_rollback", ("zoo",), "SEEDS='0 1 2' ./benchmarks/run_bipedal.sh"),
+    ("BipedalWalker-v3", "ppo_rollback", ("beta",), "VARIANT=beta SEEDS='0 1 2' ./benchmarks/run_bipedal.sh"),
     ("BipedalWalker-v3", "ppo_rollback", ("beta_rlzoo_config",), "VARIANT=beta_rlzoo_config ./benchmarks/run_bipedal.sh"),
     ("BipedalWalker-v3", "ppo", None, "ALGO=ppo VARIANT=normal ./benchmarks/run_bipedal.sh"),
     ("Humanoid-v5", "ppo_rollback", ("zoo",), "SEEDS='0 1' ./benchmarks/run_humanoid.sh"),
