@@ -38,14 +38,13 @@ def test_schedule_forms_hand_values(value, expected):
     [
         ("exp_0.1", "lin_<value>"),
         ("lin_abc", "lin_<value>"),
-        ("lin_-0.1", ">= 0"),
         ({"end": 0.0}, "'start'"),
         ({"start": 0.1, "stop": 0.0}, "'start'"),
         ({"start": 0.1, "end_fraction": 0.0}, r"\(0, 1\]"),
         ({"start": 0.1, "end_fraction": 1.5}, r"\(0, 1\]"),
         ({"start": "0.1"}, "must be a number"),
         (math.nan, "finite"),
-        (-0.01, ">= 0"),
+        ({"start": math.inf}, "finite"),
         (True, "must be a number"),
     ],
 )
@@ -54,6 +53,23 @@ def test_bad_schedules_name_the_problem(value, match):
         coefficient_schedule(value)
     with pytest.raises(ValueError, match="ent_coef"):
         PPORollback("MlpPolicy", "CartPole-v1", ent_coef=value, n_steps=16, batch_size=16)
+
+
+@pytest.mark.parametrize("value", [np.float32(0.01), np.int64(0), -0.01, "lin_-0.1"])
+def test_numbers_sb3_accepts_are_accepted(value):
+    # SB3 multiplies with any real number: numpy scalars and negative coefficients (entropy minimisation) included
+    expected = float(value) if not isinstance(value, str) else -0.1
+    assert scheduled_value(coefficient_schedule(value), 1.0) == pytest.approx(expected)
+
+
+def test_sb3_schedule_past_the_end_of_the_run_is_read_at_the_end():
+    # 100 steps with rollouts of 32: the last update runs at progress_remaining 1 - 128/100 < 0, where rl_zoo3's
+    # linear_schedule (p * v) would be negative; it is read at progress 0 instead
+    from rl_zoo3.utils import linear_schedule
+
+    model = PPORollback("MlpPolicy", "CartPole-v1", n_steps=32, batch_size=32, n_epochs=1, ent_coef=linear_schedule(0.01))
+    model.learn(100)
+    assert model._current_progress_remaining < 0 and model.logger.name_to_value["train/ent_coef"] == 0.0
 
 
 def test_schedule_returning_nan_stops_training():
@@ -169,3 +185,6 @@ def test_yaml_accepts_the_schedule_forms(tmp_path):
     assert validate_config(path, "ppo_rollback", "Pendulum-v1")["ent_coef"]["end_fraction"] == 0.3
     with pytest.raises(ValueError, match=r"Acrobot-v1.*ent_coef.*'start'"):
         validate_config(path, "ppo_rollback", "Acrobot-v1")
+    # BCO's ent_coef (a cloning-loss bonus) is a plain number: a schedule is refused before any model is built
+    with pytest.raises(ValueError, match=r"CartPole-v1.*'ent_coef'.*wrong type"):
+        validate_config(path, "bco", "CartPole-v1")

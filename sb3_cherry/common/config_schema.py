@@ -33,7 +33,7 @@ ZOO_KEYS = {
 }
 #: Hyperparameters that rl_zoo3 accepts as ``lin_<value>`` schedules
 SCHEDULE_KEYS = {"learning_rate", "clip_range", "clip_range_vf"}
-#: Loss coefficients that sb3_cherry's constructors accept as a number, ``lin_<value>`` or a ``{start, end,
+#: Loss coefficients that sb3_cherry's on-policy constructors accept as a number, ``lin_<value>`` or a ``{start, end,
 #: end_fraction}`` mapping (:func:`~sb3_cherry.common.schedules.coefficient_schedule`)
 COEFFICIENT_SCHEDULE_KEYS = {"ent_coef"}
 #: Constructor arguments that the zoo sets itself
@@ -126,10 +126,14 @@ def validate_config(
     algo_class: type[Any] = algos[algo]  # a class: its __init__ is the constructor's signature
     parameters = inspect.signature(algo_class.__init__).parameters
     allowed = ZOO_KEYS | (set(parameters) - RESERVED_ARGS)
+    from sb3_cherry.common.on_policy import CherryOnPolicyAlgorithm  # (imported late: it imports the policies)
+
+    # the on-policy algorithms take ent_coef schedules; BCO's ent_coef is a plain number (checked by type below)
+    takes_schedules = issubclass(algo_class, CherryOnPolicyAlgorithm)
     for key, value in entry.items():
         if key not in allowed:
             raise ValueError(f"{where}: unknown hyperparameter {key!r} for {algo}. Allowed: {sorted(allowed)}.")
-        if key in COEFFICIENT_SCHEDULE_KEYS and key in parameters and not callable(value):
+        if key in COEFFICIENT_SCHEDULE_KEYS and takes_schedules and not callable(value):
             try:
                 coefficient_schedule(value, key)
             except ValueError as exc:
