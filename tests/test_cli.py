@@ -183,8 +183,8 @@ def test_enjoy_defaults_follow_the_other_commands(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------- evaluate / video
-class _EndsTwoWays(gym.Env):
-    """Episode k lasts k + 1 steps with reward 1 per step; even episodes terminate, odd ones are truncated."""
+class _ScriptedEpisodes(gym.Env):
+    """Episodes whose rewards and endings are written by hand in :meth:`outcome`; the observation is always 0."""
 
     observation_space = gym.spaces.Box(-1, 1, (1,))
     action_space = gym.spaces.Discrete(2)
@@ -198,8 +198,19 @@ class _EndsTwoWays(gym.Env):
 
     def step(self, action):
         self.t += 1
-        end = self.t == self.episode + 1
-        return np.zeros(1, dtype=np.float32), 1.0, end and self.episode % 2 == 0, end and self.episode % 2 == 1, {}
+        return np.zeros(1, dtype=np.float32), *self.outcome(self.episode, self.t), {}
+
+    def outcome(self, episode: int, t: int) -> tuple[float, bool, bool]:
+        """(reward, terminated, truncated) of step ``t`` (from 1) of episode ``episode`` (from 0)."""
+        raise NotImplementedError
+
+
+class _EndsTwoWays(_ScriptedEpisodes):
+    """Episode k lasts k + 1 steps with reward 1 per step; even episodes terminate, odd ones are truncated."""
+
+    def outcome(self, episode, t):
+        end = t == episode + 1
+        return 1.0, end and episode % 2 == 0, end and episode % 2 == 1
 
 
 class _AnyModel:
@@ -226,26 +237,15 @@ def test_evaluate_model_counts_failures_per_episode(monitor):
     assert "n_falls" not in summary
 
 
-class _FallsOrFinishes(gym.Env):
+class _FallsOrFinishes(_ScriptedEpisodes):
     """BipedalWalker's endings by hand: episode k ends after 2 steps; k % 3 == 0 falls (-100), 1 finishes (+5), 2 times out."""
 
-    observation_space = gym.spaces.Box(-1, 1, (1,))
-    action_space = gym.spaces.Discrete(2)
-
-    def __init__(self):
-        self.episode, self.t = -1, 0
-
-    def reset(self, seed=None, options=None):
-        self.episode, self.t = self.episode + 1, 0
-        return np.zeros(1, dtype=np.float32), {}
-
-    def step(self, action):
-        self.t += 1
-        kind = self.episode % 3
-        if self.t < 2:
-            return np.zeros(1, dtype=np.float32), 1.0, False, False, {}
+    def outcome(self, episode, t):
+        kind = episode % 3
+        if t < 2:
+            return 1.0, False, False
         reward = {0: -100.0, 1: 5.0, 2: -100.0}[kind]  # a time-out with a -100 step is no fall: it did not terminate
-        return np.zeros(1, dtype=np.float32), reward, kind in (0, 1), kind == 2, {}
+        return reward, kind in (0, 1), kind == 2
 
 
 @pytest.mark.parametrize("monitor", [True, False])
