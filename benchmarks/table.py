@@ -169,6 +169,92 @@ def trust_region_rows(results: pathlib.Path = RESULTS / "trust_region") -> list[
     return lines
 
 
+# The methods of the paper's trust-region family, each compared with SB3 PPO for the study's goal (issue 18)
+TRUST_REGION_VARIANTS = [("ppo_rollback", "trppo_rb"), ("ppo_rollback", "truly_ppo"), ("ppo_rollback", "pporb")]
+TRUST_REGION_SEEDS = 3
+
+
+def final_returns(per_seed: dict[int, dict[int, tuple[float, float]]]) -> dict[int, float]:
+    """
+    The return of each seed's last evaluation.
+
+    :param per_seed: ``{seed: {timesteps: (mean_return, wall_time_s)}}`` of one (algo, variant)
+    :return: ``{seed: final return}``
+    """
+    return {seed: points[max(points)][0] for seed, points in per_seed.items() if points}
+
+
+def trust_region_goal_rows(results: pathlib.Path = RESULTS / "trust_region") -> list[str]:
+    """
+    The study's goal, a trust-region variant ahead of SB3 PPO on final return on at least 2 of the 3 envs: the final
+    return of every seed, then per env and variant the mean over the seeds both it and SB3 PPO finished, the
+    difference, and on how many of those seeds the variant is ahead (paired by seed), and a verdict line per variant
+    that says whether the comparison is complete (all seeds of all envs) or provisional.
+
+    :param results: the study's results folder (one ``<env>.csv`` per env)
+    :return: markdown lines (two tables and the verdicts)
+    """
+    from benchmarks.plot import read_curves
+
+    seeds = list(range(TRUST_REGION_SEEDS))
+    per_seed = [
+        "| env | method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |",
+        "|---|---|" + "---|" * (len(seeds) + 1),
+    ]
+    versus = [
+        "| env | method | seeds (both finished) | method mean | SB3 PPO mean | difference | seeds ahead |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    ahead: dict[tuple[str, str], list[str]] = {key: [] for key in TRUST_REGION_VARIANTS}
+    complete = True
+    for env in TRUST_REGION_THRESHOLDS:
+        path = results / f"{env}.csv"
+        curves = read_curves(path) if path.exists() else {}
+        finals = {key: final_returns(curves[key]) for key in TRUST_REGION_METHODS if key in curves}
+        for key, name in TRUST_REGION_METHODS.items():
+            values = finals.get(key, {})
+            complete &= len(values) == len(seeds)
+            if values:
+                cells = " | ".join(f"{values[s]:.0f}" if s in values else "—" for s in seeds)
+                per_seed.append(f"| {env} | {name} | {cells} | {np.mean(list(values.values())):.0f} |")
+        base = finals.get(("ppo", "base"), {})
+        for key in TRUST_REGION_VARIANTS:
+            shared = sorted(set(base) & set(finals.get(key, {})))
+            if not shared:
+                continue
+            ours = np.mean([finals[key][s] for s in shared])
+            theirs = np.mean([base[s] for s in shared])
+            wins = sum(finals[key][s] > base[s] for s in shared)
+            versus.append(
+                f"| {env} | {TRUST_REGION_METHODS[key]} | {' '.join(map(str, shared))} | {ours:.0f} | {theirs:.0f} "
+                f"| {ours - theirs:+.0f} | {wins}/{len(shared)} |"
+            )
+            if ours > theirs:
+                ahead[key].append(env)
+    status = "complete" if complete else "provisional: not all seeds finished"
+    verdicts = [
+        f"- {TRUST_REGION_METHODS[key]}: ahead of SB3 PPO on mean final return on {len(envs)} of "
+        f"{len(TRUST_REGION_THRESHOLDS)} envs ({', '.join(envs) if envs else 'none'}); "
+        + (
+            f"goal (≥ 2): {'met' if len(envs) >= 2 else 'not met'} ({status})"
+            if key[1] != "pporb"
+            else f"for reference, PPO-RB's trigger is the ratio, not a trust region ({status})"
+        )
+        for key, envs in ahead.items()
+    ]
+    return [
+        "Final return per seed (last evaluation, 1M steps):",
+        "",
+        *per_seed,
+        "",
+        "Against SB3 PPO:",
+        "",
+        *versus,
+        "",
+        *verdicts,
+    ]
+
+
 def main(argv: list[str] | None = None) -> None:
     """
     Write ``benchmarks/results/summary.md`` (or, with ``--trust-region``, ``summary.md`` in the study's results folder,
@@ -187,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_known_args(argv)[0]
     if args.trust_region:
         results = pathlib.Path(args.results)
-        text = "\n".join(trust_region_rows(results)) + "\n"
+        text = "\n".join([*trust_region_rows(results), "", *trust_region_goal_rows(results)]) + "\n"
         (results / "summary.md").write_text(text)
     else:
         text = "\n".join(rows()) + "\n"

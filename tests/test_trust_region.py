@@ -512,6 +512,52 @@ def test_trust_region_table(tmp_path):
     assert "Truly PPO" in lines[3] and "3000: 750k (2/2)" in lines[3]
 
 
+def _write_study_csv(path, env, finals):
+    """One env's study CSV: ``finals`` maps (algo, variant) to ``{seed: final return}``, with a start point at 0."""
+    from benchmarks.learning import COLUMNS
+
+    with open(path / f"{env}.csv", "w", newline="") as file:
+        writer = __import__("csv").DictWriter(file, fieldnames=COLUMNS)
+        writer.writeheader()
+        for (algo, variant), per_seed in finals.items():
+            for seed, final in per_seed.items():
+                for t, ret in ((0, 100.0), (1_000_000, final)):
+                    writer.writerow(dict(env=env, algo=algo, variant=variant, seed=seed, timesteps=t, mean_return=ret,
+                                         std_return=0, wall_time_s=0))  # fmt: skip
+
+
+def test_trust_region_goal_table(tmp_path):
+    from benchmarks.table import trust_region_goal_rows
+
+    ppo, trpporb, truly = ("ppo", "base"), ("ppo_rollback", "trppo_rb"), ("ppo_rollback", "truly_ppo")
+    # TR-PPO-RB ahead on Hopper (paired 2 of 3) and Walker2d (1 of 1 shared seed: seed 2 has no SB3 PPO run), behind on
+    # HalfCheetah; Truly PPO ahead nowhere
+    _write_study_csv(tmp_path, "Hopper-v5", {ppo: {0: 2000, 1: 3000, 2: 2500}, trpporb: {0: 3300, 1: 2900, 2: 3200},
+                                             truly: {0: 1900, 1: 2900, 2: 2400}})  # fmt: skip
+    _write_study_csv(tmp_path, "Walker2d-v5", {ppo: {0: 3500}, trpporb: {0: 3600, 2: 1000}})
+    _write_study_csv(tmp_path, "HalfCheetah-v5", {ppo: {0: 2000}, trpporb: {0: 1900}, truly: {0: 1000}})
+    text = "\n".join(trust_region_goal_rows(tmp_path))
+    assert "| Hopper-v5 | TR-PPO-RB (delta 0.03, alpha 0.05) | 3300 | 2900 | 3200 | 3133 |" in text
+    assert "| Walker2d-v5 | TR-PPO-RB (delta 0.03, alpha 0.05) | 3600 | — | 1000 | 2300 |" in text
+    # Hopper: mean 3133 vs 2500, paired 2 of 3; Walker2d compared on seed 0 only (3600 vs 3500), not on the mean 2300
+    assert "| Hopper-v5 | TR-PPO-RB (delta 0.03, alpha 0.05) | 0 1 2 | 3133 | 2500 | +633 | 2/3 |" in text
+    assert "| Walker2d-v5 | TR-PPO-RB (delta 0.03, alpha 0.05) | 0 | 3600 | 3500 | +100 | 1/1 |" in text
+    assert "| HalfCheetah-v5 | Truly PPO (delta 0.03, alpha 5) | 0 | 1000 | 2000 | -1000 | 0/1 |" in text
+    verdicts = [line for line in text.splitlines() if line.startswith("- ")]
+    assert verdicts[0].startswith("- TR-PPO-RB") and "on 2 of 3 envs (Hopper-v5, Walker2d-v5)" in verdicts[0]
+    assert "goal (≥ 2): met (provisional" in verdicts[0]
+    assert "on 0 of 3 envs (none); goal (≥ 2): not met (provisional" in verdicts[1]
+    assert "PPO-RB" in verdicts[2] and "for reference" in verdicts[2]
+    # every seed of every method on every env: the verdict is final
+    for env, offset in (("Hopper-v5", 10), ("Walker2d-v5", 10), ("HalfCheetah-v5", -10)):
+        finals = {key: {s: 1000.0 + s for s in range(3)} for key in (ppo, trpporb, ("ppo_rollback", "pporb"))}
+        finals[truly] = {s: 1000.0 + s + offset for s in range(3)}
+        _write_study_csv(tmp_path, env, finals)
+    verdicts = [line for line in trust_region_goal_rows(tmp_path) if line.startswith("- ")]
+    assert "on 0 of 3 envs (none); goal (≥ 2): not met (complete)" in verdicts[0]  # equal is not ahead
+    assert "on 2 of 3 envs (Hopper-v5, Walker2d-v5); goal (≥ 2): met (complete)" in verdicts[1]
+
+
 def test_frozen_copy_is_exact_and_leaves_the_random_stream():
     model = PPORollback("MlpPolicy", "Pendulum-v1", n_steps=64, seed=0, use_sde=True)
     state = th.random.get_rng_state()
