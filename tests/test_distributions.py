@@ -330,6 +330,66 @@ def test_entropy_beta():
     th.testing.assert_close(entropy, (Beta(alpha, beta).entropy() + th.log(HIGH_T - LOW_T)).sum(1))
 
 
+@pytest.mark.parametrize("dtype", [th.float64, th.float32])
+def test_beta_closed_forms_and_gradients_match_torch(dtype):
+    """Entropy, KL and log-density are written out on (alpha, beta): values and gradients against torch's Beta, from
+    near-uniform (alpha ~ 1) to concentrated (alpha ~ 3000) dimensions."""
+    th.manual_seed(3)
+    raw_p = (th.rand(512, 6, dtype=th.float64) * 28.0 - 20.0).to(dtype).requires_grad_()
+    raw_q = (th.rand(512, 6, dtype=th.float64) * 28.0 - 20.0).to(dtype).requires_grad_()
+    p, q = BetaDistribution(BOX3).proba_distribution(raw_p), BetaDistribution(BOX3).proba_distribution(raw_q)
+    unit = th.rand(512, 3, dtype=th.float64).clamp(1e-3, 1 - 1e-3)
+    actions = (LOW_T + unit * (HIGH_T - LOW_T)).to(dtype)
+    ours = (p.entropy(), p.kl(q), p.log_prob(actions))
+    ref_p, ref_q = (Beta(*(F.softplus(x) + 1 for x in raw.chunk(2, dim=1)), validate_args=False) for raw in (raw_p, raw_q))
+    # the affine map's constants from the distribution's own (float32) bounds: the closed forms are under test
+    low, high = p.low.to(dtype), p.high.to(dtype)
+    log_range = th.log(p.high - p.low).to(dtype)
+    unit_actions = ((actions - low) / (high - low)).clamp(1e-6, 1 - 1e-6)
+    refs = (
+        (ref_p.entropy() + log_range).sum(1),
+        th_kl(ref_p, ref_q).sum(1),
+        (ref_p.log_prob(unit_actions) - log_range).sum(1),
+    )
+    tol = dict(rtol=1e-9, atol=1e-8) if dtype == th.float64 else dict(rtol=2e-4, atol=2e-3)
+    for got, expected in zip(ours, refs, strict=True):
+        th.testing.assert_close(got, expected, **tol)
+        grads = th.autograd.grad(got.sum(), (raw_p, raw_q), retain_graph=True, materialize_grads=True)
+        ref_grads = th.autograd.grad(expected.sum(), (raw_p, raw_q), retain_graph=True, materialize_grads=True)
+        for g, r in zip(grads, ref_grads, strict=True):
+            th.testing.assert_close(g, r, **tol)
+    # torch's Beta is still available, built from the same concentrations
+    th.testing.assert_close(p.distribution.concentration1, F.softplus(raw_p[:, :3]) + 1)
+    with pytest.raises(AttributeError, match="built from its parameters"):
+        p.distribution = ref_p
+
+
+def test_categorical_written_out_matches_torch():
+    """Log-probs, entropy, KL (values and gradients) and samples (same random stream) against torch's Categorical."""
+    th.manual_seed(4)
+    space = spaces.Discrete(5, start=2)
+    raw_p = (3.0 * th.randn(256, 5, dtype=th.float64)).requires_grad_()
+    raw_q = (3.0 * th.randn(256, 5, dtype=th.float64)).requires_grad_()
+    p, q = CategoricalDistribution(space).proba_distribution(raw_p), CategoricalDistribution(space).proba_distribution(raw_q)
+    ref_p, ref_q = Categorical(logits=raw_p), Categorical(logits=raw_q)
+    index = th.randint(0, 5, (256,))
+    ours = (p.log_prob((index + 2).double().unsqueeze(1)), p.entropy(), p.kl(q))
+    refs = (ref_p.log_prob(index), ref_p.entropy(), th_kl(ref_p, ref_q))
+    for got, expected in zip(ours, refs, strict=True):
+        th.testing.assert_close(got, expected)
+        grads = th.autograd.grad(got.sum(), (raw_p, raw_q), retain_graph=True, materialize_grads=True)
+        ref_grads = th.autograd.grad(expected.sum(), (raw_p, raw_q), retain_graph=True, materialize_grads=True)
+        for g, r in zip(grads, ref_grads, strict=True):
+            th.testing.assert_close(g, r)
+    th.manual_seed(5)
+    sample = p.sample()
+    th.manual_seed(5)
+    th.testing.assert_close(sample, ref_p.sample().unsqueeze(1) + 2)
+    th.testing.assert_close(p.mode(), ref_p.probs.argmax(dim=1, keepdim=True) + 2)
+    assert isinstance(p.distribution, Categorical)
+    th.testing.assert_close(p.distribution.probs, ref_p.probs)
+
+
 def test_entropy_normal():
     params = th.randn(3, 6, dtype=th.float64)
     entropy = _entropy_check(NormalDistribution(BOX3), params)

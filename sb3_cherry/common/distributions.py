@@ -157,6 +157,28 @@ class CherryDistribution(Distribution):
         raise NotImplementedError
 
 
+class _WrittenOutDistribution(CherryDistribution):
+    """
+    Base of distributions whose methods are written out on their parameters, without a torch distribution object (its
+    construction and methods cost more than the arithmetic at these batch sizes): ``distribution``, torch's
+    equivalent, is built on demand for code that wants it (each subclass is tested against it).
+    """
+
+    @property  # type: ignore[override]
+    def distribution(self) -> TorchDistribution:
+        """The torch distribution with the current parameters (built on demand)."""
+        return self._torch_distribution()
+
+    @distribution.setter
+    def distribution(self, value: object) -> None:
+        # SB3's ``Distribution.__init__`` sets ``distribution = None``; the parameters are the state here
+        if value is not None:
+            raise AttributeError(f"{type(self).__name__}.distribution is built from its parameters; set those instead.")
+
+    def _torch_distribution(self) -> TorchDistribution:
+        raise NotImplementedError
+
+
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
@@ -344,7 +366,7 @@ class TanhNormalDistribution(CherryDistribution):
         return self._to_bounds(th.tanh(self.distribution.mean))
 
 
-class BetaDistribution(CherryDistribution):
+class BetaDistribution(_WrittenOutDistribution):
     """
     Beta distribution per action dimension, mapped affinely onto the Box bounds (Chou et al., 2017).
     Concentrations are ``softplus(x) + 1`` so the density is unimodal and bounded. Log-probs include the
@@ -362,7 +384,8 @@ class BetaDistribution(CherryDistribution):
     :param deterministic: the deterministic action, ``"mean"`` (default) or ``"mode"``
     """
 
-    distribution: Beta
+    alpha: th.Tensor
+    beta: th.Tensor
 
     def __init__(self, space: spaces.Box, epsilon: float = 1e-6, deterministic: str = "mean"):
         dim = int(np.prod(space.shape))
@@ -372,21 +395,34 @@ class BetaDistribution(CherryDistribution):
         if deterministic not in ("mean", "mode"):
             raise ValueError(f"BetaDistribution: deterministic={deterministic!r}; use 'mean' (default) or 'mode'.")
         self.deterministic = deterministic
+        self._log_beta_fn: th.Tensor | None = None
+
+    def _torch_distribution(self) -> Beta:
+        return Beta(self.alpha, self.beta, validate_args=False)
 
     def deterministic_action(self) -> th.Tensor:
         if self.deterministic == "mode":
             return self.mode()
-        return self._to_bounds(
-            self.distribution.concentration1 / (self.distribution.concentration1 + self.distribution.concentration0)
-        )
+        return self._to_bounds(self.alpha / (self.alpha + self.beta))
 
     def proba_distribution(self: SelfBetaDistribution, params: th.Tensor) -> SelfBetaDistribution:
-        alpha, beta = (F.softplus(p) + 1.0 for p in params.split(self.action_dim, dim=-1))
-        self.distribution = Beta(alpha, beta, validate_args=False)
+        self.alpha, self.beta = (F.softplus(p) + 1.0 for p in params.split(self.action_dim, dim=-1))
+        self._log_beta_fn = None
         return self
 
     def _batch_ref(self) -> th.Tensor:
-        return self.distribution.concentration1
+        return self.alpha
+
+    def log_beta_fn(self) -> th.Tensor:
+        """
+        ``log B(alpha, beta) = lgamma(alpha) + lgamma(beta) - lgamma(alpha + beta)`` per dimension (computed once per
+        :meth:`proba_distribution`).
+
+        :return: shape ``(batch, action_dim)``
+        """
+        if self._log_beta_fn is None:
+            self._log_beta_fn = th.lgamma(self.alpha) + th.lgamma(self.beta) - th.lgamma(self.alpha + self.beta)
+        return self._log_beta_fn
 
     def _to_bounds(self, unit: th.Tensor) -> th.Tensor:
         low, high = self.low.to(unit.device), self.high.to(unit.device)
@@ -400,78 +436,105 @@ class BetaDistribution(CherryDistribution):
         :param actions: flat actions
         :return: shape ``(batch, action_dim)``
         """
-        actions = _as_columns(actions, self.action_dim).to(self.distribution.concentration1.dtype)
+        actions = _as_columns(actions, self.action_dim).to(self.alpha.dtype)
         low, high = self.low.to(actions.device), self.high.to(actions.device)
         unit = ((actions - low) / (high - low)).clamp(self.epsilon, 1.0 - self.epsilon)
-        alpha, beta = self.distribution.concentration1, self.distribution.concentration0
-        # Beta density written out (torch's Beta goes through a Dirichlet on stacked [x, 1 - x], ~2x slower):
-        # log p(x) = (alpha - 1) log x + (beta - 1) log(1 - x) - log B(alpha, beta)
-        log_beta_fn = th.lgamma(alpha) + th.lgamma(beta) - th.lgamma(alpha + beta)
-        log_density = (alpha - 1.0) * th.log(unit) + (beta - 1.0) * th.log1p(-unit) - log_beta_fn
+        # log p(x) = (alpha - 1) log x + (beta - 1) log(1 - x) - log B(alpha, beta), minus log(high - low) of the map
+        log_density = (self.alpha - 1.0) * th.log(unit) + (self.beta - 1.0) * th.log1p(-unit) - self.log_beta_fn()
         return log_density - th.log(high - low)
 
     def log_prob(self, actions: th.Tensor) -> th.Tensor:
         return self.log_prob_columns(actions).sum(dim=1)
 
     def entropy(self) -> th.Tensor:
-        low, high = self.low.to(self._batch_ref().device), self.high.to(self._batch_ref().device)
-        return (self.distribution.entropy() + th.log(high - low)).sum(dim=1)
+        # H = log B(a, b) - (a - 1) psi(a) - (b - 1) psi(b) + (a + b - 2) psi(a + b), plus log(high - low) of the map
+        alpha, beta = self.alpha, self.beta
+        log_range = th.log(self.high - self.low).to(alpha)
+        unit_entropy = (
+            self.log_beta_fn()
+            - (alpha - 1.0) * th.digamma(alpha)
+            - (beta - 1.0) * th.digamma(beta)
+            + (alpha + beta - 2.0) * th.digamma(alpha + beta)
+        )
+        return (unit_entropy + log_range).sum(dim=1)
 
     def sample(self) -> th.Tensor:
         # X ~ Gamma(alpha), Y ~ Gamma(beta) => X / (X + Y) ~ Beta(alpha, beta) (reparameterised like torch's Beta,
         # without its Dirichlet stacking)
-        x = th._standard_gamma(self.distribution.concentration1)
-        y = th._standard_gamma(self.distribution.concentration0)
+        x = th._standard_gamma(self.alpha)
+        y = th._standard_gamma(self.beta)
         return self._to_bounds(x / (x + y).clamp_min(th.finfo(x.dtype).tiny))
 
     def mode(self) -> th.Tensor:
         # (alpha - 1) / (alpha + beta - 2), written x / (x + y) with x = alpha - 1 >= 0, y = beta - 1 >= 0 (exact
         # subtractions): computing alpha + beta - 2 directly cancels catastrophically in float32 when both
         # concentrations are close to 1, giving modes far outside the bounds (or inf). x / (x + y) is always in [0, 1].
-        x, y = self.distribution.concentration1 - 1.0, self.distribution.concentration0 - 1.0
+        x, y = self.alpha - 1.0, self.beta - 1.0
         total = x + y
         # alpha = beta = 1 (uniform; softplus underflows for raw params below ~ -17 in float32): 0 / 0 would be NaN,
         # take the middle of the bounds (every point is a mode of the uniform).
         unit = th.where(total > 0, x / total.clamp_min(th.finfo(total.dtype).tiny), 0.5)
         return self._to_bounds(unit)
 
+    def kl(self, other: CherryDistribution) -> th.Tensor:
+        assert isinstance(other, BetaDistribution)
+        # KL(Beta(a1, b1) || Beta(a2, b2)) = log B(a2, b2) - log B(a1, b1) + (a1 - a2) psi(a1) + (b1 - b2) psi(b1)
+        #                                    + (a2 - a1 + b2 - b1) psi(a1 + b1)   per dimension (the affine map cancels)
+        a1, b1, a2, b2 = self.alpha, self.beta, other.alpha, other.beta
+        per_dim = (
+            other.log_beta_fn()
+            - self.log_beta_fn()
+            + (a1 - a2) * th.digamma(a1)
+            + (b1 - b2) * th.digamma(b1)
+            + (a2 - a1 + b2 - b1) * th.digamma(a1 + b1)
+        )
+        return per_dim.sum(dim=1)
 
-class CategoricalDistribution(CherryDistribution):
+
+class CategoricalDistribution(_WrittenOutDistribution):
     """
     Categorical distribution over ``Discrete(n)`` (flat encoding: one column holding the index).
 
     :param space: the ``Discrete`` action space
     """
 
-    distribution: Categorical
+    logits: th.Tensor
 
     def __init__(self, space: spaces.Discrete):
         super().__init__(action_dim=1, param_dim=int(space.n))
         self.start = int(space.start)
 
+    def _torch_distribution(self) -> Categorical:
+        return Categorical(logits=self.logits, validate_args=False)
+
     def proba_distribution(self: SelfCategoricalDistribution, params: th.Tensor) -> SelfCategoricalDistribution:
-        self.distribution = Categorical(logits=params, validate_args=False)
+        # normalised log-probabilities, as torch's Categorical(logits=params) stores them
+        self.logits = params - params.logsumexp(dim=-1, keepdim=True)
         return self
 
     def _batch_ref(self) -> th.Tensor:
-        return self.distribution.logits
+        return self.logits
 
     def log_prob(self, actions: th.Tensor) -> th.Tensor:
-        index = _as_columns(actions, 1)[:, 0].round().long() - self.start
-        return self.distribution.log_prob(index)
+        index = _as_columns(actions, 1).round().long() - self.start
+        return self.logits.gather(1, index).squeeze(1)
 
     def entropy(self) -> th.Tensor:
-        return self.distribution.entropy()
+        # -sum p log p; logits of -inf (probability 0) are clamped to the lowest float so that 0 * log 0 = 0
+        logits = self.logits.clamp(min=th.finfo(self.logits.dtype).min)
+        return -(logits * logits.softmax(dim=-1)).sum(dim=-1)
 
     def sample(self) -> th.Tensor:
-        return self.distribution.sample().unsqueeze(1) + self.start
+        return th.multinomial(self.logits.softmax(dim=-1), 1, True) + self.start
 
     def mode(self) -> th.Tensor:
-        return self.distribution.probs.argmax(dim=1, keepdim=True) + self.start
+        return self.logits.argmax(dim=1, keepdim=True) + self.start
 
     def kl(self, other: CherryDistribution) -> th.Tensor:
         assert isinstance(other, CategoricalDistribution)
-        return th_kl_divergence(self.distribution, other.distribution)
+        # sum_k p_k (log p_k - log q_k), with 0 log 0 = 0
+        p = self.logits.softmax(dim=-1)
+        return th.where(p > 0, p * (self.logits - other.logits), 0.0).sum(dim=-1)
 
 
 class GumbelSoftmaxDistribution(CategoricalDistribution):
@@ -500,11 +563,11 @@ class GumbelSoftmaxDistribution(CategoricalDistribution):
         :param hard: straight-through estimator (one-hot forward, relaxed gradient)
         :return: shape ``(batch, n)``
         """
-        return F.gumbel_softmax(self.distribution.logits, tau=self.temperature, hard=hard)
+        return F.gumbel_softmax(self.logits, tau=self.temperature, hard=hard)
 
     def sample(self) -> th.Tensor:
-        gumbel = -th.log(-th.log(th.rand_like(self.distribution.logits).clamp_min(1e-20)))
-        return (self.distribution.logits + gumbel).argmax(dim=1, keepdim=True) + self.start
+        gumbel = -th.log(-th.log(th.rand_like(self.logits).clamp_min(1e-20)))
+        return (self.logits + gumbel).argmax(dim=1, keepdim=True) + self.start
 
 
 class MultiCategoricalDistribution(CherryDistribution):

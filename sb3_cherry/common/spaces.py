@@ -14,6 +14,7 @@ This is *not* gymnasium's ``flatten`` (which one-hot encodes discrete components
 encoding is what the action distributions evaluate log-probabilities on.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -104,43 +105,66 @@ def unflatten_action(space: spaces.Space, flat: np.ndarray, clip: bool = True) -
     flat = np.asarray(flat)
     if flat.shape != (flat_action_dim(space),):
         raise ValueError(f"Flat action of shape {flat.shape} does not match {space} (expected ({flat_action_dim(space)},)).")
-    return _unflatten_batch(space, flat.reshape(1, -1), clip)[0]
+    return _batch_decoder(space, clip)(flat.reshape(1, -1))[0]
 
 
 def unflatten_actions(space: spaces.Space, flat: np.ndarray, clip: bool = True) -> list[Any]:
     """
     Decode a batch of flat actions (column-wise, one numpy operation per component rather than per row: this runs
-    at every env step).
+    at every env step; :func:`action_decoder` also computes the column layout only once).
 
     :param space: the action space
     :param flat: array of shape ``(batch, flat_action_dim(space))``
     :param clip: clip ``Box`` components to their bounds
     :return: a list of ``batch`` actions, each equal to ``unflatten_action(space, row, clip)``
     """
-    flat = np.asarray(flat)
-    flat = flat.reshape(len(flat), -1) if flat.size else flat.reshape(0, flat_action_dim(space))
-    if flat.shape[1] != flat_action_dim(space):
-        raise ValueError(
-            f"Flat actions of shape {flat.shape} do not match {space} (expected (batch, {flat_action_dim(space)}))."
-        )
-    return _unflatten_batch(space, flat, clip)
+    return action_decoder(space, clip)(flat)
 
 
-def _unflatten_batch(space: spaces.Space, flat: np.ndarray, clip: bool) -> list[Any]:
+def action_decoder(space: spaces.Space, clip: bool = True) -> Callable[[np.ndarray], list[Any]]:
+    """
+    A function that decodes batches of flat actions of ``space`` like :func:`unflatten_actions`, with the column
+    layout computed once (for a wrapper that decodes at every env step).
+
+    :param space: the action space
+    :param clip: clip ``Box`` components to their bounds
+    :return: ``decode(flat)``: flat ``(batch, flat_action_dim(space))`` to a list of ``batch`` actions
+    """
+    dim = flat_action_dim(space)
+    decode_batch = _batch_decoder(space, clip)
+
+    def decode(flat: np.ndarray) -> list[Any]:
+        flat = np.asarray(flat)
+        flat = flat.reshape(len(flat), -1) if flat.size else flat.reshape(0, dim)
+        if flat.shape[1] != dim:
+            raise ValueError(f"Flat actions of shape {flat.shape} do not match {space} (expected (batch, {dim})).")
+        return decode_batch(flat)
+
+    return decode
+
+
+def _batch_decoder(space: spaces.Space, clip: bool) -> Callable[[np.ndarray], list[Any]]:
+    """The decoder of ``(batch, flat_action_dim(space))`` arrays (shape already checked), built once per space."""
     if isinstance(space, spaces.Tuple):
-        columns, start = [], 0
+        parts, start = [], 0
         for sub in space.spaces:
             dim = flat_action_dim(sub)
-            columns.append(_unflatten_batch(sub, flat[:, start : start + dim], clip))
+            parts.append((start, start + dim, _batch_decoder(sub, clip)))
             start += dim
-        return list(zip(*columns, strict=True))
+        return lambda flat: list(zip(*(decode(flat[:, a:b]) for a, b, decode in parts), strict=True))
     if isinstance(space, spaces.Discrete):
-        return list(np.rint(flat[:, 0]).astype(np.int64))
+        return lambda flat: list(np.rint(flat[:, 0]).astype(np.int64))
     if isinstance(space, (spaces.MultiDiscrete, spaces.MultiBinary)):
-        return list(np.rint(flat).astype(space.dtype).reshape((len(flat), *space.shape)))
+        dtype, shape = space.dtype, space.shape
+        return lambda flat: list(np.rint(flat).astype(dtype).reshape((len(flat), *shape)))
     assert isinstance(space, spaces.Box)
-    box = flat.astype(space.dtype).reshape((len(flat), *space.shape))
-    return list(np.clip(box, space.low, space.high) if clip else box)
+    box_space = space
+
+    def decode_box(flat: np.ndarray) -> list[Any]:
+        box = flat.astype(box_space.dtype).reshape((len(flat), *box_space.shape))
+        return list(np.clip(box, box_space.low, box_space.high) if clip else box)
+
+    return decode_box
 
 
 def component_slices(space: spaces.Tuple) -> list[slice]:

@@ -7,7 +7,7 @@ from gymnasium import spaces
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
-from sb3_cherry.common.spaces import check_action_space, unflatten_actions
+from sb3_cherry.common.spaces import action_decoder, check_action_space
 
 
 class VecTupleActions(VecEnvWrapper):
@@ -25,10 +25,11 @@ class VecTupleActions(VecEnvWrapper):
             raise ValueError(f"VecTupleActions needs a Tuple action space, got {venv.action_space}.")
         check_action_space(venv.action_space)
         super().__init__(venv)
+        self._decode = action_decoder(venv.action_space)
 
     def step_async(self, actions: Any) -> None:
         if isinstance(actions, np.ndarray):
-            actions = unflatten_actions(self.action_space, actions.reshape(self.num_envs, -1))
+            actions = self._decode(actions.reshape(self.num_envs, -1))
         self.venv.step_async(actions)
 
     def step_wait(self) -> VecEnvStepReturn:
