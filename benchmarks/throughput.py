@@ -71,6 +71,7 @@ def _zoo_case(name: str, env_id: str, steps: int, fused: bool = False, same_math
     :param same_math: PPORollback with ``rollback_alpha=0``, GAE and the default distribution, i.e. SB3's PPO
         computed by sb3_cherry's loop (the speed of the loop alone, without the entry's Beta / V-trace costs)
     """
+    from sb3_cherry.common.schedules import coefficient_schedule
     from sb3_cherry.common.zoo_config import load_zoo_entry
 
     entry = load_zoo_entry("ppo_rollback", env_id)
@@ -78,6 +79,9 @@ def _zoo_case(name: str, env_id: str, steps: int, fused: bool = False, same_math
     base_kwargs = {k: v for k, v in ours_kwargs.items() if k not in _CHERRY_ONLY}
     policy_kwargs = {k: v for k, v in base_kwargs.get("policy_kwargs", {}).items() if k != "action_distribution"}
     base_kwargs["policy_kwargs"] = policy_kwargs
+    if not isinstance(base_kwargs.get("ent_coef", 0.0), (int, float)):
+        # SB3's PPO takes a number: a scheduled ent_coef (the BipedalWalker entry's) costs what its start value costs
+        base_kwargs["ent_coef"] = coefficient_schedule(base_kwargs["ent_coef"])(1.0)
     if same_math:
         ours_kwargs = {**base_kwargs, "rollback_alpha": 0.0}
     policy = ours_kwargs.pop("policy")

@@ -29,6 +29,19 @@ def test_ppo_baseline_of_a_beta_entry():
     assert n_timesteps == 200_000 and not hasattr(model, "rollback_alpha")
 
 
+def test_throughput_zoo_baseline_takes_a_number_for_a_scheduled_ent_coef():
+    from benchmarks.throughput import cases, make_env
+
+    case = next(c for c in cases() if c.name == "zoo_bipedal")
+    env = make_env(case)
+    try:
+        ours, baseline = case.ours(env), case.baseline(env)
+        assert isinstance(ours.ent_coef, dict)  # the entry's schedule, 0.005 -> 0 over the first 30%
+        assert type(baseline) is PPO and baseline.ent_coef == pytest.approx(0.005)
+    finally:
+        env.close()
+
+
 def test_every_summary_row_has_a_command():
     with open(RESULTS / "summary.csv", newline="") as file:
         summary = list(csv.DictReader(file))
