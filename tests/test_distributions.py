@@ -333,10 +333,12 @@ def test_entropy_beta():
 @pytest.mark.parametrize("dtype", [th.float64, th.float32])
 def test_beta_closed_forms_and_gradients_match_torch(dtype):
     """Entropy, KL and log-density are written out on (alpha, beta): values and gradients against torch's Beta, from
-    near-uniform (alpha ~ 1) to concentrated (alpha ~ 3000) dimensions."""
+    near-uniform (alpha - 1 ~ 2e-9) to concentrated dimensions (alpha ~ 3000 in float64; ~ 9 in float32, where both
+    closed forms lose digits to cancellation at large concentrations, differently)."""
     th.manual_seed(3)
-    raw_p = (th.rand(512, 6, dtype=th.float64) * 28.0 - 20.0).to(dtype).requires_grad_()
-    raw_q = (th.rand(512, 6, dtype=th.float64) * 28.0 - 20.0).to(dtype).requires_grad_()
+    high = 3000.0 if dtype == th.float64 else 8.0
+    raw_p = (th.rand(512, 6, dtype=th.float64) * (high + 20.0) - 20.0).to(dtype).requires_grad_()
+    raw_q = (th.rand(512, 6, dtype=th.float64) * (high + 20.0) - 20.0).to(dtype).requires_grad_()
     p, q = BetaDistribution(BOX3).proba_distribution(raw_p), BetaDistribution(BOX3).proba_distribution(raw_q)
     unit = th.rand(512, 3, dtype=th.float64).clamp(1e-3, 1 - 1e-3)
     actions = (LOW_T + unit * (HIGH_T - LOW_T)).to(dtype)
@@ -358,10 +360,34 @@ def test_beta_closed_forms_and_gradients_match_torch(dtype):
         ref_grads = th.autograd.grad(expected.sum(), (raw_p, raw_q), retain_graph=True, materialize_grads=True)
         for g, r in zip(grads, ref_grads, strict=True):
             th.testing.assert_close(g, r, **tol)
-    # torch's Beta is still available, built from the same concentrations
+    # torch's Beta is still available, built from the same concentrations (None before any parameters, as in SB3)
     th.testing.assert_close(p.distribution.concentration1, F.softplus(raw_p[:, :3]) + 1)
+    assert BetaDistribution(BOX3).distribution is None
     with pytest.raises(AttributeError, match="built from its parameters"):
         p.distribution = ref_p
+
+
+def test_beta_shared_log_beta_follows_parameters_and_grad_mode():
+    """log B(alpha, beta) is shared between log_prob, entropy and kl: a value computed without gradient (e.g. for
+    logging) must not stand in for one with gradient, nor survive new concentrations."""
+    raw = th.tensor([[0.3, -1.2, 2.0, 0.5, 1.0, -0.3]], requires_grad=True)
+    actions = th.tensor([[0.2, 0.5, 0.0]])
+
+    def grad_of_log_prob(dist):
+        return th.autograd.grad(dist.log_prob(actions).sum(), raw)[0]
+
+    expected = grad_of_log_prob(BetaDistribution(BOX3).proba_distribution(raw))
+    for mode in (th.no_grad, th.inference_mode):
+        dist = BetaDistribution(BOX3).proba_distribution(raw)
+        with mode():
+            dist.entropy()
+        th.testing.assert_close(grad_of_log_prob(dist), expected)
+    dist = BetaDistribution(BOX3).proba_distribution(raw.detach())
+    dist.entropy()
+    dist.alpha = dist.alpha * 5.0
+    alpha, beta = (F.softplus(x) + 1 for x in raw.detach().chunk(2, dim=1))
+    ref = (Beta(alpha * 5.0, beta).entropy() + th.log(HIGH_T - LOW_T).float()).sum(1)
+    th.testing.assert_close(dist.entropy(), ref)
 
 
 def test_categorical_written_out_matches_torch():
@@ -388,6 +414,22 @@ def test_categorical_written_out_matches_torch():
     th.testing.assert_close(p.mode(), ref_p.probs.argmax(dim=1, keepdim=True) + 2)
     assert isinstance(p.distribution, Categorical)
     th.testing.assert_close(p.distribution.probs, ref_p.probs)
+    assert CategoricalDistribution(space).distribution is None
+    # broadcasting as torch's: one action for every state, one state for every action
+    th.testing.assert_close(p.log_prob(th.tensor([[4.0]])), ref_p.log_prob(th.tensor(2)))
+    one = CategoricalDistribution(space).proba_distribution(raw_p[:1])
+    th.testing.assert_close(one.log_prob(th.tensor([[2.0], [6.0]])), Categorical(logits=raw_p[:1]).log_prob(th.tensor([0, 4])))
+    # masked (-inf) logits: values as torch's, a finite KL gradient where p has no mass
+    masked = raw_p.detach().clone()
+    masked[:, 1] = -float("inf")
+    m = CategoricalDistribution(space).proba_distribution(masked)
+    ref_m = Categorical(logits=masked)
+    th.testing.assert_close(m.entropy(), ref_m.entropy())
+    th.testing.assert_close(m.log_prob(th.tensor([[3.0]])), ref_m.log_prob(th.tensor(1)))
+    raw_q2 = raw_q.detach().clone().requires_grad_()
+    kl = m.kl(CategoricalDistribution(space).proba_distribution(raw_q2))
+    th.testing.assert_close(kl, th_kl(ref_m, Categorical(logits=raw_q2.detach())))
+    assert th.isfinite(th.autograd.grad(kl.sum(), raw_q2)[0]).all()
 
 
 def test_entropy_normal():

@@ -27,6 +27,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
 from sb3_cherry.common.spaces import (
+    action_decoder,
     check_action_space,
     flat_action_space,
     flatten_action,
@@ -64,11 +65,12 @@ class VecFlatActionSpace(VecEnvWrapper):
             raise ValueError(f"VecFlatActionSpace needs a Tuple action space, got {venv.action_space}.")
         check_action_space(venv.action_space)
         self.tuple_space = venv.action_space
+        self._decode = action_decoder(venv.action_space)
         super().__init__(venv, action_space=flat_action_space(venv.action_space))
 
     def step_async(self, actions: np.ndarray) -> None:
         flat = canonical_flat_actions(self.tuple_space, actions, self.num_envs)
-        self.venv.step_async(unflatten_actions(self.tuple_space, flat))  # type: ignore[arg-type]
+        self.venv.step_async(self._decode(flat))  # type: ignore[arg-type]
 
     def step_wait(self) -> VecEnvStepReturn:
         return self.venv.step_wait()

@@ -164,10 +164,13 @@ class _WrittenOutDistribution(CherryDistribution):
     equivalent, is built on demand for code that wants it (each subclass is tested against it).
     """
 
+    #: set by ``proba_distribution``: before it there are no parameters and ``distribution`` is None, as in SB3
+    _has_params = False
+
     @property  # type: ignore[override]
-    def distribution(self) -> TorchDistribution:
-        """The torch distribution with the current parameters (built on demand)."""
-        return self._torch_distribution()
+    def distribution(self) -> TorchDistribution | None:
+        """The torch distribution with the current parameters (built on demand), None before ``proba_distribution``."""
+        return self._torch_distribution() if self._has_params else None
 
     @distribution.setter
     def distribution(self, value: object) -> None:
@@ -395,7 +398,8 @@ class BetaDistribution(_WrittenOutDistribution):
         if deterministic not in ("mean", "mode"):
             raise ValueError(f"BetaDistribution: deterministic={deterministic!r}; use 'mean' (default) or 'mode'.")
         self.deterministic = deterministic
-        self._log_beta_fn: th.Tensor | None = None
+        # (alpha, beta, log B(alpha, beta)) of the last log_beta_fn() call
+        self._log_beta_cache: tuple[th.Tensor, th.Tensor, th.Tensor] | None = None
 
     def _torch_distribution(self) -> Beta:
         return Beta(self.alpha, self.beta, validate_args=False)
@@ -407,7 +411,7 @@ class BetaDistribution(_WrittenOutDistribution):
 
     def proba_distribution(self: SelfBetaDistribution, params: th.Tensor) -> SelfBetaDistribution:
         self.alpha, self.beta = (F.softplus(p) + 1.0 for p in params.split(self.action_dim, dim=-1))
-        self._log_beta_fn = None
+        self._has_params = True
         return self
 
     def _batch_ref(self) -> th.Tensor:
@@ -415,14 +419,22 @@ class BetaDistribution(_WrittenOutDistribution):
 
     def log_beta_fn(self) -> th.Tensor:
         """
-        ``log B(alpha, beta) = lgamma(alpha) + lgamma(beta) - lgamma(alpha + beta)`` per dimension (computed once per
-        :meth:`proba_distribution`).
+        ``log B(alpha, beta) = lgamma(alpha) + lgamma(beta) - lgamma(alpha + beta)`` per dimension, shared by
+        :meth:`log_prob`, :meth:`entropy` and :meth:`kl`: computed again only for other ``alpha`` / ``beta`` tensors,
+        or when a gradient is needed and the stored value was computed without one (e.g. under ``no_grad``).
 
         :return: shape ``(batch, action_dim)``
         """
-        if self._log_beta_fn is None:
-            self._log_beta_fn = th.lgamma(self.alpha) + th.lgamma(self.beta) - th.lgamma(self.alpha + self.beta)
-        return self._log_beta_fn
+        cache = self._log_beta_cache
+        if (
+            cache is None
+            or cache[0] is not self.alpha
+            or cache[1] is not self.beta
+            or (th.is_grad_enabled() and not cache[2].requires_grad and (self.alpha.requires_grad or self.beta.requires_grad))
+        ):
+            value = th.lgamma(self.alpha) + th.lgamma(self.beta) - th.lgamma(self.alpha + self.beta)
+            cache = self._log_beta_cache = (self.alpha, self.beta, value)
+        return cache[2]
 
     def _to_bounds(self, unit: th.Tensor) -> th.Tensor:
         low, high = self.low.to(unit.device), self.high.to(unit.device)
@@ -510,6 +522,7 @@ class CategoricalDistribution(_WrittenOutDistribution):
     def proba_distribution(self: SelfCategoricalDistribution, params: th.Tensor) -> SelfCategoricalDistribution:
         # normalised log-probabilities, as torch's Categorical(logits=params) stores them
         self.logits = params - params.logsumexp(dim=-1, keepdim=True)
+        self._has_params = True
         return self
 
     def _batch_ref(self) -> th.Tensor:
@@ -517,7 +530,9 @@ class CategoricalDistribution(_WrittenOutDistribution):
 
     def log_prob(self, actions: th.Tensor) -> th.Tensor:
         index = _as_columns(actions, 1).round().long() - self.start
-        return self.logits.gather(1, index).squeeze(1)
+        # broadcast as torch's Categorical.log_prob does (one action for every state, or one state for every action)
+        index, log_pmf = th.broadcast_tensors(index, self.logits)
+        return log_pmf.gather(-1, index[..., :1]).squeeze(-1)
 
     def entropy(self) -> th.Tensor:
         # -sum p log p; logits of -inf (probability 0) are clamped to the lowest float so that 0 * log 0 = 0
@@ -534,7 +549,7 @@ class CategoricalDistribution(_WrittenOutDistribution):
         assert isinstance(other, CategoricalDistribution)
         # sum_k p_k (log p_k - log q_k), with 0 log 0 = 0
         p = self.logits.softmax(dim=-1)
-        return th.where(p > 0, p * (self.logits - other.logits), 0.0).sum(dim=-1)
+        return (p * th.where(p > 0, self.logits - other.logits, 0.0)).sum(dim=-1)
 
 
 class GumbelSoftmaxDistribution(CategoricalDistribution):
