@@ -527,7 +527,11 @@ def _write_study_csv(path, env, finals):
 
 
 def test_trust_region_goal_table(tmp_path):
-    from benchmarks.table import trust_region_goal_rows
+    from benchmarks.table import late_returns, trust_region_goal_rows
+
+    # the last 5 evaluations (here of a start point and 6 more), per seed
+    curve = {t: (float(t), 0.0) for t in range(0, 140, 20)}
+    assert late_returns({0: curve, 3: {0: (7.0, 0.0)}}) == {0: 80.0, 3: 7.0}
 
     ppo, trpporb, truly = ("ppo", "base"), ("ppo_rollback", "trppo_rb"), ("ppo_rollback", "truly_ppo")
     # TR-PPO-RB ahead on Hopper (paired 2 of 3) and Walker2d (1 of 1 shared seed: seed 2 has no SB3 PPO run), behind on
@@ -539,10 +543,11 @@ def test_trust_region_goal_table(tmp_path):
     text = "\n".join(trust_region_goal_rows(tmp_path))
     assert "| Hopper-v5 | TR-PPO-RB (delta 0.03, alpha 0.05) | 3300 | 2900 | 3200 | 3133 |" in text
     assert "| Walker2d-v5 | TR-PPO-RB (delta 0.03, alpha 0.05) | 3600 | — | 1000 | 2300 |" in text
-    # Hopper: mean 3133 vs 2500, paired 2 of 3; Walker2d compared on seed 0 only (3600 vs 3500), not on the mean 2300
-    assert "| Hopper-v5 | TR-PPO-RB (delta 0.03, alpha 0.05) | 0 1 2 | 3133 | 2500 | +633 | 2/3 |" in text
-    assert "| Walker2d-v5 | TR-PPO-RB (delta 0.03, alpha 0.05) | 0 | 3600 | 3500 | +100 | 1/1 |" in text
-    assert "| HalfCheetah-v5 | Truly PPO (delta 0.03, alpha 5) | 0 | 1000 | 2000 | -1000 | 0/1 |" in text
+    # Hopper: mean 3133 vs 2500, paired 2 of 3; Walker2d compared on seed 0 only (3600 vs 3500), not on the mean 2300;
+    # the last column averages each seed's last 5 evaluations, here the start point (100) and the final return
+    assert "| Hopper-v5 | TR-PPO-RB (delta 0.03, alpha 0.05) | 0 1 2 | 3133 | 2500 | +633 | 2/3 | +317 |" in text
+    assert "| Walker2d-v5 | TR-PPO-RB (delta 0.03, alpha 0.05) | 0 | 3600 | 3500 | +100 | 1/1 | +50 |" in text
+    assert "| HalfCheetah-v5 | Truly PPO (delta 0.03, alpha 5) | 0 | 1000 | 2000 | -1000 | 0/1 | -500 |" in text
     verdicts = [line for line in text.splitlines() if line.startswith("- ")]
     assert verdicts[0].startswith("- TR-PPO-RB") and "on 2 of 3 envs (Hopper-v5, Walker2d-v5)" in verdicts[0]
     assert "goal (≥ 2): met (provisional" in verdicts[0]
