@@ -201,7 +201,7 @@ def late_returns(per_seed: dict[int, dict[int, tuple[float, float]]], last: int 
 def trust_region_goal_rows(results: pathlib.Path = RESULTS / "trust_region") -> list[str]:
     """
     The study's goal, a trust-region variant ahead of SB3 PPO on final return on at least 2 of the 3 envs: the final
-    return of every seed, then per env and variant the mean over the seeds both it and SB3 PPO finished, the
+    return of every seed, then per env and variant the mean (± std) over the seeds both it and SB3 PPO finished, the
     difference, and on how many of those seeds the variant is ahead (paired by seed), and a verdict line per variant
     that says whether the comparison is complete (all seeds of all envs) or provisional.
 
@@ -216,7 +216,7 @@ def trust_region_goal_rows(results: pathlib.Path = RESULTS / "trust_region") -> 
         "|---|---|" + "---|" * (len(seeds) + 1),
     ]
     versus = [
-        "| env | method | seeds (both finished) | method mean | SB3 PPO mean | difference | seeds ahead "
+        "| env | method | seeds (both finished) | method mean ± std | SB3 PPO mean ± std | difference | seeds ahead "
         "| difference, mean of the last 5 evaluations |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -238,12 +238,13 @@ def trust_region_goal_rows(results: pathlib.Path = RESULTS / "trust_region") -> 
             shared = sorted(set(base) & set(finals.get(key, {})))
             if not shared:
                 continue
-            ours = np.mean([finals[key][s] for s in shared])
-            theirs = np.mean([base[s] for s in shared])
+            ours, ours_std = np.mean([finals[key][s] for s in shared]), np.std([finals[key][s] for s in shared])
+            theirs, theirs_std = np.mean([base[s] for s in shared]), np.std([base[s] for s in shared])
             wins = sum(finals[key][s] > base[s] for s in shared)
             late_gap = np.mean([lates[key][s] - lates[("ppo", "base")][s] for s in shared])
             versus.append(
-                f"| {env} | {TRUST_REGION_METHODS[key]} | {' '.join(map(str, shared))} | {ours:.0f} | {theirs:.0f} "
+                f"| {env} | {TRUST_REGION_METHODS[key]} | {' '.join(map(str, shared))} | {ours:.0f} ± {ours_std:.0f} "
+                f"| {theirs:.0f} ± {theirs_std:.0f} "
                 f"| {ours - theirs:+.0f} | {wins}/{len(shared)} | {late_gap:+.0f} |"
             )
             if ours > theirs:

@@ -545,9 +545,9 @@ def test_trust_region_goal_table(tmp_path):
     assert "| Walker2d-v5 | TR-PPO-RB (delta 0.03, alpha 0.05) | 3600 | — | 1000 | 2300 |" in text
     # Hopper: mean 3133 vs 2500, paired 2 of 3; Walker2d compared on seed 0 only (3600 vs 3500), not on the mean 2300;
     # the last column averages each seed's last 5 evaluations, here the start point (100) and the final return
-    assert "| Hopper-v5 | TR-PPO-RB (delta 0.03, alpha 0.05) | 0 1 2 | 3133 | 2500 | +633 | 2/3 | +317 |" in text
-    assert "| Walker2d-v5 | TR-PPO-RB (delta 0.03, alpha 0.05) | 0 | 3600 | 3500 | +100 | 1/1 | +50 |" in text
-    assert "| HalfCheetah-v5 | Truly PPO (delta 0.03, alpha 5) | 0 | 1000 | 2000 | -1000 | 0/1 | -500 |" in text
+    assert "| Hopper-v5 | TR-PPO-RB (delta 0.03, alpha 0.05) | 0 1 2 | 3133 ± 170 | 2500 ± 408 | +633 | 2/3 | +317 |" in text
+    assert "| Walker2d-v5 | TR-PPO-RB (delta 0.03, alpha 0.05) | 0 | 3600 ± 0 | 3500 ± 0 | +100 | 1/1 | +50 |" in text
+    assert "| HalfCheetah-v5 | Truly PPO (delta 0.03, alpha 5) | 0 | 1000 ± 0 | 2000 ± 0 | -1000 | 0/1 | -500 |" in text
     verdicts = [line for line in text.splitlines() if line.startswith("- ")]
     assert verdicts[0].startswith("- TR-PPO-RB") and "on 2 of 3 envs (Hopper-v5, Walker2d-v5)" in verdicts[0]
     assert "goal (≥ 2): met (provisional" in verdicts[0]
