@@ -202,8 +202,9 @@ def trust_region_goal_rows(results: pathlib.Path = RESULTS / "trust_region") -> 
     """
     The study's goal, a trust-region variant ahead of SB3 PPO on final return on at least 2 of the 3 envs: the final
     return of every seed, then per env and variant the mean (± std) over the seeds both it and SB3 PPO finished, the
-    difference, and on how many of those seeds the variant is ahead (paired by seed), and a verdict line per variant
-    that says whether the comparison is complete (all seeds of all envs) or provisional.
+    difference, on how many of those seeds the variant is ahead (paired by seed) and the difference of the means of
+    each seed's last 5 evaluations (:func:`late_returns`), and a verdict line per variant that says whether the
+    comparison is complete (all seeds of all envs) or provisional.
 
     :param results: the study's results folder (one ``<env>.csv`` per env)
     :return: markdown lines (two tables and the verdicts)
