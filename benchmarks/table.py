@@ -204,7 +204,7 @@ def trust_region_goal_rows(results: pathlib.Path = RESULTS / "trust_region") -> 
     return of every seed, then per env and variant the mean (± std) over the seeds both it and SB3 PPO finished, the
     difference, on how many of those seeds the variant is ahead (paired by seed) and the difference of the means of
     each seed's last 5 evaluations (:func:`late_returns`), and a verdict line per variant that says whether the
-    comparison is complete (all seeds of all envs) or provisional.
+    comparison is complete (the variant and SB3 PPO have all seeds of all envs) or provisional.
 
     :param results: the study's results folder (one ``<env>.csv`` per env)
     :return: markdown lines (two tables and the verdicts)
@@ -222,7 +222,8 @@ def trust_region_goal_rows(results: pathlib.Path = RESULTS / "trust_region") -> 
         "|---|---|---|---|---|---|---|---|",
     ]
     ahead: dict[tuple[str, str], list[str]] = {key: [] for key in TRUST_REGION_VARIANTS}
-    complete = True
+    # a variant's verdict is final once it and SB3 PPO have every seed on every env
+    complete = {key: True for key in TRUST_REGION_VARIANTS}
     for env in TRUST_REGION_THRESHOLDS:
         path = results / f"{env}.csv"
         curves = read_curves(path) if path.exists() else {}
@@ -230,12 +231,12 @@ def trust_region_goal_rows(results: pathlib.Path = RESULTS / "trust_region") -> 
         lates = {key: late_returns(curves[key]) for key in TRUST_REGION_METHODS if key in curves}
         for key, name in TRUST_REGION_METHODS.items():
             values = finals.get(key, {})
-            complete &= len(values) == len(seeds)
             if values:
                 cells = " | ".join(f"{values[s]:.0f}" if s in values else "—" for s in seeds)
                 per_seed.append(f"| {env} | {name} | {cells} | {np.mean(list(values.values())):.0f} |")
         base = finals.get(("ppo", "base"), {})
         for key in TRUST_REGION_VARIANTS:
+            complete[key] &= len(base) == len(seeds) and len(finals.get(key, {})) == len(seeds)
             shared = sorted(set(base) & set(finals.get(key, {})))
             if not shared:
                 continue
@@ -250,14 +251,17 @@ def trust_region_goal_rows(results: pathlib.Path = RESULTS / "trust_region") -> 
             )
             if ours > theirs:
                 ahead[key].append(env)
-    status = "complete" if complete else "provisional: not all seeds finished"
+
+    def status(key: tuple[str, str]) -> str:
+        return "complete" if complete[key] else "provisional: not all seeds finished"
+
     verdicts = [
         f"- {TRUST_REGION_METHODS[key]}: ahead of SB3 PPO on mean final return on {len(envs)} of "
         f"{len(TRUST_REGION_THRESHOLDS)} envs ({', '.join(envs) if envs else 'none'}); "
         + (
-            f"goal (≥ 2): {'met' if len(envs) >= 2 else 'not met'} ({status})"
+            f"goal (≥ 2): {'met' if len(envs) >= 2 else 'not met'} ({status(key)})"
             if key[1] != "pporb"
-            else f"for reference, PPO-RB's trigger is the ratio, not a trust region ({status})"
+            else f"for reference, PPO-RB's trigger is the ratio, not a trust region ({status(key)})"
         )
         for key, envs in ahead.items()
     ]
