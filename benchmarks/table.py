@@ -181,7 +181,7 @@ def final_returns(per_seed: dict[int, dict[int, tuple[float, float]]]) -> dict[i
     :param per_seed: ``{seed: {timesteps: (mean_return, wall_time_s)}}`` of one (algo, variant)
     :return: ``{seed: final return}``
     """
-    return {seed: points[max(points)][0] for seed, points in per_seed.items() if points}
+    return late_returns(per_seed, last=1)
 
 
 def late_returns(per_seed: dict[int, dict[int, tuple[float, float]]], last: int = 5) -> dict[int, float]:
