@@ -297,3 +297,12 @@ def test_video_writes_mp4_and_gif(trained, tmp_path):
             image.seek(index)
             durations.append(image.info["duration"])
         assert sum(durations) == 11 * 40 and image.size == (320, 213)
+
+
+def test_train_subproc_with_sb3_cherry_env(tmp_path):
+    """`--vec-env subproc` workers (started by forkserver) find the envs registered under `sb3_cherry/`."""
+    cmd = [sys.executable, "-m", "sb3_cherry", "train", "--algo", "ppo_rollback", "--env", "sb3_cherry/HybridGoal-v0"]
+    cmd += ["-f", str(tmp_path), "-n", "128", "--seed", "0", "--eval-freq", "-1", "--vec-env", "subproc"]
+    cmd += ["--hyperparams", "n_envs:2", "n_steps:64", "batch_size:64"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300)
+    assert (tmp_path / "ppo_rollback" / "sb3_cherry-HybridGoal-v0_1" / "sb3_cherry-HybridGoal-v0.zip").exists()
