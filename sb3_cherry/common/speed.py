@@ -25,6 +25,8 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.type_aliases import DictRolloutBufferSamples, RolloutBufferSamples
 
+from sb3_cherry.common.fast_forward import FastActorCriticForward
+
 
 @contextlib.contextmanager
 def distribution_validation(enabled: bool) -> Iterator[None]:
@@ -72,8 +74,9 @@ def inference_forward(policy: th.nn.Module) -> Iterator[None]:
     """
     Inside the block, the policy's forward passes that run without gradient (SB3's ``collect_rollouts`` calls the
     policy under ``th.no_grad()``) run in ``torch.inference_mode`` instead, which skips autograd's version counting
-    and view tracking. Forward passes with gradient, and everything else in the block (callbacks, the env), are
-    unchanged; the values are the same.
+    and view tracking, and, for the standard MLP actor-critic, without module and distribution objects
+    (:class:`~sb3_cherry.common.fast_forward.FastActorCriticForward`, built on entering the block). Forward passes
+    with gradient, and everything else in the block (callbacks, the env), are unchanged; the values are the same.
 
     :param policy: the policy (its ``forward`` is wrapped for the duration of the block)
     """
@@ -81,12 +84,13 @@ def inference_forward(policy: th.nn.Module) -> Iterator[None]:
         yield
         return
     forward = policy.forward
+    inference = FastActorCriticForward.build(policy) or forward
 
     def fast_forward(*args: Any, **kwargs: Any) -> Any:
         if th.is_grad_enabled():
             return forward(*args, **kwargs)
         with th.inference_mode():
-            return forward(*args, **kwargs)
+            return inference(*args, **kwargs)
 
     policy.forward = fast_forward  # type: ignore[method-assign]
     try:

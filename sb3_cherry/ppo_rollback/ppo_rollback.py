@@ -39,11 +39,12 @@ def rollback_surrogate(ratio: th.Tensor, advantages: th.Tensor, clip_range: floa
     :param rollback_alpha: ``alpha`` >= 0
     :return: the surrogate per sample (to be maximised)
     """
-    upper = -rollback_alpha * ratio + (1.0 + rollback_alpha) * (1.0 + clip_range)
-    lower = -rollback_alpha * ratio + (1.0 + rollback_alpha) * (1.0 - clip_range)
     positive = advantages >= 0
-    f = th.where(positive & (ratio > 1.0 + clip_range), upper, ratio)
-    f = th.where(~positive & (ratio < 1.0 - clip_range), lower, f)
+    # outside the trust region on the side where clipped PPO is flat, and the rollback line's intercept there
+    outside = th.where(positive, ratio > 1.0 + clip_range, ratio < 1.0 - clip_range)
+    upper = ratio.new_tensor((1.0 + rollback_alpha) * (1.0 + clip_range))  # in the ratio's dtype
+    intercept = th.where(positive, upper, (1.0 + rollback_alpha) * (1.0 - clip_range))
+    f = th.where(outside, -rollback_alpha * ratio + intercept, ratio)
     return advantages * f
 
 

@@ -1,0 +1,159 @@
+"""The collection forward without module / distribution objects equals the policy's module path bit for bit."""
+
+import numpy as np
+import pytest
+import torch as th
+from gymnasium import spaces
+from stable_baselines3 import PPO
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+
+from sb3_cherry import PPORollback
+from sb3_cherry.common.fast_forward import FastActorCriticForward
+from sb3_cherry.common.policies import CherryActorCriticPolicy
+from sb3_cherry.common.speed import inference_forward
+
+BOX_OBS = spaces.Box(-5.0, 5.0, (3,), np.float32)
+
+
+def _policy(action_space, policy_class=CherryActorCriticPolicy, obs_space=BOX_OBS, **kwargs):
+    th.manual_seed(0)
+    return policy_class(obs_space, action_space, lambda _: 3e-4, **kwargs)
+
+
+def _module_and_fast(policy, obs, deterministic):
+    """The module path and the fast path on the same observations, from the same random state."""
+    fast = FastActorCriticForward.build(policy)
+    assert fast is not None
+    with th.no_grad():
+        th.manual_seed(123)
+        expected = policy(obs, deterministic=deterministic)
+        th.manual_seed(123)
+        got = fast(obs, deterministic=deterministic)
+    return expected, got
+
+
+CASES = [
+    (spaces.Box(-1.0, 1.0, (2,), np.float32), {}),
+    (spaces.Box(-1.0, 1.0, (2,), np.float32), {"activation_fn": th.nn.ReLU, "net_arch": [32, 16]}),
+    (spaces.Box(-1.0, 1.0, (2, 2), np.float32), {"log_std_init": -0.7}),
+    (spaces.Discrete(4), {}),
+    (spaces.Discrete(5, start=-2), {"activation_fn": th.nn.ReLU}),
+    (spaces.Box(-2.0, 3.0, (2,), np.float32), {"action_distribution": "beta"}),
+    (spaces.Box(-1.0, 1.0, (2,), np.float32), {"action_distribution": "tanh_normal"}),
+    (spaces.Discrete(3), {"action_distribution": "gumbel_softmax"}),
+    (spaces.MultiDiscrete([3, 2]), {}),
+    (spaces.MultiBinary(3), {}),
+    (spaces.Tuple((spaces.Discrete(3), spaces.Box(0.0, 1.0, (2,), np.float32))), {}),
+    (spaces.Box(-1.0, 1.0, (2,), np.float32), {"net_arch": {"pi": [8], "vf": [16, 16]}}),
+    (spaces.Box(-1.0, 1.0, (2,), np.float32), {"net_arch": []}),
+    (spaces.Box(-1.0, 1.0, (2,), np.float32), {"use_sde": True}),
+]
+
+
+@pytest.mark.parametrize("action_space, kwargs", CASES)
+@pytest.mark.parametrize("batch", [1, 7])
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_fast_forward_equals_module_path(action_space, kwargs, batch, deterministic):
+    policy = _policy(action_space, **kwargs)
+    # perturb the parameters away from the orthogonal initialisation (small action head, zero biases)
+    with th.no_grad():
+        for p in policy.parameters():
+            p.add_(0.3 * th.randn_like(p))
+    obs = th.as_tensor(np.stack([BOX_OBS.sample() for _ in range(batch)]))
+    (actions, values, log_prob), (f_actions, f_values, f_log_prob) = _module_and_fast(policy, obs, deterministic)
+    for a, b in ((actions, f_actions), (values, f_values), (log_prob, f_log_prob)):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        assert th.equal(a, b)
+
+
+def test_fast_forward_equals_sb3_policy():
+    """SB3's own ActorCriticPolicy (not sb3_cherry's subclass) takes the fast path too."""
+    for action_space in (spaces.Box(-1.0, 1.0, (3,), np.float32), spaces.Discrete(3)):
+        policy = _policy(action_space, policy_class=ActorCriticPolicy)
+        obs = th.as_tensor(np.stack([BOX_OBS.sample() for _ in range(5)]))
+        expected, got = _module_and_fast(policy, obs, deterministic=False)
+        assert all(th.equal(a, b) for a, b in zip(expected, got, strict=True))
+
+
+def test_fast_forward_reads_parameters_at_call_time():
+    policy = _policy(spaces.Box(-1.0, 1.0, (2,), np.float32))
+    fast = FastActorCriticForward.build(policy)
+    obs = th.ones(2, 3)
+    with th.no_grad():
+        policy.load_state_dict({k: v + 0.5 for k, v in policy.state_dict().items()})
+        assert th.equal(fast(obs, deterministic=True)[1], policy(obs, deterministic=True)[1])
+
+
+class _Extractor(BaseFeaturesExtractor):
+    def __init__(self, observation_space):
+        super().__init__(observation_space, features_dim=3)
+
+    def forward(self, observations):
+        return observations * 2.0
+
+
+class _OwnForward(CherryActorCriticPolicy):
+    def forward(self, obs, deterministic=False):
+        return super().forward(obs, deterministic)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: _policy(spaces.Box(-1.0, 1.0, (2,), np.float32), features_extractor_class=_Extractor),
+        lambda: _policy(spaces.Box(-1.0, 1.0, (2,), np.float32), share_features_extractor=False),
+        lambda: _policy(spaces.Box(-1.0, 1.0, (2,), np.float32), activation_fn=th.nn.ELU),
+        lambda: _policy(spaces.Box(-1.0, 1.0, (2,), np.float32), policy_class=_OwnForward),
+        lambda: _policy(spaces.Box(-1.0, 1.0, (2,), np.float32), obs_space=spaces.Discrete(4)),
+        lambda: _policy(spaces.Discrete(2), obs_space=spaces.Box(0, 255, (8, 8, 1), np.uint8)),
+    ],
+    ids=["own_extractor", "separate_extractors", "elu", "own_forward", "discrete_obs", "image_obs"],
+)
+def test_unsupported_policies_keep_the_module_path(make):
+    assert FastActorCriticForward.build(make()) is None
+
+
+def test_hooks_keep_the_module_path():
+    policy = _policy(spaces.Box(-1.0, 1.0, (2,), np.float32))
+    calls = []
+    handle = policy.mlp_extractor.policy_net[0].register_forward_hook(lambda *args: calls.append(1))
+    assert FastActorCriticForward.build(policy) is None
+    with inference_forward(policy), th.no_grad():
+        policy(th.zeros(1, 3))
+    assert calls == [1]  # the user's hook ran
+    handle.remove()
+    assert FastActorCriticForward.build(policy) is not None
+    global_handle = th.nn.modules.module.register_module_forward_hook(lambda *args: None)
+    try:
+        assert FastActorCriticForward.build(policy) is None
+    finally:
+        global_handle.remove()
+
+
+def test_collection_takes_the_fast_path(monkeypatch):
+    """learn() collects through the fast forward for the default MlpPolicy (and gradients still flow in training)."""
+    calls = []
+    original = FastActorCriticForward.__call__
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(FastActorCriticForward, "__call__", counting)
+    model = PPORollback("MlpPolicy", "Pendulum-v1", n_steps=32, batch_size=32, n_epochs=1, seed=0)
+    before = [p.detach().clone() for p in model.policy.parameters()]
+    model.learn(64)
+    assert len(calls) == 64
+    assert any(not th.equal(a, b) for a, b in zip(before, model.policy.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPole-v1"])
+def test_relu_policy_reproduces_sb3_ppo(env_id):
+    """PPORollback(alpha=0) collecting through the fast path trains SB3's PPO parameters bit for bit (ReLU nets)."""
+    policy_kwargs = dict(activation_fn=th.nn.ReLU, net_arch=dict(pi=[32, 32], vf=[16]))
+    kwargs = dict(n_steps=64, batch_size=32, n_epochs=2, seed=3, policy_kwargs=policy_kwargs)
+    ppo = PPO("MlpPolicy", env_id, **kwargs).learn(256)
+    ours = PPORollback("MlpPolicy", env_id, rollback_alpha=0.0, **kwargs).learn(256)
+    for a, b in zip(ppo.policy.parameters(), ours.policy.parameters(), strict=True):
+        assert th.equal(a, b)
