@@ -355,6 +355,10 @@ def run(args: argparse.Namespace) -> None:
     for seed in args.seeds:
         entry = load_entry(args.algo, args.env, args.hyperparams_from, args.config)
         model, zoo_timesteps = build_model(args.algo, args.env, seed, args.set, args.hyperparams_from, args.config, entry)
+        if args.fused_optimizer:
+            if not hasattr(model, "fused_optimizer"):
+                raise ValueError(f"--fused-optimizer: {args.algo} has no fused_optimizer switch (sb3_cherry algorithms only)")
+            model.fused_optimizer = True  # opt-in, not bit-exact: torch's fused Adam (see docs, Performance)
         timesteps = args.timesteps or zoo_timesteps
         row = dict(env=args.env, algo=args.algo, variant=args.variant, seed=seed)
         callback = EvalAppendCallback(
@@ -480,6 +484,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variant", default="zoo", help="name of the row (e.g. the --set overrides)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a hyperparameter")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: fair on a shared machine)")
+    parser.add_argument(
+        "--fused-optimizer",
+        action="store_true",
+        help="train with the opt-in fused Adam (model.fused_optimizer = True; not bit-identical to SB3's Adam)",
+    )
     parser.add_argument("--results", default=str(RESULTS), help="results folder")
     parser.add_argument("--checkpoint-dir", default=None, help="run checkpoints: resumable runs in chunks")
     parser.add_argument("--chunk-steps", type=int, default=None, help="steps per process and checkpoint period")

@@ -388,3 +388,122 @@ def test_memory_task_needs_recurrence():
     ff_mean, _ = evaluate_policy(feed_forward, make_vec_env(cartpole_no_vel, n_envs=1, seed=10_000), n_eval_episodes=20)
     assert gru_mean >= 450, f"GRU policy: {gru_mean:.1f}"
     assert ff_mean < 200, f"feed-forward policy: {ff_mean:.1f}"
+
+
+def _collected(policy, policy_kwargs=None, estimator="gae", env_id="CartPole-v1", n_envs=2, n_steps=64, seed=0):
+    """A model and one collected rollout (random-policy CartPole episodes end inside the 64-step rollout)."""
+    env = make_vec_env(env_id, n_envs=n_envs, seed=1)
+    model = RecurrentPPORollback(
+        policy,
+        env,
+        n_steps=n_steps,
+        batch_size=32,
+        n_epochs=3,
+        gamma=0.9,
+        gae_lambda=0.8,
+        policy_kwargs={**SMALL_NET, **(policy_kwargs or {})},
+        seed=seed,
+        returns_estimator=estimator,
+        recompute_returns=True,
+    )
+    _, callback = model._setup_learn(2 * n_steps * n_envs, None)
+    # the second rollout starts from the non-zero recurrent states the first one ended with
+    for _ in range(2):
+        model.collect_rollouts(model.env, callback, model.rollout_buffer, n_rollout_steps=n_steps)
+    assert model.rollout_buffer.episode_starts[1:].any()
+    assert np.abs(model.rollout_buffer.hidden_states_pi[0]).max() > 0
+    return model
+
+
+@pytest.mark.parametrize(
+    "policy, policy_kwargs",
+    [
+        ("MlpLstmPolicy", None),
+        ("MlpGruPolicy", None),
+        ("MlpLstmPolicy", dict(shared_lstm=True, enable_critic_lstm=False)),
+        ("MlpLstmPolicy", dict(enable_critic_lstm=False)),
+        ("MlpLstmPolicy", dict(n_lstm_layers=2)),
+    ],
+)
+@pytest.mark.parametrize("after_get", [False, True])
+def test_replay_equals_the_collection(policy, policy_kwargs, after_get):
+    # With the collection's weights, replaying each env's rollout as one sequence gives the values and log-probs the
+    # collection computed step by step (contrib's forward with the carried states), and the bootstrap value of the
+    # last observation from the final states
+    model = _collected(policy, policy_kwargs)
+    buffer = model.rollout_buffer
+    stored_values = buffer.values.copy()  # (n_steps, n_envs)
+    stored_log_probs = buffer.log_probs.copy()
+    with th.no_grad():
+        last_values = model.policy.predict_values(
+            th.as_tensor(model._last_obs),
+            model._last_lstm_states.vf,
+            th.as_tensor(model._last_episode_starts, dtype=th.float32),
+        )
+    if after_get:
+        next(buffer.get(32))
+    values, log_probs, last = buffer.replay(model.policy, model._last_obs)
+    np.testing.assert_allclose(buffer._unflat(values), stored_values, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(buffer._unflat(log_probs), stored_log_probs, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(last, last_values.numpy().flatten(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("estimator", ["gae", "vtrace", "n_step"])
+def test_recompute_with_unchanged_weights_keeps_the_targets(estimator):
+    model = _collected("MlpLstmPolicy", estimator=estimator)
+    buffer = model.rollout_buffer
+    next(buffer.get(32))  # as in training: recompute runs before epochs 2, 3, ... on the flattened buffer
+    returns, advantages = buffer.returns.copy(), buffer.advantages.copy()
+    model._recompute_returns()
+    np.testing.assert_allclose(buffer.returns, returns, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(buffer.advantages, advantages, rtol=1e-5, atol=1e-5)
+
+
+def test_recompute_after_an_update_uses_the_new_critic():
+    # after gradient steps the recomputed targets are those of the new critic: V-trace with on-policy ratios equal to
+    # pi_new / mu, checked against the feed-forward estimator on the replayed values (independent of the replay)
+    from sb3_cherry.common import returns as returns_lib
+
+    model = _collected("MlpGruPolicy", estimator="vtrace")
+    buffer = model.rollout_buffer
+    with th.no_grad():
+        for p in model.policy.parameters():
+            p.add_(0.05 * th.randn_like(p))
+    next(buffer.get(32))
+    model._recompute_returns()
+    values, log_probs, last = buffer.replay(model.policy, model._last_obs)
+    dones = buffer._dones_after(buffer.last_dones)
+    expected_returns, expected_adv = returns_lib.vtrace(
+        buffer.rewards,
+        buffer._unflat(values),
+        last,
+        dones,
+        buffer._unflat(log_probs - buffer.log_probs.reshape(-1)),
+        0.9,
+        gae_lambda=0.8,
+        rho_bar=1.0,
+        c_bar=1.0,
+        rho_in_advantages=False,
+    )
+    np.testing.assert_allclose(buffer._unflat(buffer.returns), expected_returns, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(buffer._unflat(buffer.advantages), expected_adv, rtol=1e-6, atol=1e-6)
+    assert not np.allclose(buffer._unflat(values), buffer._unflat(buffer.values.reshape(-1)), atol=1e-4)
+
+
+def test_recurrent_recompute_returns_trains(monkeypatch):
+    from sb3_cherry.ppo_recurrent.buffers import CherryRecurrentRolloutBuffer
+
+    calls = []
+    original = CherryRecurrentRolloutBuffer.recompute_returns_and_advantage
+
+    def spy(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(CherryRecurrentRolloutBuffer, "recompute_returns_and_advantage", spy)
+    kwargs = {**TINY, "n_epochs": 3}
+    model = RecurrentPPORollback(
+        "MlpGruPolicy", "CartPole-v1", recompute_returns=True, returns_estimator="vtrace", policy_kwargs=SMALL_NET, **kwargs
+    )
+    model.learn(32)
+    assert len(calls) == 2 * 2  # epochs 2 and 3 of each of the two updates

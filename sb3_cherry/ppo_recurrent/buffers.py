@@ -6,15 +6,20 @@ SB3's buffers size their action array with ``get_action_dim(action_space)``, whi
 subclasses hand them the flat ``Box`` of :func:`sb3_cherry.common.spaces.flat_action_space` instead (the actions that
 ``collect_rollouts`` stores are already flat). Returns and advantages come from
 :class:`~sb3_cherry.common.buffers.ReturnsEstimatorMixin` (GAE, 1-step, n-step, V-trace); everything else, sequence
-padding and masks included, is contrib's. Re-evaluating a stored rollout (``recompute_returns``, ``recentre`` for
-``collection="async"``) would need the recurrent states replayed sequence by sequence and is not supported.
+padding and masks included, is contrib's. ``recompute_returns`` re-evaluates the rollout by replaying each env's
+steps in order from the recurrent states stored at its first step (:meth:`_RecurrentReturnsEstimator.replay`);
+``recentre`` (``collection="async"``) is not supported.
 """
 
-from typing import NoReturn
+from typing import Any, NoReturn
 
+import numpy as np
 import torch as th
 from gymnasium import spaces
 from sb3_contrib.common.recurrent.buffers import RecurrentDictRolloutBuffer, RecurrentRolloutBuffer
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+from sb3_contrib.common.recurrent.type_aliases import RNNStates
+from stable_baselines3.common.utils import obs_as_tensor
 
 from sb3_cherry.common.buffers import ReturnsEstimatorMixin
 
@@ -45,9 +50,117 @@ class _RecurrentReturnsEstimator(ReturnsEstimatorMixin):
 
     def _flat_observations(self) -> NoReturn:
         raise NotImplementedError(
-            "Recurrent rollouts cannot be re-evaluated step by step (recompute_returns / collection='async'): "
-            "the recurrent states would have to be replayed sequence by sequence."
+            "Recurrent rollouts cannot be re-evaluated step by step (collection='async'): the recurrent states are "
+            "replayed per env instead (recompute_returns, see replay())."
         )
+
+    def _env_major(self, name: str) -> Any:
+        """The stored array ``name`` in the env-major order of contrib's ``get()``: ``(n_envs * n_steps, ...)``."""
+        value = self.__dict__[name]
+        if self.generator_ready:  # contrib's get() has flattened it already
+            return value
+        if isinstance(value, dict):
+            return {key: self.swap_and_flatten(v) for key, v in value.items()}  # type: ignore[attr-defined]
+        return self.swap_and_flatten(value)  # type: ignore[attr-defined]
+
+    def _first_states(self, hidden: str, cell: str) -> tuple[th.Tensor, th.Tensor]:
+        """The recurrent states stored at the first step of the rollout, ``(num_layers, n_envs, hidden_size)`` each."""
+        states = []
+        for name in (hidden, cell):
+            value = self.__dict__[name]
+            if self.generator_ready:  # (n_envs * n_steps, num_layers, hidden_size), env-major
+                first = value.reshape(self.n_envs, self.buffer_size, *value.shape[1:])[:, 0].swapaxes(0, 1)
+            else:  # (n_steps, num_layers, n_envs, hidden_size)
+                first = value[0]
+            states.append(th.as_tensor(np.ascontiguousarray(first), device=self.device))
+        return states[0], states[1]
+
+    def _dones_after(self, last_dones: np.ndarray) -> np.ndarray:
+        """``dones[t]`` in ``(n_steps, n_envs)``; contrib's ``get()`` flattens ``episode_starts`` too."""
+        episode_starts = self.episode_starts
+        if self.generator_ready:
+            self.episode_starts = self._unflat(episode_starts)
+        try:
+            return super()._dones_after(last_dones)
+        finally:
+            self.episode_starts = episode_starts
+
+    def replay(
+        self, policy: RecurrentActorCriticPolicy, last_obs: Any, log_probs: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """
+        Evaluate the stored rollout under ``policy`` by replaying each env's steps in order: the recurrent networks
+        start from the states stored at the rollout's first step (those of the collection), are reset where an
+        episode starts, and carry their states from step to step (computed by ``policy``), as in the collection;
+        the observation after the last step continues the same sequence, for the bootstrap value.
+
+        :param policy: the (current) recurrent policy
+        :param last_obs: the observation after the last step of each env (the algorithm's ``_last_obs``)
+        :param log_probs: also return the log-probabilities of the stored actions
+        :return: values and log-probabilities (or None) of the stored steps, each ``(n_envs * n_steps,)`` in the
+            env-major order of contrib's ``get()``, and the values of ``last_obs`` ``(n_envs,)``
+        """
+        n_envs, n_steps = self.n_envs, self.buffer_size
+        observations = self._env_major("observations")
+        episode_starts = self._env_major("episode_starts").reshape(n_envs, n_steps)
+        last_starts = np.asarray(self.last_dones, dtype=np.float32).reshape(n_envs, 1)
+
+        def extended(obs: np.ndarray, last: np.ndarray) -> np.ndarray:
+            """Each env's ``n_steps`` observations followed by its last one: ``(n_envs * (n_steps + 1), ...)``."""
+            per_env = obs.reshape(n_envs, n_steps, *obs.shape[1:])
+            return np.concatenate([per_env, np.asarray(last).reshape(n_envs, 1, *obs.shape[1:])], axis=1).reshape(
+                n_envs * (n_steps + 1), *obs.shape[1:]
+            )
+
+        if isinstance(observations, dict):
+            obs_ext: Any = {key: extended(observations[key], last_obs[key]) for key in observations}
+        else:
+            obs_ext = extended(observations, last_obs)
+        starts_ext = np.concatenate([episode_starts, last_starts], axis=1).reshape(-1)
+        states_vf = self._first_states("hidden_states_vf", "cell_states_vf")
+        with th.no_grad():
+            # n_envs sequences of n_steps + 1 steps (contrib's _process_sequence: one sequence per row of the states)
+            values = policy.predict_values(
+                obs_as_tensor(obs_ext, self.device),  # type: ignore[arg-type]
+                states_vf,
+                th.as_tensor(starts_ext, device=self.device),
+            )
+            values_np = values.cpu().numpy().reshape(n_envs, n_steps + 1)
+            new_log_probs = None
+            if log_probs:
+                actions = th.as_tensor(self._env_major("actions"), device=self.device)
+                if isinstance(self.original_action_space, spaces.Discrete):
+                    actions = actions.long().flatten()
+                states = RNNStates(self._first_states("hidden_states_pi", "cell_states_pi"), states_vf)
+                _, log_prob, _ = policy.evaluate_actions(
+                    obs_as_tensor(observations, self.device),  # type: ignore[arg-type]
+                    actions,
+                    states,
+                    th.as_tensor(episode_starts.reshape(-1), device=self.device),
+                )
+                new_log_probs = log_prob.cpu().numpy().reshape(-1)
+        return values_np[:, :n_steps].reshape(-1).astype(np.float32), new_log_probs, values_np[:, n_steps]
+
+    def recompute_returns_and_advantage(self, policy: Any, last_obs: Any, chunk_size: int = 4096) -> None:
+        """
+        Recompute returns and advantages with the current networks (``recompute_returns``): values (and, for V-trace,
+        log-probabilities of the stored actions) from :meth:`replay`. The stored ``values`` / ``log_probs`` of the
+        collecting policy are kept (PPO's ratio and value clipping refer to them).
+
+        :param policy: the current recurrent policy
+        :param last_obs: observation after the last step (the algorithm's ``_last_obs``)
+        :param chunk_size: unused (the replay evaluates each env's whole sequence at once)
+        """
+        vtrace = self.returns_estimator == "vtrace"
+        new_values, new_log_probs, last_values = self.replay(policy, last_obs, log_probs=vtrace)
+        log_ratios = None
+        if new_log_probs is not None:
+            old_log_probs = self._env_major("log_probs").reshape(-1)
+            log_ratios = self._unflat(new_log_probs - old_log_probs)
+        self._estimate(self._unflat(new_values), last_values, log_ratios)
+        if self.generator_ready:
+            self.returns = self.swap_and_flatten(self.returns)  # type: ignore[attr-defined]
+            self.advantages = self.swap_and_flatten(self.advantages)  # type: ignore[attr-defined]
 
 
 class CherryRecurrentRolloutBuffer(_RecurrentReturnsEstimator, RecurrentRolloutBuffer):  # type: ignore[misc]

@@ -39,8 +39,8 @@ class RecurrentPPORollback(RecurrentPPO, CherryOnPolicyAlgorithm):
     sb3-contrib's ``RecurrentPPO`` (rollout collection with recurrent states, sequence minibatches with padding masks)
     with the rollback surrogate in place of the clipped one. ``CherryOnPolicyAlgorithm`` adds Tuple action spaces
     (``VecTupleActions``), atomic saving and clear load errors; the returns estimator is a choice (GAE, 1-step,
-    n-step, V-trace on contrib's buffers). Not available here: ``recompute_returns`` and ``collection="async"`` (both
-    re-evaluate stored steps, which a recurrent policy can only do by replaying whole sequences).
+    n-step, V-trace on contrib's buffers); ``recompute_returns`` replays each env's rollout with the current networks.
+    Not available here: ``collection="async"``.
 
     With ``rollback_alpha=0`` and the LSTM policies with default distributions, this is sb3-contrib's ``RecurrentPPO``
     exactly.
@@ -83,6 +83,10 @@ class RecurrentPPORollback(RecurrentPPO, CherryOnPolicyAlgorithm):
     :param n_step: horizon of the ``"n_step"`` estimator
     :param rho_bar: V-trace truncation level of the importance weights in the TD errors
     :param c_bar: V-trace truncation level of the traces
+    :param recompute_returns: recompute values, returns and advantages with the current networks before every epoch
+        after the first (as cherry_rl does): each env's rollout is replayed in order from the recurrent states stored
+        at its first step, resetting them where episodes start, and the observation after the last step continues the
+        sequence for the bootstrap value (see :meth:`~sb3_cherry.ppo_recurrent.buffers.CherryRecurrentRolloutBuffer.replay`)
     :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
         the reported success rate, mean episode length, and mean reward over
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
@@ -130,6 +134,7 @@ class RecurrentPPORollback(RecurrentPPO, CherryOnPolicyAlgorithm):
         n_step: int = 5,
         rho_bar: float = 1.0,
         c_bar: float = 1.0,
+        recompute_returns: bool = False,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -172,7 +177,7 @@ class RecurrentPPORollback(RecurrentPPO, CherryOnPolicyAlgorithm):
         self.rollback_alpha = float(rollback_alpha)
         check_trust_region_args(trust_region, kl_threshold, rollback)
         self.trust_region, self.kl_threshold, self.rollback = trust_region, float(kl_threshold), rollback
-        self._init_estimator(returns_estimator, n_step, rho_bar, c_bar, recompute_returns=False)
+        self._init_estimator(returns_estimator, n_step, rho_bar, c_bar, recompute_returns)
 
         if _init_setup_model:
             self._setup_model()
