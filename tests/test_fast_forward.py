@@ -5,13 +5,14 @@ import pytest
 import torch as th
 from gymnasium import spaces
 from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 
 from sb3_cherry import PPORollback
 from sb3_cherry.common.fast_forward import FastActorCriticForward
 from sb3_cherry.common.policies import CherryActorCriticPolicy
-from sb3_cherry.common.speed import inference_forward
+from sb3_cherry.common.speed import distribution_validation, inference_forward
 
 BOX_OBS = spaces.Box(-5.0, 5.0, (3,), np.float32)
 
@@ -21,15 +22,20 @@ def _policy(action_space, policy_class=CherryActorCriticPolicy, obs_space=BOX_OB
     return policy_class(obs_space, action_space, lambda _: 3e-4, **kwargs)
 
 
-def _module_and_fast(policy, obs, deterministic):
-    """The module path and the fast path on the same observations, from the same random state."""
+def _module_and_fast(policy, obs, deterministic, seed=123):
+    """
+    The module path and the fast path on the same observations, from the same random state (as during ``learn``:
+    no argument validation, inference mode); both must leave the random stream in the same state.
+    """
     fast = FastActorCriticForward.build(policy)
     assert fast is not None
-    with th.no_grad():
-        th.manual_seed(123)
+    with distribution_validation(False), th.inference_mode():
+        th.manual_seed(seed)
         expected = policy(obs, deterministic=deterministic)
-        th.manual_seed(123)
+        state = th.get_rng_state()
+        th.manual_seed(seed)
         got = fast(obs, deterministic=deterministic)
+        assert th.equal(th.get_rng_state(), state)
     return expected, got
 
 
@@ -61,10 +67,11 @@ def test_fast_forward_equals_module_path(action_space, kwargs, batch, determinis
         for p in policy.parameters():
             p.add_(0.3 * th.randn_like(p))
     obs = th.as_tensor(np.stack([BOX_OBS.sample() for _ in range(batch)]))
-    (actions, values, log_prob), (f_actions, f_values, f_log_prob) = _module_and_fast(policy, obs, deterministic)
-    for a, b in ((actions, f_actions), (values, f_values), (log_prob, f_log_prob)):
-        assert a.shape == b.shape and a.dtype == b.dtype
-        assert th.equal(a, b)
+    for seed in range(3):
+        (actions, values, log_prob), (f_actions, f_values, f_log_prob) = _module_and_fast(policy, obs, deterministic, seed)
+        for a, b in ((actions, f_actions), (values, f_values), (log_prob, f_log_prob)):
+            assert a.shape == b.shape and a.dtype == b.dtype
+            assert th.equal(a, b)
 
 
 def test_fast_forward_equals_sb3_policy():
@@ -80,7 +87,7 @@ def test_fast_forward_reads_parameters_at_call_time():
     policy = _policy(spaces.Box(-1.0, 1.0, (2,), np.float32))
     fast = FastActorCriticForward.build(policy)
     obs = th.ones(2, 3)
-    with th.no_grad():
+    with th.no_grad(), distribution_validation(False):
         policy.load_state_dict({k: v + 0.5 for k, v in policy.state_dict().items()})
         assert th.equal(fast(obs, deterministic=True)[1], policy(obs, deterministic=True)[1])
 
@@ -132,15 +139,15 @@ def test_hooks_keep_the_module_path():
 
 
 def test_collection_takes_the_fast_path(monkeypatch):
-    """learn() collects through the fast forward for the default MlpPolicy (and gradients still flow in training)."""
+    """learn() collects through the fast forward (not its module-path fallback) for the default MlpPolicy."""
     calls = []
-    original = FastActorCriticForward.__call__
+    original = FastActorCriticForward._gaussian
 
     def counting(self, *args, **kwargs):
         calls.append(1)
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(FastActorCriticForward, "__call__", counting)
+    monkeypatch.setattr(FastActorCriticForward, "_gaussian", counting)
     model = PPORollback("MlpPolicy", "Pendulum-v1", n_steps=32, batch_size=32, n_epochs=1, seed=0)
     before = [p.detach().clone() for p in model.policy.parameters()]
     model.learn(64)
@@ -157,3 +164,112 @@ def test_relu_policy_reproduces_sb3_ppo(env_id):
     ours = PPORollback("MlpPolicy", env_id, rollback_alpha=0.0, **kwargs).learn(256)
     for a, b in zip(ppo.policy.parameters(), ours.policy.parameters(), strict=True):
         assert th.equal(a, b)
+
+
+def test_argument_validation_takes_the_module_path():
+    # with torch's argument validation on (validate_distribution_args=True), invalid parameters raise as in SB3
+    policy = _policy(spaces.Box(-1.0, 1.0, (2,), np.float32), log_std_init=-200.0)  # std == 0 in float32
+    fast = FastActorCriticForward.build(policy)
+    assert fast is not None
+    with th.no_grad(), distribution_validation(False):
+        assert th.isfinite(fast(th.zeros(1, 3))[1]).all()  # no check: values come out
+    with th.no_grad(), distribution_validation(True), pytest.raises(ValueError, match="scale"):
+        fast(th.zeros(1, 3))
+
+
+class _ClampMixin(ActorCriticPolicy):
+    def forward(self, obs, deterministic=False):
+        actions, values, log_prob = super().forward(obs, deterministic)
+        return actions.clamp(-0.5, 0.5), values, log_prob
+
+
+class _ScaleObsMixin(ActorCriticPolicy):
+    def extract_features(self, obs, features_extractor=None):
+        return super().extract_features(obs * 10.0, features_extractor)
+
+
+class _WideStdMixin(ActorCriticPolicy):
+    def _get_action_dist_from_latent(self, latent_pi):
+        return self.action_dist.proba_distribution(self.action_net(latent_pi), self.log_std + 1.0)
+
+
+@pytest.mark.parametrize("mixin", [_ClampMixin, _ScaleObsMixin, _WideStdMixin])
+def test_mixins_reached_through_super_keep_the_module_path(mixin):
+    policy_class = type("Mixed", (CherryActorCriticPolicy, mixin), {})
+    assert FastActorCriticForward.build(_policy(spaces.Box(-1.0, 1.0, (2,), np.float32), policy_class=policy_class)) is None
+
+
+def _patch_extract_features(policy):
+    original = policy.extract_features
+    policy.extract_features = lambda obs, extractor=None: original(obs * 10.0, extractor)
+
+
+def _patch_action_net(policy):
+    original = policy.action_net.forward
+    policy.action_net.forward = lambda x: original(x) + 1.0
+
+
+def _patch_log_prob(policy):
+    dist = policy.action_dist
+    dist.log_prob = lambda actions: dist.distribution.log_prob(actions) * 0.0
+
+
+def _replace_layer(policy):
+    policy.mlp_extractor.policy_net[0] = th.nn.Linear(3, 64)
+
+
+def _hook_layer(policy):
+    policy.mlp_extractor.value_net[2].register_forward_hook(lambda module, args, out: out * 2.0)
+
+
+def _append_layer(policy):
+    policy.mlp_extractor.policy_net.append(th.nn.Tanh())
+
+
+@pytest.mark.parametrize(
+    "change", [_patch_extract_features, _patch_action_net, _patch_log_prob, _replace_layer, _hook_layer, _append_layer]
+)
+def test_changes_after_build_take_the_module_path(change):
+    # a fast forward built before the policy was patched, hooked or changed computes what the changed policy does
+    action_space = spaces.Discrete(3) if change is _patch_log_prob else spaces.Box(-1.0, 1.0, (2,), np.float32)
+    policy = _policy(action_space)
+    fast = FastActorCriticForward.build(policy)
+    assert fast is not None
+    change(policy)
+    obs = th.as_tensor(np.stack([BOX_OBS.sample() for _ in range(4)]))
+    with th.no_grad(), distribution_validation(False):
+        th.manual_seed(5)
+        expected = policy(obs)
+        th.manual_seed(5)
+        got = fast(obs)
+    assert all(th.equal(a, b) for a, b in zip(expected, got, strict=True))
+
+
+class _HookOnRolloutStart(BaseCallback):
+    """Adds a forward hook (halving the action mean) when the first rollout starts, and counts its calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls, self.handle = 0, None
+
+    def _hook(self, module, args, output):
+        self.calls += 1
+        return output * 0.5
+
+    def _on_rollout_start(self) -> None:
+        if self.handle is None:
+            self.handle = self.model.policy.action_net.register_forward_hook(self._hook)
+
+    def _on_step(self) -> bool:
+        return True
+
+
+def test_hook_added_by_a_callback_during_learn():
+    kwargs = dict(n_steps=16, batch_size=16, n_epochs=1, seed=0)
+    results = []
+    for algo, extra in ((PPO, {}), (PPORollback, {"rollback_alpha": 0.0})):
+        callback = _HookOnRolloutStart()
+        model = algo("MlpPolicy", "Pendulum-v1", **kwargs, **extra).learn(32, callback=callback)
+        results.append((callback.calls, model.rollout_buffer.actions.copy()))
+    assert results[0][0] == results[1][0] > 32
+    np.testing.assert_array_equal(results[0][1], results[1][1])

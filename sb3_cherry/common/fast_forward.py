@@ -17,7 +17,13 @@ returns None otherwise (the module path then runs, unchanged):
 - a ``Box`` observation space (no image normalisation), SB3's ``FlattenExtractor`` shared by actor and critic;
 - SB3's ``MlpExtractor`` whose networks are ``nn.Sequential`` of ``nn.Linear``, ``nn.ReLU`` and ``nn.Tanh`` only,
   ``nn.Linear`` heads;
-- no forward hooks on the policy or any submodule, and no global module hooks;
+- no class in the policy's MRO other than SB3's / sb3_cherry's own defines ``forward``, ``extract_features`` or
+  ``_get_action_dist_from_latent`` (a mixin reached through ``super()`` would change the computation);
+- at every call (else that call takes the module path): no forward hooks on the submodules and no global module
+  hooks, the same submodules as when it was built (none replaced, none with a ``forward`` set on the instance, no
+  method of the policy or of SB3's distribution object patched on the instance), and ``torch.distributions``
+  argument validation off (as during sb3_cherry's ``learn``; with validation on, the module path raises on invalid
+  distribution parameters as SB3 does);
 - SB3's ``DiagGaussianDistribution`` and ``CategoricalDistribution`` behind an ``nn.Linear`` head are written out
   below exactly as ``torch.distributions.Normal`` / ``Categorical`` compute them; every other distribution (gSDE,
   SB3's multi-categorical and Bernoulli, sb3_cherry's, which are written out on their parameters already) comes
@@ -29,11 +35,12 @@ One difference that is not a value: the policy's ``action_dist`` keeps the distr
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.distributions import CategoricalDistribution, DiagGaussianDistribution
-from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.policies import ActorCriticPolicy, BaseModel, BasePolicy
 from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.torch_layers import FlattenExtractor, MlpExtractor
 from torch import nn
@@ -53,16 +60,30 @@ _SB3_DIST_FROM_LATENT = (ActorCriticPolicy._get_action_dist_from_latent, CherryA
 _LAYER_TYPES = (nn.Linear, nn.ReLU, nn.Tanh)
 
 
-def _has_hooks(module: nn.Module) -> bool:
-    """Whether ``module`` or a submodule has forward (pre-)hooks, or global module hooks are registered."""
-    global_hooks = (
-        torch_module._global_forward_hooks,
-        torch_module._global_forward_pre_hooks,
-        getattr(torch_module, "_global_forward_hooks_always_called", {}),
+#: the policy methods whose computation the fast path reproduces: only these classes may define them
+_POLICY_METHODS = ("forward", "extract_features", "_get_action_dist_from_latent")
+_KNOWN_CLASSES = frozenset({CherryActorCriticPolicy, ActorCriticPolicy, BasePolicy, BaseModel, nn.Module, object})
+#: the methods of SB3's Gaussian / categorical distribution objects that the fast path writes out
+_DISTRIBUTION_METHODS = ("proba_distribution", "get_actions", "sample", "mode", "log_prob")
+
+
+def _global_hooks() -> bool:
+    """Whether global module forward (pre-)hooks are registered."""
+    return bool(
+        torch_module._global_forward_hooks
+        or torch_module._global_forward_pre_hooks
+        or getattr(torch_module, "_global_forward_hooks_always_called", None)
     )
-    if any(global_hooks):
-        return True
+
+
+def _module_hooks(module: nn.Module) -> bool:
+    """Whether ``module`` or a submodule has forward (pre-)hooks."""
     return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
+
+
+def _own_methods(policy: nn.Module) -> bool:
+    """Whether only SB3's / sb3_cherry's classes define the reproduced methods in the policy's MRO."""
+    return all(cls in _KNOWN_CLASSES or not any(name in vars(cls) for name in _POLICY_METHODS) for cls in type(policy).__mro__)
 
 
 def _layer_fn(layer: nn.Module) -> Callable[[th.Tensor], th.Tensor] | None:
@@ -87,9 +108,9 @@ def _sequential_plan(net: nn.Module) -> list[Callable[[th.Tensor], th.Tensor]] |
 class FastActorCriticForward:
     """
     ``policy.forward(obs, deterministic)`` for the standard MLP actor-critic, without module or distribution objects
-    (same values bit for bit; see the module docstring for where it applies). Build it with :meth:`build`; it reads
-    the policy's parameters at every call, so in-place updates and ``load_state_dict`` are seen, but replacing a
-    submodule needs a new instance (:func:`~sb3_cherry.common.speed.inference_forward` builds one per rollout).
+    (same values bit for bit; see the module docstring for where it applies). Build it with :meth:`build`. It reads
+    the policy's parameters at every call, so in-place updates and ``load_state_dict`` are seen; a call after a
+    submodule was replaced or hooked, a method patched, or with argument validation on, runs the module path.
 
     :param policy: the policy
     :param actor: the actor network's layers as functions
@@ -103,7 +124,18 @@ class FastActorCriticForward:
         critic: list[Callable[[th.Tensor], th.Tensor]],
     ):
         self.policy = policy
+        self.module_forward = policy.forward  # the module path (before inference_forward wraps it)
         self.actor, self.critic = actor, critic
+        # every (parent's submodule dict, name, submodule) the fast path stands for, checked at each call
+        self.watched: list[tuple[dict[str, Any], str, nn.Module]] = []
+        self.sizes: list[tuple[dict[str, Any], int]] = []
+        for parent in (policy, policy.features_extractor, policy.mlp_extractor, *self._sequentials(policy)):
+            if isinstance(parent, nn.Sequential):
+                self.sizes.append((parent._modules, len(parent._modules)))
+            for name, child in parent._modules.items():
+                if child is not None:
+                    self.watched.append((parent._modules, name, child))
+        self.dist = policy.action_dist
         self.action_net: nn.Module = policy.action_net
         self.value_net: nn.Linear = policy.value_net  # type: ignore[assignment]
         # ActorCriticPolicy.forward reshapes the actions to the space's shape; Tuple actions stay flat (sb3_cherry)
@@ -118,6 +150,45 @@ class FastActorCriticForward:
         elif own_head and type(policy.action_dist) is CategoricalDistribution:
             self.kind = "categorical"
 
+    @staticmethod
+    def _sequentials(policy: ActorCriticPolicy) -> tuple[nn.Module, nn.Module]:
+        """The actor's and the critic's ``nn.Sequential`` of the MLP extractor."""
+        return policy.mlp_extractor.policy_net, policy.mlp_extractor.value_net
+
+    def unchanged(self) -> bool:
+        """
+        Whether the fast path still computes ``policy.forward`` (checked at every call; a few dict lookups).
+
+        :return: no argument validation, global hook, replaced / hooked / patched submodule or patched method
+        """
+        if th.distributions.Distribution._validate_args:
+            return False
+        return self.same_structure()
+
+    def same_structure(self) -> bool:
+        """
+        Whether the policy's structure is still the one the fast path was built for.
+
+        :return: no global hook, replaced / hooked / patched submodule or patched method
+        """
+        if _global_hooks():
+            return False
+        for modules, name, module in self.watched:
+            if modules.get(name) is not module or module._forward_hooks or module._forward_pre_hooks:
+                return False
+            if "forward" in module.__dict__:
+                return False
+        if any(len(modules) != size for modules, size in self.sizes):
+            return False
+        policy_dict = self.policy.__dict__
+        if any(name in policy_dict for name in _POLICY_METHODS[1:]) or self.policy.action_dist is not self.dist:
+            return False
+        # the instance's forward is allowed only as inference_forward's wrapper (which calls this object)
+        forward = policy_dict.get("forward")
+        if forward is not None and not getattr(forward, "calls_fast_forward", False):
+            return False
+        return self.kind == "generic" or not any(name in self.dist.__dict__ for name in _DISTRIBUTION_METHODS)
+
     @classmethod
     def build(cls, policy: nn.Module) -> "FastActorCriticForward | None":
         """
@@ -129,11 +200,7 @@ class FastActorCriticForward:
         if not isinstance(policy, ActorCriticPolicy):
             return None
         kind = type(policy)
-        if (
-            kind.forward not in (ActorCriticPolicy.forward, CherryActorCriticPolicy.forward)
-            or kind.extract_features is not ActorCriticPolicy.extract_features
-            or "forward" in policy.__dict__
-        ):
+        if not _own_methods(policy) or any(name in policy.__dict__ for name in _POLICY_METHODS):
             return None
         if isinstance(policy.action_space, spaces.Tuple) and kind.forward is not CherryActorCriticPolicy.forward:
             return None
@@ -151,9 +218,10 @@ class FastActorCriticForward:
         actor, critic = _sequential_plan(mlp.policy_net), _sequential_plan(mlp.value_net)
         if actor is None or critic is None or type(policy.value_net) is not nn.Linear:
             return None
-        if _has_hooks(policy):
+        if _global_hooks() or _module_hooks(policy):
             return None
-        return cls(policy, actor, critic)
+        fast = cls(policy, actor, critic)
+        return fast if fast.same_structure() else None
 
     def __call__(self, obs: th.Tensor, deterministic: bool = False) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         """
@@ -163,6 +231,8 @@ class FastActorCriticForward:
         :param deterministic: the distribution's mode instead of a sample
         :return: actions, values, log-probabilities
         """
+        if not self.unchanged():
+            return self.module_forward(obs, deterministic)
         # BaseModel.extract_features -> preprocess_obs (Box: obs.float()) -> FlattenExtractor (nn.Flatten(1, -1))
         features = obs.float().flatten(1, -1)
         latent_pi = features

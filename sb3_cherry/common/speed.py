@@ -92,6 +92,7 @@ def inference_forward(policy: th.nn.Module) -> Iterator[None]:
         with th.inference_mode():
             return inference(*args, **kwargs)
 
+    fast_forward.calls_fast_forward = True  # type: ignore[attr-defined]  # (FastActorCriticForward.unchanged)
     policy.forward = fast_forward  # type: ignore[method-assign]
     try:
         yield
