@@ -127,14 +127,17 @@ class FastActorCriticForward:
         self.module_forward = policy.forward  # the module path (before inference_forward wraps it)
         self.actor, self.critic = actor, critic
         # every (parent's submodule dict, name, submodule) the fast path stands for, checked at each call
-        self.watched: list[tuple[dict[str, Any], str, nn.Module]] = []
+        # (with the submodule's hook dicts and instance dict, which hooks and patches mutate in place)
+        self.watched: list[tuple[dict[str, Any], str, nn.Module, dict, dict, dict]] = []
         self.sizes: list[tuple[dict[str, Any], int]] = []
         for parent in (policy, policy.features_extractor, policy.mlp_extractor, *self._sequentials(policy)):
             if isinstance(parent, nn.Sequential):
                 self.sizes.append((parent._modules, len(parent._modules)))
             for name, child in parent._modules.items():
                 if child is not None:
-                    self.watched.append((parent._modules, name, child))
+                    state = child.__dict__
+                    hooks, pre_hooks = state["_forward_hooks"], state["_forward_pre_hooks"]
+                    self.watched.append((parent._modules, name, child, hooks, pre_hooks, state))
         self.dist = policy.action_dist
         self.action_net: nn.Module = policy.action_net
         self.value_net: nn.Linear = policy.value_net  # type: ignore[assignment]
@@ -173,10 +176,10 @@ class FastActorCriticForward:
         """
         if _global_hooks():
             return False
-        for modules, name, module in self.watched:
-            if modules.get(name) is not module or module._forward_hooks or module._forward_pre_hooks:
+        for modules, name, module, hooks, pre_hooks, state in self.watched:
+            if hooks or pre_hooks or modules.get(name) is not module or "forward" in state:
                 return False
-            if "forward" in module.__dict__:
+            if state["_forward_hooks"] is not hooks or state["_forward_pre_hooks"] is not pre_hooks:
                 return False
         if any(len(modules) != size for modules, size in self.sizes):
             return False
