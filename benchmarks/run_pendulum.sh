@@ -9,3 +9,4 @@ for seed in 0 1; do
   $P --seeds $seed --variant beta --set use_sde=false --set policy_kwargs.action_distribution=beta
   $P --seeds $seed --variant tanh_normal --set use_sde=false --set policy_kwargs.action_distribution=tanh_normal
 done
+$P --seeds 2 --variant normal_sde  # the zoo entry's third seed (added as the reference of run_fused_curves.sh)

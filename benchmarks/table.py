@@ -50,6 +50,7 @@ def reference(env: str, algo: str) -> str:
 
 # The script under benchmarks/ that produced each row: (env, algo, variant) -> command; None matches any.
 COMMANDS = [
+    (None, "ppo_rollback", ("fused_adam",), "run_fused_curves.sh"),
     (
         "CartPole-v1",
         "ppo_rollback",
