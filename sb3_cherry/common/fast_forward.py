@@ -56,10 +56,6 @@ _LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))
 #: :meth:`FastActorCriticForward._categorical` write out (sb3_cherry's defers to SB3's for SB3's distributions)
 _SB3_DIST_FROM_LATENT = (ActorCriticPolicy._get_action_dist_from_latent, CherryActorCriticPolicy._get_action_dist_from_latent)
 
-#: what each supported layer's ``forward`` computes (``nn.ReLU`` with ``inplace=True`` is excluded in ``_layer_fn``)
-_LAYER_TYPES = (nn.Linear, nn.ReLU, nn.Tanh)
-
-
 #: the policy methods whose computation the fast path reproduces: only these classes may define them
 _POLICY_METHODS = ("forward", "extract_features", "_get_action_dist_from_latent")
 _KNOWN_CLASSES = frozenset({CherryActorCriticPolicy, ActorCriticPolicy, BasePolicy, BaseModel, nn.Module, object})
