@@ -507,3 +507,29 @@ def test_recurrent_recompute_returns_trains(monkeypatch):
     )
     model.learn(32)
     assert len(calls) == 2 * 2  # epochs 2 and 3 of each of the two updates
+
+
+def test_replay_dict_observations():
+    from stable_baselines3.common.envs import SimpleMultiObsEnv
+    from stable_baselines3.common.utils import obs_as_tensor
+
+    env = make_vec_env(lambda: SimpleMultiObsEnv(random_start=True), n_envs=2, seed=1)
+    model = RecurrentPPORollback(
+        "MultiInputLstmPolicy", env, n_steps=64, batch_size=32, policy_kwargs=SMALL_NET, seed=0, recompute_returns=True
+    )
+    _, callback = model._setup_learn(256, None)
+    for _ in range(2):
+        model.collect_rollouts(model.env, callback, model.rollout_buffer, n_rollout_steps=64)
+    buffer = model.rollout_buffer
+    stored_values, stored_log_probs = buffer.values.copy(), buffer.log_probs.copy()
+    with th.no_grad():
+        last_values = model.policy.predict_values(
+            obs_as_tensor(model._last_obs, "cpu"),
+            model._last_lstm_states.vf,
+            th.as_tensor(model._last_episode_starts, dtype=th.float32),
+        )
+    next(buffer.get(32))
+    values, log_probs, last = buffer.replay(model.policy, model._last_obs)
+    np.testing.assert_allclose(buffer._unflat(values), stored_values, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(buffer._unflat(log_probs), stored_log_probs, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(last, last_values.numpy().flatten(), rtol=1e-5, atol=1e-5)
