@@ -9,3 +9,7 @@ for seed in 0 1 2; do
   $M --seeds $seed --algo recurrent_ppo_rollback --variant gru
   $M --seeds $seed --algo ppo_rollback --hyperparams-from recurrent_ppo_rollback --variant feed_forward
 done
+# the GRU entry with its values / returns recomputed by replaying the rollout before every epoch after the first
+for seed in 0 1 2; do
+  $M --seeds $seed --algo recurrent_ppo_rollback --variant gru_recompute --set recompute_returns=true
+done
