@@ -294,6 +294,23 @@ class ReturnsEstimatorMixin:
             return WeightedDictRolloutBufferSamples(*samples, weights=weights)
         return WeightedRolloutBufferSamples(*cast(RolloutBufferSamples, samples), weights=weights)
 
+    def _reevaluate(
+        self, policy: ActorCriticPolicy, last_obs: Any, chunk_size: int
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """
+        The stored rollout under ``policy``, for :meth:`recompute_returns_and_advantage`.
+
+        :param policy: the current policy
+        :param last_obs: observation after the last step
+        :param chunk_size: evaluation batch size
+        :return: values and log-probabilities (None: not needed) of the stored steps, env-major ``(n_envs * n_steps,)``,
+            and the values of ``last_obs``
+        """
+        new_values, new_log_probs = self._evaluate(policy, chunk_size)
+        with th.no_grad():
+            last_values = policy.predict_values(obs_as_tensor(last_obs, self.device)).cpu().numpy().flatten()  # type: ignore[arg-type]
+        return new_values, new_log_probs, last_values
+
     def recompute_returns_and_advantage(self, policy: ActorCriticPolicy, last_obs: Any, chunk_size: int = 4096) -> None:
         """
         Re-evaluate values (and, for V-trace, log-probabilities of the stored actions) with the current networks,
@@ -305,14 +322,14 @@ class ReturnsEstimatorMixin:
         :param chunk_size: evaluation batch size
         """
         flat = self.generator_ready
-        if self.behaviour_log_probs is not None:  # (n_steps, n_envs), never flattened
-            old_log_probs = self.swap_and_flatten(self.behaviour_log_probs).reshape(-1)  # type: ignore[attr-defined]
-        else:
-            old_log_probs = self.log_probs.reshape(-1) if flat else self.swap_and_flatten(self.log_probs).reshape(-1)  # type: ignore[attr-defined]
-        new_values, new_log_probs = self._evaluate(policy, chunk_size)
-        with th.no_grad():
-            last_values = policy.predict_values(obs_as_tensor(last_obs, self.device)).cpu().numpy().flatten()  # type: ignore[arg-type]
-        log_ratios = self._unflat(new_log_probs - old_log_probs)
+        new_values, new_log_probs, last_values = self._reevaluate(policy, last_obs, chunk_size)
+        log_ratios = None
+        if new_log_probs is not None:
+            if self.behaviour_log_probs is not None:  # (n_steps, n_envs), never flattened
+                old_log_probs = self.swap_and_flatten(self.behaviour_log_probs).reshape(-1)  # type: ignore[attr-defined]
+            else:
+                old_log_probs = self.log_probs.reshape(-1) if flat else self.swap_and_flatten(self.log_probs).reshape(-1)  # type: ignore[attr-defined]
+            log_ratios = self._unflat(new_log_probs - old_log_probs)
         self._estimate(self._unflat(new_values), last_values, log_ratios)
         if flat:
             self.returns = self.swap_and_flatten(self.returns)  # type: ignore[attr-defined]

@@ -52,10 +52,6 @@ from sb3_cherry.common.policies import CherryActorCriticPolicy
 #: ``math.log(math.sqrt(2 * math.pi))``, the constant of ``torch.distributions.Normal.log_prob``
 _LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))
 
-#: the policies' own ``_get_action_dist_from_latent`` that :meth:`FastActorCriticForward._gaussian` /
-#: :meth:`FastActorCriticForward._categorical` write out (sb3_cherry's defers to SB3's for SB3's distributions)
-_SB3_DIST_FROM_LATENT = (ActorCriticPolicy._get_action_dist_from_latent, CherryActorCriticPolicy._get_action_dist_from_latent)
-
 #: the policy methods whose computation the fast path reproduces: only these classes may define them
 _POLICY_METHODS = ("forward", "extract_features", "_get_action_dist_from_latent")
 _KNOWN_CLASSES = frozenset({CherryActorCriticPolicy, ActorCriticPolicy, BasePolicy, BaseModel, nn.Module, object})
@@ -140,10 +136,11 @@ class FastActorCriticForward:
         # ActorCriticPolicy.forward reshapes the actions to the space's shape; Tuple actions stay flat (sb3_cherry)
         tuple_actions = isinstance(policy.action_space, spaces.Tuple)
         self.action_shape = None if tuple_actions else (-1, *policy.action_space.shape)  # type: ignore[misc]
-        # SB3's Gaussian and categorical heads are written out below; any other distribution (sb3_cherry's are
-        # written out on their parameters already) is built by the policy's own _get_action_dist_from_latent
+        # SB3's Gaussian and categorical heads are written out below (build() has checked that the policy's
+        # _get_action_dist_from_latent is SB3's / sb3_cherry's, which defers to SB3's for SB3's distributions); any
+        # other distribution (sb3_cherry's are written out on their parameters already) is built by that method
         self.kind = "generic"
-        own_head = type(policy)._get_action_dist_from_latent in _SB3_DIST_FROM_LATENT and type(policy.action_net) is nn.Linear
+        own_head = type(policy.action_net) is nn.Linear
         if own_head and type(policy.action_dist) is DiagGaussianDistribution:
             self.kind = "gaussian"
         elif own_head and type(policy.action_dist) is CategoricalDistribution:
@@ -217,7 +214,7 @@ class FastActorCriticForward:
         actor, critic = _sequential_plan(mlp.policy_net), _sequential_plan(mlp.value_net)
         if actor is None or critic is None or type(policy.value_net) is not nn.Linear:
             return None
-        if _global_hooks() or _module_hooks(policy):
+        if _module_hooks(policy):  # the policy's own and unwatched submodules' hooks; same_structure does the rest
             return None
         fast = cls(policy, actor, critic)
         return fast if fast.same_structure() else None

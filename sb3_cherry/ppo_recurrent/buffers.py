@@ -141,26 +141,16 @@ class _RecurrentReturnsEstimator(ReturnsEstimatorMixin):
                 new_log_probs = log_prob.cpu().numpy().reshape(-1)
         return values_np[:, :n_steps].reshape(-1).astype(np.float32), new_log_probs, values_np[:, n_steps]
 
-    def recompute_returns_and_advantage(self, policy: Any, last_obs: Any, chunk_size: int = 4096) -> None:
+    def _reevaluate(self, policy: Any, last_obs: Any, chunk_size: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         """
-        Recompute returns and advantages with the current networks (``recompute_returns``): values (and, for V-trace,
-        log-probabilities of the stored actions) from :meth:`replay`. The stored ``values`` / ``log_probs`` of the
-        collecting policy are kept (PPO's ratio and value clipping refer to them).
+        ``recompute_returns``'s evaluation of the rollout by :meth:`replay` (log-probabilities only for V-trace).
 
         :param policy: the current recurrent policy
         :param last_obs: observation after the last step (the algorithm's ``_last_obs``)
         :param chunk_size: unused (the replay evaluates each env's whole sequence at once)
+        :return: as :meth:`~sb3_cherry.common.buffers.ReturnsEstimatorMixin._reevaluate`
         """
-        vtrace = self.returns_estimator == "vtrace"
-        new_values, new_log_probs, last_values = self.replay(policy, last_obs, log_probs=vtrace)
-        log_ratios = None
-        if new_log_probs is not None:
-            old_log_probs = self._env_major("log_probs").reshape(-1)
-            log_ratios = self._unflat(new_log_probs - old_log_probs)
-        self._estimate(self._unflat(new_values), last_values, log_ratios)
-        if self.generator_ready:
-            self.returns = self.swap_and_flatten(self.returns)  # type: ignore[attr-defined]
-            self.advantages = self.swap_and_flatten(self.advantages)  # type: ignore[attr-defined]
+        return self.replay(policy, last_obs, log_probs=self.returns_estimator == "vtrace")
 
 
 class CherryRecurrentRolloutBuffer(_RecurrentReturnsEstimator, RecurrentRolloutBuffer):  # type: ignore[misc]
