@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml setup.cfg
 	# torch first, pinned: the CPU wheel available locally; a bare `torch` would pull a CUDA build
 	$(PIP) install torch==$(TORCH_VERSION)
 	# envs: MuJoCo + Box2D (the optional environments every config and test of the design card uses)
-	$(PIP) install -e ".[envs,tests,imitation,distributed,docs]"
+	$(PIP) install -e ".[envs,tests,imitation,distributed,envpool,docs]"
 	# imitation's metadata pins an old SB3/gymnasium: install it without its dependencies
 	# (the packages its modules import are dependencies of sb3_cherry)
 	$(PIP) install --no-deps imitation==1.0.1

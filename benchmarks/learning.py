@@ -148,6 +148,7 @@ def build_model(
     hyperparams_from: str | None = None,
     config: str | pathlib.Path | None = None,
     entry: Any = None,
+    vec_env: str = "dummy",
 ) -> tuple[BaseAlgorithm, int]:
     """
     Build the model of ``algo`` on ``env_id`` from its zoo entry (training env with ``VecNormalize`` if the entry asks).
@@ -162,6 +163,9 @@ def build_model(
     :param config: read the entry from this YAML file instead of the shipped ``zoo_configs/<algo>.yml`` (validated
         against the algorithm whose entry it is, ``ppo_rollback`` for ``ppo``)
     :param entry: the entry already read by :func:`load_entry` for these arguments (None: read it here)
+    :param vec_env: ``dummy`` (SB3's ``DummyVecEnv`` of gymnasium envs) or ``envpool`` (EnvPool's port of the env,
+        :func:`~sb3_cherry.common.vec_env.envpool_vec_env.make_envpool_vec_env`, all threads); the evaluation env is
+        gymnasium's either way
     :return: the model and the zoo entry's ``n_timesteps``
     """
     from sb3_cherry import CherryA2C, PPORollback, RecurrentPPORollback
@@ -199,7 +203,7 @@ def build_model(
                 "--set ent_coef=<value> (or use the same schedule through a callback)."
             )
     spec = EnvSpec.of(env_id, entry)
-    env: VecEnv = spec.make(entry.n_envs, seed)
+    env: VecEnv = spec.make(entry.n_envs, seed, vec_env)
     if entry.normalize is not None:
         # VecNormalize discounts with the model's gamma, --set gamma=... included (as rl_zoo3 with --hyperparams)
         normalize = {**entry.normalize, "gamma": kwargs["gamma"]} if "gamma" in kwargs else entry.normalize
@@ -235,13 +239,21 @@ class EnvSpec:
         """
         return cls(env_id, entry.env_wrapper, dict(entry.env_kwargs), entry.frame_stack)
 
-    def make(self, n_envs: int, seed: int) -> VecEnv:
+    def make(self, n_envs: int, seed: int, vec_env: str = "dummy") -> VecEnv:
         """
         :param n_envs: number of envs
         :param seed: seed of the first env
+        :param vec_env: ``dummy`` or ``envpool`` (see :func:`build_model`)
         :return: the VecEnv before normalisation and frame stacking
         """
         from sb3_cherry.common.zoo_config import make_env_wrapper
+
+        if vec_env == "envpool":
+            from sb3_cherry.common.vec_env.envpool_vec_env import make_envpool_vec_env
+
+            if self.env_wrapper or self.env_kwargs:
+                raise ValueError(f"--vec-env envpool: the entry of {self.env_id} has env wrappers or env_kwargs")
+            return make_envpool_vec_env(self.env_id, n_envs=n_envs, seed=seed)
 
         wrapper = make_env_wrapper(self.env_wrapper, f"entry of {self.env_id}")
         return make_vec_env(self.env_id, n_envs=n_envs, seed=seed, wrapper_class=wrapper, env_kwargs=self.env_kwargs)
@@ -350,11 +362,15 @@ def run(args: argparse.Namespace) -> None:
     :param args: parsed command line
     """
     th.set_num_threads(args.threads)
+    if args.vec_env == "envpool" and args.checkpoint_dir is not None:
+        raise ValueError("--vec-env envpool has no run checkpoints (EnvPool's env states cannot be saved)")
     path = csv_path(args.env, pathlib.Path(args.results))
     path.parent.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         entry = load_entry(args.algo, args.env, args.hyperparams_from, args.config)
-        model, zoo_timesteps = build_model(args.algo, args.env, seed, args.set, args.hyperparams_from, args.config, entry)
+        model, zoo_timesteps = build_model(
+            args.algo, args.env, seed, args.set, args.hyperparams_from, args.config, entry, args.vec_env
+        )
         if args.fused_optimizer:
             if not hasattr(model, "fused_optimizer"):
                 raise ValueError(f"--fused-optimizer: {args.algo} has no fused_optimizer switch (sb3_cherry algorithms only)")
@@ -488,6 +504,12 @@ def main(argv: list[str] | None = None) -> None:
         "--fused-optimizer",
         action="store_true",
         help="train with the opt-in fused Adam (model.fused_optimizer = True; not bit-identical to SB3's Adam)",
+    )
+    parser.add_argument(
+        "--vec-env",
+        choices=["dummy", "envpool"],
+        default="dummy",
+        help="training envs: gymnasium's in a DummyVecEnv, or EnvPool's port (evaluation: gymnasium's env either way)",
     )
     parser.add_argument("--results", default=str(RESULTS), help="results folder")
     parser.add_argument("--checkpoint-dir", default=None, help="run checkpoints: resumable runs in chunks")

@@ -9,6 +9,12 @@ in ONE process so that machine noise hits both sides alike; the ratio is what we
     python -m benchmarks.throughput --out throughput_extra.csv --cases cartpole_gumbel_softmax_vs_sb3_categorical \
         cartpole_recurrent_lstm_vs_sb3_contrib cartpole_recurrent_gru_vs_sb3_contrib_lstm
     python -m benchmarks.throughput --guard --out throughput_guard.csv --repeats 5 --cases cartpole_ppo_rollback ...
+    python -m benchmarks.throughput --out throughput_envpool.csv --cases zoo_cartpole_envpool zoo_hopper_envpool \
+        zoo_bipedal_envpool zoo_bipedal_envpool_2threads zoo_bipedal_both_envpool
+
+The ``*_envpool`` cases train PPORollback on EnvPool's C++ port of the env (``EnvPoolVecEnv``, ``pip install
+"sb3_cherry[envpool]"``) and SB3's PPO on gymnasium's (both sides on EnvPool in ``zoo_bipedal_both_envpool``); the
+CPU-time ratio then counts EnvPool's worker threads too.
 
 ``--guard`` compares sb3_cherry with its non-finite checks (``check_finite=True``, the default) against the same
 model with ``check_finite=False`` instead of SB3 (the "sb3" columns are then the unguarded runs), timed in process
@@ -16,7 +22,7 @@ CPU time: the difference sought (a few %) is below the wall-clock noise of a sha
 thread and in-process envs the CPU time is the work done.
 
 Writes ``benchmarks/results/throughput.csv`` (one row per case, median steps/s of each side and their ratio, and the
-raw env step rate of the same VecEnv with random actions, with each side's ratio to it, and the ratio of steps per
+raw env step rate of the baseline's VecEnv with random actions, with each side's ratio to it, and the ratio of steps per
 second of process CPU time, robust to a loaded machine) and
 ``benchmarks/results/throughput.png``.
 """
@@ -51,6 +57,9 @@ class Case:
     ours: Callable
     baseline: Callable
     normalize: dict | None = None  # VecNormalize arguments (zoo entries with ``normalize: true``)
+    #: VecEnv of each side: ``dummy`` (gymnasium's envs in SB3's DummyVecEnv) or ``envpool:<threads>`` (EnvPoolVecEnv)
+    ours_vec_env: str = "dummy"
+    baseline_vec_env: str = "dummy"
 
 
 def _ppo_kwargs(n_steps: int, batch_size: int, n_epochs: int) -> dict:
@@ -61,7 +70,15 @@ def _ppo_kwargs(n_steps: int, batch_size: int, n_epochs: int) -> dict:
 _CHERRY_ONLY = ("rollback_alpha", "returns_estimator", "n_step", "rho_bar", "c_bar", "recompute_returns", "collection")
 
 
-def _zoo_case(name: str, env_id: str, steps: int, fused: bool = False, same_math: bool = False) -> Case:
+def _zoo_case(
+    name: str,
+    env_id: str,
+    steps: int,
+    fused: bool = False,
+    same_math: bool = False,
+    ours_vec_env: str = "dummy",
+    baseline_vec_env: str = "dummy",
+) -> Case:
     """
     PPORollback with the shipped zoo entry of ``env_id`` (``zoo_configs/ppo_rollback.yml``: n_envs, normalize,
     hyperparameters, distribution) vs SB3's PPO with the same hyperparameters (its default Gaussian / categorical
@@ -70,6 +87,8 @@ def _zoo_case(name: str, env_id: str, steps: int, fused: bool = False, same_math
     :param fused: PPORollback with the opt-in fused Adam (``fused_optimizer = True``; not bit-identical to SB3)
     :param same_math: PPORollback with ``rollback_alpha=0``, GAE and the default distribution, i.e. SB3's PPO
         computed by sb3_cherry's loop (the speed of the loop alone, without the entry's Beta / V-trace costs)
+    :param ours_vec_env: PPORollback's VecEnv (see :class:`Case`)
+    :param baseline_vec_env: SB3 PPO's VecEnv
     """
     from sb3_cherry.common.schedules import coefficient_schedule
     from sb3_cherry.common.zoo_config import load_zoo_entry
@@ -93,7 +112,15 @@ def _zoo_case(name: str, env_id: str, steps: int, fused: bool = False, same_math
         return model
 
     return Case(
-        name, env_id, entry.n_envs, steps, ours, lambda e: PPO(base_policy, e, **base_kwargs), normalize=entry.normalize
+        name,
+        env_id,
+        entry.n_envs,
+        steps,
+        ours,
+        lambda e: PPO(base_policy, e, **base_kwargs),
+        normalize=entry.normalize,
+        ours_vec_env=ours_vec_env,
+        baseline_vec_env=baseline_vec_env,
     )
 
 
@@ -113,6 +140,23 @@ def zoo_cases() -> list[Case]:
     ]
 
 
+def envpool_cases() -> list[Case]:
+    """
+    The zoo entries with PPORollback's training envs from EnvPool (``EnvPoolVecEnv``; 1 thread unless the name says
+    otherwise) vs SB3's PPO on gymnasium's envs, and on BipedalWalker-v3 also both sides on EnvPool (the backend's
+    share of the speed-up vs the algorithm's). EnvPool's envs are C++ ports of gymnasium's.
+    """
+    return [
+        _zoo_case("zoo_cartpole_envpool", "CartPole-v1", 16_384, ours_vec_env="envpool:1"),
+        _zoo_case("zoo_hopper_envpool", "Hopper-v5", 4_096, ours_vec_env="envpool:1"),
+        _zoo_case("zoo_bipedal_envpool", "BipedalWalker-v3", 8_192, ours_vec_env="envpool:1"),
+        _zoo_case("zoo_bipedal_envpool_2threads", "BipedalWalker-v3", 8_192, ours_vec_env="envpool:2"),
+        _zoo_case(
+            "zoo_bipedal_both_envpool", "BipedalWalker-v3", 8_192, ours_vec_env="envpool:1", baseline_vec_env="envpool:1"
+        ),
+    ]
+
+
 def cases() -> list[Case]:
     """The benchmark cases (the zoo entries, the issue's CartPole 8 envs / Hopper 1 env, plus distributions)."""
     cp = _ppo_kwargs(32, 256, 20)  # rl-zoo CartPole PPO entry
@@ -128,6 +172,7 @@ def cases() -> list[Case]:
 
     return [
         *zoo_cases(),
+        *envpool_cases(),
         Case(
             "cartpole_ppo_rollback",
             "CartPole-v1",
@@ -251,20 +296,32 @@ def _flat_box_env(vec_env):
     return make_vec_env(env_id, n_envs=vec_env.num_envs, seed=0, wrapper_class=FlatActions)
 
 
-def make_env(case: Case) -> VecEnv:
-    """The case's VecEnv (DummyVecEnv, seed 0, VecNormalize when the zoo entry normalises)."""
-    env = make_vec_env(case.env_id, n_envs=case.n_envs, seed=0)
+def make_env(case: Case, vec_env: str = "dummy") -> VecEnv:
+    """
+    The case's VecEnv (seed 0, VecNormalize when the zoo entry normalises).
+
+    :param vec_env: ``dummy`` or ``envpool:<threads>`` (see :class:`Case`)
+    """
+    if vec_env.startswith("envpool:"):
+        from sb3_cherry.common.vec_env.envpool_vec_env import make_envpool_vec_env
+
+        threads = int(vec_env.partition(":")[2])
+        env: VecEnv = make_envpool_vec_env(case.env_id, n_envs=case.n_envs, seed=0, num_threads=threads)
+    else:
+        env = make_vec_env(case.env_id, n_envs=case.n_envs, seed=0)
     return VecNormalize(env, **case.normalize) if case.normalize is not None else env
 
 
-def measure_wall_and_cpu(build: Callable, case: Case, check_finite: bool | None = None) -> tuple[float, float]:
+def measure_wall_and_cpu(
+    build: Callable, case: Case, check_finite: bool | None = None, vec_env: str = "dummy"
+) -> tuple[float, float]:
     """
     Steps per second of ``learn(steps)``, per wall-clock second and per second of this process's CPU time (model
     construction excluded). With torch on 1 thread and a DummyVecEnv the two agree on an idle machine; on a loaded
-    one the CPU-time rate is not diluted by waiting for a core. ``check_finite``, when given, is set on the model
-    (``--guard``).
+    one the CPU-time rate is not diluted by waiting for a core (with EnvPool it counts its worker threads too).
+    ``check_finite``, when given, is set on the model (``--guard``); ``vec_env`` is the side's VecEnv.
     """
-    model = build(make_env(case))
+    model = build(make_env(case, vec_env))
     if check_finite is not None:
         model.check_finite = check_finite
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -276,10 +333,10 @@ def measure_wall_and_cpu(build: Callable, case: Case, check_finite: bool | None 
 
 def measure_raw(case: Case) -> float:
     """
-    Raw env step rate: steps per second of the case's VecEnv stepped with pre-sampled random actions (no policy, no
-    learning), the ceiling that ``learn`` is compared to.
+    Raw env step rate: steps per second of the case's VecEnv (the baseline's) stepped with pre-sampled random actions
+    (no policy, no learning), the ceiling that ``learn`` is compared to.
     """
-    env = make_env(case)
+    env = make_env(case, case.baseline_vec_env)
     env.reset()
     n_calls = max(1, case.steps // case.n_envs)
     space = env.action_space
@@ -315,11 +372,11 @@ def main() -> None:
         ours, base, raw, ours_cpu, base_cpu = [], [], [], [], []
         for _ in range(args.repeats):  # alternate, so drifting machine load hits both sides
             if args.guard:  # the same model with the non-finite checks off ("sb3" columns) and on
-                sides = ((base, case.ours, False), (ours, case.ours, True))
+                sides = ((base, case.ours, False, case.ours_vec_env), (ours, case.ours, True, case.ours_vec_env))
             else:
-                sides = ((base, case.baseline, None), (ours, case.ours, None))
-            for side, build, check_finite in sides:
-                wall, cpu = measure_wall_and_cpu(build, case, check_finite)
+                sides = ((base, case.baseline, None, case.baseline_vec_env), (ours, case.ours, None, case.ours_vec_env))
+            for side, build, check_finite, vec_env in sides:
+                wall, cpu = measure_wall_and_cpu(build, case, check_finite, vec_env)
                 side.append(wall)
                 (base_cpu if side is base else ours_cpu).append(cpu)
             raw.append(measure_raw(case))
@@ -327,6 +384,8 @@ def main() -> None:
             case=case.name,
             env=case.env_id,
             n_envs=case.n_envs,
+            ours_vec_env=case.ours_vec_env,
+            sb3_vec_env=case.baseline_vec_env,
             steps=case.steps,
             repeats=args.repeats,
             ours_steps_per_s=round(float(np.median(ours)), 1),

@@ -21,7 +21,7 @@ import json
 import os
 import pathlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -137,6 +137,21 @@ def _train_parser() -> argparse.ArgumentParser:
         help="YAML config keyed by env id (default: the zoo config shipped with sb3_cherry for --algo)",
     )
     parser.add_argument(
+        "--vec-env",
+        default=None,
+        choices=["dummy", "subproc", "envpool"],
+        help="training envs: dummy (one process, rl_zoo3's default), subproc (one process per env) or envpool "
+        '(EnvPool\'s C++ port of the env, stepped by threads; pip install "sb3_cherry[envpool]"; evaluation stays on '
+        "the gymnasium env; no env_wrapper/env_kwargs, no run checkpoints)",
+    )
+    parser.add_argument(
+        "--envpool-threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="EnvPool worker threads with --vec-env envpool (default: EnvPool's, one per env up to the number of cores)",
+    )
+    parser.add_argument(
         "--run-checkpoint-freq",
         type=int,
         metavar="STEPS",
@@ -191,11 +206,18 @@ def cmd_train(argv: list[str]) -> None:
     if args.help:
         parser.print_help()
         print("\nrl_zoo3 train options (passed through to rl_zoo3):")
-        print(_rl_zoo3_options(train, "sb3-cherry train", skip=("-h", "--help", "--algo", "--env", "-conf", "--conf-file")))
+        skip = ("-h", "--help", "--algo", "--env", "-conf", "--conf-file", "--vec-env")
+        print(_rl_zoo3_options(train, "sb3-cherry train", skip=skip))
         return
-    for flag, value in (("--run-checkpoint-freq", args.run_checkpoint_freq), ("--stop-after", args.stop_after)):
+    for flag, value in (
+        ("--run-checkpoint-freq", args.run_checkpoint_freq),
+        ("--stop-after", args.stop_after),
+        ("--envpool-threads", args.envpool_threads),
+    ):
         if value is not None and value < 1:
-            raise ValueError(f"{flag} must be at least 1 step, got {value}.")
+            raise ValueError(f"{flag} must be at least 1, got {value}.")
+    if args.envpool_threads is not None and args.vec_env != "envpool":
+        raise ValueError("--envpool-threads is an option of --vec-env envpool.")
     if args.resume is not None:
         _resume_train(args, rest)
         return
@@ -204,12 +226,42 @@ def cmd_train(argv: list[str]) -> None:
     entry = validate_config(conf, algo, env_id, _hyperparams_overrides(rest))
     zoo_argv = ["--algo", algo, "--env", env_id, "--conf-file", conf, *rest]
     freq = args.run_checkpoint_freq or args.stop_after
+    if args.vec_env == "envpool":
+        if freq is not None:
+            raise ValueError(
+                "--vec-env envpool has no run checkpoints (EnvPool's environment states cannot be saved): drop "
+                "--run-checkpoint-freq/--stop-after, or train with --vec-env dummy or subproc."
+            )
+        with _envpool_training(args.envpool_threads):
+            _run_rl_zoo3(train, "sb3-cherry train", zoo_argv)
+        return
+    if args.vec_env is not None:
+        zoo_argv += ["--vec-env", args.vec_env]
     if freq is None:
         _run_rl_zoo3(train, "sb3-cherry train", zoo_argv)
         return
     check_checkpointable(entry, f"{conf} [{env_id}]")
     with chunked_experiment_manager(ChunkOptions(freq, args.stop_after)):
         _run_rl_zoo3(train, "sb3-cherry train", zoo_argv)
+
+
+@contextlib.contextmanager
+def _envpool_training(num_threads: int | None) -> Iterator[None]:
+    """
+    Within the block, rl_zoo3's train builds its training envs with EnvPool (``--vec-env envpool``).
+
+    :param num_threads: EnvPool worker threads (``None``: EnvPool's default)
+    """
+    import rl_zoo3.train
+
+    from sb3_cherry.common.vec_env.envpool_vec_env import envpool_experiment_manager
+
+    saved = rl_zoo3.train.ExperimentManager
+    rl_zoo3.train.ExperimentManager = envpool_experiment_manager(saved, num_threads)  # type: ignore[assignment, misc]
+    try:
+        yield
+    finally:
+        rl_zoo3.train.ExperimentManager = saved  # type: ignore[misc]
 
 
 def _resume_train(args: argparse.Namespace, rest: list[str]) -> None:
@@ -225,6 +277,7 @@ def _resume_train(args: argparse.Namespace, rest: list[str]) -> None:
 
     given = [arg.split("=")[0] for arg in rest if arg.startswith("-") and not _is_number(arg)]
     refused = [arg for arg in given if arg not in RESUME_OPTIONS] + (["-c"] if args.conf else [])
+    refused += ["--vec-env"] if args.vec_env is not None else []
     if refused:
         raise ValueError(
             f"--resume continues the run with its saved settings (<env>/args.yml, <env>/config.yml); {refused} cannot "

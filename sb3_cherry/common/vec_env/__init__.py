@@ -2,8 +2,8 @@
 Vectorized environments.
 
 ``CherrySubprocVecEnv``: SB3's ``SubprocVecEnv`` whose worker failures name their cause.
-``RayVecEnv`` is exported lazily: importing this package does not import Ray (an optional dependency,
-``pip install "sb3_cherry[distributed]"``).
+``RayVecEnv`` and ``EnvPoolVecEnv`` / ``make_envpool_vec_env`` are exported lazily: importing this package does not
+import Ray or EnvPool (optional dependencies, ``pip install "sb3_cherry[distributed]"`` / ``"sb3_cherry[envpool]"``).
 """
 
 from typing import TYPE_CHECKING, Any
@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 from sb3_cherry.common.vec_env.subproc_vec_env import CherrySubprocVecEnv, WorkerDiedError
 
 if TYPE_CHECKING:
+    from sb3_cherry.common.vec_env.envpool_vec_env import EnvPoolVecEnv, make_envpool_vec_env
     from sb3_cherry.common.vec_env.ray_vec_env import RayVecEnv
 
-__all__ = ["CherrySubprocVecEnv", "RayVecEnv", "WorkerDiedError"]
+__all__ = ["CherrySubprocVecEnv", "EnvPoolVecEnv", "RayVecEnv", "WorkerDiedError", "make_envpool_vec_env"]
 
 
 def __getattr__(name: str) -> Any:
@@ -21,4 +22,8 @@ def __getattr__(name: str) -> Any:
         from sb3_cherry.common.vec_env.ray_vec_env import RayVecEnv
 
         return RayVecEnv
+    if name in ("EnvPoolVecEnv", "make_envpool_vec_env"):
+        from sb3_cherry.common.vec_env import envpool_vec_env
+
+        return getattr(envpool_vec_env, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,179 @@
+"""
+EnvPoolVecEnv: SB3's VecEnv semantics (reset within the step, terminal observation, time-limit flag, seeds) checked
+against a hand-written loop over EnvPool's own API, which resets on the *next* step; and the CLI's --vec-env envpool.
+"""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+envpool = pytest.importorskip("envpool")
+
+from sb3_cherry.common.vec_env.envpool_vec_env import EnvPoolVecEnv, make_envpool_vec_env  # noqa: E402
+
+
+def _cartpole_action(obs: np.ndarray) -> int:
+    """A deterministic policy (push towards the pole's lean) whose episodes end by falling after 35-55 steps."""
+    return int(obs[2] > 0)
+
+
+def _reference_episodes(env_id: str, seed: int, n_episodes: int, policy, **kwargs) -> list[dict]:
+    """
+    Episodes of ONE environment through EnvPool's raw gymnasium API (next-step autoreset: the step after the end of
+    an episode returns the first observation of the next one and ignores its action).
+    """
+    pool = envpool.make(env_id, env_type="gymnasium", num_envs=1, seed=seed, **kwargs)
+    obs, _ = pool.reset()
+    episodes, current = [], {"obs": [obs[0]], "rewards": []}
+    while len(episodes) < n_episodes:
+        obs, reward, terminated, truncated, _ = pool.step(np.array([policy(current["obs"][-1])]))
+        current["rewards"].append(float(reward[0]))
+        current["obs"].append(obs[0])
+        if terminated[0] or truncated[0]:
+            current["terminated"], current["truncated"] = bool(terminated[0]), bool(truncated[0])
+            episodes.append(current)
+            obs, *_ = pool.step(np.array([policy(obs[0])]))  # the autoreset step: action ignored
+            current = {"obs": [obs[0]], "rewards": []}
+    pool.close()
+    return episodes
+
+
+def _adapter_episodes(venv: EnvPoolVecEnv, n_episodes: int, policy) -> list[list[dict]]:
+    """Episodes of every environment of ``venv`` as SB3's API presents them."""
+    obs = venv.reset()
+    n = venv.num_envs
+    episodes: list[list[dict]] = [[] for _ in range(n)]
+    current = [{"obs": [obs[i]], "rewards": []} for i in range(n)]
+    while min(len(e) for e in episodes) < n_episodes:
+        obs, rewards, dones, infos = venv.step(np.array([policy(current[i]["obs"][-1]) for i in range(n)]))
+        assert rewards.dtype == np.float32 and dones.dtype == bool and len(infos) == n
+        for i in range(n):
+            current[i]["rewards"].append(float(rewards[i]))
+            if dones[i]:
+                current[i]["obs"].append(infos[i]["terminal_observation"])
+                current[i]["truncated"] = infos[i]["TimeLimit.truncated"]
+                episodes[i].append(current[i])
+                current[i] = {"obs": [obs[i]], "rewards": []}
+            else:
+                assert "terminal_observation" not in infos[i] and not infos[i]["TimeLimit.truncated"]
+                current[i]["obs"].append(obs[i])
+    return episodes
+
+
+def _assert_same_episodes(ours: list[dict], reference: list[dict]) -> None:
+    assert len(ours) == len(reference)
+    for mine, ref in zip(ours, reference, strict=True):
+        np.testing.assert_array_equal(np.stack(mine["obs"]), np.stack(ref["obs"]))
+        assert mine["rewards"] == ref["rewards"]
+        assert mine["truncated"] == (ref["truncated"] and not ref["terminated"])
+
+
+@pytest.mark.parametrize("max_episode_steps", [500, 40])  # 40: some episodes end by the time limit
+def test_episodes_match_envpool_raw_loop(max_episode_steps):
+    """Each env i of the adapter (seed s) plays the episodes of a raw one-env pool seeded s + i, step for step."""
+    n_episodes, seed = 4, 7
+    venv = EnvPoolVecEnv("CartPole-v1", n_envs=3, seed=seed, env_kwargs={"max_episode_steps": max_episode_steps})
+    ours = _adapter_episodes(venv, n_episodes, _cartpole_action)
+    venv.close()
+    kinds = set()
+    for i in range(3):
+        reference = _reference_episodes(
+            "CartPole-v1", seed + i, n_episodes, _cartpole_action, max_episode_steps=max_episode_steps
+        )
+        _assert_same_episodes(ours[i][:n_episodes], reference)
+        kinds |= {ep["truncated"] for ep in ours[i][:n_episodes]}
+    # both kinds of ending are exercised with the short limit
+    assert kinds == ({True, False} if max_episode_steps == 40 else {False})
+
+
+def test_box_actions_and_float64_observations():
+    """Hopper-v5 (float64 observations and actions): same episodes as the raw loop, spaces kept in their dtype."""
+    venv = EnvPoolVecEnv("Hopper-v5", n_envs=2, seed=3, env_kwargs={"max_episode_steps": 30})
+    assert venv.observation_space.dtype == np.float64 and venv.action_space.shape == (3,)
+
+    def policy(obs: np.ndarray) -> np.ndarray:
+        return np.tanh(obs[1:4])
+
+    ours = _adapter_episodes(venv, 2, policy)
+    venv.close()
+    for i in range(2):
+        _assert_same_episodes(ours[i][:2], _reference_episodes("Hopper-v5", 3 + i, 2, policy, max_episode_steps=30))
+
+
+def test_vecmonitor_episode_statistics():
+    """make_envpool_vec_env's VecMonitor reports each episode's return and length (sum / count of its rewards)."""
+    venv = make_envpool_vec_env("CartPole-v1", n_envs=2, seed=0)
+    obs = venv.reset()
+    returns, lengths = np.zeros(2), np.zeros(2, dtype=int)
+    checked = 0
+    while checked < 4:
+        obs, rewards, dones, infos = venv.step(np.array([_cartpole_action(o) for o in obs]))
+        returns += rewards
+        lengths += 1
+        for i in np.flatnonzero(dones):
+            assert infos[i]["episode"]["r"] == pytest.approx(returns[i]) and infos[i]["episode"]["l"] == lengths[i]
+            returns[i], lengths[i] = 0.0, 0
+            checked += 1
+    venv.close()
+
+
+def test_seed_applies_at_next_reset_and_model_seed_reproduces():
+    """VecEnv.seed(s) then reset() gives the pool of seed s (as SB3 models seed their env); same seed, same data."""
+    venv = EnvPoolVecEnv("CartPole-v1", n_envs=2, seed=0)
+    assert venv.seed(11) == [11, 12]
+    first = venv.reset()
+    fresh = EnvPoolVecEnv("CartPole-v1", n_envs=2, seed=11)
+    np.testing.assert_array_equal(first, fresh.reset())
+    np.testing.assert_array_equal(venv.reset(), fresh.reset())  # no new seed: the pool continues
+    venv.close(), fresh.close()
+
+    from sb3_cherry import PPORollback
+
+    params = []
+    for _ in range(2):
+        env = make_envpool_vec_env("CartPole-v1", n_envs=2, seed=None)
+        model = PPORollback("MlpPolicy", env, n_steps=32, batch_size=32, n_epochs=1, seed=5, device="cpu")
+        model.learn(128)
+        params.append(np.concatenate([p.detach().numpy().ravel() for p in model.policy.parameters()]))
+        env.close()
+    np.testing.assert_array_equal(params[0], params[1])
+
+
+def test_errors_name_the_problem():
+    with pytest.raises(ValueError, match="EnvPool has no environment 'NoSuchEnv-v0'"):
+        EnvPoolVecEnv("NoSuchEnv-v0")
+    with pytest.raises(ValueError, match="int32"):
+        EnvPoolVecEnv("CartPole-v1", seed=2**31)
+    with pytest.raises(ValueError, match="n_envs"):
+        EnvPoolVecEnv("CartPole-v1", n_envs=0)
+    venv = EnvPoolVecEnv("CartPole-v1", n_envs=2, seed=0)
+    assert venv.get_attr("render_mode") == [None, None] and venv.env_is_wrapped(object) == [False, False]
+    with pytest.raises(NotImplementedError, match="no Python attributes"):
+        venv.set_attr("foo", 1)
+    with pytest.raises(NotImplementedError, match="no Python methods"):
+        venv.env_method("foo")
+    with pytest.raises(AttributeError, match="no attribute 'no_such_attr'"):
+        venv.get_attr("no_such_attr")
+    venv.close()
+
+
+def _train(tmp_path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "sb3_cherry", "train", "--algo", "ppo_rollback", "--env", "CartPole-v1"]
+    cmd += ["-f", str(tmp_path), "-n", "1024", "--seed", "0", "--eval-freq", "-1", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_trains_on_envpool_and_refuses_what_it_cannot_do(tmp_path):
+    """`sb3-cherry train --vec-env envpool`: training envs from EnvPool (their monitor file), model saved."""
+    done = _train(tmp_path, "--vec-env", "envpool", "--envpool-threads", "1")
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = tmp_path / "ppo_rollback" / "CartPole-v1_1"
+    assert (run / "CartPole-v1.zip").exists() and (run / "envpool.monitor.csv").exists()
+    refused = _train(tmp_path, "--vec-env", "envpool", "--run-checkpoint-freq", "512")
+    assert refused.returncode != 0 and "no run checkpoints" in refused.stderr
+    refused = _train(tmp_path, "--envpool-threads", "2")
+    assert refused.returncode != 0 and "--envpool-threads is an option of --vec-env envpool" in refused.stderr
+    refused = _train(tmp_path, "--vec-env", "envpool", "--hyperparams", "env_kwargs:dict(sutton_barto_reward=True)")
+    assert refused.returncode != 0 and "cannot take" in refused.stderr
