@@ -149,6 +149,7 @@ def build_model(
     config: str | pathlib.Path | None = None,
     entry: Any = None,
     vec_env: str = "dummy",
+    envpool_threads: int | None = None,
 ) -> tuple[BaseAlgorithm, int]:
     """
     Build the model of ``algo`` on ``env_id`` from its zoo entry (training env with ``VecNormalize`` if the entry asks).
@@ -164,8 +165,10 @@ def build_model(
         against the algorithm whose entry it is, ``ppo_rollback`` for ``ppo``)
     :param entry: the entry already read by :func:`load_entry` for these arguments (None: read it here)
     :param vec_env: ``dummy`` (SB3's ``DummyVecEnv`` of gymnasium envs) or ``envpool`` (EnvPool's port of the env,
-        :func:`~sb3_cherry.common.vec_env.envpool_vec_env.make_envpool_vec_env`, all threads); the evaluation env is
-        gymnasium's either way
+        :func:`~sb3_cherry.common.vec_env.envpool_vec_env.make_envpool_vec_env`, EnvPool's default threads, the
+        entry's wrappers translated); the evaluation env is gymnasium's either way. Run checkpoints of EnvPool runs
+        resume with new episodes (EnvPool's env states are not plain data)
+    :param envpool_threads: EnvPool worker threads with ``vec_env="envpool"`` (``None``: EnvPool's default)
     :return: the model and the zoo entry's ``n_timesteps``
     """
     from sb3_cherry import CherryA2C, PPORollback, RecurrentPPORollback
@@ -203,7 +206,7 @@ def build_model(
                 "--set ent_coef=<value> (or use the same schedule through a callback)."
             )
     spec = EnvSpec.of(env_id, entry)
-    env: VecEnv = spec.make(entry.n_envs, seed, vec_env)
+    env: VecEnv = spec.make(entry.n_envs, seed, vec_env, envpool_threads)
     if entry.normalize is not None:
         # VecNormalize discounts with the model's gamma, --set gamma=... included (as rl_zoo3 with --hyperparams)
         normalize = {**entry.normalize, "gamma": kwargs["gamma"]} if "gamma" in kwargs else entry.normalize
@@ -239,11 +242,12 @@ class EnvSpec:
         """
         return cls(env_id, entry.env_wrapper, dict(entry.env_kwargs), entry.frame_stack)
 
-    def make(self, n_envs: int, seed: int, vec_env: str = "dummy") -> VecEnv:
+    def make(self, n_envs: int, seed: int, vec_env: str = "dummy", envpool_threads: int | None = None) -> VecEnv:
         """
         :param n_envs: number of envs
         :param seed: seed of the first env
         :param vec_env: ``dummy`` or ``envpool`` (see :func:`build_model`)
+        :param envpool_threads: EnvPool worker threads (``None``: EnvPool's default)
         :return: the VecEnv before normalisation and frame stacking
         """
         from sb3_cherry.common.zoo_config import make_env_wrapper
@@ -251,9 +255,12 @@ class EnvSpec:
         if vec_env == "envpool":
             from sb3_cherry.common.vec_env.envpool_vec_env import make_envpool_vec_env
 
-            if self.env_wrapper or self.env_kwargs:
-                raise ValueError(f"--vec-env envpool: the entry of {self.env_id} has env wrappers or env_kwargs")
-            return make_envpool_vec_env(self.env_id, n_envs=n_envs, seed=seed)
+            if self.env_kwargs:
+                raise ValueError(f"--vec-env envpool: the entry of {self.env_id} has env_kwargs")
+            # the entry's wrappers translated: FrameSkip inside the pool, observation wrappers per env
+            return make_envpool_vec_env(
+                self.env_id, n_envs=n_envs, seed=seed, num_threads=envpool_threads, env_wrapper=self.env_wrapper
+            )
 
         wrapper = make_env_wrapper(self.env_wrapper, f"entry of {self.env_id}")
         return make_vec_env(self.env_id, n_envs=n_envs, seed=seed, wrapper_class=wrapper, env_kwargs=self.env_kwargs)
@@ -362,14 +369,12 @@ def run(args: argparse.Namespace) -> None:
     :param args: parsed command line
     """
     th.set_num_threads(args.threads)
-    if args.vec_env == "envpool" and args.checkpoint_dir is not None:
-        raise ValueError("--vec-env envpool has no run checkpoints (EnvPool's env states cannot be saved)")
     path = csv_path(args.env, pathlib.Path(args.results))
     path.parent.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         entry = load_entry(args.algo, args.env, args.hyperparams_from, args.config)
         model, zoo_timesteps = build_model(
-            args.algo, args.env, seed, args.set, args.hyperparams_from, args.config, entry, args.vec_env
+            args.algo, args.env, seed, args.set, args.hyperparams_from, args.config, entry, args.vec_env, args.envpool_threads
         )
         if args.fused_optimizer:
             if not hasattr(model, "fused_optimizer"):
@@ -469,6 +474,10 @@ def run_chunk(model: BaseAlgorithm, callback: EvalAppendCallback, timesteps: int
         # rows this run wrote after its checkpoint (a process stopped mid-chunk) are measured again: drop them
         drop_rows_after(callback.path, row, state.num_timesteps)
         print(f"{folder.name}: resuming at {state.num_timesteps} of {state.total_timesteps} steps", flush=True)
+        if not state.envs_exact:
+            # the envs start new episodes: seeded anew per chunk, so a chunk does not replay the first chunk's
+            # episodes (tracks, terrains) that the freshly built env's seed would give again
+            model.get_env().seed(int(row["seed"]) + state.num_timesteps)
         continue_run(model, state, callback=[callback, saver])
     else:
         model.learn(timesteps, callback=[callback, saver])
@@ -511,6 +520,7 @@ def main(argv: list[str] | None = None) -> None:
         default="dummy",
         help="training envs: gymnasium's in a DummyVecEnv, or EnvPool's port (evaluation: gymnasium's env either way)",
     )
+    parser.add_argument("--envpool-threads", type=int, default=None, help="EnvPool threads (default: EnvPool's)")
     parser.add_argument("--results", default=str(RESULTS), help="results folder")
     parser.add_argument("--checkpoint-dir", default=None, help="run checkpoints: resumable runs in chunks")
     parser.add_argument("--chunk-steps", type=int, default=None, help="steps per process and checkpoint period")

@@ -114,3 +114,41 @@ def test_checkpoint_errors(tmp_path):
     async_model = PPORollback("MlpPolicy", make_env(), n_steps=64, collection="async")
     with pytest.raises(ValueError, match="collection='sync'"):
         async_model.learn(128, callback=RunCheckpointCallback(tmp_path / "a", save_freq=64))
+
+
+def test_frame_stack_two_chunks_equal_one_run(tmp_path):
+    """VecFrameStack's stacked frames are restored: two chunks equal one run."""
+    from stable_baselines3.common.vec_env import VecFrameStack
+
+    def build():
+        return VecFrameStack(make_env(), 3)
+
+    reference = make_model(build())
+    reference.learn(512)
+    first = make_model(build())
+    first.learn(512, callback=RunCheckpointCallback(tmp_path / "ckpt", save_freq=128, stop_after=128))
+    model, state = load_run_checkpoint(PPORollback, tmp_path / "ckpt", build())
+    assert state.envs_exact
+    continue_run(model, state)
+    for key, value in params(reference).items():
+        assert th.equal(value, params(model)[key]), key
+
+
+def test_dict_frame_stack_frames_restored(tmp_path):
+    """Dict observations (image + vector, VecTransposeImage added by SB3): each key's stacked frames come back."""
+    from stable_baselines3.common.envs import SimpleMultiObsEnv
+    from stable_baselines3.common.vec_env import VecFrameStack
+
+    def build():
+        return VecFrameStack(make_vec_env(SimpleMultiObsEnv, n_envs=2, seed=3), 2)
+
+    model = PPORollback("MultiInputPolicy", build(), n_steps=64, batch_size=32, n_epochs=1, seed=5)
+    model.learn(128)
+    saved = {k: v.stacked_obs.copy() for k, v in model.get_env().venv.stacked_obs.sub_stacked_observations.items()}
+    assert any(frames.any() for frames in saved.values())
+    save_run_checkpoint(model, tmp_path / "ckpt", total_timesteps=256)
+    loaded, state = load_run_checkpoint(PPORollback, tmp_path / "ckpt", build())
+    restored = loaded.get_env().venv.stacked_obs.sub_stacked_observations
+    assert state.envs_exact and set(restored) == set(saved)
+    for key, frames in saved.items():
+        np.testing.assert_array_equal(restored[key].stacked_obs, frames)

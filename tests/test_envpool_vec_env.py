@@ -19,17 +19,23 @@ def _cartpole_action(obs: np.ndarray) -> int:
     return int(obs[2] > 0)
 
 
-def _reference_episodes(env_id: str, seed: int, n_episodes: int, policy, **kwargs) -> list[dict]:
+def _reference_episodes(env_id: str, seed: int, n_episodes: int, policy, skip: int = 1, **kwargs) -> list[dict]:
     """
     Episodes of ONE environment through EnvPool's raw gymnasium API (next-step autoreset: the step after the end of
-    an episode returns the first observation of the next one and ignores its action).
+    an episode returns the first observation of the next one and ignores its action); with ``skip``, each agent step
+    repeats its action up to ``skip`` times and sums the rewards, stopping at the end of the episode (FrameSkip).
     """
     pool = envpool.make(env_id, env_type="gymnasium", num_envs=1, seed=seed, **kwargs)
     obs, _ = pool.reset()
     episodes, current = [], {"obs": [obs[0]], "rewards": []}
     while len(episodes) < n_episodes:
-        obs, reward, terminated, truncated, _ = pool.step(np.array([policy(current["obs"][-1])]))
-        current["rewards"].append(float(reward[0]))
+        action, total = np.array([policy(current["obs"][-1])]), 0.0
+        for _ in range(skip):
+            obs, reward, terminated, truncated, _ = pool.step(action)
+            total += float(reward[0])
+            if terminated[0] or truncated[0]:
+                break
+        current["rewards"].append(float(np.float32(total)))
         current["obs"].append(obs[0])
         if terminated[0] or truncated[0]:
             current["terminated"], current["truncated"] = bool(terminated[0]), bool(truncated[0])
@@ -86,6 +92,22 @@ def test_episodes_match_envpool_raw_loop(max_episode_steps):
         kinds |= {ep["truncated"] for ep in ours[i][:n_episodes]}
     # both kinds of ending are exercised with the short limit
     assert kinds == ({True, False} if max_episode_steps == 40 else {False})
+
+
+@pytest.mark.parametrize("skip", [2, 3])
+def test_frame_skip_matches_repeated_raw_steps(skip):
+    """frame_skip: each env repeats its action up to `skip` times (fewer at an episode's end) with summed rewards."""
+    venv = EnvPoolVecEnv("CartPole-v1", n_envs=3, seed=1, env_kwargs={"max_episode_steps": 29}, frame_skip=skip)
+    ours = _adapter_episodes(venv, 4, _cartpole_action)
+    venv.close()
+    kinds = set()
+    for i in range(3):
+        reference = _reference_episodes("CartPole-v1", 1 + i, 4, _cartpole_action, skip=skip, max_episode_steps=29)
+        _assert_same_episodes(ours[i][:4], reference)
+        kinds |= {ep["truncated"] for ep in ours[i][:4]}
+    assert kinds == {True, False}
+    # envs end at different frames within a step (the subset stepping is exercised)
+    assert len({len(ep["rewards"]) for eps in ours for ep in eps[:4]}) > 1
 
 
 def test_box_actions_and_float64_observations():
@@ -177,3 +199,70 @@ def test_cli_trains_on_envpool_and_refuses_what_it_cannot_do(tmp_path):
     assert refused.returncode != 0 and "--envpool-threads is an option of --vec-env envpool" in refused.stderr
     refused = _train(tmp_path, "--vec-env", "envpool", "--hyperparams", "env_kwargs:dict(sutton_barto_reward=True)")
     assert refused.returncode != 0 and "cannot take" in refused.stderr
+
+
+def test_observation_wrappers_match_gymnasium_formulas():
+    """VecObservationWrapper with gymnasium's Resize / Grayscale: hand-written INTER_AREA resize and luma weights."""
+    import cv2
+    from gymnasium.wrappers import GrayscaleObservation, ResizeObservation
+
+    from sb3_cherry.common.vec_env.envpool_vec_env import VecObservationWrapper
+
+    resized = VecObservationWrapper(EnvPoolVecEnv("CarRacing-v3", 2, seed=0), ResizeObservation, {"shape": (64, 48)})
+    gray = VecObservationWrapper(resized, GrayscaleObservation, {"keep_dim": True})
+    assert gray.observation_space.shape == (64, 48, 1) and gray.observation_space.dtype == np.uint8
+    same = EnvPoolVecEnv("CarRacing-v3", 2, seed=0)  # same seed: the same first frames, unwrapped
+    raw = same.reset()
+    same.close()
+    expected = np.stack(
+        [
+            (cv2.resize(o, (48, 64), interpolation=cv2.INTER_AREA) @ np.array([0.2125, 0.7154, 0.0721])).astype(np.uint8)[
+                ..., None
+            ]
+            for o in raw
+        ]
+    )
+    np.testing.assert_array_equal(gray.reset(), expected)
+    gray.close()
+    with pytest.raises(ValueError, match="ObservationWrapper"):
+        VecObservationWrapper(EnvPoolVecEnv("CartPole-v1", seed=0), object)  # type: ignore[arg-type]
+
+
+def test_config_wrappers_translated_for_envpool():
+    """The CarRacing entry's env_wrapper: FrameSkip -> frame_skip, Resize + Grayscale -> per-env layers."""
+    from sb3_cherry.common.safe_config import UnsafeConfigError
+    from sb3_cherry.common.zoo_config import load_zoo_entry
+
+    entry = load_zoo_entry("ppo_rollback", "CarRacing-v3")
+    venv = make_envpool_vec_env("CarRacing-v3", n_envs=2, seed=0, num_threads=1, env_wrapper=entry.env_wrapper)
+    assert venv.observation_space.shape == (64, 64, 1)
+    assert venv.unwrapped.frame_skip == 2
+    obs = venv.reset()
+    obs, rewards, *_ = venv.step(np.zeros((2, 3), dtype=np.float32))
+    assert obs.shape == (2, 64, 64, 1) and rewards.shape == (2,)
+    venv.close()
+    with pytest.raises(ValueError, match="cannot act on EnvPool"):
+        make_envpool_vec_env("CartPole-v1", env_wrapper="rl_zoo3.wrappers.TimeFeatureWrapper")
+    with pytest.raises(UnsafeConfigError):
+        make_envpool_vec_env("CartPole-v1", env_wrapper="os.system")
+
+
+def test_observation_wrapper_transforms_terminal_observations():
+    """The terminal observation in the info goes through the wrapper too (here: a scale, checked by hand)."""
+    from gymnasium.wrappers import TransformObservation
+
+    from sb3_cherry.common.vec_env.envpool_vec_env import VecObservationWrapper
+
+    kwargs = {"func": lambda o: 2.0 * o, "observation_space": None}
+    plain = EnvPoolVecEnv("CartPole-v1", 2, seed=4, env_kwargs={"max_episode_steps": 5})
+    scaled = VecObservationWrapper(
+        EnvPoolVecEnv("CartPole-v1", 2, seed=4, env_kwargs={"max_episode_steps": 5}), TransformObservation, kwargs
+    )
+    np.testing.assert_array_equal(scaled.reset(), 2.0 * plain.reset())
+    for _ in range(5):
+        actions = np.zeros(2, dtype=np.int64)
+        (obs, _, dones, infos), (obs_s, _, _, infos_s) = plain.step(actions), scaled.step(actions)
+        np.testing.assert_array_equal(obs_s, 2.0 * obs)
+    assert dones.all()
+    for info, info_s in zip(infos, infos_s, strict=True):
+        np.testing.assert_array_equal(info_s["terminal_observation"], 2.0 * info["terminal_observation"])

@@ -18,7 +18,8 @@ checkpoint only once it is complete.
 What is restored exactly:
 
 - the model (through ``Algorithm.load``), the counters, the schedules' progress, the RNG states, the episode buffer;
-- every ``VecEnvWrapper`` layer's plain data (``VecNormalize``'s running statistics and discounted returns, ...);
+- every ``VecEnvWrapper`` layer's plain data (``VecNormalize``'s running statistics and discounted returns,
+  ``VecFrameStack``'s stacked frames, ...);
 - with a ``DummyVecEnv``: each env's wrapper chain and unwrapped env when all their state is plain data (arrays,
   numbers, ``np.random.Generator`` states: classic control, sb3_cherry's envs, ``Monitor``, ``TimeLimit``) or a MuJoCo
   simulation (``mujoco.mj_getState``). Other envs (Box2D worlds, ``SubprocVecEnv`` workers) cannot be captured as data:
@@ -47,6 +48,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper
+from stable_baselines3.common.vec_env.stacked_observations import StackedObservations
 
 MODEL_FILE = "model.zip"
 STATE_FILE = "run_state.json"
@@ -102,6 +104,11 @@ class _Encoder:
             return {"__array__": key}
         if isinstance(value, np.random.Generator):
             return {"__generator__": value.bit_generator.state}
+        if isinstance(value, StackedObservations):  # VecFrameStack's frames: restored into the env's own object
+            if hasattr(value, "sub_stacked_observations"):  # Dict observations: one per key
+                subs = value.sub_stacked_observations
+                return {"__stacked__": {k: self.encode(v, f"{key}.{k}") for k, v in subs.items()}}
+            return {"__stacked__": self.encode(value.stacked_obs, f"{key}.stacked_obs")}
         if isinstance(value, RunningMeanStd):
             return {"__rms__": {name: self.encode(getattr(value, name), f"{key}.{name}") for name in ("mean", "var", "count")}}
         if isinstance(value, deque):
@@ -212,9 +219,26 @@ def _capture_envs(venv: VecEnv, encoder: _Encoder, prefix: str = "") -> tuple[li
     return layers, exact
 
 
+def _restore_stacked(stacked: StackedObservations, value: Any, arrays: Any) -> None:
+    """Put the frames of an encoded ``StackedObservations`` into the env's own (same spaces, same shapes)."""
+    if hasattr(stacked, "sub_stacked_observations"):
+        for key, sub in value.items():
+            _restore_stacked(stacked.sub_stacked_observations[key], sub["__stacked__"], arrays)
+        return
+    frames = _decode(value, arrays)
+    if frames.shape != stacked.stacked_obs.shape:
+        raise ValueError(
+            f"The run checkpoint stacks frames of shape {frames.shape}, the env passed {stacked.stacked_obs.shape}: "
+            "build the env as the run did (same n_envs, wrappers, frame_stack)."
+        )
+    stacked.stacked_obs = frames
+
+
 def _restore_layer(layer: Any, state: dict[str, Any], arrays: Any) -> None:
     for name, value in state.items():
-        if name == "__mujoco_state__":
+        if isinstance(value, dict) and "__stacked__" in value:
+            _restore_stacked(getattr(layer, name), value["__stacked__"], arrays)
+        elif name == "__mujoco_state__":
             import mujoco
 
             mujoco.mj_setState(layer.model, layer.data, _decode(value, arrays), mujoco.mjtState.mjSTATE_INTEGRATION)
@@ -431,7 +455,8 @@ def load_run_checkpoint(
     state = read_run_state(folder, algo_class)
     model = algo_class.load(folder / MODEL_FILE, env=env, **load_kwargs)
     with np.load(folder / ARRAYS_FILE, allow_pickle=False) as arrays:
-        _restore_envs(env, state["env_layers"], state["envs_exact"], arrays)
+        # the model's env: ``env`` with the wrappers SB3 adds itself (VecTransposeImage for images), as at saving
+        _restore_envs(model.get_env(), state["env_layers"], state["envs_exact"], arrays)
         for name, other in (other_envs or {}).items():
             saved = state.get("other_envs", {}).get(name)
             if saved is not None:

@@ -23,7 +23,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-from stable_baselines3.common.vec_env import VecMonitor
+from stable_baselines3.common.vec_env import VecEnvWrapper, VecMonitor
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
 _INSTALL_HINT = (
@@ -69,6 +69,8 @@ class EnvPoolVecEnv(VecEnv):
     :param num_threads: EnvPool worker threads; ``None``: EnvPool's default (one per environment, at most one per
         core). With 1, the simulation runs on one core, as a ``DummyVecEnv``.
     :param env_kwargs: further ``envpool.make`` arguments (e.g. ``max_episode_steps``)
+    :param frame_skip: each ``step`` repeats the action this many times (fewer if the episode ends), summing the
+        rewards, as rl_zoo3's ``FrameSkip`` wrapper
     """
 
     def __init__(
@@ -78,6 +80,7 @@ class EnvPoolVecEnv(VecEnv):
         seed: int | None = None,
         num_threads: int | None = None,
         env_kwargs: dict[str, Any] | None = None,
+        frame_skip: int = 1,
     ):
         envpool = _import_envpool()
         if env_id not in envpool.list_all_envs():
@@ -87,6 +90,9 @@ class EnvPoolVecEnv(VecEnv):
             )
         if n_envs < 1:
             raise ValueError(f"n_envs must be at least 1, got {n_envs}")
+        if frame_skip < 1:
+            raise ValueError(f"frame_skip must be at least 1, got {frame_skip}")
+        self.frame_skip = int(frame_skip)
         self.env_id = env_id
         self._envpool = envpool
         self._num_threads = num_threads
@@ -167,10 +173,23 @@ class EnvPoolVecEnv(VecEnv):
         """
         assert self._actions is not None, "step_async() must be called before step_wait()"
         obs, rewards, terminated, truncated, info = self._pool.step(self._actions)
-        self._actions = None
         obs, rewards, terminated, truncated = self._in_env_order(
             np.asarray(info["env_id"]), obs, rewards, terminated, truncated
         )
+        if self.frame_skip > 1:
+            rewards = rewards.astype(np.float64)  # summed in double precision, as FrameSkip's Python floats
+            running = np.flatnonzero(np.logical_not(np.logical_or(terminated, truncated)))
+            for _ in range(self.frame_skip - 1):
+                if running.size == 0:
+                    break
+                sub_obs, sub_rewards, sub_term, sub_trunc, sub_info = self._pool.step(
+                    self._actions[running], running.astype(np.int32)
+                )
+                ids = np.asarray(sub_info["env_id"])
+                obs[ids], terminated[ids], truncated[ids] = sub_obs, sub_term, sub_trunc
+                rewards[ids] += sub_rewards
+                running = np.sort(ids[np.logical_not(np.logical_or(sub_term, sub_trunc))])
+        self._actions = None
         dones = np.logical_or(terminated, truncated)
         time_limit = np.logical_and(truncated, np.logical_not(terminated))
         infos: list[dict[str, Any]] = [{"TimeLimit.truncated": bool(t)} for t in time_limit]
@@ -233,6 +252,65 @@ class EnvPoolVecEnv(VecEnv):
         raise NotImplementedError("EnvPoolVecEnv does not render; record videos with the gymnasium environment.")
 
 
+class _SpacesOnly(gym.Env):
+    """An env that only has spaces: what a gymnasium observation wrapper needs to be built."""
+
+    def __init__(self, observation_space: spaces.Space, action_space: spaces.Space):
+        self.observation_space, self.action_space = observation_space, action_space
+
+
+class VecObservationWrapper(VecEnvWrapper):
+    """
+    A stateless gymnasium ``ObservationWrapper`` (e.g. ``ResizeObservation``, ``GrayscaleObservation``) applied to
+    each environment's observations of a VecEnv, terminal observations included: gymnasium's own ``observation``
+    method, for VecEnvs whose environments take no gymnasium wrappers (EnvPool).
+
+    :param venv: the VecEnv
+    :param wrapper_class: the gymnasium observation wrapper
+    :param wrapper_kwargs: its arguments
+    """
+
+    def __init__(
+        self, venv: VecEnv, wrapper_class: type[gym.ObservationWrapper], wrapper_kwargs: dict[str, Any] | None = None
+    ):
+        if not (isinstance(wrapper_class, type) and issubclass(wrapper_class, gym.ObservationWrapper)):
+            raise ValueError(f"VecObservationWrapper takes a gymnasium ObservationWrapper, got {wrapper_class!r}")
+        self.wrapper = wrapper_class(_SpacesOnly(venv.observation_space, venv.action_space), **(wrapper_kwargs or {}))
+        super().__init__(venv, observation_space=self.wrapper.observation_space)
+
+    def _transform(self, obs: np.ndarray) -> np.ndarray:
+        return np.stack([self.wrapper.observation(o) for o in obs])
+
+    def reset(self) -> VecEnvObs:
+        """:return: the transformed first observations"""
+        return self._transform(np.asarray(self.venv.reset()))
+
+    def step_wait(self) -> VecEnvStepReturn:
+        """:return: the step with transformed observations (and terminal observations)"""
+        obs, rewards, dones, infos = self.venv.step_wait()
+        for info in infos:
+            if "terminal_observation" in info:
+                info["terminal_observation"] = self.wrapper.observation(info["terminal_observation"])
+        return self._transform(np.asarray(obs)), rewards, dones, infos
+
+
+#: rl_zoo3's frame skipping wrapper, done inside :class:`EnvPoolVecEnv` (``frame_skip``)
+_FRAME_SKIP = "rl_zoo3.wrappers.FrameSkip"
+
+
+def _wrapper_specs(env_wrapper: Any) -> list[tuple[str, dict[str, Any]]]:
+    """:return: an ``env_wrapper`` config value (a name, ``{name: kwargs}``, or a list of them) as (name, kwargs) pairs"""
+    items = env_wrapper if isinstance(env_wrapper, list) else [env_wrapper]
+    specs = []
+    for item in items:
+        if isinstance(item, dict):
+            ((name, kwargs),) = item.items()
+            specs.append((str(name), dict(kwargs or {})))
+        else:
+            specs.append((str(item), {}))
+    return specs
+
+
 def make_envpool_vec_env(
     env_id: str,
     n_envs: int = 1,
@@ -241,10 +319,16 @@ def make_envpool_vec_env(
     env_kwargs: dict[str, Any] | None = None,
     monitor_filename: str | None = None,
     info_keywords: tuple[str, ...] = (),
-) -> VecMonitor:
+    env_wrapper: Any = None,
+) -> VecEnv:
     """
     An :class:`EnvPoolVecEnv` in SB3's ``VecMonitor`` (episode returns and lengths in ``info["episode"]``, as
-    ``make_vec_env``'s ``Monitor``).
+    ``make_vec_env``'s ``Monitor``; with frame skipping, lengths count agent steps, not frames).
+
+    ``env_wrapper`` is a config's ``env_wrapper`` value (rl-zoo format), translated for EnvPool: a leading
+    ``rl_zoo3.wrappers.FrameSkip`` becomes ``frame_skip``, gymnasium observation wrappers (``ResizeObservation``,
+    ``GrayscaleObservation``, ...) become :class:`VecObservationWrapper` layers; other wrappers cannot act on
+    EnvPool's C++ environments and raise a ``ValueError``.
 
     :param env_id: EnvPool task id
     :param n_envs: number of environments
@@ -253,15 +337,41 @@ def make_envpool_vec_env(
     :param env_kwargs: further ``envpool.make`` arguments
     :param monitor_filename: where ``VecMonitor`` writes its CSV (``None``: nowhere)
     :param info_keywords: info keys ``VecMonitor`` also logs
-    :return: the monitored vectorized environment
+    :param env_wrapper: a config's ``env_wrapper`` value (names from trusted packages only, as every config)
+    :return: the monitored (and wrapped) vectorized environment
     """
-    venv = EnvPoolVecEnv(env_id, n_envs=n_envs, seed=seed, num_threads=num_threads, env_kwargs=env_kwargs)
-    return VecMonitor(venv, filename=monitor_filename, info_keywords=info_keywords)
+    from rl_zoo3.utils import get_class_by_name
+
+    from sb3_cherry.common.safe_config import check_imported_names
+
+    specs = [] if env_wrapper is None else _wrapper_specs(env_wrapper)
+    if specs:
+        check_imported_names({"env_wrapper": env_wrapper}, f"env_wrapper of {env_id}")
+    frame_skip = 1
+    if specs and specs[0][0] == _FRAME_SKIP:
+        frame_skip = int(specs.pop(0)[1].get("skip", 4))  # FrameSkip's default
+    layers = []
+    for name, kwargs in specs:
+        wrapper_class = get_class_by_name(name)
+        if not (isinstance(wrapper_class, type) and issubclass(wrapper_class, gym.ObservationWrapper)):
+            raise ValueError(
+                f"--vec-env envpool: the env_wrapper {name} of {env_id} cannot act on EnvPool's C++ environments "
+                f"(translated: {_FRAME_SKIP} first, then gymnasium observation wrappers); use --vec-env dummy or subproc."
+            )
+        layers.append((wrapper_class, kwargs))
+    venv: VecEnv = EnvPoolVecEnv(
+        env_id, n_envs=n_envs, seed=seed, num_threads=num_threads, env_kwargs=env_kwargs, frame_skip=frame_skip
+    )
+    venv = VecMonitor(venv, filename=monitor_filename, info_keywords=info_keywords)
+    for wrapper_class, kwargs in layers:
+        venv = VecObservationWrapper(venv, wrapper_class, kwargs)
+    return venv
 
 
 def _envpool_make_vec_env(
     env_id: str,
     num_threads: int | None,
+    env_wrapper: Any,
     env: Any,
     n_envs: int = 1,
     seed: int | None = None,
@@ -274,13 +384,13 @@ def _envpool_make_vec_env(
 ) -> VecEnv:
     """
     Stand-in for SB3's ``make_vec_env`` as rl_zoo3's ``ExperimentManager.create_envs`` calls it: the same arguments,
-    an :func:`make_envpool_vec_env` of ``env_id`` (``env``, rl_zoo3's gymnasium constructor, and ``vec_env_cls`` are
-    not used).
+    an :func:`make_envpool_vec_env` of ``env_id`` with the config's ``env_wrapper`` translated (``env``, rl_zoo3's
+    gymnasium constructor, ``wrapper_class``, the same wrappers built for gymnasium, and ``vec_env_cls`` are not used).
     """
-    if wrapper_class is not None or env_kwargs:
+    if env_kwargs:
         raise ValueError(
-            f"--vec-env envpool: the config of {env_id} has env_wrapper or env_kwargs, which EnvPool's C++ environments "
-            "cannot take; use --vec-env dummy (or subproc) for this config."
+            f"--vec-env envpool: the config of {env_id} has env_kwargs, which EnvPool's C++ environments cannot take; "
+            "use --vec-env dummy (or subproc) for this config."
         )
     return make_envpool_vec_env(
         env_id,
@@ -289,14 +399,16 @@ def _envpool_make_vec_env(
         num_threads=num_threads,
         monitor_filename=None if monitor_dir is None else f"{monitor_dir}/envpool",
         info_keywords=tuple((monitor_kwargs or {}).get("info_keywords", ())),
+        env_wrapper=env_wrapper,
     )
 
 
 def envpool_experiment_manager(base: type, num_threads: int | None = None) -> type:
     """
     An rl_zoo3 ``ExperimentManager`` subclass whose training envs are an :class:`EnvPoolVecEnv` (``sb3-cherry train
-    --vec-env envpool``); the evaluation env stays gymnasium's, so the returns reported during and after training are
-    those of the reference implementation. Normalisation, frame stacking and image transposition are rl_zoo3's.
+    --vec-env envpool``), the config's ``env_wrapper`` translated (:func:`make_envpool_vec_env`); the evaluation env
+    stays gymnasium's, so the returns reported during and after training are those of the reference implementation.
+    Normalisation, frame stacking and image transposition are rl_zoo3's.
 
     :param base: the ``ExperimentManager`` class to extend (rl_zoo3's)
     :param num_threads: EnvPool worker threads (``None``: EnvPool's default)
@@ -307,12 +419,18 @@ def envpool_experiment_manager(base: type, num_threads: int | None = None) -> ty
     class EnvPoolExperimentManager(base):  # type: ignore[valid-type, misc]
         """rl_zoo3's ``ExperimentManager`` training on EnvPool's environments."""
 
+        _envpool_env_wrapper: Any = None
+
+        def _preprocess_hyperparams(self, hyperparams: dict[str, Any]) -> Any:
+            self._envpool_env_wrapper = hyperparams.get("env_wrapper")  # the config value, translated for EnvPool
+            return super()._preprocess_hyperparams(hyperparams)
+
         def create_envs(self, n_envs: int, eval_env: bool = False, no_log: bool = False) -> VecEnv:
             if eval_env:
                 return super().create_envs(n_envs, eval_env, no_log)
             saved = rl_zoo3.exp_manager.make_vec_env
             rl_zoo3.exp_manager.make_vec_env = functools.partial(  # type: ignore[assignment]
-                _envpool_make_vec_env, self.env_name.gym_id, num_threads
+                _envpool_make_vec_env, self.env_name.gym_id, num_threads, self._envpool_env_wrapper
             )
             try:
                 return super().create_envs(n_envs, eval_env, no_log)
