@@ -456,7 +456,9 @@ def load_run_checkpoint(
     model = algo_class.load(folder / MODEL_FILE, env=env, **load_kwargs)
     with np.load(folder / ARRAYS_FILE, allow_pickle=False) as arrays:
         # the model's env: ``env`` with the wrappers SB3 adds itself (VecTransposeImage for images), as at saving
-        _restore_envs(model.get_env(), state["env_layers"], state["envs_exact"], arrays)
+        model_env = model.get_env()
+        assert model_env is not None  # load() was given ``env``
+        _restore_envs(model_env, state["env_layers"], state["envs_exact"], arrays)
         for name, other in (other_envs or {}).items():
             saved = state.get("other_envs", {}).get(name)
             if saved is not None:
