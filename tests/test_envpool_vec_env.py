@@ -110,6 +110,20 @@ def test_frame_skip_matches_repeated_raw_steps(skip):
     assert len({len(ep["rewards"]) for eps in ours for ep in eps[:4]}) > 1
 
 
+def test_frame_skip_sums_float_rewards_as_frameskip():
+    """Hopper's rewards are not integers: summed in double precision per step, then float32 (as FrameSkip + SB3)."""
+
+    def policy(obs: np.ndarray) -> np.ndarray:
+        return np.tanh(obs[1:4])
+
+    venv = EnvPoolVecEnv("Hopper-v5", n_envs=2, seed=2, env_kwargs={"max_episode_steps": 25}, frame_skip=3)
+    ours = _adapter_episodes(venv, 2, policy)
+    venv.close()
+    for i in range(2):
+        reference = _reference_episodes("Hopper-v5", 2 + i, 2, policy, skip=3, max_episode_steps=25)
+        _assert_same_episodes(ours[i][:2], reference)
+
+
 def test_box_actions_and_float64_observations():
     """Hopper-v5 (float64 observations and actions): same episodes as the raw loop, spaces kept in their dtype."""
     venv = EnvPoolVecEnv("Hopper-v5", n_envs=2, seed=3, env_kwargs={"max_episode_steps": 30})
@@ -166,8 +180,12 @@ def test_seed_applies_at_next_reset_and_model_seed_reproduces():
 def test_errors_name_the_problem():
     with pytest.raises(ValueError, match="EnvPool has no environment 'NoSuchEnv-v0'"):
         EnvPoolVecEnv("NoSuchEnv-v0")
-    with pytest.raises(ValueError, match="int32"):
-        EnvPoolVecEnv("CartPole-v1", seed=2**31)
+    # rl_zoo3 draws seeds up to 2**32: reduced into EnvPool's int32 range, env 1 = env 0 + 1 still
+    large = EnvPoolVecEnv("CartPole-v1", 2, seed=3_000_000_000)
+    reduced = EnvPoolVecEnv("CartPole-v1", 2, seed=3_000_000_000 % (2**31 - 2))
+    np.testing.assert_array_equal(large.reset(), reduced.reset())
+    assert large.seed(-5) == [-5 % (2**31 - 2), -5 % (2**31 - 2) + 1]
+    large.close(), reduced.close()
     with pytest.raises(ValueError, match="n_envs"):
         EnvPoolVecEnv("CartPole-v1", n_envs=0)
     venv = EnvPoolVecEnv("CartPole-v1", n_envs=2, seed=0)
@@ -178,18 +196,22 @@ def test_errors_name_the_problem():
         venv.env_method("foo")
     with pytest.raises(AttributeError, match="no attribute 'no_such_attr'"):
         venv.get_attr("no_such_attr")
+    venv.set_options({"low": 0.0})
+    with pytest.raises(NotImplementedError, match="reset options"):
+        venv.reset()
     venv.close()
 
 
-def _train(tmp_path, *extra: str) -> subprocess.CompletedProcess:
+def _train(tmp_path, *extra: str, seed: int = 0) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "sb3_cherry", "train", "--algo", "ppo_rollback", "--env", "CartPole-v1"]
-    cmd += ["-f", str(tmp_path), "-n", "1024", "--seed", "0", "--eval-freq", "-1", *extra]
+    cmd += ["-f", str(tmp_path), "-n", "1024", "--seed", str(seed), "--eval-freq", "-1", *extra]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
 def test_cli_trains_on_envpool_and_refuses_what_it_cannot_do(tmp_path):
     """`sb3-cherry train --vec-env envpool`: training envs from EnvPool (their monitor file), model saved."""
-    done = _train(tmp_path, "--vec-env", "envpool", "--envpool-threads", "1")
+    # a seed beyond int32, as rl_zoo3 draws when --seed is not given
+    done = _train(tmp_path, "--vec-env", "envpool", "--envpool-threads", "1", seed=3_000_000_000)
     assert done.returncode == 0, done.stderr[-2000:]
     run = tmp_path / "ppo_rollback" / "CartPole-v1_1"
     assert (run / "CartPole-v1.zip").exists() and (run / "envpool.monitor.csv").exists()
@@ -224,8 +246,11 @@ def test_observation_wrappers_match_gymnasium_formulas():
     )
     np.testing.assert_array_equal(gray.reset(), expected)
     gray.close()
-    with pytest.raises(ValueError, match="ObservationWrapper"):
-        VecObservationWrapper(EnvPoolVecEnv("CartPole-v1", seed=0), object)  # type: ignore[arg-type]
+    from gymnasium.wrappers import DelayObservation, NormalizeObservation
+
+    for wrapper_class in (object, DelayObservation, NormalizeObservation):  # one instance would mix the envs
+        with pytest.raises(ValueError, match="stateless gymnasium observation wrapper"):
+            VecObservationWrapper(EnvPoolVecEnv("CartPole-v1", seed=0), wrapper_class)  # type: ignore[arg-type]
 
 
 def test_config_wrappers_translated_for_envpool():

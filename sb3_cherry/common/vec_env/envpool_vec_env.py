@@ -112,11 +112,15 @@ class EnvPoolVecEnv(VecEnv):
 
     @staticmethod
     def _checked_seed(seed: int | None, n_envs: int) -> int:
-        """:return: ``seed`` (a random one if ``None``), checked to be in EnvPool's range (int32)"""
+        """
+        :return: ``seed`` (a random one if ``None``) such that the seeds ``seed + i`` of all environments are in
+            EnvPool's range (int32): a seed outside ``[0, 2**31 - n_envs]`` (SB3 and rl_zoo3 draw seeds up to
+            ``2**32``) is taken modulo ``2**31 - n_envs``
+        """
         if seed is None:
             return int(np.random.randint(2**31 - n_envs))
-        if not -(2**31) <= int(seed) < 2**31:
-            raise ValueError(f"EnvPool takes seeds in the int32 range [-2**31, 2**31 - 1], got {seed}")
+        if not 0 <= int(seed) <= 2**31 - n_envs:
+            return int(seed) % (2**31 - n_envs)
         return int(seed)
 
     def _new_pool(self, n_envs: int) -> Any:
@@ -140,8 +144,13 @@ class EnvPoolVecEnv(VecEnv):
 
         :return: the first observations
         """
+        if any(self._options):
+            raise NotImplementedError(
+                "EnvPoolVecEnv cannot pass reset options to EnvPool's environments; use the gymnasium environment "
+                "with a DummyVecEnv for that."
+            )
         if self._seeds[0] is not None:
-            self._seed = int(self._seeds[0])
+            self._seed = self._checked_seed(self._seeds[0], self.num_envs)
             self.close()
             self._pool = self._new_pool(self.num_envs)
         self._reset_seeds()
@@ -155,7 +164,7 @@ class EnvPoolVecEnv(VecEnv):
         Seed the environments at the next ``reset()`` (environment ``i`` with ``seed + i``; EnvPool takes its seeds
         when a pool is made, so the pool is recreated then).
 
-        :param seed: seed of environment 0 (int32); ``None``: a random one
+        :param seed: seed of environment 0 (reduced into EnvPool's int32 range if needed); ``None``: a random one
         :return: the seeds
         """
         seed = self._checked_seed(seed, self.num_envs)
@@ -261,9 +270,23 @@ class _SpacesOnly(gym.Env):
         self.observation_space, self.action_space = observation_space, action_space
 
 
+#: gymnasium's observation wrappers whose ``observation`` is a pure function of the observation (no state)
+_STATELESS_OBSERVATION_WRAPPERS: tuple[type[gym.ObservationWrapper], ...] = (
+    gym.wrappers.ResizeObservation,
+    gym.wrappers.GrayscaleObservation,
+    gym.wrappers.TransformObservation,
+    gym.wrappers.DtypeObservation,
+    gym.wrappers.ReshapeObservation,
+    gym.wrappers.RescaleObservation,
+    gym.wrappers.FlattenObservation,
+    gym.wrappers.FilterObservation,
+)
+
+
 class VecObservationWrapper(VecEnvWrapper):
     """
-    A stateless gymnasium ``ObservationWrapper`` (e.g. ``ResizeObservation``, ``GrayscaleObservation``) applied to
+    A stateless gymnasium observation wrapper (``ResizeObservation``, ``GrayscaleObservation``, ``TransformObservation``,
+    ...; stateful ones are refused) applied to
     each environment's observations of a VecEnv, terminal observations included: gymnasium's own ``observation``
     method, for VecEnvs whose environments take no gymnasium wrappers (EnvPool).
 
@@ -275,8 +298,13 @@ class VecObservationWrapper(VecEnvWrapper):
     def __init__(
         self, venv: VecEnv, wrapper_class: type[gym.ObservationWrapper], wrapper_kwargs: dict[str, Any] | None = None
     ):
-        if not (isinstance(wrapper_class, type) and issubclass(wrapper_class, gym.ObservationWrapper)):
-            raise ValueError(f"VecObservationWrapper takes a gymnasium ObservationWrapper, got {wrapper_class!r}")
+        if not (isinstance(wrapper_class, type) and issubclass(wrapper_class, _STATELESS_OBSERVATION_WRAPPERS)):
+            raise ValueError(
+                "VecObservationWrapper takes a stateless gymnasium observation wrapper (one instance serves every "
+                f"environment): {', '.join(c.__name__ for c in _STATELESS_OBSERVATION_WRAPPERS)} or a subclass; got "
+                f"{wrapper_class!r} (stateful wrappers such as DelayObservation or NormalizeObservation would mix the "
+                "environments)."
+            )
         self.wrapper = wrapper_class(_SpacesOnly(venv.observation_space, venv.action_space), **(wrapper_kwargs or {}))
         super().__init__(venv, observation_space=self.wrapper.observation_space)
 
@@ -329,7 +357,7 @@ def make_envpool_vec_env(
 
     ``env_wrapper`` is a config's ``env_wrapper`` value (rl-zoo format), translated for EnvPool: a leading
     ``rl_zoo3.wrappers.FrameSkip`` becomes ``frame_skip``, gymnasium observation wrappers (``ResizeObservation``,
-    ``GrayscaleObservation``, ...) become :class:`VecObservationWrapper` layers; other wrappers cannot act on
+    ``GrayscaleObservation``, other stateless ones) become :class:`VecObservationWrapper` layers; other wrappers cannot act on
     EnvPool's C++ environments and raise a ``ValueError``.
 
     :param env_id: EnvPool task id
@@ -355,10 +383,11 @@ def make_envpool_vec_env(
     layers = []
     for name, kwargs in specs:
         wrapper_class = get_class_by_name(name)
-        if not (isinstance(wrapper_class, type) and issubclass(wrapper_class, gym.ObservationWrapper)):
+        if not (isinstance(wrapper_class, type) and issubclass(wrapper_class, _STATELESS_OBSERVATION_WRAPPERS)):
             raise ValueError(
                 f"--vec-env envpool: the env_wrapper {name} of {env_id} cannot act on EnvPool's C++ environments "
-                f"(translated: {_FRAME_SKIP} first, then gymnasium observation wrappers); use --vec-env dummy or subproc."
+                f"(translated: {_FRAME_SKIP} first, then stateless gymnasium observation wrappers); use --vec-env "
+                "dummy or subproc."
             )
         layers.append((wrapper_class, kwargs))
     venv: VecEnv = EnvPoolVecEnv(
