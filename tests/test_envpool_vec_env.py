@@ -291,3 +291,15 @@ def test_observation_wrapper_transforms_terminal_observations():
     assert dones.all()
     for info, info_s in zip(infos, infos_s, strict=True):
         np.testing.assert_array_equal(info_s["terminal_observation"], 2.0 * info["terminal_observation"])
+
+
+def test_results_put_in_env_order():
+    """Rows that EnvPool returns in another order than env ids are sorted by env id (and copied)."""
+    ids = np.array([2, 0, 1])
+    obs = np.array([[20.0], [0.0], [10.0]])
+    rewards = np.array([2.0, 0.0, 1.0], dtype=np.float32)
+    sorted_obs, sorted_rewards = EnvPoolVecEnv._in_env_order(ids, obs, rewards)
+    np.testing.assert_array_equal(sorted_obs, [[0.0], [10.0], [20.0]])
+    np.testing.assert_array_equal(sorted_rewards, [0.0, 1.0, 2.0])
+    in_order, *_ = EnvPoolVecEnv._in_env_order(np.arange(3), obs)
+    assert in_order is not obs and np.array_equal(in_order, obs)
