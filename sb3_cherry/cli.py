@@ -142,7 +142,7 @@ def _train_parser() -> argparse.ArgumentParser:
         choices=["dummy", "subproc", "envpool"],
         help="training envs: dummy (one process, rl_zoo3's default), subproc (one process per env) or envpool "
         '(EnvPool\'s C++ port of the env, stepped by threads; pip install "sb3_cherry[envpool]"; evaluation stays on '
-        "the gymnasium env; no env_wrapper/env_kwargs, no run checkpoints)",
+        "the gymnasium env; the config's env_wrapper translated; no env_kwargs, no run checkpoints)",
     )
     parser.add_argument(
         "--envpool-threads",
@@ -229,8 +229,9 @@ def cmd_train(argv: list[str]) -> None:
     if args.vec_env == "envpool":
         if freq is not None:
             raise ValueError(
-                "--vec-env envpool has no run checkpoints (EnvPool's environment states cannot be saved): drop "
-                "--run-checkpoint-freq/--stop-after, or train with --vec-env dummy or subproc."
+                "--vec-env envpool has no run checkpoints from the command line (--resume continues a run with "
+                "rl_zoo3's own envs): drop --run-checkpoint-freq/--stop-after, train with --vec-env dummy or subproc, "
+                "or use python -m benchmarks.learning --vec-env envpool --checkpoint-dir DIR."
             )
         with _envpool_training(args.envpool_threads):
             _run_rl_zoo3(train, "sb3-cherry train", zoo_argv)
