@@ -32,6 +32,7 @@ A2C_REFERENCES = {"CartPole-v1": "rl-zoo A2C: 500 @ 500k", "Pendulum-v1": "rl-zo
 GOALS = {
     ("BipedalWalker-v3", "ppo_rollback"): "cherry_rl seed (Beta): 333; goal ≥ 320 over 3 seeds",
     ("Humanoid-v5", "ppo_rollback"): "goal ≥ 5000 at ≤ 10M (met at 2.25M)",
+    ("CarRacing-v3", "ppo_rollback"): "cherry_rl seed (Beta): 894 ± 32; goal ≥ 850 on 2 seeds at ≤ 4M",
 }
 
 
@@ -67,6 +68,14 @@ COMMANDS = [
     ("BipedalWalker-v3", "ppo_rollback", ("beta_rlzoo_config",), "VARIANT=beta_rlzoo_config ./benchmarks/run_bipedal.sh"),
     ("BipedalWalker-v3", "ppo", None, "ALGO=ppo VARIANT=normal ./benchmarks/run_bipedal.sh"),
     ("Humanoid-v5", "ppo_rollback", ("zoo",), "SEEDS='0 1' ./benchmarks/run_humanoid.sh"),
+    (
+        "BipedalWalker-v3",
+        "ppo_rollback",
+        ("zoo_envpool",),
+        "python -m benchmarks.learning --env BipedalWalker-v3 --algo ppo_rollback --variant zoo_envpool --vec-env "
+        "envpool --seeds 0 1 2 --timesteps 1000000 --eval-freq 250000",
+    ),
+    ("CarRacing-v3", "ppo_rollback", ("envpool",), "SEEDS=0 ./benchmarks/run_carracing.sh; SEEDS=1 (other core)"),
     ("CartPole-v1", None, None, "run_short.sh"),
     ("Pendulum-v1", "ppo", None, "run_short.sh"),
 ]
