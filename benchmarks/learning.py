@@ -165,7 +165,7 @@ def build_model(
         against the algorithm whose entry it is, ``ppo_rollback`` for ``ppo``)
     :param entry: the entry already read by :func:`load_entry` for these arguments (None: read it here)
     :param vec_env: ``dummy`` (SB3's ``DummyVecEnv`` of gymnasium envs) or ``envpool`` (EnvPool's port of the env,
-        :func:`~sb3_cherry.common.vec_env.envpool_vec_env.make_envpool_vec_env`, EnvPool's default threads, the
+        :func:`~sb3_cherry.common.vec_env.envpool_vec_env.make_envpool_vec_env`, ``envpool_threads`` threads, the
         entry's wrappers translated); the evaluation env is gymnasium's either way. Run checkpoints of EnvPool runs
         resume with new episodes (EnvPool's env states are not plain data)
     :param envpool_threads: EnvPool worker threads with ``vec_env="envpool"`` (``None``: EnvPool's default)
