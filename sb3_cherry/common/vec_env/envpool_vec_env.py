@@ -283,12 +283,17 @@ _STATELESS_OBSERVATION_WRAPPERS: tuple[type[gym.ObservationWrapper], ...] = (
 )
 
 
+def _is_stateless(wrapper_class: Any) -> bool:
+    """:return: whether ``wrapper_class`` is one of :data:`_STATELESS_OBSERVATION_WRAPPERS` (or a subclass)"""
+    return isinstance(wrapper_class, type) and issubclass(wrapper_class, _STATELESS_OBSERVATION_WRAPPERS)
+
+
 class VecObservationWrapper(VecEnvWrapper):
     """
     A stateless gymnasium observation wrapper (``ResizeObservation``, ``GrayscaleObservation``, ``TransformObservation``,
-    ...; stateful ones are refused) applied to
-    each environment's observations of a VecEnv, terminal observations included: gymnasium's own ``observation``
-    method, for VecEnvs whose environments take no gymnasium wrappers (EnvPool).
+    ...; stateful ones are refused) applied to each environment's observations of a VecEnv, terminal observations
+    included: gymnasium's own ``observation`` method, for VecEnvs whose environments take no gymnasium wrappers
+    (EnvPool).
 
     :param venv: the VecEnv
     :param wrapper_class: the gymnasium observation wrapper
@@ -298,7 +303,7 @@ class VecObservationWrapper(VecEnvWrapper):
     def __init__(
         self, venv: VecEnv, wrapper_class: type[gym.ObservationWrapper], wrapper_kwargs: dict[str, Any] | None = None
     ):
-        if not (isinstance(wrapper_class, type) and issubclass(wrapper_class, _STATELESS_OBSERVATION_WRAPPERS)):
+        if not _is_stateless(wrapper_class):
             raise ValueError(
                 "VecObservationWrapper takes a stateless gymnasium observation wrapper (one instance serves every "
                 f"environment): {', '.join(c.__name__ for c in _STATELESS_OBSERVATION_WRAPPERS)} or a subclass; got "
@@ -356,9 +361,9 @@ def make_envpool_vec_env(
     ``make_vec_env``'s ``Monitor``; with frame skipping, lengths count agent steps, not frames).
 
     ``env_wrapper`` is a config's ``env_wrapper`` value (rl-zoo format), translated for EnvPool: a leading
-    ``rl_zoo3.wrappers.FrameSkip`` becomes ``frame_skip``, gymnasium observation wrappers (``ResizeObservation``,
-    ``GrayscaleObservation``, other stateless ones) become :class:`VecObservationWrapper` layers; other wrappers cannot act on
-    EnvPool's C++ environments and raise a ``ValueError``.
+    ``rl_zoo3.wrappers.FrameSkip`` becomes ``frame_skip``, stateless gymnasium observation wrappers
+    (``ResizeObservation``, ``GrayscaleObservation``, ...) become :class:`VecObservationWrapper` layers; other wrappers
+    cannot act on EnvPool's C++ environments and raise a ``ValueError``.
 
     :param env_id: EnvPool task id
     :param n_envs: number of environments
@@ -383,7 +388,7 @@ def make_envpool_vec_env(
     layers = []
     for name, kwargs in specs:
         wrapper_class = get_class_by_name(name)
-        if not (isinstance(wrapper_class, type) and issubclass(wrapper_class, _STATELESS_OBSERVATION_WRAPPERS)):
+        if not _is_stateless(wrapper_class):  # checked before a pool is made, with the config named
             raise ValueError(
                 f"--vec-env envpool: the env_wrapper {name} of {env_id} cannot act on EnvPool's C++ environments "
                 f"(translated: {_FRAME_SKIP} first, then stateless gymnasium observation wrappers); use --vec-env "
