@@ -21,7 +21,7 @@ import json
 import os
 import pathlib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -198,7 +198,7 @@ def cmd_train(argv: list[str]) -> None:
     """
     from rl_zoo3.train import train
 
-    from sb3_cherry.resume import ChunkOptions, check_checkpointable, chunked_experiment_manager
+    from sb3_cherry.resume import ChunkOptions, check_checkpointable, chunked_experiment_manager, experiment_manager_class
 
     parser = _train_parser()
     args, rest = parser.parse_known_args(argv)
@@ -233,7 +233,13 @@ def cmd_train(argv: list[str]) -> None:
                 "rl_zoo3's own envs): drop --run-checkpoint-freq/--stop-after, train with --vec-env dummy or subproc, "
                 "or use python -m benchmarks.learning --vec-env envpool --checkpoint-dir DIR."
             )
-        with _envpool_training(args.envpool_threads):
+        import rl_zoo3.exp_manager
+
+        from sb3_cherry.common.vec_env.envpool_vec_env import envpool_experiment_manager
+
+        # rl_zoo3 trains on EnvPool's envs (evaluation on gymnasium's)
+        manager = envpool_experiment_manager(rl_zoo3.exp_manager.ExperimentManager, args.envpool_threads)
+        with experiment_manager_class(manager):
             _run_rl_zoo3(train, "sb3-cherry train", zoo_argv)
         return
     if args.vec_env is not None:
@@ -244,25 +250,6 @@ def cmd_train(argv: list[str]) -> None:
     check_checkpointable(entry, f"{conf} [{env_id}]")
     with chunked_experiment_manager(ChunkOptions(freq, args.stop_after)):
         _run_rl_zoo3(train, "sb3-cherry train", zoo_argv)
-
-
-@contextlib.contextmanager
-def _envpool_training(num_threads: int | None) -> Iterator[None]:
-    """
-    Within the block, rl_zoo3's train builds its training envs with EnvPool (``--vec-env envpool``).
-
-    :param num_threads: EnvPool worker threads (``None``: EnvPool's default)
-    """
-    import rl_zoo3.train
-
-    from sb3_cherry.common.vec_env.envpool_vec_env import envpool_experiment_manager
-
-    saved = rl_zoo3.train.ExperimentManager
-    rl_zoo3.train.ExperimentManager = envpool_experiment_manager(saved, num_threads)  # type: ignore[assignment, misc]
-    try:
-        yield
-    finally:
-        rl_zoo3.train.ExperimentManager = saved  # type: ignore[misc]
 
 
 def _resume_train(args: argparse.Namespace, rest: list[str]) -> None:

@@ -406,6 +406,25 @@ class ChunkedExperimentManager(ExperimentManager):
 
 
 @contextlib.contextmanager
+def experiment_manager_class(manager_class: type) -> Iterator[type]:
+    """
+    Within the block, ``rl_zoo3.train.train`` builds ``manager_class`` instead of its ``ExperimentManager`` (restored
+    afterwards).
+
+    :param manager_class: an ``ExperimentManager`` subclass
+    :return: ``manager_class``
+    """
+    import rl_zoo3.train
+
+    saved = rl_zoo3.train.ExperimentManager
+    rl_zoo3.train.ExperimentManager = manager_class  # type: ignore[assignment, misc]
+    try:
+        yield manager_class
+    finally:
+        rl_zoo3.train.ExperimentManager = saved  # type: ignore[misc]
+
+
+@contextlib.contextmanager
 def chunked_experiment_manager(options: ChunkOptions) -> Iterator[type[ChunkedExperimentManager]]:
     """
     Within the block, ``rl_zoo3.train.train`` builds a :class:`ChunkedExperimentManager` configured with ``options``.
@@ -413,18 +432,13 @@ def chunked_experiment_manager(options: ChunkOptions) -> Iterator[type[ChunkedEx
     :param options: run checkpoints, chunk length and the run to resume
     :return: the configured class
     """
-    import rl_zoo3.train
 
     class Configured(ChunkedExperimentManager):
         """A :class:`ChunkedExperimentManager` with its options."""
 
     Configured.options = options
-    saved = rl_zoo3.train.ExperimentManager
-    rl_zoo3.train.ExperimentManager = Configured  # type: ignore[misc]
-    try:
+    with experiment_manager_class(Configured):
         yield Configured
-    finally:
-        rl_zoo3.train.ExperimentManager = saved  # type: ignore[misc]
 
 
 __all__ = [
@@ -435,5 +449,6 @@ __all__ = [
     "RunFolder",
     "check_checkpointable",
     "chunked_experiment_manager",
+    "experiment_manager_class",
     "read_run_folder",
 ]
