@@ -70,8 +70,8 @@ def _top(stats: pstats.Stats, top: int) -> list[tuple[str, int, float]]:
 
 def profile_case(case: Case, side: str, top: int) -> str:
     """Profile one side (``"ours"`` or ``"sb3"``) of a case; return a markdown section."""
-    build = case.ours if side == "ours" else case.baseline
-    model = build(make_env(case))
+    build, vec_env = (case.ours, case.ours_vec_env) if side == "ours" else (case.baseline, case.baseline_vec_env)
+    model = build(make_env(case, vec_env))
     phases, elapsed = _profile_phases(model, case.steps)
     model.get_env().close()
     out = io.StringIO()
