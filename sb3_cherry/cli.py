@@ -31,6 +31,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecVideoRecorder
 import sb3_cherry
 from sb3_cherry.common.config_schema import default_config, validate_config
 from sb3_cherry.common.safe_config import parse_literal_string, rl_zoo3_reads_safely, saved_hyperparams
+from sb3_cherry.common.save_util import atomic_write
 
 #: One line per subcommand, printed by ``sb3-cherry --help``
 COMMAND_HELP = {
@@ -566,9 +567,7 @@ def cmd_evaluate(argv: list[str]) -> dict[str, Any]:
     if args.json_path == "-":
         print(json.dumps(summary, indent=2))
     elif args.json_path:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json_path)), exist_ok=True)
-        with open(args.json_path, "w") as file:
-            json.dump(summary, file, indent=2)
+        atomic_write(args.json_path, lambda file: file.write(json.dumps(summary, indent=2).encode()))
     return summary
 
 
@@ -646,7 +645,12 @@ class GifVideoRecorder(VecVideoRecorder):
             size = (self.gif_width, max(1, round(height * self.gif_width / width)))
             frames = [frame.resize(size, Image.Resampling.LANCZOS) for frame in frames]
         duration_ms = round(1000 * every / fps)
-        frames[0].save(path, save_all=True, append_images=frames[1:], duration=duration_ms, loop=0, optimize=True)
+        atomic_write(
+            path,
+            lambda file: frames[0].save(
+                file, format="GIF", save_all=True, append_images=frames[1:], duration=duration_ms, loop=0, optimize=True
+            ),
+        )
         print(f"Saving GIF to {path}")
         return path
 

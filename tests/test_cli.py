@@ -2,6 +2,7 @@
 
 import json
 import os
+import stat
 import subprocess
 import sys
 
@@ -31,13 +32,30 @@ def test_train_writes_model_and_logs(trained):
 
 
 def test_evaluate_json(trained, tmp_path, capsys):
-    out = tmp_path / "eval.json"
+    out = tmp_path / "results" / "eval.json"
+    out.parent.mkdir()
+    out.write_text("an earlier summary")
+    out.chmod(0o640)
     main(["evaluate", "--algo", "ppo_rollback", "--env", "CartPole-v1", "-f", str(trained), "-n", "3", "--json", str(out)])
     summary = json.loads(out.read_text())
+    # written atomically (a temporary file renamed over it): the file keeps its mode, no temporary file is left
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640 and os.listdir(out.parent) == ["eval.json"]
     assert summary["n_episodes"] == 3 and len(summary["returns"]) == 3
     # CartPole episodes that end before the time limit are failures (zoo_configs/evaluation.yml)
     assert summary["n_failed"] == sum(r < 500 for r in summary["returns"])
     assert "fails out of 3" in capsys.readouterr().out
+
+
+def test_evaluate_json_failed_write_keeps_previous_file(trained, tmp_path, monkeypatch):
+    import sb3_cherry.cli as cli
+
+    evaluate = cli.evaluate_model
+    monkeypatch.setattr(cli, "evaluate_model", lambda *args: {**evaluate(*args), "not JSON": object()})
+    out = tmp_path / "eval.json"
+    out.write_text('{"previous": true}')
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        main(["evaluate", "--algo", "ppo_rollback", "--env", "CartPole-v1", "-f", str(trained), "-n", "1", "--json", str(out)])
+    assert json.loads(out.read_text()) == {"previous": True} and os.listdir(tmp_path) == ["eval.json"]
 
 
 def test_enjoy_headless(trained):
@@ -289,6 +307,7 @@ def test_video_writes_mp4_and_gif(trained, tmp_path):
     mp4 = [p for p in written if p.endswith(".mp4")]
     gif = [p for p in written if p.endswith(".gif")]
     assert len(mp4) == 1 and len(gif) == 1 and all(os.path.getsize(p) > 0 for p in written)
+    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(p) for p in written)  # no temporary file left
     with Image.open(gif[0]) as image:
         # 21 frames (reset + 20 steps) at CartPole's 50 fps, every 2nd kept for <= 25 fps (40 ms each; Pillow merges
         # identical frames, so count time, not frames), the 600x400 render at the default width of 320 pixels
