@@ -6,6 +6,8 @@ in ONE process so that machine noise hits both sides alike; the ratio is what we
     python -m benchmarks.throughput --out throughput.csv --cases zoo_cartpole zoo_hopper zoo_bipedal \
         zoo_bipedal_same_math cartpole_cherry_a2c zoo_cartpole_fused_adam zoo_hopper_fused_adam zoo_bipedal_fused_adam
     python -m benchmarks.throughput --cases cartpole_ppo_rollback --repeats 5
+    python -m benchmarks.throughput --out throughput_bipedal_long.csv --cases zoo_bipedal zoo_bipedal_same_math \
+        --steps 32768 --repeats 5    # 4x the case's steps: BipedalWalker's short runs are the noisiest
     python -m benchmarks.throughput --out throughput_extra.csv --cases cartpole_gumbel_softmax_vs_sb3_categorical \
         cartpole_recurrent_lstm_vs_sb3_contrib cartpole_recurrent_gru_vs_sb3_contrib_lstm
     python -m benchmarks.throughput --guard --out throughput_guard.csv --repeats 5 --cases cartpole_ppo_rollback ...
@@ -29,6 +31,7 @@ second of process CPU time, robust to a loaded machine) and
 
 import argparse
 import csv
+import dataclasses
 import pathlib
 import time
 from collections.abc import Callable
@@ -362,9 +365,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: fair on a shared machine)")
     parser.add_argument("--out", default=None, help="CSV name in benchmarks/results (default: throughput.csv)")
     parser.add_argument("--guard", action="store_true", help="baseline: sb3_cherry with check_finite=False, not SB3")
+    parser.add_argument("--steps", type=int, default=None, help="env steps per learn (default: each case's own)")
     args = parser.parse_args()
     th.set_num_threads(args.threads)
     selected = [c for c in cases() if not args.cases or c.name in args.cases]
+    if args.steps is not None:
+        selected = [dataclasses.replace(c, steps=args.steps) for c in selected]
     rows = []
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / (args.out or ("throughput.csv" if not args.cases else f"throughput_{'_'.join(args.cases)}.csv"))
