@@ -38,7 +38,7 @@ def test_evaluate_json(trained, tmp_path, capsys):
     out.chmod(0o640)
     main(["evaluate", "--algo", "ppo_rollback", "--env", "CartPole-v1", "-f", str(trained), "-n", "3", "--json", str(out)])
     summary = json.loads(out.read_text())
-    # written atomically (a temporary file renamed over it): the file keeps its mode, no temporary file is left
+    # replaced by a temporary file renamed over it: the mode is carried over, no temporary file is left
     assert stat.S_IMODE(out.stat().st_mode) == 0o640 and os.listdir(out.parent) == ["eval.json"]
     assert summary["n_episodes"] == 3 and len(summary["returns"]) == 3
     # CartPole episodes that end before the time limit are failures (zoo_configs/evaluation.yml)

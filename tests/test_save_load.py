@@ -68,6 +68,23 @@ def test_interrupted_save_keeps_previous_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["model.zip"]  # no temporary file left behind
 
 
+def test_atomic_write_to_pipe_and_folder(tmp_path):
+    import threading
+
+    from sb3_cherry.common.save_util import atomic_write
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    atomic_write(fifo, lambda file: file.write(b"summary"))  # e.g. --json /dev/stdout: written, not replaced
+    reader.join(timeout=10)
+    assert received == [b"summary"] and fifo.is_fifo() and os.listdir(tmp_path) == ["pipe"]
+    with pytest.raises(IsADirectoryError, match="give a file name"):
+        atomic_write(tmp_path, lambda file: file.write(b"x"))
+
+
 def test_load_errors_name_the_file(tmp_path):
     corrupt = tmp_path / "corrupt.zip"
     corrupt.write_bytes(b"not a zip at all")

@@ -74,7 +74,8 @@ def atomic_write(path: str | pathlib.Path, write: Any) -> pathlib.Path:
     Write a file atomically: ``write(file_object)`` fills a temporary file in the same directory, which is then
     flushed, fsynced and renamed over ``path``. An interrupted write leaves any previous ``path`` intact; the
     temporary file of a killed write is removed by the next write into the folder. A symlink is followed (its target
-    is written). The file gets the mode an existing file had, else ``0o666 & ~umask``.
+    is written). The file gets the mode an existing file had, else ``0o666 & ~umask``. An existing path that is not a
+    regular file (a pipe, ``/dev/stdout``) is written to directly: there is no file to replace.
 
     :param path: destination
     :param write: callable receiving a binary file object
@@ -83,6 +84,12 @@ def atomic_write(path: str | pathlib.Path, write: Any) -> pathlib.Path:
     path = pathlib.Path(path)
     if path.is_symlink():
         path = pathlib.Path(os.path.realpath(path))
+    if path.exists() and not path.is_file():
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a folder; give a file name.")
+        with open(path, "wb") as stream:  # a pipe or a device: renaming over it would replace it
+            write(stream)
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(path.parent)
     mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else _new_file_mode()
