@@ -83,6 +83,18 @@ def test_atomic_write_to_pipe_and_folder(tmp_path):
     assert received == [b"summary"] and fifo.is_fifo() and os.listdir(tmp_path) == ["pipe"]
     with pytest.raises(IsADirectoryError, match="give a file name"):
         atomic_write(tmp_path, lambda file: file.write(b"x"))
+    # /dev/stdout redirected to a regular file links to that file: appended to, not replaced
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; from sb3_cherry.common.save_util import atomic_write; print('before', flush=True); "
+        "atomic_write('/dev/stdout', lambda f: f.write(b'summary\\n')); print('after', flush=True)"
+    )
+    out = tmp_path / "out.txt"
+    with open(out, "ab") as stdout:
+        subprocess.run([sys.executable, "-c", script], stdout=stdout, check=True, timeout=120)
+    assert out.read_text().split() == ["before", "summary", "after"]
 
 
 def test_load_errors_name_the_file(tmp_path):

@@ -75,20 +75,23 @@ def atomic_write(path: str | pathlib.Path, write: Any) -> pathlib.Path:
     flushed, fsynced and renamed over ``path``. An interrupted write leaves any previous ``path`` intact; the
     temporary file of a killed write is removed by the next write into the folder. A symlink is followed (its target
     is written). The file gets the mode an existing file had, else ``0o666 & ~umask``. An existing path that is not a
-    regular file (a pipe, ``/dev/stdout``) is written to directly: there is no file to replace.
+    regular file (a pipe), and any path under ``/dev`` or ``/proc`` (``/dev/stdout``), is written to directly.
 
     :param path: destination
     :param write: callable receiving a binary file object
     :return: the destination path
     """
     path = pathlib.Path(path)
-    if path.is_symlink():
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give a file name.")
+    # a pipe or a device, or a stream such as /dev/stdout (a link to whatever fd 1 is, even a regular file): renaming
+    # a file over it would replace it
+    stream = path.absolute().parts[1:2] in (("dev",), ("proc",))
+    if path.is_symlink() and not stream:
         path = pathlib.Path(os.path.realpath(path))
-    if path.exists() and not path.is_file():
-        if path.is_dir():
-            raise IsADirectoryError(f"{path} is a folder; give a file name.")
-        with open(path, "wb") as stream:  # a pipe or a device: renaming over it would replace it
-            write(stream)
+    if stream or (path.exists() and not path.is_file()):
+        with open(path, "ab") as stream_file:  # appended: /dev/stdout may be a file the shell redirected to
+            write(stream_file)
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(path.parent)
