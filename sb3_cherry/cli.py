@@ -163,8 +163,9 @@ def _train_parser() -> argparse.ArgumentParser:
         "--stop-after",
         type=int,
         metavar="STEPS",
-        help="end this process at the first run checkpoint after STEPS steps (a chunk; implies --run-checkpoint-freq "
-        "STEPS when that is not given); continue with --resume",
+        help="end this process at the first run checkpoint after STEPS steps (a chunk; within one rollout: "
+        "checkpoints fall on update boundaries; implies --run-checkpoint-freq STEPS when that is not given); continue "
+        "with --resume",
     )
     parser.add_argument(
         "--resume",

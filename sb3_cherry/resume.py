@@ -165,7 +165,8 @@ class ChunkOptions:
     What :class:`ChunkedExperimentManager` adds to rl_zoo3's run.
 
     :param run_checkpoint_freq: steps between run checkpoints (None: no checkpoints)
-    :param stop_after: end this process at the first run checkpoint after this many steps (None: run to the end)
+    :param stop_after: end this process at the first run checkpoint after this many steps, within one rollout (see
+        :class:`~sb3_cherry.common.checkpoint.RunCheckpointCallback`; None: run to the end)
     :param resume: the run to continue (None: a new run)
     """
 

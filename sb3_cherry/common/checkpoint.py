@@ -505,7 +505,10 @@ class RunCheckpointCallback(BaseCallback):
 
     :param folder: checkpoint folder
     :param save_freq: steps between checkpoints
-    :param stop_after: stop this ``learn`` once it has done at least this many steps (None: run to the end)
+    :param stop_after: stop this ``learn`` at the checkpoint of the first multiple of ``save_freq`` that lies less
+        than one rollout before ``stop_after`` steps after its start, or later (a checkpoint comes at the first update
+        boundary past its multiple, so a process resumed from one starts up to a rollout past it; with
+        ``stop_after == save_freq`` each process runs one period); None: run to the end
     :param extra: callable returning JSON-able data stored with each checkpoint (e.g. an evaluation history)
     :param other_envs: further VecEnvs whose state is stored with each checkpoint (see :func:`save_run_checkpoint`)
     :param verbose: 1 prints a line per checkpoint
@@ -556,7 +559,12 @@ class RunCheckpointCallback(BaseCallback):
         if self.num_timesteps >= self.next_save:
             self.save()
             self.next_save = (self.num_timesteps // self.save_freq + 1) * self.save_freq
-            if self.stop_after is not None and self.num_timesteps - self.start >= self.stop_after:
+            # the multiple of save_freq this checkpoint stands for, compared within a rollout: counting the steps since
+            # the start instead would miss stop_after by a few steps whenever this process was resumed from a
+            # checkpoint just past a multiple, and run a whole period more
+            multiple = self.num_timesteps // self.save_freq * self.save_freq
+            rollout = getattr(self.model, "n_steps", 1) * self.model.n_envs
+            if self.stop_after is not None and multiple + rollout > self.start + self.stop_after:
                 self.stop = True
 
     def _on_step(self) -> bool:
