@@ -86,7 +86,7 @@ def atomic_write(path: str | pathlib.Path, write: Any) -> pathlib.Path:
         raise IsADirectoryError(f"{path} is a folder; give a file name.")
     # a pipe or a device, or a stream such as /dev/stdout (a link to whatever fd 1 is, even a regular file): renaming
     # a file over it would replace it
-    stream = path.absolute().parts[1:2] in (("dev",), ("proc",))
+    stream = pathlib.Path(os.path.abspath(path)).parts[1:2] in (("dev",), ("proc",))
     if path.is_symlink() and not stream:
         path = pathlib.Path(os.path.realpath(path))
     if stream or (path.exists() and not path.is_file()):
