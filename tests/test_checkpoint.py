@@ -71,21 +71,20 @@ def test_chunks_stop_at_each_period_when_resumed_past_a_multiple(tmp_path):
     # rollouts of 96 steps, a checkpoint and a stop every 256: checkpoints come at the first update boundary past each
     # multiple (288, 576, 768, 1056); the process resumed at 576 reaches the multiple 768 after only 192 steps and must
     # still stop there, not run on to 1056 (counting steps since the start gave 288, 576, 1056)
-    def chunk(model, folder, stop_after, **learn_kwargs):
-        saver = RunCheckpointCallback(folder, save_freq=256, stop_after=stop_after)
-        model.learn(callback=saver, **learn_kwargs)
-        return saver.saved_at
-
     folder = tmp_path / "ckpt"
-    model = PPORollback("MlpPolicy", make_env(n_envs=1), n_steps=96, batch_size=32, n_epochs=1, seed=0)
-    stops = [chunk(model, folder, 256, total_timesteps=2000)]
+    saver = RunCheckpointCallback(folder, save_freq=256, stop_after=256)
+    PPORollback("MlpPolicy", make_env(n_envs=1), n_steps=96, batch_size=32, n_epochs=1, seed=0).learn(2000, saver)
+    stops = [saver.saved_at]
     for _ in range(3):  # each chunk in a new process: loaded from the last checkpoint
         model, state = load_run_checkpoint(PPORollback, folder, make_env(n_envs=1))
-        stops.append(chunk(model, folder, 256, total_timesteps=state.remaining, reset_num_timesteps=False))
+        saver = RunCheckpointCallback(folder, save_freq=256, stop_after=256)
+        continue_run(model, state, callback=saver)
+        stops.append(saver.saved_at)
     assert stops == [288, 576, 768, 1056]
     # a stop period of two checkpoint periods: the multiple 256 (at 288) is more than a rollout short of 512
-    model = PPORollback("MlpPolicy", make_env(n_envs=1), n_steps=96, batch_size=32, n_epochs=1, seed=0)
-    assert chunk(model, tmp_path / "ckpt2", 512, total_timesteps=2000) == 576
+    saver = RunCheckpointCallback(tmp_path / "ckpt2", save_freq=256, stop_after=512)
+    PPORollback("MlpPolicy", make_env(n_envs=1), n_steps=96, batch_size=32, n_epochs=1, seed=0).learn(2000, saver)
+    assert saver.saved_at == 576
 
 
 def test_mujoco_state_is_restored_exactly(tmp_path):

@@ -558,11 +558,11 @@ class RunCheckpointCallback(BaseCallback):
         # an update boundary: the weights are those trained on exactly num_timesteps steps
         if self.num_timesteps >= self.next_save:
             self.save()
-            self.next_save = (self.num_timesteps // self.save_freq + 1) * self.save_freq
-            # the multiple of save_freq this checkpoint stands for, compared within a rollout: counting the steps since
-            # the start instead would miss stop_after by a few steps whenever this process was resumed from a
-            # checkpoint just past a multiple, and run a whole period more
+            # the multiple of save_freq this checkpoint stands for; the stop compares it within a rollout: counting the
+            # steps since the start instead would miss stop_after by a few steps whenever this process was resumed
+            # from a checkpoint just past a multiple, and run a whole period more
             multiple = self.num_timesteps // self.save_freq * self.save_freq
+            self.next_save = multiple + self.save_freq
             rollout = getattr(self.model, "n_steps", 1) * self.model.n_envs
             if self.stop_after is not None and multiple + rollout > self.start + self.stop_after:
                 self.stop = True
