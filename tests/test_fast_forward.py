@@ -4,15 +4,15 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
-from stable_baselines3 import A2C, PPO
+from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 
-from sb3_cherry import CherryA2C, PPORollback
+from sb3_cherry import PPORollback
 from sb3_cherry.common.fast_forward import FastActorCriticForward
 from sb3_cherry.common.policies import CherryActorCriticPolicy
-from sb3_cherry.common.speed import distribution_validation, inference_forward, training_evaluate_actions
+from sb3_cherry.common.speed import distribution_validation, inference_forward
 
 BOX_OBS = spaces.Box(-5.0, 5.0, (3,), np.float32)
 
@@ -273,168 +273,3 @@ def test_hook_added_by_a_callback_during_learn():
         results.append((callback.calls, model.rollout_buffer.actions.copy()))
     assert results[0][0] == results[1][0] > 32
     np.testing.assert_array_equal(results[0][1], results[1][1])
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The training forward pass (evaluate_actions, with gradient)
-
-
-def _train_actions(policy, obs):
-    """Actions as PPO / A2C pass them to evaluate_actions: long and flat for Discrete, else the buffer's flat floats."""
-    with th.no_grad(), distribution_validation(False):
-        actions = policy(obs)[0]
-    if isinstance(policy.action_space, spaces.Discrete):
-        return actions.long().flatten()
-    return actions.float().reshape(len(obs), -1)
-
-
-def _evaluated(evaluate, policy, obs, actions, weights):
-    """values, log_prob, entropy of ``evaluate`` and the gradients of a loss mixing the three, per parameter."""
-    policy.zero_grad()
-    values, log_prob, entropy = evaluate(obs, actions)
-    loss = (weights[0] * values.flatten()).sum() + (weights[1] * log_prob).sum()
-    if entropy is not None:
-        loss = loss + 0.3 * entropy.sum()
-    loss.backward()
-    grads = [None if p.grad is None else p.grad.clone() for p in policy.parameters()]
-    return (values, log_prob, entropy), grads
-
-
-def _assert_same_evaluation(policy, evaluate, obs, actions):
-    weights = th.randn(2, len(obs))
-    with distribution_validation(False):
-        expected, expected_grads = _evaluated(policy.evaluate_actions, policy, obs, actions, weights)
-        got, got_grads = _evaluated(evaluate, policy, obs, actions, weights)
-    for a, b in zip(expected, got, strict=True):
-        assert (a is None and b is None) or (a.shape == b.shape and a.dtype == b.dtype and th.equal(a, b))
-    assert any(g is not None for g in expected_grads)
-    for a, b in zip(expected_grads, got_grads, strict=True):
-        assert (a is None and b is None) or th.equal(a, b)
-
-
-@pytest.mark.parametrize("action_space, kwargs", CASES)
-@pytest.mark.parametrize("batch", [1, 7, 64])
-def test_evaluate_actions_equals_module_path(action_space, kwargs, batch):
-    """Values, log-probabilities, entropies and every parameter's gradient equal SB3's evaluate_actions bit for bit."""
-    policy = _policy(action_space, **kwargs)
-    with th.no_grad():
-        for p in policy.parameters():
-            p.add_(0.3 * th.randn_like(p))
-    fast = FastActorCriticForward.build(policy)
-    assert fast is not None
-    obs = th.as_tensor(np.stack([BOX_OBS.sample() for _ in range(batch)]))
-    actions = _train_actions(policy, obs)
-    with distribution_validation(False):
-        assert fast.unchanged_for_training()  # the written-out pass runs, not its fallback
-    _assert_same_evaluation(policy, fast.evaluate_actions, obs, actions)
-
-
-def _backward_hook(policy):
-    # doubles the gradient reaching the actor's first layer (through the second layer's input)
-    policy.mlp_extractor.policy_net[2].register_full_backward_pre_hook(lambda module, grad_out: (grad_out[0] * 2.0,))
-
-
-def _patch_sb3_log_prob(policy):
-    original = policy.action_dist.log_prob
-    policy.action_dist.log_prob = lambda actions: original(actions) * 0.0
-
-
-def _patch_entropy(policy):
-    dist = policy.action_dist
-    dist.entropy = lambda: dist.distribution.entropy() * 2.0
-
-
-def _patch_evaluate_actions(policy):
-    original = policy.evaluate_actions
-    policy.evaluate_actions = lambda obs, actions: tuple(x * 2.0 for x in original(obs, actions))
-
-
-@pytest.mark.parametrize(
-    "change",
-    [
-        _patch_extract_features,
-        _patch_action_net,
-        _patch_sb3_log_prob,
-        _replace_layer,
-        _hook_layer,
-        _append_layer,
-        _backward_hook,
-        _patch_entropy,
-        _patch_evaluate_actions,
-    ],
-)
-@pytest.mark.parametrize("action_space", [spaces.Box(-1.0, 1.0, (2,), np.float32), spaces.Discrete(3)])
-def test_changes_after_build_take_the_module_path_in_training(change, action_space):
-    # evaluate_actions built before the policy was patched, hooked or changed computes what the changed policy does
-    policy = _policy(action_space)
-    fast = FastActorCriticForward.build(policy)
-    assert fast is not None
-    change(policy)
-    with distribution_validation(False):
-        assert not fast.unchanged_for_training()
-    obs = th.as_tensor(np.stack([BOX_OBS.sample() for _ in range(4)]))
-    _assert_same_evaluation(policy, fast.evaluate_actions, obs, _train_actions(policy, obs))
-
-
-@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
-def test_global_backward_hook_takes_the_module_path():
-    policy = _policy(spaces.Box(-1.0, 1.0, (2,), np.float32))
-    fast = FastActorCriticForward.build(policy)
-    calls = []
-    handle = th.nn.modules.module.register_module_full_backward_hook(lambda *args: calls.append(1))
-    try:
-        with distribution_validation(False):
-            assert not fast.unchanged_for_training()
-            values, _, _ = fast.evaluate_actions(th.zeros(2, 3), th.zeros(2, 2))
-            values.sum().backward()
-    finally:
-        handle.remove()
-    assert calls  # the global hook ran: the module path was taken
-
-
-class _OwnEvaluate(CherryActorCriticPolicy):
-    def evaluate_actions(self, obs, actions):
-        values, log_prob, entropy = super().evaluate_actions(obs, actions)
-        return values, log_prob * 0.5, entropy
-
-
-def test_training_evaluate_actions_choice():
-    """The written-out pass where it is exact and the caller does not read action_dist; the policy's method else."""
-    gaussian = _policy(spaces.Box(-1.0, 1.0, (2,), np.float32))
-    assert training_evaluate_actions(gaussian).__self__ is not gaussian
-    # the KL trust region reads policy.action_dist, which SB3's written-out heads do not update
-    assert training_evaluate_actions(gaussian, needs_distribution=True) == gaussian.evaluate_actions
-    # sb3_cherry's distributions are parameterised by the policy's own method: action_dist is updated
-    beta = _policy(spaces.Box(-1.0, 1.0, (2,), np.float32), action_distribution="beta")
-    fast = training_evaluate_actions(beta, needs_distribution=True)
-    assert fast.__self__ is not beta
-    obs = th.as_tensor(np.stack([BOX_OBS.sample() for _ in range(5)]))
-    with distribution_validation(False):
-        fast(obs, _train_actions(beta, obs))
-        assert th.equal(beta.action_dist.distribution.concentration1, beta.get_distribution(obs).distribution.concentration1)
-    own = _policy(spaces.Box(-1.0, 1.0, (2,), np.float32), policy_class=_OwnEvaluate)
-    assert training_evaluate_actions(own) == own.evaluate_actions
-    image = _policy(spaces.Discrete(2), obs_space=spaces.Box(0, 255, (8, 8, 1), np.uint8))
-    assert training_evaluate_actions(image) == image.evaluate_actions
-
-
-@pytest.mark.parametrize("algo, sb3_algo", [(PPORollback, PPO), (CherryA2C, A2C)])
-@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
-def test_training_takes_the_fast_path_and_reproduces_sb3(monkeypatch, algo, sb3_algo, env_id):
-    """learn() trains through the written-out pass (not its fallback) and still gives SB3's parameters bit for bit."""
-    checks = []
-    original = FastActorCriticForward.unchanged_for_training
-
-    def recording(self):
-        checks.append(original(self))
-        return checks[-1]
-
-    kwargs = dict(n_steps=64, batch_size=32, n_epochs=2, seed=5) if algo is PPORollback else dict(n_steps=8, seed=5)
-    extra = {"rollback_alpha": 0.0} if algo is PPORollback else {}
-    reference = sb3_algo("MlpPolicy", env_id, **kwargs).learn(256)
-    monkeypatch.setattr(FastActorCriticForward, "unchanged_for_training", recording)
-    ours = algo("MlpPolicy", env_id, **kwargs, **extra).learn(256)
-    updates = 256 // 64 * 2 * 2 if algo is PPORollback else 256 // 8
-    assert len(checks) == updates and all(checks)
-    for a, b in zip(reference.policy.parameters(), ours.policy.parameters(), strict=True):
-        assert th.equal(a, b)

@@ -15,7 +15,6 @@ from sb3_cherry.common.finite import raise_non_finite_update
 from sb3_cherry.common.on_policy import CherryOnPolicyAlgorithm
 from sb3_cherry.common.policies import CherryActorCriticPolicy
 from sb3_cherry.common.schedules import CoefficientSchedule
-from sb3_cherry.common.speed import training_evaluate_actions
 
 SelfCherryA2C = TypeVar("SelfCherryA2C", bound="CherryA2C")
 
@@ -160,9 +159,6 @@ class CherryA2C(A2C, CherryOnPolicyAlgorithm):
         # entropy coefficient of this update (a constant, or its schedule's value)
         ent_coef = self._current_ent_coef()
 
-        # SB3's evaluate_actions, written out for the standard MLP actor-critic (same values and gradients)
-        evaluate_actions = training_evaluate_actions(self.policy)
-
         # This will only loop once (get all data in one go)
         for rollout_data in self.rollout_buffer.get(batch_size=None):
             actions = rollout_data.actions
@@ -170,7 +166,7 @@ class CherryA2C(A2C, CherryOnPolicyAlgorithm):
                 # Convert discrete action from float to long
                 actions = actions.long().flatten()
 
-            values, log_prob, entropy = evaluate_actions(rollout_data.observations, actions)
+            values, log_prob, entropy = self.policy.evaluate_actions(rollout_data.observations, actions)
             values = values.flatten()
 
             # Normalize advantage (not present in the original implementation)

@@ -1,18 +1,16 @@
 """
-A bit-exact, cheaper forward pass for SB3's standard MLP actor-critic, in collection and in training (issue 19).
+A bit-exact, cheaper collection forward pass for SB3's standard MLP actor-critic (issue 19).
 
 At every environment step, SB3's ``collect_rollouts`` calls ``policy(obs)``: about fifteen ``nn.Module`` calls
 (features extractor, MLP extractor, each layer, the two heads), a ``torch.distributions`` object, its sample and its
-log-probability; every minibatch of PPO / A2C calls ``policy.evaluate_actions`` with the same module calls. For the
-small networks of on-policy RL this Python work costs as much as the arithmetic (measured on Hopper-v5: 108 us per
-step through the modules, 57 us for the same operations called directly).
+log-probability. For the small networks of on-policy RL this Python work costs as much as the arithmetic (measured
+on Hopper-v5: 108 us per step through the modules, 57 us for the same operations called directly).
 
 :class:`FastActorCriticForward` runs the same tensor operations, in the same order, on the same parameters, without
-the module and distribution objects, so actions, values, log-probabilities and entropies are equal to the module
-path bit for bit, and in training (:meth:`FastActorCriticForward.evaluate_actions`) so is the autograd graph, hence
-the gradients (``tests/test_fast_forward.py`` compares them, and the PPO / A2C parity tests compare whole training
-runs with SB3's). It applies only where that equality is guaranteed by construction, and
-:meth:`FastActorCriticForward.build` returns None otherwise (the module path then runs, unchanged):
+the module and distribution objects, so actions, values and log-probabilities are equal to the module path bit for
+bit (``tests/test_fast_forward.py`` compares them, and the PPO / A2C parity tests compare whole training runs with
+SB3's). It applies only where that equality is guaranteed by construction, and :meth:`FastActorCriticForward.build`
+returns None otherwise (the module path then runs, unchanged):
 
 - the policy's class uses SB3's ``ActorCriticPolicy.forward`` and ``extract_features``, or sb3_cherry's
   ``CherryActorCriticPolicy`` ones (the same computation, with flat actions for Tuple action spaces);
@@ -20,22 +18,19 @@ runs with SB3's). It applies only where that equality is guaranteed by construct
 - SB3's ``MlpExtractor`` whose networks are ``nn.Sequential`` of ``nn.Linear``, ``nn.ReLU`` and ``nn.Tanh`` only,
   ``nn.Linear`` heads;
 - no class in the policy's MRO other than SB3's / sb3_cherry's own defines ``forward``, ``extract_features`` or
-  ``_get_action_dist_from_latent`` (a mixin reached through ``super()`` would change the computation), nor, for the
-  training pass, ``evaluate_actions``;
+  ``_get_action_dist_from_latent`` (a mixin reached through ``super()`` would change the computation);
 - at every call (else that call takes the module path): no forward hooks on the submodules and no global module
-  hooks (in training, no backward hooks either), the same submodules as when it was built (none replaced, none with
-  a ``forward`` set on the instance, no method of the policy or of SB3's distribution object patched on the
-  instance), and ``torch.distributions`` argument validation off (as during sb3_cherry's ``learn``; with validation
-  on, the module path raises on invalid distribution parameters as SB3 does);
+  hooks, the same submodules as when it was built (none replaced, none with a ``forward`` set on the instance, no
+  method of the policy or of SB3's distribution object patched on the instance), and ``torch.distributions``
+  argument validation off (as during sb3_cherry's ``learn``; with validation on, the module path raises on invalid
+  distribution parameters as SB3 does);
 - SB3's ``DiagGaussianDistribution`` and ``CategoricalDistribution`` behind an ``nn.Linear`` head are written out
   below exactly as ``torch.distributions.Normal`` / ``Categorical`` compute them; every other distribution (gSDE,
   SB3's multi-categorical and Bernoulli, sb3_cherry's, which are written out on their parameters already) comes
   from the policy's own ``_get_action_dist_from_latent``, as in the module path.
 
-One difference that is not a value: with SB3's Gaussian and categorical heads the policy's ``action_dist`` keeps
-the distribution of the previous module call (SB3 overwrites it at every forward pass). Nothing in SB3's or
-sb3_cherry's collection reads it; in training the KL trust region does, and it uses the module path
-(:func:`sb3_cherry.common.speed.training_evaluate_actions`).
+One difference that is not a value: the policy's ``action_dist`` keeps the distribution of the previous module call
+(SB3 overwrites it at every forward pass); nothing in SB3's or sb3_cherry's collection reads it.
 """
 
 import math
@@ -44,7 +39,7 @@ from typing import Any
 
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.distributions import CategoricalDistribution, DiagGaussianDistribution, sum_independent_dims
+from stable_baselines3.common.distributions import CategoricalDistribution, DiagGaussianDistribution
 from stable_baselines3.common.policies import ActorCriticPolicy, BaseModel, BasePolicy
 from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.torch_layers import FlattenExtractor, MlpExtractor
@@ -73,19 +68,14 @@ def _global_hooks() -> bool:
     )
 
 
-def _global_backward_hooks() -> bool:
-    """Whether global module backward (pre-)hooks are registered (``nn.Module.__call__`` sets them up)."""
-    return bool(torch_module._global_backward_hooks or torch_module._global_backward_pre_hooks)
-
-
 def _module_hooks(module: nn.Module) -> bool:
     """Whether ``module`` or a submodule has forward (pre-)hooks."""
     return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
 
 
-def _own_methods(policy: nn.Module, names: tuple[str, ...] = _POLICY_METHODS) -> bool:
-    """Whether only SB3's / sb3_cherry's classes define the reproduced methods ``names`` in the policy's MRO."""
-    return all(cls in _KNOWN_CLASSES or not any(name in vars(cls) for name in names) for cls in type(policy).__mro__)
+def _own_methods(policy: nn.Module) -> bool:
+    """Whether only SB3's / sb3_cherry's classes define the reproduced methods in the policy's MRO."""
+    return all(cls in _KNOWN_CLASSES or not any(name in vars(cls) for name in _POLICY_METHODS) for cls in type(policy).__mro__)
 
 
 def _layer_fn(layer: nn.Module) -> Callable[[th.Tensor], th.Tensor] | None:
@@ -146,8 +136,6 @@ class FastActorCriticForward:
         # ActorCriticPolicy.forward reshapes the actions to the space's shape; Tuple actions stay flat (sb3_cherry)
         tuple_actions = isinstance(policy.action_space, spaces.Tuple)
         self.action_shape = None if tuple_actions else (-1, *policy.action_space.shape)  # type: ignore[misc]
-        # evaluate_actions (training) is reproduced only if it is SB3's (the MRO check of build() covers the rest)
-        self.evaluates = _own_methods(policy, ("evaluate_actions",))
         # SB3's Gaussian and categorical heads are written out below (build() has checked that the policy's
         # _get_action_dist_from_latent is SB3's / sb3_cherry's, which defers to SB3's for SB3's distributions); any
         # other distribution (sb3_cherry's are written out on their parameters already) is built by that method
@@ -197,22 +185,6 @@ class FastActorCriticForward:
             return False
         return self.kind == "generic" or not any(name in self.dist.__dict__ for name in _DISTRIBUTION_METHODS)
 
-    def unchanged_for_training(self) -> bool:
-        """
-        Whether :meth:`evaluate_actions` still computes ``policy.evaluate_actions`` (checked at every call).
-
-        :return: :meth:`unchanged`, and neither a backward hook (module or global: ``nn.Module.__call__`` would run
-            it), an ``evaluate_actions`` patched on the instance or defined by a class other than SB3's, nor a
-            patched ``entropy`` of SB3's Gaussian / categorical distribution object
-        """
-        if not self.evaluates or "evaluate_actions" in self.policy.__dict__ or not self.unchanged():
-            return False
-        if self.kind != "generic" and "entropy" in self.dist.__dict__:
-            return False
-        if _global_backward_hooks():
-            return False
-        return not any(state["_backward_hooks"] or state["_backward_pre_hooks"] for *_, state in self.watched)
-
     @classmethod
     def build(cls, policy: nn.Module) -> "FastActorCriticForward | None":
         """
@@ -257,7 +229,14 @@ class FastActorCriticForward:
         """
         if not self.unchanged():
             return self.module_forward(obs, deterministic)
-        latent_pi, latent_vf = self._latents(obs)
+        # BaseModel.extract_features -> preprocess_obs (Box: obs.float()) -> FlattenExtractor (nn.Flatten(1, -1))
+        features = obs.float().flatten(1, -1)
+        latent_pi = features
+        for layer in self.actor:
+            latent_pi = layer(latent_pi)
+        latent_vf = features
+        for layer in self.critic:
+            latent_vf = layer(latent_vf)
         values = F.linear(latent_vf, self.value_net.weight, self.value_net.bias)
         if self.kind == "gaussian":
             actions, log_prob = self._gaussian(latent_pi, deterministic)
@@ -268,59 +247,6 @@ class FastActorCriticForward:
             actions = distribution.get_actions(deterministic=deterministic)
             log_prob = distribution.log_prob(actions)
         return (actions if self.action_shape is None else actions.reshape(self.action_shape)), values, log_prob
-
-    def evaluate_actions(self, obs: th.Tensor, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
-        """
-        Values, log-probabilities of ``actions`` and entropies, as SB3's ``policy.evaluate_actions(obs, actions)``
-        (with gradient: the training forward pass). The same operations are created in the same order, so the
-        autograd graph, and the gradients, are those of the module path. Unlike it, SB3's Gaussian and categorical
-        heads leave ``policy.action_dist`` as it was (the trust-region update, which reads it, uses the module path).
-
-        :param obs: a minibatch of observations
-        :param actions: their actions (long and flat for ``Discrete`` spaces, as SB3's PPO and A2C pass them)
-        :return: values, log-probabilities, entropies
-        """
-        if not self.unchanged_for_training():
-            return self.policy.evaluate_actions(obs, actions)
-        latent_pi, latent_vf = self._latents(obs)
-        if self.kind == "generic":
-            distribution = self.policy._get_action_dist_from_latent(latent_pi)
-            log_prob = distribution.log_prob(actions)
-            values = F.linear(latent_vf, self.value_net.weight, self.value_net.bias)
-            return values, log_prob, distribution.entropy()
-        net: nn.Linear = self.action_net  # type: ignore[assignment]
-        head = F.linear(latent_pi, net.weight, net.bias)
-        if self.kind == "gaussian":
-            # DiagGaussianDistribution.proba_distribution: Normal(mean, ones_like(mean) * log_std.exp()), whose
-            # broadcast_all is torch.broadcast_tensors; then Normal.log_prob / entropy and sum_independent_dims
-            std = th.ones_like(head) * self.policy.log_std.exp()
-            loc, scale = th.broadcast_tensors(head, std)
-            var = scale**2
-            log_scale = scale.log()
-            log_prob = sum_independent_dims(-((actions - loc) ** 2) / (2 * var) - log_scale - _LOG_SQRT_2PI)
-            values = F.linear(latent_vf, self.value_net.weight, self.value_net.bias)
-            entropy = sum_independent_dims(0.5 + 0.5 * math.log(2 * math.pi) + th.log(scale))
-            return values, log_prob, entropy
-        # CategoricalDistribution: Categorical(logits=...).__init__, log_prob, entropy (probs = softmax, lazily)
-        logits = head - head.logsumexp(dim=-1, keepdim=True)
-        value, log_pmf = th.broadcast_tensors(actions.long().unsqueeze(-1), logits)
-        log_prob = log_pmf.gather(-1, value[..., :1]).squeeze(-1)
-        values = F.linear(latent_vf, self.value_net.weight, self.value_net.bias)
-        clamped = th.clamp(logits, min=th.finfo(logits.dtype).min)
-        p_log_p = clamped * F.softmax(logits, dim=-1)
-        return values, log_prob, -p_log_p.sum(-1)
-
-    def _latents(self, obs: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
-        """The actor's and the critic's latent features of ``obs`` (extract_features, then the MLP extractor)."""
-        # BaseModel.extract_features -> preprocess_obs (Box: obs.float()) -> FlattenExtractor (nn.Flatten(1, -1))
-        features = obs.float().flatten(1, -1)
-        latent_pi = features
-        for layer in self.actor:
-            latent_pi = layer(latent_pi)
-        latent_vf = features
-        for layer in self.critic:
-            latent_vf = layer(latent_vf)
-        return latent_pi, latent_vf
 
     def _gaussian(self, latent_pi: th.Tensor, deterministic: bool) -> tuple[th.Tensor, th.Tensor]:
         """SB3's DiagGaussianDistribution on torch's Normal: proba_distribution, get_actions, log_prob."""
@@ -335,7 +261,7 @@ class FastActorCriticForward:
             actions = mean + eps * std
         # Normal.log_prob, then sb3's sum_independent_dims
         log_prob = -((actions - mean) ** 2) / (2 * std**2) - std.log() - _LOG_SQRT_2PI
-        return actions, sum_independent_dims(log_prob)
+        return actions, log_prob.sum(dim=1) if log_prob.dim() > 1 else log_prob.sum()
 
     def _categorical(self, latent_pi: th.Tensor, deterministic: bool) -> tuple[th.Tensor, th.Tensor]:
         """SB3's CategoricalDistribution on torch's Categorical(logits=...): get_actions, log_prob."""

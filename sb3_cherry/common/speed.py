@@ -9,8 +9,6 @@ it replaces, with less per-call Python work.
   Python calls;
 - :class:`GradNormClipper`: ``torch.nn.utils.clip_grad_norm_`` on a parameter list collected once, without the
   per-call grouping by device and dtype;
-- :func:`training_evaluate_actions`: the training forward pass of the standard MLP actor-critic without module and
-  distribution objects (:class:`~sb3_cherry.common.fast_forward.FastActorCriticForward`, as in collection);
 - :class:`TensorSamplesMixin`: rollout minibatches gathered from tensors that share memory with the buffer's arrays,
   instead of a numpy gather and a copy per array.
 
@@ -100,26 +98,6 @@ def inference_forward(policy: th.nn.Module) -> Iterator[None]:
         yield
     finally:
         del policy.forward
-
-
-def training_evaluate_actions(
-    policy: th.nn.Module, needs_distribution: bool = False
-) -> Callable[[th.Tensor, th.Tensor], tuple[th.Tensor, th.Tensor, th.Tensor | None]]:
-    """
-    The ``evaluate_actions`` for one update: for the standard MLP actor-critic, the training forward pass written
-    out without module and distribution objects (:meth:`FastActorCriticForward.evaluate_actions
-    <sb3_cherry.common.fast_forward.FastActorCriticForward.evaluate_actions>`: the same operations in the same order,
-    so the same values and gradients); otherwise ``policy.evaluate_actions``. Build it at the start of each update.
-
-    :param policy: the policy
-    :param needs_distribution: the caller reads ``policy.action_dist`` after each call (the KL trust region), which
-        the written-out Gaussian and categorical heads do not update
-    :return: ``evaluate_actions(obs, actions) -> (values, log_prob, entropy)``
-    """
-    fast = FastActorCriticForward.build(policy)
-    if fast is None or not fast.evaluates or (needs_distribution and fast.kind != "generic"):
-        return policy.evaluate_actions  # type: ignore[return-value]
-    return fast.evaluate_actions
 
 
 #: Optimizers whose ``foreach`` implementation matches the per-parameter loop bit for bit on CPU (same element-wise

@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from sb3_cherry.common.on_policy import CherryOnPolicyAlgorithm
 from sb3_cherry.common.policies import CherryActorCriticPolicy
 from sb3_cherry.common.schedules import CoefficientSchedule
-from sb3_cherry.common.speed import clip_grad_norm, mean_of, minibatch_means, training_evaluate_actions
+from sb3_cherry.common.speed import clip_grad_norm, mean_of, minibatch_means
 from sb3_cherry.ppo_rollback.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 from sb3_cherry.ppo_rollback.trust_region import TrustRegionUpdate, check_trust_region_args
 
@@ -415,11 +415,8 @@ class PPORollback(PPO, CherryOnPolicyAlgorithm):
         Update policy using the currently gathered rollout buffer (SB3's PPO update with the rollback surrogate).
         """
 
-        # SB3's evaluate_actions, written out for the standard MLP actor-critic (same values and gradients)
-        evaluate_actions = training_evaluate_actions(self.policy, needs_distribution=self.trust_region == "kl")
-
         def evaluate(rollout_data: Any, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor | None, None]:
-            values, log_prob, entropy = evaluate_actions(rollout_data.observations, actions)
+            values, log_prob, entropy = self.policy.evaluate_actions(rollout_data.observations, actions)
             return values, log_prob, entropy, None
 
         rollback_train(self, evaluate, old_distribution=lambda policy, data: policy.get_distribution(data.observations))
