@@ -1,6 +1,7 @@
 """collection="async": the learner process computes exactly the lag-one, re-centred updates of a hand-written loop."""
 
 import copy
+import math
 import multiprocessing as mp
 import os
 import signal
@@ -17,6 +18,8 @@ from stable_baselines3.common.evaluation import evaluate_policy
 import sb3_cherry  # noqa: F401  (registers the sb3_cherry/ envs)
 from sb3_cherry import CherryA2C, PPORollback
 from sb3_cherry.common.async_learner import SharedStateDict
+from sb3_cherry.common.buffers import truncated_weights
+from sb3_cherry.ppo_rollback.ppo_rollback import rollback_surrogate
 
 N_ENVS, N_STEPS = 4, 32
 
@@ -71,8 +74,10 @@ def _decoupled_update(model) -> None:
     One update on a rollout of the behaviour policy mu (the weights before the previous update), written out by hand
     from Hilton et al. (2021) eq. 3 and openai/ppo-ewma's compute_losses: the ratio, its trust region and the value
     clipping are centred on pi_prox (the weights the update starts from); each sample's surrogate is multiplied by
-    w = min(100, pi_prox / mu) after the minibatch's advantages are normalised. PPORollback: the rollback surrogate
-    (Wang et al. 2019); CherryA2C: -w A log pi. With V-trace + recompute_returns, targets and advantages are
+    the weight pi_prox / mu_adj after the minibatch's advantages are normalised, with compute_losses' cap of the whole
+    ratio pi / mu at imp_samp_max = 100 written in its log form, logp_adj = max(log mu, log pi (no gradient) - log 100).
+    PPORollback: the rollback surrogate (Wang et al. 2019); CherryA2C: -w A log pi with w = min(100, pi_prox / mu)
+    (its single step starts from pi_prox). With V-trace + recompute_returns, targets and advantages are
     recomputed before every epoch with the ratios pi / mu. Minibatches follow SB3's ``np.random.permutation`` per
     epoch, so that the random stream matches the learner's.
     """
@@ -85,6 +90,7 @@ def _decoupled_update(model) -> None:
     advantages, returns = _env_major(buf.advantages), _env_major(buf.returns)
     prox_values, prox_log_probs = _evaluate_all(model, obs, actions)
     w = th.as_tensor(np.minimum(np.exp(prox_log_probs - mu), 100.0), dtype=th.float32)
+    log_mu = th.as_tensor(mu, dtype=th.float32)
     old_log_prob, old_values = th.as_tensor(prox_log_probs, dtype=th.float32), th.as_tensor(prox_values, dtype=th.float32)
     last_obs = th.as_tensor(model._last_obs)
 
@@ -121,7 +127,8 @@ def _decoupled_update(model) -> None:
                 beyond_down = (adv < 0) & (ratio < 1 - eps)
                 f = th.where(beyond_up, -alpha * ratio + (1 + alpha) * (1 + eps), ratio)
                 f = th.where(beyond_down, -alpha * ratio + (1 + alpha) * (1 - eps), f)
-                policy_loss = -(w[idx] * (adv * f)).mean()
+                log_mu_adj = th.maximum(log_mu[idx], log_prob.detach() - math.log(100.0))
+                policy_loss = -(th.exp(old_log_prob[idx] - log_mu_adj) * (adv * f)).mean()
                 if model.clip_range_vf is not None:
                     c = model.clip_range_vf(progress)
                     values = old_values[idx] + th.clamp(values - old_values[idx], -c, c)
@@ -311,8 +318,8 @@ def test_shared_state_dict_round_trip():
 
 
 def test_recentre_weights_and_log_probs():
-    # A 2-step, 1-env buffer whose behaviour log-probs and advantages are set by hand: w = min(imp_samp_max, pi / mu)
-    # is stored per sample; the advantages stay as they are (the trainer normalises them, then applies w)
+    # A 2-step, 1-env buffer whose behaviour log-probs and advantages are set by hand: w = pi / mu is stored per
+    # sample, untruncated; the advantages stay as they are (the trainer normalises them, then applies w truncated)
     from sb3_cherry.common.buffers import CherryRolloutBuffer
 
     class FixedPolicy:  # log pi(a) = -1 and V = 0.5 for every sample
@@ -324,9 +331,9 @@ def test_recentre_weights_and_log_probs():
     buf.log_probs[:] = np.array([[-2.0], [-0.5]])  # mu
     buf.values[:] = np.array([[3.0], [-3.0]])  # mu's critic
     buf.advantages[:] = np.array([[3.0], [4.0]])
-    buf.recentre(FixedPolicy(), imp_samp_max=1.0)
-    # pi/mu = e^1 (truncated to 1) and e^-0.5
-    np.testing.assert_allclose(buf.advantage_weights[:, 0], [1.0, np.exp(-0.5)], rtol=1e-6)
+    buf.recentre(FixedPolicy())
+    # pi/mu = e^1 and e^-0.5
+    np.testing.assert_allclose(buf.advantage_weights[:, 0], [np.exp(1.0), np.exp(-0.5)], rtol=1e-6)
     np.testing.assert_array_equal(buf.advantages[:, 0], [3.0, 4.0])
     np.testing.assert_array_equal(buf.log_probs[:, 0], [-1.0, -1.0])
     np.testing.assert_array_equal(buf.values[:, 0], [0.5, 0.5])  # value clipping centred on the proximal critic
@@ -451,12 +458,12 @@ def test_async_first_epoch_gradient_is_the_on_policy_gradient(algo, normalize):
     np.testing.assert_allclose(ascent, true / scale, rtol=1e-5, atol=1e-7)
 
 
-def test_imp_samp_max_truncates_the_weights():
+def test_lagged_rollout_carries_untruncated_weights():
     model = _bandit_model(PPORollback, imp_samp_max=1.2)
     _set_bandit_policy(model, PI_PROX)
     _fill_bandit_rollout(model, MU, BANDIT_A)
     model._prepare_lagged_rollout()
-    expected = np.minimum(PI_PROX / MU, 1.2)[BANDIT_ACTIONS]
+    expected = (PI_PROX / MU)[BANDIT_ACTIONS]  # the trainer truncates, with the current ratio
     np.testing.assert_allclose(model.rollout_buffer.advantage_weights[:, 0], expected, rtol=1e-5)
     # the advantages themselves are not weighted (the trainer normalises them first)
     np.testing.assert_array_equal(model.rollout_buffer.advantages[:, 0], BANDIT_A[BANDIT_ACTIONS].astype(np.float32))
@@ -465,6 +472,57 @@ def test_imp_samp_max_truncates_the_weights():
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="imp_samp_max must be > 0"):
             _bandit_model(PPORollback, imp_samp_max=bad)
+
+
+def _compute_losses_pg(newlogp, rec_logp, logp, adv, clip_param, imp_samp_max):
+    """The policy-gradient loss per sample of openai/ppo-ewma's compute_losses (ppo_ewma/ppo.py), transcribed."""
+    logratio = newlogp - rec_logp
+    logp_adj = th.max(logp, newlogp.detach() - math.log(imp_samp_max))
+    pg_losses = -adv * th.exp(newlogp - logp_adj)
+    clipped_logratio = th.clamp(logratio, math.log(1.0 - clip_param), math.log(1.0 + clip_param))
+    pg_losses2 = -adv * th.exp(clipped_logratio + rec_logp - logp_adj)
+    return th.max(pg_losses, pg_losses2)
+
+
+def test_truncated_surrogate_equals_the_reference_compute_losses():
+    # random samples, the cap binding on some of them (pi / mu up to e^4 > imp_samp_max = 5): the per-sample loss
+    # -w * rollback_surrogate(r, A) (alpha = 0) and its gradient w.r.t. log pi equal the reference's
+    gen = th.Generator().manual_seed(0)
+    n, clip, cap = 2000, 0.2, 5.0
+    logp_mu = -2.0 + th.randn(n, generator=gen, dtype=th.float64)
+    rec_logp = logp_mu + 2.0 * th.rand(n, generator=gen, dtype=th.float64)  # pi_prox / mu in [1, e^2]
+    adv = th.randn(n, generator=gen, dtype=th.float64)
+    newlogp = (rec_logp + 0.5 * th.randn(n, generator=gen, dtype=th.float64)).requires_grad_(True)
+    reference = _compute_losses_pg(newlogp, rec_logp, logp_mu, adv, clip, cap)
+    (reference_grad,) = th.autograd.grad(reference.sum(), newlogp)
+    ratio = th.exp(newlogp - rec_logp)
+    ours = -truncated_weights(th.exp(rec_logp - logp_mu), cap, ratio) * rollback_surrogate(ratio, adv, clip, 0.0)
+    (ours_grad,) = th.autograd.grad(ours.sum(), newlogp)
+    binding = (newlogp - logp_mu).detach() > math.log(cap)
+    assert 100 < int(binding.sum()) < n - 100
+    th.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-12)
+    th.testing.assert_close(ours_grad, reference_grad, rtol=1e-10, atol=1e-12)
+    # the old truncation of pi_prox / mu alone (fixed for the update) differs where the cap binds
+    old = -th.clamp(th.exp(rec_logp - logp_mu), max=cap) * rollback_surrogate(ratio, adv, clip, 0.0)
+    assert not th.allclose(old[binding], reference[binding])
+
+
+def test_imp_samp_max_caps_the_whole_ratio_in_training():
+    # the bandit's first minibatch after the policy moved from pi_prox to pi: with pi / mu = (0.29, 1.5, 5) and the cap
+    # 2, the trainer's gradient is the reference's E_mu[A min(pi / mu, cap) grad log pi] (the capped sample's
+    # surrogate is worth cap * A), not the one of pi_prox / mu truncated once (min(3, 2) * r)
+    pi, cap = np.array([0.2, 0.3, 0.5]), 2.0
+    model = _bandit_model(PPORollback, imp_samp_max=cap, normalize_advantage=False, clip_range=0.9)
+    _set_bandit_policy(model, PI_PROX)
+    _fill_bandit_rollout(model, MU, BANDIT_A)
+    model._prepare_lagged_rollout()
+    _set_bandit_policy(model, pi)
+    model.train()  # one minibatch, one epoch: the gradient is read at pi
+    ascent = -model.policy.action_net.bias.grad.numpy()
+    expected = np.zeros(3)
+    for action in BANDIT_ACTIONS:
+        expected += BANDIT_A[action] * min(pi[action] / MU[action], cap) * (np.eye(3)[action] - pi) / len(BANDIT_ACTIONS)
+    np.testing.assert_allclose(ascent, expected, rtol=1e-5, atol=1e-7)
 
 
 def test_async_value_clipping_is_centred_on_the_proximal_critic():

@@ -11,6 +11,7 @@ from stable_baselines3.common.utils import explained_variance
 from torch.nn import functional as F
 
 from sb3_cherry.a2c.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
+from sb3_cherry.common.buffers import truncated_weights
 from sb3_cherry.common.finite import raise_non_finite_update
 from sb3_cherry.common.on_policy import CherryOnPolicyAlgorithm
 from sb3_cherry.common.policies import CherryActorCriticPolicy
@@ -177,8 +178,9 @@ class CherryA2C(A2C, CherryOnPolicyAlgorithm):
             # Policy gradient loss
             weights = getattr(rollout_data, "weights", None)
             if weights is not None:
-                # decoupled importance weight min(imp_samp_max, pi_prox / mu), after normalisation (Hilton et al. 2021)
-                policy_loss = -(weights * advantages * log_prob).mean()
+                # decoupled importance weight min(pi_prox / mu, imp_samp_max), after normalisation (Hilton et al. 2021;
+                # the update starts from pi_prox, so PPO's ratio pi / pi_prox of the reference's cap is 1 here)
+                policy_loss = -(truncated_weights(weights, self.imp_samp_max) * advantages * log_prob).mean()
             else:
                 policy_loss = -(advantages * log_prob).mean()
 

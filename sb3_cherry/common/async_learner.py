@@ -12,11 +12,13 @@ The behaviour policy ``mu`` of rollout ``i`` (``i >= 1``) is therefore exactly o
 et al., 2021, eq. 3; reference code openai/ppo-ewma; :meth:`~sb3_cherry.common.buffers.ReturnsEstimatorMixin.recentre`):
 PPO's (and the rollback's) ratio and trust region are centred on ``pi_prox`` instead of ``mu`` (otherwise the first
 epoch would already sit outside the trust region, and the rollback would push the policy back towards ``mu``), value
-clipping is centred on ``pi_prox``'s critic, and each sample carries the truncated importance weight
-``w = min(imp_samp_max, pi_prox / mu)``, which multiplies its surrogate (``-w A log pi`` for A2C) after the minibatch's
-advantages are normalised. With ``returns_estimator="vtrace"`` and ``recompute_returns=True``, the critic's targets
-are also recomputed before every epoch with V-trace ratios ``pi / mu``; the surrogate then takes the advantages
-without ``rho`` (``w`` times PPO's ratio ``pi / pi_prox`` already is the importance weight ``pi / mu``).
+clipping is centred on ``pi_prox``'s critic, and each sample carries the importance weight ``pi_prox / mu``, which
+multiplies its surrogate (``-w A log pi`` for A2C) after the minibatch's advantages are normalised, truncated as in
+the reference code: the whole ratio ``pi / mu`` is capped at ``imp_samp_max``, i.e. ``w = min(pi_prox / mu,
+imp_samp_max * pi_prox / pi)`` (:func:`~sb3_cherry.common.buffers.truncated_weights`; ``pi = pi_prox`` for A2C).
+With ``returns_estimator="vtrace"`` and ``recompute_returns=True``, the critic's targets are also recomputed before
+every epoch with V-trace ratios ``pi / mu``; the surrogate then takes the advantages without ``rho`` (``w`` times
+PPO's ratio ``pi / pi_prox`` already is the importance weight ``pi / mu``).
 
 What crosses the process boundary, per update: the rollout (arrays of the rollout buffer, sent once through a pipe) to
 the learner; the new policy weights back through a ``multiprocessing.shared_memory`` block (written in place by the

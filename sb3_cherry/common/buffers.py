@@ -30,8 +30,9 @@ RETURNS_ESTIMATORS = ("gae", "one_step", "n_step", "vtrace")
 
 class WeightedRolloutBufferSamples(NamedTuple):
     """
-    SB3's ``RolloutBufferSamples`` plus ``weights``: the per-sample importance weights ``min(imp_samp_max, pi_prox / mu)``
-    of a re-centred rollout (decoupled PPO), which multiply the per-sample surrogate after advantage normalisation.
+    SB3's ``RolloutBufferSamples`` plus ``weights``: the per-sample importance weights ``pi_prox / mu`` of a re-centred
+    rollout (decoupled PPO), which the trainers truncate (``imp_samp_max``) and multiply into the per-sample
+    surrogate after advantage normalisation.
     """
 
     observations: th.Tensor
@@ -53,6 +54,25 @@ class WeightedDictRolloutBufferSamples(NamedTuple):
     advantages: th.Tensor
     returns: th.Tensor
     weights: th.Tensor
+
+
+def truncated_weights(weights: th.Tensor, imp_samp_max: float, ratio: th.Tensor | None = None) -> th.Tensor:
+    """
+    Decoupled PPO's truncated importance weights, as openai/ppo-ewma's ``compute_losses`` applies them: the whole
+    ratio ``pi / mu = r * pi_prox / mu`` (``r = pi / pi_prox``, PPO's ratio) is capped at ``imp_samp_max`` by
+    replacing ``mu`` with ``mu_adj = max(mu, pi / imp_samp_max)`` (``pi`` without gradient), so the weight of the
+    per-sample surrogate is ``pi_prox / mu_adj = min(pi_prox / mu, imp_samp_max / r)``. Where the cap binds, the
+    surrogate ``w * r * A`` is worth ``imp_samp_max * A`` with the gradient ``imp_samp_max * A * grad log pi``.
+
+    :param weights: ``pi_prox / mu`` per sample (may be ``inf``)
+    :param imp_samp_max: the cap (``inf``: none)
+    :param ratio: PPO's ratio ``r`` of the samples (its gradient is not followed); None for ``r = 1`` (A2C's single
+        step from ``pi_prox``)
+    :return: the truncated weights
+    """
+    if ratio is None:
+        return weights.clamp(max=imp_samp_max)
+    return th.minimum(weights, imp_samp_max / ratio.detach())
 
 
 def check_imp_samp_max(imp_samp_max: float) -> float:
@@ -153,7 +173,7 @@ class ReturnsEstimatorMixin:
         self.c_bar = float(c_bar)
         self.last_dones: np.ndarray = np.zeros(0)
         # set by ``recentre`` (async collection): log-probs of the collecting policy, and the truncated importance
-        # weights min(imp_samp_max, pi_prox / mu) that multiply the per-sample surrogate (sampled with each minibatch)
+        # weights pi_prox / mu (untruncated) of the per-sample surrogate, sampled with each minibatch
         self.behaviour_log_probs: np.ndarray | None = None
         self.advantage_weights: np.ndarray | None = None
         self.original_action_space = action_space
@@ -243,7 +263,7 @@ class ReturnsEstimatorMixin:
                 new_log_probs[idx] = log_prob.cpu().numpy()
         return new_values, new_log_probs
 
-    def recentre(self, policy: ActorCriticPolicy, imp_samp_max: float = 100.0, chunk_size: int = 4096) -> None:
+    def recentre(self, policy: ActorCriticPolicy, chunk_size: int = 4096) -> None:
         """
         Prepare a rollout collected by an older behaviour policy ``mu`` for an update that starts from ``policy``
         (``pi_prox``), as decoupled PPO does (Hilton et al., 2021, "Batch size-invariance for policy optimization",
@@ -251,26 +271,26 @@ class ReturnsEstimatorMixin:
 
         - the stored log-probabilities and values become ``pi_prox``'s, so that PPO's ratio ``pi / pi_prox``, its trust
           region and the value clipping (``clip_range_vf``) are centred on the proximal policy and critic;
-        - the truncated importance weights ``w = min(imp_samp_max, pi_prox / mu)`` are stored per sample
-          (``advantage_weights``) and sampled with each minibatch (:class:`WeightedRolloutBufferSamples`). The
-          advantages are left as they are: the trainer normalises them first, then multiplies the per-sample surrogate
-          by ``w`` (as ``compute_losses`` of the reference does), so that the expected first-epoch gradient is
-          ``E_mu[w (A - m) / s grad log pi] = E_pi_prox[A grad log pi] / s`` (untruncated ``w``).
+        - the importance weights ``pi_prox / mu`` are stored per sample (``advantage_weights``, untruncated: they may
+          overflow to ``inf`` in float32) and sampled with each minibatch (:class:`WeightedRolloutBufferSamples`).
+          The advantages are left as they are: the trainer normalises them first, then multiplies the per-sample
+          surrogate by the truncated weight (PPO: ``min(pi_prox / mu, imp_samp_max * pi_prox / pi)``, the
+          reference's cap of the whole ratio ``pi / mu`` at ``imp_samp_max``, see
+          :func:`~sb3_cherry.common.buffers.truncated_weights`), so that the expected first-epoch gradient is
+          ``E_mu[w (A - m) / s grad log pi] = E_pi_prox[A grad log pi] / s`` (no truncation).
 
         ``mu``'s log-probabilities are kept in ``behaviour_log_probs`` for the V-trace ratios of
         ``recompute_returns_and_advantage``.
 
         :param policy: the policy the update starts from
-        :param imp_samp_max: truncation level of the weights ``pi_prox / mu`` (the reference's default: 100)
         :param chunk_size: evaluation batch size
         """
         assert not self.generator_ready, "recentre a freshly collected rollout (before get())"
-        imp_samp_max = check_imp_samp_max(imp_samp_max)
         prox_values, prox = self._evaluate(policy, chunk_size)
         prox = self._unflat(prox)
         self.behaviour_log_probs = self.log_probs.copy()
         with np.errstate(over="ignore"):
-            self.advantage_weights = np.minimum(np.exp(prox - self.log_probs), imp_samp_max).astype(np.float32)
+            self.advantage_weights = np.exp(prox - self.log_probs).astype(np.float32)
         self.log_probs = prox.astype(np.float32)
         self.values = self._unflat(prox_values).astype(np.float32)
 

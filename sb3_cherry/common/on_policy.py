@@ -245,12 +245,13 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
         """
         Off-policy correction of a rollout collected by the previous weights (``collection="async"``): centre PPO's
         trust region and the value clipping on the current (proximal) policy and critic, and store the per-sample
-        importance weights ``min(imp_samp_max, pi_prox / mu)`` that the trainers apply to the per-sample surrogate
-        after advantage normalisation (:meth:`CherryRolloutBuffer.recentre`).
+        importance weights ``pi_prox / mu`` that the trainers truncate at ``imp_samp_max`` and apply to the
+        per-sample surrogate after advantage normalisation (:meth:`CherryRolloutBuffer.recentre`,
+        :func:`~sb3_cherry.common.buffers.truncated_weights`).
         """
         assert isinstance(self.rollout_buffer, ReturnsEstimatorMixin)
         self.policy.set_training_mode(False)
-        self.rollout_buffer.recentre(self.policy, self.imp_samp_max)
+        self.rollout_buffer.recentre(self.policy)
         self.policy.set_training_mode(True)
 
     def _recompute_returns(self) -> None:

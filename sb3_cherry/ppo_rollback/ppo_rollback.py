@@ -11,6 +11,7 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedul
 from stable_baselines3.common.utils import explained_variance
 from torch.nn import functional as F
 
+from sb3_cherry.common.buffers import truncated_weights
 from sb3_cherry.common.on_policy import CherryOnPolicyAlgorithm
 from sb3_cherry.common.policies import CherryActorCriticPolicy
 from sb3_cherry.common.schedules import CoefficientSchedule
@@ -164,9 +165,10 @@ def rollback_train(
                 else trust.surrogate(model, epoch, rollout_data, ratio, advantages, mask)
             )
             if hasattr(rollout_data, "weights"):
-                # re-centred async rollout: decoupled PPO's weight min(imp_samp_max, pi_prox / mu) per sample, applied
-                # after the advantage normalisation (Hilton et al. 2021; openai/ppo-ewma compute_losses)
-                surrogate = rollout_data.weights * surrogate
+                # re-centred async rollout: decoupled PPO's weight pi_prox / mu per sample, applied after the
+                # advantage normalisation, with the whole ratio pi / mu capped at imp_samp_max (Hilton et al. 2021;
+                # openai/ppo-ewma compute_losses)
+                surrogate = truncated_weights(rollout_data.weights, model.imp_samp_max, ratio) * surrogate
             policy_loss = -_masked_mean(surrogate, mask)
 
             # Logging
@@ -307,8 +309,9 @@ class PPORollback(PPO, CherryOnPolicyAlgorithm):
     :param collection: ``"sync"`` (collect, then train, as SB3) or ``"async"``: the updates run in a learner process
         while the next rollout is collected with the previous weights (behaviour policy one update old; see
         :mod:`sb3_cherry.common.async_learner`)
-    :param imp_samp_max: ``collection="async"`` only: truncation level of decoupled PPO's per-sample importance
-        weights ``w = min(imp_samp_max, pi_prox / mu)``, which multiply the surrogate after advantage normalisation
+    :param imp_samp_max: ``collection="async"`` only: truncation level of decoupled PPO's importance ratio ``pi / mu``
+        (per-sample weights ``w = min(pi_prox / mu, imp_samp_max * pi_prox / pi)``, which multiply the surrogate after
+        advantage normalisation)
         (100, as in Hilton et al.'s code; ``float("inf")`` for no truncation). Independent of V-trace's ``rho_bar``.
     :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
         the reported success rate, mean episode length, and mean reward over
