@@ -200,7 +200,13 @@ def cmd_train(argv: list[str]) -> None:
     """
     from rl_zoo3.train import train
 
-    from sb3_cherry.resume import ChunkOptions, check_checkpointable, chunked_experiment_manager, experiment_manager_class
+    from sb3_cherry.resume import (
+        ChunkOptions,
+        SafeExperimentManager,
+        check_checkpointable,
+        chunked_experiment_manager,
+        experiment_manager_class,
+    )
 
     parser = _train_parser()
     args, rest = parser.parse_known_args(argv)
@@ -235,19 +241,18 @@ def cmd_train(argv: list[str]) -> None:
                 "rl_zoo3's own envs): drop --run-checkpoint-freq/--stop-after, train with --vec-env dummy or subproc, "
                 "or use python -m benchmarks.learning --vec-env envpool --checkpoint-dir DIR."
             )
-        import rl_zoo3.exp_manager
-
         from sb3_cherry.common.vec_env.envpool_vec_env import envpool_experiment_manager
 
         # rl_zoo3 trains on EnvPool's envs (evaluation on gymnasium's)
-        manager = envpool_experiment_manager(rl_zoo3.exp_manager.ExperimentManager, args.envpool_threads)
+        manager = envpool_experiment_manager(SafeExperimentManager, args.envpool_threads)
         with experiment_manager_class(manager):
             _run_rl_zoo3(train, "sb3-cherry train", zoo_argv)
         return
     if args.vec_env is not None:
         zoo_argv += ["--vec-env", args.vec_env]
     if freq is None:
-        _run_rl_zoo3(train, "sb3-cherry train", zoo_argv)
+        with experiment_manager_class(SafeExperimentManager):
+            _run_rl_zoo3(train, "sb3-cherry train", zoo_argv)
         return
     check_checkpointable(entry, f"{conf} [{env_id}]")
     with chunked_experiment_manager(ChunkOptions(freq, args.stop_after)):

@@ -41,6 +41,7 @@ from sb3_cherry.common.checkpoint import (
     load_run_checkpoint,
     read_run_state,
 )
+from sb3_cherry.common.restricted_pickle import load_vec_normalize
 from sb3_cherry.common.safe_config import check_imported_names, parse_literal_string, safe_load_yaml
 
 #: Hyperparameters rl_zoo3 turns into objects with ``eval`` when they are strings (parsed as data on resume instead)
@@ -204,7 +205,41 @@ def _truncate_monitor_files(venv: VecEnv) -> None:
             monitor.t_start = time.time() - float(rows[-1]["t"])
 
 
-class ChunkedExperimentManager(ExperimentManager):
+class SafeExperimentManager(ExperimentManager):
+    """
+    rl_zoo3's ``ExperimentManager`` that never unpickles a ``vecnormalize.pkl``: rl_zoo3 loads
+    ``<folder of -i>/<env>/vecnormalize.pkl`` with SB3's ``VecNormalize.load`` (``pickle``, which can run code), and
+    without ``-i`` that folder is ``<working directory>/<env>``, so a new run or ``--resume`` would read whatever file a
+    downloaded run folder put there. Here the statistics of a ``-i`` model are read with the restricted unpickler
+    (:func:`~sb3_cherry.common.restricted_pickle.load_vec_normalize`), and runs without ``-i`` start their
+    normalisation from the config (a resumed run's statistics come from its run checkpoint).
+    ``sb3-cherry train`` always trains through this class (or a subclass).
+    """
+
+    def _maybe_normalize(self, env: VecEnv, eval_env: bool) -> VecEnv:
+        """
+        :param env: the env to wrap
+        :param eval_env: an evaluation env (statistics frozen, rewards not normalised)
+        :return: ``env`` in a ``VecNormalize`` with the ``-i`` model's statistics, or as rl_zoo3 wraps it without them
+        """
+        path = os.path.join(os.path.dirname(self.trained_agent), self.env_name, "vecnormalize.pkl")
+        if self.trained_agent and os.path.exists(path):
+            print("Loading saved VecNormalize stats (restricted unpickler)")
+            normalized = load_vec_normalize(path, env)
+            if eval_env:
+                normalized.training = False
+                normalized.norm_reward = False
+            return normalized
+        # rl_zoo3's branch without saved statistics: it looks for <dirname(trained_agent)>/<env>/vecnormalize.pkl
+        # (a relative path without -i), so point it where no file is
+        trained_agent, self.trained_agent = self.trained_agent, os.devnull
+        try:
+            return super()._maybe_normalize(env, eval_env)
+        finally:
+            self.trained_agent = trained_agent
+
+
+class ChunkedExperimentManager(SafeExperimentManager):
     """
     rl_zoo3's ``ExperimentManager`` with run checkpoints (:class:`~sb3_cherry.common.checkpoint.RunCheckpointCallback`)
     and ``--resume``: the constructor takes the run's saved options, ``read_hyperparameters`` its saved config,
@@ -448,6 +483,7 @@ __all__ = [
     "ChunkOptions",
     "ChunkedExperimentManager",
     "RunFolder",
+    "SafeExperimentManager",
     "check_checkpointable",
     "chunked_experiment_manager",
     "experiment_manager_class",

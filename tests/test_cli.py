@@ -325,3 +325,69 @@ def test_train_subproc_with_sb3_cherry_env(tmp_path):
     cmd += ["--hyperparams", "n_envs:2", "n_steps:64", "batch_size:64"]
     subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300)
     assert (tmp_path / "ppo_rollback" / "sb3_cherry-HybridGoal-v0_1" / "sb3_cherry-HybridGoal-v0.zip").exists()
+
+
+class _Marker:
+    """Unpickling it creates the file ``path`` (stands for any code a downloaded pickle could run)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_train_never_unpickles_a_vecnormalize_file_in_the_working_directory(tmp_path, monkeypatch, capsys, normalize):
+    """rl_zoo3 loads <working directory>/<env>/vecnormalize.pkl with pickle when no -i model is given; sb3-cherry not."""
+    import pickle
+
+    marker = tmp_path / "code_ran"
+    (tmp_path / "CartPole-v1").mkdir()
+    with open(tmp_path / "CartPole-v1" / "vecnormalize.pkl", "wb") as file:
+        pickle.dump(_Marker(marker), file)
+    entry = {"n_timesteps": 64, "policy": "MlpPolicy", "n_steps": 32, "batch_size": 32, "n_epochs": 1}
+    if normalize:
+        entry["normalize"] = True
+    conf = _write(tmp_path, entry)
+    monkeypatch.chdir(tmp_path)
+    main(["train", "--algo", "ppo_rollback", "--env", "CartPole-v1", "-c", str(conf), "--eval-freq", "-1", "-f", "runs"])
+    assert not marker.exists()
+    assert "Loading saved VecNormalize stats" not in capsys.readouterr().out
+    # the experiment manager rl_zoo3 would use does run it (what the test guards against)
+    from rl_zoo3.exp_manager import ExperimentManager
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    manager = ExperimentManager.__new__(ExperimentManager)
+    manager.trained_agent, manager.env_name = "", "CartPole-v1"
+    with pytest.raises(AttributeError):  # the unpickled object is a file, not a VecNormalize
+        manager._maybe_normalize(DummyVecEnv([lambda: gym.make("CartPole-v1")]), False)
+    assert marker.exists()
+
+
+def test_trained_agent_statistics_are_read_with_the_restricted_unpickler(tmp_path):
+    """With -i, the statistics next to the model are loaded without pickle's code execution (and still loaded)."""
+    import pickle
+
+    import gymnasium as gym
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    from sb3_cherry.common.restricted_pickle import UnsafeModelFileError
+    from sb3_cherry.resume import SafeExperimentManager
+
+    folder = tmp_path / "run" / "CartPole-v1"
+    folder.mkdir(parents=True)
+    venv = DummyVecEnv([lambda: gym.make("CartPole-v1")])
+    saved = VecNormalize(venv, norm_reward=False)
+    saved.obs_rms.mean[:] = [1.0, 2.0, 3.0, 4.0]
+    saved.save(str(folder / "vecnormalize.pkl"))
+    manager = SafeExperimentManager.__new__(SafeExperimentManager)
+    manager.trained_agent, manager.env_name = str(tmp_path / "run" / "model.zip"), "CartPole-v1"
+    loaded = manager._maybe_normalize(DummyVecEnv([lambda: gym.make("CartPole-v1")]), True)
+    assert isinstance(loaded, VecNormalize) and not loaded.training and not loaded.norm_reward
+    np.testing.assert_array_equal(loaded.obs_rms.mean, [1.0, 2.0, 3.0, 4.0])
+    with open(folder / "vecnormalize.pkl", "wb") as file:
+        pickle.dump(_Marker(tmp_path / "code_ran"), file)
+    with pytest.raises(UnsafeModelFileError):
+        manager._maybe_normalize(DummyVecEnv([lambda: gym.make("CartPole-v1")]), False)
+    assert not (tmp_path / "code_ran").exists()

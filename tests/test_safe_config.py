@@ -207,3 +207,14 @@ def test_run_folder_wrapper_outside_trusted_packages_refused(run_folder, capsys)
     with pytest.raises(SystemExit):
         main(["evaluate", "--algo", "ppo_rollback", "--env", "CartPole-v1", "-f", str(run_folder.parents[1]), "-n", "1"])
     assert "env_wrapper 'os.system' is not a class of" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("policy", ["this.MlpPolicy", "os.system", "evil.Policy"])
+def test_dotted_policy_outside_trusted_packages_is_refused(policy):
+    # rl_zoo3 imports the module of a dotted policy name (get_class_by_name); aliases and trusted classes pass
+    from sb3_cherry.common.safe_config import check_imported_names
+
+    with pytest.raises(UnsafeConfigError, match="policy"):
+        check_imported_names({"policy": policy}, "config.yml")
+    for fine in ("MlpPolicy", "CnnPolicy", "sb3_cherry.ppo_rollback.policies.MlpPolicy"):
+        check_imported_names({"policy": fine}, "config.yml")

@@ -276,7 +276,8 @@ TRUSTED_WRAPPER_PACKAGES = ("gymnasium", "stable_baselines3", "sb3_contrib", "rl
 def check_imported_names(hyperparams: Mapping[str, Any], where: str) -> None:
     """
     rl_zoo3 imports the classes a config names as ``env_wrapper``, ``vec_env_wrapper`` and ``callback``, and calls
-    them: in a run folder you did not write, only names from :data:`TRUSTED_WRAPPER_PACKAGES` are accepted.
+    them, and imports a dotted ``policy`` name: in a run folder you did not write, only names from
+    :data:`TRUSTED_WRAPPER_PACKAGES` are accepted (a policy alias such as ``MlpPolicy`` imports nothing).
 
     :param hyperparams: the run's hyperparameters
     :param where: the file, for the error message
@@ -292,6 +293,13 @@ def check_imported_names(hyperparams: Mapping[str, Any], where: str) -> None:
                     f"{where}: {key} {name!r} is not a class of {list(TRUSTED_WRAPPER_PACKAGES)}; rl_zoo3 would import "
                     "and call it. Remove it, or run the folder's code only if you trust it."
                 )
+    policy = hyperparams.get("policy")
+    if isinstance(policy, str) and "." in policy and policy.split(".")[0] not in TRUSTED_WRAPPER_PACKAGES:
+        raise UnsafeConfigError(
+            f"{where}: policy {policy!r} is not a class of {list(TRUSTED_WRAPPER_PACKAGES)}; rl_zoo3 would import its "
+            "module. Use a policy alias (MlpPolicy, CnnPolicy, MultiInputPolicy), or run the folder's code only if you "
+            "trust it."
+        )
 
 
 def saved_hyperparams(
