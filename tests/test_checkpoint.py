@@ -67,6 +67,27 @@ def test_two_chunks_equal_one_run(tmp_path, algo):
     np.testing.assert_array_equal(ref_norm.ret_rms.var, new_norm.ret_rms.var)
 
 
+@pytest.mark.parametrize("algo", [PPORollback, CherryA2C])
+def test_gsde_chunks_equal_one_run(tmp_path, algo):
+    # gSDE draws its exploration noise at the start of every rollout, before on_rollout_start (where the checkpoint is
+    # written): the checkpoint holds the random states from before that draw, which the resumed rollout makes again
+    kwargs = dict(n_steps=64, seed=5, use_sde=True, sde_sample_freq=4)
+    if algo is PPORollback:
+        kwargs.update(batch_size=64, n_epochs=1)
+    reference = algo("MlpPolicy", make_env("Pendulum-v1", normalize=False), **kwargs).learn(512)
+    folder = tmp_path / "ckpt"
+    first = algo("MlpPolicy", make_env("Pendulum-v1", normalize=False), **kwargs)
+    first.learn(512, callback=RunCheckpointCallback(folder, save_freq=128, stop_after=128))
+    assert "reset_noise" not in vars(first.policy)  # the callback's wrapper is gone after learn
+    th.manual_seed(1234)
+    model, state = load_run_checkpoint(algo, folder, make_env("Pendulum-v1", normalize=False))
+    assert state.num_timesteps == 128
+    continue_run(model, state)
+    ref_params, new_params = params(reference), params(model)
+    for key in ref_params:
+        assert th.equal(ref_params[key], new_params[key]), key
+
+
 def test_chunks_stop_at_each_period_when_resumed_past_a_multiple(tmp_path):
     # rollouts of 96 steps, a checkpoint and a stop every 256: checkpoints come at the first update boundary past each
     # multiple (288, 576, 768, 1056); the process resumed at 576 reaches the multiple 768 after only 192 steps and must
@@ -85,6 +106,33 @@ def test_chunks_stop_at_each_period_when_resumed_past_a_multiple(tmp_path):
     saver = RunCheckpointCallback(tmp_path / "ckpt2", save_freq=256, stop_after=512)
     PPORollback("MlpPolicy", make_env(n_envs=1), n_steps=96, batch_size=32, n_epochs=1, seed=0).learn(2000, saver)
     assert saver.saved_at == 576
+
+
+def test_gail_chunks_stop_at_each_period(tmp_path):
+    # GAIL has no n_steps of its own (its generator's rollout is 48 x 2 = 96 steps): the stop rule measures the rollout
+    pytest.importorskip("imitation")
+    from sb3_cherry import GAIL
+    from sb3_cherry.demos import record_demos
+
+    class Expert:
+        def predict(self, obs, state=None, episode_start=None, deterministic=True):
+            return (obs[:, 2] + 0.5 * obs[:, 3] + 0.1 * obs[:, 1] > 0).astype(np.int64), state
+
+    demos = str(tmp_path / "demos.npz")
+    record_demos(Expert(), "CartPole-v1", n_episodes=2, path=demos, seed=0)
+    kwargs = dict(
+        generator_kwargs=dict(n_steps=48, batch_size=48, n_epochs=1), demo_batch_size=64, allow_variable_horizon=True
+    )
+    folder = tmp_path / "ckpt"
+    saver = RunCheckpointCallback(folder, save_freq=256, stop_after=256)
+    GAIL("MlpPolicy", make_env(normalize=False), demonstrations=demos, seed=0, **kwargs).learn(2000, callback=saver)
+    stops = [saver.saved_at]
+    for _ in range(2):
+        model, state = load_run_checkpoint(GAIL, folder, make_env(normalize=False), demonstrations=demos)
+        saver = RunCheckpointCallback(folder, save_freq=256, stop_after=256)
+        continue_run(model, state, callback=saver)
+        stops.append(saver.saved_at)
+    assert stops == [288, 576, 768]  # was [288, 768, 1056]: n_envs taken for the rollout
 
 
 def test_mujoco_state_is_restored_exactly(tmp_path):
@@ -172,3 +220,44 @@ def test_dict_frame_stack_frames_restored(tmp_path):
     assert state.envs_exact and set(restored) == set(saved)
     for key, frames in saved.items():
         np.testing.assert_array_equal(restored[key].stacked_obs, frames)
+
+
+def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import os
+
+    import sb3_cherry.common.checkpoint as checkpoint
+
+    model = make_model(make_env(normalize=False))
+    model.learn(128)
+    folder = tmp_path / "ckpt"
+    save_run_checkpoint(model, folder, total_timesteps=TOTAL)
+    model.learn(128, reset_num_timesteps=False)
+    real_replace = os.replace
+
+    def interrupted(src, dst):
+        # the new checkpoint's rename into place, after the old one was moved aside (Ctrl-C, or a full disk)
+        if str(dst) == str(folder) and ".tmp" in str(src):
+            raise KeyboardInterrupt
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_run_checkpoint(model, folder, total_timesteps=TOTAL)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary or .old folder left
+    assert has_run_checkpoint(folder)
+    _, state = load_run_checkpoint(PPORollback, folder, make_env(normalize=False))
+    assert state.num_timesteps == 128  # the previous checkpoint
+
+
+def test_checkpoint_left_aside_by_a_killed_save_is_recovered(tmp_path):
+    # a process killed between the two renames leaves only .<name>.old: loading puts it back into place
+    model = make_model(make_env(normalize=False))
+    model.learn(128)
+    folder = tmp_path / "ckpt"
+    save_run_checkpoint(model, folder, total_timesteps=TOTAL)
+    folder.rename(tmp_path / ".ckpt.old")
+    assert has_run_checkpoint(folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+    _, state = load_run_checkpoint(PPORollback, folder, make_env(normalize=False))
+    assert state.num_timesteps == 128

@@ -30,6 +30,7 @@ Use :class:`RunCheckpointCallback` to write checkpoints during ``learn`` (and op
 chunk), :func:`load_run_checkpoint` + :func:`continue_run` to go on.
 """
 
+import contextlib
 import json
 import os
 import pathlib
@@ -269,13 +270,21 @@ def _restore_envs(venv: VecEnv, layers: list[dict[str, Any]], exact: bool, array
             setattr(base, name, _decode(value, arrays))
 
 
-def _rng_state(encoder: _Encoder) -> dict[str, Any]:
-    py_version, py_state, py_gauss = random.getstate()
-    np_state: tuple[Any, ...] = tuple(np.random.get_state())
+def capture_rng() -> tuple[Any, Any, th.Tensor]:
+    """
+    :return: the states of Python's, numpy's and torch's (CPU) global random generators, as a run checkpoint stores
+        them (see ``save_run_checkpoint(rng=...)``)
+    """
+    return random.getstate(), np.random.get_state(), th.get_rng_state()
+
+
+def _rng_state(encoder: _Encoder, states: tuple[Any, Any, th.Tensor] | None = None) -> dict[str, Any]:
+    (py_version, py_state, py_gauss), np_state, torch_state = states if states is not None else capture_rng()
+    np_state = tuple(np_state)
     return {
         "python": [py_version, list(py_state), py_gauss],
         "numpy": [np_state[0], encoder.encode(np_state[1], "rng.numpy"), *np_state[2:]],
-        "torch": encoder.encode(th.get_rng_state().numpy(), "rng.torch"),
+        "torch": encoder.encode(torch_state.numpy(), "rng.torch"),
     }
 
 
@@ -293,6 +302,7 @@ def save_run_checkpoint(
     total_timesteps: int | None = None,
     extra: dict[str, Any] | None = None,
     other_envs: dict[str, VecEnv] | None = None,
+    rng: tuple[Any, Any, th.Tensor] | None = None,
 ) -> pathlib.Path:
     """
     Write a checkpoint of a run at an update boundary (between ``train`` and the next rollout, or after ``learn``).
@@ -304,6 +314,8 @@ def save_run_checkpoint(
     :param other_envs: further VecEnvs of the run whose state is captured the same way, by name (e.g. ``{"eval":
         eval_env}``: an evaluation env then continues its episodes' random stream), restored by
         :func:`load_run_checkpoint`
+    :param rng: the random generators' states to store (:func:`capture_rng`, taken at the update boundary), instead
+        of the current ones (:class:`RunCheckpointCallback` saves after the rollout's first gSDE noise draw)
     :return: the folder
     """
     folder = pathlib.Path(folder)
@@ -328,7 +340,7 @@ def save_run_checkpoint(
         "last_original_obs": encoder.encode(model._last_original_obs, "last_original_obs"),
         "ep_info_buffer": encoder.encode(list(model.ep_info_buffer or []), "ep_info"),
         "ep_success_buffer": encoder.encode(list(model.ep_success_buffer or []), "ep_success"),
-        "rng": _rng_state(encoder),
+        "rng": _rng_state(encoder, rng),
         "envs_exact": envs_exact,
         "env_layers": env_layers,
         "other_envs": others,
@@ -336,22 +348,49 @@ def save_run_checkpoint(
     }
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    old = _previous(folder)
+    moved = False
     try:
         os.chmod(tmp, 0o777 & ~_umask())
         model.save(tmp / MODEL_FILE)
         with open(tmp / STATE_FILE, "w") as file:
             json.dump(state, file)
         np.savez(tmp / ARRAYS_FILE, **encoder.arrays)  # type: ignore[arg-type]
-        old = folder.with_name(f".{folder.name}.old")
+        for name in (MODEL_FILE, STATE_FILE, ARRAYS_FILE):
+            _fsync(tmp / name)
         if folder.exists():
             shutil.rmtree(old, ignore_errors=True)
             os.replace(folder, old)
+            moved = True
         os.replace(tmp, folder)
+        moved = False
+        _fsync(folder.parent)
         shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if moved and not folder.exists():
+            os.replace(old, folder)  # the previous checkpoint back in place
         raise
     return folder
+
+
+def _previous(folder: pathlib.Path) -> pathlib.Path:
+    """Where :func:`save_run_checkpoint` keeps the previous checkpoint while it renames the new one into place."""
+    return folder.with_name(f".{folder.name}.old")
+
+
+def _fsync(path: pathlib.Path) -> None:
+    """Flush a file's (or a folder's entries') data to disk before a rename makes it the checkpoint."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _complete(folder: pathlib.Path) -> bool:
+    """Whether ``folder`` holds the three files of a checkpoint."""
+    return all((folder / name).is_file() for name in (MODEL_FILE, STATE_FILE, ARRAYS_FILE))
 
 
 def _umask() -> int:
@@ -384,11 +423,18 @@ class RunState:
 
 def has_run_checkpoint(folder: str | pathlib.Path) -> bool:
     """
+    A process killed between the two renames of :func:`save_run_checkpoint` leaves no ``folder`` and the previous
+    checkpoint next to it: it is renamed back into place here (a later save or load then finds it).
+
     :param folder: a checkpoint folder
     :return: whether it holds a complete checkpoint
     """
     folder = pathlib.Path(folder)
-    return all((folder / name).is_file() for name in (MODEL_FILE, STATE_FILE, ARRAYS_FILE))
+    previous = _previous(folder)
+    if not folder.exists() and _complete(previous):
+        with contextlib.suppress(OSError):  # read-only: the folder stays missing
+            os.replace(previous, folder)
+    return _complete(folder)
 
 
 def read_run_state(folder: str | pathlib.Path, algo_class: type[BaseAlgorithm] | None = None) -> dict[str, Any]:
@@ -535,6 +581,11 @@ class RunCheckpointCallback(BaseCallback):
         self.next_save = 0
         self.stop = False
         self.saved_at = -1
+        # gSDE: the random generators' states before the exploration noise drawn at the start of each rollout
+        self.rng_before_noise: tuple[Any, Any, th.Tensor] | None = None
+        self._in_rollout = False
+        self._noisy_policy: Any = None
+        self._rollout_started_at: int | None = None
 
     def _on_training_start(self) -> None:
         if getattr(self.model, "collection", "sync") != "sync":
@@ -545,17 +596,37 @@ class RunCheckpointCallback(BaseCallback):
         self.start = self.num_timesteps
         self.next_save = (self.num_timesteps // self.save_freq + 1) * self.save_freq
         self.stop = False
+        self.rng_before_noise, self._in_rollout = None, False
+        self._rollout_started_at = None
+        policy: Any = self.model.policy
+        if getattr(self.model, "use_sde", False) and "reset_noise" not in vars(policy):
+            # SB3's collect_rollouts draws the gSDE noise (policy.reset_noise) before on_rollout_start: the checkpoint
+            # must hold the generators' states from before that draw, which a resumed rollout makes again
+            reset_noise = policy.reset_noise
+
+            def reset_noise_after_capture(*args: Any, **kwargs: Any) -> None:
+                if not self._in_rollout:
+                    self.rng_before_noise = capture_rng()
+                reset_noise(*args, **kwargs)
+
+            policy.reset_noise = reset_noise_after_capture
+            self._noisy_policy = policy
 
     def save(self) -> None:
         """Write the checkpoint now."""
         extra = self.extra() if self.extra is not None else None
-        save_run_checkpoint(self.model, self.folder, extra=extra, other_envs=self.other_envs)
+        rng = self.rng_before_noise if self._noisy_policy is not None and self._in_rollout else None
+        save_run_checkpoint(self.model, self.folder, extra=extra, other_envs=self.other_envs, rng=rng)
         self.saved_at = self.num_timesteps
         if self.verbose >= 1:
             print(f"run checkpoint at {self.num_timesteps} steps: {self.folder}")
 
     def _on_rollout_start(self) -> None:
         # an update boundary: the weights are those trained on exactly num_timesteps steps
+        self._in_rollout = True
+        # the steps of the rollout that just ended (PPO / A2C: n_steps * n_envs; GAIL, AIRL, BCO: their generator's)
+        rollout = self.num_timesteps - self._rollout_started_at if self._rollout_started_at is not None else 0
+        self._rollout_started_at = self.num_timesteps
         if self.num_timesteps >= self.next_save:
             self.save()
             # the multiple of save_freq this checkpoint stands for; the stop compares it within a rollout: counting the
@@ -563,14 +634,19 @@ class RunCheckpointCallback(BaseCallback):
             # from a checkpoint just past a multiple, and run a whole period more
             multiple = self.num_timesteps // self.save_freq * self.save_freq
             self.next_save = multiple + self.save_freq
-            rollout = getattr(self.model, "n_steps", 1) * self.model.n_envs
             if self.stop_after is not None and multiple + rollout > self.start + self.stop_after:
                 self.stop = True
 
     def _on_step(self) -> bool:
         return not self.stop
 
+    def _on_rollout_end(self) -> None:
+        self._in_rollout = False
+
     def _on_training_end(self) -> None:
+        if self._noisy_policy is not None:
+            del self._noisy_policy.reset_noise  # the class's method again
+            self._noisy_policy = None
         # only when ``learn`` reached its budget (an update boundary); not after a chunk's stop, nor twice, nor when a
         # caller ends training mid-rollout (rl_zoo3 calls ``on_training_end`` again after a KeyboardInterrupt)
         done = self.num_timesteps >= getattr(self.model, "_total_timesteps", 0)
