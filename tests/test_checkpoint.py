@@ -88,6 +88,26 @@ def test_gsde_chunks_equal_one_run(tmp_path, algo):
         assert th.equal(ref_params[key], new_params[key]), key
 
 
+@pytest.mark.parametrize("rnn_type", ["lstm", "gru"])
+def test_recurrent_chunks_equal_one_run(tmp_path, rnn_type):
+    # the recurrent hidden states at the checkpoint (mid-episode) are part of the run: the next rollout starts from them
+    from sb3_cherry import RecurrentPPORollback
+
+    kwargs = dict(n_steps=64, batch_size=64, n_epochs=1, seed=5, policy_kwargs=dict(rnn_type=rnn_type))
+    reference = RecurrentPPORollback("MlpLstmPolicy", make_env(normalize=False), **kwargs).learn(512)
+    folder = tmp_path / "ckpt"
+    first = RecurrentPPORollback("MlpLstmPolicy", make_env(normalize=False), **kwargs)
+    first.learn(512, callback=RunCheckpointCallback(folder, save_freq=128, stop_after=128))
+    th.manual_seed(1234)
+    model, state = load_run_checkpoint(RecurrentPPORollback, folder, make_env(normalize=False))
+    assert state.num_timesteps == 128
+    assert float(model._last_lstm_states.pi[0].abs().sum()) > 0  # restored, not the zeros of a new model
+    continue_run(model, state)
+    ref_params, new_params = params(reference), params(model)
+    for key in ref_params:
+        assert th.equal(ref_params[key], new_params[key]), key
+
+
 def test_chunks_stop_at_each_period_when_resumed_past_a_multiple(tmp_path):
     # rollouts of 96 steps, a checkpoint and a stop every 256: checkpoints come at the first update boundary past each
     # multiple (288, 576, 768, 1056); the process resumed at 576 reaches the multiple 768 after only 192 steps and must

@@ -17,7 +17,8 @@ checkpoint only once it is complete.
 
 What is restored exactly:
 
-- the model (through ``Algorithm.load``), the counters, the schedules' progress, the RNG states, the episode buffer;
+- the model (through ``Algorithm.load``), the counters, the schedules' progress, the RNG states (with gSDE, those
+  from before the rollout's exploration-noise draw), the episode buffer, a recurrent policy's hidden states;
 - every ``VecEnvWrapper`` layer's plain data (``VecNormalize``'s running statistics and discounted returns,
   ``VecFrameStack``'s stacked frames, ...);
 - with a ``DummyVecEnv``: each env's wrapper chain and unwrapped env when all their state is plain data (arrays,
@@ -288,6 +289,27 @@ def _rng_state(encoder: _Encoder, states: tuple[Any, Any, th.Tensor] | None = No
     }
 
 
+def _rnn_states(model: BaseAlgorithm, encoder: _Encoder) -> Any:
+    """
+    A recurrent policy's hidden states at the end of the last rollout (sb3-contrib's ``_last_lstm_states``: actor and
+    critic ``(h, c)``), which the next rollout starts from mid-episode; None for other models.
+    """
+    states = getattr(model, "_last_lstm_states", None)
+    if states is None:
+        return None
+    tensors = [tensor.detach().cpu().numpy() for pair in (states.pi, states.vf) for tensor in pair]
+    return encoder.encode(tensors, "rnn_states")
+
+
+def _restore_rnn_states(model: BaseAlgorithm, encoded: Any, arrays: Any) -> None:
+    """Put the hidden states of :func:`_rnn_states` back (in the type and on the device of the model's own)."""
+    states = getattr(model, "_last_lstm_states", None)
+    if encoded is None or states is None:
+        return
+    h_pi, c_pi, h_vf, c_vf = (th.as_tensor(array, device=model.device) for array in _decode(encoded, arrays))
+    model._last_lstm_states = type(states)((h_pi, c_pi), (h_vf, c_vf))  # type: ignore[attr-defined]
+
+
 def _restore_rng(state: dict[str, Any], arrays: Any) -> None:
     version, py_state, gauss = state["python"]
     random.setstate((version, tuple(py_state), gauss))
@@ -341,6 +363,7 @@ def save_run_checkpoint(
         "ep_info_buffer": encoder.encode(list(model.ep_info_buffer or []), "ep_info"),
         "ep_success_buffer": encoder.encode(list(model.ep_success_buffer or []), "ep_success"),
         "rng": _rng_state(encoder, rng),
+        "rnn_states": _rnn_states(model, encoder),
         "envs_exact": envs_exact,
         "env_layers": env_layers,
         "other_envs": others,
@@ -523,6 +546,7 @@ def load_run_checkpoint(
             model._last_original_obs = _decode(state["last_original_obs"], arrays)
         else:  # new episodes: ``learn`` resets the env
             model._last_obs = None
+        _restore_rnn_states(model, state.get("rnn_states"), arrays)
         _restore_rng(state["rng"], arrays)
     run_state = RunState(state["num_timesteps"], state["total_timesteps"], state["envs_exact"], state["extra"])
     return model, run_state
