@@ -34,6 +34,29 @@ def checkpoint_folder(path: str | pathlib.Path) -> pathlib.Path | None:
     return None
 
 
+def run_env_kwargs(env_folder: str | pathlib.Path) -> dict[str, Any]:
+    """
+    The env keyword arguments a run was trained with: its config's ``env_kwargs``, updated with the ``--env-kwargs``
+    of the training command (rl_zoo3 stores those in ``args.yml``, which its ``enjoy`` reads). Both files are read as
+    data (:func:`~sb3_cherry.common.safe_config.safe_load_yaml`).
+
+    :param env_folder: the run's ``<env>`` folder (``config.yml``, ``args.yml``)
+    :return: the keyword arguments (empty when the files do not name any)
+    :raises ValueError: ``env_kwargs`` that is not a mapping
+    """
+    kwargs: dict[str, Any] = {}
+    for name in ("config.yml", "args.yml"):
+        path = pathlib.Path(env_folder) / name
+        content = safe_load_yaml(path) if path.is_file() else None
+        value = content.get("env_kwargs") if isinstance(content, dict) else None
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise ValueError(f"{path}: env_kwargs must be a mapping, got {value!r}.")
+        kwargs.update(value)
+    return kwargs
+
+
 def checkpoint_eval_env(
     folder: pathlib.Path,
     algo: str,
@@ -51,7 +74,7 @@ def checkpoint_eval_env(
     :param algo: the algorithm name (checked against the checkpoint)
     :param env_id: environment id
     :param seed: seed of the env
-    :param env_kwargs: keyword arguments of the env constructor (override the config's)
+    :param env_kwargs: keyword arguments of the env constructor (override the run's: :func:`run_env_kwargs`)
     :param config: the config entry to follow: the run's ``<env>/config.yml`` when the checkpoint is in a run folder,
         else this zoo config file (default: the shipped one of ``algo``)
     :return: the env
@@ -92,7 +115,9 @@ def checkpoint_eval_env(
             "of the run that wrote the checkpoint."
         )
     wrappers = {key: hyperparams[key] for key in ("env_wrapper", "vec_env_wrapper") if key in hyperparams}
-    kwargs = {**(hyperparams.get("env_kwargs") or {}), **(env_kwargs or {})}
+    # the run's (its config's and its training command's), then the caller's
+    trained = run_env_kwargs(run_config.parent) if source == run_config else dict(hyperparams.get("env_kwargs") or {})
+    kwargs = {**trained, **(env_kwargs or {})}
     env = create_test_env(
         env_id, n_envs=1, stats_path=None, seed=seed, should_render=False, hyperparams=wrappers, env_kwargs=kwargs
     )
@@ -113,4 +138,4 @@ def checkpoint_eval_env(
     return env
 
 
-__all__ = ["MODEL_FILE", "RUN_CHECKPOINT", "checkpoint_eval_env", "checkpoint_folder"]
+__all__ = ["MODEL_FILE", "RUN_CHECKPOINT", "checkpoint_eval_env", "checkpoint_folder", "run_env_kwargs"]

@@ -493,7 +493,7 @@ def _load_for_eval(args: argparse.Namespace, render_mode: str | None = None) -> 
     from huggingface_sb3 import EnvironmentName
     from rl_zoo3.utils import ALGOS, create_test_env
 
-    from sb3_cherry.checkpoint_eval import checkpoint_eval_env
+    from sb3_cherry.checkpoint_eval import checkpoint_eval_env, run_env_kwargs
 
     register_zoo()
     _, model_path, exp_dir = _model_path(args)
@@ -506,7 +506,8 @@ def _load_for_eval(args: argparse.Namespace, render_mode: str | None = None) -> 
     stats_path = exp_dir / EnvironmentName(args.env)
     # the run's config.yml read as data (rl_zoo3's get_saved_hyperparams uses yaml.UnsafeLoader)
     hyperparams, maybe_stats_path = saved_hyperparams(str(stats_path), norm_reward=False, test_mode=True)
-    env_kwargs = {**(hyperparams.get("env_kwargs") or {}), **(args.env_kwargs or {})}
+    # the run's env kwargs (config.yml, then the training command's --env-kwargs in args.yml), then this command's
+    env_kwargs = {**run_env_kwargs(stats_path), **(args.env_kwargs or {})}
     if render_mode is not None:
         env_kwargs["render_mode"] = render_mode
     with rl_zoo3_reads_safely():  # vecnormalize.pkl through a restricted unpickler

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from sb3_cherry.cli import main, validate_config
+from sb3_cherry.common.safe_config import safe_load_yaml
 
 
 @pytest.fixture(scope="module")
@@ -391,3 +392,35 @@ def test_trained_agent_statistics_are_read_with_the_restricted_unpickler(tmp_pat
     with pytest.raises(UnsafeModelFileError):
         manager._maybe_normalize(DummyVecEnv([lambda: gym.make("CartPole-v1")]), False)
     assert not (tmp_path / "code_ran").exists()
+
+
+def test_evaluate_uses_the_training_commands_env_kwargs(tmp_path, monkeypatch):
+    """--env-kwargs of `train` (rl_zoo3 keeps them in args.yml) apply to evaluate / record / video, as to rl_zoo3's enjoy."""
+    monkeypatch.chdir(tmp_path)
+    main(
+        [
+            "train",
+            "--env",
+            "CartPole-v1",
+            "-f",
+            "runs",
+            "-n",
+            "256",
+            "--eval-freq",
+            "-1",
+            "--env-kwargs",
+            "sutton_barto_reward:True",
+            "--run-checkpoint-freq",
+            "128",
+        ]
+    )
+    args = safe_load_yaml(tmp_path / "runs" / "ppo_rollback" / "CartPole-v1_1" / "CartPole-v1" / "args.yml")
+    assert args["env_kwargs"] == {"sutton_barto_reward": True}
+    for extra, check in (
+        ([], lambda returns: all(r <= 0 for r in returns)),
+        (["--env-kwargs", "sutton_barto_reward:False"], lambda returns: all(r >= 8 for r in returns)),
+    ):
+        for source in (["-f", "runs"], ["--model", "runs/ppo_rollback/CartPole-v1_1"]):  # the final model, the checkpoint
+            main(["evaluate", "--env", "CartPole-v1", *source, "-n", "2", "--json", "eval.json", *extra])
+            # Sutton & Barto's reward: 0 per step, -1 when the pole falls (the default gives +1 per step)
+            assert check(json.loads((tmp_path / "eval.json").read_text())["returns"])
