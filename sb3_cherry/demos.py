@@ -320,10 +320,14 @@ def save_demos(
     for i, traj in enumerate(trajectories):
         obs = _unwrap_obs(traj.obs)
         acts = _action_array(action_space, traj.acts)
-        if _obs_len(obs) != len(acts) + 1:
-            raise ValueError(f"save_demos: trajectory {i} has {_obs_len(obs)} observations for {len(acts)} actions.")
+        for key, part in obs.items() if isinstance(obs, dict) else [(None, obs)]:
+            if len(part) != len(acts) + 1:
+                what = "observations" if key is None else f"observations of {key!r}"
+                raise ValueError(f"save_demos: trajectory {i} has {len(part)} {what} for {len(acts)} actions.")
         rews = getattr(traj, "rews", None)
         rews = np.full(len(acts), np.nan, dtype=np.float32) if rews is None else np.asarray(rews).reshape(-1)
+        if len(rews) != len(acts):
+            raise ValueError(f"save_demos: trajectory {i} has {len(rews)} rewards for {len(acts)} actions.")
         obs_parts.append(obs)
         acts_parts.append(acts)
         rews_parts.append(rews)
@@ -605,7 +609,12 @@ def _check_values(where: str, arrays: dict[str, np.ndarray], obs_keys: list[str]
     for key in obs_keys:
         _check_finite(where, key, arrays[key], lengths, per_episode_extra=1)
     _check_finite(where, "actions", actions, lengths)
-    _check_finite(where, "rewards", arrays["rewards"], lengths)
+    # rewards: finite, or NaN for a whole episode recorded without them (save_demos' "unknown")
+    rewards = arrays["rewards"]
+    episode_of_step = np.repeat(np.arange(len(lengths)), lengths)
+    unknown = np.ones(len(lengths), dtype=bool)
+    np.logical_and.at(unknown, episode_of_step, np.isnan(rewards))
+    _check_finite(where, "rewards", np.where(unknown[episode_of_step], 0.0, rewards), lengths)
     outside = _actions_outside(action_space, actions)
     if outside.any():
         episode, step = _locate(int(np.argmax(outside)), lengths, 0)

@@ -332,3 +332,40 @@ class _SpaceCase:
 def test_space_json_round_trip(space):
     text = json.dumps(demos.space_to_dict(space), allow_nan=False)  # strict JSON: no Infinity / NaN literals
     assert demos.space_from_dict(json.loads(text)) == space
+
+
+def test_trajectories_without_rewards_round_trip(tmp_path, good_arrays):
+    # save_demos stores NaN rewards for trajectories recorded without them ("unknown"), and they load back
+    obs = np.arange(8, dtype=np.float32).reshape(4, 2) / 10
+
+    class NoRewards:
+        acts, terminal = np.array([0, 1, 0]), True
+
+    NoRewards.obs = obs
+    space = spaces.Box(-1, 1, (2,), np.float32)
+    save_demos(tmp_path / "n.npz", [NoRewards()], space, spaces.Discrete(2))
+    loaded = load_demos(tmp_path / "n.npz")
+    assert np.isnan(loaded[0].rews).all() and loaded[0].acts.tolist() == [0, 1, 0]
+    # an episode with some NaN rewards among known ones is a broken file
+    good_arrays["rewards"][1] = np.nan
+    with pytest.raises(ValueError, match=r"'rewards' has a non-finite value .* episode 0, step 1"):
+        load_demos(_write(tmp_path, good_arrays))
+
+
+def test_save_demos_checks_each_trajectorys_lengths(tmp_path):
+    # totals that agree (4 + 2 rewards for 3 + 3 actions) would shift a reward into the next episode
+    space = spaces.Box(-1, 1, (2,), np.float32)
+
+    class Traj:
+        def __init__(self, n_acts, n_rews):
+            self.obs, self.acts = np.zeros((n_acts + 1, 2), np.float32), np.zeros(n_acts, np.int64)
+            self.rews, self.terminal = np.zeros(n_rews, np.float32), True
+
+    with pytest.raises(ValueError, match="trajectory 0 has 4 rewards for 3 actions"):
+        save_demos(tmp_path / "b.npz", [Traj(3, 4), Traj(3, 2)], space, spaces.Discrete(2))
+    dict_space = spaces.Dict({"a": space, "b": space})
+    bad = Traj(3, 3)
+    bad.obs = {"a": np.zeros((4, 2), np.float32), "b": np.zeros((3, 2), np.float32)}
+    with pytest.raises(ValueError, match="trajectory 0 has 3 observations of 'b' for 3 actions"):
+        save_demos(tmp_path / "d.npz", [bad], dict_space, spaces.Discrete(2))
+    assert not list(tmp_path.iterdir())
