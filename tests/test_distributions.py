@@ -1253,3 +1253,13 @@ def test_beta_deterministic_action_is_the_mean_by_default_or_the_mode():
     logits = th.tensor([[0.1, 2.0], [1.0, -1.0]])
     action = tuple_dist.actions_from_params(th.cat([logits, params], dim=1), deterministic=True)
     th.testing.assert_close(action, th.cat([logits.argmax(dim=1, keepdim=True).float(), mean], dim=1))
+
+
+def test_tanh_normal_mode_is_the_median():
+    # the deterministic action of the tanh-Normal is its median (Monte-Carlo: half the samples on each side)
+    th.manual_seed(0)
+    params = th.tensor([[0.3, -1.2, 2.0, 0.7, 0.0, -0.5]])  # means, log-stds (std up to 2: mode != median there)
+    dist = TanhNormalDistribution(BOX3).proba_distribution(params)
+    samples = th.stack([dist.sample()[0] for _ in range(20_000)])
+    below = (samples <= dist.mode()[0]).float().mean(dim=0)
+    th.testing.assert_close(below, th.full((3,), 0.5), atol=0.015, rtol=0)

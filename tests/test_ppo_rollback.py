@@ -142,3 +142,29 @@ def test_gpu_recommendation_as_in_sb3(sb3_algo, algo):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ours._maybe_recommend_cpu()
+
+
+def test_masked_advantage_normalisation():
+    # over the real (unpadded) samples only; a single real sample is left as it is (its std would be NaN)
+    from sb3_cherry.ppo_rollback.ppo_rollback import _normalized_advantages
+
+    adv, mask = th.tensor([1.0, 3.0, 100.0]), th.tensor([True, True, False])
+    expected = (adv - 2.0) / (float(np.std([1.0, 3.0], ddof=1)) + 1e-8)
+    th.testing.assert_close(_normalized_advantages(adv, mask), expected)
+    one = th.tensor([2.0, 0.0, 0.0])
+    assert th.equal(_normalized_advantages(one, th.tensor([True, False, False])), one)
+
+
+def test_alpha_zero_logs_sb3_ppo_values():
+    # every train/ value SB3's PPO logs is logged with the same value (clip_fraction is computed once per update as a
+    # mean of per-minibatch means, so it agrees to float32 rounding); a learning rate that moves the ratio past the
+    # clip range, value clipping and an entropy bonus make each term non-trivial
+    kwargs = dict(n_steps=64, batch_size=32, n_epochs=10, seed=7, learning_rate=3e-2, clip_range_vf=0.5, ent_coef=0.01)
+    ppo = PPO("MlpPolicy", "CartPole-v1", **kwargs).learn(128)
+    ours = PPORollback("MlpPolicy", "CartPole-v1", rollback_alpha=0.0, **kwargs).learn(128)
+    expected, got = ppo.logger.name_to_value, ours.logger.name_to_value
+    keys = [k for k in expected if k.startswith("train/")]
+    assert {"train/clip_fraction", "train/approx_kl", "train/policy_gradient_loss", "train/value_loss"} <= set(keys)
+    assert expected["train/clip_fraction"] > 0
+    for key in keys:
+        assert got[key] == pytest.approx(expected[key], rel=1e-6, abs=1e-9), key

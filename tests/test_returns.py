@@ -563,3 +563,58 @@ def test_vtrace_advantages_without_rho(backend):
     np.testing.assert_allclose(np.asarray(advantages), expected_advantages, rtol=1e-10, atol=1e-10)
     _, with_rho = naive_vtrace(data, GAMMA, **kwargs)
     assert not np.allclose(expected_advantages, with_rho)  # the ratios of this rollout are not all 1
+
+
+def test_recomputed_vtrace_targets_equal_the_naive_sum_form():
+    """
+    ``recompute_returns=True`` with V-trace: the targets and advantages recomputed with the current networks equal
+    IMPALA's sum form written out here on the current policy's values and log-probabilities (3 envs, episode ends
+    inside the rollout, ratios pi / mu away from 1 after a parameter change, rho_bar 1.3, c_bar 0.7, lambda 0.8).
+    """
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from sb3_cherry import PPORollback
+
+    env = make_vec_env("CartPole-v1", n_envs=3, seed=0)
+    model = PPORollback(
+        "MlpPolicy", env, n_steps=64, batch_size=32, n_epochs=2, gamma=0.9, gae_lambda=0.8, seed=0,
+        returns_estimator="vtrace", recompute_returns=True, rho_bar=1.3, c_bar=0.7, device="cpu",
+    )  # fmt: skip
+    _, callback = model._setup_learn(64 * 3, None)
+    model.collect_rollouts(model.env, callback, model.rollout_buffer, 64)
+    buf = model.rollout_buffer
+    obs, acts = buf.observations.copy(), buf.actions.copy()
+    rewards, mu = buf.rewards.astype(np.float64), buf.log_probs.astype(np.float64)
+    dones = np.concatenate([buf.episode_starts[1:], model._last_episode_starts[None]]).astype(bool)
+    with th.no_grad():
+        for p in model.policy.parameters():
+            p.add_(0.1 * th.randn_like(p))
+    next(buf.get(32))  # the buffer as the trainer leaves it after the first epoch (flattened)
+    model._recompute_returns()
+    T, E = rewards.shape
+    returns, advantages = buf.returns.reshape(E, T).T, buf.advantages.reshape(E, T).T
+    model.policy.set_training_mode(False)
+    with th.no_grad():
+        flat_obs, flat_acts = th.as_tensor(obs.reshape(T * E, -1)), th.as_tensor(acts.reshape(T * E)).long()
+        values, log_prob, _ = model.policy.evaluate_actions(flat_obs, flat_acts)
+        last = model.policy.predict_values(th.as_tensor(model._last_obs)).numpy().ravel().astype(np.float64)
+    v, log_pi = values.numpy().reshape(T, E).astype(np.float64), log_prob.numpy().reshape(T, E).astype(np.float64)
+    ratio = np.exp(log_pi - mu)
+    rho, c, g = np.minimum(1.3, ratio), 0.8 * np.minimum(0.7, ratio), 0.9
+    assert dones.sum() > 0 and np.abs(ratio - 1).max() > 0.05
+    vs, adv = np.zeros((T, E)), np.zeros((T, E))
+    for e in range(E):
+        for s in range(T):  # v_s = V(x_s) + sum_t gamma^(t-s) (prod_{i<t} c_i) rho_t delta_t, within the episode
+            total, trace = v[s, e], 1.0
+            for t in range(s, T):
+                next_v = 0.0 if dones[t, e] else (last[e] if t == T - 1 else v[t + 1, e])
+                total += g ** (t - s) * trace * rho[t, e] * (rewards[t, e] + g * next_v - v[t, e])
+                if dones[t, e]:
+                    break
+                trace *= c[t, e]
+            vs[s, e] = total
+        for s in range(T):  # the policy-gradient advantage r_s + gamma v_{s+1} - V(x_s) (without rho: PPO's ratio)
+            next_vs = 0.0 if dones[s, e] else (last[e] if s == T - 1 else vs[s + 1, e])
+            adv[s, e] = rewards[s, e] + g * next_vs - v[s, e]
+    np.testing.assert_allclose(returns, vs, atol=2e-5)
+    np.testing.assert_allclose(advantages, adv, atol=2e-5)

@@ -314,6 +314,10 @@ class TanhNormalDistribution(CherryDistribution):
     there): smooth, repeatable and differentiable in ``mean`` and ``log_std``, so ``ent_coef`` acts on the policy
     (the ``-log_prob`` of stored actions SB3 falls back on has zero expected gradient).
 
+    The deterministic action (:meth:`mode`) is ``tanh(mean)`` mapped onto the bounds, the **median** of the squashed
+    distribution (``tanh`` is monotone), as SB3's squashed Gaussian does; the density's mode can lie elsewhere (near
+    a bound when ``std`` is large).
+
     :param space: the ``Box`` action space (finite bounds)
     :param epsilon: margin used when inverting ``tanh`` at the bounds
     """
@@ -366,6 +370,9 @@ class TanhNormalDistribution(CherryDistribution):
         return self._to_bounds(th.tanh(self.mean + th.exp(self.log_std) * th.randn_like(self.mean)))
 
     def mode(self) -> th.Tensor:
+        """
+        :return: the median ``tanh(mean)`` on the bounds (the deterministic action; see the class docstring)
+        """
         return self._to_bounds(th.tanh(self.distribution.mean))
 
 

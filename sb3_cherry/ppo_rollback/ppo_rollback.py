@@ -90,7 +90,10 @@ def _logged_fractions(samples: list[tuple[th.Tensor, th.Tensor, th.Tensor | None
 def _normalized_advantages(advantages: th.Tensor, mask: th.Tensor | None) -> th.Tensor:
     """Advantages standardised over the minibatch (over its real samples when ``mask`` is given)."""
     if mask is not None:
-        return (advantages - advantages[mask].mean()) / (advantages[mask].std() + 1e-8)
+        # as below, a single real sample is left as it is (its std is NaN; sb3-contrib's RecurrentPPO would train on NaN)
+        if int(mask.sum()) > 1:
+            return (advantages - advantages[mask].mean()) / (advantages[mask].std() + 1e-8)
+        return advantages
     # Normalization does not make sense if mini batchsize == 1, see GH issue #325
     if len(advantages) > 1:
         return (advantages - advantages.mean()) / (advantages.std() + 1e-8)
