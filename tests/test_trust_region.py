@@ -581,3 +581,78 @@ def test_async_collection_with_the_kl_trust_region():
     model.learn(64 * 3)
     assert model.logger.name_to_value["train/kl_max"] >= 0.0
     assert "train/trust_region_fraction" in model.logger.name_to_value
+
+
+def _authors_objective(ratio, adv, kl, delta, alpha, method):
+    """The per-sample objective of the authors' ppo2.py cliptypes, transcribed (TrulyPPO)."""
+    triggered = (kl >= delta) & (ratio * adv > adv)
+    if method == "tr_ppo":  # cliptype "kl": stop_gradient where triggered
+        return th.where(triggered, ratio.detach() * adv, ratio * adv)
+    if method == "tr_ppo_rb":  # "kl_ratiorollback": slope * r + stop_gradient((1 - slope) * r), slope = -alpha
+        return th.where(triggered, (-alpha * ratio + ((1 + alpha) * ratio).detach()) * adv, ratio * adv)
+    # "kl_klrollback_constant_withratio" (slope_likelihood 1, slope_rollback -alpha)
+    return th.where(triggered, ratio * adv - alpha * kl, ratio * adv)
+
+
+@pytest.mark.parametrize(
+    "method, kwargs",
+    [
+        ("tr_ppo", dict(rollback="ratio", rollback_alpha=0.0)),
+        ("tr_ppo_rb", dict(rollback="ratio", rollback_alpha=0.3)),
+        ("truly_ppo", dict(rollback="kl", rollback_alpha=5.0)),
+    ],
+)
+def test_kl_trust_region_update_equals_a_hand_written_update(method, kwargs):
+    """
+    The trainer's whole update with the KL trust region (8 epochs of one minibatch, the trigger firing) equals an
+    update written out here: normalised advantages, pi_old frozen before the first step, KL(pi_old || pi) from
+    torch.distributions, the authors' objective, SB3's value loss, gradient clipping and Adam.
+    """
+    import copy
+
+    delta = 0.002
+    model = PPORollback(
+        "MlpPolicy", "CartPole-v1", n_steps=64, batch_size=64, n_epochs=8, learning_rate=1e-2, ent_coef=0.0, seed=0,
+        trust_region="kl", kl_threshold=delta, device="cpu", **kwargs,
+    )  # fmt: skip
+    _, callback = model._setup_learn(64, None)
+    model.collect_rollouts(model.env, callback, model.rollout_buffer, 64)
+    buf = model.rollout_buffer
+    obs = th.as_tensor(buf.observations.reshape(64, -1))
+    actions = th.as_tensor(buf.actions.reshape(64)).long()
+    old_log_prob, returns = th.as_tensor(buf.log_probs.reshape(64)), th.as_tensor(buf.returns.reshape(64))
+    raw_advantages = th.as_tensor(buf.advantages.reshape(64))
+    start = copy.deepcopy(model.policy)  # parameters and optimizer state before the update
+
+    model.train()
+    fraction = model.logger.name_to_value["train/trust_region_fraction"]
+    assert 0.0 < fraction < 1.0  # the trigger fired on some samples (and not on all)
+
+    def hand_update(normalise: bool) -> list[th.Tensor]:
+        policy = copy.deepcopy(start)
+        policy.set_training_mode(True)
+        with th.no_grad():
+            old_logits = policy.action_net(policy.mlp_extractor.forward_actor(obs))  # pi_old, frozen
+        adv = (raw_advantages - raw_advantages.mean()) / (raw_advantages.std() + 1e-8) if normalise else raw_advantages
+        for _ in range(8):
+            latent_pi, latent_vf = policy.mlp_extractor(obs)
+            logits, values = policy.action_net(latent_pi), policy.value_net(latent_vf).flatten()
+            log_prob = Categorical(logits=logits).log_prob(actions)
+            ratio = th.exp(log_prob - old_log_prob)
+            kl = th_kl(Categorical(logits=old_logits), Categorical(logits=logits))
+            objective = _authors_objective(ratio, adv, kl, delta, kwargs["rollback_alpha"], method)
+            loss = -objective.mean() + model.vf_coef * ((returns - values) ** 2).mean()
+            policy.optimizer.zero_grad()
+            loss.backward()
+            th.nn.utils.clip_grad_norm_(policy.parameters(), model.max_grad_norm)
+            policy.optimizer.step()
+        return [p.detach() for p in policy.parameters()]
+
+    # minibatch order (SB3 shuffles) and the KL's formula only change float rounding
+    for expected, got in zip(hand_update(normalise=True), model.policy.parameters(), strict=True):
+        th.testing.assert_close(got.detach(), expected, rtol=1e-4, atol=2e-6)
+    # the comparison can tell the advantages the trainer passes apart (raw ones give other parameters)
+    raw = hand_update(normalise=False)
+    assert any(
+        not th.allclose(a, b.detach(), rtol=1e-3, atol=1e-5) for a, b in zip(raw, model.policy.parameters(), strict=True)
+    )
