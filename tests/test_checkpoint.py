@@ -281,3 +281,16 @@ def test_checkpoint_left_aside_by_a_killed_save_is_recovered(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
     _, state = load_run_checkpoint(PPORollback, folder, make_env(normalize=False))
     assert state.num_timesteps == 128
+
+
+def test_stored_generator_names_only_a_numpy_bit_generator(tmp_path):
+    # a checkpoint is data: a generator state naming another np.random function is refused, not called
+
+    model = make_model(make_env(normalize=False))
+    model.learn(64)
+    folder = save_run_checkpoint(model, tmp_path / "ckpt", total_timesteps=TOTAL)
+    text = (folder / "run_state.json").read_text()
+    assert '"bit_generator": "PCG64"' in text  # the envs' np_random
+    (folder / "run_state.json").write_text(text.replace('"bit_generator": "PCG64"', '"bit_generator": "seed"'))
+    with pytest.raises(ValueError, match="unknown bit generator 'seed'"):
+        load_run_checkpoint(PPORollback, folder, make_env(normalize=False))

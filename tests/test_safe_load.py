@@ -357,3 +357,21 @@ def test_crafted_generator_file_runs_nothing_through_adversarial_load(tmp_path, 
     with pytest.raises(UnsafeModelFileError, match="extra_key"):
         getattr(sb3_cherry, algo_name).load(path)
     assert not marker.exists()
+
+
+def test_file_replaced_between_check_and_load_runs_nothing(tmp_path, ppo_rollback_bytes, monkeypatch):
+    # the entries to rebuild safely are taken from the bytes SB3 then reads, not from the file as first checked
+    import sb3_cherry.common.save_util as save_util
+
+    marker = tmp_path / "marker"
+    clean = _rewrite(ppo_rollback_bytes, tmp_path / "clean.zip")
+    data = json.loads(zipfile.ZipFile(ppo_rollback_bytes).read("data"))
+    data["extra_key"] = _evil(marker)
+    crafted = _rewrite(ppo_rollback_bytes, tmp_path / "crafted.zip", data=data)
+    read_archive_bytes = save_util.read_archive_bytes
+    monkeypatch.setattr(save_util, "read_archive_bytes", lambda path: read_archive_bytes(crafted))  # the swap
+    try:
+        PPORollback.load(clean)
+    except UnsafeModelFileError:
+        pass
+    assert not marker.exists()

@@ -123,6 +123,10 @@ class _Encoder:
         raise _Unplain(key)
 
 
+#: numpy's bit generators a stored ``np.random.Generator`` state may name
+_BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
+
+
 def _decode(value: Any, arrays: Any) -> Any:
     """Inverse of :meth:`_Encoder.encode`."""
     if isinstance(value, list):
@@ -137,6 +141,8 @@ def _decode(value: Any, arrays: Any) -> Any:
         return np.dtype(value["dtype"]).type(value["__scalar__"])
     if "__generator__" in value:
         state = value["__generator__"]
+        if state.get("bit_generator") not in _BIT_GENERATORS:
+            raise ValueError(f"unknown bit generator {state.get('bit_generator')!r} (known: {list(_BIT_GENERATORS)})")
         bit_generator = getattr(np.random, state["bit_generator"])()
         bit_generator.state = state
         return np.random.Generator(bit_generator)

@@ -301,6 +301,8 @@ class AtomicSaveAlgorithm(BaseAlgorithm):
         if not allow_pickle:
             source = read_archive_bytes(path if isinstance(path, io.IOBase) else _existing(path))
             with zipfile.ZipFile(source) as archive:
+                # the data entry of the bytes SB3 reads next (the file may have been replaced since it was checked)
+                data = read_data_entry(archive, str(path))
                 custom_objects = safe_custom_objects(cls, data, archive, env, custom_objects)
             source.seek(0)
         return super().load(  # type: ignore[return-value]
