@@ -294,3 +294,13 @@ def test_stored_generator_names_only_a_numpy_bit_generator(tmp_path):
     (folder / "run_state.json").write_text(text.replace('"bit_generator": "PCG64"', '"bit_generator": "seed"'))
     with pytest.raises(ValueError, match="unknown bit generator 'seed'"):
         load_run_checkpoint(PPORollback, folder, make_env(normalize=False))
+
+
+def test_env_built_differently_is_named(tmp_path):
+    # an env with another wrapper chain than the run's: a ValueError that says what to build, not a bare assertion
+    model = make_model(make_env(normalize=False))
+    model.learn(64)
+    folder = save_run_checkpoint(model, tmp_path / "ckpt", total_timesteps=TOTAL)
+    other = make_vec_env("CartPole-v1", n_envs=2, seed=3, wrapper_class=gym.wrappers.RecordEpisodeStatistics)
+    with pytest.raises(ValueError, match="wrapper layers for env 0"):
+        load_run_checkpoint(PPORollback, folder, other)

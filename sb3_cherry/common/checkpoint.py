@@ -266,12 +266,23 @@ def _restore_envs(venv: VecEnv, layers: list[dict[str, Any]], exact: bool, array
         _restore_layer(layer, state, arrays)
     if exact:
         base = chain[-1]
-        assert isinstance(base, DummyVecEnv)
+        if not isinstance(base, DummyVecEnv):
+            raise ValueError(
+                f"The run checkpoint holds the states of a DummyVecEnv's envs, the env passed is a {type(base).__name__}: "
+                "build the env as the run did (vec_env dummy)."
+            )
         envs = layers[-1]["__envs__"]
         if len(envs) != len(base.envs):
             raise ValueError(f"The run checkpoint has {len(envs)} envs, the env passed has {len(base.envs)}.")
-        for env, env_layers in zip(base.envs, envs, strict=True):
-            for layer, state in zip(_env_chain(env), env_layers, strict=True):
+        for index, (env, env_layers) in enumerate(zip(base.envs, envs, strict=True)):
+            env_chain = _env_chain(env)
+            if len(env_chain) != len(env_layers):
+                raise ValueError(
+                    f"The run checkpoint has {len(env_layers)} wrapper layers for env {index}, the env passed has "
+                    f"{len(env_chain)} ({[type(layer).__name__ for layer in env_chain]}): build the env as the run did "
+                    "(same env_wrapper, Monitor)."
+                )
+            for layer, state in zip(env_chain, env_layers, strict=True):
                 _restore_layer(layer, state, arrays)
         for name, value in layers[-1]["__dummy__"].items():
             setattr(base, name, _decode(value, arrays))
