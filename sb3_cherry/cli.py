@@ -500,7 +500,7 @@ def _load_for_eval(args: argparse.Namespace, render_mode: str | None = None) -> 
     if args.model and pathlib.Path(args.model).is_dir():  # a run checkpoint (checked by _model_path)
         kwargs = dict(args.env_kwargs or {}, **({"render_mode": render_mode} if render_mode is not None else {}))
         env = checkpoint_eval_env(model_path.parent, args.algo, args.env, args.seed, kwargs, args.conf)
-        model = ALGOS[args.algo].load(model_path, env=env, device=args.device)
+        model = ALGOS[args.algo].load(model_path, env=_training_env(args.algo, env), device=args.device)
         env.seed(args.seed)  # loading seeded the env with the model's training seed
         return model, env
     stats_path = exp_dir / EnvironmentName(args.env)
@@ -521,9 +521,21 @@ def _load_for_eval(args: argparse.Namespace, render_mode: str | None = None) -> 
             hyperparams=hyperparams,
             env_kwargs=env_kwargs,
         )
-    model = ALGOS[args.algo].load(model_path, env=env, device=args.device)
+    model = ALGOS[args.algo].load(model_path, env=_training_env(args.algo, env), device=args.device)
     env.seed(args.seed)  # loading seeded the env with the model's training seed: --seed decides the episodes
     return model, env
+
+
+def _training_env(algo: str, env: VecEnv) -> VecEnv | None:
+    """
+    The env to load a model with for evaluation: ``env``, except for GAIL / AIRL, which rewire the env they are loaded
+    with for training (its ``VecNormalize`` then wraps the discriminator's reward) and are loaded for prediction only.
+
+    :param algo: the algorithm name
+    :param env: the evaluation env
+    :return: ``env`` or None
+    """
+    return None if algo in ("gail", "airl") else env
 
 
 def cmd_evaluate(argv: list[str]) -> dict[str, Any]:

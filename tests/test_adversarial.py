@@ -588,3 +588,64 @@ def test_gail_cartpole(zoo_with_adversarial, tmp_path):
     # On CartPole-v1 the positive GAIL reward alone (an untrained discriminator: n_disc_updates_per_round=0) also
     # reaches 500 within this budget, with 0.49 agreement (chance); measured here: GAIL 0.79, AIRL 0.90.
     assert agreement >= 0.7
+
+
+@pytest.mark.parametrize("algo", [GAIL, AIRL])
+def test_image_demonstrations_are_refused_with_the_reason(algo):
+    # SB3 wraps image envs in VecTransposeImage for CnnPolicy: channel-last demos of the same env are not "another env"
+    demos = record_demos(ScriptedModel(lambda obs: np.zeros(len(obs), np.int64)), "sb3_cherry/PixelCatch-v0", 6, seed=0)
+    with pytest.raises(ValueError, match="image observations are not supported"):
+        algo(
+            "CnnPolicy", make_vec_env("sb3_cherry/PixelCatch-v0", n_envs=1, seed=0), demonstrations=demos,
+            demo_batch_size=32, allow_variable_horizon=True, generator_kwargs=dict(n_steps=32, batch_size=32), seed=0,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("algo", [GAIL, AIRL])
+def test_time_limit_ends_are_done_for_expert_and_generator_alike(algo):
+    # imitation's rollouts finish every generator episode with terminal=True (time limits too); demonstrations
+    # truncated by the time limit (terminal=False in the file) are handed over the same way
+    from imitation.data import rollout
+
+    demos = record_demos(ScriptedModel(lambda obs: np.zeros((len(obs), 1), np.float32)), "Pendulum-v1", 2, seed=0)
+    assert not any(t.terminal for t in demos)  # Pendulum only ends by its time limit
+    venv = make_vec_env("Pendulum-v1", n_envs=1, seed=0)
+    model = algo("MlpPolicy", venv, demonstrations=demos, demo_batch_size=64, generator_kwargs=dict(n_steps=64), seed=0)
+    assert all(t.terminal for t in model._demo_trajectories(model.trainer.venv))
+    generated = rollout.generate_trajectories(
+        model.generator, venv, rollout.make_sample_until(min_episodes=1), rng=np.random.default_rng(0)
+    )
+    assert generated[0].terminal  # the generator's side, by imitation
+
+
+def test_gail_loaded_for_evaluation_leaves_the_env_rewards(tmp_path):
+    # GAIL.load(path, env=...) rewires the env for training (its VecNormalize then returns the discriminator's reward);
+    # sb3-cherry evaluate / record / video load GAIL and AIRL without the env
+    from sb3_cherry.cli import _training_env, evaluate_model
+
+    demos = record_demos(ScriptedModel(balance), "CartPole-v1", n_episodes=2, seed=0)
+    model = GAIL(
+        "MlpPolicy", VecNormalize(cartpole(n_envs=1)), demonstrations=demos, demo_batch_size=64,
+        allow_variable_horizon=True, generator_kwargs=dict(n_steps=64, batch_size=64, n_epochs=1), seed=0,
+    )  # fmt: skip
+    model.learn(64)
+    model.save(tmp_path / "gail")
+
+    def evaluation_env():
+        return VecNormalize(cartpole(n_envs=1, seed=1), training=False, norm_reward=False)
+
+    assert _training_env("gail", evaluation_env()) is None and _training_env("airl", evaluation_env()) is None
+    env = evaluation_env()
+    summary = evaluate_model(GAIL.load(tmp_path / "gail", env=_training_env("gail", env)), env, n_episodes=3)
+    # CartPole's own reward: +1 per step, so each return is the episode's length
+    assert summary["mean_return"] == summary["mean_length"]
+    rewired = evaluation_env()
+    GAIL.load(tmp_path / "gail", env=rewired)
+    _, rewards, _, _ = rewired.step(np.zeros(1, np.int64))
+    assert rewards[0] != 1.0  # what the CLI avoids: the discriminator's reward
+
+
+def test_airl_trains_from_the_gail_config(zoo_with_adversarial):
+    from sb3_cherry.common.config_schema import default_config
+
+    assert default_config("airl") == default_config("gail") and default_config("airl").name == "gail.yml"

@@ -361,3 +361,36 @@ def test_bco_pendulum(tmp_path):
         f"after {model.num_timesteps} interactions, {bco_time:.0f}s"
     )
     assert bco_return >= 1.2 * expert_return
+
+
+def test_load_accepts_a_path_object_for_the_demonstrations(tmp_path, line_demos):
+    import pathlib
+
+    model = BCO("MlpPolicy", LineEnv(), demonstrations=line_demos, n_pre_interactions=50, alpha=0, n_epochs_bc=1, seed=0)
+    model.learn(50)
+    model.save(tmp_path / "bco")
+    loaded = BCO.load(tmp_path / "bco", env=LineEnv(), demonstrations=pathlib.Path(line_demos))
+    loaded.learn(50)
+    assert loaded.demonstrations == str(line_demos)  # a str, saved with the model as the constructor's
+    loaded.save(tmp_path / "again")
+    assert BCO.load(tmp_path / "again").demonstrations == str(line_demos)
+
+
+def test_transitions_stay_consistent_after_a_callback_stop(line_demos):
+    # LineEnv: s' = s + a - 1 per step; a callback that stops learn() after 30 steps, then learn() continues: every
+    # stored (s, a, s') must be one real step (the step the stop came at included)
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class StopAt(BaseCallback):
+        def _on_step(self):
+            return self.num_timesteps < 30
+
+    model = BCO(
+        "MlpPolicy", LineEnv(max_steps=50), demonstrations=line_demos, n_pre_interactions=100, alpha=0.5, n_epochs_bc=1,
+        n_epochs_inverse=1, seed=0, validation_fraction=0.0,
+    )  # fmt: skip
+    model.learn(200, callback=StopAt())
+    assert model.num_timesteps == len(model._agent_data) == model._n_pre_collected == 30
+    model.learn(170, reset_num_timesteps=False)
+    obs, next_obs, actions = model._agent_data.get(False)
+    np.testing.assert_allclose(next_obs[:, 0], obs[:, 0] + actions[:, 0] - 1, atol=1e-5)

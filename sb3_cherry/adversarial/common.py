@@ -25,6 +25,7 @@ What the adapter adds to imitation's ``GAIL`` / ``AIRL``:
 """
 
 import contextlib
+import dataclasses
 import io
 import os
 import pathlib
@@ -533,6 +534,12 @@ class AdversarialImitation(BaseAlgorithm):
             if isinstance(trajectory.obs, dict) or hasattr(trajectory.obs, "dict_len"):
                 raise ValueError(f"{name}: demonstration {i} of {source} has Dict observations, which are not supported.")
             obs, acts = np.asarray(trajectory.obs), np.asarray(trajectory.acts)
+            if obs.ndim == 4 and obs.shape[1:] != obs_shape and (obs.shape[3], *obs.shape[1:3]) == obs_shape:
+                raise ValueError(
+                    f"{name}: demonstration {i} of {source} has channel-last images {obs.shape[1:]}, the generator's "
+                    f"env channel-first ones {obs_shape} (SB3 wraps image envs in VecTransposeImage for CnnPolicy): "
+                    "GAIL / AIRL on image observations are not supported (BCO is)."
+                )
             if obs.shape[1:] != obs_shape:
                 raise ValueError(
                     f"{name}: demonstration {i} of {source} has observations of shape {obs.shape[1:]}, but the "
@@ -544,11 +551,15 @@ class AdversarialImitation(BaseAlgorithm):
                     f"{name}: demonstration {i} of {source} has actions of shape {acts.shape[1:]} ({acts.dtype}), but "
                     f"the environment needs {what}shape {act_shape}. {hint}"
                 )
+            # every episode end is "done", as on the generator's side: imitation's rollouts finish each episode with
+            # terminal=True, time limits included (TrajectoryAccumulator.add_steps_and_auto_finish), so a truncated
+            # demonstration marked not terminal would feed the reward net (AIRL's shaping gamma * h(s') * (1 - done),
+            # GAIL with use_done) a flag that tells expert from generator samples by their bookkeeping alone
             if isinstance(trajectory, Trajectory):
-                trajectories.append(trajectory)
+                trajectories.append(dataclasses.replace(trajectory, terminal=True))
             else:
                 rews = np.asarray(getattr(trajectory, "rews", np.zeros(len(acts))), dtype=np.float32)
-                trajectories.append(TrajectoryWithRew(obs=obs, acts=acts, infos=None, terminal=trajectory.terminal, rews=rews))
+                trajectories.append(TrajectoryWithRew(obs=obs, acts=acts, infos=None, terminal=True, rews=rews))
         n_transitions = sum(len(t.acts) for t in trajectories)
         if n_transitions < self.demo_batch_size:
             raise ValueError(

@@ -263,6 +263,8 @@ class BCO(AtomicSaveAlgorithm):
         return env
 
     def _setup_model(self) -> None:
+        if isinstance(self.demonstrations, os.PathLike):  # BCO.load(..., demonstrations=pathlib.Path(...)): a str, as
+            self.demonstrations = os.fspath(self.demonstrations)  # the constructor stores it (saved with the model)
         self._setup_lr_schedule()
         self.set_random_seed(self.seed)
         self.policy = self.policy_class(  # type: ignore[assignment]
@@ -495,13 +497,15 @@ class BCO(AtomicSaveAlgorithm):
                 self._n_pre_collected += self.env.num_envs
             if self.check_finite:  # before the policy or the inverse model sees it (rewards are not used)
                 check_finite_step(new_obs, None, dones, infos, self.num_timesteps)
-            callback.update_locals(locals())
-            if not callback.on_step():
-                return False
+            # stored before the callbacks run: a callback that stops training must not leave this step counted but
+            # unstored, or the next (s, a, s') would span two steps
             self._update_info_buffer(infos, dones)
             self._store(new_obs, dones, infos, flat)
             self._last_obs = new_obs
             self._last_episode_starts = dones
+            callback.update_locals(locals())
+            if not callback.on_step():
+                return False
         callback.on_rollout_end()
         return True
 

@@ -60,9 +60,14 @@ def registered_algorithms() -> dict[str, type]:
     return dict(_ALGORITHMS)
 
 
+#: Algorithms whose shipped entries are another algorithm's file (AIRL takes GAIL's hyperparameters)
+SHARED_CONFIGS = {"airl": "gail"}
+
+
 def default_config(algo: str) -> pathlib.Path:
     """
-    The config file shipped with sb3_cherry for ``algo`` (or ``"evaluation"``): ``sb3_cherry/zoo_configs/<algo>.yml``,
+    The config file shipped with sb3_cherry for ``algo`` (or ``"evaluation"``): ``sb3_cherry/zoo_configs/<algo>.yml``
+    (``gail.yml`` for ``airl``, :data:`SHARED_CONFIGS`),
     package data in a wheel and a symlink to the top-level ``zoo_configs/`` in a checkout, so the same file is found
     from any working directory. A user's own file is passed explicitly (``sb3-cherry train -c FILE``).
 
@@ -71,10 +76,11 @@ def default_config(algo: str) -> pathlib.Path:
     :raises FileNotFoundError: no config found
     """
     package = pathlib.Path(__file__).resolve().parents[1]
+    name = SHARED_CONFIGS.get(algo, algo)
     candidates = [
-        package / "zoo_configs" / f"{algo}.yml",
+        package / "zoo_configs" / f"{name}.yml",
         # a checkout where the symlink was not created (e.g. git on Windows without symlink support)
-        package.parent / "zoo_configs" / f"{algo}.yml",
+        package.parent / "zoo_configs" / f"{name}.yml",
     ]
     for candidate in candidates:
         if candidate.is_file():
