@@ -133,3 +133,56 @@ def test_async_learn_outside_the_guard_says_so(tmp_path):
     assert result.returncode != 0
     assert "while a child process imported the main script" in result.stderr  # the child's own error
     assert "move that code under the guard" in result.stderr  # the main process's error
+
+
+class SimError(Exception):
+    """An exception whose __init__ takes other arguments than its message: it pickles, but does not unpickle."""
+
+    def __init__(self, step, reason):
+        super().__init__(f"step {step}: {reason}")
+
+
+class FailingWithSimError(gym.Wrapper):
+    def step(self, action):
+        raise SimError(3, "solver diverged")
+
+
+def test_exception_that_does_not_unpickle_keeps_its_text_and_close_returns():
+    venv = CherrySubprocVecEnv([lambda: FailingWithSimError(gym.make("CartPole-v1"))] * 2, start_method="fork")
+    venv.reset()
+    with pytest.raises(RuntimeError, match=r"SimError: step 3: solver diverged \(raised by env 0") as info:
+        venv.step([0, 0])
+    assert "Traceback" in str(info.value)
+    assert venv.broken == 0 and not venv.waiting
+    venv.close()  # returned: no answer left to wait for
+    assert all(not p.is_alive() for p in venv.processes)
+
+
+class Curriculum(gym.Env):
+    """Its reset returns its ``difficulty`` attribute (a knob set from the main process with ``set_attr``)."""
+
+    observation_space = gym.spaces.Box(-10, 10, (1,))
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self):
+        self.difficulty = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return [float(self.difficulty)], {}
+
+    def step(self, action):
+        return [float(self.difficulty)], 0.0, True, False, {}
+
+
+def test_set_attr_reaches_the_env_as_in_sb3():
+    from stable_baselines3.common.vec_env import SubprocVecEnv
+
+    observations = []
+    for cls in (SubprocVecEnv, CherrySubprocVecEnv):
+        venv = cls([Curriculum, Curriculum], start_method="fork")
+        venv.set_attr("difficulty", 5)
+        assert venv.get_attr("difficulty") == [5, 5]
+        observations.append(venv.reset().ravel().tolist())
+        venv.close()
+    assert observations == [[5.0, 5.0], [5.0, 5.0]]

@@ -22,8 +22,8 @@ class _EnvFailure:
     def __init__(self, method: str, error: BaseException):
         self.method = method
         self.traceback = "".join(traceback.format_exception(error))
-        try:
-            pickle.dumps(error)
+        try:  # both ways: an exception class whose __init__ takes other arguments pickles but does not unpickle
+            pickle.loads(pickle.dumps(error))
             self.error: BaseException | None = error
         except Exception:  # an exception that cannot cross the pipe: its text is kept
             self.error = None
@@ -31,7 +31,17 @@ class _EnvFailure:
 
 
 class _ReportingEnv(gym.Wrapper):
-    """Outermost wrapper in the worker: an exception of ``step``/``reset`` becomes an :class:`_EnvFailure`."""
+    """
+    Outermost wrapper in the worker: an exception of ``step``/``reset`` becomes an :class:`_EnvFailure`. Attributes
+    set on it (SB3's worker answers ``set_attr`` with ``setattr`` on the outermost env) go to the wrapped env, as
+    without this wrapper.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "env" or name.startswith("_"):  # the wrapper's own state (gymnasium's Wrapper.__init__)
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.env, name, value)
 
     def step(self, action: Any) -> Any:
         try:
@@ -83,6 +93,12 @@ class _CheckedRemote:
         except (EOFError, OSError) as exc:
             self._break()
             raise self._died("waiting for its answer") from exc
+        except Exception as exc:  # an answer that does not unpickle here
+            self._break()
+            raise RuntimeError(
+                f"The answer of SubprocVecEnv worker {self.index} (env {self.index}) could not be read in the main process "
+                f"({type(exc).__name__}: {exc})."
+            ) from exc
         failure = result[0] if isinstance(result, tuple) and result else None
         if isinstance(failure, _EnvFailure):
             self._break()
