@@ -6,6 +6,7 @@ against a hand-written loop over EnvPool's own API, which resets on the *next* s
 import subprocess
 import sys
 
+import gymnasium as gym
 import numpy as np
 import pytest
 
@@ -303,3 +304,16 @@ def test_results_put_in_env_order():
     np.testing.assert_array_equal(sorted_rewards, [0.0, 1.0, 2.0])
     in_order, *_ = EnvPoolVecEnv._in_env_order(np.arange(3), obs)
     assert in_order is not obs and np.array_equal(in_order, obs)
+
+
+def test_info_keywords_and_wrapper_subclasses_are_refused_up_front():
+    # EnvPool's infos hold no keys VecMonitor could log (the first episode end raised a KeyError); a subclass of a
+    # stateless wrapper (gymnasium's AddRenderObservation subclasses TransformObservation) may need state or the env
+    from sb3_cherry.common.vec_env.envpool_vec_env import VecObservationWrapper
+
+    with pytest.raises(ValueError, match="info_keywords"):
+        make_envpool_vec_env("CartPole-v1", n_envs=2, seed=0, info_keywords=("elapsed_step",))
+    venv = make_envpool_vec_env("CartPole-v1", n_envs=2, seed=0)
+    with pytest.raises(ValueError, match="stateless gymnasium observation wrapper"):
+        VecObservationWrapper(venv, gym.wrappers.AddRenderObservation, {})
+    venv.close()

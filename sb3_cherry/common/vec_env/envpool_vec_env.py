@@ -284,8 +284,14 @@ _STATELESS_OBSERVATION_WRAPPERS: tuple[type[gym.ObservationWrapper], ...] = (
 
 
 def _is_stateless(wrapper_class: Any) -> bool:
-    """:return: whether ``wrapper_class`` is one of :data:`_STATELESS_OBSERVATION_WRAPPERS` (or a subclass)"""
-    return isinstance(wrapper_class, type) and issubclass(wrapper_class, _STATELESS_OBSERVATION_WRAPPERS)
+    """
+    :return: whether ``wrapper_class`` is one of :data:`_STATELESS_OBSERVATION_WRAPPERS` or rl_zoo3's
+        ``YAMLCompatResizeObservation`` (``ResizeObservation`` taking the YAML list of a config), exactly: another
+        subclass, such as gymnasium's ``AddRenderObservation`` of ``TransformObservation``, may keep state or need the env
+    """
+    from rl_zoo3.wrappers import YAMLCompatResizeObservation
+
+    return wrapper_class in _STATELESS_OBSERVATION_WRAPPERS or wrapper_class is YAMLCompatResizeObservation
 
 
 class VecObservationWrapper(VecEnvWrapper):
@@ -306,7 +312,7 @@ class VecObservationWrapper(VecEnvWrapper):
         if not _is_stateless(wrapper_class):
             raise ValueError(
                 "VecObservationWrapper takes a stateless gymnasium observation wrapper (one instance serves every "
-                f"environment): {', '.join(c.__name__ for c in _STATELESS_OBSERVATION_WRAPPERS)} or a subclass; got "
+                f"environment): {', '.join(c.__name__ for c in _STATELESS_OBSERVATION_WRAPPERS)}; got "
                 f"{wrapper_class!r} (stateful wrappers such as DelayObservation or NormalizeObservation would mix the "
                 "environments)."
             )
@@ -371,7 +377,7 @@ def make_envpool_vec_env(
     :param num_threads: EnvPool worker threads (``None``: EnvPool's default)
     :param env_kwargs: further ``envpool.make`` arguments
     :param monitor_filename: where ``VecMonitor`` writes its CSV (``None``: nowhere)
-    :param info_keywords: info keys ``VecMonitor`` also logs
+    :param info_keywords: must be empty: EnvPool's infos hold no other keys for ``VecMonitor`` to log (a ValueError says so)
     :param env_wrapper: a config's ``env_wrapper`` value (names from trusted packages only, as every config)
     :return: the monitored (and wrapped) vectorized environment
     """
@@ -398,7 +404,12 @@ def make_envpool_vec_env(
     venv: VecEnv = EnvPoolVecEnv(
         env_id, n_envs=n_envs, seed=seed, num_threads=num_threads, env_kwargs=env_kwargs, frame_skip=frame_skip
     )
-    venv = VecMonitor(venv, filename=monitor_filename, info_keywords=info_keywords)
+    if info_keywords:
+        raise ValueError(
+            f"EnvPoolVecEnv's infos hold only TimeLimit.truncated and terminal_observation: info_keywords "
+            f"{tuple(info_keywords)} cannot be logged. Drop them (monitor_kwargs), or train on gymnasium's envs."
+        )
+    venv = VecMonitor(venv, filename=monitor_filename)
     for wrapper_class, kwargs in layers:
         venv = VecObservationWrapper(venv, wrapper_class, kwargs)
     return venv
