@@ -281,3 +281,17 @@ def test_parameters_set_between_learns_are_what_a_failed_update_restores():
     with pytest.raises(ValueError, match="Non-finite loss"):
         model.learn(N_STEPS, reset_num_timesteps=False)
     _assert_state_equal(model.policy.state_dict(), expected)
+
+
+def test_update_guard_follows_a_replaced_optimizer():
+    # an optimizer replaced between learn calls (e.g. new hyperparameters) is snapshotted and restored as well: an
+    # undone update leaves it as it was (here: without state), not with the undone step's moments
+    env = DummyVecEnv([lambda: InjectEnv(BOX, "huge_reward", at_step=N_STEPS + 1)])
+    model = PPORollback("MlpPolicy", env, n_steps=N_STEPS, batch_size=8, n_epochs=2, seed=0)
+    model.learn(N_STEPS)  # one clean update
+    model.policy.optimizer = th.optim.Adam(model.policy.parameters(), lr=1e-3)
+    before = {k: v.clone() for k, v in model.policy.state_dict().items()}
+    with pytest.raises(ValueError, match="Non-finite"):
+        model.learn(N_STEPS, reset_num_timesteps=False)
+    assert all(th.equal(before[k], v) for k, v in model.policy.state_dict().items())
+    assert len(model.policy.optimizer.state) == 0

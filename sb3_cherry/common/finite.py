@@ -38,9 +38,10 @@ def _first_non_finite(values: np.ndarray) -> tuple[int, Any] | None:
 def _raise(what: str, env_index: int, value: Any, step: str) -> None:
     raise ValueError(
         f"Non-finite {what} ({value}) from env {env_index} at {step}: sb3_cherry does not train on NaN or inf, and the "
-        "model keeps its parameters from before this rollout. Fix the environment (or its wrappers: VecNormalize "
-        "statistics, reward scaling) so that it returns finite values; SB3's VecCheckNan(env, raise_exception=True) "
-        "can locate the action that produced it."
+        "model keeps its parameters from before this rollout (a VecNormalize in the env has already taken the value "
+        "into its running statistics: reload them before going on). Fix the environment (or its wrappers: "
+        "VecNormalize statistics, reward scaling) so that it returns finite values; SB3's VecCheckNan(env, "
+        "raise_exception=True) can locate the action that produced it."
     )
 
 
@@ -71,7 +72,10 @@ def check_finite_step(
 ) -> None:
     """
     Check what one ``VecEnv.step`` returned: observations, rewards (None: not checked) and, for the envs whose episode
-    ended, the ``terminal_observation`` SB3 bootstraps from.
+    ended, their ``terminal_observation`` (every one: SB3 bootstraps from those of time-limit truncations, BCO, GAIL
+    and the demonstrations store them all as next observations). A ``VecNormalize`` in the env reports its
+    normalised values (a raw ``inf`` reward can show as ``nan``), and has already taken the value into its running
+    statistics.
 
     :param new_obs: observations returned by the step (batch first)
     :param rewards: rewards, shape ``(n_envs,)``

@@ -57,7 +57,8 @@ def _train_checked(train: Callable[[Any], None]) -> Callable[[Any], None]:
             train(self)
             return
         snapshot = self.__dict__.get("_update_snapshot")
-        if snapshot is None:
+        # (re)built for the policy and optimizer of this update: a user may have replaced either between learn calls
+        if snapshot is None or snapshot.modules[0] is not self.policy or snapshot.optimizers[0] is not self.policy.optimizer:
             snapshot = self._update_snapshot = UpdateSnapshot([self.policy], [self.policy.optimizer])
         snapshot.take()
         name = type(self).__name__
