@@ -51,7 +51,7 @@ def reference(env: str, algo: str) -> str:
 
 # The script under benchmarks/ that produced each row: (env, algo, variant) -> command; None matches any.
 COMMANDS = [
-    (None, "ppo_rollback", ("fused_adam",), "run_fused_curves.sh"),
+    (None, "ppo_rollback", ("fused_adam",), "./benchmarks/run_fused_curves.sh a; ./benchmarks/run_fused_curves.sh b"),
     (
         "CartPole-v1",
         "ppo_rollback",
@@ -66,7 +66,7 @@ COMMANDS = [
     ("BipedalWalker-v3", "ppo_rollback", ("zoo",), "SEEDS='0 1 2' ./benchmarks/run_bipedal.sh"),
     ("BipedalWalker-v3", "ppo_rollback", ("beta",), "VARIANT=beta SEEDS='0 1 2' ./benchmarks/run_bipedal.sh"),
     ("BipedalWalker-v3", "ppo_rollback", ("beta_rlzoo_config",), "VARIANT=beta_rlzoo_config ./benchmarks/run_bipedal.sh"),
-    ("BipedalWalker-v3", "ppo", None, "ALGO=ppo VARIANT=normal ./benchmarks/run_bipedal.sh"),
+    ("BipedalWalker-v3", "ppo", None, "ALGO=ppo VARIANT=normal SEEDS='1 2' ./benchmarks/run_bipedal.sh"),
     ("Humanoid-v5", "ppo_rollback", ("zoo",), "SEEDS='0 1' ./benchmarks/run_humanoid.sh"),
     (
         "BipedalWalker-v3",
