@@ -533,3 +533,45 @@ def test_replay_dict_observations():
     np.testing.assert_allclose(buffer._unflat(values), stored_values, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(buffer._unflat(log_probs), stored_log_probs, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(last, last_values.numpy().flatten(), rtol=1e-5, atol=1e-5)
+
+
+def test_gru_collection_and_minibatches_equal_a_plain_torch_gru_loop():
+    """
+    The GRU policy's collected values / log-probabilities, and its training-time evaluation of sb3-contrib's padded
+    minibatches, equal a step-by-step loop over plain ``torch.nn.GRU`` modules holding the same weights, with the
+    hidden state zeroed at each episode start (2 envs, episode ends inside the rollout, 2 GRU layers).
+    """
+    env = make_vec_env("CartPole-v1", n_envs=2, seed=1)
+    model = RecurrentPPORollback(
+        "MlpGruPolicy", env, n_steps=40, batch_size=20, n_epochs=1, seed=0,
+        policy_kwargs=dict(lstm_hidden_size=6, net_arch=[8], n_lstm_layers=2),
+    )  # fmt: skip
+    _, callback = model._setup_learn(200, None)
+    for _ in range(2):  # the second rollout starts from hidden states carried over
+        model.collect_rollouts(model.env, callback, model.rollout_buffer, 40)
+    buf, policy = model.rollout_buffer, model.policy
+    actor, critic = nn.GRU(4, 6, 2), nn.GRU(4, 6, 2)
+    actor.load_state_dict(policy.lstm_actor.state_dict())
+    critic.load_state_dict(policy.lstm_critic.state_dict())
+    obs, actions, starts = th.as_tensor(buf.observations), th.as_tensor(buf.actions).long(), buf.episode_starts
+    assert starts[1:].sum() > 0
+    h_pi, h_vf = th.as_tensor(buf.hidden_states_pi[0]), th.as_tensor(buf.hidden_states_vf[0])
+    values, log_probs = np.zeros((40, 2)), np.zeros((40, 2))
+    with th.no_grad():
+        for t in range(40):
+            keep = th.as_tensor(1 - starts[t], dtype=th.float32).view(1, 2, 1)
+            out_pi, h_pi = actor(obs[t].unsqueeze(0), h_pi * keep)
+            out_vf, h_vf = critic(obs[t].unsqueeze(0), h_vf * keep)
+            logits = policy.action_net(policy.mlp_extractor.forward_actor(out_pi[0]))
+            log_probs[t] = th.log_softmax(logits, -1).gather(1, actions[t]).squeeze(1).numpy()
+            values[t] = policy.value_net(policy.mlp_extractor.forward_critic(out_vf[0])).squeeze(1).numpy()
+    np.testing.assert_allclose(buf.values, values, atol=1e-6)
+    np.testing.assert_allclose(buf.log_probs, log_probs, atol=1e-6)
+    for data in buf.get(20):  # padded sequences: the real samples evaluate to what was collected
+        with th.no_grad():
+            v, lp, _ = policy.evaluate_actions(
+                data.observations, data.actions.long().flatten(), data.lstm_states, data.episode_starts
+            )
+        mask = data.mask > 0.5
+        np.testing.assert_allclose(lp[mask].numpy(), data.old_log_prob[mask].numpy(), atol=1e-6)
+        np.testing.assert_allclose(v.flatten()[mask].numpy(), data.old_values[mask].numpy(), atol=1e-6)
