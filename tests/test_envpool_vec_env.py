@@ -317,3 +317,24 @@ def test_info_keywords_and_wrapper_subclasses_are_refused_up_front():
     with pytest.raises(ValueError, match="stateless gymnasium observation wrapper"):
         VecObservationWrapper(venv, gym.wrappers.AddRenderObservation, {})
     venv.close()
+
+
+@pytest.mark.parametrize("env_id", ["BipedalWalker-v3", "Hopper-v5", "CarRacing-v3", "CartPole-v1"])
+def test_declared_spaces_are_gymnasiums(env_id, tmp_path):
+    # EnvPool declares BipedalWalker's observation bounds as [1.2e-38, 3.4e38] and MuJoCo's actions as float64; the
+    # VecEnv declares gymnasium's spaces, so a model trained on it loads onto gymnasium's env (SB3 checks the spaces)
+    from stable_baselines3 import PPO
+
+    reference = gym.make(env_id)
+    venv = EnvPoolVecEnv(env_id, n_envs=2, seed=0, num_threads=1)
+    assert venv.observation_space == reference.observation_space
+    assert venv.action_space == reference.action_space
+    obs = venv.reset()
+    assert obs.dtype == reference.observation_space.dtype
+    actions = np.stack([reference.action_space.sample() for _ in range(2)])
+    venv.step(actions)  # float32 actions reach a float64 pool in its dtype
+    if env_id != "CarRacing-v3":  # (an image model: the same check, slower)
+        PPO("MlpPolicy", venv, n_steps=8, batch_size=8, device="cpu").save(tmp_path / "model")
+        PPO.load(tmp_path / "model", env=reference, device="cpu")
+    venv.close()
+    reference.close()

@@ -61,6 +61,32 @@ def _gymnasium_space(space: Any, env_id: str) -> spaces.Space:
     )
 
 
+def _registered_spaces(env_id: str) -> tuple[spaces.Space, spaces.Space] | None:
+    """
+    :param env_id: an environment id
+    :return: the observation and action spaces of gymnasium's environment of that id, or None when gymnasium has none
+        (or cannot make it here)
+    """
+    try:
+        gym.spec(env_id)
+        env = gym.make(env_id)
+    except Exception:  # not registered, or a dependency of gymnasium's version is missing: EnvPool's spaces
+        return None
+    try:
+        return env.observation_space, env.action_space
+    finally:
+        env.close()
+
+
+def _same_kind(reference: spaces.Space, own: spaces.Space, same_dtype: bool) -> bool:
+    """Whether gymnasium's ``reference`` space can be declared for EnvPool's ``own`` (same type and shape)."""
+    if isinstance(reference, spaces.Box) and isinstance(own, spaces.Box):
+        return reference.shape == own.shape and (reference.dtype == own.dtype or not same_dtype)
+    if isinstance(reference, spaces.Discrete) and isinstance(own, spaces.Discrete):
+        return int(reference.n) == int(own.n) and int(reference.start) == int(own.start)
+    return False
+
+
 class EnvPoolVecEnv(VecEnv):
     """
     An EnvPool pool (synchronous: every ``step`` steps all environments) behind SB3's ``VecEnv`` API.
@@ -103,6 +129,17 @@ class EnvPoolVecEnv(VecEnv):
         self._pool: Any = self._new_pool(n_envs)
         observation_space = _gymnasium_space(self._pool.observation_space, env_id)
         action_space = _gymnasium_space(self._pool.action_space, env_id)
+        # EnvPool's ports declare some spaces differently from gymnasium's envs (BipedalWalker / LunarLander:
+        # observation bounds [1.2e-38, 3.4e38]; MuJoCo v5: float64 actions): where gymnasium has the env, its spaces
+        # are declared (same type and shape; observations in EnvPool's dtype), so that a model trained here loads onto
+        # gymnasium's env and bound-reading wrappers see the real bounds; actions go to the pool in its own dtype
+        self._pool_action_dtype = action_space.dtype if isinstance(action_space, spaces.Box) else None
+        reference = _registered_spaces(env_id)
+        if reference is not None:
+            if _same_kind(reference[0], observation_space, same_dtype=True):
+                observation_space = reference[0]
+            if _same_kind(reference[1], action_space, same_dtype=False):
+                action_space = reference[1]
         self._actions: np.ndarray | None = None
         super().__init__(n_envs, observation_space, action_space)
         try:
@@ -172,8 +209,8 @@ class EnvPoolVecEnv(VecEnv):
         return self._seeds
 
     def step_async(self, actions: np.ndarray) -> None:
-        """:param actions: one action per environment"""
-        self._actions = np.asarray(actions)
+        """:param actions: one action per environment (Box actions are passed on in EnvPool's dtype)"""
+        self._actions = np.asarray(actions, dtype=self._pool_action_dtype)
 
     def step_wait(self) -> VecEnvStepReturn:
         """
