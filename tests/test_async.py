@@ -571,3 +571,15 @@ def test_vtrace_recompute_surrogate_is_unbiased(lagged):
     for a in range(3):
         old += MU[a] * r[a] * min(1.0, r[a]) * BANDIT_A[a] * (np.eye(3)[a] - pi_k)
     assert np.abs(old - true).max() > 0.05
+
+
+def test_overflowing_weights_stay_finite():
+    # pi_prox / mu beyond float32: the stored weight is the largest float32, so weight * 0 stays 0 (not inf * 0 = NaN)
+    model = _bandit_model(PPORollback)
+    _set_bandit_policy(model, PI_PROX)
+    _fill_bandit_rollout(model, np.array([1e-45, 0.5, 0.5]), BANDIT_A)
+    model.rollout_buffer.log_probs[:, 0] = np.where(BANDIT_ACTIONS == 0, -200.0, np.log(0.5))
+    model._prepare_lagged_rollout()
+    weights = th.as_tensor(model.rollout_buffer.advantage_weights[:, 0])
+    assert th.isfinite(weights).all()
+    assert th.equal(truncated_weights(weights, 100.0, th.zeros(len(weights))) * 0.0, th.zeros(len(weights)))

@@ -270,19 +270,6 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert state.num_timesteps == 128  # the previous checkpoint
 
 
-def test_checkpoint_left_aside_by_a_killed_save_is_recovered(tmp_path):
-    # a process killed between the two renames leaves only .<name>.old: loading puts it back into place
-    model = make_model(make_env(normalize=False))
-    model.learn(128)
-    folder = tmp_path / "ckpt"
-    save_run_checkpoint(model, folder, total_timesteps=TOTAL)
-    folder.rename(tmp_path / ".ckpt.old")
-    assert has_run_checkpoint(folder)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
-    _, state = load_run_checkpoint(PPORollback, folder, make_env(normalize=False))
-    assert state.num_timesteps == 128
-
-
 def test_stored_generator_names_only_a_numpy_bit_generator(tmp_path):
     # a checkpoint is data: a generator state naming another np.random function is refused, not called
 
@@ -304,3 +291,22 @@ def test_env_built_differently_is_named(tmp_path):
     other = make_vec_env("CartPole-v1", n_envs=2, seed=3, wrapper_class=gym.wrappers.RecordEpisodeStatistics)
     with pytest.raises(ValueError, match="wrapper layers for env 0"):
         load_run_checkpoint(PPORollback, folder, other)
+
+
+def test_gsde_capture_survives_a_learn_that_raised(tmp_path):
+    # a learn that raised never ran on_training_end: the next callback replaces the stale wrapper and still captures
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class Boom(BaseCallback):
+        def _on_step(self):
+            if self.num_timesteps >= 100:
+                raise RuntimeError("boom")
+            return True
+
+    model = PPORollback("MlpPolicy", make_env("Pendulum-v1", normalize=False), n_steps=64, batch_size=64, use_sde=True)
+    first = RunCheckpointCallback(tmp_path / "a", save_freq=128)
+    with pytest.raises(RuntimeError, match="boom"):
+        model.learn(512, callback=[first, Boom()])
+    second = RunCheckpointCallback(tmp_path / "b", save_freq=128)
+    model.learn(256, callback=second, reset_num_timesteps=False)
+    assert second.rng_before_noise is not None and "reset_noise" not in vars(model.policy)

@@ -271,8 +271,8 @@ class ReturnsEstimatorMixin:
 
         - the stored log-probabilities and values become ``pi_prox``'s, so that PPO's ratio ``pi / pi_prox``, its trust
           region and the value clipping (``clip_range_vf``) are centred on the proximal policy and critic;
-        - the importance weights ``pi_prox / mu`` are stored per sample (``advantage_weights``, untruncated: they may
-          overflow to ``inf`` in float32) and sampled with each minibatch (:class:`WeightedRolloutBufferSamples`).
+        - the importance weights ``pi_prox / mu`` are stored per sample (``advantage_weights``, untruncated up to the largest
+          float32) and sampled with each minibatch (:class:`WeightedRolloutBufferSamples`).
           The advantages are left as they are: the trainer normalises them first, then multiplies the per-sample
           surrogate by the truncated weight (PPO: ``min(pi_prox / mu, imp_samp_max * pi_prox / pi)``, the
           reference's cap of the whole ratio ``pi / mu`` at ``imp_samp_max``, see
@@ -290,7 +290,9 @@ class ReturnsEstimatorMixin:
         prox = self._unflat(prox)
         self.behaviour_log_probs = self.log_probs.copy()
         with np.errstate(over="ignore"):
-            self.advantage_weights = np.exp(prox - self.log_probs).astype(np.float32)
+            weights = np.exp(prox - self.log_probs).astype(np.float32)
+        # finite (the largest float32 at most): an inf weight times a surrogate of 0 (a ratio that underflowed) is NaN
+        self.advantage_weights = np.minimum(weights, np.finfo(np.float32).max)
         self.log_probs = prox.astype(np.float32)
         self.values = self._unflat(prox_values).astype(np.float32)
 

@@ -18,7 +18,8 @@ checkpoint only once it is complete.
 What is restored exactly:
 
 - the model (through ``Algorithm.load``), the counters, the schedules' progress, the RNG states (with gSDE, those
-  from before the rollout's exploration-noise draw), the episode buffer, a recurrent policy's hidden states;
+  from before the rollout's exploration-noise draw), the episode buffer, a recurrent policy's hidden states (with the
+  envs' states);
 - every ``VecEnvWrapper`` layer's plain data (``VecNormalize``'s running statistics and discounted returns,
   ``VecFrameStack``'s stacked frames, ...);
 - with a ``DummyVecEnv``: each env's wrapper chain and unwrapped env when all their state is plain data (arrays,
@@ -31,7 +32,6 @@ Use :class:`RunCheckpointCallback` to write checkpoints during ``learn`` (and op
 chunk), :func:`load_run_checkpoint` + :func:`continue_run` to go on.
 """
 
-import contextlib
 import json
 import os
 import pathlib
@@ -463,18 +463,10 @@ class RunState:
 
 def has_run_checkpoint(folder: str | pathlib.Path) -> bool:
     """
-    A process killed between the two renames of :func:`save_run_checkpoint` leaves no ``folder`` and the previous
-    checkpoint next to it: it is renamed back into place here (a later save or load then finds it).
-
     :param folder: a checkpoint folder
     :return: whether it holds a complete checkpoint
     """
-    folder = pathlib.Path(folder)
-    previous = _previous(folder)
-    if not folder.exists() and _complete(previous):
-        with contextlib.suppress(OSError):  # read-only: the folder stays missing
-            os.replace(previous, folder)
-    return _complete(folder)
+    return _complete(pathlib.Path(folder))
 
 
 def read_run_state(folder: str | pathlib.Path, algo_class: type[BaseAlgorithm] | None = None) -> dict[str, Any]:
@@ -561,9 +553,10 @@ def load_run_checkpoint(
             model._last_obs = _decode(state["last_obs"], arrays)
             model._last_episode_starts = _decode(state["last_episode_starts"], arrays)
             model._last_original_obs = _decode(state["last_original_obs"], arrays)
+            # the recurrent states the next rollout starts from, mid-episode (new episodes start from zeros)
+            _restore_rnn_states(model, state.get("rnn_states"), arrays)
         else:  # new episodes: ``learn`` resets the env
             model._last_obs = None
-        _restore_rnn_states(model, state.get("rnn_states"), arrays)
         _restore_rng(state["rng"], arrays)
     run_state = RunState(state["num_timesteps"], state["total_timesteps"], state["envs_exact"], state["extra"])
     return model, run_state
@@ -640,6 +633,8 @@ class RunCheckpointCallback(BaseCallback):
         self.rng_before_noise, self._in_rollout = None, False
         self._rollout_started_at = None
         policy: Any = self.model.policy
+        if getattr(vars(policy).get("reset_noise"), "captures_rng_for", None) is not None:
+            del policy.reset_noise  # left by a callback whose learn raised (no on_training_end): replaced below
         if getattr(self.model, "use_sde", False) and "reset_noise" not in vars(policy):
             # SB3's collect_rollouts draws the gSDE noise (policy.reset_noise) before on_rollout_start: the checkpoint
             # must hold the generators' states from before that draw, which a resumed rollout makes again
@@ -650,6 +645,7 @@ class RunCheckpointCallback(BaseCallback):
                     self.rng_before_noise = capture_rng()
                 reset_noise(*args, **kwargs)
 
+            reset_noise_after_capture.captures_rng_for = self  # type: ignore[attr-defined]
             policy.reset_noise = reset_noise_after_capture
             self._noisy_policy = policy
 
