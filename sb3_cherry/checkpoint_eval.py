@@ -8,12 +8,13 @@ folder of ``benchmarks/learning.py --checkpoint-dir``.
 """
 
 import pathlib
+import warnings
 from typing import Any
 
 from stable_baselines3.common.vec_env import VecEnv, VecFrameStack, VecNormalize
 
 from sb3_cherry.common.checkpoint import MODEL_FILE, checkpoint_normalization, has_run_checkpoint, read_run_state
-from sb3_cherry.common.safe_config import check_imported_names, parse_literal_string, safe_load_yaml
+from sb3_cherry.common.safe_config import UnsafeConfigError, check_imported_names, parse_literal_string, safe_load_yaml
 
 #: Sub-folder of a run folder that holds its run checkpoint (written by ``sb3-cherry train --run-checkpoint-freq``)
 RUN_CHECKPOINT = "run_checkpoint"
@@ -47,7 +48,15 @@ def run_env_kwargs(env_folder: str | pathlib.Path) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
     for name in ("config.yml", "args.yml"):
         path = pathlib.Path(env_folder) / name
-        content = safe_load_yaml(path) if path.is_file() else None
+        try:
+            content = safe_load_yaml(path) if path.is_file() else None
+        except UnsafeConfigError as exc:
+            if name == "config.yml":
+                raise
+            # rl_zoo3 dumps every training option into args.yml: one the safe loader refuses (e.g. a tuple) must not
+            # make the run unusable; only its --env-kwargs are lost
+            warnings.warn(f"{path} was not read ({exc}): pass the run's training --env-kwargs with --env-kwargs.")
+            continue
         value = content.get("env_kwargs") if isinstance(content, dict) else None
         if value is None:
             continue
