@@ -9,6 +9,7 @@ folder of ``benchmarks/learning.py --checkpoint-dir``.
 
 import pathlib
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 from stable_baselines3.common.vec_env import VecEnv, VecFrameStack, VecNormalize
@@ -35,33 +36,32 @@ def checkpoint_folder(path: str | pathlib.Path) -> pathlib.Path | None:
     return None
 
 
-def run_env_kwargs(env_folder: str | pathlib.Path) -> dict[str, Any]:
+def run_env_kwargs(hyperparams: Mapping[str, Any], env_folder: str | pathlib.Path) -> dict[str, Any]:
     """
     The env keyword arguments a run was trained with: its config's ``env_kwargs``, updated with the ``--env-kwargs``
-    of the training command (rl_zoo3 stores those in ``args.yml``, which its ``enjoy`` reads). Both files are read as
-    data (:func:`~sb3_cherry.common.safe_config.safe_load_yaml`).
+    of the training command (rl_zoo3 stores those in ``args.yml``, which its ``enjoy`` reads, read here as data with
+    :func:`~sb3_cherry.common.safe_config.safe_load_yaml`).
 
-    :param env_folder: the run's ``<env>`` folder (``config.yml``, ``args.yml``)
-    :return: the keyword arguments (empty when the files do not name any)
+    :param hyperparams: the run's ``config.yml``, already read
+    :param env_folder: the run's ``<env>`` folder (``args.yml``)
+    :return: the keyword arguments (empty when neither names any)
     :raises ValueError: ``env_kwargs`` that is not a mapping
     """
     kwargs: dict[str, Any] = {}
-    for name in ("config.yml", "args.yml"):
-        path = pathlib.Path(env_folder) / name
-        try:
-            content = safe_load_yaml(path) if path.is_file() else None
-        except UnsafeConfigError as exc:
-            if name == "config.yml":
-                raise
-            # rl_zoo3 dumps every training option into args.yml: one the safe loader refuses (e.g. a tuple) must not
-            # make the run unusable; only its --env-kwargs are lost
-            warnings.warn(f"{path} was not read ({exc}): pass the run's training --env-kwargs with --env-kwargs.")
-            continue
-        value = content.get("env_kwargs") if isinstance(content, dict) else None
+    sources: list[tuple[str, Any]] = [("config.yml", hyperparams)]
+    path = pathlib.Path(env_folder) / "args.yml"
+    try:
+        sources.append(("args.yml", safe_load_yaml(path) if path.is_file() else None))
+    except UnsafeConfigError as exc:
+        # rl_zoo3 dumps every training option into args.yml: one the safe loader refuses (e.g. a tuple) must not make
+        # the run unusable; only its --env-kwargs are lost
+        warnings.warn(f"{path} was not read ({exc}): pass the run's training --env-kwargs with --env-kwargs.")
+    for name, content in sources:
+        value = content.get("env_kwargs") if isinstance(content, Mapping) else None
         if value is None:
             continue
         if not isinstance(value, dict):
-            raise ValueError(f"{path}: env_kwargs must be a mapping, got {value!r}.")
+            raise ValueError(f"{pathlib.Path(env_folder) / name}: env_kwargs must be a mapping, got {value!r}.")
         kwargs.update(value)
     return kwargs
 
@@ -125,7 +125,7 @@ def checkpoint_eval_env(
         )
     wrappers = {key: hyperparams[key] for key in ("env_wrapper", "vec_env_wrapper") if key in hyperparams}
     # the run's (its config's and its training command's), then the caller's
-    trained = run_env_kwargs(run_config.parent) if source == run_config else dict(hyperparams.get("env_kwargs") or {})
+    trained = run_env_kwargs(hyperparams, run_config.parent) if source == run_config else hyperparams.get("env_kwargs") or {}
     kwargs = {**trained, **(env_kwargs or {})}
     env = create_test_env(
         env_id, n_envs=1, stats_path=None, seed=seed, should_render=False, hyperparams=wrappers, env_kwargs=kwargs

@@ -507,7 +507,7 @@ def _load_for_eval(args: argparse.Namespace, render_mode: str | None = None) -> 
     # the run's config.yml read as data (rl_zoo3's get_saved_hyperparams uses yaml.UnsafeLoader)
     hyperparams, maybe_stats_path = saved_hyperparams(str(stats_path), norm_reward=False, test_mode=True)
     # the run's env kwargs (config.yml, then the training command's --env-kwargs in args.yml), then this command's
-    env_kwargs = {**run_env_kwargs(stats_path), **(args.env_kwargs or {})}
+    env_kwargs = {**run_env_kwargs(hyperparams, stats_path), **(args.env_kwargs or {})}
     if render_mode is not None:
         env_kwargs["render_mode"] = render_mode
     with rl_zoo3_reads_safely():  # vecnormalize.pkl through a restricted unpickler

@@ -429,7 +429,6 @@ def test_evaluate_uses_the_training_commands_env_kwargs(tmp_path, monkeypatch):
 def test_run_env_kwargs_survives_an_args_file_the_safe_loader_refuses(tmp_path):
     from sb3_cherry.checkpoint_eval import run_env_kwargs
 
-    (tmp_path / "config.yml").write_text("env_kwargs:\n  a: 1\n")
     (tmp_path / "args.yml").write_text("env_kwargs: !!python/tuple [1, 2]\n")  # rl_zoo3 dumps tuples like this
     with pytest.warns(UserWarning, match="args.yml was not read"):
-        assert run_env_kwargs(tmp_path) == {"a": 1}
+        assert run_env_kwargs({"env_kwargs": {"a": 1}}, tmp_path) == {"a": 1}

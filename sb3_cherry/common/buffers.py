@@ -64,7 +64,7 @@ def truncated_weights(weights: th.Tensor, imp_samp_max: float, ratio: th.Tensor 
     per-sample surrogate is ``pi_prox / mu_adj = min(pi_prox / mu, imp_samp_max / r)``. Where the cap binds, the
     surrogate ``w * r * A`` is worth ``imp_samp_max * A`` with the gradient ``imp_samp_max * A * grad log pi``.
 
-    :param weights: ``pi_prox / mu`` per sample (may be ``inf``)
+    :param weights: ``pi_prox / mu`` per sample (at most the largest float32: :meth:`~ReturnsEstimatorMixin.recentre`)
     :param imp_samp_max: the cap (``inf``: none)
     :param ratio: PPO's ratio ``r`` of the samples (its gradient is not followed); None for ``r = 1`` (A2C's single
         step from ``pi_prox``)

@@ -388,7 +388,7 @@ def save_run_checkpoint(
     }
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    old = _previous(folder)
+    old = folder.with_name(f".{folder.name}.old")  # the previous checkpoint, while the new one is renamed in
     moved = False
     try:
         os.chmod(tmp, 0o777 & ~_umask())
@@ -414,11 +414,6 @@ def save_run_checkpoint(
     return folder
 
 
-def _previous(folder: pathlib.Path) -> pathlib.Path:
-    """Where :func:`save_run_checkpoint` keeps the previous checkpoint while it renames the new one into place."""
-    return folder.with_name(f".{folder.name}.old")
-
-
 def _fsync(path: pathlib.Path) -> None:
     """Flush a file's (or a folder's entries') data to disk before a rename makes it the checkpoint."""
     fd = os.open(path, os.O_RDONLY)
@@ -426,11 +421,6 @@ def _fsync(path: pathlib.Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _complete(folder: pathlib.Path) -> bool:
-    """Whether ``folder`` holds the three files of a checkpoint."""
-    return all((folder / name).is_file() for name in (MODEL_FILE, STATE_FILE, ARRAYS_FILE))
 
 
 def _umask() -> int:
@@ -466,7 +456,8 @@ def has_run_checkpoint(folder: str | pathlib.Path) -> bool:
     :param folder: a checkpoint folder
     :return: whether it holds a complete checkpoint
     """
-    return _complete(pathlib.Path(folder))
+    folder = pathlib.Path(folder)
+    return all((folder / name).is_file() for name in (MODEL_FILE, STATE_FILE, ARRAYS_FILE))
 
 
 def read_run_state(folder: str | pathlib.Path, algo_class: type[BaseAlgorithm] | None = None) -> dict[str, Any]:
