@@ -230,6 +230,16 @@ def cmd_train(argv: list[str]) -> None:
         _resume_train(args, rest)
         return
     algo, env_id = args.algo or "ppo_rollback", args.env or "CartPole-v1"
+    if any(
+        arg == "-optimize" or (arg.startswith("--optimize") and "--optimize-hyperparameters".startswith(arg)) for arg in rest
+    ):
+        from sb3_cherry.common.hyperparams_opt import SAMPLERS
+
+        if algo not in SAMPLERS:
+            raise ValueError(
+                f"-optimize has no search space for --algo {algo} (it has one for {', '.join(sorted(SAMPLERS))}). "
+                "Tune the generator / policy with --algo ppo_rollback, then put its hyperparameters in the config."
+            )
     conf = args.conf or str(default_config(algo))
     entry = validate_config(conf, algo, env_id, _hyperparams_overrides(rest))
     zoo_argv = ["--algo", algo, "--env", env_id, "--conf-file", conf, *rest]

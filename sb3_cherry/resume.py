@@ -238,6 +238,19 @@ class SafeExperimentManager(ExperimentManager):
         finally:
             self.trained_agent = trained_agent
 
+    def objective(self, trial: Any) -> float:
+        """
+        rl_zoo3's optuna objective (``-optimize``), with the trial's sampled ``policy_kwargs`` (``net_arch``,
+        ``activation_fn``) merged into the config's instead of replacing them: a Beta entry's trials stay Beta.
+
+        :param trial: the optuna trial
+        :return: the trial's score
+        """
+        from sb3_cherry.common.hyperparams_opt import config_policy_kwargs
+
+        with config_policy_kwargs(self._hyperparams.get("policy_kwargs")):
+            return super().objective(trial)
+
 
 class ChunkedExperimentManager(SafeExperimentManager):
     """

@@ -501,6 +501,31 @@ def test_zoo_config_validates(zoo_with_adversarial):
         validate_config("zoo_configs/gail.yml", "gail", env_id)
 
 
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "BipedalWalker-v3"])
+def test_zoo_entries_build_gail_and_airl(zoo_with_adversarial, env_id):
+    """Every gail.yml entry builds as GAIL and as AIRL (``--algo airl`` reads gail.yml): ``hid_sizes`` sizes GAIL's
+    reward net and both of AIRL's shaped nets, whose discount is the generator's gamma."""
+    from imitation.rewards import reward_nets
+
+    entry = load_zoo_entry("gail", env_id)
+    kwargs = {key: value for key, value in entry.model_kwargs.items() if key != "demonstrations"}
+    hid_sizes = list(kwargs.get("reward_net_kwargs", {}).get("hid_sizes", (32, 32)))
+
+    def widths(module):
+        return [layer.out_features for layer in module.modules() if isinstance(layer, th.nn.Linear)][:-1]
+
+    env = make_vec_env(env_id, n_envs=1)
+    gail = GAIL(env=env, **kwargs)
+    assert widths(gail.reward_net) == hid_sizes
+    airl = AIRL(env=env, **kwargs)
+    assert isinstance(airl.reward_net, reward_nets.BasicShapedRewardNet)
+    if "hid_sizes" in kwargs.get("reward_net_kwargs", {}):
+        assert widths(airl.reward_net.base) == hid_sizes and widths(airl.reward_net.potential) == hid_sizes
+    assert airl.reward_net.discount_factor == airl.generator.gamma
+    explicit = AIRL(env=env, **{**kwargs, "reward_net_kwargs": {"hid_sizes": [8], "potential_hid_sizes": [4, 4]}})
+    assert widths(explicit.reward_net.base) == [8] and widths(explicit.reward_net.potential) == [4, 4]
+
+
 def test_sb3_cherry_train(zoo_with_adversarial, monkeypatch, cartpole_demos, tmp_path, capsys):
     """``sb3-cherry train --algo gail`` (rl_zoo3 with EvalCallback and tensorboard): one file per model, which loads as
     GAIL (and its generator part as PPORollback); ``sb3-cherry evaluate --algo gail`` reads it."""

@@ -432,3 +432,65 @@ def test_run_env_kwargs_survives_an_args_file_the_safe_loader_refuses(tmp_path):
     (tmp_path / "args.yml").write_text("env_kwargs: !!python/tuple [1, 2]\n")  # rl_zoo3 dumps tuples like this
     with pytest.warns(UserWarning, match="args.yml was not read"):
         assert run_env_kwargs({"env_kwargs": {"a": 1}}, tmp_path) == {"a": 1}
+
+
+def test_optimize_keeps_the_configs_policy_kwargs(tmp_path, monkeypatch):
+    """``-optimize`` (rl_zoo3's optuna search): the trials of a Beta entry build Beta policies with the sampled net_arch
+    (rl_zoo3's objective replaces the config's policy_kwargs by the sampled ones); RecurrentPPORollback is searchable."""
+    import rl_zoo3.utils
+
+    import sb3_cherry
+
+    built = []
+
+    def recording(cls):
+        class Recording(cls):
+            def __init__(self, *args, **kwargs):
+                built.append(kwargs.get("policy_kwargs"))
+                super().__init__(*args, **kwargs)
+
+        return Recording
+
+    algos = sb3_cherry.zoo_algorithms()
+    recorded = {name: recording(algos[name]) for name in ("ppo_rollback", "recurrent_ppo_rollback")}
+    for name, cls in recorded.items():
+        monkeypatch.setitem(rl_zoo3.utils.ALGOS, name, cls)  # restored after the test
+    monkeypatch.setattr(sb3_cherry, "zoo_algorithms", lambda: {**algos, **recorded})  # what `train` registers
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    monkeypatch.chdir(tmp_path)
+    entry = {"n_timesteps": 512, "policy": "MlpPolicy", "policy_kwargs": "dict(action_distribution='beta')"}
+    config = tmp_path / "conf.yml"
+    config.write_text(yaml.safe_dump({"Pendulum-v1": entry}))
+    common = [
+        "-optimize",
+        "--n-trials",
+        "2",
+        "--n-jobs",
+        "1",
+        "-n",
+        "512",
+        "--n-evaluations",
+        "1",
+        "--eval-episodes",
+        "1",
+        "--seed",
+        "0",
+    ]
+    main(["train", "--algo", "ppo_rollback", "--env", "Pendulum-v1", "-c", str(config), *common, "-f", "logs"])
+    assert len(built) == 2
+    for policy_kwargs in built:
+        assert policy_kwargs["action_distribution"] == "beta" and "net_arch" in policy_kwargs
+    built.clear()
+    config.write_text(yaml.safe_dump({"Pendulum-v1": {**entry, "policy": "MlpLstmPolicy"}}))
+    main(["train", "--algo", "recurrent_ppo_rollback", "--env", "Pendulum-v1", "-c", str(config), *common, "-f", "logs"])
+    assert len(built) == 2
+    for policy_kwargs in built:
+        assert policy_kwargs["action_distribution"] == "beta" and "net_arch" in policy_kwargs
+
+
+@pytest.mark.parametrize("algo", ["bco", "gail", "airl"])
+@pytest.mark.parametrize("flag", ["-optimize", "--optimize-hyperparameters", "--optimize"])
+def test_optimize_without_a_search_space_is_refused(algo, flag, capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--algo", algo, "--env", "CartPole-v1", flag])
+    assert f"-optimize has no search space for --algo {algo}" in capsys.readouterr().err

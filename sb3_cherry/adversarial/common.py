@@ -249,7 +249,9 @@ class AdversarialImitation(BaseAlgorithm):
         algorithm's default (``BasicRewardNet`` for GAIL, ``BasicShapedRewardNet`` for AIRL)
     :param reward_net_kwargs: arguments of the reward net, e.g. ``dict(hid_sizes=[64, 64])``. Default
         ``normalize_input_layer=RunningNorm``; names are accepted for ``normalize_input_layer`` (``"RunningNorm"``,
-        ``"EMANorm"``, None) and ``activation`` (``"ReLU"``)
+        ``"EMANorm"``, None) and ``activation`` (``"ReLU"``). For a ``BasicShapedRewardNet`` (AIRL's default),
+        ``hid_sizes`` stands for both ``reward_hid_sizes`` and ``potential_hid_sizes`` unless those are given, so one
+        entry of ``gail.yml`` serves ``--algo gail`` and ``--algo airl``
     :param demo_batch_size: expert transitions per discriminator update (as many generator transitions are added)
     :param demo_minibatch_size: split each discriminator batch in minibatches of this size (gradient accumulation);
         None: ``demo_batch_size``
@@ -511,6 +513,11 @@ class AdversarialImitation(BaseAlgorithm):
         if issubclass(net_class, reward_nets.BasicShapedRewardNet):
             # potential shaping gamma * phi(s') - phi(s) with the generator's discount
             kwargs.setdefault("discount_factor", float(self.generator.gamma))
+            if "hid_sizes" in kwargs:
+                # one reward_net_kwargs for GAIL and AIRL (gail.yml serves both): hid_sizes sizes both of AIRL's nets
+                hid_sizes = kwargs.pop("hid_sizes")
+                kwargs.setdefault("reward_hid_sizes", hid_sizes)
+                kwargs.setdefault("potential_hid_sizes", hid_sizes)
         return net_class(observation_space, action_space, **kwargs).to(self.generator.device)
 
     def _demo_trajectories(self, venv: VecEnv) -> list[Any]:

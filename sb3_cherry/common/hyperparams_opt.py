@@ -1,5 +1,9 @@
 """Optuna samplers for ``sb3-cherry train -optimize`` (rl_zoo3's hyperparameter search)."""
 
+import contextlib
+import functools
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import optuna
@@ -49,9 +53,55 @@ def convert_ppo_rollback_params(sampled_params: dict[str, Any]) -> dict[str, Any
     return hyperparams_opt.convert_onpolicy_params(sampled_params)
 
 
+Sampler = Callable[[optuna.Trial, int, int, dict], dict[str, Any]]
+
+#: The config's ``policy_kwargs`` of the trial running in this thread (optuna's ``n_jobs`` runs trials in threads)
+_trial_config = threading.local()
+
+
+@contextlib.contextmanager
+def config_policy_kwargs(policy_kwargs: dict[str, Any] | None) -> Iterator[None]:
+    """
+    Within this context the samplers registered by :func:`register_samplers` keep the config's ``policy_kwargs``
+    (e.g. ``action_distribution="beta"``) and override only the keys they sample (``net_arch``, ``activation_fn``);
+    rl_zoo3's objective would otherwise replace the config's ``policy_kwargs`` by the sampled ones.
+
+    :param policy_kwargs: the config's policy arguments (None: none)
+    """
+    _trial_config.policy_kwargs = policy_kwargs
+    try:
+        yield
+    finally:
+        del _trial_config.policy_kwargs
+
+
+def _keeping_config_policy_kwargs(sampler: Sampler) -> Sampler:
+    """``sampler`` whose sampled ``policy_kwargs`` are merged into the config's (see :func:`config_policy_kwargs`)."""
+
+    @functools.wraps(sampler)
+    def sample(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
+        hyperparams = sampler(trial, n_actions, n_envs, additional_args)
+        config = getattr(_trial_config, "policy_kwargs", None)
+        if config and "policy_kwargs" in hyperparams:
+            hyperparams["policy_kwargs"] = {**config, **hyperparams["policy_kwargs"]}
+        return hyperparams
+
+    return sample
+
+
+#: The algorithms ``-optimize`` can search: sampler and converter of the best trial's parameters. RecurrentPPORollback
+#: shares PPORollback's space (rl_zoo3's RecurrentPPO sampler is its PPO one); BCO, GAIL and AIRL have none.
+SAMPLERS: dict[str, tuple[Sampler, Callable[[dict[str, Any]], dict[str, Any]]]] = {
+    "ppo_rollback": (sample_ppo_rollback_params, convert_ppo_rollback_params),
+    "recurrent_ppo_rollback": (sample_ppo_rollback_params, convert_ppo_rollback_params),
+    "cherry_a2c": (hyperparams_opt.sample_a2c_params, hyperparams_opt.convert_onpolicy_params),
+}
+
+
 def register_samplers() -> None:
     """Register sb3_cherry's samplers (and parameter converters) with rl_zoo3."""
-    hyperparams_opt.HYPERPARAMS_SAMPLER["ppo_rollback"] = sample_ppo_rollback_params
-    hyperparams_opt.HYPERPARAMS_CONVERTER["ppo_rollback"] = convert_ppo_rollback_params
-    hyperparams_opt.HYPERPARAMS_SAMPLER["cherry_a2c"] = hyperparams_opt.sample_a2c_params
-    hyperparams_opt.HYPERPARAMS_CONVERTER["cherry_a2c"] = hyperparams_opt.convert_onpolicy_params
+    samplers: dict[str, Any] = hyperparams_opt.HYPERPARAMS_SAMPLER
+    converters: dict[str, Any] = hyperparams_opt.HYPERPARAMS_CONVERTER
+    for algo, (sampler, converter) in SAMPLERS.items():
+        samplers[algo] = _keeping_config_policy_kwargs(sampler)
+        converters[algo] = converter
