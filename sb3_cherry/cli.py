@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import io
 import json
+import math
 import os
 import pathlib
 import sys
@@ -548,6 +549,20 @@ def _training_env(algo: str, env: VecEnv) -> VecEnv | None:
     return None if algo in ("gail", "airl") else env
 
 
+#: ``--fail-below`` not given (the env's default applies; None is ``--fail-below none``)
+_UNSET: Any = object()
+
+
+def _float_or_none(text: str) -> float | None:
+    """``--fail-below``'s value: a number, or ``none`` for no threshold."""
+    if text.lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
+
+
 def cmd_evaluate(argv: list[str]) -> dict[str, Any]:
     """
     ``sb3-cherry evaluate``: mean ± std return and length, number of failed episodes.
@@ -563,36 +578,50 @@ def cmd_evaluate(argv: list[str]) -> dict[str, Any]:
     )
     _add_model_args(parser)
     parser.add_argument("-n", "--n-episodes", type=int, default=10, help="number of episodes (default: %(default)s)")
-    parser.add_argument("--fail-below", type=float, default=None, help="an episode with a lower return is a failure")
-    parser.add_argument("--fail-on-termination", action="store_true", default=None, help="termination counts as failure")
+    parser.add_argument(
+        "--fail-below",
+        type=_float_or_none,
+        default=_UNSET,
+        help="an episode with a lower return is a failure ('none': no return threshold)",
+    )
+    parser.add_argument(
+        "--fail-on-termination",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="termination (not the time limit) counts as failure; --no-fail-on-termination turns the env's default off",
+    )
     parser.add_argument(
         "--fall-reward",
         type=float,
         default=None,
         help="also count falls: episodes ended by termination with a last reward <= this (BipedalWalker: -100)",
     )
-    parser.add_argument("--json", dest="json_path", help="also write the summary to this JSON file ('-' for stdout)")
+    parser.add_argument(
+        "--json", dest="json_path", help="also write the summary to this JSON file ('-': stdout, other output to stderr)"
+    )
     args = parser.parse_args(argv)
     if args.n_episodes < 1:
         raise ValueError(f"-n/--n-episodes must be at least 1, got {args.n_episodes}.")
     defaults = _eval_defaults(args.env)
-    fail_below = args.fail_below if args.fail_below is not None else defaults.get("fail_below")
+    fail_below = args.fail_below if args.fail_below is not _UNSET else defaults.get("fail_below")
     fail_on_termination = (
         args.fail_on_termination if args.fail_on_termination is not None else defaults.get("fail_on_termination", False)
     )
     fall_reward = args.fall_reward if args.fall_reward is not None else defaults.get("fall_reward")
-    model, env = _load_for_eval(args)
-    summary = evaluate_model(
-        model, env, args.n_episodes, not args.stochastic, fail_below, bool(fail_on_termination), fall_reward
-    )
-    env.close()
-    summary.update(algo=args.algo, env=args.env)
-    falls = f", {summary['n_falls']} falls" if "n_falls" in summary else ""
-    print(
-        f"{args.algo} on {args.env}: mean return {summary['mean_return']:.2f} ± {summary['std_return']:.2f}, "
-        f"mean length {summary['mean_length']:.1f} ± {summary['std_length']:.1f} over {args.n_episodes} episodes, "
-        f"{summary['n_failed']} fails out of {args.n_episodes}{falls}"
-    )
+    # with --json -, stdout carries the JSON alone (pipeable into jq); everything else goes to stderr
+    with contextlib.redirect_stdout(sys.stderr) if args.json_path == "-" else contextlib.nullcontext():
+        model, env = _load_for_eval(args)
+        summary = evaluate_model(
+            model, env, args.n_episodes, not args.stochastic, fail_below, bool(fail_on_termination), fall_reward
+        )
+        env.close()
+        summary.update(algo=args.algo, env=args.env)
+        falls = f", {summary['n_falls']} falls" if "n_falls" in summary else ""
+        print(
+            f"{args.algo} on {args.env}: mean return {summary['mean_return']:.2f} ± {summary['std_return']:.2f}, "
+            f"mean length {summary['mean_length']:.1f} ± {summary['std_length']:.1f} over {args.n_episodes} episodes, "
+            f"{summary['n_failed']} fails out of {args.n_episodes}{falls}"
+        )
     if args.json_path == "-":
         print(json.dumps(summary, indent=2))
     elif args.json_path:
@@ -619,6 +648,26 @@ def cmd_record(argv: list[str]) -> None:
     trajectories = record_demos(model, env, args.n_episodes, args.output, deterministic=not args.stochastic)
     returns = [float(np.sum(t.rews)) for t in trajectories]
     print(f"Wrote {len(trajectories)} episodes to {args.output} (mean return {np.mean(returns):.2f} ± {np.std(returns):.2f})")
+
+
+def gif_timing(fps: float, max_fps: float, n_frames: int) -> tuple[int, list[int]]:
+    """
+    Which frames a GIF keeps and how long each shows, so that it plays at the env's speed: every ``every``-th frame
+    (the smallest step whose rate ``fps / every`` is at most ``max_fps``), each shown until the real time of the next
+    kept frame rounded to GIF's 10 ms unit (so the durations differ by 10 ms where ``1000 * every / fps`` is not a
+    whole number of centiseconds, and their sum stays within 5 ms of the recording's length).
+
+    :param fps: frames per second of the recording (the env's ``render_fps``)
+    :param max_fps: maximal GIF frame rate
+    :param n_frames: recorded frames
+    :return: ``every`` and the duration of each kept frame in milliseconds
+    """
+    if fps <= 0 or max_fps <= 0:
+        raise ValueError(f"fps={fps} and max_fps={max_fps} must be positive.")
+    every = max(1, math.ceil(fps / max_fps - 1e-9))
+    n_kept = len(range(0, n_frames, every))
+    ends_cs = [round(100 * (k + 1) * every / fps) for k in range(n_kept)]  # real time of each frame's end
+    return every, [10 * (end - start) for start, end in zip([0, *ends_cs[:-1]], ends_cs, strict=True)]
 
 
 class GifVideoRecorder(VecVideoRecorder):
@@ -649,8 +698,11 @@ class GifVideoRecorder(VecVideoRecorder):
         gif_max_fps: float = 25.0,
     ):
         super().__init__(venv, video_folder, record_video_trigger, video_length, name_prefix)
-        if gif_width < 1 or gif_max_fps <= 0:
-            raise ValueError(f"gif_width={gif_width} must be >= 1 and gif_max_fps={gif_max_fps} > 0.")
+        if gif_width < 1 or not 0 < gif_max_fps <= 50:
+            raise ValueError(
+                f"gif_width={gif_width} must be >= 1 and gif_max_fps={gif_max_fps} in (0, 50] (a GIF frame lasts at "
+                "least 20 ms: browsers show shorter frames for 100 ms)."
+            )
         self.gif, self.gif_width, self.gif_max_fps = gif, gif_width, gif_max_fps
         self.written: list[str] = []
 
@@ -667,17 +719,16 @@ class GifVideoRecorder(VecVideoRecorder):
         from PIL import Image
 
         fps = float(self.frames_per_sec)  # type: ignore[arg-type]  # SB3 types it loosely; render_fps of the env
-        every = max(1, round(fps / self.gif_max_fps))
+        every, durations = gif_timing(fps, self.gif_max_fps, len(self.recorded_frames))
         frames = [Image.fromarray(frame) for frame in self.recorded_frames[::every]]
         width, height = frames[0].size
         if width > self.gif_width:
             size = (self.gif_width, max(1, round(height * self.gif_width / width)))
             frames = [frame.resize(size, Image.Resampling.LANCZOS) for frame in frames]
-        duration_ms = round(1000 * every / fps)
         atomic_write(
             path,
             lambda file: frames[0].save(
-                file, format="GIF", save_all=True, append_images=frames[1:], duration=duration_ms, loop=0, optimize=True
+                file, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0, optimize=True
             ),
         )
         print(f"Saving GIF to {path}")

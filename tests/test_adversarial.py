@@ -550,8 +550,10 @@ def test_sb3_cherry_train(zoo_with_adversarial, monkeypatch, cartpole_demos, tmp
         assert model.demo_batch_size == 256 and model.n_disc_updates_per_round == 8, name
     assert model.num_timesteps <= 1024
     assert PPORollback.load(exp / "CartPole-v1.zip").num_timesteps == 1024
+    capsys.readouterr()
     main(["evaluate", "--algo", "gail", "--env", "CartPole-v1", "-f", str(tmp_path / "logs"), "-n", "2", "--json", "-"])
-    assert "gail on CartPole-v1: mean return" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "gail on CartPole-v1: mean return" in captured.err and json.loads(captured.out)["algo"] == "gail"
 
 
 # -------------------------------------------------------------------------------------------------------- slow

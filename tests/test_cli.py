@@ -282,9 +282,9 @@ def test_evaluate_model_counts_falls(monitor):
 
 
 def _evaluate_json(argv, capsys):
+    """``evaluate --json -``: stdout holds the JSON alone."""
     main([*argv, "--json", "-"])
-    out = capsys.readouterr().out
-    return json.loads(out[out.index("{") :])
+    return json.loads(capsys.readouterr().out)
 
 
 def test_evaluate_options(trained, capsys):
@@ -296,6 +296,21 @@ def test_evaluate_options(trained, capsys):
         with pytest.raises(SystemExit):
             main(base + flags)
         assert message in capsys.readouterr().err
+
+
+def test_evaluate_failure_definition_from_the_command_line(trained, capsys):
+    """CartPole's default (evaluation.yml: termination is a failure) can be switched off, and a return threshold set or
+    removed: an untrained-ish agent falls, so the counts tell the definitions apart."""
+    base = ["evaluate", "--algo", "ppo_rollback", "--env", "CartPole-v1", "-f", str(trained), "-n", "4"]
+    default = _evaluate_json(base, capsys)
+    terminated = sum(ret < 500 for ret in default["returns"])  # CartPole: return = length
+    assert terminated > 0 and default["n_failed"] == terminated
+    assert _evaluate_json([*base, "--no-fail-on-termination"], capsys)["n_failed"] == 0
+    assert _evaluate_json([*base, "--no-fail-on-termination", "--fail-below", "1000"], capsys)["n_failed"] == 4
+    assert _evaluate_json([*base, "--fail-below", "none"], capsys)["n_failed"] == terminated
+    with pytest.raises(SystemExit):
+        main([*base, "--fail-below", "high"])
+    assert "expected a number or 'none', got 'high'" in capsys.readouterr().err
 
 
 def test_video_writes_mp4_and_gif(trained, tmp_path):
@@ -317,6 +332,24 @@ def test_video_writes_mp4_and_gif(trained, tmp_path):
             image.seek(index)
             durations.append(image.info["duration"])
         assert sum(durations) == 11 * 40 and image.size == (320, 213)
+
+
+@pytest.mark.parametrize("fps", [24.0, 30.0, 50.0, 60.0, 67.0, 1000 / 15])
+@pytest.mark.parametrize("max_fps", [10.0, 25.0, 50.0])
+def test_gif_timing_plays_in_real_time(fps, max_fps):
+    """At most ``max_fps`` frames per second (30 fps at a 25 fps cap kept every frame before), durations in GIF's
+    10 ms unit and at least 20 ms, and the whole GIF as long as the recording (within 5 ms)."""
+    from sb3_cherry.cli import gif_timing
+
+    n_frames = 301
+    every, durations = gif_timing(fps, max_fps, n_frames)
+    assert fps / every <= max_fps and (every == 1 or fps / (every - 1) > max_fps)  # fewest frames dropped
+    assert len(durations) == len(range(0, n_frames, every))
+    assert all(d % 10 == 0 and d >= 20 for d in durations)
+    assert abs(sum(durations) - 1000 * len(durations) * every / fps) <= 5 + 1e-9
+    # and at every frame: frame k starts at k * every / fps seconds (within 5 ms)
+    starts = np.cumsum([0, *durations[:-1]])
+    assert np.all(np.abs(starts - 1000 * np.arange(len(durations)) * every / fps) <= 5 + 1e-9)
 
 
 def test_train_subproc_with_sb3_cherry_env(tmp_path):

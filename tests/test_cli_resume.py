@@ -169,8 +169,8 @@ def test_resume_errors(runs, tmp_path, capsys):
 
 
 def _json(out):
-    """The JSON summary that ``evaluate --json -`` prints after its other lines."""
-    return json.loads(out[out.index("\n{\n") + 1 :])
+    """The JSON summary that ``evaluate --json -`` prints (alone on stdout)."""
+    return json.loads(out)
 
 
 def test_evaluate_run_checkpoint_as_the_run_folder(runs, capsys):
