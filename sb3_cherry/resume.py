@@ -31,6 +31,7 @@ from rl_zoo3.exp_manager import ExperimentManager
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from sb3_cherry.checkpoint_eval import RUN_CHECKPOINT
@@ -237,6 +238,37 @@ class SafeExperimentManager(ExperimentManager):
             return super()._maybe_normalize(env, eval_env)
         finally:
             self.trained_agent = trained_agent
+
+    @staticmethod
+    def _preprocess_schedules(hyperparams: dict[str, Any]) -> dict[str, Any]:
+        """
+        rl_zoo3's schedules, with ``lin_<value>`` as SB3's ``LinearSchedule(value, 0, 1)`` (as
+        :func:`~sb3_cherry.common.zoo_config.load_zoo_entry`, ``ent_coef`` and the safe loader build it) instead of
+        rl_zoo3's ``SimpleLinearSchedule``, which goes negative when the last rollout overshoots ``total_timesteps``:
+        a negative learning rate (a step of gradient ascent) and clip range in the run's last update.
+
+        :param hyperparams: the entry
+        :return: the entry with schedule objects
+        """
+        from rl_zoo3.utils import SimpleLinearSchedule
+
+        hyperparams = ExperimentManager._preprocess_schedules(hyperparams)
+        return {
+            key: LinearSchedule(value.initial_value, 0.0, 1.0) if isinstance(value, SimpleLinearSchedule) else value
+            for key, value in hyperparams.items()
+        }
+
+    def _preprocess_hyperparams(self, hyperparams: dict[str, Any]) -> Any:
+        """
+        rl_zoo3's preprocessing, with an ``env_kwargs`` given as a ``dict(...)`` string parsed as data first (rl_zoo3
+        passes it on as the string; :func:`~sb3_cherry.common.zoo_config.load_zoo_entry` reads such strings too).
+
+        :param hyperparams: the entry
+        :return: rl_zoo3's ``(hyperparams, env_wrapper, callbacks, vec_env_wrapper)``
+        """
+        if isinstance(hyperparams.get("env_kwargs"), str):
+            hyperparams = {**hyperparams, "env_kwargs": parse_literal_string(hyperparams["env_kwargs"], "env_kwargs")}
+        return super()._preprocess_hyperparams(hyperparams)
 
     def objective(self, trial: Any) -> float:
         """

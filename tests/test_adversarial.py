@@ -3,6 +3,7 @@ slow CartPole GAIL."""
 
 import io
 import json
+import re
 import subprocess
 import sys
 import time
@@ -499,6 +500,32 @@ def test_zoo_config_validates(zoo_with_adversarial):
     for env_id, entry in config.items():
         assert "demonstrations" in entry, env_id
         validate_config("zoo_configs/gail.yml", "gail", env_id)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"generator_kwargs": {"n_stepz": 5}}, "generator_kwargs: unknown hyperparameter 'n_stepz' for PPORollback"),
+        ({"generator_kwargs": {"n_steps": 256.0}}, "generator_kwargs: hyperparameter 'n_steps'=256.0 has the wrong type"),
+        ({"generator_kwargs": {"learning_rate": "lin_1e-3"}}, "converted at the top level of an entry only"),
+        ({"generator_kwargs": {"seed": 1}}, "put ['seed'] at the top level of the entry"),
+        ({"generator_kwargs": [1]}, "generator_kwargs=[1] must be a mapping"),
+        ({"generator_class": "ppo"}, "Unknown generator_class 'ppo'"),
+        ({"policy": "MlpLstmPolicy"}, "unknown policy 'MlpLstmPolicy' for the generator PPORollback"),
+        ({"policy_kwargs": "dict(lstm_hidden_size=8)"}, "lstm_hidden_size"),
+    ],
+)
+@pytest.mark.parametrize("algo", ["gail", "airl"])
+def test_zoo_entry_nested_hyperparameters_checked(zoo_with_adversarial, tmp_path, algo, change, message):
+    """What GAIL / AIRL pass on to the generator is checked before a run starts (it failed at construction before)."""
+    from sb3_cherry.cli import validate_config
+
+    with open("zoo_configs/gail.yml") as file:
+        entry = yaml.safe_load(file)["CartPole-v1"]
+    config = tmp_path / "gail.yml"
+    config.write_text(yaml.safe_dump({"CartPole-v1": {**entry, **change}}))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        validate_config(config, algo, "CartPole-v1")
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "BipedalWalker-v3"])

@@ -394,3 +394,20 @@ def test_transitions_stay_consistent_after_a_callback_stop(line_demos):
     model.learn(170, reset_num_timesteps=False)
     obs, next_obs, actions = model._agent_data.get(False)
     np.testing.assert_allclose(next_obs[:, 0], obs[:, 0] + actions[:, 0] - 1, atol=1e-5)
+
+
+def test_chunk_stop_rule_measures_rounds_not_the_random_phase(line_demos, tmp_path):
+    """The chunk stop rule compares the next rollout with the room left: after BCO's 300 random steps come rounds of
+    96 (alpha * 300). A checkpoint every 256 steps and a stop after 512: checkpoints at 300 (for 256: 256 + 96 <= 512,
+    go on) and 588 (for 512: stop); taking the random phase as the rollout stopped at 300."""
+    from sb3_cherry.common.checkpoint import RunCheckpointCallback
+
+    model = BCO(
+        "MlpPolicy", LineEnv(max_steps=50), demonstrations=line_demos, n_pre_interactions=300, alpha=0.32,
+        n_epochs_bc=1, n_epochs_inverse=1, seed=0, validation_fraction=0.0,
+    )  # fmt: skip
+    assert model.next_rollout_steps() == 300  # the random phase first
+    saver = RunCheckpointCallback(tmp_path / "ckpt", save_freq=256, stop_after=512)
+    model.learn(2000, callback=saver)
+    assert saver.saved_at == 588
+    assert model.next_rollout_steps() == 96  # then rounds

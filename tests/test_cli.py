@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -98,10 +99,20 @@ def test_unknown_yaml_key_names_file_env_and_key(tmp_path, capsys):
         ({"n_timesteps": 1000, "policy": "MlpPolicy", "learning_rate": "fast"}, "'learning_rate'='fast'"),
         ({"n_timesteps": 1000, "policy": "MlpPolicy", "policy_kwargs": "dict(action_distribution='beta')"}, "Allowed"),
         ({"policy": "MlpPolicy"}, "missing 'n_timesteps'"),
+        # each of these passed validation before and failed inside SB3 / rl_zoo3 after the run folder was created
+        ({"n_timesteps": 1000, "n_steps": 2048.0}, "'n_steps'=2048.0 has the wrong type (expected int)"),
+        ({"n_timesteps": 1000, "learning_rate": "lin_abc"}, "'learning_rate'='lin_abc' has the wrong type"),
+        ({"n_timesteps": 1000, "clip_range": "lin_0.1_0"}, "expected float or lin_<value> with a positive value"),
+        ({"n_timesteps": 1000, "n_envs": 2.0}, "n_envs=2.0 must be an integer"),
+        ({"n_timesteps": 1000.5}, "n_timesteps=1000.5 must be a whole number"),
+        ({"n_timesteps": 1000, "policy": "MlpPolcy"}, "unknown policy 'MlpPolcy'"),
+        ({"n_timesteps": 1000, "env_kwargs": ["a"]}, "env_kwargs=['a'] must be a mapping"),
+        ({"n_timesteps": 1000, "env_kwargs": "[1]"}, "env_kwargs='[1]' must be a mapping"),
+        ({"n_timesteps": 1000, "normalize": 3}, "normalize=3 must be true/false"),
     ],
 )
 def test_bad_config_values(tmp_path, entry, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         validate_config(_write(tmp_path, entry), "ppo_rollback", "CartPole-v1")
 
 
@@ -527,3 +538,54 @@ def test_optimize_without_a_search_space_is_refused(algo, flag, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--algo", algo, "--env", "CartPole-v1", flag])
     assert f"-optimize has no search space for --algo {algo}" in capsys.readouterr().err
+
+
+def test_train_env_kwargs_string_parsed_as_data(tmp_path, monkeypatch):
+    """``env_kwargs: "dict(...)"`` (as load_zoo_entry reads it): rl_zoo3 passed the string on to gym.make (TypeError)."""
+    import sb3_cherry.resume as resume
+
+    made = []
+    monkeypatch.setattr(resume.SafeExperimentManager, "create_envs", _recording_create_envs(made), raising=False)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    entry = {"n_timesteps": 64, "policy": "MlpPolicy", "n_steps": 32, "env_kwargs": "dict(sutton_barto_reward=True)"}
+    config = _write(tmp_path, entry)
+    main(["train", "--algo", "ppo_rollback", "-c", str(config), "-f", str(tmp_path / "logs"), "--eval-freq", "-1"])
+    assert made and all(kwargs == {"sutton_barto_reward": True} for kwargs in made)
+
+
+def _recording_create_envs(made):
+    from rl_zoo3.exp_manager import ExperimentManager
+
+    def create_envs(self, n_envs, eval_env=False, no_log=False):
+        made.append(self.eval_env_kwargs if eval_env else self.env_kwargs)
+        return ExperimentManager.create_envs(self, n_envs, eval_env, no_log)
+
+    return create_envs
+
+
+def test_zoo_linear_schedules_stop_at_zero_when_the_last_rollout_overshoots(tmp_path, monkeypatch):
+    """rl_zoo3's ``lin_<v>`` is progress_remaining * v, negative once the last rollout passes n_timesteps (here 2 x 64
+    steps for -n 100: progress -0.28): the last update ran with a negative learning rate and clip range."""
+    import sb3_cherry
+
+    models = []
+    learn = sb3_cherry.PPORollback.learn
+
+    def learn_with_record(self, *args, **kwargs):
+        models.append(self)
+        return learn(self, *args, **kwargs)
+
+    monkeypatch.setattr(sb3_cherry.PPORollback, "learn", learn_with_record)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    entry = {"n_timesteps": 100, "policy": "MlpPolicy", "n_steps": 64, "batch_size": 64, "n_epochs": 1}
+    config = _write(tmp_path, {**entry, "learning_rate": "lin_0.001", "clip_range": "lin_0.2"})
+    main(["train", "--algo", "ppo_rollback", "-c", str(config), "-f", str(tmp_path / "logs"), "--eval-freq", "-1"])
+    (model,) = models
+    assert model.num_timesteps == 128
+    # the progress of the last update, as SB3 computes it after the last rollout
+    progress = 1.0 - model.num_timesteps / model._total_timesteps
+    assert progress < 0
+    # the values of the last update: 0 (rl_zoo3's SimpleLinearSchedule gave -0.00028 and -0.056)
+    assert model.lr_schedule(progress) == 0.0 and model.clip_range(progress) == 0.0
+    assert model.policy.optimizer.param_groups[0]["lr"] == 0.0
+    assert model.lr_schedule(1.0) == 0.001 and abs(model.lr_schedule(0.5) - 0.0005) < 1e-12

@@ -186,3 +186,17 @@ def test_set_attr_reaches_the_env_as_in_sb3():
         observations.append(venv.reset().ravel().tolist())
         venv.close()
     assert observations == [[5.0, 5.0], [5.0, 5.0]]
+
+
+def test_missing_attribute_is_an_attribute_error_and_the_workers_live_on():
+    """SB3's worker dies on ``get_attr`` / ``env_method`` of a name the env lacks (it looked like a crash); here it is
+    an AttributeError naming the attribute, and the VecEnv stays usable."""
+    venv = CherrySubprocVecEnv([Curriculum, Curriculum], start_method="fork")
+    with pytest.raises(AttributeError, match="no attribute 'difficulti'"):
+        venv.get_attr("difficulti")
+    with pytest.raises(AttributeError, match="no attribute 'set_difficulty'"):
+        venv.env_method("set_difficulty", 3, indices=[1])
+    assert venv.get_attr("difficulty", indices=[1]) == [0]
+    assert venv.env_method("reset", indices=0)[0][0] == [0.0]
+    assert all(p.is_alive() for p in venv.processes)
+    venv.close()

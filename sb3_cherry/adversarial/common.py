@@ -31,7 +31,7 @@ import os
 import pathlib
 import tempfile
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -63,6 +63,8 @@ from sb3_cherry.adversarial.trainers import (
     trainer_class,
 )
 from sb3_cherry.adversarial.wrappers import OpaqueVecEnv, VecFlatActionSpace, VecTupleActionSpace
+from sb3_cherry.common.config_schema import RESERVED_ARGS, check_constructor_kwargs
+from sb3_cherry.common.safe_config import check_policy_kwargs, parse_policy_kwargs
 from sb3_cherry.common.safe_load import stored_policy_class
 from sb3_cherry.common.save_util import atomic_write, check_model_file, resolve_zip_path
 from sb3_cherry.common.spaces import flat_action_space
@@ -78,6 +80,9 @@ GENERATOR_CLASSES: dict[str, type[OnPolicyAlgorithm]] = {
     "ppo_rollback": PPORollback,
     "recurrent_ppo_rollback": RecurrentPPORollback,
 }
+
+#: Arguments of GAIL / AIRL that are the generator's too: given to the adversarial class, never in generator_kwargs
+_GENERATOR_RESERVED = frozenset({"policy_kwargs", "seed", "verbose", "device", "tensorboard_log", "env", "policy"})
 
 _AIRL_RECURRENT = (
     "AIRL needs log pi(a|s) of the generator for single transitions, which a recurrent policy cannot give without its "
@@ -346,8 +351,7 @@ class AdversarialImitation(BaseAlgorithm):
         if disc_opt_kwargs is not None and "lr" in disc_opt_kwargs:
             raise ValueError(f"{name}: give the discriminator's learning rate as disc_lr, not in disc_opt_kwargs.")
         generator_kwargs = dict(generator_kwargs or {})
-        own_arguments = {"policy_kwargs", "seed", "verbose", "device", "tensorboard_log", "env", "policy"}
-        reserved = sorted(own_arguments & set(generator_kwargs))
+        reserved = sorted(_GENERATOR_RESERVED & set(generator_kwargs))
         if reserved:
             raise ValueError(f"{name}: pass {reserved} to {name} directly, not in generator_kwargs.")
         # needed by BaseAlgorithm.__init__ to resolve policy names (the generator's policy_aliases)
@@ -381,6 +385,48 @@ class AdversarialImitation(BaseAlgorithm):
         self._scratch_dir = tempfile.TemporaryDirectory(prefix=f"sb3_cherry_{self.trainer_kind}_")
         if _init_setup_model:
             self._setup_model()
+
+    @classmethod
+    def check_config_entry(cls, entry: Mapping[str, Any], where: str) -> None:
+        """
+        Check the parts of a zoo config entry that the constructor's signature does not show (called by
+        :func:`~sb3_cherry.common.config_schema.validate_config`): ``generator_class``; ``generator_kwargs`` against the
+        generator's constructor (names, types; no ``lin_<value>`` learning rate / clip range there, which rl_zoo3
+        converts at the top level only); the policy name and ``policy_kwargs`` against the generator's policies;
+        ``reward_net_kwargs`` a mapping.
+
+        :param entry: the config entry
+        :param where: file and env, for the error message
+        :raises ValueError: naming the key
+        """
+        try:
+            generator_class = resolve_generator_class(entry.get("generator_class", "ppo_rollback"))
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from exc
+        for key in ("generator_kwargs", "reward_net_kwargs"):
+            if not isinstance(entry.get(key) or {}, dict):
+                raise ValueError(f"{where}: {key}={entry[key]!r} must be a mapping.")
+        generator_kwargs = entry.get("generator_kwargs") or {}
+        reserved = sorted(_GENERATOR_RESERVED & set(generator_kwargs))
+        if reserved:
+            raise ValueError(f"{where}: put {reserved} at the top level of the entry, not in generator_kwargs.")
+        check_constructor_kwargs(
+            generator_kwargs,
+            generator_class,
+            f"{where} generator_kwargs",
+            reserved=frozenset(RESERVED_ARGS | _GENERATOR_RESERVED),
+            schedules=False,
+        )
+        aliases: dict[str, type[BasePolicy]] = getattr(generator_class, "policy_aliases", {})
+        policy = entry.get("policy", "MlpPolicy")
+        if isinstance(policy, str) and "." not in policy:
+            if policy not in aliases:
+                raise ValueError(
+                    f"{where}: unknown policy {policy!r} for the generator {generator_class.__name__}: choose one of "
+                    f"{sorted(aliases)}."
+                )
+            policy_kwargs = parse_policy_kwargs(entry.get("policy_kwargs") or {}, f"{where} policy_kwargs")
+            check_policy_kwargs(policy_kwargs, aliases[policy], where)
 
     def _get_policy_from_name(self, policy_name: str) -> type[BasePolicy]:
         """

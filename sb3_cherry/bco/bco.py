@@ -462,6 +462,24 @@ class BCO(AtomicSaveAlgorithm):
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
 
     # ------------------------------------------------------------------------------------------------- collection
+    def next_rollout_steps(self) -> int:
+        """
+        The environment steps of the next collection: what is left of the random pre-demonstration phase, else one
+        round (``alpha * n_pre_interactions``), in whole steps of every env. The chunk stop rule of
+        :class:`~sb3_cherry.common.checkpoint.RunCheckpointCallback` reads it (the rollout it would measure first is
+        the random phase, longer than the rounds).
+
+        :return: steps (0 when no round follows: ``alpha=0`` after the random phase)
+        """
+        n_envs = self.n_envs or 1
+        if self._n_pre_collected < self.n_pre_interactions:
+            wanted = self.n_pre_interactions - self._n_pre_collected
+        elif self.alpha > 0:
+            wanted = max(1, math.ceil(self.alpha * self.n_pre_interactions))
+        else:
+            return 0
+        return math.ceil(wanted / n_envs) * n_envs
+
     def _collect(self, n_steps: int, callback: BaseCallback, use_policy: bool) -> bool:
         """
         Step every env ``n_steps`` times with the random policy or the current policy; store the transitions.

@@ -579,7 +579,8 @@ class RunCheckpointCallback(BaseCallback):
     :param stop_after: stop this ``learn`` at the checkpoint of the first multiple of ``save_freq`` that lies less
         than one rollout before ``stop_after`` steps after its start, or later (a checkpoint comes at the first update
         boundary past its multiple, so a process resumed from one starts up to a rollout past it; with
-        ``stop_after == save_freq`` each process runs one period); None: run to the end
+        ``stop_after == save_freq`` each process runs one period); None: run to the end. The rollout is the one
+        that just ended, or what a model's ``next_rollout_steps()`` declares (BCO: its random phase, then rounds)
     :param extra: callable returning JSON-able data stored with each checkpoint (e.g. an evaluation history)
     :param other_envs: further VecEnvs whose state is stored with each checkpoint (see :func:`save_run_checkpoint`)
     :param verbose: 1 prints a line per checkpoint
@@ -652,8 +653,13 @@ class RunCheckpointCallback(BaseCallback):
     def _on_rollout_start(self) -> None:
         # an update boundary: the weights are those trained on exactly num_timesteps steps
         self._in_rollout = True
-        # the steps of the rollout that just ended (PPO / A2C: n_steps * n_envs; GAIL, AIRL, BCO: their generator's)
-        rollout = self.num_timesteps - self._rollout_started_at if self._rollout_started_at is not None else 0
+        # the steps of the rollout that starts, as a model declares them (BCO: its random phase comes first, then
+        # rounds), else those of the rollout that just ended (PPO / A2C: n_steps * n_envs; GAIL, AIRL: their generator's)
+        declared = getattr(self.model, "next_rollout_steps", None)
+        if callable(declared):
+            rollout = int(declared())
+        else:
+            rollout = self.num_timesteps - self._rollout_started_at if self._rollout_started_at is not None else 0
         self._rollout_started_at = self.num_timesteps
         if self.num_timesteps >= self.next_save:
             self.save()

@@ -8,13 +8,20 @@ that this module depends on no algorithm folder.
 """
 
 import inspect
+import math
 import pathlib
 from collections.abc import Mapping
 from typing import Any
 
 import gymnasium as gym
 
-from sb3_cherry.common.safe_config import check_policy_kwargs, check_positive, parse_policy_kwargs, safe_load_yaml
+from sb3_cherry.common.safe_config import (
+    check_policy_kwargs,
+    check_positive,
+    parse_literal_string,
+    parse_policy_kwargs,
+    safe_load_yaml,
+)
 from sb3_cherry.common.schedules import coefficient_schedule
 
 #: Keys that rl_zoo3's ExperimentManager consumes itself (not passed to the algorithm)
@@ -88,18 +95,109 @@ def default_config(algo: str) -> pathlib.Path:
     raise FileNotFoundError(f"No config for algo {algo!r}: looked for {[str(c) for c in candidates]}. Pass -c <file.yml>.")
 
 
-def _type_ok(value: Any, default: Any, key: str) -> bool:
+def _is_linear_schedule(value: str) -> bool:
+    """rl_zoo3's ``lin_<value>`` as rl_zoo3 reads it (``float(value.split("_")[1])``), with a finite value > 0."""
+    parts = value.split("_")
+    if len(parts) != 2 or parts[0] != "lin":
+        return False
+    try:
+        number = float(parts[1])
+    except ValueError:
+        return False
+    return math.isfinite(number) and number > 0
+
+
+def _type_ok(value: Any, default: Any, key: str, schedules: bool) -> bool:
     if isinstance(default, bool):
         return isinstance(value, bool)
-    if isinstance(default, int) and not isinstance(default, bool):
-        return (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, float) and value.is_integer())
+    if isinstance(default, int):
+        # not 2048.0 (YAML's !!float 2e3): SB3 and rl_zoo3 pass it on as a float, which fails inside numpy / range
+        return isinstance(value, int) and not isinstance(value, bool)
     if isinstance(default, float):
         if isinstance(value, str):
-            return key in SCHEDULE_KEYS and value.startswith("lin_")
+            return schedules and key in SCHEDULE_KEYS and _is_linear_schedule(value)
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if isinstance(default, str):
         return isinstance(value, str)
     return True
+
+
+def check_constructor_kwargs(
+    kwargs: Mapping[str, Any],
+    cls: type,
+    where: str,
+    extra_allowed: frozenset[str] = frozenset(),
+    reserved: frozenset[str] = frozenset(RESERVED_ARGS),
+    schedules: bool = True,
+) -> None:
+    """
+    Check keyword arguments of an algorithm's constructor given in a config: known names, the types of their defaults
+    (an int stays an int), ``lin_<value>`` only where rl_zoo3 converts it, ``ent_coef`` schedules where the class takes
+    them. Algorithms with nested hyperparameters check them with this too (``generator_kwargs`` of GAIL / AIRL).
+
+    :param kwargs: the arguments
+    :param cls: the algorithm class
+    :param where: file and env (and the nesting), for the error message
+    :param extra_allowed: further accepted keys (rl_zoo3's own)
+    :param reserved: constructor arguments that may not be given here
+    :param schedules: whether ``lin_<value>`` strings are converted for these arguments (rl_zoo3 converts top-level
+        ones only)
+    :raises ValueError: naming the key
+    """
+    parameters = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
+    allowed = extra_allowed | (set(parameters) - reserved)
+    from sb3_cherry.common.on_policy import CherryOnPolicyAlgorithm  # (imported late: it imports the policies)
+
+    # the on-policy algorithms take ent_coef schedules; BCO's ent_coef is a plain number (checked by type below)
+    takes_schedules = issubclass(cls, CherryOnPolicyAlgorithm)
+    for key, value in kwargs.items():
+        if key not in allowed:
+            raise ValueError(f"{where}: unknown hyperparameter {key!r} for {cls.__name__}. Allowed: {sorted(allowed)}.")
+        if key in COEFFICIENT_SCHEDULE_KEYS and takes_schedules and not callable(value):
+            try:
+                coefficient_schedule(value, key)
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from exc
+            continue
+        default = parameters[key].default if key in parameters else None
+        if default is not None and default is not inspect.Parameter.empty and not _type_ok(value, default, key, schedules):
+            expected = type(default).__name__
+            if schedules and key in SCHEDULE_KEYS:
+                expected += " or lin_<value> with a positive value"
+            elif key in SCHEDULE_KEYS:
+                expected += "; lin_<value> schedules are converted at the top level of an entry only"
+            raise ValueError(f"{where}: hyperparameter {key!r}={value!r} has the wrong type (expected {expected}).")
+    check_positive(kwargs, where)
+
+
+def _check_zoo_keys(entry: Mapping[str, Any], aliases: Mapping[str, Any], where: str) -> None:
+    """The types of the keys rl_zoo3 consumes itself, and the policy name."""
+    n_timesteps = entry.get("n_timesteps")
+    if n_timesteps is not None and not (
+        isinstance(n_timesteps, (int, float)) and not isinstance(n_timesteps, bool) and float(n_timesteps).is_integer()
+    ):
+        raise ValueError(f"{where}: n_timesteps={n_timesteps!r} must be a whole number (1000000 or !!float 1e6).")
+    for key in ("n_envs", "frame_stack"):
+        value = entry.get(key)
+        if value is not None and not (isinstance(value, int) and not isinstance(value, bool)):
+            raise ValueError(f"{where}: {key}={value!r} must be an integer (not {type(value).__name__}).")
+    if "frame_stack" in entry and entry["frame_stack"] < 1:
+        raise ValueError(f"{where}: frame_stack={entry['frame_stack']!r} must be at least 1.")
+    normalize = entry.get("normalize")
+    if normalize is not None and not isinstance(normalize, (bool, str, dict)):
+        raise ValueError(f"{where}: normalize={normalize!r} must be true/false, a mapping or a dict(...) string.")
+    for key in ("env_kwargs", "monitor_kwargs"):
+        value = entry.get(key)
+        if isinstance(value, str):
+            value = parse_literal_string(value, f"{where} {key}")
+        if value is not None and not isinstance(value, dict):
+            raise ValueError(f"{where}: {key}={entry[key]!r} must be a mapping (or a dict(...) string).")
+    policy = entry.get("policy", "MlpPolicy")
+    if not isinstance(policy, str) or not policy:
+        raise ValueError(f"{where}: policy={policy!r} must be a policy name such as 'MlpPolicy'.")
+    if "." not in policy and aliases and policy not in aliases:
+        # a dotted name is a class rl_zoo3 imports (your own policy); anything else must be one of the algorithm's
+        raise ValueError(f"{where}: unknown policy {policy!r}: choose one of {sorted(aliases)} (or a dotted class path).")
 
 
 def validate_config(
@@ -130,38 +228,24 @@ def validate_config(
     if not isinstance(entry, dict):
         raise ValueError(f"{where}: the entry must be a mapping of hyperparameters, not {entry!r}.")
     algo_class: type[Any] = algos[algo]  # a class: its __init__ is the constructor's signature
-    parameters = inspect.signature(algo_class.__init__).parameters
-    allowed = ZOO_KEYS | (set(parameters) - RESERVED_ARGS)
-    from sb3_cherry.common.on_policy import CherryOnPolicyAlgorithm  # (imported late: it imports the policies)
-
-    # the on-policy algorithms take ent_coef schedules; BCO's ent_coef is a plain number (checked by type below)
-    takes_schedules = issubclass(algo_class, CherryOnPolicyAlgorithm)
-    for key, value in entry.items():
-        if key not in allowed:
-            raise ValueError(f"{where}: unknown hyperparameter {key!r} for {algo}. Allowed: {sorted(allowed)}.")
-        if key in COEFFICIENT_SCHEDULE_KEYS and takes_schedules and not callable(value):
-            try:
-                coefficient_schedule(value, key)
-            except ValueError as exc:
-                raise ValueError(f"{where}: {exc}") from exc
-            continue
-        default = parameters[key].default if key in parameters else None
-        if default is not None and default is not inspect.Parameter.empty and not _type_ok(value, default, key):
-            raise ValueError(
-                f"{where}: hyperparameter {key!r}={value!r} has the wrong type (expected {type(default).__name__}"
-                f"{' or lin_<value>' if key in SCHEDULE_KEYS else ''})."
-            )
+    check_constructor_kwargs(entry, algo_class, where, extra_allowed=frozenset(ZOO_KEYS))
     if "n_timesteps" not in entry:
         raise ValueError(f"{where}: missing 'n_timesteps'.")
-    check_positive(entry, where)
+    aliases = getattr(algo_class, "policy_aliases", {})
+    _check_zoo_keys(entry, aliases, where)
+    check_nested = getattr(algo_class, "check_config_entry", None)
+    if callable(check_nested):  # e.g. GAIL / AIRL: generator_kwargs
+        check_nested(entry, where)
     policy_kwargs = parse_policy_kwargs(entry.get("policy_kwargs") or {}, f"{where} policy_kwargs")
-    aliases = getattr(algos[algo], "policy_aliases", {})
     check_policy_kwargs(policy_kwargs, aliases.get(entry.get("policy", "MlpPolicy")), where)
     if "action_distribution" in policy_kwargs:
         from sb3_cherry.common.distributions import resolve_spec
         from sb3_cherry.common.policies import _tuple_from_list
 
-        env = gym.make(env_id, **entry.get("env_kwargs", {}) or {})
+        env_kwargs = entry.get("env_kwargs") or {}
+        if isinstance(env_kwargs, str):  # a dict(...) string (checked above)
+            env_kwargs = parse_literal_string(env_kwargs, f"{where} env_kwargs")
+        env = gym.make(env_id, **env_kwargs)
         try:
             resolve_spec(env.action_space, _tuple_from_list(policy_kwargs["action_distribution"]))
         except ValueError as exc:

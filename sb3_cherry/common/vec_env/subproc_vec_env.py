@@ -14,6 +14,7 @@ from typing import Any
 
 import gymnasium as gym
 from stable_baselines3.common.vec_env import SubprocVecEnv
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices
 
 
 class _EnvFailure:
@@ -155,6 +156,42 @@ class CherrySubprocVecEnv(SubprocVecEnv):
         self.remotes = [
             _CheckedRemote(r, i, p, self) for i, (r, p) in enumerate(zip(self.remotes, self.processes, strict=True))
         ]
+
+    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
+        """
+        SB3's ``get_attr``; an attribute an env lacks raises ``AttributeError`` here (in SB3 it kills the worker, which
+        then looks like a crash).
+
+        :param attr_name: the attribute
+        :param indices: the envs (None: all)
+        :return: the values
+        """
+        self._require_attr(attr_name, indices)
+        return super().get_attr(attr_name, indices)
+
+    def env_method(
+        self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **method_kwargs: Any
+    ) -> list[Any]:
+        """
+        SB3's ``env_method``; a method an env lacks raises ``AttributeError`` here (in SB3 it kills the worker).
+
+        :param method_name: the method
+        :param method_args: its positional arguments
+        :param indices: the envs (None: all)
+        :param method_kwargs: its keyword arguments
+        :return: the results
+        """
+        self._require_attr(method_name, indices)
+        return super().env_method(method_name, *method_args, indices=indices, **method_kwargs)
+
+    def _require_attr(self, name: str, indices: VecEnvIndices) -> None:
+        """Ask the workers (SB3's ``has_attr`` command, which survives a missing attribute) before using ``name``."""
+        targets = self._get_indices(indices)
+        for i in targets:
+            self.remotes[i].send(("has_attr", name))
+        missing = [i for i in targets if not self.remotes[i].recv()]
+        if missing:
+            raise AttributeError(f"env(s) {missing} of this SubprocVecEnv have no attribute {name!r}.")
 
     def close(self) -> None:
         """Close the workers; a worker that already died is not waited for."""
