@@ -7,6 +7,7 @@ and handling time-limit truncation explicitly (bootstrap on V(terminal observati
 into the rewards.
 """
 
+import copy
 import math
 import warnings
 from dataclasses import dataclass
@@ -618,3 +619,72 @@ def test_recomputed_vtrace_targets_equal_the_naive_sum_form():
             adv[s, e] = rewards[s, e] + g * next_vs - v[s, e]
     np.testing.assert_allclose(returns, vs, atol=2e-5)
     np.testing.assert_allclose(advantages, adv, atol=2e-5)
+
+
+def test_recompute_rebootstraps_time_limit_truncations_with_the_current_critic():
+    """
+    SB3 adds ``gamma * V(terminal observation)`` to the reward of a time-limit truncation with the collecting critic;
+    ``recompute_returns=True`` recomputes every other value with the current critic, so it must replace that one too.
+    Reference: GAE written out here on the raw rewards (copied by a callback before SB3's in-place bootstrap), the
+    terminal observations from the infos and the current critic (Pendulum cut at 10 steps: only truncations).
+    """
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from sb3_cherry import PPORollback
+
+    steps = []
+
+    class RawSteps(BaseCallback):
+        def _on_step(self):
+            infos = self.locals["infos"]
+            steps.append((self.locals["rewards"].copy(), self.locals["dones"].copy(), [dict(i) for i in infos]))
+            return True
+
+    T, E, g, lam = 32, 2, 0.9, 0.8
+    env = make_vec_env("Pendulum-v1", n_envs=E, seed=0, env_kwargs={"max_episode_steps": 10})
+    model = PPORollback(
+        "MlpPolicy", env, n_steps=T, batch_size=32, n_epochs=2, gamma=g, gae_lambda=lam, seed=0,
+        recompute_returns=True, device="cpu",
+    )  # fmt: skip
+    _, callback = model._setup_learn(T * E, RawSteps())
+    model.collect_rollouts(model.env, callback, model.rollout_buffer, T)
+    buf = model.rollout_buffer
+    obs = buf.observations.copy()
+    collecting = copy.deepcopy(model.policy)
+    with th.no_grad():
+        for p in model.policy.parameters():
+            p.add_(0.1 * th.randn_like(p))
+    next(buf.get(32))  # the buffer as the trainer leaves it after the first epoch (flattened)
+    model._recompute_returns()
+    returns, advantages = buf.returns.reshape(E, T).T, buf.advantages.reshape(E, T).T
+    model.policy.set_training_mode(False)
+
+    def value(x, policy=model.policy):
+        with th.no_grad():
+            return policy.predict_values(th.as_tensor(np.asarray(x, np.float32)).reshape(-1, 3)).numpy().ravel()
+
+    v = value(obs.reshape(T * E, -1)).reshape(T, E).astype(np.float64)
+    last = value(model._last_obs).astype(np.float64)
+    rewards, dones = np.zeros((T, E)), np.zeros((T, E), dtype=bool)
+    n_truncations, shift = 0, 0.0
+    for t, (raw, done, infos) in enumerate(steps):
+        rewards[t], dones[t] = raw, done
+        for e in range(E):
+            if done[e]:
+                assert infos[e]["TimeLimit.truncated"]
+                terminal_value = value(infos[e]["terminal_observation"])[0]
+                rewards[t, e] += g * terminal_value
+                n_truncations += 1
+                shift = max(shift, abs(terminal_value - value(infos[e]["terminal_observation"], collecting)[0]))
+    assert n_truncations == 6 and shift > 0.01  # the collecting critic's values differ: the test can tell them apart
+    adv = np.zeros((T, E))
+    for e in range(E):
+        next_adv = 0.0
+        for t in reversed(range(T)):
+            next_v = 0.0 if dones[t, e] else (last[e] if t == T - 1 else v[t + 1, e])
+            delta = rewards[t, e] + g * next_v - v[t, e]
+            next_adv = delta + (0.0 if dones[t, e] else g * lam * next_adv)
+            adv[t, e] = next_adv
+    np.testing.assert_allclose(advantages, adv, atol=2e-5)
+    np.testing.assert_allclose(returns, adv + v, atol=2e-5)

@@ -11,7 +11,7 @@ the current networks (cherry_rl recomputes targets before every epoch), and
 
 import math
 import numbers
-from typing import Any, NamedTuple, cast
+from typing import Any, ClassVar, NamedTuple, cast
 
 import numpy as np
 import torch as th
@@ -119,8 +119,14 @@ class ReturnsEstimatorMixin:
 
     Arrays are ``(n_steps, n_envs)``. ``dones[t]`` (episode ended after step t) is derived from SB3's
     ``episode_starts``; time-limit truncations arrive already bootstrapped in the rewards, as SB3's
-    ``collect_rollouts`` adds ``gamma * V(terminal_obs)`` to the reward.
+    ``collect_rollouts`` adds ``gamma * V(terminal_obs)`` to the reward. The algorithm notes each truncation
+    (:meth:`note_truncation`) so that :meth:`recompute_returns_and_advantage` replaces that collection-time value by
+    the current critic's.
     """
+
+    #: whether :meth:`recompute_returns_and_advantage` re-bootstraps time-limit truncations with the current critic
+    #: (a recurrent critic would need its hidden state at the truncation: its buffers keep the collection-time value)
+    rebootstraps_truncations: ClassVar[bool] = True
 
     # Set by the concrete buffers' __init__
     returns_estimator: str
@@ -180,10 +186,58 @@ class ReturnsEstimatorMixin:
         return flat_action_space(action_space) if isinstance(action_space, spaces.Tuple) else action_space
 
     def reset(self) -> None:
-        """Empty the buffer (and forget any re-centring of the previous rollout)."""
+        """Empty the buffer (and forget any re-centring and the truncations of the previous rollout)."""
         super().reset()  # type: ignore[misc]
         self.behaviour_log_probs = None
         self.advantage_weights = None
+        self._noted_truncations: list[tuple[int, int, Any, float]] = []
+        # the truncations of the filled rollout as arrays (they travel with the buffer to an async learner):
+        # (step, env) of each, the critic's value of its terminal observation at collection, and those observations
+        self.truncation_steps = np.zeros((0, 2), dtype=np.int64)
+        self.truncation_values = np.zeros(0, dtype=np.float32)
+        self.truncation_obs: np.ndarray | dict[str, np.ndarray] = np.zeros(0, dtype=np.float32)
+
+    def note_truncation(self, env_index: int, terminal_obs: Any, value: float) -> None:
+        """
+        Record that the step being collected (the next ``add``) ended env ``env_index``'s episode by its time limit,
+        and that ``gamma * value`` (the critic's value of ``terminal_obs``) is what SB3 adds to its reward.
+
+        :param env_index: the env
+        :param terminal_obs: the observation the episode ended in (``infos[i]["terminal_observation"]``)
+        :param value: the collecting critic's value of it
+        """
+        self._noted_truncations.append((self.pos, env_index, terminal_obs, float(value)))  # type: ignore[attr-defined]
+
+    def _store_truncations(self) -> None:
+        """The noted truncations as arrays (at the end of a rollout)."""
+        noted = self._noted_truncations
+        if not noted:
+            return
+        self.truncation_steps = np.array([(step, env) for step, env, _, _ in noted], dtype=np.int64)
+        self.truncation_values = np.array([value for *_, value in noted], dtype=np.float32)
+        observations = [obs for _, _, obs, _ in noted]
+        if isinstance(observations[0], dict):
+            self.truncation_obs = {key: np.stack([np.asarray(o[key]) for o in observations]) for key in observations[0]}
+        else:
+            self.truncation_obs = np.stack([np.asarray(o) for o in observations])
+
+    def _rebootstrapped_rewards(self, policy: ActorCriticPolicy) -> np.ndarray:
+        """
+        The rewards with each time-limit truncation's ``gamma * V(terminal_obs)`` taken from ``policy``'s critic
+        instead of the collecting one's.
+
+        :param policy: the current policy
+        :return: ``(n_steps, n_envs)`` rewards (the stored array itself when there is nothing to replace)
+        """
+        if not self.rebootstraps_truncations or len(self.truncation_values) == 0:
+            return self.rewards
+        with th.no_grad():
+            obs_tensor, _ = policy.obs_to_tensor(self.truncation_obs)  # type: ignore[arg-type]
+            new_values = policy.predict_values(obs_tensor).cpu().numpy().flatten()  # type: ignore[arg-type]
+        rewards = self.rewards.copy()
+        steps, envs = self.truncation_steps[:, 0], self.truncation_steps[:, 1]
+        rewards[steps, envs] += (self.gamma * (new_values - self.truncation_values)).astype(np.float32)
+        return rewards
 
     def _dones_after(self, last_dones: np.ndarray) -> np.ndarray:
         """``dones[t]``: the episode ended after step t (SB3 stores the shifted ``episode_starts``)."""
@@ -192,22 +246,26 @@ class ReturnsEstimatorMixin:
         dones[-1] = np.asarray(last_dones, dtype=np.float32)
         return dones
 
-    def _estimate(self, values: np.ndarray, last_values: np.ndarray, log_ratios: np.ndarray | None) -> None:
-        """Fill ``self.returns`` and ``self.advantages`` (shape ``(n_steps, n_envs)``)."""
+    def _estimate(
+        self, values: np.ndarray, last_values: np.ndarray, log_ratios: np.ndarray | None, rewards: np.ndarray | None = None
+    ) -> None:
+        """Fill ``self.returns`` and ``self.advantages`` (shape ``(n_steps, n_envs)``) from ``rewards`` (default: the
+        stored ones)."""
+        rewards = self.rewards if rewards is None else rewards
         dones = self._dones_after(self.last_dones)
         if self.returns_estimator == "gae":
-            ret, adv = returns_lib.gae(self.rewards, values, last_values, dones, self.gamma, self.gae_lambda)
+            ret, adv = returns_lib.gae(rewards, values, last_values, dones, self.gamma, self.gae_lambda)
         elif self.returns_estimator == "one_step":
-            ret, adv = returns_lib.one_step(self.rewards, values, last_values, dones, self.gamma)
+            ret, adv = returns_lib.one_step(rewards, values, last_values, dones, self.gamma)
         elif self.returns_estimator == "n_step":
-            ret, adv = returns_lib.n_step(self.rewards, values, last_values, dones, self.gamma, self.n_step)
+            ret, adv = returns_lib.n_step(rewards, values, last_values, dones, self.gamma, self.n_step)
         else:
             if log_ratios is None:
-                log_ratios = np.zeros_like(self.rewards)
+                log_ratios = np.zeros_like(rewards)
             # the trainers' losses carry the importance weight themselves (PPO's ratio pi / mu, or pi / pi_prox times
             # the decoupled weight pi_prox / mu): the advantages are r_s + gamma v_{s+1} - V(x_s), without rho_s
             ret, adv = returns_lib.vtrace(
-                self.rewards,
+                rewards,
                 values,
                 last_values,
                 dones,
@@ -228,6 +286,7 @@ class ReturnsEstimatorMixin:
         :param dones: if the last step was a terminal step (one bool for each env)
         """
         self.last_dones = np.asarray(dones, dtype=np.float32).copy()
+        self._store_truncations()
         last: np.ndarray = last_values.clone().cpu().numpy().flatten()
         self._estimate(self.values, last, None)
 
@@ -352,7 +411,7 @@ class ReturnsEstimatorMixin:
             else:
                 old_log_probs = self.log_probs.reshape(-1) if flat else self.swap_and_flatten(self.log_probs).reshape(-1)  # type: ignore[attr-defined]
             log_ratios = self._unflat(new_log_probs - old_log_probs)
-        self._estimate(self._unflat(new_values), last_values, log_ratios)
+        self._estimate(self._unflat(new_values), last_values, log_ratios, self._rebootstrapped_rewards(policy))
         if flat:
             self.returns = self.swap_and_flatten(self.returns)  # type: ignore[attr-defined]
             self.advantages = self.swap_and_flatten(self.advantages)  # type: ignore[attr-defined]

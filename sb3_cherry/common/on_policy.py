@@ -20,6 +20,8 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import numpy as np
+import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback, ConvertCallback
@@ -241,6 +243,30 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
         """
         with inference_forward(self.policy):
             return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
+
+    def _update_info_buffer(self, infos: list[dict[str, Any]], dones: np.ndarray | None = None) -> None:
+        """
+        SB3's episode bookkeeping (called at every collected step, before SB3 bootstraps time-limit truncations and
+        adds the step to the buffer); with ``recompute_returns``, also note each truncation with the critic's value of
+        its terminal observation, which :meth:`~sb3_cherry.common.buffers.ReturnsEstimatorMixin.recompute_returns_and_advantage`
+        replaces by the current critic's.
+
+        :param infos: the envs' infos of this step
+        :param dones: the envs' done flags of this step
+        """
+        super()._update_info_buffer(infos, dones)
+        buffer = self.rollout_buffer
+        if not (self.recompute_returns and dones is not None and isinstance(buffer, ReturnsEstimatorMixin)):
+            return
+        if not buffer.rebootstraps_truncations:
+            return
+        for idx, done in enumerate(dones):
+            # SB3's condition in collect_rollouts
+            if done and infos[idx].get("terminal_observation") is not None and infos[idx].get("TimeLimit.truncated", False):
+                terminal_obs = infos[idx]["terminal_observation"]
+                with th.no_grad():
+                    value = self.policy.predict_values(self.policy.obs_to_tensor(terminal_obs)[0])[0]
+                buffer.note_truncation(idx, terminal_obs, float(value.item()))
 
     def _prepare_lagged_rollout(self) -> None:
         """

@@ -27,6 +27,9 @@ from sb3_cherry.common.buffers import ReturnsEstimatorMixin
 class _RecurrentReturnsEstimator(ReturnsEstimatorMixin):
     """Mixin (first in the bases): the estimators of ``ReturnsEstimatorMixin`` on contrib's recurrent buffers."""
 
+    # the critic's value of a terminal observation needs its hidden state there, which the replay does not produce
+    rebootstraps_truncations = False
+
     def __init__(
         self,
         buffer_size: int,

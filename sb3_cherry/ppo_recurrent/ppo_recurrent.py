@@ -86,7 +86,8 @@ class RecurrentPPORollback(RecurrentPPO, CherryOnPolicyAlgorithm):
     :param recompute_returns: recompute values, returns and advantages with the current networks before every epoch
         after the first (as cherry_rl does): each env's rollout is replayed in order from the recurrent states stored
         at its first step, resetting them where episodes start, and the observation after the last step continues the
-        sequence for the bootstrap value (see :meth:`~sb3_cherry.ppo_recurrent.buffers.CherryRecurrentRolloutBuffer.replay`)
+        sequence for the bootstrap value (see :meth:`~sb3_cherry.ppo_recurrent.buffers.CherryRecurrentRolloutBuffer.replay`);
+        the value SB3 adds to the reward of a time-limit truncation stays the collecting critic's
     :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
         the reported success rate, mean episode length, and mean reward over
     :param tensorboard_log: the log location for tensorboard (if None, no logging)

@@ -306,7 +306,8 @@ class PPORollback(PPO, CherryOnPolicyAlgorithm):
     :param rho_bar: V-trace truncation level of the importance weights in the TD errors
     :param c_bar: V-trace truncation level of the traces
     :param recompute_returns: recompute values, returns and advantages with the current networks before every epoch
-        after the first (as cherry_rl does; with V-trace, the ratios current / collecting policy correct the critic's
+        after the first (as cherry_rl does; also the critic's value SB3 adds to the reward of a time-limit truncation;
+        with V-trace, the ratios current / collecting policy correct the critic's
         targets for the drift, and the surrogate takes the advantages without ``rho``: PPO's ratio already is the
         importance weight)
     :param collection: ``"sync"`` (collect, then train, as SB3) or ``"async"``: the updates run in a learner process
