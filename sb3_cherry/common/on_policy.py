@@ -248,8 +248,8 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
         """
         SB3's episode bookkeeping (called at every collected step, before SB3 bootstraps time-limit truncations and
         adds the step to the buffer); with ``recompute_returns``, also note each truncation with the critic's value of
-        its terminal observation, which :meth:`~sb3_cherry.common.buffers.ReturnsEstimatorMixin.recompute_returns_and_advantage`
-        replaces by the current critic's.
+        its terminal observation, which ``recompute_returns_and_advantage`` replaces by the current critic's
+        (:class:`~sb3_cherry.common.buffers.ReturnsEstimatorMixin`).
 
         :param infos: the envs' infos of this step
         :param dones: the envs' done flags of this step
