@@ -60,6 +60,8 @@ def run_env_kwargs(hyperparams: Mapping[str, Any], env_folder: str | pathlib.Pat
         value = content.get("env_kwargs") if isinstance(content, Mapping) else None
         if value is None:
             continue
+        if isinstance(value, str):  # a config's dict(...) string, parsed as data (as training does)
+            value = parse_literal_string(value, f"{pathlib.Path(env_folder) / name} env_kwargs")
         if not isinstance(value, dict):
             raise ValueError(f"{pathlib.Path(env_folder) / name}: env_kwargs must be a mapping, got {value!r}.")
         kwargs.update(value)

@@ -653,9 +653,9 @@ def cmd_record(argv: list[str]) -> None:
 def gif_timing(fps: float, max_fps: float, n_frames: int) -> tuple[int, list[int]]:
     """
     Which frames a GIF keeps and how long each shows, so that it plays at the env's speed: every ``every``-th frame
-    (the smallest step whose rate ``fps / every`` is at most ``max_fps``), each shown until the real time of the next
-    kept frame rounded to GIF's 10 ms unit (so the durations differ by 10 ms where ``1000 * every / fps`` is not a
-    whole number of centiseconds, and their sum stays within 5 ms of the recording's length).
+    (the smallest step whose rate ``fps / every`` is at most ``max_fps``), each shown for ``every / fps`` seconds,
+    i.e. until the real time of the next kept frame rounded to GIF's 10 ms unit (so the durations differ by 10 ms where
+    ``1000 * every / fps`` is not a whole number of centiseconds; each frame starts within 5 ms of its real time).
 
     :param fps: frames per second of the recording (the env's ``render_fps``)
     :param max_fps: maximal GIF frame rate

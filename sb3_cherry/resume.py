@@ -31,7 +31,6 @@ from rl_zoo3.exp_manager import ExperimentManager
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from sb3_cherry.checkpoint_eval import RUN_CHECKPOINT
@@ -43,7 +42,13 @@ from sb3_cherry.common.checkpoint import (
     read_run_state,
 )
 from sb3_cherry.common.restricted_pickle import load_vec_normalize
-from sb3_cherry.common.safe_config import check_imported_names, parse_literal_string, safe_load_yaml
+from sb3_cherry.common.safe_config import (
+    check_imported_names,
+    parse_literal_string,
+    parse_policy_kwargs,
+    safe_load_yaml,
+)
+from sb3_cherry.common.schedules import ZooLinearSchedule
 
 #: Hyperparameters rl_zoo3 turns into objects with ``eval`` when they are strings (parsed as data on resume instead)
 _STRING_KEYS = ("policy_kwargs", "replay_buffer_class", "replay_buffer_kwargs", "monitor_kwargs", "normalize")
@@ -242,10 +247,10 @@ class SafeExperimentManager(ExperimentManager):
     @staticmethod
     def _preprocess_schedules(hyperparams: dict[str, Any]) -> dict[str, Any]:
         """
-        rl_zoo3's schedules, with ``lin_<value>`` as SB3's ``LinearSchedule(value, 0, 1)`` (as
-        :func:`~sb3_cherry.common.zoo_config.load_zoo_entry`, ``ent_coef`` and the safe loader build it) instead of
-        rl_zoo3's ``SimpleLinearSchedule``, which goes negative when the last rollout overshoots ``total_timesteps``:
-        a negative learning rate (a step of gradient ascent) and clip range in the run's last update.
+        rl_zoo3's schedules, with ``lin_<value>`` as :class:`~sb3_cherry.common.schedules.ZooLinearSchedule` instead
+        of rl_zoo3's ``SimpleLinearSchedule``: the same values bit for bit while ``progress_remaining >= 0``, and 0
+        after, where rl_zoo3's goes negative (the last rollout of a run may overshoot ``total_timesteps``: a negative
+        learning rate, a step of gradient ascent, and clip range in the run's last update).
 
         :param hyperparams: the entry
         :return: the entry with schedule objects
@@ -254,7 +259,7 @@ class SafeExperimentManager(ExperimentManager):
 
         hyperparams = ExperimentManager._preprocess_schedules(hyperparams)
         return {
-            key: LinearSchedule(value.initial_value, 0.0, 1.0) if isinstance(value, SimpleLinearSchedule) else value
+            key: ZooLinearSchedule(value.initial_value) if isinstance(value, SimpleLinearSchedule) else value
             for key, value in hyperparams.items()
         }
 
@@ -269,6 +274,25 @@ class SafeExperimentManager(ExperimentManager):
         if isinstance(hyperparams.get("env_kwargs"), str):
             hyperparams = {**hyperparams, "env_kwargs": parse_literal_string(hyperparams["env_kwargs"], "env_kwargs")}
         return super()._preprocess_hyperparams(hyperparams)
+
+    def load_trial(self, storage: str, study_name: str, trial_id: int | None = None, convert: bool = True) -> dict[str, Any]:
+        """
+        rl_zoo3's hyperparameters of an optuna trial (``--storage --study-name --trial-id``), with the trial's
+        ``policy_kwargs`` merged into the config entry's as during the search (:meth:`objective`).
+
+        :param storage: the optuna storage
+        :param study_name: the study
+        :param trial_id: the trial (None: the best one)
+        :param convert: convert the sampled values into hyperparameters
+        :return: the trial's hyperparameters
+        """
+        params = super().load_trial(storage, study_name, trial_id, convert)
+        if convert and isinstance(params.get("policy_kwargs"), dict):
+            config = safe_load_yaml(self.config) or {}
+            entry = config.get(self.env_name.gym_id, config.get("default")) or {}
+            entry_kwargs = parse_policy_kwargs(entry.get("policy_kwargs") or {}, f"{self.config} policy_kwargs")
+            params["policy_kwargs"] = {**entry_kwargs, **params["policy_kwargs"]}
+        return params
 
     def objective(self, trial: Any) -> float:
         """

@@ -93,6 +93,18 @@ def test_unknown_yaml_key_names_file_env_and_key(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
+    "algo, entry",
+    [
+        ("ppo_rollback", {"n_timesteps": 1000, "frame_stack": None}),  # rl_zoo3: no stacking
+        ("ppo_rollback", {"n_timesteps": 1e3, "n_steps": 64, "learning_rate": "lin_1e-3"}),
+        ("bco", {"n_timesteps": 1000, "n_pre_interactions": 1e4, "demonstrations": "demos.npz"}),  # BCO converts it
+    ],
+)
+def test_config_values_still_accepted(tmp_path, algo, entry):
+    validate_config(_write(tmp_path, entry), algo, "CartPole-v1")
+
+
+@pytest.mark.parametrize(
     "entry, message",
     [
         ({"n_timesteps": 1000, "policy": "MlpPolicy", "n_epochs": "ten"}, "'n_epochs'='ten' has the wrong type"),
@@ -319,6 +331,14 @@ def test_evaluate_failure_definition_from_the_command_line(trained, capsys):
     assert _evaluate_json([*base, "--no-fail-on-termination"], capsys)["n_failed"] == 0
     assert _evaluate_json([*base, "--no-fail-on-termination", "--fail-below", "1000"], capsys)["n_failed"] == 4
     assert _evaluate_json([*base, "--fail-below", "none"], capsys)["n_failed"] == terminated
+    # an env default threshold is switched off by 'none' (evaluation.yml has none for CartPole: patched in)
+    import sb3_cherry.cli as cli
+
+    defaults = cli._eval_defaults
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cli, "_eval_defaults", lambda env: {**defaults(env), "fail_below": 1000.0})
+        assert _evaluate_json([*base, "--no-fail-on-termination"], capsys)["n_failed"] == 4
+        assert _evaluate_json([*base, "--no-fail-on-termination", "--fail-below", "none"], capsys)["n_failed"] == 0
     with pytest.raises(SystemExit):
         main([*base, "--fail-below", "high"])
     assert "expected a number or 'none', got 'high'" in capsys.readouterr().err
@@ -520,10 +540,15 @@ def test_optimize_keeps_the_configs_policy_kwargs(tmp_path, monkeypatch):
         "--seed",
         "0",
     ]
-    main(["train", "--algo", "ppo_rollback", "--env", "Pendulum-v1", "-c", str(config), *common, "-f", "logs"])
+    study = ["--storage", str(tmp_path / "study.log"), "--study-name", "beta"]
+    main(["train", "--algo", "ppo_rollback", "--env", "Pendulum-v1", "-c", str(config), *common, *study, "-f", "logs"])
     assert len(built) == 2
     for policy_kwargs in built:
         assert policy_kwargs["action_distribution"] == "beta" and "net_arch" in policy_kwargs
+    # retraining a trial (rl_zoo3 skips --trial-id 0) keeps the entry's policy_kwargs too
+    retrain = ["--trial-id", "1", "-n", "64", "--eval-freq", "-1", "-f", "logs"]
+    main(["train", "--algo", "ppo_rollback", "--env", "Pendulum-v1", "-c", str(config), *study, *retrain])
+    assert built[-1]["action_distribution"] == "beta" and built[-1]["net_arch"] == built[1]["net_arch"]
     built.clear()
     config.write_text(yaml.safe_dump({"Pendulum-v1": {**entry, "policy": "MlpLstmPolicy"}}))
     main(["train", "--algo", "recurrent_ppo_rollback", "--env", "Pendulum-v1", "-c", str(config), *common, "-f", "logs"])
@@ -540,7 +565,7 @@ def test_optimize_without_a_search_space_is_refused(algo, flag, capsys):
     assert f"-optimize has no search space for --algo {algo}" in capsys.readouterr().err
 
 
-def test_train_env_kwargs_string_parsed_as_data(tmp_path, monkeypatch):
+def test_train_env_kwargs_string_parsed_as_data(tmp_path, monkeypatch, capsys):
     """``env_kwargs: "dict(...)"`` (as load_zoo_entry reads it): rl_zoo3 passed the string on to gym.make (TypeError)."""
     import sb3_cherry.resume as resume
 
@@ -551,6 +576,12 @@ def test_train_env_kwargs_string_parsed_as_data(tmp_path, monkeypatch):
     config = _write(tmp_path, entry)
     main(["train", "--algo", "ppo_rollback", "-c", str(config), "-f", str(tmp_path / "logs"), "--eval-freq", "-1"])
     assert made and all(kwargs == {"sutton_barto_reward": True} for kwargs in made)
+    # evaluated on the env it was trained on (Sutton & Barto's reward: 0 per step, -1 at the fall)
+    capsys.readouterr()
+    summary = _evaluate_json(
+        ["evaluate", "--algo", "ppo_rollback", "--env", "CartPole-v1", "-f", str(tmp_path / "logs"), "-n", "2"], capsys
+    )
+    assert all(r in (-1.0, 0.0) for r in summary["returns"])
 
 
 def _recording_create_envs(made):

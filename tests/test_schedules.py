@@ -188,3 +188,24 @@ def test_yaml_accepts_the_schedule_forms(tmp_path):
     # BCO's ent_coef (a cloning-loss bonus) is a plain number: a schedule is refused before any model is built
     with pytest.raises(ValueError, match=r"CartPole-v1.*'ent_coef'.*wrong type"):
         validate_config(path, "bco", "CartPole-v1")
+
+
+def test_zoo_linear_schedule_is_rl_zoo3s_until_the_end_then_zero(tmp_path):
+    """``lin_<v>`` from the CLI: rl_zoo3's values bit for bit for progress in [0, 1], 0 past the end (rl_zoo3's goes
+    negative); a saved model gets the same schedule back from the safe loader."""
+    from rl_zoo3.utils import SimpleLinearSchedule
+
+    from sb3_cherry.common.schedules import ZooLinearSchedule
+
+    ours, theirs = ZooLinearSchedule(3e-4), SimpleLinearSchedule(3e-4)
+    for progress in [1.0, 0.0, *np.random.default_rng(0).random(1000)]:
+        assert ours(progress) == theirs(progress)
+    assert theirs(-0.25) < 0 and ours(-0.25) == 0.0
+    model = PPORollback(
+        "MlpPolicy", "CartPole-v1", n_steps=32, batch_size=32, learning_rate=ours, clip_range=ZooLinearSchedule(0.2)
+    )
+    model.save(tmp_path / "model")
+    loaded = PPORollback.load(tmp_path / "model")
+    for progress in (1.0, 0.37, 0.0, -0.1):
+        assert loaded.lr_schedule(progress) == model.lr_schedule(progress)
+        assert loaded.clip_range(progress) == model.clip_range(progress)

@@ -170,6 +170,8 @@ class BCO(AtomicSaveAlgorithm):
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
 
+    #: integer arguments the constructor also takes as whole-number floats (a YAML ``!!float 1e4``)
+    config_whole_floats: ClassVar[frozenset[str]] = frozenset({"n_pre_interactions"})
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
         "MlpPolicy": MlpPolicy,
         "CnnPolicy": CnnPolicy,

@@ -10,7 +10,7 @@ that this module depends on no algorithm folder.
 import inspect
 import math
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import gymnasium as gym
@@ -107,11 +107,14 @@ def _is_linear_schedule(value: str) -> bool:
     return math.isfinite(number) and number > 0
 
 
-def _type_ok(value: Any, default: Any, key: str, schedules: bool) -> bool:
+def _type_ok(value: Any, default: Any, key: str, schedules: bool, whole_floats: Collection[str] = ()) -> bool:
     if isinstance(default, bool):
         return isinstance(value, bool)
     if isinstance(default, int):
-        # not 2048.0 (YAML's !!float 2e3): SB3 and rl_zoo3 pass it on as a float, which fails inside numpy / range
+        # not 2048.0 (YAML's !!float 2e3): SB3 and rl_zoo3 pass it on as a float, which fails inside numpy / range;
+        # unless the constructor converts it itself (``config_whole_floats`` of the class, e.g. BCO's budgets)
+        if key in whole_floats and isinstance(value, float) and value.is_integer():
+            return True
         return isinstance(value, int) and not isinstance(value, bool)
     if isinstance(default, float):
         if isinstance(value, str):
@@ -160,7 +163,12 @@ def check_constructor_kwargs(
                 raise ValueError(f"{where}: {exc}") from exc
             continue
         default = parameters[key].default if key in parameters else None
-        if default is not None and default is not inspect.Parameter.empty and not _type_ok(value, default, key, schedules):
+        whole_floats = getattr(cls, "config_whole_floats", ())
+        if (
+            default is not None
+            and default is not inspect.Parameter.empty
+            and not _type_ok(value, default, key, schedules, whole_floats)
+        ):
             expected = type(default).__name__
             if schedules and key in SCHEDULE_KEYS:
                 expected += " or lin_<value> with a positive value"
@@ -181,7 +189,7 @@ def _check_zoo_keys(entry: Mapping[str, Any], aliases: Mapping[str, Any], where:
         value = entry.get(key)
         if value is not None and not (isinstance(value, int) and not isinstance(value, bool)):
             raise ValueError(f"{where}: {key}={value!r} must be an integer (not {type(value).__name__}).")
-    if "frame_stack" in entry and entry["frame_stack"] < 1:
+    if entry.get("frame_stack") is not None and entry["frame_stack"] < 1:
         raise ValueError(f"{where}: frame_stack={entry['frame_stack']!r} must be at least 1.")
     normalize = entry.get("normalize")
     if normalize is not None and not isinstance(normalize, (bool, str, dict)):

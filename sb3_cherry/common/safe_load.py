@@ -44,6 +44,7 @@ from stable_baselines3.common.utils import ConstantSchedule, FloatSchedule, Line
 
 from sb3_cherry.common.restricted_pickle import SPACE_GLOBALS, RestrictedUnpickler, UnsafeModelFileError
 from sb3_cherry.common.safe_config import UnsafeConfigError, literal_value
+from sb3_cherry.common.schedules import ZooLinearSchedule
 
 #: Packages whose (already imported) classes may be named by a model file
 TRUSTED_PACKAGES = ("stable_baselines3", "sb3_contrib", "sb3_cherry")
@@ -323,8 +324,9 @@ def rebuild_space(key: str, item: Mapping[str, Any], env_space: spaces.Space | N
 _SCHEDULE_CALLS: dict[str, Callable[..., Any]] = {
     "ConstantSchedule": ConstantSchedule,
     "LinearSchedule": LinearSchedule,
-    # rl_zoo3's ``lin_<value>``: progress_remaining * initial_value
-    "SimpleLinearSchedule": lambda initial_value: LinearSchedule(float(initial_value), 0.0, 1.0),
+    # rl_zoo3's ``lin_<value>``: progress_remaining * initial_value (held at 0 past the end, as sb3-cherry trains it)
+    "SimpleLinearSchedule": ZooLinearSchedule,
+    "ZooLinearSchedule": ZooLinearSchedule,
     "FloatSchedule": FloatSchedule,
 }
 
@@ -337,7 +339,7 @@ def _schedule_from_text(text: str) -> Any:
 def schedule_from_fields(item: Mapping[str, Any]) -> Any:
     """
     A schedule rebuilt from its readable fields (SB3's ``FloatSchedule``/``ConstantSchedule``/``LinearSchedule``,
-    rl_zoo3's ``SimpleLinearSchedule``).
+    rl_zoo3's ``SimpleLinearSchedule`` and sb3_cherry's ``ZooLinearSchedule``, both as the latter).
 
     :param item: the ``data`` entry
     :return: the schedule, or None when the stored object is opaque (e.g. a function)
@@ -353,8 +355,8 @@ def schedule_from_fields(item: Mapping[str, Any]) -> Any:
             return ConstantSchedule(float(item["val"]))
         if kind.endswith(".LinearSchedule'>"):
             return LinearSchedule(float(item["start"]), float(item["end"]), float(item["end_fraction"]))
-        if kind.endswith(".SimpleLinearSchedule'>"):
-            return LinearSchedule(float(item["initial_value"]), 0.0, 1.0)
+        if kind.endswith(".SimpleLinearSchedule'>") or kind.endswith(".ZooLinearSchedule'>"):
+            return ZooLinearSchedule(float(item["initial_value"]))
     except (SyntaxError, UnsafeConfigError, KeyError, TypeError, ValueError, AssertionError):
         return None
     return None

@@ -30,6 +30,26 @@ def _finite(value: object, name: str, what: str) -> float:
     return float(value)
 
 
+class ZooLinearSchedule:
+    """
+    rl_zoo3's ``lin_<value>`` schedule, ``progress_remaining * initial_value`` (bit for bit rl_zoo3's
+    ``SimpleLinearSchedule`` while ``progress_remaining >= 0``), held at 0 once ``progress_remaining`` is negative:
+    SB3 computes the progress after each rollout, so the last rollout of a run that overshoots ``total_timesteps``
+    trains with a negative progress, where rl_zoo3's value is negative (a negative learning rate or clip range).
+
+    :param initial_value: the value at the start of the run
+    """
+
+    def __init__(self, initial_value: float) -> None:
+        self.initial_value = float(initial_value)
+
+    def __call__(self, progress_remaining: float) -> float:
+        return max(progress_remaining, 0.0) * self.initial_value
+
+    def __repr__(self) -> str:
+        return f"ZooLinearSchedule(initial_value={self.initial_value!r})"
+
+
 def coefficient_schedule(value: CoefficientSchedule, name: str = "ent_coef") -> Callable[[float], float]:
     """
     The schedule of a loss coefficient given in any of its accepted forms.
