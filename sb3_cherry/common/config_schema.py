@@ -153,6 +153,7 @@ def check_constructor_kwargs(
 
     # the on-policy algorithms take ent_coef schedules; BCO's ent_coef is a plain number (checked by type below)
     takes_schedules = issubclass(cls, CherryOnPolicyAlgorithm)
+    whole_floats = getattr(cls, "config_whole_floats", ())
     for key, value in kwargs.items():
         if key not in allowed:
             raise ValueError(f"{where}: unknown hyperparameter {key!r} for {cls.__name__}. Allowed: {sorted(allowed)}.")
@@ -163,7 +164,6 @@ def check_constructor_kwargs(
                 raise ValueError(f"{where}: {exc}") from exc
             continue
         default = parameters[key].default if key in parameters else None
-        whole_floats = getattr(cls, "config_whole_floats", ())
         if (
             default is not None
             and default is not inspect.Parameter.empty
