@@ -627,11 +627,14 @@ def test_recompute_rebootstraps_time_limit_truncations_with_the_current_critic()
     ``recompute_returns=True`` recomputes every other value with the current critic, so it must replace that one too.
     Reference: GAE written out here on the raw rewards (copied by a callback before SB3's in-place bootstrap), the
     terminal observations from the infos and the current critic (Pendulum cut at 10 steps: only truncations).
+    Checked at two recomputes of a rollout (the correction is not added twice), on a second rollout (the first one's
+    truncations are forgotten) and on the rollout as the async learner receives it (``buffer_payload``).
     """
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
 
     from sb3_cherry import PPORollback
+    from sb3_cherry.common.async_learner import buffer_payload
 
     steps = []
 
@@ -642,49 +645,77 @@ def test_recompute_rebootstraps_time_limit_truncations_with_the_current_critic()
             return True
 
     T, E, g, lam = 32, 2, 0.9, 0.8
-    env = make_vec_env("Pendulum-v1", n_envs=E, seed=0, env_kwargs={"max_episode_steps": 10})
-    model = PPORollback(
-        "MlpPolicy", env, n_steps=T, batch_size=32, n_epochs=2, gamma=g, gae_lambda=lam, seed=0,
-        recompute_returns=True, device="cpu",
-    )  # fmt: skip
-    _, callback = model._setup_learn(T * E, RawSteps())
-    model.collect_rollouts(model.env, callback, model.rollout_buffer, T)
-    buf = model.rollout_buffer
-    obs = buf.observations.copy()
-    collecting = copy.deepcopy(model.policy)
-    with th.no_grad():
-        for p in model.policy.parameters():
-            p.add_(0.1 * th.randn_like(p))
-    next(buf.get(32))  # the buffer as the trainer leaves it after the first epoch (flattened)
-    model._recompute_returns()
-    returns, advantages = buf.returns.reshape(E, T).T, buf.advantages.reshape(E, T).T
-    model.policy.set_training_mode(False)
 
-    def value(x, policy=model.policy):
+    def make_model(max_episode_steps):
+        env = make_vec_env("Pendulum-v1", n_envs=E, seed=0, env_kwargs={"max_episode_steps": max_episode_steps})
+        return PPORollback(
+            "MlpPolicy", env, n_steps=T, batch_size=32, n_epochs=2, gamma=g, gae_lambda=lam, seed=0,
+            recompute_returns=True, device="cpu",
+        )  # fmt: skip
+
+    def value(x, policy):
         with th.no_grad():
             return policy.predict_values(th.as_tensor(np.asarray(x, np.float32)).reshape(-1, 3)).numpy().ravel()
 
-    v = value(obs.reshape(T * E, -1)).reshape(T, E).astype(np.float64)
-    last = value(model._last_obs).astype(np.float64)
-    rewards, dones = np.zeros((T, E)), np.zeros((T, E), dtype=bool)
-    n_truncations, shift = 0, 0.0
-    for t, (raw, done, infos) in enumerate(steps):
-        rewards[t], dones[t] = raw, done
-        for e in range(E):
-            if done[e]:
+    def reference(model, obs, collecting):
+        """GAE on raw rewards + gamma * V_current(terminal obs); the truncations seen, and how far the critics differ."""
+        policy = model.policy
+        v = value(obs.reshape(T * E, -1), policy).reshape(T, E).astype(np.float64)
+        last = value(model._last_obs, policy).astype(np.float64)
+        rewards, dones, truncations, shift = np.zeros((T, E)), np.zeros((T, E), dtype=bool), [], 0.0
+        for t, (raw, done, infos) in enumerate(steps):
+            rewards[t], dones[t] = raw, done
+            for e in np.flatnonzero(done):
                 assert infos[e]["TimeLimit.truncated"]
-                terminal_value = value(infos[e]["terminal_observation"])[0]
+                terminal_value = value(infos[e]["terminal_observation"], policy)[0]
                 rewards[t, e] += g * terminal_value
-                n_truncations += 1
+                truncations.append((t, e))
                 shift = max(shift, abs(terminal_value - value(infos[e]["terminal_observation"], collecting)[0]))
-    assert n_truncations == 6 and shift > 0.01  # the collecting critic's values differ: the test can tell them apart
-    adv = np.zeros((T, E))
-    for e in range(E):
-        next_adv = 0.0
-        for t in reversed(range(T)):
-            next_v = 0.0 if dones[t, e] else (last[e] if t == T - 1 else v[t + 1, e])
-            delta = rewards[t, e] + g * next_v - v[t, e]
-            next_adv = delta + (0.0 if dones[t, e] else g * lam * next_adv)
-            adv[t, e] = next_adv
-    np.testing.assert_allclose(advantages, adv, atol=2e-5)
-    np.testing.assert_allclose(returns, adv + v, atol=2e-5)
+        adv = np.zeros((T, E))
+        for e in range(E):
+            next_adv = 0.0
+            for t in reversed(range(T)):
+                next_v = 0.0 if dones[t, e] else (last[e] if t == T - 1 else v[t + 1, e])
+                delta = rewards[t, e] + g * next_v - v[t, e]
+                next_adv = delta + (0.0 if dones[t, e] else g * lam * next_adv)
+                adv[t, e] = next_adv
+        return adv, adv + v, truncations, shift
+
+    def check(buf, model, obs, collecting, flat=True):
+        returns, advantages = buf.returns, buf.advantages
+        if flat:
+            returns, advantages = returns.reshape(E, T).T, advantages.reshape(E, T).T
+        adv, ret, truncations, shift = reference(model, obs, collecting)
+        np.testing.assert_allclose(advantages, adv, atol=2e-5)
+        np.testing.assert_allclose(returns, ret, atol=2e-5)
+        return truncations, shift
+
+    model = make_model(10)
+    seen = []
+    for rollout in range(2):  # the second rollout continues the episodes: truncated at other steps
+        steps.clear()
+        _, callback = model._setup_learn(2 * T * E, RawSteps(), reset_num_timesteps=rollout == 0)
+        model.collect_rollouts(model.env, callback, model.rollout_buffer, T)
+        buf = model.rollout_buffer
+        obs, payload, last_obs = buf.observations.copy(), copy.deepcopy(buffer_payload(buf)), model._last_obs.copy()
+        collecting = copy.deepcopy(model.policy)
+        with th.no_grad():
+            for p in model.policy.parameters():
+                p.add_(0.1 * th.randn_like(p))
+        model.policy.set_training_mode(False)
+        next(buf.get(32))  # the buffer as the trainer leaves it after the first epoch (flattened)
+        for _ in range(2):  # before epochs 2 and 3: the same targets (the correction replaces, it does not accumulate)
+            model._recompute_returns()
+            truncations, shift = check(buf, model, obs, collecting)
+        assert [tuple(ts) for ts in buf.truncation_steps] == truncations and len(truncations) == 6  # this rollout's
+        assert shift > 0.01  # the collecting critic's values differ: the test can tell them apart
+        seen.append(truncations)
+        # the async learner: the rollout arrives through buffer_payload into another model's buffer
+        learner = make_model(10)
+        learner.policy.load_state_dict(model.policy.state_dict())
+        for key, item in payload.items():
+            setattr(learner.rollout_buffer, key, item)
+        learner._last_obs = last_obs
+        learner._recompute_returns()
+        check(learner.rollout_buffer, model, obs, collecting, flat=False)
+    assert seen[0] != seen[1]

@@ -206,6 +206,11 @@ class ReturnsEstimatorMixin:
         :param terminal_obs: the observation the episode ended in (``infos[i]["terminal_observation"]``)
         :param value: the collecting critic's value of it
         """
+        # a copy: the observation is kept until the rollout ends, and a VecEnv may reuse its arrays
+        if isinstance(terminal_obs, dict):
+            terminal_obs = {key: np.array(obs, copy=True) for key, obs in terminal_obs.items()}
+        else:
+            terminal_obs = np.array(terminal_obs, copy=True)
         self._noted_truncations.append((self.pos, env_index, terminal_obs, float(value)))  # type: ignore[attr-defined]
 
     def _store_truncations(self) -> None:
