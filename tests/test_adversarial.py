@@ -528,6 +528,20 @@ def test_zoo_entry_nested_hyperparameters_checked(zoo_with_adversarial, tmp_path
         validate_config(config, algo, "CartPole-v1")
 
 
+def test_zoo_entry_airl_with_a_recurrent_generator_refused(zoo_with_adversarial, tmp_path):
+    from sb3_cherry.cli import validate_config
+
+    with open("zoo_configs/gail.yml") as file:
+        entry = yaml.safe_load(file)["CartPole-v1"]
+    config = tmp_path / "gail.yml"
+    config.write_text(
+        yaml.safe_dump({"CartPole-v1": {**entry, "generator_class": "recurrent_ppo_rollback", "policy": "MlpLstmPolicy"}})
+    )
+    validate_config(config, "gail", "CartPole-v1")  # GAIL takes a recurrent generator
+    with pytest.raises(ValueError, match="AIRL needs log pi"):
+        validate_config(config, "airl", "CartPole-v1")
+
+
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "BipedalWalker-v3"])
 def test_zoo_entries_build_gail_and_airl(zoo_with_adversarial, env_id):
     """Every gail.yml entry builds as GAIL and as AIRL (``--algo airl`` reads gail.yml): ``hid_sizes`` sizes GAIL's

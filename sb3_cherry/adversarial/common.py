@@ -403,6 +403,8 @@ class AdversarialImitation(BaseAlgorithm):
             generator_class = resolve_generator_class(entry.get("generator_class", "ppo_rollback"))
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from exc
+        if cls.trainer_kind == "airl" and issubclass(generator_class, RecurrentPPO):
+            raise ValueError(f"{where}: {_AIRL_RECURRENT}")
         for key in ("generator_kwargs", "reward_net_kwargs"):
             if not isinstance(entry.get(key) or {}, dict):
                 raise ValueError(f"{where}: {key}={entry[key]!r} must be a mapping.")
