@@ -490,6 +490,144 @@ def test_recompute_after_an_update_uses_the_new_critic():
     assert not np.allclose(buffer._unflat(values), buffer._unflat(buffer.values.reshape(-1)), atol=1e-4)
 
 
+def _critic_step(policy, obs, state):
+    """
+    One step of a recurrent critic written out on its modules (one env, Flatten features): the value of ``obs`` and
+    the states after it. ``state`` is ``(h, c)``, each ``(num_layers, 1, hidden)``; a GRU ignores ``c``.
+    """
+    x = th.as_tensor(np.asarray(obs, dtype=np.float32)).reshape(1, 1, -1)
+    rnn = policy.lstm_critic
+    with th.no_grad():
+        if isinstance(rnn, nn.GRU):
+            out, h = nn.GRU.forward(rnn, x, state[0])
+            new_state = (h, th.zeros_like(h))
+        else:
+            out, new_state = nn.LSTM.forward(rnn, x, state)
+        value = policy.value_net(policy.mlp_extractor.forward_critic(out.reshape(1, -1)))
+    return float(value), new_state
+
+
+@pytest.mark.parametrize(
+    "policy, policy_kwargs", [("MlpLstmPolicy", None), ("MlpGruPolicy", None), ("MlpLstmPolicy", dict(n_lstm_layers=2))]
+)
+def test_recompute_rebootstraps_truncations_with_the_replayed_critic(policy, policy_kwargs):
+    """
+    sb3-contrib adds ``gamma * V(terminal observation)`` to the reward of a time-limit truncation, the critic taking
+    one recurrent step from the states the truncated step led to. ``recompute_returns`` must replace that value by the
+    current critic's, from the current critic's own states. Reference: the critic stepped by hand on its modules, one
+    env and one step at a time (states carried, zeroed at episode starts, starting from those stored at the rollout's
+    first step), and GAE written out on the raw rewards (copied by a callback before contrib's in-place bootstrap).
+    Pendulum cut at 10 and 7 steps (only truncations; a different number per env, one at the last step), two rollouts
+    (the second starts from non-zero states), two recomputes each (the correction replaces, it does not accumulate).
+    """
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    steps = []
+
+    class RawSteps(BaseCallback):
+        def _on_step(self):
+            infos = self.locals["infos"]
+            steps.append((self.locals["rewards"].copy(), self.locals["dones"].copy(), [dict(i) for i in infos]))
+            return True
+
+    T, E, g, lam = 30, 2, 0.9, 0.8
+    env = DummyVecEnv([lambda n=n: gym.make("Pendulum-v1", max_episode_steps=n) for n in (10, 7)])
+    env.seed(0)
+    model = RecurrentPPORollback(
+        policy, env, n_steps=T, batch_size=30, n_epochs=2, gamma=g, gae_lambda=lam, seed=0, recompute_returns=True,
+        policy_kwargs={**SMALL_NET, **(policy_kwargs or {})},
+    )  # fmt: skip
+
+    def reference(policy, obs, first_starts, first_states, last_obs, last_dones):
+        """Values by hand; GAE on raw rewards + gamma * V(terminal obs); the truncations and their values."""
+        v, last = np.zeros((T, E)), np.zeros(E)
+        rewards, dones, truncations = np.zeros((T, E)), np.zeros((T, E), dtype=bool), {}
+        for t, (raw, done, _) in enumerate(steps):
+            rewards[t], dones[t] = raw, done
+        for e in range(E):
+            state = tuple(th.as_tensor(s[:, e : e + 1].copy()) for s in first_states)
+            for t in range(T):
+                start = first_starts[e] if t == 0 else dones[t - 1, e]
+                if start:
+                    state = tuple(th.zeros_like(s) for s in state)
+                v[t, e], state = _critic_step(policy, obs[t, e], state)
+                if dones[t, e]:
+                    assert steps[t][2][e]["TimeLimit.truncated"]
+                    truncations[(t, e)] = _critic_step(policy, steps[t][2][e]["terminal_observation"], state)[0]
+                    rewards[t, e] += g * truncations[(t, e)]
+            if last_dones[e]:
+                state = tuple(th.zeros_like(s) for s in state)
+            last[e] = _critic_step(policy, last_obs[e], state)[0]
+        adv = np.zeros((T, E))
+        for e in range(E):
+            next_adv = 0.0
+            for t in reversed(range(T)):
+                next_v = 0.0 if dones[t, e] else (last[e] if t == T - 1 else v[t + 1, e])
+                delta = rewards[t, e] + g * next_v - v[t, e]
+                next_adv = delta + (0.0 if dones[t, e] else g * lam * next_adv)
+                adv[t, e] = next_adv
+        return adv, adv + v, truncations
+
+    _, callback = model._setup_learn(4 * T * E, RawSteps())
+    seen = []
+    for _ in range(2):
+        steps.clear()
+        first_starts = model._last_episode_starts.copy()
+        model.collect_rollouts(model.env, callback, model.rollout_buffer, T)
+        buf = model.rollout_buffer
+        obs, last_obs, last_dones = buf.observations.copy(), model._last_obs.copy(), buf.last_dones.copy()
+        first_states = (buf.hidden_states_vf[0].copy(), buf.cell_states_vf[0].copy())  # (layers, envs, hidden)
+        # the collection: contrib's bootstrap is the hand-stepped critic's, and the noted value is the one added
+        _, _, collected = reference(model.policy, obs, first_starts, first_states, last_obs, last_dones)
+        raw = np.stack([r for r, _, _ in steps])
+        assert sorted(collected) == sorted(map(tuple, buf.truncation_steps)) and len(collected) in (7, 8)
+        for (t, e), noted in zip(map(tuple, buf.truncation_steps), buf.truncation_values, strict=True):
+            np.testing.assert_allclose(buf.rewards[t, e] - raw[t, e], g * noted, atol=1e-5)
+            np.testing.assert_allclose(noted, collected[(t, e)], atol=1e-5)
+        with th.no_grad():
+            for p in model.policy.parameters():
+                p.add_(0.1 * th.randn_like(p))
+        model.policy.set_training_mode(False)
+        next(buf.get(30))  # flattened, as the trainer leaves it after the first epoch
+        for _ in range(2):
+            model._recompute_returns()
+            adv, ret, current = reference(model.policy, obs, first_starts, first_states, last_obs, last_dones)
+            np.testing.assert_allclose(buf.advantages.reshape(E, T).T, adv, atol=2e-5)
+            np.testing.assert_allclose(buf.returns.reshape(E, T).T, ret, atol=2e-5)
+        assert max(abs(current[k] - collected[k]) for k in current) > 0.01  # the test tells the critics apart
+        assert (T - 1, 0) in current  # a truncation at the last step
+        seen.append(sorted(current))
+    assert seen[0] != seen[1]
+
+
+@pytest.mark.parametrize("policy_kwargs", [dict(shared_lstm=True, enable_critic_lstm=False), dict(enable_critic_lstm=False)])
+def test_recompute_with_unchanged_weights_keeps_truncation_bootstraps(policy_kwargs):
+    """
+    With the collection's weights, the replay's values of the truncations' terminal observations are those contrib's
+    collection added (a shared or a feed-forward critic; Dict observations), so the recomputed targets are unchanged.
+    """
+    from stable_baselines3.common.envs import SimpleMultiObsEnv
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    env = DummyVecEnv([lambda n=n: gym.wrappers.TimeLimit(SimpleMultiObsEnv(random_start=True), n) for n in (5, 7)])
+    model = RecurrentPPORollback(
+        "MultiInputLstmPolicy", env, n_steps=32, batch_size=32, seed=0, recompute_returns=True,
+        policy_kwargs={**SMALL_NET, **policy_kwargs},
+    )  # fmt: skip
+    _, callback = model._setup_learn(128, None)
+    for _ in range(2):
+        model.collect_rollouts(model.env, callback, model.rollout_buffer, n_rollout_steps=32)
+    buf = model.rollout_buffer
+    assert len(buf.truncation_steps) >= 6
+    returns, advantages = buf.returns.copy(), buf.advantages.copy()
+    next(buf.get(32))
+    model._recompute_returns()
+    np.testing.assert_allclose(buf._unflat(buf.returns), returns, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(buf._unflat(buf.advantages), advantages, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(buf._replayed_truncation_values, buf.truncation_values, rtol=1e-5, atol=1e-5)
+
+
 def test_recurrent_recompute_returns_trains(monkeypatch):
     from sb3_cherry.ppo_recurrent.buffers import CherryRecurrentRolloutBuffer
 

@@ -125,7 +125,6 @@ class ReturnsEstimatorMixin:
     """
 
     #: whether :meth:`recompute_returns_and_advantage` re-bootstraps time-limit truncations with the current critic
-    #: (a recurrent critic would need its hidden state at the truncation: its buffers keep the collection-time value)
     rebootstraps_truncations: ClassVar[bool] = True
 
     # Set by the concrete buffers' __init__
@@ -236,13 +235,22 @@ class ReturnsEstimatorMixin:
         """
         if not self.rebootstraps_truncations or len(self.truncation_values) == 0:
             return self.rewards
-        with th.no_grad():
-            obs_tensor, _ = policy.obs_to_tensor(self.truncation_obs)  # type: ignore[arg-type]
-            new_values = policy.predict_values(obs_tensor).cpu().numpy().flatten()  # type: ignore[arg-type]
+        new_values = self._current_truncation_values(policy)
         rewards = self.rewards.copy()
         steps, envs = self.truncation_steps[:, 0], self.truncation_steps[:, 1]
         rewards[steps, envs] += (self.gamma * (new_values - self.truncation_values)).astype(np.float32)
         return rewards
+
+    def _current_truncation_values(self, policy: ActorCriticPolicy) -> np.ndarray:
+        """
+        ``policy``'s critic's values of the noted terminal observations (in the order of ``truncation_steps``).
+
+        :param policy: the current policy
+        :return: ``(n_truncations,)`` values
+        """
+        with th.no_grad():
+            obs_tensor, _ = policy.obs_to_tensor(self.truncation_obs)  # type: ignore[arg-type]
+            return policy.predict_values(obs_tensor).cpu().numpy().flatten()  # type: ignore[arg-type]
 
     def _dones_after(self, last_dones: np.ndarray) -> np.ndarray:
         """``dones[t]``: the episode ended after step t (SB3 stores the shifted ``episode_starts``)."""

@@ -264,9 +264,20 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
             # SB3's condition in collect_rollouts
             if done and infos[idx].get("terminal_observation") is not None and infos[idx].get("TimeLimit.truncated", False):
                 terminal_obs = infos[idx]["terminal_observation"]
-                with th.no_grad():
-                    value = self.policy.predict_values(self.policy.obs_to_tensor(terminal_obs)[0])[0]
-                buffer.note_truncation(idx, terminal_obs, float(value.item()))
+                buffer.note_truncation(idx, terminal_obs, self._truncation_bootstrap_value(idx, terminal_obs))
+
+    def _truncation_bootstrap_value(self, env_index: int, terminal_obs: Any) -> float:
+        """
+        The collecting critic's value of a time-limit truncation's terminal observation, as ``collect_rollouts`` adds
+        it (times ``gamma``) to the step's reward (SB3's computation; recurrent algorithms override it).
+
+        :param env_index: the env whose episode was truncated at this step
+        :param terminal_obs: its terminal observation
+        :return: the value
+        """
+        with th.no_grad():
+            value = self.policy.predict_values(self.policy.obs_to_tensor(terminal_obs)[0])[0]
+        return float(value.item())
 
     def _prepare_lagged_rollout(self) -> None:
         """

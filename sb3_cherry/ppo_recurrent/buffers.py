@@ -7,7 +7,8 @@ subclasses hand them the flat ``Box`` of :func:`sb3_cherry.common.spaces.flat_ac
 ``collect_rollouts`` stores are already flat). Returns and advantages come from
 :class:`~sb3_cherry.common.buffers.ReturnsEstimatorMixin` (GAE, 1-step, n-step, V-trace); everything else, sequence
 padding and masks included, is contrib's. ``recompute_returns`` re-evaluates the rollout by replaying each env's
-steps in order from the recurrent states stored at its first step (:meth:`_RecurrentReturnsEstimator.replay`);
+steps in order from the recurrent states stored at its first step (:meth:`_RecurrentReturnsEstimator.replay`), with
+the terminal observations of time-limit truncations after their steps (their values re-bootstrap those rewards);
 ``recentre`` (``collection="async"``) is not supported.
 """
 
@@ -26,9 +27,6 @@ from sb3_cherry.common.buffers import ReturnsEstimatorMixin
 
 class _RecurrentReturnsEstimator(ReturnsEstimatorMixin):
     """Mixin (first in the bases): the estimators of ``ReturnsEstimatorMixin`` on contrib's recurrent buffers."""
-
-    # the critic's value of a terminal observation needs its hidden state there, which the replay does not produce
-    rebootstraps_truncations = False
 
     def __init__(
         self,
@@ -103,32 +101,79 @@ class _RecurrentReturnsEstimator(ReturnsEstimatorMixin):
         :return: values and log-probabilities (or None) of the stored steps, each ``(n_envs * n_steps,)`` in the
             env-major order of contrib's ``get()``, and the values of ``last_obs`` ``(n_envs,)``
         """
+        values, new_log_probs, last_values, _ = self._replay(policy, last_obs, log_probs)
+        return values, new_log_probs, last_values
+
+    def _replayed_truncations(self) -> tuple[np.ndarray, np.ndarray]:
+        """The step and the env of each noted truncation that the replay evaluates (none unless re-bootstrapping)."""
+        noted = self.truncation_steps if self.rebootstraps_truncations else np.zeros((0, 2), dtype=np.int64)
+        return noted[:, 0], noted[:, 1]
+
+    def _replay_layout(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """
+        Where each element goes in the replayed sequences: each env's steps in order, the terminal observation of a
+        noted time-limit truncation right after its step (the critic's state there is the one the step led to, as
+        contrib's bootstrap computes it; the next step starts an episode, so it does not change what follows), the
+        observation after the last step, then padding to a common length.
+
+        :return: the position of each step ``(n_envs, n_steps)``, of each noted truncation's terminal observation
+            ``(n_truncations,)``, of each env's last observation ``(n_envs,)``, and the sequence length
+        """
+        n_envs, n_steps = self.n_envs, self.buffer_size
+        truncated = np.zeros((n_envs, n_steps), dtype=np.int64)
+        steps, envs = self._replayed_truncations()
+        truncated[envs, steps] = 1
+        # step t of env e moves right by the number of terminal observations inserted before it
+        step_positions = np.arange(n_steps)[None, :] + np.cumsum(truncated, axis=1) - truncated
+        terminal_positions = step_positions[envs, steps] + 1
+        last_positions = n_steps + truncated.sum(axis=1)
+        return step_positions, np.asarray(terminal_positions, dtype=np.int64), last_positions, int(last_positions.max()) + 1
+
+    def _replay(
+        self, policy: RecurrentActorCriticPolicy, last_obs: Any, log_probs: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
+        """
+        :meth:`replay`, and the values of the noted truncations' terminal observations (in the order of
+        ``truncation_steps``; empty unless ``rebootstraps_truncations``).
+        """
         n_envs, n_steps = self.n_envs, self.buffer_size
         observations = self._env_major("observations")
         episode_starts = self._env_major("episode_starts").reshape(n_envs, n_steps)
-        last_starts = np.asarray(self.last_dones, dtype=np.float32).reshape(n_envs, 1)
+        last_starts = np.asarray(self.last_dones, dtype=np.float32).reshape(n_envs)
+        step_positions, terminal_positions, last_positions, length = self._replay_layout()
+        rows = np.arange(n_envs)[:, None]
+        envs = self._replayed_truncations()[1]
 
-        def extended(obs: np.ndarray, last: np.ndarray) -> np.ndarray:
-            """Each env's ``n_steps`` observations followed by its last one: ``(n_envs * (n_steps + 1), ...)``."""
-            per_env = obs.reshape(n_envs, n_steps, *obs.shape[1:])
-            return np.concatenate([per_env, np.asarray(last).reshape(n_envs, 1, *obs.shape[1:])], axis=1).reshape(
-                n_envs * (n_steps + 1), *obs.shape[1:]
-            )
+        def sequences(obs: np.ndarray, last: np.ndarray, terminal: np.ndarray | None) -> np.ndarray:
+            """The observations laid out as :meth:`_replay_layout` says: ``(n_envs * length, ...)``."""
+            shape = obs.shape[1:]
+            last = np.asarray(last).reshape(n_envs, *shape)
+            out = np.repeat(last[:, None], length, axis=1).astype(np.result_type(obs, last))  # padding: the last obs
+            out[rows, step_positions] = obs.reshape(n_envs, n_steps, *shape)
+            if terminal is not None and len(terminal_positions):
+                out[envs, terminal_positions] = terminal
+            return out.reshape(n_envs * length, *shape)
 
         if isinstance(observations, dict):
-            obs_ext: Any = {key: extended(observations[key], last_obs[key]) for key in observations}
+            terminal_obs: Any = self.truncation_obs if len(terminal_positions) else {}
+            obs_seq: Any = {key: sequences(observations[key], last_obs[key], terminal_obs.get(key)) for key in observations}
         else:
-            obs_ext = extended(observations, last_obs)
-        starts_ext = np.concatenate([episode_starts, last_starts], axis=1).reshape(-1)
+            terminal = self.truncation_obs if len(terminal_positions) else None
+            obs_seq = sequences(observations, last_obs, terminal)  # type: ignore[arg-type]  # (not a dict here)
+        # padding starts new episodes: terminal observations continue theirs (0)
+        starts = np.ones((n_envs, length), dtype=np.float32)
+        starts[rows, step_positions] = episode_starts
+        starts[envs, terminal_positions] = 0.0
+        starts[np.arange(n_envs), last_positions] = last_starts
         states_vf = self._first_states("hidden_states_vf", "cell_states_vf")
         with th.no_grad():
-            # n_envs sequences of n_steps + 1 steps (contrib's _process_sequence: one sequence per row of the states)
+            # n_envs sequences of `length` steps (contrib's _process_sequence: one sequence per row of the states)
             values = policy.predict_values(
-                obs_as_tensor(obs_ext, self.device),  # type: ignore[arg-type]
+                obs_as_tensor(obs_seq, self.device),  # type: ignore[arg-type]
                 states_vf,
-                th.as_tensor(starts_ext, device=self.device),
+                th.as_tensor(starts.reshape(-1), device=self.device),
             )
-            values_np = values.cpu().numpy().reshape(n_envs, n_steps + 1)
+            values_np = values.cpu().numpy().reshape(n_envs, length)
             new_log_probs = None
             if log_probs:
                 actions = th.as_tensor(self._env_major("actions"), device=self.device)
@@ -142,7 +187,8 @@ class _RecurrentReturnsEstimator(ReturnsEstimatorMixin):
                     th.as_tensor(episode_starts.reshape(-1), device=self.device),
                 )
                 new_log_probs = log_prob.cpu().numpy().reshape(-1)
-        return values_np[:, :n_steps].reshape(-1).astype(np.float32), new_log_probs, values_np[:, n_steps]
+        step_values = values_np[rows, step_positions].reshape(-1).astype(np.float32)
+        return step_values, new_log_probs, values_np[np.arange(n_envs), last_positions], values_np[envs, terminal_positions]
 
     def _reevaluate(self, policy: Any, last_obs: Any, chunk_size: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         """
@@ -153,7 +199,20 @@ class _RecurrentReturnsEstimator(ReturnsEstimatorMixin):
         :param chunk_size: unused (the replay evaluates each env's whole sequence at once)
         :return: as :meth:`~sb3_cherry.common.buffers.ReturnsEstimatorMixin._reevaluate`
         """
-        return self.replay(policy, last_obs, log_probs=self.returns_estimator == "vtrace")
+        values, log_probs, last_values, self._replayed_truncation_values = self._replay(
+            policy, last_obs, log_probs=self.returns_estimator == "vtrace"
+        )
+        return values, log_probs, last_values
+
+    def _current_truncation_values(self, policy: Any) -> np.ndarray:
+        """
+        The current critic's values of the noted terminal observations, from the replay that ``_reevaluate`` has just
+        run (a recurrent critic's value needs the state the truncated step led to).
+
+        :param policy: the current policy (already replayed)
+        :return: ``(n_truncations,)`` values
+        """
+        return self._replayed_truncation_values
 
 
 class CherryRecurrentRolloutBuffer(_RecurrentReturnsEstimator, RecurrentRolloutBuffer):  # type: ignore[misc]

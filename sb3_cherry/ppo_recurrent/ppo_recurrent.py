@@ -10,7 +10,7 @@ from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
-from stable_baselines3.common.utils import FloatSchedule
+from stable_baselines3.common.utils import FloatSchedule, obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_cherry.common.on_policy import CherryOnPolicyAlgorithm
@@ -87,7 +87,8 @@ class RecurrentPPORollback(RecurrentPPO, CherryOnPolicyAlgorithm):
         after the first (as cherry_rl does): each env's rollout is replayed in order from the recurrent states stored
         at its first step, resetting them where episodes start, and the observation after the last step continues the
         sequence for the bootstrap value (see :meth:`~sb3_cherry.ppo_recurrent.buffers.CherryRecurrentRolloutBuffer.replay`);
-        the value SB3 adds to the reward of a time-limit truncation stays the collecting critic's
+        the terminal observation of a time-limit truncation is replayed right after its step, so the
+        ``gamma * V(terminal observation)`` in that step's reward is the current critic's too
     :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
         the reported success rate, mean episode length, and mean reward over
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
@@ -260,6 +261,32 @@ class RecurrentPPORollback(RecurrentPPO, CherryOnPolicyAlgorithm):
         """
         with inference_forward(self.policy):
             return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
+
+    def _truncation_bootstrap_value(self, env_index: int, terminal_obs: Any) -> float:
+        """
+        The value contrib's ``collect_rollouts`` adds (times ``gamma``) to the reward of a time-limit truncation: the
+        critic's value of the terminal observation one recurrent step after the states the truncated step's
+        observation led to. Those states are a local of ``collect_rollouts``; they are computed again by the same
+        forward pass on the same batch (``_last_obs`` with the states before it), deterministic, so no random number
+        is drawn and the value is contrib's.
+
+        :param env_index: the env whose episode was truncated at this step
+        :param terminal_obs: its terminal observation
+        :return: the value
+        """
+        with th.no_grad():
+            starts = th.tensor(self._last_episode_starts, dtype=th.float32, device=self.device)
+            obs = obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
+            states = self.policy(obs, self._last_lstm_states, starts, deterministic=True)[3]
+            state = (
+                states.vf[0][:, env_index : env_index + 1, :].contiguous(),
+                states.vf[1][:, env_index : env_index + 1, :].contiguous(),
+            )
+            not_start = th.tensor([False], dtype=th.float32, device=self.device)
+            policy = cast(RecurrentActorCriticPolicy, self.policy)
+            terminal = policy.obs_to_tensor(terminal_obs)[0]
+            value = policy.predict_values(terminal, state, not_start)[0]  # type: ignore[arg-type]  # (contrib's call)
+        return float(value.item())
 
     def train(self) -> None:
         """
