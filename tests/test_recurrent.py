@@ -510,7 +510,7 @@ def _critic_step(policy, obs, state):
 @pytest.mark.parametrize(
     "policy, policy_kwargs", [("MlpLstmPolicy", None), ("MlpGruPolicy", None), ("MlpLstmPolicy", dict(n_lstm_layers=2))]
 )
-def test_recompute_rebootstraps_truncations_with_the_replayed_critic(policy, policy_kwargs):
+def test_recompute_rebootstraps_truncations_with_the_replayed_critic(policy, policy_kwargs, raw_step_recorder, gae_by_hand):
     """
     sb3-contrib adds ``gamma * V(terminal observation)`` to the reward of a time-limit truncation, the critic taking
     one recurrent step from the states the truncated step led to. ``recompute_returns`` must replace that value by the
@@ -520,17 +520,9 @@ def test_recompute_rebootstraps_truncations_with_the_replayed_critic(policy, pol
     Pendulum cut at 10 and 7 steps (only truncations; a different number per env, one at the last step), two rollouts
     (the second starts from non-zero states), two recomputes each (the correction replaces, it does not accumulate).
     """
-    from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    steps = []
-
-    class RawSteps(BaseCallback):
-        def _on_step(self):
-            infos = self.locals["infos"]
-            steps.append((self.locals["rewards"].copy(), self.locals["dones"].copy(), [dict(i) for i in infos]))
-            return True
-
+    steps = raw_step_recorder.steps
     T, E, g, lam = 30, 2, 0.9, 0.8
     env = DummyVecEnv([lambda n=n: gym.make("Pendulum-v1", max_episode_steps=n) for n in (10, 7)])
     env.seed(0)
@@ -559,17 +551,10 @@ def test_recompute_rebootstraps_truncations_with_the_replayed_critic(policy, pol
             if last_dones[e]:
                 state = tuple(th.zeros_like(s) for s in state)
             last[e] = _critic_step(policy, last_obs[e], state)[0]
-        adv = np.zeros((T, E))
-        for e in range(E):
-            next_adv = 0.0
-            for t in reversed(range(T)):
-                next_v = 0.0 if dones[t, e] else (last[e] if t == T - 1 else v[t + 1, e])
-                delta = rewards[t, e] + g * next_v - v[t, e]
-                next_adv = delta + (0.0 if dones[t, e] else g * lam * next_adv)
-                adv[t, e] = next_adv
+        adv = gae_by_hand(rewards, v, last, dones, g, lam)
         return adv, adv + v, truncations
 
-    _, callback = model._setup_learn(4 * T * E, RawSteps())
+    _, callback = model._setup_learn(4 * T * E, raw_step_recorder)
     seen = []
     for _ in range(2):
         steps.clear()

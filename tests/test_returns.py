@@ -621,7 +621,7 @@ def test_recomputed_vtrace_targets_equal_the_naive_sum_form():
     np.testing.assert_allclose(advantages, adv, atol=2e-5)
 
 
-def test_recompute_rebootstraps_time_limit_truncations_with_the_current_critic():
+def test_recompute_rebootstraps_time_limit_truncations_with_the_current_critic(raw_step_recorder, gae_by_hand):
     """
     SB3 adds ``gamma * V(terminal observation)`` to the reward of a time-limit truncation with the collecting critic;
     ``recompute_returns=True`` recomputes every other value with the current critic, so it must replace that one too.
@@ -630,20 +630,12 @@ def test_recompute_rebootstraps_time_limit_truncations_with_the_current_critic()
     Checked at two recomputes of a rollout (the correction is not added twice), on a second rollout (the first one's
     truncations are forgotten) and on the rollout as the async learner receives it (``buffer_payload``).
     """
-    from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
 
     from sb3_cherry import PPORollback
     from sb3_cherry.common.async_learner import buffer_payload
 
-    steps = []
-
-    class RawSteps(BaseCallback):
-        def _on_step(self):
-            infos = self.locals["infos"]
-            steps.append((self.locals["rewards"].copy(), self.locals["dones"].copy(), [dict(i) for i in infos]))
-            return True
-
+    steps = raw_step_recorder.steps
     T, E, g, lam = 32, 2, 0.9, 0.8
 
     def make_model(max_episode_steps):
@@ -671,14 +663,7 @@ def test_recompute_rebootstraps_time_limit_truncations_with_the_current_critic()
                 rewards[t, e] += g * terminal_value
                 truncations.append((t, e))
                 shift = max(shift, abs(terminal_value - value(infos[e]["terminal_observation"], collecting)[0]))
-        adv = np.zeros((T, E))
-        for e in range(E):
-            next_adv = 0.0
-            for t in reversed(range(T)):
-                next_v = 0.0 if dones[t, e] else (last[e] if t == T - 1 else v[t + 1, e])
-                delta = rewards[t, e] + g * next_v - v[t, e]
-                next_adv = delta + (0.0 if dones[t, e] else g * lam * next_adv)
-                adv[t, e] = next_adv
+        adv = gae_by_hand(rewards, v, last, dones, g, lam)
         return adv, adv + v, truncations, shift
 
     def check(buf, model, obs, collecting, flat=True):
@@ -694,7 +679,7 @@ def test_recompute_rebootstraps_time_limit_truncations_with_the_current_critic()
     seen = []
     for rollout in range(2):  # the second rollout continues the episodes: truncated at other steps
         steps.clear()
-        _, callback = model._setup_learn(2 * T * E, RawSteps(), reset_num_timesteps=rollout == 0)
+        _, callback = model._setup_learn(2 * T * E, raw_step_recorder, reset_num_timesteps=rollout == 0)
         model.collect_rollouts(model.env, callback, model.rollout_buffer, T)
         buf = model.rollout_buffer
         obs, payload, last_obs = buf.observations.copy(), copy.deepcopy(buffer_payload(buf)), model._last_obs.copy()

@@ -1,0 +1,52 @@
+"""Shared test helpers: references that several test files check the library against."""
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from stable_baselines3.common.callbacks import BaseCallback
+
+
+class RawStepRecorder(BaseCallback):
+    """
+    Records each collected step's rewards, dones and infos as ``collect_rollouts`` hands them to the callback, i.e.
+    before SB3 / sb3-contrib add ``gamma * V(terminal observation)`` to the rewards of time-limit truncations in place.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps: list[tuple[np.ndarray, np.ndarray, list[dict]]] = []
+
+    def _on_step(self) -> bool:
+        infos = self.locals["infos"]
+        self.steps.append((self.locals["rewards"].copy(), self.locals["dones"].copy(), [dict(i) for i in infos]))
+        return True
+
+
+def _gae_by_hand(
+    rewards: np.ndarray, values: np.ndarray, last_values: np.ndarray, dones: np.ndarray, gamma: float, lam: float
+) -> np.ndarray:
+    """GAE advantages written out, one env and one step at a time; arrays ``(n_steps, n_envs)``, ``dones[t]``: the
+    episode ended after step t."""
+    n_steps, n_envs = rewards.shape
+    adv = np.zeros((n_steps, n_envs))
+    for e in range(n_envs):
+        next_adv = 0.0
+        for t in reversed(range(n_steps)):
+            next_v = 0.0 if dones[t, e] else (last_values[e] if t == n_steps - 1 else values[t + 1, e])
+            delta = rewards[t, e] + gamma * next_v - values[t, e]
+            next_adv = delta + (0.0 if dones[t, e] else gamma * lam * next_adv)
+            adv[t, e] = next_adv
+    return adv
+
+
+@pytest.fixture
+def raw_step_recorder() -> RawStepRecorder:
+    """A fresh :class:`RawStepRecorder` callback."""
+    return RawStepRecorder()
+
+
+@pytest.fixture
+def gae_by_hand() -> Callable[..., np.ndarray]:
+    """The hand-written GAE reference (:func:`_gae_by_hand`)."""
+    return _gae_by_hand
