@@ -613,6 +613,26 @@ def test_recompute_with_unchanged_weights_keeps_truncation_bootstraps(policy_kwa
     np.testing.assert_allclose(buf._replayed_truncation_values, buf.truncation_values, rtol=1e-5, atol=1e-5)
 
 
+def test_recompute_rebootstraps_truncations_with_discrete_observations():
+    """Discrete observations (stored as ``(1,)``, returned as ints) in the replayed terminal observations, several
+    truncations per rollout: the recomputed targets with unchanged weights are the collected ones."""
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    env = DummyVecEnv([lambda: gym.make("FrozenLake-v1", is_slippery=False, max_episode_steps=5) for _ in range(2)])
+    model = RecurrentPPORollback(
+        "MlpLstmPolicy", env, n_steps=32, batch_size=32, n_epochs=2, seed=0, recompute_returns=True,
+        policy_kwargs=SMALL_NET,
+    )  # fmt: skip
+    _, callback = model._setup_learn(64, None)
+    model.collect_rollouts(model.env, callback, model.rollout_buffer, n_rollout_steps=32)
+    buf = model.rollout_buffer
+    assert len(buf.truncation_steps) > 1
+    returns = buf.returns.copy()
+    next(buf.get(32))
+    model._recompute_returns()
+    np.testing.assert_allclose(buf._unflat(buf.returns), returns, rtol=1e-5, atol=1e-5)
+
+
 def test_recurrent_recompute_returns_trains(monkeypatch):
     from sb3_cherry.ppo_recurrent.buffers import CherryRecurrentRolloutBuffer
 

@@ -151,7 +151,8 @@ class _RecurrentReturnsEstimator(ReturnsEstimatorMixin):
             out = np.repeat(last[:, None], length, axis=1).astype(np.result_type(obs, last))  # padding: the last obs
             out[rows, step_positions] = obs.reshape(n_envs, n_steps, *shape)
             if terminal is not None and len(terminal_positions):
-                out[envs, terminal_positions] = terminal
+                # (a Discrete observation is stored as (1,), an env returns it as an int)
+                out[envs, terminal_positions] = np.asarray(terminal).reshape(len(terminal_positions), *shape)
             return out.reshape(n_envs * length, *shape)
 
         if isinstance(observations, dict):
