@@ -260,24 +260,30 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
             return
         if not buffer.rebootstraps_truncations:
             return
-        for idx, done in enumerate(dones):
+        truncated = [
+            (idx, infos[idx]["terminal_observation"])
+            for idx, done in enumerate(dones)
             # SB3's condition in collect_rollouts
-            if done and infos[idx].get("terminal_observation") is not None and infos[idx].get("TimeLimit.truncated", False):
-                terminal_obs = infos[idx]["terminal_observation"]
-                buffer.note_truncation(idx, terminal_obs, self._truncation_bootstrap_value(idx, terminal_obs))
+            if done and infos[idx].get("terminal_observation") is not None and infos[idx].get("TimeLimit.truncated", False)
+        ]
+        if truncated:
+            for (idx, terminal_obs), value in zip(truncated, self._truncation_bootstrap_values(truncated), strict=True):
+                buffer.note_truncation(idx, terminal_obs, value)
 
-    def _truncation_bootstrap_value(self, env_index: int, terminal_obs: Any) -> float:
+    def _truncation_bootstrap_values(self, truncated: list[tuple[int, Any]]) -> list[float]:
         """
-        The collecting critic's value of a time-limit truncation's terminal observation, as ``collect_rollouts`` adds
-        it (times ``gamma``) to the step's reward (SB3's computation; recurrent algorithms override it).
+        The collecting critic's values of this step's time-limit truncations' terminal observations, as
+        ``collect_rollouts`` adds them (times ``gamma``) to the rewards (SB3's computation, one observation at a time;
+        recurrent algorithms override it).
 
-        :param env_index: the env whose episode was truncated at this step
-        :param terminal_obs: its terminal observation
-        :return: the value
+        :param truncated: ``(env index, terminal observation)`` of each env whose episode was truncated at this step
+        :return: the values, in the same order
         """
+        values = []
         with th.no_grad():
-            value = self.policy.predict_values(self.policy.obs_to_tensor(terminal_obs)[0])[0]
-        return float(value.item())
+            for _, terminal_obs in truncated:
+                values.append(float(self.policy.predict_values(self.policy.obs_to_tensor(terminal_obs)[0])[0].item()))
+        return values
 
     def _prepare_lagged_rollout(self) -> None:
         """

@@ -109,15 +109,16 @@ class _RecurrentReturnsEstimator(ReturnsEstimatorMixin):
         noted = self.truncation_steps if self.rebootstraps_truncations else np.zeros((0, 2), dtype=np.int64)
         return noted[:, 0], noted[:, 1]
 
-    def _replay_layout(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    def _replay_layout(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
         """
         Where each element goes in the replayed sequences: each env's steps in order, the terminal observation of a
         noted time-limit truncation right after its step (the critic's state there is the one the step led to, as
         contrib's bootstrap computes it; the next step starts an episode, so it does not change what follows), the
         observation after the last step, then padding to a common length.
 
-        :return: the position of each step ``(n_envs, n_steps)``, of each noted truncation's terminal observation
-            ``(n_truncations,)``, of each env's last observation ``(n_envs,)``, and the sequence length
+        :return: the position of each step ``(n_envs, n_steps)``, the env and the position of each replayed
+            truncation's terminal observation ``(n_truncations,)`` each, the position of each env's last observation
+            ``(n_envs,)``, and the sequence length
         """
         n_envs, n_steps = self.n_envs, self.buffer_size
         truncated = np.zeros((n_envs, n_steps), dtype=np.int64)
@@ -127,7 +128,7 @@ class _RecurrentReturnsEstimator(ReturnsEstimatorMixin):
         step_positions = np.arange(n_steps)[None, :] + np.cumsum(truncated, axis=1) - truncated
         terminal_positions = step_positions[envs, steps] + 1
         last_positions = n_steps + truncated.sum(axis=1)
-        return step_positions, np.asarray(terminal_positions, dtype=np.int64), last_positions, int(last_positions.max()) + 1
+        return step_positions, envs, terminal_positions, last_positions, int(last_positions.max()) + 1
 
     def _replay(
         self, policy: RecurrentActorCriticPolicy, last_obs: Any, log_probs: bool = True
@@ -140,9 +141,9 @@ class _RecurrentReturnsEstimator(ReturnsEstimatorMixin):
         observations = self._env_major("observations")
         episode_starts = self._env_major("episode_starts").reshape(n_envs, n_steps)
         last_starts = np.asarray(self.last_dones, dtype=np.float32).reshape(n_envs)
-        step_positions, terminal_positions, last_positions, length = self._replay_layout()
+        step_positions, envs, terminal_positions, last_positions, length = self._replay_layout()
         rows = np.arange(n_envs)[:, None]
-        envs = self._replayed_truncations()[1]
+        terminal_obs: Any = self.truncation_obs if len(terminal_positions) else None
 
         def sequences(obs: np.ndarray, last: np.ndarray, terminal: np.ndarray | None) -> np.ndarray:
             """The observations laid out as :meth:`_replay_layout` says: ``(n_envs * length, ...)``."""
@@ -150,17 +151,18 @@ class _RecurrentReturnsEstimator(ReturnsEstimatorMixin):
             last = np.asarray(last).reshape(n_envs, *shape)
             out = np.repeat(last[:, None], length, axis=1).astype(np.result_type(obs, last))  # padding: the last obs
             out[rows, step_positions] = obs.reshape(n_envs, n_steps, *shape)
-            if terminal is not None and len(terminal_positions):
+            if terminal is not None:
                 # (a Discrete observation is stored as (1,), an env returns it as an int)
                 out[envs, terminal_positions] = np.asarray(terminal).reshape(len(terminal_positions), *shape)
             return out.reshape(n_envs * length, *shape)
 
         if isinstance(observations, dict):
-            terminal_obs: Any = self.truncation_obs if len(terminal_positions) else {}
-            obs_seq: Any = {key: sequences(observations[key], last_obs[key], terminal_obs.get(key)) for key in observations}
+            obs_seq: Any = {
+                key: sequences(observations[key], last_obs[key], None if terminal_obs is None else terminal_obs[key])
+                for key in observations
+            }
         else:
-            terminal = self.truncation_obs if len(terminal_positions) else None
-            obs_seq = sequences(observations, last_obs, terminal)  # type: ignore[arg-type]  # (not a dict here)
+            obs_seq = sequences(observations, last_obs, terminal_obs)
         # padding starts new episodes: terminal observations continue theirs (0)
         starts = np.ones((n_envs, length), dtype=np.float32)
         starts[rows, step_positions] = episode_starts

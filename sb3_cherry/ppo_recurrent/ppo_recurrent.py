@@ -262,31 +262,33 @@ class RecurrentPPORollback(RecurrentPPO, CherryOnPolicyAlgorithm):
         with inference_forward(self.policy):
             return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
 
-    def _truncation_bootstrap_value(self, env_index: int, terminal_obs: Any) -> float:
+    def _truncation_bootstrap_values(self, truncated: list[tuple[int, Any]]) -> list[float]:
         """
-        The value contrib's ``collect_rollouts`` adds (times ``gamma``) to the reward of a time-limit truncation: the
-        critic's value of the terminal observation one recurrent step after the states the truncated step's
-        observation led to. Those states are a local of ``collect_rollouts``; they are computed again by the same
-        forward pass on the same batch (``_last_obs`` with the states before it), deterministic, so no random number
-        is drawn and the value is contrib's.
+        The values contrib's ``collect_rollouts`` adds (times ``gamma``) to the rewards of this step's time-limit
+        truncations: the critic's value of each terminal observation one recurrent step after the states the step's
+        observation led to. Those states are a local of ``collect_rollouts``; they are computed again, once per step,
+        by the same forward pass on the same batch (``_last_obs`` with the states before it), deterministic, so no
+        random number is drawn and the values are contrib's.
 
-        :param env_index: the env whose episode was truncated at this step
-        :param terminal_obs: its terminal observation
-        :return: the value
+        :param truncated: ``(env index, terminal observation)`` of each env whose episode was truncated at this step
+        :return: the values, in the same order
         """
+        policy = cast(RecurrentActorCriticPolicy, self.policy)
+        values = []
         with th.no_grad():
             starts = th.tensor(self._last_episode_starts, dtype=th.float32, device=self.device)
             obs = obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
             states = self.policy(obs, self._last_lstm_states, starts, deterministic=True)[3]
-            state = (
-                states.vf[0][:, env_index : env_index + 1, :].contiguous(),
-                states.vf[1][:, env_index : env_index + 1, :].contiguous(),
-            )
             not_start = th.tensor([False], dtype=th.float32, device=self.device)
-            policy = cast(RecurrentActorCriticPolicy, self.policy)
-            terminal = policy.obs_to_tensor(terminal_obs)[0]
-            value = policy.predict_values(terminal, state, not_start)[0]  # type: ignore[arg-type]  # (contrib's call)
-        return float(value.item())
+            for env_index, terminal_obs in truncated:
+                state = (
+                    states.vf[0][:, env_index : env_index + 1, :].contiguous(),
+                    states.vf[1][:, env_index : env_index + 1, :].contiguous(),
+                )
+                terminal = policy.obs_to_tensor(terminal_obs)[0]
+                value = policy.predict_values(terminal, state, not_start)[0]  # type: ignore[arg-type]  # (contrib's call)
+                values.append(float(value.item()))
+        return values
 
     def train(self) -> None:
         """
