@@ -42,6 +42,40 @@ def test_throughput_zoo_baseline_takes_a_number_for_a_scheduled_ent_coef():
         env.close()
 
 
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_floor_update_trains_like_sb3_ppo(env_id):
+    """The floor's bare update (benchmarks/floor.py) is SB3's PPO update: same parameters after it, same minibatches."""
+    import numpy as np
+    import torch as th
+
+    from benchmarks.floor import Floor
+    from benchmarks.throughput import Case, make_env
+
+    # a large step and a narrow clip range, so that the clipping and the entropy term act on the result
+    kwargs = dict(
+        n_steps=32, batch_size=16, n_epochs=4, ent_coef=0.1, learning_rate=3e-3, clip_range=0.1, seed=0, device="cpu"
+    )
+
+    def build(env):
+        return PPO("MlpPolicy", env, **kwargs)
+
+    case = Case("floor_test", env_id, 2, 64, build, build)
+    model = build(make_env(case))
+    model.learn(64)  # one rollout and one update: the buffer and the optimizer state the floor starts from
+    floor = Floor(model, case)
+    before = [p.detach().clone() for p in floor.params]
+    np.random.seed(1)
+    floor.update()
+    np.random.seed(1)
+    model.train()  # SB3's update on the same (already flattened) buffer, from the same weights and Adam state
+    ours = [p.detach() for p in floor.params]
+    sb3 = [p.detach() for p in model.policy.parameters() if p.requires_grad]
+    assert len(ours) == len(sb3)
+    for a, b in zip(ours, sb3, strict=True):
+        assert th.allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not any(th.equal(a, b) for a, b in zip(ours, before, strict=True))  # every parameter moved
+
+
 def test_every_summary_row_has_a_command():
     with open(RESULTS / "summary.csv", newline="") as file:
         summary = list(csv.DictReader(file))
