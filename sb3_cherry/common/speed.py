@@ -10,7 +10,8 @@ it replaces, with less per-call Python work.
 - :class:`GradNormClipper`: ``torch.nn.utils.clip_grad_norm_`` on a parameter list collected once, without the
   per-call grouping by device and dtype;
 - :class:`TensorSamplesMixin`: rollout minibatches gathered from tensors that share memory with the buffer's arrays,
-  instead of a numpy gather and a copy per array.
+  instead of a numpy gather and a copy per array;
+- :mod:`sb3_cherry.common.flat_adam`: Adam's step on one flat tensor per parameter group during an update.
 
 Switches that change float rounding are opt-in: torch's fused Adam (:func:`use_fused_optimizer`, enabled by
 setting ``model.fused_optimizer = True`` before ``learn``) is faster still but not bit-identical to SB3.

@@ -12,6 +12,7 @@ from stable_baselines3.common.utils import explained_variance
 from torch.nn import functional as F
 
 from sb3_cherry.common.buffers import truncated_weights
+from sb3_cherry.common.flat_adam import flat_adam_steps
 from sb3_cherry.common.on_policy import CherryOnPolicyAlgorithm
 from sb3_cherry.common.policies import CherryActorCriticPolicy
 from sb3_cherry.common.schedules import CoefficientSchedule
@@ -139,97 +140,101 @@ def rollback_train(
     trust = TrustRegionUpdate.start(model, old_distribution)
 
     continue_training = True
-    # train for n_epochs epochs
-    for epoch in range(model.n_epochs):
-        if epoch > 0:
-            model._recompute_returns()
-        approx_kl_divs = []
-        # Do a complete pass on the rollout buffer
-        for rollout_data in model.rollout_buffer.get(model.batch_size):
-            actions = rollout_data.actions
-            if isinstance(model.action_space, spaces.Discrete):
-                # Convert discrete action from float to long
-                actions = rollout_data.actions.long().flatten()
+    # Adam steps on one flat tensor per parameter group where that is exact (same floats, fewer kernels)
+    with flat_adam_steps(model.policy.optimizer) as optimizer_step:
+        # train for n_epochs epochs
+        for epoch in range(model.n_epochs):
+            if epoch > 0:
+                model._recompute_returns()
+            approx_kl_divs = []
+            # Do a complete pass on the rollout buffer
+            for rollout_data in model.rollout_buffer.get(model.batch_size):
+                actions = rollout_data.actions
+                if isinstance(model.action_space, spaces.Discrete):
+                    # Convert discrete action from float to long
+                    actions = rollout_data.actions.long().flatten()
 
-            values, log_prob, entropy, mask = evaluate(rollout_data, actions)
-            values = values.flatten()
-            # Normalize advantage
-            advantages = (
-                _normalized_advantages(rollout_data.advantages, mask) if model.normalize_advantage else rollout_data.advantages
-            )
-
-            # ratio between old and new policy, should be one at the first iteration
-            ratio = th.exp(log_prob - rollout_data.old_log_prob)
-
-            # rollback surrogate loss (clipped PPO when rollback_alpha == 0), or the KL-triggered one
-            surrogate = (
-                rollback_surrogate(ratio, advantages, clip_range, model.rollback_alpha)
-                if trust is None
-                else trust.surrogate(model, epoch, rollout_data, ratio, advantages, mask)
-            )
-            if hasattr(rollout_data, "weights"):
-                # re-centred async rollout: decoupled PPO's weight pi_prox / mu per sample, applied after the
-                # advantage normalisation, with the whole ratio pi / mu capped at imp_samp_max (Hilton et al. 2021;
-                # openai/ppo-ewma compute_losses)
-                surrogate = truncated_weights(rollout_data.weights, model.imp_samp_max, ratio) * surrogate
-            policy_loss = -_masked_mean(surrogate, mask)
-
-            # Logging
-            # log values stay tensors until the end of the update (no host transfer per minibatch)
-            pg_losses.append(policy_loss.detach())
-            logged_samples.append((ratio.detach(), advantages.detach(), mask))
-
-            if model.clip_range_vf is None:
-                # No clipping
-                values_pred = values
-            else:
-                # Clip the difference between old and new value (a re-centred async rollout's old_values are the
-                # proximal critic's, as its old_log_prob are the proximal policy's)
-                # NOTE: this depends on the reward scaling
-                values_pred = rollout_data.old_values + th.clamp(
-                    values - rollout_data.old_values, -clip_range_vf, clip_range_vf
+                values, log_prob, entropy, mask = evaluate(rollout_data, actions)
+                values = values.flatten()
+                # Normalize advantage
+                advantages = (
+                    _normalized_advantages(rollout_data.advantages, mask)
+                    if model.normalize_advantage
+                    else rollout_data.advantages
                 )
-            # Value loss using the returns estimator's targets
-            if mask is None:
-                value_loss = F.mse_loss(rollout_data.returns, values_pred)
-            else:
-                value_loss = _masked_mean((rollout_data.returns - values_pred) ** 2, mask)
-            value_losses.append(value_loss.detach())
 
-            # Entropy loss favor exploration
-            if entropy is None:
-                # Approximate entropy when no analytical form
-                entropy_loss = -_masked_mean(-log_prob, mask)
-            else:
-                entropy_loss = -_masked_mean(entropy, mask)
+                # ratio between old and new policy, should be one at the first iteration
+                ratio = th.exp(log_prob - rollout_data.old_log_prob)
 
-            entropy_losses.append(entropy_loss.detach())
+                # rollback surrogate loss (clipped PPO when rollback_alpha == 0), or the KL-triggered one
+                surrogate = (
+                    rollback_surrogate(ratio, advantages, clip_range, model.rollback_alpha)
+                    if trust is None
+                    else trust.surrogate(model, epoch, rollout_data, ratio, advantages, mask)
+                )
+                if hasattr(rollout_data, "weights"):
+                    # re-centred async rollout: decoupled PPO's weight pi_prox / mu per sample, applied after the
+                    # advantage normalisation, with the whole ratio pi / mu capped at imp_samp_max (Hilton et al. 2021;
+                    # openai/ppo-ewma compute_losses)
+                    surrogate = truncated_weights(rollout_data.weights, model.imp_samp_max, ratio) * surrogate
+                policy_loss = -_masked_mean(surrogate, mask)
 
-            loss = policy_loss + ent_coef * entropy_loss + model.vf_coef * value_loss
+                # Logging
+                # log values stay tensors until the end of the update (no host transfer per minibatch)
+                pg_losses.append(policy_loss.detach())
+                logged_samples.append((ratio.detach(), advantages.detach(), mask))
 
-            # Calculate approximate form of reverse KL Divergence for early stopping
-            # see SB3 issue #417 and http://joschu.net/blog/kl-approx.html
-            with th.no_grad():
-                log_ratio = log_prob - rollout_data.old_log_prob
-                approx_kl_div = _masked_mean((th.exp(log_ratio) - 1) - log_ratio, mask)
-                approx_kl_divs.append(approx_kl_div)
+                if model.clip_range_vf is None:
+                    # No clipping
+                    values_pred = values
+                else:
+                    # Clip the difference between old and new value (a re-centred async rollout's old_values are the
+                    # proximal critic's, as its old_log_prob are the proximal policy's)
+                    # NOTE: this depends on the reward scaling
+                    values_pred = rollout_data.old_values + th.clamp(
+                        values - rollout_data.old_values, -clip_range_vf, clip_range_vf
+                    )
+                # Value loss using the returns estimator's targets
+                if mask is None:
+                    value_loss = F.mse_loss(rollout_data.returns, values_pred)
+                else:
+                    value_loss = _masked_mean((rollout_data.returns - values_pred) ** 2, mask)
+                value_losses.append(value_loss.detach())
 
-            if model.target_kl is not None and approx_kl_div.item() > 1.5 * model.target_kl:
-                continue_training = False
-                if model.verbose >= 1:
-                    print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
+                # Entropy loss favor exploration
+                if entropy is None:
+                    # Approximate entropy when no analytical form
+                    entropy_loss = -_masked_mean(-log_prob, mask)
+                else:
+                    entropy_loss = -_masked_mean(entropy, mask)
+
+                entropy_losses.append(entropy_loss.detach())
+
+                loss = policy_loss + ent_coef * entropy_loss + model.vf_coef * value_loss
+
+                # Calculate approximate form of reverse KL Divergence for early stopping
+                # see SB3 issue #417 and http://joschu.net/blog/kl-approx.html
+                with th.no_grad():
+                    log_ratio = log_prob - rollout_data.old_log_prob
+                    approx_kl_div = _masked_mean((th.exp(log_ratio) - 1) - log_ratio, mask)
+                    approx_kl_divs.append(approx_kl_div)
+
+                if model.target_kl is not None and approx_kl_div.item() > 1.5 * model.target_kl:
+                    continue_training = False
+                    if model.verbose >= 1:
+                        print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
+                    break
+
+                # Optimization step
+                model.policy.optimizer.zero_grad()
+                loss.backward()
+                # Clip grad norm
+                clip_grad_norm(model.policy, model.max_grad_norm)
+                optimizer_step()
+
+            model._n_updates += 1
+            if not continue_training:
                 break
-
-            # Optimization step
-            model.policy.optimizer.zero_grad()
-            loss.backward()
-            # Clip grad norm
-            clip_grad_norm(model.policy, model.max_grad_norm)
-            model.policy.optimizer.step()
-
-        model._n_updates += 1
-        if not continue_training:
-            break
 
     explained_var = explained_variance(model.rollout_buffer.values.flatten(), model.rollout_buffer.returns.flatten())
 
