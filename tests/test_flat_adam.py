@@ -179,3 +179,38 @@ def test_ppo_rollback_updates_use_flat_steps(monkeypatch):
     model = PPORollback("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32, n_epochs=2, seed=0, device="cpu")
     model.learn(128)
     assert counts["flat"] == 2 * 2 * 2  # 2 updates of 2 epochs of 2 minibatches
+
+
+def test_parameters_keep_their_alignment_and_version_counter_inside_the_block():
+    net = _net()
+    opt = th.optim.Adam(net.parameters(), lr=1e-2)
+    saved = {}
+    with flat_adam_steps(opt) as step:
+        for k in range(2):
+            opt.zero_grad()
+            _loss(net, k).backward()
+            step()
+            for p in net.parameters():
+                assert p.data_ptr() % 64 == 0  # as the allocator's own tensors (CPU kernels may depend on it)
+            if k == 0:
+                saved["versions"] = [p._version for p in net.parameters()]
+                saved["out"] = net[0](th.ones(1, 5, requires_grad=True)).sum()  # saves weight 0 for the input's gradient
+        assert [p._version for p in net.parameters()] > saved["versions"]  # bumped by the step, as torch's in-place step
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            saved["out"].backward()  # its saved weight was updated since: autograd refuses, as with torch's Adam
+
+
+@pytest.mark.parametrize("case", ["tied_parameters", "patched_step", "tensor_betas"])
+def test_other_ineligible_setups(case):
+    net = _net()
+    params = list(net.parameters())
+    if case == "tied_parameters":
+        shared = nn.Parameter(net[2].weight.data[:1].view(1, 16))  # a view of another parameter's storage
+        opt = th.optim.Adam([*params, shared], lr=1e-2)
+    elif case == "patched_step":
+        opt = th.optim.Adam(params, lr=1e-2)
+        step = opt.step
+        opt.step = lambda *args, **kwargs: step(*args, **kwargs)  # e.g. an LR scheduler's wrapper
+    else:
+        opt = th.optim.Adam(params, lr=1e-2, betas=(th.tensor(0.9), th.tensor(0.999)))
+    assert not flat_adam_eligible(opt)

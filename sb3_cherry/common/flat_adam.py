@@ -3,13 +3,16 @@ Adam steps on one flat tensor per parameter group: the same floats as ``torch.op
 per-tensor work (issue 19).
 
 Adam is element-wise: every entry of a parameter is updated from the same entries of its gradient and moment
-estimates, with the same scalars (learning rate, betas, bias corrections of the step count). Concatenating a group's
-parameters, gradients and moments into one tensor each and running torch's single-tensor Adam on those computes
+estimates, with the same scalars (learning rate, betas, bias corrections of the step count). Laying a group's
+parameters, gradients and moments out in one tensor each and running torch's single-tensor Adam on those computes
 exactly the same operations on every entry, so the parameters and optimizer state are equal bit for bit to torch's
 per-parameter loop (and to its ``foreach`` implementation, equal to the loop on CPU), while the ~10 kernels of a step
-run once per group instead of once per parameter tensor. On the small networks of on-policy RL that is a sizeable
-share of an update: PPORollback's ``train`` ran 1.04-1.18x faster on the CartPole, Hopper and BipedalWalker zoo
-entries, with the same parameters (``python -m benchmarks.flat_adam_ab``, ``benchmarks/results/flat_adam_ab.md``).
+run once per group instead of once per parameter tensor. Each parameter starts at a 64-byte boundary, as its own
+tensor does: CPU matrix kernels can round differently for a differently aligned operand, which would change the
+forward and backward passes that run on the parameters inside the update (the zero padding stays zero under Adam).
+On the small networks of on-policy RL the optimizer is a sizeable share of an update: PPORollback's ``train`` ran
+1.04-1.18x faster on the CartPole, Hopper and BipedalWalker zoo entries, with the same parameters
+(``python -m benchmarks.flat_adam_ab``, ``benchmarks/results/flat_adam_ab.md``).
 
 :func:`flat_adam_steps` is used around one update (``n_epochs`` of minibatches). At the first step it points the
 parameters' ``.data`` at views of one flat tensor per group and copies the moments into flat tensors; at the end of
@@ -29,6 +32,8 @@ import torch as th
 from torch.optim.adam import adam as adam_functional
 from torch.optim.optimizer import _get_scalar_dtype, _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
+#: byte alignment of each parameter in the flat tensor (torch's CPU allocator aligns to 64 bytes)
+_ALIGNMENT = 64
 #: the Adam state keys a flat step reproduces (``amsgrad`` adds ``max_exp_avg_sq``: not handled)
 _STATE_KEYS = {"step", "exp_avg", "exp_avg_sq"}
 
@@ -53,19 +58,25 @@ def flat_adam_eligible(optimizer: th.optim.Optimizer) -> bool:
     :param optimizer: the optimizer
     :return: whether :func:`flat_adam_steps` may use flat steps
     """
-    if type(optimizer) is not th.optim.Adam or _hooked(optimizer):
-        return False
-    seen: set[int] = set()
+    if type(optimizer) is not th.optim.Adam or "step" in optimizer.__dict__ or _hooked(optimizer):
+        return False  # (a step patched on the instance, e.g. by a scheduler, must run)
+    storages: set[int] = set()
     for group in optimizer.param_groups:
         flags = ("amsgrad", "maximize", "capturable", "differentiable", "fused")
         if any(group.get(flag) for flag in flags) or not isinstance(group["lr"], float):
             return False
+        if not all(isinstance(beta, float) for beta in group["betas"]):
+            return False
         params = group["params"]
         if not params or len({p.dtype for p in params}) != 1 or not params[0].is_floating_point():
             return False
-        if any(p.device.type != "cpu" or p.is_sparse or not p.is_contiguous() or id(p) in seen for p in params):
+        if any(p.device.type != "cpu" or p.is_sparse or not p.is_contiguous() for p in params):
             return False
-        seen.update(id(p) for p in params)
+        # each parameter on its own storage: parameters sharing one (tied weights, views) are updated through it
+        own = {p.untyped_storage().data_ptr() for p in params}
+        if len(own) != len(params) or own & storages:
+            return False
+        storages |= own
         states = [optimizer.state.get(p) for p in params]
         if all(not s for s in states):
             continue
@@ -96,30 +107,47 @@ class _FlatGroup:
             # Adam's _init_group for a new parameter (non-capturable, non-fused), created at the first step as torch does
             for p in self.params:
                 optimizer.state[p] = {
-                    "step": th.tensor(0.0, dtype=_get_scalar_dtype()),
+                    "step": th.tensor(0.0, dtype=_get_scalar_dtype(), device="cpu"),
                     "exp_avg": th.zeros_like(p, memory_format=th.preserve_format),
                     "exp_avg_sq": th.zeros_like(p, memory_format=th.preserve_format),
                 }
         self.states = [optimizer.state[p] for p in self.params]
         self.originals = [p.data for p in self.params]
-        with th.no_grad():
-            self.flat = th.cat([p.data.reshape(-1) for p in self.params])
-            self.exp_avg = th.cat([s["exp_avg"].reshape(-1) for s in self.states])
-            self.exp_avg_sq = th.cat([s["exp_avg_sq"].reshape(-1) for s in self.states])
-        self.step_count = self.states[0]["step"].clone()
-        self.grad = th.empty_like(self.flat)
-        self.views: list[th.Tensor] = []
-        offset = 0
+        # Each parameter at a 64-byte aligned offset (the CPU allocator's alignment, which the originals have): CPU
+        # matrix kernels may round differently for a differently aligned operand, so unaligned views would change
+        # the forward and backward passes inside the update. The padding is zero and stays zero under Adam.
+        align = max(1, _ALIGNMENT // self.params[0].element_size())
+        offsets, size = [], 0
         for p in self.params:
-            view = self.flat[offset : offset + p.numel()].view_as(p)
-            self.views.append(view)
+            offsets.append(size)
+            size += -(-p.numel() // align) * align
+        dtype = self.params[0].dtype
+
+        def views_of(flat: th.Tensor) -> list[th.Tensor]:
+            return [flat[o : o + p.numel()].view_as(p) for o, p in zip(offsets, self.params, strict=True)]
+
+        self.flat, self.grad = th.zeros(size, dtype=dtype), th.zeros(size, dtype=dtype)
+        self.exp_avg, self.exp_avg_sq = th.zeros(size, dtype=dtype), th.zeros(size, dtype=dtype)
+        self.views, self.grad_views = views_of(self.flat), views_of(self.grad)
+        self.exp_avg_views, self.exp_avg_sq_views = views_of(self.exp_avg), views_of(self.exp_avg_sq)
+        with th.no_grad():
+            th._foreach_copy_(self.views, self.originals)
+            th._foreach_copy_(self.exp_avg_views, [s["exp_avg"] for s in self.states])
+            th._foreach_copy_(self.exp_avg_sq_views, [s["exp_avg_sq"] for s in self.states])
+        self.step_count = self.states[0]["step"].clone()
+        for p, view in zip(self.params, self.views, strict=True):
             p.data = view
-            offset += p.numel()
         self.addresses = [v.data_ptr() for v in self.views]
+        self.aligned = all(
+            v % _ALIGNMENT == o.data_ptr() % _ALIGNMENT for v, o in zip(self.addresses, self.originals, strict=True)
+        )
 
     def intact(self) -> bool:
-        """Whether every parameter still points at its flat view (nothing replaced a ``.data`` in the block)."""
-        return [p.data_ptr() for p in self.params] == self.addresses
+        """
+        Whether every parameter still points at its flat view (nothing replaced a ``.data`` in the block), aligned
+        as its own tensor is.
+        """
+        return self.aligned and [p.data_ptr() for p in self.params] == self.addresses
 
     def ready(self) -> bool:
         """Whether every parameter has a dense gradient of the group's dtype (torch's Adam skips one without)."""
@@ -129,7 +157,8 @@ class _FlatGroup:
         """One Adam step on the flat tensors (after :meth:`ready`)."""
         group = self.group
         with th.no_grad():
-            th.cat([p.grad.reshape(-1) for p in self.params], out=self.grad)  # type: ignore[union-attr]
+            grads: list[th.Tensor] = [p.grad for p in self.params]  # type: ignore[misc]  # (ready(): none is None)
+            th._foreach_copy_(self.grad_views, grads)  # (the padding stays zero)
             beta1, beta2 = group["betas"]
             adam_functional(
                 [self.flat],
@@ -154,6 +183,8 @@ class _FlatGroup:
                 eps=group["eps"],
                 maximize=False,
             )
+        # as torch's in-place step does: autograd's check of tensors modified after being saved for backward
+        th.autograd.graph.increment_version(self.params)
 
     def restore(self) -> None:
         """
@@ -161,18 +192,14 @@ class _FlatGroup:
         parameter whose ``.data`` was replaced in the block keeps the replacement).
         """
         with th.no_grad():
-            offset = 0
-            for p, view, address, original, state in zip(
-                self.params, self.views, self.addresses, self.originals, self.states, strict=True
-            ):
-                n = p.numel()
+            for p, view, address, original in zip(self.params, self.views, self.addresses, self.originals, strict=True):
                 if p.data_ptr() == address:
                     original.copy_(view)
                     p.data = original
-                state["exp_avg"].copy_(self.exp_avg[offset : offset + n].view_as(original))
-                state["exp_avg_sq"].copy_(self.exp_avg_sq[offset : offset + n].view_as(original))
+            th._foreach_copy_([s["exp_avg"] for s in self.states], self.exp_avg_views)
+            th._foreach_copy_([s["exp_avg_sq"] for s in self.states], self.exp_avg_sq_views)
+            for state in self.states:
                 state["step"].copy_(self.step_count)
-                offset += n
 
 
 @contextlib.contextmanager
