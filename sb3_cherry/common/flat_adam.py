@@ -11,7 +11,7 @@ run once per group instead of once per parameter tensor. Each parameter starts a
 tensor does: CPU matrix kernels can round differently for a differently aligned operand, which would change the
 forward and backward passes that run on the parameters inside the update (the zero padding stays zero under Adam).
 On the small networks of on-policy RL the optimizer is a sizeable share of an update: PPORollback's ``train`` ran
-1.04-1.18x faster on the CartPole, Hopper and BipedalWalker zoo entries, with the same parameters
+1.04-1.18x faster (one CartPole round 1.42) on the CartPole, Hopper and BipedalWalker zoo entries, with the same parameters
 (``python -m benchmarks.flat_adam_ab``, ``benchmarks/results/flat_adam_ab.md``).
 
 :func:`flat_adam_steps` is used around one update (``n_epochs`` of minibatches). At the first step it points the
