@@ -38,6 +38,17 @@ def _pair(make_optimizer, warm_steps: int = 0):
     return ref, ref_opt, flat, flat_opt
 
 
+def _step_both(ref, ref_opt, flat, flat_opt, step, ks, use_log_std=lambda k: True, after_flat_step=None):
+    """Steps ``ks`` on both sides: torch's ``ref_opt.step`` on ``ref``, the block's ``step`` on ``flat``."""
+    for k in ks:
+        for net, opt, do_step in ((ref, ref_opt, ref_opt.step), (flat, flat_opt, step)):
+            opt.zero_grad()
+            _loss(net, k, use_log_std=use_log_std(k)).backward()
+            do_step()
+        if after_flat_step is not None:
+            after_flat_step()
+
+
 def _assert_same(ref, ref_opt, flat, flat_opt):
     for a, b in zip(ref.parameters(), flat.parameters(), strict=True):
         assert th.equal(a, b)
@@ -88,20 +99,13 @@ def test_a_parameter_without_gradient_takes_torchs_step():
     """Torch's Adam skips a parameter without gradient (no state created, its step count stays): so does the block."""
     ref, ref_opt, flat, flat_opt = _pair(lambda net: th.optim.Adam(net.parameters(), lr=1e-2))
     with flat_adam_steps(flat_opt) as step:
-        for k in range(4):
-            for net, opt, do_step in ((ref, ref_opt, ref_opt.step), (flat, flat_opt, step)):
-                opt.zero_grad()
-                _loss(net, k, use_log_std=k >= 2).backward()  # log_std has no gradient in the first two steps
-                do_step()
+        # log_std has no gradient in the first two steps
+        _step_both(ref, ref_opt, flat, flat_opt, step, range(4), use_log_std=lambda k: k >= 2)
     _assert_same(ref, ref_opt, flat, flat_opt)
     # the same after flat steps, with a gradient missing later on
     ref, ref_opt, flat, flat_opt = _pair(lambda net: th.optim.Adam(net.parameters(), lr=1e-2))
     with flat_adam_steps(flat_opt) as step:
-        for k in range(4):
-            for net, opt, do_step in ((ref, ref_opt, ref_opt.step), (flat, flat_opt, step)):
-                opt.zero_grad()
-                _loss(net, k, use_log_std=k < 2).backward()
-                do_step()
+        _step_both(ref, ref_opt, flat, flat_opt, step, range(4), use_log_std=lambda k: k < 2)
     _assert_same(ref, ref_opt, flat, flat_opt)
 
 
@@ -110,11 +114,7 @@ def test_an_error_in_the_block_leaves_the_stepped_values():
     addresses = [p.data_ptr() for p in flat.parameters()]
     with pytest.raises(RuntimeError, match="in the middle"):
         with flat_adam_steps(flat_opt) as step:
-            for k in range(3):
-                for net, opt, do_step in ((ref, ref_opt, ref_opt.step), (flat, flat_opt, step)):
-                    opt.zero_grad()
-                    _loss(net, k).backward()
-                    do_step()
+            _step_both(ref, ref_opt, flat, flat_opt, step, range(3))
             raise RuntimeError("an error in the middle of an update")
     _assert_same(ref, ref_opt, flat, flat_opt)
     assert [p.data_ptr() for p in flat.parameters()] == addresses
@@ -142,12 +142,11 @@ def test_ineligible_optimizers_take_their_own_step(case):
     assert not flat_adam_eligible(flat_opt)
     addresses = [p.data_ptr() for p in flat.parameters()]
     with flat_adam_steps(flat_opt) as step:
-        for k in range(3):
-            for net, opt, do_step in ((ref, ref_opt, ref_opt.step), (flat, flat_opt, step)):
-                opt.zero_grad()
-                _loss(net, k).backward()
-                do_step()
-                assert [p.data_ptr() for p in flat.parameters()] == addresses  # never flattened
+
+        def never_flattened():
+            assert [p.data_ptr() for p in flat.parameters()] == addresses
+
+        _step_both(ref, ref_opt, flat, flat_opt, step, range(3), after_flat_step=never_flattened)
     _assert_same(ref, ref_opt, flat, flat_opt)
     if case == "step_hook":
         assert len(calls) == 2 * 3  # the hooks (registered after the warm-up step) ran at every step, on both sides
@@ -158,11 +157,7 @@ def test_state_from_a_loaded_checkpoint_is_used():
     ref, ref_opt, flat, flat_opt = _pair(lambda net: th.optim.Adam(net.parameters(), lr=1e-2), warm_steps=3)
     flat_opt.load_state_dict(copy.deepcopy(ref_opt.state_dict()))
     with flat_adam_steps(flat_opt) as step:
-        for k in range(3, 6):
-            for net, opt, do_step in ((ref, ref_opt, ref_opt.step), (flat, flat_opt, step)):
-                opt.zero_grad()
-                _loss(net, k).backward()
-                do_step()
+        _step_both(ref, ref_opt, flat, flat_opt, step, range(3, 6))
     _assert_same(ref, ref_opt, flat, flat_opt)
 
 
