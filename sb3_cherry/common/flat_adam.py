@@ -50,10 +50,11 @@ def _hooked(optimizer: th.optim.Optimizer) -> bool:
 
 def flat_adam_eligible(optimizer: th.optim.Optimizer) -> bool:
     """
-    Whether a flat step computes ``optimizer.step()`` exactly: torch's ``Adam`` itself (not a subclass) without
-    ``amsgrad``, ``maximize``, ``capturable``, ``differentiable`` or ``fused``, a float learning rate, no step hooks,
-    dense contiguous CPU parameters of one floating dtype per group, each parameter once, and a state that is
-    either empty or the plain Adam state (``step``, ``exp_avg``, ``exp_avg_sq``) with one step count per group.
+    Whether a flat step computes ``optimizer.step()`` exactly: torch's ``Adam`` itself (not a subclass, its ``step``
+    not patched on the instance) without ``amsgrad``, ``maximize``, ``capturable``, ``differentiable`` or ``fused``,
+    float learning rate and betas, no step hooks, dense contiguous CPU parameters of one floating dtype per group,
+    each on a storage of its own, and a state that is either empty or the plain Adam state (``step``, ``exp_avg``,
+    ``exp_avg_sq``) with one step count per group.
 
     :param optimizer: the optimizer
     :return: whether :func:`flat_adam_steps` may use flat steps
