@@ -41,6 +41,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 from torch import nn
 
 from benchmarks.throughput import Case, cases, make_env
+from sb3_cherry.common.fast_forward import _sequential_plan
 from sb3_cherry.common.speed import distribution_validation
 
 PARTS = ("sim", "normalize", "forward", "returns", "update")
@@ -48,16 +49,15 @@ PARTS = ("sim", "normalize", "forward", "returns", "update")
 SAME_VEC_ENV = ("vec_env", "forward", "returns", "update")
 
 
-def _layers(sequential: nn.Sequential) -> list[tuple[th.Tensor, th.Tensor, Callable]]:
-    """(weight, bias, activation) per Linear of an MlpExtractor branch (Linear / activation pairs)."""
-    modules = list(sequential)
-    out = []
-    for i, module in enumerate(modules):
-        if isinstance(module, nn.Linear):
-            following = modules[i + 1] if i + 1 < len(modules) else None
-            act = {nn.Tanh: th.tanh, nn.ReLU: th.relu}.get(type(following), lambda x: x)
-            out.append((module.weight, module.bias, act))
-    return out
+def _layers(sequential: nn.Sequential) -> list[Callable[[th.Tensor], th.Tensor]]:
+    """
+    An MlpExtractor branch's layers as bare functions (sb3_cherry's fast collection forward's, which reads the
+    parameters at call time); an error for a layer it does not write out.
+    """
+    plan = _sequential_plan(sequential)
+    if plan is None:
+        raise ValueError(f"the floor writes out Linear / ReLU / Tanh networks only, not {sequential}")
+    return plan
 
 
 class Floor:
@@ -165,10 +165,10 @@ class Floor:
     def _nets(self, obs: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
         """Action-net output (mean or logits) and values, SB3's operations without modules."""
         pi = vf = obs
-        for weight, bias, act in self.pi_layers:
-            pi = act(F.linear(pi, weight, bias))
-        for weight, bias, act in self.vf_layers:
-            vf = act(F.linear(vf, weight, bias))
+        for layer in self.pi_layers:
+            pi = layer(pi)
+        for layer in self.vf_layers:
+            vf = layer(vf)
         out = F.linear(pi, self.action_net.weight, self.action_net.bias)
         return out, F.linear(vf, self.value_net.weight, self.value_net.bias).flatten()
 
