@@ -81,6 +81,71 @@ def test_tensor_samples_follow_reassigned_arrays():
     assert th.equal(th.sort(batch.returns).values, th.sort(th.as_tensor(buffer.returns.flatten())).values)
 
 
+def _step_inputs(obs_space: spaces.Space, action_space: spaces.Space, n_envs: int, rng: np.random.Generator):
+    """One step's ``add`` arguments as ``collect_rollouts`` passes them (inference-mode tensors, bool starts)."""
+    obs = np.stack([obs_space.sample() for _ in range(n_envs)])
+    if isinstance(obs_space, spaces.Box) and obs.dtype == np.float32:
+        obs = obs.astype(np.float64)  # an env returning float64 into the float32 buffer: the same cast either way
+    action = np.stack([action_space.sample() for _ in range(n_envs)])
+    values = rng.normal(size=(n_envs, 1)).astype(np.float32)
+    log_probs = rng.normal(size=n_envs).astype(np.float32)
+    values[0, 0], log_probs[-1] = -0.0, np.nan
+    with th.inference_mode():
+        value, log_prob = th.as_tensor(values), th.as_tensor(log_probs)
+    return obs, action, rng.normal(size=n_envs).astype(np.float32), rng.random(n_envs) < 0.3, value, log_prob
+
+
+@pytest.mark.parametrize(
+    "obs_space, action_space, n_envs",
+    [
+        (spaces.Box(-1, 1, (3,)), spaces.Box(-1, 1, (2,)), 1),
+        (spaces.Box(-1, 1, (3,)), spaces.Box(-1, 1, (2,)), 4),
+        (spaces.Box(0, 255, (4, 4), dtype=np.uint8), spaces.Discrete(3), 3),
+        (spaces.Box(-1, 1, (3,)), spaces.MultiDiscrete([2, 3]), 2),
+        (spaces.Box(-1, 1, (3,)), spaces.MultiBinary(3), 2),
+        (spaces.Discrete(5), spaces.Discrete(2), 3),  # SB3 reshapes Discrete observations: its own add runs
+    ],
+)
+def test_step_add_stores_what_sb3_add_stores(obs_space, action_space, n_envs, monkeypatch):
+    """Every array of the buffer equal bit for bit (bytes, so -0.0 and NaN too) to SB3's after the same adds."""
+    obs_space.seed(0)
+    action_space.seed(0)
+    rng = np.random.default_rng(0)
+    steps = [_step_inputs(obs_space, action_space, n_envs, rng) for _ in range(4)]
+    ref = RolloutBuffer(4, obs_space, action_space, device="cpu", n_envs=n_envs)
+    for step in steps:
+        ref.add(*step)
+    sb3_adds = []
+    sb3_add = RolloutBuffer.add
+    monkeypatch.setattr(RolloutBuffer, "add", lambda self, *args: sb3_adds.append(1) or sb3_add(self, *args))
+    ours = CherryRolloutBuffer(4, obs_space, action_space, device="cpu", n_envs=n_envs)
+    for step in steps:
+        ours.add(*step)
+    # the lean path ran (SB3's add only for Discrete observations)
+    assert len(sb3_adds) == (4 if isinstance(obs_space, spaces.Discrete) else 0)
+    for name in ("observations", "actions", "rewards", "episode_starts", "values", "log_probs"):
+        got, want = getattr(ours, name), getattr(ref, name)
+        assert got.dtype == want.dtype and got.shape == want.shape and got.tobytes() == want.tobytes(), name
+    assert (ours.pos, ours.full) == (ref.pos, ref.full) == (4, True)
+
+
+def test_step_add_leaves_unusual_inputs_to_sb3(monkeypatch):
+    """A 0-d log-probability, a tensor with gradient and list observations take SB3's add (and its behaviour)."""
+    box = spaces.Box(-1, 1, (2,))
+    buffer = CherryRolloutBuffer(4, box, box, device="cpu", n_envs=1)
+    sb3_adds = []
+    sb3_add = RolloutBuffer.add
+    monkeypatch.setattr(RolloutBuffer, "add", lambda self, *args: sb3_adds.append(1) or sb3_add(self, *args))
+    obs, action, reward, start = np.ones((1, 2), np.float32), np.ones((1, 2), np.float32), np.ones(1), np.ones(1, bool)
+    buffer.add(obs, action, reward, start, th.ones(1, 1), th.tensor(-1.5))  # SB3 reshapes a 0-d log-probability
+    assert len(sb3_adds) == 1 and buffer.log_probs[0, 0] == -1.5
+    buffer.add([[2.0, 3.0]], action, reward, start, th.ones(1, 1), th.ones(1))
+    assert len(sb3_adds) == 2 and buffer.observations[1].tolist() == [[2.0, 3.0]]
+    with pytest.raises(RuntimeError, match="requires grad"):  # as SB3: values must come from a no-grad forward
+        buffer.add(obs, action, reward, start, th.ones(1, 1, requires_grad=True), th.ones(1))
+    assert len(sb3_adds) == 3
+
+
 def test_grad_norm_clipper_matches_torch():
     th.manual_seed(0)
     net = th.nn.Sequential(th.nn.Linear(5, 7), th.nn.Tanh(), th.nn.Linear(7, 2))

@@ -23,7 +23,7 @@ from stable_baselines3.common.utils import obs_as_tensor
 
 from sb3_cherry.common import returns as returns_lib
 from sb3_cherry.common.spaces import flat_action_space
-from sb3_cherry.common.speed import TensorSamplesMixin
+from sb3_cherry.common.speed import StepAddMixin, TensorSamplesMixin
 
 RETURNS_ESTIMATORS = ("gae", "one_step", "n_step", "vtrace")
 
@@ -432,7 +432,7 @@ class ReturnsEstimatorMixin:
 
 # (mypy cannot match the mixins' ``_get_samples(batch_inds, *args)`` with each base's own signature: same call, see
 # ReturnsEstimatorMixin._get_samples)
-class CherryRolloutBuffer(ReturnsEstimatorMixin, TensorSamplesMixin, RolloutBuffer):  # type: ignore[misc]
+class CherryRolloutBuffer(ReturnsEstimatorMixin, TensorSamplesMixin, StepAddMixin, RolloutBuffer):  # type: ignore[misc]
     """
     SB3's ``RolloutBuffer`` with a choice of returns estimator; Tuple actions are stored flat.
 
