@@ -43,13 +43,21 @@ def test_throughput_zoo_baseline_takes_a_number_for_a_scheduled_ent_coef():
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
-def test_floor_update_trains_like_sb3_ppo(env_id):
-    """The floor's bare update (benchmarks/floor.py) is SB3's PPO update: same parameters after it, same minibatches."""
+def test_floor_update_trains_like_sb3_ppo(env_id, monkeypatch):
+    """
+    The floor's bare update (benchmarks/floor.py) is SB3's PPO update: same parameters after it, same minibatches;
+    and every one of its Adam steps is a flat step (what the floor claims to time).
+    """
     import numpy as np
     import torch as th
 
     from benchmarks.floor import Floor
     from benchmarks.throughput import Case, make_env
+    from sb3_cherry.common import flat_adam
+
+    flat_steps = []
+    flat_step = flat_adam._FlatGroup.step
+    monkeypatch.setattr(flat_adam._FlatGroup, "step", lambda self: flat_steps.append(1) or flat_step(self))
 
     # a large step and a narrow clip range, so that the clipping and the entropy term act on the result
     kwargs = dict(
@@ -74,6 +82,7 @@ def test_floor_update_trains_like_sb3_ppo(env_id):
     for a, b in zip(ours, sb3, strict=True):
         assert th.allclose(a, b, rtol=1e-5, atol=1e-6)
     assert not any(th.equal(a, b) for a, b in zip(ours, before, strict=True))  # every parameter moved
+    assert len(flat_steps) == kwargs["n_epochs"] * (2 * kwargs["n_steps"] // kwargs["batch_size"])  # one group
 
 
 def test_every_summary_row_has_a_command():

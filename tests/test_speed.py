@@ -146,6 +146,17 @@ def test_step_add_leaves_unusual_inputs_to_sb3(monkeypatch):
     assert len(sb3_adds) == 3
 
 
+def test_step_add_rejects_a_bad_action_before_writing():
+    """As SB3's add: an action of the wrong size raises before anything is stored (the row keeps its values)."""
+    box = spaces.Box(-1, 1, (2,))
+    buffer = CherryRolloutBuffer(4, box, box, device="cpu", n_envs=2)
+    with pytest.raises(ValueError, match="reshape"):
+        buffer.add(
+            np.ones((2, 2), np.float32), np.ones(3, np.float32), np.ones(2), np.ones(2, bool), th.ones(2, 1), th.ones(2)
+        )
+    assert buffer.pos == 0 and not buffer.observations.any()
+
+
 def test_grad_norm_clipper_matches_torch():
     th.manual_seed(0)
     net = th.nn.Sequential(th.nn.Linear(5, 7), th.nn.Tanh(), th.nn.Linear(7, 2))
@@ -224,3 +235,29 @@ def test_fused_optimizer_is_opt_in():
     assert np.all(np.isfinite(th.nn.utils.parameters_to_vector(model.policy.parameters()).detach().numpy()))
     default = PPORollback("MlpPolicy", "Pendulum-v1", **kwargs).learn(64)
     assert not default.policy.optimizer.param_groups[0]["fused"]
+
+
+@pytest.mark.parametrize("algo", ["ppo_rollback", "cherry_a2c"])
+def test_clipping_follows_a_replaced_submodule(algo):
+    """A submodule replaced between ``learn`` calls is clipped with the rest (the clipper is built per update)."""
+    from sb3_cherry import CherryA2C
+
+    if algo == "ppo_rollback":
+        model = PPORollback("MlpPolicy", "CartPole-v1", n_steps=16, batch_size=16, n_epochs=2, max_grad_norm=0.5, seed=0)
+    else:
+        model = CherryA2C("MlpPolicy", "CartPole-v1", n_steps=8, max_grad_norm=0.5, seed=0)
+    model.learn(32)
+    policy = model.policy
+    policy.value_net = th.nn.Linear(64, 1)  # e.g. a fresh value head, and an optimizer over the new parameters
+    policy.optimizer = policy.optimizer_class(policy.parameters(), lr=1e-3, **policy.optimizer_kwargs)
+    norms = []
+    step = policy.optimizer.step
+
+    def recording_step(*args, **kwargs):  # (a step patched on the instance: PPORollback's flat Adam steps aside)
+        grads = [p.grad for p in policy.parameters() if p.grad is not None]
+        norms.append(th.linalg.vector_norm(th.stack([g.norm() for g in grads])).item())
+        return step(*args, **kwargs)
+
+    policy.optimizer.step = recording_step
+    model.learn(32, reset_num_timesteps=False)
+    assert norms and max(norms) <= 0.5 + 1e-4

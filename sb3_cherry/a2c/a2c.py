@@ -16,7 +16,6 @@ from sb3_cherry.common.finite import raise_non_finite_update
 from sb3_cherry.common.on_policy import CherryOnPolicyAlgorithm
 from sb3_cherry.common.policies import CherryActorCriticPolicy
 from sb3_cherry.common.schedules import CoefficientSchedule
-from sb3_cherry.common.speed import clip_grad_norm
 
 SelfCherryA2C = TypeVar("SelfCherryA2C", bound="CherryA2C")
 
@@ -201,8 +200,8 @@ class CherryA2C(A2C, CherryOnPolicyAlgorithm):
             self.policy.optimizer.zero_grad()
             loss.backward()
 
-            # Clip grad norm (torch's clip_grad_norm_ on a cached parameter list: the same gradients bit for bit)
-            grad_norm = clip_grad_norm(self.policy, self.max_grad_norm)
+            # Clip grad norm
+            grad_norm = th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
             if self.check_finite and not (math.isfinite(loss.item()) and math.isfinite(grad_norm.item())):
                 self._refuse_update(policy_loss, value_loss, entropy_loss, loss, grad_norm)
             self.policy.optimizer.step()

@@ -155,6 +155,9 @@ class GradNormClipper:
     same operations in the same order, so the same gradients bit for bit, without collecting the parameters through
     the module tree and grouping them by device and dtype at every call.
 
+    Build it once per update (the trainers do): the list is then the policy's parameters of that update, also after a
+    submodule was replaced or moved between updates.
+
     :param parameters: the parameters whose gradients are clipped (e.g. ``policy.parameters()``)
     """
 
@@ -183,22 +186,6 @@ class GradNormClipper:
             clip_coef_clamped = th.clamp(clip_coef, max=1.0)
             th._foreach_mul_(grads, clip_coef_clamped)
         return total_norm
-
-
-def clip_grad_norm(policy: th.nn.Module, max_norm: float) -> th.Tensor:
-    """
-    Bit-exact fast ``clip_grad_norm_(policy.parameters(), max_norm)``, with the :class:`GradNormClipper` cached on
-    the policy (rebuilt when its parameters change).
-
-    :param policy: the policy (an ``nn.Module``)
-    :param max_norm: max 2-norm of the gradients
-    :return: the total norm before clipping
-    """
-    clipper = policy.__dict__.get("_cherry_grad_clipper")
-    if clipper is None or clipper.parameters[0] is not next(policy.parameters()):
-        clipper = GradNormClipper(policy.parameters())
-        policy.__dict__["_cherry_grad_clipper"] = clipper
-    return clipper(max_norm)
 
 
 def mean_of(values: list[th.Tensor]) -> float:
@@ -348,8 +335,9 @@ class StepAddMixin:
             super().add(obs, action, reward, episode_start, value, log_prob)  # type: ignore[misc]
             return
         pos = self.pos
+        action = action.reshape((self.n_envs, self.action_dim))  # first, as SB3: a bad action leaves the buffer as it was
         self.observations[pos] = obs
-        self.actions[pos] = action.reshape((self.n_envs, self.action_dim))
+        self.actions[pos] = action
         self.rewards[pos] = reward
         self.episode_starts[pos] = episode_start
         self.values[pos] = value.numpy().reshape(-1)

@@ -16,7 +16,7 @@ from sb3_cherry.common.flat_adam import flat_adam_steps
 from sb3_cherry.common.on_policy import CherryOnPolicyAlgorithm
 from sb3_cherry.common.policies import CherryActorCriticPolicy
 from sb3_cherry.common.schedules import CoefficientSchedule
-from sb3_cherry.common.speed import clip_grad_norm, mean_of, minibatch_means
+from sb3_cherry.common.speed import GradNormClipper, mean_of, minibatch_means
 from sb3_cherry.ppo_rollback.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 from sb3_cherry.ppo_rollback.trust_region import TrustRegionUpdate, check_trust_region_args
 
@@ -140,6 +140,8 @@ def rollback_train(
     trust = TrustRegionUpdate.start(model, old_distribution)
 
     continue_training = True
+    # clip_grad_norm_(policy.parameters()) on the parameter list of this update (no module-tree walk per minibatch)
+    clip_grad_norm = GradNormClipper(model.policy.parameters())
     # Adam steps on one flat tensor per parameter group where that is exact (same floats, fewer kernels)
     with flat_adam_steps(model.policy.optimizer) as optimizer_step:
         # train for n_epochs epochs
@@ -229,7 +231,7 @@ def rollback_train(
                 model.policy.optimizer.zero_grad()
                 loss.backward()
                 # Clip grad norm
-                clip_grad_norm(model.policy, model.max_grad_norm)
+                clip_grad_norm(model.max_grad_norm)
                 optimizer_step()
 
             model._n_updates += 1
