@@ -295,3 +295,31 @@ def test_update_guard_follows_a_replaced_optimizer():
         model.learn(N_STEPS, reset_num_timesteps=False)
     assert all(th.equal(before[k], v) for k, v in model.policy.state_dict().items())
     assert len(model.policy.optimizer.state) == 0
+
+
+@pytest.mark.parametrize("flat", [True, False])
+def test_an_update_that_raises_is_undone(flat, monkeypatch):
+    """An error in a later minibatch (finite values) leaves parameters and optimizer state from before the update,
+    and the error itself propagates (with flat Adam steps and with torch's own)."""
+    env = DummyVecEnv([lambda: InjectEnv(BOX)])
+    model = PPORollback("MlpPolicy", env, n_steps=N_STEPS, batch_size=4, n_epochs=2, seed=0)
+    model.learn(N_STEPS)  # one clean update: the optimizer has state to restore
+    if not flat:
+        step = model.policy.optimizer.step
+        model.policy.optimizer.step = lambda *args, **kwargs: step(*args, **kwargs)  # (flat steps refused)
+    record = RecordState()
+    evaluate = model.policy.evaluate_actions
+    calls = []
+
+    def failing_evaluate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # after two optimizer steps of this update
+            raise RuntimeError("an error in the third minibatch")
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(model.policy, "evaluate_actions", failing_evaluate)
+    with pytest.raises(RuntimeError, match="third minibatch"):
+        model.learn(N_STEPS, callback=record, reset_num_timesteps=False)
+    assert len(calls) == 3
+    _assert_state_equal(model.policy.state_dict(), record.at_rollout_end)
+    _assert_optimizer_equal(model.policy.optimizer.state_dict(), record.optimizer_at_rollout_end)

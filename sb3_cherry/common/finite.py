@@ -242,6 +242,18 @@ class UpdateSnapshot:
             self._valid = True
         return finite
 
+    def live_finite(self) -> bool:
+        """
+        Whether the current values (parameters, buffers, optimizer state) are all finite, tested tensor by tensor
+        without taking them as the snapshot (an update that raised: :meth:`restore` then puts the old values back).
+
+        :return: whether every floating-point value is finite
+        """
+        with th.no_grad():
+            tensors = [t for m in self.modules for t in (*m.parameters(), *m.buffers())]
+            tensors += [v for o in self.optimizers for st in o.state.values() for v in st.values() if isinstance(v, th.Tensor)]
+            return all(bool(th.isfinite(t).all()) for t in tensors if t.is_floating_point())
+
     def restore(self) -> None:
         """Put the values from before the update back; optimizer state created during the update is dropped."""
         with th.no_grad():

@@ -52,9 +52,9 @@ def flat_adam_eligible(optimizer: th.optim.Optimizer) -> bool:
     """
     Whether a flat step computes ``optimizer.step()`` exactly: torch's ``Adam`` itself (not a subclass, its ``step``
     not patched on the instance) without ``amsgrad``, ``maximize``, ``capturable``, ``differentiable`` or ``fused``,
-    float learning rate and betas, no step hooks, dense contiguous CPU parameters of one floating dtype per group,
-    each on a storage of its own, and a state that is either empty or the plain Adam state (``step``, ``exp_avg``,
-    ``exp_avg_sq``) with one step count per group.
+    float learning rate and betas, no step hooks, dense contiguous CPU parameters of one dtype (float32 or float64)
+    per group, each on a storage of its own, and a state that is either empty or the plain Adam state (``step``,
+    ``exp_avg``, ``exp_avg_sq``) with one step count per group.
 
     :param optimizer: the optimizer
     :return: whether :func:`flat_adam_steps` may use flat steps
@@ -69,7 +69,9 @@ def flat_adam_eligible(optimizer: th.optim.Optimizer) -> bool:
         if not all(isinstance(beta, float) for beta in group["betas"]):
             return False
         params = group["params"]
-        if not params or len({p.dtype for p in params}) != 1 or not params[0].is_floating_point():
+        # float32 / float64 only: in half precision torch's own kernels round a tensor's tail differently from the
+        # same entries inside a longer (flat) tensor
+        if not params or len({p.dtype for p in params}) != 1 or params[0].dtype not in (th.float32, th.float64):
             return False
         if any(p.device.type != "cpu" or p.is_sparse or not p.is_contiguous() for p in params):
             return False

@@ -13,7 +13,7 @@ only three hooks are added:
   (:mod:`sb3_cherry.common.async_learner`);
 - non-finite data never trains silently (:mod:`sb3_cherry.common.finite`): the first NaN/inf observation or reward
   raises a ValueError naming the env and the step, and an update whose loss or parameters turn non-finite is undone
-  and raises.
+  and raises (an update that raises any other error is undone too).
 """
 
 import functools
@@ -37,7 +37,7 @@ from sb3_cherry.common.buffers import (
     check_estimator_args,
     check_imp_samp_max,
 )
-from sb3_cherry.common.finite import FiniteCheckCallback, UpdateSnapshot, check_update
+from sb3_cherry.common.finite import FiniteCheckCallback, UpdateSnapshot, check_update, raise_non_finite_update
 from sb3_cherry.common.policies import CherryActorCriticPolicy
 from sb3_cherry.common.save_util import AtomicSaveAlgorithm
 from sb3_cherry.common.schedules import coefficient_schedule, scheduled_value
@@ -51,7 +51,10 @@ _LOSS_KEYS = ("train/policy_gradient_loss", "train/policy_loss", "train/value_lo
 
 
 def _train_checked(train: Callable[[Any], None]) -> Callable[[Any], None]:
-    """Wrap an algorithm's ``train`` so that an update with a non-finite loss or non-finite parameters is undone."""
+    """
+    Wrap an algorithm's ``train`` so that an update with a non-finite loss or non-finite parameters, or one that
+    raises, is undone.
+    """
 
     @functools.wraps(train)
     def train_checked(self: "CherryOnPolicyAlgorithm") -> None:
@@ -67,12 +70,13 @@ def _train_checked(train: Callable[[Any], None]) -> Callable[[Any], None]:
         try:
             train(self)
         except Exception:
-            # e.g. a torch distribution rejecting NaN parameters in a later minibatch of the same update: undo the
-            # update and say so (check_update raises); any other error propagates unchanged
-            finite = snapshot.check()
-            snapshot.invalidate()
+            # An update that raised did not finish (e.g. a torch distribution rejecting NaN parameters in a later
+            # minibatch): undo it, so that the model keeps its parameters and optimizer state from before it. If its
+            # values had turned non-finite, say so; otherwise the original error propagates.
+            finite = snapshot.live_finite()
+            snapshot.restore()
             if not finite:
-                check_update(snapshot, {}, name, self.num_timesteps, self._n_updates, finite=False)
+                raise_non_finite_update({}, name, self.num_timesteps, self._n_updates)
             raise
         logged = self.logger.name_to_value
         check_update(snapshot, {key: logged.get(key) for key in _LOSS_KEYS}, name, self.num_timesteps, self._n_updates)
@@ -89,9 +93,9 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
     (with :meth:`_init_estimator`) before ``_setup_model`` runs.
 
     ``check_finite`` (attribute, default True): raise a ValueError at the first non-finite observation or reward
-    (env index and ``num_timesteps`` in the message) and undo an update whose loss or parameters are non-finite
-    (the model keeps its parameters and optimizer state from before it). Setting it to False removes the checks
-    (``benchmarks/throughput.py --guard`` measures their cost); it never changes a float of training.
+    (env index and ``num_timesteps`` in the message) and undo an update whose loss or parameters are non-finite, or
+    that raises (the model keeps its parameters and optimizer state from before it). Setting it to False removes the
+    checks (``benchmarks/throughput.py --guard`` measures their cost); it never changes a float of training.
     """
 
     check_finite: bool = True
