@@ -297,10 +297,10 @@ def test_update_guard_follows_a_replaced_optimizer():
     assert len(model.policy.optimizer.state) == 0
 
 
-@pytest.mark.parametrize("flat", [True, False])
-def test_an_update_that_raises_is_undone(flat, monkeypatch):
-    """An error in a later minibatch (finite values) leaves parameters and optimizer state from before the update,
-    and the error itself propagates (with flat Adam steps and with torch's own)."""
+@pytest.mark.parametrize("flat, error", [(True, RuntimeError), (False, RuntimeError), (True, KeyboardInterrupt)])
+def test_an_update_that_raises_is_undone(flat, error, monkeypatch):
+    """An error (or Ctrl-C) in a later minibatch, values finite, leaves parameters and optimizer state from before the
+    update, and the exception itself propagates (with flat Adam steps and with torch's own)."""
     env = DummyVecEnv([lambda: InjectEnv(BOX)])
     model = PPORollback("MlpPolicy", env, n_steps=N_STEPS, batch_size=4, n_epochs=2, seed=0)
     model.learn(N_STEPS)  # one clean update: the optimizer has state to restore
@@ -314,11 +314,11 @@ def test_an_update_that_raises_is_undone(flat, monkeypatch):
     def failing_evaluate(*args, **kwargs):
         calls.append(1)
         if len(calls) == 3:  # after two optimizer steps of this update
-            raise RuntimeError("an error in the third minibatch")
+            raise error("an error in the third minibatch")
         return evaluate(*args, **kwargs)
 
     monkeypatch.setattr(model.policy, "evaluate_actions", failing_evaluate)
-    with pytest.raises(RuntimeError, match="third minibatch"):
+    with pytest.raises(error, match="third minibatch"):
         model.learn(N_STEPS, callback=record, reset_num_timesteps=False)
     assert len(calls) == 3
     _assert_state_equal(model.policy.state_dict(), record.at_rollout_end)

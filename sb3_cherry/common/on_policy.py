@@ -13,7 +13,7 @@ only three hooks are added:
   (:mod:`sb3_cherry.common.async_learner`);
 - non-finite data never trains silently (:mod:`sb3_cherry.common.finite`): the first NaN/inf observation or reward
   raises a ValueError naming the env and the step, and an update whose loss or parameters turn non-finite is undone
-  and raises (an update that raises any other error is undone too).
+  and raises (an update that raises any other exception, Ctrl-C included, is undone too).
 """
 
 import functools
@@ -69,13 +69,13 @@ def _train_checked(train: Callable[[Any], None]) -> Callable[[Any], None]:
         name = type(self).__name__
         try:
             train(self)
-        except Exception:
+        except BaseException as error:
             # An update that raised did not finish (e.g. a torch distribution rejecting NaN parameters in a later
-            # minibatch): undo it, so that the model keeps its parameters and optimizer state from before it. If its
-            # values had turned non-finite, say so; otherwise the original error propagates.
+            # minibatch, or Ctrl-C): undo it, so that the model keeps its parameters and optimizer state from before
+            # it. If an error left non-finite values, say so; otherwise the original exception propagates.
             finite = snapshot.live_finite()
             snapshot.restore()
-            if not finite:
+            if not finite and isinstance(error, Exception):
                 raise_non_finite_update({}, name, self.num_timesteps, self._n_updates)
             raise
         logged = self.logger.name_to_value
