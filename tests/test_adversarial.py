@@ -1,8 +1,11 @@
 """GAIL / AIRL (SB3 algorithms over imitation): runs, SB3 method set, save/load, Tuple actions, VecNormalize, errors, zoo;
 slow CartPole GAIL."""
 
+import base64
 import io
 import json
+import pathlib
+import pickle
 import re
 import subprocess
 import sys
@@ -356,6 +359,41 @@ def test_load_errors_and_older_files(cartpole_demos, tmp_path):
     (tmp_path / "old_reward_net.pt").unlink()
     with pytest.warns(UserWarning, match="holds no reward net"):
         GAIL.load(tmp_path / "old")
+
+
+@pytest.mark.parametrize("entry", [{"allow_pickle": True}, {"generator_kwargs": {"allow_pickle": True}}])
+def test_a_file_cannot_switch_on_unpickling(cartpole_demos, tmp_path, entry):
+    """allow_pickle (and generator_kwargs) are load arguments: a file that sets them is refused before anything in it is
+    unpickled (here a pickled ``data`` value that would create a marker file)."""
+    model = GAIL("MlpPolicy", cartpole(), demonstrations=cartpole_demos, **SMALL)
+    model.save(tmp_path / "model")
+    marker = tmp_path / "unpickled"
+    payload = base64.b64encode(pickle.dumps(_Touch(str(marker)))).decode()
+    with zipfile.ZipFile(tmp_path / "model.zip") as source, zipfile.ZipFile(tmp_path / "evil.zip", "w") as target:
+        for name in source.namelist():
+            content = source.read(name)
+            if name == "data":
+                data = json.loads(content)
+                data["evil"] = {":type:": "<class 'x'>", ":serialized:": payload}
+                content = json.dumps(data).encode()
+            elif name == CONFIG_ENTRY:
+                config = json.loads(content)
+                config["hyperparameters"].update(entry)
+                content = json.dumps(config).encode()
+            target.writestr(name, content)
+    with pytest.raises(ValueError, match=r"never writes .*refusing the file"):
+        GAIL.load(tmp_path / "evil.zip")
+    assert not marker.exists()
+
+
+class _Touch:
+    """Unpickling it creates a file (what a malicious model file would do)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (pathlib.Path(self.path),))
 
 
 # -------------------------------------------------------------------------------------------- Tuple / recurrent

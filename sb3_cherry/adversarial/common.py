@@ -81,6 +81,29 @@ GENERATOR_CLASSES: dict[str, type[OnPolicyAlgorithm]] = {
     "recurrent_ppo_rollback": RecurrentPPORollback,
 }
 
+#: The hyperparameters a model file may hold (what ``_config_data`` writes; ``generator_class``, ``policy`` and
+#: ``policy_kwargs`` are tolerated and ignored): anything else in a file is refused by ``load``
+_SAVED_HYPERPARAMETERS = frozenset(
+    {
+        "reward_net_class",
+        "reward_net_kwargs",
+        "demo_batch_size",
+        "demo_minibatch_size",
+        "n_disc_updates_per_round",
+        "gen_train_timesteps",
+        "gen_replay_buffer_capacity",
+        "disc_lr",
+        "disc_opt_kwargs",
+        "allow_variable_horizon",
+        "tensorboard_log",
+        "verbose",
+        "seed",
+        "generator_class",
+        "policy",
+        "policy_kwargs",
+    }
+)
+
 #: Arguments of GAIL / AIRL that are the generator's too: given to the adversarial class, never in generator_kwargs
 _GENERATOR_RESERVED = frozenset({"policy_kwargs", "seed", "verbose", "device", "tensorboard_log", "env", "policy"})
 
@@ -976,6 +999,13 @@ class AdversarialImitation(BaseAlgorithm):
                 raise ValueError(f"{name}.load: the file holds a {config.get('algo')} model: load it with that class.")
             saved = dict(config.get("hyperparameters") or {})
             saved_generator_class = config.get("generator_class")
+        # only the data save() writes: load's own switches (allow_pickle, generator_kwargs) never come from a file
+        unexpected = sorted(set(saved) - _SAVED_HYPERPARAMETERS)
+        if unexpected:
+            raise ValueError(
+                f"{name}.load: {path} holds hyperparameters {unexpected} that {name}.save never writes (allow_pickle, "
+                "generator_kwargs and other load arguments are taken from the caller only): refusing the file."
+            )
         hyperparameters = {**saved, **kwargs}
         generator_class = resolve_generator_class(
             hyperparameters.pop("generator_class", None) or saved_generator_class or _detect_generator_class(archive)
