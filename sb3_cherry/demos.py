@@ -49,6 +49,7 @@ from gymnasium import spaces
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper, unwrap_vec_normalize
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
+from sb3_cherry.common.restricted_pickle import check_space_size
 from sb3_cherry.common.save_util import atomic_write
 from sb3_cherry.common.spaces import check_action_space, flat_action_dim, flatten_action
 
@@ -215,6 +216,7 @@ def space_from_dict(description: dict[str, Any]) -> spaces.Space:
     try:
         if kind == "Box":
             shape = tuple(int(s) for s in description["shape"])
+            check_space_size(shape, "the Box of the demonstration file")  # before the bounds are built at that shape
             dtype = np.dtype(description["dtype"])
             low = _decode_array(description["low"], shape, dtype)
             high = _decode_array(description["high"], shape, dtype)

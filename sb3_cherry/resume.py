@@ -100,6 +100,24 @@ def check_checkpointable(hyperparams: dict[str, Any], where: str) -> None:
         )
 
 
+def _refuse_symlinks(path: pathlib.Path) -> None:
+    """
+    Refuse a run folder holding symbolic links: resuming appends to its monitor files and replaces its models and
+    statistics, which through a link would write outside the folder.
+
+    :param path: the run folder
+    :raises ValueError: naming the first link
+    """
+    for root, dirs, files in os.walk(path):
+        for name in (*dirs, *files):
+            entry = pathlib.Path(root, name)
+            if entry.is_symlink():
+                raise ValueError(
+                    f"{entry} is a symbolic link: --resume writes to the files of the run folder (monitor files, models, "
+                    "statistics) and would write through it, outside the folder. Copy the run folder without links."
+                )
+
+
 def read_run_folder(folder: str | pathlib.Path, algo: str | None = None, env_id: str | None = None) -> RunFolder:
     """
     Read a run folder to continue: its ``args.yml`` / ``config.yml`` (as data) and its run checkpoint.
@@ -109,7 +127,8 @@ def read_run_folder(folder: str | pathlib.Path, algo: str | None = None, env_id:
     :param env_id: the ``--env`` given with ``--resume`` (None: the run's)
     :return: the run
     :raises FileNotFoundError: no such folder, not a run folder, or no run checkpoint in it
-    :raises ValueError: another algorithm or env than given, a checkpoint of another algorithm, ``collection='async'``
+    :raises ValueError: another algorithm or env than given, a checkpoint of another algorithm, ``collection='async'``,
+        a symbolic link in the folder
     """
     import rl_zoo3.utils
 
@@ -121,6 +140,7 @@ def read_run_folder(folder: str | pathlib.Path, algo: str | None = None, env_id:
         raise FileNotFoundError(
             f"No run folder {path}: pass the folder 'sb3-cherry train' printed as 'Log path:' ({example})."
         )
+    _refuse_symlinks(path)
     candidates = sorted(p for p in path.iterdir() if (p / "args.yml").is_file() and (p / "config.yml").is_file())
     if len(candidates) != 1:
         found = "none" if not candidates else ", ".join(p.name for p in candidates)
@@ -265,14 +285,17 @@ class SafeExperimentManager(ExperimentManager):
 
     def _preprocess_hyperparams(self, hyperparams: dict[str, Any]) -> Any:
         """
-        rl_zoo3's preprocessing, with an ``env_kwargs`` given as a ``dict(...)`` string parsed as data first (rl_zoo3
-        passes it on as the string; :func:`~sb3_cherry.common.zoo_config.load_zoo_entry` reads such strings too).
+        rl_zoo3's preprocessing, with the strings it would ``eval`` (``normalize``, ``policy_kwargs``,
+        ``monitor_kwargs``, ``replay_buffer_*``) and an ``env_kwargs`` ``dict(...)`` string (which it would pass on as
+        the string) parsed as data first (:func:`~sb3_cherry.common.safe_config.parse_literal_string`).
 
         :param hyperparams: the entry
         :return: rl_zoo3's ``(hyperparams, env_wrapper, callbacks, vec_env_wrapper)``
         """
-        if isinstance(hyperparams.get("env_kwargs"), str):
-            hyperparams = {**hyperparams, "env_kwargs": parse_literal_string(hyperparams["env_kwargs"], "env_kwargs")}
+        hyperparams = dict(hyperparams)
+        for key in ("env_kwargs", *_STRING_KEYS):  # the strings rl_zoo3 would eval (normalize, policy_kwargs, ...)
+            if isinstance(hyperparams.get(key), str):
+                hyperparams[key] = parse_literal_string(hyperparams[key], key)
         return super()._preprocess_hyperparams(hyperparams)
 
     def load_trial(self, storage: str, study_name: str, trial_id: int | None = None, convert: bool = True) -> dict[str, Any]:

@@ -1,9 +1,12 @@
 """Configs are data: safe YAML (rl_zoo3's OrderedDict tag only), restricted policy_kwargs parser, CLI errors (rc 2)."""
 
+import base64
 import collections
+import json
 import os
 import pathlib
 
+import cloudpickle
 import pytest
 import yaml
 from torch import nn
@@ -108,6 +111,12 @@ ENTRY = "CartPole-v1:\n  n_timesteps: 1000\n  policy: MlpPolicy\n"
         (ENTRY, ["-params", "policy_kwargs:\"dict(net_arch=[__import__('os').getpid()])\""], "not allowed"),
         (ENTRY + "  policy_kwargs: \"dict(net_arch=[__import__('os').getpid()])\"\n", [], "not allowed"),
         ("CartPole-v1:\n  n_timesteps: 10\n  x: !!python/object/apply:os.getpid []\n", [], "refused a YAML tag"),
+        # rl_zoo3 evals a normalize string: parsed as data instead
+        (ENTRY + "  normalize: \"__import__('os').getpid() or dict()\"\n", [], "not allowed|not a literal"),
+        # rl_zoo3 imports and calls callback / wrapper names with the config's arguments: classes of the right kind only
+        (ENTRY + "  callback:\n  - os.system:\n      command: 'true'\n", [], "not a BaseCallback subclass"),
+        (ENTRY + "  env_wrapper: stable_baselines3.common.save_util.json_to_data\n", [], "not a Wrapper subclass"),
+        (ENTRY + "  vec_env_wrapper: stable_baselines3.common.vec_env.DummyVecEnv\n", [], "not a VecEnvWrapper subclass"),
     ],
 )
 def test_train_config_errors_are_one_line_rc2_and_leave_no_folder(tmp_path, capsys, text, extra, message):
@@ -207,6 +216,42 @@ def test_run_folder_wrapper_outside_trusted_packages_refused(run_folder, capsys)
     with pytest.raises(SystemExit):
         main(["evaluate", "--algo", "ppo_rollback", "--env", "CartPole-v1", "-f", str(run_folder.parents[1]), "-n", "1"])
     assert "env_wrapper 'os.system' is not a class of" in capsys.readouterr().err
+
+
+def test_run_folder_callback_must_be_a_callback_class(run_folder, tmp_path, capsys):
+    """A function of a trusted package (here one that unpickles its argument) is no callback: refused, nothing runs."""
+    marker = tmp_path / "unpickled"
+
+    class Touch:
+        def __reduce__(self):
+            return (pathlib.Path.touch, (marker,))
+
+    payload = base64.b64encode(cloudpickle.dumps(Touch())).decode()
+    callback = {
+        "stable_baselines3.common.save_util.json_to_data": {"json_string": json.dumps({"x": {":serialized:": payload}})}
+    }
+    with open(run_folder / "CartPole-v1" / "config.yml", "w") as file:
+        yaml.dump(collections.OrderedDict([("callback", [callback]), ("policy", "MlpPolicy")]), file)
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--algo", "ppo_rollback", "--env", "CartPole-v1", "-f", str(run_folder.parents[1]), "-n", "1"])
+    assert "is not a BaseCallback subclass" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_resume_refuses_a_run_folder_with_links(tmp_path):
+    """--resume appends to and replaces the folder's files: a link would make it write outside the folder."""
+    from sb3_cherry.resume import read_run_folder
+
+    run = tmp_path / "CartPole-v1_1"
+    (run / "CartPole-v1").mkdir(parents=True)
+    (run / "CartPole-v1" / "args.yml").write_text("algo: ppo_rollback\n")
+    (run / "CartPole-v1" / "config.yml").write_text("policy: MlpPolicy\n")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    (run / "0.monitor.csv").symlink_to(victim)
+    with pytest.raises(ValueError, match="symbolic link"):
+        read_run_folder(run)
+    assert victim.read_text() == "keep me\n"
 
 
 @pytest.mark.parametrize("policy", ["this.MlpPolicy", "os.system", "evil.Policy"])

@@ -375,3 +375,48 @@ def test_file_replaced_between_check_and_load_runs_nothing(tmp_path, ppo_rollbac
     except UnsafeModelFileError:
         pass
     assert not marker.exists()
+
+
+class _CallsBox:
+    """Pickles as a call of ``Box`` with a shape of the file's choosing (what no pickle of a space does)."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        self.shape = shape
+
+    def __reduce__(self):
+        return (spaces.Box, (0.0, 1.0, self.shape))
+
+
+class _Reconstructs:
+    """Pickles as numpy's ``_reconstruct`` of an empty array of a huge shape."""
+
+    def __reduce__(self):
+        from numpy._core.multiarray import _reconstruct
+
+        return (_reconstruct, (np.ndarray, (10**5, 10**5), b"b"))
+
+
+@pytest.mark.parametrize("payload", [_CallsBox((3000, 3000)), _Reconstructs()])
+def test_a_space_pickle_cannot_allocate_a_huge_array(payload):
+    """A few bytes of pickle must not make the restricted unpickler build gigabytes: refused before the call."""
+    from sb3_cherry.common.restricted_pickle import SPACE_GLOBALS, RestrictedUnpickler
+
+    blob = cloudpickle.dumps(payload)
+    assert len(blob) < 200
+    with pytest.raises(ValueError, match="constructs a Box by calling it|entries\\) is refused"):
+        RestrictedUnpickler(io.BytesIO(blob), SPACE_GLOBALS, "space").load()
+    # the spaces SB3 pickles still load
+    for space in (spaces.Box(-1, 1, (3, 2)), spaces.Dict({"a": spaces.MultiDiscrete([2, 3]), "b": spaces.Discrete(4)})):
+        assert RestrictedUnpickler(io.BytesIO(cloudpickle.dumps(space)), SPACE_GLOBALS, "space").load() == space
+
+
+def test_space_texts_and_demo_spaces_of_a_huge_shape_are_refused():
+    from sb3_cherry.common.safe_load import parse_space_text
+    from sb3_cherry.demos import space_from_dict
+
+    with pytest.raises(ValueError, match="is refused"):
+        parse_space_text("Box(0.0, 1.0, (100000, 100000), float32)")
+    description = {"type": "Box", "shape": [6000, 6000], "dtype": "float32", "low": "-inf", "high": "inf"}
+    with pytest.raises(ValueError, match="is refused"):
+        space_from_dict(description)
+    assert space_from_dict({**description, "shape": [4, 3]}) == spaces.Box(-np.inf, np.inf, (4, 3), np.float32)

@@ -16,6 +16,7 @@ from typing import Any
 import gymnasium as gym
 
 from sb3_cherry.common.safe_config import (
+    check_imported_names,
     check_policy_kwargs,
     check_positive,
     parse_literal_string,
@@ -192,8 +193,10 @@ def _check_zoo_keys(entry: Mapping[str, Any], aliases: Mapping[str, Any], where:
     if entry.get("frame_stack") is not None and entry["frame_stack"] < 1:
         raise ValueError(f"{where}: frame_stack={entry['frame_stack']!r} must be at least 1.")
     normalize = entry.get("normalize")
-    if normalize is not None and not isinstance(normalize, (bool, str, dict)):
-        raise ValueError(f"{where}: normalize={normalize!r} must be true/false, a mapping or a dict(...) string.")
+    if isinstance(normalize, str):  # parsed as data here (rl_zoo3 would eval it; sb3_cherry hands it the parsed value)
+        normalize = parse_literal_string(normalize, f"{where} normalize")
+    if normalize is not None and not isinstance(normalize, (bool, dict)):
+        raise ValueError(f"{where}: normalize={entry['normalize']!r} must be true/false, a mapping or a dict(...) string.")
     for key in ("env_kwargs", "monitor_kwargs"):
         value = entry.get(key)
         if isinstance(value, str):
@@ -241,6 +244,8 @@ def validate_config(
         raise ValueError(f"{where}: missing 'n_timesteps'.")
     aliases = getattr(algo_class, "policy_aliases", {})
     _check_zoo_keys(entry, aliases, where)
+    # the classes rl_zoo3 will import and call with the config's arguments (any package: your own config)
+    check_imported_names(entry, where, trusted_only=False)
     check_nested = getattr(algo_class, "check_config_entry", None)
     if callable(check_nested):  # e.g. GAIL / AIRL: generator_kwargs
         check_nested(entry, where)

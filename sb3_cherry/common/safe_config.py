@@ -273,14 +273,45 @@ def check_positive(entry: Mapping[str, Any], where: str) -> None:
 TRUSTED_WRAPPER_PACKAGES = ("gymnasium", "stable_baselines3", "sb3_contrib", "rl_zoo3", "sb3_cherry")
 
 
-def check_imported_names(hyperparams: Mapping[str, Any], where: str) -> None:
+def _imported_base(key: str) -> type:
+    """The class a config's ``key`` (``env_wrapper``, ``vec_env_wrapper``, ``callback``, ``policy``) must subclass."""
+    import gymnasium as gym
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.policies import BasePolicy
+    from stable_baselines3.common.vec_env import VecEnvWrapper
+
+    return {"env_wrapper": gym.Wrapper, "vec_env_wrapper": VecEnvWrapper, "callback": BaseCallback, "policy": BasePolicy}[key]
+
+
+def _check_class(name: str, key: str, where: str) -> None:
+    """Resolve ``name`` as rl_zoo3 does (module, then attribute) and require a subclass of ``key``'s base class."""
+    import importlib
+
+    module_name, _, attribute = name.rpartition(".")
+    try:
+        value = getattr(importlib.import_module(module_name), attribute) if module_name else None
+    except (ImportError, AttributeError) as exc:
+        raise UnsafeConfigError(f"{where}: {key} {name!r} cannot be imported ({exc}).") from None
+    base = _imported_base(key)
+    if not (isinstance(value, type) and issubclass(value, base)):
+        raise UnsafeConfigError(
+            f"{where}: {key} {name!r} is not a {base.__name__} subclass; rl_zoo3 would call it with the config's "
+            "arguments. Name a class."
+        )
+
+
+def check_imported_names(hyperparams: Mapping[str, Any], where: str, trusted_only: bool = True) -> None:
     """
-    rl_zoo3 imports the classes a config names as ``env_wrapper``, ``vec_env_wrapper`` and ``callback``, and calls
-    them, and imports a dotted ``policy`` name: in a run folder you did not write, only names from
-    :data:`TRUSTED_WRAPPER_PACKAGES` are accepted (a policy alias such as ``MlpPolicy`` imports nothing).
+    rl_zoo3 imports the classes a config names as ``env_wrapper``, ``vec_env_wrapper`` and ``callback`` and calls them
+    with keyword arguments from the config, and imports a dotted ``policy`` name. Each name must be a class of the
+    right kind (a ``gymnasium.Wrapper``, a ``VecEnvWrapper``, a ``BaseCallback``, a ``BasePolicy`` subclass: a
+    function such as ``os.system`` is refused), and with ``trusted_only`` (a run folder you did not write) from
+    :data:`TRUSTED_WRAPPER_PACKAGES` (a policy alias such as ``MlpPolicy`` imports nothing).
 
     :param hyperparams: the run's hyperparameters
     :param where: the file, for the error message
+    :param trusted_only: accept only names from :data:`TRUSTED_WRAPPER_PACKAGES` (run folders); False for a config
+        given with ``-c``, whose own packages' classes are allowed
     :raises UnsafeConfigError: another name
     """
     for key in ("env_wrapper", "vec_env_wrapper", "callback"):
@@ -288,18 +319,21 @@ def check_imported_names(hyperparams: Mapping[str, Any], where: str) -> None:
         items = value if isinstance(value, list) else [value] if value is not None else []
         names = [name for item in items for name in (item if isinstance(item, dict) else [item])]
         for name in names:
-            if not isinstance(name, str) or name.split(".")[0] not in TRUSTED_WRAPPER_PACKAGES:
+            if not isinstance(name, str) or (trusted_only and name.split(".")[0] not in TRUSTED_WRAPPER_PACKAGES):
                 raise UnsafeConfigError(
                     f"{where}: {key} {name!r} is not a class of {list(TRUSTED_WRAPPER_PACKAGES)}; rl_zoo3 would import "
                     "and call it. Remove it, or run the folder's code only if you trust it."
                 )
+            _check_class(name, key, where)
     policy = hyperparams.get("policy")
-    if isinstance(policy, str) and "." in policy and policy.split(".")[0] not in TRUSTED_WRAPPER_PACKAGES:
-        raise UnsafeConfigError(
-            f"{where}: policy {policy!r} is not a class of {list(TRUSTED_WRAPPER_PACKAGES)}; rl_zoo3 would import its "
-            "module. Use a policy alias (MlpPolicy, CnnPolicy, MultiInputPolicy), or run the folder's code only if you "
-            "trust it."
-        )
+    if isinstance(policy, str) and "." in policy:
+        if trusted_only and policy.split(".")[0] not in TRUSTED_WRAPPER_PACKAGES:
+            raise UnsafeConfigError(
+                f"{where}: policy {policy!r} is not a class of {list(TRUSTED_WRAPPER_PACKAGES)}; rl_zoo3 would import "
+                "its module. Use a policy alias (MlpPolicy, CnnPolicy, MultiInputPolicy), or run the folder's code only "
+                "if you trust it."
+            )
+        _check_class(policy, "policy", where)
 
 
 def saved_hyperparams(

@@ -42,7 +42,12 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.utils import ConstantSchedule, FloatSchedule, LinearSchedule
 
-from sb3_cherry.common.restricted_pickle import SPACE_GLOBALS, RestrictedUnpickler, UnsafeModelFileError
+from sb3_cherry.common.restricted_pickle import (
+    SPACE_GLOBALS,
+    RestrictedUnpickler,
+    UnsafeModelFileError,
+    check_space_size,
+)
 from sb3_cherry.common.safe_config import UnsafeConfigError, literal_value
 from sb3_cherry.common.schedules import ZooLinearSchedule
 
@@ -146,7 +151,9 @@ _SPACE_NAMES: dict[str, Any] = {
 
 
 def _box(low: Any, high: Any, shape: Any = None, dtype: Any = np.float32) -> spaces.Box:
-    """``Box`` from its printed arguments (arrays come back as lists)."""
+    """``Box`` from its printed arguments (arrays come back as lists); a shape of too many entries is refused."""
+    if shape is not None:
+        check_space_size(shape, "a Box in the model file")
     as_array = lambda bound: np.asarray(bound, dtype=dtype) if isinstance(bound, list) else bound  # noqa: E731
     return spaces.Box(as_array(low), as_array(high), shape, dtype)
 
