@@ -403,7 +403,7 @@ def test_a_space_pickle_cannot_allocate_a_huge_array(payload):
 
     blob = cloudpickle.dumps(payload)
     assert len(blob) < 200
-    with pytest.raises(ValueError, match="constructs a Box by calling it|entries\\) is refused"):
+    with pytest.raises(ValueError, match=r"constructs a Box by calling it|entries\) is refused"):
         RestrictedUnpickler(io.BytesIO(blob), SPACE_GLOBALS, "space").load()
     # the spaces SB3 pickles still load
     for space in (spaces.Box(-1, 1, (3, 2)), spaces.Dict({"a": spaces.MultiDiscrete([2, 3]), "b": spaces.Discrete(4)})):
