@@ -310,3 +310,45 @@ def test_gsde_capture_survives_a_learn_that_raised(tmp_path):
     second = RunCheckpointCallback(tmp_path / "b", save_freq=128)
     model.learn(256, callback=second, reset_num_timesteps=False)
     assert second.rng_before_noise is not None and "reset_noise" not in vars(model.policy)
+
+
+def test_single_channel_images_resume_exactly(tmp_path):
+    """VecTransposeImage hands out a transposed view; the resumed run's first observation batch has the same memory
+    layout (torch picks its convolution kernel, and its rounding, from the strides)."""
+    import sb3_cherry.envs  # noqa: F401  (registers PixelCatch)
+
+    def pixel_env():
+        return make_vec_env("sb3_cherry/PixelCatch-v0", n_envs=2, seed=3)
+
+    kwargs = dict(n_steps=32, batch_size=32, n_epochs=1, seed=5)
+    reference = PPORollback("CnnPolicy", pixel_env(), **kwargs).learn(192)
+    first = PPORollback("CnnPolicy", pixel_env(), **kwargs)
+    first.learn(192, callback=RunCheckpointCallback(tmp_path / "ckpt", save_freq=64, stop_after=64))
+    strides = first._last_obs.strides
+    model, state = load_run_checkpoint(PPORollback, tmp_path / "ckpt", pixel_env())
+    assert state.envs_exact and model._last_obs.strides == strides
+    continue_run(model, state)
+    for key, value in params(reference).items():
+        assert th.equal(value, params(model)[key]), key
+
+
+def test_observation_layout_from_a_file_is_checked():
+    from sb3_cherry.common.checkpoint import _laid_out_as
+
+    view = np.arange(24, dtype=np.float32).reshape(2, 3, 4).transpose(0, 2, 1)
+    copy = np.ascontiguousarray(view)
+    restored = _laid_out_as(copy, list(view.strides))
+    assert restored.strides == view.strides and np.array_equal(restored, view)
+    for strides in ([0, 0, 0], [96, 4, 16 * 10**6], [-4, 4, 16], [3, 5, 7], [96, 16, 4, 1]):
+        assert _laid_out_as(copy, strides) is copy  # overlapping, out of range, negative, unaligned, wrong rank
+
+
+def test_imitation_checkpoints_say_they_continue_approximately(tmp_path):
+    from sb3_cherry.common.checkpoint import approximate_reason
+
+    pytest.importorskip("imitation")
+    from sb3_cherry import BCO, GAIL
+
+    assert approximate_reason(make_model(make_env())) is None
+    assert "transition store" in approximate_reason(BCO.__new__(BCO))
+    assert "discriminator" in approximate_reason(GAIL.__new__(GAIL))

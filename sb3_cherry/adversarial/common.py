@@ -304,6 +304,11 @@ class AdversarialImitation(BaseAlgorithm):
 
     #: ``"gail"`` or ``"airl"``
     trainer_kind: ClassVar[str]
+    #: run checkpoints (sb3_cherry.common.checkpoint) do not hold this state: a resumed run differs
+    run_checkpoint_approximate: ClassVar[str] = (
+        "the discriminator's optimizer state and replay buffer and the transitions buffered since its last update are "
+        "not saved, and the envs (behind the reward wrapper) start new episodes"
+    )
     #: name of the default reward net class in ``imitation.rewards.reward_nets``
     default_reward_net: ClassVar[str]
 

@@ -181,6 +181,12 @@ class BCO(AtomicSaveAlgorithm):
     setup_rebuilds: ClassVar[frozenset[str]] = frozenset({"_flat_low", "_flat_high", "_discrete_columns"})
     policy: CherryActorCriticPolicy
     inverse_model: InverseDynamicsModel
+    #: run checkpoints (sb3_cherry.common.checkpoint) do not hold this state: a resumed run differs
+    run_checkpoint_approximate: ClassVar[str] = (
+        "BCO's transition store (the agent's transitions of the random phase and the rounds) and the count of random "
+        "steps taken are not saved, so a resumed run collects its random phase again and fits the inverse model without "
+        "the earlier transitions"
+    )
     #: raise at the first non-finite observation, undo a round with non-finite losses (see sb3_cherry.common.finite)
     check_finite: bool = True
 

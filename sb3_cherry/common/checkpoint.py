@@ -28,6 +28,10 @@ What is restored exactly:
   on resume they start new episodes (``VecEnv.reset``), which changes nothing else; ``run_state.json`` records which
   case applied (``"envs_exact"``).
 
+Algorithms whose class sets ``run_checkpoint_approximate`` (BCO, GAIL, AIRL: state a checkpoint does not hold, see
+:func:`approximate_reason`) continue approximately: :class:`RunCheckpointCallback` and :func:`load_run_checkpoint`
+warn, and ``run_state.json`` records the reason (``"approximate"``).
+
 Use :class:`RunCheckpointCallback` to write checkpoints during ``learn`` (and optionally stop the process after a
 chunk), :func:`load_run_checkpoint` + :func:`continue_run` to go on.
 """
@@ -38,6 +42,7 @@ import pathlib
 import random
 import shutil
 import tempfile
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -335,6 +340,64 @@ def _restore_rng(state: dict[str, Any], arrays: Any) -> None:
     th.set_rng_state(th.from_numpy(_decode(state["torch"], arrays)))
 
 
+def approximate_reason(model: BaseAlgorithm) -> str | None:
+    """
+    Why a run checkpoint of ``model`` does not continue exactly, or None when it does: an algorithm whose class sets
+    ``run_checkpoint_approximate`` (a sentence naming the state a checkpoint does not hold) resumes with a different
+    result from the uninterrupted run's.
+
+    :param model: the model
+    :return: the class's sentence, or None
+    """
+    reason = getattr(type(model), "run_checkpoint_approximate", None)
+    return str(reason) if reason else None
+
+
+def _laid_out_as(array: np.ndarray, strides: list[int]) -> np.ndarray:
+    """
+    ``array``'s values in the memory layout given by ``strides`` (the layout an observation had when the checkpoint
+    was written: e.g. ``VecTransposeImage`` returns a transposed view, and torch can pick another convolution kernel,
+    with other rounding, for another layout). Strides that do not describe a layout of exactly the array's bytes
+    (from a damaged file) leave the array as it is.
+    """
+    itemsize = array.itemsize
+    if len(strides) != array.ndim or array.size == 0 or any(not isinstance(s, int) or s < 0 or s % itemsize for s in strides):
+        return array
+    steps = [s // itemsize for s in strides]  # in entries
+    if sum((n - 1) * step for n, step in zip(array.shape, steps, strict=True)) + 1 > array.size:
+        return array
+    # every entry at its own place: number them through an int64 view of the same layout and read them back
+    numbers = np.arange(array.size, dtype=np.int64).reshape(array.shape)
+    probe = np.lib.stride_tricks.as_strided(np.full(array.size, -1, np.int64), array.shape, tuple(8 * t for t in steps))
+    probe[...] = numbers
+    if not np.array_equal(probe, numbers):
+        return array
+    view = np.lib.stride_tricks.as_strided(np.empty(array.size, array.dtype), array.shape, tuple(strides))
+    view[...] = array
+    return view
+
+
+def _observation_strides(obs: Any) -> Any:
+    """The strides of an observation batch (a dict of them for Dict observations), None for anything else."""
+    if isinstance(obs, np.ndarray):
+        return list(obs.strides)
+    if isinstance(obs, dict):
+        return {key: list(value.strides) for key, value in obs.items() if isinstance(value, np.ndarray)}
+    return None
+
+
+def _with_strides(obs: Any, strides: Any) -> Any:
+    """``obs`` (decoded) laid out in memory as it was when saved (see :func:`_laid_out_as`)."""
+    if isinstance(obs, np.ndarray) and isinstance(strides, list):
+        return _laid_out_as(obs, strides)
+    if isinstance(obs, dict) and isinstance(strides, dict):
+        return {
+            key: _laid_out_as(value, strides[key]) if isinstance(strides.get(key), list) else value
+            for key, value in obs.items()
+        }
+    return obs
+
+
 def save_run_checkpoint(
     model: BaseAlgorithm,
     folder: str | pathlib.Path,
@@ -375,6 +438,7 @@ def save_run_checkpoint(
         "n_updates": int(getattr(model, "_n_updates", 0)),
         "episode_num": int(model._episode_num),
         "last_obs": encoder.encode(model._last_obs, "last_obs"),
+        "last_obs_strides": _observation_strides(model._last_obs),
         "last_episode_starts": encoder.encode(model._last_episode_starts, "last_episode_starts"),
         "last_original_obs": encoder.encode(model._last_original_obs, "last_original_obs"),
         "ep_info_buffer": encoder.encode(list(model.ep_info_buffer or []), "ep_info"),
@@ -385,6 +449,7 @@ def save_run_checkpoint(
         "env_layers": env_layers,
         "other_envs": others,
         "extra": extra or {},
+        "approximate": approximate_reason(model),
     }
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
@@ -438,12 +503,15 @@ class RunState:
     :param total_timesteps: the run's total budget
     :param envs_exact: whether the env states were restored (else the envs start new episodes)
     :param extra: the caller's data given to :func:`save_run_checkpoint`
+    :param approximate: None when the algorithm's state is restored exactly; else what is not (BCO, GAIL, AIRL: see
+        :func:`approximate_reason`)
     """
 
     num_timesteps: int
     total_timesteps: int
     envs_exact: bool
     extra: dict[str, Any] = field(default_factory=dict)
+    approximate: str | None = None
 
     @property
     def remaining(self) -> int:
@@ -541,7 +609,7 @@ def load_run_checkpoint(
         model.ep_info_buffer = deque(_decode(state["ep_info_buffer"], arrays), maxlen=window)
         model.ep_success_buffer = deque(_decode(state["ep_success_buffer"], arrays), maxlen=window)
         if state["envs_exact"]:
-            model._last_obs = _decode(state["last_obs"], arrays)
+            model._last_obs = _with_strides(_decode(state["last_obs"], arrays), state.get("last_obs_strides"))
             model._last_episode_starts = _decode(state["last_episode_starts"], arrays)
             model._last_original_obs = _decode(state["last_original_obs"], arrays)
             # the recurrent states the next rollout starts from, mid-episode (new episodes start from zeros)
@@ -549,7 +617,12 @@ def load_run_checkpoint(
         else:  # new episodes: ``learn`` resets the env
             model._last_obs = None
         _restore_rng(state["rng"], arrays)
-    run_state = RunState(state["num_timesteps"], state["total_timesteps"], state["envs_exact"], state["extra"])
+    approximate = state.get("approximate")
+    if approximate:
+        warnings.warn(f"The run checkpoint in {folder} continues approximately: {approximate}.", stacklevel=2)
+    run_state = RunState(
+        state["num_timesteps"], state["total_timesteps"], state["envs_exact"], state["extra"], approximate or None
+    )
     return model, run_state
 
 
@@ -619,6 +692,9 @@ class RunCheckpointCallback(BaseCallback):
                 "RunCheckpointCallback needs collection='sync' (with 'async' the weights of an update boundary live in "
                 "the learner process): train with collection='sync', or call save_run_checkpoint between learn calls."
             )
+        reason = approximate_reason(self.model)
+        if reason:
+            warnings.warn(f"Run checkpoints of {type(self.model).__name__} continue approximately: {reason}.", stacklevel=2)
         self.start = self.num_timesteps
         self.next_save = (self.num_timesteps // self.save_freq + 1) * self.save_freq
         self.stop = False
