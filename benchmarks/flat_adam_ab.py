@@ -5,7 +5,6 @@ same rollout, interleaved in one process, and the parameters after each side's u
     python -m benchmarks.flat_adam_ab --cases zoo_cartpole zoo_hopper zoo_bipedal --repeats 10
 """
 
-import argparse
 import contextlib
 import copy
 import time
@@ -15,7 +14,7 @@ import numpy as np
 import torch as th
 
 import sb3_cherry.ppo_rollback.ppo_rollback as ppo_rollback_module
-from benchmarks.throughput import cases, make_env
+from benchmarks.throughput import ab_table_main, cases, make_env
 from sb3_cherry.common.flat_adam import flat_adam_steps
 from sb3_cherry.common.speed import distribution_validation
 
@@ -59,14 +58,13 @@ def measure(name: str, repeats: int) -> str:
 
 def main() -> None:
     """Print the markdown table."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", nargs="+", default=["zoo_cartpole", "zoo_hopper", "zoo_bipedal"])
-    parser.add_argument("--repeats", type=int, default=10)
-    args = parser.parse_args()
-    print("| case | train ms, torch's Adam step | train ms, flat steps | speed-up | parameters equal after all updates |")
-    print("|---|---|---|---|---|")
-    for name in args.cases:
-        print(measure(name, args.repeats), flush=True)
+    ab_table_main(
+        __doc__,
+        "| case | train ms, torch's Adam step | train ms, flat steps | speed-up | parameters equal after all updates |",
+        measure,
+        ["zoo_cartpole", "zoo_hopper", "zoo_bipedal"],
+        10,
+    )
 
 
 if __name__ == "__main__":

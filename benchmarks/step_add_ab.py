@@ -6,14 +6,13 @@ process (best-of-N process CPU time of filling the whole buffer), and the two bu
     python -m benchmarks.step_add_ab --cases zoo_cartpole zoo_hopper zoo_bipedal cartpole_cherry_a2c --repeats 20
 """
 
-import argparse
 import time
 
 import numpy as np
 import torch as th
 from stable_baselines3.common.buffers import RolloutBuffer
 
-from benchmarks.throughput import cases, make_env
+from benchmarks.throughput import ab_table_main, cases, make_env
 
 _ARRAYS = ("observations", "actions", "rewards", "episode_starts", "values", "log_probs")
 
@@ -61,14 +60,13 @@ def measure(name: str, repeats: int) -> str:
 
 def main() -> None:
     """Print the markdown table."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", nargs="+", default=["zoo_cartpole", "zoo_hopper", "zoo_bipedal", "cartpole_cherry_a2c"])
-    parser.add_argument("--repeats", type=int, default=20)
-    args = parser.parse_args()
-    print("| case | adds per rollout | µs per add: SB3 / sb3_cherry | ms per rollout | speed-up | buffers equal |")
-    print("|---|---|---|---|---|---|")
-    for name in args.cases:
-        print(measure(name, args.repeats), flush=True)
+    ab_table_main(
+        __doc__,
+        "| case | adds per rollout | µs per add: SB3 / sb3_cherry | ms per rollout | speed-up | buffers equal |",
+        measure,
+        ["zoo_cartpole", "zoo_hopper", "zoo_bipedal", "cartpole_cherry_a2c"],
+        20,
+    )
 
 
 if __name__ == "__main__":

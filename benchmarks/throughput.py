@@ -315,6 +315,27 @@ def make_env(case: Case, vec_env: str = "dummy") -> VecEnv:
     return VecNormalize(env, **case.normalize) if case.normalize is not None else env
 
 
+def ab_table_main(description: str, header: str, measure: Callable[[str, int], str], cases: list[str], repeats: int) -> None:
+    """
+    Command line of the A/B scripts (``flat_adam_ab``, ``step_add_ab``): ``--cases`` and ``--repeats``, then print a
+    markdown table, one ``measure(case, repeats)`` row per case.
+
+    :param description: the script's docstring (``--help``)
+    :param header: the table's header row (its separator row is added)
+    :param measure: one row of a case
+    :param cases: default cases
+    :param repeats: default repeats
+    """
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", nargs="+", default=cases)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    args = parser.parse_args()
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    for name in args.cases:
+        print(measure(name, args.repeats), flush=True)
+
+
 def measure_wall_and_cpu(
     build: Callable, case: Case, check_finite: bool | None = None, vec_env: str = "dummy"
 ) -> tuple[float, float]:
