@@ -411,3 +411,32 @@ def test_chunk_stop_rule_measures_rounds_not_the_random_phase(line_demos, tmp_pa
     model.learn(2000, callback=saver)
     assert saver.saved_at == 588
     assert model.next_rollout_steps() == 96  # then rounds
+
+
+def test_run_checkpoints_continue_exactly(line_demos, tmp_path):
+    """A BCO run stopped at a run checkpoint and resumed in a fresh model ends with the uninterrupted run's policy and
+    inverse model bit for bit: the checkpoint holds the agent's transitions, the random steps taken and whether a
+    round is due (the resumed learn does not start with another round on the same data)."""
+    from stable_baselines3.common.monitor import Monitor
+
+    from sb3_cherry.common.checkpoint import RunCheckpointCallback, continue_run, load_run_checkpoint
+
+    def env():
+        return DummyVecEnv([lambda: Monitor(LineEnv(max_steps=50))])
+
+    kwargs = dict(n_pre_interactions=300, alpha=0.32, n_epochs_bc=2, n_epochs_inverse=2, seed=0)
+    reference = BCO("MlpPolicy", env(), demonstrations=line_demos, **kwargs).learn(800)
+    first = BCO("MlpPolicy", env(), demonstrations=line_demos, **kwargs)
+    first.learn(800, callback=RunCheckpointCallback(tmp_path / "ckpt", save_freq=256, stop_after=256))
+    # chunk 2 from the checkpoint after the random phase and its round; chunk 3 from one after a policy round
+    model, state = load_run_checkpoint(BCO, tmp_path / "ckpt", env(), demonstrations=line_demos)
+    assert state.num_timesteps == 300 and state.approximate is None
+    assert model._n_pre_collected == 300 and len(model._agent_data) == 300 and model._resumed_after_round
+    continue_run(model, state, callback=RunCheckpointCallback(tmp_path / "ckpt", save_freq=96, stop_after=96))
+    model, state = load_run_checkpoint(BCO, tmp_path / "ckpt", env(), demonstrations=line_demos)
+    assert state.num_timesteps == 396 and len(model._agent_data) == 396
+    continue_run(model, state)
+    assert model.num_timesteps == reference.num_timesteps and model._n_rounds == reference._n_rounds
+    for ours, theirs in ((model.policy, reference.policy), (model.inverse_model, reference.inverse_model)):
+        for (key, value), other in zip(ours.state_dict().items(), theirs.state_dict().values(), strict=True):
+            assert th.equal(value, other), key

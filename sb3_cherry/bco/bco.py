@@ -181,12 +181,6 @@ class BCO(AtomicSaveAlgorithm):
     setup_rebuilds: ClassVar[frozenset[str]] = frozenset({"_flat_low", "_flat_high", "_discrete_columns"})
     policy: CherryActorCriticPolicy
     inverse_model: InverseDynamicsModel
-    #: run checkpoints (sb3_cherry.common.checkpoint) do not hold this state: a resumed run differs
-    run_checkpoint_approximate: ClassVar[str] = (
-        "BCO's transition store (the agent's transitions of the random phase and the rounds) and the count of random "
-        "steps taken are not saved, so a resumed run collects its random phase again and fits the inverse model without "
-        "the earlier transitions"
-    )
     #: raise at the first non-finite observation, undo a round with non-finite losses (see sb3_cherry.common.finite)
     check_finite: bool = True
 
@@ -255,6 +249,10 @@ class BCO(AtomicSaveAlgorithm):
         # Runtime state, not saved: the agent's transitions and how much of the pre-demonstration phase they hold
         self._agent_data = _TransitionStore()
         self._n_pre_collected = 0
+        # transitions stored since the last round (a run checkpoint records it), and a run resumed from a checkpoint
+        # written after a round, whose learn must not start with another round on the same data
+        self._round_pending = False
+        self._resumed_after_round = False
         self._demo_cache: tuple[Any, DemoTransitions] | None = None
         self._episodes_from_random_policy = False
 
@@ -292,7 +290,15 @@ class BCO(AtomicSaveAlgorithm):
         self._flat_low, self._flat_high, self._discrete_columns = flat_columns(self.action_space)
 
     def _excluded_save_params(self) -> list[str]:
-        excluded = [*super()._excluded_save_params(), "_agent_data", "_n_pre_collected", "_demo_cache", "_update_snapshot"]
+        excluded = [
+            *super()._excluded_save_params(),
+            "_agent_data",
+            "_n_pre_collected",
+            "_round_pending",
+            "_resumed_after_round",
+            "_demo_cache",
+            "_update_snapshot",
+        ]
         if not isinstance(self.demonstrations, str):
             excluded.append("demonstrations")  # trajectories given in memory are not saved (a path is)
         return excluded
@@ -527,6 +533,7 @@ class BCO(AtomicSaveAlgorithm):
             # unstored, or the next (s, a, s') would span two steps
             self._update_info_buffer(infos, dones)
             self._store(new_obs, dones, infos, flat)
+            self._round_pending = True
             self._last_obs = new_obs
             self._last_episode_starts = dones
             callback.update_locals(locals())
@@ -581,9 +588,40 @@ class BCO(AtomicSaveAlgorithm):
         self.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
         self.logger.dump(step=self.num_timesteps)
 
+    def _run_checkpoint_state(self) -> dict[str, Any]:
+        """
+        What a run checkpoint (:mod:`sb3_cherry.common.checkpoint`) stores besides the model file: the agent's
+        transitions (training and held-out parts), the random steps taken and whether a round is due on them.
+
+        :return: plain data (arrays, numbers)
+        """
+        parts = {}
+        for name, held_out in (("train", False), ("held_out", True)):
+            data = self._agent_data.get(held_out)
+            parts[name] = None if data is None else list(data)
+        return {"agent_data": parts, "n_pre_collected": int(self._n_pre_collected), "round_pending": self._round_pending}
+
+    def _restore_run_checkpoint_state(self, state: dict[str, Any]) -> None:
+        """
+        Restore :meth:`_run_checkpoint_state`'s data (after loading the checkpoint's model).
+
+        :param state: the decoded data
+        """
+        store = _TransitionStore()
+        for name, held_out in (("train", False), ("held_out", True)):
+            chunk = state["agent_data"][name]
+            if chunk is not None:
+                obs, next_obs, actions = chunk
+                store._chunks[held_out] = [(obs, next_obs, actions)]
+        self._agent_data = store
+        self._n_pre_collected = int(state["n_pre_collected"])
+        self._round_pending = bool(state["round_pending"])
+        self._resumed_after_round = len(store) > 0 and not self._round_pending
+
     def _round(self, log_interval: int | None) -> None:
         self._update_current_progress_remaining(self.num_timesteps, self._total_timesteps)
         self.train()
+        self._round_pending = False
         if log_interval is not None and self._n_rounds % log_interval == 0:
             self.dump_logs(self._n_rounds)
 
@@ -601,7 +639,8 @@ class BCO(AtomicSaveAlgorithm):
         (``n_pre_interactions`` random steps, if not done yet), a round (inverse model, labels, cloning), then, while
         ``alpha > 0`` and the budget allows, ``alpha * n_pre_interactions`` policy steps (the last round takes what is
         left) and another round. With ``alpha=0`` the budget left after the first round is unused (a warning says so).
-        The agent's transitions are not saved with the model: a loaded model starts with a new pre-demonstration phase.
+        The agent's transitions are not saved with the model (``save``): a loaded model starts with a new
+        pre-demonstration phase; run checkpoints (:mod:`sb3_cherry.common.checkpoint`) hold them and continue exactly.
 
         :param total_timesteps: the number of environment interactions (all envs together)
         :param callback: callback(s) called at every step with state of the algorithm
@@ -628,7 +667,10 @@ class BCO(AtomicSaveAlgorithm):
             n_steps = steps_for(self.n_pre_interactions - self._n_pre_collected)
             stopped = n_steps > 0 and not self._collect(n_steps, callback, use_policy=False)
         if not stopped and len(self._agent_data) > 0:
-            self._round(log_interval)
+            if self._resumed_after_round:  # a run checkpoint written after this data's round: go on collecting
+                self._resumed_after_round = False
+            else:
+                self._round(log_interval)
         while not stopped and self.alpha > 0:
             # Torabi et al. 2018, Algorithm 1: |I_post| = alpha * |I_pre| interactions per round
             n_steps = steps_for(max(1, math.ceil(self.alpha * self.n_pre_interactions)))

@@ -28,9 +28,11 @@ What is restored exactly:
   on resume they start new episodes (``VecEnv.reset``), which changes nothing else; ``run_state.json`` records which
   case applied (``"envs_exact"``).
 
-Algorithms whose class sets ``run_checkpoint_approximate`` (BCO, GAIL, AIRL: state a checkpoint does not hold, see
-:func:`approximate_reason`) continue approximately: :class:`RunCheckpointCallback` and :func:`load_run_checkpoint`
-warn, and ``run_state.json`` records the reason (``"approximate"``).
+An algorithm may store its own run state besides its model file (``_run_checkpoint_state()`` /
+``_restore_run_checkpoint_state(state)``, plain data: BCO's transition store). Algorithms whose class sets
+``run_checkpoint_approximate`` (GAIL, AIRL: state a checkpoint does not hold, see :func:`approximate_reason`) continue
+approximately: :class:`RunCheckpointCallback` and :func:`load_run_checkpoint` warn, and ``run_state.json`` records
+the reason (``"approximate"``).
 
 Use :class:`RunCheckpointCallback` to write checkpoints during ``learn`` (and optionally stop the process after a
 chunk), :func:`load_run_checkpoint` + :func:`continue_run` to go on.
@@ -450,6 +452,10 @@ def save_run_checkpoint(
         "other_envs": others,
         "extra": extra or {},
         "approximate": approximate_reason(model),
+        # an algorithm's own run state besides its model file (BCO: the agent's transitions)
+        "algorithm_state": (
+            encoder.encode(model._run_checkpoint_state(), "algorithm") if hasattr(model, "_run_checkpoint_state") else None
+        ),
     }
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
@@ -503,7 +509,7 @@ class RunState:
     :param total_timesteps: the run's total budget
     :param envs_exact: whether the env states were restored (else the envs start new episodes)
     :param extra: the caller's data given to :func:`save_run_checkpoint`
-    :param approximate: None when the algorithm's state is restored exactly; else what is not (BCO, GAIL, AIRL: see
+    :param approximate: None when the algorithm's state is restored exactly; else what is not (GAIL, AIRL: see
         :func:`approximate_reason`)
     """
 
@@ -616,6 +622,8 @@ def load_run_checkpoint(
             _restore_rnn_states(model, state.get("rnn_states"), arrays)
         else:  # new episodes: ``learn`` resets the env
             model._last_obs = None
+        if state.get("algorithm_state") is not None and hasattr(model, "_restore_run_checkpoint_state"):
+            model._restore_run_checkpoint_state(_decode(state["algorithm_state"], arrays))
         _restore_rng(state["rng"], arrays)
     approximate = state.get("approximate")
     if approximate:
