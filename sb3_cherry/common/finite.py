@@ -217,12 +217,7 @@ class UpdateSnapshot:
         if self._key != self._layout_key():
             # the optimizer created its state during the update (first update): test tensor by tensor, and only if
             # finite switch to the new layout (restore still needs the old one)
-            with th.no_grad():
-                tensors = [t for m in self.modules for t in (*m.parameters(), *m.buffers())]
-                tensors += [
-                    v for o in self.optimizers for st in o.state.values() for v in st.values() if isinstance(v, th.Tensor)
-                ]
-                finite = all(bool(th.isfinite(t).all()) for t in tensors if t.is_floating_point())
+            finite = self.live_finite()
             if finite:
                 self._rebuild()
                 with th.no_grad():
