@@ -60,6 +60,14 @@ def test_alpha_zero_is_clipped_ppo_objective():
     assert th.all(rollback_surrogate(ratio, adv, EPS, ALPHA) <= ppo + 1e-6)
 
 
+def test_alpha_zero_keeps_ppo_values_for_an_overflowed_ratio():
+    """An overflowed ratio (inf) outside the region: PPO's clipped value, as SB3's min(...), not 0 * inf = NaN."""
+    ratio = th.tensor([float("inf"), 0.0, 1.5, 0.5])
+    adv = th.tensor([1.0, -1.0, 2.0, -2.0])
+    ppo = th.min(adv * ratio, adv * th.clamp(ratio, 1 - EPS, 1 + EPS))
+    assert th.equal(rollback_surrogate(ratio, adv, EPS, 0.0), ppo)
+
+
 def _params(model) -> np.ndarray:
     return th.nn.utils.parameters_to_vector(model.policy.parameters()).detach().numpy()
 

@@ -375,11 +375,26 @@ def test_ratio_trust_region_is_unchanged_and_args_are_checked():
         (dict(trust_region="kl", rollback="clip"), "rollback"),
         (dict(rollback="kl"), "needs trust_region='kl'"),
         (dict(trust_region="kl", kl_threshold=0.0), "kl_threshold"),
+        (dict(trust_region="kl", kl_threshold=float("inf")), "kl_threshold must be a finite number"),
+        (dict(trust_region="kl", kl_threshold=float("nan")), "kl_threshold must be a finite number"),
     ]:
         with pytest.raises(ValueError, match=match):
             PPORollback("MlpPolicy", "CartPole-v1", **kwargs)
         with pytest.raises(ValueError, match=match):
             RecurrentPPORollback("MlpLstmPolicy", "CartPole-v1", **kwargs)
+
+
+@pytest.mark.parametrize("cls, policy", [(PPORollback, "MlpPolicy"), (RecurrentPPORollback, "MlpLstmPolicy")])
+def test_rollback_alpha_defaults_to_the_authors_value_of_each_method(cls, policy):
+    """rollback_alpha is a ratio slope for PPO-RB / TR-PPO-RB and a KL weight for Truly PPO: each gets its own default."""
+    expected = {("ratio", "ratio"): 0.3, ("kl", "ratio"): 0.05, ("kl", "kl"): 5.0}  # the paper, run.py
+    for (trust_region, rollback), alpha in expected.items():
+        model = cls(policy, "CartPole-v1", trust_region=trust_region, rollback=rollback, _init_setup_model=False)
+        assert model.rollback_alpha == alpha
+        model = cls(
+            policy, "CartPole-v1", trust_region=trust_region, rollback=rollback, rollback_alpha=0, _init_setup_model=False
+        )
+        assert model.rollback_alpha == 0.0  # TR-PPO / plain PPO stay reachable
 
 
 def test_save_load_keeps_the_trust_region(tmp_path):

@@ -304,9 +304,11 @@ class TanhNormalDistribution(CherryDistribution):
 
     The log-density is exact, change of variables included:
     ``log p(a) = log N(u) - log(1 - tanh(u)^2) - log((high - low) / 2)`` summed over dimensions, with
-    ``log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u))`` for numerical stability.
-    Actions on (or numerically at) the bounds are moved ``epsilon`` inside before inverting ``tanh``, so log-probs
-    and gradients stay finite.
+    ``log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u))`` for numerical stability. It is computed from the stored
+    action, so ``u = atanh(...)`` is only as precise as the action's float: actions on (or numerically at) the
+    bounds are moved ``epsilon`` inside before inverting ``tanh`` (by default the dtype's machine epsilon, as SB3's
+    ``TanhBijector``: ``|u|`` is read as at most ``atanh(1 - eps)``, 8.3 in float32 and 18.7 in float64, about where
+    ``tanh`` itself stops telling values apart), so log-probs and gradients stay finite.
 
     The entropy has no closed form; by the change of variables it is, per dimension,
     ``H(a) = H(u) + E[log |da/du|] = 1/2 + log(2 pi)/2 + log(std) + E[log(1 - tanh(u)^2)] + log((high - low) / 2)``,
@@ -319,14 +321,16 @@ class TanhNormalDistribution(CherryDistribution):
     a bound when ``std`` is large).
 
     :param space: the ``Box`` action space (finite bounds)
-    :param epsilon: margin used when inverting ``tanh`` at the bounds
+    :param epsilon: margin used when inverting ``tanh`` at the bounds; None (default): the machine epsilon of the
+        log-probability's dtype (a fixed ``1e-6`` would read every ``|u| > 7.25`` as 7.25 and bias the policy
+        gradient of a saturated policy)
     """
 
     distribution: Normal
     mean: th.Tensor
     log_std: th.Tensor
 
-    def __init__(self, space: spaces.Box, epsilon: float = 1e-6):
+    def __init__(self, space: spaces.Box, epsilon: float | None = None):
         dim = int(np.prod(space.shape))
         super().__init__(action_dim=dim, param_dim=2 * dim)
         self.low, self.high = _finite_bounds(space, "tanh_normal")
@@ -351,9 +355,14 @@ class TanhNormalDistribution(CherryDistribution):
     def log_prob(self, actions: th.Tensor) -> th.Tensor:
         actions = _as_columns(actions, self.action_dim).to(self.distribution.loc.dtype)
         low, high = self.low.to(actions.device), self.high.to(actions.device)
-        squashed = 2.0 * (actions - low) / (high - low) - 1.0
+        # tanh(u) from the action: near each bound from the distance to that bound, which floats hold exactly
+        # (Sterbenz); 2 (a - low) / (high - low) - 1 alone rounds a + 1 near high = 1 to 2 ulps of 2 (u = 8.2 -> 8.3)
+        width = high - low
+        from_low = 2.0 * (actions - low) / width - 1.0
+        squashed = th.where(from_low > 0, 1.0 - 2.0 * (high - actions) / width, from_low)
         # Keep atanh finite for actions on the bounds (float32 tanh saturates at |u| ~ 9)
-        squashed = squashed.clamp(-1.0 + self.epsilon, 1.0 - self.epsilon)
+        epsilon = th.finfo(squashed.dtype).eps if self.epsilon is None else self.epsilon
+        squashed = squashed.clamp(-1.0 + epsilon, 1.0 - epsilon)
         u = th.atanh(squashed)
         log_det_tanh = 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))
         log_det_affine = th.log((high - low) / 2.0)

@@ -1,4 +1,3 @@
-import math
 from typing import Any, ClassVar, TypeVar, cast
 
 import torch as th
@@ -26,7 +25,7 @@ from sb3_cherry.ppo_recurrent.policies import (
     MultiInputLstmPolicy,
 )
 from sb3_cherry.ppo_rollback.ppo_rollback import rollback_train
-from sb3_cherry.ppo_rollback.trust_region import check_trust_region_args
+from sb3_cherry.ppo_rollback.trust_region import check_trust_region_args, resolve_rollback_alpha
 
 SelfRecurrentPPORollback = TypeVar("SelfRecurrentPPORollback", bound="RecurrentPPORollback")
 
@@ -71,9 +70,10 @@ class RecurrentPPORollback(RecurrentPPO, CherryOnPolicyAlgorithm):
     :param use_sde: Whether to use generalized State Dependent Exploration (gSDE) (``"normal"`` distribution only)
     :param sde_sample_freq: Sample a new noise matrix every n steps when using gSDE
     :param target_kl: Limit the KL divergence between updates (early stopping). By default, no limit.
-    :param rollback_alpha: Slope ``alpha`` of the rollback outside the trust region (0: plain clipped PPO;
-        the Truly PPO paper uses 0.3 on MuJoCo). With ``trust_region="kl"``: the ratio-rollback slope (0: TR-PPO;
-        the authors use 0.05 for TR-PPO-RB) or, with ``rollback="kl"``, the weight of the KL penalty (the authors use 5)
+    :param rollback_alpha: Slope ``alpha`` of the rollback outside the trust region (0: plain clipped PPO).
+        With ``trust_region="kl"``: the ratio-rollback slope (0: TR-PPO) or, with ``rollback="kl"``, the weight of the
+        KL penalty. None (default): the Truly PPO authors' MuJoCo value for the method, 0.3 (PPO-RB), 0.05
+        (TR-PPO-RB) or 5 (Truly PPO)
     :param trust_region: ``"ratio"`` (default, PPO-RB) or ``"kl"``: the per-state KL trust region of Truly PPO, as
         in :class:`~sb3_cherry.PPORollback` (the collecting policy's distribution is recomputed by replaying each
         minibatch's sequences from their stored recurrent states with the weights frozen at the start of the update)
@@ -128,7 +128,7 @@ class RecurrentPPORollback(RecurrentPPO, CherryOnPolicyAlgorithm):
         use_sde: bool = False,
         sde_sample_freq: int = -1,
         target_kl: float | None = None,
-        rollback_alpha: float = 0.3,
+        rollback_alpha: float | None = None,
         trust_region: str = "ratio",
         kl_threshold: float = 0.03,
         rollback: str = "ratio",
@@ -171,13 +171,8 @@ class RecurrentPPORollback(RecurrentPPO, CherryOnPolicyAlgorithm):
             device=device,
             _init_setup_model=False,
         )
-        if not (math.isfinite(rollback_alpha) and rollback_alpha >= 0):
-            raise ValueError(
-                f"rollback_alpha must be a finite number >= 0 (0 gives plain clipped PPO; the Truly PPO paper uses 0.3), "
-                f"got {rollback_alpha}."
-            )
-        self.rollback_alpha = float(rollback_alpha)
         check_trust_region_args(trust_region, kl_threshold, rollback)
+        self.rollback_alpha = resolve_rollback_alpha(rollback_alpha, trust_region, rollback)
         self.trust_region, self.kl_threshold, self.rollback = trust_region, float(kl_threshold), rollback
         self._init_estimator(returns_estimator, n_step, rho_bar, c_bar, recompute_returns)
 

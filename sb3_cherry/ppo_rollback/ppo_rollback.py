@@ -1,4 +1,3 @@
-import math
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
@@ -18,7 +17,7 @@ from sb3_cherry.common.policies import CherryActorCriticPolicy
 from sb3_cherry.common.schedules import CoefficientSchedule
 from sb3_cherry.common.speed import GradNormClipper, mean_of, minibatch_means
 from sb3_cherry.ppo_rollback.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
-from sb3_cherry.ppo_rollback.trust_region import TrustRegionUpdate, check_trust_region_args
+from sb3_cherry.ppo_rollback.trust_region import TrustRegionUpdate, check_trust_region_args, resolve_rollback_alpha
 
 SelfPPORollback = TypeVar("SelfPPORollback", bound="PPORollback")
 
@@ -46,7 +45,10 @@ def rollback_surrogate(ratio: th.Tensor, advantages: th.Tensor, clip_range: floa
     outside = th.where(positive, ratio > 1.0 + clip_range, ratio < 1.0 - clip_range)
     upper = ratio.new_tensor((1.0 + rollback_alpha) * (1.0 + clip_range))  # in the ratio's dtype
     intercept = th.where(positive, upper, (1.0 + rollback_alpha) * (1.0 - clip_range))
-    f = th.where(outside, -rollback_alpha * ratio + intercept, ratio)
+    # alpha = 0: the intercept alone (equal to -0 * r + intercept for finite r; an overflowed r = inf gives PPO's
+    # clipped value there, not 0 * inf = NaN)
+    rolled = intercept if rollback_alpha == 0 else -rollback_alpha * ratio + intercept
+    f = th.where(outside, rolled, ratio)
     return advantages * f
 
 
@@ -297,9 +299,10 @@ class PPORollback(PPO, CherryOnPolicyAlgorithm):
         variant) carrying the returns estimator.
     :param rollout_buffer_kwargs: Keyword arguments to pass to the rollout buffer on creation
     :param target_kl: Limit the KL divergence between updates (early stopping). By default, no limit.
-    :param rollback_alpha: Slope ``alpha`` of the rollback outside the trust region (0: plain clipped PPO;
-        the Truly PPO paper uses 0.3 on MuJoCo). With ``trust_region="kl"``: the ratio-rollback slope (0: TR-PPO;
-        the authors use 0.05 for TR-PPO-RB) or, with ``rollback="kl"``, the weight of the KL penalty (the authors use 5)
+    :param rollback_alpha: Slope ``alpha`` of the rollback outside the trust region (0: plain clipped PPO).
+        With ``trust_region="kl"``: the ratio-rollback slope (0: TR-PPO) or, with ``rollback="kl"``, the weight of the
+        KL penalty. None (default): the Truly PPO authors' MuJoCo value for the method, 0.3 (PPO-RB), 0.05
+        (TR-PPO-RB) or 5 (Truly PPO)
     :param trust_region: ``"ratio"`` (default): PPO's trust region ``|r - 1| <= clip_range`` with the rollback
         surrogate (PPO-RB; clipped PPO when ``rollback_alpha=0``). ``"kl"``: the trust region of Truly PPO, triggered
         where the exact per-state ``KL(pi_old(.|s) || pi(.|s)) >= kl_threshold`` and ``r * A > A``
@@ -362,7 +365,7 @@ class PPORollback(PPO, CherryOnPolicyAlgorithm):
         rollout_buffer_class: type[RolloutBuffer] | None = None,
         rollout_buffer_kwargs: dict[str, Any] | None = None,
         target_kl: float | None = None,
-        rollback_alpha: float = 0.3,
+        rollback_alpha: float | None = None,
         trust_region: str = "ratio",
         kl_threshold: float = 0.03,
         rollback: str = "ratio",
@@ -409,13 +412,8 @@ class PPORollback(PPO, CherryOnPolicyAlgorithm):
             device=device,
             _init_setup_model=False,
         )
-        if not (math.isfinite(rollback_alpha) and rollback_alpha >= 0):
-            raise ValueError(
-                f"rollback_alpha must be a finite number >= 0 (0 gives plain clipped PPO; the Truly PPO paper uses 0.3), "
-                f"got {rollback_alpha}."
-            )
-        self.rollback_alpha = float(rollback_alpha)
         check_trust_region_args(trust_region, kl_threshold, rollback)
+        self.rollback_alpha = resolve_rollback_alpha(rollback_alpha, trust_region, rollback)
         self.trust_region, self.kl_threshold, self.rollback = trust_region, float(kl_threshold), rollback
         self._init_estimator(returns_estimator, n_step, rho_bar, c_bar, recompute_returns)
 

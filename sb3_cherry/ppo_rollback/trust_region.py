@@ -7,6 +7,7 @@ Reference code: github.com/wangyuhuix/TrulyPPO, ``baselines/ppo2_AdaClip/ppo2.py
 ``kl_ratiorollback``, ``kl_klrollback_constant_withratio``) and its MuJoCo defaults in ``baselines/ppo2_AdaClip/run.py``.
 """
 
+import math
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,10 @@ _FROZEN: "weakref.WeakKeyDictionary[BasePolicy, BasePolicy]" = weakref.WeakKeyDi
 
 TRUST_REGIONS = ("ratio", "kl")
 ROLLBACKS = ("ratio", "kl")
+
+#: the ``rollback_alpha`` a method gets when none is given: the Truly PPO authors' MuJoCo values for PPO-RB (paper,
+#: 0.3), TR-PPO-RB (``run.py``: 0.05, a slope on the ratio) and Truly PPO (``run.py``: 5, the weight of the KL penalty)
+DEFAULT_ROLLBACK_ALPHA = {("ratio", "ratio"): 0.3, ("kl", "ratio"): 0.05, ("kl", "kl"): 5.0}
 
 
 def check_trust_region_args(trust_region: str, kl_threshold: float, rollback: str) -> None:
@@ -43,8 +48,32 @@ def check_trust_region_args(trust_region: str, kl_threshold: float, rollback: st
             f"rollback={rollback!r} needs trust_region='kl' (the KL rollback of Truly PPO); with trust_region='ratio' "
             "the rollback is on the ratio (PPO-RB): leave rollback='ratio'."
         )
-    if not kl_threshold > 0:
-        raise ValueError(f"kl_threshold must be > 0 (the Truly PPO authors use 0.03 on MuJoCo), got {kl_threshold}.")
+    if not (math.isfinite(kl_threshold) and kl_threshold > 0):
+        raise ValueError(
+            f"kl_threshold must be a finite number > 0 (the Truly PPO authors use 0.03 on MuJoCo), got {kl_threshold}."
+        )
+
+
+def resolve_rollback_alpha(rollback_alpha: float | None, trust_region: str, rollback: str) -> float:
+    """
+    Validate ``rollback_alpha``, or pick the method's default (:data:`DEFAULT_ROLLBACK_ALPHA`) when it is None: its
+    meaning depends on the method (a slope on the ratio for PPO-RB and TR-PPO-RB, the weight of a KL penalty for
+    Truly PPO), and so does the authors' value (0.3, 0.05, 5).
+
+    :param rollback_alpha: the user's value (>= 0, finite), or None for the method's default
+    :param trust_region: ``"ratio"`` or ``"kl"`` (already validated by :func:`check_trust_region_args`)
+    :param rollback: ``"ratio"`` or ``"kl"`` (idem)
+    :return: the value to train with
+    :raises ValueError: for a negative or non-finite value
+    """
+    if rollback_alpha is None:
+        return DEFAULT_ROLLBACK_ALPHA[(trust_region, rollback)]
+    if not (math.isfinite(rollback_alpha) and rollback_alpha >= 0):
+        raise ValueError(
+            f"rollback_alpha must be a finite number >= 0 (0 gives plain clipped PPO, or TR-PPO with trust_region='kl'; "
+            f"None takes the Truly PPO authors' value for the method: {DEFAULT_ROLLBACK_ALPHA}), got {rollback_alpha}."
+        )
+    return float(rollback_alpha)
 
 
 def trust_region_surrogate(
