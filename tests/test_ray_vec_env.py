@@ -119,6 +119,7 @@ def assert_same_step(ray_out, dummy_out):
         assert info_r["TimeLimit.truncated"] == info_d["TimeLimit.truncated"]
         if "terminal_observation" in info_d:
             np.testing.assert_array_equal(info_r["terminal_observation"], info_d["terminal_observation"])
+            assert info_r["terminal_observation"].flags.writeable  # as SB3's (Ray hands arrays over read-only)
 
 
 @pytest.mark.parametrize("envs_per_actor", [1, 2])
@@ -148,6 +149,29 @@ def test_matches_dummy_vec_env(ray_vec_env, envs_per_actor):
     assert n_done > 10, "the action sequence should end several episodes"
     ray_env.close()
     dummy_env.close()
+
+
+class ClipsInPlace(gym.Env):
+    """Clips its action in place (as some envs do), which needs a writable action array."""
+
+    observation_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+    action_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        np.clip(action, -0.5, 0.5, out=action)
+        return action.astype(np.float32), 0.0, False, False, {}
+
+
+def test_envs_get_writable_actions(ray_vec_env):
+    actions = np.ones((2, 2), np.float32)
+    expected = DummyVecEnv([ClipsInPlace] * 2).step(actions.copy())[0]
+    ray_env = ray_vec_env([ClipsInPlace] * 2, envs_per_actor=2, num_cpus_per_actor=0.5)
+    ray_env.reset()
+    np.testing.assert_array_equal(ray_env.step(actions.copy())[0], expected)
+    ray_env.close()
 
 
 def test_tuple_actions(ray_vec_env):

@@ -200,3 +200,96 @@ def test_missing_attribute_is_an_attribute_error_and_the_workers_live_on():
     assert venv.env_method("reset", indices=0)[0][0] == [0.0]
     assert all(p.is_alive() for p in venv.processes)
     venv.close()
+
+
+class Knobs(Curriculum):
+    """A ``_private`` attribute its methods read, a method and a property that raise."""
+
+    def __init__(self):
+        super().__init__()
+        self._scale = 1
+
+    def scaled(self):
+        return self._scale * 10
+
+    def explode(self):
+        raise KeyError("no such level")
+
+    @property
+    def broken_property(self):
+        raise ZeroDivisionError("property failed")
+
+
+def test_private_attributes_reach_the_env_as_in_sb3():
+    """set_attr of a ``_name`` goes to the env (SB3's worker sets it on the outermost env; the reporting wrapper must
+    not keep it): a TimeLimit's ``_max_episode_steps``, an env's own ``_scale``."""
+    from stable_baselines3.common.vec_env import SubprocVecEnv
+
+    results = []
+    for cls in (SubprocVecEnv, CherrySubprocVecEnv):
+        venv = cls([lambda: gym.make("CartPole-v1")] * 2, start_method="fork")
+        venv.set_attr("_max_episode_steps", 3)
+        venv.reset()
+        dones = [venv.step([0, 0])[2].tolist() for _ in range(3)]
+        venv.close()
+        knobs = cls([Knobs], start_method="fork")
+        knobs.set_attr("_scale", 7)
+        results.append((dones, knobs.get_attr("_scale"), knobs.env_method("scaled")))
+        knobs.close()
+    assert results[0] == results[1] == ([[False, False], [False, False], [True, True]], [7], [70])
+
+
+def test_indices_may_be_a_one_shot_iterable():
+    venv = CherrySubprocVecEnv([Knobs, Knobs], start_method="fork")
+    assert venv.get_attr("difficulty", indices=(i for i in [1, 0])) == [0, 0]
+    assert venv.env_method("scaled", indices=iter([1])) == [10]
+    assert venv.reset().shape == (2, 1)  # the pipes are still in step
+    venv.close()
+
+
+def test_env_method_and_get_attr_errors_are_raised_in_the_main_process():
+    """SB3's worker dies on them (looks like a crash); here the env's exception is raised with the worker's
+    traceback. A call to one env leaves the VecEnv usable; one whose other answers are unread does not."""
+    venv = CherrySubprocVecEnv([Knobs, Knobs], start_method="fork")
+    with pytest.raises(KeyError, match="no such level") as info:
+        venv.env_method("explode", indices=[1])
+    assert "raised by env 1 of a SubprocVecEnv in env_method('explode')" in "\n".join(info.value.__notes__)
+    with pytest.raises(ZeroDivisionError, match="property failed"):
+        venv.get_attr("broken_property", indices=[0])
+    assert venv.env_method("scaled") == [10, 10] and venv.reset().shape == (2, 1)
+    assert all(p.is_alive() for p in venv.processes)
+    with pytest.raises(KeyError, match="no such level"):
+        venv.env_method("explode")  # env 0 fails first: env 1's answer is left unread
+    with pytest.raises(RuntimeError, match="unusable after the error of worker 0"):
+        venv.reset()
+    venv.close()
+
+
+@pytest.mark.parametrize("start_method, when", [(None, "sending 'step'"), ("fork", "waiting for its answer")])
+def test_a_worker_found_dead_makes_the_vecenv_unusable(start_method, when):
+    """Worker 1 dies idle; step() sends to worker 0 first, then finds 1 dead: worker 0's answer is never read, so
+    later calls must not read it as theirs. With "fork", worker 0 holds a copy of worker 1's end of the pipe (it was
+    forked first), so the death shows only as a process that exited while its answer is awaited (no EOF comes)."""
+    import signal
+
+    venv = CherrySubprocVecEnv([Knobs, Knobs], start_method=start_method)
+    venv.reset()
+    os.kill(venv.processes[1].pid, signal.SIGKILL)
+    venv.processes[1].join(timeout=5.0)
+    with pytest.raises(WorkerDiedError, match=rf"worker 1 \(env 1\) died \(killed by signal 9\) while {when}"):
+        venv.step([0, 0])
+    with pytest.raises(RuntimeError, match="unusable after the error of worker 1"):
+        venv.get_attr("difficulty", indices=[0])
+    venv.close()
+    assert all(not p.is_alive() for p in venv.processes)
+
+
+def test_constructor_failure_names_the_worker_and_its_exit_code():
+    def fine() -> gym.Env:
+        return Knobs()
+
+    def broken() -> gym.Env:
+        raise OSError("no display")
+
+    with pytest.raises(WorkerDiedError, match=r"worker, exit code: \[\(1, 1\)\]"):
+        CherrySubprocVecEnv([fine, broken], start_method="fork")

@@ -41,6 +41,23 @@ class _WorkerFailure:
     error: BaseException | None = None
 
 
+def _writable(value: Any) -> Any:
+    """
+    ``value`` with its read-only NumPy arrays copied (in dicts, tuples and lists too): Ray hands arrays over without
+    a copy, read-only, where SB3's VecEnvs give envs their actions and users their terminal observations writable.
+
+    :param value: an action, observation, ...
+    :return: the same value, or a writable copy
+    """
+    if isinstance(value, np.ndarray):
+        return value if value.flags.writeable else value.copy()
+    if isinstance(value, dict):
+        return {key: _writable(item) for key, item in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_writable(item) for item in value)
+    return value
+
+
 def _summarize(err: BaseException) -> str:
     """
     :param err: an error reported by Ray
@@ -94,7 +111,7 @@ def _worker_class() -> type:  # noqa: C901
             results = []
             for j, (env, action) in enumerate(zip(self.envs, actions, strict=True)):
                 try:
-                    observation, reward, terminated, truncated, info = env.step(action)
+                    observation, reward, terminated, truncated, info = env.step(_writable(action))
                     # convert to SB3 VecEnv api (as SubprocVecEnv's worker)
                     done = terminated or truncated
                     info["TimeLimit.truncated"] = truncated and not terminated
@@ -419,10 +436,13 @@ class RayVecEnv(VecEnv):
                 for env_idx, (observation, reset_info) in zip(indices, reset_results, strict=True):
                     info: dict[str, Any] = {"TimeLimit.truncated": False, "worker_restarted": True}
                     if self._last_obs[env_idx] is not None:
-                        info["terminal_observation"] = self._last_obs[env_idx]
+                        info["terminal_observation"] = _writable(self._last_obs[env_idx])
                     result.append((observation, 0.0, True, info, reset_info))
             flat_results.extend(result)
         obs, rews, dones, infos, reset_infos = zip(*flat_results, strict=True)
+        for info in infos:
+            if "terminal_observation" in info:
+                info["terminal_observation"] = _writable(info["terminal_observation"])
         self.reset_infos = list(reset_infos)
         self._last_obs = list(obs)
         return _stack_obs(obs, self.observation_space), np.stack(rews), np.stack(dones), list(infos)

@@ -1,13 +1,15 @@
 """
 SB3's ``SubprocVecEnv`` whose worker failures name their cause.
 
-In SB3, an env that raises in ``step()``/``reset()`` kills its worker process: the traceback goes to the worker's
+In SB3, an env that raises in ``step()``/``reset()`` (or in a method called by ``env_method``, ``render``, a
+property read by ``get_attr``) kills its worker process: the traceback goes to the worker's
 stderr and the main process sees a bare ``EOFError`` / ``ConnectionResetError``. Here the env's exception is sent back
 and re-raised in the main process with the worker's traceback attached (as :class:`RayVecEnv` does), and a worker
 that dies is reported with its index and exit code.
 """
 
 import pickle
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -15,12 +17,14 @@ from typing import Any
 import gymnasium as gym
 from stable_baselines3.common.vec_env import SubprocVecEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices
+from stable_baselines3.common.vec_env.patch_gym import _patch_env
 
 
 class _EnvFailure:
     """Stands in for the observation of a ``step``/``reset`` whose env raised (pickled back to the main process)."""
 
     def __init__(self, method: str, error: BaseException):
+        #: what raised, e.g. ``step()`` or ``env_method('name')``
         self.method = method
         self.traceback = "".join(traceback.format_exception(error))
         try:  # both ways: an exception class whose __init__ takes other arguments pickles but does not unpickle
@@ -31,30 +35,77 @@ class _EnvFailure:
         self.summary = f"{type(error).__name__}: {error}"
 
 
-class _ReportingEnv(gym.Wrapper):
+def _identity(value: Any) -> Any:
+    """Unpickles a :class:`_ReportingCall` as the callable it stands for."""
+    return value
+
+
+class _ReportingCall:
     """
-    Outermost wrapper in the worker: an exception of ``step``/``reset`` becomes an :class:`_EnvFailure`. Attributes
-    set on it (SB3's worker answers ``set_attr`` with ``setattr`` on the outermost env) go to the wrapped env, as
-    without this wrapper.
+    A callable of the env, as the worker's ``env_method`` calls it: an exception it raises is returned as an
+    :class:`_EnvFailure`. Sent back by ``get_attr``, it arrives as the callable itself.
     """
 
+    def __init__(self, name: str, method: Callable[..., Any]):
+        self.name, self.method = name, method
+
+    def __reduce__(self) -> tuple[Callable[[Any], Any], tuple[Any]]:
+        return _identity, (self.method,)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self.method(*args, **kwargs)
+        except Exception as error:
+            return _EnvFailure(f"env_method({self.name!r})", error)
+
+
+class _ReportingEnv(gym.Wrapper):
+    """
+    Outermost wrapper in the worker, transparent to SB3's attribute commands: an exception of ``step``, ``reset``,
+    ``render``, of a method called by ``env_method`` or of an attribute read by ``get_attr`` becomes an
+    :class:`_EnvFailure` sent back to the main process (in SB3 it kills the worker). Attributes are read from and set
+    on the wrapped env (SB3's worker answers ``get_attr`` / ``env_method`` with ``get_wrapper_attr`` and ``set_attr``
+    with ``setattr`` on the outermost env), as without this wrapper; only gymnasium's own wrapper fields stay here.
+    """
+
+    #: the fields gymnasium's ``Wrapper.__init__`` sets on the wrapper itself
+    _OWN_FIELDS = frozenset({"env", "_action_space", "_observation_space", "_metadata", "_cached_spec"})
+
     def __setattr__(self, name: str, value: Any) -> None:
-        if name == "env" or name.startswith("_"):  # the wrapper's own state (gymnasium's Wrapper.__init__)
+        if name in self._OWN_FIELDS:
             object.__setattr__(self, name, value)
         else:
             setattr(self.env, name, value)
+
+    def get_wrapper_attr(self, name: str) -> Any:
+        try:
+            value = self.env.get_wrapper_attr(name)
+        except AttributeError:
+            raise  # SB3's has_attr answers False on it (and CherrySubprocVecEnv asks has_attr first)
+        except Exception as error:  # a property that raised
+            return _EnvFailure(f"get_attr({name!r})", error)
+        return _ReportingCall(name, value) if callable(value) and not isinstance(value, type) else value
+
+    def has_wrapper_attr(self, name: str) -> bool:
+        return self.env.has_wrapper_attr(name)
 
     def step(self, action: Any) -> Any:
         try:
             return self.env.step(action)
         except Exception as error:
-            return _EnvFailure("step", error), 0.0, False, False, {}
+            return _EnvFailure("step()", error), 0.0, False, False, {}
 
     def reset(self, **kwargs: Any) -> Any:
         try:
             return self.env.reset(**kwargs)
         except Exception as error:
-            return _EnvFailure("reset", error), {}
+            return _EnvFailure("reset()", error), {}
+
+    def render(self) -> Any:
+        try:
+            return self.env.render()
+        except Exception as error:
+            return _EnvFailure("render()", error)
 
 
 class _ReportingEnvFn:
@@ -64,7 +115,8 @@ class _ReportingEnvFn:
         self.env_fn = env_fn
 
     def __call__(self) -> gym.Env:
-        return _ReportingEnv(self.env_fn())
+        # SB3's worker converts an old-gym env (shimmy) only after env_fn returns: convert it before wrapping it
+        return _ReportingEnv(_patch_env(self.env_fn()))
 
 
 class WorkerDiedError(RuntimeError):
@@ -76,6 +128,8 @@ class _CheckedRemote:
 
     def __init__(self, remote: Any, index: int, process: Any, owner: "CherrySubprocVecEnv"):
         self.remote, self.index, self.process, self.owner = remote, index, process, owner
+        #: commands sent whose answers are not read yet
+        self.pending = 0
 
     def send(self, message: Any) -> None:
         if self.owner.broken is not None:
@@ -86,11 +140,19 @@ class _CheckedRemote:
         try:
             self.remote.send(message)
         except OSError as exc:  # BrokenPipeError / ConnectionResetError
+            self._break()  # the workers already sent this command hold answers nobody reads
             raise self._died(f"sending {message[0]!r}") from exc
+        self.pending += 1
 
     def recv(self) -> Any:
         try:
+            # a dead worker closes its end of the pipe, but with the "fork" start method the workers forked after
+            # it hold copies of that end, so no EOF would come: check the process while waiting
+            while not self.remote.poll(0.1):
+                if not self.process.is_alive() and not self.remote.poll(0):
+                    raise EOFError("the worker process exited")
             result = self.remote.recv()
+            self.pending -= 1
         except (EOFError, OSError) as exc:
             self._break()
             raise self._died("waiting for its answer") from exc
@@ -100,12 +162,14 @@ class _CheckedRemote:
                 f"The answer of SubprocVecEnv worker {self.index} (env {self.index}) could not be read in the main process "
                 f"({type(exc).__name__}: {exc})."
             ) from exc
-        failure = result[0] if isinstance(result, tuple) and result else None
+        # step / reset answer a tuple whose first entry stands for the failure; render, get_attr, env_method the value
+        failure = result[0] if isinstance(result, tuple) and result else result
         if isinstance(failure, _EnvFailure):
-            self._break()
-            note = (
-                f"raised by env {self.index} of a SubprocVecEnv in {failure.method}(); worker traceback:\n{failure.traceback}"
-            )
+            # after a failed step / reset the envs are out of step with each other; after a failed env_method,
+            # get_attr or render only answers still unread elsewhere make the VecEnv unusable
+            if failure.method in ("step()", "reset()") or any(r.pending for r in self.owner.remotes):
+                self._break()
+            note = f"raised by env {self.index} of a SubprocVecEnv in {failure.method}; worker traceback:\n{failure.traceback}"
             if failure.error is not None:
                 failure.error.add_note(note)
                 raise failure.error
@@ -145,17 +209,30 @@ class CherrySubprocVecEnv(SubprocVecEnv):
         self.broken: int | None = None
         try:
             super().__init__([_ReportingEnvFn(env_fn) for env_fn in env_fns], start_method=start_method)
-        except (EOFError, ConnectionResetError, BrokenPipeError) as exc:
-            dead = [(i, p.exitcode) for i, p in enumerate(getattr(self, "processes", [])) if not p.is_alive()]
-            for process in getattr(self, "processes", []):
+        except (EOFError, ConnectionResetError, BrokenPipeError, WorkerDiedError) as exc:
+            processes = getattr(self, "processes", [])
+            deadline = time.monotonic() + 5.0  # the worker whose env raised is exiting: let it, to report its code
+            while processes and all(p.is_alive() for p in processes) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            dead = [(i, p.exitcode) for i, p in enumerate(processes) if not p.is_alive()]
+            for process in processes:
                 process.terminate()
+            for process in processes:
+                process.join(timeout=5.0)
+            for remote in getattr(self, "remotes", []):
+                remote.close()
             raise WorkerDiedError(
                 f"SubprocVecEnv worker(s) died while creating the envs (worker, exit code: {dead}): the env "
                 "constructor raised (its traceback is printed on stderr above) or the process was killed."
             ) from exc
-        self.remotes = [
-            _CheckedRemote(r, i, p, self) for i, (r, p) in enumerate(zip(self.remotes, self.processes, strict=True))
-        ]
+        self._check_remotes()
+
+    def _check_remotes(self) -> None:
+        """Replace SB3's pipe ends by :class:`_CheckedRemote` (once; SB3's ``__init__`` already calls ``get_attr``)."""
+        if self.remotes and not isinstance(self.remotes[0], _CheckedRemote):
+            self.remotes = [
+                _CheckedRemote(r, i, p, self) for i, (r, p) in enumerate(zip(self.remotes, self.processes, strict=True))
+            ]
 
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
         """
@@ -166,8 +243,8 @@ class CherrySubprocVecEnv(SubprocVecEnv):
         :param indices: the envs (None: all)
         :return: the values
         """
-        self._require_attr(attr_name, indices)
-        return super().get_attr(attr_name, indices)
+        targets = self._require_attr(attr_name, indices)
+        return super().get_attr(attr_name, targets)
 
     def env_method(
         self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **method_kwargs: Any
@@ -181,17 +258,23 @@ class CherrySubprocVecEnv(SubprocVecEnv):
         :param method_kwargs: its keyword arguments
         :return: the results
         """
-        self._require_attr(method_name, indices)
-        return super().env_method(method_name, *method_args, indices=indices, **method_kwargs)
+        targets = self._require_attr(method_name, indices)
+        return super().env_method(method_name, *method_args, indices=targets, **method_kwargs)
 
-    def _require_attr(self, name: str, indices: VecEnvIndices) -> None:
-        """Ask the workers (SB3's ``has_attr`` command, which survives a missing attribute) before using ``name``."""
-        targets = self._get_indices(indices)
+    def _require_attr(self, name: str, indices: VecEnvIndices) -> list[int]:
+        """
+        Ask the workers (SB3's ``has_attr`` command, which survives a missing attribute) before using ``name``.
+
+        :return: the env indices, as a list (``indices`` may be a one-shot iterable, and is read more than once)
+        """
+        self._check_remotes()
+        targets = list(self._get_indices(indices))
         for i in targets:
             self.remotes[i].send(("has_attr", name))
         missing = [i for i in targets if not self.remotes[i].recv()]
         if missing:
             raise AttributeError(f"env(s) {missing} of this SubprocVecEnv have no attribute {name!r}.")
+        return targets
 
     def close(self) -> None:
         """Close the workers; a worker that already died is not waited for."""
