@@ -22,10 +22,12 @@ import math
 import os
 import pathlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
+import torch as th
 import yaml
 from stable_baselines3.common.vec_env import VecEnv, VecVideoRecorder
 
@@ -227,6 +229,14 @@ def cmd_train(argv: list[str]) -> None:
             raise ValueError(f"{flag} must be at least 1, got {value}.")
     if args.envpool_threads is not None and args.vec_env != "envpool":
         raise ValueError("--envpool-threads is an option of --vec-env envpool.")
+    # rl_zoo3 trains the config's n_timesteps for any -n below 1 (its "not given"): an explicit one is a mistake
+    budget = argparse.ArgumentParser(add_help=False)
+    budget.add_argument("-n", "--n-timesteps", type=int, default=None)
+    n_timesteps = budget.parse_known_args(rest)[0].n_timesteps
+    if n_timesteps is not None and n_timesteps < 1:
+        raise ValueError(
+            f"-n/--n-timesteps must be at least 1, got {n_timesteps} (leave it out to train the config's n_timesteps)."
+        )
     if args.resume is not None:
         _resume_train(args, rest)
         return
@@ -501,12 +511,36 @@ def _load_for_eval(args: argparse.Namespace, render_mode: str | None = None) -> 
     :param render_mode: render mode of the env (``"rgb_array"`` for videos)
     :return: the model and its one-env VecEnv
     """
+    register_zoo()
+    if args.device != "auto":
+        try:
+            th.device(args.device)
+        except RuntimeError as exc:
+            raise ValueError(f"--device {args.device!r} is not a torch device ({exc}).") from None
+    if ":" not in args.env:  # ("module:Env-v0" ids are registered by importing their module, at gym.make)
+        gym.spec(args.env)  # an unknown id: gymnasium's error (NameNotFound, ...) before the model is loaded
+    with _env_kwargs_errors(args.env_kwargs):
+        return _load_model_and_env(args, render_mode)
+
+
+@contextlib.contextmanager
+def _env_kwargs_errors(env_kwargs: dict[str, Any] | None) -> Iterator[None]:
+    """An env constructor refusing ``--env-kwargs`` (TypeError) becomes a ValueError naming them."""
+    try:
+        yield
+    except TypeError as exc:
+        if not env_kwargs:
+            raise
+        raise ValueError(f"the env did not accept --env-kwargs {env_kwargs} ({exc}).") from exc
+
+
+def _load_model_and_env(args: argparse.Namespace, render_mode: str | None) -> tuple[Any, Any]:
+    """:func:`_load_for_eval` once the options are checked."""
     from huggingface_sb3 import EnvironmentName
     from rl_zoo3.utils import ALGOS, create_test_env
 
     from sb3_cherry.checkpoint_eval import checkpoint_eval_env, run_env_kwargs
 
-    register_zoo()
     _, model_path, exp_dir = _model_path(args)
     if args.model and pathlib.Path(args.model).is_dir():  # a run checkpoint (checked by _model_path)
         kwargs = dict(args.env_kwargs or {}, **({"render_mode": render_mode} if render_mode is not None else {}))
@@ -642,12 +676,15 @@ def cmd_record(argv: list[str]) -> None:
     parser.add_argument("-n", "--n-episodes", type=int, default=20, help="number of episodes (default: %(default)s)")
     parser.add_argument("-o", "--output", required=True, help="demonstration file to write (.npz)")
     args = parser.parse_args(argv)
-    from sb3_cherry.demos import record_demos
+    from sb3_cherry.demos import demo_file_path, record_demos
 
+    if args.n_episodes < 1:
+        raise ValueError(f"-n/--n-episodes must be at least 1, got {args.n_episodes}.")
     model, env = _load_for_eval(args)
     trajectories = record_demos(model, env, args.n_episodes, args.output, deterministic=not args.stochastic)
     returns = [float(np.sum(t.rews)) for t in trajectories]
-    print(f"Wrote {len(trajectories)} episodes to {args.output} (mean return {np.mean(returns):.2f} ± {np.std(returns):.2f})")
+    path = demo_file_path(args.output)
+    print(f"Wrote {len(trajectories)} episodes to {path} (mean return {np.mean(returns):.2f} ± {np.std(returns):.2f})")
 
 
 def gif_timing(fps: float, max_fps: float, n_frames: int) -> tuple[int, list[int]]:
@@ -754,6 +791,11 @@ def cmd_video(argv: list[str]) -> list[str]:
     parser.add_argument("--gif-width", type=int, default=320, help="maximal GIF width in pixels (default: %(default)s)")
     parser.add_argument("--gif-fps", type=float, default=25.0, help="maximal GIF frame rate (default: %(default)s)")
     args = parser.parse_args(argv)
+    for flag, value in (("-n/--n-timesteps", args.n_timesteps), ("--gif-width", args.gif_width)):
+        if value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}.")
+    if not (math.isfinite(args.gif_fps) and args.gif_fps > 0):
+        raise ValueError(f"--gif-fps must be a positive number, got {args.gif_fps}.")
     prefix, _, exp_dir = _model_path(args)
     model, env = _load_for_eval(args, render_mode="rgb_array")
     recorder = GifVideoRecorder(
@@ -804,7 +846,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     try:
         COMMANDS[argv[0]](argv[1:])
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, gym.error.Error) as exc:  # gymnasium's: e.g. an unknown env id
         print(f"sb3-cherry {argv[0]}: error: {exc}", file=sys.stderr)
         sys.exit(2)
     except BrokenPipeError:  # output piped into e.g. `head`, which exited: stop quietly, as Unix tools do

@@ -35,18 +35,19 @@ Observations and rewards are the environment's own: when recording through a ``V
 are stored (``get_original_obs`` / ``get_original_reward``), at the ``VecNormalize`` level (below a ``VecFrameStack``).
 """
 
+import contextlib
 import dataclasses
 import json
 import os
 import pathlib
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper, unwrap_vec_normalize
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper, VecNormalize, unwrap_vec_normalize
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
 from sb3_cherry.common.restricted_pickle import check_space_size
@@ -287,7 +288,13 @@ def _action_array(space: spaces.Space, acts: Any) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------------------- writing
-def _with_suffix(path: str | os.PathLike) -> pathlib.Path:
+def demo_file_path(path: str | os.PathLike) -> pathlib.Path:
+    """
+    The file :func:`save_demos` writes for ``path``: ``.npz`` is added when the name has no suffix.
+
+    :param path: the path given
+    :return: the file's path
+    """
     path = pathlib.Path(path)
     return path.with_suffix(".npz") if path.suffix == "" else path
 
@@ -353,18 +360,36 @@ def save_demos(
         episode_lengths=np.asarray(lengths, dtype=np.int64),
         terminal=np.asarray(terminal, dtype=bool),
     )
-    path = _with_suffix(path)
+    path = demo_file_path(path)
     # Check what we are about to write with the same code that reads it
     _validate(str(path), arrays)
     return atomic_write(path, lambda file: np.savez_compressed(file, **arrays))  # type: ignore[arg-type]
 
 
-class _RawTerminalObservations(VecEnvWrapper):
-    """Placed under a VecNormalize while recording: keeps the unnormalised ``terminal_observation`` of each env."""
+class RawTerminalObservations(VecEnvWrapper):
+    """
+    Keeps the unnormalised ``terminal_observation`` of each env's last step, from under a VecNormalize, whose own
+    ``terminal_observation`` is normalised *and clipped* to ``clip_obs`` (``unnormalize_obs`` cannot give it back).
+    It sits under the VecNormalize only inside :meth:`attached`, so the env stack is unchanged between steps (for
+    callbacks, run checkpoints, saving).
 
-    def __init__(self, venv: VecEnv):
-        super().__init__(venv)
-        self.terminal_observations: list[Any] = [None] * venv.num_envs
+    :param vec_normalize: the VecNormalize to read below
+    """
+
+    def __init__(self, vec_normalize: VecNormalize):
+        super().__init__(vec_normalize.venv)
+        self.vec_normalize = vec_normalize
+        #: per env, the raw terminal observation of the last step (None where the episode did not end)
+        self.terminal_observations: list[Any] = [None] * self.num_envs
+
+    @contextlib.contextmanager
+    def attached(self) -> Iterator[None]:
+        """Inside the block, the wrapper sits under the VecNormalize (removed after it)."""
+        self.vec_normalize.venv = self
+        try:
+            yield
+        finally:
+            self.vec_normalize.venv = self.venv
 
     def reset(self) -> Any:
         return self.venv.reset()
@@ -435,53 +460,53 @@ def record_demos(
     _check_obs_space(observation_space)
     check_action_space(action_space)
 
-    recorder = None
-    if vec_normalize is not None:
-        recorder = _RawTerminalObservations(vec_normalize.venv)
-        vec_normalize.venv = recorder
     trajectory_class, dict_obs_class = _imitation_types()
     trajectories: list[Any] = []  # imitation's TrajectoryWithRew when importable, else DemoTrajectory
+    recorder = RawTerminalObservations(vec_normalize) if vec_normalize is not None else None
     try:
-        if seed is not None:
-            venv.seed(seed)
-        obs = venv.reset()
-        raw_obs = vec_normalize.get_original_obs() if vec_normalize is not None else obs
-        state, episode_start = None, np.ones((1,), dtype=bool)
-        ep_obs, ep_acts, ep_rews = [_first(raw_obs)], [], []
-        while len(trajectories) < n_episodes:
-            action, state = model.predict(obs, state=state, episode_start=episode_start, deterministic=deterministic)
-            obs, rewards, dones, infos = venv.step(action)
-            ep_acts.append(action[0])
-            if vec_normalize is not None:
-                rewards, raw_obs = vec_normalize.get_original_reward(), vec_normalize.get_original_obs()
-            else:
-                raw_obs = obs
-            ep_rews.append(float(rewards[0]))
-            if dones[0]:
-                final = recorder.terminal_observations[0] if recorder is not None else infos[0].get("terminal_observation")
-                if final is None:
-                    raise ValueError(
-                        "record_demos: the VecEnv reported the end of an episode without infos[0]['terminal_observation'] "
-                        "(use an SB3 VecEnv, which resets automatically and reports it)."
+        with recorder.attached() if recorder is not None else contextlib.nullcontext():
+            if seed is not None:
+                venv.seed(seed)
+            obs = venv.reset()
+            raw_obs = vec_normalize.get_original_obs() if vec_normalize is not None else obs
+            state, episode_start = None, np.ones((1,), dtype=bool)
+            ep_obs, ep_acts, ep_rews = [_first(raw_obs)], [], []
+            while len(trajectories) < n_episodes:
+                action, state = model.predict(obs, state=state, episode_start=episode_start, deterministic=deterministic)
+                obs, rewards, dones, infos = venv.step(action)
+                ep_acts.append(action[0])
+                if vec_normalize is not None:
+                    rewards, raw_obs = vec_normalize.get_original_reward(), vec_normalize.get_original_obs()
+                else:
+                    raw_obs = obs
+                ep_rews.append(float(rewards[0]))
+                if dones[0]:
+                    final = recorder.terminal_observations[0] if recorder is not None else infos[0].get("terminal_observation")
+                    if final is None:
+                        raise ValueError(
+                            "record_demos: the VecEnv reported the end of an episode without infos[0]['terminal_observation'] "
+                            "(use an SB3 VecEnv, which resets automatically and reports it)."
+                        )
+                    ep_obs.append({k: np.array(v) for k, v in final.items()} if isinstance(final, dict) else np.array(final))
+                    stacked = _stack(ep_obs)
+                    trajectories.append(
+                        trajectory_class(
+                            obs=(
+                                dict_obs_class(stacked)
+                                if dict_obs_class is not None and isinstance(stacked, dict)
+                                else stacked
+                            ),
+                            acts=_action_array(action_space, ep_acts),
+                            infos=None,
+                            terminal=not infos[0].get("TimeLimit.truncated", False),
+                            rews=np.asarray(ep_rews, dtype=np.float32),
+                        )
                     )
-                ep_obs.append({k: np.array(v) for k, v in final.items()} if isinstance(final, dict) else np.array(final))
-                stacked = _stack(ep_obs)
-                trajectories.append(
-                    trajectory_class(
-                        obs=dict_obs_class(stacked) if dict_obs_class is not None and isinstance(stacked, dict) else stacked,
-                        acts=_action_array(action_space, ep_acts),
-                        infos=None,
-                        terminal=not infos[0].get("TimeLimit.truncated", False),
-                        rews=np.asarray(ep_rews, dtype=np.float32),
-                    )
-                )
-                ep_obs, ep_acts, ep_rews = [_first(raw_obs)], [], []
-            else:
-                ep_obs.append(_first(raw_obs))
-            episode_start = dones
+                    ep_obs, ep_acts, ep_rews = [_first(raw_obs)], [], []
+                else:
+                    ep_obs.append(_first(raw_obs))
+                episode_start = dones
     finally:
-        if vec_normalize is not None and recorder is not None:
-            vec_normalize.venv = recorder.venv
         if owned:
             venv.close()
     if path is not None:

@@ -431,7 +431,7 @@ def test_run_checkpoints_continue_exactly(line_demos, tmp_path):
     # chunk 2 from the checkpoint after the random phase and its round; chunk 3 from one after a policy round
     model, state = load_run_checkpoint(BCO, tmp_path / "ckpt", env(), demonstrations=line_demos)
     assert state.num_timesteps == 300 and state.approximate is None
-    assert model._n_pre_collected == 300 and len(model._agent_data) == 300 and model._resumed_after_round
+    assert model._n_pre_collected == 300 and len(model._agent_data) == 300 and not model._round_pending
     continue_run(model, state, callback=RunCheckpointCallback(tmp_path / "ckpt", save_freq=96, stop_after=96))
     model, state = load_run_checkpoint(BCO, tmp_path / "ckpt", env(), demonstrations=line_demos)
     assert state.num_timesteps == 396 and len(model._agent_data) == 396
@@ -440,3 +440,65 @@ def test_run_checkpoints_continue_exactly(line_demos, tmp_path):
     for ours, theirs in ((model.policy, reference.policy), (model.inverse_model, reference.inverse_model)):
         for (key, value), other in zip(ours.state_dict().items(), theirs.state_dict().values(), strict=True):
             assert th.equal(value, other), key
+
+
+class FlagEnv(gym.Env):
+    """``[step, flag]``: the flag is 1 only in the final observation (a "landed" / "fell" indicator)."""
+
+    observation_space = spaces.Box(-1e9, 1e9, (2,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.array([0, 0], np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        ended = self.t >= 20
+        return np.array([self.t, 1.0 if ended else 0.0], np.float32), 1.0, ended, False, {}
+
+
+def test_final_observations_through_vec_normalize_are_the_raw_ones(tmp_path):
+    """VecNormalize's terminal_observation is normalised and clipped to clip_obs (a rare flag hits the clip): BCO must
+    store the env's own final observation, as the demonstrations hold it, not unnormalize(clip(...))."""
+    path = tmp_path / "flag.npz"
+    record_demos(ScriptedModel(lambda obs: np.zeros(len(obs), int)), FlagEnv(), n_episodes=2, path=path, seed=0)
+    venv = VecNormalize(DummyVecEnv([FlagEnv]), norm_reward=False, clip_obs=3.0)
+    model = BCO("MlpPolicy", venv, demonstrations=path, n_pre_interactions=400, alpha=0, n_epochs_inverse=1, n_epochs_bc=1)
+    model.learn(400)
+    obs, next_obs, _ = model._agent_data.get(False)
+    final = obs[:, 0] == 19
+    assert final.sum() > 5 and np.all(next_obs[final] == np.array([20.0, 1.0], np.float32))
+    assert venv.venv.__class__ is DummyVecEnv  # the reader sits under the VecNormalize only during steps
+
+
+def test_a_second_learn_does_not_train_again_on_the_last_round(line_demos):
+    """Rounds happen on new transitions only: two learn calls give the rounds of one (and learn after a finished
+    alpha=0 run warns instead of training again on the same data)."""
+    kwargs = dict(n_pre_interactions=200, alpha=0.5, n_epochs_inverse=1, n_epochs_bc=1, seed=0)
+    one = BCO("MlpPolicy", LineEnv(), demonstrations=line_demos, **kwargs).learn(600)
+    two = BCO("MlpPolicy", LineEnv(), demonstrations=line_demos, **kwargs)
+    two.learn(300).learn(300, reset_num_timesteps=False)
+    assert (one._n_rounds, one.num_timesteps) == (two._n_rounds, two.num_timesteps) == (5, 600)
+    plain = BCO("MlpPolicy", LineEnv(), demonstrations=line_demos, **{**kwargs, "alpha": 0.0})
+    plain.learn(200)  # the pre-demonstration phase and its round
+    with pytest.warns(UserWarning, match="has already collected its pre-demonstration phase"):
+        plain.learn(200)
+    assert plain._n_rounds == 1
+
+
+def test_actions_that_do_not_start_at_zero_are_refused(line_demos):
+    class Shifted(LineEnv):
+        action_space = spaces.Discrete(3, start=-1)
+
+    with pytest.raises(ValueError, match=r"does not start at 0"):
+        BCO("MlpPolicy", Shifted(), demonstrations=line_demos)
+
+
+def test_frame_stack_above_vec_normalize_is_refused(line_demos):
+    from stable_baselines3.common.vec_env import VecFrameStack
+
+    venv = VecFrameStack(VecNormalize(DummyVecEnv([LineEnv])), 2)
+    with pytest.raises(ValueError, match="VecFrameStack above a VecNormalize"):
+        BCO("MlpPolicy", venv, demonstrations=line_demos)

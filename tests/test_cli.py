@@ -77,6 +77,46 @@ def test_record_writes_loadable_demos(trained, tmp_path):
     assert np.isfinite(np.concatenate([t.rews for t in trajectories])).all()
 
 
+def test_record_names_the_file_it_wrote(trained, tmp_path, capsys):
+    main(
+        ["record", "--algo", "ppo_rollback", "--env", "CartPole-v1", "-f", str(trained), "-n", "1", "-o", str(tmp_path / "d")]
+    )
+    assert f"to {tmp_path / 'd.npz'} " in capsys.readouterr().out and (tmp_path / "d.npz").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--env", "Foo-v9"], "Environment `Foo` doesn't exist"),
+        (["--env", "CartPole-v1", "--device", "cudax"], "--device 'cudax' is not a torch device"),
+        (["--env", "CartPole-v1", "--env-kwargs", "foo:1"], r"the env did not accept --env-kwargs \{'foo': 1\}"),
+    ],
+)
+@pytest.mark.parametrize("command", ["evaluate", "record", "video"])
+def test_bad_env_device_and_env_kwargs_are_clean_errors(trained, tmp_path, capsys, command, extra, message):
+    model = trained / "ppo_rollback" / "CartPole-v1_1" / "CartPole-v1.zip"
+    out = ["-o", str(tmp_path / ("d.npz" if command == "record" else "videos"))] if command != "evaluate" else []
+    with pytest.raises(SystemExit) as info:
+        main([command, "--algo", "ppo_rollback", "--model", str(model), "-n", "1", *extra, *out])
+    assert info.value.code == 2 and re.search(message, capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "-n", "-5"], "-n/--n-timesteps must be at least 1, got -5"),
+        (["train", "--n-timesteps", "0"], "-n/--n-timesteps must be at least 1, got 0"),
+        (["video", "--env", "CartPole-v1", "-n", "0"], "-n/--n-timesteps must be at least 1, got 0"),
+        (["video", "--env", "CartPole-v1", "--gif-fps", "0"], "--gif-fps must be a positive number"),
+        (["record", "--env", "CartPole-v1", "-n", "0", "-o", "x.npz"], "-n/--n-episodes must be at least 1, got 0"),
+    ],
+)
+def test_budgets_below_one_are_refused_before_anything_runs(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2 and message in capsys.readouterr().err
+
+
 def _write(tmp_path, entry):
     path = tmp_path / "conf.yml"
     path.write_text(yaml.safe_dump({"CartPole-v1": entry}))

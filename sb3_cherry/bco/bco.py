@@ -1,3 +1,4 @@
+import contextlib
 import math
 import os
 import sys
@@ -14,7 +15,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, Schedule
 from stable_baselines3.common.utils import obs_as_tensor, safe_mean
-from stable_baselines3.common.vec_env import VecEnv, VecTransposeImage, is_vecenv_wrapped
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecFrameStack, VecTransposeImage, is_vecenv_wrapped
 
 from sb3_cherry.bco.policies import (
     CnnPolicy,
@@ -29,7 +30,7 @@ from sb3_cherry.common.policies import CherryActorCriticPolicy
 from sb3_cherry.common.save_util import AtomicSaveAlgorithm
 from sb3_cherry.common.spaces import flatten_action
 from sb3_cherry.common.vec_env.tuple_actions import VecTupleActions
-from sb3_cherry.demos import DemoTransitions, demos_to_transitions, load_demos
+from sb3_cherry.demos import DemoTransitions, RawTerminalObservations, demos_to_transitions, load_demos
 
 SelfBCO = TypeVar("SelfBCO", bound="BCO")
 
@@ -249,13 +250,15 @@ class BCO(AtomicSaveAlgorithm):
         # Runtime state, not saved: the agent's transitions and how much of the pre-demonstration phase they hold
         self._agent_data = _TransitionStore()
         self._n_pre_collected = 0
-        # transitions stored since the last round (a run checkpoint records it), and a run resumed from a checkpoint
-        # written after a round, whose learn must not start with another round on the same data
+        # transitions stored since the last round (a run checkpoint records it): a learn starts with a round only then,
+        # not again on the data of the last one (a second learn call, a run resumed after a round)
         self._round_pending = False
-        self._resumed_after_round = False
         self._demo_cache: tuple[Any, DemoTransitions] | None = None
         self._episodes_from_random_policy = False
 
+        if env is not None:
+            _check_action_starts(self.action_space)
+            self._check_env_stack()
         if self.demonstrations is not None and env is not None:
             self._demo_transitions()  # fail now, not after the pre-demonstration phase
         if _init_setup_model:
@@ -295,7 +298,6 @@ class BCO(AtomicSaveAlgorithm):
             "_agent_data",
             "_n_pre_collected",
             "_round_pending",
-            "_resumed_after_round",
             "_demo_cache",
             "_update_snapshot",
         ]
@@ -307,6 +309,26 @@ class BCO(AtomicSaveAlgorithm):
         return ["policy", "policy.optimizer", "inverse_model", "inverse_model.optimizer"], []
 
     # ------------------------------------------------------------------------------------------------ demonstrations
+    def _check_env_stack(self) -> None:
+        """
+        Refuse wrappers that change observations above a VecNormalize: BCO stores the VecNormalize's unnormalised
+        observations (as ``record_demos`` records them), which the policy above such a wrapper does not see.
+
+        :raises ValueError: naming the wrapper and what to do
+        """
+        if self.env is None or self._vec_normalize_env is None:
+            return
+        env: VecEnv = self.env
+        while env is not self._vec_normalize_env and isinstance(env, VecEnvWrapper):
+            if isinstance(env, VecFrameStack):
+                raise ValueError(
+                    "BCO does not support a VecFrameStack above a VecNormalize (rl_zoo3's frame_stack with normalize): "
+                    "it stores and the demonstrations hold the VecNormalize's unnormalised, unstacked observations, "
+                    "while the policy sees stacked ones. Stack below the normalisation (VecNormalize(VecFrameStack("
+                    "env))), or normalise in a gymnasium wrapper."
+                )
+            env = env.venv
+
     def _demo_transitions(self) -> DemoTransitions:
         """The demonstrations as transitions (loaded once per ``demonstrations`` object), checked against the env."""
         if self.demonstrations is None:
@@ -514,6 +536,8 @@ class BCO(AtomicSaveAlgorithm):
                 self._last_obs, "observation", f"reset / rollout start, num_timesteps={self.num_timesteps}"
             )
         callback.on_rollout_start()
+        vec_normalize = self._vec_normalize_env
+        recorder = RawTerminalObservations(vec_normalize) if vec_normalize is not None else None
         for _ in range(n_steps):
             if use_policy:
                 actions, _ = self.policy.predict(self._last_obs, deterministic=self.deterministic_collection)
@@ -522,7 +546,9 @@ class BCO(AtomicSaveAlgorithm):
                 rows = [self.action_space.sample() for _ in range(self.env.num_envs)]
                 actions = rows if tuple_actions else np.stack(rows)
             flat = np.stack([flatten_action(self.action_space, row) for row in rows]).astype(np.float32)
-            new_obs, rewards, dones, infos = self.env.step(actions)
+            # through a VecNormalize, the raw terminal observations are read below it, during the step only
+            with recorder.attached() if recorder is not None else contextlib.nullcontext():
+                new_obs, rewards, dones, infos = self.env.step(actions)
             new_obs = cast(Observation, new_obs)  # VecEnvObs also allows tuples, which SB3 policies do not take
             self.num_timesteps += self.env.num_envs
             if not use_policy:
@@ -532,7 +558,8 @@ class BCO(AtomicSaveAlgorithm):
             # stored before the callbacks run: a callback that stops training must not leave this step counted but
             # unstored, or the next (s, a, s') would span two steps
             self._update_info_buffer(infos, dones)
-            self._store(new_obs, dones, infos, flat)
+            raw_terminals = recorder.terminal_observations if recorder is not None else None
+            self._store(new_obs, dones, infos, flat, raw_terminals)
             self._round_pending = True
             self._last_obs = new_obs
             self._last_episode_starts = dones
@@ -542,8 +569,24 @@ class BCO(AtomicSaveAlgorithm):
         callback.on_rollout_end()
         return True
 
-    def _store(self, new_obs: Observation, dones: np.ndarray, infos: list[dict[str, Any]], flat_actions: np.ndarray) -> None:
-        """Store ``(s, a, s')`` with unnormalised observations; ``s'`` is the terminal observation at episode ends."""
+    def _store(
+        self,
+        new_obs: Observation,
+        dones: np.ndarray,
+        infos: list[dict[str, Any]],
+        flat_actions: np.ndarray,
+        raw_terminals: list[Any] | None = None,
+    ) -> None:
+        """
+        Store ``(s, a, s')`` with unnormalised observations; ``s'`` is the terminal observation at episode ends.
+
+        :param new_obs: the step's observations (normalised, if the env normalises)
+        :param dones: the step's episode ends
+        :param infos: the step's infos
+        :param flat_actions: the actions taken, flat
+        :param raw_terminals: with a VecNormalize, the unnormalised terminal observations read below it
+            (:class:`~sb3_cherry.demos.RawTerminalObservations`; the info's are normalised and clipped)
+        """
         if self._vec_normalize_env is not None:
             obs = self._last_original_obs
             new_original = self._vec_normalize_env.get_original_obs()
@@ -552,11 +595,11 @@ class BCO(AtomicSaveAlgorithm):
             obs = self._last_obs
             next_obs = _obs_copy(new_obs)
         for i, done in enumerate(dones):
-            terminal = infos[i].get("terminal_observation") if done else None
+            if not done:
+                continue
+            terminal = infos[i].get("terminal_observation") if raw_terminals is None else raw_terminals[i]
             if terminal is None:
                 continue
-            if self._vec_normalize_env is not None:
-                terminal = self._vec_normalize_env.unnormalize_obs(terminal)
             if isinstance(next_obs, dict):
                 for key in next_obs:
                     next_obs[key][i] = terminal[key]
@@ -616,7 +659,6 @@ class BCO(AtomicSaveAlgorithm):
         self._agent_data = store
         self._n_pre_collected = int(state["n_pre_collected"])
         self._round_pending = bool(state["round_pending"])
-        self._resumed_after_round = len(store) > 0 and not self._round_pending
 
     def _round(self, log_interval: int | None) -> None:
         self._update_current_progress_remaining(self.num_timesteps, self._total_timesteps)
@@ -651,6 +693,8 @@ class BCO(AtomicSaveAlgorithm):
         :return: the trained model
         :raises ValueError: without demonstrations, or when the budget leaves no interaction to learn from
         """
+        _check_action_starts(self.action_space)
+        self._check_env_stack()
         self._demo_transitions()  # no demonstrations, or ones that do not fit the env: fail before collecting
         total_timesteps, callback = self._setup_learn(
             total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar
@@ -666,11 +710,8 @@ class BCO(AtomicSaveAlgorithm):
         if self._n_pre_collected < self.n_pre_interactions:
             n_steps = steps_for(self.n_pre_interactions - self._n_pre_collected)
             stopped = n_steps > 0 and not self._collect(n_steps, callback, use_policy=False)
-        if not stopped and len(self._agent_data) > 0:
-            if self._resumed_after_round:  # a run checkpoint written after this data's round: go on collecting
-                self._resumed_after_round = False
-            else:
-                self._round(log_interval)
+        if not stopped and self._round_pending:
+            self._round(log_interval)
         while not stopped and self.alpha > 0:
             # Torabi et al. 2018, Algorithm 1: |I_post| = alpha * |I_pre| interactions per round
             n_steps = steps_for(max(1, math.ceil(self.alpha * self.n_pre_interactions)))
@@ -680,6 +721,15 @@ class BCO(AtomicSaveAlgorithm):
             if not stopped:
                 self._round(log_interval)
         if not stopped and self._n_rounds == rounds_at_start:
+            if self.alpha == 0 and self._n_rounds > 0 and self._n_pre_collected >= self.n_pre_interactions:
+                warnings.warn(
+                    "BCO.learn: alpha=0 (plain BCO) has already collected its pre-demonstration phase and trained on "
+                    "it: this call has nothing to collect or train. Give alpha > 0 (BCO(alpha)) for post-demonstration "
+                    "rounds.",
+                    stacklevel=2,
+                )
+                callback.on_training_end()
+                return self
             raise ValueError(
                 f"BCO.learn: total_timesteps={total_timesteps - self._num_timesteps_at_start} left no environment "
                 f"interaction to train the inverse model on (n_envs={n_envs}, n_pre_interactions={self.n_pre_interactions}, "
@@ -695,6 +745,24 @@ class BCO(AtomicSaveAlgorithm):
             )
         callback.on_training_end()
         return self
+
+
+def _check_action_starts(space: spaces.Space) -> None:
+    """
+    Refuse ``Discrete`` / ``MultiDiscrete`` actions that do not start at 0 (in a Tuple too): the demonstrations and the
+    env hold the actions themselves, the policy's categorical heads indices from 0.
+
+    :param space: the action space
+    :raises ValueError: naming the space and the fix
+    """
+    parts = space.spaces if isinstance(space, spaces.Tuple) else (space,)
+    for part in parts:
+        if isinstance(part, (spaces.Discrete, spaces.MultiDiscrete)) and np.any(np.asarray(part.start) != 0):
+            raise ValueError(
+                f"BCO: the action space {part} does not start at 0; the policy and the inverse model index actions from "
+                "0. Shift the env's actions (e.g. gymnasium.wrappers.TransformAction, with a Discrete(n) action space) "
+                "and record the demonstrations on the shifted env."
+            )
 
 
 def _check_demo_observations(obs: Observation, space: spaces.Space, source: str) -> None:
