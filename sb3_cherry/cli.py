@@ -453,7 +453,11 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="auto", help="torch device of the model (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the env (default: %(default)s)")
-    parser.add_argument("--stochastic", action="store_true", help="sample actions instead of taking the mode")
+    parser.add_argument(
+        "--stochastic",
+        action="store_true",
+        help="sample actions instead of taking the deterministic action (the mode; a Beta policy's mean)",
+    )
 
 
 def _model_path(args: argparse.Namespace) -> tuple[str, pathlib.Path, pathlib.Path]:

@@ -275,16 +275,17 @@ class _KillLearner(BaseCallback):
 @pytest.mark.timeout(120)
 def test_learner_death_is_reported_not_hung():
     model = _make(PPORollback, "async")
-    with pytest.raises(RuntimeError, match="learner process"):
+    with pytest.raises(RuntimeError, match="learner process"), pytest.warns(UserWarning, match="could not be fetched"):
         model.learn(20 * N_STEPS * N_ENVS, callback=_KillLearner())
     assert not [child for child in mp.active_children() if child.name == "sb3_cherry-learner"]
 
 
 def test_learner_error_is_reported():
     model = _make(PPORollback, "async", batch_size=64)
-    model.batch_size = 0  # makes the learner's train() fail
+    model.clip_range = None  # the learner process cannot start from it (None is not a schedule)
     with pytest.raises(RuntimeError, match="learner process failed"):
         model.learn(3 * N_STEPS * N_ENVS)
+    assert not [child for child in mp.active_children() if child.name == "sb3_cherry-learner"]
 
 
 def test_save_load_after_async(tmp_path):
@@ -583,3 +584,63 @@ def test_overflowing_weights_stay_finite():
     weights = th.as_tensor(model.rollout_buffer.advantage_weights[:, 0])
     assert th.isfinite(weights).all()
     assert th.equal(truncated_weights(weights, 100.0, th.zeros(len(weights))) * 0.0, th.zeros(len(weights)))
+
+
+def _dumped_train_logs(collection: str, iterations: int) -> list:
+    from stable_baselines3.common.logger import Logger
+
+    class Capture(Logger):
+        def __init__(self):
+            super().__init__(folder=None, output_formats=[])
+            self.dumped = []
+
+        def dump(self, step=0):
+            self.dumped.append({k: v for k, v in self.name_to_value.items() if k.startswith("train/n_updates")})
+            super().dump(step)
+
+    model = _make(PPORollback, collection)
+    logger = Capture()
+    model.set_logger(logger)
+    model.learn(iterations * N_STEPS * N_ENVS)
+    return logger.dumped
+
+
+def test_async_dumps_the_train_logs_of_the_same_update_as_sync():
+    """At each iteration's dump, SB3 (sync) shows the train/ logs of the update before; async did one later."""
+    assert _dumped_train_logs("async", 4) == _dumped_train_logs("sync", 4)
+
+
+class _FailAtRollout(BaseCallback):
+    def __init__(self, at: int):
+        super().__init__()
+        self.at, self.rollouts = at, 0
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        self.rollouts += 1
+        if self.rollouts == self.at:
+            raise KeyError("stop here")
+
+
+def test_an_interrupted_async_learn_leaves_weights_and_optimizer_of_the_same_update():
+    """A callback raising mid-learn: the model gets the learner's last weights and the optimizer state that goes with
+    them (not the behaviour weights with the optimizer state from the start of learn), so a save pairs them."""
+    model = _make(PPORollback, "async")  # batch 64 of 128 samples: 2 Adam steps per epoch
+    with pytest.raises(KeyError, match="stop here"):
+        model.learn(10 * N_STEPS * N_ENVS, callback=_FailAtRollout(4))
+    steps = {int(state["step"]) for state in model.policy.optimizer.state.values()}
+    assert model._n_updates > 0 and steps == {2 * model._n_updates}
+    assert not [child for child in mp.active_children() if child.name == "sb3_cherry-learner"]
+
+
+def test_training_switches_are_those_of_learn():
+    from sb3_cherry.common.speed import training_switches
+
+    model = _make(PPORollback, "sync")
+    before = th.distributions.Distribution._validate_args
+    with training_switches(model):
+        assert th.distributions.Distribution._validate_args is False
+        assert all(group["foreach"] for group in model.policy.optimizer.param_groups)
+    assert th.distributions.Distribution._validate_args is before

@@ -31,6 +31,7 @@ import multiprocessing as mp
 import os
 import sys
 import traceback
+import warnings
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
 from typing import Any
@@ -40,6 +41,8 @@ import torch as th
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+
+from sb3_cherry.common.speed import training_switches
 
 COLLECTION_MODES = ("sync", "async")
 # rollout buffer fields that are not per-step data
@@ -220,7 +223,8 @@ def _learner_main(conn: Connection, model_bytes: bytes, shm_name: str, layout: l
                 # per-sample importance weights, and (recompute_returns) re-evaluate the targets before the first epoch
                 model._prepare_lagged_rollout()
                 model._recompute_returns()
-            model.train()
+            with training_switches(model):  # as the main process's learn (no argument validation, foreach)
+                model.train()
             shared.write(model.policy.state_dict())
             logs = {key: (logger.name_to_value[key], logger.name_to_excluded.get(key)) for key in logger.name_to_value}
             logger.name_to_value.clear()
@@ -266,22 +270,24 @@ class AsyncLearner:
         self.submitted = 0
         layout = SharedStateDict.layout_of(model.policy.state_dict())
         self.shared = SharedStateDict(layout)
-        buffer = io.BytesIO()
-        model.save(buffer)
         self.conn, child_conn = ctx.Pipe()
-        threads = threads if threads is not None else max(1, th.get_num_threads() // 2)
-        self.process = ctx.Process(
-            target=_learner_main,
-            args=(child_conn, buffer.getvalue(), self.shared.shm.name, layout, threads),
-            daemon=True,
-            name="sb3_cherry-learner",
-        )
-        self.process.start()
-        child_conn.close()
-        try:
+        self.process: Any = None
+        try:  # whatever fails (saving the model, starting the process, its start-up), nothing is left behind
+            buffer = io.BytesIO()
+            model.save(buffer)
+            threads = threads if threads is not None else max(1, th.get_num_threads() // 2)
+            self.process = ctx.Process(
+                target=_learner_main,
+                args=(child_conn, buffer.getvalue(), self.shared.shm.name, layout, threads),
+                daemon=True,
+                name="sb3_cherry-learner",
+            )
+            self.process.start()
+            child_conn.close()
             self._send((type(model), str(model.device)), "ready")
             self._receive("ready")
         except BaseException:
+            child_conn.close()
             self.close()
             raise
 
@@ -372,9 +378,30 @@ class AsyncLearner:
         state = th.load(io.BytesIO(self._receive("optimizer")), map_location=model.device, weights_only=True)
         model.policy.optimizer.load_state_dict(state)
 
+    def salvage(self, model: OnPolicyAlgorithm) -> None:
+        """
+        After ``learn`` failed or was interrupted: give the model the learner's last weights and their optimizer state
+        (the model holds the behaviour weights, one update behind, and the optimizer state from the start of
+        ``learn``), so that saving it pairs weights and optimizer state. Warns if the learner is gone (e.g. it received
+        the same Ctrl-C).
+
+        :param model: the model being trained
+        """
+        try:
+            if self.process is None or not self.process.is_alive():
+                raise RuntimeError("the learner process has exited")
+            self.finish(model)
+        except Exception as exc:
+            warnings.warn(
+                f"collection='async': learn stopped and the learner's state could not be fetched ({exc}): the model "
+                "holds the weights of the last update received and the optimizer state from the start of this learn "
+                "call.",
+                stacklevel=3,
+            )
+
     def close(self) -> None:
         """Stop the learner process and free the shared memory (safe to call twice)."""
-        if self.process.is_alive():
+        if self.process is not None and self.process.is_alive():
             try:
                 self.conn.send(("close", None))
             except (BrokenPipeError, OSError):

@@ -353,14 +353,18 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
                     break
                 iteration += 1
                 self._update_current_progress_remaining(self.num_timesteps, total_timesteps)
+                # wait for the update of the previous rollout and take its weights (and its train/ logs, dumped next
+                # as SB3 dumps those of the update before), then start training on this rollout: the next rollout is
+                # collected with these weights while the learner trains
+                learner.sync(self)
                 if log_interval is not None and iteration % log_interval == 0:
                     assert self.ep_info_buffer is not None
                     self.dump_logs(iteration)
-                # wait for the update of the previous rollout, take its weights, and start training on this one:
-                # the next rollout is collected with these weights while the learner trains
-                learner.sync(self)
                 learner.submit(self)
             learner.finish(self)
+        except BaseException:
+            learner.salvage(self)  # weights and optimizer state of the same update, for a save after the error
+            raise
         finally:
             learner.close()
         callback.on_training_end()

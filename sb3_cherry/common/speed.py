@@ -62,14 +62,27 @@ def fast_learn(learn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(learn)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if getattr(self, "fused_optimizer", False):
-            use_fused_optimizer(self.policy.optimizer)
-        else:
-            use_foreach_optimizer(self.policy.optimizer)
-        with distribution_validation(bool(getattr(self, "validate_distribution_args", False))):
+        with training_switches(self):
             return learn(self, *args, **kwargs)
 
     return wrapper
+
+
+@contextlib.contextmanager
+def training_switches(model: Any) -> Iterator[None]:
+    """
+    Inside the block, ``model`` trains with the bit-exact switches of this module (:func:`fast_learn`'s): its
+    optimizer set to ``foreach`` (or fused, if ``model.fused_optimizer``), no ``torch.distributions`` argument
+    validation unless ``model.validate_distribution_args``. Also used by the async learner process.
+
+    :param model: the algorithm
+    """
+    if getattr(model, "fused_optimizer", False):
+        use_fused_optimizer(model.policy.optimizer)
+    else:
+        use_foreach_optimizer(model.policy.optimizer)
+    with distribution_validation(bool(getattr(model, "validate_distribution_args", False))):
+        yield
 
 
 @contextlib.contextmanager
