@@ -11,6 +11,7 @@ The per-step check (``FiniteCheckCallback._on_step``) and the per-update snapsho
 bounds.
 """
 
+import argparse
 import cProfile
 import csv
 import pathlib
@@ -51,6 +52,7 @@ CASES = {
 
 def main() -> None:
     """Profile each case and write the CSV."""
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     th.set_num_threads(1)
     rows = []
     for name, (env_id, n_envs, steps, build) in CASES.items():

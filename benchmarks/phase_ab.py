@@ -21,6 +21,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("case")
     parser.add_argument("--repeats", type=int, default=8)
+    parser.add_argument("--out", help="also append the results as a Markdown table to this file (benchmarks/results/...)")
     args = parser.parse_args()
     th.set_num_threads(1)
     case = next(c for c in cases() if c.name == args.case)
@@ -42,9 +43,22 @@ def main() -> None:
                 start = time.process_time()
                 model.train()
                 best[(side, "train")] = min(best[(side, "train")], time.process_time() - start)
+    rows = []
     for phase in ("collect", "train"):
         sb3, ours = best[("sb3", phase)], best[("ours", phase)]
         print(f"{case.name} {phase}: SB3 {sb3 * 1e3:.1f} ms, sb3_cherry {ours * 1e3:.1f} ms, speed-up {sb3 / ours:.3f}")
+        rows.append(f"| {case.name} | {phase} | {sb3 * 1e3:.2f} | {ours * 1e3:.2f} | {sb3 / ours:.3f} |")
+    sb3_total = best[("sb3", "collect")] + best[("sb3", "train")]
+    ours_total = best[("ours", "collect")] + best[("ours", "train")]
+    rows.append(f"| {case.name} | both | {sb3_total * 1e3:.2f} | {ours_total * 1e3:.2f} | {sb3_total / ours_total:.3f} |")
+    print(f"{case.name} both: speed-up {sb3_total / ours_total:.3f}")
+    if args.out:
+        with open(args.out, "a") as file:
+            if file.tell() == 0:
+                file.write(f"# `python -m benchmarks.phase_ab {args.case} --repeats {args.repeats} --out ...`\n\n")
+            file.write(f"\nRound of {time.strftime('%Y-%m-%d %H:%M')}, best-of-{args.repeats} process CPU time per phase:\n\n")
+            file.write("| case | phase | SB3 ms | sb3_cherry ms | SB3 / sb3_cherry |\n|---|---|---|---|---|\n")
+            file.write("\n".join(rows) + "\n")
 
 
 if __name__ == "__main__":

@@ -146,7 +146,7 @@ class _CheckedRemote:
 
     def recv(self) -> Any:
         try:
-            # a dead worker closes its end of the pipe, but with the "fork" start method the workers forked after
+            # a dead worker closes its end of the pipe, but with the "fork" start method the workers forked before
             # it hold copies of that end, so no EOF would come: check the process while waiting
             while not self.remote.poll(0.1):
                 if not self.process.is_alive() and not self.remote.poll(0):
