@@ -7,6 +7,7 @@ import pytest
 import torch as th
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.utils import LinearSchedule
 
 from sb3_cherry import CherryA2C, PPORollback, RecurrentPPORollback
@@ -138,26 +139,25 @@ def test_recurrent_and_async_follow_the_schedule():
     recurrent.learn(64)  # second update at progress_remaining 0
     assert recurrent.logger.name_to_value["train/ent_coef"] == 0.0
     model = PPORollback("MlpPolicy", "CartPole-v1", n_steps=32, batch_size=32, ent_coef="lin_0.04", collection="async")
-    seen = _LoggedEntCoef()
-    model.learn(128, callback=seen)  # the learner process computes the value from the progress it is sent
-    # updates at progress_remaining 0.75, 0.5, 0.25, 0; their logs arrive while a later rollout is collected
-    assert seen.values == pytest.approx([0.03, 0.02]) and model.logger.name_to_value["train/ent_coef"] == 0.0
+    logger = _DumpedEntCoef()
+    model.set_logger(logger)
+    model.learn(128)  # the learner process computes the value from the progress it is sent
+    # updates at progress_remaining 0.75, 0.5, 0.25, 0; each iteration's dump holds the update before (as SB3's loop),
+    # and the last update's value is logged when learn returns
+    assert logger.values == pytest.approx([0.03, 0.02, 0.01]) and logger.name_to_value["train/ent_coef"] == 0.0
 
 
-class _LoggedEntCoef(BaseCallback):
-    """Records the ``train/ent_coef`` logged so far at the start of each rollout."""
+class _DumpedEntCoef(Logger):
+    """A logger recording the ``train/ent_coef`` of each dump."""
 
     def __init__(self):
-        super().__init__()
+        super().__init__(folder=None, output_formats=[])
         self.values: list[float] = []
 
-    def _on_step(self) -> bool:
-        return True
-
-    def _on_rollout_start(self) -> None:
-        value = self.model.logger.name_to_value.get("train/ent_coef")
-        if value is not None:
-            self.values.append(value)
+    def dump(self, step: int = 0) -> None:
+        if "train/ent_coef" in self.name_to_value:
+            self.values.append(self.name_to_value["train/ent_coef"])
+        super().dump(step)
 
 
 @pytest.mark.parametrize(
