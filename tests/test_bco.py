@@ -495,6 +495,12 @@ def test_actions_that_do_not_start_at_zero_are_refused(line_demos):
     with pytest.raises(ValueError, match=r"does not start at 0"):
         BCO("MlpPolicy", Shifted(), demonstrations=line_demos)
 
+    class NestedShifted(LineEnv):
+        action_space = spaces.Tuple((spaces.Tuple((spaces.Discrete(3, start=1),)), spaces.Discrete(2)))
+
+    with pytest.raises(ValueError, match=r"Discrete\(3, start=1\) does not start at 0"):
+        BCO("MlpPolicy", NestedShifted(), demonstrations=line_demos)
+
 
 def test_frame_stack_above_vec_normalize_is_refused(line_demos):
     from stable_baselines3.common.vec_env import VecFrameStack

@@ -755,14 +755,15 @@ def _check_action_starts(space: spaces.Space) -> None:
     :param space: the action space
     :raises ValueError: naming the space and the fix
     """
-    parts = space.spaces if isinstance(space, spaces.Tuple) else (space,)
-    for part in parts:
-        if isinstance(part, (spaces.Discrete, spaces.MultiDiscrete)) and np.any(np.asarray(part.start) != 0):
-            raise ValueError(
-                f"BCO: the action space {part} does not start at 0; the policy and the inverse model index actions from "
-                "0. Shift the env's actions (e.g. gymnasium.wrappers.TransformAction, with a Discrete(n) action space) "
-                "and record the demonstrations on the shifted env."
-            )
+    if isinstance(space, spaces.Tuple):  # nested Tuples too, as check_action_space accepts them
+        for part in space.spaces:
+            _check_action_starts(part)
+    elif isinstance(space, (spaces.Discrete, spaces.MultiDiscrete)) and np.any(np.asarray(space.start) != 0):
+        raise ValueError(
+            f"BCO: the action space {space} does not start at 0; the policy and the inverse model index actions from "
+            "0. Shift the env's actions (e.g. gymnasium.wrappers.TransformAction, with a Discrete(n) action space) "
+            "and record the demonstrations on the shifted env."
+        )
 
 
 def _check_demo_observations(obs: Observation, space: spaces.Space, source: str) -> None:
