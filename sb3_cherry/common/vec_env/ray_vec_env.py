@@ -436,7 +436,7 @@ class RayVecEnv(VecEnv):
                 for env_idx, (observation, reset_info) in zip(indices, reset_results, strict=True):
                     info: dict[str, Any] = {"TimeLimit.truncated": False, "worker_restarted": True}
                     if self._last_obs[env_idx] is not None:
-                        info["terminal_observation"] = _writable(self._last_obs[env_idx])
+                        info["terminal_observation"] = self._last_obs[env_idx]  # made writable below, with the others
                     result.append((observation, 0.0, True, info, reset_info))
             flat_results.extend(result)
         obs, rews, dones, infos, reset_infos = zip(*flat_results, strict=True)
