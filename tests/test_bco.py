@@ -276,8 +276,15 @@ def _linear(value: float):
     return lambda progress_remaining: progress_remaining * value
 
 
+def _record(record_property, model, **returns: float) -> None:
+    """Keep a slow test's figures in its report (``benchmarks/slow_tests.py`` collects them)."""
+    for key, value in returns.items():
+        record_property(f"{key}_return" if key != "bco_std" else "bco_return_std", round(float(value), 3))
+    record_property("num_timesteps", model.num_timesteps)
+
+
 @pytest.mark.slow
-def test_bco_cartpole(tmp_path):
+def test_bco_cartpole(tmp_path, record_property):
     """BCO(alpha) from 20 state-only expert episodes reaches >= 95% of the expert's return within 50k interactions."""
     start = time.time()
     expert = PPORollback(
@@ -312,13 +319,14 @@ def test_bco_cartpole(tmp_path):
         f"BCO {bco_return:.1f} ± {bco_std:.1f} after {model.num_timesteps} interactions, {model._n_rounds} rounds, "
         f"{bco_time:.0f}s"
     )
+    _record(record_property, expert=expert_return, demos=demo_return, bco=bco_return, bco_std=bco_std, model=model)
     assert model.num_timesteps == 50_000  # the whole budget is used
     assert model._n_rounds == 41
     assert bco_return >= 0.95 * expert_return
 
 
 @pytest.mark.slow
-def test_bco_pendulum(tmp_path):
+def test_bco_pendulum(tmp_path, record_property):
     """BCO(alpha) from 20 state-only expert episodes gets within 20% of the expert's (negative) return."""
     start = time.time()
     expert = PPORollback(
@@ -360,6 +368,7 @@ def test_bco_pendulum(tmp_path):
         f"\nPendulum: expert {expert_return:.1f} (trained in {expert_time:.0f}s); BCO {bco_return:.1f} ± {bco_std:.1f} "
         f"after {model.num_timesteps} interactions, {bco_time:.0f}s"
     )
+    _record(record_property, expert=expert_return, bco=bco_return, bco_std=bco_std, model=model)
     assert bco_return >= 1.2 * expert_return
 
 

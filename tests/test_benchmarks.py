@@ -187,3 +187,27 @@ def test_untrusted_env_wrapper_is_refused(tmp_path):
     config.write_text("Pendulum-v1:\n  env_wrapper: os.system\n  n_timesteps: 1000\n  policy: 'MlpPolicy'\n")
     with pytest.raises(UnsafeConfigError, match=r"os\.system"):
         build_model("ppo_rollback", "Pendulum-v1", 0, [], config=config)
+
+
+def test_slow_tests_report_parsing(tmp_path):
+    # pytest's JUnit XML (xunit1) as benchmarks/slow_tests.py reads it: figures keep their types, failures their message
+    from benchmarks.slow_tests import parse_report
+
+    report = tmp_path / "report.xml"
+    report.write_text(
+        '<testsuites><testsuite name="pytest">'
+        '<testcase classname="tests.test_bco" name="test_bco_cartpole" time="61.27"><properties>'
+        '<property name="bco_return" value="500.0"/><property name="num_timesteps" value="50000"/>'
+        '<property name="first_at_95_percent" value="None"/></properties></testcase>'
+        '<testcase classname="tests.test_learning" name="test_hybrid_goal_learns" time="3.0">'
+        '<failure message="assert 1.5 &gt;= 2.0">trace</failure></testcase>'
+        "</testsuite></testsuites>"
+    )
+    cases = parse_report(report)
+    assert cases["tests/test_bco.py::test_bco_cartpole"] == {
+        "outcome": "passed",
+        "duration_s": 61.3,
+        "figures": {"bco_return": 500.0, "num_timesteps": 50000, "first_at_95_percent": None},
+    }
+    failed = cases["tests/test_learning.py::test_hybrid_goal_learns"]
+    assert failed["outcome"] == "failed" and failed["message"] == "assert 1.5 >= 2.0"

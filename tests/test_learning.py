@@ -35,6 +35,14 @@ def evaluate(model, env_id: str, n_episodes: int = 10, deterministic: bool = Tru
     return float(mean)
 
 
+def record(record_property, score: float, model) -> float:
+    """Keep a learning test's figure in its report (``benchmarks/slow_tests.py`` collects them) and return it."""
+    record_property("mean_return", round(score, 3))
+    record_property("num_timesteps", model.num_timesteps)
+    print(f"\nmean return {score:.3f} after {model.num_timesteps} steps")
+    return score
+
+
 def test_cartpole_improves_fast():
     # 50k steps of the zoo config (half its budget), fixed seed, torch on one thread so that the run is the same on
     # every machine (the result depended on the thread count: 158 at 25k steps with 1 thread, 500 with 2). The
@@ -54,10 +62,11 @@ def test_cartpole_improves_fast():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
-def test_cartpole_zoo_config_solves(seed):
+def test_cartpole_zoo_config_solves(seed, record_property):
     model = train_from_zoo(PPORollback, "ppo_rollback", "CartPole-v1", seed=seed)
     assert model.num_timesteps <= 100_000 + 256  # the last rollout (8 envs x 32 steps) may overshoot
-    assert evaluate(model, "CartPole-v1") >= 475
+    score = record(record_property, evaluate(model, "CartPole-v1"), model)
+    assert score >= 475
 
 
 @pytest.mark.slow
@@ -70,23 +79,23 @@ def test_cartpole_zoo_config_solves(seed):
     ],
     ids=["normal_sde", "beta", "tanh_normal"],
 )
-def test_pendulum_learns(overrides):
+def test_pendulum_learns(overrides, record_property):
     model = train_from_zoo(PPORollback, "ppo_rollback", "Pendulum-v1", n_timesteps=200_000, **overrides)
-    assert evaluate(model, "Pendulum-v1") >= -300
+    assert record(record_property, evaluate(model, "Pendulum-v1"), model) >= -300
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("estimator", ["one_step", "n_step", "vtrace"])
-def test_estimators_solve_cartpole(estimator):
+def test_estimators_solve_cartpole(estimator, record_property):
     model = train_from_zoo(PPORollback, "ppo_rollback", "CartPole-v1", returns_estimator=estimator, n_step=8)
-    assert evaluate(model, "CartPole-v1") >= 475
+    assert record(record_property, evaluate(model, "CartPole-v1"), model) >= 475
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("env_id, threshold", [("CartPole-v1", 475), ("Pendulum-v1", -300)])
-def test_cherry_a2c_learns(env_id, threshold):
+def test_cherry_a2c_learns(env_id, threshold, record_property):
     model = train_from_zoo(CherryA2C, "cherry_a2c", env_id)
-    assert evaluate(model, env_id) >= threshold
+    assert record(record_property, evaluate(model, env_id), model) >= threshold
 
 
 def test_random_cartpole_is_low():
@@ -103,24 +112,24 @@ def test_random_cartpole_is_low():
 
 
 @pytest.mark.slow
-def test_hybrid_goal_learns():
+def test_hybrid_goal_learns(record_property):
     # Tuple(Discrete, Tuple(Box, Box, Box)) policy: random -14.7, best discrete-only policy -0.9, expert 4.2
     model = train_from_zoo(PPORollback, "ppo_rollback", "sb3_cherry/HybridGoal-v0")
-    assert evaluate(model, "sb3_cherry/HybridGoal-v0", n_episodes=50) >= 2.0
+    assert record(record_property, evaluate(model, "sb3_cherry/HybridGoal-v0", n_episodes=50), model) >= 2.0
 
 
-def test_pixel_catch_cnn_learns():
+def test_pixel_catch_cnn_learns(record_property):
     # Image observations through CnnPolicy (NatureCNN on 36x36x1): the zoo entry's 40k steps, deterministic evaluation.
     # Random play scores -0.98, the optimum is +2.0.
     model = train_from_zoo(PPORollback, "ppo_rollback", "sb3_cherry/PixelCatch-v0", device="cpu")
-    assert evaluate(model, "sb3_cherry/PixelCatch-v0", n_episodes=50) >= 1.8
+    assert record(record_property, evaluate(model, "sb3_cherry/PixelCatch-v0", n_episodes=50), model) >= 1.8
 
 
-def test_dict_reach_multi_input_learns():
+def test_dict_reach_multi_input_learns(record_property):
     # Dict observations through MultiInputPolicy: the zoo entry's 30k steps. Random actions score 0.07, heading for the
     # wrong goal 0.23, the expert 2.13: >= 1.5 needs the discrete "target" key to be read.
     model = train_from_zoo(PPORollback, "ppo_rollback", "sb3_cherry/DictReach-v0", device="cpu")
-    assert evaluate(model, "sb3_cherry/DictReach-v0", n_episodes=50) >= 1.5
+    assert record(record_property, evaluate(model, "sb3_cherry/DictReach-v0", n_episodes=50), model) >= 1.5
 
 
 def test_zoo_entry_normalization_as_rl_zoo3():

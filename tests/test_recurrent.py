@@ -370,7 +370,7 @@ MEMORY_POLICY_KWARGS = dict(ortho_init=False, activation_fn=nn.ReLU, net_arch=di
 
 
 @pytest.mark.slow
-def test_memory_task_needs_recurrence():
+def test_memory_task_needs_recurrence(record_property):
     th.set_num_threads(1)
     budget = 300_000
     env = make_vec_env(cartpole_no_vel, n_envs=8, seed=0)
@@ -386,6 +386,8 @@ def test_memory_task_needs_recurrence():
     env = make_vec_env(cartpole_no_vel, n_envs=8, seed=0)
     feed_forward = PPORollback("MlpPolicy", env, policy_kwargs=MEMORY_POLICY_KWARGS, seed=0, **MEMORY_KWARGS).learn(budget)
     ff_mean, _ = evaluate_policy(feed_forward, make_vec_env(cartpole_no_vel, n_envs=1, seed=10_000), n_eval_episodes=20)
+    record_property("gru_mean_return", round(float(gru_mean), 3))
+    record_property("feed_forward_mean_return", round(float(ff_mean), 3))
     assert gru_mean >= 450, f"GRU policy: {gru_mean:.1f}"
     assert ff_mean < 200, f"feed-forward policy: {ff_mean:.1f}"
 
