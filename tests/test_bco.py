@@ -517,3 +517,21 @@ def test_frame_stack_above_vec_normalize_is_refused(line_demos):
     venv = VecFrameStack(VecNormalize(DummyVecEnv([LineEnv])), 2)
     with pytest.raises(ValueError, match="VecFrameStack above a VecNormalize"):
         BCO("MlpPolicy", venv, demonstrations=line_demos)
+
+
+def test_held_out_loss_is_evaluated_in_chunks(tmp_path, line_demos):
+    # the held-out check runs in chunks of max(batch_size, 4096) (one pass needed memory for the whole set): its loss is
+    # the mean negative log-likelihood over all held-out transitions, as one pass over them computes it
+    model = BCO(
+        "MlpPolicy", make_vec_env(LineEnv, n_envs=4, seed=0), demonstrations=line_demos, n_pre_interactions=6000,
+        alpha=0, validation_fraction=0.9, n_epochs_inverse=1, n_epochs_bc=1, seed=0,
+    )  # fmt: skip
+    model.set_logger(configure(str(tmp_path), ["csv"]))
+    model.learn(6000)
+    obs, next_obs, actions = model._agent_data.get(held_out=True)
+    assert len(actions) > 4096  # more than one chunk
+    with th.no_grad():
+        one_pass = -model.inverse_model.log_prob(th.as_tensor(obs), th.as_tensor(next_obs), th.as_tensor(actions)).mean()
+    with open(tmp_path / "progress.csv") as file:
+        logged = float(list(csv.DictReader(file))[-1]["bco/inverse_val_loss"])
+    assert logged == pytest.approx(one_pass.item(), rel=1e-5)

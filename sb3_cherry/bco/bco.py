@@ -387,15 +387,19 @@ class BCO(AtomicSaveAlgorithm):
         :return: flat actions, shape ``(batch, flat_action_dim)`` (see :mod:`sb3_cherry.common.spaces`)
         """
         self.inverse_model.set_training_mode(False)
-        n = len(next(iter(obs.values()))) if isinstance(obs, dict) else len(obs)
         labels = []
-        chunk = max(self.batch_size, 4096)
         with th.no_grad():
-            for start in range(0, n, chunk):
-                index = np.arange(start, min(start + chunk, n))
+            for index in self._eval_chunks(obs):
                 s, s_next = self._to_tensor(_obs_take(obs, index)), self._to_tensor(_obs_take(next_obs, index))
                 labels.append(self.inverse_model(s, s_next).cpu().numpy())
         return np.clip(np.concatenate(labels), self._flat_low, self._flat_high).astype(np.float32)
+
+    def _eval_chunks(self, obs: Observation) -> Iterable[np.ndarray]:
+        """Consecutive index chunks of a batch evaluated without gradient (bounded memory for large image sets)."""
+        n = len(next(iter(obs.values()))) if isinstance(obs, dict) else len(obs)
+        chunk = max(self.batch_size, 4096)
+        for start in range(0, n, chunk):
+            yield np.arange(start, min(start + chunk, n))
 
     # --------------------------------------------------------------------------------------------------- training
     def _minibatches(self, n: int) -> Iterable[th.Tensor]:
@@ -433,11 +437,19 @@ class BCO(AtomicSaveAlgorithm):
         self.inverse_model.set_training_mode(False)
         obs, next_obs, actions = data
         predicted = self.infer_actions(obs, next_obs)
+        log_prob_sum = 0.0
         with th.no_grad():
-            log_prob = self.inverse_model.log_prob(
-                self._to_tensor(obs), self._to_tensor(next_obs), th.as_tensor(actions, device=self.device)
-            )
-        self.logger.record("bco/inverse_val_loss", float(-log_prob.mean().item()))
+            for index in self._eval_chunks(obs):
+                log_prob_sum += (
+                    self.inverse_model.log_prob(
+                        self._to_tensor(_obs_take(obs, index)),
+                        self._to_tensor(_obs_take(next_obs, index)),
+                        th.as_tensor(actions[index], device=self.device),
+                    )
+                    .sum()
+                    .item()
+                )
+        self.logger.record("bco/inverse_val_loss", -log_prob_sum / len(actions))
         if self._discrete_columns.any():
             columns = self._discrete_columns
             self.logger.record("bco/inverse_accuracy", float(np.mean(np.rint(predicted[:, columns]) == actions[:, columns])))
