@@ -1146,6 +1146,8 @@ POLICY_CASES = [
     ("beta", BOX3),
     ("tanh_normal", BOX3),
     ("gumbel_softmax", spaces.Discrete(4, start=1)),
+    (None, spaces.Discrete(4, start=1)),  # the default pairing on a shifted space: not SB3's class (it ignores start)
+    (None, spaces.MultiDiscrete([3, 2], start=[1, -1])),
     (["gumbel_softmax", ["beta", "tanh_normal", "normal"]], NESTED),
     (FLAT_SPEC, FLAT_TUPLE),
 ]
@@ -1193,6 +1195,53 @@ def test_policy_forward_evaluate_predict(spec, space):
         assert space.contains(_env_action(space, action))
     if isinstance(space, spaces.Tuple):
         assert isinstance(single, tuple) and isinstance(batch, list) and all(isinstance(a, tuple) for a in batch)
+
+
+class _RecordingEnv(ActionSpaceEnv):
+    """ActionSpaceEnv that keeps every action it receives."""
+
+    def __init__(self, action_space: spaces.Space):
+        super().__init__(action_space)
+        self.received: list = []
+
+    def step(self, action):
+        self.received.append(np.array(action))
+        return super().step(action)
+
+
+@pytest.mark.parametrize(
+    "space", [spaces.Discrete(3, start=1), spaces.MultiDiscrete([3, 2], start=[1, -1])], ids=["discrete", "multi_discrete"]
+)
+def test_shifted_discrete_actions_reach_the_env_inside_the_space(space):
+    # SB3's Categorical classes ignore ``start``: with them the env received 0..n-1 (outside Discrete(3, start=1)), with
+    # no error; the default distribution of a shifted space is sb3_cherry's, whose log-prob is torch's at action - start
+    env = _RecordingEnv(space)
+    model = PPORollback("MlpPolicy", env, **{**PPO_KWARGS, "n_steps": 64, "batch_size": 64})
+    model.learn(64)
+    received = np.array(env.received).reshape(len(env.received), -1)
+    assert all(space.contains(np.asarray(a, dtype=space.dtype).reshape(space.shape)) for a in received)
+    starts, sizes = np.atleast_1d(space.start), np.atleast_1d(space.nvec if hasattr(space, "nvec") else space.n)
+    for column in range(received.shape[1]):  # every value of every column is taken
+        assert set(received[:, column]) == set(range(starts[column], starts[column] + sizes[column]))
+    obs = th.as_tensor(np.stack([ActionSpaceEnv.observation_space.sample() for _ in range(8)]))
+    actions = th.as_tensor(received[:8], dtype=th.float32)
+    with th.no_grad():
+        _, log_prob, _ = model.policy.evaluate_actions(obs, actions.flatten() if received.shape[1] == 1 else actions)
+        logits = model.policy.action_net(model.policy.mlp_extractor.forward_actor(model.policy.extract_features(obs)))
+    expected = sum(
+        Categorical(logits=chunk).log_prob(actions[:, column].long() - int(starts[column]))
+        for column, chunk in enumerate(th.split(logits, list(sizes), dim=1))
+    )
+    th.testing.assert_close(log_prob, expected)
+
+
+@pytest.mark.parametrize("spec", ["beta", "tanh_normal", ("categorical", "beta")])
+def test_zero_width_box_dimension_is_refused(spec):
+    # high == low: no density (log-probs were NaN, entropies -inf)
+    box = spaces.Box(np.array([0.0, 1.0], np.float32), np.array([1.0, 1.0], np.float32))
+    space = box if isinstance(spec, str) else spaces.Tuple((spaces.Discrete(2), box))
+    with pytest.raises(ValueError, match="high <= low"):
+        make_distribution(space, spec)
 
 
 @pytest.mark.parametrize("vec_env_cls", [DummyVecEnv, SubprocVecEnv])

@@ -42,7 +42,9 @@ class TupleEnv(gym.Env):
     """Discrete + Box actions; 7-step episodes, so sequences in the buffer cross episode boundaries."""
 
     observation_space = spaces.Box(-1, 1, (2,), np.float32)
-    action_space = spaces.Tuple((spaces.Discrete(3), spaces.Box(-1, 1, (2,), np.float32)))
+
+    def __init__(self, action_space: spaces.Space | None = None):
+        self.action_space = action_space or spaces.Tuple((spaces.Discrete(3), spaces.Box(-1, 1, (2,), np.float32)))
 
     def reset(self, seed=None, options=None):
         super().reset(seed=seed)
@@ -52,7 +54,10 @@ class TupleEnv(gym.Env):
     def step(self, action):
         assert self.action_space.contains(action), action
         self.t += 1
-        reward = float(action[0] == 1) - float(np.abs(action[1]).sum())
+        if isinstance(self.action_space, spaces.Tuple):
+            reward = float(action[0] == 1) - float(np.abs(action[1]).sum())
+        else:
+            reward = float(np.sum(action == 1))
         return self.np_random.uniform(-1, 1, 2).astype(np.float32), reward, self.t >= 7, False, {}
 
 
@@ -88,6 +93,24 @@ def test_run(rnn_type, env, distribution):
     action, state = model.predict(model.observation_space.sample(), episode_start=np.ones(1, dtype=bool))
     assert model.action_space.contains(action if isinstance(action, tuple) else np.asarray(action, model.action_space.dtype))
     assert state[0].shape == (1, 1, 8)
+
+
+@pytest.mark.parametrize(
+    "space",
+    [
+        spaces.Discrete(3, start=1),
+        spaces.MultiDiscrete([3, 2], start=[1, -1]),
+        spaces.Tuple((spaces.Discrete(3, start=2), spaces.Box(-1, 1, (2,), np.float32))),
+    ],
+    ids=["discrete", "multi_discrete", "tuple"],
+)
+def test_shifted_discrete_spaces_train_through_padded_sequences(space):
+    # sb3-contrib pads sequences with action 0, below these spaces' start: the padded steps' log-prob is evaluated (then
+    # masked out) and failed with an index error; the env asserts that every action it receives is in its space
+    model = RecurrentPPORollback("MlpGruPolicy", TupleEnv(space), policy_kwargs=SMALL_NET, seed=0, **TINY)
+    model.learn(64)
+    assert model.num_timesteps == 64
+    assert not any(sample.mask.all() for sample in model.rollout_buffer.get(16))  # every minibatch had padded steps
 
 
 @pytest.mark.parametrize("distribution", ["gumbel_softmax", "tanh_normal"])

@@ -69,6 +69,11 @@ def _finite_bounds(space: spaces.Box, name: str) -> tuple[th.Tensor, th.Tensor]:
             f"The '{name}' distribution maps onto the Box bounds, but {space} has infinite bounds. "
             "Use action_distribution='normal' or give the Box finite bounds."
         )
+    if not np.all(space.high > space.low):
+        raise ValueError(
+            f"The '{name}' distribution maps onto the Box bounds, but {space} has a dimension with high <= low (a "
+            "zero-width dimension has no density). Remove that dimension from the action space or widen its bounds."
+        )
     low = th.as_tensor(space.low.reshape(-1), dtype=th.float32)
     high = th.as_tensor(space.high.reshape(-1), dtype=th.float32)
     return low, high
@@ -546,7 +551,9 @@ class CategoricalDistribution(_WrittenOutDistribution):
         return self.logits
 
     def log_prob(self, actions: th.Tensor) -> th.Tensor:
-        index = _as_columns(actions, 1).round().long() - self.start
+        # clamped into the space: sb3-contrib pads recurrent sequences with action 0, below a shifted space's start (the
+        # padded steps are masked out of the losses; the Box distributions clamp out-of-range actions likewise)
+        index = (_as_columns(actions, 1).round().long() - self.start).clamp(0, self.logits.shape[-1] - 1)
         # broadcast as torch's Categorical.log_prob does (one action for every state, or one state for every action)
         index, log_pmf = th.broadcast_tensors(index, self.logits)
         return log_pmf.gather(-1, index[..., :1]).squeeze(-1)
@@ -625,6 +632,8 @@ class MultiCategoricalDistribution(CherryDistribution):
 
     def log_prob(self, actions: th.Tensor) -> th.Tensor:
         index = _as_columns(actions, self.action_dim).round().long() - self.start.to(actions.device)
+        # clamped into the space, as CategoricalDistribution.log_prob does (sb3-contrib's zero padding)
+        index = th.minimum(index.clamp(min=0), th.as_tensor(self.nvec, device=index.device) - 1)
         return th.stack([d.log_prob(a) for d, a in zip(self.distribution, th.unbind(index, dim=1), strict=True)], dim=1).sum(
             dim=1
         )
@@ -974,6 +983,11 @@ def _make_component(space: spaces.Space, spec: DistributionSpec, kwargs: dict[st
     return BernoulliDistribution(space)
 
 
+def _shifted(space: spaces.Space) -> bool:
+    """A Discrete / MultiDiscrete space whose values do not start at 0."""
+    return isinstance(space, (spaces.Discrete, spaces.MultiDiscrete)) and bool(np.any(np.asarray(space.start) != 0))
+
+
 def make_distribution(
     action_space: spaces.Space,
     spec: DistributionSpec = None,
@@ -986,7 +1000,8 @@ def make_distribution(
 
     The SB3 default pairings (``"normal"`` on Box, ``"categorical"`` on Discrete, ``"multi_categorical"`` on
     MultiDiscrete, ``"bernoulli"`` on MultiBinary) return SB3's own classes (gSDE included), so results match SB3
-    exactly; every other pairing, and every Tuple space, returns a :class:`CherryDistribution`.
+    exactly; every other pairing, every Tuple space and every Discrete / MultiDiscrete space with a non-zero ``start``
+    (which SB3's classes ignore) returns a :class:`CherryDistribution`.
 
     :param action_space: the action space
     :param spec: distribution name, or a sequence of specs for a Tuple space (see :func:`resolve_spec`)
@@ -1010,7 +1025,9 @@ def make_distribution(
             f"got {resolved!r} on {action_space}."
         )
     if resolved == default_distribution(action_space) and not isinstance(action_space, spaces.Tuple):
-        return make_proba_distribution(action_space, use_sde=use_sde, dist_kwargs=dist_kwargs)
+        if not _shifted(action_space):
+            return make_proba_distribution(action_space, use_sde=use_sde, dist_kwargs=dist_kwargs)
+        # SB3's classes ignore ``start``: they would send actions 0..n-1 to a space starting elsewhere
     return _make_component(action_space, resolved, distribution_kwargs or {})
 
 
