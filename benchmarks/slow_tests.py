@@ -85,12 +85,12 @@ def main() -> None:
         selection = "slow or pixel_catch_cnn_learns or dict_reach_multi_input_learns"
         command += ["-k", f"({selection}) and ({args.k})" if args.k else selection]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        started = datetime.datetime.now(datetime.timezone.utc)
+        started, commit = datetime.datetime.now(datetime.timezone.utc), _commit()  # the code the tests import
         with open(out.with_suffix(".log"), "w") as log:
             status = subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
         cases = parse_report(report) if report.exists() else {}
     result = {
-        "commit": _commit(),
+        "commit": commit,
         "started": started.isoformat(timespec="seconds"),
         "command": "python -m benchmarks.slow_tests" + (f" -k '{args.k}'" if args.k else ""),
         "python": platform.python_version(),
