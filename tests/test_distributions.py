@@ -902,6 +902,26 @@ def test_kl_single_distributions_and_sb3_passthrough():
         kl_divergence(make_distribution(BOX3, "beta"), make_distribution(BOX3, "tanh_normal"))
 
 
+def test_beta_kl_keeps_its_precision_for_sharp_float32_policies():
+    # Concentrations ~1000 (a sharp policy late in training), KL ~1e-4: the closed form's terms cancel; in float32 it
+    # was off by ~1e-3 (as torch's float32 Beta KL is). Reference: torch's KL in float64 at the same float32
+    # concentrations; the gradient too (the KL trust region's gradient flows through it).
+    box = spaces.Box(-1, 1, (2,))
+    raw_p = th.tensor([[999.0, 699.0, 1040.0, 730.0]], requires_grad=True)  # softplus(raw) + 1 ~ raw + 1
+    raw_q = th.tensor([[1019.0, 713.0, 1060.0, 744.0]])
+    p, q = BetaDistribution(box).proba_distribution(raw_p), BetaDistribution(box).proba_distribution(raw_q)
+    kl = p.kl(q)
+    assert kl.dtype == th.float32
+    raw64 = raw_p.detach().double().requires_grad_(True)
+    conc_p, conc_q = F.softplus(raw64) + 1, F.softplus(raw_q.double()) + 1
+    expected = th_kl(Beta(conc_p[:, :2], conc_p[:, 2:]), Beta(conc_q[:, :2], conc_q[:, 2:])).sum(1)
+    assert 1e-5 < expected.item() < 1e-3
+    assert abs(kl.item() - expected.item()) < 1e-7 * expected.item() + 1e-10
+    (grad,) = th.autograd.grad(kl.sum(), raw_p)
+    (grad_expected,) = th.autograd.grad(expected.sum(), raw64)
+    th.testing.assert_close(grad.double(), grad_expected, rtol=1e-4, atol=1e-9)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # resolve_spec / make_distribution
 # ---------------------------------------------------------------------------------------------------------------------

@@ -514,15 +514,18 @@ class BetaDistribution(_WrittenOutDistribution):
         assert isinstance(other, BetaDistribution)
         # KL(Beta(a1, b1) || Beta(a2, b2)) = log B(a2, b2) - log B(a1, b1) + (a1 - a2) psi(a1) + (b1 - b2) psi(b1)
         #                                    + (a2 - a1 + b2 - b1) psi(a1 + b1)   per dimension (the affine map cancels)
-        a1, b1, a2, b2 = self.alpha, self.beta, other.alpha, other.beta
+        # in float64 at least: the terms cancel to a small difference (a sharp float32 policy at concentrations ~1000
+        # lost ~1e-3 of absolute accuracy on KLs ~1e-4, as torch's float32 Beta KL does)
+        dtype = th.promote_types(self.alpha.dtype, th.float64)
+        a1, b1, a2, b2 = (x.to(dtype) for x in (self.alpha, self.beta, other.alpha, other.beta))
         per_dim = (
-            other.log_beta_fn()
-            - self.log_beta_fn()
+            th.lgamma(a2) + th.lgamma(b2) - th.lgamma(a2 + b2)
+            - (th.lgamma(a1) + th.lgamma(b1) - th.lgamma(a1 + b1))
             + (a1 - a2) * th.digamma(a1)
             + (b1 - b2) * th.digamma(b1)
             + (a2 - a1 + b2 - b1) * th.digamma(a1 + b1)
-        )
-        return per_dim.sum(dim=1)
+        )  # fmt: skip
+        return per_dim.sum(dim=1).to(self.alpha.dtype)
 
 
 class CategoricalDistribution(_WrittenOutDistribution):
