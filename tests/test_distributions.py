@@ -809,6 +809,32 @@ def test_tuple_entropy_monte_carlo():
     _entropy_check(dist, th.randn(2, dist.param_dim, dtype=th.float64))
 
 
+def test_nested_tuple_entropy_against_torch_monte_carlo():
+    # The nested Tuple's entropy (Gumbel-Softmax's categorical, Beta, tanh-Normal by Gauss-Hermite, Normal) against
+    # -E[log p] estimated with torch's own distributions: samples and log-densities from the references only
+    dist = make_distribution(NESTED, NESTED_SPEC)
+    params = th.randn(3, dist.param_dim, dtype=th.float64, generator=th.Generator().manual_seed(0))
+    params[:, 7:9] = params[:, 7:9].clamp(-1.0, 0.5)  # tanh log_std in the range the rule is documented for
+    logits, beta, tanh, normal = params.split([3, 2, 4, 2], dim=1)
+    tanh_box = NESTED.spaces[1].spaces[1]
+    references = [
+        Categorical(logits=logits),
+        ref_beta(beta, th.tensor([-1.0]), th.tensor([1.0])),
+        ref_tanh_normal(tanh, th.as_tensor(tanh_box.low), th.as_tensor(tanh_box.high)),
+        ref_normal(normal),
+    ]
+    n = 200_000
+    th.manual_seed(0)
+    log_p = th.zeros(n, 3, dtype=th.float64)
+    for reference in references:
+        sample = reference.sample((n,))
+        density = reference.log_prob(sample)
+        log_p += density if density.dim() == 2 else density.sum(-1)
+    estimate, stderr = -log_p.mean(0), log_p.std(0) / np.sqrt(n)
+    entropy = dist.proba_distribution(params).entropy()
+    assert ((entropy - estimate).abs() <= 4 * stderr + 2e-3).all(), (entropy, estimate, stderr)
+
+
 def test_nested_tuple_mixed_specs():
     dist = make_distribution(NESTED, [NESTED_SPEC[0], list(NESTED_SPEC[1])])  # lists, as YAML gives them
     assert dist.action_dim == 5 and dist.param_dim == 3 + 2 + 4 + 2

@@ -484,35 +484,91 @@ def test_recompute_with_unchanged_weights_keeps_the_targets(estimator):
     np.testing.assert_allclose(buffer.advantages, advantages, rtol=1e-5, atol=1e-5)
 
 
-def test_recompute_after_an_update_uses_the_new_critic():
-    # after gradient steps the recomputed targets are those of the new critic: V-trace with on-policy ratios equal to
-    # pi_new / mu, checked against the feed-forward estimator on the replayed values (independent of the replay)
-    from sb3_cherry.common import returns as returns_lib
+def _rnn_step(rnn, features: th.Tensor, state: tuple) -> tuple[th.Tensor, tuple]:
+    """One step of an LSTM or GRU on ``features`` (1, 1, n) from ``state`` ``(h, c)``; a GRU ignores ``c``."""
+    if isinstance(rnn, nn.GRU):
+        out, h = nn.GRU.forward(rnn, features, state[0])
+        return out.reshape(1, -1), (h, th.zeros_like(h))
+    out, new_state = nn.LSTM.forward(rnn, features, state)
+    return out.reshape(1, -1), new_state
 
-    model = _collected("MlpGruPolicy", estimator="vtrace")
-    buffer = model.rollout_buffer
+
+def _vtrace_by_hand(rewards, values, last_values, dones, ratios, gamma, lam):
+    """
+    V-trace targets from IMPALA's eq. 1 as a sum, episode by episode: v_s = V(x_s) + sum_{t >= s} gamma^(t-s)
+    (prod_{i=s}^{t-1} c_i) delta_t, delta_t = rho_t (r_t + gamma V(x_{t+1}) - V(x_t)), rho_t = min(1, pi/mu),
+    c_i = lam min(1, pi/mu); the advantage r_s + gamma v_{s+1} - V(x_s) (no rho_s: PPO's ratio weighs it).
+    """
+    n_steps, n_envs = rewards.shape
+    targets, advantages = np.zeros((n_steps, n_envs)), np.zeros((n_steps, n_envs))
+    for e in range(n_envs):
+        next_value = [last_values[e] if t == n_steps - 1 else values[t + 1, e] for t in range(n_steps)]
+        delta = [min(1.0, ratios[t, e]) * (rewards[t, e] + gamma * next_value[t] * (1 - dones[t, e]) - values[t, e])
+                 for t in range(n_steps)]  # fmt: skip
+        for s in range(n_steps):
+            total, weight = 0.0, 1.0
+            for t in range(s, n_steps):
+                total += weight * delta[t]
+                if dones[t, e]:
+                    break
+                weight *= gamma * lam * min(1.0, ratios[t, e])
+            targets[s, e] = values[s, e] + total
+        for s in range(n_steps):
+            next_target = 0.0 if dones[s, e] else (last_values[e] if s == n_steps - 1 else targets[s + 1, e])
+            advantages[s, e] = rewards[s, e] + gamma * next_target - values[s, e]
+    return targets, advantages
+
+
+@pytest.mark.parametrize("policy", ["MlpGruPolicy", "MlpLstmPolicy"])
+def test_recompute_after_an_update_uses_the_new_actor_and_critic(policy):
+    """
+    After gradient steps, recomputed V-trace targets use the current critic's values and the current actor's pi / mu.
+    Reference: actor and critic stepped by hand on their modules, one env and one step at a time (states carried,
+    zeroed at episode starts, starting from those stored at the rollout's first step; not the replay's sequence path),
+    and V-trace in IMPALA's sum form on them.
+    """
+    model = _collected(policy, estimator="vtrace")
+    buffer, policy_net = model.rollout_buffer, model.policy
+    assert len(buffer.truncation_steps) == 0  # random CartPole in 64 steps: failures only
+    obs, actions, behaviour = buffer.observations.copy(), buffer.actions.copy(), buffer.log_probs.copy()
+    rewards, starts = buffer.rewards.copy(), buffer.episode_starts.copy()
+    dones = np.vstack([starts[1:], model._last_episode_starts[None]]).astype(bool)
+    first = {
+        "pi": (buffer.hidden_states_pi[0].copy(), buffer.cell_states_pi[0].copy()),
+        "vf": (buffer.hidden_states_vf[0].copy(), buffer.cell_states_vf[0].copy()),
+    }
     with th.no_grad():
-        for p in model.policy.parameters():
+        for p in policy_net.parameters():
             p.add_(0.05 * th.randn_like(p))
-    next(buffer.get(32))
+    policy_net.set_training_mode(False)
+    next(buffer.get(32))  # flattened, as the trainer leaves it after the first epoch
     model._recompute_returns()
-    values, log_probs, last = buffer.replay(model.policy, model._last_obs)
-    dones = buffer._dones_after(buffer.last_dones)
-    expected_returns, expected_adv = returns_lib.vtrace(
-        buffer.rewards,
-        buffer._unflat(values),
-        last,
-        dones,
-        buffer._unflat(log_probs - buffer.log_probs.reshape(-1)),
-        0.9,
-        gae_lambda=0.8,
-        rho_bar=1.0,
-        c_bar=1.0,
-        rho_in_advantages=False,
+
+    n_steps, n_envs = rewards.shape
+    values, ratios, last_values = np.zeros((n_steps, n_envs)), np.zeros((n_steps, n_envs)), np.zeros(n_envs)
+    with th.no_grad():
+        for e in range(n_envs):
+            state = {key: tuple(th.as_tensor(s[:, e : e + 1]) for s in first[key]) for key in first}
+            for t in range(n_steps + 1):
+                if starts[t, e] if t < n_steps else dones[-1, e]:  # states zeroed at an episode's first step
+                    state = {key: tuple(th.zeros_like(s) for s in state[key]) for key in state}
+                x = th.as_tensor(obs[t, e] if t < n_steps else model._last_obs[e]).reshape(1, 1, -1)
+                latent_vf, state["vf"] = _rnn_step(policy_net.lstm_critic, x, state["vf"])
+                value = float(policy_net.value_net(policy_net.mlp_extractor.forward_critic(latent_vf)))
+                if t == n_steps:
+                    last_values[e] = value
+                    break
+                latent_pi, state["pi"] = _rnn_step(policy_net.lstm_actor, x, state["pi"])
+                logits = policy_net.action_net(policy_net.mlp_extractor.forward_actor(latent_pi))
+                log_pi = float(th.log_softmax(logits, dim=-1)[0, int(actions[t, e, 0])])
+                values[t, e], ratios[t, e] = value, np.exp(log_pi - behaviour[t, e])
+    targets, advantages = _vtrace_by_hand(rewards, values, last_values, dones, ratios, 0.9, 0.8)
+    # the reference tells the actors apart: on-policy ratios (pi = mu) give other targets
+    assert (
+        np.abs(_vtrace_by_hand(rewards, values, last_values, dones, np.ones_like(ratios), 0.9, 0.8)[0] - targets).max() > 1e-3
     )
-    np.testing.assert_allclose(buffer._unflat(buffer.returns), expected_returns, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(buffer._unflat(buffer.advantages), expected_adv, rtol=1e-6, atol=1e-6)
-    assert not np.allclose(buffer._unflat(values), buffer._unflat(buffer.values.reshape(-1)), atol=1e-4)
+    np.testing.assert_allclose(buffer._unflat(buffer.returns), targets, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(buffer._unflat(buffer.advantages), advantages, rtol=1e-5, atol=1e-5)
 
 
 def _critic_step(policy, obs, state):
