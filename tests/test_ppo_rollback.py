@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch as th
 from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.policies import ActorCriticPolicy
 
 from sb3_cherry import CherryA2C, PPORollback
@@ -92,6 +93,47 @@ def test_alpha_zero_reproduces_sb3_ppo_with_small_and_ragged_minibatches(env_id,
     ppo = PPO("MlpPolicy", env_id, **kwargs).learn(2 * n_steps)
     ours = PPORollback("MlpPolicy", env_id, rollback_alpha=0.0, **kwargs).learn(2 * n_steps)
     np.testing.assert_array_equal(_params(ppo), _params(ours))
+
+
+@pytest.mark.parametrize("recurrent", [False, True])
+def test_alpha_zero_early_stop_at_target_kl_falls_where_sb3_s_does(recurrent, monkeypatch):
+    """
+    A ``target_kl`` whose 1.5x lies just below an approx_kl of the run, but rounds up to it in float32: SB3 / sb3-contrib
+    compare in float32 (a NumPy float32 against a Python float) and keep training; comparing ``.item()`` in float64
+    stopped one minibatch early.
+    """
+    import sb3_cherry.ppo_rollback.ppo_rollback as module
+    from sb3_contrib import RecurrentPPO
+
+    from sb3_cherry import RecurrentPPORollback
+
+    ours_cls, sb3_cls = (RecurrentPPORollback, RecurrentPPO) if recurrent else (PPORollback, PPO)
+    policy = "MlpLstmPolicy" if recurrent else "MlpPolicy"
+    kwargs = dict(n_steps=128, batch_size=64, n_epochs=4, learning_rate=3e-3, seed=3)
+    if recurrent:
+        kwargs["policy_kwargs"] = dict(lstm_hidden_size=8, net_arch=[8])
+    seen: list[float] = []
+    masked_mean = module._masked_mean
+
+    def recording(values, mask):
+        out = masked_mean(values, mask)
+        if not th.is_grad_enabled():  # the approx_kl of each minibatch
+            seen.append(out.item())
+        return out
+
+    monkeypatch.setattr(module, "_masked_mean", recording)
+    ours_cls(policy, make_vec_env("CartPole-v1", n_envs=2, seed=5), rollback_alpha=0.0, **kwargs).learn(256)
+    monkeypatch.undo()
+    largest = max(seen[: 2 * 128 // 64 * 4])  # the first update's largest approx_kl (a float32 value)
+    target_kl = float(np.nextafter(largest, 0.0)) / 1.5
+    while not (1.5 * target_kl < largest and float(np.float32(1.5 * target_kl)) == largest):
+        target_kl = float(np.nextafter(target_kl, 0.0))
+    models = [
+        cls(policy, make_vec_env("CartPole-v1", n_envs=2, seed=5), target_kl=target_kl, **kwargs, **extra).learn(512)
+        for cls, extra in ((sb3_cls, {}), (ours_cls, dict(rollback_alpha=0.0)))
+    ]
+    assert models[0]._n_updates == models[1]._n_updates
+    np.testing.assert_array_equal(_params(models[0]), _params(models[1]))
 
 
 def test_default_alpha_differs_from_ppo():

@@ -223,7 +223,9 @@ def rollback_train(
                     approx_kl_div = _masked_mean((th.exp(log_ratio) - 1) - log_ratio, mask)
                     approx_kl_divs.append(approx_kl_div)
 
-                if model.target_kl is not None and approx_kl_div.item() > 1.5 * model.target_kl:
+                # compared as SB3 does (a float32 array against a Python float: in float32 under NumPy 2), so that the
+                # early stop falls on the same minibatch when approx_kl is within float32 rounding of 1.5 * target_kl
+                if model.target_kl is not None and approx_kl_div.cpu().numpy() > 1.5 * model.target_kl:
                     continue_training = False
                     if model.verbose >= 1:
                         print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
