@@ -113,6 +113,39 @@ def test_shifted_discrete_spaces_train_through_padded_sequences(space):
     assert not any(sample.mask.all() for sample in model.rollout_buffer.get(16))  # every minibatch had padded steps
 
 
+class _ManyActionDims(gym.Env):
+    """40 action dimensions, episodes of 3 to 8 steps (sequences in the buffer are padded)."""
+
+    observation_space = spaces.Box(-1, 1, (3,), np.float32)
+    action_space = spaces.Box(-1, 1, (40,), np.float32)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t, self.horizon = 0, int(self.np_random.integers(3, 9))
+        return self.np_random.uniform(-1, 1, 3).astype(np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        obs = self.np_random.uniform(-1, 1, 3).astype(np.float32)
+        return obs, -float(np.square(action).mean()), self.t >= self.horizon, False, {}
+
+
+def test_padded_steps_do_not_make_the_gradient_non_finite():
+    # A narrow Gaussian over 40 dimensions: log pi(0 | padded obs) > 88, so exp(log_prob - 0) overflowed at the padded
+    # steps; masked out of the loss value, their zero gradient still became 0 * inf = NaN (sb3-contrib's code too), and
+    # the non-finite check refused the update. The padded steps' log-ratio is set to 0 before the exp.
+    model = RecurrentPPORollback(
+        "MlpLstmPolicy", make_vec_env(_ManyActionDims, n_envs=2, seed=0), n_steps=32, batch_size=16, n_epochs=1,
+        seed=0, rollback_alpha=0.0, policy_kwargs=dict(log_std_init=-4.0, lstm_hidden_size=8),
+    )  # fmt: skip
+    model.learn(64)
+    assert all(th.isfinite(p).all() for p in model.policy.parameters())
+    data = next(model.rollout_buffer.get(16))
+    with th.no_grad():
+        _, log_prob, _ = model.policy.evaluate_actions(data.observations, data.actions, data.lstm_states, data.episode_starts)
+    assert (log_prob[data.mask < 1e-8] > 88.8).any()  # the case: exp overflows in float32 at a padded step
+
+
 @pytest.mark.parametrize("distribution", ["gumbel_softmax", "tanh_normal"])
 def test_other_distributions(distribution):
     env_id = "CartPole-v1" if distribution == "gumbel_softmax" else "Pendulum-v1"

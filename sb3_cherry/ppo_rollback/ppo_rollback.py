@@ -168,7 +168,13 @@ def rollback_train(
                 )
 
                 # ratio between old and new policy, should be one at the first iteration
-                ratio = th.exp(log_prob - rollout_data.old_log_prob)
+                log_ratio = log_prob - rollout_data.old_log_prob
+                if mask is not None:
+                    # padded steps of recurrent sequences (observation, action and old log-prob 0) are masked out of
+                    # every loss, but an overflowed ratio there (log pi(0) > 88 for a narrow Gaussian over many action
+                    # dimensions) turned their zero gradient into 0 * inf = NaN: ratio 1 there, the rest unchanged
+                    log_ratio = th.where(mask, log_ratio, th.zeros_like(log_ratio))
+                ratio = th.exp(log_ratio)
 
                 # rollback surrogate loss (clipped PPO when rollback_alpha == 0), or the KL-triggered one
                 surrogate = (
