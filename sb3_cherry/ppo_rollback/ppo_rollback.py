@@ -65,6 +65,20 @@ def rollback_mask(ratio: th.Tensor, advantages: th.Tensor, clip_range: float) ->
     return (positive & (ratio > 1.0 + clip_range)) | (~positive & (ratio < 1.0 - clip_range))
 
 
+def _ratio(log_prob: th.Tensor, old_log_prob: th.Tensor, mask: th.Tensor | None) -> th.Tensor:
+    """
+    ``pi / pi_old``; 1 at the padded steps of recurrent sequences (``mask`` False).
+
+    The padded steps (observation, action and old log-prob 0) are masked out of every loss, but an overflowed ratio
+    there (``log pi(0) > 88`` for a narrow Gaussian over many action dimensions) turned their zero gradient into
+    ``0 * inf = NaN``; the real steps' values and gradients are unchanged.
+    """
+    log_ratio = log_prob - old_log_prob
+    if mask is not None:
+        log_ratio = th.where(mask, log_ratio, th.zeros_like(log_ratio))
+    return th.exp(log_ratio)
+
+
 def _masked_mean(x: th.Tensor, mask: th.Tensor | None) -> th.Tensor:
     """Mean of ``x`` over the entries where ``mask`` is True (all entries if ``mask`` is None)."""
     return th.mean(x) if mask is None else th.mean(x[mask])
@@ -168,13 +182,7 @@ def rollback_train(
                 )
 
                 # ratio between old and new policy, should be one at the first iteration
-                log_ratio = log_prob - rollout_data.old_log_prob
-                if mask is not None:
-                    # padded steps of recurrent sequences (observation, action and old log-prob 0) are masked out of
-                    # every loss, but an overflowed ratio there (log pi(0) > 88 for a narrow Gaussian over many action
-                    # dimensions) turned their zero gradient into 0 * inf = NaN: ratio 1 there, the rest unchanged
-                    log_ratio = th.where(mask, log_ratio, th.zeros_like(log_ratio))
-                ratio = th.exp(log_ratio)
+                ratio = _ratio(log_prob, rollout_data.old_log_prob, mask)
 
                 # rollback surrogate loss (clipped PPO when rollback_alpha == 0), or the KL-triggered one
                 surrogate = (
