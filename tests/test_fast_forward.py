@@ -138,6 +138,21 @@ def test_hooks_keep_the_module_path():
         global_handle.remove()
 
 
+@pytest.mark.parametrize("method", ["forward_actor", "forward_critic"])
+def test_patched_mlp_extractor_method_takes_the_module_path(method):
+    # MlpExtractor.forward calls forward_actor / forward_critic: an instance patch of either changes policy.forward
+    policy = _policy(spaces.Box(-1.0, 1.0, (2,), np.float32))
+    fast = FastActorCriticForward.build(policy)
+    assert fast is not None and fast.same_structure()
+    original = getattr(policy.mlp_extractor, method)
+    setattr(policy.mlp_extractor, method, lambda features: th.zeros_like(original(features)))
+    assert not fast.same_structure()
+    with inference_forward(policy), th.no_grad():
+        _, values, _ = policy(th.ones(4, 3))
+    if method == "forward_critic":
+        th.testing.assert_close(values, policy.value_net.bias.expand(4, 1))  # zero latent: the bias alone
+
+
 def test_collection_takes_the_fast_path(monkeypatch):
     """learn() collects through the fast forward (not its module-path fallback) for the default MlpPolicy."""
     calls = []

@@ -102,9 +102,9 @@ def test_alpha_zero_early_stop_at_target_kl_falls_where_sb3_s_does(recurrent, mo
     compare in float32 (a NumPy float32 against a Python float) and keep training; comparing ``.item()`` in float64
     stopped one minibatch early.
     """
-    import sb3_cherry.ppo_rollback.ppo_rollback as module
     from sb3_contrib import RecurrentPPO
 
+    import sb3_cherry.ppo_rollback.ppo_rollback as module
     from sb3_cherry import RecurrentPPORollback
 
     ours_cls, sb3_cls = (RecurrentPPORollback, RecurrentPPO) if recurrent else (PPORollback, PPO)

@@ -146,6 +146,15 @@ def test_padded_steps_do_not_make_the_gradient_non_finite():
     assert (log_prob[data.mask < 1e-8] > 88.8).any()  # the case: exp overflows in float32 at a padded step
 
 
+def test_carried_states_are_ordinary_tensors():
+    # as contrib's: a callback (or the user between learn calls) may reset them in place
+    model = RecurrentPPORollback("MlpLstmPolicy", "CartPole-v1", policy_kwargs=SMALL_NET, seed=0, **TINY).learn(32)
+    for pair in model._last_lstm_states:
+        for tensor in pair:
+            assert not tensor.is_inference()
+            tensor[:, 0] = 0.0
+
+
 @pytest.mark.parametrize("distribution", ["gumbel_softmax", "tanh_normal"])
 def test_other_distributions(distribution):
     env_id = "CartPole-v1" if distribution == "gumbel_softmax" else "Pendulum-v1"

@@ -1,12 +1,15 @@
 """The bit-exact speed-ups of sb3_cherry.common.speed against the SB3 / torch code they replace."""
 
 import copy
+import pickle
 
 import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
 
 from sb3_cherry import PPORollback
 from sb3_cherry.common.buffers import CherryDictRolloutBuffer, CherryRolloutBuffer
@@ -261,3 +264,72 @@ def test_clipping_follows_a_replaced_submodule(algo):
     policy.optimizer.step = recording_step
     model.learn(32, reset_num_timesteps=False)
     assert norms and max(norms) <= 0.5 + 1e-4
+
+
+class _Snapshot(BaseCallback):
+    """Deep copies (and pickles) the policy at one step of the collection, as a self-play pool or "keep the best"."""
+
+    def __init__(self, at: int):
+        super().__init__()
+        self.at, self.snapshot, self.pickled = at, None, None
+
+    def _on_step(self) -> bool:
+        if self.snapshot is None and self.num_timesteps >= self.at:
+            self.snapshot = copy.deepcopy(self.model.policy)
+            self.pickled = pickle.dumps(self.model.policy)
+        return True
+
+
+@pytest.mark.parametrize("algo", ["ppo_rollback", "cherry_a2c", "recurrent"])
+def test_policy_copied_during_collection_is_its_own(algo):
+    # The collection's wrapper of policy.forward was a closure over the original policy: a deep copy taken in a
+    # callback ran the original's (later trained) weights, pickle failed, and after the first update the deep copy
+    # failed on the distribution's graph tensors. Reference: the copy's predict_values (no forward involved).
+    from sb3_cherry import CherryA2C, RecurrentPPORollback
+
+    env = make_vec_env("CartPole-v1", n_envs=2, seed=5)
+    if algo == "cherry_a2c":
+        model = CherryA2C("MlpPolicy", env, seed=3)
+    elif algo == "recurrent":
+        model = RecurrentPPORollback("MlpLstmPolicy", env, n_steps=64, batch_size=64, n_epochs=2, seed=3)
+    else:
+        model = PPORollback("MlpPolicy", env, n_steps=64, batch_size=64, n_epochs=2, seed=3)
+    early, late = _Snapshot(at=50), _Snapshot(at=300)  # before and after the first update
+    model.learn(640, callback=[early, late])
+    obs = th.tensor([[0.1, -0.2, 0.03, 0.4]])
+    for snapshot in (early.snapshot, late.snapshot, pickle.loads(early.pickled)):
+        with th.no_grad():
+            if algo == "recurrent":
+                states = model._last_lstm_states
+                zeros = type(states)(*(tuple(th.zeros_like(s[:, :1]) for s in pair) for pair in states))
+                value = snapshot(obs, zeros, th.ones(1))[1]
+                expected = snapshot.predict_values(obs, zeros.vf, th.ones(1))
+            else:
+                value, expected = snapshot(obs)[1], snapshot.predict_values(obs)
+            trained = model.policy.predict_values(obs) if algo != "recurrent" else None
+        assert th.equal(value, expected)
+        assert trained is None or not th.equal(value, trained)  # the test tells the policies apart
+
+
+def test_policy_restored_from_a_copy_collects_with_its_own_weights():
+    # "Restore the best policy": a copy taken during collection put back as model.policy collected with the old
+    # object's weights (its leftover wrapper was taken for a user's patch)
+    snapshot = _Snapshot(at=100)
+    model = PPORollback("MlpPolicy", make_vec_env("CartPole-v1", n_envs=2, seed=5), n_steps=64, batch_size=64, seed=3)
+    model.learn(128, callback=snapshot)
+    model.policy = snapshot.snapshot
+    with th.no_grad():
+        for parameter in model.policy.value_net.parameters():
+            parameter.zero_()  # the restored critic: V = 0 everywhere
+    values = []
+
+    class Grab(BaseCallback):
+        def _on_step(self) -> bool:
+            return True
+
+        def _on_rollout_end(self) -> None:
+            values.append(self.model.rollout_buffer.values.copy())
+
+    model.learn(128, reset_num_timesteps=False, callback=Grab())
+    assert np.abs(values[0]).max() == 0.0
+    assert "forward" not in model.policy.__dict__  # the leftover wrapper was replaced, then removed

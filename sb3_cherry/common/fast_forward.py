@@ -172,6 +172,8 @@ class FastActorCriticForward:
         for modules, name, module, hooks, pre_hooks, state in self.watched:
             if hooks or pre_hooks or modules.get(name) is not module or "forward" in state:
                 return False
+            if type(module) is MlpExtractor and ("forward_actor" in state or "forward_critic" in state):
+                return False  # MlpExtractor.forward calls them: an instance patch of either changes the policy
             if state["_forward_hooks"] is not hooks or state["_forward_pre_hooks"] is not pre_hooks:
                 return False
         if any(len(modules) != size for modules, size in self.sizes):

@@ -19,6 +19,7 @@ setting ``model.fused_optimizer = True`` before ``learn``) is faster still but n
 """
 
 import contextlib
+import copy
 import functools
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -85,6 +86,55 @@ def training_switches(model: Any) -> Iterator[None]:
         yield
 
 
+#: ids of the ``_InferenceForward`` wrappers of the running ``inference_forward`` blocks
+_ACTIVE_WRAPPERS: set[int] = set()
+
+
+class _InferenceForward:
+    """
+    A policy's ``forward`` inside :func:`inference_forward`. An object rather than a closure so that a deep copy or a
+    pickle of the policy taken during the block (a callback's snapshot) holds a wrapper of its OWN ``forward``: a copy
+    is not an active wrapper, so it runs that ``forward`` as the class defines it (no inference mode, no fast path);
+    the next ``inference_forward`` block on the copy replaces it.
+
+    :param forward: the policy's ``forward`` (bound method)
+    :param inference: what runs without gradient inside the block (the fast forward, or ``forward``)
+    """
+
+    calls_fast_forward = True  # (FastActorCriticForward.unchanged)
+
+    def __init__(self, forward: Callable[..., Any], inference: Callable[..., Any] | None):
+        self.forward, self.inference = forward, inference
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.inference is None or th.is_grad_enabled() or id(self) not in _ACTIVE_WRAPPERS:
+            return self.forward(*args, **kwargs)
+        with th.inference_mode():
+            return self.inference(*args, **kwargs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"forward": self.forward, "inference": None}  # a copy never runs the block's fast path
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "_InferenceForward":
+        return _InferenceForward(copy.deepcopy(self.forward, memo), None)
+
+
+def _release_graph(distribution: Any) -> None:
+    """
+    Detach the tensors a policy's ``action_dist`` still holds from the last training step (the fast path does not
+    refresh it during collection): they keep that step's autograd graph alive, and a deep copy of the policy (a
+    callback's snapshot) refuses non-leaf tensors. Values are unchanged; the next ``evaluate_actions`` replaces them.
+
+    :param distribution: ``policy.action_dist`` (SB3's or sb3_cherry's)
+    """
+    for owner in (distribution, getattr(distribution, "distribution", None)):
+        for item in owner if isinstance(owner, list) else [owner]:
+            state = getattr(item, "__dict__", {})
+            for name, value in list(state.items()):
+                if isinstance(value, th.Tensor) and value.grad_fn is not None:
+                    state[name] = value.detach()
+
+
 @contextlib.contextmanager
 def inference_forward(policy: th.nn.Module) -> Iterator[None]:
     """
@@ -92,28 +142,29 @@ def inference_forward(policy: th.nn.Module) -> Iterator[None]:
     policy under ``th.no_grad()``) run in ``torch.inference_mode`` instead, which skips autograd's version counting
     and view tracking, and, for the standard MLP actor-critic, without module and distribution objects
     (:class:`~sb3_cherry.common.fast_forward.FastActorCriticForward`, built on entering the block). Forward passes
-    with gradient, and everything else in the block (callbacks, the env), are unchanged; the values are the same.
+    with gradient, and everything else in the block (callbacks, the env), are unchanged; the values are the same. The
+    tensors those passes return are inference tensors (``policy.forward``'s outputs seen by callbacks, e.g. the
+    ``values`` in ``self.locals``): use them as they are or ``.clone()`` them before autograd or in-place use.
 
     :param policy: the policy (its ``forward`` is wrapped for the duration of the block)
     """
-    if "forward" in policy.__dict__:  # already wrapped (nested collection) or patched by the user
-        yield
-        return
+    existing = policy.__dict__.get("forward")
+    if existing is not None:
+        if not isinstance(existing, _InferenceForward) or id(existing) in _ACTIVE_WRAPPERS:
+            yield  # patched by the user, or a nested block
+            return
+        del policy.forward  # left on a copy of a policy taken during another block
+    _release_graph(getattr(policy, "action_dist", None))
     forward = policy.forward
-    inference = FastActorCriticForward.build(policy) or forward
-
-    def fast_forward(*args: Any, **kwargs: Any) -> Any:
-        if th.is_grad_enabled():
-            return forward(*args, **kwargs)
-        with th.inference_mode():
-            return inference(*args, **kwargs)
-
-    fast_forward.calls_fast_forward = True  # type: ignore[attr-defined]  # (FastActorCriticForward.unchanged)
-    policy.forward = fast_forward  # type: ignore[method-assign]
+    wrapper = _InferenceForward(forward, FastActorCriticForward.build(policy) or forward)
+    policy.forward = wrapper  # type: ignore[method-assign]
+    _ACTIVE_WRAPPERS.add(id(wrapper))
     try:
         yield
     finally:
-        del policy.forward
+        _ACTIVE_WRAPPERS.discard(id(wrapper))
+        if policy.__dict__.get("forward") is wrapper:
+            del policy.forward
 
 
 #: Optimizers whose ``foreach`` implementation matches the per-parameter loop bit for bit on CPU (same element-wise

@@ -255,7 +255,12 @@ class RecurrentPPORollback(RecurrentPPO, CherryOnPolicyAlgorithm):
         :return: False if a callback stopped the rollout
         """
         with inference_forward(self.policy):
-            return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
+            result = super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
+        # the states carried over to the next rollout as ordinary tensors, as contrib's (a callback may reset them in
+        # place; inference tensors refuse that outside inference mode)
+        states: Any = self._last_lstm_states
+        self._last_lstm_states = type(states)(*(tuple(t.clone() for t in pair) for pair in states))
+        return result
 
     def _truncation_bootstrap_values(self, truncated: list[tuple[int, Any]]) -> list[float]:
         """
