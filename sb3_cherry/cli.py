@@ -33,7 +33,12 @@ from stable_baselines3.common.vec_env import VecEnv, VecVideoRecorder
 
 import sb3_cherry
 from sb3_cherry.common.config_schema import default_config, validate_config
-from sb3_cherry.common.safe_config import parse_literal_string, rl_zoo3_reads_safely, saved_hyperparams
+from sb3_cherry.common.safe_config import (
+    UnsafeConfigError,
+    parse_literal_string,
+    rl_zoo3_reads_safely,
+    saved_hyperparams,
+)
 from sb3_cherry.common.save_util import atomic_write
 
 #: One line per subcommand, printed by ``sb3-cherry --help``
@@ -181,11 +186,19 @@ def _train_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _hyperparams_overrides(argv: list[str]) -> dict[str, Any]:
-    """The ``-params``/``--hyperparams key:value ...`` of a train command line, parsed as rl_zoo3 reads them."""
+def _hyperparams_overrides(argv: list[str], flags: tuple[str, ...] = ("-params", "--hyperparams")) -> dict[str, Any]:
+    """
+    The ``key:value ...`` items after ``flags`` on a train command line (``-params``/``--hyperparams`` by default),
+    parsed as literals (rl_zoo3 evaluates them as Python: a value that passes this parse evaluates to the same data).
+
+    :param argv: the command line after ``train``
+    :param flags: the option's spellings
+    :return: the items as a dict
+    :raises UnsafeConfigError: a value that is not a literal, ``dict(...)`` or an allowed name
+    """
     overrides: dict[str, Any] = {}
     for i, flag in enumerate(argv):
-        if flag not in ("-params", "--hyperparams"):
+        if flag not in flags:
             continue
         for item in argv[i + 1 :]:
             if item.startswith("-") and ":" not in item:
@@ -251,6 +264,10 @@ def cmd_train(argv: list[str]) -> None:
                 f"-optimize has no search space for --algo {algo} (it has one for {', '.join(sorted(SAMPLERS))}). "
                 "Tune the generator / policy with --algo ppo_rollback, then put its hyperparameters in the config."
             )
+    if args.conf is not None and pathlib.Path(args.conf).suffix.lower() not in (".yml", ".yaml"):
+        # rl_zoo3 runs a .py config as code and imports an extension-less one as a module
+        raise ValueError(f"-c {args.conf}: sb3-cherry reads YAML configs only; give the file a .yml or .yaml name.")
+    _hyperparams_overrides(rest, ("--env-kwargs",))  # checked here: rl_zoo3 evaluates them
     conf = args.conf or str(default_config(algo))
     entry = validate_config(conf, algo, env_id, _hyperparams_overrides(rest))
     zoo_argv = ["--algo", algo, "--env", env_id, "--conf-file", conf, *rest]
@@ -424,10 +441,24 @@ def _eval_defaults(env_id: str) -> dict[str, Any]:
         return (yaml.safe_load(file) or {}).get(env_id, {})
 
 
+class SafeStoreDict(argparse.Action):
+    """rl_zoo3's ``StoreDict`` (``key:value ...`` into a dict), with the values parsed as literals instead of evaluated."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string: str | None = None
+    ) -> None:
+        parsed: dict[str, Any] = {}
+        for item in values:
+            key, _, value = item.partition(":")
+            try:
+                parsed[key] = parse_literal_string(value, f"{option_string} {key}")
+            except UnsafeConfigError as exc:
+                parser.error(f"{exc} (strings need quotes: {key}:\"'text'\")")
+        setattr(namespace, self.dest, parsed)
+
+
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     """The options that locate a trained model and build its env (shared by evaluate, record and video)."""
-    from rl_zoo3.utils import StoreDict
-
     parser.add_argument("--algo", default="ppo_rollback", choices=_algo_choices(), help="algorithm (default: %(default)s)")
     parser.add_argument("--env", default="CartPole-v1", help="environment id (default: %(default)s)")
     parser.add_argument("-f", "--folder", default="logs", help="log folder of 'sb3-cherry train' (default: %(default)s)")
@@ -449,7 +480,7 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--load-checkpoint", type=int, metavar="STEPS", help="load the checkpoint saved after STEPS steps")
     parser.add_argument("--load-last-checkpoint", action="store_true", help="load the latest checkpoint")
     parser.add_argument(
-        "--env-kwargs", type=str, nargs="+", action=StoreDict, help="keyword arguments of the env constructor (key:value)"
+        "--env-kwargs", type=str, nargs="+", action=SafeStoreDict, help="keyword arguments of the env constructor (key:value)"
     )
     parser.add_argument("--device", default="auto", help="torch device of the model (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the env (default: %(default)s)")

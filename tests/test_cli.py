@@ -117,6 +117,28 @@ def test_budgets_below_one_are_refused_before_anything_runs(argv, message, capsy
     assert info.value.code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_env_kwargs_are_parsed_not_evaluated(command, tmp_path, monkeypatch, capsys):
+    # rl_zoo3's StoreDict evaluates each value as Python: a value that is code ran (it created a file)
+    monkeypatch.chdir(tmp_path)
+    code = "__import__('pathlib').Path('ran').touch()"
+    with pytest.raises(SystemExit) as info:
+        main([command, "--env", "CartPole-v1", "-n", "64", "-f", str(tmp_path / "logs"), "--env-kwargs", f"x:{code}"])
+    assert info.value.code == 2 and "is not allowed" in capsys.readouterr().err
+    assert not (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize("name", ["conf.py", "conf"])
+def test_train_reads_yaml_configs_only(name, tmp_path, monkeypatch, capsys):
+    # rl_zoo3 runs a .py config and imports an extension-less one: a file valid as YAML and as Python ran its code
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / name
+    config.write_text("CartPole-v1:\n  n_timesteps: 64\n  policy: 'MlpPolicy'\n")
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--env", "CartPole-v1", "-c", str(config), "-f", str(tmp_path / "logs")])
+    assert info.value.code == 2 and "reads YAML configs only" in capsys.readouterr().err
+
+
 def _write(tmp_path, entry):
     path = tmp_path / "conf.yml"
     path.write_text(yaml.safe_dump({"CartPole-v1": entry}))

@@ -204,3 +204,19 @@ def test_evaluate_standalone_checkpoint(tmp_path, capsys):
     err = _error(base, capsys)
     assert "normalised observations" in err and "normalize: False" in err
     assert "pass a model .zip" in _error([*base[:-3], str(tmp_path), "-n", "1"], capsys)
+
+
+def test_run_with_a_class_in_params_resumes_and_evaluates(tmp_path, capsys):
+    # -params policy_kwargs:"dict(activation_fn=nn.ReLU)" (accepted by the -params check): rl_zoo3 writes the class
+    # into config.yml as a !!python/name tag, which the safe loader refused, so --resume and evaluate failed on the
+    # run folder sb3-cherry itself wrote; an allow-listed class is read back (by its import path, nothing imported)
+    conf = tmp_path / "conf.yml"
+    conf.write_text(yaml.safe_dump({"CartPole-v1": {**ENTRY, "n_timesteps": 256, "normalize": False}}))
+    _train(conf, tmp_path, "--stop-after", "128", "-params", "policy_kwargs:dict(activation_fn=nn.ReLU)")
+    folder = tmp_path / RUN[0] / RUN[1]
+    assert "!!python/name:torch.nn.modules.activation.ReLU" in (folder / "CartPole-v1" / "config.yml").read_text()
+    _run([sys.executable, "-m", "sb3_cherry", "train", "--resume", str(folder)])
+    model = PPORollback.load(folder / "CartPole-v1.zip")
+    assert model.num_timesteps == 256 and model.policy.activation_fn is th.nn.ReLU
+    main(["evaluate", "--algo", "ppo_rollback", "--env", "CartPole-v1", "-f", str(tmp_path), "-n", "1"])
+    assert "mean return" in capsys.readouterr().out

@@ -1290,6 +1290,23 @@ def test_zero_width_box_dimension_is_refused(spec):
         make_distribution(space, spec)
 
 
+def test_tuple_env_with_vec_normalize_and_eval_callback():
+    # The training env becomes VecTupleActions(VecNormalize(...)), the eval env was VecNormalize(...): SB3's
+    # sync_envs_normalization walks both stacks in step and failed its assertion (sb3-cherry train --eval-freq too)
+    from stable_baselines3.common.callbacks import EvalCallback
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    def make():
+        return VecNormalize(make_vec_env(ActionSpaceEnv, n_envs=2, env_kwargs=dict(action_space=NESTED), seed=0))
+
+    callback = EvalCallback(make(), eval_freq=8, n_eval_episodes=2, verbose=0)
+    model = PPORollback("MlpPolicy", make(), policy_kwargs=dict(action_distribution=NESTED_SPEC), **PPO_KWARGS)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="Training and eval env are not of the same type")
+        model.learn(32, callback=[callback])
+    assert callback.n_calls == 16 and np.isfinite(callback.last_mean_reward)  # evaluated
+
+
 @pytest.mark.parametrize("vec_env_cls", [DummyVecEnv, SubprocVecEnv])
 def test_tuple_env_learns_with_vec_envs(vec_env_cls):
     # fork: the workers need no fresh interpreter importing torch (keeps the test fast on a shared machine)

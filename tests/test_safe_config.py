@@ -57,6 +57,20 @@ def test_crafted_yaml_runs_nothing(tmp_path, text):
     assert marker.exists()
 
 
+def test_python_name_tags_of_allowed_classes_only(tmp_path):
+    # rl_zoo3 writes a class given through -params as !!python/name:<import path>: allow-listed classes are read back
+    # (looked up, nothing imported); any other name is refused
+    from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
+
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.dump({"policy_kwargs": {"activation_fn": nn.ReLU, "optimizer_class": RMSpropTFLike}}))
+    assert safe_load_yaml(path) == {"policy_kwargs": {"activation_fn": nn.ReLU, "optimizer_class": RMSpropTFLike}}
+    for name in ("os.system", "subprocess.Popen", "torch.load", "builtins.eval"):
+        path.write_text(f"a: !!python/name:{name} ''\n")
+        with pytest.raises(UnsafeConfigError, match="is not one of the allowed classes"):
+            safe_load_yaml(path)
+
+
 def test_policy_kwargs_parser_accepts_zoo_spellings():
     from stable_baselines3.common.torch_layers import NatureCNN
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
-from stable_baselines3.common.callbacks import BaseCallback, ConvertCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ConvertCallback, EvalCallback
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
 from stable_baselines3.common.vec_env import VecEnv, is_vecenv_wrapped
@@ -83,6 +83,23 @@ def _train_checked(train: Callable[[Any], None]) -> Callable[[Any], None]:
 
     train_checked._checks_finite = True  # type: ignore[attr-defined]
     return train_checked
+
+
+def _wrap_tuple_eval_envs(callback: MaybeCallback) -> None:
+    """
+    Give the eval env of every ``EvalCallback`` with a ``Tuple`` action space the ``VecTupleActions`` wrapper the
+    training env got in ``_wrap_env``: SB3's ``sync_envs_normalization`` walks both wrapper stacks in step, so
+    ``VecTupleActions(VecNormalize(...))`` against ``VecNormalize(...)`` failed on its assertion.
+
+    :param callback: the callback of ``learn`` (lists and ``CallbackList`` are searched, nested ones too)
+    """
+    if isinstance(callback, (list, CallbackList)):
+        for child in callback if isinstance(callback, list) else callback.callbacks:
+            _wrap_tuple_eval_envs(child)
+    elif isinstance(callback, EvalCallback):
+        eval_env = callback.eval_env
+        if isinstance(eval_env.action_space, spaces.Tuple) and not is_vecenv_wrapped(eval_env, VecTupleActions):
+            callback.eval_env = VecTupleActions(eval_env)
 
 
 class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
@@ -183,6 +200,7 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
             elif not isinstance(callback, list):
                 callback = [callback if isinstance(callback, BaseCallback) else ConvertCallback(callback)]
             callback = [FiniteCheckCallback(), *callback]
+        _wrap_tuple_eval_envs(callback)  # before EvalCallback's own init compares the env types
         return super()._init_callback(callback, progress_bar)
 
     def _excluded_save_params(self) -> list[str]:

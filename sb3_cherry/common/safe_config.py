@@ -27,7 +27,8 @@ class UnsafeConfigError(ValueError):
 class SafeConfigLoader(yaml.SafeLoader):
     """
     ``yaml.SafeLoader`` that also reads rl_zoo3's ``!!python/object/apply:collections.OrderedDict`` tag (as a plain
-    ``dict``, insertion order kept). Every other ``!!python/...`` tag is refused, as by ``yaml.safe_load``.
+    ``dict``, insertion order kept) and its ``!!python/name:`` tag for the classes of :func:`allowed_names` (no
+    import). Every other ``!!python/...`` tag is refused, as by ``yaml.safe_load``.
     """
 
 
@@ -50,6 +51,26 @@ def _construct_ordered_dict(loader: SafeConfigLoader, node: yaml.Node) -> dict[s
 
 
 SafeConfigLoader.add_constructor(ORDERED_DICT_TAG, _construct_ordered_dict)
+
+PYTHON_NAME_TAG = "tag:yaml.org,2002:python/name:"
+
+
+def _construct_allowed_name(loader: SafeConfigLoader, suffix: str, node: yaml.Node) -> Any:
+    """
+    rl_zoo3's ``!!python/name:torch.nn.modules.activation.ReLU`` (written into a run's config.yml / args.yml when
+    ``-params`` gave a class): the object if it is one of :func:`allowed_names`, looked up by its import path without
+    importing anything; any other name is refused.
+    """
+    by_path = {f"{obj.__module__}.{obj.__qualname__}": obj for obj in allowed_names().values() if isinstance(obj, type)}
+    if suffix not in by_path:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"python/name:{suffix} is not one of the allowed classes (activations, optimizers, extractors)",
+            node.start_mark,
+        )  # fmt: skip
+    return by_path[suffix]
+
+
+SafeConfigLoader.add_multi_constructor(PYTHON_NAME_TAG, _construct_allowed_name)
 
 
 def safe_load_yaml(source: str | pathlib.Path | IO[str]) -> Any:

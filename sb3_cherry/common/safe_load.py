@@ -96,6 +96,9 @@ def allowed_classes(extra: Mapping[str, type] | None = None) -> dict[str, type]:
     :param extra: more classes (e.g. the algorithm's ``policy_aliases`` values)
     :return: ``{qualified name: class}``
     """
+    # SB3's TF-like RMSprop (a config may name it) is only a subclass of Optimizer once its module is imported
+    from stable_baselines3.common.sb2_compat import rmsprop_tf_like  # noqa: F401
+
     classes: list[type] = [BasePolicy, BaseBuffer, BaseFeaturesExtractor]
     for base in (BasePolicy, BaseBuffer, BaseFeaturesExtractor):
         classes.extend(sub for sub in _subclasses(base) if _trusted(sub))
