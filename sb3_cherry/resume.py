@@ -55,7 +55,7 @@ _STRING_KEYS = ("policy_kwargs", "replay_buffer_class", "replay_buffer_kwargs", 
 #: Schedules passed again when loading, so that they are the very objects a new run builds (rl_zoo3's ``-i`` does so)
 _SCHEDULE_KEYS = ("learning_rate", "clip_range", "clip_range_vf")
 #: rl_zoo3 train options that ``--resume`` accepts (the others are the run's own, from its args.yml)
-RESUME_OPTIONS = ("--num-threads", "-P", "--progress", "--gym-packages")
+RESUME_OPTIONS = ("--num-threads", "-P", "--progress", "--gym-packages", "-tb", "--tensorboard-log")
 
 
 @dataclasses.dataclass
@@ -359,12 +359,21 @@ class ChunkedExperimentManager(SafeExperimentManager):
         def get(name: str, default: Any = None) -> Any:
             return getattr(saved, name, default)
 
+        # tensorboard logs go where THIS command says (-tb), not where the run folder's args.yml says: a run folder's
+        # files do not choose where --resume writes outside it
+        tensorboard_log = getattr(args, "tensorboard_log", "") or ""
+        if get("tensorboard_log") and not tensorboard_log:
+            print(
+                f"The run logged to tensorboard under {get('tensorboard_log')}; pass -tb {get('tensorboard_log')} with "
+                "--resume to continue there (not taken from the run folder)."
+            )
+
         super().__init__(
             saved,
             saved.algo,
             saved.env,
             get("log_folder", "logs"),
-            tensorboard_log=get("tensorboard_log", "") or "",
+            tensorboard_log=tensorboard_log,
             n_timesteps=get("n_timesteps", -1),
             eval_freq=get("eval_freq", 25000),
             n_eval_episodes=get("eval_episodes", 5),

@@ -220,3 +220,19 @@ def test_run_with_a_class_in_params_resumes_and_evaluates(tmp_path, capsys):
     assert model.num_timesteps == 256 and model.policy.activation_fn is th.nn.ReLU
     main(["evaluate", "--algo", "ppo_rollback", "--env", "CartPole-v1", "-f", str(tmp_path), "-n", "1"])
     assert "mean return" in capsys.readouterr().out
+
+
+def test_resume_writes_tensorboard_logs_where_the_command_says(tmp_path):
+    # args.yml's tensorboard_log chose where --resume wrote event files, outside the run folder; now only -tb does
+    conf = tmp_path / "conf.yml"
+    conf.write_text(yaml.safe_dump({"CartPole-v1": {**ENTRY, "n_timesteps": 512, "normalize": False}}))
+    saved_tb, given_tb = tmp_path / "saved_tb", tmp_path / "given_tb"
+    _train(conf, tmp_path / "logs", "--stop-after", "128", "-tb", str(saved_tb))
+    before = sorted(saved_tb.rglob("events.*"))
+    folder = tmp_path / "logs" / RUN[0] / RUN[1]
+    resume = [sys.executable, "-m", "sb3_cherry", "train", "--resume", str(folder)]
+    out = _run([*resume, "--stop-after", "64"])
+    assert f"pass -tb {saved_tb} with --resume" in out
+    assert before and sorted(saved_tb.rglob("events.*")) == before  # nothing written there
+    _run([*resume, "-tb", str(given_tb)])
+    assert list(given_tb.rglob("events.*"))
