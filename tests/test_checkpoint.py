@@ -352,3 +352,67 @@ def test_adversarial_checkpoints_say_they_continue_approximately(tmp_path):
     assert approximate_reason(make_model(make_env())) is None
     assert approximate_reason(BCO.__new__(BCO)) is None  # its transitions are in the checkpoint (tests/test_bco.py)
     assert "discriminator" in approximate_reason(GAIL.__new__(GAIL))
+
+
+def test_save_killed_between_renames_leaves_a_readable_checkpoint(tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    import sb3_cherry.common.save_util as save_util
+
+    model = make_model(make_env(normalize=False))
+    model.learn(128)
+    run = tmp_path / "run"
+    folder = run / "ckpt"
+    save_run_checkpoint(model, folder, total_timesteps=TOTAL)
+    model.learn(128, reset_num_timesteps=False)
+    crashed = tmp_path / "crashed"
+    real_replace = os.replace
+
+    def replace(src, dst):
+        real_replace(src, dst)
+        if str(dst).endswith(".old"):
+            # a kill (SIGKILL, OOM, preemption) runs no handler: the disk stays as it is right after this rename
+            shutil.copytree(run, crashed, symlinks=True)
+            # a reader meanwhile does not put the previous checkpoint back under the running save
+            assert not has_run_checkpoint(folder) and (run / ".ckpt.old").is_dir()
+
+    monkeypatch.setattr(os, "replace", replace)
+    save_run_checkpoint(model, folder, total_timesteps=TOTAL)
+    monkeypatch.undo()
+    assert sorted(p.name for p in run.iterdir()) == ["ckpt"]
+    left = {p.name for p in crashed.iterdir()}  # no ckpt/: the previous checkpoint and the new one's temporary folder
+    assert len(left) == 2 and ".ckpt.old" in left and all(name.endswith((".old", ".tmp")) for name in left)
+
+    # the next process (a restarted container may even give it the same pid)
+    monkeypatch.setattr(save_util, "_PROCESS_TOKEN", "0badf00d", raising=False)
+    assert has_run_checkpoint(crashed / "ckpt")
+    _, state = load_run_checkpoint(PPORollback, crashed / "ckpt", make_env(normalize=False))
+    assert state.num_timesteps == 128  # the previous checkpoint
+    save_run_checkpoint(model, crashed / "ckpt", total_timesteps=TOTAL)
+    assert sorted(p.name for p in crashed.iterdir()) == ["ckpt"]  # the killed save's temporary folder is removed
+
+
+def test_checkpoint_reads_the_umask_without_changing_it(tmp_path, monkeypatch):
+    import os
+    import pathlib
+
+    status = pathlib.Path("/proc/self/status")
+    if not status.exists() or "Umask:" not in status.read_text():
+        pytest.skip("the umask is read without changing it only where /proc/self/status shows it (Linux)")
+    # os.umask reads the umask only by setting another: a file that another thread creates meanwhile gets that mode
+    model = make_model(make_env(normalize=False))
+    real_umask = os.umask
+    previous = real_umask(0o027)
+
+    def umask(mask):
+        raise AssertionError(f"os.umask({mask:#o}) called during a save")
+
+    try:
+        monkeypatch.setattr(os, "umask", umask)
+        folder = save_run_checkpoint(model, tmp_path / "ckpt", total_timesteps=TOTAL)
+    finally:
+        monkeypatch.undo()
+        real_umask(previous)
+    assert folder.stat().st_mode & 0o777 == 0o750
+    assert (folder / "model.zip").stat().st_mode & 0o777 == 0o640

@@ -131,3 +131,83 @@ def test_set_parameters_rejects_bad_input():
         model.set_parameters(params, exact_match=True)
     with pytest.raises(ValueError, match="not_a_module"):
         model.set_parameters({"not_a_module": {}}, exact_match=True)
+
+
+def test_save_refuses_a_write_protected_file(tmp_path, monkeypatch):
+    # the atomic rename needs write access to the folder only: a model the user made read-only (chmod a-w) must not
+    # be replaced, as SB3's plain open(path, "wb") would refuse
+    model = PPORollback("MlpPolicy", "CartPole-v1", n_steps=32, batch_size=32)
+    path = tmp_path / "model.zip"
+    model.save(path)
+    good = path.read_bytes()
+    path.chmod(0o444)
+    if os.geteuid() == 0:
+        # root may write any file and os.access says so: answer as it does for another user, whose write bits are off
+        real_access = os.access
+
+        def access(name, mode, **kwargs):
+            if mode & os.W_OK and os.path.isfile(name) and not os.stat(name).st_mode & 0o222:
+                return False
+            return real_access(name, mode, **kwargs)
+
+        monkeypatch.setattr(os, "access", access)
+    with pytest.raises(PermissionError, match=r"write-protected.*chmod u\+w") as info:
+        model.save(path)
+    assert info.value.filename == str(path)
+    assert path.read_bytes() == good and os.listdir(tmp_path) == ["model.zip"]
+    monkeypatch.undo()
+    path.chmod(0o644)
+    model.save(path)  # writable again: replaced
+    PPORollback.load(path)
+
+
+def test_save_reads_the_umask_without_changing_it(tmp_path, monkeypatch):
+    import pathlib
+
+    status = pathlib.Path("/proc/self/status")
+    if not status.exists() or "Umask:" not in status.read_text():
+        pytest.skip("the umask is read without changing it only where /proc/self/status shows it (Linux)")
+    # os.umask reads the umask only by setting another: a file that another thread creates meanwhile gets that mode
+    model = PPORollback("MlpPolicy", "CartPole-v1", n_steps=32, batch_size=32)
+    real_umask = os.umask
+    previous = real_umask(0o027)
+
+    def umask(mask):
+        raise AssertionError(f"os.umask({mask:#o}) called during a save")
+
+    try:
+        monkeypatch.setattr(os, "umask", umask)
+        model.save(tmp_path / "model.zip")
+    finally:
+        monkeypatch.undo()
+        real_umask(previous)
+    assert (tmp_path / "model.zip").stat().st_mode & 0o777 == 0o640
+
+
+def test_stale_temp_cleanup_spares_other_hosts_and_unknown_names(tmp_path):
+    import re
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    # temporary names: .<name>.<host>.<pid>.<process token>-<random>.tmp
+    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:64]
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True).stdout)
+    kept = [
+        f".model.zip.other-host.{dead}.0badf00d-k3j2h1ab.tmp",  # a save running on another host sharing the folder
+        f".model.zip.{dead}.k3j2h1ab.tmp",  # an unknown name (of an older version, or a user's)
+        ".notes.2024.draft.tmp",
+        f".model.zip.{host}.{os.getppid()}.0badf00d-k3j2h1ab.tmp",  # a save running in a live process here
+    ]
+    removed = [
+        f".model.zip.old-host.{dead}.0badf00d-k3j2h1ab.tmp",  # another host's, untouched for two days
+        f".model.zip.{host}.{dead}.0badf00d-k3j2h1ab.tmp",  # a killed process's of this host
+        f".model.zip.{host}.{os.getpid()}.0badf00d-k3j2h1ab.tmp",  # an earlier process's with this pid (container)
+    ]
+    for name in kept + removed:
+        (tmp_path / name).write_bytes(b"partial")
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(tmp_path / removed[0], (two_days_ago, two_days_ago))
+    PPORollback("MlpPolicy", "CartPole-v1", n_steps=32, batch_size=32).save(tmp_path / "other")
+    assert sorted(os.listdir(tmp_path)) == sorted([*kept, "other.zip"])

@@ -13,7 +13,9 @@ A checkpoint is a folder:
 
 Everything reads back without pickle (``json`` and ``np.load(allow_pickle=False)``). A checkpoint is written at an
 update boundary (after ``train``, before the next rollout), into a temporary folder that replaces the previous
-checkpoint only once it is complete.
+checkpoint only once it is complete. A process killed between the two renames of that swap leaves the previous
+checkpoint aside (``.<folder>.old``): :func:`has_run_checkpoint`, which every reader calls, puts it back; the next save
+removes the temporary folders of killed saves.
 
 What is restored exactly:
 
@@ -58,6 +60,8 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.stacked_observations import StackedObservations
+
+from sb3_cherry.common.save_util import current_umask, remove_stale_temp_files, temp_prefix, temp_writer_state
 
 MODEL_FILE = "model.zip"
 STATE_FILE = "run_state.json"
@@ -458,11 +462,12 @@ def save_run_checkpoint(
         ),
     }
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    old = folder.with_name(f".{folder.name}.old")  # the previous checkpoint, while the new one is renamed in
+    remove_stale_temp_files(folder.parent)  # the temporary folders of killed saves
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=temp_prefix(folder.name), suffix=".tmp", dir=folder.parent))
+    old = _previous(folder)  # the previous checkpoint, while the new one is renamed in
     moved = False
     try:
-        os.chmod(tmp, 0o777 & ~_umask())
+        os.chmod(tmp, 0o777 & ~current_umask())
         model.save(tmp / MODEL_FILE)
         with open(tmp / STATE_FILE, "w") as file:
             json.dump(state, file)
@@ -494,10 +499,36 @@ def _fsync(path: pathlib.Path) -> None:
         os.close(fd)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _previous(folder: pathlib.Path) -> pathlib.Path:
+    """Where :func:`save_run_checkpoint` moves the previous checkpoint while it renames the new one in."""
+    return folder.with_name(f".{folder.name}.old")
+
+
+def _has_files(folder: pathlib.Path) -> bool:
+    return all((folder / name).is_file() for name in (MODEL_FILE, STATE_FILE, ARRAYS_FILE))
+
+
+def _restore_previous(folder: pathlib.Path) -> None:
+    """
+    Put back the previous checkpoint when a save was killed between its two renames: ``folder`` is missing and the
+    complete previous checkpoint sits in ``.<folder>.old`` (the new one, in the save's temporary folder, may be
+    incomplete if the kill came earlier: it is left to :func:`remove_stale_temp_files`). Not while a save of this host
+    is between those renames (its temporary folder's writer runs): it is about to put its own checkpoint in place, and
+    its rename would fail on a restored folder. Best effort: a folder one may not write is left as it is.
+    """
+    if folder.name in ("", ".."):  # ".", "/", "..": paths save_run_checkpoint cannot have written to
+        return
+    old = _previous(folder)
+    if folder.exists() or not _has_files(old):
+        return
+    prefix = f".{folder.name}."
+    for candidate in folder.parent.iterdir():
+        if candidate.name.startswith(prefix) and temp_writer_state(candidate.name) == "running":
+            return
+    try:
+        os.replace(old, folder)
+    except OSError:
+        pass
 
 
 @dataclass
@@ -527,11 +558,15 @@ class RunState:
 
 def has_run_checkpoint(folder: str | pathlib.Path) -> bool:
     """
+    Whether ``folder`` holds a complete checkpoint. The previous checkpoint that a save killed between its renames left
+    aside (``.<folder>.old``, with no ``folder``) is put back in place first, so that every reader finds it.
+
     :param folder: a checkpoint folder
     :return: whether it holds a complete checkpoint
     """
     folder = pathlib.Path(folder)
-    return all((folder / name).is_file() for name in (MODEL_FILE, STATE_FILE, ARRAYS_FILE))
+    _restore_previous(folder)
+    return _has_files(folder)
 
 
 def read_run_state(folder: str | pathlib.Path, algo_class: type[BaseAlgorithm] | None = None) -> dict[str, Any]:

@@ -1,11 +1,17 @@
 """Atomic saving and explicit load errors for sb3_cherry models."""
 
+import errno
+import functools
 import io
 import os
 import pathlib
 import re
+import secrets
+import shutil
+import socket
 import stat
 import tempfile
+import time
 import zipfile
 from collections.abc import Iterable
 from typing import Any, ClassVar, TypeVar
@@ -30,42 +36,118 @@ def resolve_zip_path(path: str | pathlib.Path) -> pathlib.Path:
     return path
 
 
-#: Temporary files of :func:`atomic_write`: ``.<name>.<pid>.<random>.tmp``
-_TMP_NAME = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$")
+#: Temporary files and folders of :func:`atomic_write` and of run checkpoints:
+#: ``.<name>.<host>.<pid>.<token>-<random>.tmp`` (see :func:`temp_prefix`)
+_TMP_NAME = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.(?P<token>[0-9a-f]{8})-[^.]+\.tmp$")
+
+#: Seconds after which a temporary of another host that nobody touched is removed: whether its writer still runs
+#: cannot be checked from here, and no save takes that long
+FOREIGN_TEMP_AGE = 24 * 3600
+
+#: Tells this process's temporaries from those of an earlier process that had the same pid on this host (a restarted
+#: container keeps its host name, and its main process often gets the same pid)
+_PROCESS_TOKEN = secrets.token_hex(4)
+
+
+def _host() -> str:
+    """This host's name as it appears in temporary names (no dots: the name's fields are separated by dots)."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:64] or "localhost"
+
+
+def temp_prefix(name: str) -> str:
+    """
+    The prefix of a temporary file or folder written next to ``name`` (``tempfile.mkstemp(prefix=...,
+    suffix=".tmp")``): it names the writer (host, pid, process token) so that :func:`remove_stale_temp_files` removes
+    only the temporaries of writers that are gone.
+
+    :param name: the name of the file or folder the temporary becomes
+    :return: the prefix
+    """
+    return f".{name}.{_host()}.{os.getpid()}.{_PROCESS_TOKEN}-"
+
+
+def temp_writer_state(name: str) -> str | None:
+    """
+    Whether the writer of a temporary named by :func:`temp_prefix` still runs.
+
+    :param name: the temporary's file name
+    :return: ``"running"`` (this process, or a live process of this host), ``"dead"`` (a process of this host that
+        is gone, or an earlier process with this process's pid), ``"other host"`` (unknown), or None when ``name`` is
+        not such a temporary
+    """
+    match = _TMP_NAME.match(name)
+    if match is None:
+        return None
+    if match["host"] != _host():
+        return "other host"
+    pid = int(match["pid"])
+    if pid == os.getpid():
+        return "running" if match["token"] == _PROCESS_TOKEN else "dead"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return "dead"
+    except (PermissionError, OverflowError):
+        pass  # a process of another user / not a pid: kept
+    return "running"
+
+
+@functools.cache
+def _umask_by_setting_it() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def current_umask() -> int:
+    """
+    The process's umask, read without changing it. ``os.umask`` reads it only by setting another one, and a file that
+    another thread creates meanwhile gets that one (world-writable with 0). Linux shows it in ``/proc/self/status``;
+    elsewhere it is read once with ``os.umask`` and cached (a later change of the umask is then not seen).
+
+    :return: the umask
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return _umask_by_setting_it()
 
 
 def _new_file_mode() -> int:
     """``0o666 & ~umask``: the mode ``open(path, "w")`` gives a new file (what SB3 and numpy give)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+    return 0o666 & ~current_umask()
 
 
 def remove_stale_temp_files(folder: str | pathlib.Path) -> list[pathlib.Path]:
     """
-    Remove the temporary files that a killed :func:`atomic_write` left in ``folder`` (those whose writing process
-    no longer exists; the files of running saves are kept).
+    Remove the temporary files and folders (see :func:`temp_prefix`) that killed writes left in ``folder``: those of
+    this host whose writing process no longer exists, and those of other hosts (sharing the folder) untouched for
+    :data:`FOREIGN_TEMP_AGE` seconds. The temporaries of running saves, and files named otherwise, are kept.
 
     :param folder: the folder
-    :return: the removed files
+    :return: the removed files and folders
     """
     removed = []
     for candidate in pathlib.Path(folder).glob(".*.tmp"):
-        match = _TMP_NAME.match(candidate.name)
-        if match is None or int(match.group(1)) == os.getpid():
-            continue
+        state = temp_writer_state(candidate.name)
         try:
-            os.kill(int(match.group(1)), 0)
-            continue  # its writer is alive
-        except ProcessLookupError:
-            pass
-        except (PermissionError, OverflowError):
-            continue  # a process of another user / not a pid
-        try:
-            candidate.unlink()
+            if state == "other host":
+                stale = time.time() - candidate.lstat().st_mtime > FOREIGN_TEMP_AGE
+            else:
+                stale = state == "dead"
+            if not stale:
+                continue
+            if candidate.is_dir() and not candidate.is_symlink():
+                shutil.rmtree(candidate)
+            else:
+                candidate.unlink()
             removed.append(candidate)
-        except FileNotFoundError:
-            pass
+        except OSError:
+            pass  # removed meanwhile, or not ours to remove: a clean-up never fails the save
     return removed
 
 
@@ -73,13 +155,15 @@ def atomic_write(path: str | pathlib.Path, write: Any) -> pathlib.Path:
     """
     Write a file atomically: ``write(file_object)`` fills a temporary file in the same directory, which is then
     flushed, fsynced and renamed over ``path``. An interrupted write leaves any previous ``path`` intact; the
-    temporary file of a killed write is removed by the next write into the folder. A symlink is followed (its target
-    is written). The file gets the mode an existing file had, else ``0o666 & ~umask``. An existing path that is not a
-    regular file (a pipe), and any path under ``/dev`` or ``/proc`` (``/dev/stdout``), is written to directly.
+    temporary file of a killed write is removed by a later write into the folder (:func:`remove_stale_temp_files`). A
+    symlink is followed (its target is written). The file gets the mode an existing file had, else ``0o666 & ~umask``.
+    An existing path that is not a regular file (a pipe), and any path under ``/dev`` or ``/proc`` (``/dev/stdout``),
+    is written to directly.
 
     :param path: destination
     :param write: callable receiving a binary file object
     :return: the destination path
+    :raises PermissionError: ``path`` exists and is write-protected (as ``open(path, "wb")`` would)
     """
     path = pathlib.Path(path)
     if path.is_dir():
@@ -93,10 +177,15 @@ def atomic_write(path: str | pathlib.Path, write: Any) -> pathlib.Path:
         with open(path, "ab") as stream_file:  # appended: /dev/stdout may be a file the shell redirected to
             write(stream_file)
         return path
+    if path.exists() and not os.access(path, os.W_OK, effective_ids=os.access in os.supports_effective_ids):
+        # the rename below needs write access to the folder only: it would replace a file its owner write-protected
+        # (chmod a-w), which a plain open(path, "wb") (SB3's save) refuses
+        fix = "make it writable with chmod u+w, or save under another name"
+        raise PermissionError(errno.EACCES, f"Permission denied: write-protected file, not replaced ({fix})", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(path.parent)
     mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else _new_file_mode()
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as tmp:
             write(tmp)
