@@ -572,7 +572,7 @@ def _env_kwargs_errors(env_kwargs: dict[str, Any] | None) -> Iterator[None]:
 def _load_model_and_env(args: argparse.Namespace, render_mode: str | None) -> tuple[Any, Any]:
     """:func:`_load_for_eval` once the options are checked."""
     from huggingface_sb3 import EnvironmentName
-    from rl_zoo3.utils import ALGOS, create_test_env
+    from rl_zoo3.utils import create_test_env
 
     from sb3_cherry.checkpoint_eval import checkpoint_eval_env, run_env_kwargs
 
@@ -580,7 +580,7 @@ def _load_model_and_env(args: argparse.Namespace, render_mode: str | None) -> tu
     if args.model and pathlib.Path(args.model).is_dir():  # a run checkpoint (checked by _model_path)
         kwargs = dict(args.env_kwargs or {}, **({"render_mode": render_mode} if render_mode is not None else {}))
         env = checkpoint_eval_env(model_path.parent, args.algo, args.env, args.seed, kwargs, args.conf)
-        model = ALGOS[args.algo].load(model_path, env=_training_env(args.algo, env), device=args.device)
+        model = _load_model(args, model_path, env)
         env.seed(args.seed)  # loading seeded the env with the model's training seed
         return model, env
     stats_path = exp_dir / EnvironmentName(args.env)
@@ -601,9 +601,22 @@ def _load_model_and_env(args: argparse.Namespace, render_mode: str | None) -> tu
             hyperparams=hyperparams,
             env_kwargs=env_kwargs,
         )
-    model = ALGOS[args.algo].load(model_path, env=_training_env(args.algo, env), device=args.device)
+    model = _load_model(args, model_path, env)
     env.seed(args.seed)  # loading seeded the env with the model's training seed: --seed decides the episodes
     return model, env
+
+
+def _load_model(args: argparse.Namespace, model_path: pathlib.Path, env: VecEnv) -> Any:
+    """``--algo``'s ``load``; a model of another algorithm is refused with the ``--algo`` to give instead."""
+    from rl_zoo3.utils import ALGOS
+
+    try:
+        return ALGOS[args.algo].load(model_path, env=_training_env(args.algo, env), device=args.device)
+    except ValueError as exc:
+        written_by = [name for name, klass in ALGOS.items() if f"was written by {klass.__name__}," in str(exc)]
+        if not written_by:
+            raise
+        raise ValueError(f"{model_path} is a {written_by[0]} model: use --algo {written_by[0]} ({exc})") from None
 
 
 def _training_env(algo: str, env: VecEnv) -> VecEnv | None:

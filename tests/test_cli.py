@@ -117,6 +117,13 @@ def test_budgets_below_one_are_refused_before_anything_runs(argv, message, capsy
     assert info.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_model_of_another_algo_names_the_algo_to_give(trained, capsys):
+    model = trained / "ppo_rollback" / "CartPole-v1_1" / "CartPole-v1.zip"
+    with pytest.raises(SystemExit) as info:
+        main(["evaluate", "--algo", "cherry_a2c", "--env", "CartPole-v1", "--model", str(model), "-n", "1"])
+    assert info.value.code == 2 and "is a ppo_rollback model: use --algo ppo_rollback" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command", ["train", "evaluate"])
 def test_env_kwargs_are_parsed_not_evaluated(command, tmp_path, monkeypatch, capsys):
     # rl_zoo3's StoreDict evaluates each value as Python: a value that is code ran (it created a file)
