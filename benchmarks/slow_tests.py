@@ -56,6 +56,8 @@ def parse_report(path: pathlib.Path) -> dict[str, dict[str, Any]]:
             found = case.find(tag)
             if found is not None:
                 outcome, message = {"failure": "failed", "error": "error", "skipped": "skipped"}[tag], found.get("message")
+                if found.get("type") == "pytest.xfail":
+                    outcome = "xfailed"  # an expected failure (the test's xfail reason)
         figures = {prop.get("name"): _value(prop.get("value", "")) for prop in case.iter("property")}
         cases[node_id] = {"outcome": outcome, "duration_s": round(float(case.get("time", 0.0)), 1), "figures": figures}
         if message:

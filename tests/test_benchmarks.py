@@ -201,6 +201,8 @@ def test_slow_tests_report_parsing(tmp_path):
         '<property name="first_at_95_percent" value="None"/></properties></testcase>'
         '<testcase classname="tests.test_learning" name="test_hybrid_goal_learns" time="3.0">'
         '<failure message="assert 1.5 &gt;= 2.0">trace</failure></testcase>'
+        '<testcase classname="tests.test_learning" name="test_x" time="1.0">'
+        '<skipped type="pytest.xfail" message="seed-sensitive"/></testcase>'
         "</testsuite></testsuites>"
     )
     cases = parse_report(report)
@@ -211,3 +213,4 @@ def test_slow_tests_report_parsing(tmp_path):
     }
     failed = cases["tests/test_learning.py::test_hybrid_goal_learns"]
     assert failed["outcome"] == "failed" and failed["message"] == "assert 1.5 >= 2.0"
+    assert cases["tests/test_learning.py::test_x"]["outcome"] == "xfailed"
