@@ -38,6 +38,7 @@ are stored (``get_original_obs`` / ``get_original_reward``), at the ``VecNormali
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import pathlib
 import zipfile
@@ -50,7 +51,7 @@ from gymnasium import spaces
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper, VecNormalize, unwrap_vec_normalize
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
-from sb3_cherry.common.restricted_pickle import check_space_size
+from sb3_cherry.common.restricted_pickle import MAX_ITEMSIZE, MAX_SPACE_ELEMENTS, check_discrete_sizes, check_space_size
 from sb3_cherry.common.save_util import atomic_write
 from sb3_cherry.common.spaces import check_action_space, flat_action_dim, flatten_action
 
@@ -222,6 +223,9 @@ def space_from_dict(description: dict[str, Any]) -> spaces.Space:
             low = _decode_array(description["low"], shape, dtype)
             high = _decode_array(description["high"], shape, dtype)
             return spaces.Box(low=low, high=high, shape=shape, dtype=dtype)  # type: ignore[arg-type]
+        if kind in ("Discrete", "MultiDiscrete", "MultiBinary"):
+            size = description["nvec" if kind == "MultiDiscrete" else "n"]
+            check_discrete_sizes(kind, size, f"the {kind} space of the demonstration file")
         if kind == "Discrete":
             return spaces.Discrete(int(description["n"]), start=int(description.get("start", 0)))
         if kind == "MultiDiscrete":
@@ -532,8 +536,84 @@ def _env_id(venv: VecEnv) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------------------- reading
-def _read_archive(path: pathlib.Path) -> dict[str, np.ndarray]:
-    """All arrays of the archive (``allow_pickle=False``), with errors that name the file."""
+#: The most bytes an entry read before the file's own shapes are known (``format_version``, ``spaces``,
+#: ``episode_lengths``), or read when they are not usable, may inflate to: an array of the largest space
+MAX_METADATA_BYTES = MAX_SPACE_ELEMENTS * MAX_ITEMSIZE
+
+
+def _read_entry(where: str, loaded: Any, key: str, limit: int, reason: str) -> np.ndarray:
+    """
+    One array of the archive, once its header (read alone: a few bytes of the entry are inflated) agrees with the
+    entry's declared size (``ZipInfo.file_size``, where zipfile stops inflating) and needs at most ``limit`` bytes:
+    numpy allocates the header's shape before reading the data, and a deflated entry of zeros is ~1000 times smaller.
+
+    :param where: the file, for error messages
+    :param loaded: the open archive (``NpzFile``)
+    :param key: the array's name
+    :param limit: the most bytes its data may take
+    :param reason: why, for the error message
+    :return: the array
+    :raises ValueError: unreadable or refused (naming the file and the array)
+    """
+    member = f"{key}.npy" if f"{key}.npy" in loaded.zip.namelist() else key
+    try:
+        info = loaded.zip.getinfo(member)
+        with loaded.zip.open(info) as entry:
+            version = np.lib.format.read_magic(entry)
+            if version not in ((1, 0), (2, 0)):  # (3.0 is only written for dtypes with non-latin-1 field names)
+                raise ValueError(f".npy format version {version} is not supported")
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(entry)
+            header_size = entry.tell()
+        if dtype.hasobject:
+            raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
+        size = math.prod(shape) * dtype.itemsize
+        if info.file_size != header_size + size:
+            raise ValueError(
+                f"the entry declares {info.file_size} bytes, but its header ({shape} {dtype}) needs {header_size + size}: "
+                "the file is damaged or crafted"
+            )
+        if size > limit:
+            raise ValueError(f"{shape} {dtype} is {size} bytes, more than {limit}, {reason}: the file is damaged or crafted")
+        return cast(np.ndarray, loaded[key])
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{where}: cannot read array {key!r} ({exc}).") from exc
+
+
+def _size_limits(observation_space: spaces.Space, action_space: spaces.Space, lengths: np.ndarray) -> dict[str, int] | None:
+    """The most bytes each array of a file may take, from its (checked) episode lengths and spaces, at 8 bytes an entry;
+    None for spaces a demonstration file cannot have (:func:`_validate` then refuses the file)."""
+    n_transitions, n_episodes = int(lengths.sum()), len(lengths)
+    obs_spaces = (
+        {f"obs/{key}": sub for key, sub in observation_space.spaces.items()}
+        if isinstance(observation_space, spaces.Dict)
+        else {"observations": observation_space}
+    )
+    try:
+        limits = {
+            "terminal": n_episodes * MAX_ITEMSIZE,
+            "actions": n_transitions * math.prod(_action_shape(action_space)) * MAX_ITEMSIZE,
+            "rewards": n_transitions * MAX_ITEMSIZE,
+        }
+        for key, sub in obs_spaces.items():
+            limits[key] = (n_transitions + n_episodes) * math.prod(_obs_shape(sub)) * MAX_ITEMSIZE
+    except (TypeError, ValueError):  # (a nested space has no shape)
+        return None
+    return limits
+
+
+def _read_archive(path: pathlib.Path) -> tuple[dict[str, np.ndarray], list[str]]:
+    """
+    The arrays of the archive that a demonstration file has (``allow_pickle=False``; other entries are not read), each
+    refused before it is read when larger than the file's own episode lengths and spaces allow, and the names of all its
+    arrays. Errors name the file; those of its version, keys, spaces and episode lengths are raised here (before the
+    arrays they size are read), the others by :func:`_validate`.
+
+    :param path: the file
+    :return: ``(arrays, names)``
+    :raises FileNotFoundError: no such file
+    :raises ValueError: not a valid demonstration file
+    """
     if not path.exists():
         raise FileNotFoundError(f"No demonstration file at {path}.")
     try:
@@ -543,13 +623,25 @@ def _read_archive(path: pathlib.Path) -> dict[str, np.ndarray]:
     if not isinstance(loaded, np.lib.npyio.NpzFile):
         raise ValueError(f"{path} holds a single array (.npy), not a demonstration archive (.npz).")
     with loaded:
-        arrays = {}
-        for key in loaded.files:
-            try:
-                arrays[key] = loaded[key]
-            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-                raise ValueError(f"{path}: cannot read array {key!r} ({exc}).") from exc
-    return arrays
+        names = list(loaded.files)
+        arrays: dict[str, np.ndarray] = {}
+        for key, limit, reason in (
+            ("format_version", 64, "a format version is one number"),
+            ("spaces", MAX_METADATA_BYTES, "the most an entry read before the file's shapes are known may take"),
+            ("episode_lengths", MAX_METADATA_BYTES, "the most an entry read before the file's shapes are known may take"),
+        ):
+            if key in names:
+                arrays[key] = _read_entry(str(path), loaded, key, limit, reason)
+        observation_space, action_space = _validate_metadata(str(path), arrays, names)
+        limits = _size_limits(observation_space, action_space, arrays["episode_lengths"])
+        reason = "what its episode lengths and spaces allow, at 8 bytes an entry"
+        if limits is None:
+            limits = {key: MAX_METADATA_BYTES for key in ("terminal", "actions", "rewards", "observations")}
+            reason = "the most an entry read before the file's shapes are known may take"
+        for key, limit in limits.items():
+            if key in names:
+                arrays[key] = _read_entry(str(path), loaded, key, limit, reason)
+    return arrays, names
 
 
 def _parse_spaces(where: str, arrays: dict[str, np.ndarray]) -> tuple[spaces.Space, spaces.Space]:
@@ -560,9 +652,20 @@ def _parse_spaces(where: str, arrays: dict[str, np.ndarray]) -> tuple[spaces.Spa
         raise ValueError(f"{where}: 'spaces' is not a valid space description ({exc}).") from exc
 
 
-def _validate(where: str, arrays: dict[str, np.ndarray]) -> tuple[spaces.Space, spaces.Space]:
-    """Check a demonstration archive's arrays; return its spaces. Every problem raises a ValueError naming ``where``."""
-    if "format_version" not in arrays:
+def _validate_metadata(
+    where: str, arrays: dict[str, np.ndarray], names: Sequence[str] | None = None
+) -> tuple[spaces.Space, spaces.Space]:
+    """
+    Check what a demonstration archive says of itself (version, keys, spaces, episode lengths), before the arrays these
+    size are read; return its spaces. Every problem raises a ValueError naming ``where``.
+
+    :param where: the file, for error messages
+    :param arrays: its arrays (at least ``format_version``, ``spaces`` and ``episode_lengths`` when it has them)
+    :param names: the names of all its arrays (default: the keys of ``arrays``)
+    :return: ``(observation_space, action_space)``
+    """
+    names = list(arrays) if names is None else names
+    if "format_version" not in names:
         raise ValueError(
             f"{where}: missing 'format_version': not an sb3_cherry demonstration file "
             "(write one with sb3_cherry.demos.record_demos or `sb3-cherry record`)."
@@ -573,16 +676,32 @@ def _validate(where: str, arrays: dict[str, np.ndarray]) -> tuple[spaces.Space, 
             f"{where}: format_version {version.tolist()!r} is not supported (this sb3_cherry reads version "
             f"{FORMAT_VERSION}); re-record the demonstrations or upgrade sb3_cherry."
         )
-    missing = [key for key in REQUIRED_KEYS if key not in arrays]
+    missing = [key for key in REQUIRED_KEYS if key not in names]
     if missing:
         raise ValueError(
             f"{where}: missing {missing} (a version {FORMAT_VERSION} demonstration file has {list(REQUIRED_KEYS)})."
         )
     observation_space, action_space = _parse_spaces(where, arrays)
-
-    lengths, terminal = arrays["episode_lengths"], arrays["terminal"]
+    lengths = arrays["episode_lengths"]
     if lengths.ndim != 1 or len(lengths) == 0 or not np.issubdtype(lengths.dtype, np.integer) or np.any(lengths < 1):
         raise ValueError(f"{where}: 'episode_lengths' must be a non-empty 1-D integer array of values >= 1, got {lengths!r}.")
+    return observation_space, action_space
+
+
+def _validate(
+    where: str, arrays: dict[str, np.ndarray], names: Sequence[str] | None = None
+) -> tuple[spaces.Space, spaces.Space]:
+    """
+    Check a demonstration archive's arrays; return its spaces. Every problem raises a ValueError naming ``where``.
+
+    :param where: the file, for error messages
+    :param arrays: its arrays (those a demonstration file has)
+    :param names: the names of all its arrays, when ``arrays`` holds only those (default: the keys of ``arrays``)
+    :return: ``(observation_space, action_space)``
+    """
+    observation_space, action_space = _validate_metadata(where, arrays, names)
+
+    lengths, terminal = arrays["episode_lengths"], arrays["terminal"]
     if terminal.shape != lengths.shape or terminal.dtype != bool:
         raise ValueError(
             f"{where}: 'terminal' must be a bool array with one flag per episode ({len(lengths)}), "
@@ -605,7 +724,7 @@ def _validate(where: str, arrays: dict[str, np.ndarray]) -> tuple[spaces.Space, 
     n_obs = n_transitions + n_episodes
     if isinstance(observation_space, spaces.Dict):
         obs_items = [(f"obs/{key}", sub) for key, sub in observation_space.spaces.items()]
-        extra = sorted(k for k in arrays if k.startswith("obs/") and k not in dict(obs_items))
+        extra = sorted(k for k in (arrays if names is None else names) if k.startswith("obs/") and k not in dict(obs_items))
         if extra:
             raise ValueError(f"{where}: observation arrays {extra} are not keys of the observation space {observation_space}.")
     else:
@@ -709,7 +828,7 @@ def load_demo_spaces(path: str | os.PathLike) -> tuple[spaces.Space, spaces.Spac
     :raises ValueError: the file is not a valid demonstration file
     """
     path = _resolve(path)
-    return _validate(str(path), _read_archive(path))
+    return _validate(str(path), *_read_archive(path))
 
 
 def _resolve(path: str | os.PathLike) -> pathlib.Path:
@@ -731,8 +850,8 @@ def load_demos(path: str | os.PathLike) -> list[Any]:
         disagree in shape (the message names the file and the problem)
     """
     path = _resolve(path)
-    arrays = _read_archive(path)
-    observation_space, _ = _validate(str(path), arrays)
+    arrays, names = _read_archive(path)
+    observation_space, _ = _validate(str(path), arrays, names)
     trajectory_class, dict_obs_class = _imitation_types()
     lengths = arrays["episode_lengths"]
     act_ends = np.cumsum(lengths)

@@ -2,6 +2,7 @@
 
 import importlib
 import json
+import re
 import sys
 from typing import Any, ClassVar
 
@@ -369,3 +370,70 @@ def test_save_demos_checks_each_trajectorys_lengths(tmp_path):
     with pytest.raises(ValueError, match="trajectory 0 has 3 observations of 'b' for 3 actions"):
         save_demos(tmp_path / "d.npz", [bad], dict_space, spaces.Discrete(2))
     assert not list(tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------------------------- memory of bad files
+def _add_entry(path, name: str, shape: tuple[int, ...], n_bytes: int | None = None) -> None:
+    """Append a deflated .npy entry of zeros (written in chunks: the test itself stays small) whose header declares
+    ``shape``; ``n_bytes``: the data actually written, when not what the shape needs (what a crafted file can hold)."""
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": shape})
+    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as archive:
+        with archive.open(name, "w", force_zip64=True) as entry:
+            entry.write(header.getvalue())
+            left, chunk = int(np.prod(shape)) * 8 if n_bytes is None else n_bytes, bytes(2**20)
+            while left > 0:
+                entry.write(chunk[: min(left, len(chunk))])
+                left -= len(chunk)
+
+
+def _peak_of(load) -> tuple[Any, int]:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        try:
+            result: Any = load()
+        except ValueError as exc:
+            result = exc
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_unknown_entries_are_not_read(tmp_path):
+    """The review's demo bomb: an extra deflated entry (here 128 MiB of zeros, ~130 KiB in the file) is not read."""
+    env = LineEnv()
+    path = tmp_path / "demos.npz"
+    record_demos(RandomModel(env.action_space), env, n_episodes=2, path=path, seed=0)
+    _add_entry(path, "padding.npy", (2**24,))
+    assert path.stat().st_size < 2**20
+    result, peak = _peak_of(lambda: load_demos(path))
+    assert isinstance(result, list) and len(result) == 2
+    assert peak < 2**24
+
+
+def test_an_array_larger_than_the_files_shapes_allow_is_refused_before_reading(tmp_path, good_arrays):
+    """'rewards' of 16 M entries in a file of 3 short episodes: refused from its header, before inflating 128 MiB."""
+    good_arrays.pop("rewards")
+    path = _write(tmp_path, good_arrays)
+    _add_entry(path, "rewards.npy", (2**24,))
+    result, peak = _peak_of(lambda: load_demos(path))
+    assert isinstance(result, ValueError)
+    assert re.search(
+        r"bad\.npz: cannot read array 'rewards' \(\(16777216,\) float64 is 134217728 bytes, more than", str(result)
+    )
+    assert "episode lengths and spaces allow" in str(result)
+    assert peak < 2**24
+
+
+def test_an_entry_whose_header_disagrees_with_its_size_is_refused(tmp_path, good_arrays):
+    """A header asking for 2**40 entries in a small entry (numpy would allocate the header's shape first)."""
+    good_arrays.pop("observations")
+    path = _write(tmp_path, good_arrays)
+    _add_entry(path, "observations.npy", (2**40,), n_bytes=4096)
+    with pytest.raises(ValueError, match=r"cannot read array 'observations' \(the entry declares 4224 bytes, but its header"):
+        load_demos(path)

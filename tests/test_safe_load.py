@@ -1,10 +1,13 @@
 """Safe loading: no model file is unpickled unless asked to; files of SB3 / sb3-contrib / older sb3_cherry still load."""
 
 import base64
+import collections
 import io
 import json
 import os
 import pathlib
+import pickle
+import struct
 import zipfile
 
 import cloudpickle
@@ -336,10 +339,12 @@ def test_stale_temp_file_removed_by_next_save(tmp_path):
     import subprocess
     import sys
 
+    from sb3_cherry.common.save_util import _host
+
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = tmp_path / f".model.zip.{int(dead.stdout)}.abc123.tmp"
+    stale = tmp_path / f".model.zip.{_host()}.{int(dead.stdout)}.0badf00d-abc123.tmp"
     stale.write_bytes(b"partial")
-    alive = tmp_path / f".model.zip.{os.getppid()}.abc123.tmp"  # a save in progress in a live process
+    alive = tmp_path / f".model.zip.{_host()}.{os.getppid()}.0badf00d-abc123.tmp"  # a save in progress, live process
     alive.write_bytes(b"partial")
     PPORollback("MlpPolicy", "CartPole-v1", n_steps=32, batch_size=32).save(tmp_path / "other")
     assert not stale.exists() and alive.exists()
@@ -420,3 +425,375 @@ def test_space_texts_and_demo_spaces_of_a_huge_shape_are_refused():
     with pytest.raises(ValueError, match="is refused"):
         space_from_dict(description)
     assert space_from_dict({**description, "shape": [4, 3]}) == spaces.Box(-np.inf, np.inf, (4, 3), np.float32)
+
+
+# ------------------------------------------------------------------------------------ restricted unpickler: opcodes
+# Hand-assembled pickles (what a crafted file can hold, whatever pickle.dumps writes): every opcode that calls something
+# must go through the same checks, and BUILD must not change what the load did not create.
+def _op_global(module: str, name: str) -> bytes:
+    return pickle.GLOBAL + f"{module}\n{name}\n".encode()
+
+
+def _op_str(text: str) -> bytes:
+    return pickle.BINUNICODE + struct.pack("<I", len(text.encode())) + text.encode()
+
+
+def _op_int(value: int) -> bytes:
+    return pickle.LONG1 + bytes([len(raw := value.to_bytes((value.bit_length() + 8) // 8, "little", signed=True))]) + raw
+
+
+def _op_float(value: float) -> bytes:
+    return pickle.BINFLOAT + struct.pack(">d", value)
+
+
+def _op_shape(n: int) -> bytes:
+    return pickle.MARK + _op_int(n) + pickle.TUPLE
+
+
+def _op_pickle(body: bytes) -> bytes:
+    return pickle.PROTO + bytes([4]) + body + pickle.STOP
+
+
+_NDARRAY = _op_global("numpy", "ndarray")
+_BOX = _op_global("gymnasium.spaces.box", "Box")
+_CALLS = {  # a way of calling an allow-listed callable -> the pickle asking for an array / space of n entries
+    "REDUCE ndarray": lambda n: _NDARRAY + pickle.MARK + _op_shape(n) + _op_str("f8") + pickle.TUPLE + pickle.REDUCE,
+    "REDUCE object ndarray": lambda n: _NDARRAY + pickle.MARK + _op_shape(n) + _op_str("O") + pickle.TUPLE + pickle.REDUCE,
+    "NEWOBJ ndarray": lambda n: _NDARRAY + pickle.MARK + _op_shape(n) + pickle.TUPLE + pickle.NEWOBJ,
+    "NEWOBJ_EX ndarray": lambda n: _NDARRAY
+    + pickle.MARK
+    + _op_shape(n)
+    + pickle.TUPLE
+    + pickle.EMPTY_DICT
+    + _op_str("dtype")
+    + _op_str("f8")
+    + pickle.SETITEM
+    + pickle.NEWOBJ_EX,
+    "OBJ ndarray": lambda n: pickle.MARK + _NDARRAY + _op_shape(n) + pickle.OBJ,
+    "INST ndarray": lambda n: pickle.MARK + _op_shape(n) + pickle.INST + b"numpy\nndarray\n",
+    "OBJ Box": lambda n: pickle.MARK + _BOX + _op_float(0.0) + _op_float(1.0) + _op_shape(n) + pickle.OBJ,
+    "INST Box": lambda n: pickle.MARK
+    + _op_float(0.0)
+    + _op_float(1.0)
+    + _op_shape(n)
+    + pickle.INST
+    + b"gymnasium.spaces.box\nBox\n",
+    "REDUCE RunningMeanStd": lambda n: _op_global("stable_baselines3.common.running_mean_std", "RunningMeanStd")
+    + pickle.MARK
+    + _op_float(1e-4)
+    + _op_shape(n)
+    + pickle.TUPLE
+    + pickle.REDUCE,
+    # numpy's _reconstruct of n entries of a dtype of 1 GiB each
+    "REDUCE _reconstruct of a void dtype": lambda n: _op_global("numpy._core.multiarray", "_reconstruct")
+    + pickle.MARK
+    + _NDARRAY
+    + _op_shape(n // 2**30)
+    + _op_global("numpy", "dtype")
+    + pickle.MARK
+    + _op_str(f"V{2**30}")
+    + pickle.NEWFALSE
+    + pickle.NEWTRUE
+    + pickle.TUPLE
+    + pickle.REDUCE
+    + pickle.TUPLE
+    + pickle.REDUCE,
+    # numpy's __generator_ctor(name, ctor) calls ctor(name): here ndarray((n,))
+    "REDUCE __generator_ctor calling ndarray": lambda n: _op_global("numpy.random._pickle", "__generator_ctor")
+    + pickle.MARK
+    + _op_shape(n)
+    + _NDARRAY
+    + pickle.TUPLE
+    + pickle.REDUCE,
+}
+
+
+@pytest.mark.parametrize("way", list(_CALLS))
+def test_every_way_to_call_is_size_checked(way):
+    """A few bytes cannot allocate 2**40 entries, whatever opcode calls the allow-listed class (old: MemoryError)."""
+    from sb3_cherry.common.restricted_pickle import VEC_NORMALIZE_GLOBALS, RestrictedUnpickler
+
+    blob = _op_pickle(_CALLS[way](2**40))
+    assert len(blob) < 120
+    with pytest.raises(ValueError, match=r"is refused|by calling it"):
+        RestrictedUnpickler(io.BytesIO(blob), VEC_NORMALIZE_GLOBALS, "crafted.pkl").load()
+
+
+@pytest.mark.parametrize("way", ["NEWOBJ ndarray", "OBJ ndarray", "INST ndarray", "NEWOBJ_EX ndarray"])
+def test_array_just_over_the_limit_is_refused_before_allocation(way):
+    import tracemalloc
+
+    from sb3_cherry.common.restricted_pickle import MAX_SPACE_ELEMENTS, SPACE_GLOBALS, RestrictedUnpickler
+
+    blob = _op_pickle(_CALLS[way](MAX_SPACE_ELEMENTS + 1))  # 128 MiB of float64 if it were built
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"\(16777217 entries\) is refused"):
+            RestrictedUnpickler(io.BytesIO(blob), SPACE_GLOBALS, "space").load()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**22
+    # the limit itself is allowed
+    array = RestrictedUnpickler(io.BytesIO(_op_pickle(_CALLS[way](1000))), SPACE_GLOBALS, "space").load()
+    assert array.shape == (1000,) and array.dtype == np.float64
+
+
+def test_arrays_of_one_file_are_limited_in_total(monkeypatch):
+    """Each array under the limit, but a pickle's memo lets a few bytes ask for one many times: limited in total."""
+    import sb3_cherry.common.restricted_pickle as restricted_pickle
+
+    monkeypatch.setattr(restricted_pickle, "MAX_LOAD_BYTES", 2**20)
+    one = _CALLS["NEWOBJ ndarray"](2**16)  # 512 KiB
+    ok = _op_pickle(pickle.MARK + one + pickle.LIST)
+    assert len(restricted_pickle.RestrictedUnpickler(io.BytesIO(ok), restricted_pickle.SPACE_GLOBALS, "s").load()) == 1
+    blob = _op_pickle(pickle.MARK + one * 3 + pickle.LIST)
+    with pytest.raises(ValueError, match=r"its arrays add up to more than 1048576 bytes"):
+        restricted_pickle.RestrictedUnpickler(io.BytesIO(blob), restricted_pickle.SPACE_GLOBALS, "s").load()
+
+
+def test_model_space_pickle_cannot_allocate(tmp_path):
+    """The space pickle of a model file (read when its readable fields are complete, for exact bounds): a crafted one
+    is refused before allocating, and the space comes from the readable fields."""
+    import tracemalloc
+
+    space = spaces.Box(-1.0, 1.0, (4,), np.float32)
+    stored = json.loads(data_to_json({"space": space}))["space"]
+    stored[":serialized:"] = base64.b64encode(_op_pickle(_CALLS["NEWOBJ ndarray"](2**25))).decode()  # 256 MiB
+    tracemalloc.start()
+    try:
+        rebuilt = rebuild_space("observation_space", stored, None)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert rebuilt == space
+    assert peak < 2**24
+
+
+def test_vec_normalize_file_cannot_allocate(tmp_path):
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from sb3_cherry.common.restricted_pickle import load_vec_normalize
+
+    path = tmp_path / "vecnormalize.pkl"
+    path.write_bytes(_op_pickle(_CALLS["REDUCE object ndarray"](2**40)))  # the review's 35-byte file, 2**40 entries
+    with pytest.raises(ValueError, match=rf"{path}.*is refused"):
+        load_vec_normalize(path, make_vec_env("CartPole-v1", 1))
+
+
+def test_object_array_state_is_refused():
+    """numpy crashes (segfault) on the state of an object array with too few items: refused before numpy sees it."""
+    import subprocess
+    import sys
+
+    class ObjectArrayState:
+        def __reduce__(self):
+            from numpy._core.multiarray import _reconstruct
+
+            return (_reconstruct, (np.ndarray, (0,), b"b"), (1, (2**20,), np.dtype("O"), False, []))
+
+    blob = pickle.dumps(ObjectArrayState(), protocol=4)
+    code = (
+        "import io, sys\n"
+        "from sb3_cherry.common.restricted_pickle import SPACE_GLOBALS, RestrictedUnpickler\n"
+        "try:\n"
+        "    RestrictedUnpickler(io.BytesIO(sys.stdin.buffer.read()), SPACE_GLOBALS, 'space').load()\n"
+        "except ValueError as exc:\n"
+        "    print('refused:', exc)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], input=blob, capture_output=True, timeout=120)
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    assert b"refused: space: an array of dtype object is refused" in result.stdout
+
+
+def test_build_cannot_change_a_class():
+    """BUILD on a class pushed by GLOBAL would setattr on it for the whole process (the review's vecnormalize.pkl set
+    RunningMeanStd.update = None and still loaded)."""
+    from stable_baselines3.common.running_mean_std import RunningMeanStd
+
+    from sb3_cherry.common.restricted_pickle import VEC_NORMALIZE_GLOBALS, RestrictedUnpickler
+
+    update = RunningMeanStd.__dict__["update"]
+    blob = _op_pickle(
+        _op_global("stable_baselines3.common.running_mean_std", "RunningMeanStd")
+        + pickle.NONE
+        + pickle.EMPTY_DICT
+        + _op_str("update")
+        + pickle.NONE
+        + pickle.SETITEM
+        + pickle.TUPLE2
+        + pickle.BUILD
+    )
+    try:
+        with pytest.raises(UnsafeModelFileError, match=r"crafted\.pkl sets the state of .*RunningMeanStd"):
+            RestrictedUnpickler(io.BytesIO(blob), VEC_NORMALIZE_GLOBALS, "crafted.pkl").load()
+        assert RunningMeanStd.__dict__["update"] is update
+    finally:
+        RunningMeanStd.update = update  # (the old unpickler changed it: keep the rest of the session sound)
+
+
+def _dtype_op(code: str) -> bytes:
+    return (
+        _op_global("numpy", "dtype")
+        + pickle.MARK
+        + _op_str(code)
+        + pickle.NEWFALSE
+        + pickle.NEWTRUE
+        + pickle.TUPLE
+        + pickle.REDUCE
+    )
+
+
+_DTYPE_STATE = (
+    pickle.MARK + _op_int(3) + _op_str("|") + pickle.NONE * 3 + _op_int(2**20) + _op_int(1) + _op_int(0) + pickle.TUPLE
+)
+_BUILDS = {
+    # a space whose state declares 2**40 entries (what networks and buffers are then sized from), with no arrays
+    "space shape": _BOX
+    + pickle.EMPTY_TUPLE
+    + pickle.NEWOBJ
+    + pickle.EMPTY_DICT
+    + pickle.MARK
+    + _op_str("_shape")
+    + _op_shape(2**40)
+    + _op_str("low_repr")
+    + _op_str("0.0")
+    + _op_str("high_repr")
+    + _op_str("1.0")
+    + pickle.SETITEMS
+    + pickle.BUILD,
+    # numpy's singleton float64, shared by the whole process
+    "numpy's own dtype": _op_global("numpy", "dtype")
+    + pickle.MARK
+    + _op_str("f8")
+    + pickle.NEWFALSE
+    + pickle.NEWFALSE
+    + pickle.TUPLE
+    + pickle.REDUCE
+    + pickle.MARK
+    + _op_int(3)
+    + _op_str(">")
+    + pickle.NONE * 3
+    + _op_int(-1) * 2
+    + _op_int(0)
+    + pickle.TUPLE
+    + pickle.BUILD,
+    # a dtype made 1 MiB wide after a 2-entry array of 8 bytes each uses it (numpy would then read past the array)
+    "dtype of an array": _dtype_op("V8")
+    + pickle.MEMOIZE
+    + _op_global("numpy._core.numeric", "_frombuffer")
+    + pickle.MARK
+    + pickle.SHORT_BINBYTES
+    + bytes([16])
+    + bytes(16)
+    + pickle.BINGET
+    + bytes([0])
+    + _op_shape(2)
+    + _op_str("C")
+    + pickle.TUPLE
+    + pickle.REDUCE
+    + pickle.BINGET
+    + bytes([0])
+    + _DTYPE_STATE
+    + pickle.BUILD
+    + pickle.TUPLE2,
+    # items added to a class (cls[key] = value, cls.append(...)): only lists, dicts and sets are filled
+    "SETITEMS on a class": _BOX + pickle.MARK + _op_str("low") + pickle.NONE + pickle.SETITEMS,
+    "APPEND on a class": _BOX + pickle.NONE + pickle.APPEND,
+}
+
+
+@pytest.mark.parametrize("what", list(_BUILDS))
+def test_state_changes_are_restricted(what):
+    from sb3_cherry.common.restricted_pickle import SPACE_GLOBALS, RestrictedUnpickler
+
+    with pytest.raises(ValueError, match=r"space: .*(is refused|sets the state of)|space sets the state of"):
+        RestrictedUnpickler(io.BytesIO(_op_pickle(_BUILDS[what])), SPACE_GLOBALS, "space").load()
+    assert np.dtype("f8").byteorder == "="
+
+
+@pytest.mark.parametrize("protocol", [3, 4, 5])
+def test_restricted_unpickler_reads_what_sb3_writes(protocol):
+    """Seeded spaces of every kind and dtype, and VecNormalize (also with Dict observations), still load."""
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from sb3_cherry.common.restricted_pickle import SPACE_GLOBALS, VEC_NORMALIZE_GLOBALS, RestrictedUnpickler
+
+    space = spaces.Dict(
+        {
+            "image": spaces.Box(0, 255, (8, 8, 3), np.uint8),
+            "big_endian": spaces.Box(-1, 1, (3,), np.dtype(">f4")),
+            "half": spaces.Box(-1, 1, (2,), np.float16),
+            "flags": spaces.Box(0, 1, (2,), np.bool_),
+            "inner": spaces.Tuple((spaces.MultiBinary([2, 3]), spaces.Discrete(3, start=-1), spaces.MultiDiscrete([2, 5]))),
+        }
+    )
+    space.seed(0)
+    for dumps in (cloudpickle.dumps, lambda obj: pickle.dumps(obj, protocol=protocol)):
+        blob = dumps(space)
+        loaded = RestrictedUnpickler(io.BytesIO(blob), SPACE_GLOBALS, "space").load()
+        assert loaded == space
+        assert str(loaded.sample()) == str(pickle.loads(blob).sample())  # the same random generator state
+    venv = VecNormalize(make_vec_env("Pendulum-v1", 2))
+    venv.reset()
+    venv.step(np.zeros((2, 1)))
+    state = venv.__getstate__()
+    loaded = RestrictedUnpickler(io.BytesIO(pickle.dumps(state, protocol=protocol)), VEC_NORMALIZE_GLOBALS, "v").load()
+    np.testing.assert_array_equal(loaded["obs_rms"].var, venv.obs_rms.var)
+
+
+_PAIRS = pickle.MARK + pickle.MARK + _op_int(1) + _op_int(2) + pickle.TUPLE + pickle.LIST  # [(1, 2)]
+
+
+@pytest.mark.parametrize(
+    "module, name, argument",
+    [
+        ("collections", "OrderedDict", _PAIRS),
+        ("numpy.random._pcg64", "PCG64", pickle.MARK + _op_int(1) + _op_int(2) + pickle.LIST),
+        ("numpy.random.bit_generator", "SeedSequence", pickle.MARK + _op_int(1) + _op_int(2) + pickle.LIST),
+    ],
+)
+def test_classes_pickles_call_without_arguments_get_none(module, name, argument):
+    """With an array of the file as argument, each would iterate over or copy it: pickles never pass one (nor any)."""
+    from sb3_cherry.common.restricted_pickle import SPACE_GLOBALS, RestrictedUnpickler
+
+    blob = _op_pickle(_op_global(module, name) + pickle.MARK + argument + pickle.TUPLE + pickle.REDUCE)
+    with pytest.raises(UnsafeModelFileError, match=rf"space calls {name} with arguments"):
+        RestrictedUnpickler(io.BytesIO(blob), SPACE_GLOBALS, "space").load()
+    ordered = collections.OrderedDict(b=np.arange(3), a=spaces.Discrete(2))
+    assert RestrictedUnpickler(io.BytesIO(pickle.dumps(ordered)), SPACE_GLOBALS, "space").load().keys() == ordered.keys()
+
+
+def test_every_allowed_global_has_a_call_check():
+    """A global added to an allow-list without deciding how it may be called is resolved but never called."""
+    from sb3_cherry.common.restricted_pickle import CALL_CHECKS, VEC_NORMALIZE_GLOBALS, RestrictedUnpickler
+
+    assert set(CALL_CHECKS) == VEC_NORMALIZE_GLOBALS
+    blob = _op_pickle(_op_global("builtins", "len") + pickle.MARK + _op_str("x") + pickle.TUPLE + pickle.REDUCE)
+    with pytest.raises(UnsafeModelFileError, match=r"space calls builtins\.len, which a safe load never calls"):
+        RestrictedUnpickler(io.BytesIO(blob), frozenset({("builtins", "len")}), "space").load()
+
+
+@pytest.mark.parametrize(
+    "fields, description",
+    [
+        ({"n": str(2**40), "start": "0", "dtype": "int64"}, {"type": "Discrete", "n": 2**40}),
+        ({"n": "[65536, 65536]"}, {"type": "MultiBinary", "n": [65536, 65536]}),
+        ({"nvec": f"[{2**30}, 2]", "start": "[0, 0]", "dtype": "int64"}, {"type": "MultiDiscrete", "nvec": [2**30, 2]}),
+    ],
+    ids=["discrete", "multi_binary", "multi_discrete"],
+)
+def test_discrete_spaces_read_as_data_are_capped(fields, description):
+    # read from a model file's readable fields or a demo file's description: a Discrete(2**40) made the policy's head
+    # allocate 2**40 logits per sample; MultiBinary((65536, 65536)) 4.3e9 entries
+    from sb3_cherry.common.safe_load import space_from_fields
+    from sb3_cherry.demos import space_from_dict
+
+    kind = description["type"]
+    module = {"Discrete": "discrete", "MultiBinary": "multi_binary", "MultiDiscrete": "multi_discrete"}[kind]
+    item = {":type:": f"<class 'gymnasium.spaces.{module}.{kind}'>", **fields}
+    with pytest.raises(ValueError, match="is refused"):
+        space_from_fields(item)
+    with pytest.raises(ValueError, match="is refused"):
+        space_from_dict(description)

@@ -46,6 +46,7 @@ from sb3_cherry.common.restricted_pickle import (
     SPACE_GLOBALS,
     RestrictedUnpickler,
     UnsafeModelFileError,
+    check_discrete_sizes,
     check_space_size,
 )
 from sb3_cherry.common.safe_config import UnsafeConfigError, literal_value
@@ -255,6 +256,9 @@ def space_from_fields(item: Mapping[str, Any]) -> spaces.Space:
         low = np.asarray(_field(item, "low"), dtype=dtype).reshape(shape)
         high = np.asarray(_field(item, "high"), dtype=dtype).reshape(shape)
         return spaces.Box(low, high, shape, dtype)
+    for name, size_key in (("Discrete", "n"), ("MultiDiscrete", "nvec"), ("MultiBinary", "n")):
+        if kind.endswith(f".{name}'>"):
+            check_discrete_sizes(name, _field(item, size_key), f"a {name} space in the model file")
     if kind.endswith(".Discrete'>"):
         return spaces.Discrete(int(_field(item, "n")), start=int(_field(item, "start")), dtype=np.dtype(item["dtype"]))
     if kind.endswith(".MultiDiscrete'>"):
