@@ -50,3 +50,28 @@ def raw_step_recorder() -> RawStepRecorder:
 def gae_by_hand() -> Callable[..., np.ndarray]:
     """The hand-written GAE reference (:func:`_gae_by_hand`)."""
     return _gae_by_hand
+
+
+@pytest.fixture
+def umask_read_only(monkeypatch):
+    """
+    The umask set to 0o027 and ``os.umask`` made to fail for the test's duration: a save must read the umask without
+    setting it (``os.umask`` reads it only by setting another, and a file another thread creates meanwhile gets that
+    mode). Skipped where ``/proc/self/status`` does not show the umask (outside Linux).
+    """
+    import os
+    import pathlib
+
+    status = pathlib.Path("/proc/self/status")
+    if not status.exists() or "Umask:" not in status.read_text():
+        pytest.skip("the umask is read without changing it only where /proc/self/status shows it (Linux)")
+    real_umask = os.umask
+    previous = real_umask(0o027)
+
+    def umask(mask):
+        raise AssertionError(f"os.umask({mask:#o}) called during a save")
+
+    monkeypatch.setattr(os, "umask", umask)
+    yield
+    monkeypatch.undo()
+    real_umask(previous)

@@ -393,26 +393,7 @@ def test_save_killed_between_renames_leaves_a_readable_checkpoint(tmp_path, monk
     assert sorted(p.name for p in crashed.iterdir()) == ["ckpt"]  # the killed save's temporary folder is removed
 
 
-def test_checkpoint_reads_the_umask_without_changing_it(tmp_path, monkeypatch):
-    import os
-    import pathlib
-
-    status = pathlib.Path("/proc/self/status")
-    if not status.exists() or "Umask:" not in status.read_text():
-        pytest.skip("the umask is read without changing it only where /proc/self/status shows it (Linux)")
-    # os.umask reads the umask only by setting another: a file that another thread creates meanwhile gets that mode
-    model = make_model(make_env(normalize=False))
-    real_umask = os.umask
-    previous = real_umask(0o027)
-
-    def umask(mask):
-        raise AssertionError(f"os.umask({mask:#o}) called during a save")
-
-    try:
-        monkeypatch.setattr(os, "umask", umask)
-        folder = save_run_checkpoint(model, tmp_path / "ckpt", total_timesteps=TOTAL)
-    finally:
-        monkeypatch.undo()
-        real_umask(previous)
+def test_checkpoint_reads_the_umask_without_changing_it(tmp_path, umask_read_only):
+    folder = save_run_checkpoint(make_model(make_env(normalize=False)), tmp_path / "ckpt", total_timesteps=TOTAL)
     assert folder.stat().st_mode & 0o777 == 0o750
     assert (folder / "model.zip").stat().st_mode & 0o777 == 0o640
