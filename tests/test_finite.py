@@ -323,3 +323,13 @@ def test_an_update_that_raises_is_undone(flat, error, monkeypatch):
     assert len(calls) == 3
     _assert_state_equal(model.policy.state_dict(), record.at_rollout_end)
     _assert_optimizer_equal(model.policy.optimizer.state_dict(), record.optimizer_at_rollout_end)
+
+
+def test_non_finite_parameters_before_learn_name_the_model_not_the_env():
+    # a model file holding NaN weights: the first step got NaN actions, and the error blamed the environment
+    model = PPORollback("MlpPolicy", "Pendulum-v1", n_steps=32, batch_size=32, seed=0)
+    with th.no_grad():
+        model.policy.action_net.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"parameters \['action_net.weight'\] are not finite .* before learn"):
+        model.learn(32)
+    assert model.num_timesteps == 0

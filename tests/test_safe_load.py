@@ -797,3 +797,19 @@ def test_discrete_spaces_read_as_data_are_capped(fields, description):
         space_from_fields(item)
     with pytest.raises(ValueError, match="is refused"):
         space_from_dict(description)
+
+
+@pytest.mark.parametrize("field", ["mean", "var", "count"])
+def test_vec_normalize_file_with_non_finite_statistics_is_refused(tmp_path, field):
+    # every normalised observation would be NaN; `sb3-cherry evaluate` reported a NaN return with exit code 0
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from sb3_cherry.common.restricted_pickle import load_vec_normalize
+
+    vec_normalize = VecNormalize(make_vec_env("Pendulum-v1", 1))
+    value = getattr(vec_normalize.obs_rms, field)
+    setattr(vec_normalize.obs_rms, field, np.full_like(value, np.nan) if isinstance(value, np.ndarray) else float("inf"))
+    vec_normalize.save(tmp_path / "vecnormalize.pkl")
+    with pytest.raises(ValueError, match=f"obs_rms.{field} are not finite"):
+        load_vec_normalize(tmp_path / "vecnormalize.pkl", make_vec_env("Pendulum-v1", 1))

@@ -194,6 +194,12 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
         if "_update_snapshot" in self.__dict__:
             self._update_snapshot.invalidate()  # parameters may have been set or loaded since the last update
         if self.check_finite:
+            bad = [name for name, parameter in self.policy.named_parameters() if not th.isfinite(parameter).all()]
+            if bad:  # the first non-finite step would otherwise blame the env, which only received NaN actions
+                raise ValueError(
+                    f"The policy's parameters {bad[:3]}{' ...' if len(bad) > 3 else ''} are not finite (NaN or inf) before "
+                    "learn: the model was loaded from a file holding them, or set so. Load an earlier model or checkpoint."
+                )
             # first, so that no other callback (e.g. an EvalCallback) runs on a non-finite step
             if callback is None:
                 callback = []

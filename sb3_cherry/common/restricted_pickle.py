@@ -524,5 +524,33 @@ def load_vec_normalize(path: str | os.PathLike, venv: Any, allow_pickle: bool = 
         raise ValueError(f"{path} is not a VecNormalize file written by VecNormalize.save ({exc}).") from exc
     if not isinstance(vec_normalize, VecNormalize):
         raise ValueError(f"{path} holds a {type(vec_normalize).__name__}, not a VecNormalize.")
+    _check_finite_statistics(vec_normalize, str(path))
     vec_normalize.set_venv(venv)
     return vec_normalize
+
+
+def _check_finite_statistics(vec_normalize: Any, where: str) -> None:
+    """
+    Refuse normalisation statistics that are not finite: every normalised observation (or reward) would be NaN, and
+    the first error would come from the policy's distribution, naming neither the file nor the cause.
+
+    :param vec_normalize: the loaded ``VecNormalize``
+    :param where: the file, for the error message
+    :raises ValueError: a non-finite mean, variance or count
+    """
+    rms_by_name: dict[str, Any] = {"ret_rms": getattr(vec_normalize, "ret_rms", None)}
+    obs_rms = getattr(vec_normalize, "obs_rms", None)
+    rms_by_name.update(
+        {f"obs_rms[{k!r}]": v for k, v in obs_rms.items()} if isinstance(obs_rms, dict) else {"obs_rms": obs_rms}
+    )
+    for name, rms in rms_by_name.items():
+        if rms is None:
+            continue
+        for field in ("mean", "var", "count"):
+            value = np.asarray(getattr(rms, field, 0.0), dtype=np.float64)
+            if not np.all(np.isfinite(value)):
+                raise ValueError(
+                    f"{where}: the normalisation statistics {name}.{field} are not finite (NaN or inf): every normalised "
+                    "value would be NaN. The run that wrote them diverged; use an earlier checkpoint's statistics, or "
+                    "train again."
+                )
