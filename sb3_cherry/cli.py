@@ -264,8 +264,8 @@ def cmd_train(argv: list[str]) -> None:
                 f"-optimize has no search space for --algo {algo} (it has one for {', '.join(sorted(SAMPLERS))}). "
                 "Tune the generator / policy with --algo ppo_rollback, then put its hyperparameters in the config."
             )
-    if args.conf is not None and pathlib.Path(args.conf).suffix.lower() not in (".yml", ".yaml"):
-        # rl_zoo3 runs a .py config as code and imports an extension-less one as a module
+    if args.conf is not None and not args.conf.endswith((".yml", ".yaml")):
+        # rl_zoo3 runs a .py config as code and imports any other one as a module (it tests these suffixes, lower case)
         raise ValueError(f"-c {args.conf}: sb3-cherry reads YAML configs only; give the file a .yml or .yaml name.")
     _hyperparams_overrides(rest, ("--env-kwargs",))  # checked here: rl_zoo3 evaluates them
     conf = args.conf or str(default_config(algo))

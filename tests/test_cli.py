@@ -135,7 +135,7 @@ def test_env_kwargs_are_parsed_not_evaluated(command, tmp_path, monkeypatch, cap
     assert not (tmp_path / "ran").exists()
 
 
-@pytest.mark.parametrize("name", ["conf.py", "conf"])
+@pytest.mark.parametrize("name", ["conf.py", "conf", "conf.YML"])
 def test_train_reads_yaml_configs_only(name, tmp_path, monkeypatch, capsys):
     # rl_zoo3 runs a .py config and imports an extension-less one: a file valid as YAML and as Python ran its code
     monkeypatch.chdir(tmp_path)
