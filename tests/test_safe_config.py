@@ -273,7 +273,9 @@ def test_dotted_policy_outside_trusted_packages_is_refused(policy):
     # rl_zoo3 imports the module of a dotted policy name (get_class_by_name); aliases and trusted classes pass
     from sb3_cherry.common.safe_config import check_imported_names
 
-    with pytest.raises(UnsafeConfigError, match="policy"):
+    with pytest.raises(UnsafeConfigError, match="policy") as info:
         check_imported_names({"policy": policy}, "config.yml")
+    # the way out names the class (sb3-cherry evaluate has no custom_objects option)
+    assert f"custom_objects={{'policy_class': {policy.split('.')[-1]}}}" in str(info.value)
     for fine in ("MlpPolicy", "CnnPolicy", "sb3_cherry.ppo_rollback.policies.MlpPolicy"):
         check_imported_names({"policy": fine}, "config.yml")

@@ -351,8 +351,9 @@ def check_imported_names(hyperparams: Mapping[str, Any], where: str, trusted_onl
         if trusted_only and policy.split(".")[0] not in TRUSTED_WRAPPER_PACKAGES:
             raise UnsafeConfigError(
                 f"{where}: policy {policy!r} is not a class of {list(TRUSTED_WRAPPER_PACKAGES)}; rl_zoo3 would import "
-                "its module. Use a policy alias (MlpPolicy, CnnPolicy, MultiInputPolicy), or run the folder's code only "
-                "if you trust it."
+                "its module, which the sb3-cherry commands do not do for a run folder. If you trust it, load the model "
+                f"in Python with your class: <Algo>.load(path, custom_objects={{'policy_class': {policy.split('.')[-1]}}}); "
+                "otherwise train with a policy alias (MlpPolicy, CnnPolicy, MultiInputPolicy)."
             )
         _check_class(policy, "policy", where)
 
