@@ -602,7 +602,7 @@ def _size_limits(observation_space: spaces.Space, action_space: spaces.Space, le
     return limits
 
 
-def _read_archive(path: pathlib.Path) -> tuple[dict[str, np.ndarray], list[str]]:
+def _read_archive(path: pathlib.Path) -> tuple[dict[str, np.ndarray], list[str], tuple[spaces.Space, spaces.Space]]:
     """
     The arrays of the archive that a demonstration file has (``allow_pickle=False``; other entries are not read), each
     refused before it is read when larger than the file's own episode lengths and spaces allow, and the names of all its
@@ -610,7 +610,7 @@ def _read_archive(path: pathlib.Path) -> tuple[dict[str, np.ndarray], list[str]]
     arrays they size are read), the others by :func:`_validate`.
 
     :param path: the file
-    :return: ``(arrays, names)``
+    :return: ``(arrays, names, (observation_space, action_space))``, the spaces as :func:`_validate_metadata` checked them
     :raises FileNotFoundError: no such file
     :raises ValueError: not a valid demonstration file
     """
@@ -641,7 +641,7 @@ def _read_archive(path: pathlib.Path) -> tuple[dict[str, np.ndarray], list[str]]
         for key, limit in limits.items():
             if key in names:
                 arrays[key] = _read_entry(str(path), loaded, key, limit, reason)
-    return arrays, names
+    return arrays, names, (observation_space, action_space)
 
 
 def _parse_spaces(where: str, arrays: dict[str, np.ndarray]) -> tuple[spaces.Space, spaces.Space]:
@@ -689,7 +689,10 @@ def _validate_metadata(
 
 
 def _validate(
-    where: str, arrays: dict[str, np.ndarray], names: Sequence[str] | None = None
+    where: str,
+    arrays: dict[str, np.ndarray],
+    names: Sequence[str] | None = None,
+    checked_spaces: tuple[spaces.Space, spaces.Space] | None = None,
 ) -> tuple[spaces.Space, spaces.Space]:
     """
     Check a demonstration archive's arrays; return its spaces. Every problem raises a ValueError naming ``where``.
@@ -697,9 +700,11 @@ def _validate(
     :param where: the file, for error messages
     :param arrays: its arrays (those a demonstration file has)
     :param names: the names of all its arrays, when ``arrays`` holds only those (default: the keys of ``arrays``)
+    :param checked_spaces: the spaces :func:`_validate_metadata` already returned for these arrays (:func:`_read_archive`
+        checks them before reading the arrays they size), not parsed and checked again
     :return: ``(observation_space, action_space)``
     """
-    observation_space, action_space = _validate_metadata(where, arrays, names)
+    observation_space, action_space = checked_spaces or _validate_metadata(where, arrays, names)
 
     lengths, terminal = arrays["episode_lengths"], arrays["terminal"]
     if terminal.shape != lengths.shape or terminal.dtype != bool:
@@ -828,7 +833,8 @@ def load_demo_spaces(path: str | os.PathLike) -> tuple[spaces.Space, spaces.Spac
     :raises ValueError: the file is not a valid demonstration file
     """
     path = _resolve(path)
-    return _validate(str(path), *_read_archive(path))
+    arrays, names, checked_spaces = _read_archive(path)
+    return _validate(str(path), arrays, names, checked_spaces)
 
 
 def _resolve(path: str | os.PathLike) -> pathlib.Path:
@@ -850,8 +856,8 @@ def load_demos(path: str | os.PathLike) -> list[Any]:
         disagree in shape (the message names the file and the problem)
     """
     path = _resolve(path)
-    arrays, names = _read_archive(path)
-    observation_space, _ = _validate(str(path), arrays, names)
+    arrays, names, checked_spaces = _read_archive(path)
+    observation_space, _ = _validate(str(path), arrays, names, checked_spaces)
     trajectory_class, dict_obs_class = _imitation_types()
     lengths = arrays["episode_lengths"]
     act_ends = np.cumsum(lengths)
