@@ -761,8 +761,9 @@ class BCO(AtomicSaveAlgorithm):
 
 def _check_action_starts(space: spaces.Space) -> None:
     """
-    Refuse ``Discrete`` / ``MultiDiscrete`` actions that do not start at 0 (in a Tuple too): the demonstrations and the
-    env hold the actions themselves, the policy's categorical heads indices from 0.
+    Refuse ``Discrete`` / ``MultiDiscrete`` actions that do not start at 0 (in a Tuple too): BCO supports only actions
+    starting at 0 (its inverse model's labels and flat action bounds are not written or tested for shifted spaces,
+    although the action distributions themselves add the start).
 
     :param space: the action space
     :raises ValueError: naming the space and the fix
@@ -772,8 +773,8 @@ def _check_action_starts(space: spaces.Space) -> None:
             _check_action_starts(part)
     elif isinstance(space, (spaces.Discrete, spaces.MultiDiscrete)) and np.any(np.asarray(space.start) != 0):
         raise ValueError(
-            f"BCO: the action space {space} does not start at 0; the policy and the inverse model index actions from "
-            "0. Shift the env's actions (e.g. gymnasium.wrappers.TransformAction, with a Discrete(n) action space) "
+            f"BCO: the action space {space} does not start at 0; BCO supports only actions starting at 0. Shift the "
+            "env's actions (e.g. gymnasium.wrappers.TransformAction, with a Discrete(n) action space) "
             "and record the demonstrations on the shifted env."
         )
 
