@@ -52,6 +52,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper,
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
 from sb3_cherry.common.restricted_pickle import MAX_ITEMSIZE, MAX_SPACE_ELEMENTS, check_discrete_sizes, check_space_size
+from sb3_cherry.common.safe_npz import read_npz_entry
 from sb3_cherry.common.save_util import atomic_write
 from sb3_cherry.common.spaces import check_action_space, flat_action_dim, flatten_action
 
@@ -541,45 +542,6 @@ def _env_id(venv: VecEnv) -> str | None:
 MAX_METADATA_BYTES = MAX_SPACE_ELEMENTS * MAX_ITEMSIZE
 
 
-def _read_entry(where: str, loaded: Any, key: str, limit: int, reason: str) -> np.ndarray:
-    """
-    One array of the archive, once its header (read alone: a few bytes of the entry are inflated) agrees with the
-    entry's declared size (``ZipInfo.file_size``, where zipfile stops inflating) and needs at most ``limit`` bytes:
-    numpy allocates the header's shape before reading the data, and a deflated entry of zeros is ~1000 times smaller.
-
-    :param where: the file, for error messages
-    :param loaded: the open archive (``NpzFile``)
-    :param key: the array's name
-    :param limit: the most bytes its data may take
-    :param reason: why, for the error message
-    :return: the array
-    :raises ValueError: unreadable or refused (naming the file and the array)
-    """
-    member = f"{key}.npy" if f"{key}.npy" in loaded.zip.namelist() else key
-    try:
-        info = loaded.zip.getinfo(member)
-        with loaded.zip.open(info) as entry:
-            version = np.lib.format.read_magic(entry)
-            if version not in ((1, 0), (2, 0)):  # (3.0 is only written for dtypes with non-latin-1 field names)
-                raise ValueError(f".npy format version {version} is not supported")
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _, dtype = read_header(entry)
-            header_size = entry.tell()
-        if dtype.hasobject:
-            raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
-        size = math.prod(shape) * dtype.itemsize
-        if info.file_size != header_size + size:
-            raise ValueError(
-                f"the entry declares {info.file_size} bytes, but its header ({shape} {dtype}) needs {header_size + size}: "
-                "the file is damaged or crafted"
-            )
-        if size > limit:
-            raise ValueError(f"{shape} {dtype} is {size} bytes, more than {limit}, {reason}: the file is damaged or crafted")
-        return cast(np.ndarray, loaded[key])
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{where}: cannot read array {key!r} ({exc}).") from exc
-
-
 def _size_limits(observation_space: spaces.Space, action_space: spaces.Space, lengths: np.ndarray) -> dict[str, int] | None:
     """The most bytes each array of a file may take, from its (checked) episode lengths and spaces, at 8 bytes an entry;
     None for spaces a demonstration file cannot have (:func:`_validate` then refuses the file)."""
@@ -631,7 +593,7 @@ def _read_archive(path: pathlib.Path) -> tuple[dict[str, np.ndarray], list[str],
             ("episode_lengths", MAX_METADATA_BYTES, "the most an entry read before the file's shapes are known may take"),
         ):
             if key in names:
-                arrays[key] = _read_entry(str(path), loaded, key, limit, reason)
+                arrays[key] = read_npz_entry(str(path), loaded, key, limit, reason)
         observation_space, action_space = _validate_metadata(str(path), arrays, names)
         limits = _size_limits(observation_space, action_space, arrays["episode_lengths"])
         reason = "what its episode lengths and spaces allow, at 8 bytes an entry"
@@ -640,7 +602,7 @@ def _read_archive(path: pathlib.Path) -> tuple[dict[str, np.ndarray], list[str],
             reason = "the most an entry read before the file's shapes are known may take"
         for key, limit in limits.items():
             if key in names:
-                arrays[key] = _read_entry(str(path), loaded, key, limit, reason)
+                arrays[key] = read_npz_entry(str(path), loaded, key, limit, reason)
     return arrays, names, (observation_space, action_space)
 
 

@@ -1,5 +1,9 @@
 """Run checkpoints: two chunks give the same run as one uninterrupted ``learn``."""
 
+import io
+import json
+import zipfile
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -397,3 +401,75 @@ def test_checkpoint_reads_the_umask_without_changing_it(tmp_path, umask_read_onl
     folder = save_run_checkpoint(make_model(make_env(normalize=False)), tmp_path / "ckpt", total_timesteps=TOTAL)
     assert folder.stat().st_mode & 0o777 == 0o750
     assert (folder / "model.zip").stat().st_mode & 0o777 == 0o640
+
+
+def _rewrite_arrays(folder, change, compress=False):
+    """Rewrite a checkpoint's run_state.npz with ``change(arrays)`` applied (a dict of name -> array)."""
+    with np.load(folder / "run_state.npz") as loaded:
+        arrays = {k: loaded[k] for k in loaded.files}
+    change(arrays)
+    (np.savez_compressed if compress else np.savez)(folder / "run_state.npz", **arrays)
+
+
+def test_non_finite_normalization_statistics_are_refused(tmp_path):
+    # as for vecnormalize.pkl: a diverged run's NaN statistics would make every observation NaN, blamed on the policy
+    from sb3_cherry.common.checkpoint import checkpoint_normalization
+
+    model = make_model(make_env())
+    model.learn(128)
+    folder = save_run_checkpoint(model, tmp_path / "ckpt", total_timesteps=TOTAL)
+    assert checkpoint_normalization(folder) is not None
+    mean_key = next(k for k in np.load(folder / "run_state.npz").files if k.endswith("obs_rms.mean"))
+    _rewrite_arrays(folder, lambda arrays: arrays[mean_key].__setitem__(0, np.nan))
+    with pytest.raises(ValueError, match=r"run_state\.npz: the normalisation statistics obs_rms\.mean are not finite"):
+        load_run_checkpoint(PPORollback, folder, make_env())
+    with pytest.raises(ValueError, match=r"obs_rms\.mean are not finite"):
+        checkpoint_normalization(folder)
+
+
+def test_checkpoint_arrays_cannot_allocate_beyond_the_file(tmp_path):
+    # numpy allocates what an entry's header declares: a deflated entry, a header larger than its data, or one entry
+    # referred to many times by run_state.json could make a small file allocate gigabytes
+    model = make_model(make_env())
+    model.learn(128)
+    folder = save_run_checkpoint(model, tmp_path / "ckpt", total_timesteps=TOTAL)
+    _rewrite_arrays(folder, lambda arrays: None, compress=True)
+    with pytest.raises(ValueError, match="compressed entries"):
+        load_run_checkpoint(PPORollback, folder, make_env())
+
+    folder = save_run_checkpoint(model, tmp_path / "ckpt2", total_timesteps=TOTAL)
+    key = next(k for k in np.load(folder / "run_state.npz").files if k.endswith("obs_rms.mean"))
+    with zipfile.ZipFile(folder / "run_state.npz") as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    header = io.BytesIO()  # the entry's data stays 4 floats, its header declares 2**28 (2 GiB)
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (2**28,)})
+    entries[f"{key}.npy"] = header.getvalue() + np.zeros(4).tobytes()
+    with zipfile.ZipFile(folder / "run_state.npz", "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    with pytest.raises(ValueError, match=f"cannot read array '{key}'.*the file is damaged or crafted"):
+        load_run_checkpoint(PPORollback, folder, make_env())
+
+    folder = save_run_checkpoint(model, tmp_path / "ckpt3", total_timesteps=TOTAL)
+    state = json.loads((folder / "run_state.json").read_text())
+    state["ep_info_buffer"] = [{"__array__": key}] * 100_000
+    (folder / "run_state.json").write_text(json.dumps(state))
+    with pytest.raises(ValueError, match="what is left of the archive's own size"):
+        load_run_checkpoint(PPORollback, folder, make_env())
+
+
+def test_checkpoint_scalars_and_attribute_names_are_plain(tmp_path):
+    model = make_model(make_env(normalize=False))
+    model.learn(64)
+    folder = save_run_checkpoint(model, tmp_path / "ckpt", total_timesteps=TOTAL)
+    text = (folder / "run_state.json").read_text()
+    assert '"_elapsed_steps":' in text  # TimeLimit's counter
+    (folder / "run_state.json").write_text(text.replace('"_elapsed_steps":', '"__class__":', 1))
+    with pytest.raises(ValueError, match="attribute '__class__'"):
+        load_run_checkpoint(PPORollback, folder, make_env(normalize=False))
+    folder = save_run_checkpoint(model, tmp_path / "ckpt2", total_timesteps=TOTAL)
+    state = json.loads((folder / "run_state.json").read_text())
+    state["ep_info_buffer"] = [{"__scalar__": 10**12, "dtype": "V1"}]  # np.void(10**12): a terabyte of zeros
+    (folder / "run_state.json").write_text(json.dumps(state))
+    with pytest.raises(ValueError, match="scalar has dtype"):
+        load_run_checkpoint(PPORollback, folder, make_env(normalize=False))

@@ -11,7 +11,9 @@ A checkpoint is a folder:
   evaluation history);
 - ``run_state.npz``: the arrays those refer to (last observation, episode starts, VecNormalize statistics, env arrays).
 
-Everything reads back without pickle (``json`` and ``np.load(allow_pickle=False)``). A checkpoint is written at an
+Everything reads back without pickle (``json`` and ``np.load(allow_pickle=False)``; the arrays through
+:class:`~sb3_cherry.common.safe_npz.BoundedNpz`, so that a crafted file cannot make a reader allocate more than its own
+size, and VecNormalize statistics that are not finite are refused). A checkpoint is written at an
 update boundary (after ``train``, before the next rollout), into a temporary folder that replaces the previous
 checkpoint only once it is complete. A process killed between the two renames of that swap leaves the previous
 checkpoint aside (``.<folder>.old``): :func:`has_run_checkpoint`, which every reader calls, puts it back; the next save
@@ -49,6 +51,7 @@ import tempfile
 import warnings
 from collections import deque
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -58,9 +61,11 @@ from gymnasium.spaces import Space
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.running_mean_std import RunningMeanStd
-from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper, VecNormalize
 from stable_baselines3.common.vec_env.stacked_observations import StackedObservations
 
+from sb3_cherry.common.restricted_pickle import check_finite_statistics
+from sb3_cherry.common.safe_npz import BoundedNpz
 from sb3_cherry.common.save_util import current_umask, remove_stale_temp_files, temp_prefix, temp_writer_state
 
 MODEL_FILE = "model.zip"
@@ -149,7 +154,10 @@ def _decode(value: Any, arrays: Any) -> Any:
     if "__float__" in value:
         return float(value["__float__"])
     if "__scalar__" in value:
-        return np.dtype(value["dtype"]).type(value["__scalar__"])
+        dtype = np.dtype(value["dtype"])
+        if dtype.kind not in "biuf":  # (what the encoder writes)
+            raise ValueError(f"A run checkpoint's scalar has dtype {dtype}; only bool, integer and float scalars are read.")
+        return dtype.type(value["__scalar__"])
     if "__generator__" in value:
         state = value["__generator__"]
         if state.get("bit_generator") not in _BIT_GENERATORS:
@@ -255,6 +263,8 @@ def _restore_stacked(stacked: StackedObservations, value: Any, arrays: Any) -> N
 
 def _restore_layer(layer: Any, state: dict[str, Any], arrays: Any) -> None:
     for name, value in state.items():
+        if name != "__mujoco_state__" and (not name.isidentifier() or name.startswith("__")):
+            raise ValueError(f"A run checkpoint sets the attribute {name!r} of {type(layer).__name__}, which is refused.")
         if isinstance(value, dict) and "__stacked__" in value:
             _restore_stacked(getattr(layer, name), value["__stacked__"], arrays)
         elif name == "__mujoco_state__":
@@ -266,7 +276,7 @@ def _restore_layer(layer: Any, state: dict[str, Any], arrays: Any) -> None:
             setattr(layer, name, _decode(value, arrays))
 
 
-def _restore_envs(venv: VecEnv, layers: list[dict[str, Any]], exact: bool, arrays: Any) -> None:
+def _restore_envs(venv: VecEnv, layers: list[dict[str, Any]], exact: bool, arrays: Any, where: str) -> None:
     chain = _vec_chain(venv)
     if len(chain) != len(layers):
         raise ValueError(
@@ -275,6 +285,8 @@ def _restore_envs(venv: VecEnv, layers: list[dict[str, Any]], exact: bool, array
         )
     for layer, state in zip(chain[:-1], layers[:-1], strict=True):
         _restore_layer(layer, state, arrays)
+        if isinstance(layer, VecNormalize):
+            check_finite_statistics(layer, where)
     if exact:
         base = chain[-1]
         if not isinstance(base, DummyVecEnv):
@@ -603,10 +615,12 @@ def checkpoint_normalization(folder: str | pathlib.Path) -> dict[str, Any] | Non
     :raises ValueError: not a complete checkpoint
     """
     state = read_run_state(folder)
-    with np.load(pathlib.Path(folder) / ARRAYS_FILE, allow_pickle=False) as arrays:
+    with BoundedNpz(pathlib.Path(folder) / ARRAYS_FILE) as arrays:
         for layer in state["env_layers"][:-1]:
             if "obs_rms" in layer and "ret_rms" in layer:
-                return {name: _decode(value, arrays) for name, value in layer.items()}
+                attributes = {name: _decode(value, arrays) for name, value in layer.items()}
+                check_finite_statistics(SimpleNamespace(**attributes), str(pathlib.Path(folder) / ARRAYS_FILE))
+                return attributes
     return None
 
 
@@ -632,15 +646,15 @@ def load_run_checkpoint(
     folder = pathlib.Path(folder)
     state = read_run_state(folder, algo_class)
     model = algo_class.load(folder / MODEL_FILE, env=env, **load_kwargs)
-    with np.load(folder / ARRAYS_FILE, allow_pickle=False) as arrays:
+    with BoundedNpz(folder / ARRAYS_FILE) as arrays:
         # the model's env: ``env`` with the wrappers SB3 adds itself (VecTransposeImage for images), as at saving
         model_env = model.get_env()
         assert model_env is not None  # load() was given ``env``
-        _restore_envs(model_env, state["env_layers"], state["envs_exact"], arrays)
+        _restore_envs(model_env, state["env_layers"], state["envs_exact"], arrays, str(folder / ARRAYS_FILE))
         for name, other in (other_envs or {}).items():
             saved = state.get("other_envs", {}).get(name)
             if saved is not None:
-                _restore_envs(other, saved["env_layers"], saved["envs_exact"], arrays)
+                _restore_envs(other, saved["env_layers"], saved["envs_exact"], arrays, str(folder / ARRAYS_FILE))
         model.num_timesteps = state["num_timesteps"]
         model._total_timesteps = state["total_timesteps"]
         model._n_updates = state["n_updates"]  # type: ignore[attr-defined]

@@ -524,17 +524,17 @@ def load_vec_normalize(path: str | os.PathLike, venv: Any, allow_pickle: bool = 
         raise ValueError(f"{path} is not a VecNormalize file written by VecNormalize.save ({exc}).") from exc
     if not isinstance(vec_normalize, VecNormalize):
         raise ValueError(f"{path} holds a {type(vec_normalize).__name__}, not a VecNormalize.")
-    _check_finite_statistics(vec_normalize, str(path))
+    check_finite_statistics(vec_normalize, str(path))
     vec_normalize.set_venv(venv)
     return vec_normalize
 
 
-def _check_finite_statistics(vec_normalize: Any, where: str) -> None:
+def check_finite_statistics(vec_normalize: Any, where: str) -> None:
     """
     Refuse normalisation statistics that are not finite: every normalised observation (or reward) would be NaN, and
     the first error would come from the policy's distribution, naming neither the file nor the cause.
 
-    :param vec_normalize: the loaded ``VecNormalize``
+    :param vec_normalize: the loaded ``VecNormalize`` (or any object with its ``obs_rms`` / ``ret_rms``)
     :param where: the file, for the error message
     :raises ValueError: a non-finite mean, variance or count
     """
