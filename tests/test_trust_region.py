@@ -671,3 +671,96 @@ def test_kl_trust_region_update_equals_a_hand_written_update(method, kwargs):
     assert any(
         not th.allclose(a, b.detach(), rtol=1e-3, atol=1e-5) for a, b in zip(raw, model.policy.parameters(), strict=True)
     )
+
+
+def _continuous_head(policy, obs, beta):
+    """pi and V of an SB3-style MLP policy built from torch.distributions (Beta: softplus + 1 concentrations)."""
+    latent_pi, latent_vf = policy.mlp_extractor(policy.extract_features(obs))
+    values = policy.value_net(latent_vf).flatten()
+    if beta:
+        alpha_raw, beta_raw = policy.action_net(latent_pi).chunk(2, dim=-1)
+        softplus = th.nn.functional.softplus
+        return Beta(softplus(alpha_raw) + 1, softplus(beta_raw) + 1), values
+    return Normal(policy.action_net(latent_pi), policy.log_std.exp().expand(len(obs), -1)), values
+
+
+@pytest.mark.parametrize(
+    "method, beta, kwargs",
+    [
+        ("ppo_rb", False, dict(rollback_alpha=0.3)),
+        ("ppo_rb", True, dict(rollback_alpha=0.3)),
+        ("tr_ppo", False, dict(trust_region="kl", rollback_alpha=0.0)),
+        ("tr_ppo_rb", False, dict(trust_region="kl")),
+        ("tr_ppo_rb", True, dict(trust_region="kl", rollback_alpha=0.3)),
+        ("truly_ppo", False, dict(trust_region="kl", rollback="kl")),
+        ("truly_ppo", True, dict(trust_region="kl", rollback="kl", rollback_alpha=5.0)),
+    ],
+)
+def test_continuous_update_equals_a_hand_written_update(method, beta, kwargs):
+    """
+    As the CartPole test above, for Gaussian and Beta policies on Pendulum with an entropy bonus and SB3's value
+    clipping (``clip_range_vf``): log-probs, entropies and KL(pi_old || pi) from torch.distributions (the Beta on
+    ``(a - low) / (high - low)``, its density and entropy moved by ``log(high - low)``), PPO-RB's objective as the
+    authors' ``ratio_rollback`` (slope ``-alpha`` beyond the clip range, on the advantage's side).
+    """
+    import copy
+
+    n, epochs, eps, clip_vf, ent_coef, delta = 256, 6, 0.2, 0.3, 0.01, 0.002
+    model = PPORollback(
+        "MlpPolicy", "Pendulum-v1", n_steps=n, batch_size=n, n_epochs=epochs, learning_rate=3e-3, clip_range=eps,
+        clip_range_vf=clip_vf, ent_coef=ent_coef, seed=0, device="cpu",
+        policy_kwargs=dict(action_distribution="beta") if beta else {},
+        **(dict(kl_threshold=delta) if "trust_region" in kwargs else {}), **kwargs,
+    )  # fmt: skip
+    _, callback = model._setup_learn(n, None)
+    model.collect_rollouts(model.env, callback, model.rollout_buffer, n)
+    buf = model.rollout_buffer
+    obs, actions = th.as_tensor(buf.observations.reshape(n, -1)), th.as_tensor(buf.actions.reshape(n, -1))
+    old_log_prob, returns = th.as_tensor(buf.log_probs.reshape(n)), th.as_tensor(buf.returns.reshape(n))
+    old_values, raw_adv = th.as_tensor(buf.values.reshape(n)), th.as_tensor(buf.advantages.reshape(n))
+    low, high = th.as_tensor(model.action_space.low), th.as_tensor(model.action_space.high)
+    start = copy.deepcopy(model.policy)
+
+    model.train()
+    logged = model.logger.name_to_value
+    fraction = logged["train/trust_region_fraction" if "trust_region" in kwargs else "train/rollback_fraction"]
+    assert 0.0 < fraction < 1.0  # the rollback / trigger branch was taken on some samples
+
+    def hand_update(sign: float) -> list[th.Tensor]:
+        policy = copy.deepcopy(start)
+        policy.set_training_mode(True)
+        with th.no_grad():
+            old_dist, _ = _continuous_head(policy, obs, beta)
+        adv = (raw_adv - raw_adv.mean()) / (raw_adv.std() + 1e-8)
+        alpha = sign * model.rollback_alpha
+        for _ in range(epochs):
+            dist, values = _continuous_head(policy, obs, beta)
+            if beta:
+                unit = ((actions - low) / (high - low)).clamp(1e-6, 1 - 1e-6)
+                log_prob = (dist.log_prob(unit) - th.log(high - low)).sum(1)
+                entropy = (dist.entropy() + th.log(high - low)).sum(1)
+            else:
+                log_prob, entropy = dist.log_prob(actions).sum(1), dist.entropy().sum(1)
+            ratio = th.exp(log_prob - old_log_prob)
+            if method == "ppo_rb":  # the authors' ClipType.ratio_rollback, slope = -alpha
+                bound = th.where(adv >= 0, th.full_like(ratio, 1 + eps), th.full_like(ratio, 1 - eps))
+                outside = th.where(adv >= 0, ratio > 1 + eps, ratio < 1 - eps)
+                objective = th.where(outside, -alpha * ratio + (1 + alpha) * bound, ratio) * adv
+            else:
+                kl = th_kl(old_dist, dist).sum(1)
+                objective = _authors_objective(ratio, adv, kl, delta, alpha, method)
+            clipped_values = old_values + th.clamp(values - old_values, -clip_vf, clip_vf)
+            loss = -objective.mean() - ent_coef * entropy.mean() + model.vf_coef * ((returns - clipped_values) ** 2).mean()
+            policy.optimizer.zero_grad()
+            loss.backward()
+            th.nn.utils.clip_grad_norm_(policy.parameters(), model.max_grad_norm)
+            policy.optimizer.step()
+        return [p.detach() for p in policy.parameters()]
+
+    for expected, got in zip(hand_update(1.0), model.policy.parameters(), strict=True):
+        th.testing.assert_close(got.detach(), expected, rtol=0.0, atol=1e-6)
+    moved = max((a.detach() - b.detach()).abs().max().item() for a, b in zip(start.parameters(), model.policy.parameters()))
+    assert moved > 1e-3
+    if method != "tr_ppo":  # (alpha = 0: no slope to flip) the comparison tells the rollback's sign apart
+        flipped = hand_update(-1.0)
+        assert any(not th.allclose(a, b.detach(), atol=1e-5) for a, b in zip(flipped, model.policy.parameters()))
