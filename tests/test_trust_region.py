@@ -759,8 +759,11 @@ def test_continuous_update_equals_a_hand_written_update(method, beta, kwargs):
 
     for expected, got in zip(hand_update(1.0), model.policy.parameters(), strict=True):
         th.testing.assert_close(got.detach(), expected, rtol=0.0, atol=1e-6)
-    moved = max((a.detach() - b.detach()).abs().max().item() for a, b in zip(start.parameters(), model.policy.parameters()))
+    moved = max(
+        (a.detach() - b.detach()).abs().max().item()
+        for a, b in zip(start.parameters(), model.policy.parameters(), strict=True)
+    )
     assert moved > 1e-3
     if method != "tr_ppo":  # (alpha = 0: no slope to flip) the comparison tells the rollback's sign apart
         flipped = hand_update(-1.0)
-        assert any(not th.allclose(a, b.detach(), atol=1e-5) for a, b in zip(flipped, model.policy.parameters()))
+        assert any(not th.allclose(a, b.detach(), atol=1e-5) for a, b in zip(flipped, model.policy.parameters(), strict=True))
