@@ -2,6 +2,7 @@
 slow CartPole GAIL."""
 
 import base64
+import dataclasses
 import io
 import json
 import pathlib
@@ -777,3 +778,101 @@ def test_airl_trains_from_the_gail_config(zoo_with_adversarial):
     from sb3_cherry.common.config_schema import default_config
 
     assert default_config("airl") == default_config("gail") and default_config("airl").name == "gail.yml"
+
+
+# --------------------------------------------------------------------------------- non-finite data, wrong demos
+@pytest.mark.parametrize("algo", ALGOS)
+def test_demonstrations_that_cannot_be_the_envs_are_refused(cartpole_demos, algo):
+    from imitation.data.types import TrajectoryWithRew
+
+    good = load_demos(cartpole_demos)[0]
+    nan_obs = good.obs.copy()
+    nan_obs[3, 1] = np.nan
+    with pytest.raises(ValueError, match="demonstration 0 of the given trajectories has non-finite observations"):
+        algo("MlpPolicy", cartpole(), demonstrations=[dataclasses.replace(good, obs=nan_obs)], **SMALL)
+    wrong_acts = good.acts.copy()
+    wrong_acts[7] = 2  # CartPole has actions 0 and 1: a file recorded on another env (torch failed in one_hot)
+    with pytest.raises(ValueError, match=r"actions outside the environment's action space Discrete\(2\) \(step 7: 2"):
+        algo("MlpPolicy", cartpole(), demonstrations=[dataclasses.replace(good, acts=wrong_acts)], **SMALL)
+    with pytest.raises(ValueError, match=r"a list of trajectories .* got TrajectoryWithRew"):
+        algo("MlpPolicy", cartpole(), demonstrations=good, **SMALL)
+    assert isinstance(good, TrajectoryWithRew)
+
+
+def test_demonstrated_tuple_actions_are_checked_per_component(hybrid_demos):
+    good = load_demos(hybrid_demos)
+    acts = good[0].acts.copy()
+    acts[0, 0] = 3  # the club index of HybridGoal's Tuple(Discrete(3), ...) in the flat encoding
+    with pytest.raises(ValueError, match=r"Discrete\(3\) \(step 0: 3"):
+        GAIL("MlpPolicy", make_vec_env("sb3_cherry/HybridGoal-v0", n_envs=1), demonstrations=[
+            dataclasses.replace(good[0], acts=acts), *good[1:]], demo_batch_size=32, allow_variable_horizon=True)  # fmt: skip
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_non_finite_discriminator_update_is_undone(cartpole_demos, algo, monkeypatch):
+    model = algo("MlpPolicy", cartpole(), demonstrations=cartpole_demos, **SMALL)
+    model.learn(512)  # a few finite rounds
+    before = {k: v.clone() for k, v in model.reward_net.state_dict().items()}
+    optimizer = model.trainer._disc_opt
+    state_before = {k: v.clone() for k, v in optimizer.state[next(iter(optimizer.state))].items()}
+    step = optimizer.step
+
+    def diverging_step(*args, **kwargs):
+        step(*args, **kwargs)
+        with th.no_grad():
+            next(model.reward_net.parameters()).fill_(float("nan"))
+
+    monkeypatch.setattr(optimizer, "step", diverging_step)
+    with pytest.raises(ValueError, match=r"discriminator update .* the update was undone.*lower disc_lr"):
+        model.learn(512, reset_num_timesteps=False)
+    assert_state_dicts_equal(before, model.reward_net.state_dict())
+    for key, value in optimizer.state[next(iter(optimizer.state))].items():
+        assert th.equal(value, state_before[key]), key
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_non_finite_reward_net_is_refused_before_learn(cartpole_demos, algo):
+    model = algo("MlpPolicy", cartpole(), demonstrations=cartpole_demos, **SMALL)
+    with th.no_grad():
+        next(model.reward_net.parameters())[0] = float("inf")
+    with pytest.raises(ValueError, match=r"reward net's .* are not finite .* before learn"):
+        model.learn(512)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_discriminator_statistics_cover_the_whole_batch(cartpole_demos, algo):
+    """With minibatches, the logged loss / accuracy / counts are those of the whole batch, as imitation's own
+    train_disc computes them with one minibatch (the reference), not those of the last minibatch."""
+    from imitation.algorithms.adversarial.common import AdversarialTrainer
+
+    model = algo("MlpPolicy", cartpole(), demonstrations=cartpole_demos, demo_minibatch_size=64, disc_lr=0.0, **SMALL)
+    model.learn(512)  # fills the generator's replay buffer
+    demos = load_demos(cartpole_demos)
+    index = np.random.default_rng(0).choice(sum(len(t.acts) for t in demos), 256, replace=False)
+    expert = dict(
+        obs=np.concatenate([t.obs[:-1] for t in demos])[index],
+        acts=np.concatenate([t.acts for t in demos])[index],
+        next_obs=np.concatenate([t.obs[1:] for t in demos])[index],
+        dones=np.zeros(256, bool),
+    )
+    sample = model.trainer._gen_replay_buffer.sample(256)
+    gen = dict(obs=sample.obs, acts=sample.acts, next_obs=sample.next_obs, dones=sample.dones)
+    model.reward_net.eval()  # (RunningNorm's statistics fixed: in training mode every forward pass updates them)
+    ours = model.trainer.train_disc(expert_samples=expert, gen_samples=gen)  # 4 minibatches of 64 + 64
+    model.trainer.demo_minibatch_size = 256  # disc_lr=0: the same parameters
+    reference = AdversarialTrainer.train_disc(model.trainer, expert_samples=expert, gen_samples=gen)
+    keys = ("disc_loss", "disc_acc", "disc_acc_expert", "disc_acc_gen", "disc_entropy", "n_expert", "n_generated")
+    for key in keys:
+        assert ours[key] == pytest.approx(reference[key], rel=1e-5, abs=1e-6), key
+    assert ours["n_expert"] == 256
+
+
+def test_tuple_actions_with_vec_normalize_and_eval_callback(hybrid_demos, tmp_path):
+    # SB3's sync_envs_normalization walks the eval env's wrappers in step with the generator's: the eval env needs
+    # the VecTupleActions layer the training env has (the adapter wraps the user's callback, which hid it)
+    env = VecNormalize(make_vec_env("sb3_cherry/HybridGoal-v0", n_envs=2, seed=0))
+    eval_env = VecNormalize(make_vec_env("sb3_cherry/HybridGoal-v0", n_envs=1, seed=5), training=False, norm_reward=False)
+    model = GAIL("MlpPolicy", env, demonstrations=hybrid_demos, generator_kwargs=dict(n_steps=64, batch_size=64,
+                 n_epochs=1), demo_batch_size=32, allow_variable_horizon=True, seed=0)  # fmt: skip
+    model.learn(256, callback=EvalCallback(eval_env, eval_freq=64, n_eval_episodes=1, log_path=str(tmp_path)))
+    assert (tmp_path / "evaluations.npz").exists()

@@ -27,6 +27,7 @@ What the adapter adds to imitation's ``GAIL`` / ``AIRL``:
 import contextlib
 import dataclasses
 import io
+import math
 import os
 import pathlib
 import tempfile
@@ -64,10 +65,12 @@ from sb3_cherry.adversarial.trainers import (
 )
 from sb3_cherry.adversarial.wrappers import OpaqueVecEnv, VecFlatActionSpace, VecTupleActionSpace
 from sb3_cherry.common.config_schema import RESERVED_ARGS, check_constructor_kwargs
+from sb3_cherry.common.finite import UpdateSnapshot
+from sb3_cherry.common.on_policy import wrap_tuple_eval_envs
 from sb3_cherry.common.safe_config import check_policy_kwargs, parse_policy_kwargs
 from sb3_cherry.common.safe_load import stored_policy_class
 from sb3_cherry.common.save_util import atomic_write, check_model_file, resolve_zip_path
-from sb3_cherry.common.spaces import flat_action_space
+from sb3_cherry.common.spaces import flat_action_dim, flat_action_space
 from sb3_cherry.common.vec_env.tuple_actions import VecTupleActions
 from sb3_cherry.demos import load_demos
 from sb3_cherry.ppo_recurrent import RecurrentPPORollback
@@ -168,6 +171,43 @@ def _action_space_as(generator: OnPolicyAlgorithm, action_space: spaces.Space) -
         yield
     finally:
         generator.action_space = original
+
+
+def _leaves(space: spaces.Space, offset: int = 0) -> Iterator[tuple[spaces.Space, slice]]:
+    """The non-Tuple components of an action space and their columns in its flat encoding."""
+    if isinstance(space, spaces.Tuple):
+        for sub in space.spaces:
+            yield from _leaves(sub, offset)
+            offset += flat_action_dim(sub)
+    else:
+        yield space, slice(offset, offset + flat_action_dim(space))
+
+
+def _action_problem(acts: np.ndarray, space: spaces.Space) -> str | None:
+    """
+    What makes demonstrated actions (one row per step; Tuple actions in their flat encoding) impossible in ``space``:
+    a discrete value outside the space (a file recorded on another environment would otherwise fail inside torch's
+    one-hot encoding) or a non-finite continuous one; None when they fit.
+    """
+    flat = np.asarray(acts, dtype=np.float64).reshape(len(acts), -1)
+    for sub, columns in _leaves(space):
+        values = flat[:, columns]
+        if isinstance(sub, spaces.Box):
+            if not np.isfinite(values).all():
+                return f"non-finite actions (NaN or inf) for {sub}"
+            continue
+        if isinstance(sub, spaces.Discrete):
+            low, high = np.array([sub.start]), np.array([sub.start + sub.n - 1])
+        elif isinstance(sub, spaces.MultiDiscrete):
+            low = np.asarray(sub.start).reshape(-1)
+            high = low + np.asarray(sub.nvec).reshape(-1) - 1
+        else:  # MultiBinary
+            low, high = np.zeros(values.shape[1]), np.ones(values.shape[1])
+        bad = (values < low) | (values > high) | (values != np.round(values))
+        if bad.any():
+            step, column = np.argwhere(bad)[0]
+            return f"actions outside the environment's action space {sub} (step {step}: {values[step, column]:g})"
+    return None
 
 
 class _DiscriminatorRounds(BaseCallback):
@@ -607,7 +647,15 @@ class AdversarialImitation(BaseAlgorithm):
             loaded = load_demos(self.demonstrations)
         else:
             source = "the given trajectories"
-            loaded = list(self.demonstrations)  # type: ignore[arg-type]
+            if not isinstance(self.demonstrations, Sequence) or not all(
+                hasattr(t, "obs") and hasattr(t, "acts") for t in self.demonstrations
+            ):
+                raise ValueError(
+                    f"{name}: demonstrations must be a demonstration file or a list of trajectories (objects with "
+                    f"obs and acts, e.g. imitation's TrajectoryWithRew), got {type(self.demonstrations).__name__} "
+                    "(a single trajectory: pass [trajectory]; imitation's Transitions are not supported)."
+                )
+            loaded = list(self.demonstrations)
         if len(loaded) == 0:
             raise ValueError(f"{name}: no demonstrations in {source}.")
         obs_shape = tuple(venv.observation_space.shape)  # type: ignore[arg-type]
@@ -634,6 +682,11 @@ class AdversarialImitation(BaseAlgorithm):
                     f"{name}: demonstration {i} of {source} has actions of shape {acts.shape[1:]} ({acts.dtype}), but "
                     f"the environment needs {what}shape {act_shape}. {hint}"
                 )
+            if obs.dtype.kind == "f" and not np.isfinite(obs).all():
+                raise ValueError(f"{name}: demonstration {i} of {source} has non-finite observations (NaN or inf).")
+            problem = _action_problem(acts, self.action_space)
+            if problem is not None:
+                raise ValueError(f"{name}: demonstration {i} of {source} has {problem}. {hint}")
             # every episode end is "done", as on the generator's side: imitation's rollouts finish each episode with
             # terminal=True, time limits included (TrajectoryAccumulator.add_steps_and_auto_finish), so a truncated
             # demonstration marked not terminal would feed the reward net (AIRL's shaping gamma * h(s') * (1 - done),
@@ -714,7 +767,37 @@ class AdversarialImitation(BaseAlgorithm):
 
             for _ in range(self.n_disc_updates_per_round):
                 with networks.training(self.trainer.reward_train):
-                    self.trainer.train_disc()
+                    self._checked_disc_update()
+
+    def _checked_disc_update(self) -> None:
+        """
+        One discriminator update (imitation's ``train_disc``), undone and reported like the generator's updates when
+        its loss or the reward net's parameters or optimizer state come out non-finite (the samples are finite: the
+        generator's are checked during collection, the demonstrations when set).
+        """
+        trainer = self.trainer
+        if not getattr(self.generator, "check_finite", True):
+            trainer.train_disc()
+            return
+        snapshot = self.__dict__.get("_disc_snapshot")
+        if snapshot is None or snapshot.optimizers[0] is not trainer._disc_opt:
+            snapshot = self._disc_snapshot = UpdateSnapshot([self.reward_net], [trainer._disc_opt])
+        snapshot.take()
+        try:
+            stats = trainer.train_disc()
+        except BaseException:
+            snapshot.restore()
+            raise
+        loss = float(stats.get("disc_loss", 0.0))
+        if snapshot.check() and math.isfinite(loss):
+            return
+        snapshot.restore()
+        what = f"loss {loss}" if not math.isfinite(loss) else "reward net parameters or optimizer state after the update"
+        raise ValueError(
+            f"Non-finite {what} in the {type(self).__name__} discriminator update at num_timesteps={self.num_timesteps} "
+            f"(discriminator update {trainer._disc_step}): the update was undone, the reward net and its optimizer state "
+            "are those from before it. The samples were finite, so the update itself diverged: lower disc_lr."
+        )
 
     def _store_generator_samples(self) -> None:
         """
@@ -767,6 +850,16 @@ class AdversarialImitation(BaseAlgorithm):
             self._logger = self._make_logger(tb_log_name or name, reset_num_timesteps)
             self.trainer.logger = self._logger
             self.generator.set_logger(self._logger)
+        if getattr(self.generator, "check_finite", True):
+            bad = [name for name, value in self.reward_net.state_dict().items() if not th.isfinite(value).all()]
+            if bad:  # the first discriminator round would otherwise report a diverged update
+                raise ValueError(
+                    f"{name}: the reward net's {bad[:3]}{' ...' if len(bad) > 3 else ''} are not finite (NaN or inf) "
+                    "before learn: the model was loaded from a file holding them, or set so. Load an earlier model."
+                )
+        if "_disc_snapshot" in self.__dict__:
+            self._disc_snapshot.invalidate()  # the reward net may have been loaded or set since the last round
+        wrap_tuple_eval_envs(callback)  # (the generator's learn sees them inside the adapter's callback)
         if reset_num_timesteps and self.trainer.venv_buffering.n_transitions > 0:
             # the generator resets the env, which imitation's BufferingWrapper refuses while it holds transitions
             self._store_generator_samples()

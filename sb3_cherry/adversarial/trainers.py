@@ -5,9 +5,11 @@ imitation is imported lazily (inside the functions): importing this module works
 :func:`import_imitation` says how to install it.
 """
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch as th
+import torch.nn.functional as F
 from stable_baselines3.common.vec_env import VecNormalize
 
 #: How to install imitation (its metadata pins an old SB3 / gymnasium, hence ``--no-deps``)
@@ -47,15 +49,54 @@ def trainer_class(kind: str) -> type:
     :return: the trainer class
     """
     if not _TRAINER_CLASSES:
-        from imitation.algorithms.adversarial import airl, gail
+        from imitation.algorithms.adversarial import airl, common, gail
 
-        class GAILTrainer(gail.GAIL):
+        class WholeBatchStats(common.AdversarialTrainer):
+            """
+            imitation's ``train_disc`` with its statistics (loss, accuracies, counts) over the whole batch of
+            ``demo_batch_size`` expert and as many generator samples: imitation computes them from the last of the
+            ``demo_batch_size / demo_minibatch_size`` minibatches only (e.g. a quarter of the batch, and that
+            minibatch's loss scaled by 1/4 reported as the loss). The update itself is imitation's.
+            """
+
+            def train_disc(
+                self, *, expert_samples: Mapping[str, Any] | None = None, gen_samples: Mapping[str, Any] | None = None
+            ) -> Mapping[str, float]:
+                with self.logger.accumulate_means("disc"):
+                    write_summaries = self._init_tensorboard and self._global_step % 20 == 0
+                    self._disc_opt.zero_grad()
+                    logits, labels, losses = [], [], []
+                    for batch in self._make_disc_train_batches(gen_samples=gen_samples, expert_samples=expert_samples):
+                        disc_logits = self.logits_expert_is_high(
+                            batch["state"], batch["action"], batch["next_state"], batch["done"], batch["log_policy_act_prob"]
+                        )
+                        loss = F.binary_cross_entropy_with_logits(disc_logits, batch["labels_expert_is_one"].float())
+                        # the mean over the whole batch: each minibatch's mean weighted by its share
+                        loss = loss * (self.demo_minibatch_size / self.demo_batch_size)
+                        loss.backward()
+                        logits.append(disc_logits.detach())
+                        labels.append(batch["labels_expert_is_one"])
+                        losses.append(loss.detach())
+                    self._disc_opt.step()
+                    self._disc_step += 1
+                    all_logits = th.cat(logits)
+                    with th.no_grad():
+                        train_stats = common.compute_train_stats(all_logits, th.cat(labels), th.stack(losses).sum())
+                    self.logger.record("global_step", self._global_step)
+                    for key, value in train_stats.items():
+                        self.logger.record(key, value)
+                    self.logger.dump(self._disc_step)
+                    if write_summaries:
+                        self._summary_writer.add_histogram("disc_logits", all_logits)
+                return train_stats
+
+        class GAILTrainer(WholeBatchStats, gail.GAIL):
             """imitation's GAIL, without evaluating generator log-probabilities (the GAIL discriminator ignores them)."""
 
             def _get_log_policy_act_prob(self, obs_th: th.Tensor, acts_th: th.Tensor) -> th.Tensor | None:
                 return None
 
-        class AIRLTrainer(airl.AIRL):
+        class AIRLTrainer(WholeBatchStats, airl.AIRL):
             """imitation's AIRL, evaluating ``log pi(a|s)`` on observations normalised as the policy sees them."""
 
             obs_normalizer: VecNormalize | None = None

@@ -85,7 +85,7 @@ def _train_checked(train: Callable[[Any], None]) -> Callable[[Any], None]:
     return train_checked
 
 
-def _wrap_tuple_eval_envs(callback: MaybeCallback) -> None:
+def wrap_tuple_eval_envs(callback: MaybeCallback) -> None:
     """
     Give the eval env of every ``EvalCallback`` with a ``Tuple`` action space the ``VecTupleActions`` wrapper the
     training env got in ``_wrap_env``: SB3's ``sync_envs_normalization`` walks both wrapper stacks in step, so
@@ -95,7 +95,7 @@ def _wrap_tuple_eval_envs(callback: MaybeCallback) -> None:
     """
     if isinstance(callback, (list, CallbackList)):
         for child in callback if isinstance(callback, list) else callback.callbacks:
-            _wrap_tuple_eval_envs(child)
+            wrap_tuple_eval_envs(child)
     elif isinstance(callback, EvalCallback):
         eval_env = callback.eval_env
         if isinstance(eval_env.action_space, spaces.Tuple) and not is_vecenv_wrapped(eval_env, VecTupleActions):
@@ -206,7 +206,7 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
             elif not isinstance(callback, list):
                 callback = [callback if isinstance(callback, BaseCallback) else ConvertCallback(callback)]
             callback = [FiniteCheckCallback(), *callback]
-        _wrap_tuple_eval_envs(callback)  # before EvalCallback's own init compares the env types
+        wrap_tuple_eval_envs(callback)  # before EvalCallback's own init compares the env types
         return super()._init_callback(callback, progress_bar)
 
     def _excluded_save_params(self) -> list[str]:
