@@ -876,3 +876,54 @@ def test_tuple_actions_with_vec_normalize_and_eval_callback(hybrid_demos, tmp_pa
                  n_epochs=1), demo_batch_size=32, allow_variable_horizon=True, seed=0)  # fmt: skip
     model.learn(256, callback=EvalCallback(eval_env, eval_freq=64, n_eval_episodes=1, log_path=str(tmp_path)))
     assert (tmp_path / "evaluations.npz").exists()
+
+
+class _RewardCheck(BaseCallback):
+    """At every generator step, the reward the generator received against one computed here from the reward net's
+    parts on the raw transition: GAIL softplus(logit) = -log(1 - D), AIRL g(s, a) + gamma (1 - done) h(s') - h(s)."""
+
+    def __init__(self, kind: str, normalized: bool):
+        super().__init__()
+        self.kind, self.normalized, self.max_error, self.steps, self.dones = kind, normalized, 0.0, 0, 0
+
+    def _on_rollout_start(self) -> None:  # the raw observation the first action is taken on
+        vec_normalize = self.model.get_vec_normalize_env()
+        self.previous = vec_normalize.get_original_obs().copy() if self.normalized else self.model.generator._last_obs.copy()
+
+    def _on_step(self) -> bool:
+        local, net = self.locals, self.model.reward_net
+        dones = local["dones"]
+        # the raw observations after the step (VecNormalize keeps them), the reset ones where an episode ended
+        after = self.model.get_vec_normalize_env().get_original_obs().copy() if self.normalized else local["new_obs"].copy()
+        next_obs = after.copy()
+        for i in np.flatnonzero(dones):  # the episode's last observation, not the reset one
+            terminal = local["infos"][i]["terminal_observation"]
+            next_obs[i] = self.model.get_vec_normalize_env().unnormalize_obs(terminal) if self.normalized else terminal
+        was_training = net.training
+        net.eval()
+        with th.no_grad():
+            obs, acts, nxt, done = net.preprocess(self.previous, local["clipped_actions"], next_obs, dones)
+            if self.kind == "gail":
+                expected = th.nn.functional.softplus(net(obs, acts, nxt, done))
+            else:
+                base, h, h_next = net.base(obs, acts, nxt, done), net.potential(obs).flatten(), net.potential(nxt).flatten()
+                expected = base + net.discount_factor * (1 - done.float()) * h_next - h
+        net.train(was_training)
+        self.max_error = max(self.max_error, float(np.abs(expected.numpy() - local["rewards"]).max()))
+        self.steps, self.dones = self.steps + 1, self.dones + int(dones.sum())
+        self.previous = after
+        return True
+
+
+@pytest.mark.parametrize("normalized", [False, True])
+@pytest.mark.parametrize("algo", ALGOS)
+def test_generator_rewards_equal_hand_computed_ones(cartpole_demos, algo, normalized):
+    env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
+    if normalized:  # the reward net sees raw observations, the policy normalised ones
+        env = VecNormalize(env, norm_reward=False)
+    model = algo("MlpPolicy", env, demonstrations=cartpole_demos, demo_batch_size=128, allow_variable_horizon=True,
+                 generator_kwargs=dict(n_steps=64, batch_size=64, n_epochs=1), seed=0)  # fmt: skip
+    check = _RewardCheck("gail" if algo is GAIL else "airl", normalized)
+    model.learn(512, callback=check)
+    assert check.steps == 256 and check.dones > 0
+    assert check.max_error < 1e-5
