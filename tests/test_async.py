@@ -644,3 +644,69 @@ def test_training_switches_are_those_of_learn():
         assert th.distributions.Distribution._validate_args is False
         assert all(group["foreach"] for group in model.policy.optimizer.param_groups)
     assert th.distributions.Distribution._validate_args is before
+
+
+def _explicit_vtrace(rewards, values, last_values, dones, ratios, gamma, lam, rho_bar, c_bar):
+    """IMPALA's V-trace targets (eq. 1) as explicit sums, one env and start step at a time (float64)."""
+    n_steps, n_envs = rewards.shape
+    next_values = np.vstack([values[1:], last_values[None]])
+    rho, c = np.minimum(rho_bar, ratios), lam * np.minimum(c_bar, ratios)
+    delta = rho * (rewards + gamma * next_values * (1 - dones) - values)
+    targets = np.zeros((n_steps, n_envs))
+    for e in range(n_envs):
+        for s in range(n_steps):
+            total, coef = 0.0, 1.0
+            for t in range(s, n_steps):
+                total += coef * delta[t, e]
+                if dones[t, e]:
+                    break
+                coef *= gamma * c[t, e]
+            targets[s, e] = values[s, e] + total
+    return targets
+
+
+@pytest.mark.parametrize("algo", [PPORollback, CherryA2C])
+def test_lagged_vtrace_targets_use_pi_prox_over_mu(algo):
+    """With collection="async", V-trace's targets of a lagged rollout are recomputed in the learner with pi_prox's
+    critic and the ratios pi_prox / mu (the collecting process computes them on-policy, ratio 1), time-limit
+    bootstraps included; without recompute_returns they were left on-policy."""
+    gamma, lam, rho_bar, c_bar = 0.95, 0.9, 0.8, 0.7
+    env = make_vec_env("Pendulum-v1", n_envs=2, seed=5, env_kwargs=dict(max_episode_steps=40))
+    kwargs = dict(batch_size=32, n_epochs=1) if algo is PPORollback else {}
+    model = algo("MlpPolicy", env, n_steps=64, seed=5, gamma=gamma, gae_lambda=lam, returns_estimator="vtrace",
+                 rho_bar=rho_bar, c_bar=c_bar, collection="async", device="cpu", **kwargs)  # fmt: skip
+    _, callback = model._setup_learn(10_000, None)
+    callback.on_training_start(locals(), globals())
+    model.collect_rollouts(model.env, callback, model.rollout_buffer, n_rollout_steps=64)
+    buf = model.rollout_buffer
+    n_steps, n_envs = buf.buffer_size, buf.n_envs
+    obs = th.as_tensor(buf.swap_and_flatten(buf.observations.copy()))
+    actions = th.as_tensor(buf.swap_and_flatten(buf.actions.copy()))
+    mu_log_probs, rewards = buf.log_probs.astype(np.float64), buf.rewards.astype(np.float64)
+    dones = np.vstack([buf.episode_starts[1:], buf.last_dones[None]]).astype(np.float64)
+    assert len(buf.truncation_steps) > 0  # time limits inside the rollout
+    mu = copy.deepcopy(model.policy)
+    generator = th.Generator().manual_seed(0)
+    with th.no_grad():  # pi_prox: the learner's weights, one update further than mu
+        for parameter in model.policy.parameters():
+            parameter.add_(0.1 * th.randn(parameter.shape, generator=generator))
+    prox = copy.deepcopy(model.policy)
+
+    model._prepare_lagged_rollout()
+
+    def env_major(x):
+        return np.asarray(x, dtype=np.float64).reshape(n_envs, n_steps).T
+
+    prox.set_training_mode(False)
+    mu.set_training_mode(False)
+    with th.no_grad():
+        values, prox_log_probs, _ = prox.evaluate_actions(obs, actions)
+        last_values = prox.predict_values(th.as_tensor(model._last_obs)).flatten().double().numpy()
+        terminal = th.as_tensor(buf.truncation_obs)
+        rebootstrap = gamma * (prox.predict_values(terminal) - mu.predict_values(terminal)).flatten().double().numpy()
+    for (step, index), extra in zip(buf.truncation_steps, rebootstrap, strict=True):
+        rewards[step, index] += extra  # the truncation's gamma * V(terminal) by pi_prox's critic, not mu's
+    ratios = np.exp(env_major(prox_log_probs) - mu_log_probs)
+    assert ratios.min() < 0.9 and ratios.max() > 1.1  # pi_prox != mu
+    expected = _explicit_vtrace(rewards, env_major(values), last_values, dones, ratios, gamma, lam, rho_bar, c_bar)
+    np.testing.assert_allclose(buf.returns, expected, rtol=1e-5, atol=2e-5)

@@ -293,3 +293,31 @@ def test_constructor_failure_names_the_worker_and_its_exit_code():
 
     with pytest.raises(WorkerDiedError, match=r"worker, exit code: \[\(1, 1\)\]"):
         CherrySubprocVecEnv([fine, broken], start_method="fork")
+
+
+class Levels(Curriculum):
+    """A property whose setter refuses some values."""
+
+    @property
+    def level(self):
+        return self.difficulty
+
+    @level.setter
+    def level(self, value):
+        if value < 0:
+            raise ValueError("level must be >= 0")
+        self.difficulty = value
+
+
+def test_set_attr_error_is_raised_in_the_main_process():
+    """SB3's worker dies on it (a 'crash' with exit code 1); here the setter's exception comes back with the worker's
+    traceback and, set on one env, the VecEnv stays usable."""
+    venv = CherrySubprocVecEnv([Levels, Levels], start_method="fork")
+    venv.set_attr("level", 3)
+    assert venv.get_attr("level") == [3, 3]
+    with pytest.raises(ValueError, match="level must be >= 0") as info:
+        venv.set_attr("level", -1, indices=[1])
+    assert "raised by env 1 of a SubprocVecEnv in set_attr('level')" in "\n".join(info.value.__notes__)
+    assert venv.get_attr("level") == [3, 3] and venv.reset().ravel().tolist() == [3.0, 3.0]
+    assert all(p.is_alive() for p in venv.processes)
+    venv.close()

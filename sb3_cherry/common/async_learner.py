@@ -16,9 +16,10 @@ clipping is centred on ``pi_prox``'s critic, and each sample carries the importa
 multiplies its surrogate (``-w A log pi`` for A2C) after the minibatch's advantages are normalised, truncated as in
 the reference code: the whole ratio ``pi / mu`` is capped at ``imp_samp_max``, i.e. ``w = min(pi_prox / mu,
 imp_samp_max * pi_prox / pi)`` (:func:`~sb3_cherry.common.buffers.truncated_weights`; ``pi = pi_prox`` for A2C).
-With ``returns_estimator="vtrace"`` and ``recompute_returns=True``, the critic's targets are also recomputed before
-every epoch with V-trace ratios ``pi / mu``; the surrogate then takes the advantages without ``rho`` (``w`` times
-PPO's ratio ``pi / pi_prox`` already is the importance weight ``pi / mu``).
+With ``returns_estimator="vtrace"``, the critic's targets are recomputed with ``pi_prox``'s critic and the V-trace
+ratios ``pi_prox / mu`` (with ``recompute_returns=True``: before every epoch, ratios ``pi / mu``); the surrogate then
+takes the advantages without ``rho`` (``w`` times PPO's ratio ``pi / pi_prox`` already is the importance weight
+``pi / mu``).
 
 What crosses the process boundary, per update: the rollout (arrays of the rollout buffer, sent once through a pipe) to
 the learner; the new policy weights back through a ``multiprocessing.shared_memory`` block (written in place by the

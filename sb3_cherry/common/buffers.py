@@ -177,8 +177,9 @@ class ReturnsEstimatorMixin:
         self.rho_bar = float(rho_bar)
         self.c_bar = float(c_bar)
         self.last_dones: np.ndarray = np.zeros(0)
-        # set by ``recentre`` (async collection): log-probs of the collecting policy, and the truncated importance
-        # weights pi_prox / mu (untruncated) of the per-sample surrogate, sampled with each minibatch
+        # set by ``recentre`` (async collection): log-probs of the collecting policy, and the importance weights
+        # pi_prox / mu of the per-sample surrogate (stored untruncated; the trainers truncate them), sampled with each
+        # minibatch
         self.behaviour_log_probs: np.ndarray | None = None
         self.advantage_weights: np.ndarray | None = None
         self.original_action_space = action_space

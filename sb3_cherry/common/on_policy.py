@@ -275,8 +275,9 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
     def _update_info_buffer(self, infos: list[dict[str, Any]], dones: np.ndarray | None = None) -> None:
         """
         SB3's episode bookkeeping (called at every collected step, before SB3 bootstraps time-limit truncations and
-        adds the step to the buffer); with ``recompute_returns``, also note each truncation with the critic's value of
-        its terminal observation, which ``recompute_returns_and_advantage`` replaces by the current critic's
+        adds the step to the buffer); when the targets are recomputed (``recompute_returns``, or V-trace with
+        ``collection="async"``), also note each truncation with the critic's value of its terminal observation, which
+        ``recompute_returns_and_advantage`` replaces by the current critic's
         (:class:`~sb3_cherry.common.buffers.ReturnsEstimatorMixin`).
 
         :param infos: the envs' infos of this step
@@ -284,7 +285,7 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
         """
         super()._update_info_buffer(infos, dones)
         buffer = self.rollout_buffer
-        if not (self.recompute_returns and dones is not None and isinstance(buffer, ReturnsEstimatorMixin)):
+        if not (self._reevaluates_targets and dones is not None and isinstance(buffer, ReturnsEstimatorMixin)):
             return
         if not buffer.rebootstraps_truncations:
             return
@@ -313,17 +314,30 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
                 values.append(float(self.policy.predict_values(self.policy.obs_to_tensor(terminal_obs)[0])[0].item()))
         return values
 
+    @property
+    def _reevaluates_targets(self) -> bool:
+        """Whether the returns / advantages are recomputed with the update's networks: ``recompute_returns``, or
+        V-trace on the lagged rollouts of ``collection="async"`` (its ratios ``pi_prox / mu``)."""
+        return self.recompute_returns or (
+            getattr(self, "collection", "sync") == "async" and self.returns_estimator == "vtrace"
+        )
+
     def _prepare_lagged_rollout(self) -> None:
         """
         Off-policy correction of a rollout collected by the previous weights (``collection="async"``): centre PPO's
         trust region and the value clipping on the current (proximal) policy and critic, and store the per-sample
         importance weights ``pi_prox / mu`` that the trainers truncate at ``imp_samp_max`` and apply to the
         per-sample surrogate after advantage normalisation (:meth:`CherryRolloutBuffer.recentre`,
-        :func:`~sb3_cherry.common.buffers.truncated_weights`).
+        :func:`~sb3_cherry.common.buffers.truncated_weights`). With V-trace, its targets and advantages are
+        recomputed with ``pi_prox``'s critic and the ratios ``pi_prox / mu`` (the collecting process computed them
+        on-policy, ratio 1); with ``recompute_returns`` that happens before every epoch instead
+        (:meth:`_recompute_returns`).
         """
         assert isinstance(self.rollout_buffer, ReturnsEstimatorMixin)
         self.policy.set_training_mode(False)
         self.rollout_buffer.recentre(self.policy)
+        if self.returns_estimator == "vtrace" and not self.recompute_returns:
+            self.rollout_buffer.recompute_returns_and_advantage(self.policy, self._last_obs)
         self.policy.set_training_mode(True)
 
     def _recompute_returns(self) -> None:

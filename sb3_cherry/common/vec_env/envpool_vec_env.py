@@ -7,11 +7,15 @@ EnvPool is an optional dependency (``pip install "sb3_cherry[envpool]"``, Python
 
 Semantics are SB3's ``DummyVecEnv``'s: an environment whose episode ends is reset within the same ``step`` (EnvPool
 itself resets on the *next* step), its last observation is in ``info["terminal_observation"]`` and
-``info["TimeLimit.truncated"]`` tells a time-limit truncation from a termination. Episode statistics
+``info["TimeLimit.truncated"]`` tells a time-limit truncation from a termination (except that EnvPool reports an
+episode that terminates on its last allowed step as truncated only, where gymnasium's ``TimeLimit`` sets both: SB3 then
+bootstraps that terminal state; EnvPool's infos do not say otherwise). Episode statistics
 (``info["episode"]``) come from SB3's ``VecMonitor`` (:func:`make_envpool_vec_env` adds it).
 
-EnvPool's environments are ports, not gymnasium's code: their dynamics follow gymnasium's, but their random streams
-differ, so a seed does not give gymnasium's episodes. Measured on this project's 2-core machine
+EnvPool's environments are ports, not gymnasium's code: their dynamics follow gymnasium's (from the same state,
+CartPole, MountainCar, Acrobot, Hopper-v5, HalfCheetah-v5 and InvertedPendulum-v5 to float precision; Pendulum-v1
+advances its angle with the unclipped velocity when the velocity hits its clip, as older gym did), but their random
+streams differ, so a seed does not give gymnasium's episodes. Measured on this project's 2-core machine
 (``benchmarks/results/envpool_step_rate.csv``, ``throughput_envpool.csv``), EnvPool pays off with many environments of
 a costly simulator (32 BipedalWalker-v3: 2.5 times gymnasium's step rate on one thread, training 1.35 times as fast),
 and costs with one cheap environment (one Hopper-v5: 0.75 times; each step is a hand-over to a worker thread); see

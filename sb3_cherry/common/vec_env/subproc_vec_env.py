@@ -2,7 +2,7 @@
 SB3's ``SubprocVecEnv`` whose worker failures name their cause.
 
 In SB3, an env that raises in ``step()``/``reset()`` (or in a method called by ``env_method``, ``render``, a
-property read by ``get_attr``) kills its worker process: the traceback goes to the worker's
+property read by ``get_attr`` or set by ``set_attr``) kills its worker process: the traceback goes to the worker's
 stderr and the main process sees a bare ``EOFError`` / ``ConnectionResetError``. Here the env's exception is sent back
 and re-raised in the main process with the worker's traceback attached (as :class:`RayVecEnv` does), and a worker
 that dies is reported with its index and exit code.
@@ -59,11 +59,17 @@ class _ReportingCall:
             return _EnvFailure(f"env_method({self.name!r})", error)
 
 
+#: the name :meth:`CherrySubprocVecEnv.set_attr` calls through SB3's ``env_method`` command (SB3's own ``set_attr``
+#: command has no way to report an exception)
+_SET_ATTR = "_sb3_cherry_set_attr"
+
+
 class _ReportingEnv(gym.Wrapper):
     """
     Outermost wrapper in the worker, transparent to SB3's attribute commands: an exception of ``step``, ``reset``,
-    ``render``, of a method called by ``env_method`` or of an attribute read by ``get_attr`` becomes an
-    :class:`_EnvFailure` sent back to the main process (in SB3 it kills the worker). Attributes are read from and set
+    ``render``, of a method called by ``env_method``, of an attribute read by ``get_attr`` or set by
+    :meth:`CherrySubprocVecEnv.set_attr` becomes an :class:`_EnvFailure` sent back to the main process (in SB3 it
+    kills the worker). Attributes are read from and set
     on the wrapped env (SB3's worker answers ``get_attr`` / ``env_method`` with ``get_wrapper_attr`` and ``set_attr``
     with ``setattr`` on the outermost env), as without this wrapper; only gymnasium's own wrapper fields stay here.
     """
@@ -77,7 +83,17 @@ class _ReportingEnv(gym.Wrapper):
         else:
             setattr(self.env, name, value)
 
+    def _set_attr(self, name: str, value: Any) -> Any:
+        """Set ``name`` as SB3's worker does (``setattr`` on the outermost env); an exception is returned as a failure."""
+        try:
+            setattr(self, name, value)
+        except Exception as error:  # e.g. a property setter that validates its value
+            return _EnvFailure(f"set_attr({name!r})", error)
+        return None
+
     def get_wrapper_attr(self, name: str) -> Any:
+        if name == _SET_ATTR:
+            return self._set_attr
         try:
             value = self.env.get_wrapper_attr(name)
         except AttributeError:
@@ -260,6 +276,18 @@ class CherrySubprocVecEnv(SubprocVecEnv):
         """
         targets = self._require_attr(method_name, indices)
         return super().env_method(method_name, *method_args, indices=targets, **method_kwargs)
+
+    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
+        """
+        SB3's ``set_attr`` (``setattr`` on each env's outermost wrapper); an exception the env raises (e.g. a property
+        setter refusing the value) is re-raised here with the worker's traceback (in SB3 it kills the worker).
+
+        :param attr_name: the attribute
+        :param value: its new value
+        :param indices: the envs (None: all)
+        """
+        self._check_remotes()
+        super().env_method(_SET_ATTR, attr_name, value, indices=indices)
 
     def _require_attr(self, name: str, indices: VecEnvIndices) -> list[int]:
         """
