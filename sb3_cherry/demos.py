@@ -41,7 +41,6 @@ import json
 import math
 import os
 import pathlib
-import zipfile
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
@@ -52,7 +51,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper,
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
 from sb3_cherry.common.restricted_pickle import MAX_ITEMSIZE, MAX_SPACE_ELEMENTS, check_discrete_sizes, check_space_size
-from sb3_cherry.common.safe_npz import read_npz_entry
+from sb3_cherry.common.safe_npz import open_npz, read_npz_entry
 from sb3_cherry.common.save_util import atomic_write
 from sb3_cherry.common.spaces import check_action_space, flat_action_dim, flatten_action
 
@@ -578,12 +577,7 @@ def _read_archive(path: pathlib.Path) -> tuple[dict[str, np.ndarray], list[str],
     """
     if not path.exists():
         raise FileNotFoundError(f"No demonstration file at {path}.")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{path} is not a demonstration file (expected an .npz archive; {exc}).") from exc
-    if not isinstance(loaded, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path} holds a single array (.npy), not a demonstration archive (.npz).")
+    loaded = open_npz(path, "a demonstration file")
     with loaded:
         names = list(loaded.files)
         arrays: dict[str, np.ndarray] = {}

@@ -58,6 +58,24 @@ def read_npz_entry(where: str, loaded: np.lib.npyio.NpzFile, key: str, limit: in
         raise ValueError(f"{where}: cannot read array {key!r} ({exc}).") from exc
 
 
+def open_npz(path: str | pathlib.Path, what: str) -> np.lib.npyio.NpzFile:
+    """
+    Open an ``.npz`` archive with ``allow_pickle=False`` (entries are read on access).
+
+    :param path: the file
+    :param what: what the file should be, for the error messages (e.g. ``"a demonstration file"``)
+    :return: the open archive
+    :raises ValueError: not a readable ``.npz`` archive (a single ``.npy`` array included)
+    """
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path} is not {what} (expected an .npz archive; {exc}).") from exc
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path} holds a single array (.npy), not {what} (an .npz archive).")
+    return loaded
+
+
 class BoundedNpz:
     """
     An uncompressed ``.npz`` archive (``np.savez``) read entry by entry through :func:`read_npz_entry`: each read is
@@ -70,12 +88,7 @@ class BoundedNpz:
 
     def __init__(self, path: str | pathlib.Path):
         self.where = str(path)
-        try:
-            loaded = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-            raise ValueError(f"{path} is not an .npz archive ({exc}).") from exc
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise ValueError(f"{path} holds a single array (.npy), not an .npz archive.")
+        loaded = open_npz(path, "an .npz archive")
         infos = loaded.zip.infolist() if loaded.zip is not None else []
         if any(info.compress_type != zipfile.ZIP_STORED for info in infos):
             loaded.close()
