@@ -245,10 +245,18 @@ def cmd_train(argv: list[str]) -> None:
     # rl_zoo3 trains the config's n_timesteps for any -n below 1 (its "not given"): an explicit one is a mistake
     budget = argparse.ArgumentParser(add_help=False)
     budget.add_argument("-n", "--n-timesteps", type=int, default=None)
-    n_timesteps = budget.parse_known_args(rest)[0].n_timesteps
-    if n_timesteps is not None and n_timesteps < 1:
+    budget.add_argument("--trial-id", type=int, default=None)
+    passed = budget.parse_known_args(rest)[0]
+    if passed.n_timesteps is not None and passed.n_timesteps < 1:
         raise ValueError(
-            f"-n/--n-timesteps must be at least 1, got {n_timesteps} (leave it out to train the config's n_timesteps)."
+            f"-n/--n-timesteps must be at least 1, got {passed.n_timesteps} (leave it out to train the config's "
+            "n_timesteps)."
+        )
+    if passed.trial_id is not None and passed.trial_id < 1:
+        # rl_zoo3 tests ``if self.trial_id`` and would train the config's own hyperparameters for optuna's trial 0
+        raise ValueError(
+            f"--trial-id {passed.trial_id}: rl_zoo3 retrains trials numbered from 1 (it takes 0 for 'no trial' and would "
+            "train the config's hyperparameters); pass trial 0's hyperparameters with -params instead."
         )
     if args.resume is not None:
         _resume_train(args, rest)

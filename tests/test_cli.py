@@ -109,6 +109,8 @@ def test_bad_env_device_and_env_kwargs_are_clean_errors(trained, tmp_path, capsy
         (["video", "--env", "CartPole-v1", "-n", "0"], "-n/--n-timesteps must be at least 1, got 0"),
         (["video", "--env", "CartPole-v1", "--gif-fps", "0"], "--gif-fps must be a positive number"),
         (["record", "--env", "CartPole-v1", "-n", "0", "-o", "x.npz"], "-n/--n-episodes must be at least 1, got 0"),
+        # rl_zoo3 takes trial 0 for "no trial" and trained the config's hyperparameters instead
+        (["train", "--env", "CartPole-v1", "--storage", "s.log", "--study-name", "s", "--trial-id", "0"], "numbered from 1"),
     ],
 )
 def test_budgets_below_one_are_refused_before_anything_runs(argv, message, capsys):
@@ -190,6 +192,11 @@ def test_config_values_still_accepted(tmp_path, algo, entry):
         ({"n_timesteps": 1000, "env_kwargs": ["a"]}, "env_kwargs=['a'] must be a mapping"),
         ({"n_timesteps": 1000, "env_kwargs": "[1]"}, "env_kwargs='[1]' must be a mapping"),
         ({"n_timesteps": 1000, "normalize": 3}, "normalize=3 must be true/false"),
+        # values of the right type that the constructor refuses after rl_zoo3 created the run folder
+        ({"n_timesteps": 1000, "returns_estimator": "gea"}, "'returns_estimator'='gea' is not one of ['gae', 'one_step'"),
+        ({"n_timesteps": 1000, "collection": "asyn"}, "'collection'='asyn' is not one of ['sync', 'async']"),
+        ({"n_timesteps": 1000, "trust_region": "KL"}, "'trust_region'='KL' is not one of ['ratio', 'kl']"),
+        ({"n_timesteps": 1000, "rollback": "klr"}, "'rollback'='klr' is not one of ['ratio', 'kl']"),
     ],
 )
 def test_bad_config_values(tmp_path, entry, message):

@@ -176,6 +176,9 @@ def check_constructor_kwargs(
             elif key in SCHEDULE_KEYS:
                 expected += "; lin_<value> schedules are converted at the top level of an entry only"
             raise ValueError(f"{where}: hyperparameter {key!r}={value!r} has the wrong type (expected {expected}).")
+        choices = getattr(cls, "config_choices", {}).get(key)
+        if choices is not None and value not in choices:
+            raise ValueError(f"{where}: hyperparameter {key!r}={value!r} is not one of {list(choices)}.")
     check_positive(kwargs, where)
 
 

@@ -18,7 +18,7 @@ only three hooks are added:
 
 import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch as th
@@ -29,8 +29,9 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
 from stable_baselines3.common.vec_env import VecEnv, is_vecenv_wrapped
 
-from sb3_cherry.common.async_learner import AsyncLearner, check_collection
+from sb3_cherry.common.async_learner import COLLECTION_MODES, AsyncLearner, check_collection
 from sb3_cherry.common.buffers import (
+    RETURNS_ESTIMATORS,
     CherryDictRolloutBuffer,
     CherryRolloutBuffer,
     ReturnsEstimatorMixin,
@@ -123,6 +124,12 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
         if not getattr(cls.train, "_checks_finite", False):
             setattr(cls, "train", _train_checked(cls.train))  # noqa: B010 (mypy: SB3's train is a method)
 
+    #: the accepted values of string hyperparameters, checked in zoo configs before a run starts
+    #: (:func:`~sb3_cherry.common.config_schema.check_constructor_kwargs`)
+    config_choices: ClassVar[dict[str, tuple[str, ...]]] = {
+        "returns_estimator": RETURNS_ESTIMATORS,
+        "collection": COLLECTION_MODES,
+    }
     returns_estimator: str
     n_step: int
     rho_bar: float

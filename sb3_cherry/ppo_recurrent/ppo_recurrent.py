@@ -25,7 +25,7 @@ from sb3_cherry.ppo_recurrent.policies import (
     MultiInputLstmPolicy,
 )
 from sb3_cherry.ppo_rollback.ppo_rollback import rollback_train
-from sb3_cherry.ppo_rollback.trust_region import check_trust_region_args, resolve_rollback_alpha
+from sb3_cherry.ppo_rollback.trust_region import ROLLBACKS, TRUST_REGIONS, check_trust_region_args, resolve_rollback_alpha
 
 SelfRecurrentPPORollback = TypeVar("SelfRecurrentPPORollback", bound="RecurrentPPORollback")
 
@@ -99,6 +99,12 @@ class RecurrentPPORollback(RecurrentPPO, CherryOnPolicyAlgorithm):
     :param device: Device (cpu, cuda, ...) on which the code should be run.
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
+
+    config_choices: ClassVar[dict[str, tuple[str, ...]]] = {
+        **CherryOnPolicyAlgorithm.config_choices,
+        "trust_region": TRUST_REGIONS,
+        "rollback": ROLLBACKS,
+    }
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
         "MlpLstmPolicy": MlpLstmPolicy,

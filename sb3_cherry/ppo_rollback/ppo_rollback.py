@@ -17,7 +17,13 @@ from sb3_cherry.common.policies import CherryActorCriticPolicy
 from sb3_cherry.common.schedules import CoefficientSchedule
 from sb3_cherry.common.speed import GradNormClipper, mean_of, minibatch_means
 from sb3_cherry.ppo_rollback.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
-from sb3_cherry.ppo_rollback.trust_region import TrustRegionUpdate, check_trust_region_args, resolve_rollback_alpha
+from sb3_cherry.ppo_rollback.trust_region import (
+    ROLLBACKS,
+    TRUST_REGIONS,
+    TrustRegionUpdate,
+    check_trust_region_args,
+    resolve_rollback_alpha,
+)
 
 SelfPPORollback = TypeVar("SelfPPORollback", bound="PPORollback")
 
@@ -353,6 +359,12 @@ class PPORollback(PPO, CherryOnPolicyAlgorithm):
     :param device: Device (cpu, cuda, ...) on which the code should be run.
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
+
+    config_choices: ClassVar[dict[str, tuple[str, ...]]] = {
+        **CherryOnPolicyAlgorithm.config_choices,
+        "trust_region": TRUST_REGIONS,
+        "rollback": ROLLBACKS,
+    }
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
         "MlpPolicy": MlpPolicy,
