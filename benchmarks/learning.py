@@ -314,7 +314,8 @@ class EvalAppendCallback(BaseCallback):
             self.start -= self.resumed["training_time"]
 
     def _on_rollout_start(self) -> None:
-        # between two updates: the policy evaluated is the one trained on exactly ``num_timesteps`` steps
+        # between two updates: the policy evaluated is the one trained on exactly ``num_timesteps`` steps (with
+        # collection="async", the behaviour weights, one update behind, while the learner trains on; its time counts)
         if self.num_timesteps >= self.next_eval:
             self.evaluate()
 

@@ -114,10 +114,11 @@ def summarise(env_id: str, curves: dict[tuple[str, str], dict[int, dict[int, tup
                 seed_list=" ".join(str(s) for s in sorted(per_seed)),
                 steps=int(steps[-1]),
                 zoo_n_timesteps=zoo_budget(algo, env_id),
-                final_mean=round(float(returns[:, -1].mean()), 2),
-                final_std=round(float(returns[:, -1].std()), 2),
-                auc_mean=round(float(aucs.mean()), 2),
-                auc_std=round(float(aucs.std()), 2),
+                # 4 decimals: the tables print one, which rounding to 2 first could change (275.5485 -> 275.55 -> 275.6)
+                final_mean=round(float(returns[:, -1].mean()), 4),
+                final_std=round(float(returns[:, -1].std()), 4),
+                auc_mean=round(float(aucs.mean()), 4),
+                auc_std=round(float(aucs.std()), 4),
                 wall_time_s=round(float(walls[:, -1].mean()), 1),
             )
         )
