@@ -334,7 +334,10 @@ class EvalAppendCallback(BaseCallback):
         env: VecEnv = self.spec.make(1, self.eval_seed)
         train_norm = self.model.get_vec_normalize_env()
         if train_norm is not None:
-            env = VecNormalize(env, training=False, norm_obs=train_norm.norm_obs, norm_reward=False)
+            env = VecNormalize(
+                env, training=False, norm_obs=train_norm.norm_obs, norm_reward=False, clip_obs=train_norm.clip_obs,
+                epsilon=train_norm.epsilon, norm_obs_keys=train_norm.norm_obs_keys,
+            )  # fmt: skip
             if train_norm.norm_obs:  # (reward-only normalisation keeps no observation statistics)
                 env.obs_rms = copy.deepcopy(train_norm.obs_rms)
         env = self.spec.stack(env)
@@ -393,6 +396,10 @@ def run(args: argparse.Namespace) -> None:
         )
         print(f"{args.algo}/{args.variant} on {args.env}, seed {seed}: {timesteps} steps (zoo: {zoo_timesteps})", flush=True)
         if args.checkpoint_dir is None:
+            if finished(path, row, timesteps):  # a second command naming the same run (e.g. two run_*.sh scripts)
+                print(f"{args.variant} seed {seed}: already in {path}, skipped (delete its rows to rerun it)", flush=True)
+                continue
+            drop_rows_after(path, row, -1)  # the rows of an earlier attempt that did not finish
             model.learn(timesteps, callback=callback)
         else:
             run_chunk(model, callback, timesteps, args, row)

@@ -117,6 +117,15 @@ def test_learning_runs_in_resumable_chunks(tmp_path):
 
     assert read("chunks") == read("one")
     assert [t for t, _ in read("one")] == ["0", "256", "512", "768"]
+    # without checkpoints too: the same run named again (two run_*.sh scripts) adds no duplicate rows, and the rows
+    # of an attempt that did not finish are replaced
+    main([*common, "--results", str(tmp_path / "one")])
+    assert [t for t, _ in read("one")] == ["0", "256", "512", "768"]
+    with open(tmp_path / "one" / "CartPole-v1.csv", "a", newline="") as file:
+        file.write("CartPole-v1,ppo_rollback,other,0,256,-1.0,0.0,0.0\n")
+    main([*common, "--results", str(tmp_path / "one"), "--variant", "other"])
+    assert [t for t, _ in read("one")] == ["0", "256", "512", "768"] * 2
+    assert ("256", "-1.0") not in read("one")
 
 
 def test_learning_keep_final_keeps_the_final_model(tmp_path):
