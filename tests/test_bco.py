@@ -535,3 +535,55 @@ def test_held_out_loss_is_evaluated_in_chunks(tmp_path, line_demos):
     with open(tmp_path / "progress.csv") as file:
         logged = float(list(csv.DictReader(file))[-1]["bco/inverse_val_loss"])
     assert logged == pytest.approx(one_pass.item(), rel=1e-5)
+
+
+class WideBoxEnv(BoxLineEnv):
+    """BoxLineEnv with actions in ``Box(-2, 2)``: a squashed policy's [-1, 1] is not the env's scale."""
+
+    action_space = spaces.Box(-2, 2, (2,), np.float32)
+
+    def step(self, action):
+        self.state = (self.state + np.clip(action, -2, 2)).astype(np.float32)
+        self.steps += 1
+        return self.state.copy(), 0.0, False, self.steps >= 10, {}
+
+
+def test_squashed_gsde_policy_learns_labels_in_the_envs_scale(tmp_path):
+    # the expert always plays 1.5; a tanh-squashed policy (SB3 rescales its [-1, 1] for the env) was trained on the
+    # env-scale labels, clamped to its bound: it played 2.0
+    path = tmp_path / "wide.npz"
+    record_demos(ScriptedModel(lambda obs: np.full((len(obs), 2), 1.5, np.float32)), WideBoxEnv(), 10, path, seed=0)
+    model = BCO("MlpPolicy", WideBoxEnv(), demonstrations=path, alpha=0.2, n_pre_interactions=1000, n_epochs_inverse=20,
+                n_epochs_bc=100, policy_kwargs=dict(use_sde=True, squash_output=True), seed=0)  # fmt: skip
+    exploration = model.policy.action_dist.exploration_mat.clone()
+    model.learn(1600)
+    actions, _ = model.predict(np.zeros((3, 2), np.float32), deterministic=True)
+    np.testing.assert_allclose(actions, 1.5, atol=0.15)
+    # gSDE's exploration matrix is drawn anew for each round of policy interactions (it stayed the initial one)
+    assert not th.equal(model.policy.action_dist.exploration_mat, exploration)
+
+
+def test_images_with_vec_normalize_are_refused():
+    # SB3 puts VecTransposeImage above the VecNormalize: BCO stored channel-last observations for an inverse model
+    # that sees channel-first demonstrations (labels near chance, or a CNN shape error)
+    env = VecNormalize(make_vec_env("sb3_cherry/PixelCatch-v0", n_envs=1), norm_obs=False)
+    with pytest.raises(ValueError, match="image observations with a VecNormalize"):
+        BCO("CnnPolicy", env, demonstrations=None)
+
+
+class _NoTerminal(DummyVecEnv):
+    """A VecEnv that reports episode ends without the final observation."""
+
+    def step_wait(self):
+        obs, rewards, dones, infos = super().step_wait()
+        for info in infos:
+            info.pop("terminal_observation", None)
+        return obs, rewards, dones, infos
+
+
+def test_episode_end_without_terminal_observation_is_refused(line_demos):
+    from test_demos import LineEnv as Line
+
+    model = BCO("MlpPolicy", _NoTerminal([Line]), demonstrations=line_demos, n_pre_interactions=200, seed=0)
+    with pytest.raises(ValueError, match="without info\\['terminal_observation'\\]"):
+        model.learn(200)

@@ -327,6 +327,13 @@ class BCO(AtomicSaveAlgorithm):
                     "while the policy sees stacked ones. Stack below the normalisation (VecNormalize(VecFrameStack("
                     "env))), or normalise in a gymnasium wrapper."
                 )
+            if isinstance(env, VecTransposeImage):
+                raise ValueError(
+                    "BCO does not support image observations with a VecNormalize (SB3 puts its VecTransposeImage above "
+                    "it): BCO stores the VecNormalize's channel-last observations, while the policy and the inverse "
+                    "model see channel-first ones. Train on images without normalize (pixel values are scaled by the "
+                    "CNN policies already)."
+                )
             env = env.venv
 
     def _demo_transitions(self) -> DemoTransitions:
@@ -460,6 +467,11 @@ class BCO(AtomicSaveAlgorithm):
     def _behavior_clone(self, obs: Observation, labels: np.ndarray) -> float:
         """Maximise the policy's log-likelihood of the labels; return the last epoch's mean loss."""
         obs_tensor = self._to_tensor(obs)
+        if self.policy.squash_output:
+            # a squashed (tanh) policy's distribution is over [-1, 1] (SB3 rescales its actions for the env): labels
+            # in the env's scale are rescaled, and kept off the bounds, where tanh's inverse is infinite
+            eps = np.finfo(np.float32).eps
+            labels = np.clip(self.policy.scale_action(labels), -1.0 + eps, 1.0 - eps).astype(np.float32)
         actions = th.as_tensor(labels, device=self.device)
         self.policy.set_training_mode(True)
         losses: list[float] = []
@@ -547,6 +559,8 @@ class BCO(AtomicSaveAlgorithm):
             check_finite_observation(
                 self._last_obs, "observation", f"reset / rollout start, num_timesteps={self.num_timesteps}"
             )
+        if use_policy and self.policy.use_sde:
+            self.policy.reset_noise(self.env.num_envs)  # a new exploration matrix per round, at the current std
         callback.on_rollout_start()
         vec_normalize = self._vec_normalize_env
         recorder = RawTerminalObservations(vec_normalize) if vec_normalize is not None else None
@@ -610,8 +624,11 @@ class BCO(AtomicSaveAlgorithm):
             if not done:
                 continue
             terminal = infos[i].get("terminal_observation") if raw_terminals is None else raw_terminals[i]
-            if terminal is None:
-                continue
+            if terminal is None:  # (s, a, the next episode's reset observation) would teach the inverse model nonsense
+                raise ValueError(
+                    f"BCO: env {i} of the VecEnv reported the end of an episode without info['terminal_observation'] "
+                    "(SB3's VecEnvs set it; BCO needs each episode's final observation): use an SB3 VecEnv or add it."
+                )
             if isinstance(next_obs, dict):
                 for key in next_obs:
                     next_obs[key][i] = terminal[key]
