@@ -587,3 +587,44 @@ def test_episode_end_without_terminal_observation_is_refused(line_demos):
     model = BCO("MlpPolicy", _NoTerminal([Line]), demonstrations=line_demos, n_pre_interactions=200, seed=0)
     with pytest.raises(ValueError, match="without info\\['terminal_observation'\\]"):
         model.learn(200)
+
+
+class WalkEnv(gym.Env):
+    """``[position, time]``; ``Discrete(3)`` moves by ``a - 1``; episodes of 2-7 steps end by termination or time limit;
+    resets far from any final position, so a transition paired with the next episode's reset shows."""
+
+    observation_space = spaces.Box(-1e6, 1e6, (2,), np.float32)
+    action_space = spaces.Discrete(3)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.position, self.t = 100.0 + 7 * int(self.np_random.integers(10)), 0
+        self.length = int(self.np_random.integers(2, 8))
+        return np.array([self.position, self.t], np.float32), {}
+
+    def step(self, action):
+        self.position += float(int(action) - 1)
+        self.t += 1
+        done = self.t >= self.length
+        terminated = done and bool(self.np_random.random() < 0.5)
+        return np.array([self.position, self.t], np.float32), 0.0, terminated, done and not terminated, {}
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_stored_transitions_are_the_envs_own_across_auto_resets(normalize):
+    """Every stored (s, a, s') of 4 auto-resetting envs obeys the env's dynamics (s' = s + a - 1, time + 1), the
+    random and the policy phases, training and held-out parts, also under a clipping VecNormalize (raw values)."""
+    demos = record_demos(ScriptedModel(lambda obs: np.full(len(obs), 2)), WalkEnv(), n_episodes=5, seed=0)
+    env = make_vec_env(WalkEnv, n_envs=4, seed=0)
+    if normalize:
+        env = VecNormalize(env, norm_reward=False, clip_obs=2.0)
+    model = BCO("MlpPolicy", env, demonstrations=demos, alpha=0.5, n_pre_interactions=400, n_epochs_bc=1,
+                n_epochs_inverse=1, validation_fraction=0.3, seed=0)  # fmt: skip
+    model.learn(1200)
+    stored = 0
+    for held_out in (False, True):
+        obs, next_obs, actions = model._agent_data.get(held_out)
+        np.testing.assert_array_equal(next_obs[:, 1], obs[:, 1] + 1)
+        np.testing.assert_allclose(next_obs[:, 0] - obs[:, 0], actions[:, 0] - 1, atol=1e-4)
+        stored += len(actions)
+    assert stored == 1200 and model._n_rounds >= 2
