@@ -710,3 +710,34 @@ def test_lagged_vtrace_targets_use_pi_prox_over_mu(algo):
     assert ratios.min() < 0.9 and ratios.max() > 1.1  # pi_prox != mu
     expected = _explicit_vtrace(rewards, env_major(values), last_values, dones, ratios, gamma, lam, rho_bar, c_bar)
     np.testing.assert_allclose(buf.returns, expected, rtol=1e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize(
+    "env_id, policy", [("sb3_cherry/DictReach-v0", "MultiInputPolicy"), ("sb3_cherry/HybridGoal-v0", "MlpPolicy")]
+)
+def test_lagged_weights_and_log_probs_follow_their_samples(env_id, policy):
+    """Dict observations and Tuple actions: after re-centring, each shuffled minibatch carries pi_prox's log-probs
+    and the weights pi_prox / mu of its own samples, both evaluated here with the two policies."""
+    model = PPORollback(policy, make_vec_env(env_id, n_envs=2, seed=0), n_steps=32, batch_size=16, n_epochs=1,
+                        seed=0, device="cpu", collection="async")  # fmt: skip
+    _, callback = model._setup_learn(1000, None)
+    model.collect_rollouts(model.env, callback, model.rollout_buffer, 32)
+    mu = copy.deepcopy(model.policy)
+    generator = th.Generator().manual_seed(0)
+    with th.no_grad():
+        for parameter in model.policy.parameters():
+            parameter.add_(0.2 * th.randn(parameter.shape, generator=generator))
+    model._prepare_lagged_rollout()
+    mu.set_training_mode(False)
+    model.policy.set_training_mode(False)
+    batches = 0
+    for batch in model.rollout_buffer.get(16):
+        with th.no_grad():
+            _, mu_log_prob, _ = mu.evaluate_actions(batch.observations, batch.actions)
+            _, prox_log_prob, _ = model.policy.evaluate_actions(batch.observations, batch.actions)
+        th.testing.assert_close(batch.old_log_prob, prox_log_prob, atol=1e-5, rtol=0)
+        expected = th.exp(prox_log_prob.double() - mu_log_prob.double())
+        th.testing.assert_close(batch.weights.double(), expected, rtol=1e-4, atol=0)
+        assert (expected - 1).abs().max() > 0.05  # pi_prox != mu
+        batches += 1
+    assert batches == 4
