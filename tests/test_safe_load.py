@@ -813,3 +813,20 @@ def test_vec_normalize_file_with_non_finite_statistics_is_refused(tmp_path, fiel
     vec_normalize.save(tmp_path / "vecnormalize.pkl")
     with pytest.raises(ValueError, match=f"obs_rms.{field} are not finite"):
         load_vec_normalize(tmp_path / "vecnormalize.pkl", make_vec_env("Pendulum-v1", 1))
+
+
+def test_vec_normalize_file_without_observation_statistics_loads(tmp_path):
+    # norm_obs=False (the shipped CarRacing entry): the file has no obs_rms, and the finite check looked it up through
+    # VecEnvWrapper.__getattr__ before the venv was set: RecursionError in evaluate / enjoy / record / video
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from sb3_cherry.common.restricted_pickle import load_vec_normalize
+
+    VecNormalize(make_vec_env("Pendulum-v1", 1), norm_obs=False).save(tmp_path / "vecnormalize.pkl")
+    loaded = load_vec_normalize(tmp_path / "vecnormalize.pkl", make_vec_env("Pendulum-v1", 1))
+    assert not loaded.norm_obs and loaded.norm_reward
+    loaded.ret_rms.var[...] = np.nan
+    loaded.save(tmp_path / "nan.pkl")
+    with pytest.raises(ValueError, match="ret_rms.var are not finite"):
+        load_vec_normalize(tmp_path / "nan.pkl", make_vec_env("Pendulum-v1", 1))

@@ -538,8 +538,11 @@ def check_finite_statistics(vec_normalize: Any, where: str) -> None:
     :param where: the file, for the error message
     :raises ValueError: a non-finite mean, variance or count
     """
-    rms_by_name: dict[str, Any] = {"ret_rms": getattr(vec_normalize, "ret_rms", None)}
-    obs_rms = getattr(vec_normalize, "obs_rms", None)
+    # read from the object itself: a VecNormalize not yet given its venv (norm_obs=False: no obs_rms) would look the
+    # name up through VecEnvWrapper.__getattr__, which recurses without a venv
+    attributes = vars(vec_normalize)
+    rms_by_name: dict[str, Any] = {"ret_rms": attributes.get("ret_rms")}
+    obs_rms = attributes.get("obs_rms")
     rms_by_name.update(
         {f"obs_rms[{k!r}]": v for k, v in obs_rms.items()} if isinstance(obs_rms, dict) else {"obs_rms": obs_rms}
     )
