@@ -828,5 +828,5 @@ def test_vec_normalize_file_without_observation_statistics_loads(tmp_path):
     assert not loaded.norm_obs and loaded.norm_reward
     loaded.ret_rms.var[...] = np.nan
     loaded.save(tmp_path / "nan.pkl")
-    with pytest.raises(ValueError, match="ret_rms.var are not finite"):
+    with pytest.raises(ValueError, match=r"ret_rms\.var are not finite"):
         load_vec_normalize(tmp_path / "nan.pkl", make_vec_env("Pendulum-v1", 1))
