@@ -21,6 +21,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -29,7 +30,7 @@ import gymnasium as gym
 import numpy as np
 import torch as th
 import yaml
-from stable_baselines3.common.vec_env import VecEnv, VecVideoRecorder
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecVideoRecorder
 
 import sb3_cherry
 from sb3_cherry.common.config_schema import default_config, validate_config
@@ -589,7 +590,7 @@ def _load_model_and_env(args: argparse.Namespace, render_mode: str | None) -> tu
         kwargs = dict(args.env_kwargs or {}, **({"render_mode": render_mode} if render_mode is not None else {}))
         env = checkpoint_eval_env(model_path.parent, args.algo, args.env, args.seed, kwargs, args.conf)
         model = _load_model(args, model_path, env)
-        env.seed(args.seed)  # loading seeded the env with the model's training seed
+        _seed(model, env, args.seed)
         return model, env
     stats_path = exp_dir / EnvironmentName(args.env)
     # the run's config.yml read as data (rl_zoo3's get_saved_hyperparams uses yaml.UnsafeLoader)
@@ -609,9 +610,69 @@ def _load_model_and_env(args: argparse.Namespace, render_mode: str | None) -> tu
             hyperparams=hyperparams,
             env_kwargs=env_kwargs,
         )
+    _use_model_statistics(env, model_path, exp_dir, normalized=maybe_stats_path is not None)
+    if args.model and not (stats_path / "config.yml").is_file():
+        print(
+            f"Note: no {stats_path / 'config.yml'} next to {model_path}: evaluated without the run's wrappers and "
+            "VecNormalize statistics (give the run folder with -f/--exp-id, or a run checkpoint, if it had them).",
+            file=sys.stderr,
+        )
     model = _load_model(args, model_path, env)
-    env.seed(args.seed)  # loading seeded the env with the model's training seed: --seed decides the episodes
+    _seed(model, env, args.seed)
     return model, env
+
+
+def _seed(model: Any, env: VecEnv, seed: int | None) -> None:
+    """
+    ``--seed`` for the episodes and for ``--stochastic`` sampling: loading seeded torch and the env with the model's
+    training seed (with gSDE, its exploration matrix too).
+    """
+    if seed is None:
+        return
+    model.set_random_seed(seed)
+    env.seed(seed)
+    policy = getattr(model, "policy", None)
+    if policy is not None and getattr(policy, "use_sde", False):
+        policy.reset_noise(env.num_envs)
+
+
+def _use_model_statistics(env: VecEnv, model_path: pathlib.Path, exp_dir: pathlib.Path, normalized: bool) -> None:
+    """
+    Put the ``VecNormalize`` statistics saved with a best model or checkpoint (``sb3-cherry train`` writes
+    ``best_model_vecnormalize.pkl`` and ``rl_model_vecnormalize_<steps>_steps.pkl`` next to them) into ``env``, whose
+    statistics are the end-of-training ones; say so when a normalised run has none for this model (older runs).
+
+    :param env: the evaluation env (``create_test_env`` with the run's ``vecnormalize.pkl``)
+    :param model_path: the model file
+    :param exp_dir: its run folder
+    :param normalized: whether the run normalised (the env has a VecNormalize)
+    """
+    from stable_baselines3.common.vec_env import unwrap_vec_normalize
+
+    from sb3_cherry.common.restricted_pickle import load_vec_normalize
+    from sb3_cherry.resume import BEST_STATISTICS
+
+    checkpoint = re.fullmatch(r"rl_model_(\d+)_steps\.zip", model_path.name)
+    if model_path.name == "best_model.zip":
+        own = exp_dir / BEST_STATISTICS
+    elif checkpoint is not None:
+        own = exp_dir / f"rl_model_vecnormalize_{checkpoint.group(1)}_steps.pkl"
+    else:
+        return
+    vec_normalize = unwrap_vec_normalize(env)
+    if not normalized or vec_normalize is None:
+        return
+    if not own.is_file():
+        print(
+            f"Note: {model_path.name} is evaluated with the run's end-of-training VecNormalize statistics: the run saved "
+            f"none with it ({own.name}; runs of sb3-cherry before 0.1.0 did not).",
+            file=sys.stderr,
+        )
+        return
+    saved = vars(load_vec_normalize(own, vec_normalize.venv))
+    for name in ("obs_rms", "ret_rms"):  # (no obs_rms with norm_obs=False)
+        if name in saved:
+            setattr(vec_normalize, name, saved[name])
 
 
 def _load_model(args: argparse.Namespace, model_path: pathlib.Path, env: VecEnv) -> Any:
@@ -763,6 +824,27 @@ def gif_timing(fps: float, max_fps: float, n_frames: int) -> tuple[int, list[int
     return every, [10 * (end - start) for start, end in zip([0, *ends_cs[:-1]], ends_cs, strict=True)]
 
 
+def frame_skip(venv: VecEnv) -> int:
+    """
+    The env ticks per agent step of a ``DummyVecEnv``'s first env: the product of the ``_skip`` of its frame-skipping
+    wrappers (rl_zoo3's ``FrameSkip``, SB3's ``MaxAndSkipEnv``); 1 for other VecEnvs.
+
+    :param venv: the VecEnv (its wrappers are looked through)
+    :return: the ticks per step
+    """
+    base = venv.unwrapped if isinstance(venv, VecEnvWrapper) else venv
+    envs = getattr(base, "envs", None)
+    if not envs:
+        return 1
+    skip, env = 1, envs[0]
+    while isinstance(env, gym.Wrapper):
+        value = vars(env).get("_skip")
+        if isinstance(value, int) and value > 1:
+            skip *= value
+        env = env.env
+    return skip
+
+
 class GifVideoRecorder(VecVideoRecorder):
     """
     SB3's ``VecVideoRecorder`` that also writes each recording as an animated GIF next to the MP4, small enough for a
@@ -798,6 +880,9 @@ class GifVideoRecorder(VecVideoRecorder):
             )
         self.gif, self.gif_width, self.gif_max_fps = gif, gif_width, gif_max_fps
         self.written: list[str] = []
+        # one recorded frame per agent step: with a frame-skipping wrapper (FrameSkip, MaxAndSkipEnv) each spans
+        # ``skip`` of the env's ticks, so the env's render_fps would play the film ``skip`` times too fast
+        self.frames_per_sec = float(self.frames_per_sec) / frame_skip(venv)  # type: ignore[arg-type,assignment]
 
     def _stop_recording(self) -> None:
         """Write the GIF (if asked) from the recorded frames, then the MP4 as SB3 does."""
@@ -841,7 +926,9 @@ def cmd_video(argv: list[str]) -> list[str]:
         "writes a GIF. Output: OUTPUT_FOLDER/<model>-step-0-to-step-N.mp4 (.gif).",
     )
     _add_model_args(parser)
-    parser.add_argument("-n", "--n-timesteps", type=int, default=1000, help="length in env steps (default: %(default)s)")
+    parser.add_argument(
+        "-n", "--n-timesteps", type=int, default=1000, help="length in agent steps, one frame each (default: %(default)s)"
+    )
     parser.add_argument("-o", "--output-folder", help="output folder (default: the run folder's videos/)")
     parser.add_argument("--gif", action="store_true", help="also write an animated GIF")
     parser.add_argument("--gif-width", type=int, default=320, help="maximal GIF width in pixels (default: %(default)s)")

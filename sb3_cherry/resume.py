@@ -21,6 +21,7 @@ import dataclasses
 import io
 import os
 import pathlib
+import pickle
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -29,7 +30,7 @@ from typing import Any, ClassVar
 import gymnasium as gym
 from rl_zoo3.exp_manager import ExperimentManager
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback, EvalCallback
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
@@ -48,6 +49,7 @@ from sb3_cherry.common.safe_config import (
     parse_policy_kwargs,
     safe_load_yaml,
 )
+from sb3_cherry.common.save_util import atomic_write
 from sb3_cherry.common.schedules import ZooLinearSchedule
 
 #: Hyperparameters rl_zoo3 turns into objects with ``eval`` when they are strings (parsed as data on resume instead)
@@ -231,6 +233,28 @@ def _truncate_monitor_files(venv: VecEnv) -> None:
             monitor.t_start = time.time() - float(rows[-1]["t"])
 
 
+#: the ``VecNormalize`` statistics of ``best_model.zip``, next to it in the run folder
+BEST_STATISTICS = "best_model_vecnormalize.pkl"
+
+
+class _SaveBestStatistics(BaseCallback):
+    """On a new best model (``EvalCallback``'s ``callback_on_new_best``): write the training ``VecNormalize``'s
+    statistics next to it, atomically (nothing without normalisation).
+
+    :param path: the file
+    """
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+
+    def _on_step(self) -> bool:
+        vec_normalize = self.model.get_vec_normalize_env()
+        if vec_normalize is not None:
+            atomic_write(self.path, lambda file: pickle.dump(vec_normalize, file))
+        return True
+
+
 class SafeExperimentManager(ExperimentManager):
     """
     rl_zoo3's ``ExperimentManager`` that never unpickles a ``vecnormalize.pkl``: rl_zoo3 loads
@@ -263,6 +287,23 @@ class SafeExperimentManager(ExperimentManager):
             return super()._maybe_normalize(env, eval_env)
         finally:
             self.trained_agent = trained_agent
+
+    def create_callbacks(self) -> None:
+        """
+        rl_zoo3's callbacks, with the ``VecNormalize`` statistics saved next to each model they belong to: every
+        checkpoint's (``rl_model_vecnormalize_<steps>_steps.pkl``: SB3's ``save_vecnormalize``) and the best model's
+        (``best_model_vecnormalize.pkl``). rl_zoo3 keeps only the end-of-training ``<env>/vecnormalize.pkl``, with which
+        ``--load-best`` / ``--load-checkpoint`` would evaluate an earlier model.
+        """
+        super().create_callbacks()
+        for callback in self.callbacks:
+            if isinstance(callback, CheckpointCallback):
+                callback.save_vecnormalize = True
+            elif isinstance(callback, EvalCallback) and callback.best_model_save_path is not None:
+                best = _SaveBestStatistics(os.path.join(callback.best_model_save_path, BEST_STATISTICS))
+                previous = callback.callback_on_new_best
+                callback.callback_on_new_best = best if previous is None else CallbackList([previous, best])
+                callback.callback_on_new_best.parent = callback
 
     @staticmethod
     def _preprocess_schedules(hyperparams: dict[str, Any]) -> dict[str, Any]:

@@ -696,3 +696,88 @@ def test_zoo_linear_schedules_stop_at_zero_when_the_last_rollout_overshoots(tmp_
     assert model.lr_schedule(progress) == 0.0 and model.clip_range(progress) == 0.0
     assert model.policy.optimizer.param_groups[0]["lr"] == 0.0
     assert model.lr_schedule(1.0) == 0.001 and abs(model.lr_schedule(0.5) - 0.0005) < 1e-12
+
+
+# ----------------------------------------------------------------------------------- evaluating what was trained
+def _eval_args(argv):
+    import argparse
+
+    from sb3_cherry.cli import _add_model_args
+
+    parser = argparse.ArgumentParser()
+    _add_model_args(parser)
+    return parser.parse_args(argv)
+
+
+@pytest.fixture(scope="module")
+def normalized_run(tmp_path_factory):
+    """Pendulum with VecNormalize, a checkpoint every 256 steps and a best model (in a subprocess, as a user runs it)."""
+    folder = tmp_path_factory.mktemp("logs_norm")
+    cmd = [sys.executable, "-m", "sb3_cherry", "train", "--algo", "ppo_rollback", "--env", "Pendulum-v1", "-f", str(folder)]
+    cmd += ["-n", "1024", "--seed", "0", "--save-freq", "256", "--eval-freq", "256", "--eval-episodes", "1"]
+    cmd += ["-params", "n_envs:1", "n_steps:128", "batch_size:64", "n_epochs:1", "normalize:True"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
+    return folder
+
+
+def test_checkpoints_and_best_model_are_evaluated_with_their_own_statistics(normalized_run, capsys):
+    # rl_zoo3 keeps only the end-of-training vecnormalize.pkl: --load-checkpoint / --load-best evaluated an earlier
+    # model with it (-1788 instead of -1716 for a Pendulum checkpoint in the review)
+    from stable_baselines3.common.vec_env import unwrap_vec_normalize
+
+    from sb3_cherry.cli import _load_for_eval
+
+    run = normalized_run / "ppo_rollback" / "Pendulum-v1_1"
+    assert (run / "rl_model_vecnormalize_256_steps.pkl").is_file() and (run / "best_model_vecnormalize.pkl").is_file()
+    base = ["--algo", "ppo_rollback", "--env", "Pendulum-v1", "-f", str(normalized_run)]
+    _, final_env = _load_for_eval(_eval_args(base))
+    final_count = unwrap_vec_normalize(final_env).obs_rms.count
+    _, env = _load_for_eval(_eval_args([*base, "--load-checkpoint", "256"]))
+    count = unwrap_vec_normalize(env).obs_rms.count
+    assert count < 300 < final_count  # the statistics after 256 steps, not after 1024
+    _, env = _load_for_eval(_eval_args([*base, "--load-best"]))
+    assert unwrap_vec_normalize(env).obs_rms.count <= final_count
+    (run / "rl_model_vecnormalize_512_steps.pkl").unlink()  # a run of an older version: said, not hidden
+    _load_for_eval(_eval_args([*base, "--load-checkpoint", "512"]))
+    assert "end-of-training VecNormalize statistics" in capsys.readouterr().err
+
+
+def test_seed_decides_stochastic_actions_too(normalized_run):
+    # loading re-seeded torch with the training seed: every --seed sampled the same --stochastic actions
+    from sb3_cherry.cli import _load_for_eval
+
+    base = ["--algo", "ppo_rollback", "--env", "Pendulum-v1", "-f", str(normalized_run)]
+    obs = np.zeros((1, 3), np.float32)
+    samples = {}
+    for seed in (1, 2, 1):
+        model, _ = _load_for_eval(_eval_args([*base, "--seed", str(seed)]))
+        samples.setdefault(seed, []).append(np.concatenate([model.predict(obs, deterministic=False)[0] for _ in range(5)]))
+    np.testing.assert_array_equal(samples[1][0], samples[1][1])
+    assert not np.array_equal(samples[1][0], samples[2][0])
+
+
+def test_model_outside_its_run_folder_says_it_has_no_statistics(normalized_run, tmp_path, capsys):
+    import shutil
+
+    from sb3_cherry.cli import _load_for_eval
+
+    copy = tmp_path / "model.zip"
+    shutil.copy(normalized_run / "ppo_rollback" / "Pendulum-v1_1" / "Pendulum-v1.zip", copy)
+    _load_for_eval(_eval_args(["--algo", "ppo_rollback", "--env", "Pendulum-v1", "--model", str(copy)]))
+    assert "evaluated without the run's wrappers and VecNormalize statistics" in capsys.readouterr().err
+
+
+def test_films_play_at_the_envs_speed_with_frame_skips(tmp_path):
+    # one frame per agent step: with FrameSkip(2) (the CarRacing entry) the env's render_fps played them twice as fast
+    from rl_zoo3.wrappers import FrameSkip
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from sb3_cherry.cli import GifVideoRecorder, frame_skip
+
+    plain = DummyVecEnv([lambda: gym.make("CartPole-v1", render_mode="rgb_array")])
+    skipped = DummyVecEnv([lambda: FrameSkip(FrameSkip(gym.make("CartPole-v1", render_mode="rgb_array"), 2), 3)])
+    assert (frame_skip(plain), frame_skip(skipped)) == (1, 6)
+    fps = gym.make("CartPole-v1").metadata["render_fps"]
+    recorder = GifVideoRecorder(skipped, str(tmp_path / "videos"), lambda step: False)
+    assert recorder.frames_per_sec == fps / 6
+    recorder.close()
