@@ -1406,3 +1406,42 @@ def test_tanh_normal_mode_is_the_median():
     samples = th.stack([dist.sample()[0] for _ in range(20_000)])
     below = (samples <= dist.mode()[0]).float().mean(dim=0)
     th.testing.assert_close(below, th.full((3,), 0.5), atol=0.015, rtol=0)
+
+
+def test_distribution_kwargs_are_never_dropped_silently():
+    # arguments for a distribution that takes none were accepted and ignored (Box 'normal' through SB3's class,
+    # 'categorical' / 'bernoulli'), a string instead of a mapping gave an error listing its characters
+    from sb3_cherry import PPORollback
+
+    for env_id, kwargs in (("Pendulum-v1", {"normal": {"log_std": 1}}), ("CartPole-v1", {"categorical": {"t": 0.5}})):
+        with pytest.raises(ValueError, match="take no arguments"):
+            PPORollback("MlpPolicy", env_id, policy_kwargs=dict(action_distribution_kwargs=kwargs))
+    with pytest.raises(ValueError, match="must map distribution names to dicts"):
+        PPORollback("MlpPolicy", "Pendulum-v1", policy_kwargs=dict(action_distribution_kwargs="{'beta': {}}"))
+
+
+def test_numpy_scalars_in_distribution_kwargs_load_safely(tmp_path):
+    # SB3 stores the kwargs as printed text: numpy 2 prints np.float32(1e-05), which the safe loader kept as a string
+    from sb3_cherry import PPORollback
+
+    kwargs = dict(action_distribution="beta", action_distribution_kwargs={"beta": {"epsilon": np.float32(1e-5)}})
+    PPORollback("MlpPolicy", "Pendulum-v1", n_steps=64, policy_kwargs=kwargs).save(tmp_path / "m")
+    loaded = PPORollback.load(tmp_path / "m")  # allow_pickle=False
+    assert loaded.policy_kwargs["action_distribution_kwargs"] == {"beta": {"epsilon": pytest.approx(1e-5)}}
+
+
+def test_tuple_discrete_parts_keep_the_spaces_dtype():
+    from sb3_cherry.common.spaces import unflatten_actions
+
+    space = spaces.Tuple((spaces.Discrete(3, dtype=np.int32), spaces.Box(-1, 1, (1,))))
+    action = unflatten_actions(space, np.array([[2.0, 0.5]], np.float32))[0]
+    assert space.contains(action) and action[0].dtype == np.int32
+
+
+def test_tuple_predict_names_the_gym_vs_vecenv_mistake():
+    from sb3_cherry import PPORollback
+
+    model = PPORollback("MlpPolicy", "sb3_cherry/HybridGoal-v0", n_steps=64)
+    obs, info = model.env.envs[0].reset(seed=0)
+    with pytest.raises(ValueError, match="mixing Gym API with SB3 VecEnv API"):
+        model.predict((obs, info))

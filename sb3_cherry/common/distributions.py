@@ -67,7 +67,8 @@ def _finite_bounds(space: spaces.Box, name: str) -> tuple[th.Tensor, th.Tensor]:
     if not (np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))):
         raise ValueError(
             f"The '{name}' distribution maps onto the Box bounds, but {space} has infinite bounds. "
-            "Use action_distribution='normal' or give the Box finite bounds."
+            "Use action_distribution='normal' or give the Box finite bounds (in a Tuple action space: one spec per "
+            "component, 'normal' for this Box)."
         )
     if not np.all(space.high > space.low):
         raise ValueError(
@@ -967,6 +968,10 @@ def _spec_names(spec: DistributionSpec) -> set[str]:
     return set().union(*(_spec_names(sub) for sub in spec or ()))
 
 
+#: the distributions that take constructor arguments (``action_distribution_kwargs``)
+_TAKES_ARGUMENTS = ("beta", "tanh_normal", "gumbel_softmax")
+
+
 def _make_component(space: spaces.Space, spec: DistributionSpec, kwargs: dict[str, dict[str, Any]]) -> CherryDistribution:
     if isinstance(space, spaces.Tuple):
         assert isinstance(spec, tuple)
@@ -1016,6 +1021,19 @@ def make_distribution(
     :return: the distribution
     """
     resolved = resolve_spec(action_space, spec)
+    if distribution_kwargs is not None and not (
+        isinstance(distribution_kwargs, dict) and all(isinstance(v, dict) for v in distribution_kwargs.values())
+    ):
+        raise ValueError(
+            "action_distribution_kwargs must map distribution names to dicts of arguments, e.g. "
+            f"{{'beta': {{'epsilon': 1e-5}}}}, got {distribution_kwargs!r}."
+        )
+    without = sorted(name for name, extra in (distribution_kwargs or {}).items() if extra and name not in _TAKES_ARGUMENTS)
+    if without:
+        raise ValueError(
+            f"action_distribution_kwargs: {without} take no arguments (only {list(_TAKES_ARGUMENTS)} do; a Gaussian's "
+            "initial log-std is the policy's log_std_init): remove the entries."
+        )
     unused = sorted(set(distribution_kwargs or {}) - _spec_names(resolved))
     if unused:
         raise ValueError(

@@ -378,6 +378,8 @@ def schedule_from_fields(item: Mapping[str, Any]) -> Any:
 
 # ---------------------------------------------------------------------------------------------------- classes
 _CLASS_TEXT = re.compile(r"<class '([\w.]+)'>")
+#: a numpy scalar as numpy 2 prints it inside a container, e.g. ``np.float32(1e-05)``: its number
+_NUMPY_SCALAR_TEXT = re.compile(r"\bnp\.(?:float|int|uint)\d*\(([-+0-9.eE]+|nan|inf|-inf)\)")
 
 
 def _value_from_text(text: str, classes: Mapping[str, type], where: str) -> Any:
@@ -416,7 +418,12 @@ def _policy_kwargs_from_fields(item: Mapping[str, Any], classes: Mapping[str, ty
             try:  # a printed number / container (numpy scalar, ...)
                 result[name] = _value_from_text(value, classes, where)
             except UnsafeModelFileError:
-                result[name] = value  # a plain string stored as JSON, e.g. action_distribution='beta'
+                if not value.startswith(("{", "[", "(")):
+                    result[name] = value  # a plain string stored as JSON, e.g. action_distribution='beta'
+                    continue
+                # a printed container: numpy scalars inside it print as np.float32(1e-05) (numpy 2)
+                plain = _NUMPY_SCALAR_TEXT.sub(r"\1", value)
+                result[name] = _value_from_text(plain, classes, where)
     return result
 
 

@@ -153,7 +153,8 @@ def _batch_decoder(space: spaces.Space, clip: bool) -> Callable[[np.ndarray], li
             start += dim
         return lambda flat: list(zip(*(decode(flat[:, a:b]) for a, b, decode in parts), strict=True))
     if isinstance(space, spaces.Discrete):
-        return lambda flat: list(np.rint(flat[:, 0]).astype(np.int64))
+        discrete_dtype = space.dtype  # (gymnasium's contains() checks it: an int32 space refuses an int64)
+        return lambda flat: list(np.rint(flat[:, 0]).astype(discrete_dtype))
     if isinstance(space, (spaces.MultiDiscrete, spaces.MultiBinary)):
         dtype, shape = space.dtype, space.shape
         return lambda flat: list(np.rint(flat).astype(dtype).reshape((len(flat), *shape)))
