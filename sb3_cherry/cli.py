@@ -90,13 +90,31 @@ def _algo_choices() -> list[str]:
 
 
 def _run_rl_zoo3(entry: Callable[[], Any], prog: str, argv: list[str]) -> None:
-    """Run an rl_zoo3 script function (it parses ``sys.argv``) with ``argv``, restoring ``sys.argv`` afterwards."""
-    saved = sys.argv
+    """
+    Run an rl_zoo3 script function (it parses ``sys.argv``) with ``argv``, restoring ``sys.argv`` afterwards. Meanwhile
+    rl_zoo3 knows sb3_cherry's algorithms only (SB3's own ``load`` unpickles: ``--algo ppo`` on a downloaded folder,
+    however spelt, would run its pickles) and parses its ``key:value`` options (``--env-kwargs``, ``--hyperparams``,
+    ``--eval-env-kwargs``, in any spelling argparse accepts) as literals instead of evaluating them.
+    """
+    import rl_zoo3.enjoy
+    import rl_zoo3.train
+    import rl_zoo3.utils
+
+    saved, algos = sys.argv, dict(rl_zoo3.utils.ALGOS)
+    store_dicts = {module: module.StoreDict for module in (rl_zoo3.train, rl_zoo3.enjoy)}
     sys.argv = [prog, *argv]
+    rl_zoo3.utils.ALGOS.clear()  # (the dict rl_zoo3's modules imported by name: changed in place)
+    rl_zoo3.utils.ALGOS.update(sb3_cherry.zoo_algorithms())
+    for module in store_dicts:
+        module.StoreDict = SafeStoreDict  # type: ignore[attr-defined]
     try:
         entry()
     finally:
         sys.argv = saved
+        rl_zoo3.utils.ALGOS.clear()
+        rl_zoo3.utils.ALGOS.update(algos)
+        for module, store_dict in store_dicts.items():
+            module.StoreDict = store_dict  # type: ignore[attr-defined]
 
 
 def _rl_zoo3_options(entry: Callable[[], Any], prog: str, skip: tuple[str, ...] = ()) -> str:

@@ -34,6 +34,7 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList, Check
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
+import sb3_cherry
 from sb3_cherry.checkpoint_eval import RUN_CHECKPOINT
 from sb3_cherry.common.checkpoint import (
     RunCheckpointCallback,
@@ -132,8 +133,6 @@ def read_run_folder(folder: str | pathlib.Path, algo: str | None = None, env_id:
     :raises ValueError: another algorithm or env than given, a checkpoint of another algorithm, ``collection='async'``,
         a symbolic link in the folder
     """
-    import rl_zoo3.utils
-
     path = pathlib.Path(folder)
     if path.name == RUN_CHECKPOINT and has_run_checkpoint(path):  # the checkpoint folder itself: its run folder
         path = path.parent
@@ -172,9 +171,14 @@ def read_run_folder(folder: str | pathlib.Path, algo: str | None = None, env_id:
         )
     if env_id is not None and env_id != args.env:
         raise ValueError(f"Env mismatch: {path} was trained on --env {args.env}, not {env_id}. Drop --env.")
-    algo_class = rl_zoo3.utils.ALGOS.get(args.algo)
+    # sb3_cherry's algorithms only: they load without pickle; rl_zoo3's ALGOS also lists SB3's, whose load unpickles
+    # (a downloaded folder naming --algo ppo ran a pickle of its checkpoint's model.zip)
+    algos = sb3_cherry.zoo_algorithms()
+    algo_class = algos.get(args.algo)
     if algo_class is None:
-        raise ValueError(f"{params_path / 'args.yml'}: unknown algo {args.algo!r}; known: {sorted(rl_zoo3.utils.ALGOS)}.")
+        raise ValueError(
+            f"{params_path / 'args.yml'}: --algo {args.algo!r} is not an sb3_cherry algorithm; known: {sorted(algos)}."
+        )
     state = read_run_state(checkpoint)
     if state["algorithm"] != algo_class.__name__:
         raise ValueError(
@@ -287,6 +291,16 @@ class SafeExperimentManager(ExperimentManager):
             return super()._maybe_normalize(env, eval_env)
         finally:
             self.trained_agent = trained_agent
+
+    def read_hyperparameters(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """
+        :return: rl_zoo3's hyperparameters, from a YAML config only (whatever option spelling named it: rl_zoo3 runs a
+            ``.py`` config as code and imports any other name as a module)
+        :raises ValueError: another config file
+        """
+        if not str(self.config).endswith((".yml", ".yaml")):
+            raise ValueError(f"-c {self.config}: sb3-cherry reads YAML configs only; give the file a .yml or .yaml name.")
+        return super().read_hyperparameters()
 
     def create_callbacks(self) -> None:
         """

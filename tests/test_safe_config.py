@@ -279,3 +279,96 @@ def test_dotted_policy_outside_trusted_packages_is_refused(policy):
     assert f"custom_objects={{'policy_class': {policy.split('.')[-1]}}}" in str(info.value)
     for fine in ("MlpPolicy", "CnnPolicy", "sb3_cherry.ppo_rollback.policies.MlpPolicy"):
         check_imported_names({"policy": fine}, "config.yml")
+
+
+# ------------------------------------------------------------------------------- a security review's findings
+def _payload(marker: pathlib.Path) -> str:
+    return f"__import__('os').system('touch {marker}')"
+
+
+@pytest.mark.parametrize(
+    "command, argv",
+    [
+        # spellings of rl_zoo3's eval'ed key:value options that the exact-flag checks missed
+        ("train", ["--hyperpar", "n_steps:{p}"]),
+        ("train", ["--hyperparams=n_steps:{p}"]),
+        ("train", ["--env-kw", "a:{p}"]),
+        ("train", ["--eval-env-kwargs", "a:{p}"]),
+        ("enjoy", ["--env-kwargs", "a:{p}"]),
+    ],
+)
+def test_rl_zoo3_options_are_parsed_not_evaluated_in_any_spelling(tmp_path, monkeypatch, capsys, command, argv):
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "ran"
+    argv = [a.replace("{p}", _payload(marker)) for a in argv]
+    with pytest.raises(SystemExit) as info:
+        main([command, "--env", "CartPole-v1", "-f", str(tmp_path / "logs"), "-n", "64", *argv])
+    assert info.value.code == 2 and "is not allowed" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_sb3_algorithms_are_not_reachable_through_the_cli(run_folder, tmp_path, capsys):
+    # SB3's own load unpickles: `enjoy --algo ppo` on a downloaded folder ran its pickles
+    with pytest.raises(SystemExit) as info:
+        main(["enjoy", "--algo", "ppo", "--env", "CartPole-v1", "-f", str(run_folder.parents[1]), "--no-render"])
+    assert info.value.code == 2 and "invalid choice: 'ppo'" in capsys.readouterr().err
+    import rl_zoo3.utils
+
+    assert "ppo" in rl_zoo3.utils.ALGOS  # restored after the command
+
+
+def test_a_python_config_is_refused_in_any_option_spelling(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "ran"
+    config = tmp_path / "evil.py"
+    config.write_text(f"import os\nos.system('touch {marker}')\nhyperparams = {{}}\n")
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--env", "CartPole-v1", "--conf", str(config), "-f", str(tmp_path / "logs"), "-n", "64"])
+    assert info.value.code == 2 and "reads YAML configs only" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_resume_accepts_sb3_cherry_algorithms_only(tmp_path):
+    from sb3_cherry.resume import read_run_folder
+
+    run = tmp_path / "ppo" / "CartPole-v1_1"
+    (run / "CartPole-v1").mkdir(parents=True)
+    (run / "CartPole-v1" / "args.yml").write_text("algo: ppo\nenv: CartPole-v1\n")
+    (run / "CartPole-v1" / "config.yml").write_text("n_timesteps: 1000\npolicy: MlpPolicy\n")
+    (run / "run_checkpoint").mkdir()
+    for name in ("model.zip", "run_state.json", "run_state.npz"):
+        (run / "run_checkpoint" / name).write_bytes(b"")
+    with pytest.raises(ValueError, match="--algo 'ppo' is not an sb3_cherry algorithm"):
+        read_run_folder(run)
+
+
+def test_run_folder_classes_import_no_script_module_and_write_nowhere_else():
+    import sys
+
+    from sb3_cherry.common.safe_config import check_imported_names
+
+    sys.modules.pop("rl_zoo3.benchmark", None)
+    with pytest.raises(UnsafeConfigError, match="importing it could run code"):
+        check_imported_names({"env_wrapper": "rl_zoo3.benchmark.Anything"}, "config.yml")
+    assert "rl_zoo3.benchmark" not in sys.modules  # (it parses sys.argv and reads files with yaml.UnsafeLoader)
+    check_imported_names({"env_wrapper": [{"rl_zoo3.wrappers.FrameSkip": {"skip": 2}}]}, "config.yml")  # still fine
+    monitor = {"stable_baselines3.common.monitor.Monitor": {"filename": "/tmp/elsewhere/victim"}}
+    with pytest.raises(UnsafeConfigError, match=r"file / folder argument\(s\) \['filename'\]"):
+        check_imported_names({"env_wrapper": [monitor]}, "config.yml")
+    callback = {"stable_baselines3.common.callbacks.CheckpointCallback": {"save_freq": 32, "save_path": "/tmp/x"}}
+    with pytest.raises(UnsafeConfigError, match="save_path"):
+        check_imported_names({"callback": [callback]}, "config.yml")
+    check_imported_names({"env_wrapper": [monitor]}, "my_config.yml", trusted_only=False)  # your own -c config
+
+
+def test_deep_nesting_is_a_one_line_error(tmp_path):
+    from sb3_cherry.common.safe_config import parse_literal_string
+
+    with pytest.raises(UnsafeConfigError, match="nested too deeply"):
+        parse_literal_string("-" * 3000 + "1", "normalize")
+    with pytest.raises(UnsafeConfigError, match="characters is refused"):
+        parse_literal_string("[" * 60_000 + "]" * 60_000, "policy_kwargs")
+    path = tmp_path / "deep.yml"
+    path.write_text("a: " + "[" * 20_000 + "]" * 20_000 + "\n")
+    with pytest.raises(ValueError, match="nested too deeply"):
+        safe_load_yaml(path)

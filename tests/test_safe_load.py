@@ -830,3 +830,27 @@ def test_vec_normalize_file_without_observation_statistics_loads(tmp_path):
     loaded.save(tmp_path / "nan.pkl")
     with pytest.raises(ValueError, match=r"ret_rms\.var are not finite"):
         load_vec_normalize(tmp_path / "nan.pkl", make_vec_env("Pendulum-v1", 1))
+
+
+def test_nested_spaces_of_a_model_file_are_capped(tmp_path):
+    # a Dict / Tuple's components skipped the caps of a top-level space: Discrete(10**12) inside a Dict was accepted
+    import json
+    import zipfile
+
+    import sb3_cherry  # noqa: F401  (registers the sb3_cherry/ envs)
+    from sb3_cherry import PPORollback
+
+    path = tmp_path / "m.zip"
+    PPORollback("MultiInputPolicy", "sb3_cherry/DictReach-v0", n_steps=64).save(path)
+    with zipfile.ZipFile(path) as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    data = json.loads(entries["data"])
+    assert "'target': Discrete(2)" in data["observation_space"]["spaces"]
+    data["observation_space"]["spaces"] = data["observation_space"]["spaces"].replace("Discrete(2)", "Discrete(1000000000000)")
+    data["observation_space"][":serialized:"] = "x"  # (no pickle to fall back on: the readable fields decide)
+    entries["data"] = json.dumps(data).encode()
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, content in entries.items():
+            archive.writestr(name, content)
+    with pytest.raises(ValueError, match=r"cannot be rebuilt|a component of a Tuple / Dict space"):
+        PPORollback.load(path)

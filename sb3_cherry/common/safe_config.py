@@ -11,6 +11,7 @@ import ast
 import collections
 import math
 import pathlib
+import sys
 from collections.abc import Callable, Mapping
 from typing import IO, Any
 
@@ -94,6 +95,8 @@ def safe_load_yaml(source: str | pathlib.Path | IO[str]) -> Any:
         ) from exc
     except yaml.YAMLError as exc:
         raise ValueError(f"{name}: YAML syntax error{_where(exc)}: {getattr(exc, 'problem', None) or exc}.") from exc
+    except (RecursionError, MemoryError):
+        raise ValueError(f"{name}: the YAML document is nested too deeply to be a configuration.") from None
 
 
 def _where(exc: yaml.YAMLError) -> str:
@@ -195,6 +198,10 @@ def literal_value(
     raise UnsafeConfigError(f"{where}: {ast.unparse(node)!r} is not a literal, dict(...) or an allowed name.")
 
 
+#: The longest ``policy_kwargs`` / ``normalize`` / ``key:value`` string parsed (a config's are a few hundred characters)
+MAX_LITERAL_LENGTH = 100_000
+
+
 def parse_literal_string(text: str, where: str, names: Mapping[str, Any] | None = None) -> Any:
     """
     Parse a ``policy_kwargs`` / ``normalize`` string of an rl-zoo config without evaluating it: literals,
@@ -206,12 +213,16 @@ def parse_literal_string(text: str, where: str, names: Mapping[str, Any] | None 
     :return: the value
     :raises UnsafeConfigError: a call, attribute or name outside the allow-list, or a syntax error
     """
+    if len(text) > MAX_LITERAL_LENGTH:
+        raise UnsafeConfigError(f"{where}: a string of {len(text)} characters is refused (at most {MAX_LITERAL_LENGTH}).")
     try:
         tree = ast.parse(text.strip(), mode="eval")
+        allowed = {**(allowed_names() if names is None else names), "inf": math.inf, "nan": math.nan}
+        return literal_value(tree.body, allowed, {"dict": dict, "OrderedDict": collections.OrderedDict}, where)
     except SyntaxError as exc:
-        raise UnsafeConfigError(f"{where}: cannot parse {text!r}: {exc.msg}.") from exc
-    allowed = {**(allowed_names() if names is None else names), "inf": math.inf, "nan": math.nan}
-    return literal_value(tree.body, allowed, {"dict": dict, "OrderedDict": collections.OrderedDict}, where)
+        raise UnsafeConfigError(f"{where}: cannot parse {text[:200]!r}: {exc.msg}.") from exc
+    except (RecursionError, MemoryError):  # (ast and the parser recurse per nesting level: '-' * 3000 + '1')
+        raise UnsafeConfigError(f"{where}: {text[:80]!r}... is nested too deeply to be a configuration value.") from None
 
 
 def parse_policy_kwargs(text: str | dict[str, Any], where: str = "policy_kwargs") -> dict[str, Any]:
@@ -304,11 +315,44 @@ def _imported_base(key: str) -> type:
     return {"env_wrapper": gym.Wrapper, "vec_env_wrapper": VecEnvWrapper, "callback": BaseCallback, "policy": BasePolicy}[key]
 
 
-def _check_class(name: str, key: str, where: str) -> None:
-    """Resolve ``name`` as rl_zoo3 does (module, then attribute) and require a subclass of ``key``'s base class."""
+#: Modules of the trusted packages whose classes a run folder may name although not imported yet: libraries of
+#: classes. Any other module must already be imported: some are scripts that run on import (``rl_zoo3.benchmark``
+#: parses ``sys.argv`` and reads files with ``yaml.UnsafeLoader``)
+IMPORTABLE_MODULES = (
+    "gymnasium.wrappers",
+    "stable_baselines3.common",
+    "sb3_contrib.common",
+    "rl_zoo3.wrappers",
+    "rl_zoo3.callbacks",
+    "sb3_cherry.common",
+    "sb3_cherry.envs",
+)
+
+#: Keyword arguments of a run folder's wrapper / callback classes that name files or folders: refused, so that a
+#: downloaded run folder cannot make evaluate / --resume write outside it (``Monitor(filename=...)``,
+#: ``CheckpointCallback(save_path=...)``)
+PATH_ARGUMENTS = frozenset(
+    {"filename", "save_path", "log_path", "log_dir", "video_folder", "best_model_save_path", "path", "folder"}
+)
+
+
+def _check_class(name: str, key: str, where: str, trusted_only: bool = False) -> None:
+    """
+    Resolve ``name`` as rl_zoo3 does (module, then attribute) and require a subclass of ``key``'s base class; with
+    ``trusted_only``, a module not imported yet must be one of :data:`IMPORTABLE_MODULES`.
+    """
     import importlib
 
     module_name, _, attribute = name.rpartition(".")
+    if (
+        trusted_only
+        and module_name not in sys.modules
+        and not any(module_name == m or module_name.startswith(m + ".") for m in IMPORTABLE_MODULES)
+    ):
+        raise UnsafeConfigError(
+            f"{where}: {key} {name!r} is in module {module_name!r}, which is not a library of wrapper / callback / "
+            f"policy classes ({list(IMPORTABLE_MODULES)}); importing it could run code. Remove it."
+        )
     try:
         value = getattr(importlib.import_module(module_name), attribute) if module_name else None
     except (ImportError, AttributeError) as exc:
@@ -345,7 +389,16 @@ def check_imported_names(hyperparams: Mapping[str, Any], where: str, trusted_onl
                     f"{where}: {key} {name!r} is not a class of {list(TRUSTED_WRAPPER_PACKAGES)}; rl_zoo3 would import "
                     "and call it. Remove it, or run the folder's code only if you trust it."
                 )
-            _check_class(name, key, where)
+            _check_class(name, key, where, trusted_only)
+        if trusted_only:
+            for item in items:
+                arguments = next(iter(item.values()), None) if isinstance(item, dict) and len(item) == 1 else None
+                paths = sorted(PATH_ARGUMENTS & set(arguments)) if isinstance(arguments, dict) else []
+                if paths:
+                    raise UnsafeConfigError(
+                        f"{where}: {key} {next(iter(item))!r} is given the file / folder argument(s) {paths}: a run "
+                        "folder's config cannot choose where the sb3-cherry commands write. Remove them."
+                    )
     policy = hyperparams.get("policy")
     if isinstance(policy, str) and "." in policy:
         if trusted_only and policy.split(".")[0] not in TRUSTED_WRAPPER_PACKAGES:
@@ -355,7 +408,7 @@ def check_imported_names(hyperparams: Mapping[str, Any], where: str, trusted_onl
                 f"in Python with your class: <Algo>.load(path, custom_objects={{'policy_class': {policy.split('.')[-1]}}}); "
                 "otherwise train with a policy alias (MlpPolicy, CnnPolicy, MultiInputPolicy)."
             )
-        _check_class(policy, "policy", where)
+        _check_class(policy, "policy", where, trusted_only)
 
 
 def saved_hyperparams(

@@ -267,10 +267,35 @@ def space_from_fields(item: Mapping[str, Any]) -> spaces.Space:
         return spaces.MultiBinary(_field(item, "n"))
     if kind.endswith(".Tuple'>"):
         parts = _field(item, "spaces")
-        return spaces.Tuple(parts if isinstance(parts, (tuple, list)) else (parts,))
+        return _check_nested(spaces.Tuple(parts if isinstance(parts, (tuple, list)) else (parts,)))
     if kind.endswith(".Dict'>"):
-        return spaces.Dict(_field(item, "spaces"))
+        return _check_nested(spaces.Dict(_field(item, "spaces")))
     raise ValueError(f"spaces of type {kind} are not rebuilt from plain data")
+
+
+def _leaf_spaces(space: spaces.Space) -> list[spaces.Space]:
+    if isinstance(space, spaces.Tuple):
+        return [leaf for sub in space.spaces for leaf in _leaf_spaces(sub)]
+    if isinstance(space, spaces.Dict):
+        return [leaf for sub in space.spaces.values() for leaf in _leaf_spaces(sub)]
+    return [space]
+
+
+def _check_nested(space: spaces.Space) -> spaces.Space:
+    """The caps of a top-level space applied to a Tuple / Dict's components: each discrete one, and their entries in
+    all (a policy allocates per entry)."""
+    where = "a component of a Tuple / Dict space in the model file"
+    total = 0
+    for leaf in _leaf_spaces(space):
+        if isinstance(leaf, spaces.Discrete):
+            check_discrete_sizes("Discrete", int(leaf.n), where)
+        elif isinstance(leaf, spaces.MultiDiscrete):
+            check_discrete_sizes("MultiDiscrete", leaf.nvec, where)
+        elif isinstance(leaf, spaces.MultiBinary):
+            check_discrete_sizes("MultiBinary", leaf.n, where)
+        total += int(np.prod(leaf.shape or (1,)))
+    check_space_size((total,), where, "the components together")
+    return space
 
 
 def _same_space(a: spaces.Space, b: spaces.Space) -> bool:
