@@ -372,3 +372,17 @@ def test_deep_nesting_is_a_one_line_error(tmp_path):
     path.write_text("a: " + "[" * 20_000 + "]" * 20_000 + "\n")
     with pytest.raises(ValueError, match="nested too deeply"):
         safe_load_yaml(path)
+
+
+def test_yaml_alias_expansion_is_bounded(tmp_path):
+    # ~900 bytes of nested aliases expanded to 2.3 GB when an error message printed the value
+    lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for level in range(1, 8):
+        lines.append(f"a{level}: &a{level} [" + ", ".join([f"*a{level - 1}"] * 10) + "]")
+    path = tmp_path / "laughs.yml"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match="anchors and aliases expand to more than"):
+        safe_load_yaml(path)
+    shared = tmp_path / "shared.yml"  # rl-zoo's own use of anchors stays fine
+    shared.write_text("base: &base {n_envs: 8, policy: MlpPolicy}\nCartPole-v1:\n  <<: *base\n  n_timesteps: 1000\n")
+    assert safe_load_yaml(shared)["CartPole-v1"] == {"n_envs": 8, "policy": "MlpPolicy", "n_timesteps": 1000}

@@ -74,6 +74,27 @@ def _construct_allowed_name(loader: SafeConfigLoader, suffix: str, node: yaml.No
 SafeConfigLoader.add_multi_constructor(PYTHON_NAME_TAG, _construct_allowed_name)
 
 
+#: The most values a YAML document may expand to, each alias counted as the copy it stands for: an alias is loaded
+#: as a reference, so a small file of nested aliases ("billion laughs") only blows up when printed or copied
+MAX_YAML_NODES = 1_000_000
+
+
+def _expands_within(document: Any, limit: int) -> bool:
+    """Whether ``document``, aliases expanded, holds at most ``limit`` values (stops counting at ``limit``)."""
+    count, stack = 0, [document]
+    while stack:
+        value = stack.pop()
+        count += 1
+        if count > limit:
+            return False
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
+    return True
+
+
 def safe_load_yaml(source: str | pathlib.Path | IO[str]) -> Any:
     """
     Read a YAML file as plain data (:class:`SafeConfigLoader`).
@@ -86,8 +107,15 @@ def safe_load_yaml(source: str | pathlib.Path | IO[str]) -> Any:
     try:
         if isinstance(source, (str, pathlib.Path)):
             with open(source) as file:
-                return yaml.load(file, Loader=SafeConfigLoader)
-        return yaml.load(source, Loader=SafeConfigLoader)
+                document = yaml.load(file, Loader=SafeConfigLoader)
+        else:
+            document = yaml.load(source, Loader=SafeConfigLoader)
+        if not _expands_within(document, MAX_YAML_NODES):
+            raise ValueError(
+                f"{name}: the document's anchors and aliases expand to more than {MAX_YAML_NODES} values, which is "
+                "refused (a configuration has a few hundred)."
+            )
+        return document
     except yaml.constructor.ConstructorError as exc:
         raise UnsafeConfigError(
             f"{name}: refused a YAML tag that builds a Python object ({exc.problem}{_where(exc)}); configs are plain "
