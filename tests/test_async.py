@@ -741,3 +741,25 @@ def test_lagged_weights_and_log_probs_follow_their_samples(env_id, policy):
         assert (expected - 1).abs().max() > 0.05  # pi_prox != mu
         batches += 1
     assert batches == 4
+
+
+def test_a_replaced_policy_is_refused_with_the_reason():
+    # the learner rebuilds the policy from policy_class / policy_kwargs: another net_arch failed deep in load_state_dict
+    from sb3_cherry.common.policies import CherryActorCriticPolicy
+
+    model = _make(PPORollback, "async")
+    model.policy = CherryActorCriticPolicy(model.observation_space, model.action_space, model.lr_schedule, net_arch=[8]).to(
+        model.device
+    )
+    with pytest.raises(ValueError, match="does not have the layout policy_kwargs build"):
+        model.learn(N_ENVS * N_STEPS)
+
+
+def test_main_guard_inside_a_condition_is_recognised(tmp_path):
+    from sb3_cherry.common.async_learner import _has_main_guard
+
+    script = tmp_path / "train.py"
+    script.write_text('import sys\nif __name__ == "__main__" and len(sys.argv) > 0:\n    pass\n')
+    assert _has_main_guard(str(script))
+    script.write_text("import sys\nif len(sys.argv) > 0:\n    pass\n")
+    assert not _has_main_guard(str(script))

@@ -73,13 +73,45 @@ def _has_main_guard(path: str) -> bool:
     with open(path, encoding="utf-8") as file:
         tree = ast.parse(file.read(), filename=path)
     for node in tree.body:
-        if isinstance(node, ast.If) and isinstance(node.test, ast.Compare):
-            names = [node.test.left, *node.test.comparators]
-            if any(isinstance(n, ast.Name) and n.id == "__name__" for n in names) and any(
-                isinstance(n, ast.Constant) and n.value == "__main__" for n in names
-            ):
-                return True
+        if not isinstance(node, ast.If):
+            continue
+        # ``__name__ == "__main__"`` alone or inside a condition (``... and len(sys.argv) > 1``)
+        for test in ast.walk(node.test):
+            if isinstance(test, ast.Compare):
+                names = [test.left, *test.comparators]
+                if any(isinstance(n, ast.Name) and n.id == "__name__" for n in names) and any(
+                    isinstance(n, ast.Constant) and n.value == "__main__" for n in names
+                ):
+                    return True
     return False
+
+
+def _check_rebuildable(model: Any) -> None:
+    """
+    The learner process rebuilds the policy from ``policy_class`` / ``policy_kwargs`` (``model.save`` / ``load``):
+    refuse a ``model.policy`` replaced by one they do not build (collection="sync" trains it in place).
+
+    :param model: the algorithm
+    :raises ValueError: naming the difference
+    """
+    policy = model.policy
+    if type(policy) is not model.policy_class:
+        raise ValueError(
+            f"model.policy is a {type(policy).__name__}, but policy_class is {getattr(model.policy_class, '__name__', '?')}: "
+            "collection='async' rebuilds the policy in its learner process from policy_class / policy_kwargs. Set "
+            "them to build your policy, or use collection='sync'."
+        )
+    with th.random.fork_rng(devices=[]):  # (its initialisation must not move the run's random stream)
+        fresh = model.policy_class(model.observation_space, model.action_space, model.lr_schedule, **model.policy_kwargs)
+    ours = {k: tuple(v.shape) for k, v in policy.state_dict().items()}
+    built = {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
+    if ours != built:
+        differ = sorted(set(ours.items()) ^ set(built.items()))[:3]
+        raise ValueError(
+            f"model.policy does not have the layout policy_kwargs build ({differ} ...): collection='async' rebuilds the "
+            "policy in its learner process from policy_class / policy_kwargs. Set them to build your policy, or use "
+            "collection='sync'."
+        )
 
 
 def check_main_guard(start_method: str) -> None:
@@ -155,6 +187,12 @@ class SharedStateDict:
         :param module: module with the layout's ``state_dict`` names
         """
         state = module.state_dict()
+        if any(key not in state or tuple(state[key].shape) != array.shape for key, array in self.arrays.items()):
+            raise RuntimeError(
+                "model.policy was replaced by a policy of another layout during an async learn: the learner trains "
+                "the policy learn started with. Replace it between learn calls (with policy_class / policy_kwargs "
+                "that build it), or use collection='sync'."
+            )
         with th.no_grad():
             for key, array in self.arrays.items():
                 state[key].copy_(th.from_numpy(array))
@@ -269,6 +307,7 @@ class AsyncLearner:
         self.timeout = timeout
         self.pending = False
         self.submitted = 0
+        _check_rebuildable(model)
         layout = SharedStateDict.layout_of(model.policy.state_dict())
         self.shared = SharedStateDict(layout)
         self.conn, child_conn = ctx.Pipe()
