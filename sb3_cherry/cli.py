@@ -36,6 +36,7 @@ import sb3_cherry
 from sb3_cherry.common.config_schema import default_config, validate_config
 from sb3_cherry.common.safe_config import (
     UnsafeConfigError,
+    check_yaml_config,
     parse_literal_string,
     rl_zoo3_reads_safely,
     saved_hyperparams,
@@ -291,10 +292,10 @@ def cmd_train(argv: list[str]) -> None:
                 f"-optimize has no search space for --algo {algo} (it has one for {', '.join(sorted(SAMPLERS))}). "
                 "Tune the generator / policy with --algo ppo_rollback, then put its hyperparameters in the config."
             )
-    if args.conf is not None and not args.conf.endswith((".yml", ".yaml")):
-        # rl_zoo3 runs a .py config as code and imports any other one as a module (it tests these suffixes, lower case)
-        raise ValueError(f"-c {args.conf}: sb3-cherry reads YAML configs only; give the file a .yml or .yaml name.")
-    _hyperparams_overrides(rest, ("--env-kwargs",))  # checked here: rl_zoo3 evaluates them
+    if args.conf is not None:
+        check_yaml_config(args.conf)  # (before validate_config reads it; the experiment manager checks any spelling)
+    # refused here, before anything runs (rl_zoo3's parser then reads them with SafeStoreDict, see _run_rl_zoo3)
+    _hyperparams_overrides(rest, ("--env-kwargs",))
     conf = args.conf or str(default_config(algo))
     entry = validate_config(conf, algo, env_id, _hyperparams_overrides(rest))
     zoo_argv = ["--algo", algo, "--env", env_id, "--conf-file", conf, *rest]

@@ -46,6 +46,7 @@ from sb3_cherry.common.checkpoint import (
 from sb3_cherry.common.restricted_pickle import load_vec_normalize
 from sb3_cherry.common.safe_config import (
     check_imported_names,
+    check_yaml_config,
     parse_literal_string,
     parse_policy_kwargs,
     safe_load_yaml,
@@ -298,8 +299,7 @@ class SafeExperimentManager(ExperimentManager):
             ``.py`` config as code and imports any other name as a module)
         :raises ValueError: another config file
         """
-        if not str(self.config).endswith((".yml", ".yaml")):
-            raise ValueError(f"-c {self.config}: sb3-cherry reads YAML configs only; give the file a .yml or .yaml name.")
+        check_yaml_config(self.config)
         return super().read_hyperparameters()
 
     def create_callbacks(self) -> None:

@@ -27,7 +27,6 @@ What the adapter adds to imitation's ``GAIL`` / ``AIRL``:
 import contextlib
 import dataclasses
 import io
-import math
 import os
 import pathlib
 import tempfile
@@ -65,7 +64,7 @@ from sb3_cherry.adversarial.trainers import (
 )
 from sb3_cherry.adversarial.wrappers import OpaqueVecEnv, VecFlatActionSpace, VecTupleActionSpace
 from sb3_cherry.common.config_schema import RESERVED_ARGS, check_constructor_kwargs
-from sb3_cherry.common.finite import UpdateSnapshot
+from sb3_cherry.common.finite import UpdateSnapshot, check_update
 from sb3_cherry.common.on_policy import wrap_tuple_eval_envs
 from sb3_cherry.common.safe_config import check_policy_kwargs, parse_policy_kwargs
 from sb3_cherry.common.safe_load import stored_policy_class
@@ -788,16 +787,10 @@ class AdversarialImitation(BaseAlgorithm):
         except BaseException:
             snapshot.restore()
             raise
-        loss = float(stats.get("disc_loss", 0.0))
-        if snapshot.check() and math.isfinite(loss):
-            return
-        snapshot.restore()
-        what = f"loss {loss}" if not math.isfinite(loss) else "reward net parameters or optimizer state after the update"
-        raise ValueError(
-            f"Non-finite {what} in the {type(self).__name__} discriminator update at num_timesteps={self.num_timesteps} "
-            f"(discriminator update {trainer._disc_step}): the update was undone, the reward net and its optimizer state "
-            "are those from before it. The samples were finite, so the update itself diverged: lower disc_lr."
-        )
+        check_update(
+            snapshot, {"discriminator/loss": stats.get("disc_loss")}, f"{type(self).__name__} discriminator",
+            self.num_timesteps, trainer._disc_step, remedy="lower disc_lr.",
+        )  # fmt: skip
 
     def _store_generator_samples(self) -> None:
         """

@@ -261,6 +261,12 @@ class UpdateSnapshot:
         self._valid = False
 
 
+#: What to change when an update diverged on finite data (the policy updates of the on-policy algorithms and BCO)
+DIVERGED_REMEDY = (
+    "lower the learning rate, scale the rewards (e.g. VecNormalize), or check ent_coef / vf_coef and max_grad_norm."
+)
+
+
 def check_update(
     snapshot: UpdateSnapshot,
     losses: Mapping[str, Any],
@@ -268,6 +274,7 @@ def check_update(
     num_timesteps: int,
     n_updates: int,
     finite: bool | None = None,
+    remedy: str = DIVERGED_REMEDY,
 ) -> None:
     """
     After an update: if a logged loss or a parameter is not finite, restore the snapshot and raise.
@@ -278,20 +285,23 @@ def check_update(
     :param num_timesteps: the model's ``num_timesteps`` (reported)
     :param n_updates: the model's update counter (reported)
     :param finite: the result of ``snapshot.check()`` if the caller already ran it
+    :param remedy: what to change, for the message
     :raises ValueError: naming the non-finite loss (or the parameters) and the step
     """
     bad = _non_finite(losses)
     if not bad and (snapshot.check() if finite is None else finite):
         return
     snapshot.restore()
-    raise_non_finite_update(bad, algorithm, num_timesteps, n_updates)
+    raise_non_finite_update(bad, algorithm, num_timesteps, n_updates, remedy)
 
 
 def _non_finite(losses: Mapping[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in losses.items() if value is not None and not math.isfinite(float(value))}
 
 
-def raise_non_finite_update(losses: Mapping[str, Any], algorithm: str, num_timesteps: int, n_updates: int) -> None:
+def raise_non_finite_update(
+    losses: Mapping[str, Any], algorithm: str, num_timesteps: int, n_updates: int, remedy: str = DIVERGED_REMEDY
+) -> None:
     """
     Raise the ValueError of an update that was not applied (or was undone) because it was non-finite.
 
@@ -300,6 +310,7 @@ def raise_non_finite_update(losses: Mapping[str, Any], algorithm: str, num_times
     :param algorithm: the algorithm's name, for the message
     :param num_timesteps: the model's ``num_timesteps`` (reported)
     :param n_updates: the model's update counter (reported)
+    :param remedy: what to change, for the message
     :raises ValueError: always
     """
     bad = _non_finite(losses)
@@ -310,7 +321,6 @@ def raise_non_finite_update(losses: Mapping[str, Any], algorithm: str, num_times
     )
     raise ValueError(
         f"Non-finite {what} in the {algorithm} update at num_timesteps={num_timesteps} (n_updates={n_updates}): the "
-        "update was undone, the parameters and optimizer state are those from before it. The data were finite, so "
-        "the update itself diverged: lower the learning rate, scale the rewards (e.g. VecNormalize), or check "
-        "ent_coef / vf_coef and max_grad_norm."
+        f"update was undone, the parameters and optimizer state are those from before it. The data were finite, so "
+        f"the update itself diverged: {remedy}"
     )

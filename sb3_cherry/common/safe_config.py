@@ -127,6 +127,18 @@ def safe_load_yaml(source: str | pathlib.Path | IO[str]) -> Any:
         raise ValueError(f"{name}: the YAML document is nested too deeply to be a configuration.") from None
 
 
+def check_yaml_config(path: str) -> None:
+    """
+    Refuse a config file rl_zoo3 would not read as YAML: it runs a ``.py`` config as code and imports any other name as
+    a module (it tests these suffixes, lower case).
+
+    :param path: the config given with ``-c`` (in any spelling of the option)
+    :raises ValueError: not a ``.yml`` / ``.yaml`` file
+    """
+    if not str(path).endswith((".yml", ".yaml")):
+        raise ValueError(f"-c {path}: sb3-cherry reads YAML configs only; give the file a .yml or .yaml name.")
+
+
 def _where(exc: yaml.YAMLError) -> str:
     mark = getattr(exc, "problem_mark", None)
     return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
