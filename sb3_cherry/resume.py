@@ -28,11 +28,12 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import gymnasium as gym
+from rl_zoo3.callbacks import SaveVecNormalizeCallback
 from rl_zoo3.exp_manager import ExperimentManager
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback, EvalCallback
 from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
 
 import sb3_cherry
 from sb3_cherry.checkpoint_eval import RUN_CHECKPOINT
@@ -242,9 +243,21 @@ def _truncate_monitor_files(venv: VecEnv) -> None:
 BEST_STATISTICS = "best_model_vecnormalize.pkl"
 
 
-class _SaveBestStatistics(BaseCallback):
-    """On a new best model (``EvalCallback``'s ``callback_on_new_best``): write the training ``VecNormalize``'s
-    statistics next to it, atomically (nothing without normalisation).
+def save_statistics(vec_normalize: VecNormalize, path: str) -> None:
+    """
+    ``VecNormalize.save`` written atomically (the same pickle: SB3's ``save`` pickles the wrapper, whose state leaves
+    out the wrapped env): an interrupted write keeps the previous file whole, where ``save`` truncates it first.
+
+    :param vec_normalize: the statistics
+    :param path: the file
+    """
+    atomic_write(path, lambda file: pickle.dump(vec_normalize, file))
+
+
+class _SaveStatistics(BaseCallback):
+    """Write the training ``VecNormalize``'s statistics to a file, atomically, at every call (nothing without
+    normalisation): ``EvalCallback``'s ``callback_on_new_best`` for the best model's statistics, and in place of
+    rl_zoo3's ``SaveVecNormalizeCallback`` (which writes with ``VecNormalize.save``).
 
     :param path: the file
     """
@@ -256,8 +269,38 @@ class _SaveBestStatistics(BaseCallback):
     def _on_step(self) -> bool:
         vec_normalize = self.model.get_vec_normalize_env()
         if vec_normalize is not None:
-            atomic_write(self.path, lambda file: pickle.dump(vec_normalize, file))
+            save_statistics(vec_normalize, self.path)
         return True
+
+
+class _CheckpointWithStatistics(CheckpointCallback):
+    """
+    SB3's ``CheckpointCallback`` that also saves the ``VecNormalize`` statistics of every checkpoint
+    (``<prefix>_vecnormalize_<steps>_steps.pkl``, as ``save_vecnormalize=True`` names them), atomically. The model
+    itself is saved atomically by every sb3_cherry algorithm's ``save``.
+
+    :param checkpoint: the callback to take the settings of (rl_zoo3's)
+    """
+
+    def __init__(self, checkpoint: CheckpointCallback):
+        super().__init__(
+            checkpoint.save_freq,
+            checkpoint.save_path,
+            checkpoint.name_prefix,
+            checkpoint.save_replay_buffer,
+            save_vecnormalize=False,
+            verbose=checkpoint.verbose,
+        )
+
+    def _on_step(self) -> bool:
+        result = super()._on_step()
+        vec_normalize = self.model.get_vec_normalize_env()
+        if self.n_calls % self.save_freq == 0 and vec_normalize is not None:
+            path = self._checkpoint_path("vecnormalize_", extension="pkl")
+            save_statistics(vec_normalize, path)
+            if self.verbose >= 2:
+                print(f"Saving model VecNormalize to {path}")
+        return result
 
 
 class SafeExperimentManager(ExperimentManager):
@@ -304,20 +347,42 @@ class SafeExperimentManager(ExperimentManager):
 
     def create_callbacks(self) -> None:
         """
-        rl_zoo3's callbacks, with the ``VecNormalize`` statistics saved next to each model they belong to: every
-        checkpoint's (``rl_model_vecnormalize_<steps>_steps.pkl``: SB3's ``save_vecnormalize``) and the best model's
-        (``best_model_vecnormalize.pkl``). rl_zoo3 keeps only the end-of-training ``<env>/vecnormalize.pkl``, with which
-        ``--load-best`` / ``--load-checkpoint`` would evaluate an earlier model.
+        rl_zoo3's callbacks, with the ``VecNormalize`` statistics saved (atomically) next to each model they belong
+        to: every checkpoint's (``rl_model_vecnormalize_<steps>_steps.pkl``, the name of SB3's ``save_vecnormalize``)
+        and the best model's (``best_model_vecnormalize.pkl``). rl_zoo3 keeps only the end-of-training
+        ``<env>/vecnormalize.pkl``, with which ``--load-best`` / ``--load-checkpoint`` would evaluate an earlier model.
         """
         super().create_callbacks()
-        for callback in self.callbacks:
+        for index, callback in enumerate(self.callbacks):
             if isinstance(callback, CheckpointCallback):
-                callback.save_vecnormalize = True
-            elif isinstance(callback, EvalCallback) and callback.best_model_save_path is not None:
-                best = _SaveBestStatistics(os.path.join(callback.best_model_save_path, BEST_STATISTICS))
+                self.callbacks[index] = _CheckpointWithStatistics(callback)
+            elif isinstance(callback, EvalCallback):
                 previous = callback.callback_on_new_best
-                callback.callback_on_new_best = best if previous is None else CallbackList([previous, best])
-                callback.callback_on_new_best.parent = callback
+                if isinstance(previous, SaveVecNormalizeCallback) and previous.name_prefix is None:
+                    # rl_zoo3's: <env>/vecnormalize.pkl at every new best (overwritten at the end of training)
+                    previous = _SaveStatistics(os.path.join(previous.save_path, "vecnormalize.pkl"))
+                saves = [previous] if previous is not None else []
+                if callback.best_model_save_path is not None:
+                    saves.append(_SaveStatistics(os.path.join(callback.best_model_save_path, BEST_STATISTICS)))
+                if saves:
+                    callback.callback_on_new_best = saves[0] if len(saves) == 1 else CallbackList(saves)
+                    callback.callback_on_new_best.parent = callback
+
+    def save_trained_model(self, model: BaseAlgorithm) -> None:
+        """
+        rl_zoo3's end-of-training save, with ``<env>/vecnormalize.pkl`` written atomically (rl_zoo3 writes it with
+        ``VecNormalize.save``, which truncates the previous file first).
+
+        :param model: the trained model
+        """
+        normalize, self.normalize = self.normalize, False
+        try:
+            super().save_trained_model(model)
+        finally:
+            self.normalize = normalize
+        vec_normalize = model.get_vec_normalize_env()
+        if normalize and vec_normalize is not None:
+            save_statistics(vec_normalize, os.path.join(self.params_path, "vecnormalize.pkl"))
 
     @staticmethod
     def _preprocess_schedules(hyperparams: dict[str, Any]) -> dict[str, Any]:

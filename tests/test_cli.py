@@ -534,6 +534,57 @@ def test_trained_agent_statistics_are_read_with_the_restricted_unpickler(tmp_pat
     assert not (tmp_path / "code_ran").exists()
 
 
+class _Unpicklable:
+    """Pickling it fails (stands for a write interrupted half-way)."""
+
+    def __reduce__(self):
+        raise RuntimeError("interrupted")
+
+
+def test_every_statistics_file_of_a_run_is_written_atomically(tmp_path):
+    """rl_zoo3 / SB3 write vecnormalize.pkl (at each new best and at the end) and each checkpoint's statistics with
+    VecNormalize.save, which truncates the previous file before pickling: an interrupted save lost it."""
+    from stable_baselines3.common.callbacks import CheckpointCallback, EvalCallback
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    from sb3_cherry import PPORollback
+    from sb3_cherry.resume import BEST_STATISTICS, SafeExperimentManager
+
+    def venv():
+        return DummyVecEnv([lambda: gym.make("Pendulum-v1")])
+
+    manager = SafeExperimentManager.__new__(SafeExperimentManager)
+    manager.callbacks, manager.show_progress, manager.verbose, manager.optimize_hyperparameters = [], False, 0, False
+    manager.save_freq, manager.eval_freq, manager.n_envs, manager.n_eval_envs = 4, 4, 1, 1
+    manager.n_eval_episodes, manager.deterministic_eval, manager.normalize = 1, True, True
+    manager.save_path, manager.params_path, manager.env_name = str(tmp_path), str(tmp_path / "Pendulum-v1"), "Pendulum-v1"
+    manager.create_envs = lambda n_envs, eval_env=False, no_log=False: VecNormalize(venv(), training=False)
+    manager.create_callbacks()
+    model = PPORollback("MlpPolicy", VecNormalize(venv()), n_steps=8, batch_size=8, device="cpu")
+    model.num_timesteps = 4
+    checkpoint = next(c for c in manager.callbacks if isinstance(c, CheckpointCallback))
+    evaluation = next(c for c in manager.callbacks if isinstance(c, EvalCallback))
+    for callback in (checkpoint, evaluation):
+        callback.init_callback(model)
+    paths = [tmp_path / "Pendulum-v1" / "vecnormalize.pkl", tmp_path / BEST_STATISTICS]
+    paths.append(tmp_path / "rl_model_vecnormalize_4_steps.pkl")
+    (tmp_path / "Pendulum-v1").mkdir(exist_ok=True)
+    for path in paths:
+        path.write_bytes(b"previous statistics")
+    model.get_vec_normalize_env().interrupted = _Unpicklable()
+    saves = [lambda: manager.save_trained_model(model), evaluation.callback_on_new_best.on_step]
+    saves.append(lambda: [checkpoint.on_step() for _ in range(4)])
+    for save in saves:
+        with pytest.raises(RuntimeError, match="interrupted"):
+            save()
+    assert [path.read_bytes() for path in paths] == [b"previous statistics"] * 3
+    del model.get_vec_normalize_env().interrupted  # and they are written
+    for save in saves:
+        save()
+    assert all(path.read_bytes() != b"previous statistics" for path in paths)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".tmp") == []
+
+
 def test_evaluate_uses_the_training_commands_env_kwargs(tmp_path, monkeypatch):
     """--env-kwargs of `train` (rl_zoo3 keeps them in args.yml) apply to evaluate / record / video, as to rl_zoo3's enjoy."""
     monkeypatch.chdir(tmp_path)
