@@ -6,6 +6,7 @@ import pytest
 import torch as th
 from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from torch import nn
@@ -237,6 +238,72 @@ def test_alpha_zero_reproduces_sb3_contrib_recurrent_ppo(env_id):
     )
     ours.learn(128)
     np.testing.assert_array_equal(_params(contrib), _params(ours))
+
+
+class _ResetCarriedStates(BaseCallback):
+    """Resets env 0's carried recurrent states in place at every step and all of them at the end of each rollout."""
+
+    def _on_step(self) -> bool:
+        for pair in self.model._last_lstm_states:
+            for tensor in pair:
+                tensor[:, 0] = 0.0
+        return True
+
+    def _on_rollout_end(self) -> None:
+        self.model._last_lstm_states.pi[0].zero_()
+
+
+def test_callbacks_reset_carried_states_in_place_as_with_contrib():
+    # the states were inference tensors during the rollout (collection runs in inference mode): contrib's callbacks
+    # that reset them in place raised "Inplace update to inference tensor outside InferenceMode"
+    kwargs = dict(n_steps=16, batch_size=16, n_epochs=1, seed=3, policy_kwargs=SMALL_NET)
+    contrib = RecurrentPPO("MlpLstmPolicy", make_vec_env("CartPole-v1", n_envs=2, seed=5), **kwargs)
+    contrib.learn(64, callback=_ResetCarriedStates())
+    ours = RecurrentPPORollback("MlpLstmPolicy", make_vec_env("CartPole-v1", n_envs=2, seed=5), rollback_alpha=0.0, **kwargs)
+    ours.learn(64, callback=_ResetCarriedStates())
+    np.testing.assert_array_equal(_params(contrib), _params(ours))
+    assert "forward" not in ours.policy.__dict__  # the collection's wrappers are gone
+
+
+class _ThreeSwitches(gym.Env):
+    """MultiBinary(3) actions, reward: the number of switches on."""
+
+    observation_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = spaces.MultiBinary(3)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self.np_random.uniform(-1, 1, 2).astype(np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return self.np_random.uniform(-1, 1, 2).astype(np.float32), float(np.sum(action)), False, self.t >= 5, {}
+
+
+@pytest.mark.parametrize("policy", ["MlpLstmPolicy", "MlpGruPolicy"])
+@pytest.mark.parametrize("kwargs", [{}, dict(recompute_returns=True, returns_estimator="vtrace")])
+def test_multi_binary_actions(policy, kwargs):
+    # SB3 stores MultiBinary actions as int8 and its feed-forward buffer hands them out as float32; contrib's recurrent
+    # buffer handed out the int8 (contrib's RecurrentPPO fails the same way): the Bernoulli log-prob refused them
+    model = RecurrentPPORollback(
+        policy, make_vec_env(_ThreeSwitches, n_envs=2, seed=0), policy_kwargs=SMALL_NET, seed=0, **TINY, **kwargs
+    )
+    model.learn(64)
+    actions = model.rollout_buffer.actions
+    assert actions.dtype == np.float32 and set(np.unique(actions)) <= {0.0, 1.0}
+    sample = next(model.rollout_buffer.get(16))
+    stored = model.policy.evaluate_actions(sample.observations, sample.actions, sample.lstm_states, sample.episode_starts)[1]
+    mask = sample.mask > 1e-8
+    # as a torch Bernoulli of the same logits: the log-probs of the stored actions
+    with th.no_grad():
+        features = model.policy.extract_features(sample.observations)
+        latent, _ = model.policy._process_sequence(
+            features, sample.lstm_states.pi, sample.episode_starts, model.policy.lstm_actor
+        )
+        logits = model.policy.action_net(model.policy.mlp_extractor.forward_actor(latent))
+    reference = th.distributions.Bernoulli(logits=logits).log_prob(sample.actions).sum(dim=1)
+    th.testing.assert_close(stored[mask].detach(), reference[mask])
 
 
 @pytest.mark.parametrize(

@@ -49,6 +49,16 @@ class _RecurrentReturnsEstimator(ReturnsEstimatorMixin):
             buffer_size, observation_space, storage_space, hidden_state_shape, device, gae_lambda, gamma, n_envs
         )
 
+    def reset(self) -> None:
+        """
+        Empty the buffer. ``MultiBinary`` actions are stored as float32 (the values SB3's feed-forward buffer hands
+        out; contrib's recurrent buffers gave the Bernoulli log-probability the space's int8, which it refuses).
+        """
+        super().reset()
+        buffer: Any = self  # contrib's buffer, next in the bases
+        if isinstance(buffer.action_space, spaces.MultiBinary):
+            buffer.actions = buffer.actions.astype(np.float32)
+
     def _flat_observations(self) -> NoReturn:
         raise NotImplementedError(
             "Recurrent rollouts cannot be re-evaluated step by step (collection='async'): the recurrent states are "
