@@ -772,6 +772,8 @@ def cmd_evaluate(argv: list[str]) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.n_episodes < 1:
         raise ValueError(f"-n/--n-episodes must be at least 1, got {args.n_episodes}.")
+    if args.json_path and args.json_path != "-":
+        check_writable(args.json_path)
     defaults = _eval_defaults(args.env)
     fail_below = args.fail_below if args.fail_below is not _UNSET else defaults.get("fail_below")
     fail_on_termination = (
@@ -799,6 +801,30 @@ def cmd_evaluate(argv: list[str]) -> dict[str, Any]:
     return summary
 
 
+def check_writable(path: str | pathlib.Path) -> None:
+    """
+    Refuse, before any work, an output file that cannot be written: a folder, a path through a file, a folder without
+    write permission (the missing folders on the way are created when it is written).
+
+    :param path: the file to write
+    :raises ValueError: naming the problem
+    """
+    target = pathlib.Path(os.path.abspath(path))
+    if target.is_dir():
+        raise ValueError(f"{path} is a folder; give a file name.")
+    if target.exists() and not os.access(target, os.W_OK):
+        raise ValueError(f"cannot write {path}: the file is write-protected (chmod u+w, or give another name).")
+    if target.exists() and not target.is_file():  # a pipe or a device (/dev/stdout): written in place
+        return
+    folder = target.parent
+    while not folder.exists() and not folder.is_symlink():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"cannot write {path}: {folder} is a file, not a folder.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {path}: no permission to write in {folder}.")
+
+
 def cmd_record(argv: list[str]) -> None:
     """
     ``sb3-cherry record``: write a demonstration file from a trained model.
@@ -816,6 +842,7 @@ def cmd_record(argv: list[str]) -> None:
 
     if args.n_episodes < 1:
         raise ValueError(f"-n/--n-episodes must be at least 1, got {args.n_episodes}.")
+    check_writable(demo_file_path(args.output))
     model, env = _load_for_eval(args)
     trajectories = record_demos(model, env, args.n_episodes, args.output, deterministic=not args.stochastic)
     returns = [float(np.sum(t.rews)) for t in trajectories]
@@ -1008,12 +1035,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     try:
         COMMANDS[argv[0]](argv[1:])
-    except (ValueError, FileNotFoundError, gym.error.Error) as exc:  # gymnasium's: e.g. an unknown env id
-        print(f"sb3-cherry {argv[0]}: error: {exc}", file=sys.stderr)
-        sys.exit(2)
     except BrokenPipeError:  # output piped into e.g. `head`, which exited: stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
+    except (ValueError, OSError, gym.error.Error) as exc:  # OSError: a file or folder; gymnasium's: an unknown env id
+        print(f"sb3-cherry {argv[0]}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -206,41 +206,89 @@ def space_to_dict(space: spaces.Space) -> dict[str, Any]:
     )
 
 
+#: The deepest nesting of ``Tuple`` / ``Dict`` spaces a demonstration file may describe
+MAX_SPACE_DEPTH = 32
+
+
 def space_from_dict(description: dict[str, Any]) -> spaces.Space:
     """
     Rebuild a space from :func:`space_to_dict`'s description.
 
+    A description read from a file is data: its ``Tuple`` / ``Dict`` spaces may nest at most :data:`MAX_SPACE_DEPTH`
+    deep, and its components together hold at most ``MAX_SPACE_ELEMENTS`` entries (counted before each is built).
+
     :param description: the description
     :return: the space
-    :raises ValueError: for an unknown or malformed description
+    :raises ValueError: for an unknown, malformed, too deep or too large description
     """
-    kind = description.get("type") if isinstance(description, dict) else None
-    try:
-        if kind == "Box":
-            shape = tuple(int(s) for s in description["shape"])
-            check_space_size(shape, "the Box of the demonstration file")  # before the bounds are built at that shape
-            dtype = np.dtype(description["dtype"])
-            low = _decode_array(description["low"], shape, dtype)
-            high = _decode_array(description["high"], shape, dtype)
-            return spaces.Box(low=low, high=high, shape=shape, dtype=dtype)  # type: ignore[arg-type]
-        if kind in ("Discrete", "MultiDiscrete", "MultiBinary"):
-            size = description["nvec" if kind == "MultiDiscrete" else "n"]
-            check_discrete_sizes(kind, size, f"the {kind} space of the demonstration file")
-        if kind == "Discrete":
-            return spaces.Discrete(int(description["n"]), start=int(description.get("start", 0)))
-        if kind == "MultiDiscrete":
-            return spaces.MultiDiscrete(
-                np.asarray(description["nvec"]), dtype=description.get("dtype", "int64"), start=description.get("start")
-            )
-        if kind == "MultiBinary":
-            return spaces.MultiBinary(description["n"])
+    return _SpaceReader().read(description, 0)
+
+
+class _SpaceReader:
+    """:func:`space_from_dict` for one description, counting the entries of the components built so far."""
+
+    def __init__(self) -> None:
+        self.entries = 0
+
+    def _count(self, shape: Any, kind: str) -> None:
+        self.entries += math.prod(int(d) for d in np.atleast_1d(shape))
+        check_space_size((self.entries,), "the spaces of the demonstration file", f"{kind} and the components before it")
+
+    def read(self, description: Any, depth: int) -> spaces.Space:
+        """
+        :param description: one (sub-)space's description
+        :param depth: how many Tuple / Dict spaces contain it
+        :return: the space
+        """
+        kind = description.get("type") if isinstance(description, dict) else None
+        if kind in ("Tuple", "Dict"):
+            return self._read_composite(kind, description, depth)
+        try:
+            if kind == "Box":
+                shape = tuple(int(s) for s in description["shape"])
+                check_space_size(shape, "the Box of the demonstration file")  # before the bounds are built at that shape
+                self._count(shape, "a Box")
+                dtype = np.dtype(description["dtype"])
+                low = _decode_array(description["low"], shape, dtype)
+                high = _decode_array(description["high"], shape, dtype)
+                return spaces.Box(low=low, high=high, shape=shape, dtype=dtype)  # type: ignore[arg-type]
+            if kind in ("Discrete", "MultiDiscrete", "MultiBinary"):
+                size = description["nvec" if kind == "MultiDiscrete" else "n"]
+                check_discrete_sizes(kind, size, f"the {kind} space of the demonstration file")
+                self._count(np.shape(size) if kind == "MultiDiscrete" else size if kind == "MultiBinary" else 1, kind)
+            if kind == "Discrete":
+                return spaces.Discrete(int(description["n"]), start=int(description.get("start", 0)))
+            if kind == "MultiDiscrete":
+                return spaces.MultiDiscrete(
+                    np.asarray(description["nvec"]), dtype=description.get("dtype", "int64"), start=description.get("start")
+                )
+            if kind == "MultiBinary":
+                return spaces.MultiBinary(description["n"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed {kind} space description {_short(description)}: {exc}") from exc
+        raise ValueError(f"unknown space description {_short(description)}")
+
+    def _read_composite(self, kind: str, description: dict[str, Any], depth: int) -> spaces.Space:
+        """A ``Tuple`` / ``Dict`` space: its components' errors propagate as they are (one message, not one per level)."""
+        if depth >= MAX_SPACE_DEPTH:
+            raise ValueError(f"the spaces nest more than {MAX_SPACE_DEPTH} Tuple / Dict spaces deep")
+        parts = description.get("spaces")
+        if not isinstance(parts, list):
+            raise ValueError(f"malformed {kind} space description {_short(description)}: 'spaces' must be a list")
         if kind == "Tuple":
-            return spaces.Tuple([space_from_dict(sub) for sub in description["spaces"]])
-        if kind == "Dict":
-            return spaces.Dict({key: space_from_dict(sub) for key, sub in description["spaces"]})
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"malformed {kind} space description {description!r}: {exc}") from exc
-    raise ValueError(f"unknown space description {description!r}")
+            return spaces.Tuple([self.read(sub, depth + 1) for sub in parts])
+        items = {}
+        for item in parts:
+            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)):
+                raise ValueError(f"malformed Dict space description: {_short(item)} is not a [key, space] pair")
+            items[item[0]] = self.read(item[1], depth + 1)
+        return spaces.Dict(items)
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a description read from a file may be any size)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 # ------------------------------------------------------------------------------------------------------ array checks
@@ -441,7 +489,8 @@ def record_demos(
     Run ``model`` for ``n_episodes`` episodes and return one trajectory per episode (written to ``path`` if given).
 
     The final observation of an episode is taken from ``infos[0]["terminal_observation"]`` (SB3 VecEnvs reset
-    automatically). Through a ``VecNormalize``, the unnormalised observations and rewards are recorded.
+    automatically). Through a ``VecNormalize``, the unnormalised observations and rewards are recorded, and its
+    statistics are left as they are (not updated during the recording, even in training mode).
 
     :param model: a trained SB3 model (anything with ``predict(obs, state, episode_start, deterministic)``)
     :param env: a ``gymnasium.Env``, an env id, or a VecEnv with one environment
@@ -467,7 +516,11 @@ def record_demos(
     trajectory_class, dict_obs_class = _imitation_types()
     trajectories: list[Any] = []  # imitation's TrajectoryWithRew when importable, else DemoTrajectory
     recorder = RawTerminalObservations(vec_normalize) if vec_normalize is not None else None
+    # recording does not move the statistics (a training VecNormalize would update them with the demonstrations)
+    training = vec_normalize.training if vec_normalize is not None else False
     try:
+        if vec_normalize is not None:
+            vec_normalize.training = False
         with recorder.attached() if recorder is not None else contextlib.nullcontext():
             if seed is not None:
                 venv.seed(seed)
@@ -511,6 +564,8 @@ def record_demos(
                     ep_obs.append(_first(raw_obs))
                 episode_start = dones
     finally:
+        if vec_normalize is not None:
+            vec_normalize.training = training
         if owned:
             venv.close()
     if path is not None:
@@ -536,6 +591,9 @@ def _env_id(venv: VecEnv) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------------------- reading
+#: The most transitions a demonstration file may declare (its arrays must hold them: far beyond any real file, and
+#: small enough that no sum of its episode lengths overflows numpy's int64)
+MAX_TRANSITIONS = 2**40
 #: The most bytes an entry read before the file's own shapes are known (``format_version``, ``spaces``,
 #: ``episode_lengths``), or read when they are not usable, may inflate to: an array of the largest space
 MAX_METADATA_BYTES = MAX_SPACE_ELEMENTS * MAX_ITEMSIZE
@@ -606,6 +664,8 @@ def _parse_spaces(where: str, arrays: dict[str, np.ndarray]) -> tuple[spaces.Spa
         return space_from_dict(description["observation_space"]), space_from_dict(description["action_space"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{where}: 'spaces' is not a valid space description ({exc}).") from exc
+    except RecursionError as exc:  # JSON nested thousands of levels deep (json's parser recurses per level)
+        raise ValueError(f"{where}: 'spaces' nests too deeply to be a space description.") from exc
 
 
 def _validate_metadata(
@@ -638,9 +698,21 @@ def _validate_metadata(
             f"{where}: missing {missing} (a version {FORMAT_VERSION} demonstration file has {list(REQUIRED_KEYS)})."
         )
     observation_space, action_space = _parse_spaces(where, arrays)
+    try:  # spaces a file can describe but a demonstration cannot have (a Tuple observation, a Dict action)
+        _check_obs_space(observation_space)
+        check_action_space(action_space)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from exc
     lengths = arrays["episode_lengths"]
     if lengths.ndim != 1 or len(lengths) == 0 or not np.issubdtype(lengths.dtype, np.integer) or np.any(lengths < 1):
         raise ValueError(f"{where}: 'episode_lengths' must be a non-empty 1-D integer array of values >= 1, got {lengths!r}.")
+    # their exact total (numpy's int64 sum wraps: four lengths of 2**62 add up to 0), so that every later sum is exact
+    total = sum(int(length) for length in lengths.tolist())
+    if total > MAX_TRANSITIONS:
+        raise ValueError(
+            f"{where}: 'episode_lengths' add up to {total} transitions, more than {MAX_TRANSITIONS}: the file is damaged "
+            "or crafted."
+        )
     return observation_space, action_space
 
 

@@ -84,6 +84,44 @@ def test_record_names_the_file_it_wrote(trained, tmp_path, capsys):
     assert f"to {tmp_path / 'd.npz'} " in capsys.readouterr().out and (tmp_path / "d.npz").exists()
 
 
+@pytest.mark.parametrize("command", ["record", "evaluate", "video"])
+def test_unwritable_outputs_are_refused_before_the_episodes(trained, tmp_path, capsys, monkeypatch, command):
+    # record checked -o only after recording every episode, then printed a FileExistsError traceback
+    import sb3_cherry.cli as cli
+
+    (tmp_path / "file.npz").write_bytes(b"")
+    out = {"record": ["-o", str(tmp_path / "file.npz" / "d.npz")], "evaluate": ["--json", str(tmp_path / "file.npz" / "s")]}
+    out["video"] = ["-o", str(tmp_path / "file.npz")]  # a file where the output folder should be
+    loads = []
+    if command != "video":  # the check comes first (video's folder is made by SB3's recorder, a clean error too)
+        monkeypatch.setattr(cli, "_load_for_eval", lambda *args, **kwargs: loads.append(1))
+    with pytest.raises(SystemExit) as info:
+        main([command, "--algo", "ppo_rollback", "--env", "CartPole-v1", "-f", str(trained), "-n", "1", *out[command]])
+    assert info.value.code == 2 and not loads
+    err = capsys.readouterr().err
+    assert err.startswith(f"sb3-cherry {command}: error: ") and "file.npz" in err and "Traceback" not in err
+
+
+def test_check_writable(tmp_path):
+    from sb3_cherry.cli import check_writable
+
+    check_writable(tmp_path / "new" / "folders" / "file.npz")  # created when written
+    check_writable("/dev/null")  # written in place
+    (tmp_path / "locked").mkdir(mode=0o500)
+    (tmp_path / "protected").write_bytes(b"")
+    (tmp_path / "protected").chmod(0o400)
+    for path, message in [
+        (tmp_path, "is a folder; give a file name"),
+        (tmp_path / "protected" / "x", "is a file, not a folder"),
+        (tmp_path / "locked" / "x", "no permission to write in"),
+        (tmp_path / "protected", "write-protected"),
+    ]:
+        if os.geteuid() == 0 and message != "is a folder; give a file name" and "file, not" not in message:
+            continue  # root writes anywhere
+        with pytest.raises(ValueError, match=message):
+            check_writable(path)
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

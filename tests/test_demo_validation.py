@@ -96,3 +96,63 @@ def test_demo_file_mode_follows_umask(tmp_path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o640
+
+
+def test_episode_lengths_whose_int64_sum_wraps_are_refused(tmp_path):
+    # four lengths of 2**62 (+3) add up to 3 in int64: every size check passed, then np.repeat overran its buffer and
+    # the process died (SIGSEGV) instead of refusing the file; run in a subprocess so a crash fails only this test
+    import subprocess
+    import sys
+
+    lengths = np.array([2**62, 2**62, 2**62, 2**62 + 3], dtype=np.int64)
+
+    def change(arrays):
+        arrays.update(episode_lengths=lengths, terminal=np.ones(4, bool), observations=np.zeros((7, 2), np.float32))
+        arrays["actions"], arrays["rewards"] = arrays["actions"][:3], arrays["rewards"][:3]
+
+    path = _file(tmp_path, spaces.Discrete(2), DISCRETE, change)
+    code = "from sb3_cherry.demos import load_demos, load_demo_spaces\n"
+    code += "import sys\nfor load in (load_demos, load_demo_spaces):\n"
+    code += "    try:\n        load(sys.argv[1])\n    except ValueError as error:\n        print(error)\n"
+    result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("'episode_lengths' add up to 18446744073709551619 transitions") == 2
+
+
+def _nested(kind, depth):
+    space = {"type": "Discrete", "n": 2}
+    for _ in range(depth):
+        space = {"type": "Tuple", "spaces": [space]} if kind == "Tuple" else {"type": "Dict", "spaces": [["a", space]]}
+    return space
+
+
+BOX = {"type": "Box", "shape": [2], "dtype": "float32", "low": -10.0, "high": 10.0}
+
+
+@pytest.mark.parametrize(
+    "description, message",
+    [
+        ({"observation_space": {"type": "Tuple", "spaces": [BOX]}, "action_space": _nested("Tuple", 0)}, "Tuple observa"),
+        ({"observation_space": BOX, "action_space": _nested("Dict", 1)}, "Unsupported action space component Dict"),
+        (
+            {"observation_space": {"type": "Dict", "spaces": [["a", _nested("Dict", 1)]]}, "action_space": _nested("", 0)},
+            "Nest",
+        ),
+        ({"observation_space": BOX, "action_space": _nested("Tuple", 400)}, "nest more than 32 Tuple / Dict spaces deep"),
+        ('{"observation_space": ' + "[" * 3000 + "]" * 3000 + "}", "nests too deeply"),
+        (  # 100 Boxes of 2**20 entries: each below the cap of 2**24, all together far above (1.6 GB of bounds)
+            {"observation_space": BOX, "action_space": {"type": "Tuple", "spaces": [{**BOX, "shape": [2**20]}] * 100}},
+            r"a Box and the components before it of shape \(17825792,\)",
+        ),
+    ],
+)
+def test_spaces_a_file_describes_but_a_demonstration_cannot_have(tmp_path, description, message):
+    # a Tuple observation / Dict action space failed with TypeError inside the shape checks, deep nesting with a
+    # RecursionError; many Boxes each under the size cap were all built
+    import json
+
+    text = description if isinstance(description, str) else json.dumps(description)
+    path = _file(tmp_path, spaces.Discrete(2), DISCRETE, lambda arrays: arrays.update(spaces=np.array(text)))
+    with pytest.raises(ValueError, match=message) as info:
+        load_demos(path)
+    assert "demos.npz" in str(info.value) and len(str(info.value)) < 1000

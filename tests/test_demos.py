@@ -164,7 +164,11 @@ def test_final_observation_and_terminal_flags():
 def test_vec_normalize_records_original_values():
     venv = VecNormalize(DummyVecEnv([LineEnv]), norm_obs=True, norm_reward=True, clip_obs=0.5)
     model = RandomModel(venv.action_space, seed=1)
+    before = (venv.obs_rms.count, venv.ret_rms.count, venv.obs_rms.mean.copy())
     trajectories = record_demos(model, venv, n_episodes=10, seed=1)
+    # the statistics of a training VecNormalize are left as they were (recording updated them), training mode too
+    assert (venv.obs_rms.count, venv.ret_rms.count) == before[:2] and venv.training
+    np.testing.assert_array_equal(venv.obs_rms.mean, before[2])
     for traj in trajectories:
         # Unnormalised (and unclipped) observations, terminal ones included, and the raw rewards
         np.testing.assert_array_equal(np.diff(traj.obs[:, 0]), traj.acts - 1)
