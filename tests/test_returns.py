@@ -12,6 +12,7 @@ import math
 import warnings
 from dataclasses import dataclass
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
@@ -704,3 +705,99 @@ def test_recompute_rebootstraps_time_limit_truncations_with_the_current_critic(r
         learner._recompute_returns()
         check(learner.rollout_buffer, model, obs, collecting, flat=False)
     assert seen[0] != seen[1]
+
+
+class _RandomEnv(gym.Env):
+    """Random observations and rewards; terminates with probability ``p_end`` per step (``np_random``, seeded)."""
+
+    observation_space = spaces.Box(-5.0, 5.0, (3,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, p_end: float):
+        self.p_end = p_end
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self.np_random.normal(size=3).astype(np.float32), {}
+
+    def step(self, action):
+        obs = self.np_random.normal(size=3).astype(np.float32)
+        return obs, float(self.np_random.normal()), bool(self.np_random.random() < self.p_end), False, {}
+
+
+@pytest.mark.parametrize("algo", ["PPORollback", "CherryA2C"])
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("gae", {"gae_lambda": 0.8}),
+        ("one_step", {}),
+        ("n_step", {"n": 3}),
+        ("n_step", {"n": 1}),
+        ("vtrace", {"gae_lambda": 0.8}),
+    ],
+)
+def test_collected_rollouts_targets_equal_the_naive_references(raw_step_recorder, algo, name, kwargs):
+    """
+    The targets and advantages the buffer holds after ``collect_rollouts`` (the algorithms' own wiring: episode starts
+    turned into dones, time-limit bootstraps, the estimator chosen, its arguments) equal the naive references on the
+    raw rewards, the terminal observations of the infos and the collecting critic: env 0 is truncated every 4 steps
+    (the rollout's last step too), env 1 terminates at random, env 2 both (on-policy V-trace: ratios 1).
+    """
+    from gymnasium.wrappers import TimeLimit
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    import sb3_cherry
+
+    T, E, gamma = 16, 3, 0.9
+    makers = [(0.0, 4), (0.3, None), (0.15, 5)]
+    venv = DummyVecEnv(
+        [lambda p=p, limit=limit: TimeLimit(_RandomEnv(p), limit) if limit else _RandomEnv(p) for p, limit in makers]
+    )
+    venv.seed(3)
+    estimator = {"returns_estimator": name, "n_step": kwargs.get("n", 5), "gae_lambda": kwargs.get("gae_lambda", 1.0)}
+    extra = dict(batch_size=T * E, n_epochs=1) if algo == "PPORollback" else {}
+    model = getattr(sb3_cherry, algo)(
+        "MlpPolicy", venv, n_steps=T, gamma=gamma, seed=0, device="cpu", policy_kwargs=dict(net_arch=[8]), **estimator, **extra
+    )
+    _, callback = model._setup_learn(10 * T * E, raw_step_recorder)
+
+    def value(obs):
+        with th.no_grad():
+            return model.policy.predict_values(th.as_tensor(np.asarray(obs, np.float32)).reshape(-1, 3)).numpy().ravel()
+
+    for _ in range(2):  # the second rollout continues the first one's episodes
+        raw_step_recorder.steps.clear()
+        model.collect_rollouts(model.env, callback, model.rollout_buffer, T)
+        buf = model.rollout_buffer
+        data = Rollout(
+            rewards=np.zeros((T, E)),
+            values=buf.values.astype(np.float64),
+            last_values=value(model._last_obs).astype(np.float64),
+            terminated=np.zeros((T, E), bool),
+            truncated=np.zeros((T, E), bool),
+            terminal_values=np.full((T, E), np.nan),
+            log_ratios=np.zeros((T, E)),
+        )
+        for t, (raw, done, infos) in enumerate(raw_step_recorder.steps):
+            data.rewards[t] = raw
+            for e in np.flatnonzero(done):
+                if infos[e].get("TimeLimit.truncated", False):
+                    data.truncated[t, e], data.terminal_values[t, e] = True, value(infos[e]["terminal_observation"])[0]
+                else:
+                    data.terminated[t, e] = True
+        assert data.truncated[3::4, 0].all() and data.terminated[:, 1].any() and data.dones[:, 2].any()
+        returns, advantages = naive_estimator(name, data, gamma, **kwargs)
+        np.testing.assert_allclose(buf.returns, returns, atol=2e-5)
+        np.testing.assert_allclose(buf.advantages, advantages, atol=2e-5)
+
+
+@pytest.mark.parametrize("algo", ["PPORollback", "CherryA2C", "RecurrentPPORollback"])
+@pytest.mark.parametrize("bad", [dict(gamma=1.2), dict(gae_lambda=1.5), dict(gamma=-0.1)])
+def test_gamma_and_lambda_outside_the_unit_interval_are_refused_at_construction(algo, bad):
+    # they were refused only by the estimator, at the end of the first rollout
+    import sb3_cherry
+
+    policy = "MlpLstmPolicy" if algo.startswith("Recurrent") else "MlpPolicy"
+    name = next(iter(bad))
+    with pytest.raises(ValueError, match=rf"{name} must be in \[0, 1\], got {bad[name]}"):
+        getattr(sb3_cherry, algo)(policy, "CartPole-v1", n_steps=8, **bad)

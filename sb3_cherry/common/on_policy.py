@@ -40,6 +40,7 @@ from sb3_cherry.common.buffers import (
 )
 from sb3_cherry.common.finite import FiniteCheckCallback, UpdateSnapshot, check_update, raise_non_finite_update
 from sb3_cherry.common.policies import CherryActorCriticPolicy
+from sb3_cherry.common.returns import check_unit_interval
 from sb3_cherry.common.save_util import AtomicSaveAlgorithm
 from sb3_cherry.common.schedules import coefficient_schedule, scheduled_value
 from sb3_cherry.common.speed import fast_learn, inference_forward
@@ -178,8 +179,12 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
         :param rho_bar: V-trace truncation of the importance weights in the TD errors
         :param c_bar: V-trace truncation of the traces
         :param recompute_returns: recompute targets with the current networks before every epoch
+        :raises ValueError: a bad argument, or ``gamma`` / ``gae_lambda`` (set by SB3's ``__init__``) outside [0, 1]
+            (found here, not at the end of the first rollout)
         """
         check_estimator_args(returns_estimator, n_step, rho_bar, c_bar)
+        check_unit_interval("gamma", self.gamma)
+        check_unit_interval("gae_lambda", self.gae_lambda)
         self.returns_estimator = returns_estimator
         self.n_step = int(n_step)
         self.rho_bar = float(rho_bar)

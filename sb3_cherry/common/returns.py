@@ -83,7 +83,7 @@ def _check_shapes(arrays: dict[str, Any], last_values_name: str | None = "last_v
             raise ValueError(f"{name} must have shape (n_steps, n_envs) = {rewards_shape} like rewards, got shape {shape}.")
 
 
-def _check_unit_interval(name: str, x: float) -> float:
+def check_unit_interval(name: str, x: float) -> float:
     """
     :param name: the parameter's name, for the error message
     :param x: the parameter
@@ -126,7 +126,7 @@ def bootstrap_truncated(rewards: Array, truncated: Array, terminal_values: Array
     :param gamma: discount factor
     :return: the new rewards (the input is not modified)
     """
-    gamma = _check_unit_interval("gamma", gamma)
+    gamma = check_unit_interval("gamma", gamma)
     arrays = _to_one_backend({"rewards": rewards, "terminal_values": terminal_values}, {"truncated": truncated})
     _check_shapes(arrays, last_values_name=None)
     rewards, truncated, terminal_values = arrays["rewards"], arrays["truncated"], arrays["terminal_values"]
@@ -187,8 +187,8 @@ def gae(
     :param gae_lambda: bias / variance trade-off, in [0, 1]
     :return: ``(returns, advantages)``, with ``returns = advantages + values``
     """
-    gamma = _check_unit_interval("gamma", gamma)
-    gae_lambda = _check_unit_interval("gae_lambda", gae_lambda)
+    gamma = check_unit_interval("gamma", gamma)
+    gae_lambda = check_unit_interval("gae_lambda", gae_lambda)
     arrays = _prepare(rewards, values, last_values, dones)
     rewards, values, last_values, dones = arrays["rewards"], arrays["values"], arrays["last_values"], arrays["dones"]
     n_steps = rewards.shape[0]
@@ -225,7 +225,7 @@ def one_step(
     :param gamma: discount factor, in [0, 1]
     :return: ``(returns, advantages)``, with ``advantages = returns - values``
     """
-    gamma = _check_unit_interval("gamma", gamma)
+    gamma = check_unit_interval("gamma", gamma)
     arrays = _prepare(rewards, values, last_values, dones)
     rewards, values, last_values, dones = arrays["rewards"], arrays["values"], arrays["last_values"], arrays["dones"]
     n_steps = rewards.shape[0]
@@ -263,7 +263,7 @@ def n_step(
     :param n: number of rewards summed before bootstrapping, >= 1
     :return: ``(returns, advantages)``, with ``advantages = returns - values``
     """
-    gamma = _check_unit_interval("gamma", gamma)
+    gamma = check_unit_interval("gamma", gamma)
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
         raise ValueError(f"n must be an integer >= 1, got {n!r}.")
     arrays = _prepare(rewards, values, last_values, dones)
@@ -330,8 +330,8 @@ def vtrace(
     :return: ``(returns, advantages)``: the V-trace targets v_s and rho_s (r_s + gamma v_{s+1} - V(x_s))
         (without rho_s when ``rho_in_advantages`` is False)
     """
-    gamma = _check_unit_interval("gamma", gamma)
-    gae_lambda = _check_unit_interval("gae_lambda", gae_lambda)
+    gamma = check_unit_interval("gamma", gamma)
+    gae_lambda = check_unit_interval("gae_lambda", gae_lambda)
     rho_bar = _check_positive("rho_bar", rho_bar)
     c_bar = _check_positive("c_bar", c_bar)
     arrays = _prepare(rewards, values, last_values, dones, log_ratios)
