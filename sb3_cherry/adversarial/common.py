@@ -69,7 +69,7 @@ from sb3_cherry.common.on_policy import wrap_tuple_eval_envs
 from sb3_cherry.common.safe_config import check_policy_kwargs, parse_policy_kwargs
 from sb3_cherry.common.safe_load import stored_policy_class
 from sb3_cherry.common.save_util import atomic_write, check_model_file, resolve_zip_path
-from sb3_cherry.common.spaces import flat_action_dim, flat_action_space
+from sb3_cherry.common.spaces import check_actions_start_at_zero, flat_action_dim, flat_action_space
 from sb3_cherry.common.vec_env.tuple_actions import VecTupleActions
 from sb3_cherry.demos import load_demos
 from sb3_cherry.ppo_recurrent import RecurrentPPORollback
@@ -545,6 +545,9 @@ class AdversarialImitation(BaseAlgorithm):
             )
         if self.trainer_kind == "airl" and isinstance(generator.policy, RecurrentActorCriticPolicy):
             raise ValueError(_AIRL_RECURRENT)
+        # imitation's reward nets one-hot encode Discrete / MultiDiscrete actions without their start (torch's one_hot
+        # failed at the first step); Tuple components are fine: imitation sees their flat Box encoding
+        check_actions_start_at_zero(generator.action_space, name, within_tuples=False)
         tuple_space = generator.action_space if isinstance(generator.action_space, spaces.Tuple) else None
         # imitation's reward nets and replay buffer see the flat encoding of Tuple actions
         imitation_action_space = flat_action_space(tuple_space) if tuple_space is not None else generator.action_space

@@ -105,6 +105,8 @@ def trainer_class(kind: str) -> type:
                 if self.obs_normalizer is not None and self.obs_normalizer.norm_obs:
                     normalised = self.obs_normalizer.normalize_obs(obs_th.cpu().numpy())
                     obs_th = th.as_tensor(normalised, device=obs_th.device)
+                if acts_th.dtype in (th.bool, th.int8, th.uint8):  # MultiBinary, stored as int8: the Bernoulli needs
+                    acts_th = acts_th.float()  # floats (as SB3's rollout buffer hands them to the generator's update)
                 return super()._get_log_policy_act_prob(obs_th, acts_th)
 
         _TRAINER_CLASSES.update(gail=GAILTrainer, airl=AIRLTrainer)

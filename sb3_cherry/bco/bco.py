@@ -28,7 +28,7 @@ from sb3_cherry.bco.policies import (
 from sb3_cherry.common.finite import UpdateSnapshot, check_finite_observation, check_finite_step, check_update
 from sb3_cherry.common.policies import CherryActorCriticPolicy
 from sb3_cherry.common.save_util import AtomicSaveAlgorithm
-from sb3_cherry.common.spaces import flatten_action
+from sb3_cherry.common.spaces import check_actions_start_at_zero, flatten_action
 from sb3_cherry.common.vec_env.tuple_actions import VecTupleActions
 from sb3_cherry.demos import DemoTransitions, RawTerminalObservations, demos_to_transitions, load_demos
 
@@ -257,7 +257,8 @@ class BCO(AtomicSaveAlgorithm):
         self._episodes_from_random_policy = False
 
         if env is not None:
-            _check_action_starts(self.action_space)
+            # the inverse model's labels and the flat action bounds are not written or tested for shifted spaces
+            check_actions_start_at_zero(self.action_space, "BCO")
             self._check_env_stack()
         if self.demonstrations is not None and env is not None:
             self._demo_transitions()  # fail now, not after the pre-demonstration phase
@@ -722,7 +723,7 @@ class BCO(AtomicSaveAlgorithm):
         :return: the trained model
         :raises ValueError: without demonstrations, or when the budget leaves no interaction to learn from
         """
-        _check_action_starts(self.action_space)
+        check_actions_start_at_zero(self.action_space, "BCO")
         self._check_env_stack()
         self._demo_transitions()  # no demonstrations, or ones that do not fit the env: fail before collecting
         total_timesteps, callback = self._setup_learn(
@@ -774,26 +775,6 @@ class BCO(AtomicSaveAlgorithm):
             )
         callback.on_training_end()
         return self
-
-
-def _check_action_starts(space: spaces.Space) -> None:
-    """
-    Refuse ``Discrete`` / ``MultiDiscrete`` actions that do not start at 0 (in a Tuple too): BCO supports only actions
-    starting at 0 (its inverse model's labels and flat action bounds are not written or tested for shifted spaces,
-    although the action distributions themselves add the start).
-
-    :param space: the action space
-    :raises ValueError: naming the space and the fix
-    """
-    if isinstance(space, spaces.Tuple):  # nested Tuples too, as check_action_space accepts them
-        for part in space.spaces:
-            _check_action_starts(part)
-    elif isinstance(space, (spaces.Discrete, spaces.MultiDiscrete)) and np.any(np.asarray(space.start) != 0):
-        raise ValueError(
-            f"BCO: the action space {space} does not start at 0; BCO supports only actions starting at 0. Shift the "
-            "env's actions (e.g. gymnasium.wrappers.TransformAction, with a Discrete(n) action space) "
-            "and record the demonstrations on the shifted env."
-        )
 
 
 def _check_demo_observations(obs: Observation, space: spaces.Space, source: str) -> None:

@@ -41,6 +41,29 @@ def check_action_space(space: spaces.Space) -> None:
         )
 
 
+def check_actions_start_at_zero(space: spaces.Space, owner: str, within_tuples: bool = True) -> None:
+    """
+    Refuse ``Discrete`` / ``MultiDiscrete`` actions that do not start at 0, for the parts of an algorithm that use
+    actions as indices (one-hot encodings, class labels) without the space's ``start``.
+
+    :param space: the action space
+    :param owner: the algorithm, for the message
+    :param within_tuples: also check the components of (nested) ``Tuple`` spaces
+    :raises ValueError: naming the space and the fix
+    """
+    if isinstance(space, spaces.Tuple):
+        if within_tuples:
+            for part in space.spaces:
+                check_actions_start_at_zero(part, owner, within_tuples)
+    elif isinstance(space, (spaces.Discrete, spaces.MultiDiscrete)) and np.any(np.asarray(space.start) != 0):
+        kind = "Discrete(n)" if isinstance(space, spaces.Discrete) else "MultiDiscrete(nvec)"
+        raise ValueError(
+            f"{owner}: the action space {space} does not start at 0; {owner} supports only actions starting at 0. "
+            f"Shift the env's actions (e.g. gymnasium.wrappers.TransformAction, with a {kind} action space starting "
+            "at 0) and record the demonstrations on the shifted env."
+        )
+
+
 def flat_action_dim(space: spaces.Space) -> int:
     """
     Number of columns of the flat encoding of an action of ``space``.
