@@ -14,7 +14,7 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.vec_env import DummyVecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from sb3_cherry import CherryA2C, PPORollback, RecurrentPPORollback
 from sb3_cherry.bco import BCO
@@ -333,3 +333,181 @@ def test_non_finite_parameters_before_learn_name_the_model_not_the_env():
     with pytest.raises(ValueError, match=r"parameters \['action_net.weight'\] are not finite .* before learn"):
         model.learn(32)
     assert model.num_timesteps == 0
+
+
+# ---------------------------------------------------------------------------------- from a review of every fault path
+class FaultEnv(gym.Env):
+    """Random obs in [-1, 1], 6-step episodes (time-limit truncation); ``fault`` from global step ``at`` on."""
+
+    def __init__(self, fault=None, at=20, dtype=np.float32):
+        self.observation_space = spaces.Box(-np.inf, np.inf, (3,), dtype)
+        self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.fault, self.at, self.dtype, self.steps, self.t = fault, at, dtype, 0, 0
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self.np_random.uniform(-1, 1, 3).astype(self.dtype), {}
+
+    def step(self, action):
+        self.steps += 1
+        self.t += 1
+        obs = self.np_random.uniform(-1, 1, 3).astype(self.dtype)
+        reward = 0.0
+        if self.fault == "obs_1e39" and self.steps == self.at:
+            obs[1] = 1e39  # finite in float64, inf once the policy casts it to float32
+        elif self.fault == "obs_1e200" and self.steps >= self.at:
+            obs[1] = 1e200  # its square overflows VecNormalize's float64 running variance
+        elif self.fault == "reward_1e38" and self.steps >= self.at:
+            reward = 1e38  # finite float32; the GAE sum over the rollout overflows
+        return obs, reward, False, self.t >= 6, {}
+
+
+def _finite(module):
+    return all(bool(th.isfinite(t).all()) for t in module.state_dict().values() if t.is_floating_point())
+
+
+# ------------------------------------------------------------------------------------------------ CherryA2C
+@pytest.mark.parametrize("lr", [1e38, float("inf")])
+def test_a2c_update_that_makes_parameters_non_finite_is_refused(lr):
+    """CherryA2C checks only the loss and gradient norm before its optimizer step; a finite clipped gradient times a
+    huge learning rate gives inf/NaN parameters, which are kept, and learn returns normally."""
+    model = CherryA2C("MlpPolicy", DummyVecEnv([FaultEnv, FaultEnv]), n_steps=8, learning_rate=lr, seed=0, device="cpu")
+    before = copy.deepcopy(model.policy.state_dict())
+    with pytest.raises(ValueError, match="Non-finite"):
+        model.learn(16)  # one update
+    assert _finite(model.policy)
+    for key, value in before.items():
+        assert th.equal(model.policy.state_dict()[key], value), key
+
+
+# ------------------------------------------------------------------------------------------------ BCO
+def _bco_demos():
+    class Expert:
+        def predict(self, obs, state=None, episode_start=None, deterministic=True):
+            return np.zeros((len(obs), 2), np.float32), state
+
+    return record_demos(Expert(), FaultEnv(), n_episodes=3, seed=0)
+
+
+@pytest.mark.parametrize("lr", [1e6, float("inf")])
+def test_bco_round_that_raises_midway_is_undone(lr):
+    """BCO.train takes a snapshot but does not restore it when the round raises (here torch's distribution
+    validation on the inverse model's NaN / zero-scale output after a diverged minibatch step): the inverse model keeps
+    the half-done (with lr=inf: NaN) parameters and the error is torch's, not the non-finite-update message."""
+    model = BCO(
+        "MlpPolicy",
+        DummyVecEnv([FaultEnv, FaultEnv]),
+        demonstrations=_bco_demos(),
+        n_pre_interactions=40,
+        alpha=0.5,
+        n_epochs_bc=2,
+        n_epochs_inverse=2,
+        seed=0,
+        learning_rate=lr,
+    )
+    inverse_before = copy.deepcopy(model.inverse_model.state_dict())
+    with pytest.raises(ValueError, match="Non-finite"):
+        model.learn(200)
+    assert _finite(model.inverse_model) and _finite(model.policy)
+    for key, value in inverse_before.items():
+        assert th.equal(model.inverse_model.state_dict()[key], value), key
+
+
+def test_bco_in_memory_demonstrations_with_nan_refused():
+    """A list of trajectories was not checked for NaN / inf (a file is, at load): the NaN reached the inverse model
+    and the error was torch's 'Expected parameter loc ... invalid values'; refused when BCO is built."""
+    demos = _bco_demos()
+    demos[1].obs[3, 0] = np.nan
+    with pytest.raises(ValueError, match=r"non-finite observation \(NaN or inf\) at transition 9 \(1 such"):
+        BCO("MlpPolicy", DummyVecEnv([FaultEnv, FaultEnv]), demonstrations=demos, n_pre_interactions=40)
+
+
+# ------------------------------------------------------------------------------------------------ env checks
+@pytest.mark.parametrize("algo", [PPORollback, CherryA2C])
+def test_float64_observation_beyond_float32_range_raises_at_collection(algo):
+    """1e39 in a float64 Box observation is finite for the check but inf for the float32 policy: collection goes
+    on (NaN actions reach the env) and the update fails with 'The data were finite, so the update itself diverged:
+    lower the learning rate'."""
+    env = DummyVecEnv([lambda: FaultEnv("obs_1e39", at=20, dtype=np.float64)])
+    kwargs = dict(batch_size=16, n_epochs=1) if algo is PPORollback else {}
+    model = algo("MlpPolicy", env, n_steps=16, seed=0, device="cpu", **kwargs)
+    with pytest.raises(ValueError, match=r"Non-finite observation .* at num_timesteps=20"):
+        model.learn(96)
+
+
+def test_vecnormalize_variance_overflow_does_not_train_silently():
+    """A 1e200 float64 observation makes VecNormalize's running variance inf; normalised values become 0 (finite),
+    so learn trains on them silently, and the saved statistics are later refused by load_vec_normalize."""
+    venv = VecNormalize(DummyVecEnv([lambda: FaultEnv("obs_1e200", at=20, dtype=np.float64)]), norm_reward=False)
+    model = PPORollback("MlpPolicy", venv, n_steps=16, batch_size=16, n_epochs=1, seed=0, device="cpu")
+    with pytest.raises(ValueError, match=r"The VecNormalize statistics obs_rms\.var are not finite .* end of the rollout"):
+        model.learn(96)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_returns_overflow_not_reported_as_finite_data():
+    """A finite reward of 1e38 overflows the float32 GAE returns; the update error then says 'The data were finite,
+    so the update itself diverged: lower the learning rate' (the returns were inf)."""
+    model = PPORollback(
+        "MlpPolicy",
+        DummyVecEnv([lambda: FaultEnv("reward_1e38")]),
+        n_steps=16,
+        batch_size=16,
+        n_epochs=1,
+        seed=0,
+        device="cpu",
+    )
+    with pytest.raises(ValueError) as info:
+        model.learn(96)
+    assert "data were finite" not in str(info.value)
+    assert "return" in str(info.value).lower() or "reward" in str(info.value).lower()
+
+
+def test_airl_nan_terminal_observation_named_as_such():
+    """With AIRL the reward is computed from next_obs; a NaN terminal observation of a truncation turns the learned
+    reward NaN, and the error says 'Non-finite reward ... Fix the environment' (the env's reward is finite) because
+    check_finite_step tests rewards before terminal observations."""
+    pytest.importorskip("imitation")
+    from sb3_cherry.adversarial import AIRL
+
+    class TermNaN(FaultEnv):
+        def step(self, action):
+            obs, reward, terminated, truncated, info = super().step(action)
+            if truncated and self.steps >= 29:
+                obs[0] = np.nan
+            return obs, reward, terminated, truncated, info
+
+    class Expert:
+        def predict(self, obs, state=None, episode_start=None, deterministic=True):
+            return np.zeros((len(obs), 2), np.float32), state
+
+    demos = record_demos(Expert(), FaultEnv(), n_episodes=8, seed=0)
+    model = AIRL(
+        "MlpPolicy",
+        DummyVecEnv([FaultEnv, TermNaN]),
+        demonstrations=demos,
+        demo_batch_size=32,
+        generator_kwargs=dict(n_steps=32, batch_size=32, n_epochs=2),
+        allow_variable_horizon=True,
+        seed=0,
+    )
+    with pytest.raises(ValueError, match="Non-finite terminal observation"):
+        model.learn(400)
+
+
+def test_ppo_learning_rate_overflow_reported_as_non_finite_update():
+    """A learning rate of 1e38 makes torch's Adam raise 'value cannot be converted to type float without overflow'; the update
+    is undone but the error names neither the problem nor the fix."""
+    model = PPORollback(
+        "MlpPolicy",
+        DummyVecEnv([FaultEnv, FaultEnv]),
+        n_steps=16,
+        batch_size=16,
+        n_epochs=2,
+        learning_rate=1e38,
+        seed=0,
+        device="cpu",
+    )
+    with pytest.raises(ValueError, match="learning rate"):
+        model.learn(64)

@@ -217,11 +217,10 @@ class CherryA2C(A2C, CherryOnPolicyAlgorithm):
         if hasattr(self.policy, "log_std"):
             self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
 
-    # The non-finite check is the one above, before the optimizer step: the single step of an A2C update is then never
-    # applied when it would be non-finite, so no snapshot of the parameters is needed (CherryOnPolicyAlgorithm wraps
-    # the trainers whose updates are several steps with one). With finite gradients clipped to max_grad_norm and a
-    # finite learning rate, RMSprop / Adam steps are finite.
-    train._checks_finite = True  # type: ignore[attr-defined]
+    # The check above, before the optimizer step, keeps a non-finite loss or gradient out of the parameters and names
+    # it; CherryOnPolicyAlgorithm also wraps this train with its snapshot check (one fused copy and one reduction per
+    # update), which undoes a step that is non-finite although its gradients were finite (a learning rate of 1e38 or
+    # inf times a clipped gradient).
 
     def _refuse_update(
         self, policy_loss: th.Tensor, value_loss: th.Tensor, entropy_loss: th.Tensor, loss: th.Tensor, grad_norm: th.Tensor

@@ -64,7 +64,7 @@ from sb3_cherry.adversarial.trainers import (
 )
 from sb3_cherry.adversarial.wrappers import OpaqueVecEnv, VecFlatActionSpace, VecTupleActionSpace
 from sb3_cherry.common.config_schema import RESERVED_ARGS, check_constructor_kwargs
-from sb3_cherry.common.finite import UpdateSnapshot, check_update
+from sb3_cherry.common.finite import UpdateSnapshot, check_finite_weights, check_update, undone_if_raised
 from sb3_cherry.common.on_policy import wrap_tuple_eval_envs
 from sb3_cherry.common.safe_config import check_policy_kwargs, parse_policy_kwargs
 from sb3_cherry.common.safe_load import stored_policy_class
@@ -785,14 +785,12 @@ class AdversarialImitation(BaseAlgorithm):
         if snapshot is None or snapshot.optimizers[0] is not trainer._disc_opt:
             snapshot = self._disc_snapshot = UpdateSnapshot([self.reward_net], [trainer._disc_opt])
         snapshot.take()
-        try:
+        name = f"{type(self).__name__} discriminator"
+        with undone_if_raised(snapshot, name, lambda: (self.num_timesteps, trainer._disc_step), "lower disc_lr."):
             stats = trainer.train_disc()
-        except BaseException:
-            snapshot.restore()
-            raise
         check_update(
-            snapshot, {"discriminator/loss": stats.get("disc_loss")}, f"{type(self).__name__} discriminator",
-            self.num_timesteps, trainer._disc_step, remedy="lower disc_lr.",
+            snapshot, {"discriminator/loss": stats.get("disc_loss")}, name, self.num_timesteps, trainer._disc_step,
+            remedy="lower disc_lr.",
         )  # fmt: skip
 
     def _store_generator_samples(self) -> None:
@@ -846,13 +844,8 @@ class AdversarialImitation(BaseAlgorithm):
             self._logger = self._make_logger(tb_log_name or name, reset_num_timesteps)
             self.trainer.logger = self._logger
             self.generator.set_logger(self._logger)
-        if getattr(self.generator, "check_finite", True):
-            bad = [name for name, value in self.reward_net.state_dict().items() if not th.isfinite(value).all()]
-            if bad:  # the first discriminator round would otherwise report a diverged update
-                raise ValueError(
-                    f"{name}: the reward net's {bad[:3]}{' ...' if len(bad) > 3 else ''} are not finite (NaN or inf) "
-                    "before learn: the model was loaded from a file holding them, or set so. Load an earlier model."
-                )
+        if getattr(self.generator, "check_finite", True):  # else the first round would report a diverged update
+            check_finite_weights(self.reward_net, f"{name}: the reward net's", "Load an earlier model.")
         if "_disc_snapshot" in self.__dict__:
             self._disc_snapshot.invalidate()  # the reward net may have been loaded or set since the last round
         wrap_tuple_eval_envs(callback)  # (the generator's learn sees them inside the adapter's callback)

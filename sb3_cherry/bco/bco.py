@@ -25,10 +25,18 @@ from sb3_cherry.bco.policies import (
     distribution_actions,
     flat_columns,
 )
-from sb3_cherry.common.finite import UpdateSnapshot, check_finite_observation, check_finite_step, check_update
+from sb3_cherry.common.finite import (
+    UpdateSnapshot,
+    check_finite_observation,
+    check_finite_step,
+    check_finite_weights,
+    check_update,
+    undone_if_raised,
+)
 from sb3_cherry.common.policies import CherryActorCriticPolicy
 from sb3_cherry.common.save_util import AtomicSaveAlgorithm
 from sb3_cherry.common.spaces import check_actions_start_at_zero, flatten_action
+from sb3_cherry.common.speed import distribution_validation
 from sb3_cherry.common.vec_env.tuple_actions import VecTupleActions
 from sb3_cherry.demos import DemoTransitions, RawTerminalObservations, demos_to_transitions, load_demos
 
@@ -354,6 +362,7 @@ class BCO(AtomicSaveAlgorithm):
             transitions = demos_to_transitions(list(self.demonstrations))
         transitions = self._match_env_layout(transitions)
         _check_demo_observations(transitions.obs, self.observation_space, source)
+        _check_demo_finite(transitions, source)  # a file's are checked at load, trajectories in memory here
         self._demo_cache = (self.demonstrations, transitions)
         return transitions
 
@@ -506,11 +515,16 @@ class BCO(AtomicSaveAlgorithm):
                     [self.policy, self.inverse_model], [self.policy.optimizer, self.inverse_model.optimizer]
                 )
             snapshot.take()
-        inverse_loss = self._train_inverse_model()
-        self._log_inverse_validation()
-        demos = self._demo_transitions()
-        labels = self.infer_actions(demos.obs, demos.next_obs)
-        bc_loss = self._behavior_clone(demos.obs, labels)
+        counters = lambda: (self.num_timesteps, self._n_updates)  # noqa: E731
+        undone = undone_if_raised(snapshot, "BCO", counters) if self.check_finite and snapshot else contextlib.nullcontext()
+        # a round that raises midway is undone; without torch's argument validation (as the on-policy algorithms
+        # train), a diverged inverse model's zero scales give a non-finite loss, named below, not torch's error
+        with undone, distribution_validation(False):
+            inverse_loss = self._train_inverse_model()
+            self._log_inverse_validation()
+            demos = self._demo_transitions()
+            labels = self.infer_actions(demos.obs, demos.next_obs)
+            bc_loss = self._behavior_clone(demos.obs, labels)
         if self.check_finite:
             losses = {"bco/inverse_loss": inverse_loss, "bco/bc_loss": bc_loss}
             check_update(snapshot, losses, "BCO", self.num_timesteps, self._n_updates)  # type: ignore[arg-type]
@@ -726,6 +740,9 @@ class BCO(AtomicSaveAlgorithm):
         check_actions_start_at_zero(self.action_space, "BCO")
         self._check_env_stack()
         self._demo_transitions()  # no demonstrations, or ones that do not fit the env: fail before collecting
+        if self.check_finite:
+            check_finite_weights(self.policy, "BCO: the policy's parameters")
+            check_finite_weights(self.inverse_model, "BCO: the inverse model's parameters")
         total_timesteps, callback = self._setup_learn(
             total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar
         )
@@ -775,6 +792,23 @@ class BCO(AtomicSaveAlgorithm):
             )
         callback.on_training_end()
         return self
+
+
+def _check_demo_finite(transitions: DemoTransitions, source: str) -> None:
+    """Raise a ValueError naming the first demonstration transition whose observation or next observation is not
+    finite (the inverse model would label it NaN, and the error would come from a torch distribution)."""
+    for name, obs in (("observation", transitions.obs), ("next observation", transitions.next_obs)):
+        for key, value in obs.items() if isinstance(obs, dict) else [(None, obs)]:
+            value = np.asarray(value)
+            if value.dtype.kind != "f":
+                continue
+            bad = ~np.isfinite(value.reshape(len(value), -1)).all(axis=1)
+            if bad.any():
+                where = f" (key {key!r})" if key is not None else ""
+                raise ValueError(
+                    f"BCO: the demonstrations ({source}) have a non-finite {name}{where} (NaN or inf) at transition "
+                    f"{int(np.argmax(bad))} ({int(bad.sum())} such transitions): fix or re-record them."
+                )
 
 
 def _check_demo_observations(obs: Observation, space: spaces.Space, source: str) -> None:

@@ -257,12 +257,13 @@ def _learner_main(conn: Connection, model_bytes: bytes, shm_name: str, layout: l
             model._last_obs = data["last_obs"]
             model.num_timesteps = data["num_timesteps"]
             model._current_progress_remaining = data["progress_remaining"]
-            if data["lagged"]:
-                # collected by the previous weights: centre the trust region on the current policy, store the
-                # per-sample importance weights, and (recompute_returns) re-evaluate the targets before the first epoch
-                model._prepare_lagged_rollout()
-                model._recompute_returns()
             with training_switches(model):  # as the main process's learn (no argument validation, foreach)
+                if data["lagged"]:
+                    # collected by the previous weights: centre the trust region on the current policy, store the
+                    # per-sample importance weights, and (recompute_returns) re-evaluate the targets before the first
+                    # epoch
+                    model._prepare_lagged_rollout()
+                    model._recompute_returns()
                 model.train()
             shared.write(model.policy.state_dict())
             logs = {key: (logger.name_to_value[key], logger.name_to_excluded.get(key)) for key in logger.name_to_value}

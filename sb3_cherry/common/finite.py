@@ -10,32 +10,46 @@ Never train on non-finite data (NaN / inf): checks of what the environment retur
   update produced a non-finite loss or non-finite parameters, so the model keeps its values from before the update.
 """
 
+import contextlib
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
 
+#: The largest float32: float64 values beyond it are finite for numpy but inf once the float32 policy and rollout
+#: buffers take them (e.g. 1e39 from a float64 Box, or a reward through SubprocVecEnv, which stacks python floats)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _fits_float32(total: Any) -> bool:
+    """``total`` (a sum) is finite in float32: then so is every entry it sums (NaN and inf sums are not)."""
+    return abs(float(total)) <= FLOAT32_MAX
+
 
 def _first_non_finite(values: np.ndarray) -> tuple[int, Any] | None:
-    """``(env index, value)`` of the first env whose entry is not finite (None if all are finite)."""
+    """``(env index, value)`` of the first env whose entry is not finite in float32 (None if all are)."""
     values = np.asarray(values)
     if values.dtype.kind not in "fc":  # integer / boolean observations cannot hold NaN or inf
         return None
-    # Fast path: a sum is finite iff every entry is (unless finite values overflow, then the slow path finds nothing)
-    if math.isfinite(float(values.sum())):
+    # Fast path: a sum within float32's range means every entry is (unless finite values add up beyond it: then the
+    # slow path below finds nothing)
+    if _fits_float32(values.sum()):
         return None
-    bad = ~np.isfinite(values.reshape(len(values), -1))
+    rows_view = values.reshape(len(values), -1)
+    bad = ~np.isfinite(rows_view) | (np.abs(rows_view) > FLOAT32_MAX)
     rows = np.flatnonzero(bad.any(axis=1))
     if len(rows) == 0:
         return None
     row = int(rows[0])
-    return row, values.reshape(len(values), -1)[row][bad[row]][0]
+    return row, rows_view[row][bad[row]][0]
 
 
 def _raise(what: str, env_index: int, value: Any, step: str) -> None:
+    if np.isfinite(value):  # a float64 value beyond float32's range
+        value = f"{value}, beyond float32's range: inf in the float32 policy and rollout buffer"
     raise ValueError(
         f"Non-finite {what} ({value}) from env {env_index} at {step}: sb3_cherry does not train on NaN or inf, and the "
         "model keeps its parameters from before this rollout (a VecNormalize in the env has already taken the value "
@@ -84,16 +98,13 @@ def check_finite_step(
     :param num_timesteps: the model's ``num_timesteps`` after this step (reported in the message)
     :raises ValueError: naming what was non-finite, the env index and the step
     """
-    # Fast path (every step): one sum per array is finite iff all its entries are (or finite values overflowed; then
-    # the checks below find nothing)
-    fast = isinstance(new_obs, np.ndarray) and new_obs.dtype.kind == "f" and math.isfinite(new_obs.sum())
-    if not (fast and (rewards is None or math.isfinite(rewards.sum()))):
-        step = f"num_timesteps={num_timesteps}"
+    # Fast path (every step): one sum per array within float32's range iff all its entries are (or finite values
+    # added up beyond it; then the checks below find nothing). Terminal observations are checked before the rewards:
+    # AIRL's rewards are computed from them.
+    fast = isinstance(new_obs, np.ndarray) and new_obs.dtype.kind == "f" and _fits_float32(new_obs.sum())
+    step = f"num_timesteps={num_timesteps}"
+    if not fast:
         check_finite_observation(new_obs, "observation", step)
-        if rewards is not None:
-            found = _first_non_finite(rewards)
-            if found is not None:
-                _raise("reward", found[0], found[1], step)
     if dones.any():
         infos = list(infos)
         step = f"num_timesteps={num_timesteps}"
@@ -109,6 +120,33 @@ def check_finite_step(
                 check_finite_observation(terminal, "terminal observation", step)
             except ValueError as error:  # report the env's own index, not 0 of the one-row batch
                 raise ValueError(str(error).replace("from env 0 ", f"from env {index} ", 1)) from None
+    if rewards is not None and not _fits_float32(rewards.sum()):
+        found = _first_non_finite(rewards)
+        if found is not None:
+            _raise("reward", found[0], found[1], step)
+
+
+def non_finite_statistics(vec_normalize: Any) -> str | None:
+    """
+    :param vec_normalize: a ``VecNormalize`` (or any object with its ``obs_rms`` / ``ret_rms``; read from the object
+        itself: one not yet given its venv, with ``norm_obs=False``, has no ``obs_rms``, and ``VecEnvWrapper``'s
+        attribute lookup would recurse without a venv)
+    :return: the first non-finite field of its running statistics (``"obs_rms.var"``, ``"obs_rms['image'].mean"``,
+        ``"ret_rms.count"``, ...), None if all are finite
+    """
+    attributes = vars(vec_normalize)
+    rms_by_name: dict[str, Any] = {"ret_rms": attributes.get("ret_rms")}
+    obs_rms = attributes.get("obs_rms")
+    rms_by_name.update(
+        {f"obs_rms[{k!r}]": v for k, v in obs_rms.items()} if isinstance(obs_rms, dict) else {"obs_rms": obs_rms}
+    )
+    for name, rms in rms_by_name.items():
+        if rms is None:
+            continue
+        for field in ("mean", "var", "count"):
+            if not np.all(np.isfinite(np.asarray(getattr(rms, field, 0.0), dtype=np.float64))):
+                return f"{name}.{field}"
+    return None
 
 
 class FiniteCheckCallback(BaseCallback):
@@ -127,6 +165,32 @@ class FiniteCheckCallback(BaseCallback):
         local = self.locals
         check_finite_step(local["new_obs"], local["rewards"], local["dones"], local["infos"], self.num_timesteps)
         return True
+
+    def _on_rollout_end(self) -> None:
+        """
+        What finite steps can still make non-finite, before any update: a training ``VecNormalize``'s running
+        statistics (an observation of 1e200 overflows the variance, and every normalised value then reads 0), and the
+        returns / advantages (finite rewards whose discounted sums overflow float32).
+        """
+        step = f"the end of the rollout, num_timesteps={self.num_timesteps}"
+        keeps = "The model keeps its parameters from before this rollout."
+        vec_normalize = self.model.get_vec_normalize_env()
+        field = non_finite_statistics(vec_normalize) if vec_normalize is not None else None
+        if field is not None:
+            raise ValueError(
+                f"The VecNormalize statistics {field} are not finite (NaN or inf) at {step}: the env returned values "
+                "too large for their running variance (e.g. 1e200), and every normalised value would read 0 or NaN. "
+                f"Fix the environment (or clip its values before VecNormalize). {keeps}"
+            )
+        buffer = getattr(self.model, "rollout_buffer", None)
+        for name in ("returns", "advantages"):
+            values = getattr(buffer, name, None)
+            if isinstance(values, np.ndarray) and not _fits_float32(values.sum()) and not np.isfinite(values).all():
+                raise ValueError(
+                    f"Non-finite {name} at {step}: the rewards were finite, but their discounted sums overflowed "
+                    "float32. Scale the rewards (VecNormalize(norm_reward=True), or a reward-scaling wrapper). "
+                    f"{keeps}"
+                )
 
 
 class UpdateSnapshot:
@@ -293,6 +357,51 @@ def check_update(
         return
     snapshot.restore()
     raise_non_finite_update(bad, algorithm, num_timesteps, n_updates, remedy)
+
+
+@contextlib.contextmanager
+def undone_if_raised(
+    snapshot: UpdateSnapshot, algorithm: str, counters: Callable[[], tuple[int, int]], remedy: str = DIVERGED_REMEDY
+) -> Iterator[None]:
+    """
+    An update that raises inside the block did not finish (e.g. a torch distribution rejecting NaN parameters in a
+    later minibatch, or Ctrl-C): restore ``snapshot``, so that the model keeps its parameters and optimizer state from
+    before it. If the error left non-finite values, or was torch's float overflow of an optimizer step (a learning rate
+    near float32's maximum), raise the non-finite-update error naming the fix; otherwise the original exception
+    propagates.
+
+    :param snapshot: taken before the update
+    :param algorithm: the algorithm's name, for the message
+    :param counters: ``num_timesteps`` and the update counter at the time of the error (reported)
+    :param remedy: what to change, for the message
+    """
+    try:
+        yield
+    except BaseException as error:
+        finite = snapshot.live_finite()
+        snapshot.restore()
+        overflow = isinstance(error, RuntimeError) and "without overflow" in str(error)  # torch's message
+        if isinstance(error, Exception) and (overflow or not finite):
+            raise_non_finite_update({}, algorithm, *counters(), remedy)
+        raise
+
+
+def check_finite_weights(module: th.nn.Module, what: str, fix: str = "Load an earlier model or checkpoint.") -> None:
+    """
+    Refuse, before ``learn``, a module whose parameters or buffers are not finite (a model loaded from a file holding
+    them, or set so): the first non-finite step would otherwise blame the env, which only received NaN actions.
+
+    :param module: the module
+    :param what: how to name it in the message (``"The policy's parameters"``)
+    :param fix: what to do, for the message
+    :raises ValueError: naming the first non-finite tensors
+    """
+    bad = [name for name, value in module.state_dict().items() if value.is_floating_point() and not th.isfinite(value).all()]
+    if bad:
+        raise ValueError(
+            f"{what} {bad[:3]}{' ...' if len(bad) > 3 else ''} are not finite (NaN or inf) before learn: the model was "
+            f"loaded from a file holding them, or set so. {fix}"
+        )
 
 
 def _non_finite(losses: Mapping[str, Any]) -> dict[str, Any]:

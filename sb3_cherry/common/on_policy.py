@@ -38,7 +38,13 @@ from sb3_cherry.common.buffers import (
     check_estimator_args,
     check_imp_samp_max,
 )
-from sb3_cherry.common.finite import FiniteCheckCallback, UpdateSnapshot, check_update, raise_non_finite_update
+from sb3_cherry.common.finite import (
+    FiniteCheckCallback,
+    UpdateSnapshot,
+    check_finite_weights,
+    check_update,
+    undone_if_raised,
+)
 from sb3_cherry.common.policies import CherryActorCriticPolicy
 from sb3_cherry.common.returns import check_unit_interval
 from sb3_cherry.common.save_util import AtomicSaveAlgorithm
@@ -69,17 +75,8 @@ def _train_checked(train: Callable[[Any], None]) -> Callable[[Any], None]:
             snapshot = self._update_snapshot = UpdateSnapshot([self.policy], [self.policy.optimizer])
         snapshot.take()
         name = type(self).__name__
-        try:
+        with undone_if_raised(snapshot, name, lambda: (self.num_timesteps, self._n_updates)):
             train(self)
-        except BaseException as error:
-            # An update that raised did not finish (e.g. a torch distribution rejecting NaN parameters in a later
-            # minibatch, or Ctrl-C): undo it, so that the model keeps its parameters and optimizer state from before
-            # it. If an error left non-finite values, say so; otherwise the original exception propagates.
-            finite = snapshot.live_finite()
-            snapshot.restore()
-            if not finite and isinstance(error, Exception):
-                raise_non_finite_update({}, name, self.num_timesteps, self._n_updates)
-            raise
         logged = self.logger.name_to_value
         check_update(snapshot, {key: logged.get(key) for key in _LOSS_KEYS}, name, self.num_timesteps, self._n_updates)
 
@@ -206,12 +203,7 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
         if "_update_snapshot" in self.__dict__:
             self._update_snapshot.invalidate()  # parameters may have been set or loaded since the last update
         if self.check_finite:
-            bad = [name for name, parameter in self.policy.named_parameters() if not th.isfinite(parameter).all()]
-            if bad:  # the first non-finite step would otherwise blame the env, which only received NaN actions
-                raise ValueError(
-                    f"The policy's parameters {bad[:3]}{' ...' if len(bad) > 3 else ''} are not finite (NaN or inf) before "
-                    "learn: the model was loaded from a file holding them, or set so. Load an earlier model or checkpoint."
-                )
+            check_finite_weights(self.policy, "The policy's parameters")
             # first, so that no other callback (e.g. an EvalCallback) runs on a non-finite step
             if callback is None:
                 callback = []

@@ -26,6 +26,8 @@ from typing import Any, cast
 
 import numpy as np
 
+from sb3_cherry.common.finite import non_finite_statistics
+
 #: The most entries a space (or an array a space pickle builds from a shape) may have when read from a file: 2**24
 #: (16.8 M, e.g. a 2048 x 2048 x 4 image); a larger one is refused before anything is allocated
 MAX_SPACE_ELEMENTS = 2**24
@@ -538,22 +540,9 @@ def check_finite_statistics(vec_normalize: Any, where: str) -> None:
     :param where: the file, for the error message
     :raises ValueError: a non-finite mean, variance or count
     """
-    # read from the object itself: a VecNormalize not yet given its venv (norm_obs=False: no obs_rms) would look the
-    # name up through VecEnvWrapper.__getattr__, which recurses without a venv
-    attributes = vars(vec_normalize)
-    rms_by_name: dict[str, Any] = {"ret_rms": attributes.get("ret_rms")}
-    obs_rms = attributes.get("obs_rms")
-    rms_by_name.update(
-        {f"obs_rms[{k!r}]": v for k, v in obs_rms.items()} if isinstance(obs_rms, dict) else {"obs_rms": obs_rms}
-    )
-    for name, rms in rms_by_name.items():
-        if rms is None:
-            continue
-        for field in ("mean", "var", "count"):
-            value = np.asarray(getattr(rms, field, 0.0), dtype=np.float64)
-            if not np.all(np.isfinite(value)):
-                raise ValueError(
-                    f"{where}: the normalisation statistics {name}.{field} are not finite (NaN or inf): every normalised "
-                    "value would be NaN. The run that wrote them diverged; use an earlier checkpoint's statistics, or "
-                    "train again."
-                )
+    field = non_finite_statistics(vec_normalize)
+    if field is not None:
+        raise ValueError(
+            f"{where}: the normalisation statistics {field} are not finite (NaN or inf): every normalised value would be "
+            "NaN. The run that wrote them diverged; use an earlier checkpoint's statistics, or train again."
+        )
