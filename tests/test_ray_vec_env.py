@@ -356,3 +356,93 @@ def test_closes_the_ray_session_it_started(monkeypatch):
     second.close()
     assert not session["initialized"]
     assert ray_vec_env_module._RAY_SESSION == {"started_here": False, "n_open": 0}
+
+
+# ------------------------------------------------------------------------ DummyVecEnv's dtypes, metadata and repeats
+class ThirdReward(gym.Wrapper):
+    """CartPole with a reward float32 cannot hold exactly (as most MuJoCo / Box2D / Pendulum rewards)."""
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, float(reward) / 3.0, terminated, truncated, info
+
+
+class Float64Obs(gym.ObservationWrapper):
+    """float64 observations for CartPole's float32 Box (DummyVecEnv's buffers cast them to the space's dtype)."""
+
+    def observation(self, obs):
+        return obs.astype(np.float64) / 3.0
+
+
+class Counter(gym.Wrapper):
+    """CartPole counting the calls of ``bump``."""
+
+    calls = 0
+
+    def bump(self):
+        self.calls += 1
+        return self.calls
+
+
+def make_third_reward():
+    return ThirdReward(gym.make("CartPole-v1"))
+
+
+def make_float64_obs():
+    return Float64Obs(gym.make("CartPole-v1"))
+
+
+def make_counter():
+    return Counter(gym.make("CartPole-v1"))
+
+
+def make_pixel_catch():
+    from sb3_cherry.envs.pixel_catch import PixelCatchEnv
+
+    return PixelCatchEnv(render_mode="rgb_array")
+
+
+@pytest.mark.parametrize("make", [make_third_reward, make_float64_obs])
+def test_rewards_and_observations_in_dummy_vec_envs_dtypes(ray_vec_env, make):
+    # RayVecEnv returned the envs' float64 rewards / observations (as SubprocVecEnv); DummyVecEnv's buffers hold float32
+    # rewards and the observation space's dtype, and VecNormalize's return statistics differ by the rounding
+    ray_env, dummy_env = ray_vec_env([make] * 2), DummyVecEnv([make] * 2)
+    for venv in (ray_env, dummy_env):
+        venv.seed(0)
+        venv.reset()
+    actions = np.array([0, 1])
+    (obs_r, rew_r, _, _), (obs_d, rew_d, _, _) = ray_env.step(actions), dummy_env.step(actions)
+    assert rew_r.dtype == rew_d.dtype == np.float32 and obs_r.dtype == obs_d.dtype == np.float32
+    np.testing.assert_array_equal(rew_r, rew_d)
+    np.testing.assert_array_equal(obs_r, obs_d)
+
+
+def test_ppo_rollback_with_vecnormalize_same_parameters(ray_vec_env):
+    # Pendulum's float64 rewards reached VecNormalize's return statistics unrounded through RayVecEnv (445 of 8963
+    # parameters differed after 512 steps)
+    import torch as th
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from sb3_cherry import PPORollback
+
+    def train(venv):
+        model = PPORollback("MlpPolicy", VecNormalize(venv), n_steps=128, batch_size=64, n_epochs=2, seed=0, device="cpu")
+        model.learn(512)
+        return th.nn.utils.parameters_to_vector(model.policy.parameters()).detach().numpy()
+
+    make_pendulum = [lambda: gym.make("Pendulum-v1")] * 2
+    np.testing.assert_array_equal(train(ray_vec_env(make_pendulum)), train(DummyVecEnv(make_pendulum)))
+
+
+def test_metadata_is_the_envs(ray_vec_env):
+    # SB3's VecVideoRecorder reads venv.metadata["render_fps"] (30 when missing): PixelCatch's 10 fps was recorded at 30
+    from stable_baselines3.common.vec_env import VecVideoRecorder
+
+    ray_env = ray_vec_env([make_pixel_catch])
+    assert ray_env.metadata["render_fps"] == DummyVecEnv([make_pixel_catch]).metadata["render_fps"] == 10
+    assert VecVideoRecorder(ray_env, "unused", lambda step: False, video_length=5).frames_per_sec == 10
+
+
+def test_env_method_with_repeated_indices_calls_as_often_as_dummy_vec_env(ray_vec_env):
+    ray_env, dummy_env = ray_vec_env([make_counter] * 2), DummyVecEnv([make_counter] * 2)
+    assert ray_env.env_method("bump", indices=[0, 0, 1]) == dummy_env.env_method("bump", indices=[0, 0, 1]) == [1, 2, 1]

@@ -41,6 +41,26 @@ class _WorkerFailure:
     error: BaseException | None = None
 
 
+def _stack_as_space(obs: Sequence[Any], space: gym.spaces.Space) -> VecEnvObs:
+    """
+    The envs' observations stacked (SubprocVecEnv's ``_stack_obs``) in the observation space's dtypes, as DummyVecEnv's
+    buffers hold them (an env may return float64 for a float32 ``Box``).
+
+    :param obs: one observation per env
+    :param space: the observation space
+    :return: the batch
+    """
+    stacked = _stack_obs(obs, space)  # type: ignore[arg-type]
+    if isinstance(space, gym.spaces.Dict):
+        assert isinstance(stacked, dict)
+        return {key: np.asarray(value, dtype=space[key].dtype) for key, value in stacked.items()}
+    if isinstance(space, gym.spaces.Tuple):
+        assert isinstance(stacked, tuple)
+        return tuple(np.asarray(value, dtype=sub.dtype) for value, sub in zip(stacked, space.spaces, strict=True))
+    assert isinstance(stacked, np.ndarray)
+    return np.asarray(stacked, dtype=space.dtype)
+
+
 def _writable(value: Any) -> Any:
     """
     ``value`` with its read-only NumPy arrays copied (in dicts, tuples and lists too): Ray hands arrays over without
@@ -292,6 +312,7 @@ class RayVecEnv(VecEnv):
                     raise self._failure_error(result, "start-up")
             observation_space, action_space = spaces_per_actor[0]
             super().__init__(n_envs, observation_space, action_space)
+            self.metadata = self.get_attr("metadata", [0])[0]  # the env's (render_fps for videos), as DummyVecEnv
         except BaseException:
             self.close()
             raise
@@ -445,7 +466,8 @@ class RayVecEnv(VecEnv):
                 info["terminal_observation"] = _writable(info["terminal_observation"])
         self.reset_infos = list(reset_infos)
         self._last_obs = list(obs)
-        return _stack_obs(obs, self.observation_space), np.stack(rews), np.stack(dones), list(infos)
+        rewards = np.asarray(rews, dtype=np.float32)  # DummyVecEnv's reward buffer (SubprocVecEnv keeps float64)
+        return _stack_as_space(obs, self.observation_space), rewards, np.stack(dones), list(infos)
 
     def reset(self) -> VecEnvObs:
         # A pending step is simply dropped: each actor runs its calls in order, so the reset comes after it
@@ -466,7 +488,7 @@ class RayVecEnv(VecEnv):
         # Seeds and options are only used once
         self._reset_seeds()
         self._reset_options()
-        return _stack_obs(obs, self.observation_space)
+        return _stack_as_space(obs, self.observation_space)
 
     def close(self) -> None:
         if self.closed:
@@ -515,19 +537,19 @@ class RayVecEnv(VecEnv):
             if not -self.num_envs <= env_idx < self.num_envs:
                 raise IndexError(f"Env index {env_idx} out of range for a RayVecEnv of {self.num_envs} envs.")
             locations.append(self._env_location[env_idx % self.num_envs])
+        # each actor gets its envs' positions in the order asked, repeats included (env_method([0, 0]) calls the
+        # method twice, as DummyVecEnv does)
         by_actor: dict[int, list[int]] = {}
         for actor_idx, local_idx in locations:
-            local_indices = by_actor.setdefault(actor_idx, [])
-            if local_idx not in local_indices:
-                local_indices.append(local_idx)
+            by_actor.setdefault(actor_idx, []).append(local_idx)
         actor_ids = list(by_actor)
         refs = [getattr(self.actors[k], method).remote(by_actor[k], *args) for k in actor_ids]
         values = {}
         for actor_idx, result in zip(actor_ids, self._gather(refs, actor_ids), strict=True):
             if isinstance(result, _WorkerFailure):
                 raise self._failure_error(result, method)
-            values.update({(actor_idx, j): value for j, value in zip(by_actor[actor_idx], result, strict=True)})
-        return [values[location] for location in locations]
+            values[actor_idx] = iter(result)
+        return [next(values[actor_idx]) for actor_idx, _ in locations]
 
     def get_images(self) -> Sequence[np.ndarray | None]:
         if self.render_mode != "rgb_array":
