@@ -4,16 +4,20 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_VERSION := 2.13.0
+# where pip finds the CPU-only torch wheel: this machine's pip configuration (find-links) by default; elsewhere, e.g.
+# `make train TORCH_INDEX=https://download.pytorch.org/whl/cpu` (PyPI's Linux torch wheel is the CUDA build)
+TORCH_INDEX ?=
 LINT_PATHS := sb3_cherry tests benchmarks
 
 .PHONY: install train test test-slow lint format type docs check-codestyle commit-checks clean
 
-# The stamp file is rebuilt when the packaging changes.
-$(VENV)/.installed: pyproject.toml setup.cfg
+# The stamp file is rebuilt when the packaging (or this file's install steps) changes.
+$(VENV)/.installed: pyproject.toml setup.cfg Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install --upgrade pip
-	# torch first, pinned: the CPU wheel available locally; a bare `torch` would pull a CUDA build
-	$(PIP) install torch==$(TORCH_VERSION)
+	# torch first, pinned: the CPU wheel (available locally here, TORCH_INDEX elsewhere); a bare `torch` would pull a
+	# CUDA build
+	$(PIP) install torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	# envs: MuJoCo + Box2D (the optional environments every config and test of the design card uses)
 	$(PIP) install -e ".[envs,tests,imitation,distributed,envpool,docs]"
 	# imitation's metadata pins an old SB3/gymnasium: install it without its dependencies
@@ -56,4 +60,4 @@ docs: install
 commit-checks: format type lint
 
 clean:
-	rm -rf $(VENV) logs .pytest_cache .ruff_cache *.egg-info docs/_build
+	rm -rf $(VENV) logs .pytest_cache .ruff_cache *.egg-info docs/_build build dist

@@ -1038,8 +1038,12 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:  # output piped into e.g. `head`, which exited: stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
-    except (ValueError, OSError, gym.error.Error) as exc:  # OSError: a file or folder; gymnasium's: an unknown env id
-        print(f"sb3-cherry {argv[0]}: error: {exc}", file=sys.stderr)
+    except (ValueError, OSError, ImportError, gym.error.Error) as exc:  # OSError: a file or folder; ImportError: an
+        # optional dependency (imitation, ray, envpool, rl_zoo3's optunahub / wandb); gymnasium's: an unknown env id
+        message = str(exc)
+        if isinstance(exc, ModuleNotFoundError) and exc.name and "install" not in message:
+            message += f" (an optional dependency: pip install {exc.name.split('.')[0]})"
+        print(f"sb3-cherry {argv[0]}: error: {message}", file=sys.stderr)
         sys.exit(2)
 
 

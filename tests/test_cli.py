@@ -102,6 +102,21 @@ def test_unwritable_outputs_are_refused_before_the_episodes(trained, tmp_path, c
     assert err.startswith(f"sb3-cherry {command}: error: ") and "file.npz" in err and "Traceback" not in err
 
 
+def test_missing_optional_dependency_is_one_line(monkeypatch, capsys):
+    # e.g. rl_zoo3's `-optimize --sampler auto` imports optunahub (an extra of rl_zoo3): a traceback before
+    import sb3_cherry.cli as cli
+
+    def train(argv):
+        raise ModuleNotFoundError("No module named 'optunahub'", name="optunahub")
+
+    monkeypatch.setitem(cli.COMMANDS, "train", train)
+    with pytest.raises(SystemExit) as info:
+        main(["train"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err == "sb3-cherry train: error: No module named 'optunahub' (an optional dependency: pip install optunahub)\n"
+
+
 def test_check_writable(tmp_path):
     from sb3_cherry.cli import check_writable
 

@@ -14,11 +14,8 @@ from stable_baselines3.common.vec_env import VecNormalize
 
 #: How to install imitation (its metadata pins an old SB3 / gymnasium, hence ``--no-deps``)
 INSTALL_HINT = (
-    "Install it with\n"
-    "    pip install --no-deps imitation==1.0.1\n"
-    '    pip install "sb3_cherry[imitation]"\n'
-    "(imitation's metadata pins old Stable-Baselines3 / gymnasium versions, hence --no-deps; the sb3_cherry[imitation] "
-    "extra installs the packages its modules import)."
+    "Install it with `pip install --no-deps imitation==1.0.1` (imitation's metadata pins old Stable-Baselines3 / "
+    "gymnasium versions, hence --no-deps; the packages its modules import are sb3_cherry's own dependencies)."
 )
 
 _TRAINER_CLASSES: dict[str, type] = {}
