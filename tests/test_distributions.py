@@ -344,9 +344,10 @@ def test_beta_closed_forms_and_gradients_match_torch(dtype):
     actions = (LOW_T + unit * (HIGH_T - LOW_T)).to(dtype)
     ours = (p.entropy(), p.kl(q), p.log_prob(actions))
     ref_p, ref_q = (Beta(*(F.softplus(x) + 1 for x in raw.chunk(2, dim=1)), validate_args=False) for raw in (raw_p, raw_q))
-    # the affine map's constants from the distribution's own (float32) bounds: the closed forms are under test
+    # the affine map's constants from the distribution's own (float32) bounds, in the parameters' dtype: the closed
+    # forms are under test
     low, high = p.low.to(dtype), p.high.to(dtype)
-    log_range = th.log(p.high - p.low).to(dtype)
+    log_range = th.log(high - low)
     unit_actions = ((actions - low) / (high - low)).clamp(1e-6, 1 - 1e-6)
     refs = (
         (ref_p.entropy() + log_range).sum(1),
@@ -648,7 +649,7 @@ def _flat_tuple_refs(params: th.Tensor):
     return [
         (lambda a: Categorical(logits=logits).log_prob(a[:, 0].long() - 1), Categorical(logits=logits).entropy(), 1),
         (lambda a: ref_beta(beta, LOW_T, HIGH_T).log_prob(a).sum(1), None, 3),
-        (lambda a: Bernoulli(logits=bern).log_prob(a).sum(1), Bernoulli(logits=bern).entropy().sum(1), 2),
+        (lambda a: Bernoulli(logits=bern).log_prob(a.to(bern)).sum(1), Bernoulli(logits=bern).entropy().sum(1), 2),
         (lambda a: ref_normal(normal).log_prob(a).sum(1), ref_normal(normal).entropy().sum(1), 1),
         (
             lambda a: sum(
@@ -1445,3 +1446,44 @@ def test_tuple_predict_names_the_gym_vs_vecenv_mistake():
     obs, info = model.env.envs[0].reset(seed=0)
     with pytest.raises(ValueError, match="mixing Gym API with SB3 VecEnv API"):
         model.predict((obs, info))
+
+
+# ------------------------------------------------------------------------------- float64 policies and spaces (review)
+def test_bernoulli_log_prob_keeps_float64_precision():
+    # BernoulliDistribution.log_prob cast the actions with .float(): with float64 logits torch evaluated in float32
+    logits = th.tensor([[0.1234567890123, -2.345678901234, 5.6789012345678]], dtype=th.float64)
+    x = th.tensor([[1, 0, 1]], dtype=th.int8)
+    lp = BernoulliDistribution(spaces.MultiBinary(3)).proba_distribution(logits).log_prob(x)
+    ref = (x * F.logsigmoid(logits) + (1 - x) * F.logsigmoid(-logits)).sum(1)
+    assert lp.dtype == th.float64
+    assert th.allclose(lp, ref, atol=1e-12, rtol=0)
+
+
+def test_bernoulli_log_prob_gradcheck_float64():
+    logits = th.randn(4, 3, dtype=th.float64, requires_grad=True)
+    x = th.randint(0, 2, (4, 3))
+
+    def log_prob(p):
+        return BernoulliDistribution(spaces.MultiBinary(3)).proba_distribution(p).log_prob(x)
+
+    assert th.autograd.gradcheck(log_prob, (logits,), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def test_tuple_with_multibinary_log_prob_float64():
+    space = spaces.Tuple((spaces.Discrete(3), spaces.MultiBinary(2)))
+    dist = make_distribution(space)
+    params = th.randn(5, dist.param_dim, dtype=th.float64)
+    actions = th.cat([th.randint(0, 3, (5, 1)), th.randint(0, 2, (5, 2))], 1).double()
+    lp = dist.proba_distribution(params).log_prob(actions)
+    cat = th.log_softmax(params[:, :3], 1).gather(1, actions[:, :1].long())[:, 0]
+    bits = actions[:, 1:]
+    ref = cat + (bits * F.logsigmoid(params[:, 3:]) + (1 - bits) * F.logsigmoid(-params[:, 3:])).sum(1)
+    assert th.allclose(lp, ref, atol=1e-12, rtol=0), (lp - ref).abs().max()
+
+
+def test_tanh_normal_samples_inside_float64_box():
+    # bounds were cast to float32 (_finite_bounds): float32(0.1) = 0.10000000149 > 0.1, a saturated sample left the space
+    space = spaces.Box(np.array([0.0]), np.array([0.1]), dtype=np.float64)
+    dist = TanhNormalDistribution(space).proba_distribution(th.tensor([[20.0, -3.0]]).expand(100, -1))
+    samples = dist.sample().double().numpy()
+    assert all(space.contains(s) for s in samples), samples.max()

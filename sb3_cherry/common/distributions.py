@@ -75,9 +75,12 @@ def _finite_bounds(space: spaces.Box, name: str) -> tuple[th.Tensor, th.Tensor]:
             f"The '{name}' distribution maps onto the Box bounds, but {space} has a dimension with high <= low (a "
             "zero-width dimension has no density). Remove that dimension from the action space or widen its bounds."
         )
-    low = th.as_tensor(space.low.reshape(-1), dtype=th.float32)
-    high = th.as_tensor(space.high.reshape(-1), dtype=th.float32)
-    return low, high
+    # float32 bounds rounded towards the interior: float32(0.1) > 0.1, so a saturated sample of a float64 Box would
+    # leave the space (float32 spaces keep their bounds exactly)
+    low, high = space.low.reshape(-1).astype(np.float32), space.high.reshape(-1).astype(np.float32)
+    low = np.where(low < space.low.reshape(-1), np.nextafter(low, np.float32(np.inf)), low)
+    high = np.where(high > space.high.reshape(-1), np.nextafter(high, np.float32(-np.inf)), high)
+    return th.as_tensor(low, dtype=th.float32), th.as_tensor(high, dtype=th.float32)
 
 
 class CherryDistribution(Distribution):
@@ -360,7 +363,7 @@ class TanhNormalDistribution(CherryDistribution):
 
     def log_prob(self, actions: th.Tensor) -> th.Tensor:
         actions = _as_columns(actions, self.action_dim).to(self.distribution.loc.dtype)
-        low, high = self.low.to(actions.device), self.high.to(actions.device)
+        low, high = self.low.to(actions), self.high.to(actions)  # the parameters' device and dtype
         # tanh(u) from the action: near each bound from the distance to that bound, which floats hold exactly
         # (Sterbenz); 2 (a - low) / (high - low) - 1 alone rounds a + 1 near high = 1 to 2 ulps of 2 (u = 8.2 -> 8.3)
         width = high - low
@@ -377,7 +380,7 @@ class TanhNormalDistribution(CherryDistribution):
     def entropy(self) -> th.Tensor:
         # H(a) = H(u) + E[log |d tanh / du|] + log|d a / d tanh| per dimension (change of variables), the middle term
         # by Gauss-Hermite quadrature
-        log_scale = th.log((self.high - self.low) / 2.0).to(self.mean)
+        log_scale = th.log((self.high.to(self.mean) - self.low.to(self.mean)) / 2.0)  # in the parameters' dtype
         gaussian = self.log_std + (0.5 + _HALF_LOG_2PI)
         return (gaussian + expected_log_det_tanh(self.mean, self.log_std) + log_scale).sum(dim=1)
 
@@ -472,7 +475,7 @@ class BetaDistribution(_WrittenOutDistribution):
         :return: shape ``(batch, action_dim)``
         """
         actions = _as_columns(actions, self.action_dim).to(self.alpha.dtype)
-        low, high = self.low.to(actions.device), self.high.to(actions.device)
+        low, high = self.low.to(actions), self.high.to(actions)  # the parameters' device and dtype
         unit = ((actions - low) / (high - low)).clamp(self.epsilon, 1.0 - self.epsilon)
         # log p(x) = (alpha - 1) log x + (beta - 1) log(1 - x) - log B(alpha, beta), minus log(high - low) of the map
         log_density = (self.alpha - 1.0) * th.log(unit) + (self.beta - 1.0) * th.log1p(-unit) - self.log_beta_fn()
@@ -484,7 +487,7 @@ class BetaDistribution(_WrittenOutDistribution):
     def entropy(self) -> th.Tensor:
         # H = log B(a, b) - (a - 1) psi(a) - (b - 1) psi(b) + (a + b - 2) psi(a + b), plus log(high - low) of the map
         alpha, beta = self.alpha, self.beta
-        log_range = th.log(self.high - self.low).to(alpha)
+        log_range = th.log(self.high.to(alpha) - self.low.to(alpha))  # in the parameters' dtype
         unit_entropy = (
             self.log_beta_fn()
             - (alpha - 1.0) * th.digamma(alpha)
@@ -679,7 +682,8 @@ class BernoulliDistribution(CherryDistribution):
         return self.distribution.logits
 
     def log_prob(self, actions: th.Tensor) -> th.Tensor:
-        return self.distribution.log_prob(_as_columns(actions, self.action_dim).float()).sum(dim=1)
+        actions = _as_columns(actions, self.action_dim).to(self.distribution.logits.dtype)  # (float64 policies too)
+        return self.distribution.log_prob(actions).sum(dim=1)
 
     def entropy(self) -> th.Tensor:
         return self.distribution.entropy().sum(dim=1)

@@ -1,5 +1,3 @@
-import contextlib
-from collections.abc import Iterator
 from typing import Any, ClassVar, TypeVar, cast
 
 import torch as th
@@ -32,40 +30,19 @@ from sb3_cherry.ppo_rollback.trust_region import ROLLBACKS, TRUST_REGIONS, check
 SelfRecurrentPPORollback = TypeVar("SelfRecurrentPPORollback", bound="RecurrentPPORollback")
 
 
+def _has_inference_tensor(states: Any) -> bool:
+    """:return: whether ``RNNStates`` (or a nested tuple of tensors) holds an inference tensor"""
+    if isinstance(states, th.Tensor):
+        return states.is_inference()
+    return any(_has_inference_tensor(part) for part in states)
+
+
 def _clone_states(states: Any) -> Any:
     """:return: a copy of ``RNNStates`` (or a ``(hidden, cell)`` pair) made of ordinary tensors"""
     if isinstance(states, th.Tensor):
         return states.clone()
     parts = (_clone_states(part) for part in states)
     return type(states)(*parts) if hasattr(states, "_fields") else tuple(parts)
-
-
-@contextlib.contextmanager
-def _ordinary_states(policy: th.nn.Module) -> Iterator[None]:
-    """
-    Inside the block, the recurrent states the policy's ``forward`` returns are ordinary tensors (copies made outside
-    ``torch.inference_mode``): contrib's ``collect_rollouts`` carries them in ``model._last_lstm_states``, which a
-    callback may reset in place, during the rollout or after it, as with contrib's ``RecurrentPPO`` (inference tensors
-    refuse in-place updates outside inference mode). Costs one copy of the states per step.
-
-    :param policy: the recurrent policy (its ``forward``, possibly already wrapped, is wrapped for the block)
-    """
-    previous = policy.__dict__.get("forward")
-    forward = policy.forward
-
-    def forward_with_ordinary_states(*args: Any, **kwargs: Any) -> tuple[Any, ...]:
-        *outputs, states = forward(*args, **kwargs)
-        return (*outputs, _clone_states(states))
-
-    policy.forward = forward_with_ordinary_states  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        if policy.__dict__.get("forward") is forward_with_ordinary_states:
-            if previous is None:
-                del policy.forward
-            else:
-                policy.forward = previous  # type: ignore[method-assign]
 
 
 class RecurrentPPORollback(RecurrentPPO, CherryOnPolicyAlgorithm):
@@ -298,8 +275,22 @@ class RecurrentPPORollback(RecurrentPPO, CherryOnPolicyAlgorithm):
         :param n_rollout_steps: number of steps to collect per environment
         :return: False if a callback stopped the rollout
         """
-        with inference_forward(self.policy), _ordinary_states(self.policy):
+        with inference_forward(self.policy):
             return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
+
+    @property
+    def _last_lstm_states(self) -> Any:
+        """The recurrent states contrib's ``collect_rollouts`` carries from step to step (and between rollouts)."""
+        return self.__dict__.get("_last_lstm_states")
+
+    @_last_lstm_states.setter
+    def _last_lstm_states(self, states: Any) -> None:
+        # Stored as ordinary tensors: the collection's forward passes run in inference mode, and contrib keeps their
+        # states here, where a callback may reset them in place during the rollout or after it, as with contrib's
+        # RecurrentPPO (inference tensors refuse in-place updates outside inference mode). One copy per step.
+        if states is not None and _has_inference_tensor(states):
+            states = _clone_states(states)
+        self.__dict__["_last_lstm_states"] = states
 
     def _truncation_bootstrap_values(self, truncated: list[tuple[int, Any]]) -> list[float]:
         """
