@@ -801,6 +801,40 @@ def cmd_evaluate(argv: list[str]) -> dict[str, Any]:
     return summary
 
 
+#: Optional dependencies a command may import, by import name: what to install
+OPTIONAL_DEPENDENCIES = {
+    "imitation": "pip install --no-deps imitation==1.0.1",
+    "ray": 'pip install "sb3_cherry[distributed]"',
+    "envpool": 'pip install "sb3_cherry[envpool]"',
+    "mujoco": 'pip install "sb3_cherry[mujoco]"',
+    "Box2D": 'pip install "sb3_cherry[box2d]"',
+    "cv2": "pip install opencv-python-headless",
+    "optunahub": "pip install optunahub",
+    "wandb": "pip install wandb",
+}
+
+
+def _one_line_error(exc: BaseException) -> str | None:
+    """
+    The one-line message of a user-facing error, None for an error that should show its traceback: a ValueError or
+    gymnasium error; an OSError about a file or folder (one with a file name, a missing / existing file, a permission);
+    an ImportError that says what to install, or a missing optional dependency (with the command that installs it).
+    Other OSErrors (a worker's connection reset) and ImportErrors (a missing module of a package) keep their traceback.
+
+    :param exc: the exception
+    :return: the message, or None
+    """
+    if isinstance(exc, ImportError):
+        module = (exc.name or "").split(".")[0] if isinstance(exc, ModuleNotFoundError) else ""
+        if module in OPTIONAL_DEPENDENCIES:
+            return f"{exc} (an optional dependency: {OPTIONAL_DEPENDENCIES[module]})"
+        return str(exc) if "pip install" in str(exc) else None
+    if isinstance(exc, OSError):
+        file_error = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
+        return str(exc) if exc.filename is not None or isinstance(exc, file_error) else None
+    return str(exc)
+
+
 def check_writable(path: str | pathlib.Path) -> None:
     """
     Refuse, before any work, an output file that cannot be written: a folder, a path through a file, a folder without
@@ -809,7 +843,7 @@ def check_writable(path: str | pathlib.Path) -> None:
     :param path: the file to write
     :raises ValueError: naming the problem
     """
-    target = pathlib.Path(os.path.abspath(path))
+    target = pathlib.Path(os.path.realpath(path))  # a symlink is written through, as atomic_write does
     if target.is_dir():
         raise ValueError(f"{path} is a folder; give a file name.")
     if target.exists() and not os.access(target, os.W_OK):
@@ -1038,11 +1072,10 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:  # output piped into e.g. `head`, which exited: stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
-    except (ValueError, OSError, ImportError, gym.error.Error) as exc:  # OSError: a file or folder; ImportError: an
-        # optional dependency (imitation, ray, envpool, rl_zoo3's optunahub / wandb); gymnasium's: an unknown env id
-        message = str(exc)
-        if isinstance(exc, ModuleNotFoundError) and exc.name and "install" not in message:
-            message += f" (an optional dependency: pip install {exc.name.split('.')[0]})"
+    except (ValueError, OSError, ImportError, gym.error.Error) as exc:  # gymnasium's: e.g. an unknown env id
+        message = _one_line_error(exc)
+        if message is None:
+            raise
         print(f"sb3-cherry {argv[0]}: error: {message}", file=sys.stderr)
         sys.exit(2)
 

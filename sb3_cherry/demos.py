@@ -208,6 +208,9 @@ def space_to_dict(space: spaces.Space) -> dict[str, Any]:
 
 #: The deepest nesting of ``Tuple`` / ``Dict`` spaces a demonstration file may describe
 MAX_SPACE_DEPTH = 32
+#: The most entries the components of a demonstration file's spaces may have in all (each at most
+#: ``MAX_SPACE_ELEMENTS``): their bounds are built when the file is read, 16 bytes an entry at most (1 GiB)
+MAX_SPACES_ENTRIES = 4 * MAX_SPACE_ELEMENTS
 
 
 def space_from_dict(description: dict[str, Any]) -> spaces.Space:
@@ -232,7 +235,11 @@ class _SpaceReader:
 
     def _count(self, shape: Any, kind: str) -> None:
         self.entries += math.prod(int(d) for d in np.atleast_1d(shape))
-        check_space_size((self.entries,), "the spaces of the demonstration file", f"{kind} and the components before it")
+        if self.entries > MAX_SPACES_ENTRIES:
+            raise ValueError(
+                f"{kind} and the components before it hold {self.entries} entries in all, more than the "
+                f"{MAX_SPACES_ENTRIES} a demonstration file's spaces may have"
+            )
 
     def read(self, description: Any, depth: int) -> spaces.Space:
         """

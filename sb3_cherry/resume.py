@@ -354,7 +354,7 @@ class SafeExperimentManager(ExperimentManager):
         """
         super().create_callbacks()
         for index, callback in enumerate(self.callbacks):
-            if isinstance(callback, CheckpointCallback):
+            if type(callback) is CheckpointCallback:  # rl_zoo3's own (a config's subclass is kept as it is)
                 self.callbacks[index] = _CheckpointWithStatistics(callback)
             elif isinstance(callback, EvalCallback):
                 previous = callback.callback_on_new_best

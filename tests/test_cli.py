@@ -115,6 +115,18 @@ def test_missing_optional_dependency_is_one_line(monkeypatch, capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err == "sb3-cherry train: error: No module named 'optunahub' (an optional dependency: pip install optunahub)\n"
+    # not an optional dependency (a bug, or a broken install), or an OSError that is not about a file: the traceback
+    for error in (
+        ModuleNotFoundError("No module named 'sb3_cherry.gone'", name="sb3_cherry.gone"),
+        ConnectionResetError(104, "reset"),
+    ):
+
+        def failing(argv, error=error):
+            raise error
+
+        monkeypatch.setitem(cli.COMMANDS, "train", failing)
+        with pytest.raises(type(error)):
+            main(["train"])
 
 
 def test_check_writable(tmp_path):
@@ -122,6 +134,10 @@ def test_check_writable(tmp_path):
 
     check_writable(tmp_path / "new" / "folders" / "file.npz")  # created when written
     check_writable("/dev/null")  # written in place
+    (tmp_path / "a_file").write_bytes(b"")
+    (tmp_path / "link.json").symlink_to(tmp_path / "a_file" / "x.json")  # written through: into a file's "folder"
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        check_writable(tmp_path / "link.json")
     (tmp_path / "locked").mkdir(mode=0o500)
     (tmp_path / "protected").write_bytes(b"")
     (tmp_path / "protected").chmod(0o400)
@@ -636,6 +652,24 @@ def test_every_statistics_file_of_a_run_is_written_atomically(tmp_path):
         save()
     assert all(path.read_bytes() != b"previous statistics" for path in paths)
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".tmp") == []
+
+
+def test_a_configs_checkpoint_callback_subclass_is_kept(tmp_path):
+    # create_callbacks rebuilt every CheckpointCallback as the atomic-statistics one: a config's subclass lost its own
+    # behaviour; only rl_zoo3's plain CheckpointCallback is replaced
+    from stable_baselines3.common.callbacks import CheckpointCallback
+
+    from sb3_cherry.resume import SafeExperimentManager
+
+    class MyCheckpoint(CheckpointCallback):
+        pass
+
+    manager = SafeExperimentManager.__new__(SafeExperimentManager)
+    mine = MyCheckpoint(10, str(tmp_path))
+    manager.callbacks, manager.show_progress, manager.verbose, manager.optimize_hyperparameters = [mine], False, 0, False
+    manager.save_freq, manager.eval_freq, manager.n_envs, manager.save_path = 4, 0, 1, str(tmp_path)
+    manager.create_callbacks()
+    assert manager.callbacks[0] is mine and type(manager.callbacks[1]).__name__ == "_CheckpointWithStatistics"
 
 
 def test_evaluate_uses_the_training_commands_env_kwargs(tmp_path, monkeypatch):

@@ -1487,3 +1487,10 @@ def test_tanh_normal_samples_inside_float64_box():
     dist = TanhNormalDistribution(space).proba_distribution(th.tensor([[20.0, -3.0]]).expand(100, -1))
     samples = dist.sample().double().numpy()
     assert all(space.contains(s) for s in samples), samples.max()
+
+
+def test_float64_box_narrower_than_float32_refused():
+    # rounded inwards, float32 bounds of a dimension narrower than one float32 step crossed (low > high: NaN log-probs)
+    space = spaces.Box(np.array([1.0]), np.array([1.0 + 1e-9]), dtype=np.float64)
+    with pytest.raises(ValueError, match="narrower than float32 can tell apart"):
+        TanhNormalDistribution(space)

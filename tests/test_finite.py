@@ -511,3 +511,33 @@ def test_ppo_learning_rate_overflow_reported_as_non_finite_update():
     )
     with pytest.raises(ValueError, match="learning rate"):
         model.learn(64)
+
+
+def test_half_precision_observations_checked_without_overflow():
+    # float16 batches whose sum exceeds 65504 (8 frames of 84 x 84 values near 1) took the slow path at every step,
+    # and comparing them with float32's maximum warned "overflow encountered in cast"
+    import warnings
+
+    obs = np.full((8, 84 * 84), 0.9, dtype=np.float16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_finite_observation(obs, "observation", "num_timesteps=8")
+        obs[3, 5] = np.inf
+        with pytest.raises(ValueError, match=r"Non-finite observation \(inf\) from env 3"):
+            check_finite_observation(obs, "observation", "num_timesteps=8")
+
+
+def test_bco_vecnormalize_statistics_checked_after_collection():
+    # PPORollback refused a VecNormalize whose running variance overflowed (an observation of 1e200); BCO trained on
+    import copy as copy_module
+
+    def make():
+        return FaultEnv("obs_1e200", at=20, dtype=np.float64)
+
+    venv = VecNormalize(DummyVecEnv([make]), norm_reward=False)
+    model = BCO("MlpPolicy", venv, demonstrations=_bco_demos(), n_pre_interactions=40, seed=0)
+    before = copy_module.deepcopy(model.policy.state_dict())
+    with pytest.raises(ValueError, match=r"The VecNormalize statistics obs_rms\.var are not finite .* end of the collection"):
+        model.learn(200)
+    for key, value in before.items():
+        assert th.equal(model.policy.state_dict()[key], value), key

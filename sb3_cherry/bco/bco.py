@@ -27,6 +27,7 @@ from sb3_cherry.bco.policies import (
 )
 from sb3_cherry.common.finite import (
     UpdateSnapshot,
+    check_finite_normalization,
     check_finite_observation,
     check_finite_step,
     check_finite_weights,
@@ -516,10 +517,11 @@ class BCO(AtomicSaveAlgorithm):
                 )
             snapshot.take()
         counters = lambda: (self.num_timesteps, self._n_updates)  # noqa: E731
-        undone = undone_if_raised(snapshot, "BCO", counters) if self.check_finite and snapshot else contextlib.nullcontext()
+        checked = self.check_finite and snapshot is not None
+        undone = undone_if_raised(snapshot, "BCO", counters) if checked else contextlib.nullcontext()  # type: ignore[arg-type]
         # a round that raises midway is undone; without torch's argument validation (as the on-policy algorithms
         # train), a diverged inverse model's zero scales give a non-finite loss, named below, not torch's error
-        with undone, distribution_validation(False):
+        with undone, distribution_validation(False) if checked else contextlib.nullcontext():
             inverse_loss = self._train_inverse_model()
             self._log_inverse_validation()
             demos = self._demo_transitions()
@@ -607,6 +609,10 @@ class BCO(AtomicSaveAlgorithm):
             callback.update_locals(locals())
             if not callback.on_step():
                 return False
+        if self.check_finite:  # statistics the per-step checks cannot see (normalised values stay finite)
+            check_finite_normalization(
+                self._vec_normalize_env, f"the end of the collection, num_timesteps={self.num_timesteps}"
+            )
         callback.on_rollout_end()
         return True
 

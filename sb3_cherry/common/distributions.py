@@ -80,6 +80,11 @@ def _finite_bounds(space: spaces.Box, name: str) -> tuple[th.Tensor, th.Tensor]:
     low, high = space.low.reshape(-1).astype(np.float32), space.high.reshape(-1).astype(np.float32)
     low = np.where(low < space.low.reshape(-1), np.nextafter(low, np.float32(np.inf)), low)
     high = np.where(high > space.high.reshape(-1), np.nextafter(high, np.float32(-np.inf)), high)
+    if not np.all(high > low):
+        raise ValueError(
+            f"The '{name}' distribution maps onto the Box bounds in float32, but {space} has a dimension narrower than "
+            "float32 can tell apart. Rescale that action dimension (e.g. gymnasium.wrappers.RescaleAction)."
+        )
     return th.as_tensor(low, dtype=th.float32), th.as_tensor(high, dtype=th.float32)
 
 

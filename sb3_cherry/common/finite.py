@@ -29,17 +29,26 @@ def _fits_float32(total: Any) -> bool:
     return abs(float(total)) <= FLOAT32_MAX
 
 
+def _sum_fits(values: np.ndarray) -> bool:
+    """
+    Fast test: ``values``' sum is within float32's range, so every entry is finite (and, for float64, within float32's
+    range); False also when finite values add up beyond it (the exact test then decides). Half-precision arrays are
+    summed in float64 (their own sum overflows at 65504).
+    """
+    return _fits_float32(values.sum(dtype=np.float64) if values.dtype.itemsize < 4 else values.sum())
+
+
 def _first_non_finite(values: np.ndarray) -> tuple[int, Any] | None:
     """``(env index, value)`` of the first env whose entry is not finite in float32 (None if all are)."""
     values = np.asarray(values)
     if values.dtype.kind not in "fc":  # integer / boolean observations cannot hold NaN or inf
         return None
-    # Fast path: a sum within float32's range means every entry is (unless finite values add up beyond it: then the
-    # slow path below finds nothing)
-    if _fits_float32(values.sum()):
+    if _sum_fits(values):
         return None
     rows_view = values.reshape(len(values), -1)
-    bad = ~np.isfinite(rows_view) | (np.abs(rows_view) > FLOAT32_MAX)
+    bad = ~np.isfinite(rows_view)
+    if values.dtype.itemsize > 4:  # float64 (or wider): finite values beyond float32's range are inf in the policy
+        bad |= np.abs(rows_view) > FLOAT32_MAX
     rows = np.flatnonzero(bad.any(axis=1))
     if len(rows) == 0:
         return None
@@ -101,7 +110,7 @@ def check_finite_step(
     # Fast path (every step): one sum per array within float32's range iff all its entries are (or finite values
     # added up beyond it; then the checks below find nothing). Terminal observations are checked before the rewards:
     # AIRL's rewards are computed from them.
-    fast = isinstance(new_obs, np.ndarray) and new_obs.dtype.kind == "f" and _fits_float32(new_obs.sum())
+    fast = isinstance(new_obs, np.ndarray) and new_obs.dtype.kind == "f" and _sum_fits(new_obs)
     step = f"num_timesteps={num_timesteps}"
     if not fast:
         check_finite_observation(new_obs, "observation", step)
@@ -120,7 +129,7 @@ def check_finite_step(
                 check_finite_observation(terminal, "terminal observation", step)
             except ValueError as error:  # report the env's own index, not 0 of the one-row batch
                 raise ValueError(str(error).replace("from env 0 ", f"from env {index} ", 1)) from None
-    if rewards is not None and not _fits_float32(rewards.sum()):
+    if rewards is not None and not _sum_fits(np.asarray(rewards)):
         found = _first_non_finite(rewards)
         if found is not None:
             _raise("reward", found[0], found[1], step)
@@ -149,6 +158,26 @@ def non_finite_statistics(vec_normalize: Any) -> str | None:
     return None
 
 
+def check_finite_normalization(vec_normalize: Any, step: str) -> None:
+    """
+    Raise a ValueError if a ``VecNormalize``'s running statistics are not finite: values too large for the running
+    variance (an observation of 1e200) make it inf, after which every normalised value reads 0 or NaN, finite to the
+    per-step checks.
+
+    :param vec_normalize: the training env's ``VecNormalize`` (None: nothing to check)
+    :param step: where it happened, for the message
+    :raises ValueError: naming the statistic
+    """
+    field = non_finite_statistics(vec_normalize) if vec_normalize is not None else None
+    if field is not None:
+        raise ValueError(
+            f"The VecNormalize statistics {field} are not finite (NaN or inf) at {step}: the env returned values too "
+            "large for their running variance (e.g. 1e200), and every normalised value would read 0 or NaN. Fix the "
+            "environment (or clip its values before VecNormalize). The model keeps its parameters from before this "
+            "rollout."
+        )
+
+
 class FiniteCheckCallback(BaseCallback):
     """
     Raises a ValueError at the first non-finite observation or reward of ``collect_rollouts`` (SB3's and
@@ -174,18 +203,11 @@ class FiniteCheckCallback(BaseCallback):
         """
         step = f"the end of the rollout, num_timesteps={self.num_timesteps}"
         keeps = "The model keeps its parameters from before this rollout."
-        vec_normalize = self.model.get_vec_normalize_env()
-        field = non_finite_statistics(vec_normalize) if vec_normalize is not None else None
-        if field is not None:
-            raise ValueError(
-                f"The VecNormalize statistics {field} are not finite (NaN or inf) at {step}: the env returned values "
-                "too large for their running variance (e.g. 1e200), and every normalised value would read 0 or NaN. "
-                f"Fix the environment (or clip its values before VecNormalize). {keeps}"
-            )
+        check_finite_normalization(self.model.get_vec_normalize_env(), step)
         buffer = getattr(self.model, "rollout_buffer", None)
         for name in ("returns", "advantages"):
             values = getattr(buffer, name, None)
-            if isinstance(values, np.ndarray) and not _fits_float32(values.sum()) and not np.isfinite(values).all():
+            if isinstance(values, np.ndarray) and not _sum_fits(values) and not np.isfinite(values).all():
                 raise ValueError(
                     f"Non-finite {name} at {step}: the rewards were finite, but their discounted sums overflowed "
                     "float32. Scale the rewards (VecNormalize(norm_reward=True), or a reward-scaling wrapper). "
