@@ -116,7 +116,6 @@ def check_finite_step(
         check_finite_observation(new_obs, "observation", step)
     if dones.any():
         infos = list(infos)
-        step = f"num_timesteps={num_timesteps}"
         for index in np.flatnonzero(dones):
             terminal = infos[index].get("terminal_observation")
             if terminal is None:
