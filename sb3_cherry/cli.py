@@ -470,7 +470,8 @@ def _eval_defaults(env_id: str) -> dict[str, Any]:
 
 
 class SafeStoreDict(argparse.Action):
-    """rl_zoo3's ``StoreDict`` (``key:value ...`` into a dict), with the values parsed as literals instead of evaluated."""
+    """rl_zoo3's ``StoreDict`` (``key:value ...`` into a dict), with the values parsed as literals instead of evaluated;
+    an option given twice adds its items to the first's (rl_zoo3's kept the last one only, silently)."""
 
     def __call__(
         self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string: str | None = None
@@ -482,7 +483,7 @@ class SafeStoreDict(argparse.Action):
                 parsed[key] = parse_literal_string(value, f"{option_string} {key}")
             except UnsafeConfigError as exc:
                 parser.error(f"{exc} (strings need quotes: {key}:\"'text'\")")
-        setattr(namespace, self.dest, parsed)
+        setattr(namespace, self.dest, {**(getattr(namespace, self.dest, None) or {}), **parsed})
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:

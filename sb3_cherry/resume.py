@@ -22,6 +22,7 @@ import io
 import os
 import pathlib
 import pickle
+import shutil
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -44,6 +45,7 @@ from sb3_cherry.common.checkpoint import (
     load_run_checkpoint,
     read_run_state,
 )
+from sb3_cherry.common.config_schema import validate_config
 from sb3_cherry.common.restricted_pickle import load_vec_normalize
 from sb3_cherry.common.safe_config import (
     check_imported_names,
@@ -339,11 +341,16 @@ class SafeExperimentManager(ExperimentManager):
     def read_hyperparameters(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """
         :return: rl_zoo3's hyperparameters, from a YAML config only (whatever option spelling named it: rl_zoo3 runs a
-            ``.py`` config as code and imports any other name as a module)
-        :raises ValueError: another config file
+            ``.py`` config as code and imports any other name as a module), checked with the overrides
+            (:func:`~sb3_cherry.common.config_schema.validate_config`)
+        :raises ValueError: another config file, or a hyperparameter the check refuses
         """
         check_yaml_config(self.config)
-        return super().read_hyperparameters()
+        hyperparams, saved = super().read_hyperparameters()
+        # the entry with the overrides rl_zoo3 parsed, whatever their spelling (--hyperparams=..., an abbreviation),
+        # checked as the command line's pre-check does, before the run folder exists
+        validate_config(self.config, self.algo, self.env_name.gym_id, dict(self.custom_hyperparams or {}))
+        return hyperparams, saved
 
     def create_callbacks(self) -> None:
         """
@@ -367,6 +374,23 @@ class SafeExperimentManager(ExperimentManager):
                 if saves:
                     callback.callback_on_new_best = saves[0] if len(saves) == 1 else CallbackList(saves)
                     callback.callback_on_new_best.parent = callback
+
+    def setup_experiment(self) -> tuple[BaseAlgorithm, dict[str, Any]] | None:
+        """
+        rl_zoo3's set-up (hyperparameters, run folder, callbacks, envs, model). If it fails after creating a new run
+        folder (the model refused an argument, a demonstrations file is missing), the folder, which holds no model
+        (only monitor files), is removed: the next ``evaluate`` without ``--exp-id`` would pick it and find nothing.
+
+        :return: the model and its hyperparameters (None for an optimisation run)
+        """
+        existed = os.path.exists(self.save_path)
+        try:
+            return super().setup_experiment()
+        except BaseException:
+            folder = pathlib.Path(self.save_path)
+            if not existed and folder.is_dir() and not any(folder.rglob("*.zip")):
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
 
     def save_trained_model(self, model: BaseAlgorithm) -> None:
         """

@@ -129,6 +129,64 @@ def test_missing_optional_dependency_is_one_line(monkeypatch, capsys):
             main(["train"])
 
 
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--hyperparams=n_steps:16.5"], "hyperparameter 'n_steps'=16.5 has the wrong type"),
+        (["--hyper", "n_steps:16.5"], "hyperparameter 'n_steps'=16.5 has the wrong type"),
+        (["--hyperparams=rollback_alfa:0.1"], "unknown hyperparameter 'rollback_alfa'"),
+        (["-params", "rollback_alpha:'abc'"], r"'rollback_alpha'='abc' has the wrong type \(expected float\)"),
+        (["-params", "target_kl:'1e-2'"], "YAML reads 1e-2 as a string: write the number with a dot"),
+        (["-params", "rollout_buffer_kwargs:3"], r"'rollout_buffer_kwargs'=3 has the wrong type \(expected dict\)"),
+    ],
+)
+def test_hyperparameters_checked_in_every_spelling_and_for_none_defaults(tmp_path, capsys, extra, message):
+    # --hyperparams=... and abbreviations skipped the command line's pre-check; arguments whose default is None
+    # (target_kl, rollback_alpha, rollout_buffer_kwargs) had no type check: a traceback, exit 1 and a run folder
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--algo", "ppo_rollback", "--env", "CartPole-v1", "-f", str(tmp_path / "logs"), "-n", "64", *extra])
+    assert info.value.code == 2 and not (tmp_path / "logs").exists()
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_repeated_params_are_merged(tmp_path, monkeypatch):
+    # rl_zoo3's StoreDict kept the last -params only (the first one's values silently dropped)
+    import functools
+
+    from sb3_cherry import PPORollback
+
+    built = []
+    original = PPORollback.__init__
+
+    @functools.wraps(original)  # (the config check reads the constructor's signature)
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        built.append(self)
+
+    monkeypatch.setattr(PPORollback, "__init__", spy)
+    main(["train", "--algo", "ppo_rollback", "--env", "CartPole-v1", "-f", str(tmp_path), "-n", "64", "--eval-freq", "-1",
+          "-params", "n_steps:16", "batch_size:16", "-params", "n_epochs:2"])  # fmt: skip
+    assert (built[0].n_steps, built[0].batch_size, built[0].n_epochs) == (16, 16, 2)
+
+
+@pytest.mark.parametrize("bad", ["gamma:1.5", "rollback_alpha:-3", "rho_bar:inf"])
+def test_a_model_refusing_its_arguments_leaves_no_run_folder(tmp_path, capsys, bad):
+    # values the model's constructor refuses (out of range) left a run folder with monitor files only, which the
+    # next `evaluate` without --exp-id picked ("No model found")
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--algo", "ppo_rollback", "--env", "CartPole-v1", "-f", str(tmp_path), "-n", "64", "-params", bad])
+    assert info.value.code == 2 and "error:" in capsys.readouterr().err
+    assert not list((tmp_path / "ppo_rollback").glob("CartPole-v1_*"))
+
+
+def test_an_entry_without_policy_is_refused(tmp_path, capsys):
+    conf = tmp_path / "c.yml"
+    conf.write_text("CartPole-v1:\n  n_timesteps: 64\n")
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--algo", "ppo_rollback", "--env", "CartPole-v1", "-c", str(conf), "-f", str(tmp_path / "logs")])
+    assert info.value.code == 2 and "missing 'policy'" in capsys.readouterr().err
+
+
 def test_check_writable(tmp_path):
     from sb3_cherry.cli import check_writable
 
@@ -241,7 +299,7 @@ def test_unknown_yaml_key_names_file_env_and_key(tmp_path, capsys):
     ],
 )
 def test_config_values_still_accepted(tmp_path, algo, entry):
-    validate_config(_write(tmp_path, entry), algo, "CartPole-v1")
+    validate_config(_write(tmp_path, {"policy": "MlpPolicy", **entry}), algo, "CartPole-v1")
 
 
 @pytest.mark.parametrize(

@@ -177,9 +177,9 @@ def test_schedule_survives_safe_save_and_load(tmp_path, value):
 def test_yaml_accepts_the_schedule_forms(tmp_path):
     path = tmp_path / "conf.yml"
     path.write_text(
-        "CartPole-v1:\n  n_timesteps: 1000\n  ent_coef: lin_0.01\n"
-        "Pendulum-v1:\n  n_timesteps: 1000\n  ent_coef: {start: 0.005, end: 0.0, end_fraction: 0.3}\n"
-        "Acrobot-v1:\n  n_timesteps: 1000\n  ent_coef: {start: 0.005, until: 0.3}\n"
+        "CartPole-v1:\n  n_timesteps: 1000\n  policy: MlpPolicy\n  ent_coef: lin_0.01\n"
+        "Pendulum-v1:\n  n_timesteps: 1000\n  policy: MlpPolicy\n  ent_coef: {start: 0.005, end: 0.0, end_fraction: 0.3}\n"
+        "Acrobot-v1:\n  n_timesteps: 1000\n  policy: MlpPolicy\n  ent_coef: {start: 0.005, until: 0.3}\n"
     )
     assert validate_config(path, "ppo_rollback", "CartPole-v1")["ent_coef"] == "lin_0.01"
     assert validate_config(path, "ppo_rollback", "Pendulum-v1")["ent_coef"]["end_fraction"] == 0.3

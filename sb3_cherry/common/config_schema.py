@@ -7,9 +7,11 @@ The algorithms a config may name are registered here by ``sb3_cherry/__init__.py
 that this module depends on no algorithm folder.
 """
 
+import collections.abc
 import inspect
 import math
 import pathlib
+import typing
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -108,7 +110,25 @@ def _is_linear_schedule(value: str) -> bool:
     return math.isfinite(number) and number > 0
 
 
+def _annotation_example(annotation: Any) -> Any:
+    """
+    For an argument whose default is None: a value of the plain type its annotation allows, to check a config's value
+    against as against a default (``float | None`` -> 0.0, also with a callable schedule: ``float | Schedule | None``;
+    ``int | None`` -> 0; ``bool | None`` -> False; ``dict[...] | None`` -> {}); None (no check) when it also allows
+    other kinds (classes, paths, sequences) or has no annotation.
+    """
+    options = [option for option in (typing.get_args(annotation) or (annotation,)) if option is not type(None)]
+    kinds = {typing.get_origin(option) or option for option in options}
+    kinds.discard(collections.abc.Callable)  # a schedule: not a config value (lin_<value> strings are, checked below)
+    for plain, example in (({float}, 0.0), ({float, int}, 0.0), ({int}, 0), ({bool}, False), ({dict}, {})):
+        if kinds == plain:
+            return example
+    return None
+
+
 def _type_ok(value: Any, default: Any, key: str, schedules: bool, whole_floats: Collection[str] = ()) -> bool:
+    if isinstance(default, dict):
+        return isinstance(value, dict)
     if isinstance(default, bool):
         return isinstance(value, bool)
     if isinstance(default, int):
@@ -124,6 +144,16 @@ def _type_ok(value: Any, default: Any, key: str, schedules: bool, whole_floats: 
     if isinstance(default, str):
         return isinstance(value, str)
     return True
+
+
+def _reads_as_number(text: str) -> bool:
+    """Whether ``text`` is a number in exponent notation, which YAML 1.1 leaves a string without both a dot and an
+    exponent sign (``1e-2``, ``3E5``, ``1.0e5``)."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return "e" in text.lower() and not any(word in text.lower() for word in ("inf", "nan"))
 
 
 def check_constructor_kwargs(
@@ -165,12 +195,17 @@ def check_constructor_kwargs(
                 raise ValueError(f"{where}: {exc}") from exc
             continue
         default = parameters[key].default if key in parameters else None
+        # e.g. target_kl: float | None (policy_kwargs, a mapping or a dict(...) string, is checked on its own)
+        if default is None and key in parameters and value is not None and key != "policy_kwargs":
+            default = _annotation_example(parameters[key].annotation)
         if (
             default is not None
             and default is not inspect.Parameter.empty
             and not _type_ok(value, default, key, schedules, whole_floats)
         ):
             expected = type(default).__name__
+            if isinstance(value, str) and _reads_as_number(value):
+                expected += f"; YAML reads {value} as a string: write the number with a dot and a signed exponent (1.0e-2)"
             if schedules and key in SCHEDULE_KEYS:
                 expected += " or lin_<value> with a positive value"
             elif key in SCHEDULE_KEYS:
@@ -206,7 +241,9 @@ def _check_zoo_keys(entry: Mapping[str, Any], aliases: Mapping[str, Any], where:
             value = parse_literal_string(value, f"{where} {key}")
         if value is not None and not isinstance(value, dict):
             raise ValueError(f"{where}: {key}={entry[key]!r} must be a mapping (or a dict(...) string).")
-    policy = entry.get("policy", "MlpPolicy")
+    if "policy" not in entry:  # rl_zoo3 reads it without a default
+        raise ValueError(f"{where}: missing 'policy' (e.g. policy: 'MlpPolicy').")
+    policy = entry["policy"]
     if not isinstance(policy, str) or not policy:
         raise ValueError(f"{where}: policy={policy!r} must be a policy name such as 'MlpPolicy'.")
     if "." not in policy and aliases and policy not in aliases:
