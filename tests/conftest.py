@@ -41,6 +41,17 @@ def _gae_by_hand(
 
 
 @pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test (tiny networks: extra threads only add contention on a shared machine)."""
+    import torch as th
+
+    n_threads = th.get_num_threads()
+    th.set_num_threads(1)
+    yield
+    th.set_num_threads(n_threads)
+
+
+@pytest.fixture
 def raw_step_recorder() -> RawStepRecorder:
     """A fresh :class:`RawStepRecorder` callback."""
     return RawStepRecorder()

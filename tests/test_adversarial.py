@@ -43,13 +43,7 @@ SMALL = dict(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # Tiny networks: extra threads only add contention on a shared machine
-    n_threads = th.get_num_threads()
-    th.set_num_threads(1)
-    yield
-    th.set_num_threads(n_threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class ScriptedModel:

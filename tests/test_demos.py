@@ -9,7 +9,6 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
@@ -17,14 +16,7 @@ import sb3_cherry.demos as demos
 from sb3_cherry.common.spaces import flat_action_dim, flatten_action
 from sb3_cherry.demos import demos_to_transitions, load_demo_spaces, load_demos, record_demos, save_demos
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # Tiny networks: extra threads only add contention on a shared machine
-    n_threads = th.get_num_threads()
-    th.set_num_threads(1)
-    yield
-    th.set_num_threads(n_threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class LineEnv(gym.Env):

@@ -21,13 +21,7 @@ from sb3_cherry.bco import BCO
 from sb3_cherry.common.finite import check_finite_observation, check_finite_step
 from sb3_cherry.demos import record_demos
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    n_threads = th.get_num_threads()
-    th.set_num_threads(1)
-    yield
-    th.set_num_threads(n_threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class InjectEnv(gym.Env):

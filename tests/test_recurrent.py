@@ -62,13 +62,7 @@ class TupleEnv(gym.Env):
         return self.np_random.uniform(-1, 1, 2).astype(np.float32), reward, self.t >= 7, False, {}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # tiny networks: one thread is faster, and kinder to a shared machine
-    n_threads = th.get_num_threads()
-    th.set_num_threads(1)
-    yield
-    th.set_num_threads(n_threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _params(model) -> np.ndarray:

@@ -45,13 +45,7 @@ TUPLE = spaces.Tuple(
 TUPLE_DISTRIBUTIONS = ("categorical", "bernoulli", "normal", "multi_categorical")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # tiny networks: one thread is faster, and kinder to a shared machine
-    n_threads = th.get_num_threads()
-    th.set_num_threads(1)
-    yield
-    th.set_num_threads(n_threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ------------------------------------------------------------------------------------------------------- helpers
