@@ -52,6 +52,7 @@ from sb3_cherry.common.safe_config import (
     check_yaml_config,
     parse_literal_string,
     parse_policy_kwargs,
+    resolve_rollout_buffer_class,
     safe_load_yaml,
 )
 from sb3_cherry.common.save_util import atomic_write
@@ -431,7 +432,9 @@ class SafeExperimentManager(ExperimentManager):
         """
         rl_zoo3's preprocessing, with the strings it would ``eval`` (``normalize``, ``policy_kwargs``,
         ``monitor_kwargs``, ``replay_buffer_*``) and an ``env_kwargs`` ``dict(...)`` string (which it would pass on as
-        the string) parsed as data first (:func:`~sb3_cherry.common.safe_config.parse_literal_string`).
+        the string) parsed as data first (:func:`~sb3_cherry.common.safe_config.parse_literal_string`), and a
+        ``rollout_buffer_class`` name (which it would pass on as the string) imported
+        (:func:`~sb3_cherry.common.safe_config.resolve_rollout_buffer_class`, after the config's checks).
 
         :param hyperparams: the entry
         :return: rl_zoo3's ``(hyperparams, env_wrapper, callbacks, vec_env_wrapper)``
@@ -440,7 +443,7 @@ class SafeExperimentManager(ExperimentManager):
         for key in ("env_kwargs", *_STRING_KEYS):  # the strings rl_zoo3 would eval (normalize, policy_kwargs, ...)
             if isinstance(hyperparams.get(key), str):
                 hyperparams[key] = parse_literal_string(hyperparams[key], key)
-        return super()._preprocess_hyperparams(hyperparams)
+        return super()._preprocess_hyperparams(resolve_rollout_buffer_class(hyperparams))
 
     def load_trial(self, storage: str, study_name: str, trial_id: int | None = None, convert: bool = True) -> dict[str, Any]:
         """

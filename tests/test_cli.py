@@ -324,11 +324,45 @@ def test_config_values_still_accepted(tmp_path, algo, entry):
         ({"n_timesteps": 1000, "collection": "asyn"}, "'collection'='asyn' is not one of ['sync', 'async']"),
         ({"n_timesteps": 1000, "trust_region": "KL"}, "'trust_region'='KL' is not one of ['ratio', 'kl']"),
         ({"n_timesteps": 1000, "rollback": "klr"}, "'rollback'='klr' is not one of ['ratio', 'kl']"),
+        # a rollout buffer class is named by its dotted name, and must be one
+        (
+            {"n_timesteps": 1000, "policy": "MlpPolicy", "rollout_buffer_class": "CherryRolloutBuffer"},
+            "must be the dotted name",
+        ),
+        (
+            {"n_timesteps": 1000, "policy": "MlpPolicy", "rollout_buffer_class": "os.system"},
+            "'os.system' is not a RolloutBuffer subclass",
+        ),
+        (
+            {"n_timesteps": 1000, "policy": "MlpPolicy", "rollout_buffer_class": "sb3_cherry.common.buffers.Nope"},
+            "cannot be imported",
+        ),
     ],
 )
 def test_bad_config_values(tmp_path, entry, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         validate_config(_write(tmp_path, entry), "ppo_rollback", "CartPole-v1")
+
+
+@pytest.mark.parametrize("in_yaml", [True, False])
+@pytest.mark.parametrize(
+    "name", ["stable_baselines3.common.buffers.RolloutBuffer", "sb3_cherry.common.buffers.CherryRolloutBuffer"]
+)
+def test_rollout_buffer_class_named_in_yaml_is_used(tmp_path, monkeypatch, name, in_yaml):
+    # rl_zoo3 passed the string on to the algorithm, which failed in issubclass() after the run folder was made
+    import importlib
+
+    from sb3_cherry import PPORollback
+
+    module, _, attribute = name.rpartition(".")
+    models = []
+    monkeypatch.setattr(PPORollback, "learn", lambda self, *args, **kwargs: models.append(self) or self)
+    monkeypatch.chdir(tmp_path)
+    entry = {"n_timesteps": 64, "policy": "MlpPolicy", "n_steps": 32, "n_envs": 2}
+    path = _write(tmp_path, {**entry, "rollout_buffer_class": name} if in_yaml else entry)
+    extra = [] if in_yaml else ["--hyperparams", f"rollout_buffer_class:'{name}'"]
+    main(["train", "--algo", "ppo_rollback", "--env", "CartPole-v1", "-c", str(path), *extra])
+    assert type(models[0].rollout_buffer) is getattr(importlib.import_module(module), attribute)
 
 
 def test_shipped_configs_validate():

@@ -281,6 +281,16 @@ def test_dotted_policy_outside_trusted_packages_is_refused(policy):
         check_imported_names({"policy": fine}, "config.yml")
 
 
+def test_run_folder_rollout_buffer_class_from_trusted_packages_only():
+    from sb3_cherry.common.safe_config import check_imported_names
+
+    with pytest.raises(UnsafeConfigError, match=r"rollout_buffer_class 'evil\.Buffer' is not a class of"):
+        check_imported_names({"rollout_buffer_class": "evil.Buffer"}, "config.yml")
+    with pytest.raises(UnsafeConfigError, match="not a RolloutBuffer subclass"):
+        check_imported_names({"rollout_buffer_class": "sb3_cherry.common.buffers.ReturnsEstimatorMixin"}, "config.yml")
+    check_imported_names({"rollout_buffer_class": "sb3_cherry.common.buffers.CherryRolloutBuffer"}, "config.yml")
+
+
 # ------------------------------------------------------------------------------- a security review's findings
 def _payload(marker: pathlib.Path) -> str:
     return f"__import__('os').system('touch {marker}')"

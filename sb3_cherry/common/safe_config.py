@@ -346,13 +346,23 @@ TRUSTED_WRAPPER_PACKAGES = ("gymnasium", "stable_baselines3", "sb3_contrib", "rl
 
 
 def _imported_base(key: str) -> type:
-    """The class a config's ``key`` (``env_wrapper``, ``vec_env_wrapper``, ``callback``, ``policy``) must subclass."""
+    """
+    The class a config's ``key`` (``env_wrapper``, ``vec_env_wrapper``, ``callback``, ``policy``,
+    ``rollout_buffer_class``) must subclass.
+    """
     import gymnasium as gym
+    from stable_baselines3.common.buffers import RolloutBuffer
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.policies import BasePolicy
     from stable_baselines3.common.vec_env import VecEnvWrapper
 
-    return {"env_wrapper": gym.Wrapper, "vec_env_wrapper": VecEnvWrapper, "callback": BaseCallback, "policy": BasePolicy}[key]
+    return {
+        "env_wrapper": gym.Wrapper,
+        "vec_env_wrapper": VecEnvWrapper,
+        "callback": BaseCallback,
+        "policy": BasePolicy,
+        "rollout_buffer_class": RolloutBuffer,
+    }[key]
 
 
 #: Modules of the trusted packages whose classes a run folder may name although not imported yet: libraries of
@@ -400,7 +410,7 @@ def _check_class(name: str, key: str, where: str, trusted_only: bool = False) ->
     base = _imported_base(key)
     if not (isinstance(value, type) and issubclass(value, base)):
         raise UnsafeConfigError(
-            f"{where}: {key} {name!r} is not a {base.__name__} subclass; rl_zoo3 would call it with the config's "
+            f"{where}: {key} {name!r} is not a {base.__name__} subclass; it would be called with the config's "
             "arguments. Name a class."
         )
 
@@ -408,10 +418,11 @@ def _check_class(name: str, key: str, where: str, trusted_only: bool = False) ->
 def check_imported_names(hyperparams: Mapping[str, Any], where: str, trusted_only: bool = True) -> None:
     """
     rl_zoo3 imports the classes a config names as ``env_wrapper``, ``vec_env_wrapper`` and ``callback`` and calls them
-    with keyword arguments from the config, and imports a dotted ``policy`` name. Each name must be a class of the
-    right kind (a ``gymnasium.Wrapper``, a ``VecEnvWrapper``, a ``BaseCallback``, a ``BasePolicy`` subclass: a
-    function such as ``os.system`` is refused), and with ``trusted_only`` (a run folder you did not write) from
-    :data:`TRUSTED_WRAPPER_PACKAGES` (a policy alias such as ``MlpPolicy`` imports nothing).
+    with keyword arguments from the config, and imports a dotted ``policy`` name; sb3-cherry imports a
+    ``rollout_buffer_class`` name (:func:`resolve_rollout_buffer_class`). Each name must be a class of the right kind
+    (a ``gymnasium.Wrapper``, a ``VecEnvWrapper``, a ``BaseCallback``, a ``BasePolicy``, a ``RolloutBuffer``
+    subclass: a function such as ``os.system`` is refused), and with ``trusted_only`` (a run folder you did not write)
+    from :data:`TRUSTED_WRAPPER_PACKAGES` (a policy alias such as ``MlpPolicy`` imports nothing).
 
     :param hyperparams: the run's hyperparameters
     :param where: the file, for the error message
@@ -449,6 +460,36 @@ def check_imported_names(hyperparams: Mapping[str, Any], where: str, trusted_onl
                 "otherwise train with a policy alias (MlpPolicy, CnnPolicy, MultiInputPolicy)."
             )
         _check_class(policy, "policy", where, trusted_only)
+    buffer = hyperparams.get("rollout_buffer_class")
+    if buffer is not None and not isinstance(buffer, type):
+        if not isinstance(buffer, str) or "." not in buffer:
+            raise UnsafeConfigError(
+                f"{where}: rollout_buffer_class {buffer!r} must be the dotted name of a RolloutBuffer subclass, e.g. "
+                "sb3_cherry.common.buffers.CherryRolloutBuffer (or left out: the algorithm's own buffer)."
+            )
+        if trusted_only and buffer.split(".")[0] not in TRUSTED_WRAPPER_PACKAGES:
+            raise UnsafeConfigError(
+                f"{where}: rollout_buffer_class {buffer!r} is not a class of {list(TRUSTED_WRAPPER_PACKAGES)}; "
+                "importing its module could run code. Remove it, or train from Python with your class if you trust it."
+            )
+        _check_class(buffer, "rollout_buffer_class", where, trusted_only)
+
+
+def resolve_rollout_buffer_class(hyperparams: dict[str, Any]) -> dict[str, Any]:
+    """
+    The config with a ``rollout_buffer_class`` string (a dotted class name, checked by
+    :func:`check_imported_names`) replaced by the class, which the algorithms need (rl_zoo3 passes the string on).
+
+    :param hyperparams: the config entry
+    :return: a copy with the class, or ``hyperparams`` itself when there is no string to resolve
+    """
+    name = hyperparams.get("rollout_buffer_class")
+    if not isinstance(name, str):
+        return hyperparams
+    import importlib
+
+    module_name, _, attribute = name.rpartition(".")
+    return {**hyperparams, "rollout_buffer_class": getattr(importlib.import_module(module_name), attribute)}
 
 
 def saved_hyperparams(
