@@ -326,6 +326,8 @@ def test_kl_in_the_update_matches_an_independent_recomputation(monkeypatch, use_
     assert calls[-1][2].max() > 0  # the policy moved
     for key in ("train/kl_mean", "train/kl_max", "train/trust_region_fraction"):
         assert key in model.logger.name_to_value
+    # PPO-RB's ratio rule is not what rolls back here: its fraction would be an unrelated number
+    assert "train/rollback_fraction" not in model.logger.name_to_value
     # the logged statistics are those of the last epoch (each sample once)
     last = th.cat([c[2] for c in calls[-4:]])
     assert model.logger.name_to_value["train/kl_mean"] == pytest.approx(last.mean().item(), rel=1e-6)
@@ -377,6 +379,8 @@ def test_ratio_trust_region_is_unchanged_and_args_are_checked():
         (dict(trust_region="kl", kl_threshold=0.0), "kl_threshold"),
         (dict(trust_region="kl", kl_threshold=float("inf")), "kl_threshold must be a finite number"),
         (dict(trust_region="kl", kl_threshold=float("nan")), "kl_threshold must be a finite number"),
+        # Truly PPO without its KL weight is r*A everywhere: no trust region at all (was accepted silently)
+        (dict(trust_region="kl", rollback="kl", rollback_alpha=0.0), "has no trust region at all"),
     ]:
         with pytest.raises(ValueError, match=match):
             PPORollback("MlpPolicy", "CartPole-v1", **kwargs)
@@ -391,10 +395,11 @@ def test_rollback_alpha_defaults_to_the_authors_value_of_each_method(cls, policy
     for (trust_region, rollback), alpha in expected.items():
         model = cls(policy, "CartPole-v1", trust_region=trust_region, rollback=rollback, _init_setup_model=False)
         assert model.rollback_alpha == alpha
-        model = cls(
-            policy, "CartPole-v1", trust_region=trust_region, rollback=rollback, rollback_alpha=0, _init_setup_model=False
-        )
-        assert model.rollback_alpha == 0.0  # TR-PPO / plain PPO stay reachable
+        if rollback == "ratio":
+            model = cls(
+                policy, "CartPole-v1", trust_region=trust_region, rollback=rollback, rollback_alpha=0, _init_setup_model=False
+            )
+            assert model.rollback_alpha == 0.0  # TR-PPO / plain PPO stay reachable
 
 
 def test_save_load_keeps_the_trust_region(tmp_path):
@@ -435,6 +440,16 @@ def test_yaml_cli_and_optuna(tmp_path):
     converted = convert_ppo_rollback_params(fixed)
     assert converted["rollback_alpha"] == 5.0 and "kl_rollback_alpha" not in converted
     PPORollback("MlpPolicy", "CartPole-v1", **{k: v for k, v in sampled.items() if k != "policy_kwargs"})
+    # a trial of the ratio's trust region, merged over this Truly PPO entry as rl_zoo3 merges it, builds (the entry's
+    # rollback="kl" stayed and the model refused it: the whole study stopped at its first such trial)
+    fixed = {**fixed, "trust_region": "ratio"}
+    for sampled in sample_ppo_rollback_params(optuna.trial.FixedTrial(fixed), 1, 1, {}), convert_ppo_rollback_params(
+        {k: v for k, v in fixed.items() if k not in ("rollback", "kl_threshold", "kl_rollback_alpha")}
+    ):
+        kwargs = {**entry, **sampled}
+        assert (kwargs["trust_region"], kwargs["rollback"], kwargs["rollback_alpha"]) == ("ratio", "ratio", 0.3)
+        del kwargs["n_timesteps"], kwargs["policy"], kwargs["policy_kwargs"]
+        PPORollback("MlpPolicy", "CartPole-v1", **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

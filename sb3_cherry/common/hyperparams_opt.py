@@ -17,7 +17,8 @@ def sample_ppo_rollback_params(trial: optuna.Trial, n_actions: int, n_envs: int,
 
     With ``trust_region="kl"`` and ``rollback="kl"`` the rollback weight is sampled as ``kl_rollback_alpha`` (the
     KL penalty's scale, around the authors' 5, differs from a ratio slope); :func:`convert_ppo_rollback_params` maps
-    it back to ``rollback_alpha``.
+    it back to ``rollback_alpha``. Every trial sets ``rollback``: rl_zoo3 merges the sampled values over the config
+    entry, whose ``rollback="kl"`` would otherwise meet a sampled ``trust_region="ratio"``.
 
     :param trial: the optuna trial
     :param n_actions: number of actions (unused, rl_zoo3's sampler signature)
@@ -33,6 +34,8 @@ def sample_ppo_rollback_params(trial: optuna.Trial, n_actions: int, n_envs: int,
         hyperparams["rollback"] = trial.suggest_categorical("rollback", ["ratio", "kl"])
         if hyperparams["rollback"] == "kl":
             hyperparams["rollback_alpha"] = trial.suggest_categorical("kl_rollback_alpha", [1.0, 2.0, 5.0, 10.0])
+    else:  # a trial of the ratio's trust region overrides a config entry's rollback="kl" (which needs "kl")
+        hyperparams["rollback"] = "ratio"
     hyperparams["returns_estimator"] = trial.suggest_categorical("returns_estimator", ["gae", "vtrace", "n_step"])
     if hyperparams["returns_estimator"] == "n_step":
         hyperparams["n_step"] = trial.suggest_categorical("n_step", [3, 5, 10, 20])
@@ -48,6 +51,8 @@ def convert_ppo_rollback_params(sampled_params: dict[str, Any]) -> dict[str, Any
     :return: hyperparameters for :class:`sb3_cherry.PPORollback`
     """
     sampled_params = dict(sampled_params)
+    if sampled_params.get("trust_region") == "ratio":  # as the sampler: not the config entry's rollback
+        sampled_params.setdefault("rollback", "ratio")
     if "kl_rollback_alpha" in sampled_params:
         sampled_params["rollback_alpha"] = sampled_params.pop("kl_rollback_alpha")
     return hyperparams_opt.convert_onpolicy_params(sampled_params)

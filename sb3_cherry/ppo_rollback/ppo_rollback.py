@@ -110,6 +110,28 @@ def _logged_fractions(samples: list[tuple[th.Tensor, th.Tensor, th.Tensor | None
     return clipped.item(), rolled_back.item()
 
 
+def _record_fractions(
+    logger: Any,
+    samples: list[tuple[th.Tensor, th.Tensor, th.Tensor | None]],
+    clip_range: float,
+    trust: TrustRegionUpdate | None,
+) -> None:
+    """
+    Record ``train/clip_fraction`` and, for PPO's ratio trust region, ``train/rollback_fraction``; with the KL trust
+    region the samples rolled back are those of its trigger (``train/trust_region_fraction``, with the KL statistics).
+
+    :param logger: the algorithm's logger
+    :param samples: ``(ratio, advantages, mask)`` of each minibatch
+    :param clip_range: ``eps``
+    :param trust: the update's :class:`TrustRegionUpdate` (None: PPO's ratio trust region)
+    """
+    clip_fraction, rollback_fraction = _logged_fractions(samples, clip_range)
+    logger.record("train/clip_fraction", clip_fraction)
+    if trust is None:
+        logger.record("train/rollback_fraction", rollback_fraction)
+    TrustRegionUpdate.log(trust, logger)
+
+
 def _normalized_advantages(advantages: th.Tensor, mask: th.Tensor | None) -> th.Tensor:
     """Advantages standardised over the minibatch (over its real samples when ``mask`` is given)."""
     if mask is not None:
@@ -265,14 +287,11 @@ def rollback_train(
     explained_var = explained_variance(model.rollout_buffer.values.flatten(), model.rollout_buffer.returns.flatten())
 
     # Logs
-    clip_fraction, rollback_fraction = _logged_fractions(logged_samples, clip_range)
     model.logger.record("train/entropy_loss", mean_of(entropy_losses))
     model.logger.record("train/policy_gradient_loss", mean_of(pg_losses))
     model.logger.record("train/value_loss", mean_of(value_losses))
     model.logger.record("train/approx_kl", mean_of(approx_kl_divs))
-    model.logger.record("train/clip_fraction", clip_fraction)
-    model.logger.record("train/rollback_fraction", rollback_fraction)
-    TrustRegionUpdate.log(trust, model.logger)
+    _record_fractions(model.logger, logged_samples, clip_range, trust)
     model.logger.record("train/loss", loss.item())
     model.logger.record("train/explained_variance", explained_var)
     if hasattr(model.policy, "log_std"):

@@ -70,8 +70,16 @@ def resolve_rollback_alpha(rollback_alpha: float | None, trust_region: str, roll
         return DEFAULT_ROLLBACK_ALPHA[(trust_region, rollback)]
     if not (math.isfinite(rollback_alpha) and rollback_alpha >= 0):
         raise ValueError(
-            f"rollback_alpha must be a finite number >= 0 (0 gives plain clipped PPO, or TR-PPO with trust_region='kl'; "
-            f"None takes the Truly PPO authors' value for the method: {DEFAULT_ROLLBACK_ALPHA}), got {rollback_alpha}."
+            f"rollback_alpha must be a finite number >= 0 (0 gives plain clipped PPO, or TR-PPO with trust_region='kl' "
+            f"and rollback='ratio'; None takes the Truly PPO authors' value for the method: {DEFAULT_ROLLBACK_ALPHA}), "
+            f"got {rollback_alpha}."
+        )
+    if rollback == "kl" and rollback_alpha == 0:
+        raise ValueError(
+            "rollback='kl' with rollback_alpha=0 has no trust region at all (Truly PPO's objective r*A - alpha*KL is "
+            "then r*A on every sample, unbounded over the epochs). For TR-PPO (no gradient outside the KL region) use "
+            f"rollback='ratio' with rollback_alpha=0; for Truly PPO a KL weight > 0 (the authors': "
+            f"{DEFAULT_ROLLBACK_ALPHA[('kl', 'kl')]})."
         )
     return float(rollback_alpha)
 
