@@ -385,10 +385,41 @@ def cmd_enjoy(argv: list[str]) -> None:
     if not given("--algo"):
         argv = ["--algo", "ppo_rollback", *argv]
     try:
-        with rl_zoo3_reads_safely():  # the run's config.yml / args.yml as data, not rl_zoo3's yaml.UnsafeLoader
+        # the run's config.yml / args.yml as data, not rl_zoo3's yaml.UnsafeLoader; a best model / checkpoint with the
+        # VecNormalize statistics saved with it, as evaluate / video / record (rl_zoo3 loads the end-of-training ones)
+        with rl_zoo3_reads_safely(), _enjoy_with_model_statistics():
             _run_rl_zoo3(enjoy, "sb3-cherry enjoy", argv)
     except AssertionError as exc:  # rl_zoo3 asserts that the run folder exists
         raise FileNotFoundError(f"{exc}. Train first (sb3-cherry train ...) or pass -f FOLDER / --exp-id.") from exc
+
+
+@contextlib.contextmanager
+def _enjoy_with_model_statistics() -> Iterator[None]:
+    """
+    Within the block, rl_zoo3's ``enjoy`` puts the ``VecNormalize`` statistics saved with a best model or checkpoint
+    (``--load-best``, ``--load-checkpoint``, ``--load-last-checkpoint``) into its env (:func:`_use_model_statistics`).
+    """
+    import rl_zoo3.enjoy
+
+    saved = rl_zoo3.enjoy.get_model_path, rl_zoo3.enjoy.create_test_env
+    found: dict[str, pathlib.Path] = {}
+
+    def get_model_path(*args: Any, **kwargs: Any) -> Any:
+        result = saved[0](*args, **kwargs)
+        found["model"], found["log"] = pathlib.Path(result[1]), pathlib.Path(result[2])
+        return result
+
+    def create_test_env(*args: Any, **kwargs: Any) -> Any:
+        env = saved[1](*args, **kwargs)
+        if found:
+            _use_model_statistics(env, found["model"], found["log"], normalized=kwargs.get("stats_path") is not None)
+        return env
+
+    rl_zoo3.enjoy.get_model_path, rl_zoo3.enjoy.create_test_env = get_model_path, create_test_env
+    try:
+        yield
+    finally:
+        rl_zoo3.enjoy.get_model_path, rl_zoo3.enjoy.create_test_env = saved
 
 
 def evaluate_model(
@@ -851,7 +882,26 @@ def check_writable(path: str | pathlib.Path) -> None:
         raise ValueError(f"cannot write {path}: the file is write-protected (chmod u+w, or give another name).")
     if target.exists() and not target.is_file():  # a pipe or a device (/dev/stdout): written in place
         return
-    folder = target.parent
+    _check_folder_writable(target.parent, path)
+
+
+def check_writable_folder(path: str | pathlib.Path, option: str) -> None:
+    """
+    Refuse, before any work, an output folder that cannot be written into: a file, a path through a file, a folder
+    without write permission (the missing folders are created when it is written).
+
+    :param path: the folder to write into
+    :param option: the command line option that gave it, for the message
+    :raises ValueError: naming the problem
+    """
+    target = pathlib.Path(os.path.realpath(path))
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"{option} {path} is a file; give a folder (the files are written into it).")
+    _check_folder_writable(target, path)
+
+
+def _check_folder_writable(folder: pathlib.Path, path: str | pathlib.Path) -> None:
+    """The nearest existing folder on the way to ``folder`` (where ``path`` goes) is a folder we may write in."""
     while not folder.exists() and not folder.is_symlink():
         folder = folder.parent
     if not folder.is_dir():
@@ -953,12 +1003,12 @@ class GifVideoRecorder(VecVideoRecorder):
         gif_width: int = 320,
         gif_max_fps: float = 25.0,
     ):
-        super().__init__(venv, video_folder, record_video_trigger, video_length, name_prefix)
-        if gif_width < 1 or not 0 < gif_max_fps <= 50:
+        if gif and (gif_width < 1 or not 0 < gif_max_fps <= 50):
             raise ValueError(
                 f"gif_width={gif_width} must be >= 1 and gif_max_fps={gif_max_fps} in (0, 50] (a GIF frame lasts at "
                 "least 20 ms: browsers show shorter frames for 100 ms)."
             )
+        super().__init__(venv, video_folder, record_video_trigger, video_length, name_prefix)
         self.gif, self.gif_width, self.gif_max_fps = gif, gif_width, gif_max_fps
         self.written: list[str] = []
         # one recorded frame per agent step: with a frame-skipping wrapper (FrameSkip, MaxAndSkipEnv) each spans
@@ -1013,18 +1063,25 @@ def cmd_video(argv: list[str]) -> list[str]:
     parser.add_argument("-o", "--output-folder", help="output folder (default: the run folder's videos/)")
     parser.add_argument("--gif", action="store_true", help="also write an animated GIF")
     parser.add_argument("--gif-width", type=int, default=320, help="maximal GIF width in pixels (default: %(default)s)")
-    parser.add_argument("--gif-fps", type=float, default=25.0, help="maximal GIF frame rate (default: %(default)s)")
+    parser.add_argument(
+        "--gif-fps",
+        type=float,
+        default=25.0,
+        help="maximal GIF frame rate, at most 50: a GIF frame lasts at least 20 ms (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     for flag, value in (("-n/--n-timesteps", args.n_timesteps), ("--gif-width", args.gif_width)):
         if value < 1:
             raise ValueError(f"{flag} must be at least 1, got {value}.")
-    if not (math.isfinite(args.gif_fps) and args.gif_fps > 0):
-        raise ValueError(f"--gif-fps must be a positive number, got {args.gif_fps}.")
+    if args.gif and not 0 < args.gif_fps <= 50:  # (False for NaN)
+        raise ValueError(f"--gif-fps must be in (0, 50] (a GIF frame lasts at least 20 ms), got {args.gif_fps}.")
     prefix, _, exp_dir = _model_path(args)
+    output_folder = args.output_folder or str(exp_dir / "videos")
+    check_writable_folder(output_folder, "-o/--output-folder")
     model, env = _load_for_eval(args, render_mode="rgb_array")
     recorder = GifVideoRecorder(
         env,
-        args.output_folder or str(exp_dir / "videos"),
+        output_folder,
         record_video_trigger=lambda step: step == 0,
         video_length=args.n_timesteps,
         name_prefix=prefix,

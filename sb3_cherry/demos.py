@@ -31,8 +31,11 @@ key                  shape, dtype                     content
                                                       was cut by a time limit (truncation)
 ===================  ===============================  =========================================================
 
-Observations and rewards are the environment's own: when recording through a ``VecNormalize``, the unnormalised values
-are stored (``get_original_obs`` / ``get_original_reward``), at the ``VecNormalize`` level (below a ``VecFrameStack``).
+Observations are those the policy sees and rewards the environment's own, unnormalised: when recording through a
+``VecNormalize``, its unnormalised values (``get_original_obs`` / ``get_original_reward``) are stored, stacked and
+transposed as the ``VecFrameStack`` / ``VecTransposeImage`` above it (rl_zoo3's ``frame_stack`` with ``normalize``, SB3's
+image transposition) do to the normalised ones (:class:`WrappersAboveNormalization`): a recording holds the same
+observations with and without normalisation.
 """
 
 import contextlib
@@ -47,8 +50,17 @@ from typing import Any, cast
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper, VecNormalize, unwrap_vec_normalize
+from stable_baselines3.common.vec_env import (
+    DummyVecEnv,
+    VecEnv,
+    VecEnvWrapper,
+    VecFrameStack,
+    VecNormalize,
+    VecTransposeImage,
+    unwrap_vec_normalize,
+)
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
+from stable_baselines3.common.vec_env.stacked_observations import StackedObservations
 
 from sb3_cherry.common.restricted_pickle import MAX_ITEMSIZE, MAX_SPACE_ELEMENTS, check_discrete_sizes, check_space_size
 from sb3_cherry.common.safe_npz import open_npz, read_npz_entry
@@ -460,6 +472,90 @@ class RawTerminalObservations(VecEnvWrapper):
         return obs, rewards, dones, infos
 
 
+class WrappersAboveNormalization:
+    """
+    Does to a VecNormalize's unnormalised observations what the wrappers above it do to its normalised ones: a
+    ``VecFrameStack`` stacks them (in its own :class:`~stable_baselines3.common.vec_env.stacked_observations.
+    StackedObservations`), a ``VecTransposeImage`` transposes them, a wrapper that keeps the observation space passes
+    them on.
+
+    :param top: the VecEnv recorded from
+    :param vec_normalize: the VecNormalize in it
+    :raises ValueError: a wrapper above the VecNormalize that changes the observation space in another way
+    """
+
+    def __init__(self, top: VecEnv, vec_normalize: VecNormalize):
+        chain: list[VecEnvWrapper] = []
+        env: VecEnv = top
+        while env is not vec_normalize:
+            assert isinstance(env, VecEnvWrapper)
+            chain.append(env)
+            env = env.venv
+        self.steps: list[StackedObservations | VecTransposeImage] = []
+        # the unnormalised observations' space (VecNormalize makes normalised images float32 in [-clip_obs, clip_obs])
+        space = cast(spaces.Box | spaces.Dict, vec_normalize.venv.observation_space)
+        for wrapper in reversed(chain):  # from the VecNormalize up
+            if isinstance(wrapper, VecFrameStack):
+                stacked = wrapper.stacked_obs
+                order: str | dict[str, str] = (
+                    {key: "first" if sub.channels_first else "last" for key, sub in stacked.sub_stacked_observations.items()}
+                    if isinstance(space, spaces.Dict)
+                    else "first" if stacked.channels_first else "last"
+                )
+                self.steps.append(StackedObservations(wrapper.num_envs, stacked.n_stack, space, order))
+                space = self.steps[-1].stacked_observation_space  # type: ignore[union-attr]
+            elif isinstance(wrapper, VecTransposeImage):
+                self.steps.append(wrapper)
+                if isinstance(space, spaces.Dict) and not wrapper.skip:
+                    keys = wrapper.image_space_keys
+                    space = spaces.Dict(
+                        {k: wrapper.transpose_space(cast(spaces.Box, v), k) if k in keys else v for k, v in space.items()}
+                    )
+                elif isinstance(space, spaces.Box) and not wrapper.skip:
+                    space = wrapper.transpose_space(space)
+            elif wrapper.observation_space != wrapper.venv.observation_space:
+                raise ValueError(
+                    f"record_demos: {type(wrapper).__name__} above the VecNormalize changes the observations, which "
+                    "cannot be done to the unnormalised ones the recording holds. Put it below the VecNormalize, or "
+                    "record without normalisation."
+                )
+        #: the space of the unnormalised observations as the top of the stack shows them
+        self.observation_space: spaces.Space = space
+
+    def reset(self, observations: Any) -> Any:
+        """
+        :param observations: the VecNormalize's unnormalised observations after a reset
+        :return: them as the top of the stack shows them
+        """
+        for step in self.steps:
+            observations = (
+                step.reset(observations)
+                if isinstance(step, StackedObservations)
+                else step.transpose_observations(observations)
+            )
+        return observations
+
+    def step(self, observations: Any, dones: np.ndarray, terminal_observations: list[Any]) -> tuple[Any, list[Any]]:
+        """
+        :param observations: the VecNormalize's unnormalised observations after a step
+        :param dones: the step's ends of episodes
+        :param terminal_observations: per env, the unnormalised final observation of an episode that ended (or None)
+        :return: the observations and final observations as the top of the stack shows them
+        """
+        infos: list[dict[str, Any]] = [
+            {"terminal_observation": final} if final is not None else {} for final in terminal_observations
+        ]
+        for step in self.steps:
+            if isinstance(step, StackedObservations):
+                observations, infos = step.update(observations, dones, infos)
+            else:
+                observations = step.transpose_observations(observations)
+                for info in infos:
+                    if "terminal_observation" in info:
+                        info["terminal_observation"] = step.transpose_observations(info["terminal_observation"])
+        return observations, [info.get("terminal_observation") for info in infos]
+
+
 def _as_vec_env(env: gym.Env | VecEnv | str) -> tuple[VecEnv, bool]:
     """The VecEnv to record from, and whether we created it (and must close it)."""
     if isinstance(env, VecEnv):
@@ -515,7 +611,8 @@ def record_demos(
     if venv.num_envs != 1:
         raise ValueError(f"record_demos records from a VecEnv with one environment, got {venv.num_envs}.")
     vec_normalize = unwrap_vec_normalize(venv)
-    observation_space = vec_normalize.observation_space if vec_normalize is not None else venv.observation_space
+    above = WrappersAboveNormalization(venv, vec_normalize) if vec_normalize is not None else None
+    observation_space = above.observation_space if above is not None else venv.observation_space
     action_space = venv.action_space
     _check_obs_space(observation_space)
     check_action_space(action_space)
@@ -532,20 +629,21 @@ def record_demos(
             if seed is not None:
                 venv.seed(seed)
             obs = venv.reset()
-            raw_obs = vec_normalize.get_original_obs() if vec_normalize is not None else obs
+            raw_obs = above.reset(vec_normalize.get_original_obs()) if above and vec_normalize else obs
             state, episode_start = None, np.ones((1,), dtype=bool)
             ep_obs, ep_acts, ep_rews = [_first(raw_obs)], [], []
             while len(trajectories) < n_episodes:
                 action, state = model.predict(obs, state=state, episode_start=episode_start, deterministic=deterministic)
                 obs, rewards, dones, infos = venv.step(action)
                 ep_acts.append(action[0])
-                if vec_normalize is not None:
-                    rewards, raw_obs = vec_normalize.get_original_reward(), vec_normalize.get_original_obs()
+                if above is not None and recorder is not None and vec_normalize is not None:
+                    rewards = vec_normalize.get_original_reward()
+                    raw_obs, finals = above.step(vec_normalize.get_original_obs(), dones, recorder.terminal_observations)
                 else:
-                    raw_obs = obs
+                    raw_obs, finals = obs, [info.get("terminal_observation") for info in infos]
                 ep_rews.append(float(rewards[0]))
                 if dones[0]:
-                    final = recorder.terminal_observations[0] if recorder is not None else infos[0].get("terminal_observation")
+                    final = finals[0]
                     if final is None:
                         raise ValueError(
                             "record_demos: the VecEnv reported the end of an episode without infos[0]['terminal_observation'] "

@@ -93,13 +93,16 @@ def test_unwritable_outputs_are_refused_before_the_episodes(trained, tmp_path, c
     out = {"record": ["-o", str(tmp_path / "file.npz" / "d.npz")], "evaluate": ["--json", str(tmp_path / "file.npz" / "s")]}
     out["video"] = ["-o", str(tmp_path / "file.npz")]  # a file where the output folder should be
     loads = []
-    if command != "video":  # the check comes first (video's folder is made by SB3's recorder, a clean error too)
-        monkeypatch.setattr(cli, "_load_for_eval", lambda *args, **kwargs: loads.append(1))
+    # the check comes first (video's folder was made by SB3's recorder after loading: FileExistsError, then an
+    # "Exception ignored in VecVideoRecorder.__del__" traceback)
+    monkeypatch.setattr(cli, "_load_for_eval", lambda *args, **kwargs: loads.append(1))
     with pytest.raises(SystemExit) as info:
         main([command, "--algo", "ppo_rollback", "--env", "CartPole-v1", "-f", str(trained), "-n", "1", *out[command]])
     assert info.value.code == 2 and not loads
     err = capsys.readouterr().err
     assert err.startswith(f"sb3-cherry {command}: error: ") and "file.npz" in err and "Traceback" not in err
+    if command == "video":
+        assert "-o/--output-folder" in err and "give a folder" in err
 
 
 def test_missing_optional_dependency_is_one_line(monkeypatch, capsys):
@@ -234,7 +237,10 @@ def test_bad_env_device_and_env_kwargs_are_clean_errors(trained, tmp_path, capsy
         (["train", "-n", "-5"], "-n/--n-timesteps must be at least 1, got -5"),
         (["train", "--n-timesteps", "0"], "-n/--n-timesteps must be at least 1, got 0"),
         (["video", "--env", "CartPole-v1", "-n", "0"], "-n/--n-timesteps must be at least 1, got 0"),
-        (["video", "--env", "CartPole-v1", "--gif-fps", "0"], "--gif-fps must be a positive number"),
+        (["video", "--env", "CartPole-v1", "--gif", "--gif-fps", "0"], "--gif-fps must be in (0, 50]"),
+        # refused under the option's name before the model loaded (was GifVideoRecorder's gif_max_fps=60.0 after it)
+        (["video", "--env", "CartPole-v1", "--gif", "--gif-fps", "60"], "--gif-fps must be in (0, 50]"),
+        (["video", "--env", "CartPole-v1", "--gif", "--gif-fps", "nan"], "--gif-fps must be in (0, 50]"),
         (["record", "--env", "CartPole-v1", "-n", "0", "-o", "x.npz"], "-n/--n-episodes must be at least 1, got 0"),
         # rl_zoo3 takes trial 0 for "no trial" and trained the config's hyperparameters instead
         (["train", "--env", "CartPole-v1", "--storage", "s.log", "--study-name", "s", "--trial-id", "0"], "numbered from 1"),
@@ -600,6 +606,9 @@ def test_video_writes_mp4_and_gif(trained, tmp_path):
             image.seek(index)
             durations.append(image.info["duration"])
         assert sum(durations) == 11 * 40 and image.size == (320, 213)
+    # the GIF options do not matter without --gif (--gif-fps 60 failed the MP4 too)
+    (written,) = cmd_video([*args[:-1], str(tmp_path / "mp4_only"), "--gif-fps", "60"])
+    assert written.endswith(".mp4")
 
 
 @pytest.mark.parametrize("fps", [24.0, 30.0, 50.0, 60.0, 67.0, 1000 / 15])
@@ -970,6 +979,29 @@ def test_checkpoints_and_best_model_are_evaluated_with_their_own_statistics(norm
     (run / "rl_model_vecnormalize_512_steps.pkl").unlink()  # a run of an older version: said, not hidden
     _load_for_eval(_eval_args([*base, "--load-checkpoint", "512"]))
     assert "end-of-training VecNormalize statistics" in capsys.readouterr().err
+
+
+def test_enjoy_plays_checkpoints_and_best_model_with_their_own_statistics(normalized_run, monkeypatch):
+    # enjoy went through rl_zoo3, which loads the end-of-training vecnormalize.pkl for every model
+    import rl_zoo3.enjoy
+    from stable_baselines3.common.vec_env import unwrap_vec_normalize
+
+    from sb3_cherry.cli import main
+
+    envs = []
+    create_test_env = rl_zoo3.enjoy.create_test_env
+
+    def spy(*args, **kwargs):
+        envs.append(create_test_env(*args, **kwargs))
+        return envs[-1]
+
+    monkeypatch.setattr(rl_zoo3.enjoy, "create_test_env", spy)
+    base = ["enjoy", "--algo", "ppo_rollback", "--env", "Pendulum-v1", "-f", str(normalized_run), "--no-render", "-n", "3"]
+    for extra in ([], ["--load-checkpoint", "256"], ["--load-best"]):
+        main([*base, *extra])
+    final, checkpoint, best = (unwrap_vec_normalize(env).obs_rms.count for env in envs)
+    assert checkpoint < 300 < final and best <= final
+    assert rl_zoo3.enjoy.create_test_env is spy  # sb3_cherry's patch was undone
 
 
 def test_seed_decides_stochastic_actions_too(normalized_run):

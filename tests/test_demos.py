@@ -169,6 +169,36 @@ def test_vec_normalize_records_original_values():
     assert isinstance(venv.venv, DummyVecEnv)
 
 
+@pytest.mark.parametrize("env_id, norm_obs", [("line", True), ("sb3_cherry/PixelCatch-v0", False), ("image", True)])
+def test_recordings_hold_the_same_observations_with_and_without_normalisation(env_id, norm_obs, tmp_path):
+    # rl_zoo3 puts its frame_stack above its normalize (and SB3 its VecTransposeImage above both): the recording held
+    # the VecNormalize's single frames there, the stacked ones without a VecNormalize (CarRacing: (96, 96, 3) vs 6)
+    from stable_baselines3.common.vec_env import VecFrameStack, VecTransposeImage
+
+    def record(normalize: bool):
+        venv = DummyVecEnv([LineEnv if env_id == "line" else (lambda: gym.make("sb3_cherry/PixelCatch-v0"))])
+        venv = VecNormalize(venv, norm_obs=norm_obs, norm_reward=True, clip_obs=0.5) if normalize else venv
+        venv = VecFrameStack(venv, n_stack=3)
+        # (SB3 transposes the images it can: not normalised ones, which are float32 in [-clip_obs, clip_obs])
+        venv = VecTransposeImage(venv) if env_id == "sb3_cherry/PixelCatch-v0" else venv
+        path = tmp_path / f"{normalize}.npz"
+        return venv, record_demos(RandomModel(venv.action_space, seed=1), venv, n_episodes=5, path=path, seed=1)
+
+    (plain_env, plain), (_, normalized) = record(False), record(True)
+    # the file's space is the unnormalised one (a normalised image's was float32 in [-clip_obs, clip_obs])
+    assert load_demo_spaces(tmp_path / "True.npz")[0] == load_demo_spaces(tmp_path / "False.npz")[0]
+    assert load_demo_spaces(tmp_path / "False.npz")[0] == plain_env.observation_space
+    assert [len(t) for t in plain] == [len(t) for t in normalized]
+    for a, b in zip(plain, normalized, strict=True):
+        np.testing.assert_array_equal(a.acts, b.acts)
+        np.testing.assert_allclose(a.obs, b.obs, rtol=1e-6)  # (float32 through VecNormalize's unnormalisation)
+        assert a.obs.shape[1:] == plain_env.observation_space.shape and a.terminal == b.terminal
+    if env_id == "line":  # independent of both: the stack holds the last three positions, zeros before the episode
+        for traj in plain:
+            positions = np.concatenate([[0.0, 0.0], np.cumsum(np.concatenate([[0], traj.acts - 1]))])
+            np.testing.assert_array_equal(traj.obs, np.stack([positions[i : i + 3] for i in range(len(traj) + 1)]))
+
+
 def test_record_rejects_several_envs():
     venv = DummyVecEnv([LineEnv, LineEnv])
     with pytest.raises(ValueError, match="one environment"):

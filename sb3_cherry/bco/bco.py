@@ -333,8 +333,8 @@ class BCO(AtomicSaveAlgorithm):
             if isinstance(env, VecFrameStack):
                 raise ValueError(
                     "BCO does not support a VecFrameStack above a VecNormalize (rl_zoo3's frame_stack with normalize): "
-                    "it stores and the demonstrations hold the VecNormalize's unnormalised, unstacked observations, "
-                    "while the policy sees stacked ones. Stack below the normalisation (VecNormalize(VecFrameStack("
+                    "it stores the VecNormalize's unnormalised, unstacked observations, while the policy (and a "
+                    "recording from this env) sees stacked ones. Stack below the normalisation (VecNormalize(VecFrameStack("
                     "env))), or normalise in a gymnasium wrapper."
                 )
             if isinstance(env, VecTransposeImage):
