@@ -497,7 +497,15 @@ def _eval_defaults(env_id: str) -> dict[str, Any]:
     except FileNotFoundError:
         return {}
     with open(path) as file:
-        return (yaml.safe_load(file) or {}).get(env_id, {})
+        entry = (yaml.safe_load(file) or {}).get(env_id, {})
+    types = {"fail_below": (int, float), "fail_on_termination": bool, "fall_reward": (int, float)}
+    for key, value in entry.items():
+        if key not in types or isinstance(value, bool) is not (types[key] is bool) or not isinstance(value, types[key]):
+            raise ValueError(
+                f"{path} [{env_id}]: {key}={value!r} is not one of fail_below (number), fail_on_termination (true / "
+                "false), fall_reward (number)."
+            )
+    return entry
 
 
 class SafeStoreDict(argparse.Action):
@@ -751,12 +759,12 @@ def _training_env(algo: str, env: VecEnv) -> VecEnv | None:
     return None if algo in ("gail", "airl") else env
 
 
-#: ``--fail-below`` not given (the env's default applies; None is ``--fail-below none``)
+#: ``--fail-below`` / ``--fall-reward`` not given (the env's default applies; None is ``none``)
 _UNSET: Any = object()
 
 
 def _float_or_none(text: str) -> float | None:
-    """``--fail-below``'s value: a number, or ``none`` for no threshold."""
+    """``--fail-below`` / ``--fall-reward``'s value: a number, or ``none`` for no threshold."""
     if text.lower() == "none":
         return None
     try:
@@ -794,9 +802,10 @@ def cmd_evaluate(argv: list[str]) -> dict[str, Any]:
     )
     parser.add_argument(
         "--fall-reward",
-        type=float,
-        default=None,
-        help="also count falls: episodes ended by termination with a last reward <= this (BipedalWalker: -100)",
+        type=_float_or_none,
+        default=_UNSET,
+        help="also count falls: episodes ended by termination with a last reward <= this (BipedalWalker: -100; "
+        "'none': no fall count)",
     )
     parser.add_argument(
         "--json", dest="json_path", help="also write the summary to this JSON file ('-': stdout, other output to stderr)"
@@ -811,7 +820,7 @@ def cmd_evaluate(argv: list[str]) -> dict[str, Any]:
     fail_on_termination = (
         args.fail_on_termination if args.fail_on_termination is not None else defaults.get("fail_on_termination", False)
     )
-    fall_reward = args.fall_reward if args.fall_reward is not None else defaults.get("fall_reward")
+    fall_reward = args.fall_reward if args.fall_reward is not _UNSET else defaults.get("fall_reward")
     # with --json -, stdout carries the JSON alone (pipeable into jq); everything else goes to stderr
     with contextlib.redirect_stdout(sys.stderr) if args.json_path == "-" else contextlib.nullcontext():
         model, env = _load_for_eval(args)
@@ -819,7 +828,9 @@ def cmd_evaluate(argv: list[str]) -> dict[str, Any]:
             model, env, args.n_episodes, not args.stochastic, fail_below, bool(fail_on_termination), fall_reward
         )
         env.close()
-        summary.update(algo=args.algo, env=args.env)
+        # what the counts mean, so that the file is read without the command line
+        summary.update(algo=args.algo, env=args.env, seed=args.seed, deterministic=not args.stochastic)
+        summary.update(fail_below=fail_below, fail_on_termination=bool(fail_on_termination), fall_reward=fall_reward)
         falls = f", {summary['n_falls']} falls" if "n_falls" in summary else ""
         print(
             f"{args.algo} on {args.env}: mean return {summary['mean_return']:.2f} ± {summary['std_return']:.2f}, "

@@ -585,6 +585,27 @@ def test_evaluate_failure_definition_from_the_command_line(trained, capsys):
     with pytest.raises(SystemExit):
         main([*base, "--fail-below", "high"])
     assert "expected a number or 'none', got 'high'" in capsys.readouterr().err
+    # the file says which definitions gave its counts (it held n_failed alone), and the fall count can be switched off
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cli, "_eval_defaults", lambda env: {**defaults(env), "fall_reward": 0.5})
+        summary = _evaluate_json([*base, "--fail-below", "20", "--seed", "3"], capsys)
+        assert "n_falls" in summary and summary["fall_reward"] == 0.5
+        assert "n_falls" not in _evaluate_json([*base, "--fall-reward", "none"], capsys)
+    expected = {"fail_below": 20.0, "fail_on_termination": True, "seed": 3, "deterministic": True}
+    assert {key: summary[key] for key in expected} == expected
+
+
+def test_shipped_evaluation_defaults_are_checked(monkeypatch, tmp_path):
+    import sb3_cherry.cli as cli
+
+    for env_id in safe_load_yaml(cli.default_config("evaluation")):
+        cli._eval_defaults(env_id)  # every shipped entry passes
+    bad = tmp_path / "evaluation.yml"
+    for entry in ({"fail_bellow": 300}, {"fail_on_termination": "yes"}, {"fall_reward": True}):
+        bad.write_text(yaml.safe_dump({"CartPole-v1": entry}))
+        monkeypatch.setattr(cli, "default_config", lambda name: bad)
+        with pytest.raises(ValueError, match=re.escape(f"{next(iter(entry))}={next(iter(entry.values()))!r}")):
+            cli._eval_defaults("CartPole-v1")
 
 
 def test_video_writes_mp4_and_gif(trained, tmp_path):
