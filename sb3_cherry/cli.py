@@ -498,7 +498,11 @@ def _eval_defaults(env_id: str) -> dict[str, Any]:
         return {}
     with open(path) as file:
         entry = (yaml.safe_load(file) or {}).get(env_id, {})
-    types = {"fail_below": (int, float), "fail_on_termination": bool, "fall_reward": (int, float)}
+    types: dict[str, type | tuple[type, ...]] = {
+        "fail_below": (int, float),
+        "fail_on_termination": bool,
+        "fall_reward": (int, float),
+    }
     for key, value in entry.items():
         if key not in types or isinstance(value, bool) is not (types[key] is bool) or not isinstance(value, types[key]):
             raise ValueError(

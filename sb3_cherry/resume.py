@@ -126,6 +126,65 @@ def _refuse_symlinks(path: pathlib.Path) -> None:
                 )
 
 
+#: The ``args.yml`` fields ``--resume`` hands to rl_zoo3, and the values rl_zoo3's options take: a type, or the choices
+_ARG_FIELDS: dict[str, Any] = {
+    "algo": str,
+    "env": str,
+    "log_folder": str,
+    "device": str,
+    "n_timesteps": int,
+    "eval_freq": int,
+    "save_freq": int,
+    "seed": int,
+    "log_interval": int,
+    "verbose": int,
+    "eval_episodes": int,
+    "n_eval_envs": int,
+    "truncate_last_trajectory": bool,
+    "save_replay_buffer": bool,
+    "hyperparams": (dict, type(None)),
+    "env_kwargs": (dict, type(None)),
+    "eval_env_kwargs": (dict, type(None)),
+    "vec_env": ("dummy", "subproc"),
+}
+#: the least value of the count fields of ``args.yml``
+_ARG_MINIMUM = {"eval_episodes": 0, "n_eval_envs": 1}
+#: what an error about a run folder's ``args.yml`` tells to do
+_ARGS_FIX = "restore the file as 'sb3-cherry train' wrote it (or fix that field), then --resume again."
+
+
+def _check_saved_args(saved_args: dict[str, Any], where: pathlib.Path) -> None:
+    """
+    Check the ``args.yml`` fields that ``--resume`` passes to rl_zoo3 as rl_zoo3's own options would (their type,
+    choices and least value): a damaged or edited file is named here rather than failing inside rl_zoo3.
+
+    :param saved_args: the file's mapping
+    :param where: the file, for the error message
+    :raises ValueError: a missing ``algo`` / ``env``, or a field of another type or value, naming the file and the field
+    """
+    names = [name for name in saved_args if not isinstance(name, str) or not name.isidentifier()]
+    if names:
+        raise ValueError(f"{where}: {names[0]!r} is not an option name; {_ARGS_FIX}")
+    for name in ("algo", "env"):
+        if name not in saved_args:
+            raise ValueError(f"{where} has no {name!r} field: the run's options are incomplete; {_ARGS_FIX}")
+    for name, kind in _ARG_FIELDS.items():
+        if name not in saved_args:
+            continue
+        value = saved_args[name]
+        if isinstance(kind, tuple) and all(isinstance(choice, str) for choice in kind):
+            if value not in kind:
+                raise ValueError(f"{where}: {name} is {value!r}, not one of {list(kind)}; {_ARGS_FIX}")
+            continue
+        wrong_type = not isinstance(value, kind) or (kind is int and isinstance(value, bool))
+        if wrong_type or (name in _ARG_MINIMUM and value < _ARG_MINIMUM[name]):
+            if kind is int:
+                expected = f"an integer >= {_ARG_MINIMUM[name]}" if name in _ARG_MINIMUM else "an integer"
+            else:
+                expected = {str: "a string", bool: "true or false"}.get(kind, "a mapping or null")
+            raise ValueError(f"{where}: {name} is {value!r}, not {expected}; {_ARGS_FIX}")
+
+
 def read_run_folder(folder: str | pathlib.Path, algo: str | None = None, env_id: str | None = None) -> RunFolder:
     """
     Read a run folder to continue: its ``args.yml`` / ``config.yml`` (as data) and its run checkpoint.
@@ -136,7 +195,7 @@ def read_run_folder(folder: str | pathlib.Path, algo: str | None = None, env_id:
     :return: the run
     :raises FileNotFoundError: no such folder, not a run folder, or no run checkpoint in it
     :raises ValueError: another algorithm or env than given, a checkpoint of another algorithm, ``collection='async'``,
-        a symbolic link in the folder
+        a symbolic link in the folder, an ``args.yml`` field of another type or value than rl_zoo3's option takes
     """
     path = pathlib.Path(folder)
     if path.name == RUN_CHECKPOINT and has_run_checkpoint(path):  # the checkpoint folder itself: its run folder
@@ -160,6 +219,7 @@ def read_run_folder(folder: str | pathlib.Path, algo: str | None = None, env_id:
     if not isinstance(saved_args, dict) or not isinstance(hyperparams, dict):
         raise ValueError(f"{params_path}: args.yml and config.yml must be mappings (as rl_zoo3 writes them).")
     check_imported_names(hyperparams, str(params_path / "config.yml"))
+    _check_saved_args(saved_args, params_path / "args.yml")
     args = argparse.Namespace(**saved_args)
     checkpoint = path / RUN_CHECKPOINT
     if not has_run_checkpoint(checkpoint):
@@ -415,7 +475,8 @@ class SafeExperimentManager(ExperimentManager):
         rl_zoo3's schedules, with ``lin_<value>`` as :class:`~sb3_cherry.common.schedules.ZooLinearSchedule` instead
         of rl_zoo3's ``SimpleLinearSchedule``: the same values bit for bit while ``progress_remaining >= 0``, and 0
         after, where rl_zoo3's goes negative (the last rollout of a run may overshoot ``total_timesteps``: a negative
-        learning rate, a step of gradient ascent, and clip range in the run's last update).
+        learning rate, a step of gradient ascent, and clip range in the run's last update). ``lin_<value>`` strings in
+        GAIL / AIRL's ``generator_kwargs`` become schedules too (rl_zoo3 converts the top level only).
 
         :param hyperparams: the entry
         :return: the entry with schedule objects
@@ -423,6 +484,13 @@ class SafeExperimentManager(ExperimentManager):
         from rl_zoo3.utils import SimpleLinearSchedule
 
         hyperparams = ExperimentManager._preprocess_schedules(hyperparams)
+        generator_kwargs = hyperparams.get("generator_kwargs")
+        if isinstance(generator_kwargs, dict):
+            hyperparams["generator_kwargs"] = {
+                key: ZooLinearSchedule(float(value[len("lin_") :])) if isinstance(value, str) and key in _SCHEDULE_KEYS
+                else value
+                for key, value in generator_kwargs.items()
+            }  # fmt: skip
         return {
             key: ZooLinearSchedule(value.initial_value) if isinstance(value, SimpleLinearSchedule) else value
             for key, value in hyperparams.items()

@@ -540,7 +540,7 @@ def test_zoo_config_validates(zoo_with_adversarial):
     [
         ({"generator_kwargs": {"n_stepz": 5}}, "generator_kwargs: unknown hyperparameter 'n_stepz' for PPORollback"),
         ({"generator_kwargs": {"n_steps": 256.0}}, "generator_kwargs: hyperparameter 'n_steps'=256.0 has the wrong type"),
-        ({"generator_kwargs": {"learning_rate": "lin_1e-3"}}, "converted at the top level of an entry only"),
+        ({"generator_kwargs": {"learning_rate": "lin_abc"}}, "or lin_<value> with a positive value"),
         ({"generator_kwargs": {"seed": 1}}, "put ['seed'] at the top level of the entry"),
         ({"generator_kwargs": [1]}, "hyperparameter 'generator_kwargs'=[1] has the wrong type (expected dict)"),
         ({"demo_minibatch_size": "8"}, "hyperparameter 'demo_minibatch_size'='8' has the wrong type (expected int)"),
@@ -614,6 +614,7 @@ def test_sb3_cherry_train(zoo_with_adversarial, monkeypatch, cartpole_demos, tmp
         entry = yaml.safe_load(file)["CartPole-v1"]
     entry.update(demonstrations=cartpole_demos, demo_batch_size=256, n_envs=4)
     entry["generator_kwargs"]["n_steps"] = 64
+    entry["generator_kwargs"]["learning_rate"] = "lin_4e-4"  # a schedule in the nested generator_kwargs (was refused)
     config = tmp_path / "gail.yml"
     config.write_text(yaml.safe_dump({"CartPole-v1": entry}))
     args = ["train", "--algo", "gail", "--env", "CartPole-v1", "-c", str(config), "-f", str(tmp_path / "logs")]
@@ -624,7 +625,12 @@ def test_sb3_cherry_train(zoo_with_adversarial, monkeypatch, cartpole_demos, tmp
         model = GAIL.load(exp / name)
         assert model.demo_batch_size == 256 and model.n_disc_updates_per_round == 8, name
     assert model.num_timesteps <= 1024
-    assert PPORollback.load(exp / "CartPole-v1.zip").num_timesteps == 1024
+    generator = PPORollback.load(exp / "CartPole-v1.zip")
+    assert generator.num_timesteps == 1024
+    assert generator.lr_schedule(0.25) == pytest.approx(1e-4) and generator.lr_schedule(1.0) == pytest.approx(4e-4)
+    # the same entry read from Python
+    zoo = load_zoo_entry("gail", "CartPole-v1", config)
+    assert zoo.model_kwargs["generator_kwargs"]["learning_rate"](0.25) == pytest.approx(1e-4)
     capsys.readouterr()
     main(["evaluate", "--algo", "gail", "--env", "CartPole-v1", "-f", str(tmp_path / "logs"), "-n", "2", "--json", "-"])
     captured = capsys.readouterr()

@@ -2,6 +2,7 @@
 
 import io
 import json
+import warnings
 import zipfile
 
 import gymnasium as gym
@@ -10,7 +11,7 @@ import pytest
 import torch as th
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.utils import LinearSchedule
-from stable_baselines3.common.vec_env import VecNormalize
+from stable_baselines3.common.vec_env import VecEnvWrapper, VecNormalize
 
 from sb3_cherry import CherryA2C, PPORollback
 from sb3_cherry.common.checkpoint import (
@@ -473,3 +474,167 @@ def test_checkpoint_scalars_and_attribute_names_are_plain(tmp_path):
     (folder / "run_state.json").write_text(json.dumps(state))
     with pytest.raises(ValueError, match="scalar has dtype"):
         load_run_checkpoint(PPORollback, folder, make_env(normalize=False))
+
+
+def test_dict_observations_with_vec_normalize_resume_exactly(tmp_path):
+    # VecNormalize keeps Dict observations' spaces in obs_spaces, a dict of Spaces: every checkpoint raised _Unplain
+    import sb3_cherry.envs  # noqa: F401  (registers DictReach)
+
+    def build():
+        return VecNormalize(make_vec_env("sb3_cherry/DictReach-v0", n_envs=2, seed=3), norm_obs_keys=["position"])
+
+    kwargs = dict(n_steps=64, batch_size=64, n_epochs=1, seed=5)
+    reference = PPORollback("MultiInputPolicy", build(), **kwargs).learn(512)
+    first = PPORollback("MultiInputPolicy", build(), **kwargs)
+    first.learn(512, callback=RunCheckpointCallback(tmp_path / "ckpt", save_freq=128, stop_after=128))
+    th.manual_seed(1234)
+    np.random.seed(1234)
+    model, state = load_run_checkpoint(PPORollback, tmp_path / "ckpt", build())
+    assert state.envs_exact and state.num_timesteps == 128
+    continue_run(model, state)
+    for key, value in params(reference).items():
+        assert th.equal(value, params(model)[key]), key
+    ref_norm, new_norm = reference.get_vec_normalize_env(), model.get_vec_normalize_env()
+    np.testing.assert_array_equal(ref_norm.obs_rms["position"].mean, new_norm.obs_rms["position"].mean)
+    np.testing.assert_array_equal(ref_norm.ret_rms.var, new_norm.ret_rms.var)
+
+
+class OpaqueVecWrapper(VecEnvWrapper):
+    """A VecEnv wrapper holding state that is not plain data."""
+
+    def __init__(self, venv):
+        super().__init__(venv)
+        self.handle = object()
+
+    def reset(self):
+        return self.venv.reset()
+
+    def step_wait(self):
+        return self.venv.step_wait()
+
+
+def test_vec_layer_that_is_not_plain_data_is_a_value_error(tmp_path):
+    # the VecEnv layers were encoded outside the try that catches _Unplain: it escaped save_run_checkpoint
+    model = make_model(OpaqueVecWrapper(make_env(normalize=False)))
+    model.learn(64)
+    with pytest.raises(ValueError, match=r"OpaqueVecWrapper \(vec0\) holds handle \(object\).*without run checkpoints"):
+        save_run_checkpoint(model, tmp_path / "ckpt", total_timesteps=TOTAL)
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_symlinked_checkpoint_folder_is_followed(tmp_path):
+    # the swap renamed the link itself and made a real folder next to it; rmtree(ignore_errors) could not remove the
+    # link then left in .ckpt.old, and the next save raised NotADirectoryError
+    target = tmp_path / "storage" / "ckpt"
+    target.mkdir(parents=True)
+    link = tmp_path / "run" / "ckpt"
+    link.parent.mkdir()
+    link.symlink_to(target, target_is_directory=True)
+    model = make_model(make_env(normalize=False))
+    model.learn(64)
+    save_run_checkpoint(model, link, total_timesteps=TOTAL)
+    model.learn(64, reset_num_timesteps=False)
+    # a stale .old left as a link (by the earlier code) is removed, not followed
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "file").write_text("x")
+    (target.parent / ".ckpt.old").symlink_to(kept, target_is_directory=True)
+    save_run_checkpoint(model, link, total_timesteps=TOTAL)
+    assert link.is_symlink() and sorted(p.name for p in link.parent.iterdir()) == ["ckpt"]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["ckpt"] and (kept / "file").exists()
+    assert has_run_checkpoint(link) and has_run_checkpoint(target)
+    _, state = load_run_checkpoint(PPORollback, link, make_env(normalize=False))
+    assert state.num_timesteps == model.num_timesteps == 256  # the second save
+    with pytest.raises(ValueError, match="names no folder of its own"):
+        save_run_checkpoint(model, tmp_path / "run" / "..", total_timesteps=TOTAL)
+
+
+def _first(value, predicate):
+    """The first dict inside ``value`` (JSON) for which ``predicate`` holds."""
+    if isinstance(value, dict):
+        if predicate(value):
+            return value
+        value = list(value.values())
+    if isinstance(value, list):
+        for item in value:
+            found = _first(item, predicate)
+            if found is not None:
+                return found
+    return None
+
+
+def _set_generator_state(state):
+    _first(state, lambda d: "__generator__" in d)["__generator__"] = {"bit_generator": "PCG64", "state": "x"}
+
+
+CRAFTED_STATES = {
+    "not an object": lambda state: [],
+    "no algorithm": lambda state: state.pop("algorithm"),
+    "total_timesteps a string": lambda state: state.update(total_timesteps="1024"),
+    "env_layers a number": lambda state: state.update(env_layers=5),
+    "scalar dtype": lambda state: state.update(ep_info_buffer=[{"__scalar__": 1, "dtype": "nonsense"}]),
+    "deque maxlen": lambda state: state.update(ep_info_buffer=[{"__deque__": [], "maxlen": "x"}]),
+    "generator state": _set_generator_state,
+    "rng layout": lambda state: state.update(rng={"python": 5}),
+    "dummy instance dict": lambda state: state["env_layers"][-1]["__dummy__"].update({"__dict__": {"__dict__": {}}}),
+    "dummy method": lambda state: state["env_layers"][-1]["__dummy__"].update(step_async=1),
+    "env method": lambda state: state["env_layers"][-1]["__envs__"][0][0].update(step=1),  # Monitor.step
+    "env space": lambda state: state["env_layers"][-1]["__envs__"][0][0].update(observation_space=1),
+    "env layer a list": lambda state: state["env_layers"][-1]["__envs__"][0].__setitem__(0, [1]),
+}
+
+
+@pytest.mark.parametrize("crafted", CRAFTED_STATES)
+def test_crafted_run_state_is_a_value_error_naming_the_file(tmp_path, crafted):
+    # damaged or crafted run_state.json: one ValueError naming the file (the CLI prints it as one line), not a
+    # KeyError / TypeError / AttributeError traceback, nor an attribute set that the checkpoint never writes
+    model = make_model(make_env(normalize=False))
+    model.learn(64)
+    folder = save_run_checkpoint(model, tmp_path / "ckpt", total_timesteps=TOTAL)
+    state = json.loads((folder / "run_state.json").read_text())
+    changed = CRAFTED_STATES[crafted](state)
+    (folder / "run_state.json").write_text(json.dumps(changed if isinstance(changed, list) else state))
+    with pytest.raises(ValueError, match=r"run_state\.json"):
+        load_run_checkpoint(PPORollback, folder, make_env(normalize=False))
+
+
+def test_truncated_run_state_names_the_file(tmp_path):
+    model = make_model(make_env(normalize=False))
+    model.learn(64)
+    folder = save_run_checkpoint(model, tmp_path / "ckpt", total_timesteps=TOTAL)
+    text = (folder / "run_state.json").read_text()
+    (folder / "run_state.json").write_text(text[: len(text) // 2])
+    with pytest.raises(ValueError, match=r"ckpt/run_state\.json is not valid JSON"):
+        load_run_checkpoint(PPORollback, folder, make_env(normalize=False))
+
+
+def linear_lr(progress_remaining: float) -> float:
+    return 1e-3 * progress_remaining
+
+
+def linear_clip(progress_remaining: float) -> float:
+    return 0.1 + 0.2 * progress_remaining
+
+
+def test_function_schedules_must_be_passed_again(tmp_path):
+    # a schedule given as a function is stored only as a pickle: the safe load made it a constant (with a warning)
+    # and the resumed run silently differed; now it must be passed again, and then the run continues exactly
+    kwargs = dict(n_steps=64, batch_size=32, n_epochs=2, seed=5, learning_rate=linear_lr, clip_range=linear_clip)
+    reference = PPORollback("MlpPolicy", make_env(), **kwargs).learn(512)
+    first = PPORollback("MlpPolicy", make_env(), **kwargs)
+    first.learn(512, callback=RunCheckpointCallback(tmp_path / "ckpt", save_freq=128, stop_after=128))
+    with pytest.raises(ValueError, match=r"clip_range, learning_rate as a function.*clip_range=schedule"):
+        load_run_checkpoint(PPORollback, tmp_path / "ckpt", make_env())
+    with pytest.raises(ValueError, match="clip_range as a function"):
+        load_run_checkpoint(PPORollback, tmp_path / "ckpt", make_env(), learning_rate=linear_lr)
+    for passed in (
+        dict(learning_rate=linear_lr, clip_range=linear_clip),
+        dict(custom_objects=dict(clip_range=linear_clip, learning_rate=linear_lr)),
+    ):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no warning about a constant replacing the schedule
+            model, state = load_run_checkpoint(PPORollback, tmp_path / "ckpt", make_env(), **passed)
+        continue_run(model, state)
+        assert model.policy.optimizer.param_groups[0]["lr"] == reference.policy.optimizer.param_groups[0]["lr"]
+        for key, value in params(reference).items():
+            assert th.equal(value, params(model)[key]), key

@@ -236,3 +236,46 @@ def test_resume_writes_tensorboard_logs_where_the_command_says(tmp_path):
     assert before and sorted(saved_tb.rglob("events.*")) == before  # nothing written there
     _run([*resume, "-tb", str(given_tb)])
     assert list(given_tb.rglob("events.*"))
+
+
+def test_dict_observations_with_normalize_checkpoint_and_resume(tmp_path):
+    # VecNormalize of Dict observations keeps their spaces (obs_spaces): the first run checkpoint crashed training
+    base = [sys.executable, "-m", "sb3_cherry", "train", "--algo", "ppo_rollback", "--env", "sb3_cherry/DictReach-v0"]
+    params = ["-params", "normalize:dict(norm_obs_keys=['position'])", "n_steps:64", "n_epochs:1"]
+    _run([*base, "-n", "512", "--run-checkpoint-freq", "256", "--stop-after", "256", "-f", str(tmp_path), *params])
+    folder = tmp_path / "ppo_rollback" / "sb3_cherry-DictReach-v0_1"
+    _run([sys.executable, "-m", "sb3_cherry", "train", "--resume", str(folder)])
+    assert PPORollback.load(folder / "sb3_cherry-DictReach-v0.zip").num_timesteps == 512
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """A run folder stopped after its first run checkpoint (without normalisation: one short process)."""
+    root = tmp_path_factory.mktemp("small")
+    conf = root / "conf.yml"
+    conf.write_text(yaml.safe_dump({"CartPole-v1": {**ENTRY, "n_timesteps": 256, "normalize": False}}))
+    _train(conf, root, "--stop-after", "128")
+    return root / RUN[0] / RUN[1]
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("vec_env", "bogus"), ("eval_episodes", "abc"), ("env_kwargs", [1, 2]), ("n_eval_envs", 0), ("seed", True)],
+)
+def test_resume_checks_args_yml(small_run, tmp_path, capsys, field, value):
+    # args.yml's fields went to rl_zoo3 unchecked: KeyError, TypeError, IndexError tracebacks
+    folder = tmp_path / "run"
+    shutil.copytree(small_run, folder)
+    args_file = folder / "CartPole-v1" / "args.yml"
+    args_file.write_text(yaml.safe_dump({**safe_load_yaml(args_file), field: value}))
+    err = _error(["train", "--resume", str(folder)], capsys)
+    assert f"args.yml: {field} is {value!r}, not" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("content", ["[]", '{"format_version": 1', '{"format_version": 1, "algorithm": "PPORollback"}'])
+def test_resume_of_a_crafted_run_state_is_one_line(small_run, tmp_path, capsys, content):
+    folder = tmp_path / "run"
+    shutil.copytree(small_run, folder)
+    (folder / "run_checkpoint" / "run_state.json").write_text(content)
+    err = _error(["train", "--resume", str(folder)], capsys)
+    assert "run_state.json" in err and "damaged or crafted" in err and "Traceback" not in err

@@ -458,9 +458,9 @@ class AdversarialImitation(BaseAlgorithm):
         """
         Check the parts of a zoo config entry that the constructor's signature does not show (called by
         :func:`~sb3_cherry.common.config_schema.validate_config`): ``generator_class``; ``generator_kwargs`` against the
-        generator's constructor (names, types; no ``lin_<value>`` learning rate / clip range there, which rl_zoo3
-        converts at the top level only); the policy name and ``policy_kwargs`` against the generator's policies;
-        ``reward_net_kwargs`` a mapping.
+        generator's constructor (names, types; ``lin_<value>`` learning rate / clip range as at the top level, converted
+        by :class:`~sb3_cherry.resume.SafeExperimentManager`); the policy name and ``policy_kwargs`` against the
+        generator's policies; ``reward_net_kwargs`` a mapping.
 
         :param entry: the config entry
         :param where: file and env, for the error message
@@ -484,7 +484,6 @@ class AdversarialImitation(BaseAlgorithm):
             generator_class,
             f"{where} generator_kwargs",
             reserved=frozenset(RESERVED_ARGS | _GENERATOR_RESERVED),
-            schedules=False,
         )
         aliases: dict[str, type[BasePolicy]] = getattr(generator_class, "policy_aliases", {})
         policy = entry.get("policy", "MlpPolicy")

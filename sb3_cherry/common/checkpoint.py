@@ -17,13 +17,16 @@ size, and VecNormalize statistics that are not finite are refused). A checkpoint
 update boundary (after ``train``, before the next rollout), into a temporary folder that replaces the previous
 checkpoint only once it is complete. A process killed between the two renames of that swap leaves the previous
 checkpoint aside (``.<folder>.old``): :func:`has_run_checkpoint`, which every reader calls, puts it back; the next save
-removes the temporary folders of killed saves.
+removes the temporary folders of killed saves. A checkpoint folder that is a symbolic link is followed (its target is
+written). A damaged or crafted checkpoint is refused with a ``ValueError`` naming the file; only the attributes a
+checkpoint writes are set (data attributes of each layer, never its methods).
 
 What is restored exactly:
 
-- the model (through ``Algorithm.load``), the counters, the schedules' progress, the RNG states (with gSDE, those
-  from before the rollout's exploration-noise draw), the episode buffer, a recurrent policy's hidden states (with the
-  envs' states);
+- the model (through ``Algorithm.load``), the counters, the schedules' progress (a schedule given as a function is
+  stored only as a pickle, which is not loaded: pass it again to :func:`load_run_checkpoint`, which refuses to go on
+  without it), the RNG states (with gSDE, those from before the rollout's exploration-noise draw), the episode
+  buffer, a recurrent policy's hidden states (with the envs' states);
 - every ``VecEnvWrapper`` layer's plain data (``VecNormalize``'s running statistics and discounted returns,
   ``VecFrameStack``'s stacked frames, ...);
 - with a ``DummyVecEnv``: each env's wrapper chain and unwrapped env when all their state is plain data (arrays,
@@ -42,6 +45,7 @@ Use :class:`RunCheckpointCallback` to write checkpoints during ``learn`` (and op
 chunk), :func:`load_run_checkpoint` + :func:`continue_run` to go on.
 """
 
+import contextlib
 import json
 import os
 import pathlib
@@ -49,7 +53,9 @@ import random
 import shutil
 import tempfile
 import warnings
+import zipfile
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -65,6 +71,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper,
 from stable_baselines3.common.vec_env.stacked_observations import StackedObservations
 
 from sb3_cherry.common.restricted_pickle import check_finite_statistics
+from sb3_cherry.common.safe_load import SCHEDULE_KEYS, read_archive_bytes, read_data_entry, schedule_from_fields
 from sb3_cherry.common.safe_npz import BoundedNpz
 from sb3_cherry.common.save_util import current_umask, remove_stale_temp_files, temp_prefix, temp_writer_state
 
@@ -94,10 +101,17 @@ _SKIPPED_ATTRS = {
     "_np_random_seed",
 }
 _SCALARS = (bool, int, float, str, type(None))
+#: the DummyVecEnv attributes a checkpoint stores (besides its envs); the step buffers are rewritten by every step
+_DUMMY_ATTRS = ("_seeds", "_options", "reset_infos")
 
 
 class _Unplain(Exception):
     """An attribute holds state that is not plain data (the env cannot be captured exactly)."""
+
+    def __init__(self, key: str, value: Any = None):
+        super().__init__(key)
+        self.key = key
+        self.kind = type(value).__name__
 
 
 class _Encoder:
@@ -117,7 +131,7 @@ class _Encoder:
             return self.encode(np.asarray(value), key)
         if isinstance(value, np.ndarray):
             if value.dtype == object:
-                raise _Unplain(key)
+                raise _Unplain(key, value)
             self.arrays[key] = value
             return {"__array__": key}
         if isinstance(value, np.random.Generator):
@@ -136,7 +150,7 @@ class _Encoder:
             return items if isinstance(value, list) else {"__tuple__": items}
         if isinstance(value, dict) and all(isinstance(k, str) for k in value):
             return {"__dict__": {k: self.encode(v, f"{key}.{k}") for k, v in value.items()}}
-        raise _Unplain(key)
+        raise _Unplain(key, value)
 
 
 #: numpy's bit generators a stored ``np.random.Generator`` state may name
@@ -179,11 +193,22 @@ def _decode(value: Any, arrays: Any) -> Any:
     raise ValueError(f"Unknown entry in a run checkpoint: {sorted(value)}")
 
 
+def _rebuilt_from_env(value: Any) -> bool:
+    """
+    Whether an attribute is configuration the env builds again rather than state: a space, an env, a callable, or a
+    container of spaces (``VecNormalize.obs_spaces`` with Dict observations).
+    """
+    if isinstance(value, (Space, Env)) or callable(value):
+        return True
+    items = list(value.values()) if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else []
+    return len(items) > 0 and all(isinstance(item, Space) for item in items)
+
+
 def _layer_state(layer: Any, encoder: _Encoder, key: str) -> dict[str, Any]:
     """The plain-data attributes of one wrapper / env layer (raises :class:`_Unplain` on anything else)."""
     state = {}
     for name, value in vars(layer).items():
-        if name in _SKIPPED_ATTRS or isinstance(value, (Space, Env)) or callable(value):
+        if name in _SKIPPED_ATTRS or _rebuilt_from_env(value):
             continue
         state[name] = encoder.encode(value, f"{key}.{name}")
     unwrapped_data = getattr(layer, "data", None)
@@ -195,7 +220,7 @@ def _layer_state(layer: Any, encoder: _Encoder, key: str) -> dict[str, Any]:
         mujoco.mj_getState(layer.model, unwrapped_data, buffer, spec)
         state["__mujoco_state__"] = encoder.encode(buffer, f"{key}.__mujoco_state__")
     elif unwrapped_data is not None:
-        raise _Unplain(f"{key}.data")
+        raise _Unplain(f"{key}.data", unwrapped_data)
     return state
 
 
@@ -222,7 +247,16 @@ def _capture_envs(venv: VecEnv, encoder: _Encoder, prefix: str = "") -> tuple[li
     layers, exact = [], False
     chain = _vec_chain(venv)
     for i, layer in enumerate(chain[:-1]):
-        layers.append(_layer_state(layer, encoder, f"{prefix}vec{i}"))
+        try:
+            layers.append(_layer_state(layer, encoder, f"{prefix}vec{i}"))
+        except _Unplain as exc:
+            attribute = exc.key.split(".", 1)[1] if "." in exc.key else exc.key
+            raise ValueError(
+                f"save_run_checkpoint: the VecEnv layer {type(layer).__name__} ({prefix}vec{i}) holds {attribute} "
+                f"({exc.kind}), which a run checkpoint cannot store as data (arrays, numbers, strings, lists and dicts "
+                "of them; spaces are skipped): keep that attribute as plain data or build it in the wrapper's "
+                "constructor, or train without run checkpoints (no RunCheckpointCallback / --run-checkpoint-freq)."
+            ) from exc
     base = chain[-1]
     if isinstance(base, DummyVecEnv):
         trial = _Encoder()
@@ -232,10 +266,7 @@ def _capture_envs(venv: VecEnv, encoder: _Encoder, prefix: str = "") -> tuple[li
                 for j, env in enumerate(base.envs)
             ]
             # (the step buffers buf_obs / buf_rews / buf_dones are rewritten by every step)
-            dummy = {
-                name: trial.encode(getattr(base, name), f"{prefix}dummy.{name}")
-                for name in ("_seeds", "_options", "reset_infos")
-            }
+            dummy = {name: trial.encode(getattr(base, name), f"{prefix}dummy.{name}") for name in _DUMMY_ATTRS}
             encoder.arrays.update(trial.arrays)
             layers.append({"__dummy__": dummy, "__envs__": envs})
             exact = True
@@ -261,10 +292,35 @@ def _restore_stacked(stacked: StackedObservations, value: Any, arrays: Any) -> N
     stacked.stacked_obs = frames
 
 
+_MISSING = object()
+
+
+def _restorable(layer: Any, name: str) -> bool:
+    """
+    Whether a checkpoint may set the attribute ``name`` of ``layer``: one that :func:`_layer_state` writes, i.e. a
+    data attribute the layer has (or one it sets only once it runs, as ``VecNormalize.old_obs``, or whose default is
+    a plain class attribute, as ``Env._np_random``), never a method, property, link, space or special name.
+    """
+    if name == "__mujoco_state__":
+        return type(getattr(layer, "data", None)).__name__ == "MjData"
+    if not name.isidentifier() or name.startswith("__") or name in _SKIPPED_ATTRS:
+        return False
+    current = vars(layer).get(name, _MISSING)
+    if current is not _MISSING:
+        return not _rebuilt_from_env(current)
+    default = getattr(type(layer), name, _MISSING)
+    if default is _MISSING:
+        return not hasattr(layer, name)  # (not what a VecEnvWrapper forwards to the env it wraps)
+    return not callable(default) and not hasattr(default, "__get__")
+
+
 def _restore_layer(layer: Any, state: dict[str, Any], arrays: Any) -> None:
     for name, value in state.items():
-        if name != "__mujoco_state__" and (not name.isidentifier() or name.startswith("__")):
-            raise ValueError(f"A run checkpoint sets the attribute {name!r} of {type(layer).__name__}, which is refused.")
+        if not _restorable(layer, name):
+            raise ValueError(
+                f"A run checkpoint sets the attribute {name!r} of {type(layer).__name__}, which is refused (not a data "
+                "attribute of that layer): the file is damaged or crafted, or the env is built differently from the run's."
+            )
         if isinstance(value, dict) and "__stacked__" in value:
             _restore_stacked(getattr(layer, name), value["__stacked__"], arrays)
         elif name == "__mujoco_state__":
@@ -308,6 +364,11 @@ def _restore_envs(venv: VecEnv, layers: list[dict[str, Any]], exact: bool, array
             for layer, state in zip(env_chain, env_layers, strict=True):
                 _restore_layer(layer, state, arrays)
         for name, value in layers[-1]["__dummy__"].items():
+            if name not in _DUMMY_ATTRS:
+                raise ValueError(
+                    f"A run checkpoint sets the attribute {name!r} of DummyVecEnv, which is refused (it stores only "
+                    f"{list(_DUMMY_ATTRS)}): the file is damaged or crafted."
+                )
             setattr(base, name, _decode(value, arrays))
 
 
@@ -436,9 +497,61 @@ def save_run_checkpoint(
         :func:`load_run_checkpoint`
     :param rng: the random generators' states to store (:func:`capture_rng`, taken at the update boundary), instead
         of the current ones (:class:`RunCheckpointCallback` saves after the rollout's first gSDE noise draw)
-    :return: the folder
+    :return: the folder (as given; a symbolic link is followed: its target is written)
+    :raises ValueError: a model without env, or state that is not plain data (a VecEnv layer's attribute, the
+        algorithm's run state), named
     """
-    folder = pathlib.Path(folder)
+    given = pathlib.Path(folder)
+    if given.name in ("", ".."):  # ".", "/", "..": the swap would move that folder aside
+        raise ValueError(f"save_run_checkpoint: {str(given)!r} names no folder of its own: pass one, e.g. 'run/ckpt'.")
+    # a link is followed: the target is written (and its previous checkpoint set aside next to the target)
+    folder = pathlib.Path(os.path.realpath(given))
+    try:
+        state, encoder = _run_state(model, total_timesteps, extra, other_envs, rng)
+    except _Unplain as exc:  # (the env layers name theirs): the model's own state or the algorithm's
+        raise ValueError(
+            f"save_run_checkpoint: {exc.key} of {type(model).__name__} holds a {exc.kind}, which a run checkpoint cannot "
+            "store as data (arrays, numbers, strings, lists and dicts of them): keep it as plain data, or train without "
+            "run checkpoints."
+        ) from exc
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(folder.parent)  # the temporary folders of killed saves
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=temp_prefix(folder.name), suffix=".tmp", dir=folder.parent))
+    old = _previous(folder)  # the previous checkpoint, while the new one is renamed in
+    moved = False
+    try:
+        os.chmod(tmp, 0o777 & ~current_umask())
+        model.save(tmp / MODEL_FILE)
+        with open(tmp / STATE_FILE, "w") as file:
+            json.dump(state, file)
+        np.savez(tmp / ARRAYS_FILE, **encoder.arrays)  # type: ignore[arg-type]
+        for name in (MODEL_FILE, STATE_FILE, ARRAYS_FILE):
+            _fsync(tmp / name)
+        if folder.exists():
+            _remove(old)  # a failure here stops the save: the rename below would fail on what is left
+            os.replace(folder, old)
+            moved = True
+        os.replace(tmp, folder)
+        moved = False
+        _fsync(folder.parent)
+        with contextlib.suppress(OSError):  # best effort: the next save removes it first
+            _remove(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if moved and not folder.exists():
+            os.replace(old, folder)  # the previous checkpoint back in place
+        raise
+    return given
+
+
+def _run_state(
+    model: BaseAlgorithm,
+    total_timesteps: int | None,
+    extra: dict[str, Any] | None,
+    other_envs: dict[str, VecEnv] | None,
+    rng: tuple[Any, Any, th.Tensor] | None,
+) -> tuple[dict[str, Any], _Encoder]:
+    """The JSON of :func:`save_run_checkpoint` and the encoder holding its arrays (raises :class:`_Unplain`)."""
     encoder = _Encoder()
     env = model.get_env()
     if env is None:
@@ -473,33 +586,15 @@ def save_run_checkpoint(
             encoder.encode(model._run_checkpoint_state(), "algorithm") if hasattr(model, "_run_checkpoint_state") else None
         ),
     }
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_files(folder.parent)  # the temporary folders of killed saves
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=temp_prefix(folder.name), suffix=".tmp", dir=folder.parent))
-    old = _previous(folder)  # the previous checkpoint, while the new one is renamed in
-    moved = False
-    try:
-        os.chmod(tmp, 0o777 & ~current_umask())
-        model.save(tmp / MODEL_FILE)
-        with open(tmp / STATE_FILE, "w") as file:
-            json.dump(state, file)
-        np.savez(tmp / ARRAYS_FILE, **encoder.arrays)  # type: ignore[arg-type]
-        for name in (MODEL_FILE, STATE_FILE, ARRAYS_FILE):
-            _fsync(tmp / name)
-        if folder.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-            moved = True
-        os.replace(tmp, folder)
-        moved = False
-        _fsync(folder.parent)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if moved and not folder.exists():
-            os.replace(old, folder)  # the previous checkpoint back in place
-        raise
-    return folder
+    return state, encoder
+
+
+def _remove(path: pathlib.Path) -> None:
+    """Remove a file, a link (not its target) or a folder tree, if there is one (errors are raised)."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
 
 
 def _fsync(path: pathlib.Path) -> None:
@@ -577,7 +672,8 @@ def has_run_checkpoint(folder: str | pathlib.Path) -> bool:
     :return: whether it holds a complete checkpoint
     """
     folder = pathlib.Path(folder)
-    _restore_previous(folder)
+    if folder.name not in ("", ".."):  # (paths save_run_checkpoint cannot have written to)
+        _restore_previous(pathlib.Path(os.path.realpath(folder)))  # a link's target is what a save swapped
     return _has_files(folder)
 
 
@@ -587,21 +683,78 @@ def read_run_state(folder: str | pathlib.Path, algo_class: type[BaseAlgorithm] |
 
     :param folder: the checkpoint folder
     :param algo_class: when given, the checkpoint must be one of this algorithm
-    :return: the decoded JSON
-    :raises ValueError: an incomplete checkpoint, an unsupported format, or one of another algorithm
+    :return: the decoded JSON (its layout checked: an object with every entry a checkpoint writes, of its type)
+    :raises ValueError: an incomplete checkpoint, an unsupported format, one of another algorithm, or a file that is
+        not valid JSON or not laid out as a checkpoint writes it (naming the file)
     """
     folder = pathlib.Path(folder)
     if not has_run_checkpoint(folder):
         raise ValueError(f"{folder} is not a complete run checkpoint (expected {MODEL_FILE}, {STATE_FILE}, {ARRAYS_FILE}).")
-    with open(folder / STATE_FILE) as file:
-        state = json.load(file)
+    path = folder / STATE_FILE
+    try:
+        with open(path, encoding="utf-8") as file:
+            state = json.load(file)
+    except (ValueError, RecursionError) as exc:  # (json.JSONDecodeError, UnicodeDecodeError)
+        raise ValueError(f"{path} is not valid JSON ({exc}): {_DAMAGED}") from exc
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a JSON {type(state).__name__}, not an object: {_DAMAGED}")
     if state.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{folder}: run checkpoint format {state.get('format_version')} is not supported ({FORMAT_VERSION}).")
+    for key, kind in _STATE_LAYOUT.items():
+        if key not in state:
+            raise ValueError(f"{path} has no {key!r}: {_DAMAGED}")
+        value = state[key]
+        count = kind is int and isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        if not (count if kind is int else isinstance(value, kind)):
+            expected = "a count (integer >= 0)" if kind is int else f"a JSON {_JSON_NAMES[kind]}"
+            raise ValueError(f"{path}: {key!r} is {json.dumps(value)[:80]}, not {expected}: {_DAMAGED}")
+    if not state["env_layers"] or not all(isinstance(layer, dict) for layer in state["env_layers"]):
+        raise ValueError(f"{path}: 'env_layers' is not a non-empty list of objects: {_DAMAGED}")
+    if not isinstance(state.get("approximate"), (str, type(None))):
+        raise ValueError(f"{path}: 'approximate' is neither a string nor null: {_DAMAGED}")
     if algo_class is not None and state["algorithm"] != algo_class.__name__:
         raise ValueError(
             f"{folder} is a checkpoint of {state['algorithm']}, not {algo_class.__name__}: load it with that class."
         )
     return state
+
+
+#: what an error about a run checkpoint's unreadable data tells to do
+_DAMAGED = "the run checkpoint is damaged or crafted; use an intact copy of it, or train again."
+#: the entries every ``run_state.json`` has, and their JSON types (see :func:`save_run_checkpoint`)
+_STATE_LAYOUT: dict[str, type] = {
+    "algorithm": str,
+    "num_timesteps": int,
+    "total_timesteps": int,
+    "n_updates": int,
+    "episode_num": int,
+    "envs_exact": bool,
+    "env_layers": list,
+    "other_envs": dict,
+    "extra": dict,
+    "rng": dict,
+    "ep_info_buffer": list,
+    "ep_success_buffer": list,
+}
+_JSON_NAMES = {str: "string", bool: "boolean", list: "array", dict: "object"}
+
+
+@contextlib.contextmanager
+def _reading(path: pathlib.Path) -> Iterator[None]:
+    """
+    Within the block, the errors that damaged or crafted data of a checkpoint raise while it is decoded and restored
+    (a missing key, a value of another type, an unknown dtype, ...) become one ``ValueError`` naming the file.
+
+    :param path: the checkpoint's ``run_state.json``
+    """
+    try:
+        yield
+    except (KeyError, TypeError, AttributeError, IndexError, OverflowError, RecursionError) as exc:
+        raise ValueError(f"{path}: cannot restore the run ({type(exc).__name__}: {exc}): {_DAMAGED}") from exc
+    except ValueError as exc:
+        if str(path.parent) in str(exc):  # (already names the checkpoint)
+            raise
+        raise ValueError(f"{path}: {exc}") from exc
 
 
 def checkpoint_normalization(folder: str | pathlib.Path) -> dict[str, Any] | None:
@@ -615,7 +768,7 @@ def checkpoint_normalization(folder: str | pathlib.Path) -> dict[str, Any] | Non
     :raises ValueError: not a complete checkpoint
     """
     state = read_run_state(folder)
-    with BoundedNpz(pathlib.Path(folder) / ARRAYS_FILE) as arrays:
+    with BoundedNpz(pathlib.Path(folder) / ARRAYS_FILE) as arrays, _reading(pathlib.Path(folder) / STATE_FILE):
         for layer in state["env_layers"][:-1]:
             if "obs_rms" in layer and "ret_rms" in layer:
                 attributes = {name: _decode(value, arrays) for name, value in layer.items()}
@@ -639,14 +792,18 @@ def load_run_checkpoint(
     :param env: the run's VecEnv, built as the run built it (same wrappers, ``VecNormalize``, number of envs)
     :param other_envs: the further VecEnvs given to :func:`save_run_checkpoint`, by the same names, built as the run
         built them; their state is restored too (a name the checkpoint does not hold is left as it is)
-    :param load_kwargs: passed to ``algo_class.load`` (``device``, ...)
+    :param load_kwargs: passed to ``algo_class.load`` (``device``, ...). A schedule the run was given as a function
+        (``learning_rate``, ``clip_range``, ...: the model file holds it only as a pickle, which is not loaded) must be
+        passed again, by its name (``learning_rate=schedule``) or in ``custom_objects``, for the run to continue with it
     :return: the model, ready for :func:`continue_run`, and the run state
-    :raises ValueError: an incomplete checkpoint, one of another algorithm, or an env of another shape
+    :raises ValueError: an incomplete, damaged or crafted checkpoint (naming the file), one of another algorithm, an
+        env of another shape, or a schedule stored as a function that is not passed again
     """
     folder = pathlib.Path(folder)
     state = read_run_state(folder, algo_class)
+    load_kwargs = _with_schedules(algo_class, folder / MODEL_FILE, load_kwargs)
     model = algo_class.load(folder / MODEL_FILE, env=env, **load_kwargs)
-    with BoundedNpz(folder / ARRAYS_FILE) as arrays:
+    with BoundedNpz(folder / ARRAYS_FILE) as arrays, _reading(folder / STATE_FILE):
         # the model's env: ``env`` with the wrappers SB3 adds itself (VecTransposeImage for images), as at saving
         model_env = model.get_env()
         assert model_env is not None  # load() was given ``env``
@@ -681,6 +838,61 @@ def load_run_checkpoint(
         state["num_timesteps"], state["total_timesteps"], state["envs_exact"], state["extra"], approximate or None
     )
     return model, run_state
+
+
+def _function_schedules(path: pathlib.Path) -> list[str]:
+    """
+    The schedules a model file holds only as a pickled function (a load without pickle makes them constants), by the
+    constructor argument that sets them (``lr_schedule`` is built from ``learning_rate``).
+
+    :param path: the model file
+    :return: the argument names (none when the file cannot be read: ``load`` then says why)
+    """
+    try:
+        with zipfile.ZipFile(read_archive_bytes(path)) as archive:
+            data = read_data_entry(archive, str(path))
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return []
+    names = {
+        "learning_rate" if key == "lr_schedule" else key
+        for key, item in data.items()
+        if key in SCHEDULE_KEYS and isinstance(item, dict) and ":serialized:" in item and schedule_from_fields(item) is None
+    }
+    return sorted(names)
+
+
+def _with_schedules(algo_class: type[BaseAlgorithm], path: pathlib.Path, load_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """
+    ``load_kwargs`` with the schedules the model file holds as functions taken from the caller (by name or in
+    ``custom_objects``), which then stand in for the stored ones; refused when the caller does not pass one (the run
+    would go on with a constant: not the run it continues).
+
+    :param algo_class: the algorithm class
+    :param path: the model file
+    :param load_kwargs: the caller's keyword arguments for ``load``
+    :return: the keyword arguments for ``load``
+    :raises ValueError: a schedule stored as a function and not passed, naming it and how to pass it
+    """
+    if load_kwargs.get("allow_pickle"):
+        return load_kwargs
+    names = _function_schedules(path)
+    custom_objects = dict(load_kwargs.get("custom_objects") or {})
+    missing = [name for name in names if name not in load_kwargs and name not in custom_objects]
+    if missing:
+        example = ", ".join(f"{name}=schedule" for name in missing)
+        raise ValueError(
+            f"{path} holds {', '.join(missing)} as a function, which is not loaded without pickle (a constant would "
+            "replace it, and the run would not continue as it started). Pass the same schedule again: "
+            f"load_run_checkpoint({algo_class.__name__}, folder, env, {example}) (or custom_objects="
+            f"{{{missing[0]!r}: schedule}}); or allow_pickle=True if you trust the file."
+        )
+    if not names:
+        return load_kwargs
+    for name in names:  # (in custom_objects, nothing is rebuilt as a constant with a warning)
+        custom_objects.setdefault(name, load_kwargs.get(name))
+    if "learning_rate" in names:  # rebuilt from learning_rate by _setup_model
+        custom_objects.setdefault("lr_schedule", None)
+    return {**load_kwargs, "custom_objects": custom_objects}
 
 
 def continue_run(model: BaseAlgorithm, run_state: RunState, **learn_kwargs: Any) -> BaseAlgorithm:

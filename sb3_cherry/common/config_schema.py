@@ -126,7 +126,7 @@ def _annotation_example(annotation: Any) -> Any:
     return None
 
 
-def _type_ok(value: Any, default: Any, key: str, schedules: bool, whole_floats: Collection[str] = ()) -> bool:
+def _type_ok(value: Any, default: Any, key: str, whole_floats: Collection[str] = ()) -> bool:
     if isinstance(default, dict):
         return isinstance(value, dict)
     if isinstance(default, bool):
@@ -139,7 +139,7 @@ def _type_ok(value: Any, default: Any, key: str, schedules: bool, whole_floats: 
         return isinstance(value, int) and not isinstance(value, bool)
     if isinstance(default, float):
         if isinstance(value, str):
-            return schedules and key in SCHEDULE_KEYS and _is_linear_schedule(value)
+            return key in SCHEDULE_KEYS and _is_linear_schedule(value)
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if isinstance(default, str):
         return isinstance(value, str)
@@ -162,7 +162,6 @@ def check_constructor_kwargs(
     where: str,
     extra_allowed: frozenset[str] = frozenset(),
     reserved: frozenset[str] = frozenset(RESERVED_ARGS),
-    schedules: bool = True,
 ) -> None:
     """
     Check keyword arguments of an algorithm's constructor given in a config: known names, the types of their defaults
@@ -174,8 +173,6 @@ def check_constructor_kwargs(
     :param where: file and env (and the nesting), for the error message
     :param extra_allowed: further accepted keys (rl_zoo3's own)
     :param reserved: constructor arguments that may not be given here
-    :param schedules: whether ``lin_<value>`` strings are converted for these arguments (rl_zoo3 converts top-level
-        ones only)
     :raises ValueError: naming the key
     """
     parameters = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
@@ -198,18 +195,12 @@ def check_constructor_kwargs(
         # e.g. target_kl: float | None (policy_kwargs, a mapping or a dict(...) string, is checked on its own)
         if default is None and key in parameters and value is not None and key != "policy_kwargs":
             default = _annotation_example(parameters[key].annotation)
-        if (
-            default is not None
-            and default is not inspect.Parameter.empty
-            and not _type_ok(value, default, key, schedules, whole_floats)
-        ):
+        if default is not None and default is not inspect.Parameter.empty and not _type_ok(value, default, key, whole_floats):
             expected = type(default).__name__
             if isinstance(value, str) and _reads_as_number(value):
                 expected += f"; YAML reads {value} as a string: write the number with a dot and a signed exponent (1.0e-2)"
-            if schedules and key in SCHEDULE_KEYS:
+            if key in SCHEDULE_KEYS:
                 expected += " or lin_<value> with a positive value"
-            elif key in SCHEDULE_KEYS:
-                expected += "; lin_<value> schedules are converted at the top level of an entry only"
             raise ValueError(f"{where}: hyperparameter {key!r}={value!r} has the wrong type (expected {expected}).")
         choices = getattr(cls, "config_choices", {}).get(key)
         if choices is not None and value not in choices:

@@ -9,7 +9,12 @@ import gymnasium as gym
 from stable_baselines3.common.utils import LinearSchedule
 
 from sb3_cherry.common.config_schema import default_config, validate_config
-from sb3_cherry.common.safe_config import check_imported_names, parse_literal_string, parse_policy_kwargs
+from sb3_cherry.common.safe_config import (
+    check_imported_names,
+    parse_literal_string,
+    parse_policy_kwargs,
+    resolve_rollout_buffer_class,
+)
 
 
 @dataclass
@@ -20,8 +25,8 @@ class ZooEntry:
     :param n_timesteps: training budget
     :param n_envs: number of parallel environments
     :param normalize: VecNormalize arguments (``None``: no normalisation); its ``gamma`` is the model's, as in rl_zoo3
-    :param model_kwargs: arguments for the algorithm's constructor (policy included; schedules and
-        ``policy_kwargs`` strings converted)
+    :param model_kwargs: arguments for the algorithm's constructor (policy included; schedules, also in
+        ``generator_kwargs``, ``policy_kwargs`` strings and a ``rollout_buffer_class`` name converted)
     :param env_wrapper: the entry's ``env_wrapper`` (a class name, a ``{name: kwargs}`` mapping or a list of them),
         as :func:`make_env_wrapper` turns it into ``make_vec_env``'s ``wrapper_class``; None: no wrapper
     :param frame_stack: the entry's ``frame_stack`` (``VecFrameStack`` after ``VecNormalize``, as rl_zoo3)
@@ -56,6 +61,19 @@ def make_env_wrapper(env_wrapper: Any, where: str = "env_wrapper") -> Callable[[
     return get_wrapper_class({"env_wrapper": env_wrapper})
 
 
+def _linear_schedules(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with the ``lin_<value>`` strings of ``learning_rate`` / ``clip_range`` / ``clip_range_vf`` as
+    schedules (validated by :func:`~sb3_cherry.common.config_schema.validate_config`)."""
+    return {
+        key: (
+            LinearSchedule(float(value.split("_")[1]), 0.0, 1.0)
+            if key in ("learning_rate", "clip_range", "clip_range_vf") and isinstance(value, str)
+            else value
+        )
+        for key, value in kwargs.items()
+    }
+
+
 def load_zoo_entry(algo: str, env_id: str, path: str | pathlib.Path | None = None) -> ZooEntry:
     """
     Load the entry of ``env_id`` from ``zoo_configs/<algo>.yml`` (validated as ``sb3-cherry train`` validates it).
@@ -78,9 +96,10 @@ def load_zoo_entry(algo: str, env_id: str, path: str | pathlib.Path | None = Non
         normalize = None
     if normalize is not None and "gamma" in entry:
         normalize = {**normalize, "gamma": entry["gamma"]}  # as rl_zoo3: VecNormalize discounts with the model's gamma
-    for key in ("learning_rate", "clip_range", "clip_range_vf"):
-        if isinstance(entry.get(key), str):
-            entry[key] = LinearSchedule(float(entry[key].split("_")[1]), 0.0, 1.0)
+    entry = _linear_schedules(entry)
+    if isinstance(entry.get("generator_kwargs"), dict):  # GAIL / AIRL's generator (checked as the top level)
+        entry["generator_kwargs"] = _linear_schedules(entry["generator_kwargs"])
+    entry = resolve_rollout_buffer_class(entry)
     if isinstance(entry.get("policy_kwargs"), str):
         entry["policy_kwargs"] = parse_policy_kwargs(entry["policy_kwargs"], f"{path} [{env_id}] policy_kwargs")
     for key in ("vec_env_wrapper", "callback", "monitor_kwargs"):
