@@ -476,14 +476,18 @@ class SafeExperimentManager(ExperimentManager):
         of rl_zoo3's ``SimpleLinearSchedule``: the same values bit for bit while ``progress_remaining >= 0``, and 0
         after, where rl_zoo3's goes negative (the last rollout of a run may overshoot ``total_timesteps``: a negative
         learning rate, a step of gradient ascent, and clip range in the run's last update). ``lin_<value>`` strings in
-        GAIL / AIRL's ``generator_kwargs`` become schedules too (rl_zoo3 converts the top level only).
+        GAIL / AIRL's ``generator_kwargs`` become schedules too (rl_zoo3 converts the top level only), and a ``null``
+        schedule (``clip_range_vf: null``, the constructor's default) stays None (rl_zoo3 refused it).
 
         :param hyperparams: the entry
         :return: the entry with schedule objects
         """
         from rl_zoo3.utils import SimpleLinearSchedule
 
-        hyperparams = ExperimentManager._preprocess_schedules(hyperparams)
+        # None is the constructor's default (clip_range_vf: no value clipping), which rl_zoo3 refuses as a schedule
+        unset = [key for key in _SCHEDULE_KEYS if key in hyperparams and hyperparams[key] is None]
+        hyperparams = ExperimentManager._preprocess_schedules({k: v for k, v in hyperparams.items() if k not in unset})
+        hyperparams.update(dict.fromkeys(unset))
         generator_kwargs = hyperparams.get("generator_kwargs")
         if isinstance(generator_kwargs, dict):
             hyperparams["generator_kwargs"] = {

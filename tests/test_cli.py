@@ -371,6 +371,24 @@ def test_rollout_buffer_class_named_in_yaml_is_used(tmp_path, monkeypatch, name,
     assert type(models[0].rollout_buffer) is getattr(importlib.import_module(module), attribute)
 
 
+@pytest.mark.parametrize("key", ["clip_range_vf", "learning_rate"])
+def test_a_null_schedule_is_the_constructors_default(tmp_path, monkeypatch, key):
+    # rl_zoo3 refused clip_range_vf: null ("Invalid value for clip_range_vf: None"), SB3's own default
+    from sb3_cherry import PPORollback
+
+    models = []
+    monkeypatch.setattr(PPORollback, "learn", lambda self, *args, **kwargs: models.append(self) or self)
+    monkeypatch.chdir(tmp_path)
+    entry = {"n_timesteps": 64, "policy": "MlpPolicy", "n_steps": 32, "n_envs": 2, "clip_range_vf": None}
+    if key == "learning_rate":  # not None-able: still refused, before the run folder exists
+        with pytest.raises(SystemExit):
+            main(["train", "--env", "CartPole-v1", "-c", str(_write(tmp_path, {**entry, key: None}))])
+        assert not (tmp_path / "logs").exists()
+        return
+    main(["train", "--algo", "ppo_rollback", "--env", "CartPole-v1", "-c", str(_write(tmp_path, entry))])
+    assert models[0].clip_range_vf is None
+
+
 def test_shipped_configs_validate():
     for algo, env_ids in {
         "ppo_rollback": ["CartPole-v1", "Pendulum-v1", "BipedalWalker-v3", "Hopper-v5", "HalfCheetah-v5", "Humanoid-v5"],
