@@ -1,10 +1,14 @@
 """collection="async": the learner process computes exactly the lag-one, re-centred updates of a hand-written loop."""
 
 import copy
+import hashlib
 import math
 import multiprocessing as mp
 import os
 import signal
+import struct
+import time
+import warnings
 
 import gymnasium as gym
 import numpy as np
@@ -19,6 +23,7 @@ import sb3_cherry  # noqa: F401  (registers the sb3_cherry/ envs)
 from sb3_cherry import CherryA2C, PPORollback
 from sb3_cherry.common.async_learner import SharedStateDict
 from sb3_cherry.common.buffers import truncated_weights
+from sb3_cherry.ppo_rollback.policies import MlpPolicy
 from sb3_cherry.ppo_rollback.ppo_rollback import rollback_surrogate
 
 N_ENVS, N_STEPS = 4, 32
@@ -275,7 +280,9 @@ class _KillLearner(BaseCallback):
 @pytest.mark.timeout(120)
 def test_learner_death_is_reported_not_hung():
     model = _make(PPORollback, "async")
-    with pytest.raises(RuntimeError, match="learner process"), pytest.warns(UserWarning, match="could not be fetched"):
+    with pytest.raises(RuntimeError, match=r"learner process.*killed by SIGKILL: out of memory"), pytest.warns(
+        UserWarning, match="could not be fetched"
+    ):
         model.learn(20 * N_STEPS * N_ENVS, callback=_KillLearner())
     assert not [child for child in mp.active_children() if child.name == "sb3_cherry-learner"]
 
@@ -283,7 +290,8 @@ def test_learner_death_is_reported_not_hung():
 def test_learner_error_is_reported():
     model = _make(PPORollback, "async", batch_size=64)
     model.clip_range = None  # the learner process cannot start from it (None is not a schedule)
-    with pytest.raises(RuntimeError, match="learner process failed"):
+    # re-raised as its own type (SB3's assert), with the learner's traceback in the message
+    with pytest.raises(AssertionError, match=r"(?s)must be a float or a callable.*async learner process.*Traceback"):
         model.learn(3 * N_STEPS * N_ENVS)
     assert not [child for child in mp.active_children() if child.name == "sb3_cherry-learner"]
 
@@ -763,3 +771,160 @@ def test_main_guard_inside_a_condition_is_recognised(tmp_path):
     assert _has_main_guard(str(script))
     script.write_text("import sys\nif len(sys.argv) > 0:\n    pass\n")
     assert not _has_main_guard(str(script))
+
+
+# --- lifecycle: a hung, interrupted, failing or re-started learner ---------------------------------------------------
+
+
+def _in_learner() -> bool:
+    return mp.current_process().name == "sb3_cherry-learner"
+
+
+class _HangingPolicy(MlpPolicy):
+    """Hangs in the learner process's first update, as a deadlocked CUDA call or collective would."""
+
+    def evaluate_actions(self, obs, actions):
+        if _in_learner():
+            time.sleep(10_000)
+        return super().evaluate_actions(obs, actions)
+
+
+class _RngSpyPolicy(MlpPolicy):
+    """Appends, at each minibatch the learner process evaluates, a digest of numpy's and torch's global random states
+    (after the minibatch permutation) to the file ``record_to``."""
+
+    def __init__(self, *args, record_to: str = "", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.record_to = record_to
+
+    def evaluate_actions(self, obs, actions):
+        if _in_learner() and self.training:
+            _, keys, pos, *_ = np.random.get_state()
+            digest = hashlib.md5(keys.tobytes() + bytes([pos % 256, pos // 256]) + th.get_rng_state().numpy().tobytes())
+            with open(self.record_to, "a") as file:
+                file.write(f"{digest.hexdigest()}\n")
+        return super().evaluate_actions(obs, actions)
+
+
+def _learner_with(monkeypatch, timeout: float = 3600.0, hook=None) -> list:
+    """Make learn() start learners with an update timeout of ``timeout`` s (the start-up keeps the default) and call
+    ``hook(learner)`` when each is ready; returns the list of the learners started."""
+    import sb3_cherry.common.on_policy as on_policy
+    from sb3_cherry.common.async_learner import AsyncLearner
+
+    started = []
+
+    class Learner(AsyncLearner):
+        def __init__(self, model):
+            super().__init__(model)
+            self.timeout = timeout
+            self.ready_at = time.monotonic()
+            started.append(self)
+            if hook is not None:
+                hook(self)
+
+    monkeypatch.setattr(on_policy, "AsyncLearner", Learner)
+    return started
+
+
+def _no_learner_left() -> bool:
+    return not [child for child in mp.active_children() if child.name == "sb3_cherry-learner"]
+
+
+@pytest.mark.timeout(120)
+def test_a_hung_learner_is_reported_after_one_timeout(monkeypatch, one_torch_thread):
+    # was: the update's timeout, then the same again in salvage (fetching the optimizer state), then 10 s in close
+    started = _learner_with(monkeypatch, timeout=2.0)
+    model = PPORollback(_HangingPolicy, make_vec_env("CartPole-v1", n_envs=2, seed=0), n_steps=16, batch_size=16,
+                        n_epochs=1, seed=0, device="cpu", collection="async")  # fmt: skip
+    with pytest.raises(RuntimeError, match="did not answer 'trained' within 2 s"), pytest.warns(
+        UserWarning, match=r"could not be fetched .*did not answer 'trained'"
+    ):
+        model.learn(10 * 32)
+    assert time.monotonic() - started[0].ready_at < 2.0 + 3.0  # one timeout, no second wait, no 10 s join
+    assert _no_learner_left()
+
+
+def _cut_next_send(learner) -> None:
+    """The next message to the learner is cut in the middle by a KeyboardInterrupt (a Ctrl-C during the pipe write),
+    whether it is written by Connection.send or send_bytes (both go through _send_bytes)."""
+    conn = learner.conn
+
+    def cut(buffer):
+        del conn._send_bytes  # (once)
+        conn._send(struct.pack("!i", len(buffer)) + bytes(buffer[: len(buffer) // 2]))
+        raise KeyboardInterrupt
+
+    conn._send_bytes = cut
+
+
+@pytest.mark.timeout(120)
+def test_an_interrupt_during_submit_does_not_wait_for_the_learner(monkeypatch, one_torch_thread):
+    # was: salvage sent "optimizer" behind the half message, the learner waited for the rest: a whole timeout, then
+    # 10 s in close
+    cut_at = []
+
+    class CutThirdRollout(BaseCallback):
+        def _on_step(self) -> bool:
+            return True
+
+        def _on_rollout_end(self) -> None:
+            if self.model._n_updates > 0 and not cut_at:  # (the third rollout, about to be submitted)
+                _cut_next_send(started[0])
+                cut_at.append(time.monotonic())
+
+    started = _learner_with(monkeypatch, timeout=3.0)
+    model = _make(PPORollback, "async")
+    with pytest.raises(KeyboardInterrupt), pytest.warns(UserWarning, match=r"interrupted while sending .*out of step"):
+        model.learn(10 * N_STEPS * N_ENVS, callback=CutThirdRollout())
+    assert time.monotonic() - cut_at[0] < 3.0  # no timeout waited, no 10 s join
+    assert _no_learner_left()
+
+
+@pytest.mark.timeout(120)
+def test_a_ctrl_c_reaching_the_learner_does_not_stop_it(monkeypatch, one_torch_thread):
+    # a terminal's Ctrl-C reaches the whole process group: the learner ignores it (the main process's KeyboardInterrupt
+    # then salvages its last update and stops it); it used to die in its update, without its state
+    class InterruptLearner(BaseCallback):
+        def _on_step(self) -> bool:
+            return True
+
+        def _on_rollout_end(self) -> None:
+            os.kill(started[0].process.pid, signal.SIGINT)
+
+    started = _learner_with(monkeypatch)
+    model = _make(PPORollback, "async")
+    model.learn(4 * N_STEPS * N_ENVS, callback=InterruptLearner())
+    assert model._n_updates == 4 * 3  # 4 updates of 3 epochs
+    assert _no_learner_left()
+
+
+def test_consecutive_learn_calls_continue_the_learners_random_streams(tmp_path, one_torch_thread):
+    """Each learner used to re-seed numpy and torch from model.seed (load runs _setup_model): every learn call of a
+    chunked training drew the same minibatch permutations. They now continue, as the one process of sync does."""
+    record = tmp_path / "rng.txt"
+    model = PPORollback(_RngSpyPolicy, make_vec_env("CartPole-v1", n_envs=2, seed=0), n_steps=16, batch_size=16,
+                        n_epochs=1, seed=0, device="cpu", collection="async",
+                        policy_kwargs=dict(record_to=str(record)))  # fmt: skip
+    calls = []
+    for _ in range(2):
+        model.learn(2 * 32, reset_num_timesteps=False)  # two updates of two minibatches per call
+        calls.append(record.read_text().split())
+        record.unlink()
+    # one permutation per epoch (shared by its two minibatches): two states per call, none repeated by the next call
+    assert [len(states) for states in calls] == [4, 4] and [len(set(states)) for states in calls] == [2, 2], calls
+    assert not set(calls[0]) & set(calls[1]), calls
+
+
+def test_a_learner_error_is_re_raised_with_its_type_and_traceback(one_torch_thread):
+    model = _make(PPORollback, "async")
+    model.learning_rate = lambda progress: float("nan") if progress < 0.9 else 3e-4  # a non-finite second update
+    model._setup_lr_schedule()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ValueError, match=r"(?s)^Non-finite loss.*async learner process.*Traceback.*in _learner_main"):
+            model.learn(10 * N_STEPS * N_ENVS)
+    messages = [(str(w.message), w.filename) for w in caught if "learner" in str(w.message)]
+    # no "killed or out of memory" guess after an error the learner reported; the warning points at this learn call
+    assert messages == [(messages[0][0], __file__)] and "learner process raised ValueError" in messages[0][0], messages
+    assert _no_learner_left()

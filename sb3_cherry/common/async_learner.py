@@ -24,16 +24,25 @@ takes the advantages without ``rho`` (``w`` times PPO's ratio ``pi / pi_prox`` a
 What crosses the process boundary, per update: the rollout (arrays of the rollout buffer, sent once through a pipe) to
 the learner; the new policy weights back through a ``multiprocessing.shared_memory`` block (written in place by the
 learner, copied into the main policy once per update, never pickled); the ``train/`` log values (a small dict).
-The optimizer state stays in the learner and is copied back once, when ``learn`` ends.
+The optimizer state stays in the learner and is copied back once, when ``learn`` ends, with the learner's random
+states (numpy's minibatch permutations, torch, ``random``): the learner of the next ``learn`` call continues them, as the
+single process of ``collection="sync"`` does, instead of re-seeding from ``model.seed``.
+
+The learner process ignores SIGINT: a Ctrl-C (sent to the whole process group by a terminal) interrupts the main
+process only, which then fetches the learner's last update (:meth:`AsyncLearner.salvage`) and stops it.
 """
 
 import io
 import multiprocessing as mp
 import os
+import random
+import signal
 import sys
 import traceback
 import warnings
+import weakref
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from multiprocessing.shared_memory import SharedMemory
 from typing import Any
 
@@ -48,6 +57,30 @@ from sb3_cherry.common.speed import training_switches
 COLLECTION_MODES = ("sync", "async")
 # rollout buffer fields that are not per-step data
 _BUFFER_SCALARS = ("pos", "full", "generator_ready")
+# exception types the main process re-raises for the learner's (only their name and message cross the pipe, as
+# strings); a learner error of another type is reported as the nearest of these bases, else as a RuntimeError
+_REBUILT_ERRORS: dict[str, type[Exception]] = {
+    cls.__name__: cls
+    for cls in (
+        ArithmeticError,
+        AssertionError,
+        AttributeError,
+        FloatingPointError,
+        IndexError,
+        LookupError,
+        NotImplementedError,
+        OverflowError,
+        RuntimeError,
+        TypeError,
+        ValueError,
+        ZeroDivisionError,
+    )
+}
+# packages whose frames a warning skips to point at the user's code
+_LIBRARY_PACKAGES = ("sb3_cherry", "stable_baselines3", "sb3_contrib")
+# per model, the random states (``torch.save`` bytes) its last learner ended with, for the learner of the next learn
+# call; not a model attribute, so not saved with the model (``load`` re-seeds from ``model.seed``, in both modes)
+_LEARNER_RNG_STATES: "weakref.WeakKeyDictionary[OnPolicyAlgorithm, bytes]" = weakref.WeakKeyDictionary()
 
 
 def check_collection(collection: str) -> str:
@@ -205,6 +238,106 @@ class SharedStateDict:
             self.shm.unlink()
 
 
+def _save_rng_state() -> bytes:
+    """
+    The global random states training draws from (numpy: minibatch permutations; torch, CUDA once initialised;
+    ``random``), as ``torch.save`` bytes of types ``torch.load(weights_only=True)`` accepts.
+    """
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    assert isinstance(keys, np.ndarray)
+    state: dict[str, Any] = {
+        "numpy": (kind, th.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
+        "torch": th.get_rng_state(),
+        "random": random.getstate(),
+    }
+    if th.cuda.is_available() and th.cuda.is_initialized():
+        state["cuda"] = th.cuda.get_rng_state_all()
+    buffer = io.BytesIO()
+    th.save(state, buffer)
+    return buffer.getvalue()
+
+
+def _load_rng_state(data: bytes) -> None:
+    """
+    Restore the global random states saved by :func:`_save_rng_state`.
+
+    :param data: its bytes
+    """
+    state = th.load(io.BytesIO(data), weights_only=True)
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    th.set_rng_state(state["torch"])
+    random.setstate(state["random"])
+    if "cuda" in state and th.cuda.is_available() and len(state["cuda"]) == th.cuda.device_count():
+        th.cuda.set_rng_state_all(state["cuda"])
+
+
+def _error_report(exc: BaseException) -> tuple[str, str, str, str]:
+    """
+    What the learner reports of its error, as plain strings (the main process unpickles no exception object).
+
+    :param exc: the exception, being handled
+    :return: the nearest base in ``_REBUILT_ERRORS`` (else ``"RuntimeError"``), the qualified type name, the message,
+        the formatted traceback
+    """
+    cls = type(exc)
+    base = next(
+        (c.__name__ for c in cls.__mro__ if c.__module__ == "builtins" and c.__name__ in _REBUILT_ERRORS),
+        "RuntimeError",
+    )
+    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    return base, name, str(exc), traceback.format_exc()
+
+
+def _learner_error(base: str, name: str, message: str, trace: str) -> Exception:
+    """
+    The exception the main process raises for an error of the learner: the learner's type when it is one of
+    ``_REBUILT_ERRORS`` (else its nearest base there), with the learner's traceback in the message.
+
+    :param base: the nearest base in ``_REBUILT_ERRORS``
+    :param name: the qualified name of the learner's exception type
+    :param message: its message
+    :param trace: its formatted traceback
+    :return: the exception
+    """
+    where = (
+        f"(raised as {name} in the async learner process; collection='sync' trains in-process, to debug it there). "
+        f"The learner's traceback:\n{trace}"
+    )
+    if base in _REBUILT_ERRORS and base == name:
+        return _REBUILT_ERRORS[base](f"{message}\n\n{where}")
+    return _REBUILT_ERRORS.get(base, RuntimeError)(f"The async learner process failed with {name}: {message}\n\n{where}")
+
+
+def _exit_status(exitcode: int | None) -> str:
+    """How the learner process ended, in words, from its exit code (``None``: still running)."""
+    if exitcode is None:
+        return "it is still running"
+    if exitcode == 0:
+        return "it exited normally (exit code 0) without answering: interrupted, or its pipe was closed"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        if -exitcode == getattr(signal, "SIGKILL", None):
+            return f"it was killed by {name}: out of memory (the kernel's OOM killer sends SIGKILL), or killed by hand"
+        return f"it was ended by {name}"
+    return f"it exited with code {exitcode} (a crash during start-up or in native code?)"
+
+
+def _user_stacklevel() -> int:
+    """
+    The ``stacklevel`` for a ``warnings.warn`` in the function calling this one that points at the first frame
+    outside ``sb3_cherry`` and SB3: the user's ``learn`` call, whatever wrappers (``fast_learn``) and ``learn``
+    overrides (``super().learn`` through SB3's classes) are in between.
+    """
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and str(frame.f_globals.get("__name__")).split(".")[0] in _LIBRARY_PACKAGES:
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def buffer_payload(buffer: RolloutBuffer) -> dict[str, Any]:
     """
     The data of a filled rollout buffer: its numpy arrays (and dicts of arrays) and position flags.
@@ -234,9 +367,13 @@ def _learner_main(conn: Connection, model_bytes: bytes, shm_name: str, layout: l
     """
     shared = None
     try:
+        # a Ctrl-C in a terminal reaches the whole process group: the main process handles it (salvage, then close)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         th.set_num_threads(threads)
-        model_class, device = conn.recv()
+        model_class, device, rng_state = conn.recv()
         model = model_class.load(io.BytesIO(model_bytes), env=None, device=device, allow_pickle=True)  # our own bytes
+        if rng_state is not None:  # continue the previous learner's random streams (load re-seeded from model.seed)
+            _load_rng_state(rng_state)
         logger = Logger(folder=None, output_formats=[])
         model.set_logger(logger)
         shared = SharedStateDict(layout, name=shm_name)
@@ -248,7 +385,7 @@ def _learner_main(conn: Connection, model_bytes: bytes, shm_name: str, layout: l
             if command == "optimizer":
                 state = io.BytesIO()
                 th.save(model.policy.optimizer.state_dict(), state)
-                conn.send(("optimizer", state.getvalue()))
+                conn.send(("optimizer", (state.getvalue(), _save_rng_state())))
                 continue
             buffer = model.rollout_buffer
             buffer.behaviour_log_probs, buffer.advantage_weights = None, None
@@ -272,9 +409,9 @@ def _learner_main(conn: Connection, model_bytes: bytes, shm_name: str, layout: l
             conn.send(("trained", {"logs": logs, "n_updates": model._n_updates}))
     except (EOFError, KeyboardInterrupt, BrokenPipeError):
         pass
-    except BaseException:
+    except BaseException as exc:
         try:
-            conn.send(("error", traceback.format_exc()))
+            conn.send(("error", _error_report(exc)))
         except (BrokenPipeError, OSError):
             pass
     finally:
@@ -308,6 +445,10 @@ class AsyncLearner:
         self.timeout = timeout
         self.pending = False
         self.submitted = 0
+        # why the learner can no longer be asked for its state (then salvage warns at once instead of waiting)
+        self.failure: str | None = None
+        # the learner hangs, or the pipe is out of step (a message cut by an interrupt): close terminates it at once
+        self.unresponsive = False
         _check_rebuildable(model)
         layout = SharedStateDict.layout_of(model.policy.state_dict())
         self.shared = SharedStateDict(layout)
@@ -325,7 +466,7 @@ class AsyncLearner:
             )
             self.process.start()
             child_conn.close()
-            self._send((type(model), str(model.device)), "ready")
+            self._send((type(model), str(model.device), _LEARNER_RNG_STATES.get(model)), "ready")
             self._receive("ready")
         except BaseException:
             child_conn.close()
@@ -333,11 +474,12 @@ class AsyncLearner:
             raise
 
     def _lost(self, expected: str) -> RuntimeError:
-        """The error reported when the pipe to the learner breaks."""
+        """The error reported when the learner process died or closed its pipe; records the failure."""
         self.process.join(timeout=1.0)
+        self.failure = f"the learner process ended before answering {expected!r}: {_exit_status(self.process.exitcode)}"
         return RuntimeError(
-            f"The async learner process closed its pipe (exit code {self.process.exitcode}) before {expected!r}: "
-            "killed or out of memory? Retry with collection='sync' to see any error in-process."
+            f"The async learner process ended before answering {expected!r}: {_exit_status(self.process.exitcode)}. "
+            "Retry with collection='sync' to see any error in-process."
             + (
                 ' If the script calls learn() outside `if __name__ == "__main__":`, the learner process re-ran it: '
                 "move that code under the guard."
@@ -346,12 +488,21 @@ class AsyncLearner:
             )
         )
 
-    def _send(self, message: tuple[Any, Any], expected: str) -> None:
+    def _cut(self, what: str) -> None:
+        """Record that an interrupt cut a message to or from the learner: the pipe is out of step."""
+        self.failure = f"learn was interrupted while {what}, which left the pipe to the learner out of step"
+        self.unresponsive = True
+
+    def _send(self, message: tuple[Any, ...], expected: str) -> None:
         """Send a command to the learner, reporting a dead learner instead of a broken pipe."""
+        payload = ForkingPickler.dumps(message)  # (as Connection.send; an interrupt here leaves the pipe in step)
         try:
-            self.conn.send(message)
+            self.conn.send_bytes(payload)
         except OSError as exc:  # BrokenPipeError / ConnectionResetError
             raise self._lost(expected) from exc
+        except BaseException:  # KeyboardInterrupt: part of the message may be in the pipe
+            self._cut(f"sending the command answered by {expected!r}")
+            raise
 
     def _receive(self, expected: str) -> Any:
         """Wait for the learner's answer, reporting its death, its errors or a timeout instead of hanging."""
@@ -359,18 +510,25 @@ class AsyncLearner:
         while not self.conn.poll(1.0):
             waited += 1.0
             if not self.process.is_alive():
-                raise RuntimeError(
-                    f"The async learner process died (exit code {self.process.exitcode}) before answering "
-                    f"{expected!r}: out of memory or killed? Retry with collection='sync' to see the error in-process."
-                )
+                raise self._lost(expected)
             if waited >= self.timeout:
-                raise RuntimeError(f"The async learner process did not answer {expected!r} within {self.timeout:.0f} s.")
+                self.failure = f"it did not answer {expected!r} within {self.timeout:.0f} s"
+                self.unresponsive = True
+                raise RuntimeError(
+                    f"The async learner process did not answer {expected!r} within {self.timeout:.0f} s: it hangs "
+                    "(e.g. a deadlocked CUDA call) and is stopped. Retry with collection='sync' to debug it in-process."
+                )
         try:
             kind, data = self.conn.recv()
         except (EOFError, OSError) as exc:  # OSError: ConnectionResetError when the learner was killed mid-write
             raise self._lost(expected) from exc
+        except BaseException:  # KeyboardInterrupt: the rest of the answer is still in the pipe
+            self._cut(f"receiving {expected!r}")
+            raise
         if kind == "error":
-            raise RuntimeError(f"The async learner process failed:\n{data}")
+            base, name, message, trace = (str(part) for part in data)  # (strings only, see _error_report)
+            self.failure = f"the learner process raised {name}"
+            raise _learner_error(base, name, message, trace)
         assert kind == expected, (kind, expected)
         return data
 
@@ -410,46 +568,67 @@ class AsyncLearner:
 
     def finish(self, model: OnPolicyAlgorithm) -> None:
         """
-        Wait for the last update and copy the learner's weights and optimizer state into the model.
+        Wait for the last update and copy the learner's weights and optimizer state into the model; keep its random
+        states for the learner of the next ``learn`` call.
 
         :param model: the model to update
         """
         self.sync(model)
         self._send(("optimizer", None), "optimizer")
-        state = th.load(io.BytesIO(self._receive("optimizer")), map_location=model.device, weights_only=True)
+        optimizer, rng_state = self._receive("optimizer")
+        state = th.load(io.BytesIO(optimizer), map_location=model.device, weights_only=True)
         model.policy.optimizer.load_state_dict(state)
+        _LEARNER_RNG_STATES[model] = rng_state  # (loaded by the next learner only)
 
     def salvage(self, model: OnPolicyAlgorithm) -> None:
         """
         After ``learn`` failed or was interrupted: give the model the learner's last weights and their optimizer state
         (the model holds the behaviour weights, one update behind, and the optimizer state from the start of
-        ``learn``), so that saving it pairs weights and optimizer state. Warns if the learner is gone (e.g. it received
-        the same Ctrl-C).
+        ``learn``), so that saving it pairs weights and optimizer state. Warns at once, without waiting, if the learner
+        cannot answer any more (it failed, hangs, is gone, or an interrupt cut a message in the pipe); a second
+        interrupt while waiting for its update in progress gives up on it.
 
         :param model: the model being trained
         """
-        try:
-            if self.process is None or not self.process.is_alive():
-                raise RuntimeError("the learner process has exited")
-            self.finish(model)
-        except Exception as exc:
-            warnings.warn(
-                f"collection='async': learn stopped and the learner's state could not be fetched ({exc}): the model "
-                "holds the weights of the last update received and the optimizer state from the start of this learn "
-                "call.",
-                stacklevel=3,
-            )
+        reason = self.failure
+        if reason is None and (self.process is None or not self.process.is_alive()):
+            reason = "the learner process has exited" + (f": {_exit_status(self.process.exitcode)}" if self.process else "")
+        if reason is None:
+            try:
+                self.finish(model)
+                return
+            except Exception as exc:
+                reason = self.failure or str(exc).split("\n", 1)[0]
+            except BaseException:  # a second Ctrl-C while waiting for the update in progress
+                self.unresponsive = True
+                self._warn_not_fetched("interrupted while waiting for the update in progress", _user_stacklevel())
+                raise
+        self._warn_not_fetched(reason, _user_stacklevel())
+
+    @staticmethod
+    def _warn_not_fetched(reason: str, stacklevel: int) -> None:
+        """Warn that the model keeps the state of the last update received (``stacklevel`` of the caller)."""
+        warnings.warn(
+            f"collection='async': learn stopped and the learner's state could not be fetched ({reason}): the model "
+            "holds the weights of the last update received and the optimizer state from the start of this learn "
+            "call.",
+            stacklevel=stacklevel + 1,
+        )
 
     def close(self) -> None:
-        """Stop the learner process and free the shared memory (safe to call twice)."""
+        """Stop the learner process (at once if it hangs) and free the shared memory (safe to call twice)."""
         if self.process is not None and self.process.is_alive():
-            try:
-                self.conn.send(("close", None))
-            except (BrokenPipeError, OSError):
-                pass
-            self.process.join(timeout=10)
+            if not self.unresponsive:
+                try:
+                    self.conn.send(("close", None))
+                except (BrokenPipeError, OSError):
+                    pass
+                self.process.join(timeout=10)
             if self.process.is_alive():
                 self.process.terminate()
+                self.process.join(timeout=5)
+            if self.process.is_alive():
+                self.process.kill()
                 self.process.join(timeout=5)
         self.conn.close()
         if self.shared.arrays:
