@@ -942,6 +942,8 @@ def cmd_record(argv: list[str]) -> None:
 
     if args.n_episodes < 1:
         raise ValueError(f"-n/--n-episodes must be at least 1, got {args.n_episodes}.")
+    if pathlib.Path(args.output).is_dir():  # (the file would be written next to it, as <folder>.npz)
+        raise ValueError(f"-o/--output {args.output} is a folder; give a file name, e.g. {args.output}/demos.npz.")
     check_writable(demo_file_path(args.output))
     model, env = _load_for_eval(args)
     trajectories = record_demos(model, env, args.n_episodes, args.output, deterministic=not args.stochastic)

@@ -82,6 +82,12 @@ def test_record_names_the_file_it_wrote(trained, tmp_path, capsys):
         ["record", "--algo", "ppo_rollback", "--env", "CartPole-v1", "-f", str(trained), "-n", "1", "-o", str(tmp_path / "d")]
     )
     assert f"to {tmp_path / 'd.npz'} " in capsys.readouterr().out and (tmp_path / "d.npz").exists()
+    # a folder given as -o: refused (the file was written next to it, as <folder>.npz)
+    (tmp_path / "demos").mkdir()
+    with pytest.raises(SystemExit) as info:
+        main(["record", "--env", "CartPole-v1", "-f", str(trained), "-n", "1", "-o", str(tmp_path / "demos")])
+    assert info.value.code == 2 and "is a folder; give a file name" in capsys.readouterr().err
+    assert not (tmp_path / "demos.npz").exists()
 
 
 @pytest.mark.parametrize("command", ["record", "evaluate", "video"])
