@@ -9,7 +9,8 @@ class AIRL(AdversarialImitation):
     sb3_cherry demonstration files and ``Tuple`` action spaces, as an SB3 algorithm (``learn``, ``predict``, ``save``,
     ``load``, ``get_parameters``, ``set_parameters``, ``set_env``, ``logger``). The discriminator's logit is
     ``f(s, a, s') - log pi(a | s)`` with a shaped reward ``f = g(s, a) + gamma * h(s') - h(s)``
-    (``BasicShapedRewardNet`` by default, ``gamma`` the generator's), which is also the generator's reward.
+    (``BasicShapedRewardNet`` by default, ``gamma`` the generator's), which is also the generator's reward. As in
+    imitation, ``h(s')`` is 0 at every episode end, time-limit truncations included (expert and generator alike).
 
     Feed-forward generators only (``log pi(a | s)`` of single transitions). ``save`` writes one zip: the generator's
     model (``PPORollback.load`` reads it), the shaped reward net's ``state_dict`` and this class's hyperparameters as
