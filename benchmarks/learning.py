@@ -482,10 +482,8 @@ def run_chunk(model: BaseAlgorithm, callback: EvalAppendCallback, timesteps: int
         # rows this run wrote after its checkpoint (a process stopped mid-chunk) are measured again: drop them
         drop_rows_after(callback.path, row, state.num_timesteps)
         print(f"{folder.name}: resuming at {state.num_timesteps} of {state.total_timesteps} steps", flush=True)
-        if not state.envs_exact:
-            # the envs start new episodes: seeded anew per chunk, so a chunk does not replay the first chunk's
-            # episodes (tracks, terrains) that the freshly built env's seed would give again
-            model.get_env().seed(int(row["seed"]) + state.num_timesteps)
+        # (envs that are not captured exactly start new episodes, seeded anew per chunk by load_run_checkpoint with
+        # the model's seed, the run's, plus the steps done: a chunk does not replay the first chunk's tracks)
         continue_run(model, state, callback=[callback, saver])
     else:
         model.learn(timesteps, callback=[callback, saver])

@@ -190,6 +190,14 @@ def test_uncapturable_env_resumes_with_new_episodes(tmp_path):
     save_run_checkpoint(model, tmp_path / "ckpt", total_timesteps=512, extra={"evaluations": [1.0, 2.5]})
     loaded, state = load_run_checkpoint(PPORollback, tmp_path / "ckpt", build())
     assert not state.envs_exact and state.extra == {"evaluations": [1.0, 2.5]}
+    # the new episodes are seeded with the model's seed plus the steps done, not the run's first seed (load's), which
+    # replayed the first chunk's episodes (CLI --resume); independent reference: an env seeded so by SB3 itself
+    first = make_vec_env("CartPole-v1", n_envs=2, seed=5).reset()
+    expected = make_vec_env("CartPole-v1", n_envs=2, seed=5 + 256).reset()
+    obs = loaded.get_env().reset()
+    np.testing.assert_array_equal(obs, expected)
+    assert not np.array_equal(obs, first)
+    loaded, state = load_run_checkpoint(PPORollback, tmp_path / "ckpt", build())
     continue_run(loaded, state)
     assert loaded.num_timesteps == 512
 

@@ -32,7 +32,8 @@ What is restored exactly:
 - with a ``DummyVecEnv``: each env's wrapper chain and unwrapped env when all their state is plain data (arrays,
   numbers, ``np.random.Generator`` states: classic control, sb3_cherry's envs, ``Monitor``, ``TimeLimit``) or a MuJoCo
   simulation (``mujoco.mj_getState``). Other envs (Box2D worlds, ``SubprocVecEnv`` workers) cannot be captured as data:
-  on resume they start new episodes (``VecEnv.reset``), which changes nothing else; ``run_state.json`` records which
+  on resume they start new episodes (``VecEnv.reset``, seeded with the model's ``seed`` plus the steps done, so that
+  a chunk does not replay the first chunk's episodes), which changes nothing else; ``run_state.json`` records which
   case applied (``"envs_exact"``).
 
 An algorithm may store its own run state besides its model file (``_run_checkpoint_state()`` /
@@ -826,8 +827,11 @@ def load_run_checkpoint(
             model._last_original_obs = _decode(state["last_original_obs"], arrays)
             # the recurrent states the next rollout starts from, mid-episode (new episodes start from zeros)
             _restore_rnn_states(model, state.get("rnn_states"), arrays)
-        else:  # new episodes: ``learn`` resets the env
+        else:  # new episodes: ``learn`` resets the env, seeded anew (``load`` seeded it with the run's first seed, which
+            # would replay the first chunk's episodes: tracks, terrains)
             model._last_obs = None
+            if model.seed is not None:
+                model_env.seed(model.seed + state["num_timesteps"])
         if state.get("algorithm_state") is not None and hasattr(model, "_restore_run_checkpoint_state"):
             model._restore_run_checkpoint_state(_decode(state["algorithm_state"], arrays))
         _restore_rng(state["rng"], arrays)
