@@ -41,6 +41,7 @@ from sb3_cherry.checkpoint_eval import RUN_CHECKPOINT
 from sb3_cherry.common.checkpoint import (
     RunCheckpointCallback,
     RunState,
+    continue_callback_counts,
     has_run_checkpoint,
     load_run_checkpoint,
     read_run_state,
@@ -705,10 +706,7 @@ class ChunkedExperimentManager(SafeExperimentManager):
     def _restore_callbacks(self, model: BaseAlgorithm) -> None:
         """Continue the callbacks' step counts (their periods count calls) and the evaluation history."""
         assert self.run_state is not None
-        calls = model.num_timesteps // model.n_envs
-        for callback in self.callbacks:
-            if isinstance(callback, BaseCallback):
-                callback.n_calls = calls
+        continue_callback_counts(self.callbacks, model)
         saved = self.run_state.extra.get("evaluation")
         if self.eval_callback is not None and saved is not None:
             evaluation = self.eval_callback

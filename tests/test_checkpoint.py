@@ -9,6 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import VecEnvWrapper, VecNormalize
@@ -39,6 +40,33 @@ def make_model(env, algo=PPORollback):
 
 def params(model):
     return {k: v.clone() for k, v in model.policy.state_dict().items()}
+
+
+class _Fires(BaseCallback):
+    """Records the steps at which a period of ``every`` calls fires (as EvalCallback's ``eval_freq`` does)."""
+
+    def __init__(self, every: int, fired: list[int]):
+        super().__init__()
+        self.every, self.fired = every, fired
+
+    def _on_step(self) -> bool:
+        if self.n_calls % self.every == 0:
+            self.fired.append(self.num_timesteps)
+        return True
+
+
+def test_continued_callbacks_fire_at_the_steps_of_one_run(tmp_path):
+    # continue_run passed the user's callbacks on with n_calls = 0: periods shifted by the steps of the first chunk
+    from stable_baselines3.common.callbacks import CallbackList
+
+    reference, fired = make_model(make_env()), {"ref": [], "ref_list": [], "new": [], "new_list": []}
+    reference.learn(TOTAL, callback=[_Fires(50, fired["ref"]), CallbackList([_Fires(30, fired["ref_list"])])])
+    folder = tmp_path / "ckpt"
+    make_model(make_env()).learn(TOTAL, callback=RunCheckpointCallback(folder, save_freq=256, stop_after=256))
+    model, state = load_run_checkpoint(PPORollback, folder, make_env())
+    continue_run(model, state, callback=[_Fires(50, fired["new"]), CallbackList([_Fires(30, fired["new_list"])])])
+    assert fired["new"] and fired["new"] == [t for t in fired["ref"] if t > state.num_timesteps]
+    assert fired["new_list"] and fired["new_list"] == [t for t in fired["ref_list"] if t > state.num_timesteps]
 
 
 @pytest.mark.parametrize("algo", [PPORollback, CherryA2C])

@@ -66,7 +66,7 @@ import torch as th
 from gymnasium import Env, Wrapper
 from gymnasium.spaces import Space
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper, VecNormalize
 from stable_baselines3.common.vec_env.stacked_observations import StackedObservations
@@ -904,6 +904,10 @@ def continue_run(model: BaseAlgorithm, run_state: RunState, **learn_kwargs: Any)
     Go on training a loaded run to its total budget (``learn(remaining, reset_num_timesteps=False)``, so the
     schedules continue where they stopped).
 
+    The given callbacks (a ``BaseCallback`` or a list of them, top level) continue their step counts
+    (:func:`continue_callback_counts`): an ``EvalCallback`` / ``CheckpointCallback`` fires at the steps of the
+    uninterrupted run.
+
     :param model: the model from :func:`load_run_checkpoint`
     :param run_state: its run state
     :param learn_kwargs: passed to ``learn`` (``callback``, ``log_interval``, ``progress_bar``, ...)
@@ -911,7 +915,27 @@ def continue_run(model: BaseAlgorithm, run_state: RunState, **learn_kwargs: Any)
     """
     if run_state.remaining == 0:
         return model
+    callback = learn_kwargs.get("callback")
+    continue_callback_counts(callback if isinstance(callback, list) else [callback], model)
     return model.learn(run_state.remaining, reset_num_timesteps=False, **learn_kwargs)
+
+
+def continue_callback_counts(callbacks: list[Any], model: BaseAlgorithm) -> None:
+    """
+    Set the step count (``n_calls``) of each callback to the one it would have after ``model.num_timesteps`` steps of
+    an uninterrupted run (one call per VecEnv step), so that periods counted in calls (``eval_freq``, ``save_freq``)
+    go on where they were; a ``CallbackList``'s own callbacks too. Nested callbacks that count other events (an
+    ``EvalCallback``'s ``callback_on_new_best``, ``StopTrainingOnMaxEpisodes``' episodes) are left as they are.
+
+    :param callbacks: the callbacks (other items, e.g. None or functions, are skipped)
+    :param model: the loaded model
+    """
+    calls = model.num_timesteps // model.n_envs
+    for callback in callbacks:
+        if isinstance(callback, BaseCallback):
+            callback.n_calls = calls
+        if isinstance(callback, CallbackList):
+            continue_callback_counts(callback.callbacks, model)
 
 
 class RunCheckpointCallback(BaseCallback):
