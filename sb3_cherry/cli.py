@@ -498,12 +498,16 @@ def _eval_defaults(env_id: str) -> dict[str, Any]:
         return {}
     with open(path) as file:
         entry = (yaml.safe_load(file) or {}).get(env_id, {})
+    if not isinstance(entry, dict):
+        raise ValueError(f"{path} [{env_id}]: the entry must be a mapping of failure definitions, not {entry!r}.")
     types: dict[str, type | tuple[type, ...]] = {
         "fail_below": (int, float),
         "fail_on_termination": bool,
         "fall_reward": (int, float),
     }
     for key, value in entry.items():
+        if value is None and key in ("fail_below", "fall_reward"):  # (as 'none' on the command line)
+            continue
         if key not in types or isinstance(value, bool) is not (types[key] is bool) or not isinstance(value, types[key]):
             raise ValueError(
                 f"{path} [{env_id}]: {key}={value!r} is not one of fail_below (number), fail_on_termination (true / "

@@ -516,7 +516,8 @@ class SafeExperimentManager(ExperimentManager):
         for key in ("env_kwargs", *_STRING_KEYS):  # the strings rl_zoo3 would eval (normalize, policy_kwargs, ...)
             if isinstance(hyperparams.get(key), str):
                 hyperparams[key] = parse_literal_string(hyperparams[key], key)
-        return super()._preprocess_hyperparams(resolve_rollout_buffer_class(hyperparams))
+        where = f"{self.config} [{self.env_name.gym_id}]"
+        return super()._preprocess_hyperparams(resolve_rollout_buffer_class(hyperparams, where))
 
     def load_trial(self, storage: str, study_name: str, trial_id: int | None = None, convert: bool = True) -> dict[str, Any]:
         """

@@ -19,6 +19,7 @@ import torch as th
 import yaml
 from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback, EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
@@ -615,6 +616,8 @@ def test_sb3_cherry_train(zoo_with_adversarial, monkeypatch, cartpole_demos, tmp
     entry.update(demonstrations=cartpole_demos, demo_batch_size=256, n_envs=4)
     entry["generator_kwargs"]["n_steps"] = 64
     entry["generator_kwargs"]["learning_rate"] = "lin_4e-4"  # a schedule in the nested generator_kwargs (was refused)
+    # a buffer class by name there too (was passed on as the string: issubclass() failed in the generator)
+    entry["generator_kwargs"]["rollout_buffer_class"] = "stable_baselines3.common.buffers.RolloutBuffer"
     config = tmp_path / "gail.yml"
     config.write_text(yaml.safe_dump({"CartPole-v1": entry}))
     args = ["train", "--algo", "gail", "--env", "CartPole-v1", "-c", str(config), "-f", str(tmp_path / "logs")]
@@ -631,6 +634,8 @@ def test_sb3_cherry_train(zoo_with_adversarial, monkeypatch, cartpole_demos, tmp
     # the same entry read from Python
     zoo = load_zoo_entry("gail", "CartPole-v1", config)
     assert zoo.model_kwargs["generator_kwargs"]["learning_rate"](0.25) == pytest.approx(1e-4)
+    assert zoo.model_kwargs["generator_kwargs"]["rollout_buffer_class"] is RolloutBuffer
+    assert type(generator.rollout_buffer) is RolloutBuffer
     capsys.readouterr()
     main(["evaluate", "--algo", "gail", "--env", "CartPole-v1", "-f", str(tmp_path / "logs"), "-n", "2", "--json", "-"])
     captured = capsys.readouterr()

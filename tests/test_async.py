@@ -928,3 +928,18 @@ def test_a_learner_error_is_re_raised_with_its_type_and_traceback(one_torch_thre
     # no "killed or out of memory" guess after an error the learner reported; the warning points at this learn call
     assert messages == [(messages[0][0], __file__)] and "learner process raised ValueError" in messages[0][0], messages
     assert _no_learner_left()
+
+
+@pytest.mark.parametrize("error", [KeyError("missing"), ValueError("bad"), FileNotFoundError(2, "gone")])
+def test_learner_errors_come_back_as_their_standard_type(error):
+    # (only strings cross the pipe); a KeyError came back as a LookupError, which `except KeyError` missed
+    from sb3_cherry.common.async_learner import _error_report, _learner_error
+
+    try:
+        raise error
+    except Exception as exc:
+        report = _error_report(exc)
+    rebuilt = _learner_error(*report)
+    expected = RuntimeError if isinstance(error, OSError) else type(error)
+    assert isinstance(rebuilt, expected) and str(error) in str(rebuilt) and "traceback" in str(rebuilt)
+    assert type(rebuilt).__mro__[1 if isinstance(error, KeyError) else 0] is expected  # (KeyError: prints as text)

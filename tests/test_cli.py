@@ -630,6 +630,11 @@ def test_shipped_evaluation_defaults_are_checked(monkeypatch, tmp_path):
         monkeypatch.setattr(cli, "default_config", lambda name: bad)
         with pytest.raises(ValueError, match=re.escape(f"{next(iter(entry))}={next(iter(entry.values()))!r}")):
             cli._eval_defaults("CartPole-v1")
+    bad.write_text(yaml.safe_dump({"CartPole-v1": [300]}))
+    with pytest.raises(ValueError, match="must be a mapping"):
+        cli._eval_defaults("CartPole-v1")
+    bad.write_text(yaml.safe_dump({"CartPole-v1": {"fail_below": None, "fall_reward": None}}))
+    assert cli._eval_defaults("CartPole-v1") == {"fail_below": None, "fall_reward": None}
 
 
 def test_video_writes_mp4_and_gif(trained, tmp_path):

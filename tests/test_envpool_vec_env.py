@@ -201,6 +201,14 @@ def test_errors_name_the_problem():
     with pytest.raises(NotImplementedError, match="reset options"):
         venv.reset()
     venv.close()
+    # fewer actions than envs: EnvPool's C++ check aborted the whole process (SIGABRT, no traceback); DummyVecEnv raises
+    venv = EnvPoolVecEnv("CartPole-v1", n_envs=3, seed=0)
+    venv.reset()
+    for actions in (np.zeros(2, dtype=np.int64), np.int64(0)):
+        with pytest.raises(ValueError, match="give one action per environment"):
+            venv.step_async(actions)
+    venv.step(np.zeros(3, dtype=np.int64))
+    venv.close()
 
 
 def _train(tmp_path, *extra: str, seed: int = 0) -> subprocess.CompletedProcess:
@@ -311,8 +319,14 @@ def test_info_keywords_and_wrapper_subclasses_are_refused_up_front():
     # stateless wrapper (gymnasium's AddRenderObservation subclasses TransformObservation) may need state or the env
     from sb3_cherry.common.vec_env.envpool_vec_env import VecObservationWrapper
 
-    with pytest.raises(ValueError, match="info_keywords"):
-        make_envpool_vec_env("CartPole-v1", n_envs=2, seed=0, info_keywords=("elapsed_step",))
+    made = []
+    with pytest.MonkeyPatch.context() as patch:  # refused before a pool is made (its threads lived on)
+        import sb3_cherry.common.vec_env.envpool_vec_env as module
+
+        patch.setattr(module, "EnvPoolVecEnv", lambda *args, **kwargs: made.append(1))
+        with pytest.raises(ValueError, match="info_keywords"):
+            make_envpool_vec_env("CartPole-v1", n_envs=2, seed=0, info_keywords=("elapsed_step",))
+    assert not made
     venv = make_envpool_vec_env("CartPole-v1", n_envs=2, seed=0)
     with pytest.raises(ValueError, match="stateless gymnasium observation wrapper"):
         VecObservationWrapper(venv, gym.wrappers.AddRenderObservation, {})

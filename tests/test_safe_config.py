@@ -289,6 +289,22 @@ def test_run_folder_rollout_buffer_class_from_trusted_packages_only():
     with pytest.raises(UnsafeConfigError, match="not a RolloutBuffer subclass"):
         check_imported_names({"rollout_buffer_class": "sb3_cherry.common.buffers.ReturnsEstimatorMixin"}, "config.yml")
     check_imported_names({"rollout_buffer_class": "sb3_cherry.common.buffers.CherryRolloutBuffer"}, "config.yml")
+    # also from a config of your own (-c: trusted_only=False), whose runs evaluate / --resume would then refuse, and in
+    # GAIL / AIRL's generator_kwargs (passed on as a string before: issubclass() failed in the generator)
+    with pytest.raises(UnsafeConfigError, match="could not be evaluated or resumed"):
+        check_imported_names({"rollout_buffer_class": "mypackage.MyBuffer"}, "my.yml", trusted_only=False)
+    with pytest.raises(UnsafeConfigError, match=r"my\.yml generator_kwargs: rollout_buffer_class 'os\.system'"):
+        check_imported_names({"generator_kwargs": {"rollout_buffer_class": "os.system"}}, "my.yml", trusted_only=False)
+    from sb3_cherry.common.buffers import CherryRolloutBuffer
+    from sb3_cherry.common.safe_config import resolve_rollout_buffer_class
+
+    entry = {"generator_kwargs": {"rollout_buffer_class": "sb3_cherry.common.buffers.CherryRolloutBuffer", "n_steps": 8}}
+    assert resolve_rollout_buffer_class(entry)["generator_kwargs"] == {
+        "rollout_buffer_class": CherryRolloutBuffer,
+        "n_steps": 8,
+    }
+    with pytest.raises(UnsafeConfigError, match="not a RolloutBuffer subclass"):  # (checks, whoever calls it)
+        resolve_rollout_buffer_class({"rollout_buffer_class": "sb3_cherry.common.buffers.ReturnsEstimatorMixin"})
 
 
 # ------------------------------------------------------------------------------- a security review's findings

@@ -67,6 +67,7 @@ _REBUILT_ERRORS: dict[str, type[Exception]] = {
         AttributeError,
         FloatingPointError,
         IndexError,
+        KeyError,
         LookupError,
         NotImplementedError,
         OverflowError,
@@ -304,9 +305,17 @@ def _learner_error(base: str, name: str, message: str, trace: str) -> Exception:
         f"(raised as {name} in the async learner process; collection='sync' trains in-process, to debug it there). "
         f"The learner's traceback:\n{trace}"
     )
-    if base in _REBUILT_ERRORS and base == name:
-        return _REBUILT_ERRORS[base](f"{message}\n\n{where}")
-    return _REBUILT_ERRORS.get(base, RuntimeError)(f"The async learner process failed with {name}: {message}\n\n{where}")
+    text = f"{message}\n\n{where}" if base == name else f"The async learner process failed with {name}: {message}\n\n{where}"
+    cls = _REBUILT_ERRORS.get(base, RuntimeError)
+    return _LearnerKeyError(text) if cls is KeyError else cls(text)
+
+
+class _LearnerKeyError(KeyError):
+    """A learner's ``KeyError`` (``except KeyError`` catches it) whose message, with the traceback, prints as text
+    (``KeyError`` shows its argument's ``repr``)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 def _exit_status(exitcode: int | None) -> str:

@@ -419,10 +419,12 @@ def check_imported_names(hyperparams: Mapping[str, Any], where: str, trusted_onl
     """
     rl_zoo3 imports the classes a config names as ``env_wrapper``, ``vec_env_wrapper`` and ``callback`` and calls them
     with keyword arguments from the config, and imports a dotted ``policy`` name; sb3-cherry imports a
-    ``rollout_buffer_class`` name (:func:`resolve_rollout_buffer_class`). Each name must be a class of the right kind
-    (a ``gymnasium.Wrapper``, a ``VecEnvWrapper``, a ``BaseCallback``, a ``BasePolicy``, a ``RolloutBuffer``
-    subclass: a function such as ``os.system`` is refused), and with ``trusted_only`` (a run folder you did not write)
-    from :data:`TRUSTED_WRAPPER_PACKAGES` (a policy alias such as ``MlpPolicy`` imports nothing).
+    ``rollout_buffer_class`` name, also one in GAIL / AIRL's ``generator_kwargs`` (:func:`resolve_rollout_buffer_class`).
+    Each name must be a class of the right kind (a ``gymnasium.Wrapper``, a ``VecEnvWrapper``, a ``BaseCallback``, a
+    ``BasePolicy``, a ``RolloutBuffer`` subclass: a function such as ``os.system`` is refused), and with
+    ``trusted_only`` (a run folder you did not write) from :data:`TRUSTED_WRAPPER_PACKAGES` (a policy alias such as
+    ``MlpPolicy`` imports nothing); a ``rollout_buffer_class`` always (a run naming another package's could not be
+    evaluated or resumed).
 
     :param hyperparams: the run's hyperparameters
     :param where: the file, for the error message
@@ -460,36 +462,62 @@ def check_imported_names(hyperparams: Mapping[str, Any], where: str, trusted_onl
                 "otherwise train with a policy alias (MlpPolicy, CnnPolicy, MultiInputPolicy)."
             )
         _check_class(policy, "policy", where, trusted_only)
-    buffer = hyperparams.get("rollout_buffer_class")
-    if buffer is not None and not isinstance(buffer, type):
-        if not isinstance(buffer, str) or "." not in buffer:
-            raise UnsafeConfigError(
-                f"{where}: rollout_buffer_class {buffer!r} must be the dotted name of a RolloutBuffer subclass, e.g. "
-                "sb3_cherry.common.buffers.CherryRolloutBuffer (or left out: the algorithm's own buffer)."
-            )
-        if trusted_only and buffer.split(".")[0] not in TRUSTED_WRAPPER_PACKAGES:
-            raise UnsafeConfigError(
-                f"{where}: rollout_buffer_class {buffer!r} is not a class of {list(TRUSTED_WRAPPER_PACKAGES)}; "
-                "importing its module could run code. Remove it, or train from Python with your class if you trust it."
-            )
-        _check_class(buffer, "rollout_buffer_class", where, trusted_only)
+    nested = hyperparams.get("generator_kwargs")  # GAIL / AIRL pass it on to their generator
+    for kwargs, at in ((hyperparams, where), (nested if isinstance(nested, Mapping) else {}, f"{where} generator_kwargs")):
+        _check_buffer_class(kwargs.get("rollout_buffer_class"), at)
 
 
-def resolve_rollout_buffer_class(hyperparams: dict[str, Any]) -> dict[str, Any]:
+def _check_buffer_class(buffer: Any, where: str) -> None:
     """
-    The config with a ``rollout_buffer_class`` string (a dotted class name, checked by
-    :func:`check_imported_names`) replaced by the class, which the algorithms need (rl_zoo3 passes the string on).
+    A config's ``rollout_buffer_class``: the dotted name of a ``RolloutBuffer`` subclass of the trusted packages (a
+    class of your own module is given from Python: every command that reads the run folder afterwards, ``evaluate``,
+    ``--resume``, imports only those packages' classes).
+    """
+    if buffer is None or isinstance(buffer, type):
+        return
+    if not isinstance(buffer, str) or "." not in buffer:
+        raise UnsafeConfigError(
+            f"{where}: rollout_buffer_class {buffer!r} must be the dotted name of a RolloutBuffer subclass, e.g. "
+            "sb3_cherry.common.buffers.CherryRolloutBuffer (or left out: the algorithm's own buffer)."
+        )
+    if buffer.split(".")[0] not in TRUSTED_WRAPPER_PACKAGES:
+        raise UnsafeConfigError(
+            f"{where}: rollout_buffer_class {buffer!r} is not a class of {list(TRUSTED_WRAPPER_PACKAGES)}: a run folder "
+            "naming it could not be evaluated or resumed (those commands import no other package's module). Train "
+            "from Python with your class (PPORollback(..., rollout_buffer_class=MyBuffer)), or name a class of those "
+            "packages."
+        )
+    _check_class(buffer, "rollout_buffer_class", where, trusted_only=True)
+
+
+def resolve_rollout_buffer_class(hyperparams: dict[str, Any], where: str = "config") -> dict[str, Any]:
+    """
+    The config with a ``rollout_buffer_class`` string (a dotted class name), also one in GAIL / AIRL's
+    ``generator_kwargs``, replaced by the class, which the algorithms need (rl_zoo3 passes the string on); the name
+    is checked first as :func:`check_imported_names` checks it.
 
     :param hyperparams: the config entry
-    :return: a copy with the class, or ``hyperparams`` itself when there is no string to resolve
+    :param where: the file and env, for the error message
+    :return: a copy with the classes, or ``hyperparams`` itself when there is no string to resolve
+    :raises UnsafeConfigError: a name that is not a ``RolloutBuffer`` subclass of the trusted packages
     """
-    name = hyperparams.get("rollout_buffer_class")
-    if not isinstance(name, str):
-        return hyperparams
     import importlib
 
-    module_name, _, attribute = name.rpartition(".")
-    return {**hyperparams, "rollout_buffer_class": getattr(importlib.import_module(module_name), attribute)}
+    def resolved(kwargs: dict[str, Any], at: str) -> dict[str, Any]:
+        name = kwargs.get("rollout_buffer_class")
+        if not isinstance(name, str):
+            return kwargs
+        _check_buffer_class(name, at)
+        module_name, _, attribute = name.rpartition(".")
+        return {**kwargs, "rollout_buffer_class": getattr(importlib.import_module(module_name), attribute)}
+
+    hyperparams = resolved(hyperparams, where)
+    if isinstance(hyperparams.get("generator_kwargs"), dict):
+        hyperparams = {
+            **hyperparams,
+            "generator_kwargs": resolved(hyperparams["generator_kwargs"], f"{where} generator_kwargs"),
+        }
+    return hyperparams
 
 
 def saved_hyperparams(

@@ -99,7 +99,7 @@ def load_zoo_entry(algo: str, env_id: str, path: str | pathlib.Path | None = Non
     entry = _linear_schedules(entry)
     if isinstance(entry.get("generator_kwargs"), dict):  # GAIL / AIRL's generator (checked as the top level)
         entry["generator_kwargs"] = _linear_schedules(entry["generator_kwargs"])
-    entry = resolve_rollout_buffer_class(entry)
+    entry = resolve_rollout_buffer_class(entry, f"{path} [{env_id}]")
     if isinstance(entry.get("policy_kwargs"), str):
         entry["policy_kwargs"] = parse_policy_kwargs(entry["policy_kwargs"], f"{path} [{env_id}] policy_kwargs")
     for key in ("vec_env_wrapper", "callback", "monitor_kwargs"):

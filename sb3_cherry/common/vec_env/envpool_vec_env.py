@@ -213,8 +213,18 @@ class EnvPoolVecEnv(VecEnv):
         return self._seeds
 
     def step_async(self, actions: np.ndarray) -> None:
-        """:param actions: one action per environment (Box actions are passed on in EnvPool's dtype)"""
-        self._actions = np.asarray(actions, dtype=self._pool_action_dtype)
+        """
+        :param actions: one action per environment (Box actions are passed on in EnvPool's dtype)
+        :raises ValueError: fewer actions than environments (EnvPool's C++ check would abort the process)
+        """
+        actions = np.asarray(actions, dtype=self._pool_action_dtype)
+        if actions.ndim == 0 or len(actions) < self.num_envs:
+            raise ValueError(
+                f"EnvPoolVecEnv.step_async: {actions.shape[0] if actions.ndim else 'a scalar, no'} actions for "
+                f"{self.num_envs} environments: give one action per environment (a batch of shape "
+                f"({self.num_envs}, ...))."
+            )
+        self._actions = actions
 
     def step_wait(self) -> VecEnvStepReturn:
         """
@@ -442,14 +452,14 @@ def make_envpool_vec_env(
                 "dummy or subproc."
             )
         layers.append((wrapper_class, kwargs))
-    venv: VecEnv = EnvPoolVecEnv(
-        env_id, n_envs=n_envs, seed=seed, num_threads=num_threads, env_kwargs=env_kwargs, frame_skip=frame_skip
-    )
-    if info_keywords:
+    if info_keywords:  # (before a pool is made: its threads would live on until garbage collection)
         raise ValueError(
             f"EnvPoolVecEnv's infos hold only TimeLimit.truncated and terminal_observation: info_keywords "
             f"{tuple(info_keywords)} cannot be logged. Drop them (monitor_kwargs), or train on gymnasium's envs."
         )
+    venv: VecEnv = EnvPoolVecEnv(
+        env_id, n_envs=n_envs, seed=seed, num_threads=num_threads, env_kwargs=env_kwargs, frame_skip=frame_skip
+    )
     venv = VecMonitor(venv, filename=monitor_filename)
     for wrapper_class, kwargs in layers:
         venv = VecObservationWrapper(venv, wrapper_class, kwargs)
