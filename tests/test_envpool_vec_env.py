@@ -209,6 +209,12 @@ def test_errors_name_the_problem():
             venv.step_async(actions)
     venv.step(np.zeros(3, dtype=np.int64))
     venv.close()
+    for use in (venv.reset, lambda: venv.step(np.zeros(3, dtype=np.int64))):  # (AttributeError on None before)
+        with pytest.raises(ValueError, match="EnvPoolVecEnv is closed"):
+            use()
+    venv.seed(1)
+    assert venv.reset().shape == (3, 4)  # a new pool
+    venv.close()
 
 
 def _train(tmp_path, *extra: str, seed: int = 0) -> subprocess.CompletedProcess:

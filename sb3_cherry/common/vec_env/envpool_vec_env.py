@@ -195,7 +195,7 @@ class EnvPoolVecEnv(VecEnv):
             self.close()
             self._pool = self._new_pool(self.num_envs)
         self._reset_seeds()
-        obs, info = self._pool.reset()
+        obs, info = self._open_pool().reset()
         (obs,) = self._in_env_order(np.asarray(info["env_id"]), obs)
         self.reset_infos = [{} for _ in range(self.num_envs)]
         return obs
@@ -234,7 +234,7 @@ class EnvPoolVecEnv(VecEnv):
         :return: observations, rewards (float32), dones, infos
         """
         assert self._actions is not None, "step_async() must be called before step_wait()"
-        obs, rewards, terminated, truncated, info = self._pool.step(self._actions)
+        obs, rewards, terminated, truncated, info = self._open_pool().step(self._actions)
         obs, rewards, terminated, truncated = self._in_env_order(
             np.asarray(info["env_id"]), obs, rewards, terminated, truncated
         )
@@ -262,6 +262,12 @@ class EnvPoolVecEnv(VecEnv):
             reset_obs, reset_info = self._pool.reset(ended.astype(np.int32))
             obs[np.asarray(reset_info["env_id"])] = reset_obs
         return obs, rewards.astype(np.float32, copy=False), dones, infos
+
+    def _open_pool(self) -> Any:
+        """The pool; a ``ValueError`` after ``close()`` (which freed it)."""
+        if self._pool is None:
+            raise ValueError("EnvPoolVecEnv is closed: build a new one (or call seed() then reset(), which makes a new pool).")
+        return self._pool
 
     def close(self) -> None:
         """Stop EnvPool's worker threads."""
