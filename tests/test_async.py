@@ -914,6 +914,10 @@ def test_consecutive_learn_calls_continue_the_learners_random_streams(tmp_path, 
     # one permutation per epoch (shared by its two minibatches): two states per call, none repeated by the next call
     assert [len(states) for states in calls] == [4, 4] and [len(set(states)) for states in calls] == [2, 2], calls
     assert not set(calls[0]) & set(calls[1]), calls
+    # set_random_seed starts them again from the seed (as in sync, where it seeds the one process's generators)
+    model.set_random_seed(0)
+    model.learn(2 * 32, reset_num_timesteps=False)
+    assert record.read_text().split() == calls[0]
 
 
 def test_a_learner_error_is_re_raised_with_its_type_and_traceback(one_torch_thread):

@@ -239,6 +239,16 @@ class SharedStateDict:
             self.shm.unlink()
 
 
+def forget_learner_rng_states(model: OnPolicyAlgorithm) -> None:
+    """
+    Let the learner of ``model``'s next ``learn`` call start from ``model.seed`` (``load`` re-seeds) instead of the
+    random states the previous learner ended with (``set_random_seed`` calls this).
+
+    :param model: the model
+    """
+    _LEARNER_RNG_STATES.pop(model, None)
+
+
 def _save_rng_state() -> bytes:
     """
     The global random states training draws from (numpy: minibatch permutations; torch, CUDA once initialised;

@@ -29,7 +29,12 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
 from stable_baselines3.common.vec_env import VecEnv, is_vecenv_wrapped
 
-from sb3_cherry.common.async_learner import COLLECTION_MODES, AsyncLearner, check_collection
+from sb3_cherry.common.async_learner import (
+    COLLECTION_MODES,
+    AsyncLearner,
+    check_collection,
+    forget_learner_rng_states,
+)
 from sb3_cherry.common.buffers import (
     RETURNS_ESTIMATORS,
     CherryDictRolloutBuffer,
@@ -212,6 +217,17 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
             callback = [FiniteCheckCallback(), *callback]
         wrap_tuple_eval_envs(callback)  # before EvalCallback's own init compares the env types
         return super()._init_callback(callback, progress_bar)
+
+    def set_random_seed(self, seed: int | None = None) -> None:
+        """
+        SB3's ``set_random_seed``; with ``collection="async"`` the learner of the next ``learn`` call also starts from
+        this seed instead of continuing the previous learner's random streams.
+
+        :param seed: the seed (None: nothing is seeded)
+        """
+        super().set_random_seed(seed)
+        if seed is not None:
+            forget_learner_rng_states(self)
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_update_snapshot"]
