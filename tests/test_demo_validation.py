@@ -1,5 +1,7 @@
 """Demonstration files: non-finite values and actions outside the recorded action space are refused at load."""
 
+import io
+
 import numpy as np
 import pytest
 from gymnasium import spaces
@@ -156,3 +158,19 @@ def test_spaces_a_file_describes_but_a_demonstration_cannot_have(tmp_path, descr
     with pytest.raises(ValueError, match=message) as info:
         load_demos(path)
     assert "demos.npz" in str(info.value) and len(str(info.value)) < 1000
+
+
+def test_an_entry_shadowing_a_checked_one_is_refused(tmp_path):
+    # numpy reads a member named exactly 'rewards' before 'rewards.npy': the header of one was checked, the other read
+    # (a crafted 'rewards' declaring 2**40 float64 allocated 8 TiB)
+    import zipfile
+
+    path = _file(tmp_path, spaces.Discrete(2), DISCRETE)
+    header = np.lib.format.header_data_from_array_1_0(np.zeros(1))
+    header["shape"] = (2**40,)
+    crafted = io.BytesIO()
+    np.lib.format.write_array_header_1_0(crafted, header)
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr("rewards", crafted.getvalue())
+    with pytest.raises(ValueError, match=r"holds both 'rewards' and 'rewards\.npy'"):
+        load_demos(path)

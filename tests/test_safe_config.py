@@ -57,6 +57,14 @@ def test_crafted_yaml_runs_nothing(tmp_path, text):
     assert marker.exists()
 
 
+def test_ordered_dict_with_a_list_key_is_a_value_error(tmp_path):
+    # (a TypeError "unhashable type: 'list'" traceback before)
+    path = tmp_path / "config.yml"
+    path.write_text("!!python/object/apply:collections.OrderedDict [[[[1, 2], 3]]]\n")
+    with pytest.raises(ValueError, match="scalar keys"):
+        safe_load_yaml(path)
+
+
 def test_python_name_tags_of_allowed_classes_only(tmp_path):
     # rl_zoo3 writes a class given through -params as !!python/name:<import path>: allow-listed classes are read back
     # (looked up, nothing imported); any other name is refused
@@ -305,6 +313,17 @@ def test_run_folder_rollout_buffer_class_from_trusted_packages_only():
     }
     with pytest.raises(UnsafeConfigError, match="not a RolloutBuffer subclass"):  # (checks, whoever calls it)
         resolve_rollout_buffer_class({"rollout_buffer_class": "sb3_cherry.common.buffers.ReturnsEstimatorMixin"})
+
+
+@pytest.mark.parametrize("frame_stack", [300_000_000, -1, "4", 2.5, True])
+def test_run_folder_frame_stack_is_bounded(frame_stack):
+    # frame_stack: 300000000 in a downloaded config.yml made evaluate allocate gigabytes in VecFrameStack
+    from sb3_cherry.common.safe_config import check_imported_names
+
+    with pytest.raises(UnsafeConfigError, match="frame_stack"):
+        check_imported_names({"frame_stack": frame_stack}, "config.yml")
+    check_imported_names({"frame_stack": 4}, "config.yml")
+    check_imported_names({"frame_stack": frame_stack}, "my.yml", trusted_only=False)  # your own config: rl_zoo3 checks
 
 
 # ------------------------------------------------------------------------------- a security review's findings

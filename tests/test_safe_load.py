@@ -854,3 +854,22 @@ def test_nested_spaces_of_a_model_file_are_capped(tmp_path):
             archive.writestr(name, content)
     with pytest.raises(ValueError, match=r"cannot be rebuilt|a component of a Tuple / Dict space"):
         PPORollback.load(path)
+
+
+def test_decompression_bombs_are_refused_before_inflating(tmp_path):
+    # a 3 MB model file whose 'data' entry (JSON allows trailing whitespace) inflated to 3 GiB was read whole
+    from sb3_cherry.common.safe_load import MAX_DATA_ENTRY_BYTES
+
+    source = _to_bytes(PPORollback("MlpPolicy", "CartPole-v1", n_steps=64))
+    with zipfile.ZipFile(source) as archive:
+        data = archive.read("data")
+    path = _rewrite(source, tmp_path / "bomb.zip", replace=("data", data + b" " * (MAX_DATA_ENTRY_BYTES + 1)))
+    small = tmp_path / "small_bomb.zip"  # (_rewrite stores the entries: deflated, the file is small)
+    with zipfile.ZipFile(path) as old, zipfile.ZipFile(small, "w", zipfile.ZIP_DEFLATED) as new:
+        for name in old.namelist():
+            new.writestr(name, old.read(name))
+    assert small.stat().st_size < 1_000_000
+    with pytest.raises(ValueError, match=r"'data' inflates to .* bytes, more than .*decompression bomb"):
+        PPORollback.load(small)
+    with pytest.raises(ValueError, match="decompression bomb"):
+        stored_policy_class(small)

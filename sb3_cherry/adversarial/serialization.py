@@ -22,6 +22,8 @@ from typing import Any
 
 import torch as th
 
+from sb3_cherry.common.safe_load import check_entry_sizes
+
 #: Archive entry with the adapter's hyperparameters (JSON)
 CONFIG_ENTRY = "adversarial.json"
 #: Archive entry with the reward net's state_dict (torch, tensors only)
@@ -61,6 +63,7 @@ def read_adversarial_entries(archive_bytes: io.BytesIO, name: str) -> tuple[dict
     archive_bytes.seek(0)
     with zipfile.ZipFile(archive_bytes) as archive:
         names = set(archive.namelist())
+        check_entry_sizes(archive, f"{name}.load: the model file")
         config = None
         if CONFIG_ENTRY in names:
             try:

@@ -44,9 +44,12 @@ def _construct_ordered_dict(loader: SafeConfigLoader, node: yaml.Node) -> dict[s
         )
     args = loader.construct_sequence(node, deep=True)
     pairs = args[0] if len(args) == 1 else None
-    if not isinstance(pairs, list) or not all(isinstance(pair, list) and len(pair) == 2 for pair in pairs):
+    if not isinstance(pairs, list) or not all(
+        isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], (str, int, float, bool, type(None)))
+        for pair in pairs
+    ):
         raise yaml.constructor.ConstructorError(
-            None, None, "collections.OrderedDict must hold one list of [key, value] pairs", node.start_mark
+            None, None, "collections.OrderedDict must hold one list of [key, value] pairs (scalar keys)", node.start_mark
         )
     return dict((key, value) for key, value in pairs)
 
@@ -424,7 +427,7 @@ def check_imported_names(hyperparams: Mapping[str, Any], where: str, trusted_onl
     ``BasePolicy``, a ``RolloutBuffer`` subclass: a function such as ``os.system`` is refused), and with
     ``trusted_only`` (a run folder you did not write) from :data:`TRUSTED_WRAPPER_PACKAGES` (a policy alias such as
     ``MlpPolicy`` imports nothing); a ``rollout_buffer_class`` always (a run naming another package's could not be
-    evaluated or resumed).
+    evaluated or resumed). A run folder's ``frame_stack`` is at most :data:`MAX_FRAME_STACK`.
 
     :param hyperparams: the run's hyperparameters
     :param where: the file, for the error message
@@ -462,9 +465,22 @@ def check_imported_names(hyperparams: Mapping[str, Any], where: str, trusted_onl
                 "otherwise train with a policy alias (MlpPolicy, CnnPolicy, MultiInputPolicy)."
             )
         _check_class(policy, "policy", where, trusted_only)
+    if trusted_only:  # a run folder's config chooses how much rl_zoo3 allocates (VecFrameStack repeats the obs)
+        frame_stack = hyperparams.get("frame_stack")
+        if frame_stack not in (None, False) and not (
+            isinstance(frame_stack, int) and not isinstance(frame_stack, bool) and 1 <= frame_stack <= MAX_FRAME_STACK
+        ):
+            raise UnsafeConfigError(
+                f"{where}: frame_stack={frame_stack!r} is not a number of frames from 1 to {MAX_FRAME_STACK}: the file "
+                "is damaged or crafted."
+            )
     nested = hyperparams.get("generator_kwargs")  # GAIL / AIRL pass it on to their generator
     for kwargs, at in ((hyperparams, where), (nested if isinstance(nested, Mapping) else {}, f"{where} generator_kwargs")):
         _check_buffer_class(kwargs.get("rollout_buffer_class"), at)
+
+
+#: The most frames a run folder's ``frame_stack`` may stack
+MAX_FRAME_STACK = 1024
 
 
 def _check_buffer_class(buffer: Any, where: str) -> None:

@@ -453,15 +453,42 @@ def _policy_kwargs_from_fields(item: Mapping[str, Any], classes: Mapping[str, ty
 
 
 # ---------------------------------------------------------------------------------------------------- archive
+#: The most bytes a model archive's ``data`` entry (JSON hyperparameters, a few KiB) may inflate to
+MAX_DATA_ENTRY_BYTES = 64 * 2**20
+#: The most bytes any entry of a model archive (``policy.pth``, ``policy.optimizer.pth``, ...) may inflate to
+MAX_ENTRY_BYTES = 2**30
+
+
+def check_entry_sizes(archive: zipfile.ZipFile, where: str) -> None:
+    """
+    Refuse an archive whose entries declare more inflated bytes than a model needs (:data:`MAX_DATA_ENTRY_BYTES` for
+    ``data``, :data:`MAX_ENTRY_BYTES` for the others), before any is inflated: a few MiB of deflated zeros or spaces
+    inflate to gigabytes (zipfile stops at the declared size, so the declaration is what bounds a read).
+
+    :param archive: the open archive
+    :param where: the file, for the error message
+    :raises ValueError: naming the entry
+    """
+    for info in archive.infolist():
+        limit = MAX_DATA_ENTRY_BYTES if info.filename == "data" else MAX_ENTRY_BYTES
+        if info.file_size > limit:
+            raise ValueError(
+                f"{where}: the entry {info.filename!r} inflates to {info.file_size} bytes, more than a model's "
+                f"{limit}: the file is damaged or crafted (a decompression bomb)."
+            )
+
+
 def read_data_entry(archive: zipfile.ZipFile, where: str) -> dict[str, Any]:
     """
-    The ``data`` entry of a model archive as JSON (nothing unpickled).
+    The ``data`` entry of a model archive as JSON (nothing unpickled), once the archive's entry sizes are checked
+    (:func:`check_entry_sizes`).
 
     :param archive: the open archive
     :param where: the file, for the error message
     :return: the JSON object
-    :raises ValueError: the entry is missing or not a JSON object
+    :raises ValueError: the entry is missing, too large or not a JSON object
     """
+    check_entry_sizes(archive, where)
     try:
         data = json.loads(archive.read("data").decode())
     except KeyError as exc:

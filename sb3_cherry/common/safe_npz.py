@@ -33,7 +33,10 @@ def read_npz_entry(where: str, loaded: np.lib.npyio.NpzFile, key: str, limit: in
     archive = loaded.zip
     if archive is None:
         raise ValueError(f"{where}: cannot read array {key!r} (the archive is closed).")
-    member = f"{key}.npy" if f"{key}.npy" in archive.namelist() else key
+    names = archive.namelist()
+    if f"{key}.npy" in names and key in names:  # numpy would read the one not checked here
+        raise ValueError(f"{where}: the archive holds both {key!r} and '{key}.npy': the file is damaged or crafted.")
+    member = f"{key}.npy" if f"{key}.npy" in names else key
     try:
         info = archive.getinfo(member)
         with archive.open(info) as entry:
@@ -53,7 +56,8 @@ def read_npz_entry(where: str, loaded: np.lib.npyio.NpzFile, key: str, limit: in
             )
         if size > limit:
             raise ValueError(f"{shape} {dtype} is {size} bytes, more than {limit}, {reason}: the file is damaged or crafted")
-        return cast(np.ndarray, loaded[key])
+        with archive.open(info) as entry:  # the entry checked above (not numpy's choice of name)
+            return cast(np.ndarray, np.lib.format.read_array(entry, allow_pickle=False))
     except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise ValueError(f"{where}: cannot read array {key!r} ({exc}).") from exc
 

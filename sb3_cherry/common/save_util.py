@@ -20,7 +20,13 @@ import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.type_aliases import GymEnv
 
-from sb3_cherry.common.safe_load import ALGORITHM_KEY, read_archive_bytes, read_data_entry, safe_custom_objects
+from sb3_cherry.common.safe_load import (
+    ALGORITHM_KEY,
+    check_entry_sizes,
+    read_archive_bytes,
+    read_data_entry,
+    safe_custom_objects,
+)
 
 
 def resolve_zip_path(path: str | pathlib.Path) -> pathlib.Path:
@@ -245,6 +251,7 @@ def check_model_file(
     try:
         with zipfile.ZipFile(source) as archive:
             names: list[str] = archive.namelist()
+            check_entry_sizes(archive, f"{algo_name}.load: {candidate}")  # (testzip inflates every entry)
             bad = archive.testzip()
             if bad is not None:
                 raise ValueError(f"{algo_name}.load: {candidate} is corrupt (CRC error in entry {bad!r}).")
@@ -394,15 +401,21 @@ class AtomicSaveAlgorithm(BaseAlgorithm):
                 data = read_data_entry(archive, str(path))
                 custom_objects = safe_custom_objects(cls, data, archive, env, custom_objects)
             source.seek(0)
-        return super().load(  # type: ignore[return-value]
-            source,
-            env=env,
-            device=device,
-            custom_objects=custom_objects,
-            print_system_info=print_system_info,
-            force_reset=force_reset,
-            **kwargs,
-        )
+        try:
+            return super().load(  # type: ignore[return-value]
+                source,
+                env=env,
+                device=device,
+                custom_objects=custom_objects,
+                print_system_info=print_system_info,
+                force_reset=force_reset,
+                **kwargs,
+            )
+        except MemoryError as exc:  # e.g. a crafted n_steps * n_envs sizing the rollout buffer
+            raise ValueError(
+                f"{cls.__name__}.load: {path} asks for more memory than there is ({exc}): its hyperparameters (n_steps, "
+                "n_envs, net_arch, buffer sizes) are damaged or crafted, or too large for this machine."
+            ) from exc
 
 
 def _existing(path: str | pathlib.Path) -> pathlib.Path:
