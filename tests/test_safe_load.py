@@ -226,6 +226,27 @@ def test_vec_normalize_restricted(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize(
+    "field, value", [("obs_rms", None), ("obs_rms", 5), ("ret_rms", None), ("observation_space", None), ("gamma", "x")]
+)
+def test_vec_normalize_fields_of_another_type_are_refused(tmp_path, field, value):
+    # a VecNormalize pickle with obs_rms=None loaded, then failed with a bare AssertionError in normalize_obs
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from sb3_cherry.common.restricted_pickle import load_vec_normalize
+
+    for norm_obs in (True, False):  # (norm_obs=False has no obs_rms at all: still loads)
+        venv = VecNormalize(make_vec_env("CartPole-v1", 2), norm_obs=norm_obs)
+        venv.save(tmp_path / f"{norm_obs}.pkl")
+        load_vec_normalize(tmp_path / f"{norm_obs}.pkl", make_vec_env("CartPole-v1", 2))
+    setattr(venv, field, value)
+    venv.norm_obs = True
+    venv.save(tmp_path / "bad.pkl")
+    with pytest.raises(ValueError, match=f"not a VecNormalize file as VecNormalize.save writes it .*{field}"):
+        load_vec_normalize(tmp_path / "bad.pkl", make_vec_env("CartPole-v1", 2))
+
+
 def test_pickled_global_name_reads_without_executing():
     from stable_baselines3.common.policies import ActorCriticPolicy
 

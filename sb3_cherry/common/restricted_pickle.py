@@ -526,9 +526,44 @@ def load_vec_normalize(path: str | os.PathLike, venv: Any, allow_pickle: bool = 
         raise ValueError(f"{path} is not a VecNormalize file written by VecNormalize.save ({exc}).") from exc
     if not isinstance(vec_normalize, VecNormalize):
         raise ValueError(f"{path} holds a {type(vec_normalize).__name__}, not a VecNormalize.")
+    _check_statistics_layout(vec_normalize, str(path))
     check_finite_statistics(vec_normalize, str(path))
     vec_normalize.set_venv(venv)
     return vec_normalize
+
+
+def _check_statistics_layout(vec_normalize: Any, where: str) -> None:
+    """
+    Refuse a VecNormalize whose statistics are not laid out as ``VecNormalize.save`` writes them (``obs_rms`` a
+    ``RunningMeanStd``, or a dict of them for Dict observations, absent with ``norm_obs=False``; ``ret_rms`` a
+    ``RunningMeanStd``; an observation
+    space; finite ``clip_obs``, ``clip_reward``, ``gamma``, ``epsilon``): ``VecNormalize`` would fail later with a
+    bare ``AssertionError``, naming neither the file nor the field.
+
+    :param vec_normalize: the unpickled object
+    :param where: the file, for the error message
+    :raises ValueError: naming the field
+    """
+    from gymnasium import spaces
+    from stable_baselines3.common.running_mean_std import RunningMeanStd
+
+    state = vars(vec_normalize)
+    obs_rms = state.get("obs_rms")
+    rms_ok = isinstance(obs_rms, RunningMeanStd) or (
+        isinstance(obs_rms, dict) and all(isinstance(rms, RunningMeanStd) for rms in obs_rms.values())
+    )
+    problems = [] if rms_ok or (obs_rms is None and state.get("norm_obs") is False) else ["obs_rms"]  # (none then)
+    problems += [] if isinstance(state.get("ret_rms"), RunningMeanStd) else ["ret_rms"]
+    problems += [] if isinstance(state.get("observation_space"), spaces.Space) else ["observation_space"]
+    for name in ("clip_obs", "clip_reward", "gamma", "epsilon"):
+        value = state.get(name)
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
+            problems.append(name)
+    if problems:
+        raise ValueError(
+            f"{where} is not a VecNormalize file as VecNormalize.save writes it ({', '.join(problems)} missing or of "
+            "another type): the file is damaged or crafted."
+        )
 
 
 def check_finite_statistics(vec_normalize: Any, where: str) -> None:
