@@ -141,6 +141,7 @@ _ARG_FIELDS: dict[str, Any] = {
     "verbose": int,
     "eval_episodes": int,
     "n_eval_envs": int,
+    "num_threads": int,
     "truncate_last_trajectory": bool,
     "save_replay_buffer": bool,
     "hyperparams": (dict, type(None)),

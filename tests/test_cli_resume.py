@@ -260,7 +260,14 @@ def small_run(tmp_path_factory):
 
 @pytest.mark.parametrize(
     "field, value",
-    [("vec_env", "bogus"), ("eval_episodes", "abc"), ("env_kwargs", [1, 2]), ("n_eval_envs", 0), ("seed", True)],
+    [
+        ("vec_env", "bogus"),
+        ("eval_episodes", "abc"),
+        ("env_kwargs", [1, 2]),
+        ("n_eval_envs", 0),
+        ("seed", True),
+        ("num_threads", "2 --gym-packages os"),
+    ],
 )
 def test_resume_checks_args_yml(small_run, tmp_path, capsys, field, value):
     # args.yml's fields went to rl_zoo3 unchecked: KeyError, TypeError, IndexError tracebacks
