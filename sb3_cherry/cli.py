@@ -997,6 +997,10 @@ def frame_skip(venv: VecEnv) -> int:
     return skip
 
 
+#: The highest GIF frame rate: a GIF frame lasts at least 20 ms (browsers show shorter frames for 100 ms)
+MAX_GIF_FPS = 50
+
+
 class GifVideoRecorder(VecVideoRecorder):
     """
     SB3's ``VecVideoRecorder`` that also writes each recording as an animated GIF next to the MP4, small enough for a
@@ -1024,10 +1028,10 @@ class GifVideoRecorder(VecVideoRecorder):
         gif_width: int = 320,
         gif_max_fps: float = 25.0,
     ):
-        if gif and (gif_width < 1 or not 0 < gif_max_fps <= 50):
+        if gif and (gif_width < 1 or not 0 < gif_max_fps <= MAX_GIF_FPS):
             raise ValueError(
-                f"gif_width={gif_width} must be >= 1 and gif_max_fps={gif_max_fps} in (0, 50] (a GIF frame lasts at "
-                "least 20 ms: browsers show shorter frames for 100 ms)."
+                f"gif_width={gif_width} must be >= 1 and gif_max_fps={gif_max_fps} in (0, {MAX_GIF_FPS}] (a GIF frame "
+                "lasts at least 20 ms: browsers show shorter frames for 100 ms)."
             )
         super().__init__(venv, video_folder, record_video_trigger, video_length, name_prefix)
         self.gif, self.gif_width, self.gif_max_fps = gif, gif_width, gif_max_fps
@@ -1088,14 +1092,14 @@ def cmd_video(argv: list[str]) -> list[str]:
         "--gif-fps",
         type=float,
         default=25.0,
-        help="maximal GIF frame rate, at most 50: a GIF frame lasts at least 20 ms (default: %(default)s)",
+        help=f"maximal GIF frame rate, at most {MAX_GIF_FPS}: a GIF frame lasts at least 20 ms (default: %(default)s)",
     )
     args = parser.parse_args(argv)
     for flag, value in (("-n/--n-timesteps", args.n_timesteps), ("--gif-width", args.gif_width)):
         if value < 1:
             raise ValueError(f"{flag} must be at least 1, got {value}.")
-    if args.gif and not 0 < args.gif_fps <= 50:  # (False for NaN)
-        raise ValueError(f"--gif-fps must be in (0, 50] (a GIF frame lasts at least 20 ms), got {args.gif_fps}.")
+    if args.gif and not 0 < args.gif_fps <= MAX_GIF_FPS:  # (False for NaN)
+        raise ValueError(f"--gif-fps must be in (0, {MAX_GIF_FPS}] (a GIF frame lasts at least 20 ms), got {args.gif_fps}.")
     prefix, _, exp_dir = _model_path(args)
     output_folder = args.output_folder or str(exp_dir / "videos")
     check_writable_folder(output_folder, "-o/--output-folder")
