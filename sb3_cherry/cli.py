@@ -569,7 +569,21 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 
 def _model_path(args: argparse.Namespace) -> tuple[str, pathlib.Path, pathlib.Path]:
     """
-    The model file selected by the options of :func:`_add_model_args` (rl_zoo3's ``get_model_path``).
+    The model file selected by the options of :func:`_add_model_args` (rl_zoo3's ``get_model_path``), looked up once
+    per parsed command line (rl_zoo3 prints "Loading latest experiment" on every lookup).
+
+    :param args: the parsed options
+    :return: a name prefix for output files, the model file and its experiment folder
+    """
+    found: tuple[str, pathlib.Path, pathlib.Path] | None = getattr(args, "found_model_path", None)
+    if found is None:
+        found = args.found_model_path = _find_model_path(args)
+    return found
+
+
+def _find_model_path(args: argparse.Namespace) -> tuple[str, pathlib.Path, pathlib.Path]:
+    """
+    Look up the model file of :func:`_model_path`.
 
     :param args: the parsed options
     :return: a name prefix for output files, the model file and its experiment folder

@@ -637,13 +637,14 @@ def test_shipped_evaluation_defaults_are_checked(monkeypatch, tmp_path):
     assert cli._eval_defaults("CartPole-v1") == {"fail_below": None, "fall_reward": None}
 
 
-def test_video_writes_mp4_and_gif(trained, tmp_path):
+def test_video_writes_mp4_and_gif(trained, tmp_path, capsys):
     from PIL import Image
 
     from sb3_cherry.cli import cmd_video
 
     args = ["--algo", "ppo_rollback", "--env", "CartPole-v1", "-f", str(trained), "-n", "20", "-o", str(tmp_path)]
     written = cmd_video([*args, "--gif"])
+    assert capsys.readouterr().out.count("Loading latest experiment") == 1  # the run folder is looked up once (was twice)
     mp4 = [p for p in written if p.endswith(".mp4")]
     gif = [p for p in written if p.endswith(".gif")]
     assert len(mp4) == 1 and len(gif) == 1 and all(os.path.getsize(p) > 0 for p in written)
