@@ -321,3 +321,52 @@ def test_set_attr_error_is_raised_in_the_main_process():
     assert venv.get_attr("level") == [3, 3] and venv.reset().ravel().tolist() == [3.0, 3.0]
     assert all(p.is_alive() for p in venv.processes)
     venv.close()
+
+
+class Hanging(gym.Wrapper):
+    """CartPole whose step hangs (sleeps for a minute) at a given step."""
+
+    def __init__(self, env: gym.Env, at_step: int = 3):
+        super().__init__(env)
+        self.at_step, self.t = at_step, 0
+
+    def step(self, action):
+        self.t += 1
+        if self.t == self.at_step:
+            import time
+
+            time.sleep(60)
+        return self.env.step(action)
+
+
+def test_step_timeout_reports_a_hung_worker():
+    import time
+
+    from sb3_cherry.common.vec_env import WorkerTimeoutError
+
+    venv = make_vec_env(
+        "CartPole-v1",
+        n_envs=2,
+        vec_env_cls=CherrySubprocVecEnv,
+        wrapper_class=Hanging,
+        wrapper_kwargs=dict(at_step=3),
+        vec_env_kwargs=dict(start_method="fork", step_timeout=1.0),
+    )
+    venv.reset()
+    for _ in range(2):
+        venv.step(venv.action_space.sample()[None].repeat(2, 0))  # answers in time are read as before
+    start = time.monotonic()
+    with pytest.raises(WorkerTimeoutError, match=r"worker 0 \(env 0\) did not answer 'step' within step_timeout=1.0 s"):
+        venv.step(venv.action_space.sample()[None].repeat(2, 0))  # (SB3's SubprocVecEnv waits for the minute)
+    assert time.monotonic() - start < 10
+    with pytest.raises(RuntimeError, match="unusable after the error of worker 0"):
+        venv.reset()
+    start = time.monotonic()
+    venv.close()  # the hung worker was terminated: closing does not wait for it
+    assert time.monotonic() - start < 10 and not any(process.is_alive() for process in venv.processes)
+
+
+@pytest.mark.parametrize("step_timeout", [0, -1.0, float("nan"), float("inf"), "60", True])
+def test_step_timeout_is_checked(step_timeout):
+    with pytest.raises(ValueError, match="step_timeout must be a number of seconds > 0"):
+        CherrySubprocVecEnv([lambda: gym.make("CartPole-v1")], start_method="fork", step_timeout=step_timeout)

@@ -8,13 +8,20 @@ import Ray or EnvPool (optional dependencies, ``pip install "sb3_cherry[distribu
 
 from typing import TYPE_CHECKING, Any
 
-from sb3_cherry.common.vec_env.subproc_vec_env import CherrySubprocVecEnv, WorkerDiedError
+from sb3_cherry.common.vec_env.subproc_vec_env import CherrySubprocVecEnv, WorkerDiedError, WorkerTimeoutError
 
 if TYPE_CHECKING:
     from sb3_cherry.common.vec_env.envpool_vec_env import EnvPoolVecEnv, make_envpool_vec_env
     from sb3_cherry.common.vec_env.ray_vec_env import RayVecEnv
 
-__all__ = ["CherrySubprocVecEnv", "EnvPoolVecEnv", "RayVecEnv", "WorkerDiedError", "make_envpool_vec_env"]
+__all__ = [
+    "CherrySubprocVecEnv",
+    "EnvPoolVecEnv",
+    "RayVecEnv",
+    "WorkerDiedError",
+    "WorkerTimeoutError",
+    "make_envpool_vec_env",
+]
 
 
 def __getattr__(name: str) -> Any:

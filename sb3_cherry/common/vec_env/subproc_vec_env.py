@@ -4,10 +4,12 @@ SB3's ``SubprocVecEnv`` whose worker failures name their cause.
 In SB3, an env that raises in ``step()``/``reset()`` (or in a method called by ``env_method``, ``render``, a
 property read by ``get_attr`` or set by ``set_attr``) kills its worker process: the traceback goes to the worker's
 stderr and the main process sees a bare ``EOFError`` / ``ConnectionResetError``. Here the env's exception is sent back
-and re-raised in the main process with the worker's traceback attached (as :class:`RayVecEnv` does), and a worker
-that dies is reported with its index and exit code.
+and re-raised in the main process with the worker's traceback attached (as :class:`RayVecEnv` does), a worker
+that dies is reported with its index and exit code, and (``step_timeout``) a worker that hangs is reported instead of
+waited for forever.
 """
 
+import math
 import pickle
 import time
 import traceback
@@ -139,6 +141,10 @@ class WorkerDiedError(RuntimeError):
     """A ``SubprocVecEnv`` worker process exited (killed, out of memory, crashed in native code, ...)."""
 
 
+class WorkerTimeoutError(TimeoutError):
+    """A ``SubprocVecEnv`` worker did not answer within ``step_timeout`` seconds (it is terminated)."""
+
+
 class _CheckedRemote:
     """The main process's end of a worker pipe: turns a dead worker or a reported env exception into an error."""
 
@@ -146,6 +152,8 @@ class _CheckedRemote:
         self.remote, self.index, self.process, self.owner = remote, index, process, owner
         #: commands sent whose answers are not read yet
         self.pending = 0
+        #: the last command sent (named by a timeout)
+        self.command = ""
 
     def send(self, message: Any) -> None:
         if self.owner.broken is not None:
@@ -159,16 +167,29 @@ class _CheckedRemote:
             self._break()  # the workers already sent this command hold answers nobody reads
             raise self._died(f"sending {message[0]!r}") from exc
         self.pending += 1
+        self.command = message[0]
 
     def recv(self) -> Any:
+        timeout = self.owner.step_timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
             # a dead worker closes its end of the pipe, but with the "fork" start method the workers forked before
             # it hold copies of that end, so no EOF would come: check the process while waiting
-            while not self.remote.poll(0.1):
+            while not self.remote.poll(0.1 if deadline is None else max(0.0, min(0.1, deadline - time.monotonic()))):
                 if not self.process.is_alive() and not self.remote.poll(0):
                     raise EOFError("the worker process exited")
+                if deadline is not None and time.monotonic() >= deadline:
+                    self._break()
+                    self.process.terminate()  # (a hung env; close() then joins it)
+                    raise WorkerTimeoutError(
+                        f"SubprocVecEnv worker {self.index} (env {self.index}) did not answer {self.command!r} within "
+                        f"step_timeout={timeout} s and was terminated: the env hangs (or is slower than that: raise "
+                        "step_timeout, or pass None to wait forever). Close this VecEnv and create a new one."
+                    )
             result = self.remote.recv()
             self.pending -= 1
+        except WorkerTimeoutError:
+            raise
         except (EOFError, OSError) as exc:
             self._break()
             raise self._died("waiting for its answer") from exc
@@ -214,13 +235,25 @@ class CherrySubprocVecEnv(SubprocVecEnv):
     """
     ``SubprocVecEnv`` (same arguments and behaviour) whose failures name their cause: an exception raised by an env's
     ``step``/``reset`` is re-raised in the main process with the worker's traceback attached; a worker that dies
-    raises :class:`WorkerDiedError` naming the worker and its exit code.
+    raises :class:`WorkerDiedError` naming the worker and its exit code; a worker that does not answer within
+    ``step_timeout`` seconds is terminated and raises :class:`WorkerTimeoutError` (a ``TimeoutError``).
 
     :param env_fns: functions creating the environments
     :param start_method: multiprocessing start method (see SB3's ``SubprocVecEnv``)
+    :param step_timeout: seconds to wait for each worker's answer to a call after construction (``step``, ``reset``,
+        ``render``, attribute access); ``None`` (the default, as SB3, and ``sb3-cherry train --vec-env subproc``)
+        waits forever.
     """
 
-    def __init__(self, env_fns: list[Callable[[], gym.Env]], start_method: str | None = None):
+    def __init__(
+        self, env_fns: list[Callable[[], gym.Env]], start_method: str | None = None, step_timeout: float | None = None
+    ):
+        if step_timeout is not None and (
+            isinstance(step_timeout, bool) or not isinstance(step_timeout, int | float) or not 0 < step_timeout < math.inf
+        ):
+            raise ValueError(f"step_timeout must be a number of seconds > 0 (or None to wait forever), got {step_timeout!r}.")
+        #: seconds to wait for an answer (None: forever)
+        self.step_timeout = step_timeout
         #: index of the worker whose failure left the pipes out of step (None: usable)
         self.broken: int | None = None
         try:
