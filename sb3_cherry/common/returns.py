@@ -162,6 +162,18 @@ def _ones_like(x: Any) -> Any:
     return th.ones_like(x) if isinstance(x, th.Tensor) else np.ones_like(x)
 
 
+def _cat(*xs: Any) -> Any:
+    """Concatenate along the first (time) axis."""
+    return th.cat(xs) if isinstance(xs[0], th.Tensor) else np.concatenate(xs)
+
+
+def _column(numbers: list[float], like: Any) -> Any:
+    """The numbers as a ``(len, 1)`` column of ``like``'s backend, dtype and device."""
+    if isinstance(like, th.Tensor):
+        return th.tensor(numbers, dtype=like.dtype, device=like.device)[:, None]
+    return np.asarray(numbers, dtype=like.dtype)[:, None]
+
+
 def gae(
     rewards: Array,
     values: Array,
@@ -270,21 +282,24 @@ def n_step(
     rewards, values, last_values, dones = arrays["rewards"], arrays["values"], arrays["last_values"], arrays["dones"]
     n_steps = rewards.shape[0]
 
-    returns = _zeros_like(values)
-    for step in range(n_steps):
-        # m = min(n, steps to the end of the rollout)
-        horizon = min(int(n), n_steps - step)
-        target = _zeros_like(last_values)
-        # 1 while the episode that contains `step` goes on, 0 after its end
-        alive = _ones_like(last_values)
-        discount = 1.0
-        for k in range(horizon):
-            target = target + discount * alive * rewards[step + k]
-            alive = alive * (1.0 - dones[step + k])
-            discount = discount * gamma
-        bootstrap_values = last_values if step + horizon == n_steps else values[step + horizon]
-        # n-step return, Sutton & Barto 2018, eq. 7.1: G_t = sum_{k<m} gamma^k r_{t+k} + gamma^m V(s_{t+m})
-        returns[step] = target + discount * alive * bootstrap_values
+    # All start steps t at once, one pass per k < m_t = min(n, n_steps - t) (O(n_steps * min(n, n_steps)) element
+    # operations, not Python iterations): row t of `target` and `alive` changes only while k < m_t
+    horizon = min(int(n), n_steps)
+    target = _zeros_like(values)
+    # 1 while the episode that contains step t goes on, 0 after its end
+    alive = _ones_like(values)
+    powers = [1.0]  # gamma^k as Python floats (they do not change the dtype), as a loop over t and k computes them
+    for k in range(horizon):
+        rows = n_steps - k  # the start steps t with t + k < n_steps
+        target = _cat(target[:rows] + powers[k] * alive[:rows] * rewards[k:], target[rows:])
+        alive = _cat(alive[:rows] * (1.0 - dones[k:]), alive[rows:])
+        powers.append(powers[k] * gamma)
+    # gamma^m_t, the discount of row t's bootstrap, and V(s_{t+m_t}): values[t + n] inside the rollout, last_values
+    # where the sum reaches the rollout's end (t + m_t = n_steps)
+    discount = _column([powers[min(horizon, n_steps - t)] for t in range(n_steps)], like=values)
+    bootstrap_values = _cat(values[horizon:], *[last_values[None]] * horizon)
+    # n-step return, Sutton & Barto 2018, eq. 7.1: G_t = sum_{k<m} gamma^k r_{t+k} + gamma^m V(s_{t+m})
+    returns = target + discount * alive * bootstrap_values
     advantages = returns - values
     return returns, advantages
 
@@ -370,9 +385,9 @@ def vtrace(
         vs[step] = values[step] + correction
         # Policy-gradient advantage, IMPALA section 4.2: rho_s (r_s + gamma v_{s+1} - V(x_s))
         # (without rho_s for a surrogate whose ratio pi / mu already is the importance weight)
-        advantages[step] = rewards[step] + gamma * next_vs * next_non_terminal - values[step]
-        if rho_in_advantages:
-            advantages[step] = rhos[step] * advantages[step]
+        # (written once: reading the slot back would break autograd through log_ratios)
+        advantage = rewards[step] + gamma * next_vs * next_non_terminal - values[step]
+        advantages[step] = rhos[step] * advantage if rho_in_advantages else advantage
         next_correction = correction
         next_vs = vs[step]
     return vs, advantages
