@@ -48,6 +48,7 @@ from sb3_cherry.common.distributions import (
     make_distribution,
     resolve_spec,
 )
+from sb3_cherry.common.policies import CherryActorCriticPolicy
 from sb3_cherry.common.spaces import flatten_action, unflatten_action, unflatten_actions
 
 # Non-symmetric, non-unit bounds (exactly representable in float32)
@@ -1099,6 +1100,19 @@ def test_sb3_native_for_default_pairings():
     tuple_default = make_distribution(spaces.Tuple((spaces.Discrete(2), BOX3)))
     assert type(tuple_default) is TupleDistribution
     assert [type(c) for c in tuple_default.components] == [CategoricalDistribution, BetaDistribution]
+
+
+def test_multi_dimensional_multi_discrete_outside_a_tuple_is_refused_naming_the_fix():
+    # SB3's classes failed with a TypeError deep in torch (empty(): argument 'size'); inside a Tuple it is supported
+    space = spaces.MultiDiscrete(np.array([[2, 3], [4, 5]]))
+    for spec in (None, "multi_categorical"):
+        with pytest.raises(ValueError, match=r"multi-dimensional nvec \(shape \(2, 2\)\).*spaces.Tuple\(\(space,\)\)"):
+            make_distribution(space, spec)
+    with pytest.raises(ValueError, match="multi-dimensional nvec"):
+        CherryActorCriticPolicy(spaces.Box(-1, 1, (2,)), space, lambda _: 1e-3)
+    wrapped = make_distribution(spaces.Tuple((space,)))
+    wrapped.proba_distribution(th.zeros(4, wrapped.param_dim))
+    assert wrapped.sample().shape == (4, 4)
 
 
 def test_single_name_for_tuple_applies_where_accepted():

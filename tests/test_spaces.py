@@ -132,6 +132,18 @@ def test_discrete_values_are_rounded():
     np.testing.assert_array_equal(decoded[2], [1, 0])
 
 
+def test_integer_box_values_are_rounded_to_the_nearest_integer():
+    # a cast truncated toward zero: a Beta / tanh-Normal sample in [0, 3] reached 3 only exactly on the bound, and
+    # 0 took the mass of (-1, 1); now the nearest integer, then the bounds, as for Discrete parts
+    space = spaces.Tuple((spaces.Discrete(2), spaces.Box(0, 3, (5,), np.int64)))
+    decoded = unflatten_action(space, np.array([0.0, 2.6, 2.4, 0.7, -0.4, 3.2]))
+    assert space.contains(decoded)
+    np.testing.assert_array_equal(decoded[1], [3, 2, 1, 0, 3])
+    np.testing.assert_array_equal(unflatten_actions(space, np.array([[1.0, 2.5, 1.5, 0.5, -0.6, 3.6]]))[0][1], [2, 2, 0, 0, 3])
+    raw = unflatten_action(space, np.array([0.0, 2.6, 2.4, 0.7, -0.6, 3.6]), clip=False)[1]
+    np.testing.assert_array_equal(raw, [3, 2, 1, -1, 4])  # (rounded, not clipped)
+
+
 @pytest.mark.parametrize(
     "bad",
     [

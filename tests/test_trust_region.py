@@ -4,6 +4,8 @@ exact per-state KL of every distribution against torch / Monte-Carlo references,
 against an independent recomputation, configuration (YAML, CLI, optuna) and the behaviour the paper reports.
 """
 
+import math
+
 import numpy as np
 import optuna
 import pytest
@@ -165,6 +167,42 @@ def test_kl_sb3_gaussians_and_discrete():
     q.proba_distribution(l2)
     s, t = l1.sigmoid(), l2.sigmoid()
     th.testing.assert_close(per_state_kl(p, q), (s * (s / t).log() + (1 - s) * ((1 - s) / (1 - t)).log()).sum(1))
+
+
+def test_kl_of_saturated_discrete_policies_is_the_small_exact_value():
+    # float32 sigmoid(l) is exactly 1 for l >= 16.64 and a softmax probability underflows to 0 at a gap of ~104: torch's
+    # KLs were inf there (a spurious trust-region trigger; Truly PPO's loss inf) while the true KL is ~1e-7 / ~1e-25.
+    # Reference: the same torch KLs on float64 parameters, where these probabilities are still representable.
+    bits_p, bits_q = th.tensor([[16.60, 16.0, -3.0]]), th.tensor([[16.70, 25.0, -3.0]])
+    expected = th_kl(Bernoulli(logits=bits_p.double()), Bernoulli(logits=bits_q.double())).sum(1)
+    assert th.isinf(th_kl(Bernoulli(logits=bits_p), Bernoulli(logits=bits_q)).sum(1)).all()  # (torch's float32 form)
+    p, q = sb3_dist.BernoulliDistribution(3), sb3_dist.BernoulliDistribution(3)
+    p.proba_distribution(bits_p)
+    q.proba_distribution(bits_q)
+    mine, other = BernoulliDistribution(spaces.MultiBinary(3)), BernoulliDistribution(spaces.MultiBinary(3))
+    mine.proba_distribution(bits_p)
+    other.proba_distribution(bits_q)
+    for kl in (per_state_kl(p, q), per_state_kl(mine, other)):
+        np.testing.assert_allclose(kl.double().numpy(), expected.numpy(), rtol=1e-4)
+    logits_p, logits_q = th.tensor([[0.0, -60.0, 1.0]]), th.tensor([[0.0, -110.0, 1.0]])
+    expected = th_kl(Categorical(logits=logits_p.double()), Categorical(logits=logits_q.double()))
+    p, q = sb3_dist.CategoricalDistribution(3), sb3_dist.CategoricalDistribution(3)
+    p.proba_distribution(logits_p)
+    q.proba_distribution(logits_q)
+    np.testing.assert_allclose(per_state_kl(p, q).double().numpy(), expected.numpy(), rtol=1e-4)
+    p, q = sb3_dist.MultiCategoricalDistribution([3, 3]), sb3_dist.MultiCategoricalDistribution([3, 3])
+    p.proba_distribution(th.cat([logits_p, logits_p], 1))
+    q.proba_distribution(th.cat([logits_q, logits_q], 1))
+    np.testing.assert_allclose(per_state_kl(p, q).double().numpy(), 2 * expected.numpy(), rtol=1e-4)
+    mine, other = (MultiCategoricalDistribution(spaces.MultiDiscrete([3, 3])) for _ in range(2))
+    mine.proba_distribution(th.cat([logits_p, logits_p], 1))
+    other.proba_distribution(th.cat([logits_q, logits_q], 1))
+    np.testing.assert_allclose(per_state_kl(mine, other).double().numpy(), 2 * expected.numpy(), rtol=1e-4)
+    # a probability that is 0 in float64 too (-inf logit): the KL is inf where p has mass there, 0 log 0 = 0 elsewhere
+    p, q = sb3_dist.CategoricalDistribution(2), sb3_dist.CategoricalDistribution(2)
+    p.proba_distribution(th.tensor([[0.0, 0.0], [0.0, -math.inf]]))
+    q.proba_distribution(th.tensor([[0.0, -math.inf], [0.0, 0.0]]))
+    assert per_state_kl(p, q).tolist() == [math.inf, pytest.approx(math.log(2.0))]
 
 
 @pytest.mark.parametrize("name", ["normal", "beta", "tanh_normal"])

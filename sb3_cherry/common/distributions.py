@@ -171,6 +171,37 @@ class CherryDistribution(Distribution):
         raise NotImplementedError
 
 
+def categorical_kl(p_logits: th.Tensor, q_logits: th.Tensor) -> th.Tensor:
+    """
+    ``KL(Categorical(p_logits) || Categorical(q_logits))`` over the last axis, from log-probabilities, so a probability
+    that underflows to 0 (or rounds to 1) in the dtype gives the exact small divergence, not torch's ``inf``.
+
+    :param p_logits: unnormalised log-probabilities of p, ``(..., n)``
+    :param q_logits: those of q, same shape
+    :return: shape ``(...)``
+    """
+    p_log, q_log = th.log_softmax(p_logits, dim=-1), th.log_softmax(q_logits, dim=-1)
+    p = p_log.exp()
+    # sum_k p_k (log p_k - log q_k), with 0 log 0 = 0
+    return (p * th.where(p > 0, p_log - q_log, 0.0)).sum(dim=-1)
+
+
+def bernoulli_kl(p_logits: th.Tensor, q_logits: th.Tensor) -> th.Tensor:
+    """
+    ``KL(Bernoulli(p_logits) || Bernoulli(q_logits))`` elementwise, from log-sigmoids: torch's form is ``inf`` wherever
+    q's probability rounds to exactly 1 (float32 logits above 16.6), where the true divergence is tiny.
+
+    :param p_logits: logits of p
+    :param q_logits: logits of q, same shape
+    :return: same shape
+    """
+    # p (log p - log q) + (1 - p) (log(1 - p) - log(1 - q)), log p = logsigmoid(l), log(1 - p) = logsigmoid(-l)
+    logsig = th.nn.functional.logsigmoid
+    return th.sigmoid(p_logits) * (logsig(p_logits) - logsig(q_logits)) + th.sigmoid(-p_logits) * (
+        logsig(-p_logits) - logsig(-q_logits)
+    )
+
+
 class _WrittenOutDistribution(CherryDistribution):
     """
     Base of distributions whose methods are written out on their parameters, without a torch distribution object (its
@@ -321,7 +352,7 @@ class TanhNormalDistribution(CherryDistribution):
     ``log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u))`` for numerical stability. It is computed from the stored
     action, so ``u = atanh(...)`` is only as precise as the action's float: actions on (or numerically at) the
     bounds are moved ``epsilon`` inside before inverting ``tanh`` (by default the dtype's machine epsilon, as SB3's
-    ``TanhBijector``: ``|u|`` is read as at most ``atanh(1 - eps)``, 8.3 in float32 and 18.7 in float64, about where
+    ``TanhBijector``: ``|u|`` is read as at most ``atanh(1 - eps)``, 8.3 in float32 and 18.4 in float64, about where
     ``tanh`` itself stops telling values apart), so log-probs and gradients stay finite.
 
     The entropy has no closed form; by the change of variables it is, per dimension,
@@ -662,7 +693,7 @@ class MultiCategoricalDistribution(CherryDistribution):
     def kl(self, other: CherryDistribution) -> th.Tensor:
         assert isinstance(other, MultiCategoricalDistribution)
         return th.stack(
-            [th_kl_divergence(p, q) for p, q in zip(self.distribution, other.distribution, strict=True)], dim=1
+            [categorical_kl(p.logits, q.logits) for p, q in zip(self.distribution, other.distribution, strict=True)], dim=1
         ).sum(dim=1)
 
 
@@ -698,6 +729,10 @@ class BernoulliDistribution(CherryDistribution):
 
     def mode(self) -> th.Tensor:
         return th.round(self.distribution.probs)
+
+    def kl(self, other: CherryDistribution) -> th.Tensor:
+        assert isinstance(other, BernoulliDistribution)
+        return bernoulli_kl(self.distribution.logits, other.distribution.logits).sum(dim=1)
 
 
 class _TupleHead(nn.Module):
@@ -1030,6 +1065,12 @@ def make_distribution(
     :return: the distribution
     """
     resolved = resolve_spec(action_space, spec)
+    if isinstance(action_space, spaces.MultiDiscrete) and action_space.nvec.ndim > 1:
+        raise ValueError(
+            f"A MultiDiscrete action space with a multi-dimensional nvec (shape {action_space.nvec.shape}) is supported "
+            "only as a component of a Tuple action space (SB3's rollout buffers and policies store len(nvec) actions): "
+            "use spaces.Tuple((space,)), or a 1-D MultiDiscrete(nvec.flatten()) reshaped by an ActionWrapper."
+        )
     if distribution_kwargs is not None and not (
         isinstance(distribution_kwargs, dict) and all(isinstance(v, dict) for v in distribution_kwargs.values())
     ):

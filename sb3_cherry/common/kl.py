@@ -22,13 +22,12 @@ import torch as th
 from stable_baselines3.common import distributions as sb3_dist
 from torch.distributions import kl_divergence as th_kl_divergence
 
-from sb3_cherry.common.distributions import CherryDistribution
+from sb3_cherry.common.distributions import CherryDistribution, bernoulli_kl, categorical_kl
 
 # SB3 distributions whose ``.distribution`` is a torch distribution over independent action dimensions (last axis)
 _SB3_FACTORISED = (
     sb3_dist.DiagGaussianDistribution,  # includes SquashedDiagGaussianDistribution (KL of the base Normals)
     sb3_dist.StateDependentNoiseDistribution,
-    sb3_dist.BernoulliDistribution,
 )
 
 
@@ -55,10 +54,15 @@ def per_state_kl(p: sb3_dist.Distribution, q: sb3_dist.Distribution) -> th.Tenso
     if isinstance(p, _SB3_FACTORISED) and isinstance(q, _SB3_FACTORISED):
         kl = th_kl_divergence(p.distribution, q.distribution)
         return kl.reshape(kl.shape[0], -1).sum(dim=1)
+    # the discrete ones from logits: torch's KLs are inf where q's probability rounds to 0 or 1 (a Bernoulli logit
+    # above 16.6 in float32), where the divergence is tiny
+    if isinstance(p, sb3_dist.BernoulliDistribution) and isinstance(q, sb3_dist.BernoulliDistribution):
+        kl = bernoulli_kl(p.distribution.logits, q.distribution.logits)
+        return kl.reshape(kl.shape[0], -1).sum(dim=1)
     if isinstance(p, sb3_dist.CategoricalDistribution) and isinstance(q, sb3_dist.CategoricalDistribution):
-        return th_kl_divergence(p.distribution, q.distribution)
+        return categorical_kl(p.distribution.logits, q.distribution.logits)
     if isinstance(p, sb3_dist.MultiCategoricalDistribution) and isinstance(q, sb3_dist.MultiCategoricalDistribution):
-        parts = [th_kl_divergence(a, b) for a, b in zip(p.distribution, q.distribution, strict=True)]
+        parts = [categorical_kl(a.logits, b.logits) for a, b in zip(p.distribution, q.distribution, strict=True)]
         return th.stack(parts, dim=1).sum(dim=1)
     raise TypeError(
         f"No exact per-state KL for {type(p).__name__}: use one of sb3_cherry's action distributions "

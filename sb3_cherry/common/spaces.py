@@ -184,8 +184,12 @@ def _batch_decoder(space: spaces.Space, clip: bool) -> Callable[[np.ndarray], li
     assert isinstance(space, spaces.Box)
     box_space = space
 
+    # an integer Box gets the nearest integer (a cast truncates toward zero: `high` was reached only by a sample exactly
+    # on it, and 0 took the mass of (-1, 1)), as the Discrete parts above
+    integer = np.issubdtype(box_space.dtype, np.integer)
+
     def decode_box(flat: np.ndarray) -> list[Any]:
-        box = flat.astype(box_space.dtype).reshape((len(flat), *box_space.shape))
+        box = (np.rint(flat) if integer else flat).astype(box_space.dtype).reshape((len(flat), *box_space.shape))
         return list(np.clip(box, box_space.low, box_space.high) if clip else box)
 
     return decode_box
