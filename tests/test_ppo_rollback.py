@@ -69,6 +69,36 @@ def test_alpha_zero_keeps_ppo_values_for_an_overflowed_ratio():
     assert th.equal(rollback_surrogate(ratio, adv, EPS, 0.0), ppo)
 
 
+@pytest.mark.parametrize("alpha", [0.0, ALPHA])
+def test_gradient_at_float_ties_next_to_the_clip_bound_is_sb3_s(alpha):
+    # a ratio one float past the bound: r * A and clip(r) * A often round to the same float32, and th.min gives each
+    # side half the gradient there (SB3: A / 2); the surrogate written with th.where gave 0 or A, so alpha = 0 left
+    # SB3's parameters after ~1 such sample in 2M (about 20k CartPole steps). Reference: SB3 PPO's expression, plus
+    # the rollback term -alpha * A * (r - bound) written by hand on the rollback side
+    gen = th.Generator().manual_seed(0)
+    adv = th.randn(8000, generator=gen)
+    bound = th.where(adv >= 0, th.tensor(1.0 + EPS), th.tensor(1.0 - EPS))
+    ratio = th.nextafter(bound, th.where(adv >= 0, th.tensor(2.0), th.tensor(0.0))).requires_grad_()
+    reference = th.min(adv * ratio, adv * th.clamp(ratio, 1 - EPS, 1 + EPS)) - alpha * adv * (ratio - bound)
+    (expected,) = th.autograd.grad(reference.sum(), ratio)
+    (got,) = th.autograd.grad(rollback_surrogate(ratio, adv, EPS, alpha).sum(), ratio)
+    ties = (adv * ratio == adv * th.clamp(ratio, 1 - EPS, 1 + EPS)).detach()
+    assert ties.sum() > 100  # the case is common among such ratios
+    th.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
+    if alpha == 0:
+        assert th.equal(got, expected)
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_alpha_zero_reproduces_sb3_ppo_when_ratios_sit_on_the_clip_bounds(env_id):
+    # a tiny clip range puts many ratios one float past 1 +- eps (float ties of th.min): the parameters parted within
+    # 2048 steps before the surrogate was written as SB3's min
+    kwargs = dict(n_steps=256, batch_size=64, n_epochs=10, seed=1, clip_range=1e-5, learning_rate=1e-5)
+    ppo = PPO("MlpPolicy", env_id, **kwargs).learn(2048)
+    ours = PPORollback("MlpPolicy", env_id, rollback_alpha=0.0, **kwargs).learn(2048)
+    np.testing.assert_array_equal(_params(ppo), _params(ours))
+
+
 def _params(model) -> np.ndarray:
     return th.nn.utils.parameters_to_vector(model.policy.parameters()).detach().numpy()
 

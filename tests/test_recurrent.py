@@ -234,6 +234,18 @@ def test_alpha_zero_reproduces_sb3_contrib_recurrent_ppo(env_id):
     np.testing.assert_array_equal(_params(contrib), _params(ours))
 
 
+def test_alpha_zero_reproduces_sb3_contrib_recurrent_ppo_when_ratios_sit_on_the_clip_bounds():
+    # a tiny clip range puts many ratios one float past 1 +- eps, where th.min shares the gradient between equal sides
+    kwargs = dict(n_steps=64, batch_size=32, n_epochs=10, seed=3, clip_range=1e-5, learning_rate=1e-5)
+    contrib = RecurrentPPO("MlpLstmPolicy", make_vec_env("CartPole-v1", n_envs=2, seed=5), policy_kwargs=SMALL_NET, **kwargs)
+    contrib.learn(512)
+    ours = RecurrentPPORollback(
+        "MlpLstmPolicy", make_vec_env("CartPole-v1", n_envs=2, seed=5), policy_kwargs=SMALL_NET, rollback_alpha=0.0, **kwargs
+    )
+    ours.learn(512)
+    np.testing.assert_array_equal(_params(contrib), _params(ours))
+
+
 class _ResetCarriedStates(BaseCallback):
     """Resets env 0's carried recurrent states in place at every step and all of them at the end of each rollout."""
 

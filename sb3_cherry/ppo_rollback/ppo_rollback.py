@@ -38,7 +38,10 @@ def rollback_surrogate(ratio: th.Tensor, advantages: th.Tensor, clip_range: floa
     - ``A >= 0`` and ``r > 1 + eps``: ``f(r) = -alpha * r + (1 + alpha) * (1 + eps)``
     - ``A < 0`` and ``r < 1 - eps``: ``f(r) = -alpha * r + (1 + alpha) * (1 - eps)``
 
-    With ``alpha = 0`` this is exactly PPO's ``min(r * A, clip(r, 1 - eps, 1 + eps) * A)``.
+    Written as PPO's clipped objective minus the rollback term, ``min(r A, clip(r, 1 - eps, 1 + eps) A) - alpha A
+    (r - b)`` outside the trust region (``b = 1 + eps`` for ``A >= 0``, ``1 - eps`` otherwise), so that ``alpha = 0``
+    is SB3 PPO's expression, values and gradients alike (``th.min`` shares the gradient between equal sides: a ratio
+    next to the clip bound whose two products round to the same float gets half of each).
 
     :param ratio: probability ratios ``pi / pi_old``
     :param advantages: advantages (same shape)
@@ -46,16 +49,16 @@ def rollback_surrogate(ratio: th.Tensor, advantages: th.Tensor, clip_range: floa
     :param rollback_alpha: ``alpha`` >= 0
     :return: the surrogate per sample (to be maximised)
     """
+    # SB3 PPO's clipped surrogate, operation for operation
+    clipped = th.min(advantages * ratio, advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range))
+    if rollback_alpha == 0:
+        return clipped
     positive = advantages >= 0
-    # outside the trust region on the side where clipped PPO is flat, and the rollback line's intercept there
+    # outside the trust region on the side where clipped PPO is flat, and the bound the rollback line starts from
     outside = th.where(positive, ratio > 1.0 + clip_range, ratio < 1.0 - clip_range)
-    upper = ratio.new_tensor((1.0 + rollback_alpha) * (1.0 + clip_range))  # in the ratio's dtype
-    intercept = th.where(positive, upper, (1.0 + rollback_alpha) * (1.0 - clip_range))
-    # alpha = 0: the intercept alone (equal to -0 * r + intercept for finite r; an overflowed r = inf gives PPO's
-    # clipped value there, not 0 * inf = NaN)
-    rolled = intercept if rollback_alpha == 0 else -rollback_alpha * ratio + intercept
-    f = th.where(outside, rolled, ratio)
-    return advantages * f
+    bound = th.where(positive, ratio.new_tensor(1.0 + clip_range), 1.0 - clip_range)  # in the ratio's dtype
+    # (a where, not a product with the mask: an overflowed r = inf inside the region gives no 0 * inf = NaN)
+    return clipped - th.where(outside, rollback_alpha * advantages * (ratio - bound), 0.0)
 
 
 def rollback_mask(ratio: th.Tensor, advantages: th.Tensor, clip_range: float) -> th.Tensor:
