@@ -354,6 +354,12 @@ class FaultEnv(gym.Env):
             obs[1] = 1e200  # its square overflows VecNormalize's float64 running variance
         elif self.fault == "reward_1e38" and self.steps >= self.at:
             reward = 1e38  # finite float32; the GAE sum over the rollout overflows
+        elif self.fault == "obs_cancelling" and self.steps == self.at:
+            obs[:2] = (5e38, -3e38)  # both beyond float32's range, their sum (2e38) within it
+        elif self.fault == "obs_inf" and self.steps == self.at:
+            obs[1] = np.inf
+        elif self.fault == "reward_inf" and self.steps == self.at:
+            reward = float("inf")
         return obs, reward, False, self.t >= 6, {}
 
 
@@ -432,10 +438,63 @@ def test_float64_observation_beyond_float32_range_raises_at_collection(algo):
 
 def test_vecnormalize_variance_overflow_does_not_train_silently():
     """A 1e200 float64 observation makes VecNormalize's running variance inf; normalised values become 0 (finite),
-    so learn trains on them silently, and the saved statistics are later refused by load_vec_normalize."""
+    so learn trained on them silently, and the saved statistics were later refused by load_vec_normalize. The raw
+    observation is now named at its step; the statistics are checked at the end of the rollout as well."""
     venv = VecNormalize(DummyVecEnv([lambda: FaultEnv("obs_1e200", at=20, dtype=np.float64)]), norm_reward=False)
     model = PPORollback("MlpPolicy", venv, n_steps=16, batch_size=16, n_epochs=1, seed=0, device="cpu")
-    with pytest.raises(ValueError, match=r"The VecNormalize statistics obs_rms\.var are not finite .* end of the rollout"):
+    with pytest.raises(ValueError, match=r"Non-finite observation \(before VecNormalize\) \(1e\+200, beyond float32's"):
+        model.learn(96)
+    from sb3_cherry.common.finite import check_finite_normalization
+
+    with pytest.raises(ValueError, match=r"The VecNormalize statistics obs_rms\.var are not finite"):
+        check_finite_normalization(venv, "the end of the rollout")
+
+
+@pytest.mark.parametrize("fault", ["obs_inf", "reward_inf"])
+@pytest.mark.parametrize("algo", ["ppo", "a2c", "recurrent"])
+def test_frozen_vecnormalize_clipping_an_inf_does_not_train_silently(algo, fault):
+    # with frozen statistics (training=False, e.g. fine-tuning with loaded ones) VecNormalize clips a raw inf to
+    # clip_obs / clip_reward: finite values, trained on silently; its raw values of each step are checked now
+    venv = VecNormalize(DummyVecEnv([lambda: FaultEnv(fault, at=11)]))
+    venv.training = False
+    model = _make(algo, venv, None)
+    state = RecordState()
+    what = "observation" if fault == "obs_inf" else "reward"
+    with pytest.raises(ValueError, match=rf"Non-finite {what} \(before VecNormalize\) \(inf\) from env 0 at num_timesteps=11"):
+        model.learn(64, callback=state)
+    for key, value in state.at_rollout_start.items():  # the update after the faulty rollout did not happen
+        assert th.equal(model.policy.state_dict()[key], value)
+
+
+def test_float64_values_beyond_float32_range_are_found_when_their_sum_is_not():
+    # the fast test summed each array: float64 entries beyond float32's range can cancel (5e38 - 3e38 = 2e38)
+    cancelling = np.array([[5e38, -3e38, 0.0]])
+    with pytest.raises(ValueError, match=r"Non-finite observation \(5e\+38, beyond float32's range"):
+        check_finite_observation(cancelling, "observation", "x")
+    infos = [{"terminal_observation": cancelling[0]}, {}]
+    finite = np.zeros((2, 3))
+    with pytest.raises(ValueError, match=r"Non-finite terminal observation \(5e\+38, .*from env 0"):
+        check_finite_step(finite, np.zeros(2), np.array([True, False]), infos, 3)
+    with pytest.raises(ValueError, match=r"Non-finite reward \(5e\+38, .*from env 0"):
+        check_finite_step(finite, np.array([5e38, -3e38]), np.zeros(2, bool), [{}, {}], 3)
+    # legitimate values whose sum overflows float32 (float32 arrays too): no error and no numpy overflow warning
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for dtype in (np.float32, np.float64):
+            big = np.array([[3e38, 3e38], [-3e38, 3e38]], dtype)
+            check_finite_step(big, np.array([3e38, 3e38], dtype), np.zeros(2, bool), [{}, {}], 3)
+        check_finite_observation(np.zeros((0, 3)), "observation", "x")
+
+
+@pytest.mark.parametrize("algo", [PPORollback, CherryA2C])
+def test_cancelling_float64_observation_beyond_float32_range_is_named(algo):
+    # collection went on and the update failed with 'The data were finite, so the update itself diverged'
+    env = DummyVecEnv([lambda: FaultEnv("obs_cancelling", at=20, dtype=np.float64)])
+    kwargs = dict(batch_size=16, n_epochs=1) if algo is PPORollback else {}
+    model = algo("MlpPolicy", env, n_steps=16, seed=0, device="cpu", **kwargs)
+    with pytest.raises(ValueError, match=r"Non-finite observation \(5e\+38, beyond float32's range.* at num_timesteps=20"):
         model.learn(96)
 
 

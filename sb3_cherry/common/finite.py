@@ -31,11 +31,15 @@ def _fits_float32(total: Any) -> bool:
 
 def _sum_fits(values: np.ndarray) -> bool:
     """
-    Fast test: ``values``' sum is within float32's range, so every entry is finite (and, for float64, within float32's
-    range); False also when finite values add up beyond it (the exact test then decides). Half-precision arrays are
-    summed in float64 (their own sum overflows at 65504).
+    Fast test: every entry of ``values`` is finite in float32 when this is True; False also when finite values add up
+    beyond float32's range (the exact test then decides). Float32 (and smaller) arrays: their sum is within float32's
+    range (NaN and inf carry through a sum; half-precision arrays are summed in float64, their own sum overflows at
+    65504). Wider arrays: their largest magnitude is (entries beyond float32's range can cancel in a sum: 5e38 - 3e38).
     """
-    return _fits_float32(values.sum(dtype=np.float64) if values.dtype.itemsize < 4 else values.sum())
+    if values.dtype.itemsize > 4:
+        return values.size == 0 or _fits_float32(np.abs(values).max())
+    with np.errstate(over="ignore"):  # (finite float32 values whose sum overflows: the exact test decides)
+        return _fits_float32(values.sum(dtype=np.float64) if values.dtype.itemsize < 4 else values.sum())
 
 
 def _first_non_finite(values: np.ndarray) -> tuple[int, Any] | None:
@@ -134,6 +138,27 @@ def check_finite_step(
             _raise("reward", found[0], found[1], step)
 
 
+def check_finite_raw_step(vec_normalize: Any, num_timesteps: int) -> None:
+    """
+    Check the unnormalised observations and rewards of a ``VecNormalize``'s last step: with frozen statistics
+    (``training=False``) it clips a raw ``inf`` to ``clip_obs`` / ``clip_reward``, a finite value that would train
+    silently. (Its terminal observations are normalised in place: a raw ``inf`` there reaches the policy clipped.)
+
+    :param vec_normalize: the ``VecNormalize`` (its ``old_obs`` / ``old_reward``, the raw values of the last step)
+    :param num_timesteps: the model's ``num_timesteps`` after this step (reported in the message)
+    :raises ValueError: naming what was non-finite, the env index and the step
+    """
+    step = f"num_timesteps={num_timesteps}"
+    raw_obs = getattr(vec_normalize, "old_obs", None)
+    if raw_obs is not None:
+        check_finite_observation(raw_obs, "observation (before VecNormalize)", step)
+    raw_rewards = getattr(vec_normalize, "old_reward", None)
+    if raw_rewards is not None and not _sum_fits(np.asarray(raw_rewards)):
+        found = _first_non_finite(raw_rewards)
+        if found is not None:
+            _raise("reward (before VecNormalize)", found[0], found[1], step)
+
+
 def non_finite_statistics(vec_normalize: Any) -> str | None:
     """
     :param vec_normalize: a ``VecNormalize`` (or any object with its ``obs_rms`` / ``ret_rms``; read from the object
@@ -184,13 +209,19 @@ class FiniteCheckCallback(BaseCallback):
     ``check_finite`` is True. Reads ``new_obs``, ``rewards``, ``dones`` and ``infos`` from the collection loop's locals.
     """
 
+    #: the env's VecNormalize (None: none), whose raw values of each step are checked too
+    _vec_normalize: Any = None
+
     def _on_rollout_start(self) -> None:
+        self._vec_normalize = self.model.get_vec_normalize_env()
         last_obs = self.model._last_obs
         if last_obs is not None:
             check_finite_observation(last_obs, "observation", f"reset / rollout start, num_timesteps={self.num_timesteps}")
 
     def _on_step(self) -> bool:
         local = self.locals
+        if self._vec_normalize is not None:
+            check_finite_raw_step(self._vec_normalize, self.num_timesteps)
         check_finite_step(local["new_obs"], local["rewards"], local["dones"], local["infos"], self.num_timesteps)
         return True
 
