@@ -6,7 +6,7 @@ import pytest
 import torch as th
 from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from torch import nn
@@ -257,6 +257,37 @@ class _ResetCarriedStates(BaseCallback):
 
     def _on_rollout_end(self) -> None:
         self.model._last_lstm_states.pi[0].zero_()
+
+
+class _RawRewards(BaseCallback):
+    """The rewards of each step as the env returned them (before contrib folds the truncations' values in)."""
+
+    def __init__(self):
+        super().__init__()
+        self.raw: list[np.ndarray] = []
+
+    def _on_step(self) -> bool:
+        self.raw.append(np.array(self.locals["rewards"], np.float32))
+        return True
+
+
+def test_truncation_values_noted_for_recompute_are_the_ones_folded_into_the_rewards_despite_reset_states():
+    # a callback resetting the carried states in place (as above) made the noted value of a truncation's terminal
+    # observation come from a new forward pass started from the reset states, while contrib folded the value of the
+    # states its own forward returned: recompute_returns then kept gamma * (folded - noted) in those rewards
+    env = make_vec_env("CartPole-v1", n_envs=2, seed=0, env_kwargs=dict(max_episode_steps=5))
+    model = RecurrentPPORollback(
+        "MlpLstmPolicy", env, n_steps=20, batch_size=20, n_epochs=1, seed=0, recompute_returns=True, policy_kwargs=SMALL_NET
+    )
+    model.learn(40)
+    raw = _RawRewards()
+    callback = CallbackList([raw, _ResetCarriedStates()])
+    callback.init_callback(model)
+    model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
+    buffer, rewards = model.rollout_buffer, np.array(raw.raw)
+    folded = [(buffer.rewards[t, e] - rewards[t, e]) / model.gamma for t, e in buffer.truncation_steps]
+    assert len(folded) == 8 and {e for _, e in buffer.truncation_steps} == {0, 1}
+    np.testing.assert_allclose(buffer.truncation_values, folded, rtol=1e-5, atol=1e-6)
 
 
 def test_callbacks_reset_carried_states_in_place_as_with_contrib():

@@ -275,8 +275,18 @@ class RecurrentPPORollback(RecurrentPPO, CherryOnPolicyAlgorithm):
         :param n_rollout_steps: number of steps to collect per environment
         :return: False if a callback stopped the rollout
         """
-        with inference_forward(self.policy):
-            return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
+        self._collection_callback = callback  # its locals hold each step's recurrent states (contrib's update_locals)
+        try:
+            with inference_forward(self.policy):
+                return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
+        finally:
+            self._collection_callback = None
+
+    #: the callback of the running ``collect_rollouts`` (None outside it)
+    _collection_callback: BaseCallback | None = None
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_collection_callback"]
 
     @property
     def _last_lstm_states(self) -> Any:
@@ -296,19 +306,24 @@ class RecurrentPPORollback(RecurrentPPO, CherryOnPolicyAlgorithm):
         """
         The values contrib's ``collect_rollouts`` adds (times ``gamma``) to the rewards of this step's time-limit
         truncations: the critic's value of each terminal observation one recurrent step after the states the step's
-        observation led to. Those states are a local of ``collect_rollouts``; they are computed again, once per step,
-        by the same forward pass on the same batch (``_last_obs`` with the states before it), deterministic, so no
-        random number is drawn and the values are contrib's.
+        observation led to. Those states are a local of ``collect_rollouts``, which contrib hands to the callback
+        (``update_locals``) before ``_update_info_buffer``: they are read there (a callback may have reset the carried
+        ``_last_lstm_states`` in place, from which a new forward pass would start). Outside that loop they are computed
+        again by the same forward pass on the same batch (``_last_obs`` with the states before it), deterministic, so
+        no random number is drawn.
 
         :param truncated: ``(env index, terminal observation)`` of each env whose episode was truncated at this step
         :return: the values, in the same order
         """
         policy = cast(RecurrentActorCriticPolicy, self.policy)
         values = []
+        callback = self._collection_callback
+        states = None if callback is None else callback.locals.get("lstm_states")
         with th.no_grad():
-            starts = th.tensor(self._last_episode_starts, dtype=th.float32, device=self.device)
-            obs = obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
-            states = self.policy(obs, self._last_lstm_states, starts, deterministic=True)[3]
+            if states is None:
+                starts = th.tensor(self._last_episode_starts, dtype=th.float32, device=self.device)
+                obs = obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
+                states = self.policy(obs, self._last_lstm_states, starts, deterministic=True)[3]
             not_start = th.tensor([False], dtype=th.float32, device=self.device)
             for env_index, terminal_obs in truncated:
                 state = (
