@@ -22,8 +22,10 @@ key                  shape, dtype                     content
                                                       observation included; for a ``Dict`` observation space
                                                       one array ``obs/<key>`` per key instead
 ``actions``          ``(T, *act_shape)``              actions in their space's shape (``(T,)`` int64 for
-                                                      ``Discrete``); for a ``Tuple`` space the flat float32
-                                                      encoding of :mod:`sb3_cherry.common.spaces`, ``(T, dim)``
+                                                      ``Discrete``); for a ``Tuple`` space the flat encoding
+                                                      of :mod:`sb3_cherry.common.spaces`, ``(T, dim)``, float32,
+                                                      or float64 when a ``Box`` component is float64 (its
+                                                      values exact; files with float32 ones still load)
 ``rewards``          ``(T,)`` float                   rewards (NaN when unknown)
 ``episode_lengths``  ``(E,)`` int64                   transitions per episode (>= 1); episode ``i`` owns
                                                       ``episode_lengths[i]`` actions and that many + 1 observations
@@ -44,6 +46,7 @@ import json
 import math
 import os
 import pathlib
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
@@ -320,9 +323,16 @@ def _action_shape(space: spaces.Space) -> tuple[int, ...]:
     return tuple(space.shape)  # type: ignore[arg-type]
 
 
-def _action_dtype(space: spaces.Space) -> np.dtype:
+def _wide_float_boxes(space: spaces.Space) -> bool:
+    """Whether a ``Box`` component of a (nested) ``Tuple`` space holds floats wider than float32 (float64)."""
     if isinstance(space, spaces.Tuple):
-        return np.dtype(np.float32)
+        return any(_wide_float_boxes(sub) for sub in space.spaces)
+    return isinstance(space, spaces.Box) and space.dtype.kind == "f" and space.dtype.itemsize > 4
+
+
+def _action_dtype(space: spaces.Space) -> np.dtype:
+    if isinstance(space, spaces.Tuple):  # the flat encoding: float64 keeps a float64 Box's values (and bounds) exact
+        return np.dtype(np.float64 if _wide_float_boxes(space) else np.float32)
     if isinstance(space, spaces.Discrete):
         return np.dtype(np.int64)
     return np.dtype(space.dtype)
@@ -347,15 +357,33 @@ def _check_obs_space(space: spaces.Space) -> None:
         space_to_dict(space)
 
 
+def _flatten_exact(space: spaces.Space, action: Any, dtype: np.dtype) -> np.ndarray:
+    """:func:`~sb3_cherry.common.spaces.flatten_action` in ``dtype`` (its float32 would round a float64 Box's values)."""
+    if dtype == np.float32:
+        return flatten_action(space, action)
+    if isinstance(space, spaces.Tuple):
+        if not isinstance(action, (tuple, list)) or len(action) != len(space.spaces):
+            raise ValueError(f"Expected a tuple of {len(space.spaces)} components for {space}, got {action!r}.")
+        return np.concatenate([_flatten_exact(sub, part, dtype) for sub, part in zip(space.spaces, action, strict=True)])
+    flat = np.asarray(action, dtype=dtype).reshape(-1)
+    if flat.shape != (flat_action_dim(space),):
+        raise ValueError(f"Action {action!r} has {flat.size} values, but {space} needs {flat_action_dim(space)}.")
+    return flat
+
+
 def _action_array(space: spaces.Space, acts: Any) -> np.ndarray:
     """Stored actions of one trajectory: flat for Tuple spaces (tuples are flattened), native shape otherwise."""
+    dtype = _action_dtype(space)
     if isinstance(space, spaces.Tuple):
         if isinstance(acts, np.ndarray) and acts.dtype != object and acts.ndim == 2:
-            return acts.astype(np.float32)
+            return acts.astype(dtype)
         dim = flat_action_dim(space)
-        rows = [flatten_action(space, a) if isinstance(a, (tuple, list)) else np.asarray(a).reshape(dim) for a in acts]
-        return np.stack(rows).astype(np.float32)
-    return np.asarray(acts, dtype=_action_dtype(space)).reshape((-1, *_action_shape(space)))
+        rows = [
+            _flatten_exact(space, a, dtype) if isinstance(a, (tuple, list)) else np.asarray(a, dtype=dtype).reshape(dim)
+            for a in acts
+        ]
+        return np.stack(rows).astype(dtype)
+    return np.asarray(acts, dtype=dtype).reshape((-1, *_action_shape(space)))
 
 
 # ---------------------------------------------------------------------------------------------------------- writing
@@ -592,8 +620,11 @@ def record_demos(
     Run ``model`` for ``n_episodes`` episodes and return one trajectory per episode (written to ``path`` if given).
 
     The final observation of an episode is taken from ``infos[0]["terminal_observation"]`` (SB3 VecEnvs reset
-    automatically). Through a ``VecNormalize``, the unnormalised observations and rewards are recorded, and its
-    statistics are left as they are (not updated during the recording, even in training mode).
+    automatically). An episode interrupted by a restart of the env's worker (``infos[0]["worker_restarted"]``,
+    :class:`~sb3_cherry.common.vec_env.RayVecEnv`: its last action was not applied and it did not end) is discarded,
+    with a warning, and another one recorded in its place. Through a ``VecNormalize``, the unnormalised observations
+    and rewards are recorded, and its statistics are left as they are (not updated during the recording, even in
+    training mode).
 
     :param model: a trained SB3 model (anything with ``predict(obs, state, episode_start, deterministic)``)
     :param env: a ``gymnasium.Env``, an env id, or a VecEnv with one environment
@@ -642,7 +673,15 @@ def record_demos(
                 else:
                     raw_obs, finals = obs, [info.get("terminal_observation") for info in infos]
                 ep_rews.append(float(rewards[0]))
-                if dones[0]:
+                if dones[0] and infos[0].get("worker_restarted", False):
+                    warnings.warn(
+                        f"record_demos: the env's worker was restarted (info['worker_restarted']) {len(ep_acts) - 1} "
+                        "steps into an episode: the interrupted episode is discarded (it did not end, its last action "
+                        "was not applied) and another one is recorded in its place.",
+                        stacklevel=2,
+                    )
+                    ep_obs, ep_acts, ep_rews = [_first(raw_obs)], [], []
+                elif dones[0]:
                     final = finals[0]
                     if final is None:
                         raise ValueError(
@@ -931,17 +970,30 @@ def _check_finite(where: str, key: str, values: np.ndarray, lengths: np.ndarray,
 
 def _actions_outside(space: spaces.Space, actions: np.ndarray) -> np.ndarray:
     """One flag per stored action: not an element of ``space`` (stored encodings: flat columns for Tuple)."""
+    return _outside(space, actions, within_tuple=False)
+
+
+def _outside(space: spaces.Space, actions: np.ndarray, within_tuple: bool) -> np.ndarray:
+    """
+    :func:`_actions_outside`; ``within_tuple``: a component of a Tuple, whose flat encoding may be float32 (files of
+    earlier versions, :func:`~sb3_cherry.common.spaces.flatten_action`): a wider ``Box``'s bound rounded to float32 is
+    accepted too (``float32(0.1) > 0.1``), nothing further out.
+    """
     rows = actions.reshape(len(actions), -1)
     if isinstance(space, spaces.Tuple):
         outside, column = np.zeros(len(actions), dtype=bool), 0
         for sub in space.spaces:
             width = flat_action_dim(sub)
             part = rows[:, column : column + width]
-            outside |= _actions_outside(sub, part if _action_shape(sub) != () else part[:, 0])
+            outside |= _outside(sub, part if _action_shape(sub) != () else part[:, 0], within_tuple=True)
             column += width
         return outside
     if isinstance(space, spaces.Box):
         low, high = space.low.reshape(1, -1), space.high.reshape(1, -1)
+        if within_tuple and _wide_float_boxes(space):
+            with np.errstate(over="ignore"):  # a bound beyond float32's range rounds to inf: no limit there
+                low = np.minimum(low, low.astype(np.float32).astype(low.dtype))
+                high = np.maximum(high, high.astype(np.float32).astype(high.dtype))
         return cast(np.ndarray, ~((rows >= low) & (rows <= high)).all(axis=1))  # axis=1 of a 2-D array: an array
     start: int | np.ndarray
     stop: int | np.ndarray
@@ -1020,13 +1072,19 @@ def load_demos(path: str | os.PathLike) -> list[Any]:
     return trajectories
 
 
-def demos_to_transitions(trajectories: Sequence[Any]) -> DemoTransitions:
+def demos_to_transitions(
+    trajectories: Sequence[Any], action_space: spaces.Space | None = None, include_actions: bool = True
+) -> DemoTransitions:
     """
     Flatten trajectories into transitions ``(s_t, a_t, s_{t+1}, done_t)`` (what BCO's inverse model labels).
 
     :param trajectories: imitation trajectories or :class:`DemoTrajectory` objects
+    :param action_space: the action space, to encode the actions as a demonstration file stores them (Tuple actions
+        given as tuples become their flat encoding); None: the actions must already be arrays of one shape
+    :param include_actions: False: the actions are not read, ``acts`` has shape ``(n, 0)`` (state-only use, as BCO's)
     :return: the transitions (plain numpy arrays; dicts of arrays for Dict observations)
-    :raises ValueError: no trajectories, or trajectories mixing array and Dict observations
+    :raises ValueError: no trajectories, trajectories mixing array and Dict observations, or actions that are not
+        arrays (e.g. tuples) without ``action_space``
     """
     if len(trajectories) == 0:
         raise ValueError("demos_to_transitions: no trajectories.")
@@ -1038,7 +1096,7 @@ def demos_to_transitions(trajectories: Sequence[Any]) -> DemoTransitions:
         done = np.zeros(len(traj.acts), dtype=bool)
         done[-1] = bool(traj.terminal)
         dones.append(done)
-    acts = np.concatenate([np.asarray(traj.acts) for traj in trajectories])
+    acts = _transition_actions(trajectories, action_space, include_actions)
     if isinstance(observations[0], dict):
         keys = list(observations[0])
         obs: Any = {k: np.concatenate([np.asarray(o[k])[:-1] for o in observations]) for k in keys}
@@ -1048,3 +1106,25 @@ def demos_to_transitions(trajectories: Sequence[Any]) -> DemoTransitions:
         obs = np.concatenate([o[:-1] for o in arrays])
         next_obs = np.concatenate([o[1:] for o in arrays])
     return DemoTransitions(obs=obs, acts=acts, next_obs=next_obs, dones=np.concatenate(dones))
+
+
+def _transition_actions(trajectories: Sequence[Any], action_space: spaces.Space | None, include_actions: bool) -> np.ndarray:
+    """The actions of :func:`demos_to_transitions`, one row per transition."""
+    if not include_actions:
+        return np.zeros((sum(len(traj.acts) for traj in trajectories), 0), dtype=np.float32)
+    if action_space is not None:
+        return np.concatenate([_action_array(action_space, traj.acts) for traj in trajectories])
+    try:
+        parts = [np.asarray(traj.acts) for traj in trajectories]
+        acts = np.concatenate(parts)
+    except ValueError as exc:  # ragged rows: Tuple actions given as tuples
+        raise ValueError(
+            f"demos_to_transitions: the trajectories' actions are not arrays of one shape ({exc}); Tuple actions given "
+            "as tuples need the space to be encoded: pass action_space=<the env's action space>."
+        ) from exc
+    if acts.dtype == object:
+        raise ValueError(
+            "demos_to_transitions: the trajectories' actions form an object array (Tuple actions given as tuples?): pass "
+            "action_space=<the env's action space> to encode them as flat arrays."
+        )
+    return acts

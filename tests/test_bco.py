@@ -12,11 +12,11 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
-from test_demos import DictEnv, LineEnv, RandomModel, TupleEnv
+from test_demos import DictEnv, LineEnv, RandomModel, TupleEnv, WorkerRestarts
 
 from sb3_cherry import PPORollback
 from sb3_cherry.bco import BCO
-from sb3_cherry.demos import demos_to_transitions, record_demos
+from sb3_cherry.demos import DemoTrajectory, demos_to_transitions, load_demos, record_demos
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -78,8 +78,8 @@ def test_inverse_model_labels_discrete_actions(line_demos):
     labels = model.infer_actions(fresh.obs, fresh.next_obs)
     assert labels.shape == (len(fresh), 1)
     assert np.mean(labels[:, 0] == fresh.acts) >= 0.95
-    # the demonstrations' (ignored) actions are what the inverse model infers from their states
-    demos = model._demo_transitions()
+    # the demonstrations' actions (which BCO does not read) are what the inverse model infers from their states
+    demos = demos_to_transitions(load_demos(line_demos))
     assert np.mean(model.infer_actions(demos.obs, demos.next_obs)[:, 0] == demos.acts) >= 0.95
     # and the policy cloned "go right"
     actions, _ = model.predict(np.array([[0.0], [1.0], [2.0]], dtype=np.float32), deterministic=True)
@@ -621,3 +621,79 @@ def test_stored_transitions_are_the_envs_own_across_auto_resets(normalize):
         np.testing.assert_allclose(next_obs[:, 0] - obs[:, 0], actions[:, 0] - 1, atol=1e-4)
         stored += len(actions)
     assert stored == 1200 and model._n_rounds >= 2
+
+
+def test_steps_that_restart_a_worker_are_not_stored():
+    """A RayVecEnv worker restart reports done=True with info["worker_restarted"] and the previous observation as
+    terminal observation, without applying the action: no (s, a, s) transition is stored, every other one is."""
+    demos = record_demos(ScriptedModel(lambda obs: np.full(len(obs), 2)), WalkEnv(), n_episodes=5, seed=0)
+    env = WorkerRestarts(make_vec_env(WalkEnv, n_envs=2, seed=0), restart_at={3, 150})  # in both phases
+    model = BCO("MlpPolicy", env, demonstrations=demos, alpha=0.5, n_pre_interactions=200, n_epochs_bc=1,
+                n_epochs_inverse=1, validation_fraction=0.3, seed=0)  # fmt: skip
+    model.learn(400)
+    assert env.n_restarts == 2
+    stored = 0
+    for held_out in (False, True):
+        obs, next_obs, actions = model._agent_data.get(held_out)
+        np.testing.assert_array_equal(next_obs[:, 1], obs[:, 1] + 1)  # time advances by one: a real env step
+        np.testing.assert_allclose(next_obs[:, 0] - obs[:, 0], actions[:, 0] - 1, atol=1e-4)
+        stored += len(actions)
+    assert model.num_timesteps == 400 and stored == 400 - 2 * 2  # 2 restarts of both envs (one worker)
+
+
+def test_float_budget():
+    """learn(350.0), as SB3 algorithms accept: 200 random steps, a round of 0.5 * 200 = 100 policy steps, and the 50
+    left."""
+    demos = record_demos(ScriptedModel(go_right), LineEnv(), n_episodes=2, seed=0)
+    model = BCO("MlpPolicy", LineEnv(), demonstrations=demos, n_pre_interactions=200, alpha=0.5, n_epochs_bc=1,
+                n_epochs_inverse=1, seed=0)  # fmt: skip
+    model.learn(350.0)
+    assert model.num_timesteps == 350 and model._n_rounds == 3
+
+
+def test_tuple_actions_given_as_tuples_in_memory():
+    """Trajectories in memory whose Tuple actions are tuples (save_demos takes them): BCO does not read the actions."""
+    obs = np.array([[0, 0], [1, 0.5], [2, 0.2]], np.float32)
+    acts = [(2, np.array([0.5], np.float32)), (2, np.array([-0.3], np.float32))]
+    trajectory = DemoTrajectory(obs=obs, acts=acts, infos=None, terminal=False, rews=np.zeros(2, np.float32))  # type: ignore[arg-type]
+    model = BCO("MlpPolicy", TupleEnv(), demonstrations=[trajectory], n_pre_interactions=20, alpha=0, n_epochs_bc=1,
+                n_epochs_inverse=1, seed=0)  # fmt: skip
+    demos = model._demo_transitions()
+    np.testing.assert_array_equal(demos.obs, obs[:2])
+    np.testing.assert_array_equal(demos.next_obs, obs[1:])
+    model.learn(20)
+    assert model._n_rounds == 1
+
+
+class ScheduledLengthsEnv(gym.Env):
+    """Episodes of the given lengths (then 10 steps each), reward 1 per step: ``rollout/ep_len_mean`` and
+    ``rollout/ep_rew_mean`` name the episodes that were reported."""
+
+    observation_space = spaces.Box(-1e3, 1e3, (1,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, lengths: list[int]):
+        self.lengths = list(lengths)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t, self.length = 0, self.lengths.pop(0) if self.lengths else 10
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.array([self.t], np.float32), 1.0, False, self.t >= self.length, {}
+
+
+def test_episode_straddling_the_switch_to_the_policy_is_not_reported(tmp_path):
+    """Random phase: steps 0-30 (an episode of 20 steps, then one of 45 that ends at step 65, in the policy's first
+    round); rounds of 30 policy steps. After the random phase only the policy's own episodes (10 steps) are reported."""
+    demos = record_demos(ScriptedModel(lambda obs: np.zeros(len(obs), int)), ScheduledLengthsEnv([5]), n_episodes=1)
+    model = BCO("MlpPolicy", ScheduledLengthsEnv([20, 45]), demonstrations=demos, n_pre_interactions=30, alpha=1.0,
+                n_epochs_bc=1, n_epochs_inverse=1, seed=0)  # fmt: skip
+    model.set_logger(configure(str(tmp_path), ["csv"]))
+    model.learn(120)
+    with open(tmp_path / "progress.csv") as file:
+        logged = {int(row["time/total_timesteps"]): row["rollout/ep_len_mean"] for row in csv.DictReader(file)}
+    # 30: the random episode; 60: none ended since (the 45-step one began in the random phase); 90, 120: 10-step ones
+    assert logged == {30: "20.0", 60: "", 90: "10.0", 120: "10.0"}

@@ -10,7 +10,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium import spaces
-from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper, VecNormalize
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
 import sb3_cherry.demos as demos
 from sb3_cherry.common.spaces import flat_action_dim, flatten_action
@@ -93,6 +94,54 @@ class RandomModel:
         if isinstance(self.action_space, spaces.Tuple):
             return actions, state
         return np.stack(actions), state
+
+
+class WorkerRestarts(VecEnvWrapper):
+    """
+    A VecEnv whose (single) worker is restarted at the given steps, reported as :class:`~sb3_cherry.common.vec_env.
+    RayVecEnv` reports it: the actions are not applied, the envs are reset, and the step returns the reset
+    observations, reward 0, ``done=True`` and info ``{"TimeLimit.truncated": False, "worker_restarted": True,
+    "terminal_observation": <the previous observation>}``.
+
+    :param venv: the envs of the worker
+    :param restart_at: the steps (counted from 1) that restart it
+    """
+
+    def __init__(self, venv: VecEnv, restart_at: set[int]):
+        super().__init__(venv)
+        self.restart_at, self.n_steps, self.n_restarts = set(restart_at), 0, 0
+        self.last_obs: Any = None
+
+    def reset(self) -> VecEnvObs:
+        self.last_obs = self.venv.reset()
+        return self.last_obs
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self.n_steps += 1
+        if self.n_steps not in self.restart_at:
+            self.venv.step_async(actions)
+
+    def step_wait(self) -> VecEnvStepReturn:
+        if self.n_steps in self.restart_at:
+            self.n_restarts += 1
+            previous = self.last_obs
+            obs = self.venv.reset()
+            infos = [
+                {"TimeLimit.truncated": False, "worker_restarted": True, "terminal_observation": np.array(previous[i])}
+                for i in range(self.num_envs)
+            ]
+            rewards, dones = np.zeros(self.num_envs, np.float32), np.ones(self.num_envs, dtype=bool)
+        else:
+            obs, rewards, dones, infos = self.venv.step_wait()
+        self.last_obs = obs
+        return obs, rewards, dones, infos
+
+
+class GoRight:
+    """A stand-in for a trained model that always takes action 2 (one step right in :class:`LineEnv`)."""
+
+    def predict(self, obs: Any, state=None, episode_start=None, deterministic: bool = False):
+        return np.full(len(obs), 2), state
 
 
 def _assert_same_trajectories(a: list, b: list) -> None:
@@ -463,3 +512,77 @@ def test_an_entry_whose_header_disagrees_with_its_size_is_refused(tmp_path, good
     _add_entry(path, "observations.npy", (2**40,), n_bytes=4096)
     with pytest.raises(ValueError, match=r"cannot read array 'observations' \(the entry declares 4224 bytes, but its header"):
         load_demos(path)
+
+
+def test_episode_interrupted_by_a_worker_restart_is_discarded(tmp_path):
+    """Going right in LineEnv ends every episode after 3 steps at position 3. A worker restart at step 2 (after one
+    applied step) interrupts the first episode: it is discarded with a warning, not written as [0, 1, 1] and terminal."""
+    venv = WorkerRestarts(DummyVecEnv([LineEnv]), restart_at={2})
+    with pytest.warns(UserWarning, match=r"worker was restarted .* 1 steps into an episode: the interrupted episode is"):
+        trajectories = record_demos(GoRight(), venv, n_episodes=2, path=tmp_path / "demos.npz", seed=0)
+    assert venv.n_restarts == 1
+    for loaded in (trajectories, load_demos(tmp_path / "demos.npz")):
+        assert len(loaded) == 2
+        for traj in loaded:
+            np.testing.assert_array_equal(traj.obs, [[0.0], [1.0], [2.0], [3.0]])
+            np.testing.assert_array_equal(traj.acts, [2, 2, 2])
+            assert traj.terminal
+
+
+class Float64BoundEnv(gym.Env):
+    """A Tuple action whose float64 Box bound 0.1 is not a float32 number (``float32(0.1) > 0.1``)."""
+
+    observation_space = spaces.Box(-10, 10, (1,), np.float32)
+    action_space = spaces.Tuple((spaces.Discrete(2), spaces.Box(-0.1, 0.1, (1,), np.float64)))
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        assert self.action_space.contains(action), action
+        self.t += 1
+        return np.full(1, self.t, np.float32), 0.0, False, self.t >= 3, {}
+
+
+class OnTheBound:
+    """Takes ``(1, [0.1])``: on the float64 Box's upper bound (what clipping a Gaussian policy's action gives)."""
+
+    def predict(self, obs: Any, state=None, episode_start=None, deterministic: bool = False):
+        return [(1, np.array([0.1]))] * len(obs), state
+
+
+def test_tuple_actions_with_a_float64_box_are_stored_exactly(tmp_path):
+    path = tmp_path / "f64.npz"
+    record_demos(OnTheBound(), Float64BoundEnv(), n_episodes=1, path=path, seed=0)
+    (loaded,) = load_demos(path)
+    assert loaded.acts.dtype == np.float64
+    np.testing.assert_array_equal(loaded.acts, [[1.0, 0.1]] * 3)  # 0.1 exactly, not float32(0.1)
+    # a float32 flat encoding (files of earlier versions, flatten_action) holds float32(0.1): still accepted
+    obs = np.array([[0.0], [1.0], [2.0], [3.0]], np.float32)
+    old_acts = np.array([[1.0, 0.1]] * 3, dtype=np.float32)
+    arrays = dict(np.load(path))
+    arrays["actions"] = old_acts
+    np.savez(tmp_path / "old.npz", **arrays)
+    np.testing.assert_array_equal(load_demos(tmp_path / "old.npz")[0].acts, old_acts)
+    trajectory = demos.DemoTrajectory(obs=obs, acts=old_acts, infos=None, terminal=False, rews=np.zeros(3, np.float32))
+    save_demos(tmp_path / "resaved.npz", [trajectory], Float64BoundEnv.observation_space, Float64BoundEnv.action_space)
+    # beyond the float32 rounding of the bound is outside the space
+    arrays["actions"] = np.array([[1.0, 0.1 + 1e-6]] * 3)
+    np.savez(tmp_path / "outside.npz", **arrays)
+    with pytest.raises(ValueError, match=r"episode 0, step 0 .* is outside the action space"):
+        load_demos(tmp_path / "outside.npz")
+
+
+def test_transitions_of_tuple_actions_given_as_tuples():
+    obs = np.array([[0, 0], [1, 0.5], [2, 0.2]], np.float32)
+    acts = [(2, np.array([0.5], np.float32)), (0, np.array([-0.25], np.float32))]
+    trajectory = demos.DemoTrajectory(obs=obs, acts=acts, infos=None, terminal=False, rews=np.zeros(2, np.float32))  # type: ignore[arg-type]
+    transitions = demos_to_transitions([trajectory], action_space=TupleEnv.action_space)
+    np.testing.assert_array_equal(transitions.acts, np.array([[2.0, 0.5], [0.0, -0.25]], np.float32))
+    np.testing.assert_array_equal(transitions.next_obs, obs[1:])
+    with pytest.raises(ValueError, match=r"pass action_space=<the env's action space>"):
+        demos_to_transitions([trajectory])
+    state_only = demos_to_transitions([trajectory], include_actions=False)
+    assert state_only.acts.shape == (2, 0) and len(state_only) == 2

@@ -14,6 +14,7 @@ import cloudpickle
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch as th
 from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
 from stable_baselines3 import A2C, PPO
@@ -132,6 +133,35 @@ def test_bco_file_loads_safely(tmp_path):
     loaded = BCO.load(tmp_path / "bco")
     obs = _observations("CartPole-v1")
     np.testing.assert_array_equal(model.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0])
+
+
+def test_bco_inverse_model_kwargs_with_classes_load_safely(tmp_path):
+    """inverse_model_kwargs' classes are looked up in the allow-list, as policy_kwargs' are (not unpickled)."""
+    kwargs = dict(activation_fn=nn.Tanh, optimizer_class=th.optim.AdamW, optimizer_kwargs=dict(eps=1e-5), net_arch=[16])
+    model = BCO("MlpPolicy", "CartPole-v1", inverse_model_kwargs=kwargs, seed=0)
+    model.save(tmp_path / "bco")
+    loaded = BCO.load(tmp_path / "bco")
+    assert loaded.inverse_model_kwargs == {
+        "activation_fn": nn.Tanh,
+        "optimizer_class": th.optim.AdamW,
+        "optimizer_kwargs": {"eps": 1e-5},
+        "net_arch": [16],
+    }
+    assert type(loaded.inverse_model.optimizer) is th.optim.AdamW
+    assert [type(m) for m in loaded.inverse_model.mlp] == [nn.Linear, nn.Tanh]
+    for (key, value), other in zip(
+        loaded.inverse_model.state_dict().items(), model.inverse_model.state_dict().values(), strict=True
+    ):
+        assert th.equal(value, other), key
+    # a class outside the allow-list is refused, naming the entry and the fixes
+    source = io.BytesIO((tmp_path / "bco.zip").read_bytes())
+    data = json.loads(zipfile.ZipFile(source).read("data"))
+    data["inverse_model_kwargs"]["activation_fn"] = "<class 'posix.system'>"
+    path = _rewrite(source, tmp_path / "crafted.zip", data=data)
+    with pytest.raises(UnsafeModelFileError, match=r"inverse_model_kwargs\['activation_fn'\]: class 'posix.system' is not"):
+        BCO.load(path)
+    with pytest.raises(UnsafeModelFileError, match=r"custom_objects=\{'inverse_model_kwargs': \{...\}\}, or allow_pickle"):
+        BCO.load(path)
 
 
 def test_opaque_schedule_becomes_constant_with_warning():

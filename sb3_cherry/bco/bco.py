@@ -133,7 +133,8 @@ class BCO(AtomicSaveAlgorithm):
     The defaults (``alpha=0.1``, ``n_pre_interactions=10_000``: rounds of 1000 policy steps) spend the whole budget;
     with ``alpha=0`` (plain BCO) ``learn`` stops after the pre-demonstration phase and warns if budget is left.
 
-    The actions stored in a demonstration file are ignored: only the observations are used. A non-finite observation
+    The demonstrations' actions (stored in a file or given in memory, tuples included) are not read: only the
+    observations are used. A non-finite observation
     from the environment raises a ValueError (env index and ``num_timesteps`` in the message), and a round whose
     losses or parameters turn non-finite is undone and raises (``check_finite``, as for the on-policy algorithms;
     rewards are not used, so not checked).
@@ -142,7 +143,10 @@ class BCO(AtomicSaveAlgorithm):
     Logged per round: ``bco/inverse_loss`` (training NLL of the inverse model), ``bco/inverse_val_loss``,
     ``bco/inverse_accuracy`` (discrete action columns) and ``bco/inverse_mae`` (continuous columns) on held-out agent
     transitions, ``bco/bc_loss`` (cloning NLL), and ``rollout/ep_rew_mean`` (after the first round: episodes of the
-    policy only; the first round reports the random policy's episodes).
+    policy only, an episode that began in the random phase and ended in the policy's is not reported; the first round
+    reports the random policy's episodes). Steps that restarted a worker of a
+    :class:`~sb3_cherry.common.vec_env.RayVecEnv` (``info["worker_restarted"]``) count as interactions but are not
+    stored as transitions.
 
     Paper: https://arxiv.org/abs/1805.01954 (Torabi, Warnell and Stone, "Behavioral Cloning from Observation", 2018)
     Code: this implementation (cherry_rl's BCO for the algorithm structure; no official code was released)
@@ -189,6 +193,8 @@ class BCO(AtomicSaveAlgorithm):
     }
     #: Saved arrays that ``_setup_model`` recomputes (not unpickled by a safe load)
     setup_rebuilds: ClassVar[frozenset[str]] = frozenset({"_flat_low", "_flat_high", "_discrete_columns"})
+    #: Keyword-argument dicts a safe load rebuilds like ``policy_kwargs`` (classes looked up in the same allow-list)
+    kwargs_entries: ClassVar[frozenset[str]] = frozenset({"inverse_model_kwargs"})
     policy: CherryActorCriticPolicy
     inverse_model: InverseDynamicsModel
     #: raise at the first non-finite observation, undo a round with non-finite losses (see sb3_cherry.common.finite)
@@ -264,6 +270,8 @@ class BCO(AtomicSaveAlgorithm):
         self._round_pending = False
         self._demo_cache: tuple[Any, DemoTransitions] | None = None
         self._episodes_from_random_policy = False
+        # per env, its episode began in the random phase and runs on in the policy's: not reported in rollout/ep_*
+        self._random_episode_running: np.ndarray | None = None
 
         if env is not None:
             # the inverse model's labels and the flat action bounds are not written or tested for shifted spaces
@@ -310,6 +318,7 @@ class BCO(AtomicSaveAlgorithm):
             "_round_pending",
             "_demo_cache",
             "_update_snapshot",
+            "_random_episode_running",
         ]
         if not isinstance(self.demonstrations, str):
             excluded.append("demonstrations")  # trajectories given in memory are not saved (a path is)
@@ -357,10 +366,11 @@ class BCO(AtomicSaveAlgorithm):
             return self._demo_cache[1]
         if isinstance(self.demonstrations, str):
             source = self.demonstrations
-            transitions = demos_to_transitions(load_demos(self.demonstrations))
+            transitions = demos_to_transitions(load_demos(self.demonstrations), include_actions=False)
         else:
             source = "the given trajectories"
-            transitions = demos_to_transitions(list(self.demonstrations))
+            # BCO labels the demonstrations itself: their actions (tuples for Tuple spaces, placeholders) are not read
+            transitions = demos_to_transitions(list(self.demonstrations), include_actions=False)
         transitions = self._match_env_layout(transitions)
         _check_demo_observations(transitions.obs, self.observation_space, source)
         _check_demo_finite(transitions, source)  # a file's are checked at load, trajectories in memory here
@@ -565,10 +575,13 @@ class BCO(AtomicSaveAlgorithm):
         """
         assert self.env is not None and self._last_obs is not None
         if use_policy and self._episodes_from_random_policy:
-            # rollout/ep_rew_mean reports the policy's episodes, not the random phase's
+            # rollout/ep_rew_mean reports the policy's episodes, not the random phase's, nor those that began in it
             self.ep_info_buffer.clear()  # type: ignore[union-attr]
             self.ep_success_buffer.clear()  # type: ignore[union-attr]
             self._episodes_from_random_policy = False
+            started = self._last_episode_starts
+            running = np.ones(self.env.num_envs, dtype=bool) if started is None else ~np.asarray(started, dtype=bool)
+            self._random_episode_running = running
         self._episodes_from_random_policy |= not use_policy
         tuple_actions = isinstance(self.action_space, spaces.Tuple)
         self.policy.set_training_mode(False)
@@ -600,7 +613,7 @@ class BCO(AtomicSaveAlgorithm):
                 check_finite_step(new_obs, None, dones, infos, self.num_timesteps)
             # stored before the callbacks run: a callback that stops training must not leave this step counted but
             # unstored, or the next (s, a, s') would span two steps
-            self._update_info_buffer(infos, dones)
+            self._update_episode_stats(infos, dones)
             raw_terminals = recorder.terminal_observations if recorder is not None else None
             self._store(new_obs, dones, infos, flat, raw_terminals)
             self._round_pending = True
@@ -616,6 +629,23 @@ class BCO(AtomicSaveAlgorithm):
         callback.on_rollout_end()
         return True
 
+    def _update_episode_stats(self, infos: list[dict[str, Any]], dones: np.ndarray) -> None:
+        """
+        ``_update_info_buffer`` without the episodes that began in the random phase and ended in the policy's.
+
+        :param infos: the step's infos
+        :param dones: the step's episode ends
+        """
+        running = self._random_episode_running
+        if running is None:
+            self._update_info_buffer(infos, dones)
+            return
+        report = ~running
+        self._update_info_buffer([info for info, keep in zip(infos, report, strict=True) if keep], dones[report])
+        running &= ~np.asarray(dones, dtype=bool)
+        if not running.any():
+            self._random_episode_running = None
+
     def _store(
         self,
         new_obs: Observation,
@@ -625,7 +655,9 @@ class BCO(AtomicSaveAlgorithm):
         raw_terminals: list[Any] | None = None,
     ) -> None:
         """
-        Store ``(s, a, s')`` with unnormalised observations; ``s'`` is the terminal observation at episode ends.
+        Store ``(s, a, s')`` with unnormalised observations; ``s'`` is the terminal observation at episode ends. A
+        step that restarted the env's worker (``info["worker_restarted"]``, :class:`~sb3_cherry.common.vec_env.RayVecEnv`:
+        the action was not applied, the "terminal observation" is the previous one) is not a transition and is dropped.
 
         :param new_obs: the step's observations (normalised, if the env normalises)
         :param dones: the step's episode ends
@@ -641,8 +673,9 @@ class BCO(AtomicSaveAlgorithm):
         else:
             obs = self._last_obs
             next_obs = _obs_copy(new_obs)
+        restarted = np.array([bool(info.get("worker_restarted", False)) for info in infos], dtype=bool)
         for i, done in enumerate(dones):
-            if not done:
+            if not done or restarted[i]:
                 continue
             terminal = infos[i].get("terminal_observation") if raw_terminals is None else raw_terminals[i]
             if terminal is None:  # (s, a, the next episode's reset observation) would teach the inverse model nonsense
@@ -656,6 +689,10 @@ class BCO(AtomicSaveAlgorithm):
             else:
                 next_obs[i] = terminal
         held_out = np.random.random_sample(len(dones)) < self.validation_fraction
+        if restarted.any():
+            kept = np.flatnonzero(~restarted)
+            obs, next_obs = _obs_take(obs, kept), _obs_take(next_obs, kept)  # type: ignore[arg-type]
+            flat_actions, held_out = flat_actions[kept], held_out[kept]
         self._agent_data.add(_obs_copy(obs), next_obs, flat_actions, held_out)  # type: ignore[arg-type]
         if self._vec_normalize_env is not None:
             self._last_original_obs = new_original
@@ -692,7 +729,13 @@ class BCO(AtomicSaveAlgorithm):
         for name, held_out in (("train", False), ("held_out", True)):
             data = self._agent_data.get(held_out)
             parts[name] = None if data is None else list(data)
-        return {"agent_data": parts, "n_pre_collected": int(self._n_pre_collected), "round_pending": self._round_pending}
+        running = self._random_episode_running
+        return {
+            "agent_data": parts,
+            "n_pre_collected": int(self._n_pre_collected),
+            "round_pending": self._round_pending,
+            "random_episode_running": None if running is None else [bool(flag) for flag in running],
+        }
 
     def _restore_run_checkpoint_state(self, state: dict[str, Any]) -> None:
         """
@@ -709,6 +752,8 @@ class BCO(AtomicSaveAlgorithm):
         self._agent_data = store
         self._n_pre_collected = int(state["n_pre_collected"])
         self._round_pending = bool(state["round_pending"])
+        running = state.get("random_episode_running")  # absent from checkpoints of earlier versions
+        self._random_episode_running = None if running is None else np.array(running, dtype=bool)
 
     def _round(self, log_interval: int | None) -> None:
         self._update_current_progress_remaining(self.num_timesteps, self._total_timesteps)
@@ -734,7 +779,8 @@ class BCO(AtomicSaveAlgorithm):
         The agent's transitions are not saved with the model (``save``): a loaded model starts with a new
         pre-demonstration phase; run checkpoints (:mod:`sb3_cherry.common.checkpoint`) hold them and continue exactly.
 
-        :param total_timesteps: the number of environment interactions (all envs together)
+        :param total_timesteps: the number of environment interactions (all envs together; a float such as ``1e4``
+            is taken as its whole part)
         :param callback: callback(s) called at every step with state of the algorithm
         :param log_interval: dump the logs every ``log_interval`` rounds (None: never)
         :param tb_log_name: the name of the run for TensorBoard logging
@@ -749,6 +795,7 @@ class BCO(AtomicSaveAlgorithm):
         if self.check_finite:
             check_finite_weights(self.policy, "BCO: the policy's parameters")
             check_finite_weights(self.inverse_model, "BCO: the inverse model's parameters")
+        total_timesteps = int(total_timesteps)  # steps_for's integer division needs an int (SB3 accepts floats)
         total_timesteps, callback = self._setup_learn(
             total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar
         )

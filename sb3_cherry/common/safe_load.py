@@ -12,9 +12,10 @@ result to SB3's ``load`` as ``custom_objects`` (which SB3 uses *instead of* unpi
   space of the env passed to ``load``;
 - schedules as ``ConstantSchedule`` / ``LinearSchedule`` from their stored numbers (an opaque function becomes a
   constant: the optimizer's last learning rate, or the constructor default, with a warning);
-- classes (policy, rollout buffer, ``policy_kwargs`` entries) by qualified name from an allow-list of classes that are
-  already imported (SB3, sb3-contrib and sb3_cherry policies/buffers/feature extractors, torch activations and
-  optimizers). A pickled class is recognised by reading the pickle's opcodes, never by executing them;
+- classes (policy, rollout buffer, ``policy_kwargs`` entries and those of the other keyword-argument dicts an algorithm
+  lists in its ``kwargs_entries``, e.g. BCO's ``inverse_model_kwargs``) by qualified name from an allow-list of
+  classes that are already imported (SB3, sb3-contrib and sb3_cherry policies/buffers/feature extractors, torch
+  activations and optimizers). A pickled class is recognised by reading the pickle's opcodes, never by executing them;
 - runtime state (last observation, episode buffers, LSTM states) is dropped: the next ``learn`` resets the env.
 
 Anything else stored as a pickle is refused with an error naming the entry; ``allow_pickle=True`` restores SB3's
@@ -425,14 +426,25 @@ def _value_from_text(text: str, classes: Mapping[str, type], where: str) -> Any:
         raise UnsafeModelFileError(f"{where}: cannot rebuild {text[:200]!r} from plain data") from exc
 
 
-def _policy_kwargs_from_fields(item: Mapping[str, Any], classes: Mapping[str, type]) -> dict[str, Any]:
+def _kwargs_from_fields(key: str, item: Mapping[str, Any], classes: Mapping[str, type]) -> dict[str, Any]:
+    """
+    A keyword-argument dict (``policy_kwargs``, or an entry of the algorithm's ``kwargs_entries``) rebuilt from the
+    readable fields SB3 writes next to its pickle: JSON values as they are, printed literals parsed, printed classes
+    looked up in the allow-list.
+
+    :param key: the ``data`` entry, for error messages
+    :param item: the entry
+    :param classes: the allow-list (:func:`allowed_classes`)
+    :return: the dict
+    :raises UnsafeModelFileError: a value only a pickle could restore, or a class not in the allow-list
+    """
     if not str(item.get(":type:", "")).endswith("'dict'>"):
-        raise UnsafeModelFileError(f"policy_kwargs is stored as {item.get(':type:')}, not a dict")
+        raise UnsafeModelFileError(f"{key} is stored as {item.get(':type:')}, not a dict")
     result = {}
     for name, value in item.items():
         if name.startswith(":"):
             continue
-        where = f"policy_kwargs[{name!r}]"
+        where = f"{key}[{name!r}]"
         if not isinstance(value, str):
             result[name] = value  # stored as JSON
         elif _CLASS_TEXT.search(value):
@@ -557,12 +569,12 @@ def safe_custom_objects(
                     f"Pass custom_objects={{{key!r}: YourClass}}, or allow_pickle=True if you trust the file."
                 )
             result[key] = classes[qualified]
-        elif key == "policy_kwargs":
+        elif key == "policy_kwargs" or key in getattr(algo_class, "kwargs_entries", ()):
             try:
-                result[key] = _policy_kwargs_from_fields(item, classes)
+                result[key] = _kwargs_from_fields(key, item, classes)
             except UnsafeModelFileError as exc:
                 raise UnsafeModelFileError(
-                    f"{name}.load: {exc}. Pass custom_objects={{'policy_kwargs': {{...}}}}, or allow_pickle=True if "
+                    f"{name}.load: {exc}. Pass custom_objects={{{key!r}: {{...}}}}, or allow_pickle=True if "
                     "you trust the file."
                 ) from exc
         else:
