@@ -65,6 +65,7 @@ from stable_baselines3.common.vec_env import (
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 from stable_baselines3.common.vec_env.stacked_observations import StackedObservations
 
+from sb3_cherry.common.finite import non_finite_rows
 from sb3_cherry.common.restricted_pickle import MAX_ITEMSIZE, MAX_SPACE_ELEMENTS, check_discrete_sizes, check_space_size
 from sb3_cherry.common.safe_npz import open_npz, read_npz_entry
 from sb3_cherry.common.save_util import atomic_write
@@ -956,15 +957,14 @@ def _locate(row: int, lengths: np.ndarray, per_episode_extra: int) -> tuple[int,
 
 
 def _check_finite(where: str, key: str, values: np.ndarray, lengths: np.ndarray, per_episode_extra: int = 0) -> None:
-    """Refuse NaN / inf in a float array, naming the first episode and step."""
-    if not np.issubdtype(values.dtype, np.floating):
-        return
-    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    """Refuse NaN / inf (and float64 values beyond float32's range) in a float array, naming the first episode and step."""
+    bad = non_finite_rows(values)
     if bad.any():
         episode, step = _locate(int(np.argmax(bad)), lengths, per_episode_extra)
         raise ValueError(
-            f"{where}: {key!r} has a non-finite value (NaN or inf) at episode {episode}, step {step} "
-            f"({int(bad.sum())} such steps): re-record the demonstrations, or drop those episodes."
+            f"{where}: {key!r} has a non-finite value (NaN, inf, or beyond float32's range: inf in the float32 policy) "
+            f"at episode {episode}, step {step} ({int(bad.sum())} such steps): re-record the demonstrations, or drop "
+            "those episodes."
         )
 
 

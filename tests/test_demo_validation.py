@@ -41,7 +41,10 @@ def _set(key, row, value):
 @pytest.mark.parametrize(
     "change, message",
     [
-        (_set("rewards", 4, np.nan), r"'rewards' has a non-finite value \(NaN or inf\) at episode 1, step 1"),
+        (
+            _set("rewards", 4, np.nan),
+            r"'rewards' has a non-finite value \(NaN, inf, or beyond float32's range.*at episode 1, step 1",
+        ),
         (_set("observations", 6, np.inf), r"'observations' has a non-finite value .* at episode 1, step 2"),
         (_set("observations", 3, -np.inf), r"at episode 0, step 3"),  # the final observation of episode 0
         (_set("actions", 2, 5), r"the action of episode 0, step 2 \(5\) is outside the action space Discrete\(2\)"),
@@ -53,6 +56,26 @@ def test_discrete_file_errors_name_episode_and_step(tmp_path, change, message):
     with pytest.raises(ValueError, match=message) as info:
         load_demos(path)
     assert "demos.npz" in str(info.value)
+
+
+def test_float64_values_beyond_float32_range_are_refused(tmp_path):
+    # 1e39 is finite in float64, inf once the float32 policy / inverse model takes it: the first update then failed
+    # with "The data were finite, so the update itself diverged: lower the learning rate"
+    observation_space = spaces.Box(-np.inf, np.inf, (2,), np.float64)
+    obs = np.zeros((4, 2))
+    obs[2, 1] = 1e39
+    path = tmp_path / "wide.npz"
+    trajectories = [DemoTrajectory(obs=obs, acts=np.array([0, 1, 0]), infos=None, terminal=True, rews=np.ones(3))]
+    with pytest.raises(ValueError, match=r"'observations' has a non-finite value \(NaN, inf, or beyond float32's range"):
+        save_demos(path, trajectories, observation_space, spaces.Discrete(2))  # type: ignore[arg-type]
+    obs[2, 1] = 3e38  # within float32's range
+    save_demos(path, trajectories, observation_space, spaces.Discrete(2))  # type: ignore[arg-type]
+    with np.load(path) as data:
+        arrays = {key: data[key] for key in data.files}
+    arrays["observations"][2, 1] = -1e39
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match=r"beyond float32's range.* at episode 0, step 2"):
+        load_demos(path)
 
 
 def test_valid_file_loads(tmp_path):

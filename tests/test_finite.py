@@ -6,6 +6,7 @@ optimizer state taken by the test itself before the failing rollout / update.
 """
 
 import copy
+import dataclasses
 
 import gymnasium as gym
 import numpy as np
@@ -419,8 +420,24 @@ def test_bco_in_memory_demonstrations_with_nan_refused():
     and the error was torch's 'Expected parameter loc ... invalid values'; refused when BCO is built."""
     demos = _bco_demos()
     demos[1].obs[3, 0] = np.nan
-    with pytest.raises(ValueError, match=r"non-finite observation \(NaN or inf\) at transition 9 \(1 such"):
+    with pytest.raises(
+        ValueError, match=r"non-finite observation \(NaN, inf, or beyond float32's range\) at transition 9 \(1"
+    ):
         BCO("MlpPolicy", DummyVecEnv([FaultEnv, FaultEnv]), demonstrations=demos, n_pre_interactions=40)
+
+
+def test_bco_in_memory_demonstrations_beyond_float32_range_refused():
+    # a float64 1e39 (inf for the float32 inverse model) passed, and the first round failed with "The data were
+    # finite, so the update itself diverged: lower the learning rate"
+    demos = _bco_demos()
+    wide = demos[1].obs.astype(np.float64)
+    wide[6, 2] = 1e39  # the episode's final observation: the next observation of transition 11 only
+    demos[1] = dataclasses.replace(demos[1], obs=wide)
+    venv = DummyVecEnv([lambda: FaultEnv(dtype=np.float64)] * 2)
+    with pytest.raises(
+        ValueError, match=r"non-finite next observation \(NaN, inf, or beyond float32's range\) at transition 11"
+    ):
+        BCO("MlpPolicy", venv, demonstrations=demos, n_pre_interactions=40)
 
 
 # ------------------------------------------------------------------------------------------------ env checks

@@ -32,6 +32,7 @@ from sb3_cherry.common.finite import (
     check_finite_step,
     check_finite_weights,
     check_update,
+    non_finite_rows,
     undone_if_raised,
 )
 from sb3_cherry.common.policies import CherryActorCriticPolicy
@@ -852,14 +853,12 @@ def _check_demo_finite(transitions: DemoTransitions, source: str) -> None:
     finite (the inverse model would label it NaN, and the error would come from a torch distribution)."""
     for name, obs in (("observation", transitions.obs), ("next observation", transitions.next_obs)):
         for key, value in obs.items() if isinstance(obs, dict) else [(None, obs)]:
-            value = np.asarray(value)
-            if value.dtype.kind != "f":
-                continue
-            bad = ~np.isfinite(value.reshape(len(value), -1)).all(axis=1)
+            bad = non_finite_rows(np.asarray(value))
             if bad.any():
                 where = f" (key {key!r})" if key is not None else ""
                 raise ValueError(
-                    f"BCO: the demonstrations ({source}) have a non-finite {name}{where} (NaN or inf) at transition "
+                    f"BCO: the demonstrations ({source}) have a non-finite {name}{where} (NaN, inf, or beyond float32's "
+                    f"range) at transition "
                     f"{int(np.argmax(bad))} ({int(bad.sum())} such transitions): fix or re-record them."
                 )
 

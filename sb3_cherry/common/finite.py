@@ -13,7 +13,7 @@ Never train on non-finite data (NaN / inf): checks of what the environment retur
 import contextlib
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch as th
@@ -58,6 +58,24 @@ def _first_non_finite(values: np.ndarray) -> tuple[int, Any] | None:
         return None
     row = int(rows[0])
     return row, rows_view[row][bad[row]][0]
+
+
+def non_finite_rows(values: np.ndarray) -> np.ndarray:
+    """
+    One flag per row (first axis) of ``values``: an entry is NaN or inf, or (floats wider than float32) beyond
+    float32's range, inf once the float32 policy takes it. Integer and boolean arrays have none.
+
+    :param values: an array, one row per step / sample
+    :return: boolean flags, shape ``(len(values),)``
+    """
+    values = np.asarray(values)
+    rows = values.reshape(len(values), -1)
+    if values.dtype.kind not in "fc":
+        return np.zeros(len(values), dtype=bool)
+    bad = ~np.isfinite(rows)
+    if values.dtype.itemsize > 4:
+        bad |= np.abs(rows) > FLOAT32_MAX
+    return cast(np.ndarray, bad.any(axis=1))
 
 
 def _raise(what: str, env_index: int, value: Any, step: str) -> None:
