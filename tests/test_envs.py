@@ -287,6 +287,35 @@ def test_hybrid_goal_documented_scores(name: str, policy: Policy, expected: floa
     assert abs(returns.mean() - expected) < tolerance, f"{name}: mean return {returns.mean():.2f}, documented {expected}"
 
 
+@pytest.mark.parametrize("env_id", ["sb3_cherry/HybridGoal-v0", "sb3_cherry/HybridGoalUnscaled-v0"])
+def test_hybrid_goal_refuses_malformed_parameters_and_clubs(env_id: str):
+    # a one-value putt was broadcast to both coordinates (moved the ball diagonally), a float club truncated (1.9: chip)
+    env = gym.make(env_id).unwrapped
+    env.reset(seed=0)
+    putt, chip, drive = env.action_space[1].sample()
+    with pytest.raises(ValueError, match=r"club 0's parameters must have shape \(2,\), got \(1,\)"):
+        env.step((0, (putt[:1], chip, drive)))
+    with pytest.raises(ValueError, match=r"club 2's parameters must have shape \(1,\), got \(2,\)"):
+        env.step((2, (putt, chip, np.zeros(2))))
+    with pytest.raises(
+        ValueError, match=r"Club index 1.9 is out of range or not an integer: use 0 \(putt\), 1 \(chip\) or 2 \(drive\)"
+    ):
+        env.step((1.9, (putt, chip, drive)))
+    with pytest.raises(ValueError, match=r"Club index 3.0 is out of range"):
+        env.step((3, (putt, chip, drive)))
+    env.step((np.int64(1), (putt, chip, drive)))  # a well-formed action still plays
+    env.step((1.0, (putt, chip, drive)))
+
+
+def test_draw_disc_paints_a_pixel_for_any_centre_on_the_canvas():
+    from sb3_cherry.envs._drawing import draw_disc
+
+    for row, col, radius in [(7.5, 7.5, 0.0), (7.5, 7.5, 0.5), (3.49, 4.51, 0.2), (0.0, 15.0, 0.0)]:
+        canvas = np.zeros((16, 16, 3), np.uint8)
+        draw_disc(canvas, row, col, radius, (255, 0, 0))
+        assert canvas[..., 0].sum() >= 255, (row, col, radius)  # painted nothing for a centre between pixel centres
+
+
 def test_hybrid_goal_needs_both_action_components():
     expert = rollout_returns("sb3_cherry/HybridGoal-v0", hybrid_expert).mean()
     centre = rollout_returns("sb3_cherry/HybridGoal-v0", best_discrete_only_policy("centre")).mean()

@@ -1,5 +1,7 @@
 """Tiny numpy rasterizer shared by the ``rgb_array`` renderers of the toy environments (no pygame needed)."""
 
+import math
+
 import numpy as np
 
 
@@ -28,5 +30,6 @@ def draw_disc(canvas: np.ndarray, row: float, col: float, radius: float, color: 
     """
     height, width = canvas.shape[:2]
     rows, cols = np.ogrid[:height, :width]
-    mask = (rows - row) ** 2 + (cols - col) ** 2 <= max(radius, 0.5) ** 2
+    # a pixel's centre is at most sqrt(0.5) from any point of its square: that radius always reaches one
+    mask = (rows - row) ** 2 + (cols - col) ** 2 <= max(radius, math.sqrt(0.5)) ** 2
     canvas[mask] = np.asarray(color, dtype=np.uint8)

@@ -172,18 +172,35 @@ class HybridGoalEnv(gym.Env):
         self._strokes = 0
         return self._get_obs(), self._get_info()
 
-    @staticmethod
-    def _parse_action(action: Any) -> tuple[int, Any]:
+    def _parse_action(self, action: Any) -> tuple[int, np.ndarray]:
+        """
+        :param action: ``(club, (putt_params, chip_params, drive_params))``
+        :return: the club and its parameters, flat float64 (checked against this env's parameter Box's size)
+        :raises ValueError: a malformed action, a club that is not 0, 1 or 2, parameters of the wrong size
+        """
         try:
             club_part, params = action
-            club = int(np.asarray(club_part).reshape(-1)[0])
+            club_value = float(np.asarray(club_part).reshape(-1)[0])
+            club = int(club_value)
         except (TypeError, ValueError, IndexError) as error:
             raise ValueError(
                 f"HybridGoal expects an action (club, (putt_params, chip_params, drive_params)), got {action!r}."
             ) from error
-        if not 0 <= club < 3:
-            raise ValueError(f"Club index {club} is out of range: use 0 (putt), 1 (chip) or 2 (drive).")
-        return club, params[club]
+        if club != club_value or not 0 <= club < 3:
+            raise ValueError(
+                f"Club index {club_value} is out of range or not an integer: use 0 (putt), 1 (chip) or 2 (drive)."
+            )
+        try:
+            param = np.asarray(params[club], dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError, IndexError) as error:
+            raise ValueError(f"HybridGoal: no numeric parameters for club {club} in {action!r}.") from error
+        expected = _parameter_boxes(self.action_space)[club].shape
+        if param.size != int(np.prod(expected)):
+            raise ValueError(
+                f"HybridGoal: club {club}'s parameters must have shape {expected}, got {np.shape(params[club])} "
+                f"({params[club]!r}): pass one array per club, as action_space.sample() does."
+            )
+        return club, param
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """
@@ -192,8 +209,7 @@ class HybridGoalEnv(gym.Env):
         :param action: ``(club, (putt_params, chip_params, drive_params))``; only ``params[club]`` is used
         :return: observation, reward, terminated (holed), truncated (always ``False``; the time limit is a wrapper), info
         """
-        club, raw_param = self._parse_action(action)
-        param = np.asarray(raw_param, dtype=np.float64).reshape(-1)
+        club, param = self._parse_action(action)
         distance_before = float(np.linalg.norm(self._ball))
         direction = -self._ball / distance_before if distance_before > 0 else np.array([1.0, 0.0])
 
@@ -285,7 +301,7 @@ class HybridGoalUnscaledEnv(HybridGoalEnv):
         """
         club, raw_param = self._parse_action(action)
         unscaled, base = _parameter_boxes(self.action_space)[club], self._base_parameter_spaces[club]
-        unit = (np.asarray(raw_param, dtype=np.float64).reshape(-1) - unscaled.low) / (unscaled.high - unscaled.low)
+        unit = (raw_param - unscaled.low) / (unscaled.high - unscaled.low)
         params = [space.low for space in self._base_parameter_spaces]  # the other clubs' parameters are ignored
         params[club] = base.low + unit * (base.high - base.low)
         return super().step((club, tuple(params)))
