@@ -13,6 +13,7 @@ import sys
 import time
 import zipfile
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
@@ -24,7 +25,7 @@ from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback,
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import configure
-from stable_baselines3.common.vec_env import VecNormalize
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 import sb3_cherry
 from sb3_cherry import PPORollback, RecurrentPPORollback
@@ -794,7 +795,7 @@ def test_demonstrations_that_cannot_be_the_envs_are_refused(cartpole_demos, algo
     good = load_demos(cartpole_demos)[0]
     nan_obs = good.obs.copy()
     nan_obs[3, 1] = np.nan
-    with pytest.raises(ValueError, match="demonstration 0 of the given trajectories has non-finite observations"):
+    with pytest.raises(ValueError, match="demonstration 0 of the given trajectories has a non-finite observation at step 3"):
         algo("MlpPolicy", cartpole(), demonstrations=[dataclasses.replace(good, obs=nan_obs)], **SMALL)
     wrong_acts = good.acts.copy()
     wrong_acts[7] = 2  # CartPole has actions 0 and 1: a file recorded on another env (torch failed in one_hot)
@@ -812,6 +813,172 @@ def test_demonstrated_tuple_actions_are_checked_per_component(hybrid_demos):
     with pytest.raises(ValueError, match=r"Discrete\(3\) \(step 0: 3"):
         GAIL("MlpPolicy", make_vec_env("sb3_cherry/HybridGoal-v0", n_envs=1), demonstrations=[
             dataclasses.replace(good[0], acts=acts), *good[1:]], demo_batch_size=32, allow_variable_horizon=True)  # fmt: skip
+
+
+class _FaultEnv(gym.Env):
+    """
+    6-step episodes of uniform observations; at the env's step ``fault_step`` (counted over episodes; every 6th step
+    ends an episode, so 18 gives a terminal observation), and only there, ``observation[0]`` is ``value``. Logs every
+    (observation, next observation) pair it produces: the reference for the discriminator's replay buffer.
+    """
+
+    def __init__(self, fault_step: int = 0, value: float = np.nan, dtype: type = np.float32):
+        self.observation_space = spaces.Box(-np.inf, np.inf, (3,), dtype)
+        self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.fault_step, self.value, self.dtype = fault_step, value, dtype
+        self.t = self.steps = 0
+        self.transitions: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t, self.obs = 0, self.np_random.uniform(-1, 1, 3).astype(self.dtype)
+        return self.obs.copy(), {}
+
+    def step(self, action):
+        self.t, self.steps = self.t + 1, self.steps + 1
+        obs = self.np_random.uniform(-1, 1, 3).astype(self.dtype)
+        if self.steps == self.fault_step:
+            obs[0] = self.value
+        self.transitions.append((self.obs, obs.copy()))
+        self.obs = obs
+        return obs.copy(), 0.0, False, self.t >= 6, {}
+
+
+def _fault_demos(dtype=np.float32):
+    zero = ScriptedModel(lambda obs: np.zeros((len(obs), 2), np.float32))
+    return record_demos(zero, _FaultEnv(dtype=dtype), n_episodes=8, seed=0)  # 48 transitions
+
+
+def _fault_model(algo, venv, demonstrations=None, **kwargs):
+    demonstrations = _fault_demos(venv.observation_space.dtype) if demonstrations is None else demonstrations
+    return algo("MlpPolicy", venv, demonstrations=demonstrations, demo_batch_size=32,
+                generator_kwargs=dict(n_steps=32, batch_size=32, n_epochs=1), allow_variable_horizon=True, seed=0,
+                **kwargs)  # fmt: skip
+
+
+def _stored_pairs(model):
+    """The (obs, next_obs) rows of the discriminator's generator replay buffer, as bytes."""
+    buffer = model.trainer._gen_replay_buffer
+    arrays = buffer._buffer._arrays
+    n = buffer.size()
+    return [
+        (o.astype(np.float32).tobytes(), p.astype(np.float32).tobytes())
+        for o, p in zip(arrays["obs"][:n], arrays["next_obs"][:n], strict=True)
+    ]
+
+
+class _RaiseAt(BaseCallback):
+    def __init__(self, step: int):
+        super().__init__()
+        self.step = step
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps == self.step:
+            raise RuntimeError("callback failure")
+        return True
+
+
+@pytest.mark.parametrize("reset_num_timesteps", [True, False])
+@pytest.mark.parametrize("fault", ["nan observation", "callback error"])
+@pytest.mark.parametrize("algo", ALGOS)
+def test_learn_after_an_error_keeps_no_step_of_it(algo, fault, reset_num_timesteps):
+    """
+    A learn that raised mid-rollout (a transient NaN observation at step 20, or a callback's error there) leaves
+    nothing behind: no buffered transition, and the next learn (either reset_num_timesteps) stores only transitions the
+    env really made and rewards each step from the observation the generator acted on (hand-computed, _RewardCheck).
+    Before, the step that raised stayed buffered: the NaN went into AIRL's replay buffer ("lower disc_lr"), or the next
+    rewards came from the reward wrapper's stale NaN observation ("Non-finite reward ... Fix the environment").
+    """
+    env = _FaultEnv(fault_step=20 if fault == "nan observation" else 0)
+    model = _fault_model(algo, DummyVecEnv([lambda: env]), gen_replay_buffer_capacity=512)
+    if fault == "nan observation":
+        with pytest.raises(ValueError, match=r"Non-finite observation \(nan\) from env 0 at num_timesteps=20"):
+            model.learn(64)
+    else:
+        with pytest.raises(RuntimeError, match="callback failure"):
+            model.learn(64, callback=_RaiseAt(20))
+    assert model.trainer.venv_buffering.n_transitions == 0
+    assert model.trainer._gen_replay_buffer.size() == 0  # no round was due before step 32
+    check = _RewardCheck("gail" if algo is GAIL else "airl", normalized=False)
+    model.learn(64, reset_num_timesteps=reset_num_timesteps, callback=check)
+    assert check.steps == 64 and check.max_error < 1e-5
+    genuine = {(o.tobytes(), p.tobytes()) for o, p in env.transitions}
+    stored = _stored_pairs(model)
+    assert len(stored) == 64  # two rounds of 32
+    assert np.isfinite(np.frombuffer(b"".join(o + p for o, p in stored), dtype=np.float32)).all()
+    assert all(pair in genuine for pair in stored)
+
+
+@pytest.mark.parametrize("value", [np.nan, 1e39])
+@pytest.mark.parametrize("where", ["observation", "terminal observation"])
+@pytest.mark.parametrize("algo", ALGOS)
+def test_raw_non_finite_observation_under_vec_normalize_named_before_it_is_used(algo, where, value):
+    """
+    Through a VecNormalize, a raw NaN / 1e39 observation of env 1 is reported as that observation, before the
+    VecNormalize takes it into its statistics (they stay those of uniform(-1, 1) values, variance ~1/3) and before
+    imitation's wrappers record it or compute the discriminator's reward from it. Before, a 1e39 terminal
+    observation (clipped to clip_obs for the policy) trained GAIL's discriminator silently, AIRL reported a NaN
+    "reward (before VecNormalize)", and a non-terminal one reached the statistics.
+    """
+    fault_step = 18 if where == "terminal observation" else 20
+    venv = VecNormalize(DummyVecEnv([lambda: _FaultEnv(dtype=np.float64), lambda: _FaultEnv(fault_step, value, np.float64)]),
+                        norm_reward=False)  # fmt: skip
+    model = _fault_model(algo, venv)
+    shown = "nan" if np.isnan(value) else r"1e\+39, beyond float32's range"
+    with pytest.raises(
+        ValueError,
+        match=rf"Non-finite {where}( \(before VecNormalize\))? \({shown}.* from env 1 at num_timesteps={2 * fault_step}",
+    ) as info:
+        model.learn(128)
+    assert np.isfinite(venv.obs_rms.var).all() and venv.obs_rms.var.max() < 1.0
+    assert "has not seen the value" in str(info.value) and "reload them" not in str(info.value)
+    assert model.trainer.venv_buffering.n_transitions == 0 and model.trainer._gen_replay_buffer.size() == 0
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_non_finite_transitions_never_enter_the_discriminator_replay_buffer(algo, monkeypatch):
+    """Transitions changed after the step checks (here: a NaN written into the buffered ones) are refused when moved to
+    the discriminator's replay buffer, which stays empty."""
+    model = _fault_model(algo, DummyVecEnv([_FaultEnv]))
+    buffering = model.trainer.venv_buffering
+    pop = buffering.pop_trajectories
+
+    def corrupted_pop():
+        trajectories, lengths = pop()
+        if trajectories:
+            trajectories[-1].obs[-1, 1] = np.nan  # the next observation of the round's last transition
+        return trajectories, lengths
+
+    monkeypatch.setattr(buffering, "pop_trajectories", corrupted_pop)
+    with pytest.raises(ValueError, match=r"generator transition 31 of the 32 .* non-finite next observation .* dropped"):
+        model.learn(64)
+    assert model.trainer._gen_replay_buffer.size() == 0
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_demonstrations_beyond_float32_are_refused(algo):
+    """float64 demonstration values beyond float32's range (1e39, inf for the float32 reward net) are refused like NaN,
+    naming the trajectory, the step and the fix (np.isfinite accepted them)."""
+    demos = _fault_demos(np.float64)
+    obs = demos[1].obs.copy()
+    obs[3, 0] = 1e39
+    expected = r"demonstration 1 of the given trajectories has a non-finite observation at step 3 \(1e\+39; 1 such steps\)"
+    with pytest.raises(ValueError, match=expected + r": NaN, inf, or beyond float32's range.*Re-record the demonstrations"):
+        _fault_model(
+            algo,
+            DummyVecEnv([lambda: _FaultEnv(dtype=np.float64)]),
+            demonstrations=[demos[0], dataclasses.replace(demos[1], obs=obs), *demos[2:]],
+        )
+    acts = demos[2].acts.astype(np.float64)
+    acts[4, 1] = -1e39
+    with pytest.raises(
+        ValueError, match=r"demonstration 2 .* non-finite actions .*beyond float32's range.* \(step 4: -1e\+39\)"
+    ):
+        _fault_model(
+            algo,
+            DummyVecEnv([lambda: _FaultEnv(dtype=np.float64)]),
+            demonstrations=[*demos[:2], dataclasses.replace(demos[2], acts=acts), *demos[3:]],
+        )
 
 
 @pytest.mark.parametrize("algo", ALGOS)

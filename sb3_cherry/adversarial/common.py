@@ -62,9 +62,15 @@ from sb3_cherry.adversarial.trainers import (
     resolve_reward_net_kwargs,
     trainer_class,
 )
-from sb3_cherry.adversarial.wrappers import OpaqueVecEnv, VecFlatActionSpace, VecTupleActionSpace
+from sb3_cherry.adversarial.wrappers import OpaqueVecEnv, VecFiniteCheck, VecFlatActionSpace, VecTupleActionSpace
 from sb3_cherry.common.config_schema import RESERVED_ARGS, check_constructor_kwargs
-from sb3_cherry.common.finite import UpdateSnapshot, check_finite_weights, check_update, undone_if_raised
+from sb3_cherry.common.finite import (
+    UpdateSnapshot,
+    check_finite_weights,
+    check_update,
+    non_finite_rows,
+    undone_if_raised,
+)
 from sb3_cherry.common.on_policy import wrap_tuple_eval_envs
 from sb3_cherry.common.safe_config import check_policy_kwargs, parse_policy_kwargs
 from sb3_cherry.common.safe_load import stored_policy_class
@@ -182,6 +188,12 @@ def _leaves(space: spaces.Space, offset: int = 0) -> Iterator[tuple[spaces.Space
         yield space, slice(offset, offset + flat_action_dim(space))
 
 
+def _first_bad_value(row: np.ndarray) -> Any:
+    """The first entry of ``row`` (one step or sample) that :func:`~sb3_cherry.common.finite.non_finite_rows` flags."""
+    entries = np.asarray(row).reshape(-1, 1)
+    return entries[non_finite_rows(entries)][0, 0].item()
+
+
 def _action_problem(acts: np.ndarray, space: spaces.Space) -> str | None:
     """
     What makes demonstrated actions (one row per step; Tuple actions in their flat encoding) impossible in ``space``:
@@ -192,8 +204,13 @@ def _action_problem(acts: np.ndarray, space: spaces.Space) -> str | None:
     for sub, columns in _leaves(space):
         values = flat[:, columns]
         if isinstance(sub, spaces.Box):
-            if not np.isfinite(values).all():
-                return f"non-finite actions (NaN or inf) for {sub}"
+            bad_rows = non_finite_rows(values)  # (float64 values beyond float32's range are inf for the reward net)
+            if bad_rows.any():
+                step = int(np.argmax(bad_rows))
+                return (
+                    f"non-finite actions (NaN, inf, or beyond float32's range: inf in the float32 reward net) for {sub} "
+                    f"(step {step}: {_first_bad_value(values[step]):g})"
+                )
             continue
         if isinstance(sub, spaces.Discrete):
             low, high = np.array([sub.start]), np.array([sub.start + sub.n - 1])
@@ -583,7 +600,8 @@ class AdversarialImitation(BaseAlgorithm):
             self.trainer = trainer_type(
                 demonstrations=trajectories,
                 demo_batch_size=self.demo_batch_size,
-                venv=imitation_venv,
+                # the env's non-finite values raise before imitation's wrappers record them or reward them
+                venv=VecFiniteCheck(imitation_venv, generator),
                 gen_algo=generator,
                 reward_net=self.reward_net,
                 demo_minibatch_size=self.demo_minibatch_size,
@@ -678,13 +696,20 @@ class AdversarialImitation(BaseAlgorithm):
                     f"environment's observation space {venv.observation_space} has shape {obs_shape}. {hint}"
                 )
             if acts.shape[1:] != act_shape or acts.dtype == object:
-                what = "the flat encoding of the Tuple action space, " if isinstance(venv, VecFlatActionSpace) else ""
+                what = "the flat encoding of the Tuple action space, " if isinstance(self.action_space, spaces.Tuple) else ""
                 raise ValueError(
                     f"{name}: demonstration {i} of {source} has actions of shape {acts.shape[1:]} ({acts.dtype}), but "
                     f"the environment needs {what}shape {act_shape}. {hint}"
                 )
-            if obs.dtype.kind == "f" and not np.isfinite(obs).all():
-                raise ValueError(f"{name}: demonstration {i} of {source} has non-finite observations (NaN or inf).")
+            bad_steps = non_finite_rows(obs)  # float64 values beyond float32's range are inf for the reward net
+            if bad_steps.any():
+                step = int(np.argmax(bad_steps))
+                value, count = _first_bad_value(obs[step]), int(bad_steps.sum())
+                raise ValueError(
+                    f"{name}: demonstration {i} of {source} has a non-finite observation at step {step} ({value:g}; "
+                    f"{count} such steps): NaN, inf, or beyond float32's range (inf in the float32 reward net and "
+                    "policy). Re-record the demonstrations, or drop that trajectory."
+                )
             problem = _action_problem(acts, self.action_space)
             if problem is not None:
                 raise ValueError(f"{name}: demonstration {i} of {source} has {problem}. {hint}")
@@ -802,8 +827,48 @@ class AdversarialImitation(BaseAlgorithm):
         trajectories, episode_lengths = self.trainer.venv_buffering.pop_trajectories()
         self.trainer._check_fixed_horizon(episode_lengths)
         if len(trajectories) > 0:
-            self.trainer._gen_replay_buffer.store(rollout.flatten_trajectories_with_rew(trajectories))
+            transitions = rollout.flatten_trajectories_with_rew(trajectories)
+            if getattr(self.generator, "check_finite", True):
+                self._check_generator_transitions(transitions)
+            self.trainer._gen_replay_buffer.store(transitions)
         self.trainer._global_step += 1
+
+    def _check_generator_transitions(self, transitions: Any) -> None:
+        """
+        Refuse non-finite generator transitions before they enter the discriminator's replay buffer. The env's values
+        are checked at each step (:class:`~sb3_cherry.adversarial.wrappers.VecFiniteCheck`), before imitation records
+        them: what is found here was changed afterwards, e.g. by a callback writing into the observations in place.
+
+        :param transitions: imitation's ``TransitionsWithRew`` of the round
+        :raises ValueError: naming the field and the transition; the transitions are dropped
+        """
+        for field, what in (("obs", "observation"), ("next_obs", "next observation"), ("acts", "action")):
+            values = np.asarray(getattr(transitions, field))
+            bad = non_finite_rows(values)
+            if bad.any():
+                row = int(np.argmax(bad))
+                value = _first_bad_value(values[row])
+                raise ValueError(
+                    f"{type(self).__name__}: generator transition {row} of the {len(bad)} buffered for the discriminator "
+                    f"has a non-finite {what} ({value:g}) at num_timesteps={self.num_timesteps}: NaN, inf, or beyond "
+                    "float32's range. The transitions were dropped, the discriminator does not train on them. "
+                    "The environment's values are checked at each step, so they were changed after it (e.g. by a "
+                    "callback writing into the observations in place): keep the recorded transitions finite."
+                )
+
+    def _drop_unfinished_round(self) -> None:
+        """
+        After ``generator.learn`` raised: drop the generator transitions buffered since the last discriminator round,
+        and have the next ``learn`` reset the env (SB3 resets when ``_last_obs`` is None). imitation's wrappers take
+        each step before the generator's callbacks see it, so a step that raised there (a callback's error, Ctrl-C)
+        is buffered and is the reward wrapper's last observation, while the generator's is the one before: the
+        discriminator would train on a step the generator never used, and the next learn would compute the rewards
+        from a stale observation. The rollout did not finish: the generator does not train on its transitions either.
+        """
+        buffering = self.trainer.venv_buffering
+        if buffering.n_transitions:  # (None before imitation's first reset)
+            buffering.pop_trajectories()
+        self.generator._last_obs = None
 
     def learn(
         self: SelfAdversarialImitation,
@@ -816,7 +881,9 @@ class AdversarialImitation(BaseAlgorithm):
     ) -> SelfAdversarialImitation:
         """
         Train the generator for ``total_timesteps`` environment steps on the discriminator's reward, with a
-        discriminator round (``n_disc_updates_per_round`` updates) after each rollout (see the class docstring).
+        discriminator round (``n_disc_updates_per_round`` updates) after each rollout (see the class docstring). When
+        training raises (a non-finite observation, a callback's error, Ctrl-C), the generator transitions buffered
+        since the last discriminator round are dropped and the next ``learn`` starts new episodes.
 
         :param total_timesteps: generator environment steps (all envs together; rounded up to whole rollouts)
         :param callback: callback(s) called at every step with state of the algorithm (EvalCallback,
@@ -860,14 +927,18 @@ class AdversarialImitation(BaseAlgorithm):
 
                 callback = ConvertCallback(callback)
             callbacks.append(_AdapterCallback(callback, self))
-        self.generator.learn(
-            total_timesteps=total_timesteps,
-            callback=callbacks,
-            log_interval=log_interval,  # type: ignore[arg-type]
-            tb_log_name=tb_log_name or name,
-            reset_num_timesteps=reset_num_timesteps,
-            progress_bar=progress_bar,
-        )
+        try:
+            self.generator.learn(
+                total_timesteps=total_timesteps,
+                callback=callbacks,
+                log_interval=log_interval,  # type: ignore[arg-type]
+                tb_log_name=tb_log_name or name,
+                reset_num_timesteps=reset_num_timesteps,
+                progress_bar=progress_bar,
+            )
+        except BaseException:
+            self._drop_unfinished_round()
+            raise
         return self
 
     # ------------------------------------------------------------------------------------------------- prediction

@@ -11,6 +11,7 @@ steps, bottom = the user's environment)::
     VecTupleActionSpace             (tuples -> their flat encoding; the action space seen above is the Tuple again)
     imitation RewardVecEnvWrapper   (replaces the reward with the discriminator's)
     imitation BufferingWrapper      (records the generator's transitions for the discriminator)
+    VecFiniteCheck                  (raises at a non-finite observation before imitation records or rewards it)
     VecFlatActionSpace              (the Tuple action space exposed as a flat Box; flat actions -> tuples)
     the user's VecEnv               (Monitor: ``rollout/ep_rew_mean`` stays the environment's true return)
 
@@ -19,6 +20,8 @@ executed, the same encoding the demonstration files store. Without a ``Tuple`` a
 are left out; without ``VecNormalize``, so is it.
 """
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -26,6 +29,7 @@ from gymnasium import spaces
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
+from sb3_cherry.common.finite import check_finite_observation, check_finite_step
 from sb3_cherry.common.spaces import (
     action_decoder,
     check_action_space,
@@ -107,6 +111,59 @@ class VecTupleActionSpace(VecEnvWrapper):
 
     def reset(self) -> VecEnvObs:
         return self.venv.reset()
+
+
+#: What :mod:`sb3_cherry.common.finite`'s message says of a VecNormalize, untrue below it (:class:`VecFiniteCheck`)
+_VEC_NORMALIZE_CLAUSE = (
+    "(a VecNormalize in the env has already taken the value into its running statistics: reload them before going on)"
+)
+
+
+@contextlib.contextmanager
+def _below_vec_normalize() -> Iterator[None]:
+    """The check's error, saying that a VecNormalize above has not taken the value into its statistics."""
+    try:
+        yield
+    except ValueError as error:
+        message = str(error).replace(_VEC_NORMALIZE_CLAUSE, "(a VecNormalize in the env has not seen the value)")
+        raise ValueError(message) from None
+
+
+class VecFiniteCheck(VecEnvWrapper):
+    """
+    Raises a ValueError at the first non-finite observation or terminal observation (NaN, inf, or a float64 value
+    beyond float32's range) that the user's environment returns, while ``model.check_finite`` is True. It sits right
+    above that environment: before imitation's ``BufferingWrapper`` records the step for the discriminator, before its
+    ``RewardVecEnvWrapper`` computes the discriminator's reward from it (a NaN reward would be reported instead of the
+    observation) and keeps it as the next step's observation, and before the user's ``VecNormalize`` normalises and
+    clips it (a raw ``1e39`` terminal observation reached the policy as ``clip_obs``, the discriminator as ``inf``)
+    or takes it into its statistics. The step that raised is recorded nowhere. Rewards are not checked: imitation
+    replaces them with the discriminator's (the generator's own checks see those).
+
+    :param venv: the user's VecEnv (through :class:`VecFlatActionSpace` for ``Tuple`` action spaces)
+    :param model: the generator: its ``check_finite`` switches the check on, its ``num_timesteps`` is reported
+    """
+
+    def __init__(self, venv: VecEnv, model: Any):
+        super().__init__(venv)
+        self.model = model
+
+    def _enabled(self) -> bool:
+        return bool(getattr(self.model, "check_finite", True))
+
+    def reset(self) -> VecEnvObs:
+        obs = self.venv.reset()
+        if self._enabled():
+            with _below_vec_normalize():
+                check_finite_observation(obs, "observation", f"reset, num_timesteps={self.model.num_timesteps}")  # type: ignore[arg-type]
+        return obs
+
+    def step_wait(self) -> VecEnvStepReturn:
+        obs, rewards, dones, infos = self.venv.step_wait()
+        if self._enabled():
+            with _below_vec_normalize():  # the generator counts the step after it: report the count it will have
+                check_finite_step(obs, None, dones, infos, self.model.num_timesteps + self.num_envs)  # type: ignore[arg-type]
+        return obs, rewards, dones, infos
 
 
 class OpaqueVecEnv(VecEnv):
