@@ -1083,6 +1083,16 @@ class GifVideoRecorder(VecVideoRecorder):
         return path
 
 
+def _offscreen_mujoco_rendering() -> None:
+    """
+    Without a display (Linux, ``DISPLAY`` unset) and without a ``MUJOCO_GL`` choice, render MuJoCo frames with EGL:
+    MuJoCo's default (GLFW) needs a display, and its ``FatalError`` ("an OpenGL platform library has not been loaded")
+    came as a traceback. Read by mujoco when it is imported and by gymnasium's renderer.
+    """
+    if sys.platform.startswith("linux") and not os.environ.get("DISPLAY") and not os.environ.get("MUJOCO_GL"):
+        os.environ["MUJOCO_GL"] = "egl"
+
+
 def cmd_video(argv: list[str]) -> list[str]:
     """
     ``sb3-cherry video``: an MP4 (``--gif``: and a GIF) of a trained agent, as rl_zoo3's ``record_video``.
@@ -1117,6 +1127,7 @@ def cmd_video(argv: list[str]) -> list[str]:
     prefix, _, exp_dir = _model_path(args)
     output_folder = args.output_folder or str(exp_dir / "videos")
     check_writable_folder(output_folder, "-o/--output-folder")
+    _offscreen_mujoco_rendering()
     model, env = _load_for_eval(args, render_mode="rgb_array")
     recorder = GifVideoRecorder(
         env,

@@ -1096,3 +1096,22 @@ def test_films_play_at_the_envs_speed_with_frame_skips(tmp_path):
     recorder = GifVideoRecorder(skipped, str(tmp_path / "videos"), lambda step: False)
     assert recorder.frames_per_sec == fps / 6
     recorder.close()
+
+
+def test_video_renders_mujoco_offscreen_without_a_display(monkeypatch):
+    # MuJoCo's default GL (GLFW) needs a display: `video --env Hopper-v5` died with mujoco.FatalError on a headless
+    # machine unless the user knew to set MUJOCO_GL=egl
+    import sb3_cherry.cli as cli
+
+    monkeypatch.setattr(cli.sys, "platform", "linux")
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("MUJOCO_GL", raising=False)
+    cli._offscreen_mujoco_rendering()
+    assert os.environ["MUJOCO_GL"] == "egl"
+    monkeypatch.setenv("MUJOCO_GL", "osmesa")  # the user's choice is kept
+    cli._offscreen_mujoco_rendering()
+    assert os.environ["MUJOCO_GL"] == "osmesa"
+    monkeypatch.delenv("MUJOCO_GL")
+    monkeypatch.setenv("DISPLAY", ":0")  # a display: MuJoCo's default works
+    cli._offscreen_mujoco_rendering()
+    assert "MUJOCO_GL" not in os.environ

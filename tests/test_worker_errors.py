@@ -7,6 +7,7 @@ import textwrap
 
 import cloudpickle
 import gymnasium as gym
+import numpy as np
 import pytest
 from stable_baselines3.common.env_util import make_vec_env
 
@@ -370,3 +371,28 @@ def test_step_timeout_reports_a_hung_worker():
 def test_step_timeout_is_checked(step_timeout):
     with pytest.raises(ValueError, match="step_timeout must be a number of seconds > 0"):
         CherrySubprocVecEnv([lambda: gym.make("CartPole-v1")], start_method="fork", step_timeout=step_timeout)
+
+
+class _NoteLessError(ValueError):
+    """An exception without ``add_note``, as every exception on Python 3.10 (which setup.cfg supports)."""
+
+    @property
+    def add_note(self):
+        raise AttributeError("add_note")
+
+
+class RaisingNoteless(gym.Wrapper):
+    def step(self, action):
+        raise _NoteLessError("the env's own message")
+
+
+def test_worker_error_without_exception_notes_keeps_its_type_and_names_the_worker():
+    # Python 3.10: add_note does not exist, and the env's error became "AttributeError: ... add_note"
+    venv = CherrySubprocVecEnv([lambda: RaisingNoteless(gym.make("CartPole-v1"))] * 2, start_method="fork")
+    venv.reset()
+    with pytest.raises(_NoteLessError, match="the env's own message") as info:
+        venv.step(np.zeros(2, dtype=np.int64))
+    cause = info.value.__cause__
+    assert isinstance(cause, RuntimeError) and "raised by env 0 of a SubprocVecEnv in step()" in str(cause)
+    assert "Traceback" in str(cause)
+    venv.close()

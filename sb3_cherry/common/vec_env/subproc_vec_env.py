@@ -208,8 +208,10 @@ class _CheckedRemote:
                 self._break()
             note = f"raised by env {self.index} of a SubprocVecEnv in {failure.method}; worker traceback:\n{failure.traceback}"
             if failure.error is not None:
-                failure.error.add_note(note)
-                raise failure.error
+                if hasattr(failure.error, "add_note"):
+                    failure.error.add_note(note)
+                    raise failure.error
+                raise failure.error from RuntimeError(note)  # (Python 3.10 has no notes: the cause is printed above)
             raise RuntimeError(f"{failure.summary} ({note})")
         return result
 
