@@ -245,6 +245,27 @@ def test_checkpoint_errors(tmp_path):
         async_model.learn(128, callback=RunCheckpointCallback(tmp_path / "a", save_freq=64))
 
 
+def test_committed_benchmark_checkpoints_are_readable(capsys):
+    # the README's Humanoid commands (evaluate, video, beta_deterministic, run_humanoid.sh) read these folders; the
+    # Humanoid ones, written before run_state.json had 'other_envs', were refused as "damaged or crafted"
+    import pathlib
+
+    from sb3_cherry.cli import main
+    from sb3_cherry.checkpoint_eval import checkpoint_folder
+    from sb3_cherry.common.checkpoint import read_run_state
+
+    root = pathlib.Path(__file__).parent.parent / "benchmarks" / "checkpoints"
+    folders = sorted(path for path in root.iterdir() if path.is_dir())
+    assert len(folders) >= 7
+    for folder in folders:
+        state = read_run_state(checkpoint_folder(folder))
+        assert state["algorithm"] == "PPORollback" and state["num_timesteps"] > 0, folder
+    humanoid = root / "Humanoid-v5_ppo_rollback_zoo_0"
+    main(["evaluate", "--env", "Humanoid-v5", "--model", str(humanoid), "-n", "1", "--json", "-"])
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["n_episodes"] == 1 and summary["mean_return"] > 1000  # (README: 5796.8 over 1000 episodes)
+
+
 def test_frame_stack_two_chunks_equal_one_run(tmp_path):
     """VecFrameStack's stacked frames are restored: two chunks equal one run."""
     from stable_baselines3.common.vec_env import VecFrameStack

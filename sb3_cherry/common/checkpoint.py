@@ -701,6 +701,7 @@ def read_run_state(folder: str | pathlib.Path, algo_class: type[BaseAlgorithm] |
         raise ValueError(f"{path} holds a JSON {type(state).__name__}, not an object: {_DAMAGED}")
     if state.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{folder}: run checkpoint format {state.get('format_version')} is not supported ({FORMAT_VERSION}).")
+    state.setdefault("other_envs", {})  # (checkpoints written before other_envs existed have none)
     for key, kind in _STATE_LAYOUT.items():
         if key not in state:
             raise ValueError(f"{path} has no {key!r}: {_DAMAGED}")
