@@ -262,7 +262,8 @@ class EnvSpec:
                 self.env_id, n_envs=n_envs, seed=seed, num_threads=envpool_threads, env_wrapper=self.env_wrapper
             )
 
-        wrapper = make_env_wrapper(self.env_wrapper, f"entry of {self.env_id}")
+        # (the entry comes from the config file the benchmark was given: your own wrappers are accepted)
+        wrapper = make_env_wrapper(self.env_wrapper, f"entry of {self.env_id}", trusted_only=False)
         return make_vec_env(self.env_id, n_envs=n_envs, seed=seed, wrapper_class=wrapper, env_kwargs=self.env_kwargs)
 
     def stack(self, env: VecEnv) -> VecEnv:

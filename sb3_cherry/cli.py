@@ -210,6 +210,8 @@ def _hyperparams_overrides(argv: list[str], flags: tuple[str, ...] = ("-params",
     """
     The ``key:value ...`` items after ``flags`` on a train command line (``-params``/``--hyperparams`` by default),
     parsed as literals (rl_zoo3 evaluates them as Python: a value that passes this parse evaluates to the same data).
+    The items end at the next option, as argparse reads them (:func:`_is_option`), with or without a colon
+    (``--env-kwargs=g:9.81``, ``--storage=sqlite:///x.db``).
 
     :param argv: the command line after ``train``
     :param flags: the option's spellings
@@ -221,11 +223,46 @@ def _hyperparams_overrides(argv: list[str], flags: tuple[str, ...] = ("-params",
         if flag not in flags:
             continue
         for item in argv[i + 1 :]:
-            if item.startswith("-") and ":" not in item:
+            if _is_option(item):
                 break
             key, _, value = item.partition(":")
             overrides[key] = parse_literal_string(value, f"{flag} {key}")
     return overrides
+
+
+def _is_option(item: str) -> bool:
+    """
+    Whether argparse reads a command line item as an option (which ends the items of a ``nargs="+"`` option) rather
+    than as a value: it starts with ``-`` and is not ``-`` alone, a negative number or a string with a space.
+
+    :param item: the command line item
+    :return: True for an option
+    """
+    return item.startswith("-") and item != "-" and not re.fullmatch(r"-\d+|-\d*\.\d+", item) and " " not in item
+
+
+def _import_gym_packages(rest: list[str]) -> None:
+    """
+    Import the modules of ``--gym-packages`` (as rl_zoo3's train does, but before the config is checked: the envs they
+    register are then known to the check, e.g. for an ``action_distribution`` or an ``atari`` entry).
+
+    :param rest: the rl_zoo3 options of the train command line
+    :raises ValueError: a module that cannot be found
+    """
+    import importlib
+
+    parser = argparse.ArgumentParser(add_help=False)  # (rl_zoo3's parser accepts abbreviations: so does this one)
+    parser.add_argument("--gym-packages", type=str, nargs="+", default=[])
+    for module in parser.parse_known_args(rest)[0].gym_packages:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not (module == exc.name or module.startswith(exc.name + ".")):
+                raise  # a module the package imports: its own traceback
+            raise ValueError(
+                f"--gym-packages {module}: no module named {exc.name!r}; install the package, or put the folder that "
+                "holds the module on PYTHONPATH."
+            ) from exc
 
 
 def cmd_train(argv: list[str]) -> None:
@@ -295,9 +332,10 @@ def cmd_train(argv: list[str]) -> None:
     if args.conf is not None:
         check_yaml_config(args.conf)  # (before validate_config reads it; the experiment manager checks any spelling)
     # refused here, before anything runs (rl_zoo3's parser then reads them with SafeStoreDict, see _run_rl_zoo3)
-    _hyperparams_overrides(rest, ("--env-kwargs",))
+    env_kwargs = _hyperparams_overrides(rest, ("--env-kwargs",))
+    _import_gym_packages(rest)
     conf = args.conf or str(default_config(algo))
-    entry = validate_config(conf, algo, env_id, _hyperparams_overrides(rest))
+    entry = validate_config(conf, algo, env_id, _hyperparams_overrides(rest), env_kwargs)
     zoo_argv = ["--algo", algo, "--env", env_id, "--conf-file", conf, *rest]
     freq = args.run_checkpoint_freq or args.stop_after
     if args.vec_env == "envpool":

@@ -24,6 +24,7 @@ import pathlib
 import pickle
 import shutil
 import time
+import traceback
 from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -46,7 +47,7 @@ from sb3_cherry.common.checkpoint import (
     load_run_checkpoint,
     read_run_state,
 )
-from sb3_cherry.common.config_schema import validate_config
+from sb3_cherry.common.config_schema import config_entry, validate_config
 from sb3_cherry.common.restricted_pickle import load_vec_normalize
 from sb3_cherry.common.safe_config import (
     check_imported_names,
@@ -409,10 +410,20 @@ class SafeExperimentManager(ExperimentManager):
         :raises ValueError: another config file, or a hyperparameter the check refuses
         """
         check_yaml_config(self.config)
+        self._trial_policy_kwargs: dict[str, Any] | None = None
         hyperparams, saved = super().read_hyperparameters()
+        trial_kwargs = self._trial_policy_kwargs
+        if trial_kwargs is not None and "policy_kwargs" in (self.custom_hyperparams or {}):
+            # rl_zoo3 applies -params after the trial's values: a -params policy_kwargs replaced the trial's sampled
+            # net_arch / activation_fn, which the trial searched over the same -params (see objective)
+            given = parse_policy_kwargs(hyperparams.get("policy_kwargs") or {}, "-params policy_kwargs")
+            hyperparams["policy_kwargs"] = saved["policy_kwargs"] = {**given, **trial_kwargs}
         # the entry with the overrides rl_zoo3 parsed, whatever their spelling (--hyperparams=..., an abbreviation),
         # checked as the command line's pre-check does, before the run folder exists
-        validate_config(self.config, self.algo, self.env_name.gym_id, dict(self.custom_hyperparams or {}))
+        # (self.env_kwargs: still the command line's --env-kwargs, which rl_zoo3 uses instead of the entry's)
+        validate_config(
+            self.config, self.algo, self.env_name.gym_id, dict(self.custom_hyperparams or {}), dict(self.env_kwargs or {})
+        )
         return hyperparams, saved
 
     def create_callbacks(self) -> None:
@@ -442,18 +453,55 @@ class SafeExperimentManager(ExperimentManager):
         """
         rl_zoo3's set-up (hyperparameters, run folder, callbacks, envs, model). If it fails after creating a new run
         folder (the model refused an argument, a demonstrations file is missing), the folder, which holds no model
-        (only monitor files), is removed: the next ``evaluate`` without ``--exp-id`` would pick it and find nothing.
+        (only monitor files), is removed: the next ``evaluate`` without ``--exp-id`` would pick it and find nothing;
+        so are ``<log folder>/<algo>/`` and the log folder when this call created them and they are empty. A TypeError
+        or AssertionError of the set-up (the env, a wrapper, the policy or the algorithm refusing a config value that
+        the checks before could not know) becomes a one-line ValueError naming the config entry (the original is
+        chained); errors during training are not touched.
 
         :return: the model and its hyperparameters (None for an optimisation run)
+        :raises ValueError: a TypeError / AssertionError of the set-up, naming the config entry
         """
-        existed = os.path.exists(self.save_path)
+        self._env_kwargs_given = dict(self.env_kwargs or {})  # the command line's --env-kwargs (rl_zoo3's __init__)
+        folders = [pathlib.Path(path) for path in (self.save_path, self.log_path, self.log_folder)]
+        existed = [folder.exists() for folder in folders]
         try:
             return super().setup_experiment()
-        except BaseException:
-            folder = pathlib.Path(self.save_path)
-            if not existed and folder.is_dir() and not any(folder.rglob("*.zip")):
-                shutil.rmtree(folder, ignore_errors=True)
+        except BaseException as exc:
+            run_folder, log_path, log_folder = folders
+            if not existed[0] and run_folder.is_dir() and not any(run_folder.rglob("*.zip")):
+                shutil.rmtree(run_folder, ignore_errors=True)
+            for folder, was_there in ((log_path, existed[1]), (log_folder, existed[2])):  # <log folder>/<algo>/ made now
+                if not was_there:
+                    with contextlib.suppress(OSError):  # (not empty: another run's, or files of this one)
+                        folder.rmdir()
+            if isinstance(exc, (TypeError, AssertionError)):
+                raise ValueError(self._setup_error(exc)) from exc
             raise
+
+    def _config_where(self) -> str:
+        """The config file and entry this run reads, for error messages."""
+        return f"{self.config} [{self.env_name.gym_id}]"
+
+    def _setup_error(self, exc: BaseException) -> str:
+        """
+        The one-line message of a TypeError / AssertionError raised while the experiment is set up (the env, the
+        wrappers, the policy or the algorithm refusing a value of the config, which the checks before could not know):
+        the config entry, the error and where it was raised.
+
+        :param exc: the exception
+        :return: the message
+        """
+        frames = traceback.extract_tb(exc.__traceback__)
+        at = f" at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno}" if frames else ""
+        message = " ".join(str(exc).split()) or "(no message)"
+        options = (("-params", self.custom_hyperparams), ("--env-kwargs", self._env_kwargs_given))
+        given = [flag for flag, value in options if value]
+        overrides = f" with {' and '.join(given)}" if given else ""
+        return (
+            f"{self._config_where()}: the env / policy / algorithm could not be built from this entry{overrides} "
+            f"({type(exc).__name__}{at}: {message}). Fix the value it names."
+        )
 
     def save_trained_model(self, model: BaseAlgorithm) -> None:
         """
@@ -533,8 +581,9 @@ class SafeExperimentManager(ExperimentManager):
         """
         params = super().load_trial(storage, study_name, trial_id, convert)
         if convert and isinstance(params.get("policy_kwargs"), dict):
+            self._trial_policy_kwargs = dict(params["policy_kwargs"])  # merged over -params' (read_hyperparameters)
             config = safe_load_yaml(self.config) or {}
-            entry = config.get(self.env_name.gym_id, config.get("default")) or {}
+            entry = config_entry(config, self.env_name.gym_id, self.config) or {}
             entry_kwargs = parse_policy_kwargs(entry.get("policy_kwargs") or {}, f"{self.config} policy_kwargs")
             params["policy_kwargs"] = {**entry_kwargs, **params["policy_kwargs"]}
         return params
@@ -616,6 +665,11 @@ class ChunkedExperimentManager(SafeExperimentManager):
         # the run's folder, not a new <env>_<id + 1>
         self.save_path, self.params_path = str(run.path), str(run.params_path)
         self.continue_training = True
+
+    def _config_where(self) -> str:
+        """The config file and entry this run reads (on resume: the run's ``config.yml``), for error messages."""
+        run = self.options.resume
+        return str(run.params_path / "config.yml") if run is not None else super()._config_where()
 
     def read_hyperparameters(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """

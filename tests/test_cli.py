@@ -143,7 +143,11 @@ def test_missing_optional_dependency_is_one_line(monkeypatch, capsys):
     [
         (["--hyperparams=n_steps:16.5"], "hyperparameter 'n_steps'=16.5 has the wrong type"),
         (["--hyper", "n_steps:16.5"], "hyperparameter 'n_steps'=16.5 has the wrong type"),
-        (["--hyperparams=rollback_alfa:0.1"], "unknown hyperparameter 'rollback_alfa'"),
+        # (a key of the command line named as such: the message blamed the shipped config file, which lacks it)
+        (
+            ["--hyperparams=rollback_alfa:0.1"],
+            r"-params/--hyperparams \[CartPole-v1\]: unknown hyperparameter 'rollback_alfa'",
+        ),
         (["-params", "rollback_alpha:'abc'"], r"'rollback_alpha'='abc' has the wrong type \(expected float\)"),
         (["-params", "target_kl:'1e-2'"], "YAML reads 1e-2 as a string: write the number with a dot"),
         (["-params", "rollout_buffer_kwargs:3"], r"'rollout_buffer_kwargs'=3 has the wrong type \(expected dict\)"),
@@ -186,6 +190,7 @@ def test_a_model_refusing_its_arguments_leaves_no_run_folder(tmp_path, capsys, b
         main(["train", "--algo", "ppo_rollback", "--env", "CartPole-v1", "-f", str(tmp_path), "-n", "64", "-params", bad])
     assert info.value.code == 2 and "error:" in capsys.readouterr().err
     assert not list((tmp_path / "ppo_rollback").glob("CartPole-v1_*"))
+    assert not (tmp_path / "ppo_rollback").exists()  # (the <algo>/ folder the run created: it was left empty)
 
 
 def test_an_entry_without_policy_is_refused(tmp_path, capsys):
@@ -336,6 +341,11 @@ def test_config_values_still_accepted(tmp_path, algo, entry):
         ({"n_timesteps": 1000, "collection": "asyn"}, "'collection'='asyn' is not one of ['sync', 'async']"),
         ({"n_timesteps": 1000, "trust_region": "KL"}, "'trust_region'='KL' is not one of ['ratio', 'kl']"),
         ({"n_timesteps": 1000, "rollback": "klr"}, "'rollback'='klr' is not one of ['ratio', 'kl']"),
+        # a negative clip range trained with clamp(r, 1.2, 0.8) = 0.8; rl-zoo's old clip_range_vf: -1 met SB3's assert
+        ({"n_timesteps": 1000, "clip_range": -0.2}, "clip_range=-0.2 must be positive"),
+        ({"n_timesteps": 1000, "clip_range": 0}, "clip_range=0 must be positive"),
+        ({"n_timesteps": 1000, "clip_range_vf": -1.0}, "clip_range_vf=-1.0 must be positive; for no value clipping write"),
+        ({"n_timesteps": 1000, "clip_range_vf": 0.0}, "clip_range_vf=0.0 must be positive"),
         # a rollout buffer class is named by its dotted name, and must be one
         (
             {"n_timesteps": 1000, "policy": "MlpPolicy", "rollout_buffer_class": "CherryRolloutBuffer"},
@@ -475,7 +485,9 @@ def test_train_algo_equals_form_and_user_config_wins(tmp_path, monkeypatch):
     assert argv[-4:] == ["-n", "100", "--eval-freq", "-1"]
     user = _write(tmp_path, {"n_timesteps": 1000, "policy": "MlpPolicy", "n_steps": 8})
     validated = []
-    monkeypatch.setattr(cli, "validate_config", lambda path, algo, env, overrides=None: validated.append((path, algo, env)))
+    monkeypatch.setattr(
+        cli, "validate_config", lambda path, algo, env, overrides=None, env_kwargs=None: validated.append((path, algo, env))
+    )
     main(["train", "--algo", "cherry_a2c", "-c", str(user)])
     assert validated == [(str(user), "cherry_a2c", "CartPole-v1")]
     assert seen["argv"][seen["argv"].index("--conf-file") + 1] == str(user)
@@ -988,6 +1000,147 @@ def test_zoo_linear_schedules_stop_at_zero_when_the_last_rollout_overshoots(tmp_
     assert model.lr_schedule(progress) == 0.0 and model.clip_range(progress) == 0.0
     assert model.policy.optimizer.param_groups[0]["lr"] == 0.0
     assert model.lr_schedule(1.0) == 0.001 and abs(model.lr_schedule(0.5) - 0.0005) < 1e-12
+
+
+def test_params_items_end_at_any_option():
+    """The -params items ended at an option without a colon only: '--env-kwargs=g:9.81' or '--storage=sqlite:///x.db'
+    after them was read as a hyperparameter ("unknown hyperparameter '--env-kwargs=g'")."""
+    from sb3_cherry.cli import _hyperparams_overrides
+
+    argv = ["-params", "n_steps:32", "ent_coef:-0.1", "--env-kwargs=g:9.81", "--storage=sqlite:///x.db", "-n", "64"]
+    assert _hyperparams_overrides(argv) == {"n_steps": 32, "ent_coef": -0.1}
+    assert _hyperparams_overrides(["--env-kwargs", "g:9.81", "-params", "n_steps:32"], ("--env-kwargs",)) == {"g": 9.81}
+    assert _hyperparams_overrides(["-params", "gamma:0.9", "-f:x"]) == {"gamma": 0.9}
+
+
+def _built_models(monkeypatch, algo_class=None):
+    """The models ``sb3-cherry train`` builds, recorded instead of trained."""
+    from sb3_cherry import PPORollback
+
+    models = []
+    monkeypatch.setattr(algo_class or PPORollback, "learn", lambda self, *args, **kwargs: models.append(self) or self)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    return models
+
+
+def test_params_then_an_equals_option_trains(tmp_path, monkeypatch):
+    models = _built_models(monkeypatch)
+    main(["train", "--algo", "ppo_rollback", "--env", "Pendulum-v1", "-f", str(tmp_path / "logs"), "-n", "64",
+          "--eval-freq", "-1", "-params", "n_steps:32", "--env-kwargs=g:9.81"])  # fmt: skip
+    (model,) = models
+    assert model.n_steps == 32 and model.env.envs[0].unwrapped.g == 9.81  # (Pendulum's default g: 10.0)
+
+
+@pytest.fixture
+def gym_package(tmp_path, monkeypatch):
+    """A module registering two envs when imported (as --gym-packages imports it): a CartPole and an 'Atari' one
+    (rl_zoo3 takes an env whose entry point names AtariEnv for an Atari env)."""
+    name = "sb3_cherry_test_gym_package"
+    (tmp_path / f"{name}.py").write_text(
+        "import gymnasium as gym\n"
+        "from gymnasium.envs.classic_control.cartpole import CartPoleEnv\n\n\n"
+        "class AtariEnv(CartPoleEnv):\n"
+        "    pass\n\n\n"
+        f"gym.register('TestPole-v0', entry_point='{name}:CartPoleEnv', max_episode_steps=50)\n"
+        f"gym.register('TestPong-v0', entry_point='{name}:AtariEnv', max_episode_steps=50)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield name
+    sys.modules.pop(name, None)
+    for env_id in ("TestPole-v0", "TestPong-v0"):
+        gym.envs.registry.pop(env_id, None)
+
+
+def test_gym_packages_are_imported_before_the_config_check(gym_package, tmp_path, monkeypatch):
+    """The check of an action_distribution makes the env: an env of --gym-packages was unknown to it (rl_zoo3 imports
+    the packages later), and the entry was refused ("Environment `TestPole` doesn't exist")."""
+    models = _built_models(monkeypatch)
+    entry = {"n_timesteps": 64, "policy": "MlpPolicy", "n_steps": 32, "policy_kwargs": "dict(action_distribution='bernoulli')"}
+    config = tmp_path / "conf.yml"
+    config.write_text(yaml.safe_dump({"TestPole-v0": entry}))
+    argv = ["train", "--algo", "ppo_rollback", "--env", "TestPole-v0", "-c", str(config), "-f", str(tmp_path / "logs")]
+    with pytest.raises(SystemExit):  # (checked against the env: Discrete actions take no Bernoulli distribution)
+        main([*argv, "--eval-freq", "-1", "--gym-packages", gym_package])
+    config.write_text(yaml.safe_dump({"TestPole-v0": {**entry, "policy_kwargs": "dict(action_distribution='categorical')"}}))
+    main([*argv, "--eval-freq", "-1", "--gym-packages", gym_package])
+    (model,) = models
+    assert type(model.policy.action_dist).__name__ == "CategoricalDistribution"
+    assert model.env.envs[0].unwrapped.spec.id == "TestPole-v0"
+
+
+def test_atari_entry_is_read_for_atari_envs(gym_package, tmp_path, monkeypatch, capsys):
+    """rl_zoo3 reads an Atari env's entry, then 'atari', then 'default'; the check read the env's, then 'default'."""
+    import importlib
+
+    from sb3_cherry.common.zoo_config import load_zoo_entry
+
+    importlib.import_module(gym_package)
+    atari = {"n_timesteps": 64, "policy": "MlpPolicy", "n_steps": 16, "n_envs": 1}
+    default = {"n_timesteps": 128, "policy": "MlpPolicy", "n_steps": 32, "n_envs": 2}
+    config = tmp_path / "conf.yml"
+    config.write_text(yaml.safe_dump({"atari": atari, "default": default}))
+    assert validate_config(config, "ppo_rollback", "TestPong-v0") == atari
+    assert validate_config(config, "ppo_rollback", "TestPole-v0") == default
+    zoo_entry = load_zoo_entry("ppo_rollback", "TestPong-v0", config)
+    assert (zoo_entry.n_timesteps, zoo_entry.n_envs, zoo_entry.model_kwargs["n_steps"]) == (64, 1, 16)
+    config.write_text(yaml.safe_dump({"default": default}))  # rl_zoo3 does not read 'default' for an Atari env
+    with pytest.raises(ValueError, match="an Atari env, and no 'atari' entry"):
+        validate_config(config, "ppo_rollback", "TestPong-v0")
+    # the command line: an 'atari' entry alone was refused ("no entry for env 'TestPong-v0' (and no 'default')")
+    config.write_text(yaml.safe_dump({"atari": atari}))
+    models = _built_models(monkeypatch)
+    main(["train", "--algo", "ppo_rollback", "--env", "TestPong-v0", "-c", str(config), "-f", str(tmp_path / "logs"),
+          "--eval-freq", "-1", "--gym-packages", gym_package])  # fmt: skip
+    (model,) = models
+    assert (model.n_steps, model.n_envs) == (16, 1)
+
+
+def _study_with_a_trial(path, study_name):
+    """An optuna study (rl_zoo3's journal storage) whose trials 0 and 1 sampled net_arch 'tiny', activation 'elu'."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize")
+    params = {
+        "one_minus_gamma": 0.01,
+        "one_minus_gae_lambda": 0.05,
+        "net_arch": "tiny",
+        "activation_fn": "elu",
+        "trust_region": "ratio",
+    }
+    distributions = {
+        "one_minus_gamma": FloatDistribution(0.0001, 0.03, log=True),
+        "one_minus_gae_lambda": FloatDistribution(0.0001, 0.1, log=True),
+        "net_arch": CategoricalDistribution(["tiny", "small"]),
+        "activation_fn": CategoricalDistribution(["tanh", "elu"]),
+        "trust_region": CategoricalDistribution(["ratio", "kl"]),
+    }
+    for _ in range(2):
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=1.0))
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "TestPong-v0"])
+def test_retrained_trial_keeps_its_sampled_policy_kwargs_with_params(gym_package, tmp_path, monkeypatch, env_id):
+    """--trial-id with -params policy_kwargs: rl_zoo3 applies -params after the trial, so the trial's sampled net_arch
+    and activation_fn were replaced (the search merged them over the same -params); an Atari env's trial merges them
+    into the 'atari' entry's."""
+    from torch import nn
+
+    models = _built_models(monkeypatch)
+    _study_with_a_trial(tmp_path / "study.log", "s")
+    config = tmp_path / "conf.yml"
+    entry = {"n_timesteps": 64, "policy": "MlpPolicy", "n_steps": 32, "policy_kwargs": "dict(log_std_init=-1.0)"}
+    config.write_text(yaml.safe_dump({"atari" if env_id == "TestPong-v0" else env_id: entry}))
+    argv = ["train", "--algo", "ppo_rollback", "--env", env_id, "-c", str(config), "-f", str(tmp_path / "logs"), "-n", "64"]
+    argv += ["--eval-freq", "-1", "--gym-packages", gym_package, "--storage", str(tmp_path / "study.log")]
+    main([*argv, "--study-name", "s", "--trial-id", "1", "-params", "policy_kwargs:dict(ortho_init=False)"])
+    main([*argv, "--study-name", "s", "--trial-id", "1"])
+    with_params, without = (model.policy for model in models)
+    for policy in (with_params, without):
+        assert policy.net_arch == {"pi": [64], "vf": [64]} and policy.activation_fn is nn.ELU
+    assert with_params.ortho_init is False  # -params' own key kept (and the entry's replaced, as rl_zoo3 does)
+    assert without.ortho_init is True and without.log_std_init == -1.0  # the entry's merged under the trial's
 
 
 # ----------------------------------------------------------------------------------- evaluating what was trained

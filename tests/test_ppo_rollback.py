@@ -262,3 +262,19 @@ def test_alpha_zero_logs_sb3_ppo_values():
     assert expected["train/clip_fraction"] > 0
     for key in keys:
         assert got[key] == pytest.approx(expected[key], rel=1e-6, abs=1e-9), key
+
+
+@pytest.mark.parametrize("cls", [PPORollback, "recurrent"])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [({"clip_range": -0.2}, "clip_range"), ({"clip_range": 0.0}, "clip_range"), ({"clip_range_vf": -1.0}, "clip_range_vf")],
+)
+def test_non_positive_clip_ranges_are_refused(cls, kwargs, name):
+    # clip_range=-0.2 trained with clamp(r, 1.2, 0.8) (every ratio clipped, clip_fraction 1); clip_range_vf=-1.0 (the
+    # old rl-zoo "no clipping") ended in SB3's AssertionError
+    from sb3_cherry import RecurrentPPORollback
+
+    cls, policy = (RecurrentPPORollback, "MlpLstmPolicy") if cls == "recurrent" else (cls, "MlpPolicy")
+    with pytest.raises(ValueError, match=rf"{name}=-?[01]\.[0-9] must be a number > 0 or a schedule"):
+        cls(policy, "CartPole-v1", **kwargs)
+    cls(policy, "CartPole-v1", clip_range=lambda _: 0.1, clip_range_vf=None)  # schedules and None pass

@@ -139,6 +139,34 @@ ENTRY = "CartPole-v1:\n  n_timesteps: 1000\n  policy: MlpPolicy\n"
         (ENTRY + "  callback:\n  - os.system:\n      command: 'true'\n", [], "not a BaseCallback subclass"),
         (ENTRY + "  env_wrapper: stable_baselines3.common.save_util.json_to_data\n", [], "not a Wrapper subclass"),
         (ENTRY + "  vec_env_wrapper: stable_baselines3.common.vec_env.DummyVecEnv\n", [], "not a VecEnvWrapper subclass"),
+        # each of these was a TypeError / AssertionError traceback from building the env or the model (exit 1), which
+        # left an empty logs/<algo>/ folder
+        (ENTRY + "  policy_kwargs: \"dict(net_arch='big')\"\n", [], "policy_kwargs net_arch='big' must be layer sizes"),
+        (ENTRY + "  policy_kwargs:\n    net_arch: 5\n", [], "policy_kwargs net_arch=5 must be layer sizes"),
+        (
+            ENTRY + "  policy_kwargs:\n    activation_fn: nn.ReLU\n",
+            [],
+            "policy_kwargs activation_fn='nn.ReLU': a YAML mapping passes the string on",
+        ),
+        (ENTRY + '  normalize: "dict(norm_obss=True)"\n', [], r"unknown normalize key\(s\) \['norm_obss'\] for VecNormalize"),
+        (ENTRY + "  env_kwargs:\n    foo: 1\n", [], r"\[CartPole-v1\] env_kwargs: CartPole-v1 .* takes no argument \['foo'\]"),
+        (ENTRY, ["--env-kwargs", "foo:1"], r"--env-kwargs: CartPole-v1 .* takes no argument \['foo'\]"),
+        (ENTRY, ["--env-kwargs=foo:1"], r"--env-kwargs: CartPole-v1 .* takes no argument \['foo'\]"),
+        (ENTRY + "  clip_range_vf: -1.0\n", [], "clip_range_vf=-1.0 must be positive; for no value clipping write"),
+        (ENTRY, ["-params", "clip_range:-0.2"], "clip_range=-0.2 must be positive"),
+        # refused by the env / policy / algorithm while the experiment is set up (no check knew them before)
+        (
+            ENTRY + '  policy_kwargs: "dict(features_extractor_kwargs=dict(foo=1))"\n',
+            [],
+            r"conf\.yml \[CartPole-v1\]: the env / policy / algorithm could not be built from this entry \(TypeError at "
+            r".*FlattenExtractor.__init__\(\) got an unexpected keyword argument 'foo'\)",
+        ),
+        (
+            ENTRY + "  env_wrapper:\n  - gymnasium.wrappers.TimeLimit:\n      foo: 1\n",
+            [],
+            r"could not be built from this entry \(TypeError at .*TimeLimit.__init__\(\) got an unexpected keyword",
+        ),
+        (ENTRY, ["-params", "batch_size:1"], r"with -params \(AssertionError at .*`batch_size` must be greater than 1"),
     ],
 )
 def test_train_config_errors_are_one_line_rc2_and_leave_no_folder(tmp_path, capsys, text, extra, message):
@@ -313,6 +341,55 @@ def test_run_folder_rollout_buffer_class_from_trusted_packages_only():
     }
     with pytest.raises(UnsafeConfigError, match="not a RolloutBuffer subclass"):  # (checks, whoever calls it)
         resolve_rollout_buffer_class({"rollout_buffer_class": "sb3_cherry.common.buffers.ReturnsEstimatorMixin"})
+
+
+def test_training_errors_keep_their_traceback(tmp_path, monkeypatch):
+    """Only the set-up's TypeError / AssertionError become one-line errors: one raised while training is a bug."""
+
+    def learn(self, *args, **kwargs):
+        raise TypeError("a bug while training")
+
+    monkeypatch.setattr(PPORollback, "learn", learn)
+    with pytest.raises(TypeError, match="a bug while training"):
+        main(["train", "--algo", "ppo_rollback", "--env", "CartPole-v1", "-c", str(_conf(tmp_path, ENTRY)), "-f",
+              str(tmp_path / "logs"), "-n", "64", "--eval-freq", "-1"])  # fmt: skip
+
+
+def test_own_wrapper_of_a_config_of_your_own_in_load_zoo_entry(tmp_path, monkeypatch):
+    """load_zoo_entry / make_env_wrapper checked a config of your own as a downloaded run folder (its wrappers from
+    gymnasium, stable_baselines3, ... only), refusing the config that 'sb3-cherry train -c' trains."""
+    import sys
+
+    import gymnasium as gym
+
+    from sb3_cherry.common.zoo_config import load_zoo_entry, make_env_wrapper
+
+    name = "sb3_cherry_test_own_wrapper"
+    (tmp_path / f"{name}.py").write_text(
+        "import gymnasium as gym\n\n\n"
+        "class ScaleReward(gym.RewardWrapper):\n"
+        "    def __init__(self, env, scale=1.0):\n"
+        "        super().__init__(env)\n"
+        "        self.scale = scale\n\n"
+        "    def reward(self, reward):\n"
+        "        return reward * self.scale\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    wrapper = [{f"{name}.ScaleReward": {"scale": 0.5}}]
+    config = _conf(tmp_path, ENTRY + f"  env_wrapper:\n  - {name}.ScaleReward:\n      scale: 0.5\n")
+    try:
+        entry = load_zoo_entry("ppo_rollback", "CartPole-v1", config)
+        assert entry.env_wrapper == wrapper
+        env = make_env_wrapper(entry.env_wrapper, "conf.yml [CartPole-v1]", trusted_only=False)(gym.make("CartPole-v1"))
+        env.reset(seed=0)
+        assert type(env).__name__ == "ScaleReward" and env.step(0)[1] == 0.5  # CartPole's reward 1, scaled
+        # by default (a file you did not write, e.g. a run folder's) only the trusted packages; a function stays refused
+        with pytest.raises(UnsafeConfigError, match="is not a class of"):
+            make_env_wrapper(wrapper, "config.yml")
+        with pytest.raises(UnsafeConfigError, match="not a Wrapper subclass"):
+            load_zoo_entry("ppo_rollback", "CartPole-v1", _conf(tmp_path, ENTRY + "  env_wrapper: os.system\n"))
+    finally:
+        sys.modules.pop(name, None)
 
 
 @pytest.mark.parametrize("frame_stack", [300_000_000, -1, "4", 2.5, True])

@@ -18,6 +18,7 @@ from typing import Any
 import gymnasium as gym
 
 from sb3_cherry.common.safe_config import (
+    allowed_names,
     check_imported_names,
     check_policy_kwargs,
     check_positive,
@@ -205,7 +206,37 @@ def check_constructor_kwargs(
         choices = getattr(cls, "config_choices", {}).get(key)
         if choices is not None and value not in choices:
             raise ValueError(f"{where}: hyperparameter {key!r}={value!r} is not one of {list(choices)}.")
+        if key in CLIP_RANGE_KEYS and key in parameters:
+            _check_clip_range(key, value, where)
     check_positive(kwargs, where)
+
+
+#: PPO's clipping parameters: a number must be positive (``lin_<value>`` strings are checked with the types)
+CLIP_RANGE_KEYS = ("clip_range", "clip_range_vf")
+
+
+def _check_clip_range(key: str, value: Any, where: str) -> None:
+    """
+    Refuse a ``clip_range`` / ``clip_range_vf`` number that is not positive: PPO clips the ratio to ``[1 - eps, 1 + eps]``
+    (with a negative ``eps``, ``clamp(r, 1.2, 0.8)`` is 0.8 whatever the ratio) and SB3 asserts a positive
+    ``clip_range_vf``.
+
+    :param key: ``clip_range`` or ``clip_range_vf``
+    :param value: its value
+    :param where: file and env, for the error message
+    :raises ValueError: naming the key and the fix
+    """
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value > 0:
+        return
+    if key == "clip_range_vf":
+        raise ValueError(
+            f"{where}: clip_range_vf={value!r} must be positive; for no value clipping write clip_range_vf: null (or "
+            "leave it out; rl-zoo's old negative 'disable' value is refused by SB3)."
+        )
+    raise ValueError(
+        f"{where}: clip_range={value!r} must be positive (PPO clips the ratio to [1 - clip_range, 1 + clip_range]), "
+        "e.g. 0.2."
+    )
 
 
 def _check_zoo_keys(entry: Mapping[str, Any], aliases: Mapping[str, Any], where: str) -> None:
@@ -226,6 +257,8 @@ def _check_zoo_keys(entry: Mapping[str, Any], aliases: Mapping[str, Any], where:
         normalize = parse_literal_string(normalize, f"{where} normalize")
     if normalize is not None and not isinstance(normalize, (bool, dict)):
         raise ValueError(f"{where}: normalize={entry['normalize']!r} must be true/false, a mapping or a dict(...) string.")
+    if isinstance(normalize, dict):
+        _check_normalize_keys(normalize, where)
     for key in ("env_kwargs", "monitor_kwargs"):
         value = entry.get(key)
         if isinstance(value, str):
@@ -242,17 +275,153 @@ def _check_zoo_keys(entry: Mapping[str, Any], aliases: Mapping[str, Any], where:
         raise ValueError(f"{where}: unknown policy {policy!r}: choose one of {sorted(aliases)} (or a dotted class path).")
 
 
+def _check_normalize_keys(normalize: Mapping[str, Any], where: str) -> None:
+    """
+    Refuse ``normalize`` keys that ``VecNormalize`` does not take (rl_zoo3 passes them on: a TypeError after the run
+    folder was created).
+
+    :param normalize: the parsed ``normalize`` mapping
+    :param where: file and env, for the error message
+    :raises ValueError: naming the unknown keys and the accepted ones
+    """
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    accepted = set(inspect.signature(VecNormalize.__init__).parameters) - {"self", "venv"}
+    unknown = sorted(str(key) for key in set(normalize) - accepted)
+    if unknown:
+        raise ValueError(f"{where}: unknown normalize key(s) {unknown} for VecNormalize. Accepted: {sorted(accepted)}.")
+
+
+def check_env_kwargs(env_id: str, env_kwargs: Mapping[str, Any], where: str) -> None:
+    """
+    Refuse keyword arguments that the constructor of ``env_id`` does not take, where that is cheap to know: a registered
+    id whose entry point is a class or function without ``**kwargs`` (gymnasium's ``make`` would raise a TypeError
+    after the run folder was created). ``gym.make``'s own arguments (``max_episode_steps``, ...) are accepted.
+
+    :param env_id: environment id
+    :param env_kwargs: the keyword arguments
+    :param where: file and env (and the option), for the error message
+    :raises ValueError: naming the unknown keys and the accepted ones
+    """
+    spec = gym.envs.registry.get(env_id)
+    if not env_kwargs or spec is None or spec.entry_point is None:
+        return
+    try:
+        from gymnasium.envs.registration import load_env_creator
+
+        creator: Any = load_env_creator(spec.entry_point) if isinstance(spec.entry_point, str) else spec.entry_point
+        parameters = inspect.signature(creator).parameters.values()
+    except (ImportError, AttributeError, TypeError, ValueError):  # not known cheaply: gym.make says it
+        return
+    if any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters):
+        return
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    accepted = {parameter.name for parameter in parameters if parameter.kind in keyword}
+    make_own = set(inspect.signature(gym.make).parameters) - {"id", "kwargs"}
+    unknown = sorted(str(key) for key in set(env_kwargs) - accepted - make_own)
+    if unknown:
+        name = getattr(creator, "__qualname__", str(spec.entry_point))
+        raise ValueError(
+            f"{where}: {env_id} ({name}) takes no argument {unknown}. Accepted: {sorted(accepted)} (and gym.make's "
+            f"{sorted(make_own)})."
+        )
+
+
+def _is_layer_sizes(value: Any) -> bool:
+    """Whether ``value`` is a list (or tuple) of layer sizes (integers >= 1)."""
+    return isinstance(value, (list, tuple)) and all(
+        isinstance(size, int) and not isinstance(size, bool) and size >= 1 for size in value
+    )
+
+
+def _check_policy_kwargs_values(policy_kwargs: Mapping[str, Any], mapping: bool, where: str) -> None:
+    """
+    Refuse ``policy_kwargs`` values that SB3 would fail on with a TypeError after the run folder was created: a
+    ``net_arch`` that is not layer sizes (``[64, 64]``, ``dict(pi=[64], vf=[64])``), and in a YAML mapping (passed on
+    as it is, not parsed) a class written as a string (``activation_fn: nn.ReLU``).
+
+    :param policy_kwargs: the parsed keyword arguments
+    :param mapping: the config gave them as a YAML mapping (strings stay strings), not a ``dict(...)`` string
+    :param where: file and env, for the error message
+    :raises ValueError: naming the key and the fix
+    """
+    net_arch = policy_kwargs.get("net_arch")
+    if isinstance(net_arch, list) and len(net_arch) == 1 and isinstance(net_arch[0], dict):
+        net_arch = net_arch[0]  # SB3's deprecated [dict(pi=..., vf=...)]
+    if not (
+        net_arch is None
+        or _is_layer_sizes(net_arch)
+        or (isinstance(net_arch, dict) and all(_is_layer_sizes(layers) for layers in net_arch.values()))
+    ):
+        raise ValueError(
+            f"{where}: policy_kwargs net_arch={policy_kwargs['net_arch']!r} must be layer sizes, e.g. [64, 64] or "
+            "dict(pi=[64, 64], vf=[64, 64])."
+        )
+    if not mapping:
+        return
+    names = allowed_names()
+    for key, value in policy_kwargs.items():
+        if isinstance(value, str) and (value in names or str(key).endswith(("_fn", "_class"))):
+            raise ValueError(
+                f"{where}: policy_kwargs {key}={value!r}: a YAML mapping passes the string on, not the class; write "
+                f'policy_kwargs as a string, policy_kwargs: "dict({key}={value})", which is parsed.'
+            )
+
+
+def is_atari(env_id: str) -> bool:
+    """
+    rl_zoo3's ``ExperimentManager.is_atari``: the env's entry point names ``AtariEnv`` (False for an id that is not
+    registered, where rl_zoo3 raises a KeyError).
+
+    :param env_id: environment id
+    :return: whether rl_zoo3 reads the config's ``atari`` entry for it
+    """
+    spec = gym.envs.registry.get(env_id)
+    return spec is not None and "AtariEnv" in str(spec.entry_point)
+
+
+def config_entry(config: Mapping[str, Any], env_id: str, path: str | pathlib.Path) -> Any:
+    """
+    The entry of a config that rl_zoo3's ``ExperimentManager`` reads for ``env_id``: the env id's, else ``atari`` for
+    an Atari env (:func:`is_atari`), else ``default``.
+
+    :param config: the config file's mapping
+    :param env_id: environment id
+    :param path: the file, for the error message
+    :return: the entry
+    :raises ValueError: no such entry (an Atari env without an ``atari`` entry: rl_zoo3 does not read ``default``)
+    """
+    if env_id in config:
+        return config[env_id]
+    if is_atari(env_id):
+        if "atari" not in config:
+            raise ValueError(
+                f"{path}: no entry for env {env_id!r}, an Atari env, and no 'atari' entry (rl_zoo3 reads 'atari' for "
+                f"Atari envs, not 'default'). Add one of them. Entries: {sorted(map(str, config))}."
+            )
+        return config["atari"]
+    if "default" in config:
+        return config["default"]
+    raise ValueError(f"{path}: no entry for env {env_id!r} (and no 'default'). Entries: {sorted(map(str, config))}.")
+
+
 def validate_config(
-    path: str | pathlib.Path, algo: str, env_id: str, overrides: dict[str, Any] | None = None
+    path: str | pathlib.Path,
+    algo: str,
+    env_id: str,
+    overrides: dict[str, Any] | None = None,
+    env_kwargs: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """
     Check the config entry of ``env_id`` in ``path`` before any training starts. The file is read as data and
-    ``policy_kwargs`` strings are parsed without ``eval`` (:mod:`sb3_cherry.common.safe_config`).
+    ``policy_kwargs`` strings are parsed without ``eval`` (:mod:`sb3_cherry.common.safe_config`). The entry is the one
+    rl_zoo3 reads (:func:`config_entry`: the env id's, ``atari`` for an Atari env, or ``default``).
 
     :param path: the YAML file
     :param algo: algorithm name registered in the zoo
     :param env_id: environment id (key of the YAML file)
     :param overrides: ``-params``/``--hyperparams`` values, checked like the file's keys
+    :param env_kwargs: ``--env-kwargs`` values, which rl_zoo3 uses instead of the entry's ``env_kwargs``
     :return: the entry (overrides merged)
     :raises ValueError: naming the file, the env key and the offending hyperparameter
     """
@@ -262,14 +431,18 @@ def validate_config(
     config = safe_load_yaml(path) or {}
     if not isinstance(config, dict):
         raise ValueError(f"{path}: the top level must map env ids to hyperparameters, not a {type(config).__name__}.")
-    entry = config.get(env_id, config.get("default"))
+    entry = config_entry(config, env_id, path)
     if entry is None:
-        raise ValueError(f"{path}: no entry for env {env_id!r} (and no 'default'). Entries: {sorted(config)}.")
+        raise ValueError(f"{path}: the entry of env {env_id!r} is empty; give it hyperparameters (n_timesteps, policy).")
     where = f"{path} [{env_id}]"
+    algo_class: type[Any] = algos[algo]  # a class: its __init__ is the constructor's signature
+    if overrides:
+        # a key of the command line is named as such (not as one of the file, which may not hold it)
+        check_constructor_kwargs(overrides, algo_class, f"-params/--hyperparams [{env_id}]", extra_allowed=frozenset(ZOO_KEYS))
+        where = f"{where} with -params/--hyperparams {', '.join(sorted(overrides))}"
     entry = {**entry, **(overrides or {})} if isinstance(entry, dict) else entry
     if not isinstance(entry, dict):
         raise ValueError(f"{where}: the entry must be a mapping of hyperparameters, not {entry!r}.")
-    algo_class: type[Any] = algos[algo]  # a class: its __init__ is the constructor's signature
     check_constructor_kwargs(entry, algo_class, where, extra_allowed=frozenset(ZOO_KEYS))
     if "n_timesteps" not in entry:
         raise ValueError(f"{where}: missing 'n_timesteps'.")
@@ -282,13 +455,18 @@ def validate_config(
         check_nested(entry, where)
     policy_kwargs = parse_policy_kwargs(entry.get("policy_kwargs") or {}, f"{where} policy_kwargs")
     check_policy_kwargs(policy_kwargs, aliases.get(entry.get("policy", "MlpPolicy")), where)
+    _check_policy_kwargs_values(policy_kwargs, isinstance(entry.get("policy_kwargs"), dict), where)
+    if env_kwargs:  # rl_zoo3: the command line's replace the entry's
+        check_env_kwargs(env_id, env_kwargs, f"{where} --env-kwargs")
+    else:
+        env_kwargs = entry.get("env_kwargs") or {}
+        if isinstance(env_kwargs, str):  # a dict(...) string (checked above)
+            env_kwargs = parse_literal_string(env_kwargs, f"{where} env_kwargs")
+        check_env_kwargs(env_id, env_kwargs, f"{where} env_kwargs")
     if "action_distribution" in policy_kwargs:
         from sb3_cherry.common.distributions import resolve_spec
         from sb3_cherry.common.policies import _tuple_from_list
 
-        env_kwargs = entry.get("env_kwargs") or {}
-        if isinstance(env_kwargs, str):  # a dict(...) string (checked above)
-            env_kwargs = parse_literal_string(env_kwargs, f"{where} env_kwargs")
         env = gym.make(env_id, **env_kwargs)
         try:
             resolve_spec(env.action_space, _tuple_from_list(policy_kwargs["action_distribution"]))

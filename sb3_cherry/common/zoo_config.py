@@ -42,22 +42,28 @@ class ZooEntry:
     env_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-def make_env_wrapper(env_wrapper: Any, where: str = "env_wrapper") -> Callable[[gym.Env], gym.Env] | None:
+def make_env_wrapper(
+    env_wrapper: Any, where: str = "env_wrapper", trusted_only: bool = True
+) -> Callable[[gym.Env], gym.Env] | None:
     """
     The ``wrapper_class`` of ``make_vec_env`` for an entry's ``env_wrapper``, built by rl_zoo3's
-    ``get_wrapper_class`` once every named class was checked to come from a trusted package
-    (:data:`~sb3_cherry.common.safe_config.TRUSTED_WRAPPER_PACKAGES`): a config names classes, it never runs other code.
+    ``get_wrapper_class`` once every named class was checked to be a ``gymnasium.Wrapper`` subclass (a config names
+    classes, it never calls a function). By default only classes of
+    :data:`~sb3_cherry.common.safe_config.TRUSTED_WRAPPER_PACKAGES` (what a file you did not write, e.g. a run folder,
+    may name); ``trusted_only=False`` also accepts your own modules' wrappers, as ``sb3-cherry train -c FILE`` does for
+    a config of your own.
 
     :param env_wrapper: the entry's value (None: no wrapper)
     :param where: the config and entry, for the error message
+    :param trusted_only: accept only classes of the trusted packages (False: a config of your own)
     :return: a callable wrapping one env, or None
-    :raises UnsafeConfigError: a class outside the trusted packages
+    :raises UnsafeConfigError: a name that is not a wrapper class (with ``trusted_only``: or outside the trusted packages)
     """
     if env_wrapper is None:
         return None
     from rl_zoo3.utils import get_wrapper_class
 
-    check_imported_names({"env_wrapper": env_wrapper}, where)
+    check_imported_names({"env_wrapper": env_wrapper}, where, trusted_only=trusted_only)
     return get_wrapper_class({"env_wrapper": env_wrapper})
 
 
@@ -76,13 +82,16 @@ def _linear_schedules(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def load_zoo_entry(algo: str, env_id: str, path: str | pathlib.Path | None = None) -> ZooEntry:
     """
-    Load the entry of ``env_id`` from ``zoo_configs/<algo>.yml`` (validated as ``sb3-cherry train`` validates it).
+    Load the entry of ``env_id`` from ``zoo_configs/<algo>.yml`` (validated as ``sb3-cherry train`` validates it; the
+    entry rl_zoo3 reads: the env id's, ``atari`` for an Atari env, or ``default``). A config of your own (``path``)
+    may name the wrappers of your own modules, as with ``sb3-cherry train -c FILE``.
 
     :param algo: algorithm name (``ppo_rollback``, ...)
     :param env_id: environment id
     :param path: config file (default: the shipped ``zoo_configs/<algo>.yml``)
     :return: the entry
     """
+    trusted_only = path is None  # the shipped configs name the trusted packages' classes only
     path = path or default_config(algo)
     entry = dict(validate_config(path, algo, env_id))
     n_timesteps = int(entry.pop("n_timesteps"))
@@ -106,7 +115,7 @@ def load_zoo_entry(algo: str, env_id: str, path: str | pathlib.Path | None = Non
         if key in entry:
             raise ValueError(f"load_zoo_entry does not handle {key!r}; train this entry with `sb3-cherry train`.")
     env_wrapper = entry.pop("env_wrapper", None)
-    check_imported_names({"env_wrapper": env_wrapper}, f"{path} [{env_id}]")
+    check_imported_names({"env_wrapper": env_wrapper}, f"{path} [{env_id}]", trusted_only=trusted_only)
     frame_stack = entry.pop("frame_stack", None)
     env_kwargs = entry.pop("env_kwargs", None) or {}
     if isinstance(env_kwargs, str):

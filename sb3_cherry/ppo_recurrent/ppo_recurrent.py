@@ -24,7 +24,7 @@ from sb3_cherry.ppo_recurrent.policies import (
     MultiInputGruPolicy,
     MultiInputLstmPolicy,
 )
-from sb3_cherry.ppo_rollback.ppo_rollback import rollback_train
+from sb3_cherry.ppo_rollback.ppo_rollback import check_clip_ranges, rollback_train
 from sb3_cherry.ppo_rollback.trust_region import ROLLBACKS, TRUST_REGIONS, check_trust_region_args, resolve_rollback_alpha
 
 SelfRecurrentPPORollback = TypeVar("SelfRecurrentPPORollback", bound="RecurrentPPORollback")
@@ -192,6 +192,7 @@ class RecurrentPPORollback(RecurrentPPO, CherryOnPolicyAlgorithm):
             device=device,
             _init_setup_model=False,
         )
+        check_clip_ranges(clip_range, clip_range_vf)
         check_trust_region_args(trust_region, kl_threshold, rollback)
         self.rollback_alpha = resolve_rollback_alpha(rollback_alpha, trust_region, rollback)
         self.trust_region, self.kl_threshold, self.rollback = trust_region, float(kl_threshold), rollback

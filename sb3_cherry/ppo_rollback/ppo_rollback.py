@@ -61,6 +61,22 @@ def rollback_surrogate(ratio: th.Tensor, advantages: th.Tensor, clip_range: floa
     return clipped - th.where(outside, rollback_alpha * advantages * (ratio - bound), 0.0)
 
 
+def check_clip_ranges(clip_range: Any, clip_range_vf: Any) -> None:
+    """
+    Refuse a clip range that is a number <= 0 (or NaN): ``clamp(r, 1 + eps, 1 - eps)`` with ``eps < 0`` clips every
+    ratio and trains nonsense, and SB3 asserts on a negative ``clip_range_vf`` (rl-zoo's old "no clipping" value).
+    Schedules and None pass.
+
+    :param clip_range: the policy's clip range
+    :param clip_range_vf: the value function's clip range
+    :raises ValueError: naming the parameter and the fix
+    """
+    for name, value in (("clip_range", clip_range), ("clip_range_vf", clip_range_vf)):
+        if isinstance(value, int | float) and not isinstance(value, bool) and not value > 0:
+            hint = " (None: no value clipping)" if name == "clip_range_vf" else ""
+            raise ValueError(f"{name}={value!r} must be a number > 0 or a schedule{hint}.")
+
+
 def rollback_mask(ratio: th.Tensor, advantages: th.Tensor, clip_range: float) -> th.Tensor:
     """
     Samples in the rollback region (where plain PPO's gradient would vanish).
@@ -462,6 +478,7 @@ class PPORollback(PPO, CherryOnPolicyAlgorithm):
             device=device,
             _init_setup_model=False,
         )
+        check_clip_ranges(clip_range, clip_range_vf)
         check_trust_region_args(trust_region, kl_threshold, rollback)
         self.rollback_alpha = resolve_rollback_alpha(rollback_alpha, trust_region, rollback)
         self.trust_region, self.kl_threshold, self.rollback = trust_region, float(kl_threshold), rollback
