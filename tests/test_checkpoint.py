@@ -250,8 +250,8 @@ def test_committed_benchmark_checkpoints_are_readable(capsys):
     # Humanoid ones, written before run_state.json had 'other_envs', were refused as "damaged or crafted"
     import pathlib
 
-    from sb3_cherry.cli import main
     from sb3_cherry.checkpoint_eval import checkpoint_folder
+    from sb3_cherry.cli import main
     from sb3_cherry.common.checkpoint import read_run_state
 
     root = pathlib.Path(__file__).parent.parent / "benchmarks" / "checkpoints"
