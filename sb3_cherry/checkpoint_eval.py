@@ -95,7 +95,7 @@ def checkpoint_eval_env(
     from huggingface_sb3 import EnvironmentName
     from rl_zoo3.utils import create_test_env
 
-    from sb3_cherry.common.config_schema import default_config
+    from sb3_cherry.common.config_schema import config_entry, default_config
 
     read_run_state(folder, rl_zoo3.utils.ALGOS[algo])  # a checkpoint of this algorithm
     run_config = folder.parent / EnvironmentName(env_id) / "config.yml"
@@ -105,7 +105,10 @@ def checkpoint_eval_env(
     else:
         source = pathlib.Path(config) if config is not None else default_config(algo)
         entries = safe_load_yaml(source) or {}
-        entry = entries.get(env_id, entries.get("default")) if isinstance(entries, dict) else None
+        try:  # (the entry rl_zoo3 reads: the env id's, `atari` for an Atari env, `default`)
+            entry = config_entry(entries, env_id, source) if isinstance(entries, dict) else None
+        except ValueError:
+            entry = None
         if not isinstance(entry, dict):
             raise ValueError(
                 f"{source}: no entry for {env_id!r}: the wrappers of the checkpoint's run are unknown. Pass the zoo config "
