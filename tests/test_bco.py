@@ -697,3 +697,16 @@ def test_episode_straddling_the_switch_to_the_policy_is_not_reported(tmp_path):
         logged = {int(row["time/total_timesteps"]): row["rollout/ep_len_mean"] for row in csv.DictReader(file)}
     # 30: the random episode; 60: none ended since (the 45-step one began in the random phase); 90, 120: 10-step ones
     assert logged == {30: "20.0", 60: "", 90: "10.0", 120: "10.0"}
+
+
+def test_episode_flags_of_the_random_phase_end_with_a_reset():
+    """A new learn that resets the env starts new episodes: the flag of an episode begun in the random phase must not
+    hide the policy's first episode after the reset."""
+    demos = record_demos(ScriptedModel(lambda obs: np.zeros(len(obs), int)), ScheduledLengthsEnv([5]), n_episodes=1)
+    model = BCO("MlpPolicy", ScheduledLengthsEnv([20, 100]), demonstrations=demos, n_pre_interactions=30, alpha=1.0,
+                n_epochs_bc=1, n_epochs_inverse=1, seed=0)  # fmt: skip
+    model.learn(60)  # the 100-step episode began at step 20, in the random phase, and runs on
+    assert model._random_episode_running is not None
+    model.learn(90, reset_num_timesteps=True)  # a reset: 10-step policy episodes from here on, all reported
+    lengths = [info["l"] for info in model.ep_info_buffer]
+    assert lengths == [10] * 9, lengths

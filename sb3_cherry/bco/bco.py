@@ -15,7 +15,14 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, Schedule
 from stable_baselines3.common.utils import obs_as_tensor, safe_mean
-from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecFrameStack, VecTransposeImage, is_vecenv_wrapped
+from stable_baselines3.common.vec_env import (
+    VecEnv,
+    VecEnvWrapper,
+    VecFrameStack,
+    VecNormalize,
+    VecTransposeImage,
+    is_vecenv_wrapped,
+)
 
 from sb3_cherry.bco.policies import (
     CnnPolicy,
@@ -29,6 +36,7 @@ from sb3_cherry.common.finite import (
     UpdateSnapshot,
     check_finite_normalization,
     check_finite_observation,
+    check_finite_raw_step,
     check_finite_step,
     check_finite_weights,
     check_update,
@@ -612,6 +620,10 @@ class BCO(AtomicSaveAlgorithm):
                 self._n_pre_collected += self.env.num_envs
             if self.check_finite:  # before the policy or the inverse model sees it (rewards are not used)
                 check_finite_step(new_obs, None, dones, infos, self.num_timesteps)
+                if (
+                    vec_normalize is not None and recorder is not None
+                ):  # the raw values BCO stores (frozen statistics clip inf)
+                    _check_raw_step(vec_normalize, recorder.terminal_observations, self.num_timesteps)
             # stored before the callbacks run: a callback that stops training must not leave this step counted but
             # unstored, or the next (s, a, s') would span two steps
             self._update_episode_stats(infos, dones)
@@ -797,6 +809,8 @@ class BCO(AtomicSaveAlgorithm):
             check_finite_weights(self.policy, "BCO: the policy's parameters")
             check_finite_weights(self.inverse_model, "BCO: the inverse model's parameters")
         total_timesteps = int(total_timesteps)  # steps_for's integer division needs an int (SB3 accepts floats)
+        if reset_num_timesteps or self._last_obs is None:  # _setup_learn resets the env: new episodes everywhere
+            self._random_episode_running = None
         total_timesteps, callback = self._setup_learn(
             total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar
         )
@@ -846,6 +860,33 @@ class BCO(AtomicSaveAlgorithm):
             )
         callback.on_training_end()
         return self
+
+
+def _check_raw_step(vec_normalize: VecNormalize, raw_terminals: list[Any], num_timesteps: int) -> None:
+    """
+    NaN / inf in the unnormalised observations and terminal observations of a step through a VecNormalize (what BCO
+    stores; float64 values beyond float32's range are fine: they are normalised in float64).
+
+    :param vec_normalize: the env's VecNormalize
+    :param raw_terminals: per env, the raw terminal observation of the step (None where the episode did not end)
+    :param num_timesteps: the step count, for the message
+    :raises ValueError: naming what was non-finite, the env index and the step
+    """
+    check_finite_raw_step(vec_normalize, num_timesteps)
+    for index, terminal in enumerate(raw_terminals):
+        if terminal is None:
+            continue
+        batch = (
+            {key: np.asarray(value)[None] for key, value in terminal.items()}
+            if isinstance(terminal, dict)
+            else np.asarray(terminal)[None]
+        )
+        try:
+            check_finite_observation(
+                batch, "terminal observation (before VecNormalize)", f"num_timesteps={num_timesteps}", False
+            )
+        except ValueError as error:  # the env's own index, not 0 of the one-row batch
+            raise ValueError(str(error).replace("from env 0 ", f"from env {index} ", 1)) from None
 
 
 def _check_demo_finite(transitions: DemoTransitions, source: str) -> None:

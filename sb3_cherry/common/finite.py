@@ -24,34 +24,41 @@ from stable_baselines3.common.callbacks import BaseCallback
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-def _fits_float32(total: Any) -> bool:
-    """``total`` (a sum) is finite in float32: then so is every entry it sums (NaN and inf sums are not)."""
-    return abs(float(total)) <= FLOAT32_MAX
-
-
-def _sum_fits(values: np.ndarray) -> bool:
+def _sum_fits(values: np.ndarray, limit: float = FLOAT32_MAX) -> bool:
     """
-    Fast test: every entry of ``values`` is finite in float32 when this is True; False also when finite values add up
-    beyond float32's range (the exact test then decides). Float32 (and smaller) arrays: their sum is within float32's
-    range (NaN and inf carry through a sum; half-precision arrays are summed in float64, their own sum overflows at
-    65504). Wider arrays: their largest magnitude is (entries beyond float32's range can cancel in a sum: 5e38 - 3e38).
+    Fast test: every entry of ``values`` is finite, and at most ``limit`` in magnitude, when this is True; False also
+    when such values add up beyond ``limit`` (the exact test then decides). Float32 (and smaller) arrays: their sum, in
+    float64 (it cannot overflow there; NaN and inf carry through a sum). Wider arrays: their largest magnitude (entries
+    beyond float32's range can cancel in a sum: 5e38 - 3e38).
+
+    :param values: a float array
+    :param limit: the largest magnitude allowed (``inf``: any finite value)
     """
     if values.dtype.itemsize > 4:
-        return values.size == 0 or _fits_float32(np.abs(values).max())
-    with np.errstate(over="ignore"):  # (finite float32 values whose sum overflows: the exact test decides)
-        return _fits_float32(values.sum(dtype=np.float64) if values.dtype.itemsize < 4 else values.sum())
+        if values.size == 0:
+            return True
+        total = float(np.abs(values).max())
+    else:
+        total = abs(float(values.sum(dtype=np.float64)))
+    return math.isfinite(total) and total <= limit
 
 
-def _first_non_finite(values: np.ndarray) -> tuple[int, Any] | None:
-    """``(env index, value)`` of the first env whose entry is not finite in float32 (None if all are)."""
+def _first_non_finite(values: np.ndarray, float32_range: bool = True) -> tuple[int, Any] | None:
+    """
+    ``(env index, value)`` of the first env whose entry is not finite in float32 (None if all are).
+
+    :param values: one row per env
+    :param float32_range: float64 values beyond float32's range count as non-finite (inf in the float32 policy);
+        False: NaN and inf only (values a VecNormalize normalises in float64 before the policy sees them)
+    """
     values = np.asarray(values)
     if values.dtype.kind not in "fc":  # integer / boolean observations cannot hold NaN or inf
         return None
-    if _sum_fits(values):
+    if _sum_fits(values, FLOAT32_MAX if float32_range else math.inf):
         return None
     rows_view = values.reshape(len(values), -1)
     bad = ~np.isfinite(rows_view)
-    if values.dtype.itemsize > 4:  # float64 (or wider): finite values beyond float32's range are inf in the policy
+    if float32_range and values.dtype.itemsize > 4:  # float64 (or wider): beyond float32's range is inf in the policy
         bad |= np.abs(rows_view) > FLOAT32_MAX
     rows = np.flatnonzero(bad.any(axis=1))
     if len(rows) == 0:
@@ -90,20 +97,23 @@ def _raise(what: str, env_index: int, value: Any, step: str) -> None:
     )
 
 
-def check_finite_observation(obs: np.ndarray | Mapping[str, np.ndarray], what: str, step: str) -> None:
+def check_finite_observation(
+    obs: np.ndarray | Mapping[str, np.ndarray], what: str, step: str, float32_range: bool = True
+) -> None:
     """
     Raise a ValueError if a batch of observations (one row per env; Dict observations key by key) is not finite.
 
     :param obs: the observations, batch first
     :param what: how to name them in the message (``"observation"``, ``"terminal observation"``)
     :param step: where it happened, e.g. ``"num_timesteps=1234"``
+    :param float32_range: float64 values beyond float32's range count as non-finite (False: NaN and inf only)
     :raises ValueError: naming ``what``, the env index and ``step``
     """
     if isinstance(obs, Mapping):
         for key, value in obs.items():
-            check_finite_observation(value, f"{what} (key {key!r})", step)
+            check_finite_observation(value, f"{what} (key {key!r})", step, float32_range)
         return
-    found = _first_non_finite(obs)
+    found = _first_non_finite(obs, float32_range)
     if found is not None:
         _raise(what, found[0], found[1], step)
 
@@ -158,9 +168,10 @@ def check_finite_step(
 
 def check_finite_raw_step(vec_normalize: Any, num_timesteps: int) -> None:
     """
-    Check the unnormalised observations and rewards of a ``VecNormalize``'s last step: with frozen statistics
-    (``training=False``) it clips a raw ``inf`` to ``clip_obs`` / ``clip_reward``, a finite value that would train
-    silently. (Its terminal observations are normalised in place: a raw ``inf`` there reaches the policy clipped.)
+    Check the unnormalised observations and rewards of a ``VecNormalize``'s last step for NaN and inf: with frozen
+    statistics (``training=False``) it clips a raw ``inf`` to ``clip_obs`` / ``clip_reward``, a finite value that would
+    train silently. (A float64 value beyond float32's range is fine here: it is normalised in float64. The terminal
+    observations are normalised in place: a raw ``inf`` there reaches the policy clipped.)
 
     :param vec_normalize: the ``VecNormalize`` (its ``old_obs`` / ``old_reward``, the raw values of the last step)
     :param num_timesteps: the model's ``num_timesteps`` after this step (reported in the message)
@@ -169,10 +180,10 @@ def check_finite_raw_step(vec_normalize: Any, num_timesteps: int) -> None:
     step = f"num_timesteps={num_timesteps}"
     raw_obs = getattr(vec_normalize, "old_obs", None)
     if raw_obs is not None:
-        check_finite_observation(raw_obs, "observation (before VecNormalize)", step)
+        check_finite_observation(raw_obs, "observation (before VecNormalize)", step, float32_range=False)
     raw_rewards = getattr(vec_normalize, "old_reward", None)
-    if raw_rewards is not None and not _sum_fits(np.asarray(raw_rewards)):
-        found = _first_non_finite(raw_rewards)
+    if raw_rewards is not None:
+        found = _first_non_finite(raw_rewards, float32_range=False)
         if found is not None:
             _raise("reward (before VecNormalize)", found[0], found[1], step)
 
@@ -238,7 +249,8 @@ class FiniteCheckCallback(BaseCallback):
 
     def _on_step(self) -> bool:
         local = self.locals
-        if self._vec_normalize is not None:
+        # (a training VecNormalize turns a raw inf into NaN, found below, and into its statistics, checked at the end)
+        if self._vec_normalize is not None and not self._vec_normalize.training:
             check_finite_raw_step(self._vec_normalize, self.num_timesteps)
         check_finite_step(local["new_obs"], local["rewards"], local["dones"], local["infos"], self.num_timesteps)
         return True

@@ -38,10 +38,10 @@ def rollback_surrogate(ratio: th.Tensor, advantages: th.Tensor, clip_range: floa
     - ``A >= 0`` and ``r > 1 + eps``: ``f(r) = -alpha * r + (1 + alpha) * (1 + eps)``
     - ``A < 0`` and ``r < 1 - eps``: ``f(r) = -alpha * r + (1 + alpha) * (1 - eps)``
 
-    Written as PPO's clipped objective minus the rollback term, ``min(r A, clip(r, 1 - eps, 1 + eps) A) - alpha A
-    (r - b)`` outside the trust region (``b = 1 + eps`` for ``A >= 0``, ``1 - eps`` otherwise), so that ``alpha = 0``
-    is SB3 PPO's expression, values and gradients alike (``th.min`` shares the gradient between equal sides: a ratio
-    next to the clip bound whose two products round to the same float gets half of each).
+    ``alpha = 0`` is computed as SB3 PPO's ``min(r A, clip(r, 1 - eps, 1 + eps) A)``, values and gradients alike
+    (``th.min`` shares the gradient between equal sides: a ratio one float past the clip bound whose two products
+    round to the same float gets half of each, about 1 sample in 2M); ``alpha > 0`` as the piecewise definition above
+    (gradient ``A`` inside, ``-alpha A`` in the rollback region, exactly).
 
     :param ratio: probability ratios ``pi / pi_old``
     :param advantages: advantages (same shape)
@@ -49,16 +49,14 @@ def rollback_surrogate(ratio: th.Tensor, advantages: th.Tensor, clip_range: floa
     :param rollback_alpha: ``alpha`` >= 0
     :return: the surrogate per sample (to be maximised)
     """
-    # SB3 PPO's clipped surrogate, operation for operation
-    clipped = th.min(advantages * ratio, advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range))
-    if rollback_alpha == 0:
-        return clipped
+    if rollback_alpha == 0:  # SB3 PPO's clipped surrogate, operation for operation
+        return th.min(advantages * ratio, advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range))
     positive = advantages >= 0
-    # outside the trust region on the side where clipped PPO is flat, and the bound the rollback line starts from
+    # outside the trust region on the side where clipped PPO is flat, and the rollback line's intercept there
     outside = th.where(positive, ratio > 1.0 + clip_range, ratio < 1.0 - clip_range)
-    bound = th.where(positive, ratio.new_tensor(1.0 + clip_range), 1.0 - clip_range)  # in the ratio's dtype
-    # (a where, not a product with the mask: an overflowed r = inf inside the region gives no 0 * inf = NaN)
-    return clipped - th.where(outside, rollback_alpha * advantages * (ratio - bound), 0.0)
+    upper = ratio.new_tensor((1.0 + rollback_alpha) * (1.0 + clip_range))  # in the ratio's dtype
+    intercept = th.where(positive, upper, (1.0 + rollback_alpha) * (1.0 - clip_range))
+    return advantages * th.where(outside, -rollback_alpha * ratio + intercept, ratio)
 
 
 def check_clip_ranges(clip_range: Any, clip_range_vf: Any) -> None:
