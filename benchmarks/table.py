@@ -52,6 +52,7 @@ def reference(env: str, algo: str) -> str:
 # The script under benchmarks/ that produced each row: (env, algo, variant) -> command; None matches any.
 COMMANDS = [
     (None, "ppo_rollback", ("fused_adam",), "./benchmarks/run_fused_curves.sh a; ./benchmarks/run_fused_curves.sh b"),
+    (None, "ppo_rollback", ("compiled",), "run_compiled_curves.sh"),
     (
         "CartPole-v1",
         "ppo_rollback",

@@ -79,6 +79,7 @@ def _zoo_case(
     steps: int,
     fused: bool = False,
     same_math: bool = False,
+    compiled: bool = False,
     ours_vec_env: str = "dummy",
     baseline_vec_env: str = "dummy",
 ) -> Case:
@@ -88,6 +89,8 @@ def _zoo_case(
     distribution and GAE, as SB3 has no other).
 
     :param fused: PPORollback with the opt-in fused Adam (``fused_optimizer = True``; not bit-identical to SB3)
+    :param compiled: PPORollback with the opt-in compiled update (``compile_update=True``; not bit-identical to SB3;
+        the compilation, or its reuse by the next model, is inside the timed ``learn``)
     :param same_math: PPORollback with ``rollback_alpha=0``, GAE and the default distribution, i.e. SB3's PPO
         computed by sb3_cherry's loop (the speed of the loop alone, without the entry's Beta / V-trace costs)
     :param ours_vec_env: PPORollback's VecEnv (see :class:`Case`)
@@ -110,7 +113,7 @@ def _zoo_case(
     base_policy = base_kwargs.pop("policy")
 
     def ours(env: VecEnv) -> PPORollback:
-        model = PPORollback(policy, env, **ours_kwargs)
+        model = PPORollback(policy, env, **ours_kwargs, compile_update=compiled)
         model.fused_optimizer = fused
         return model
 
@@ -130,7 +133,8 @@ def _zoo_case(
 def zoo_cases() -> list[Case]:
     """
     The issue-19 goal cases: the shipped zoo entries of CartPole-v1 (8 envs), Hopper-v5 (1 env), BipedalWalker-v3
-    (32 envs, Beta policy, V-trace), each also with the opt-in fused Adam; BipedalWalker also with SB3's math.
+    (32 envs, Beta policy, V-trace), each also with the opt-in fused Adam and with the opt-in compiled update (and
+    both); BipedalWalker also with SB3's math.
     """
     return [
         _zoo_case("zoo_cartpole", "CartPole-v1", 16_384),
@@ -140,6 +144,11 @@ def zoo_cases() -> list[Case]:
         _zoo_case("zoo_cartpole_fused_adam", "CartPole-v1", 16_384, fused=True),
         _zoo_case("zoo_hopper_fused_adam", "Hopper-v5", 4_096, fused=True),
         _zoo_case("zoo_bipedal_fused_adam", "BipedalWalker-v3", 8_192, fused=True),
+        _zoo_case("zoo_cartpole_compiled", "CartPole-v1", 16_384, compiled=True),
+        _zoo_case("zoo_hopper_compiled", "Hopper-v5", 4_096, compiled=True),
+        _zoo_case("zoo_bipedal_compiled", "BipedalWalker-v3", 8_192, compiled=True),
+        _zoo_case("zoo_cartpole_compiled_fused_adam", "CartPole-v1", 16_384, compiled=True, fused=True),
+        _zoo_case("zoo_hopper_compiled_fused_adam", "Hopper-v5", 4_096, compiled=True, fused=True),
     ]
 
 

@@ -15,7 +15,8 @@ it replaces, with less per-call Python work.
 - :mod:`sb3_cherry.common.flat_adam`: Adam's step on one flat tensor per parameter group during an update.
 
 Switches that change float rounding are opt-in: torch's fused Adam (:func:`use_fused_optimizer`, enabled by
-setting ``model.fused_optimizer = True`` before ``learn``) is faster still but not bit-identical to SB3.
+setting ``model.fused_optimizer = True`` before ``learn``) and PPORollback's compiled update (``compile_update=True``,
+through :func:`compiled`) are faster still but not bit-identical to SB3.
 """
 
 import contextlib
@@ -49,6 +50,40 @@ def distribution_validation(enabled: bool) -> Iterator[None]:
         yield
     finally:
         th.distributions.Distribution.set_default_validate_args(previous)
+
+
+_COMPILED: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+
+def compiled(function: Callable[..., Any], switch: str) -> Callable[..., Any]:
+    """
+    ``torch.compile(function)`` (TorchInductor), made once per function and shared by every model: torch compiles at
+    the first call and again for a new policy architecture or minibatch shape (the parameters are inputs of the
+    graph, so a new model of the same architecture reuses it). A compiler failure (TorchInductor needs a C++
+    compiler on the CPU) is a RuntimeError naming ``switch``.
+
+    :param function: a function of tensors (and of an ``nn.Module``)
+    :param switch: the user's setting that asked for it, for the error message
+    :return: the compiled function
+    """
+    if function not in _COMPILED:
+        _COMPILED[function] = th.compile(function)
+    compiled_function = _COMPILED[function]
+
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        from torch._dynamo.exc import BackendCompilerFailed
+
+        try:
+            return compiled_function(*args, **kwargs)
+        except BackendCompilerFailed as error:
+            raise RuntimeError(
+                f"{switch}: torch.compile could not build the kernels ({type(error).__name__}: "
+                f"{str(error).splitlines()[0] if str(error) else ''}). TorchInductor needs a working C++ compiler (gcc "
+                f"or clang) and Python's headers; install them, or turn {switch.split('=')[0]} off."
+            ) from error
+
+    return call
 
 
 def fast_learn(learn: Callable[..., Any]) -> Callable[..., Any]:

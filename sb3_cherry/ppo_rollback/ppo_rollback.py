@@ -15,7 +15,7 @@ from sb3_cherry.common.flat_adam import flat_adam_steps
 from sb3_cherry.common.on_policy import CherryOnPolicyAlgorithm
 from sb3_cherry.common.policies import CherryActorCriticPolicy
 from sb3_cherry.common.schedules import CoefficientSchedule
-from sb3_cherry.common.speed import GradNormClipper, mean_of, minibatch_means
+from sb3_cherry.common.speed import GradNormClipper, compiled, mean_of, minibatch_means
 from sb3_cherry.ppo_rollback.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 from sb3_cherry.ppo_rollback.trust_region import (
     ROLLBACKS,
@@ -28,7 +28,9 @@ from sb3_cherry.ppo_rollback.trust_region import (
 SelfPPORollback = TypeVar("SelfPPORollback", bound="PPORollback")
 
 
-def rollback_surrogate(ratio: th.Tensor, advantages: th.Tensor, clip_range: float, rollback_alpha: float) -> th.Tensor:
+def rollback_surrogate(
+    ratio: th.Tensor, advantages: th.Tensor, clip_range: float | th.Tensor, rollback_alpha: float
+) -> th.Tensor:
     """
     Per-sample rollback surrogate ``A * f(r)`` of Truly PPO (Wang et al., 2019, eq. 11, "PPO-RB").
 
@@ -45,17 +47,22 @@ def rollback_surrogate(ratio: th.Tensor, advantages: th.Tensor, clip_range: floa
 
     :param ratio: probability ratios ``pi / pi_old``
     :param advantages: advantages (same shape)
-    :param clip_range: ``eps``
+    :param clip_range: ``eps`` (a number, or a scalar tensor in the compiled update)
     :param rollback_alpha: ``alpha`` >= 0
     :return: the surrogate per sample (to be maximised)
     """
     if rollback_alpha == 0:  # SB3 PPO's clipped surrogate, operation for operation
-        return th.min(advantages * ratio, advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range))
+        clipped = th.clamp(ratio, 1 - clip_range, 1 + clip_range)  # type: ignore[arg-type]  # or scalar tensors
+        return th.min(advantages * ratio, advantages * clipped)
     positive = advantages >= 0
     # outside the trust region on the side where clipped PPO is flat, and the rollback line's intercept there
     outside = th.where(positive, ratio > 1.0 + clip_range, ratio < 1.0 - clip_range)
-    upper = ratio.new_tensor((1.0 + rollback_alpha) * (1.0 + clip_range))  # in the ratio's dtype
-    intercept = th.where(positive, upper, (1.0 + rollback_alpha) * (1.0 - clip_range))
+    if isinstance(clip_range, th.Tensor):  # the compiled update's (a float64 scalar tensor: no recompilation)
+        upper = ((1.0 + rollback_alpha) * (1.0 + clip_range)).to(ratio.dtype)
+        intercept = th.where(positive, upper, ((1.0 + rollback_alpha) * (1.0 - clip_range)).to(ratio.dtype))
+    else:
+        upper = ratio.new_tensor((1.0 + rollback_alpha) * (1.0 + clip_range))  # in the ratio's dtype
+        intercept = th.where(positive, upper, (1.0 + rollback_alpha) * (1.0 - clip_range))
     return advantages * th.where(outside, -rollback_alpha * ratio + intercept, ratio)
 
 
@@ -162,10 +169,167 @@ def _normalized_advantages(advantages: th.Tensor, mask: th.Tensor | None) -> th.
     return advantages
 
 
+def _eager_loss_terms(
+    model: Any,
+    evaluate: Callable[[Any, th.Tensor], tuple[th.Tensor, th.Tensor, Any, Any]],
+    trust: TrustRegionUpdate | None,
+    epoch: int,
+    rollout_data: Any,
+    actions: th.Tensor,
+    coefficients: tuple[float, float | None, float],
+) -> tuple[tuple[th.Tensor, ...], th.Tensor | None]:
+    """
+    The loss of one minibatch as SB3's ``PPO.train`` computes it, with the rollback (or KL-triggered) surrogate, the
+    padding mask of recurrent sequences and the async weights (the terms :func:`minibatch_loss_terms` returns).
+
+    :param model: the algorithm
+    :param evaluate: see :func:`rollback_train`
+    :param trust: the update's KL trust region (None: PPO's ratio trust region)
+    :param epoch: the epoch (for the trust region)
+    :param rollout_data: the minibatch
+    :param actions: its actions (long indices for a Discrete space)
+    :param coefficients: the update's ``clip_range``, ``clip_range_vf`` and ``ent_coef``
+    :return: (loss, policy loss, value loss, entropy loss, ratio, advantages used, log-probabilities), and the mask
+    """
+    clip_range, clip_range_vf, ent_coef = coefficients
+    values, log_prob, entropy, mask = evaluate(rollout_data, actions)
+    values = values.flatten()
+    # Normalize advantage
+    advantages = (
+        _normalized_advantages(rollout_data.advantages, mask) if model.normalize_advantage else rollout_data.advantages
+    )
+
+    # ratio between old and new policy, should be one at the first iteration
+    ratio = _ratio(log_prob, rollout_data.old_log_prob, mask)
+
+    # rollback surrogate loss (clipped PPO when rollback_alpha == 0), or the KL-triggered one
+    surrogate = (
+        rollback_surrogate(ratio, advantages, clip_range, model.rollback_alpha)
+        if trust is None
+        else trust.surrogate(model, epoch, rollout_data, ratio, advantages, mask)
+    )
+    if hasattr(rollout_data, "weights"):
+        # re-centred async rollout: decoupled PPO's weight pi_prox / mu per sample, applied after the
+        # advantage normalisation, with the whole ratio pi / mu capped at imp_samp_max (Hilton et al. 2021;
+        # openai/ppo-ewma compute_losses)
+        surrogate = truncated_weights(rollout_data.weights, model.imp_samp_max, ratio) * surrogate
+    policy_loss = -_masked_mean(surrogate, mask)
+
+    if clip_range_vf is None:
+        # No clipping
+        values_pred = values
+    else:
+        # Clip the difference between old and new value (a re-centred async rollout's old_values are the
+        # proximal critic's, as its old_log_prob are the proximal policy's)
+        # NOTE: this depends on the reward scaling
+        values_pred = rollout_data.old_values + th.clamp(values - rollout_data.old_values, -clip_range_vf, clip_range_vf)
+    # Value loss using the returns estimator's targets
+    if mask is None:
+        value_loss = F.mse_loss(rollout_data.returns, values_pred)
+    else:
+        value_loss = _masked_mean((rollout_data.returns - values_pred) ** 2, mask)
+
+    # Entropy loss favor exploration
+    if entropy is None:
+        # Approximate entropy when no analytical form
+        entropy_loss = -_masked_mean(-log_prob, mask)
+    else:
+        entropy_loss = -_masked_mean(entropy, mask)
+
+    loss = policy_loss + ent_coef * entropy_loss + model.vf_coef * value_loss
+    return (loss, policy_loss, value_loss, entropy_loss, ratio, advantages, log_prob), mask
+
+
+def minibatch_loss_terms(
+    policy: Any,
+    observations: Any,
+    actions: th.Tensor,
+    old_log_prob: th.Tensor,
+    advantages: th.Tensor,
+    returns: th.Tensor,
+    old_values: th.Tensor,
+    clip_range: th.Tensor,
+    clip_range_vf: th.Tensor | None,
+    ent_coef: th.Tensor,
+    vf_coef: float,
+    rollback_alpha: float,
+    normalize_advantage: bool,
+) -> tuple[th.Tensor, ...]:
+    """
+    PPORollback's loss on one minibatch (PPO's ratio trust region, no padding mask, no async weights): the function
+    that ``compile_update=True`` hands to ``torch.compile``. The same operations as :func:`rollback_train`'s eager
+    path; compiled, TorchInductor fuses them (and their backward) into generated kernels, so the floats differ from
+    the eager update's in the last bits.
+
+    :param policy: the actor-critic (its ``evaluate_actions``)
+    :param observations: the minibatch's observations
+    :param actions: its actions (long indices for a Discrete space)
+    :param old_log_prob: the collecting policy's log-probabilities
+    :param advantages: the advantages (normalised here when ``normalize_advantage``)
+    :param returns: the critic's targets
+    :param old_values: the collecting critic's values (for ``clip_range_vf``)
+    :param clip_range: ``eps`` (scalar tensor)
+    :param clip_range_vf: the value clip range (scalar tensor), or None
+    :param ent_coef: the entropy coefficient (scalar tensor)
+    :param vf_coef: the value loss coefficient
+    :param rollback_alpha: the rollback slope
+    :param normalize_advantage: standardise the advantages over the minibatch
+    :return: loss, policy loss, value loss, entropy loss, ratio, advantages used, log-probabilities
+    """
+    values, log_prob, entropy = policy.evaluate_actions(observations, actions)
+    values = values.flatten()
+    if normalize_advantage:
+        advantages = _normalized_advantages(advantages, None)
+    ratio = _ratio(log_prob, old_log_prob, None)
+    policy_loss = -th.mean(rollback_surrogate(ratio, advantages, clip_range, rollback_alpha))
+    if clip_range_vf is not None:
+        values = old_values + th.clamp(values - old_values, -clip_range_vf, clip_range_vf)
+    value_loss = F.mse_loss(returns, values)
+    # (approximate entropy when no analytical form)
+    entropy_loss = th.mean(log_prob) if entropy is None else -th.mean(entropy)
+    # (the coefficient in the loss's dtype first, as a Python number would be)
+    loss = policy_loss + ent_coef.to(entropy_loss.dtype) * entropy_loss + vf_coef * value_loss
+    return loss, policy_loss, value_loss, entropy_loss, ratio, advantages, log_prob
+
+
+def compiled_loss_terms(model: Any, trust: "TrustRegionUpdate | None") -> Callable[..., tuple[th.Tensor, ...]]:
+    """
+    The compiled :func:`minibatch_loss_terms` (``compile_update=True``).
+
+    :param model: the algorithm
+    :param trust: the update's KL trust region (None: PPO's ratio trust region)
+    :return: the compiled function
+    :raises ValueError: with the KL trust region or async collection
+    """
+    check_compile_update(True, "ratio" if trust is None else "kl", getattr(model, "collection", "sync"))
+    return compiled(minibatch_loss_terms, "compile_update=True")
+
+
+def check_compile_update(compile_update: bool, trust_region: str, collection: str) -> bool:
+    """
+    Refuse ``compile_update`` where the compiled loss does not apply.
+
+    :param compile_update: the switch
+    :param trust_region: ``"ratio"`` or ``"kl"``
+    :param collection: ``"sync"`` or ``"async"``
+    :return: the switch, as a bool
+    :raises ValueError: naming the setting and the fix
+    """
+    if not isinstance(compile_update, bool | int) or compile_update not in (0, 1):
+        raise ValueError(f"compile_update={compile_update!r} must be True or False.")
+    if compile_update and (trust_region != "ratio" or collection != "sync"):
+        raise ValueError(
+            f"compile_update=True compiles the loss of PPO's ratio trust region with collection='sync'; got "
+            f"trust_region={trust_region!r}, collection={collection!r}: set compile_update=False."
+        )
+    return bool(compile_update)
+
+
 def rollback_train(
     model: Any,
     evaluate: Callable[[Any, th.Tensor], tuple[th.Tensor, th.Tensor, Any, Any]],
     old_distribution: Callable[[Any, Any], Any] | None = None,
+    compile_update: bool = False,
 ) -> None:
     """
     One PPO update (``n_epochs`` passes over the rollout buffer) with the rollback surrogate: SB3's ``PPO.train`` with
@@ -179,6 +343,9 @@ def rollback_train(
     :param old_distribution: ``old_distribution(policy, rollout_data)``: ``policy``'s distribution on the minibatch's
         states; needed with ``trust_region="kl"`` (applied to a frozen copy of the policy taken before the first step,
         see :class:`~sb3_cherry.ppo_rollback.trust_region.TrustRegionUpdate`)
+    :param compile_update: compute each minibatch's loss with the compiled :func:`minibatch_loss_terms` (PPORollback's
+        opt-in switch; ``evaluate`` is then not called: its policy's ``evaluate_actions`` must take the minibatch's
+        observations and actions only)
     """
     # Switch to train mode (this affects batch norm / dropout)
     model.policy.set_training_mode(True)
@@ -187,8 +354,7 @@ def rollback_train(
     # Compute current clip range
     clip_range = model.clip_range(model._current_progress_remaining)
     # Optional: clip range for the value function
-    if model.clip_range_vf is not None:
-        clip_range_vf = model.clip_range_vf(model._current_progress_remaining)
+    clip_range_vf = None if model.clip_range_vf is None else model.clip_range_vf(model._current_progress_remaining)
     # entropy coefficient of this update (a constant, or its schedule's value)
     ent_coef = model._current_ent_coef()
 
@@ -203,6 +369,21 @@ def rollback_train(
     continue_training = True
     # clip_grad_norm_(policy.parameters()) on the parameter list of this update (no module-tree walk per minibatch)
     clip_grad_norm = GradNormClipper(model.policy.parameters())
+    # opt-in compiled loss (compile_update), with the update's coefficients as scalar tensors (no recompilation when
+    # a schedule changes them)
+    compiled_terms = compiled_loss_terms(model, trust) if compile_update else None
+    compiled_coefficients = (
+        ()
+        if compiled_terms is None
+        else (
+            th.tensor(clip_range, dtype=th.float64),
+            None if model.clip_range_vf is None else th.tensor(clip_range_vf, dtype=th.float64),
+            th.tensor(ent_coef, dtype=th.float64),
+            float(model.vf_coef),
+            float(model.rollback_alpha),
+            bool(model.normalize_advantage),
+        )
+    )
     # Adam steps on one flat tensor per parameter group where that is exact (same floats, fewer kernels)
     with flat_adam_steps(model.policy.optimizer) as optimizer_step:
         # train for n_epochs epochs
@@ -217,63 +398,29 @@ def rollback_train(
                     # Convert discrete action from float to long
                     actions = rollout_data.actions.long().flatten()
 
-                values, log_prob, entropy, mask = evaluate(rollout_data, actions)
-                values = values.flatten()
-                # Normalize advantage
-                advantages = (
-                    _normalized_advantages(rollout_data.advantages, mask)
-                    if model.normalize_advantage
-                    else rollout_data.advantages
-                )
-
-                # ratio between old and new policy, should be one at the first iteration
-                ratio = _ratio(log_prob, rollout_data.old_log_prob, mask)
-
-                # rollback surrogate loss (clipped PPO when rollback_alpha == 0), or the KL-triggered one
-                surrogate = (
-                    rollback_surrogate(ratio, advantages, clip_range, model.rollback_alpha)
-                    if trust is None
-                    else trust.surrogate(model, epoch, rollout_data, ratio, advantages, mask)
-                )
-                if hasattr(rollout_data, "weights"):
-                    # re-centred async rollout: decoupled PPO's weight pi_prox / mu per sample, applied after the
-                    # advantage normalisation, with the whole ratio pi / mu capped at imp_samp_max (Hilton et al. 2021;
-                    # openai/ppo-ewma compute_losses)
-                    surrogate = truncated_weights(rollout_data.weights, model.imp_samp_max, ratio) * surrogate
-                policy_loss = -_masked_mean(surrogate, mask)
-
-                # Logging
+                if compiled_terms is not None:
+                    # opt-in: the whole loss as one compiled graph (forward and backward); PPO's ratio trust region only
+                    terms = compiled_terms(
+                        model.policy,
+                        rollout_data.observations,
+                        actions,
+                        rollout_data.old_log_prob,
+                        rollout_data.advantages,
+                        rollout_data.returns,
+                        rollout_data.old_values,
+                        *compiled_coefficients,
+                    )
+                    mask = None
+                else:
+                    terms, mask = _eager_loss_terms(
+                        model, evaluate, trust, epoch, rollout_data, actions, (clip_range, clip_range_vf, ent_coef)
+                    )
+                loss, policy_loss, value_loss, entropy_loss, ratio, advantages, log_prob = terms
                 # log values stay tensors until the end of the update (no host transfer per minibatch)
                 pg_losses.append(policy_loss.detach())
                 logged_samples.append((ratio.detach(), advantages.detach(), mask))
-
-                if model.clip_range_vf is None:
-                    # No clipping
-                    values_pred = values
-                else:
-                    # Clip the difference between old and new value (a re-centred async rollout's old_values are the
-                    # proximal critic's, as its old_log_prob are the proximal policy's)
-                    # NOTE: this depends on the reward scaling
-                    values_pred = rollout_data.old_values + th.clamp(
-                        values - rollout_data.old_values, -clip_range_vf, clip_range_vf
-                    )
-                # Value loss using the returns estimator's targets
-                if mask is None:
-                    value_loss = F.mse_loss(rollout_data.returns, values_pred)
-                else:
-                    value_loss = _masked_mean((rollout_data.returns - values_pred) ** 2, mask)
                 value_losses.append(value_loss.detach())
-
-                # Entropy loss favor exploration
-                if entropy is None:
-                    # Approximate entropy when no analytical form
-                    entropy_loss = -_masked_mean(-log_prob, mask)
-                else:
-                    entropy_loss = -_masked_mean(entropy, mask)
-
                 entropy_losses.append(entropy_loss.detach())
-
-                loss = policy_loss + ent_coef * entropy_loss + model.vf_coef * value_loss
 
                 # Calculate approximate form of reverse KL Divergence for early stopping
                 # see SB3 issue #417 and http://joschu.net/blog/kl-approx.html
@@ -385,6 +532,11 @@ class PPORollback(PPO, CherryOnPolicyAlgorithm):
         (per-sample weights ``w = min(pi_prox / mu, imp_samp_max * pi_prox / pi)``, which multiply the surrogate after
         advantage normalisation)
         (100, as in Hilton et al.'s code; ``float("inf")`` for no truncation). Independent of V-trace's ``rho_bar``.
+    :param compile_update: opt-in, not bit-exact: compute each minibatch's loss (networks, log-probabilities,
+        entropy, surrogate, value loss) as one ``torch.compile`` graph, forward and backward (TorchInductor's generated
+        kernels; needs a C++ compiler). Faster updates on small networks (``benchmarks/results/compile_ab.md``), a few
+        seconds of compilation at the first update, floats that differ from SB3's in the last bits. PPO's ratio
+        trust region with ``collection="sync"`` only
     :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
         the reported success rate, mean episode length, and mean reward over
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
@@ -395,6 +547,9 @@ class PPORollback(PPO, CherryOnPolicyAlgorithm):
     :param device: Device (cpu, cuda, ...) on which the code should be run.
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
+
+    #: class default: models saved before the argument existed load without it
+    compile_update: bool = False
 
     config_choices: ClassVar[dict[str, tuple[str, ...]]] = {
         **CherryOnPolicyAlgorithm.config_choices,
@@ -440,6 +595,7 @@ class PPORollback(PPO, CherryOnPolicyAlgorithm):
         recompute_returns: bool = False,
         collection: str = "sync",
         imp_samp_max: float = 100.0,
+        compile_update: bool = False,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -483,6 +639,7 @@ class PPORollback(PPO, CherryOnPolicyAlgorithm):
         self._init_estimator(returns_estimator, n_step, rho_bar, c_bar, recompute_returns)
 
         self._init_collection(collection, imp_samp_max)
+        self.compile_update = check_compile_update(compile_update, trust_region, collection)
 
         if _init_setup_model:
             self._setup_model()
@@ -496,7 +653,12 @@ class PPORollback(PPO, CherryOnPolicyAlgorithm):
             values, log_prob, entropy = self.policy.evaluate_actions(rollout_data.observations, actions)
             return values, log_prob, entropy, None
 
-        rollback_train(self, evaluate, old_distribution=lambda policy, data: policy.get_distribution(data.observations))
+        rollback_train(
+            self,
+            evaluate,
+            old_distribution=lambda policy, data: policy.get_distribution(data.observations),
+            compile_update=self.compile_update,
+        )
 
     def learn(
         self: SelfPPORollback,
