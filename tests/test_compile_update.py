@@ -101,3 +101,27 @@ def test_compile_update_refused_where_it_does_not_apply(tmp_path):
     model.save(tmp_path / "m.zip")
     assert PPORollback.load(tmp_path / "m.zip").compile_update is True
     assert PPORollback("MlpPolicy", "CartPole-v1").compile_update is False
+
+
+@pytest.mark.parametrize(
+    "env_id, policy, kwargs",
+    [
+        ("sb3_cherry/DictReach-v0", "MultiInputPolicy", {}),  # Dict observations
+        ("sb3_cherry/HybridGoal-v0", "MlpPolicy", {}),  # Tuple actions (Discrete + Beta parts)
+        ("CartPole-v1", "MlpPolicy", dict(batch_size=48, target_kl=0.01)),  # a shorter last minibatch, early stop
+    ],
+)
+@pytest.mark.filterwarnings("ignore:You have specified a mini-batch size")
+def test_compiled_update_on_other_spaces_trains_like_the_eager_update(env_id, policy, kwargs):
+    import sb3_cherry.envs  # noqa: F401  (registers the envs)
+    from stable_baselines3.common.env_util import make_vec_env
+
+    settings = {**SMALL, "n_epochs": 2, "policy_kwargs": {}, **kwargs}
+    runs = []
+    for compiled in (False, True):
+        model = PPORollback(policy, make_vec_env(env_id, n_envs=2, seed=0), compile_update=compiled, **settings)
+        start = _parameters(model)
+        model.learn(2 * 64 * 2)
+        runs.append(_parameters(model))
+    assert _gap(start, runs[0]) > 1e-4
+    _assert_close(runs[1], runs[0], 1e-5)
