@@ -86,6 +86,28 @@ def compiled(function: Callable[..., Any], switch: str) -> Callable[..., Any]:
     return call
 
 
+def check_compile_update(compile_update: bool, collection: str, trust_region: str = "ratio") -> bool:
+    """
+    Refuse PPORollback's ``compile_update`` where the compiled loss does not apply: the KL trust region and async
+    collection (whose rollouts carry importance weights) keep the eager update.
+
+    :param compile_update: the switch
+    :param collection: ``"sync"`` or ``"async"``
+    :param trust_region: ``"ratio"`` or ``"kl"`` (PPORollback)
+    :return: the switch, as a bool
+    :raises ValueError: naming the setting and the fix
+    """
+    if not isinstance(compile_update, bool | int) or compile_update not in (0, 1):
+        raise ValueError(f"compile_update={compile_update!r} must be True or False.")
+    if compile_update and (trust_region != "ratio" or collection != "sync"):
+        setting = f"trust_region={trust_region!r}" if trust_region != "ratio" else f"collection={collection!r}"
+        raise ValueError(
+            f"compile_update=True compiles the loss of synchronous collection (and PPO's ratio trust region); got "
+            f"{setting}: set compile_update=False."
+        )
+    return bool(compile_update)
+
+
 def fast_learn(learn: Callable[..., Any]) -> Callable[..., Any]:
     """
     Decorator of an algorithm's ``learn``: train with the bit-exact switches of this module, i.e. without

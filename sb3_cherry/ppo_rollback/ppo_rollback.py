@@ -15,7 +15,7 @@ from sb3_cherry.common.flat_adam import flat_adam_steps
 from sb3_cherry.common.on_policy import CherryOnPolicyAlgorithm
 from sb3_cherry.common.policies import CherryActorCriticPolicy
 from sb3_cherry.common.schedules import CoefficientSchedule
-from sb3_cherry.common.speed import GradNormClipper, compiled, mean_of, minibatch_means
+from sb3_cherry.common.speed import GradNormClipper, check_compile_update, compiled, mean_of, minibatch_means
 from sb3_cherry.ppo_rollback.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 from sb3_cherry.ppo_rollback.trust_region import (
     ROLLBACKS,
@@ -301,28 +301,8 @@ def compiled_loss_terms(model: Any, trust: "TrustRegionUpdate | None") -> Callab
     :return: the compiled function
     :raises ValueError: with the KL trust region or async collection
     """
-    check_compile_update(True, "ratio" if trust is None else "kl", getattr(model, "collection", "sync"))
+    check_compile_update(True, getattr(model, "collection", "sync"), "ratio" if trust is None else "kl")
     return compiled(minibatch_loss_terms, "compile_update=True")
-
-
-def check_compile_update(compile_update: bool, trust_region: str, collection: str) -> bool:
-    """
-    Refuse ``compile_update`` where the compiled loss does not apply.
-
-    :param compile_update: the switch
-    :param trust_region: ``"ratio"`` or ``"kl"``
-    :param collection: ``"sync"`` or ``"async"``
-    :return: the switch, as a bool
-    :raises ValueError: naming the setting and the fix
-    """
-    if not isinstance(compile_update, bool | int) or compile_update not in (0, 1):
-        raise ValueError(f"compile_update={compile_update!r} must be True or False.")
-    if compile_update and (trust_region != "ratio" or collection != "sync"):
-        raise ValueError(
-            f"compile_update=True compiles the loss of PPO's ratio trust region with collection='sync'; got "
-            f"trust_region={trust_region!r}, collection={collection!r}: set compile_update=False."
-        )
-    return bool(compile_update)
 
 
 def rollback_train(
@@ -639,7 +619,7 @@ class PPORollback(PPO, CherryOnPolicyAlgorithm):
         self._init_estimator(returns_estimator, n_step, rho_bar, c_bar, recompute_returns)
 
         self._init_collection(collection, imp_samp_max)
-        self.compile_update = check_compile_update(compile_update, trust_region, collection)
+        self.compile_update = check_compile_update(compile_update, collection, trust_region)
 
         if _init_setup_model:
             self._setup_model()
