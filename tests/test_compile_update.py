@@ -113,8 +113,9 @@ def test_compile_update_refused_where_it_does_not_apply(tmp_path):
 )
 @pytest.mark.filterwarnings("ignore:You have specified a mini-batch size")
 def test_compiled_update_on_other_spaces_trains_like_the_eager_update(env_id, policy, kwargs):
-    import sb3_cherry.envs  # noqa: F401  (registers the envs)
     from stable_baselines3.common.env_util import make_vec_env
+
+    import sb3_cherry.envs  # noqa: F401  (registers the envs)
 
     settings = {**SMALL, "n_epochs": 2, "policy_kwargs": {}, **kwargs}
     runs = []
@@ -125,3 +126,33 @@ def test_compiled_update_on_other_spaces_trains_like_the_eager_update(env_id, po
         runs.append(_parameters(model))
     assert _gap(start, runs[0]) > 1e-4
     _assert_close(runs[1], runs[0], 1e-5)
+
+
+def test_a_sweep_keeps_compiling_and_kl_trials_run_eagerly():
+    """Up to RECOMPILE_LIMIT versions during an update (torch's default 8 is reached by a sweep of architectures and
+    minibatch sizes, after which torch runs the loss uncompiled); an optuna KL trial over an entry with
+    compile_update turns it off instead of stopping the study."""
+    import optuna
+    import torch._dynamo.config as dynamo_config
+
+    from sb3_cherry.common.hyperparams_opt import convert_ppo_rollback_params, sample_ppo_rollback_params
+    from sb3_cherry.common.speed import RECOMPILE_LIMIT, compiled_versions
+
+    default = dynamo_config.recompile_limit
+    with compiled_versions():
+        assert dynamo_config.recompile_limit == max(RECOMPILE_LIMIT, default) >= 64
+    with compiled_versions(False):
+        assert dynamo_config.recompile_limit == default
+    assert dynamo_config.recompile_limit == default
+
+    fixed = {
+        "batch_size_pow": 5, "n_steps_pow": 6, "one_minus_gamma": 0.01, "one_minus_gae_lambda": 0.05,
+        "learning_rate": 3e-4, "ent_coef": 1e-6, "clip_range": 0.2, "n_epochs": 5, "max_grad_norm": 0.5,
+        "net_arch": "small", "activation_fn": "tanh", "rollback_alpha": 0.3, "returns_estimator": "gae",
+        "trust_region": "kl", "kl_threshold": 0.03, "rollback": "ratio",
+    }  # fmt: skip
+    entry = {"n_steps": 64, "batch_size": 32, "compile_update": True}
+    for sampled in sample_ppo_rollback_params(optuna.trial.FixedTrial(fixed), 1, 1, {}), convert_ppo_rollback_params(fixed):
+        kwargs = {**entry, **{k: v for k, v in sampled.items() if k != "policy_kwargs"}}
+        assert PPORollback("MlpPolicy", "CartPole-v1", **kwargs).compile_update is False
+    assert PPORollback("MlpPolicy", "CartPole-v1", compile_update=np.True_).compile_update is True

@@ -18,7 +18,9 @@ def sample_ppo_rollback_params(trial: optuna.Trial, n_actions: int, n_envs: int,
     With ``trust_region="kl"`` and ``rollback="kl"`` the rollback weight is sampled as ``kl_rollback_alpha`` (the
     KL penalty's scale, around the authors' 5, differs from a ratio slope); :func:`convert_ppo_rollback_params` maps
     it back to ``rollback_alpha``. Every trial sets ``rollback``: rl_zoo3 merges the sampled values over the config
-    entry, whose ``rollback="kl"`` would otherwise meet a sampled ``trust_region="ratio"``.
+    entry, whose ``rollback="kl"`` would otherwise meet a sampled ``trust_region="ratio"``; a ``trust_region="kl"``
+    trial sets ``compile_update=False`` (the compiled update is the ratio trust region's; an entry's
+    ``compile_update: true`` stays for the other trials).
 
     :param trial: the optuna trial
     :param n_actions: number of actions (unused, rl_zoo3's sampler signature)
@@ -34,6 +36,8 @@ def sample_ppo_rollback_params(trial: optuna.Trial, n_actions: int, n_envs: int,
         hyperparams["rollback"] = trial.suggest_categorical("rollback", ["ratio", "kl"])
         if hyperparams["rollback"] == "kl":
             hyperparams["rollback_alpha"] = trial.suggest_categorical("kl_rollback_alpha", [1.0, 2.0, 5.0, 10.0])
+        # the compiled update is PPO's ratio trust region's: a KL trial of an entry with compile_update runs eagerly
+        hyperparams["compile_update"] = False
     else:  # a trial of the ratio's trust region overrides a config entry's rollback="kl" (which needs "kl")
         hyperparams["rollback"] = "ratio"
     hyperparams["returns_estimator"] = trial.suggest_categorical("returns_estimator", ["gae", "vtrace", "n_step"])
@@ -53,6 +57,8 @@ def convert_ppo_rollback_params(sampled_params: dict[str, Any]) -> dict[str, Any
     sampled_params = dict(sampled_params)
     if sampled_params.get("trust_region") == "ratio":  # as the sampler: not the config entry's rollback
         sampled_params.setdefault("rollback", "ratio")
+    elif sampled_params.get("trust_region") == "kl":  # as the sampler: not the entry's compile_update
+        sampled_params.setdefault("compile_update", False)
     if "kl_rollback_alpha" in sampled_params:
         sampled_params["rollback_alpha"] = sampled_params.pop("kl_rollback_alpha")
     return hyperparams_opt.convert_onpolicy_params(sampled_params)

@@ -54,13 +54,35 @@ def distribution_validation(enabled: bool) -> Iterator[None]:
 
 _COMPILED: dict[Callable[..., Any], Callable[..., Any]] = {}
 
+#: versions of one compiled function torch keeps per process inside :func:`compiled_versions` (its default, 8, is
+#: reached by a sweep: each network size, minibatch size and static setting is a version; beyond the limit torch
+#: runs the function uncompiled, with a warning in its log)
+RECOMPILE_LIMIT = 64
+
+
+@contextlib.contextmanager
+def compiled_versions(enabled: bool = True) -> Iterator[None]:
+    """
+    Inside the block, torch keeps up to :data:`RECOMPILE_LIMIT` compiled versions of a function (around an update,
+    not per call: the switch costs ~20 us).
+
+    :param enabled: False: a no-op block
+    """
+    if not enabled:
+        yield
+        return
+    import torch._dynamo.config as dynamo_config
+
+    with dynamo_config.patch(recompile_limit=max(RECOMPILE_LIMIT, dynamo_config.recompile_limit)):
+        yield
+
 
 def compiled(function: Callable[..., Any], switch: str) -> Callable[..., Any]:
     """
     ``torch.compile(function)`` (TorchInductor), made once per function and shared by every model: torch compiles at
     the first call and again for a new policy architecture or minibatch shape (the parameters are inputs of the
-    graph, so a new model of the same architecture reuses it). A compiler failure (TorchInductor needs a C++
-    compiler on the CPU) is a RuntimeError naming ``switch``.
+    graph, so a new model of the same architecture reuses it); call it inside :func:`compiled_versions`. A compiler
+    failure (TorchInductor needs a C++ compiler on the CPU) is a RuntimeError naming ``switch``.
 
     :param function: a function of tensors (and of an ``nn.Module``)
     :param switch: the user's setting that asked for it, for the error message
@@ -97,7 +119,7 @@ def check_compile_update(compile_update: bool, collection: str, trust_region: st
     :return: the switch, as a bool
     :raises ValueError: naming the setting and the fix
     """
-    if not isinstance(compile_update, bool | int) or compile_update not in (0, 1):
+    if not isinstance(compile_update, bool | int | np.bool_) or compile_update not in (0, 1):
         raise ValueError(f"compile_update={compile_update!r} must be True or False.")
     if compile_update and (trust_region != "ratio" or collection != "sync"):
         setting = f"trust_region={trust_region!r}" if trust_region != "ratio" else f"collection={collection!r}"

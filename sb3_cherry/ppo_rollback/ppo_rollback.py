@@ -15,7 +15,14 @@ from sb3_cherry.common.flat_adam import flat_adam_steps
 from sb3_cherry.common.on_policy import CherryOnPolicyAlgorithm
 from sb3_cherry.common.policies import CherryActorCriticPolicy
 from sb3_cherry.common.schedules import CoefficientSchedule
-from sb3_cherry.common.speed import GradNormClipper, check_compile_update, compiled, mean_of, minibatch_means
+from sb3_cherry.common.speed import (
+    GradNormClipper,
+    check_compile_update,
+    compiled,
+    compiled_versions,
+    mean_of,
+    minibatch_means,
+)
 from sb3_cherry.ppo_rollback.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 from sb3_cherry.ppo_rollback.trust_region import (
     ROLLBACKS,
@@ -215,14 +222,15 @@ def _eager_loss_terms(
         surrogate = truncated_weights(rollout_data.weights, model.imp_samp_max, ratio) * surrogate
     policy_loss = -_masked_mean(surrogate, mask)
 
-    if clip_range_vf is None:
+    if model.clip_range_vf is None:
         # No clipping
         values_pred = values
     else:
         # Clip the difference between old and new value (a re-centred async rollout's old_values are the
         # proximal critic's, as its old_log_prob are the proximal policy's)
         # NOTE: this depends on the reward scaling
-        values_pred = rollout_data.old_values + th.clamp(values - rollout_data.old_values, -clip_range_vf, clip_range_vf)
+        delta = values - rollout_data.old_values
+        values_pred = rollout_data.old_values + th.clamp(delta, -clip_range_vf, clip_range_vf)  # type: ignore[operator]
     # Value loss using the returns estimator's targets
     if mask is None:
         value_loss = F.mse_loss(rollout_data.returns, values_pred)
@@ -356,16 +364,16 @@ def rollback_train(
         ()
         if compiled_terms is None
         else (
-            th.tensor(clip_range, dtype=th.float64),
-            None if model.clip_range_vf is None else th.tensor(clip_range_vf, dtype=th.float64),
-            th.tensor(ent_coef, dtype=th.float64),
+            th.tensor(clip_range, dtype=th.float64, device=model.device),
+            None if model.clip_range_vf is None else th.tensor(clip_range_vf, dtype=th.float64, device=model.device),
+            th.tensor(ent_coef, dtype=th.float64, device=model.device),
             float(model.vf_coef),
             float(model.rollback_alpha),
             bool(model.normalize_advantage),
         )
     )
     # Adam steps on one flat tensor per parameter group where that is exact (same floats, fewer kernels)
-    with flat_adam_steps(model.policy.optimizer) as optimizer_step:
+    with flat_adam_steps(model.policy.optimizer) as optimizer_step, compiled_versions(compiled_terms is not None):
         # train for n_epochs epochs
         for epoch in range(model.n_epochs):
             if epoch > 0:
