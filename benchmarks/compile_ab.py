@@ -19,67 +19,25 @@ floats are not SB3's: a compiled update would be a switch off by default, issue 
         --out benchmarks/results/compile_ab.md
 """
 
-import argparse
 import copy
 import math
-import pathlib
 import time
 from collections.abc import Callable
 
 import numpy as np
 import torch as th
-import torch.nn.functional as F
 
-from benchmarks.floor import Floor
-from benchmarks.throughput import Case, cases, make_env
-from sb3_cherry.common.flat_adam import flat_adam_steps
+from benchmarks.floor import Floor, table_main
+from benchmarks.throughput import Case, make_env
 from sb3_cherry.common.speed import distribution_validation
 
 
 class CompiledFloor(Floor):
-    """:class:`benchmarks.floor.Floor` whose per-minibatch loss is one ``torch.compile``'d function."""
+    """:class:`benchmarks.floor.Floor` whose per-minibatch loss (``Floor.minibatch_loss``) is ``torch.compile``'d."""
 
     def __init__(self, model, case: Case) -> None:
         super().__init__(model, case)
-        self.loss = th.compile(self._loss)
-
-    def _loss(self, obs: th.Tensor, act: th.Tensor, adv: th.Tensor, old_log_prob: th.Tensor, returns: th.Tensor):
-        """The floor's loss on one minibatch (the same operations as ``Floor.update``)."""
-        out, values = self._nets(obs)
-        if self.log_std is not None:
-            log_std = self.log_std.expand_as(out)
-            var = (2 * log_std).exp()
-            log_prob = (-((act - out) ** 2) / (2 * var) - log_std - math.log(math.sqrt(2 * math.pi))).sum(1)
-            entropy = (0.5 + 0.5 * math.log(2 * math.pi) + log_std).sum(1)
-        else:
-            logits = out - out.logsumexp(-1, keepdim=True)
-            log_prob = logits.gather(-1, act.long().view(-1, 1)).squeeze(-1)
-            entropy = -(logits.exp() * logits).sum(-1)
-        if self.normalize_advantage:
-            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-        ratio = th.exp(log_prob - old_log_prob)
-        policy_loss = -th.min(adv * ratio, adv * th.clamp(ratio, 1 - self.clip, 1 + self.clip)).mean()
-        value_loss = F.mse_loss(returns, values)
-        return policy_loss + self.ent_coef * -th.mean(entropy) + self.vf_coef * value_loss
-
-    def update(self) -> None:
-        """``Floor.update`` with the compiled loss."""
-        with flat_adam_steps(self.optimizer) as step:
-            for _ in range(self.n_epochs):
-                permutation = th.as_tensor(np.random.permutation(self.n_samples))  # as Floor.update
-                for start in range(0, self.n_samples, self.batch_size):
-                    idx = permutation[start : start + self.batch_size]
-                    loss = self.loss(
-                        self.obs_t.index_select(0, idx),
-                        self.act_t.index_select(0, idx),
-                        self.advantages.index_select(0, idx),
-                        self.old_log_prob.index_select(0, idx),
-                        self.returns.index_select(0, idx),
-                    )
-                    self.optimizer.zero_grad()
-                    loss.backward()
-                    th.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm, foreach=True)
-                    step()
+        self.loss = th.compile(self.minibatch_loss)
 
 
 def _compiled_model(case: Case):
@@ -166,22 +124,7 @@ def report(name: str, best: dict[str, float]) -> str:
 
 def main() -> None:
     """Measure the cases and print (and optionally write) the markdown table."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", nargs="+", default=["zoo_cartpole", "zoo_hopper", "zoo_bipedal_same_math"])
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--out", type=pathlib.Path, default=None)
-    args = parser.parse_args()
-    by_name = {c.name: c for c in cases()}
-    rows = [HEADER]
-    print(HEADER, flush=True)
-    for name in args.cases:
-        rows.append(report(name, measure(by_name[name], args.repeats)))
-        print(rows[-1], flush=True)
-    if args.out is not None:
-        text = "\n".join(rows) + "\n"
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(args.out)
+    table_main(__doc__, HEADER, measure, report, ["zoo_cartpole", "zoo_hopper", "zoo_bipedal_same_math", "zoo_bipedal"])
 
 
 if __name__ == "__main__":

@@ -146,6 +146,7 @@ class Floor:
         self.buffer.episode_starts = rollout.episode_starts.copy()
         self.buffer.values = rollout.values.reshape(self.n_envs, self.n_steps).T.copy()
         self.rewards = model.rollout_buffer.rewards.copy()
+        self.loss: Callable[..., th.Tensor] = self.minibatch_loss  # (compile_ab compiles it)
 
     def sim(self) -> None:
         """The simulators on the recorded actions, with resets at episode ends and time limits."""
@@ -232,6 +233,27 @@ class Floor:
         """SB3's GAE on the rollout."""
         self.buffer.compute_returns_and_advantage(last_values=self.last_values, dones=self.dones)
 
+    def minibatch_loss(
+        self, obs: th.Tensor, act: th.Tensor, adv: th.Tensor, old_log_prob: th.Tensor, returns: th.Tensor
+    ) -> th.Tensor:
+        """SB3's PPO loss on one minibatch (networks, log-probability, entropy, clipped surrogate, value loss)."""
+        out, values = self._nets(obs)
+        if self.log_std is not None:
+            log_std = self.log_std.expand_as(out)
+            var = (2 * log_std).exp()
+            log_prob = (-((act - out) ** 2) / (2 * var) - log_std - math.log(math.sqrt(2 * math.pi))).sum(1)
+            entropy = (0.5 + 0.5 * math.log(2 * math.pi) + log_std).sum(1)
+        else:
+            logits = out - out.logsumexp(-1, keepdim=True)
+            log_prob = logits.gather(-1, act.long().view(-1, 1)).squeeze(-1)
+            entropy = -(logits.exp() * logits).sum(-1)
+        if self.normalize_advantage and len(adv) > 1:
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        ratio = th.exp(log_prob - old_log_prob)
+        policy_loss = -th.min(adv * ratio, adv * th.clamp(ratio, 1 - self.clip, 1 + self.clip)).mean()
+        value_loss = F.mse_loss(returns, values)
+        return policy_loss + self.ent_coef * -th.mean(entropy) + self.vf_coef * value_loss
+
     def update(self) -> None:
         """``n_epochs`` passes of minibatches: loss, backward, clip, Adam (one flat step per minibatch)."""
         with flat_adam_steps(self.optimizer) as step:  # Adam on one flat tensor (as sb3_cherry)
@@ -239,24 +261,13 @@ class Floor:
                 permutation = th.as_tensor(np.random.permutation(self.n_samples))  # as SB3's RolloutBuffer.get
                 for start in range(0, self.n_samples, self.batch_size):
                     idx = permutation[start : start + self.batch_size]
-                    obs, act = self.obs_t.index_select(0, idx), self.act_t.index_select(0, idx)
-                    adv = self.advantages.index_select(0, idx)
-                    out, values = self._nets(obs)
-                    if self.log_std is not None:
-                        log_std = self.log_std.expand_as(out)
-                        var = (2 * log_std).exp()
-                        log_prob = (-((act - out) ** 2) / (2 * var) - log_std - math.log(math.sqrt(2 * math.pi))).sum(1)
-                        entropy = (0.5 + 0.5 * math.log(2 * math.pi) + log_std).sum(1)
-                    else:
-                        logits = out - out.logsumexp(-1, keepdim=True)
-                        log_prob = logits.gather(-1, act.long().view(-1, 1)).squeeze(-1)
-                        entropy = -(logits.exp() * logits).sum(-1)
-                    if self.normalize_advantage and len(idx) > 1:
-                        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-                    ratio = th.exp(log_prob - self.old_log_prob.index_select(0, idx))
-                    policy_loss = -th.min(adv * ratio, adv * th.clamp(ratio, 1 - self.clip, 1 + self.clip)).mean()
-                    value_loss = F.mse_loss(self.returns.index_select(0, idx), values)
-                    loss = policy_loss + self.ent_coef * -th.mean(entropy) + self.vf_coef * value_loss
+                    loss = self.loss(
+                        self.obs_t.index_select(0, idx),
+                        self.act_t.index_select(0, idx),
+                        self.advantages.index_select(0, idx),
+                        self.old_log_prob.index_select(0, idx),
+                        self.returns.index_select(0, idx),
+                    )
                     self.optimizer.zero_grad()
                     loss.backward()
                     th.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm, foreach=True)
@@ -328,23 +339,45 @@ HEADER = (
 )
 
 
-def main() -> None:
-    """Measure the cases and print (and optionally write) the markdown table."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", nargs="+", default=["zoo_cartpole", "zoo_hopper", "zoo_bipedal_same_math"])
+def table_main(
+    description: str,
+    header: str,
+    measure_case: Callable[[Case, int], dict[str, float]],
+    report_case: Callable[[str, dict[str, float]], str],
+    default_cases: list[str],
+) -> None:
+    """
+    Command line of the markdown-table benchmarks (this one, ``compile_ab``): ``--cases``, ``--repeats`` and
+    ``--out``; prints the header and one row per case, ``report_case(name, measure_case(case, repeats))``, and writes
+    the table atomically to ``--out``.
+
+    :param description: the script's docstring (``--help``)
+    :param header: the table's header and separator rows
+    :param measure_case: the measurements of a case
+    :param report_case: its markdown row
+    :param default_cases: the cases without ``--cases``
+    """
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", nargs="+", default=default_cases)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--out", type=pathlib.Path, default=None)
     args = parser.parse_args()
     by_name = {c.name: c for c in cases()}
-    rows = [HEADER]
+    rows = [header]
+    print(header, flush=True)
     for name in args.cases:
-        rows.append(report(name, measure(by_name[name], args.repeats)))
+        rows.append(report_case(name, measure_case(by_name[name], args.repeats)))
         print(rows[-1], flush=True)
     if args.out is not None:
         text = "\n".join(rows) + "\n"
         tmp = args.out.with_suffix(".tmp")
         tmp.write_text(text)
         tmp.replace(args.out)
+
+
+def main() -> None:
+    """Measure the cases and print (and optionally write) the markdown table."""
+    table_main(__doc__, HEADER, measure, report, ["zoo_cartpole", "zoo_hopper", "zoo_bipedal_same_math"])
 
 
 if __name__ == "__main__":
