@@ -135,7 +135,8 @@ def test_a_sweep_keeps_compiling_and_kl_trials_run_eagerly():
     import optuna
     import torch._dynamo.config as dynamo_config
 
-    from sb3_cherry.common.hyperparams_opt import convert_ppo_rollback_params, sample_ppo_rollback_params
+    from sb3_cherry import RecurrentPPORollback
+    from sb3_cherry.common.hyperparams_opt import SAMPLERS, convert_ppo_rollback_params, sample_ppo_rollback_params
     from sb3_cherry.common.speed import RECOMPILE_LIMIT, compiled_versions
 
     default = dynamo_config.recompile_limit
@@ -155,4 +156,9 @@ def test_a_sweep_keeps_compiling_and_kl_trials_run_eagerly():
     for sampled in sample_ppo_rollback_params(optuna.trial.FixedTrial(fixed), 1, 1, {}), convert_ppo_rollback_params(fixed):
         kwargs = {**entry, **{k: v for k, v in sampled.items() if k != "policy_kwargs"}}
         assert PPORollback("MlpPolicy", "CartPole-v1", **kwargs).compile_update is False
+    # RecurrentPPORollback shares the search space but has no compile_update
+    sample_recurrent, convert_recurrent = SAMPLERS["recurrent_ppo_rollback"]
+    for sampled in sample_recurrent(optuna.trial.FixedTrial(fixed), 1, 1, {}), convert_recurrent(fixed):
+        assert "compile_update" not in sampled
+        RecurrentPPORollback("MlpLstmPolicy", "CartPole-v1", **{k: v for k, v in sampled.items() if k != "policy_kwargs"})
     assert PPORollback("MlpPolicy", "CartPole-v1", compile_update=np.True_).compile_update is True

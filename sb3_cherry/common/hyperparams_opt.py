@@ -64,6 +64,36 @@ def convert_ppo_rollback_params(sampled_params: dict[str, Any]) -> dict[str, Any
     return hyperparams_opt.convert_onpolicy_params(sampled_params)
 
 
+def sample_recurrent_ppo_rollback_params(
+    trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict
+) -> dict[str, Any]:
+    """
+    RecurrentPPORollback's search space: :func:`sample_ppo_rollback_params`'s, without ``compile_update`` (a
+    PPORollback argument only).
+
+    :param trial: the optuna trial
+    :param n_actions: number of actions
+    :param n_envs: number of environments
+    :param additional_args: rl_zoo3's extra sampler arguments
+    :return: hyperparameters for :class:`sb3_cherry.RecurrentPPORollback`
+    """
+    hyperparams = sample_ppo_rollback_params(trial, n_actions, n_envs, additional_args)
+    hyperparams.pop("compile_update", None)
+    return hyperparams
+
+
+def convert_recurrent_ppo_rollback_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
+    """
+    :func:`convert_ppo_rollback_params` for RecurrentPPORollback (without ``compile_update``).
+
+    :param sampled_params: ``trial.params``
+    :return: hyperparameters for :class:`sb3_cherry.RecurrentPPORollback`
+    """
+    hyperparams = convert_ppo_rollback_params(sampled_params)
+    hyperparams.pop("compile_update", None)
+    return hyperparams
+
+
 Sampler = Callable[[optuna.Trial, int, int, dict], dict[str, Any]]
 
 #: The config's ``policy_kwargs`` of the trial running in this thread (optuna's ``n_jobs`` runs trials in threads)
@@ -101,10 +131,11 @@ def _keeping_config_policy_kwargs(sampler: Sampler) -> Sampler:
 
 
 #: The algorithms ``-optimize`` can search: sampler and converter of the best trial's parameters. RecurrentPPORollback
-#: shares PPORollback's space (rl_zoo3's RecurrentPPO sampler is its PPO one); BCO, GAIL and AIRL have none.
+#: shares PPORollback's space but ``compile_update`` (rl_zoo3's RecurrentPPO sampler is its PPO one); BCO, GAIL and
+#: AIRL have none.
 SAMPLERS: dict[str, tuple[Sampler, Callable[[dict[str, Any]], dict[str, Any]]]] = {
     "ppo_rollback": (sample_ppo_rollback_params, convert_ppo_rollback_params),
-    "recurrent_ppo_rollback": (sample_ppo_rollback_params, convert_ppo_rollback_params),
+    "recurrent_ppo_rollback": (sample_recurrent_ppo_rollback_params, convert_recurrent_ppo_rollback_params),
     "cherry_a2c": (hyperparams_opt.sample_a2c_params, hyperparams_opt.convert_onpolicy_params),
 }
 
