@@ -52,7 +52,8 @@ def distribution_validation(enabled: bool) -> Iterator[None]:
         th.distributions.Distribution.set_default_validate_args(previous)
 
 
-_COMPILED: dict[Callable[..., Any], Callable[..., Any]] = {}
+#: the wrapper of :func:`compiled` per (function, switch)
+_COMPILED: dict[tuple[Callable[..., Any], str], Callable[..., Any]] = {}
 
 #: versions of one compiled function torch keeps per process inside :func:`compiled_versions` (its default, 8, is
 #: reached by a sweep: each network size, minibatch size and static setting is a version; beyond the limit torch
@@ -79,33 +80,34 @@ def compiled_versions(enabled: bool = True) -> Iterator[None]:
 
 def compiled(function: Callable[..., Any], switch: str) -> Callable[..., Any]:
     """
-    ``torch.compile(function)`` (TorchInductor), made once per function and shared by every model: torch compiles at
-    the first call and again for a new policy architecture or minibatch shape (the parameters are inputs of the
-    graph, so a new model of the same architecture reuses it); call it inside :func:`compiled_versions`. A compiler
-    failure (TorchInductor needs a C++ compiler on the CPU) is a RuntimeError naming ``switch``.
+    ``torch.compile(function)`` (TorchInductor), made once per function and switch and shared by every model: torch
+    compiles at the first call and again for a new policy architecture or minibatch shape (the parameters are inputs
+    of the graph, so a new model of the same architecture reuses it); call it inside :func:`compiled_versions`. A
+    compiler failure (TorchInductor needs a C++ compiler on the CPU) is a RuntimeError naming ``switch``.
 
     :param function: a function of tensors (and of an ``nn.Module``)
     :param switch: the user's setting that asked for it, for the error message
     :return: the compiled function
     """
-    if function not in _COMPILED:
-        _COMPILED[function] = th.compile(function)
-    compiled_function = _COMPILED[function]
-
-    @functools.wraps(function)
-    def call(*args: Any, **kwargs: Any) -> Any:
+    key = (function, switch)
+    if key not in _COMPILED:
         from torch._dynamo.exc import BackendCompilerFailed
 
-        try:
-            return compiled_function(*args, **kwargs)
-        except BackendCompilerFailed as error:
-            raise RuntimeError(
-                f"{switch}: torch.compile could not build the kernels ({type(error).__name__}: "
-                f"{str(error).splitlines()[0] if str(error) else ''}). TorchInductor needs a working C++ compiler (gcc "
-                f"or clang) and Python's headers; install them, or turn {switch.split('=')[0]} off."
-            ) from error
+        compiled_function = th.compile(function)
 
-    return call
+        @functools.wraps(function)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return compiled_function(*args, **kwargs)
+            except BackendCompilerFailed as error:
+                raise RuntimeError(
+                    f"{switch}: torch.compile could not build the kernels ({type(error).__name__}: "
+                    f"{str(error).splitlines()[0] if str(error) else ''}). TorchInductor needs a working C++ compiler "
+                    f"(gcc or clang) and Python's headers; install them, or turn {switch.split('=')[0]} off."
+                ) from error
+
+        _COMPILED[key] = call
+    return _COMPILED[key]
 
 
 def check_compile_update(compile_update: bool, collection: str, trust_region: str = "ratio") -> bool:
