@@ -40,6 +40,11 @@ class CompiledFloor(Floor):
         self.loss = th.compile(self.minibatch_loss)
 
 
+def _max_gap(a, b) -> float:
+    """Largest |difference| between two lists of parameters."""
+    return max((x - y).abs().max().item() for x, y in zip(a, b, strict=True))
+
+
 def _compiled_model(case: Case):
     """PPORollback on the case with ``policy.evaluate_actions`` compiled."""
     model = case.ours(make_env(case))
@@ -64,7 +69,7 @@ def _parameter_gap(case: Case) -> float:
         with distribution_validation(False):
             eager.train()
         results.append([p.detach().clone() for p in eager.policy.parameters()])
-    return max((a - b).abs().max().item() for a, b in zip(*results, strict=True))
+    return _max_gap(*results)
 
 
 def measure(case: Case, repeats: int) -> dict[str, float]:
@@ -85,8 +90,7 @@ def measure(case: Case, repeats: int) -> dict[str, float]:
     best["compile_floor_s"] = time.perf_counter() - start
     np.random.seed(0)
     floors["floor"].update()
-    pairs = zip(floors["floor"].params, floors["floor_compiled"].params, strict=True)
-    best["floor_gap"] = max((a - b).abs().max().item() for a, b in pairs)
+    best["floor_gap"] = _max_gap(floors["floor"].params, floors["floor_compiled"].params)
 
     def clock(key: str, fn: Callable[[], None]) -> None:
         begin = time.process_time()
