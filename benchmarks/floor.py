@@ -49,7 +49,7 @@ from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.vec_env import VecNormalize
 from torch import nn
 
-from benchmarks.throughput import Case, cases, make_env
+from benchmarks.throughput import Case, cases, make_env, side_env
 from sb3_cherry.common.fast_forward import _sequential_plan
 from sb3_cherry.common.flat_adam import flat_adam_steps
 from sb3_cherry.common.speed import distribution_validation
@@ -282,7 +282,7 @@ def _collect(model, callback: CallbackList) -> Callable[[], None]:
 def measure(case: Case, repeats: int) -> dict[str, float]:
     """Best-of-``repeats`` CPU seconds of each part, and of SB3's and sb3_cherry's two phases, interleaved."""
     th.set_num_threads(1)
-    models = {"sb3": case.baseline(make_env(case)), "ours": case.ours(make_env(case))}
+    models = {"sb3": case.baseline(side_env(case, "sb3")), "ours": case.ours(side_env(case, "ours"))}
     for model in models.values():
         model.learn(model.n_steps * model.n_envs)
     floor = Floor(models["sb3"], case)

@@ -12,7 +12,7 @@ import time
 import torch as th
 from stable_baselines3.common.callbacks import CallbackList
 
-from benchmarks.throughput import cases, make_env
+from benchmarks.throughput import cases, side_env
 from sb3_cherry.common.speed import distribution_validation
 
 
@@ -26,8 +26,8 @@ def main() -> None:
     th.set_num_threads(1)
     case = next(c for c in cases() if c.name == args.case)
     models = {}
-    for side, build, vec_env in (("sb3", case.baseline, case.baseline_vec_env), ("ours", case.ours, case.ours_vec_env)):
-        model = build(make_env(case, vec_env))
+    for side, build in (("sb3", case.baseline), ("ours", case.ours)):
+        model = build(side_env(case, side))
         model.learn(model.n_steps * model.n_envs)  # logger, buffer, last observation, foreach optimizer for ours
         models[side] = model
     best = {(side, phase): float("inf") for side in models for phase in ("collect", "train")}

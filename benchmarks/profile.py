@@ -19,7 +19,7 @@ from typing import Any
 
 import torch as th
 
-from benchmarks.throughput import Case, cases, make_env
+from benchmarks.throughput import Case, cases, side_env
 
 
 def _profile_phases(model: Any, steps: int) -> tuple[dict[str, pstats.Stats], float]:
@@ -70,8 +70,7 @@ def _top(stats: pstats.Stats, top: int) -> list[tuple[str, int, float]]:
 
 def profile_case(case: Case, side: str, top: int) -> str:
     """Profile one side (``"ours"`` or ``"sb3"``) of a case; return a markdown section."""
-    build, vec_env = (case.ours, case.ours_vec_env) if side == "ours" else (case.baseline, case.baseline_vec_env)
-    model = build(make_env(case, vec_env))
+    model = (case.ours if side == "ours" else case.baseline)(side_env(case, side))
     phases, elapsed = _profile_phases(model, case.steps)
     model.get_env().close()
     out = io.StringIO()

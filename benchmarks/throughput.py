@@ -45,6 +45,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from sb3_cherry import CherryA2C, PPORollback, RecurrentPPORollback
+from sb3_cherry.common.vec_env import CherryVecNormalize
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 
@@ -63,6 +64,9 @@ class Case:
     #: VecEnv of each side: ``dummy`` (gymnasium's envs in SB3's DummyVecEnv) or ``envpool:<threads>`` (EnvPoolVecEnv)
     ours_vec_env: str = "dummy"
     baseline_vec_env: str = "dummy"
+    #: normalisation wrapper of sb3_cherry's side when the entry normalises: ``cherry`` (``CherryVecNormalize``, what
+    #: ``sb3-cherry train`` wraps in; the same floats as SB3's) or ``sb3`` (SB3's ``VecNormalize``, the baseline's)
+    ours_normalizer: str = "sb3"
 
 
 def _ppo_kwargs(n_steps: int, batch_size: int, n_epochs: int) -> dict:
@@ -82,6 +86,7 @@ def _zoo_case(
     compiled: bool = False,
     ours_vec_env: str = "dummy",
     baseline_vec_env: str = "dummy",
+    ours_normalizer: str = "cherry",
 ) -> Case:
     """
     PPORollback with the shipped zoo entry of ``env_id`` (``zoo_configs/ppo_rollback.yml``: n_envs, normalize,
@@ -95,6 +100,8 @@ def _zoo_case(
         computed by sb3_cherry's loop (the speed of the loop alone, without the entry's Beta / V-trace costs)
     :param ours_vec_env: PPORollback's VecEnv (see :class:`Case`)
     :param baseline_vec_env: SB3 PPO's VecEnv
+    :param ours_normalizer: PPORollback's normalisation wrapper (see :class:`Case`; SB3's PPO always has SB3's):
+        ``cherry`` by default, as ``sb3-cherry train`` runs the entry
     """
     from sb3_cherry.common.schedules import coefficient_schedule
     from sb3_cherry.common.zoo_config import load_zoo_entry
@@ -127,6 +134,7 @@ def _zoo_case(
         normalize=entry.normalize,
         ours_vec_env=ours_vec_env,
         baseline_vec_env=baseline_vec_env,
+        ours_normalizer=ours_normalizer,
     )
 
 
@@ -134,13 +142,18 @@ def zoo_cases() -> list[Case]:
     """
     The issue-19 goal cases: the shipped zoo entries of CartPole-v1 (8 envs), Hopper-v5 (1 env), BipedalWalker-v3
     (32 envs, Beta policy, V-trace), each also with the opt-in fused Adam and with the opt-in compiled update (and
-    both); BipedalWalker also with SB3's math.
+    both); BipedalWalker also with SB3's math. PPORollback's side normalises (Hopper, BipedalWalker) with
+    ``CherryVecNormalize``, as ``sb3-cherry train`` does; the ``*_sb3_normalize`` cases give it SB3's
+    ``VecNormalize`` too (the algorithms alone on the same VecEnv stack; all cases did before that wrapper existed).
     """
     return [
         _zoo_case("zoo_cartpole", "CartPole-v1", 16_384),
         _zoo_case("zoo_hopper", "Hopper-v5", 4_096),
         _zoo_case("zoo_bipedal", "BipedalWalker-v3", 8_192),
         _zoo_case("zoo_bipedal_same_math", "BipedalWalker-v3", 8_192, same_math=True),
+        _zoo_case("zoo_hopper_sb3_normalize", "Hopper-v5", 4_096, ours_normalizer="sb3"),
+        _zoo_case("zoo_bipedal_sb3_normalize", "BipedalWalker-v3", 8_192, ours_normalizer="sb3"),
+        _zoo_case("zoo_bipedal_same_math_sb3_normalize", "BipedalWalker-v3", 8_192, same_math=True, ours_normalizer="sb3"),
         _zoo_case("zoo_cartpole_fused_adam", "CartPole-v1", 16_384, fused=True),
         _zoo_case("zoo_hopper_fused_adam", "Hopper-v5", 4_096, fused=True),
         _zoo_case("zoo_bipedal_fused_adam", "BipedalWalker-v3", 8_192, fused=True),
@@ -308,11 +321,12 @@ def _flat_box_env(vec_env):
     return make_vec_env(env_id, n_envs=vec_env.num_envs, seed=0, wrapper_class=FlatActions)
 
 
-def make_env(case: Case, vec_env: str = "dummy") -> VecEnv:
+def make_env(case: Case, vec_env: str = "dummy", normalizer: str = "sb3") -> VecEnv:
     """
     The case's VecEnv (seed 0, VecNormalize when the zoo entry normalises).
 
     :param vec_env: ``dummy`` or ``envpool:<threads>`` (see :class:`Case`)
+    :param normalizer: ``sb3`` (SB3's ``VecNormalize``) or ``cherry`` (``CherryVecNormalize``)
     """
     if vec_env.startswith("envpool:"):
         from sb3_cherry.common.vec_env.envpool_vec_env import make_envpool_vec_env
@@ -321,7 +335,21 @@ def make_env(case: Case, vec_env: str = "dummy") -> VecEnv:
         env: VecEnv = make_envpool_vec_env(case.env_id, n_envs=case.n_envs, seed=0, num_threads=threads)
     else:
         env = make_vec_env(case.env_id, n_envs=case.n_envs, seed=0)
-    return VecNormalize(env, **case.normalize) if case.normalize is not None else env
+    if case.normalize is None:
+        return env
+    return (CherryVecNormalize if normalizer == "cherry" else VecNormalize)(env, **case.normalize)
+
+
+def side_env(case: Case, side: str) -> VecEnv:
+    """
+    The VecEnv of one side of a case: ``ours`` (its VecEnv and normalisation wrapper) or ``sb3`` (the baseline's).
+
+    :param case: the case
+    :param side: ``ours`` or ``sb3``
+    """
+    if side == "ours":
+        return make_env(case, case.ours_vec_env, case.ours_normalizer)
+    return make_env(case, case.baseline_vec_env)
 
 
 def ab_table_main(description: str, header: str, measure: Callable[[str, int], str], cases: list[str], repeats: int) -> None:
@@ -345,16 +373,15 @@ def ab_table_main(description: str, header: str, measure: Callable[[str, int], s
         print(measure(name, args.repeats), flush=True)
 
 
-def measure_wall_and_cpu(
-    build: Callable, case: Case, check_finite: bool | None = None, vec_env: str = "dummy"
-) -> tuple[float, float]:
+def measure_wall_and_cpu(build: Callable, case: Case, side: str, check_finite: bool | None = None) -> tuple[float, float]:
     """
     Steps per second of ``learn(steps)``, per wall-clock second and per second of this process's CPU time (model
     construction excluded). With torch on 1 thread and a DummyVecEnv the two agree on an idle machine; on a loaded
     one the CPU-time rate is not diluted by waiting for a core (with EnvPool it counts its worker threads too).
-    ``check_finite``, when given, is set on the model (``--guard``); ``vec_env`` is the side's VecEnv.
+    ``check_finite``, when given, is set on the model (``--guard``); ``side`` (``ours`` / ``sb3``) picks the VecEnv
+    (:func:`side_env`).
     """
-    model = build(make_env(case, vec_env))
+    model = build(side_env(case, side))
     if check_finite is not None:
         model.check_finite = check_finite
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -408,11 +435,11 @@ def main() -> None:
         ours, base, raw, ours_cpu, base_cpu = [], [], [], [], []
         for _ in range(args.repeats):  # alternate, so drifting machine load hits both sides
             if args.guard:  # the same model with the non-finite checks off ("sb3" columns) and on
-                sides = ((base, case.ours, False, case.ours_vec_env), (ours, case.ours, True, case.ours_vec_env))
+                sides = ((base, case.ours, False, "ours"), (ours, case.ours, True, "ours"))
             else:
-                sides = ((base, case.baseline, None, case.baseline_vec_env), (ours, case.ours, None, case.ours_vec_env))
-            for side, build, check_finite, vec_env in sides:
-                wall, cpu = measure_wall_and_cpu(build, case, check_finite, vec_env)
+                sides = ((base, case.baseline, None, "sb3"), (ours, case.ours, None, "ours"))
+            for side, build, check_finite, env_side in sides:
+                wall, cpu = measure_wall_and_cpu(build, case, env_side, check_finite)
                 side.append(wall)
                 (base_cpu if side is base else ours_cpu).append(cpu)
             raw.append(measure_raw(case))
@@ -422,6 +449,7 @@ def main() -> None:
             n_envs=case.n_envs,
             ours_vec_env=case.ours_vec_env,
             sb3_vec_env=case.baseline_vec_env,
+            ours_normalizer=("none" if case.normalize is None else case.ours_normalizer),
             steps=case.steps,
             repeats=args.repeats,
             ours_steps_per_s=round(float(np.median(ours)), 1),

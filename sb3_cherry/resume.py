@@ -59,6 +59,7 @@ from sb3_cherry.common.safe_config import (
 )
 from sb3_cherry.common.save_util import atomic_write
 from sb3_cherry.common.schedules import ZooLinearSchedule
+from sb3_cherry.common.vec_env.vec_normalize import CherryVecNormalize, sb3_vec_normalize
 
 #: Hyperparameters rl_zoo3 turns into objects with ``eval`` when they are strings (parsed as data on resume instead)
 _STRING_KEYS = ("policy_kwargs", "replay_buffer_class", "replay_buffer_kwargs", "monitor_kwargs", "normalize")
@@ -312,12 +313,13 @@ BEST_STATISTICS = "best_model_vecnormalize.pkl"
 def save_statistics(vec_normalize: VecNormalize, path: str) -> None:
     """
     ``VecNormalize.save`` written atomically (the same pickle: SB3's ``save`` pickles the wrapper, whose state leaves
-    out the wrapped env): an interrupted write keeps the previous file whole, where ``save`` truncates it first.
+    out the wrapped env; a ``CherryVecNormalize`` as SB3's ``VecNormalize``): an interrupted write keeps the previous
+    file whole, where ``save`` truncates it first.
 
     :param vec_normalize: the statistics
     :param path: the file
     """
-    atomic_write(path, lambda file: pickle.dump(vec_normalize, file))
+    atomic_write(path, lambda file: pickle.dump(sb3_vec_normalize(vec_normalize), file))
 
 
 class _SaveStatistics(BaseCallback):
@@ -377,19 +379,22 @@ class SafeExperimentManager(ExperimentManager):
     downloaded run folder put there. Here the statistics of a ``-i`` model are read with the restricted unpickler
     (:func:`~sb3_cherry.common.restricted_pickle.load_vec_normalize`), and runs without ``-i`` start their
     normalisation from the config (a resumed run's statistics come from its run checkpoint).
-    ``sb3-cherry train`` always trains through this class (or a subclass).
+    ``sb3-cherry train`` always trains through this class (or a subclass). Its normalisation wrapper is
+    :class:`~sb3_cherry.common.vec_env.vec_normalize.CherryVecNormalize` (SB3's ``VecNormalize`` with the same floats,
+    cheaper per step; saved as SB3's).
     """
 
     def _maybe_normalize(self, env: VecEnv, eval_env: bool) -> VecEnv:
         """
         :param env: the env to wrap
         :param eval_env: an evaluation env (statistics frozen, rewards not normalised)
-        :return: ``env`` in a ``VecNormalize`` with the ``-i`` model's statistics, or as rl_zoo3 wraps it without them
+        :return: ``env`` in a ``CherryVecNormalize`` with the ``-i`` model's statistics, or as rl_zoo3 wraps it without
+            them (in a ``CherryVecNormalize`` where rl_zoo3 builds a ``VecNormalize``)
         """
         path = os.path.join(os.path.dirname(self.trained_agent), self.env_name, "vecnormalize.pkl")
         if self.trained_agent and os.path.exists(path):
             print("Loading saved VecNormalize stats (restricted unpickler)")
-            normalized = load_vec_normalize(path, env)
+            normalized = CherryVecNormalize.from_vec_normalize(load_vec_normalize(path, env))
             if eval_env:
                 normalized.training = False
                 normalized.norm_reward = False
@@ -398,9 +403,10 @@ class SafeExperimentManager(ExperimentManager):
         # (a relative path without -i), so point it where no file is
         trained_agent, self.trained_agent = self.trained_agent, os.devnull
         try:
-            return super()._maybe_normalize(env, eval_env)
+            wrapped = super()._maybe_normalize(env, eval_env)
         finally:
             self.trained_agent = trained_agent
+        return CherryVecNormalize.from_vec_normalize(wrapped) if type(wrapped) is VecNormalize else wrapped
 
     def read_hyperparameters(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """

@@ -42,6 +42,21 @@ def test_throughput_zoo_baseline_takes_a_number_for_a_scheduled_ent_coef():
         env.close()
 
 
+def test_throughput_sides_normalise_as_their_libraries_do():
+    """The zoo cases' sb3_cherry side normalises with CherryVecNormalize (as sb3-cherry train), SB3's with SB3's
+    VecNormalize; the *_sb3_normalize cases give both SB3's."""
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from benchmarks.throughput import cases, side_env
+    from sb3_cherry.common.vec_env import CherryVecNormalize
+
+    by_name = {c.name: c for c in cases()}
+    for name, ours_type in (("zoo_hopper", CherryVecNormalize), ("zoo_hopper_sb3_normalize", VecNormalize)):
+        ours, sb3 = side_env(by_name[name], "ours"), side_env(by_name[name], "sb3")
+        assert type(ours) is ours_type and type(sb3) is VecNormalize
+        ours.close(), sb3.close()
+
+
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
 def test_floor_update_trains_like_sb3_ppo(env_id, monkeypatch):
     """

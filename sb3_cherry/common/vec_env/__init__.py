@@ -2,6 +2,7 @@
 Vectorized environments.
 
 ``CherrySubprocVecEnv``: SB3's ``SubprocVecEnv`` whose worker failures name their cause.
+``CherryVecNormalize``: SB3's ``VecNormalize`` with the same floats and less work per step (saved as SB3's).
 ``RayVecEnv`` and ``EnvPoolVecEnv`` / ``make_envpool_vec_env`` are exported lazily: importing this package does not
 import Ray or EnvPool (optional dependencies, ``pip install "sb3_cherry[distributed]"`` / ``"sb3_cherry[envpool]"``).
 """
@@ -9,6 +10,7 @@ import Ray or EnvPool (optional dependencies, ``pip install "sb3_cherry[distribu
 from typing import TYPE_CHECKING, Any
 
 from sb3_cherry.common.vec_env.subproc_vec_env import CherrySubprocVecEnv, WorkerDiedError, WorkerTimeoutError
+from sb3_cherry.common.vec_env.vec_normalize import CherryVecNormalize
 
 if TYPE_CHECKING:
     from sb3_cherry.common.vec_env.envpool_vec_env import EnvPoolVecEnv, make_envpool_vec_env
@@ -16,6 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CherrySubprocVecEnv",
+    "CherryVecNormalize",
     "EnvPoolVecEnv",
     "RayVecEnv",
     "WorkerDiedError",
