@@ -45,7 +45,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from sb3_cherry import CherryA2C, PPORollback, RecurrentPPORollback
-from sb3_cherry.common.vec_env import CherryVecNormalize
+from sb3_cherry.common.vec_env import CherryDummyVecEnv, CherryVecNormalize
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 
@@ -64,9 +64,10 @@ class Case:
     #: VecEnv of each side: ``dummy`` (gymnasium's envs in SB3's DummyVecEnv) or ``envpool:<threads>`` (EnvPoolVecEnv)
     ours_vec_env: str = "dummy"
     baseline_vec_env: str = "dummy"
-    #: normalisation wrapper of sb3_cherry's side when the entry normalises: ``cherry`` (``CherryVecNormalize``, what
-    #: ``sb3-cherry train`` wraps in; the same floats as SB3's) or ``sb3`` (SB3's ``VecNormalize``, the baseline's)
-    ours_normalizer: str = "sb3"
+    #: VecEnv classes of sb3_cherry's side with ``dummy``: ``cherry`` (``CherryDummyVecEnv``, and
+    #: ``CherryVecNormalize`` when the entry normalises: what ``sb3-cherry train`` builds; the same values as SB3's) or
+    #: ``sb3`` (SB3's ``DummyVecEnv`` / ``VecNormalize``, the baseline's)
+    ours_stack: str = "sb3"
 
 
 def _ppo_kwargs(n_steps: int, batch_size: int, n_epochs: int) -> dict:
@@ -86,7 +87,7 @@ def _zoo_case(
     compiled: bool = False,
     ours_vec_env: str = "dummy",
     baseline_vec_env: str = "dummy",
-    ours_normalizer: str = "cherry",
+    ours_stack: str = "cherry",
 ) -> Case:
     """
     PPORollback with the shipped zoo entry of ``env_id`` (``zoo_configs/ppo_rollback.yml``: n_envs, normalize,
@@ -100,8 +101,8 @@ def _zoo_case(
         computed by sb3_cherry's loop (the speed of the loop alone, without the entry's Beta / V-trace costs)
     :param ours_vec_env: PPORollback's VecEnv (see :class:`Case`)
     :param baseline_vec_env: SB3 PPO's VecEnv
-    :param ours_normalizer: PPORollback's normalisation wrapper (see :class:`Case`; SB3's PPO always has SB3's):
-        ``cherry`` by default, as ``sb3-cherry train`` runs the entry
+    :param ours_stack: PPORollback's VecEnv classes (see :class:`Case`; SB3's PPO always has SB3's): ``cherry`` by
+        default, as ``sb3-cherry train`` runs the entry
     """
     from sb3_cherry.common.schedules import coefficient_schedule
     from sb3_cherry.common.zoo_config import load_zoo_entry
@@ -134,7 +135,7 @@ def _zoo_case(
         normalize=entry.normalize,
         ours_vec_env=ours_vec_env,
         baseline_vec_env=baseline_vec_env,
-        ours_normalizer=ours_normalizer,
+        ours_stack=ours_stack,
     )
 
 
@@ -142,18 +143,20 @@ def zoo_cases() -> list[Case]:
     """
     The issue-19 goal cases: the shipped zoo entries of CartPole-v1 (8 envs), Hopper-v5 (1 env), BipedalWalker-v3
     (32 envs, Beta policy, V-trace), each also with the opt-in fused Adam and with the opt-in compiled update (and
-    both); BipedalWalker also with SB3's math. PPORollback's side normalises (Hopper, BipedalWalker) with
-    ``CherryVecNormalize``, as ``sb3-cherry train`` does; the ``*_sb3_normalize`` cases give it SB3's
-    ``VecNormalize`` too (the algorithms alone on the same VecEnv stack; all cases did before that wrapper existed).
+    both); BipedalWalker also with SB3's math. PPORollback's side steps ``CherryDummyVecEnv`` and normalises
+    (Hopper, BipedalWalker) with ``CherryVecNormalize``, as ``sb3-cherry train`` does; the ``*_sb3_stack`` cases give
+    it SB3's ``DummyVecEnv`` / ``VecNormalize`` too (the algorithms alone on the same VecEnv stack; all cases did
+    before those classes existed).
     """
     return [
         _zoo_case("zoo_cartpole", "CartPole-v1", 16_384),
         _zoo_case("zoo_hopper", "Hopper-v5", 4_096),
         _zoo_case("zoo_bipedal", "BipedalWalker-v3", 8_192),
         _zoo_case("zoo_bipedal_same_math", "BipedalWalker-v3", 8_192, same_math=True),
-        _zoo_case("zoo_hopper_sb3_normalize", "Hopper-v5", 4_096, ours_normalizer="sb3"),
-        _zoo_case("zoo_bipedal_sb3_normalize", "BipedalWalker-v3", 8_192, ours_normalizer="sb3"),
-        _zoo_case("zoo_bipedal_same_math_sb3_normalize", "BipedalWalker-v3", 8_192, same_math=True, ours_normalizer="sb3"),
+        _zoo_case("zoo_cartpole_sb3_stack", "CartPole-v1", 16_384, ours_stack="sb3"),
+        _zoo_case("zoo_hopper_sb3_stack", "Hopper-v5", 4_096, ours_stack="sb3"),
+        _zoo_case("zoo_bipedal_sb3_stack", "BipedalWalker-v3", 8_192, ours_stack="sb3"),
+        _zoo_case("zoo_bipedal_same_math_sb3_stack", "BipedalWalker-v3", 8_192, same_math=True, ours_stack="sb3"),
         _zoo_case("zoo_cartpole_fused_adam", "CartPole-v1", 16_384, fused=True),
         _zoo_case("zoo_hopper_fused_adam", "Hopper-v5", 4_096, fused=True),
         _zoo_case("zoo_bipedal_fused_adam", "BipedalWalker-v3", 8_192, fused=True),
@@ -321,12 +324,13 @@ def _flat_box_env(vec_env):
     return make_vec_env(env_id, n_envs=vec_env.num_envs, seed=0, wrapper_class=FlatActions)
 
 
-def make_env(case: Case, vec_env: str = "dummy", normalizer: str = "sb3") -> VecEnv:
+def make_env(case: Case, vec_env: str = "dummy", stack: str = "sb3") -> VecEnv:
     """
     The case's VecEnv (seed 0, VecNormalize when the zoo entry normalises).
 
     :param vec_env: ``dummy`` or ``envpool:<threads>`` (see :class:`Case`)
-    :param normalizer: ``sb3`` (SB3's ``VecNormalize``) or ``cherry`` (``CherryVecNormalize``)
+    :param stack: ``sb3`` (SB3's ``DummyVecEnv`` / ``VecNormalize``) or ``cherry`` (``CherryDummyVecEnv`` /
+        ``CherryVecNormalize``)
     """
     if vec_env.startswith("envpool:"):
         from sb3_cherry.common.vec_env.envpool_vec_env import make_envpool_vec_env
@@ -334,10 +338,12 @@ def make_env(case: Case, vec_env: str = "dummy", normalizer: str = "sb3") -> Vec
         threads = int(vec_env.partition(":")[2])
         env: VecEnv = make_envpool_vec_env(case.env_id, n_envs=case.n_envs, seed=0, num_threads=threads)
     else:
-        env = make_vec_env(case.env_id, n_envs=case.n_envs, seed=0)
+        env = make_vec_env(
+            case.env_id, n_envs=case.n_envs, seed=0, vec_env_cls=CherryDummyVecEnv if stack == "cherry" else None
+        )
     if case.normalize is None:
         return env
-    return (CherryVecNormalize if normalizer == "cherry" else VecNormalize)(env, **case.normalize)
+    return (CherryVecNormalize if stack == "cherry" else VecNormalize)(env, **case.normalize)
 
 
 def side_env(case: Case, side: str) -> VecEnv:
@@ -348,7 +354,7 @@ def side_env(case: Case, side: str) -> VecEnv:
     :param side: ``ours`` or ``sb3``
     """
     if side == "ours":
-        return make_env(case, case.ours_vec_env, case.ours_normalizer)
+        return make_env(case, case.ours_vec_env, case.ours_stack)
     return make_env(case, case.baseline_vec_env)
 
 
@@ -449,7 +455,7 @@ def main() -> None:
             n_envs=case.n_envs,
             ours_vec_env=case.ours_vec_env,
             sb3_vec_env=case.baseline_vec_env,
-            ours_normalizer=("none" if case.normalize is None else case.ours_normalizer),
+            ours_stack=case.ours_stack if case.ours_vec_env == "dummy" else "-",
             steps=case.steps,
             repeats=args.repeats,
             ours_steps_per_s=round(float(np.median(ours)), 1),

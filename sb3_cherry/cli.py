@@ -75,7 +75,7 @@ def register_zoo() -> dict[str, type]:
 
     algos = sb3_cherry.zoo_algorithms()
     rl_zoo3.utils.ALGOS.update(algos)
-    use_in_rl_zoo3()  # --vec-env subproc: worker failures name the worker and the env's exception
+    use_in_rl_zoo3()  # subproc: worker failures name the worker and the env's exception; dummy: cheaper copies
     try:
         from sb3_cherry.common.hyperparams_opt import register_samplers
 

@@ -42,18 +42,25 @@ def test_throughput_zoo_baseline_takes_a_number_for_a_scheduled_ent_coef():
         env.close()
 
 
-def test_throughput_sides_normalise_as_their_libraries_do():
-    """The zoo cases' sb3_cherry side normalises with CherryVecNormalize (as sb3-cherry train), SB3's with SB3's
-    VecNormalize; the *_sb3_normalize cases give both SB3's."""
-    from stable_baselines3.common.vec_env import VecNormalize
+def test_throughput_sides_step_their_libraries_vec_envs():
+    """The zoo cases' sb3_cherry side steps CherryDummyVecEnv and normalises with CherryVecNormalize (as sb3-cherry
+    train), SB3's side SB3's DummyVecEnv / VecNormalize; the *_sb3_stack cases give both SB3's."""
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
     from benchmarks.throughput import cases, side_env
-    from sb3_cherry.common.vec_env import CherryVecNormalize
+    from sb3_cherry.common.vec_env import CherryDummyVecEnv, CherryVecNormalize
 
     by_name = {c.name: c for c in cases()}
-    for name, ours_type in (("zoo_hopper", CherryVecNormalize), ("zoo_hopper_sb3_normalize", VecNormalize)):
+    expected = {
+        "zoo_hopper": (CherryVecNormalize, CherryDummyVecEnv),
+        "zoo_hopper_sb3_stack": (VecNormalize, DummyVecEnv),
+        "zoo_cartpole": (CherryDummyVecEnv, CherryDummyVecEnv),
+        "zoo_cartpole_sb3_stack": (DummyVecEnv, DummyVecEnv),
+    }
+    for name, (top, base) in expected.items():
         ours, sb3 = side_env(by_name[name], "ours"), side_env(by_name[name], "sb3")
-        assert type(ours) is ours_type and type(sb3) is VecNormalize
+        assert type(ours) is top and type(ours.unwrapped) is base
+        assert type(sb3) in (VecNormalize, DummyVecEnv) and type(sb3.unwrapped) is DummyVecEnv
         ours.close(), sb3.close()
 
 

@@ -5,7 +5,9 @@ Shared machinery of sb3_cherry's on-policy algorithms.
 order (``class PPORollback(PPO, CherryOnPolicyAlgorithm)``), so that the SB3 algorithm's own code runs unchanged and
 only three hooks are added:
 
-- ``Tuple`` action spaces are accepted, and the env is wrapped in :class:`VecTupleActions`;
+- ``Tuple`` action spaces are accepted, and the env is wrapped in :class:`VecTupleActions`; a gymnasium env is
+  vectorised in a :class:`~sb3_cherry.common.vec_env.dummy_vec_env.CherryDummyVecEnv` (SB3's ``DummyVecEnv``, same
+  values, cheaper copies);
 - the default rollout buffer is a :class:`CherryRolloutBuffer` carrying the returns estimator;
 - saving is atomic and loading a foreign or corrupt file fails with a clear message;
 - the default policies pick their action distribution from ``policy_kwargs["action_distribution"]``;
@@ -25,9 +27,12 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ConvertCallback, EvalCallback
+from stable_baselines3.common.env_util import is_wrapped
+from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
 from stable_baselines3.common.vec_env import VecEnv, is_vecenv_wrapped
+from stable_baselines3.common.vec_env.patch_gym import _patch_env
 
 from sb3_cherry.common.async_learner import (
     COLLECTION_MODES,
@@ -55,6 +60,7 @@ from sb3_cherry.common.returns import check_unit_interval
 from sb3_cherry.common.save_util import AtomicSaveAlgorithm
 from sb3_cherry.common.schedules import coefficient_schedule, scheduled_value
 from sb3_cherry.common.speed import fast_learn, inference_forward
+from sb3_cherry.common.vec_env.dummy_vec_env import CherryDummyVecEnv
 from sb3_cherry.common.vec_env.tuple_actions import VecTupleActions
 
 SelfCherryOnPolicyAlgorithm = TypeVar("SelfCherryOnPolicyAlgorithm", bound="CherryOnPolicyAlgorithm")
@@ -234,6 +240,26 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
 
     @staticmethod
     def _wrap_env(env: GymEnv, verbose: int = 0, monitor_wrapper: bool = True) -> VecEnv:
+        """
+        SB3's ``_wrap_env`` (a gymnasium env in a ``Monitor`` and a one-env VecEnv, image transposition), with
+        :class:`~sb3_cherry.common.vec_env.dummy_vec_env.CherryDummyVecEnv` as the VecEnv, and Tuple action spaces
+        in :class:`VecTupleActions`.
+
+        :param env: the env (a VecEnv is kept)
+        :param verbose: print the wrappers added
+        :param monitor_wrapper: wrap a gymnasium env in a ``Monitor`` (unless it is already)
+        :return: the VecEnv
+        """
+        if not isinstance(env, VecEnv):
+            env = _patch_env(env)
+            if monitor_wrapper and not is_wrapped(env, Monitor):
+                if verbose >= 1:
+                    print("Wrapping the env with a `Monitor` wrapper")
+                env = Monitor(env)
+            if verbose >= 1:
+                print("Wrapping the env in a CherryDummyVecEnv.")
+            single = env
+            env = CherryDummyVecEnv([lambda: single])
         env = OnPolicyAlgorithm._wrap_env(env, verbose, monitor_wrapper)
         if isinstance(env.action_space, spaces.Tuple) and not is_vecenv_wrapped(env, VecTupleActions):
             env = VecTupleActions(env)

@@ -359,9 +359,16 @@ class CherrySubprocVecEnv(SubprocVecEnv):
 
 
 def use_in_rl_zoo3() -> None:
-    """Make rl_zoo3 (``--vec-env subproc``, ``create_test_env``) build :class:`CherrySubprocVecEnv` workers."""
+    """
+    Make rl_zoo3 (``--vec-env subproc`` / ``dummy``, ``create_test_env``) build :class:`CherrySubprocVecEnv` workers
+    and :class:`~sb3_cherry.common.vec_env.dummy_vec_env.CherryDummyVecEnv` s.
+    """
     import rl_zoo3.exp_manager
     import rl_zoo3.utils
 
+    from sb3_cherry.common.vec_env.dummy_vec_env import CherryDummyVecEnv
+
     rl_zoo3.exp_manager.SubprocVecEnv = CherrySubprocVecEnv  # type: ignore[misc]
     rl_zoo3.utils.SubprocVecEnv = CherrySubprocVecEnv  # type: ignore[misc]
+    rl_zoo3.exp_manager.DummyVecEnv = CherryDummyVecEnv  # type: ignore[misc]
+    rl_zoo3.utils.DummyVecEnv = CherryDummyVecEnv  # type: ignore[misc]

@@ -16,7 +16,7 @@ Python wrappers), a ``deepcopy`` of the observation that is thrown away, and ``n
   anyway); ``np.clip`` is called as the ufunc it dispatches to.
 
 Observations, rewards, terminal observations and statistics are equal to SB3's bit for bit
-(``tests/test_vec_normalize.py`` steps both side by side and compares the bytes); ``benchmarks/vec_normalize_cost.py``
+(``tests/test_vec_normalize.py`` steps both side by side and compares the bytes); ``benchmarks/env_stack_cost.py``
 measures the difference. A saved ``CherryVecNormalize`` is SB3's ``VecNormalize`` (same state), so its files load with
 SB3's and rl_zoo3's ``VecNormalize.load`` without sb3_cherry, and sb3_cherry's restricted loader reads them as it reads
 SB3's.
