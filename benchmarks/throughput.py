@@ -249,6 +249,15 @@ def cases() -> list[Case]:
             16_384,
             lambda e: CherryA2C("MlpPolicy", e, **a2c),
             lambda e: A2C("MlpPolicy", e, **a2c),
+            ours_stack="cherry",  # as sb3-cherry train builds it (the *_sb3_stack case: SB3's DummyVecEnv)
+        ),
+        Case(
+            "cartpole_cherry_a2c_sb3_stack",
+            "CartPole-v1",
+            8,
+            16_384,
+            lambda e: CherryA2C("MlpPolicy", e, **a2c),
+            lambda e: A2C("MlpPolicy", e, **a2c),
         ),
         Case(
             "cartpole_gumbel_softmax_vs_sb3_categorical",
