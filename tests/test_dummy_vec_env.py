@@ -153,3 +153,32 @@ def test_algorithms_and_the_cli_vectorise_with_it():
     assert type(model.get_env()) is CherryDummyVecEnv
     register_zoo()
     assert rl_zoo3.exp_manager.DummyVecEnv is CherryDummyVecEnv
+
+
+def test_info_dicts_shared_between_envs_stay_shared():
+    """Found by review: an env returning one module-level info dict (or one env's info inside another's) gave shared
+    copies in SB3's single deepcopy of the list, and separate copies here."""
+    shared = {"speed": 0.0}
+
+    class SharedInfo(gym.Env):
+        observation_space = spaces.Box(-1, 1, (2,), np.float32)
+        action_space = spaces.Discrete(2)
+
+        def reset(self, *, seed=None, options=None):
+            return np.zeros(2, np.float32), {}
+
+        def step(self, action):
+            shared["speed"] = float(action)
+            return np.zeros(2, np.float32), 0.0, False, False, shared
+
+    for venv_class in (DummyVecEnv, CherryDummyVecEnv):
+        venv = venv_class([SharedInfo, SharedInfo])
+        venv.reset()
+        infos = venv.step(np.array([1, 0]))[3]
+        assert infos[0] is infos[1] and infos[0] is not shared, venv_class
+    a = {"x": 1.0}
+    for infos in ([a, {"peer": a}], [{"peer": a}, a]):
+        copies = copy_infos(infos)
+        peer = copies[1]["peer"] if "peer" in copies[1] else copies[0]["peer"]
+        own = copies[0] if "peer" in copies[1] else copies[1]
+        assert peer is own and own is not a

@@ -206,3 +206,43 @@ def test_the_training_cli_normalises_with_cherry_vec_normalize(tmp_path):
     manager.normalize, manager.trained_agent = False, ""
     plain = DummyVecEnv([lambda: gym.make("Pendulum-v1")])
     assert manager._maybe_normalize(plain, False) is plain
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize(
+    "dtype, bits",
+    [
+        (np.float16, [0x7C01, 0x8000, 0xFC01, 0x3C00]),
+        (np.float32, [0x7F800001, 0x80000000, 0xFF800001, 0x3F800000]),
+        (np.float64, [0x7FF0000000000001, 0x8000000000000000, 0x3FF0000000000000]),
+    ],
+)
+def test_one_row_moments_are_numpys_bits(dtype, bits, monkeypatch):
+    """The moments handed to update_from_moments are np.mean's / np.var's to the bit: -0.0 becomes +0.0 and a
+    signalling NaN is quieted, as numpy's sum from +0.0 does (found by review: the row itself was passed)."""
+    unsigned = {np.float16: np.uint16, np.float32: np.uint32, np.float64: np.uint64}[dtype]
+    batch = np.array(bits, dtype=unsigned).view(dtype)[None]
+    seen = []
+    monkeypatch.setattr(RunningMeanStd, "update_from_moments", lambda self, mean, var, count: seen.append((mean, var)))
+    update_running_mean_std(RunningMeanStd(shape=batch.shape[1:]), batch)
+    ((mean, var),) = seen
+    _same(np.mean(batch, axis=0), mean, "mean")
+    _same(np.var(batch, axis=0), var, "var")
+
+
+def test_statistics_with_their_own_update_keep_it():
+    """Found by review: a RunningMeanStd subclass overriding update (here: frozen) was bypassed with one env; and a
+    converted wrapper's class attributes are its own (outer wrappers find its methods)."""
+    from stable_baselines3.common.vec_env import VecFrameStack
+
+    class Frozen(RunningMeanStd):
+        def update(self, arr):
+            pass
+
+    reference, cherry = _pair(1)
+    for wrapper in (reference, cherry):
+        wrapper.obs_rms, wrapper.ret_rms = Frozen(shape=(5,)), Frozen(shape=())
+    _run(reference, cherry, 50)
+    assert cherry.obs_rms.count == reference.obs_rms.count == pytest.approx(1e-4)
+    converted = CherryVecNormalize.from_vec_normalize(VecNormalize(DummyVecEnv([lambda: _RandomEnv()])))
+    assert callable(VecFrameStack(converted, 2).to_vec_normalize)

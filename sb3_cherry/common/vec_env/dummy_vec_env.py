@@ -49,7 +49,16 @@ def copy_infos(infos: list[dict[str, Any]]) -> list[dict[str, Any]]:
     :return: the copies
     """
     memo: dict[int, Any] = {}
-    return [dict(info) if _scalar_info(info) else deepcopy(info, memo) for info in infos]
+    copies = []
+    for info in infos:
+        if id(info) in memo:  # copied already (the same dict returned by two envs, or met inside an earlier info)
+            copies.append(memo[id(info)])
+        elif _scalar_info(info):
+            memo[id(info)] = copy = dict(info)  # registered, so that a later deepcopy reaching it shares the copy
+            copies.append(copy)
+        else:
+            copies.append(deepcopy(info, memo))
+    return copies
 
 
 class CherryDummyVecEnv(DummyVecEnv):
@@ -86,7 +95,7 @@ class CherryDummyVecEnv(DummyVecEnv):
 
         :return: the observations
         """
-        if any(buffer.dtype.hasobject for buffer in self.buf_obs.values()):
+        if not all(isinstance(buffer, np.ndarray) and not buffer.dtype.hasobject for buffer in self.buf_obs.values()):
             return super()._obs_from_buf()
         copies = OrderedDict([(key, buffer.copy(order="K")) for key, buffer in self.buf_obs.items()])
         return dict_to_obs(self.observation_space, copies)

@@ -7,11 +7,12 @@ about 70 us per step on these machines, more than the Hopper-v5 simulator's own 
 Python wrappers), a ``deepcopy`` of the observation that is thrown away, and ``np.clip``'s wrapper.
 :class:`CherryVecNormalize` removes that work and nothing else:
 
-- the moments of a one-row batch are written out: numpy's mean of one row is the row (a sum of one element, divided
-  by 1, both exact; in float64 for integer and boolean observations, as ``np.mean``), and its variance is
-  ``(row - row) ** 2`` computed as ``np.var`` computes it (``x = arr - mean``, ``x * x``, divided by 1): zero, or NaN
-  where the row is not finite. Batches of two rows or more take SB3's ``RunningMeanStd.update`` unchanged. Both then go
-  through the statistics' own ``update_from_moments`` (SB3's arithmetic);
+- the moments of a one-row batch are written out: numpy's mean of one row is ``0.0 + row`` (its sum starts from
+  +0.0 and has one term; divided by 1, exact; in float64 for integer and boolean observations, as ``np.mean``), and its
+  variance ``(row - mean) ** 2`` computed as ``np.var`` computes it (``x = arr - mean``, ``x * x``, divided by 1):
+  zero, or NaN where the row is not finite; the same bits as numpy's, signed zeros and NaN payloads included. Batches
+  of two rows or more, statistics classes with their own ``update`` and other dtypes take the statistics' ``update``
+  unchanged. The moments then go through the statistics' own ``update_from_moments`` (SB3's arithmetic);
 - ``normalize_obs`` of an array skips the ``deepcopy`` SB3 makes and then replaces (the normalised array is new
   anyway); ``np.clip`` is called as the ufunc it dispatches to.
 
@@ -21,6 +22,8 @@ measures the difference. A saved ``CherryVecNormalize`` is SB3's ``VecNormalize`
 SB3's and rl_zoo3's ``VecNormalize.load`` without sb3_cherry, and sb3_cherry's restricted loader reads them as it reads
 SB3's.
 """
+
+import inspect
 
 import numpy as np
 from stable_baselines3.common.running_mean_std import RunningMeanStd
@@ -60,19 +63,28 @@ def sb3_vec_normalize(vec_normalize: VecNormalize) -> VecNormalize:
 def update_running_mean_std(statistics: RunningMeanStd, batch: np.ndarray) -> None:
     """
     ``statistics.update(batch)`` (SB3's ``RunningMeanStd``), with the moments of a one-row batch written out; same
-    floats (see the module docstring).
+    floats (see the module docstring). Statistics whose class overrides ``update``, and batches that are not arrays
+    of booleans, integers or floats, take their own ``update``.
 
     :param statistics: the running statistics to update
     :param batch: a batch of values, one row per environment
     """
-    if batch.shape[0] != 1:
+    if (
+        type(statistics).update is not RunningMeanStd.update
+        or not isinstance(batch, np.ndarray)
+        or batch.ndim == 0
+        or batch.shape[0] != 1
+        or batch.dtype.kind not in "biuf"
+    ):
         statistics.update(batch)
         return
     row = batch[0]
-    # np.mean / np.var reduce integer and boolean input in float64, float input in its own dtype
-    row = row.astype(np.float64) if row.dtype.kind in "iub" else row.copy()
-    deviation = row - row
-    statistics.update_from_moments(row, deviation * deviation, 1)
+    # np.mean reduces integer and boolean input in float64, float input in its own dtype, starting its sum from +0.0
+    # (which turns a -0.0 into +0.0 and quiets a signalling NaN): 0.0 + row, divided by 1
+    mean = row.astype(np.float64) if row.dtype.kind in "biu" else row + 0.0
+    # np.var: x = batch - mean, x * x, summed (one term) and divided by 1
+    deviation = row - mean
+    statistics.update_from_moments(mean, deviation * deviation, 1)
 
 
 class CherryVecNormalize(VecNormalize):
@@ -103,6 +115,8 @@ class CherryVecNormalize(VecNormalize):
         """
         converted = cls.__new__(cls)
         converted.__dict__.update(vec_normalize.__dict__)
+        # what VecEnvWrapper.__init__ records of the class, read by outer wrappers' attribute lookup
+        converted.class_attributes = dict(inspect.getmembers(cls))
         return converted
 
     def to_vec_normalize(self) -> VecNormalize:
@@ -141,7 +155,6 @@ class CherryVecNormalize(VecNormalize):
                 for key in self.obs_rms.keys():
                     update_running_mean_std(self.obs_rms[key], obs[key])
             else:
-                assert isinstance(self.obs_rms, RunningMeanStd)
                 update_running_mean_std(self.obs_rms, obs)  # type: ignore[arg-type]
         obs = self.normalize_obs(obs)
         if self.training:
