@@ -7,7 +7,7 @@ machine.
     python -m benchmarks.phase_ab zoo_hopper --repeats 15 --with-sb3-stack   # also sb3_cherry on SB3's VecEnv classes
 
 ``--with-sb3-stack`` adds a third model to the same interleaved loop: sb3_cherry's side on SB3's ``DummyVecEnv`` /
-``VecNormalize`` (its row ``sb3_cherry (SB3's stack)``), so that the share of the VecEnv classes in the speed-up is
+``VecNormalize`` (its rows ``<case>, sb3_cherry on SB3's stack``), so that the share of the VecEnv classes in the speed-up is
 measured in the same minutes as the rest.
 """
 

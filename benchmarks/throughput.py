@@ -198,6 +198,15 @@ def cases() -> list[Case]:
     from sb3_contrib import RecurrentPPO
     from stable_baselines3 import A2C
 
+    a2c_case = Case(
+        "cartpole_cherry_a2c",
+        "CartPole-v1",
+        8,
+        16_384,
+        lambda e: CherryA2C("MlpPolicy", e, **a2c),
+        lambda e: A2C("MlpPolicy", e, **a2c),
+        ours_stack="cherry",  # as sb3-cherry train builds it (the *_sb3_stack case: SB3's DummyVecEnv)
+    )
     return [
         *zoo_cases(),
         *envpool_cases(),
@@ -242,23 +251,8 @@ def cases() -> list[Case]:
             # SB3 cannot handle the Tuple space: its baseline is a Gaussian policy on the flattened action vector
             lambda e: PPO("MlpPolicy", _flat_box_env(e), **pend),
         ),
-        Case(
-            "cartpole_cherry_a2c",
-            "CartPole-v1",
-            8,
-            16_384,
-            lambda e: CherryA2C("MlpPolicy", e, **a2c),
-            lambda e: A2C("MlpPolicy", e, **a2c),
-            ours_stack="cherry",  # as sb3-cherry train builds it (the *_sb3_stack case: SB3's DummyVecEnv)
-        ),
-        Case(
-            "cartpole_cherry_a2c_sb3_stack",
-            "CartPole-v1",
-            8,
-            16_384,
-            lambda e: CherryA2C("MlpPolicy", e, **a2c),
-            lambda e: A2C("MlpPolicy", e, **a2c),
-        ),
+        a2c_case,
+        dataclasses.replace(a2c_case, name="cartpole_cherry_a2c_sb3_stack", ours_stack="sb3"),
         Case(
             "cartpole_gumbel_softmax_vs_sb3_categorical",
             "CartPole-v1",
