@@ -64,6 +64,46 @@ def test_throughput_sides_step_their_libraries_vec_envs():
         ours.close(), sb3.close()
 
 
+@pytest.mark.parametrize("in_main", [False, True])
+def test_worker_split_vec_env_returns_what_one_process_returns(in_main):
+    """benchmarks/worker_split.py's harness (envs stepped in worker processes) against SB3's DummyVecEnv: the same
+    observations, rewards, dones and infos (episode ends, terminal observations, auto-resets), and the same first
+    observations after a reseed; so a model trained on it computes the same floats."""
+    import numpy as np
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from benchmarks.worker_split import WorkerSplitVecEnv
+
+    split = make_vec_env("CartPole-v1", n_envs=5, seed=3, vec_env_cls=lambda fns: WorkerSplitVecEnv(fns, 2, in_main))
+    single = make_vec_env("CartPole-v1", n_envs=5, seed=3, vec_env_cls=DummyVecEnv)
+    try:
+        groups = [split.main_slice, *split.slices] if in_main else split.slices
+        assert [s.stop - s.start for s in groups] == ([1, 2, 2] if in_main else [2, 3])
+        np.testing.assert_array_equal(split.reset(), single.reset())
+        rng = np.random.default_rng(0)
+        ends = 0
+        for _ in range(120):
+            actions = rng.integers(0, 2, size=5)
+            (obs, rewards, dones, infos), expected = split.step(actions), single.step(actions)
+            for got, want in zip((obs, rewards, dones), expected[:3], strict=True):
+                assert got.dtype == want.dtype
+                np.testing.assert_array_equal(got, want)
+            for got, want in zip(infos, expected[3], strict=True):
+                assert set(got) == set(want)
+                if "terminal_observation" in want:
+                    np.testing.assert_array_equal(got["terminal_observation"], want["terminal_observation"])
+                    assert got["episode"]["r"] == want["episode"]["r"] and got["episode"]["l"] == want["episode"]["l"]
+                    ends += 1
+        assert ends >= 5  # episodes ended and the envs were reset inside the workers
+        split.seed(11), single.seed(11)
+        np.testing.assert_array_equal(split.reset(), single.reset())
+        with pytest.raises(AttributeError, match="benchmark harness"):
+            split.get_attr("spec")
+    finally:
+        split.close(), single.close()
+
+
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
 def test_floor_update_trains_like_sb3_ppo(env_id, monkeypatch):
     """
