@@ -16,7 +16,10 @@ in ONE process so that machine noise hits both sides alike; the ratio is what we
 
 The ``*_envpool`` cases train PPORollback on EnvPool's C++ port of the env (``EnvPoolVecEnv``, ``pip install
 "sb3_cherry[envpool]"``) and SB3's PPO on gymnasium's (both sides on EnvPool in ``zoo_bipedal_both_envpool``); the
-CPU-time ratio then counts EnvPool's worker threads too.
+CPU-time ratio then counts EnvPool's worker threads too. ``zoo_bipedal_parallel`` trains PPORollback on the entry's own
+VecEnv (``vec_env: parallel``: ``CherryParallelVecEnv``, half the envs in a worker process on 2 cores; the same values),
+as ``sb3-cherry train`` does since that key; its CPU-time ratio leaves the worker's time out (compare wall clock), and
+``zoo_bipedal`` keeps one process (the algorithm's speed alone).
 
 ``--guard`` compares sb3_cherry with its non-finite checks (``check_finite=True``, the default) against the same
 model with ``check_finite=False`` instead of SB3 (the "sb3" columns are then the unguarded runs), timed in process
@@ -61,7 +64,9 @@ class Case:
     ours: Callable
     baseline: Callable
     normalize: dict | None = None  # VecNormalize arguments (zoo entries with ``normalize: true``)
-    #: VecEnv of each side: ``dummy`` (gymnasium's envs in SB3's DummyVecEnv) or ``envpool:<threads>`` (EnvPoolVecEnv)
+    #: VecEnv of each side: ``dummy`` (gymnasium's envs in one process), ``parallel`` (sb3_cherry's side only:
+    #: ``CherryParallelVecEnv``, the envs in groups stepped at once here and in worker processes, the same values) or
+    #: ``envpool:<threads>`` (EnvPoolVecEnv)
     ours_vec_env: str = "dummy"
     baseline_vec_env: str = "dummy"
     #: VecEnv classes of sb3_cherry's side with ``dummy``: ``cherry`` (``CherryDummyVecEnv``, and
@@ -157,6 +162,8 @@ def zoo_cases() -> list[Case]:
         _zoo_case("zoo_hopper_sb3_stack", "Hopper-v5", 4_096, ours_stack="sb3"),
         _zoo_case("zoo_bipedal_sb3_stack", "BipedalWalker-v3", 8_192, ours_stack="sb3"),
         _zoo_case("zoo_bipedal_same_math_sb3_stack", "BipedalWalker-v3", 8_192, same_math=True, ours_stack="sb3"),
+        # the entry's own VecEnv (vec_env: parallel), what sb3-cherry train runs; zoo_bipedal steps one process
+        _zoo_case("zoo_bipedal_parallel", "BipedalWalker-v3", 8_192, ours_vec_env="parallel"),
         _zoo_case("zoo_cartpole_fused_adam", "CartPole-v1", 16_384, fused=True),
         _zoo_case("zoo_hopper_fused_adam", "Hopper-v5", 4_096, fused=True),
         _zoo_case("zoo_bipedal_fused_adam", "BipedalWalker-v3", 8_192, fused=True),
@@ -331,15 +338,19 @@ def make_env(case: Case, vec_env: str = "dummy", stack: str = "sb3") -> VecEnv:
     """
     The case's VecEnv (seed 0, VecNormalize when the zoo entry normalises).
 
-    :param vec_env: ``dummy`` or ``envpool:<threads>`` (see :class:`Case`)
+    :param vec_env: ``dummy``, ``parallel`` or ``envpool:<threads>`` (see :class:`Case`)
     :param stack: ``sb3`` (SB3's ``DummyVecEnv`` / ``VecNormalize``) or ``cherry`` (``CherryDummyVecEnv`` /
         ``CherryVecNormalize``)
     """
-    if vec_env.startswith("envpool:"):
+    if vec_env == "parallel":
+        from sb3_cherry.common.vec_env import CherryParallelVecEnv
+
+        env: VecEnv = make_vec_env(case.env_id, n_envs=case.n_envs, seed=0, vec_env_cls=CherryParallelVecEnv)
+    elif vec_env.startswith("envpool:"):
         from sb3_cherry.common.vec_env.envpool_vec_env import make_envpool_vec_env
 
         threads = int(vec_env.partition(":")[2])
-        env: VecEnv = make_envpool_vec_env(case.env_id, n_envs=case.n_envs, seed=0, num_threads=threads)
+        env = make_envpool_vec_env(case.env_id, n_envs=case.n_envs, seed=0, num_threads=threads)
     else:
         env = make_vec_env(
             case.env_id, n_envs=case.n_envs, seed=0, vec_env_cls=CherryDummyVecEnv if stack == "cherry" else None
@@ -458,7 +469,7 @@ def main() -> None:
             n_envs=case.n_envs,
             ours_vec_env=case.ours_vec_env,
             sb3_vec_env=case.baseline_vec_env,
-            ours_stack=case.ours_stack if case.ours_vec_env == "dummy" else "-",
+            ours_stack=case.ours_stack if not case.ours_vec_env.startswith("envpool") else "-",
             steps=case.steps,
             repeats=args.repeats,
             ours_steps_per_s=round(float(np.median(ours)), 1),

@@ -168,10 +168,19 @@ def _train_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--vec-env",
         default=None,
-        choices=["dummy", "subproc", "envpool"],
-        help="training envs: dummy (one process, rl_zoo3's default), subproc (one process per env) or envpool "
+        choices=["dummy", "subproc", "parallel", "envpool"],
+        help="training envs: dummy (one process, rl_zoo3's default), subproc (one process per env), parallel (the envs "
+        "in groups stepped at once: one in this process, one per worker process; the same values as dummy; "
+        "--parallel-workers) or envpool "
         '(EnvPool\'s C++ port of the env, stepped by threads; pip install "sb3_cherry[envpool]"; evaluation stays on '
         "the gymnasium env; the config's env_wrapper translated; no env_kwargs, no run checkpoints)",
+    )
+    parser.add_argument(
+        "--parallel-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="worker processes with --vec-env parallel (default: one per core beyond this process's, at most n_envs - 1)",
     )
     parser.add_argument(
         "--envpool-threads",
@@ -265,6 +274,27 @@ def _import_gym_packages(rest: list[str]) -> None:
             ) from exc
 
 
+def _check_train_counts(args: argparse.Namespace) -> None:
+    """
+    The counts of ``sb3-cherry train``'s own options are at least 1, and the VecEnv options go with their ``--vec-env``.
+
+    :param args: the options of :func:`_train_parser`
+    :raises ValueError: naming the option
+    """
+    for flag, value in (
+        ("--run-checkpoint-freq", args.run_checkpoint_freq),
+        ("--stop-after", args.stop_after),
+        ("--envpool-threads", args.envpool_threads),
+        ("--parallel-workers", args.parallel_workers),
+    ):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}.")
+    if args.envpool_threads is not None and args.vec_env != "envpool":
+        raise ValueError("--envpool-threads is an option of --vec-env envpool.")
+    if args.parallel_workers is not None and args.vec_env != "parallel":
+        raise ValueError("--parallel-workers is an option of --vec-env parallel.")
+
+
 def cmd_train(argv: list[str]) -> None:
     """
     ``sb3-cherry train``: rl_zoo3's train with sb3_cherry registered (all of rl_zoo3's train flags work).
@@ -290,15 +320,7 @@ def cmd_train(argv: list[str]) -> None:
         skip = ("-h", "--help", "--algo", "--env", "-conf", "--conf-file", "--vec-env")
         print(_rl_zoo3_options(train, "sb3-cherry train", skip=skip))
         return
-    for flag, value in (
-        ("--run-checkpoint-freq", args.run_checkpoint_freq),
-        ("--stop-after", args.stop_after),
-        ("--envpool-threads", args.envpool_threads),
-    ):
-        if value is not None and value < 1:
-            raise ValueError(f"{flag} must be at least 1, got {value}.")
-    if args.envpool_threads is not None and args.vec_env != "envpool":
-        raise ValueError("--envpool-threads is an option of --vec-env envpool.")
+    _check_train_counts(args)
     # rl_zoo3 trains the config's n_timesteps for any -n below 1 (its "not given"): an explicit one is a mistake
     budget = argparse.ArgumentParser(add_help=False)
     budget.add_argument("-n", "--n-timesteps", type=int, default=None)
@@ -338,6 +360,11 @@ def cmd_train(argv: list[str]) -> None:
     entry = validate_config(conf, algo, env_id, _hyperparams_overrides(rest), env_kwargs)
     zoo_argv = ["--algo", algo, "--env", env_id, "--conf-file", conf, *rest]
     freq = args.run_checkpoint_freq or args.stop_after
+
+    def managed(base: type) -> type:
+        """``base`` with the command line's --vec-env (over the entry's ``vec_env``) and --parallel-workers."""
+        return type(base.__name__, (base,), {"vec_env_option": args.vec_env, "parallel_workers": args.parallel_workers})
+
     if args.vec_env == "envpool":
         if freq is not None:
             raise ValueError(
@@ -348,19 +375,21 @@ def cmd_train(argv: list[str]) -> None:
         from sb3_cherry.common.vec_env.envpool_vec_env import envpool_experiment_manager
 
         # rl_zoo3 trains on EnvPool's envs (evaluation on gymnasium's)
-        manager = envpool_experiment_manager(SafeExperimentManager, args.envpool_threads)
+        manager = envpool_experiment_manager(managed(SafeExperimentManager), args.envpool_threads)
         with experiment_manager_class(manager):
             _run_rl_zoo3(train, "sb3-cherry train", zoo_argv)
         return
-    if args.vec_env is not None:
+    if args.vec_env in ("dummy", "subproc"):  # (rl_zoo3's --vec-env knows these two: parallel is the manager's)
         zoo_argv += ["--vec-env", args.vec_env]
+
     if freq is None:
-        with experiment_manager_class(SafeExperimentManager):
+        with experiment_manager_class(managed(SafeExperimentManager)):
             _run_rl_zoo3(train, "sb3-cherry train", zoo_argv)
         return
     check_checkpointable(entry, f"{conf} [{env_id}]")
-    with chunked_experiment_manager(ChunkOptions(freq, args.stop_after)):
-        _run_rl_zoo3(train, "sb3-cherry train", zoo_argv)
+    with chunked_experiment_manager(ChunkOptions(freq, args.stop_after)) as configured:
+        with experiment_manager_class(managed(configured)):
+            _run_rl_zoo3(train, "sb3-cherry train", zoo_argv)
 
 
 def _resume_train(args: argparse.Namespace, rest: list[str]) -> None:

@@ -25,11 +25,13 @@ import pickle
 import shutil
 import time
 import traceback
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import gymnasium as gym
+import rl_zoo3.exp_manager
 from rl_zoo3.callbacks import SaveVecNormalizeCallback
 from rl_zoo3.exp_manager import ExperimentManager
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -382,7 +384,19 @@ class SafeExperimentManager(ExperimentManager):
     ``sb3-cherry train`` always trains through this class (or a subclass). Its normalisation wrapper is
     :class:`~sb3_cherry.common.vec_env.vec_normalize.CherryVecNormalize` (SB3's ``VecNormalize`` with the same floats,
     cheaper per step; saved as SB3's).
+
+    The training envs' VecEnv is the command line's ``--vec-env`` (:attr:`vec_env_option`), else the entry's
+    ``vec_env``, else rl_zoo3's ``DummyVecEnv``; ``parallel`` is a
+    :class:`~sb3_cherry.common.vec_env.parallel_vec_env.CherryParallelVecEnv` for two or more training envs (the
+    evaluation env stays in one process).
     """
+
+    #: ``sb3-cherry train --vec-env`` (None: not given; the entry's ``vec_env`` applies), set on a subclass
+    vec_env_option: ClassVar[str | None] = None
+    #: ``sb3-cherry train --parallel-workers`` (None: one per core beyond this process's)
+    parallel_workers: ClassVar[int | None] = None
+    #: the VecEnv of the training envs (``dummy``, ``subproc`` or ``parallel``), known after ``_preprocess_hyperparams``
+    _vec_env_choice: str = "dummy"
 
     def _maybe_normalize(self, env: VecEnv, eval_env: bool) -> VecEnv:
         """
@@ -571,8 +585,58 @@ class SafeExperimentManager(ExperimentManager):
         for key in ("env_kwargs", *_STRING_KEYS):  # the strings rl_zoo3 would eval (normalize, policy_kwargs, ...)
             if isinstance(hyperparams.get(key), str):
                 hyperparams[key] = parse_literal_string(hyperparams[key], key)
+        # sb3_cherry's key, not the model's: the command line's --vec-env overrides it
+        entry_vec_env = hyperparams.pop("vec_env", None)
+        self._vec_env_choice = self.vec_env_option or entry_vec_env or "dummy"
+        if self.vec_env_option is None and entry_vec_env == "subproc":  # as rl_zoo3's --vec-env subproc
+            self.vec_env_class = rl_zoo3.exp_manager.SubprocVecEnv
         where = f"{self.config} [{self.env_name.gym_id}]"
         return super()._preprocess_hyperparams(resolve_rollout_buffer_class(hyperparams, where))
+
+    def create_envs(self, n_envs: int, eval_env: bool = False, no_log: bool = False) -> VecEnv:
+        """
+        :param n_envs: number of envs
+        :param eval_env: an evaluation env
+        :param no_log: no monitor files
+        :return: rl_zoo3's env; the training envs (two or more) in a ``CherryParallelVecEnv`` when ``parallel`` was
+            chosen (in one process when this process has one core and ``--parallel-workers`` was not given)
+        """
+        from sb3_cherry.common.vec_env import parallel_vec_env
+
+        if self._vec_env_choice != "parallel" or eval_env or n_envs < 2:
+            return super().create_envs(n_envs, eval_env, no_log)
+        if self.parallel_workers is None and parallel_vec_env.available_cores() < 2:
+            print("vec_env parallel: this process has one core, the training envs are stepped in it (dummy)")
+            return super().create_envs(n_envs, eval_env, no_log)
+        CherryParallelVecEnv = parallel_vec_env.CherryParallelVecEnv  # (looked up here: tests replace it)
+
+        saved = self.vec_env_class, self.vec_env_kwargs
+        workers = None if self.parallel_workers is None else min(self.parallel_workers, n_envs - 1)
+        self.vec_env_class, self.vec_env_kwargs = CherryParallelVecEnv, {"n_workers": workers}  # type: ignore[assignment]
+        try:
+            return super().create_envs(n_envs, eval_env, no_log)
+        finally:
+            self.vec_env_class, self.vec_env_kwargs = saved
+
+    @contextlib.contextmanager
+    def _parallel_eval_warning_silenced(self) -> Iterator[None]:
+        """
+        With ``parallel`` training envs, SB3's ``EvalCallback`` warns that the evaluation env is not of the training
+        env's class: it is one process by design (the same envs; evaluation episodes are not split). Silenced here.
+        """
+        with warnings.catch_warnings():
+            if self._vec_env_choice == "parallel":
+                warnings.filterwarnings("ignore", message="Training and eval env are not of the same type")
+            yield
+
+    def learn(self, model: BaseAlgorithm) -> None:
+        """
+        rl_zoo3's ``learn`` (see :meth:`_parallel_eval_warning_silenced`).
+
+        :param model: the model
+        """
+        with self._parallel_eval_warning_silenced():
+            super().learn(model)
 
     def load_trial(self, storage: str, study_name: str, trial_id: int | None = None, convert: bool = True) -> dict[str, Any]:
         """
@@ -796,24 +860,25 @@ class ChunkedExperimentManager(SafeExperimentManager):
         if self.run_state is None:
             super().learn(model)
         else:
-            kwargs: dict[str, Any] = {}
-            if self.log_interval > -1:
-                kwargs["log_interval"] = self.log_interval
-            elif self.log_interval < -1:
-                kwargs["log_interval"] = None
-            if self.callbacks:
-                kwargs["callback"] = self.callbacks
-            try:
-                if self.run_state.remaining > 0:
-                    model.learn(self.run_state.remaining, reset_num_timesteps=False, **kwargs)
-            except KeyboardInterrupt:
-                pass
-            finally:
+            with self._parallel_eval_warning_silenced():
+                kwargs: dict[str, Any] = {}
+                if self.log_interval > -1:
+                    kwargs["log_interval"] = self.log_interval
+                elif self.log_interval < -1:
+                    kwargs["log_interval"] = None
                 if self.callbacks:
-                    self.callbacks[0].on_training_end()
-                with contextlib.suppress(EOFError):
-                    assert model.env is not None
-                    model.env.close()
+                    kwargs["callback"] = self.callbacks
+                try:
+                    if self.run_state.remaining > 0:
+                        model.learn(self.run_state.remaining, reset_num_timesteps=False, **kwargs)
+                except KeyboardInterrupt:
+                    pass
+                finally:
+                    if self.callbacks:
+                        self.callbacks[0].on_training_end()
+                    with contextlib.suppress(EOFError):
+                        assert model.env is not None
+                        model.env.close()
         if self.saver is not None and self.saver.stop:
             print(
                 f"Stopped after this chunk at {self.saver.saved_at} of {model._total_timesteps} steps (run checkpoint: "

@@ -41,7 +41,12 @@ ZOO_KEYS = {
     "env_kwargs",
     "monitor_kwargs",
     "policy_kwargs",
+    # sb3_cherry's (rl_zoo3 has only the --vec-env option): the training envs' VecEnv, see VEC_ENV_CHOICES
+    "vec_env",
 }
+#: values of an entry's ``vec_env`` (and of ``sb3-cherry train --vec-env``, which overrides it; ``envpool`` is the
+#: command line's only): one process, one process per env, or the envs in groups stepped at once (CherryParallelVecEnv)
+VEC_ENV_CHOICES = ("dummy", "subproc", "parallel")
 #: Hyperparameters that rl_zoo3 accepts as ``lin_<value>`` schedules
 SCHEDULE_KEYS = {"learning_rate", "clip_range", "clip_range_vf"}
 #: Loss coefficients that sb3_cherry's on-policy constructors accept as a number, ``lin_<value>`` or a ``{start, end,
@@ -252,6 +257,8 @@ def _check_zoo_keys(entry: Mapping[str, Any], aliases: Mapping[str, Any], where:
             raise ValueError(f"{where}: {key}={value!r} must be an integer (not {type(value).__name__}).")
     if entry.get("frame_stack") is not None and entry["frame_stack"] < 1:
         raise ValueError(f"{where}: frame_stack={entry['frame_stack']!r} must be at least 1.")
+    if "vec_env" in entry and entry["vec_env"] not in VEC_ENV_CHOICES:
+        raise ValueError(f"{where}: vec_env={entry['vec_env']!r} must be one of {list(VEC_ENV_CHOICES)}.")
     normalize = entry.get("normalize")
     if isinstance(normalize, str):  # parsed as data here (rl_zoo3 would eval it; sb3_cherry hands it the parsed value)
         normalize = parse_literal_string(normalize, f"{where} normalize")

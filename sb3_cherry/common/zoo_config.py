@@ -31,6 +31,8 @@ class ZooEntry:
         as :func:`make_env_wrapper` turns it into ``make_vec_env``'s ``wrapper_class``; None: no wrapper
     :param frame_stack: the entry's ``frame_stack`` (``VecFrameStack`` after ``VecNormalize``, as rl_zoo3)
     :param env_kwargs: keyword arguments of the env constructor
+    :param vec_env: the entry's ``vec_env`` (``dummy``, ``subproc`` or ``parallel``: the VecEnv ``sb3-cherry train``
+        steps the training envs in; the same values in each)
     """
 
     n_timesteps: int
@@ -40,6 +42,7 @@ class ZooEntry:
     env_wrapper: Any = None
     frame_stack: int | None = None
     env_kwargs: dict[str, Any] = field(default_factory=dict)
+    vec_env: str = "dummy"
 
 
 def make_env_wrapper(
@@ -96,6 +99,7 @@ def load_zoo_entry(algo: str, env_id: str, path: str | pathlib.Path | None = Non
     entry = dict(validate_config(path, algo, env_id))
     n_timesteps = int(entry.pop("n_timesteps"))
     n_envs = int(entry.pop("n_envs", 1))
+    vec_env = str(entry.pop("vec_env", "dummy"))
     normalize = entry.pop("normalize", False)
     if isinstance(normalize, str):
         normalize = parse_literal_string(normalize, f"{path} [{env_id}] normalize")
@@ -128,4 +132,5 @@ def load_zoo_entry(algo: str, env_id: str, path: str | pathlib.Path | None = Non
         env_wrapper=env_wrapper,
         frame_stack=int(frame_stack) if frame_stack else None,
         env_kwargs=dict(env_kwargs),
+        vec_env=vec_env,
     )

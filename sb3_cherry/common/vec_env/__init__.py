@@ -3,6 +3,7 @@ Vectorized environments.
 
 ``CherrySubprocVecEnv``: SB3's ``SubprocVecEnv`` whose worker failures name their cause.
 ``CherryDummyVecEnv``: SB3's ``DummyVecEnv`` with cheaper copies of what a step returns (same values).
+``CherryParallelVecEnv``: the envs in groups stepped at once, one here and one per worker process (same values).
 ``CherryVecNormalize``: SB3's ``VecNormalize`` with the same floats and less work per step (saved as SB3's).
 ``RayVecEnv`` and ``EnvPoolVecEnv`` / ``make_envpool_vec_env`` are exported lazily: importing this package does not
 import Ray or EnvPool (optional dependencies, ``pip install "sb3_cherry[distributed]"`` / ``"sb3_cherry[envpool]"``).
@@ -11,6 +12,7 @@ import Ray or EnvPool (optional dependencies, ``pip install "sb3_cherry[distribu
 from typing import TYPE_CHECKING, Any
 
 from sb3_cherry.common.vec_env.dummy_vec_env import CherryDummyVecEnv
+from sb3_cherry.common.vec_env.parallel_vec_env import CherryParallelVecEnv
 from sb3_cherry.common.vec_env.subproc_vec_env import CherrySubprocVecEnv, WorkerDiedError, WorkerTimeoutError
 from sb3_cherry.common.vec_env.vec_normalize import CherryVecNormalize
 
@@ -20,6 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CherryDummyVecEnv",
+    "CherryParallelVecEnv",
     "CherrySubprocVecEnv",
     "CherryVecNormalize",
     "EnvPoolVecEnv",

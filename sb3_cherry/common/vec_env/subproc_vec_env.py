@@ -148,8 +148,11 @@ class WorkerTimeoutError(TimeoutError):
 class _CheckedRemote:
     """The main process's end of a worker pipe: turns a dead worker or a reported env exception into an error."""
 
-    def __init__(self, remote: Any, index: int, process: Any, owner: "CherrySubprocVecEnv"):
+    def __init__(self, remote: Any, index: int, process: Any, owner: Any, label: str | None = None, envs: str | None = None):
         self.remote, self.index, self.process, self.owner = remote, index, process, owner
+        #: how errors name the worker, and the env(s) it steps
+        self.label = label or f"SubprocVecEnv worker {index} (env {index})"
+        self.envs = envs or f"env {index} of a SubprocVecEnv"
         #: commands sent whose answers are not read yet
         self.pending = 0
         #: the last command sent (named by a timeout)
@@ -157,8 +160,9 @@ class _CheckedRemote:
 
     def send(self, message: Any) -> None:
         if self.owner.broken is not None:
+            failed = "its envs in this process" if self.owner.broken == -1 else f"worker {self.owner.broken}"
             raise RuntimeError(
-                f"This SubprocVecEnv is unusable after the error of worker {self.owner.broken} (the workers' answers are "
+                f"This {type(self.owner).__name__} is unusable after the error of {failed} (the workers' answers are "
                 "out of step): close it and create a new one."
             )
         try:
@@ -182,7 +186,7 @@ class _CheckedRemote:
                     self._break()
                     self.process.terminate()  # (a hung env; close() then joins it)
                     raise WorkerTimeoutError(
-                        f"SubprocVecEnv worker {self.index} (env {self.index}) did not answer {self.command!r} within "
+                        f"{self.label} did not answer {self.command!r} within "
                         f"step_timeout={timeout} s and was terminated: the env hangs (or is slower than that: raise "
                         "step_timeout, or pass None to wait forever). Close this VecEnv and create a new one."
                     )
@@ -196,8 +200,7 @@ class _CheckedRemote:
         except Exception as exc:  # an answer that does not unpickle here
             self._break()
             raise RuntimeError(
-                f"The answer of SubprocVecEnv worker {self.index} (env {self.index}) could not be read in the main process "
-                f"({type(exc).__name__}: {exc})."
+                f"The answer of {self.label} could not be read in the main process " f"({type(exc).__name__}: {exc})."
             ) from exc
         # step / reset answer a tuple whose first entry stands for the failure; render, get_attr, env_method the value
         failure = result[0] if isinstance(result, tuple) and result else result
@@ -206,7 +209,7 @@ class _CheckedRemote:
             # get_attr or render only answers still unread elsewhere make the VecEnv unusable
             if failure.method in ("step()", "reset()") or any(r.pending for r in self.owner.remotes):
                 self._break()
-            note = f"raised by env {self.index} of a SubprocVecEnv in {failure.method}; worker traceback:\n{failure.traceback}"
+            note = f"raised by {self.envs} in {failure.method}; worker traceback:\n{failure.traceback}"
             if failure.error is not None:
                 if hasattr(failure.error, "add_note"):
                     failure.error.add_note(note)
@@ -228,7 +231,7 @@ class _CheckedRemote:
         code = self.process.exitcode
         cause = f"exit code {code}" if code is None or code >= 0 else f"killed by signal {-code}"
         return WorkerDiedError(
-            f"SubprocVecEnv worker {self.index} (env {self.index}) died ({cause}) while {doing}: out of memory, killed, "
+            f"{self.label} died ({cause}) while {doing}: out of memory, killed, "
             "or a crash in the env's native code; an exception raised while creating the env is printed on stderr."
         )
 
