@@ -14,6 +14,7 @@ measurement harness.
     python -m benchmarks.worker_split                            # markdown on stdout
     python -m benchmarks.worker_split --out worker_split         # also benchmarks/results/worker_split.{md,csv}
     python -m benchmarks.worker_split --configs 2 3 main+1       # VecEnvs: k workers, or this process + k workers
+    python -m benchmarks.worker_split --library-envs --out worker_split_envs   # CherryParallelVecEnv on other envs
 
 Two parts, wall-clock time (the workers' CPU time is not the main process's), torch on 1 thread:
 
@@ -203,6 +204,35 @@ def raw_rates(configs: Sequence[str], repeats: int, calls: int = 200) -> dict[st
     return best
 
 
+def library_raw_rates(repeats: int) -> list[dict[str, Any]]:
+    """
+    Best-of-``repeats`` env steps per second with random actions of ``CherryDummyVecEnv`` and of the library's
+    ``CherryParallelVecEnv`` (default workers) on a cheap, a mid and a simulator-bound env.
+
+    :param repeats: rounds (the two VecEnvs alternate)
+    :return: one row per env
+    """
+    from sb3_cherry.common.vec_env import CherryParallelVecEnv
+
+    rows = []
+    for env_id, n_envs, calls in (("CartPole-v1", 8, 3000), ("Hopper-v5", 2, 2000), ("Humanoid-v5", 32, 100)):
+        best = {"one": 0.0, "parallel": 0.0}
+        for _ in range(repeats):
+            for name, cls in (("one", CherryDummyVecEnv), ("parallel", CherryParallelVecEnv)):
+                env = make_vec_env(env_id, n_envs=n_envs, seed=0, vec_env_cls=cls)  # type: ignore[arg-type]
+                env.action_space.seed(0)
+                actions = [np.stack([env.action_space.sample() for _ in range(n_envs)]) for _ in range(16)]
+                env.reset()
+                start = time.perf_counter()
+                for i in range(calls):
+                    env.step(actions[i % len(actions)])
+                best[name] = max(best[name], calls * n_envs / (time.perf_counter() - start))
+                env.close()
+        rows.append({"env": f"{env_id} x {n_envs}", **{k: round(v) for k, v in best.items()}})
+        rows[-1]["parallel_over_one"] = round(best["parallel"] / best["one"], 2)
+    return rows
+
+
 def _timed_learn(model: Any, steps: int, inner: VecEnv) -> dict[str, float]:
     """Milliseconds per rollout of ``model.learn(steps)``: total, collection, VecEnv wait within it, update."""
     totals = {"collect": 0.0, "env_wait": 0.0, "train": 0.0}
@@ -261,8 +291,25 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=8_192, help="env steps per learn (16 rollouts of the entry)")
     parser.add_argument("--out", default=None, help="file stem in benchmarks/results (writes .md and .csv)")
+    parser.add_argument(
+        "--library-envs",
+        action="store_true",
+        help="instead: raw step rates, CherryDummyVecEnv vs CherryParallelVecEnv, on CartPole x 8, Hopper x 2, Humanoid x 32",
+    )
     args = parser.parse_args()
     th.set_num_threads(1)
+    if args.library_envs:
+        rows = library_raw_rates(args.repeats)
+        lines = [
+            f"`python -m benchmarks.worker_split --library-envs --repeats {args.repeats}` ({time.strftime('%Y-%m-%d %H:%M')})",
+            "",
+        ]
+        lines += ["| env | one process (env steps/s) | CherryParallelVecEnv | parallel / one |", "|---|---|---|---|"]
+        lines += ["| " + " | ".join(str(v) for v in row.values()) + " |" for row in rows]
+        print("\n".join(lines))
+        if args.out:
+            (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
+        return
     configs = ["one", *args.configs]
     command = f"python -m benchmarks.worker_split --configs {' '.join(args.configs)} --repeats {args.repeats}"
     lines = [f"`{command}` ({time.strftime('%Y-%m-%d %H:%M')})", ""]
