@@ -65,16 +65,23 @@ USAGE = (
 
 def register_zoo() -> dict[str, type]:
     """
-    Register sb3_cherry's algorithms in ``rl_zoo3.utils.ALGOS`` (and the PPORollback optuna sampler).
+    Register sb3_cherry's algorithms in ``rl_zoo3.utils.ALGOS`` (and the PPORollback optuna sampler), and make
+    ``rl_zoo3.train`` build sb3_cherry's ``SafeExperimentManager`` (which reads an entry's ``vec_env`` key and parses
+    the config's strings as data, as ``sb3-cherry train``).
 
     :return: the registered ``{name: class}`` mapping
     """
+    import rl_zoo3.train
     import rl_zoo3.utils
 
     from sb3_cherry.common.vec_env.subproc_vec_env import use_in_rl_zoo3
+    from sb3_cherry.resume import SafeExperimentManager
 
     algos = sb3_cherry.zoo_algorithms()
     rl_zoo3.utils.ALGOS.update(algos)
+    # rl_zoo3's train then reads sb3_cherry's configs as sb3-cherry train does (their vec_env key, parsed strings)
+    if rl_zoo3.train.ExperimentManager is rl_zoo3.exp_manager.ExperimentManager:
+        rl_zoo3.train.ExperimentManager = SafeExperimentManager  # type: ignore[misc]
     use_in_rl_zoo3()  # subproc: worker failures name the worker and the env's exception; dummy: cheaper copies
     try:
         from sb3_cherry.common.hyperparams_opt import register_samplers
@@ -291,7 +298,7 @@ def _check_train_counts(args: argparse.Namespace) -> None:
             raise ValueError(f"{flag} must be at least 1, got {value}.")
     if args.envpool_threads is not None and args.vec_env != "envpool":
         raise ValueError("--envpool-threads is an option of --vec-env envpool.")
-    if args.parallel_workers is not None and args.vec_env != "parallel":
+    if args.parallel_workers is not None and args.vec_env not in (None, "parallel"):
         raise ValueError("--parallel-workers is an option of --vec-env parallel.")
 
 
@@ -360,6 +367,11 @@ def cmd_train(argv: list[str]) -> None:
     entry = validate_config(conf, algo, env_id, _hyperparams_overrides(rest), env_kwargs)
     zoo_argv = ["--algo", algo, "--env", env_id, "--conf-file", conf, *rest]
     freq = args.run_checkpoint_freq or args.stop_after
+    if args.parallel_workers is not None and (args.vec_env or entry.get("vec_env", "dummy")) != "parallel":
+        raise ValueError(
+            "--parallel-workers is an option of --vec-env parallel (or of an entry with vec_env: parallel); "
+            f"{conf} [{env_id}] has vec_env: {entry.get('vec_env', 'dummy')}."
+        )
 
     def managed(base: type) -> type:
         """``base`` with the command line's --vec-env (over the entry's ``vec_env``) and --parallel-workers."""

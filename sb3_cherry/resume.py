@@ -23,6 +23,7 @@ import os
 import pathlib
 import pickle
 import shutil
+import threading
 import time
 import traceback
 import warnings
@@ -49,7 +50,7 @@ from sb3_cherry.common.checkpoint import (
     load_run_checkpoint,
     read_run_state,
 )
-from sb3_cherry.common.config_schema import config_entry, validate_config
+from sb3_cherry.common.config_schema import VEC_ENV_CHOICES, config_entry, validate_config
 from sb3_cherry.common.restricted_pickle import load_vec_normalize
 from sb3_cherry.common.safe_config import (
     check_imported_names,
@@ -373,6 +374,11 @@ class _CheckpointWithStatistics(CheckpointCallback):
         return result
 
 
+#: held while a manager builds envs: optuna's ``--n-jobs`` threads share one manager, whose VecEnv class
+#: :meth:`SafeExperimentManager.create_envs` swaps for the parallel training envs
+_CREATE_ENVS_LOCK = threading.RLock()
+
+
 class SafeExperimentManager(ExperimentManager):
     """
     rl_zoo3's ``ExperimentManager`` that never unpickles a ``vecnormalize.pkl``: rl_zoo3 loads
@@ -444,6 +450,9 @@ class SafeExperimentManager(ExperimentManager):
         validate_config(
             self.config, self.algo, self.env_name.gym_id, dict(self.custom_hyperparams or {}), dict(self.env_kwargs or {})
         )
+        if self.vec_env_option in VEC_ENV_CHOICES:
+            # the command line's --vec-env, over the entry's: the run's config.yml records it, for --resume
+            hyperparams["vec_env"] = saved["vec_env"] = self.vec_env_option
         return hyperparams, saved
 
     def create_callbacks(self) -> None:
@@ -598,23 +607,31 @@ class SafeExperimentManager(ExperimentManager):
         :param n_envs: number of envs
         :param eval_env: an evaluation env
         :param no_log: no monitor files
-        :return: rl_zoo3's env; the training envs (two or more) in a ``CherryParallelVecEnv`` when ``parallel`` was
-            chosen (in one process when this process has one core and ``--parallel-workers`` was not given)
+        :return: rl_zoo3's env; the training envs in a ``CherryParallelVecEnv`` when ``parallel`` was chosen (in one
+            process, with a printed note, for a single training env, or when this process has one core and
+            ``--parallel-workers`` was not given)
         """
         from sb3_cherry.common.vec_env import parallel_vec_env
 
-        if self._vec_env_choice != "parallel" or eval_env or n_envs < 2:
-            return super().create_envs(n_envs, eval_env, no_log)
-        if self.parallel_workers is None and parallel_vec_env.available_cores() < 2:
-            print("vec_env parallel: this process has one core, the training envs are stepped in it (dummy)")
-            return super().create_envs(n_envs, eval_env, no_log)
-        CherryParallelVecEnv = parallel_vec_env.CherryParallelVecEnv  # (looked up here: tests replace it)
+        with _CREATE_ENVS_LOCK:  # (optuna's --n-jobs threads share this manager: the class swap below is not seen by them)
+            if self._vec_env_choice != "parallel" or eval_env:
+                return super().create_envs(n_envs, eval_env, no_log)
+            if n_envs < 2 or (self.parallel_workers is None and parallel_vec_env.available_cores() < 2):
+                why = "one training env" if n_envs < 2 else "this process has one core"
+                print(f"vec_env parallel: {why}, the training envs are stepped in this process (dummy)")
+                return super().create_envs(n_envs, eval_env, no_log)
+            return self._create_parallel_envs(n_envs, no_log)
 
+    def _create_parallel_envs(self, n_envs: int, no_log: bool) -> VecEnv:
+        """rl_zoo3's training envs, in a ``CherryParallelVecEnv`` (with ``_CREATE_ENVS_LOCK`` held)."""
+        from sb3_cherry.common.vec_env import parallel_vec_env
+
+        CherryParallelVecEnv = parallel_vec_env.CherryParallelVecEnv  # (looked up here: tests replace it)
         saved = self.vec_env_class, self.vec_env_kwargs
         workers = None if self.parallel_workers is None else min(self.parallel_workers, n_envs - 1)
         self.vec_env_class, self.vec_env_kwargs = CherryParallelVecEnv, {"n_workers": workers}  # type: ignore[assignment]
         try:
-            return super().create_envs(n_envs, eval_env, no_log)
+            return super().create_envs(n_envs, False, no_log)
         finally:
             self.vec_env_class, self.vec_env_kwargs = saved
 

@@ -156,18 +156,72 @@ def test_attribute_calls_reach_the_right_envs_in_order():
         venv.close()
 
 
-@pytest.mark.parametrize("missing_in", [0, 3])
+@pytest.mark.parametrize("missing_in", [[0], [2], [4], [0, 2, 4], [1, 3]])
 def test_a_missing_attribute_raises_and_the_env_stays_usable(missing_in):
+    """Groups [0], [1, 2] (worker 0), [3, 4] (worker 1): a failure in any of them, with other answers still due."""
     venv = _tagged()
     try:
-        venv.set_attr("only_here", 1, indices=[i for i in range(5) if i != missing_in])
+        venv.set_attr("only_here", 1, indices=[i for i in range(5) if i not in missing_in])
         with pytest.raises(AttributeError, match="only_here"):
             venv.get_attr("only_here")
-        assert venv.get_attr("only_here", [1, 2, 4]) == [1, 1, 1]  # the pipes are still in step
+        with pytest.raises(AttributeError, match="no_method"):
+            venv.env_method("no_method")
+        with pytest.raises(Exception, match=r"pickle|lambda"):  # (pickle.PicklingError or AttributeError)
+            venv.set_attr("fn", lambda: 1)
+        assert venv.get_attr("render_mode") == [None] * 5  # the pipes are still in step
         venv.reset()
         venv.step(np.zeros(5, dtype=int))
     finally:
         venv.close()
+
+
+class RenderFails(gym.Wrapper):
+    """CartPole (rgb_array) whose render raises; its reset info counts its resets; a lambda attribute."""
+
+    def __init__(self, env: gym.Env, fails: bool = False):
+        super().__init__(env)
+        self.fails, self.resets, self.fn = fails, 0, lambda: 1
+
+    def render(self):
+        if self.fails:
+            raise ValueError("no picture")
+        return self.env.render()
+
+    def reset(self, **kwargs):
+        self.resets += 1
+        obs, info = self.env.reset(**kwargs)
+        return obs, {**info, "resets": self.resets}
+
+
+def test_indices_reset_infos_metadata_and_failing_calls_as_dummy_vec_env():
+    fns = [lambda i=i: RenderFails(Monitor(gym.make("CartPole-v1", render_mode="rgb_array")), i == 0) for i in range(5)]
+    parallel, dummy = CherryParallelVecEnv(fns, 2, "fork"), DummyVecEnv(fns)
+    try:
+        assert parallel.metadata == dummy.metadata and parallel.metadata["render_fps"] == 50
+        for indices in (-1, [-5, 4, 4, 0], range(4, 0, -1), np.array([1, 3]), None):
+            assert parallel.get_attr("resets", indices) == dummy.get_attr("resets", indices)
+        for bad in (5, -6, [0, 7]):
+            with pytest.raises(IndexError):
+                parallel.get_attr("resets", bad)
+        parallel.set_attr("tag", "last", -1)
+        assert parallel.get_attr("tag", [4]) == ["last"]
+        # a worker's answer that does not pickle is raised here; the VecEnv stays usable
+        with pytest.raises(Exception, match=r"pickle|lambda"):  # (pickle.PicklingError or AttributeError)
+            parallel.get_attr("fn", [3])
+        # a render failure in this process's group: the workers' images are still read
+        with pytest.raises(ValueError, match="no picture"):
+            parallel.get_images()
+        assert parallel.get_attr("render_mode", [1]) == ["rgb_array"]
+        parallel.seed(2), dummy.seed(2)
+        parallel.reset(), dummy.reset()
+        rng = np.random.default_rng(1)
+        for _ in range(60):  # auto-resets update reset_infos, as DummyVecEnv does
+            actions = rng.integers(0, 2, size=5)
+            parallel.step(actions), dummy.step(actions)
+            assert parallel.reset_infos == dummy.reset_infos
+        assert max(info["resets"] for info in dummy.reset_infos) >= 2
+    finally:
+        parallel.close(), dummy.close()
 
 
 @pytest.mark.parametrize("fail_env", [0, 3])
@@ -292,8 +346,11 @@ def test_an_entry_chooses_parallel_and_the_command_line_overrides_it(tmp_path, m
     args += ["-f", str(tmp_path / "runs"), "--eval-freq", "-1", *(["--vec-env", option] if option else [])]
     main(args)
     assert built == expected
-    # the run's config.yml keeps the key: --resume continues on the same VecEnv
-    assert "vec_env" in (tmp_path / "runs" / "ppo_rollback" / "CartPole-v1_1" / "CartPole-v1" / "config.yml").read_text()
+    # the run's config.yml records the VecEnv it ran on: --resume continues on it
+    from sb3_cherry.common.safe_config import saved_hyperparams
+
+    config, _ = saved_hyperparams(str(tmp_path / "runs" / "ppo_rollback" / "CartPole-v1_1" / "CartPole-v1"))
+    assert config["vec_env"] == (option or "parallel")
 
 
 def test_an_entry_in_one_core_steps_in_one_process(tmp_path, monkeypatch, capsys):
@@ -315,3 +372,19 @@ def test_an_unknown_vec_env_in_an_entry_is_refused(tmp_path):
     entry = load_zoo_entry("ppo_rollback", "BipedalWalker-v3")  # the shipped entry: parallel, not a model argument
     assert entry.vec_env == "parallel" and "vec_env" not in entry.model_kwargs
     assert load_zoo_entry("ppo_rollback", "CartPole-v1").vec_env == "dummy"
+
+
+def test_register_zoo_lets_rl_zoo3_train_read_the_vec_env_key():
+    import rl_zoo3.exp_manager
+    import rl_zoo3.train
+
+    from sb3_cherry.cli import register_zoo
+    from sb3_cherry.resume import SafeExperimentManager
+
+    saved = rl_zoo3.train.ExperimentManager
+    try:
+        rl_zoo3.train.ExperimentManager = rl_zoo3.exp_manager.ExperimentManager
+        register_zoo()
+        assert rl_zoo3.train.ExperimentManager is SafeExperimentManager
+    finally:
+        rl_zoo3.train.ExperimentManager = saved

@@ -5,21 +5,23 @@ SB3's ``SubprocVecEnv`` runs one process per env: with 32 envs on a 2-core machi
 step pays 32 round trips. :class:`CherryParallelVecEnv` splits the envs into as many contiguous groups as there are
 cores (by default): the first group is stepped here by a :class:`~sb3_cherry.common.vec_env.dummy_vec_env.
 CherryDummyVecEnv` while each other group is stepped by one in a worker process, between sending the workers their
-actions and reading their answers. On a machine whose simulator is most of the time (BipedalWalker-v3 with 32 envs)
-this nearly halves a rollout on 2 cores (``python -m benchmarks.worker_split``).
+actions and reading their answers. Where the simulator takes most of the time (BipedalWalker-v3 with 32 envs) this
+nearly halves the envs' share of a rollout on 2 cores (``python -m benchmarks.worker_split``).
 
 It returns what one ``CherryDummyVecEnv`` (and SB3's ``DummyVecEnv``) of the same envs returns: the same
 observations, rewards, dones and infos, in the same order, with the same auto-resets and seeds; a model trained on it
 computes the same floats. Failures name their cause as :class:`~sb3_cherry.common.vec_env.subproc_vec_env.
 CherrySubprocVecEnv`'s do: an env's exception is re-raised here with the worker's traceback, a worker that dies raises
 :class:`~sb3_cherry.common.vec_env.subproc_vec_env.WorkerDiedError`, and one that hangs past ``step_timeout`` raises
-:class:`~sb3_cherry.common.vec_env.subproc_vec_env.WorkerTimeoutError`.
+:class:`~sb3_cherry.common.vec_env.subproc_vec_env.WorkerTimeoutError` (this process's own group is stepped directly:
+no timeout applies to it).
 """
 
 import itertools
 import math
 import multiprocessing as mp
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -56,8 +58,9 @@ def default_workers(n_envs: int) -> int:
 
 def _group_worker(remote: Any, parent_remote: Any, env_fns: CloudpickleWrapper) -> None:
     """
-    A worker's loop: a ``CherryDummyVecEnv`` of its group answers the commands; an exception is sent back as an
-    :class:`_EnvFailure` (the envs are then out of step: the main process closes the VecEnv's use).
+    A worker's loop: a ``CherryDummyVecEnv`` of its group answers the commands; an exception (also one pickling the
+    answer) is sent back as an :class:`_EnvFailure`, which the main process raises. A ``step`` answer carries the reset
+    infos of the envs it reset (``DummyVecEnv`` updates ``reset_infos`` on an auto-reset).
     """
     parent_remote.close()
     try:
@@ -79,7 +82,8 @@ def _group_worker(remote: Any, parent_remote: Any, env_fns: CloudpickleWrapper) 
         try:
             if command == "step":
                 venv.step_async(data)
-                answer: Any = venv.step_wait()
+                obs, rewards, dones, infos = venv.step_wait()
+                answer: Any = (obs, rewards, dones, infos, {int(i): venv.reset_infos[i] for i in np.flatnonzero(dones)})
             elif command == "reset":
                 seeds, options = data
                 venv._seeds, venv._options = list(seeds), list(options)
@@ -99,9 +103,17 @@ def _group_worker(remote: Any, parent_remote: Any, env_fns: CloudpickleWrapper) 
             else:
                 raise NotImplementedError(f"unknown command {command!r}")
         except Exception as error:
-            named = command in ("get_attr", "set_attr", "env_method") and isinstance(data, tuple)
-            answer = _EnvFailure(f"{command}({data[0]!r})" if named else f"{command}()", error)
-        remote.send(answer)
+            answer = _EnvFailure(_label(command, data), error)
+        try:
+            remote.send(answer)
+        except Exception as error:  # an answer that does not pickle (pickled before any byte is sent)
+            remote.send(_EnvFailure(_label(command, data), error))
+
+
+def _label(command: str, data: Any) -> str:
+    """How an error names a worker command: ``step()``, ``get_attr('name')``, ..."""
+    named = command in ("get_attr", "set_attr", "env_method") and isinstance(data, tuple)
+    return f"{command}({data[0]!r})" if named else f"{command}()"
 
 
 class CherryParallelVecEnv(VecEnv):
@@ -115,7 +127,8 @@ class CherryParallelVecEnv(VecEnv):
         the envs are split into ``n_workers + 1`` groups of sizes differing by at most one
     :param start_method: multiprocessing start method (``None``: ``forkserver`` where available, else ``spawn``, as
         SB3's ``SubprocVecEnv``; ``fork`` starts faster but is not safe with threads)
-    :param step_timeout: seconds to wait for each worker's answer (``None``: forever, as SB3)
+    :param step_timeout: seconds to wait for each worker's answer (``None``: forever, as SB3); this process's group
+        is stepped directly, without a timeout
     """
 
     def __init__(
@@ -133,6 +146,8 @@ class CherryParallelVecEnv(VecEnv):
             )
         if n_workers is None:
             n_workers = default_workers(len(env_fns))
+        if isinstance(n_workers, np.integer):
+            n_workers = int(n_workers)
         if isinstance(n_workers, bool) or not isinstance(n_workers, int) or not 1 <= n_workers < len(env_fns):
             raise ValueError(f"n_workers must be an int from 1 to {len(env_fns) - 1} (n_envs - 1), got {n_workers!r}.")
         if step_timeout is not None and (
@@ -172,10 +187,14 @@ class CherryParallelVecEnv(VecEnv):
                 checked.recv()
         except BaseException:
             self._terminate()
+            if hasattr(self, "local"):
+                self.local.close()
             raise
         self.step_timeout = step_timeout
         super().__init__(len(env_fns), self.local.observation_space, self.local.action_space)
+        self.metadata = self.local.metadata  # (the envs' own: render_fps, render_modes; as DummyVecEnv)
         self._local_actions: np.ndarray | None = None
+        self._obs_keys = obs_space_info(self.observation_space)[0]
 
     def step_async(self, actions: np.ndarray) -> None:
         """
@@ -183,6 +202,8 @@ class CherryParallelVecEnv(VecEnv):
 
         :param actions: one action per env
         """
+        if self.closed:
+            raise RuntimeError("This CherryParallelVecEnv is closed: create a new one.")
         for checked, group in zip(self.remotes, self.groups[1:], strict=True):
             checked.send(("step", actions[group.start : group.stop]))
         self._local_actions = actions[self.groups[0].start : self.groups[0].stop]
@@ -194,15 +215,22 @@ class CherryParallelVecEnv(VecEnv):
 
         :return: observations, rewards, dones and infos of all envs, in env order
         """
+        if not self.waiting:
+            raise RuntimeError("step_wait() without step_async(): call step_async(actions) first (or step(actions)).")
         try:
             self.local.step_async(self._local_actions)  # type: ignore[arg-type]
             local = self.local.step_wait()
         except BaseException:
             self._broken_here()
             raise
-        results = [local, *(checked.recv() for checked in self.remotes)]
+        answers = [checked.recv() for checked in self.remotes]
         self.waiting = False
-        obs, rewards, dones, infos = zip(*results, strict=True)
+        for i in np.flatnonzero(local[2]):  # the envs reset by this step, as DummyVecEnv records them
+            self.reset_infos[int(i)] = self.local.reset_infos[i]
+        for group, answer in zip(self.groups[1:], answers, strict=True):
+            for i, info in answer[4].items():
+                self.reset_infos[group.start + i] = info
+        obs, rewards, dones, infos = zip(local, *(answer[:4] for answer in answers), strict=True)
         return self._concat_obs(obs), np.concatenate(rewards), np.concatenate(dones), [i for part in infos for i in part]
 
     def reset(self) -> VecEnvObs:
@@ -231,14 +259,17 @@ class CherryParallelVecEnv(VecEnv):
         """The groups' observations (arrays, or dicts / tuples of arrays) as one batch, in env order."""
         if isinstance(parts[0], np.ndarray):
             return np.concatenate(parts)  # type: ignore[arg-type]
-        keys, _, _ = obs_space_info(self.observation_space)
         as_dicts: list[dict[Any, np.ndarray]] = [
             dict(part) if isinstance(part, dict) else dict(enumerate(part)) for part in parts
         ]
-        return dict_to_obs(self.observation_space, {k: np.concatenate([d[k] for d in as_dicts]) for k in keys})
+        joined = OrderedDict((k, np.concatenate([d[k] for d in as_dicts])) for k in self._obs_keys)  # (as DummyVecEnv's)
+        return dict_to_obs(self.observation_space, joined)
 
     def close(self) -> None:
-        """Close this process's envs and the workers (a worker that died or hangs is terminated)."""
+        """
+        Close this process's envs and the workers (after a failure, the workers still running are terminated; a step
+        still pending is waited for, as SB3's ``SubprocVecEnv`` does).
+        """
         if self.closed:
             return
         if self.waiting and self.broken is None:
@@ -274,8 +305,16 @@ class CherryParallelVecEnv(VecEnv):
             checked.close()
 
     def _split(self, indices: VecEnvIndices) -> list[tuple[int, list[int], list[int]]]:
-        """``(group, positions in the answer, indices within the group)`` of each group holding some of ``indices``."""
-        targets = list(self._get_indices(indices))
+        """
+        ``(group, positions in the answer, indices within the group)`` of each group holding some of ``indices``
+        (negative indices count from the end and others out of range raise ``IndexError``, as ``DummyVecEnv``'s list).
+        """
+        n = self.num_envs
+        targets = []
+        for index in self._get_indices(indices):
+            if not -n <= int(index) < n:
+                raise IndexError(f"env index {index} is out of range for {n} envs.")
+            targets.append(int(index) % n)
         out = []
         for g, group in enumerate(self.groups):
             positions = [p for p, i in enumerate(targets) if i in group]
@@ -283,26 +322,44 @@ class CherryParallelVecEnv(VecEnv):
                 out.append((g, positions, [targets[p] - group.start for p in positions]))
         return out
 
-    def _call(self, command: str, data: Callable[[list[int]], Any], indices: VecEnvIndices, local: Callable) -> list[Any]:
-        """Run ``command`` on the groups holding ``indices`` (workers first, then here) and put the answers in order."""
+    def _call(
+        self,
+        command: str,
+        data: Callable[[list[int]], Any],
+        indices: VecEnvIndices,
+        local: Callable[[list[int]], Sequence[Any]],
+    ) -> list[Any]:
+        """
+        Run ``command`` on the groups holding ``indices``: the workers' share is sent first, this process's is
+        computed, then every worker's answer is read, also after a failure (the pipes stay in step and the VecEnv
+        usable), and the first failure in env order is raised; else the answers are put in the order of ``indices``.
+        """
         parts = self._split(indices)
-        for g, _, inner in parts:
-            if g > 0:
-                self.remotes[g - 1].send((command, data(inner)))
-        answers: list[Any] = [None] * sum(len(p) for _, p, _ in parts)
-        for n, (g, positions, inner) in enumerate(parts):
+        sent: list[int] = []
+        try:
+            for g, _, inner in parts:
+                if g > 0:
+                    self.remotes[g - 1].send((command, data(inner)))
+                    sent.append(g)
+        except Exception:  # e.g. a value that does not pickle: the workers already sent to still answer
+            for g in sent:
+                self.remotes[g - 1].receive()
+            raise
+        results: dict[int, Any] = {}
+        error: Exception | None = None
+        if parts and parts[0][0] == 0:
             try:
-                values = local(inner) if g == 0 else self.remotes[g - 1].recv()
-            except BaseException:
-                # read the answers still due, so that the pipes stay in step (as CherrySubprocVecEnv after a failed
-                # env_method); a worker that failed in this drain leaves the VecEnv unusable
-                for later, _, _ in parts[n + 1 :]:
-                    if later > 0 and self.broken is None:
-                        try:
-                            self.remotes[later - 1].recv()
-                        except Exception:
-                            pass
-                raise
+                results[0] = local(parts[0][2])
+            except Exception as exc:
+                error = exc
+        for g, _, _ in parts:
+            if g > 0:
+                results[g] = self.remotes[g - 1].receive()  # (a dead or hung worker raises here: the VecEnv is broken)
+        if error is not None:
+            raise error
+        answers: list[Any] = [None] * sum(len(p) for _, p, _ in parts)
+        for g, positions, _ in parts:
+            values = results[g] if g == 0 else self.remotes[g - 1].check(results[g])
             for position, value in zip(positions, values, strict=True):
                 answers[position] = value
         return answers
@@ -370,12 +427,7 @@ class CherryParallelVecEnv(VecEnv):
 
     def get_images(self) -> Sequence[np.ndarray | None]:
         """:return: each env's ``render()`` image, in env order"""
-        for checked in self.remotes:
-            checked.send(("get_images", None))
-        images = list(self.local.get_images())
-        for checked in self.remotes:
-            images += checked.recv()
-        return images
+        return self._call("get_images", lambda inner: None, None, lambda inner: list(self.local.get_images()))
 
 
 __all__ = ["CherryParallelVecEnv", "available_cores", "default_workers"]

@@ -174,6 +174,14 @@ class _CheckedRemote:
         self.command = message[0]
 
     def recv(self) -> Any:
+        """The worker's answer; an env's failure it reports is raised here (:meth:`check`)."""
+        return self.check(self.receive())
+
+    def receive(self) -> Any:
+        """
+        The worker's answer as sent (an env's failure stays an :class:`_EnvFailure`); a dead, hung or unreadable worker
+        raises.
+        """
         timeout = self.owner.step_timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
@@ -200,8 +208,15 @@ class _CheckedRemote:
         except Exception as exc:  # an answer that does not unpickle here
             self._break()
             raise RuntimeError(
-                f"The answer of {self.label} could not be read in the main process " f"({type(exc).__name__}: {exc})."
+                f"The answer of {self.label} could not be read in the main process ({type(exc).__name__}: {exc})."
             ) from exc
+        return result
+
+    def check(self, result: Any) -> Any:
+        """
+        :param result: an answer of :meth:`receive`
+        :return: ``result``, unless it reports an env's failure, which is raised with the worker's traceback as a note
+        """
         # step / reset answer a tuple whose first entry stands for the failure; render, get_attr, env_method the value
         failure = result[0] if isinstance(result, tuple) and result else result
         if isinstance(failure, _EnvFailure):
