@@ -238,6 +238,9 @@ def test_an_env_exception_in_step_is_raised_with_its_traceback(fail_env):
         venv.step(np.zeros(5, dtype=int))
     venv.close()
     assert venv.closed and not any(p.is_alive() for p in venv.processes)
+    for call in (venv.reset, lambda: venv.step(np.zeros(5, dtype=int)), lambda: venv.get_attr("tag")):
+        with pytest.raises(RuntimeError, match="is closed: create a new one"):
+            call()
 
 
 def test_a_dead_worker_is_reported():

@@ -202,8 +202,7 @@ class CherryParallelVecEnv(VecEnv):
 
         :param actions: one action per env
         """
-        if self.closed:
-            raise RuntimeError("This CherryParallelVecEnv is closed: create a new one.")
+        self._check_open()
         for checked, group in zip(self.remotes, self.groups[1:], strict=True):
             checked.send(("step", actions[group.start : group.stop]))
         self._local_actions = actions[self.groups[0].start : self.groups[0].stop]
@@ -239,6 +238,7 @@ class CherryParallelVecEnv(VecEnv):
 
         :return: the first observations
         """
+        self._check_open()
         for checked, group in zip(self.remotes, self.groups[1:], strict=True):
             checked.send(("reset", ([self._seeds[i] for i in group], [self._options[i] for i in group])))
         first = self.groups[0]
@@ -290,6 +290,11 @@ class CherryParallelVecEnv(VecEnv):
         self.local.close()
         self.closed = True
 
+    def _check_open(self) -> None:
+        """:raises RuntimeError: the VecEnv was closed (its workers are gone)"""
+        if self.closed:
+            raise RuntimeError("This CherryParallelVecEnv is closed: create a new one.")
+
     def _broken_here(self) -> None:
         """This process's group failed in ``step`` / ``reset``: the envs are out of step, the VecEnv unusable."""
         self.broken = -1
@@ -334,6 +339,7 @@ class CherryParallelVecEnv(VecEnv):
         computed, then every worker's answer is read, also after a failure (the pipes stay in step and the VecEnv
         usable), and the first failure in env order is raised; else the answers are put in the order of ``indices``.
         """
+        self._check_open()
         parts = self._split(indices)
         sent: list[int] = []
         try:
