@@ -37,7 +37,7 @@ from stable_baselines3.common.vec_env.base_vec_env import (
 from stable_baselines3.common.vec_env.util import dict_to_obs, obs_space_info
 
 from sb3_cherry.common.vec_env.dummy_vec_env import CherryDummyVecEnv
-from sb3_cherry.common.vec_env.subproc_vec_env import _CheckedRemote, _EnvFailure
+from sb3_cherry.common.vec_env.subproc_vec_env import _CheckedRemote, _EnvFailure, terminate_workers
 
 
 def available_cores() -> int:
@@ -186,7 +186,7 @@ class CherryParallelVecEnv(VecEnv):
                 checked.command = "the env constructor"
                 checked.recv()
         except BaseException:
-            self._terminate()
+            terminate_workers(self.processes, self.remotes)
             if hasattr(self, "local"):
                 self.local.close()
             raise
@@ -286,7 +286,7 @@ class CherryParallelVecEnv(VecEnv):
                 pass
         for process in self.processes:
             process.join(timeout=5.0 if self.broken is None else 0.0)
-        self._terminate()
+        terminate_workers(self.processes, self.remotes)
         self.local.close()
         self.closed = True
 
@@ -299,15 +299,6 @@ class CherryParallelVecEnv(VecEnv):
         """This process's group failed in ``step`` / ``reset``: the envs are out of step, the VecEnv unusable."""
         self.broken = -1
         self.waiting = False
-
-    def _terminate(self) -> None:
-        """Stop the workers still running and close the pipes."""
-        for process in self.processes:
-            if process.is_alive():
-                process.terminate()
-            process.join(timeout=5.0)
-        for checked in self.remotes:
-            checked.close()
 
     def _split(self, indices: VecEnvIndices) -> list[tuple[int, list[int], list[int]]]:
         """

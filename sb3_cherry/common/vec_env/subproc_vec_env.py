@@ -13,7 +13,7 @@ import math
 import pickle
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -251,6 +251,22 @@ class _CheckedRemote:
         )
 
 
+def terminate_workers(processes: Sequence[Any], remotes: Sequence[Any]) -> None:
+    """
+    Stop the worker processes still running (``terminate``, then ``join`` for up to 5 s each) and close the main
+    process's pipe ends (shared by ``CherrySubprocVecEnv`` and ``CherryParallelVecEnv``).
+
+    :param processes: the workers
+    :param remotes: the main process's ends of their pipes
+    """
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+        process.join(timeout=5.0)
+    for remote in remotes:
+        remote.close()
+
+
 class CherrySubprocVecEnv(SubprocVecEnv):
     """
     ``SubprocVecEnv`` (same arguments and behaviour) whose failures name their cause: an exception raised by an env's
@@ -367,12 +383,7 @@ class CherrySubprocVecEnv(SubprocVecEnv):
                 return
             except (WorkerDiedError, EOFError, OSError):
                 pass
-        for process in self.processes:
-            if process.is_alive():
-                process.terminate()
-            process.join(timeout=5.0)
-        for remote in self.remotes:
-            remote.close()
+        terminate_workers(self.processes, self.remotes)
         self.closed = True
 
 
