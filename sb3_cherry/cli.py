@@ -283,7 +283,8 @@ def _import_gym_packages(rest: list[str]) -> None:
 
 def _check_train_counts(args: argparse.Namespace) -> None:
     """
-    The counts of ``sb3-cherry train``'s own options are at least 1, and the VecEnv options go with their ``--vec-env``.
+    The counts of ``sb3-cherry train``'s own options are at least 1, and ``--envpool-threads`` goes with
+    ``--vec-env envpool`` (``--parallel-workers`` is checked against the entry's ``vec_env`` too, once it is read).
 
     :param args: the options of :func:`_train_parser`
     :raises ValueError: naming the option
@@ -298,8 +299,6 @@ def _check_train_counts(args: argparse.Namespace) -> None:
             raise ValueError(f"{flag} must be at least 1, got {value}.")
     if args.envpool_threads is not None and args.vec_env != "envpool":
         raise ValueError("--envpool-threads is an option of --vec-env envpool.")
-    if args.parallel_workers is not None and args.vec_env not in (None, "parallel"):
-        raise ValueError("--parallel-workers is an option of --vec-env parallel.")
 
 
 def cmd_train(argv: list[str]) -> None:
@@ -418,6 +417,7 @@ def _resume_train(args: argparse.Namespace, rest: list[str]) -> None:
     given = [arg.split("=")[0] for arg in rest if arg.startswith("-") and not _is_number(arg)]
     refused = [arg for arg in given if arg not in RESUME_OPTIONS] + (["-c"] if args.conf else [])
     refused += ["--vec-env"] if args.vec_env is not None else []
+    refused += ["--parallel-workers"] if args.parallel_workers is not None else []
     if refused:
         raise ValueError(
             f"--resume continues the run with its saved settings (<env>/args.yml, <env>/config.yml); {refused} cannot "

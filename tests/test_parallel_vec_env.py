@@ -316,6 +316,8 @@ def test_cli_trains_on_a_parallel_vec_env(tmp_path, monkeypatch, capsys):
     for extra, message in (
         (["--parallel-workers", "2"], "--parallel-workers is an option of --vec-env parallel"),
         (["--vec-env", "parallel", "--parallel-workers", "0"], "--parallel-workers must be at least 1"),
+        (["--vec-env", "dummy", "--parallel-workers", "2"], "--parallel-workers is an option of --vec-env parallel"),
+        (["--resume", str(tmp_path / "ppo_rollback" / "CartPole-v1_1"), "--parallel-workers", "2"], "'--parallel-workers'"),
     ):
         with pytest.raises(SystemExit):
             main(["train", "--algo", "ppo_rollback", "--env", "CartPole-v1", *extra])
