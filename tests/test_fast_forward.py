@@ -1,5 +1,7 @@
 """The collection forward without module / distribution objects equals the policy's module path bit for bit."""
 
+import re
+
 import numpy as np
 import pytest
 import torch as th
@@ -90,6 +92,27 @@ def test_fast_forward_reads_parameters_at_call_time():
     with th.no_grad(), distribution_validation(False):
         policy.load_state_dict({k: v + 0.5 for k, v in policy.state_dict().items()})
         assert th.equal(fast(obs, deterministic=True)[1], policy(obs, deterministic=True)[1])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_categorical_logits_behave_as_torch_multinomial(bad):
+    """The written-out categorical draw raises torch.multinomial's error where the module path does (non-finite
+    logits), instead of sampling an arbitrary action; a logit of -inf (probability 0) samples as the module path."""
+    policy = _policy(spaces.Discrete(3))
+    obs = th.as_tensor(np.stack([BOX_OBS.sample() for _ in range(4)]))
+    with th.no_grad():
+        policy.action_net.bias[1] = bad
+    error = "probability tensor contains either `inf`, `nan` or element < 0"
+    if bad == -float("inf"):
+        (actions, _, log_prob), (f_actions, _, f_log_prob) = _module_and_fast(policy, obs, deterministic=False)
+        assert th.equal(actions, f_actions) and th.equal(log_prob, f_log_prob) and not (actions == 1).any()
+        return
+    fast = FastActorCriticForward.build(policy)
+    with distribution_validation(False), th.inference_mode():
+        with pytest.raises(RuntimeError, match=re.escape(error)):
+            policy(obs)
+        with pytest.raises(RuntimeError, match=re.escape(error)):
+            fast(obs)
 
 
 class _Extractor(BaseFeaturesExtractor):
@@ -288,3 +311,38 @@ def test_hook_added_by_a_callback_during_learn():
         results.append((callback.calls, model.rollout_buffer.actions.copy()))
     assert results[0][0] == results[1][0] > 32
     np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
+def test_fast_forward_is_reused_between_rollouts_and_rebuilt_when_it_no_longer_applies(monkeypatch):
+    """The algorithm keeps the fast forward between rollouts (one build per policy); a new policy, a hook on the
+    policy itself or a replaced layer between rollouts is seen (rebuilt, or the module path)."""
+    builds = []
+    original = FastActorCriticForward.build.__func__
+
+    def counting(cls, policy):
+        builds.append(policy)
+        return original(cls, policy)
+
+    monkeypatch.setattr(FastActorCriticForward, "build", classmethod(counting))
+    model = PPORollback("MlpPolicy", "Pendulum-v1", n_steps=16, batch_size=16, n_epochs=1, seed=0)
+    model.learn(64)
+    assert len(builds) == 1  # 4 rollouts
+    cached = model._inference_cache["fast_forward"]
+    assert cached is not None and cached.reusable_for(model.policy)
+    assert "_inference_cache" in model._excluded_save_params()
+    # a hook on the policy itself: not reusable, and the rebuild refuses the fast path (the module path runs)
+    handle = model.policy.register_forward_pre_hook(lambda module, args: None)
+    assert not cached.reusable_for(model.policy)
+    model.learn(16, reset_num_timesteps=False)
+    assert len(builds) == 2 and model._inference_cache["fast_forward"] is None
+    handle.remove()
+    model.learn(16, reset_num_timesteps=False)
+    assert len(builds) == 3 and model._inference_cache["fast_forward"] is not None
+    # a replaced layer: rebuilt on the new layer
+    model.policy.mlp_extractor.policy_net[0] = th.nn.Linear(3, 64)
+    assert not model._inference_cache["fast_forward"].reusable_for(model.policy)
+    model.learn(16, reset_num_timesteps=False)
+    assert len(builds) == 4 and model._inference_cache["fast_forward"].reusable_for(model.policy)
+    # another policy object
+    other = PPORollback("MlpPolicy", "Pendulum-v1", n_steps=16, batch_size=16, n_epochs=1, seed=1)
+    assert not model._inference_cache["fast_forward"].reusable_for(other.policy)

@@ -333,3 +333,48 @@ def test_policy_restored_from_a_copy_collects_with_its_own_weights():
     model.learn(128, reset_num_timesteps=False, callback=Grab())
     assert np.abs(values[0]).max() == 0.0
     assert "forward" not in model.policy.__dict__  # the leftover wrapper was replaced, then removed
+
+
+class _OwnTrain(th.nn.Module):
+    """A module whose ``train`` does more than set the flag (recorded)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[bool] = []
+        self.layer = th.nn.Linear(2, 2)
+
+    def train(self, mode: bool = True):
+        self.calls.append(mode)
+        return super().train(mode)
+
+
+def _training_flags(module: th.nn.Module) -> list[tuple[str, bool]]:
+    return [(name, m.training) for name, m in module.named_modules(remove_duplicate=False)]
+
+
+@pytest.mark.parametrize("extra", [None, "dropout", "own_train", "instance_train"])
+def test_set_training_mode_sets_the_flags_of_nn_module_train(extra):
+    """CherryActorCriticPolicy.set_training_mode leaves every (sub)module's flag as nn.Module.train(mode) does; a module
+    with its own train (class or instance) gets nn.Module.train's recursion."""
+    from sb3_cherry import CherryA2C
+    from sb3_cherry.common.policies import set_training_flags
+
+    ours = CherryA2C("MlpPolicy", "CartPole-v1", seed=0).policy
+    reference = CherryA2C("MlpPolicy", "CartPole-v1", seed=0).policy
+    own = None
+    for policy in (ours, reference):
+        if extra == "dropout":
+            policy.mlp_extractor.policy_net.append(th.nn.Dropout(0.5))
+        elif extra == "own_train":
+            policy.extra = own = _OwnTrain()
+        elif extra == "instance_train":
+            policy.action_net.train = lambda mode=True, net=policy.action_net: th.nn.Module.train(net, mode)
+    for mode in (True, False, True, False):
+        ours.set_training_mode(mode)
+        th.nn.Module.train(reference, mode)
+        assert _training_flags(ours) == _training_flags(reference)
+        assert all(flag is mode for _, flag in _training_flags(ours))
+    if extra == "own_train":
+        assert own is not None and own.calls == [True, False, True, False]
+    with pytest.raises(ValueError, match="boolean"):
+        set_training_flags(ours, 1)  # type: ignore[arg-type]  # as nn.Module.train

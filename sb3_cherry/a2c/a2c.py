@@ -13,9 +13,11 @@ from torch.nn import functional as F
 from sb3_cherry.a2c.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 from sb3_cherry.common.buffers import truncated_weights
 from sb3_cherry.common.finite import raise_non_finite_update
+from sb3_cherry.common.flat_rmsprop import clear_grads, rmsprop_step
 from sb3_cherry.common.on_policy import CherryOnPolicyAlgorithm
 from sb3_cherry.common.policies import CherryActorCriticPolicy
 from sb3_cherry.common.schedules import CoefficientSchedule
+from sb3_cherry.common.speed import GradNormClipper
 
 SelfCherryA2C = TypeVar("SelfCherryA2C", bound="CherryA2C")
 
@@ -196,15 +198,16 @@ class CherryA2C(A2C, CherryOnPolicyAlgorithm):
 
             loss = policy_loss + ent_coef * entropy_loss + self.vf_coef * value_loss
 
-            # Optimization step
-            self.policy.optimizer.zero_grad()
+            # Optimization step (zero_grad, clip_grad_norm_ and RMSprop's step computed alike with less per-tensor
+            # work: sb3_cherry.common.flat_rmsprop, speed.GradNormClipper)
+            clear_grads(self.policy.optimizer)
             loss.backward()
 
             # Clip grad norm
-            grad_norm = th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+            grad_norm = GradNormClipper(self.policy.parameters())(self.max_grad_norm)
             if self.check_finite and not (math.isfinite(loss.item()) and math.isfinite(grad_norm.item())):
                 self._refuse_update(policy_loss, value_loss, entropy_loss, loss, grad_norm)
-            self.policy.optimizer.step()
+            rmsprop_step(self.policy.optimizer)
 
         explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
 

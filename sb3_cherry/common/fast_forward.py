@@ -116,6 +116,7 @@ class FastActorCriticForward:
         critic: list[Callable[[th.Tensor], th.Tensor]],
     ):
         self.policy = policy
+        self.policy_type = type(policy)
         self.module_forward = policy.forward  # the module path (before inference_forward wraps it)
         self.actor, self.critic = actor, critic
         # every (parent's submodule dict, name, submodule) the fast path stands for, checked at each call
@@ -186,6 +187,38 @@ class FastActorCriticForward:
         if forward is not None and not getattr(forward, "calls_fast_forward", False):
             return False
         return self.kind == "generic" or not any(name in self.dist.__dict__ for name in _DISTRIBUTION_METHODS)
+
+    def reusable_for(self, policy: nn.Module) -> bool:
+        """
+        Whether this fast forward, built earlier, still stands for ``policy.forward`` (what :meth:`build` would
+        check, in a few microseconds: the same policy object and class, no hooks on the policy itself, and
+        :meth:`same_structure` for every submodule it was built on).
+
+        :param policy: the policy about to be run
+        :return: whether it can be used instead of a new :meth:`build`
+        """
+        if policy is not self.policy or type(policy) is not self.policy_type:
+            return False
+        if policy._forward_hooks or policy._forward_pre_hooks or "forward" in policy.__dict__:
+            return False
+        return self.same_structure()
+
+    @classmethod
+    def build_or_reuse(cls, policy: nn.Module, cache: dict[str, Any]) -> "FastActorCriticForward | None":
+        """
+        :meth:`build`, or the fast forward built for ``policy`` before (kept in ``cache``) while
+        :meth:`reusable_for` holds: building costs tens of microseconds, once per rollout.
+
+        :param policy: an SB3 / sb3_cherry policy
+        :param cache: a dict owned by the caller (e.g. the algorithm), the same at every call
+        :return: the fast forward, or None
+        """
+        cached = cache.get("fast_forward")
+        if cached is not None and cached.reusable_for(policy):
+            return cached
+        fast = cls.build(policy)
+        cache["fast_forward"] = fast
+        return fast
 
     @classmethod
     def build(cls, policy: nn.Module) -> "FastActorCriticForward | None":
@@ -274,8 +307,15 @@ class FastActorCriticForward:
         if deterministic:
             actions = th.argmax(probs, dim=1)  # sb3's CategoricalDistribution.mode
         else:
-            # Categorical.sample(): multinomial on probs reshaped (-1, n), one draw, transposed, batch shape
-            actions = th.multinomial(probs.reshape(-1, probs.shape[-1]), 1, True).T.reshape(probs.shape[:-1])
+            # Categorical.sample(): torch.multinomial(probs_2d, 1, True), which for one draw is (ATen's
+            # multinomial_out) a validity check of the probabilities, then argmax(p / q) with q ~ Exp(1) drawn by
+            # exponential_ on a tensor like p: the same draw and random stream here, with one sum as the check
+            # (softmax rows are finite and sum to 1 unless a logit was non-finite, then the row is NaN)
+            probs_2d = probs.reshape(-1, probs.shape[-1])
+            if not math.isfinite(probs_2d.sum().item()):
+                raise RuntimeError("probability tensor contains either `inf`, `nan` or element < 0")
+            q = th.empty_like(probs_2d).exponential_(1)
+            actions = th.div(probs_2d, q, out=q).argmax(dim=-1).reshape(probs.shape[:-1])
         # Categorical.log_prob: the normalised logit of the action
         log_prob = logits.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
         return actions, log_prob

@@ -236,7 +236,7 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
             forget_learner_rng_states(self)
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_update_snapshot"]
+        return [*super()._excluded_save_params(), "_update_snapshot", "_inference_cache"]
 
     @staticmethod
     def _wrap_env(env: GymEnv, verbose: int = 0, monitor_wrapper: bool = True) -> VecEnv:
@@ -315,7 +315,8 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
         :param n_rollout_steps: number of steps to collect per environment
         :return: False if a callback stopped the rollout
         """
-        with inference_forward(self.policy):
+        # (the fast forward built for the policy is kept between rollouts, not saved)
+        with inference_forward(self.policy, self.__dict__.setdefault("_inference_cache", {})):
             return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
 
     def _update_info_buffer(self, infos: list[dict[str, Any]], dones: np.ndarray | None = None) -> None:

@@ -29,6 +29,28 @@ from sb3_cherry.common.distributions import (
 from sb3_cherry.common.spaces import flat_action_dim, flat_action_space, unflatten_actions
 
 
+def set_training_flags(module: nn.Module, mode: bool) -> None:
+    """
+    ``module.train(mode)``: set ``training`` on ``module`` and every submodule. ``nn.Module.train`` recurses through
+    ``train`` calls and ``nn.Module.__setattr__``; when no module in the tree has its own ``train`` (class or instance)
+    and the attribute is a plain one, the same flags are set in one loop. Otherwise ``module.train(mode)`` runs.
+
+    :param module: the root module
+    :param mode: the flag (a bool, as ``nn.Module.train`` requires)
+    """
+    modules = list(module.modules())
+    plain = isinstance(mode, bool) and all(
+        type(m).train is nn.Module.train and "train" not in m.__dict__ and type(m).__setattr__ is nn.Module.__setattr__
+        for m in modules
+    )
+    if not plain:
+        module.train(mode)
+        return
+    for m in modules:
+        # what nn.Module.__setattr__ does with a value that is not a parameter, buffer or module
+        object.__setattr__(m, "training", mode)
+
+
 class CherryActorCriticPolicy(ActorCriticPolicy):
     """
     SB3's ``ActorCriticPolicy`` with a choice of action distribution and support for ``Tuple`` action spaces.
@@ -113,6 +135,17 @@ class CherryActorCriticPolicy(ActorCriticPolicy):
             for module, gain in module_gains.items():
                 module.apply(partial(self.init_weights, gain=gain))
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[call-arg]
+
+    def set_training_mode(self, mode: bool) -> None:
+        """
+        Put the policy in training or evaluation mode (this affects batch norm / dropout): SB3's ``set_training_mode``,
+        i.e. ``nn.Module.train(mode)``, which sets ``training`` on the policy and every submodule, done here in one
+        loop over the submodules instead of a recursion of ``train`` calls (the algorithms switch twice per update;
+        issue 19). A submodule whose class or instance defines its own ``train`` gets SB3's recursion.
+
+        :param mode: True for training mode, False for evaluation mode
+        """
+        set_training_flags(self, mode)
 
     def _get_action_dist_from_latent(self, latent_pi: th.Tensor) -> Distribution:
         if isinstance(self.action_dist, CherryDistribution):

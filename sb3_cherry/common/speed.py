@@ -217,7 +217,7 @@ def _release_graph(distribution: Any) -> None:
 
 
 @contextlib.contextmanager
-def inference_forward(policy: th.nn.Module) -> Iterator[None]:
+def inference_forward(policy: th.nn.Module, cache: dict[str, Any] | None = None) -> Iterator[None]:
     """
     Inside the block, the policy's forward passes that run without gradient (SB3's ``collect_rollouts`` calls the
     policy under ``th.no_grad()``) run in ``torch.inference_mode`` instead, which skips autograd's version counting
@@ -228,6 +228,8 @@ def inference_forward(policy: th.nn.Module) -> Iterator[None]:
     ``values`` in ``self.locals``): use them as they are or ``.clone()`` them before autograd or in-place use.
 
     :param policy: the policy (its ``forward`` is wrapped for the duration of the block)
+    :param cache: a dict kept by the caller across blocks (the algorithm's): the fast forward built for the policy
+        is reused while it still stands for it (:meth:`FastActorCriticForward.build_or_reuse`); None: built anew
     """
     existing = policy.__dict__.get("forward")
     if existing is not None:
@@ -237,7 +239,8 @@ def inference_forward(policy: th.nn.Module) -> Iterator[None]:
         del policy.forward  # left on a copy of a policy taken during another block
     _release_graph(getattr(policy, "action_dist", None))
     forward = policy.forward
-    wrapper = _InferenceForward(forward, FastActorCriticForward.build(policy) or forward)
+    fast = FastActorCriticForward.build(policy) if cache is None else FastActorCriticForward.build_or_reuse(policy, cache)
+    wrapper = _InferenceForward(forward, fast or forward)
     policy.forward = wrapper  # type: ignore[method-assign]
     _ACTIVE_WRAPPERS.add(id(wrapper))
     try:
