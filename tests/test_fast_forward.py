@@ -8,6 +8,7 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 
@@ -346,3 +347,56 @@ def test_fast_forward_is_reused_between_rollouts_and_rebuilt_when_it_no_longer_a
     # another policy object
     other = PPORollback("MlpPolicy", "Pendulum-v1", n_steps=16, batch_size=16, n_epochs=1, seed=1)
     assert not model._inference_cache["fast_forward"].reusable_for(other.policy)
+
+
+@pytest.mark.parametrize("action_space, kwargs", CASES)
+def test_fast_predict_values_equals_module_path(action_space, kwargs):
+    """The written-out predict_values (the value of a rollout's last observation) equals SB3's."""
+    policy = _policy(action_space, **kwargs)
+    with th.no_grad():
+        for p in policy.parameters():
+            p.add_(0.3 * th.randn_like(p))
+    fast = FastActorCriticForward.build(policy)
+    assert fast is not None and fast.values_supported
+    obs = th.as_tensor(np.stack([BOX_OBS.sample() for _ in range(7)]))
+    with distribution_validation(False), th.inference_mode():
+        expected, got = policy.predict_values(obs), fast.predict_values(obs)
+    assert expected.shape == got.shape == (7, 1) and th.equal(expected, got)
+
+
+class _OwnPredictValues(CherryActorCriticPolicy):
+    def predict_values(self, obs):
+        return super().predict_values(obs) + 1.0
+
+
+def test_overridden_or_patched_predict_values_takes_the_module_path():
+    obs = th.ones(3, 3)
+    # a class that overrides predict_values: the fast forward is built, its predict_values is not used
+    policy = _policy(spaces.Discrete(2), policy_class=_OwnPredictValues)
+    fast = FastActorCriticForward.build(policy)
+    assert fast is not None and not fast.values_supported
+    with th.no_grad(), inference_forward(policy):
+        assert "predict_values" not in policy.__dict__
+        th.testing.assert_close(policy.predict_values(obs), ActorCriticPolicy.predict_values(policy, obs) + 1.0)
+    # patched on the instance before the block: left alone (and run); after it: the fast path falls back
+    policy = _policy(spaces.Discrete(2))
+    policy.predict_values = lambda o: th.full((len(o), 1), 7.0)
+    with th.no_grad(), inference_forward(policy):
+        assert th.equal(policy.predict_values(obs), th.full((3, 1), 7.0))
+    assert th.equal(FastActorCriticForward.build(policy).predict_values(obs), th.full((3, 1), 7.0))
+
+
+def test_collection_takes_the_fast_predict_values(monkeypatch):
+    calls = []
+    original = FastActorCriticForward.predict_values
+
+    def counting(self, obs):
+        calls.append(len(obs))
+        return original(self, obs)
+
+    monkeypatch.setattr(FastActorCriticForward, "predict_values", counting)
+    env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
+    model = PPORollback("MlpPolicy", env, n_steps=16, batch_size=32, n_epochs=1, seed=0)
+    model.learn(64)
+    assert len(calls) >= 2 and set(calls) <= {1, 2}  # each rollout's last observations (and time-limit truncations)
+    assert "predict_values" not in model.policy.__dict__ and "forward" not in model.policy.__dict__

@@ -19,6 +19,7 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
 
+from sb3_cherry.common.buffers import CherryRolloutBuffer
 from sb3_cherry.common.returns import bootstrap_truncated, gae, n_step, one_step, vtrace
 
 N_STEPS, N_ENVS = 12, 5
@@ -244,21 +245,25 @@ CASE_IDS = [name + "-" + "-".join(f"{k}={v}" for k, v in kwargs.items()) for nam
 def test_gae_bit_identical_to_sb3_rollout_buffer(gamma, gae_lambda, n_envs):
     rng = np.random.default_rng(0)
     n_steps = 16
-    buffer = RolloutBuffer(
-        n_steps,
-        spaces.Box(-1, 1, (2,)),
-        spaces.Box(-1, 1, (1,)),
-        device="cpu",
-        gae_lambda=gae_lambda,
-        gamma=gamma,
-        n_envs=n_envs,
+    # SB3's buffer, and sb3_cherry's (its GAE on its own float32 arrays skips the conversions: gae_prepared)
+    buffer, cherry = (
+        cls(
+            n_steps,
+            spaces.Box(-1, 1, (2,)),
+            spaces.Box(-1, 1, (1,)),
+            device="cpu",
+            gae_lambda=gae_lambda,
+            gamma=gamma,
+            n_envs=n_envs,
+        )
+        for cls in (RolloutBuffer, CherryRolloutBuffer)
     )
     # as SB3's collect_rollouts: episode_starts[t] = dones[t - 1], rewards from the VecEnv are float32
     dones = rng.random((n_steps, n_envs)) < 0.2
     dones[-1, 0] = True
     episode_start = np.ones(n_envs, dtype=bool)
     for t in range(n_steps):
-        buffer.add(
+        step = (
             np.zeros((n_envs, 2), dtype=np.float32),
             np.zeros((n_envs, 1), dtype=np.float32),
             (rng.normal(size=n_envs) * 10).astype(np.float32),
@@ -266,15 +271,20 @@ def test_gae_bit_identical_to_sb3_rollout_buffer(gamma, gae_lambda, n_envs):
             th.as_tensor(rng.normal(size=(n_envs, 1)) * 10, dtype=th.float32),
             th.zeros(n_envs),
         )
+        buffer.add(*step)
+        cherry.add(*step)
         episode_start = dones[t]
     last_values = th.as_tensor(rng.normal(size=(n_envs, 1)), dtype=th.float32)
     rewards, values = buffer.rewards.copy(), buffer.values.copy()
     buffer.compute_returns_and_advantage(last_values=last_values, dones=dones[-1])
+    cherry.compute_returns_and_advantage(last_values=last_values, dones=dones[-1])
 
     returns, advantages = gae(rewards, values, last_values.numpy().flatten(), dones, gamma, gae_lambda)
     assert returns.dtype == advantages.dtype == np.float32
     assert np.array_equal(advantages, buffer.advantages)
     assert np.array_equal(returns, buffer.returns)
+    assert cherry.advantages.dtype == cherry.returns.dtype == np.float32
+    assert np.array_equal(cherry.advantages, buffer.advantages) and np.array_equal(cherry.returns, buffer.returns)
 
 
 @pytest.mark.parametrize("with_truncation", [False, True])

@@ -268,7 +268,14 @@ class ReturnsEstimatorMixin:
         rewards = self.rewards if rewards is None else rewards
         dones = self._dones_after(self.last_dones)
         if self.returns_estimator == "gae":
-            ret, adv = returns_lib.gae(rewards, values, last_values, dones, self.gamma, self.gae_lambda)
+            arrays = (rewards, values, last_values, dones)
+            if all(type(a) is np.ndarray and a.dtype == np.float32 for a in arrays) and last_values.ndim == 1:
+                # the buffer's own float32 arrays (the usual case): no conversion or shape check needed
+                gamma = returns_lib.check_unit_interval("gamma", self.gamma)
+                gae_lambda = returns_lib.check_unit_interval("gae_lambda", self.gae_lambda)
+                ret, adv = returns_lib.gae_prepared(*arrays, gamma, gae_lambda)
+            else:
+                ret, adv = returns_lib.gae(rewards, values, last_values, dones, self.gamma, self.gae_lambda)
         elif self.returns_estimator == "one_step":
             ret, adv = returns_lib.one_step(rewards, values, last_values, dones, self.gamma)
         elif self.returns_estimator == "n_step":

@@ -29,6 +29,10 @@ returns None otherwise (the module path then runs, unchanged):
   SB3's multi-categorical and Bernoulli, sb3_cherry's, which are written out on their parameters already) comes
   from the policy's own ``_get_action_dist_from_latent``, as in the module path.
 
+SB3's ``ActorCriticPolicy.predict_values`` (the critic half, which SB3 calls for the value of the rollout's last
+observation) is written out as well when the policy's class does not override it
+(:meth:`FastActorCriticForward.predict_values`).
+
 One difference that is not a value: the policy's ``action_dist`` keeps the distribution of the previous module call
 (SB3 overwrites it at every forward pass); nothing in SB3's or sb3_cherry's collection reads it.
 """
@@ -118,6 +122,9 @@ class FastActorCriticForward:
         self.policy = policy
         self.policy_type = type(policy)
         self.module_forward = policy.forward  # the module path (before inference_forward wraps it)
+        self.module_predict_values = policy.predict_values
+        # SB3's ActorCriticPolicy.predict_values (critic half of forward) is written out too, unless overridden
+        self.values_supported = type(policy).predict_values is ActorCriticPolicy.predict_values
         self.actor, self.critic = actor, critic
         # every (parent's submodule dict, name, submodule) the fast path stands for, checked at each call
         # (with the submodule's hook dicts and instance dict, which hooks and patches mutate in place)
@@ -282,6 +289,27 @@ class FastActorCriticForward:
             actions = distribution.get_actions(deterministic=deterministic)
             log_prob = distribution.log_prob(actions)
         return (actions if self.action_shape is None else actions.reshape(self.action_shape)), values, log_prob
+
+    def predict_values(self, obs: th.Tensor) -> th.Tensor:
+        """
+        The critic's values of ``obs``, as SB3's ``ActorCriticPolicy.predict_values(obs)`` (the critic half of
+        :meth:`__call__`; SB3 calls it for the value after the last step of a rollout).
+
+        :param obs: a batch of observations (tensor)
+        :return: values, shape ``(batch, 1)``
+        """
+        patched = self.policy.__dict__.get("predict_values")
+        if (
+            not self.values_supported
+            or (patched is not None and not getattr(patched, "calls_fast_forward", False))
+            or not self.unchanged()
+        ):
+            return self.module_predict_values(obs)
+        # BaseModel.extract_features(obs, vf_features_extractor) -> preprocess_obs (Box: obs.float()) -> Flatten
+        latent_vf = obs.float().flatten(1, -1)
+        for layer in self.critic:
+            latent_vf = layer(latent_vf)
+        return F.linear(latent_vf, self.value_net.weight, self.value_net.bias)
 
     def _gaussian(self, latent_pi: th.Tensor, deterministic: bool) -> tuple[th.Tensor, th.Tensor]:
         """SB3's DiagGaussianDistribution on torch's Normal: proba_distribution, get_actions, log_prob."""

@@ -202,7 +202,25 @@ def gae(
     gamma = check_unit_interval("gamma", gamma)
     gae_lambda = check_unit_interval("gae_lambda", gae_lambda)
     arrays = _prepare(rewards, values, last_values, dones)
-    rewards, values, last_values, dones = arrays["rewards"], arrays["values"], arrays["last_values"], arrays["dones"]
+    return gae_prepared(arrays["rewards"], arrays["values"], arrays["last_values"], arrays["dones"], gamma, gae_lambda)
+
+
+def gae_prepared(
+    rewards: Array, values: Array, last_values: Array, dones: Array, gamma: float, gae_lambda: float
+) -> tuple[Array, Array]:
+    """
+    :func:`gae` on inputs that are already checked: one backend and one floating dtype (``dones`` as 0.0 / 1.0 of
+    that dtype), the shapes of :func:`gae`, ``gamma`` and ``gae_lambda`` python floats in [0, 1] (the rollout buffer
+    calls it once per rollout with its own float32 arrays).
+
+    :param rewards: rewards, shape ``(n_steps, n_envs)``
+    :param values: V(s_t), shape ``(n_steps, n_envs)``
+    :param last_values: V(s_{n_steps}), shape ``(n_envs,)``
+    :param dones: 1.0 where the episode ended after step ``t``, shape ``(n_steps, n_envs)``
+    :param gamma: discount factor
+    :param gae_lambda: bias / variance trade-off
+    :return: ``(returns, advantages)``
+    """
     n_steps = rewards.shape[0]
 
     advantages = _zeros_like(values)

@@ -173,13 +173,13 @@ _ACTIVE_WRAPPERS: set[int] = set()
 
 class _InferenceForward:
     """
-    A policy's ``forward`` inside :func:`inference_forward`. An object rather than a closure so that a deep copy or a
-    pickle of the policy taken during the block (a callback's snapshot) holds a wrapper of its OWN ``forward``: a copy
-    is not an active wrapper, so it runs that ``forward`` as the class defines it (no inference mode, no fast path);
-    the next ``inference_forward`` block on the copy replaces it.
+    A policy's ``forward`` (or ``predict_values``) inside :func:`inference_forward`. An object rather than a closure so
+    that a deep copy or a pickle of the policy taken during the block (a callback's snapshot) holds a wrapper of its
+    OWN method: a copy is not an active wrapper, so it runs that method as the class defines it (no inference mode, no
+    fast path); the next ``inference_forward`` block on the copy replaces it.
 
-    :param forward: the policy's ``forward`` (bound method)
-    :param inference: what runs without gradient inside the block (the fast forward, or ``forward``)
+    :param forward: the policy's method (bound)
+    :param inference: what runs without gradient inside the block (the fast path, or the method itself)
     """
 
     calls_fast_forward = True  # (FastActorCriticForward.unchanged)
@@ -222,12 +222,14 @@ def inference_forward(policy: th.nn.Module, cache: dict[str, Any] | None = None)
     Inside the block, the policy's forward passes that run without gradient (SB3's ``collect_rollouts`` calls the
     policy under ``th.no_grad()``) run in ``torch.inference_mode`` instead, which skips autograd's version counting
     and view tracking, and, for the standard MLP actor-critic, without module and distribution objects
-    (:class:`~sb3_cherry.common.fast_forward.FastActorCriticForward`, built on entering the block). Forward passes
+    (:class:`~sb3_cherry.common.fast_forward.FastActorCriticForward`, built on entering the block; its
+    ``predict_values``, the value of the rollout's last observation, is written out the same way). Forward passes
     with gradient, and everything else in the block (callbacks, the env), are unchanged; the values are the same. The
     tensors those passes return are inference tensors (``policy.forward``'s outputs seen by callbacks, e.g. the
     ``values`` in ``self.locals``): use them as they are or ``.clone()`` them before autograd or in-place use.
 
-    :param policy: the policy (its ``forward`` is wrapped for the duration of the block)
+    :param policy: the policy (its ``forward``, and ``predict_values`` where written out, are wrapped for the duration
+        of the block)
     :param cache: a dict kept by the caller across blocks (the algorithm's): the fast forward built for the policy
         is reused while it still stands for it (:meth:`FastActorCriticForward.build_or_reuse`); None: built anew
     """
@@ -240,15 +242,25 @@ def inference_forward(policy: th.nn.Module, cache: dict[str, Any] | None = None)
     _release_graph(getattr(policy, "action_dist", None))
     forward = policy.forward
     fast = FastActorCriticForward.build(policy) if cache is None else FastActorCriticForward.build_or_reuse(policy, cache)
-    wrapper = _InferenceForward(forward, fast or forward)
-    policy.forward = wrapper  # type: ignore[method-assign]
-    _ACTIVE_WRAPPERS.add(id(wrapper))
+    wrappers = {"forward": _InferenceForward(forward, fast or forward)}
+    if fast is not None and fast.values_supported:
+        existing_values = policy.__dict__.get("predict_values")
+        if isinstance(existing_values, _InferenceForward) and id(existing_values) not in _ACTIVE_WRAPPERS:
+            del policy.predict_values  # left on a copy
+            existing_values = None
+        if existing_values is None:  # (else patched by the user: left alone)
+            predict_values: Callable[..., Any] = policy.predict_values  # type: ignore[assignment]  # (an ActorCriticPolicy)
+            wrappers["predict_values"] = _InferenceForward(predict_values, fast.predict_values)
+    for name, wrapper in wrappers.items():
+        setattr(policy, name, wrapper)
+        _ACTIVE_WRAPPERS.add(id(wrapper))
     try:
         yield
     finally:
-        _ACTIVE_WRAPPERS.discard(id(wrapper))
-        if policy.__dict__.get("forward") is wrapper:
-            del policy.forward
+        for name, wrapper in wrappers.items():
+            _ACTIVE_WRAPPERS.discard(id(wrapper))
+            if policy.__dict__.get(name) is wrapper:
+                delattr(policy, name)
 
 
 #: Optimizers whose ``foreach`` implementation matches the per-parameter loop bit for bit on CPU (same element-wise
