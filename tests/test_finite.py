@@ -632,3 +632,77 @@ def test_bco_vecnormalize_statistics_checked_after_collection():
         model.learn(200)
     for key, value in before.items():
         assert th.equal(model.policy.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize(
+    "case, error",
+    [
+        ("finite", None),
+        ("float32_sum_overflows", None),  # 3e38 + 3e38: every entry finite, the float32 sum is not
+        ("nan_obs", "Non-finite observation .* from env 1"),
+        ("inf_reward", "Non-finite reward .* from env 2"),
+        ("nan_terminal_obs", "Non-finite terminal observation .* from env 0"),
+        ("float64_obs_beyond_float32", "Non-finite observation .* from env 1"),
+    ],
+)
+def test_finite_check_callback_step(case, error):
+    """The callback's per-step test (a float32 sum of each array, the exact check when it is not finite or an episode
+    ended) raises exactly where check_finite_step does, naming the env."""
+    from stable_baselines3.common.callbacks import CallbackList
+
+    from sb3_cherry.common.finite import FiniteCheckCallback
+
+    model = PPORollback("MlpPolicy", DummyVecEnv([lambda: InjectEnv(spaces.Discrete(2))] * 3), n_steps=8, batch_size=8)
+    obs = np.zeros((3, 3), np.float32)
+    rewards = np.zeros(3, np.float32)
+    dones = np.zeros(3, bool)
+    infos: list[dict] = [{}, {}, {}]
+    if case == "float32_sum_overflows":
+        obs[:, 0] = 3e38
+        rewards[:] = 3e38
+    elif case == "nan_obs":
+        obs[1, 2] = np.nan
+    elif case == "inf_reward":
+        rewards[2] = np.inf
+    elif case == "nan_terminal_obs":
+        dones[0] = True
+        infos[0]["terminal_observation"] = np.array([0.0, np.nan, 0.0], np.float32)
+    elif case == "float64_obs_beyond_float32":
+        obs = obs.astype(np.float64)
+        obs[1, 0] = 1e39
+    callback = CallbackList([FiniteCheckCallback()])
+    callback.init_callback(model)
+    callback.on_rollout_start()
+    callback.update_locals(dict(new_obs=obs, rewards=rewards, dones=dones, infos=infos))
+    if error is None:
+        assert callback.on_step()
+        check_finite_step(obs, rewards, dones, infos, 0)  # the reference agrees
+    else:
+        with pytest.raises(ValueError, match=error):
+            callback.on_step()
+        with pytest.raises(ValueError, match=error):
+            check_finite_step(obs, rewards, dones, infos, 0)
+
+
+def test_non_finite_reset_observation_raises_at_rollout_start():
+    """A reset observation (not seen by any step check) is tested when the rollout starts; the last observations of
+    the previous rollout, checked at its last step, are the same array and are not tested twice."""
+    from stable_baselines3.common.callbacks import CallbackList
+
+    from sb3_cherry.common.finite import FiniteCheckCallback
+
+    model = PPORollback("MlpPolicy", DummyVecEnv([lambda: InjectEnv(spaces.Discrete(2))] * 2), n_steps=8, batch_size=8)
+    callback = CallbackList([FiniteCheckCallback()])
+    callback.init_callback(model)
+    model._last_obs = np.array([[0.0, 0.0, 0.0], [0.0, np.inf, 0.0]], np.float32)
+    with pytest.raises(ValueError, match=r"Non-finite observation \(inf\) from env 1 at reset / rollout start"):
+        callback.on_rollout_start()
+    checked = np.zeros((2, 3), np.float32)
+    callback.update_locals(dict(new_obs=checked, rewards=np.zeros(2, np.float32), dones=np.zeros(2, bool), infos=[{}, {}]))
+    assert callback.on_step()
+    model._last_obs = checked
+    callback.on_rollout_start()  # (checked at the step)
+    model._last_obs = checked.copy()
+    model._last_obs[0, 0] = np.nan
+    with pytest.raises(ValueError, match="from env 0 at reset / rollout start"):
+        callback.on_rollout_start()

@@ -43,6 +43,17 @@ def _sum_fits(values: np.ndarray, limit: float = FLOAT32_MAX) -> bool:
     return math.isfinite(total) and total <= limit
 
 
+def _float32_finite(values: Any) -> bool:
+    """
+    Fast test of a step's array: True only for a float32 NumPy array whose sum (in float32) is finite, which every
+    entry then is (NaN and inf carry through a sum); False otherwise (other types, or finite values whose float32 sum
+    overflows: the exact check decides).
+
+    :param values: an observation or reward batch
+    """
+    return type(values) is np.ndarray and values.dtype == np.float32 and math.isfinite(np.add.reduce(values, None))
+
+
 def _first_non_finite(values: np.ndarray, float32_range: bool = True) -> tuple[int, Any] | None:
     """
     ``(env index, value)`` of the first env whose entry is not finite in float32 (None if all are).
@@ -240,11 +251,23 @@ class FiniteCheckCallback(BaseCallback):
 
     #: the env's VecNormalize (None: none), whose raw values of each step are checked too
     _vec_normalize: Any = None
+    #: the observations checked at the last step (the next rollout starts from that array)
+    _checked_obs: Any = None
+
+    def update_locals(self, locals_: dict[str, Any]) -> None:
+        """
+        Keep the collection loop's locals (read by :meth:`_on_step` right after): a reference to the dict, not a copy
+        of its entries as ``BaseCallback.update_locals`` makes at every step (this callback is the only reader).
+
+        :param locals_: the loop's ``locals()``
+        """
+        self.locals = locals_
 
     def _on_rollout_start(self) -> None:
         self._vec_normalize = self.model.get_vec_normalize_env()
         last_obs = self.model._last_obs
-        if last_obs is not None:
+        # (the previous rollout's last observations were checked at its last step: the same array object)
+        if last_obs is not None and last_obs is not self._checked_obs:
             check_finite_observation(last_obs, "observation", f"reset / rollout start, num_timesteps={self.num_timesteps}")
 
     def _on_step(self) -> bool:
@@ -252,7 +275,11 @@ class FiniteCheckCallback(BaseCallback):
         # (a training VecNormalize turns a raw inf into NaN, found below, and into its statistics, checked at the end)
         if self._vec_normalize is not None and not self._vec_normalize.training:
             check_finite_raw_step(self._vec_normalize, self.num_timesteps)
-        check_finite_step(local["new_obs"], local["rewards"], local["dones"], local["infos"], self.num_timesteps)
+        new_obs, rewards, dones = local["new_obs"], local["rewards"], local["dones"]
+        # the usual step: float32 arrays with finite sums, no episode end (no terminal observation); else the full check
+        if not (_float32_finite(new_obs) and _float32_finite(rewards) and not dones.any()):
+            check_finite_step(new_obs, rewards, dones, local["infos"], self.num_timesteps)
+        self._checked_obs = new_obs
         return True
 
     def _on_rollout_end(self) -> None:

@@ -12,6 +12,7 @@ from torch.nn import functional as F
 
 from sb3_cherry.common.buffers import truncated_weights
 from sb3_cherry.common.flat_adam import flat_adam_steps
+from sb3_cherry.common.flat_rmsprop import clear_grads
 from sb3_cherry.common.on_policy import CherryOnPolicyAlgorithm
 from sb3_cherry.common.policies import CherryActorCriticPolicy
 from sb3_cherry.common.schedules import CoefficientSchedule
@@ -425,8 +426,8 @@ def rollback_train(
                         print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
                     break
 
-                # Optimization step
-                model.policy.optimizer.zero_grad()
+                # Optimization step (zero_grad's set_to_none, without its profiler scope)
+                clear_grads(model.policy.optimizer)
                 loss.backward()
                 # Clip grad norm
                 clip_grad_norm(model.max_grad_norm)
