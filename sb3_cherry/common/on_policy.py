@@ -221,6 +221,8 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
             elif not isinstance(callback, list):
                 callback = [callback if isinstance(callback, BaseCallback) else ConvertCallback(callback)]
             callback = [FiniteCheckCallback(), *callback]
+            if len(callback) == 1:
+                callback = callback[0]  # alone: called directly, without a CallbackList around it at every step
         wrap_tuple_eval_envs(callback)  # before EvalCallback's own init compares the env types
         return super()._init_callback(callback, progress_bar)
 
