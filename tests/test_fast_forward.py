@@ -265,8 +265,39 @@ def _append_layer(policy):
     policy.mlp_extractor.policy_net.append(th.nn.Tanh())
 
 
+def _parametrize_layer(policy):
+    # torch's parametrization swaps the layer's class and computes weight from the original parameter
+    class Double(th.nn.Module):
+        def forward(self, weight):
+            return weight * 2.0
+
+    th.nn.utils.parametrize.register_parametrization(policy.mlp_extractor.policy_net[0], "weight", Double())
+
+
+def _new_parameter(policy):
+    policy.value_net.weight = th.nn.Parameter(policy.value_net.weight.detach() * 3.0)
+
+
+def _plain_tensor_weight(policy):
+    head = policy.action_net
+    weight = head.weight.detach() * -1.0
+    del head.weight
+    head.weight = weight  # a plain tensor attribute now (in the instance dict)
+
+
 @pytest.mark.parametrize(
-    "change", [_patch_extract_features, _patch_action_net, _patch_log_prob, _replace_layer, _hook_layer, _append_layer]
+    "change",
+    [
+        _patch_extract_features,
+        _patch_action_net,
+        _patch_log_prob,
+        _replace_layer,
+        _hook_layer,
+        _append_layer,
+        _parametrize_layer,
+        _new_parameter,
+        _plain_tensor_weight,
+    ],
 )
 def test_changes_after_build_take_the_module_path(change):
     # a fast forward built before the policy was patched, hooked or changed computes what the changed policy does

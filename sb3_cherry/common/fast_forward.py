@@ -85,7 +85,10 @@ def _own_methods(policy: nn.Module) -> bool:
 def _layer_fn(layer: nn.Module) -> Callable[[th.Tensor], th.Tensor] | None:
     """The function ``layer.forward`` computes, reading its parameters at call time; None if not supported."""
     if type(layer) is nn.Linear:
-        return lambda x: F.linear(x, layer.weight, layer.bias)
+        # (read from the parameter dict, where nn.Module.__getattr__ finds them: the per-call structure check sends
+        # a layer whose class, instance dict or parameter entries changed to the module path)
+        params: dict[str, Any] = layer._parameters
+        return lambda x: F.linear(x, params["weight"], params["bias"])
     if type(layer) is nn.ReLU and not layer.inplace:
         return th.relu  # F.relu(x, inplace=False) is torch.relu(x)
     if type(layer) is nn.Tanh:
@@ -128,7 +131,7 @@ class FastActorCriticForward:
         self.actor, self.critic = actor, critic
         # every (parent's submodule dict, name, submodule) the fast path stands for, checked at each call
         # (with the submodule's hook dicts and instance dict, which hooks and patches mutate in place)
-        self.watched: list[tuple[dict[str, Any], str, nn.Module, dict, dict, dict]] = []
+        self.watched: list[tuple[dict[str, Any], str, nn.Module, dict, dict, dict, type]] = []
         self.sizes: list[tuple[dict[str, Any], int]] = []
         for parent in (policy, policy.features_extractor, policy.mlp_extractor, *self._sequentials(policy)):
             if isinstance(parent, nn.Sequential):
@@ -137,10 +140,13 @@ class FastActorCriticForward:
                 if child is not None:
                     state = child.__dict__
                     hooks, pre_hooks = state["_forward_hooks"], state["_forward_pre_hooks"]
-                    self.watched.append((parent._modules, name, child, hooks, pre_hooks, state))
+                    self.watched.append((parent._modules, name, child, hooks, pre_hooks, state, type(child)))
         self.dist = policy.action_dist
         self.action_net: nn.Module = policy.action_net
         self.value_net: nn.Linear = policy.value_net  # type: ignore[assignment]
+        # the heads' parameter dicts (nn.Linear heads where written out; see _layer_fn)
+        self.action_params: dict[str, Any] = policy.action_net._parameters
+        self.value_params: dict[str, Any] = policy.value_net._parameters
         # ActorCriticPolicy.forward reshapes the actions to the space's shape; Tuple actions stay flat (sb3_cherry)
         tuple_actions = isinstance(policy.action_space, spaces.Tuple)
         self.action_shape = None if tuple_actions else (-1, *policy.action_space.shape)  # type: ignore[misc]
@@ -177,9 +183,12 @@ class FastActorCriticForward:
         """
         if _global_hooks():
             return False
-        for modules, name, module, hooks, pre_hooks, state in self.watched:
-            if hooks or pre_hooks or modules.get(name) is not module or "forward" in state:
+        for modules, name, module, hooks, pre_hooks, state, kind in self.watched:
+            # (a parametrization swaps the module's class; a tensor set over a deleted parameter is in its dict)
+            if hooks or pre_hooks or modules.get(name) is not module or "forward" in state or type(module) is not kind:
                 return False
+            if kind is nn.Linear and ("weight" in state or "bias" in state or len(state["_parameters"]) != 2):
+                return False  # (the fast path reads the layer's weight and bias from its parameter dict)
             if type(module) is MlpExtractor and ("forward_actor" in state or "forward_critic" in state):
                 return False  # MlpExtractor.forward calls them: an instance patch of either changes the policy
             if state["_forward_hooks"] is not hooks or state["_forward_pre_hooks"] is not pre_hooks:
@@ -279,7 +288,7 @@ class FastActorCriticForward:
         latent_vf = features
         for layer in self.critic:
             latent_vf = layer(latent_vf)
-        values = F.linear(latent_vf, self.value_net.weight, self.value_net.bias)
+        values = F.linear(latent_vf, self.value_params["weight"], self.value_params["bias"])
         if self.kind == "gaussian":
             actions, log_prob = self._gaussian(latent_pi, deterministic)
         elif self.kind == "categorical":
@@ -309,12 +318,11 @@ class FastActorCriticForward:
         latent_vf = obs.float().flatten(1, -1)
         for layer in self.critic:
             latent_vf = layer(latent_vf)
-        return F.linear(latent_vf, self.value_net.weight, self.value_net.bias)
+        return F.linear(latent_vf, self.value_params["weight"], self.value_params["bias"])
 
     def _gaussian(self, latent_pi: th.Tensor, deterministic: bool) -> tuple[th.Tensor, th.Tensor]:
         """SB3's DiagGaussianDistribution on torch's Normal: proba_distribution, get_actions, log_prob."""
-        net: nn.Linear = self.action_net  # type: ignore[assignment]
-        mean = F.linear(latent_pi, net.weight, net.bias)
+        mean = F.linear(latent_pi, self.action_params["weight"], self.action_params["bias"])
         std = th.ones_like(mean) * self.policy.log_std.exp()
         if deterministic:
             actions = mean  # Normal.mean is loc
@@ -328,8 +336,7 @@ class FastActorCriticForward:
 
     def _categorical(self, latent_pi: th.Tensor, deterministic: bool) -> tuple[th.Tensor, th.Tensor]:
         """SB3's CategoricalDistribution on torch's Categorical(logits=...): get_actions, log_prob."""
-        net: nn.Linear = self.action_net  # type: ignore[assignment]
-        logits = F.linear(latent_pi, net.weight, net.bias)
+        logits = F.linear(latent_pi, self.action_params["weight"], self.action_params["bias"])
         logits = logits - logits.logsumexp(dim=-1, keepdim=True)  # Categorical.__init__
         probs = F.softmax(logits, dim=-1)  # Categorical.probs (logits_to_probs)
         if deterministic:
