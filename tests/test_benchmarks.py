@@ -285,3 +285,15 @@ def test_slow_tests_report_parsing(tmp_path):
     failed = cases["tests/test_learning.py::test_hybrid_goal_learns"]
     assert failed["outcome"] == "failed" and failed["message"] == "assert 1.5 >= 2.0"
     assert cases["tests/test_learning.py::test_x"]["outcome"] == "xfailed"
+
+
+def test_update_parts_checks_each_pair_and_times_it():
+    """benchmarks.update_parts checks every sb3_cherry piece against its reference (equal parameters, state and draws)
+    before timing it; a short run returns one time pair per piece."""
+    import math
+
+    from benchmarks.update_parts import measure
+
+    rows = measure(calls=20)
+    assert [row[0] for row in rows][:2] == ["RMSprop step", "RMSprop step"] and len(rows) == 7
+    assert all(math.isfinite(ours) and math.isfinite(reference) for _, _, ours, _, reference in rows)

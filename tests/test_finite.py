@@ -706,3 +706,19 @@ def test_non_finite_reset_observation_raises_at_rollout_start():
     model._last_obs[0, 0] = np.nan
     with pytest.raises(ValueError, match="from env 0 at reset / rollout start"):
         callback.on_rollout_start()
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy's own overflow warnings on the 1e30 rewards
+@pytest.mark.parametrize("algo, distribution", [("ppo", None), ("a2c", None), ("recurrent", "tanh_normal")])
+def test_failing_update_restores_the_snapshot_of_the_previous_checked_update(algo, distribution):
+    """Three clean updates, then one whose loss overflows, in ONE learn call: the snapshot it is undone to is the copy
+    taken when the previous update was checked (not the one taken when learn started); parameters and optimizer state
+    equal the test's copies from the end of the last rollout."""
+    space = _space(distribution)
+    env = DummyVecEnv([lambda: InjectEnv(space), lambda: InjectEnv(space, "huge_reward", at_step=3 * N_STEPS + 1)])
+    model = _make(algo, env, distribution)
+    record = RecordState()
+    with pytest.raises(ValueError, match=r"Non-finite loss .*value_loss=(inf|nan).* update at num_timesteps=64"):
+        model.learn(8 * N_STEPS, callback=record)
+    _assert_state_equal(model.policy.state_dict(), record.at_rollout_end)
+    _assert_optimizer_equal(model.policy.optimizer.state_dict(), record.optimizer_at_rollout_end)

@@ -328,6 +328,7 @@ class UpdateSnapshot:
         # two snapshots: (flat float32 storage, per-tensor views / copies); _current is the valid one
         self._copies: list[tuple[th.Tensor, list[th.Tensor]]] = []
         self._other_floating: list[list[th.Tensor]] = [[], []]
+        self._flat_sources: list[th.Tensor] | None = None
         self._current = 0
         self._valid = False
 
@@ -363,6 +364,10 @@ class UpdateSnapshot:
             self._live += [optimizer.state[p][k].detach() for p, k in entries]
         self._copies = [self._new_copy(), self._new_copy()]
         self._other_floating = [[v for v in c[1] if v.is_floating_point() and v.dtype != th.float32] for c in self._copies]
+        # all float32 and contiguous (the usual case): the copy in check() is one concatenation of flat views of the
+        # live tensors into the spare buffer (the same layout as its views), instead of one copy per tensor
+        plain = all(t.dtype == th.float32 and t.is_contiguous() for t in self._live)
+        self._flat_sources = [t.view(-1) for t in self._live] if plain and self._live else None
         self._key = self._layout_key()
 
     def invalidate(self) -> None:
@@ -400,7 +405,10 @@ class UpdateSnapshot:
         spare = 1 - self._current
         flat, views = self._copies[spare]
         with th.no_grad():
-            th._foreach_copy_(views, self._live)
+            if self._flat_sources is not None:
+                th.cat(self._flat_sources, out=flat)
+            else:
+                th._foreach_copy_(views, self._live)
             # a sum is finite iff every entry is, unless finite values overflow (then the exact test decides); one sum
             # is ~10x cheaper than isfinite().all() on CPU
             finite = math.isfinite(flat.sum().item()) or bool(th.isfinite(flat).all())
