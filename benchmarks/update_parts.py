@@ -90,30 +90,16 @@ def measure(calls: int) -> list[tuple[str, str, float, str, float]]:
     policy, optimizer = model.policy, model.policy.optimizer
     with training_switches(model):  # foreach RMSprop, no argument validation: what learn() runs
         _with_grads(model, 0)
-        # steps with tiny gradients (the parameters barely move over the measurement)
-        rows.append(
-            (
-                "RMSprop step",
-                "rmsprop_step (flat)",
-                _per_call_us(lambda: rmsprop_step(optimizer), calls),
-                "optimizer.step() (foreach)",
-                _per_call_us(optimizer.step, calls),
-            )
-        )
         # torch's default on CPU (SB3's A2C): the per-parameter loop, on the same parameters and a copy of the state
         loop = th.optim.RMSprop(policy.parameters())
         loop.load_state_dict(copy.deepcopy(optimizer.state_dict()))
         for group in loop.param_groups:
             group["foreach"] = False
-        rows.append(
-            (
-                "RMSprop step",
-                "rmsprop_step (flat)",
-                _per_call_us(lambda: rmsprop_step(optimizer), calls),
-                "optimizer.step() (per-parameter loop)",
-                _per_call_us(loop.step, calls),
-            )
-        )
+        # steps with tiny gradients (the parameters barely move over the measurement)
+        for label, reference_step in (("foreach", optimizer.step), ("per-parameter loop", loop.step)):
+            flat_us = _per_call_us(lambda: rmsprop_step(optimizer), calls)
+            reference_us = _per_call_us(reference_step, calls)
+            rows.append(("RMSprop step", "rmsprop_step (flat)", flat_us, f"optimizer.step() ({label})", reference_us))
 
         def restore_then(clear: Callable[[th.optim.Optimizer], None]) -> Callable[[], None]:
             grads = [p.grad for p in policy.parameters()]

@@ -431,3 +431,68 @@ def test_collection_takes_the_fast_predict_values(monkeypatch):
     model.learn(64)
     assert len(calls) >= 2 and set(calls) <= {1, 2}  # each rollout's last observations (and time-limit truncations)
     assert "predict_values" not in model.policy.__dict__ and "forward" not in model.policy.__dict__
+
+
+def test_a_copy_or_pickle_of_the_algorithm_builds_its_own_fast_forward():
+    """From an independent review: the fast forward kept on the algorithm reads the layers it was built on; a deep copy
+    of the algorithm (a callback's snapshot) starts with an empty cache and collects with its own weights, and the
+    algorithm pickles."""
+    import copy
+    import pickle
+
+    from sb3_cherry.common.fast_forward import InferenceCache
+
+    class Snapshot(BaseCallback):
+        def _on_step(self) -> bool:
+            if not hasattr(self, "clone"):  # during collection, as a callback would take it
+                self.clone = copy.deepcopy(self.model)
+            return True
+
+    model = PPORollback("MlpPolicy", "Pendulum-v1", n_steps=16, batch_size=16, n_epochs=1, seed=0)
+    model.learn(32)
+    assert model._inference_cache.get("fast_forward") is not None
+    snapshot = Snapshot()
+    model.learn(16, callback=snapshot, reset_num_timesteps=False)
+    clone = snapshot.clone
+    assert isinstance(clone._inference_cache, InferenceCache) and not clone._inference_cache
+    with th.no_grad():
+        for p in model.policy.parameters():
+            p.mul_(-1.5)  # the original moves on; the clone must not read its weights
+    clone.learn(16, reset_num_timesteps=False)
+    fast = clone._inference_cache["fast_forward"]
+    assert fast.policy is clone.policy
+    obs = th.as_tensor(np.stack([clone.observation_space.sample() for _ in range(4)]))
+    with th.no_grad(), distribution_validation(False):
+        expected = clone.policy(obs, deterministic=True)
+        got = fast(obs, deterministic=True)
+    assert all(th.equal(a, b) for a, b in zip(expected, got, strict=True))
+    restored = pickle.loads(pickle.dumps(model))
+    assert isinstance(restored._inference_cache, InferenceCache) and not restored._inference_cache
+
+
+class _PatchLater(CherryActorCriticPolicy):
+    pass
+
+
+def test_reuse_sees_class_patches_and_replaced_parameter_dicts():
+    """From an independent review: a method given to the policy's class between rollouts, or a layer's parameter dict
+    replaced, makes the cached fast forward unusable (build() would refuse the first; the second reads new weights)."""
+    policy = _policy(spaces.Box(-1.0, 1.0, (2,), np.float32), policy_class=_PatchLater)
+    fast = FastActorCriticForward.build(policy)
+    assert fast is not None and fast.reusable_for(policy)
+    layer = policy.mlp_extractor.value_net[0]
+    layer._parameters = {"weight": th.nn.Parameter(layer.weight.detach() * 2), "bias": th.nn.Parameter(layer.bias.detach())}
+    assert not fast.same_structure() and not fast.reusable_for(policy)
+    fast = FastActorCriticForward.build(policy)
+    assert fast.reusable_for(policy)
+    _PatchLater.extract_features = lambda self, obs, features_extractor=None: obs * 0.0  # type: ignore[method-assign]
+    try:
+        assert not fast.reusable_for(policy) and FastActorCriticForward.build(policy) is None
+    finally:
+        del _PatchLater.extract_features
+    _PatchLater.predict_values = lambda self, obs: th.zeros(len(obs), 1)  # type: ignore[method-assign]
+    try:
+        assert not fast.reusable_for(policy)  # built with the written-out predict_values
+    finally:
+        del _PatchLater.predict_values
+    assert fast.reusable_for(policy)

@@ -685,8 +685,8 @@ def test_finite_check_callback_step(case, error):
 
 
 def test_non_finite_reset_observation_raises_at_rollout_start():
-    """A reset observation (not seen by any step check) is tested when the rollout starts; the last observations of
-    the previous rollout, checked at its last step, are the same array and are not tested twice."""
+    """A reset observation (not seen by any step check) is tested when the rollout starts, also when it was written
+    into the array object a step check had already passed (a VecEnv reusing its buffer; from an independent review)."""
     from stable_baselines3.common.callbacks import CallbackList
 
     from sb3_cherry.common.finite import FiniteCheckCallback
@@ -701,9 +701,8 @@ def test_non_finite_reset_observation_raises_at_rollout_start():
     callback.update_locals(dict(new_obs=checked, rewards=np.zeros(2, np.float32), dones=np.zeros(2, bool), infos=[{}, {}]))
     assert callback.on_step()
     model._last_obs = checked
-    callback.on_rollout_start()  # (checked at the step)
-    model._last_obs = checked.copy()
-    model._last_obs[0, 0] = np.nan
+    callback.on_rollout_start()
+    checked[0, 0] = np.nan  # the same array, overwritten in place by a reset between rollouts
     with pytest.raises(ValueError, match="from env 0 at reset / rollout start"):
         callback.on_rollout_start()
 

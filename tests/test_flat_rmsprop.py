@@ -208,3 +208,35 @@ def test_cherry_a2c_updates_use_flat_steps(monkeypatch):
     adam = CherryA2C("MlpPolicy", "CartPole-v1", n_steps=8, seed=0, device="cpu", use_rms_prop=False).learn(64)
     assert counts["flat"] == 64 // 8
     assert np.isfinite(th.nn.utils.parameters_to_vector(adam.policy.parameters()).detach().numpy()).all()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # torch's warning about a parameter listed twice
+@pytest.mark.parametrize("case", ["duplicate_parameter", "shared_square_avg", "integer_step"])
+def test_setups_a_flat_step_would_merge_or_cast_take_torchs_step(monkeypatch, case):
+    """From an independent review: a parameter listed twice (torch steps it twice in a row), two parameters sharing
+    one square_avg tensor, and an integer step tensor are stepped by torch itself, with torch's results."""
+    counts = _count_flat_steps(monkeypatch)
+    results = []
+    for flat in (False, True):
+        th.manual_seed(0)
+        a, b = th.nn.Parameter(th.randn(5)), th.nn.Parameter(th.randn(5))
+        params = [a, b, a] if case == "duplicate_parameter" else [a, b]
+        opt = th.optim.RMSprop(params, lr=1e-2, alpha=0.9, eps=1e-5)
+        if case == "shared_square_avg":
+            shared = th.zeros(5)
+            for p in (a, b):
+                opt.state[p].update(step=th.tensor(0.0), square_avg=shared)
+        elif case == "integer_step":
+            for p in (a, b):
+                opt.state[p].update(step=th.tensor(0, dtype=th.int64), square_avg=th.zeros(5))
+        for k in range(3):
+            opt.zero_grad()
+            ((a * (k + 1)).pow(2).sum() + (b * (k + 2)).pow(2).sum()).backward()
+            if flat:
+                assert not flat_rmsprop_eligible(opt)
+                rmsprop_step(opt)
+            else:
+                opt.step()
+        results.append([p.detach().clone() for p in (a, b)])
+    assert all(th.equal(x, y) for x, y in zip(*results, strict=True))
+    assert counts["flat"] == 0

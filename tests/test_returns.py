@@ -287,6 +287,42 @@ def test_gae_bit_identical_to_sb3_rollout_buffer(gamma, gae_lambda, n_envs):
     assert np.array_equal(cherry.advantages, buffer.advantages) and np.array_equal(cherry.returns, buffer.returns)
 
 
+@pytest.mark.parametrize("gamma, gae_lambda", [(np.float64(0.99), np.float64(0.95)), (np.float32(0.9), 0.8)])
+def test_cherry_buffer_gae_equals_sb3_buffer_with_numpy_scalar_coefficients(gamma, gae_lambda):
+    """NumPy scalar gamma / lambda (a float64 one makes SB3's buffer compute in float64): sb3_cherry's buffer stores
+    SB3's advantages and returns bit for bit (from an independent review: it used to cast them to Python floats)."""
+    rng = np.random.default_rng(1)
+    n_steps, n_envs = 12, 3
+    buffers = [
+        cls(
+            n_steps,
+            spaces.Box(-1, 1, (2,)),
+            spaces.Box(-1, 1, (1,)),
+            device="cpu",
+            gae_lambda=gae_lambda,
+            gamma=gamma,
+            n_envs=n_envs,
+        )
+        for cls in (RolloutBuffer, CherryRolloutBuffer)
+    ]
+    for _ in range(n_steps):
+        step = (
+            np.zeros((n_envs, 2), np.float32),
+            np.zeros((n_envs, 1), np.float32),
+            (rng.normal(size=n_envs) * 10).astype(np.float32),
+            rng.random(n_envs) < 0.2,
+            th.as_tensor(rng.normal(size=(n_envs, 1)) * 10, dtype=th.float32),
+            th.zeros(n_envs),
+        )
+        for buffer in buffers:
+            buffer.add(*step)
+    last_values, dones = th.as_tensor(rng.normal(size=(n_envs, 1)), dtype=th.float32), rng.random(n_envs) < 0.3
+    for buffer in buffers:
+        buffer.compute_returns_and_advantage(last_values=last_values, dones=dones)
+    assert np.array_equal(buffers[0].advantages, buffers[1].advantages)
+    assert np.array_equal(buffers[0].returns, buffers[1].returns)
+
+
 @pytest.mark.parametrize("with_truncation", [False, True])
 @pytest.mark.parametrize("name, kwargs", CASES, ids=CASE_IDS)
 def test_matches_naive_reference(name, kwargs, with_truncation):

@@ -378,3 +378,29 @@ def test_set_training_mode_sets_the_flags_of_nn_module_train(extra):
         assert own is not None and own.calls == [True, False, True, False]
     with pytest.raises(ValueError, match="boolean"):
         set_training_flags(ours, 1)  # type: ignore[arg-type]  # as nn.Module.train
+
+
+def test_set_training_flags_follows_an_overridden_children_walk():
+    """From an independent review: a module whose named_children leaves a frozen teacher out of train() keeps it in
+    eval mode, as nn.Module.train does (the flat loop over modules() would reach it)."""
+    from torch import nn
+
+    from sb3_cherry.common.policies import set_training_flags
+
+    class KeepsTeacherInEval(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.student = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))
+            self.teacher = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))
+
+        def named_children(self):
+            return ((n, m) for n, m in super().named_children() if n != "teacher")
+
+    flags = []
+    for setter in (nn.Module.train, set_training_flags):
+        root = KeepsTeacherInEval()
+        root.teacher.eval()
+        setter(root, True)
+        flags.append(_training_flags(root))
+    assert flags[0] == flags[1]
+    assert dict(flags[1])["teacher"] is False and dict(flags[1])["student"] is True

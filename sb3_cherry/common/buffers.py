@@ -271,9 +271,10 @@ class ReturnsEstimatorMixin:
             arrays = (rewards, values, last_values, dones)
             if all(type(a) is np.ndarray and a.dtype == np.float32 for a in arrays) and last_values.ndim == 1:
                 # the buffer's own float32 arrays (the usual case): no conversion or shape check needed
-                gamma = returns_lib.check_unit_interval("gamma", self.gamma)
-                gae_lambda = returns_lib.check_unit_interval("gae_lambda", self.gae_lambda)
-                ret, adv = returns_lib.gae_prepared(*arrays, gamma, gae_lambda)
+                returns_lib.check_unit_interval("gamma", self.gamma)
+                returns_lib.check_unit_interval("gae_lambda", self.gae_lambda)
+                # gamma and lambda as given, as SB3's buffer multiplies them (a NumPy float64 computes in float64)
+                ret, adv = returns_lib.gae_prepared(*arrays, self.gamma, self.gae_lambda)
             else:
                 ret, adv = returns_lib.gae(rewards, values, last_values, dones, self.gamma, self.gae_lambda)
         elif self.returns_estimator == "one_step":

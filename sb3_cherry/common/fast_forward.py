@@ -104,6 +104,24 @@ def _sequential_plan(net: nn.Module) -> list[Callable[[th.Tensor], th.Tensor]] |
     return None if any(fn is None for fn in plan) else plan  # type: ignore[return-value]
 
 
+class InferenceCache(dict):
+    """
+    The dict an algorithm keeps its fast forward in between rollouts (:meth:`FastActorCriticForward.build_or_reuse`):
+    a copy or a pickle of it is empty, so that a deep copy of the algorithm (a callback's snapshot) builds a fast
+    forward on its own policy instead of reusing one that reads the original's layers, and the algorithm still
+    pickles (the fast forward holds functions of the layers).
+    """
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "InferenceCache":
+        return InferenceCache()
+
+    def __copy__(self) -> "InferenceCache":
+        return InferenceCache()
+
+    def __reduce__(self) -> tuple[type, tuple]:
+        return InferenceCache, ()
+
+
 class FastActorCriticForward:
     """
     ``policy.forward(obs, deterministic)`` for the standard MLP actor-critic, without module or distribution objects
@@ -131,7 +149,7 @@ class FastActorCriticForward:
         self.actor, self.critic = actor, critic
         # every (parent's submodule dict, name, submodule) the fast path stands for, checked at each call
         # (with the submodule's hook dicts and instance dict, which hooks and patches mutate in place)
-        self.watched: list[tuple[dict[str, Any], str, nn.Module, dict, dict, dict, type]] = []
+        self.watched: list[tuple[dict[str, Any], str, nn.Module, dict, dict, dict, type, dict]] = []
         self.sizes: list[tuple[dict[str, Any], int]] = []
         for parent in (policy, policy.features_extractor, policy.mlp_extractor, *self._sequentials(policy)):
             if isinstance(parent, nn.Sequential):
@@ -140,7 +158,8 @@ class FastActorCriticForward:
                 if child is not None:
                     state = child.__dict__
                     hooks, pre_hooks = state["_forward_hooks"], state["_forward_pre_hooks"]
-                    self.watched.append((parent._modules, name, child, hooks, pre_hooks, state, type(child)))
+                    params = state["_parameters"]
+                    self.watched.append((parent._modules, name, child, hooks, pre_hooks, state, type(child), params))
         self.dist = policy.action_dist
         self.action_net: nn.Module = policy.action_net
         self.value_net: nn.Linear = policy.value_net  # type: ignore[assignment]
@@ -183,12 +202,15 @@ class FastActorCriticForward:
         """
         if _global_hooks():
             return False
-        for modules, name, module, hooks, pre_hooks, state, kind in self.watched:
+        for modules, name, module, hooks, pre_hooks, state, kind, params in self.watched:
             # (a parametrization swaps the module's class; a tensor set over a deleted parameter is in its dict)
             if hooks or pre_hooks or modules.get(name) is not module or "forward" in state or type(module) is not kind:
                 return False
-            if kind is nn.Linear and ("weight" in state or "bias" in state or len(state["_parameters"]) != 2):
-                return False  # (the fast path reads the layer's weight and bias from its parameter dict)
+            # (the fast path reads a linear layer's weight and bias from the parameter dict it was built on)
+            if kind is nn.Linear and ("weight" in state or "bias" in state or state["_parameters"] is not params):
+                return False
+            if kind is nn.Linear and len(params) != 2:
+                return False
             if type(module) is MlpExtractor and ("forward_actor" in state or "forward_critic" in state):
                 return False  # MlpExtractor.forward calls them: an instance patch of either changes the policy
             if state["_forward_hooks"] is not hooks or state["_forward_pre_hooks"] is not pre_hooks:
@@ -207,13 +229,16 @@ class FastActorCriticForward:
     def reusable_for(self, policy: nn.Module) -> bool:
         """
         Whether this fast forward, built earlier, still stands for ``policy.forward`` (what :meth:`build` would
-        check, in a few microseconds: the same policy object and class, no hooks on the policy itself, and
+        check, in a few microseconds: the same policy object and class, no class in its MRO given one of the
+        reproduced methods since (``predict_values`` included), no hooks on the policy itself, and
         :meth:`same_structure` for every submodule it was built on).
 
         :param policy: the policy about to be run
         :return: whether it can be used instead of a new :meth:`build`
         """
-        if policy is not self.policy or type(policy) is not self.policy_type:
+        if policy is not self.policy or type(policy) is not self.policy_type or not _own_methods(policy):
+            return False
+        if (type(policy).predict_values is ActorCriticPolicy.predict_values) != self.values_supported:
             return False
         if policy._forward_hooks or policy._forward_pre_hooks or "forward" in policy.__dict__:
             return False
@@ -229,7 +254,7 @@ class FastActorCriticForward:
         :param cache: a dict owned by the caller (e.g. the algorithm), the same at every call
         :return: the fast forward, or None
         """
-        cached = cache.get("fast_forward")
+        cached = cache.get("fast_forward")  # (an InferenceCache: empty in a copy or pickle of its owner)
         if cached is not None and cached.reusable_for(policy):
             return cached
         fast = cls.build(policy)

@@ -251,8 +251,6 @@ class FiniteCheckCallback(BaseCallback):
 
     #: the env's VecNormalize (None: none), whose raw values of each step are checked too
     _vec_normalize: Any = None
-    #: the observations checked at the last step (the next rollout starts from that array)
-    _checked_obs: Any = None
 
     def update_locals(self, locals_: dict[str, Any]) -> None:
         """
@@ -266,8 +264,7 @@ class FiniteCheckCallback(BaseCallback):
     def _on_rollout_start(self) -> None:
         self._vec_normalize = self.model.get_vec_normalize_env()
         last_obs = self.model._last_obs
-        # (the previous rollout's last observations were checked at its last step: the same array object)
-        if last_obs is not None and last_obs is not self._checked_obs:
+        if last_obs is not None:
             check_finite_observation(last_obs, "observation", f"reset / rollout start, num_timesteps={self.num_timesteps}")
 
     def _on_step(self) -> bool:
@@ -279,7 +276,6 @@ class FiniteCheckCallback(BaseCallback):
         # the usual step: float32 arrays with finite sums, no episode end (no terminal observation); else the full check
         if not (_float32_finite(new_obs) and _float32_finite(rewards) and not dones.any()):
             check_finite_step(new_obs, rewards, dones, local["infos"], self.num_timesteps)
-        self._checked_obs = new_obs
         return True
 
     def _on_rollout_end(self) -> None:

@@ -34,8 +34,14 @@ _UNSUPPORTED = ("momentum", "centered", "weight_decay", "maximize", "capturable"
 
 
 def _optimizer_eligible(optimizer: th.optim.Optimizer) -> bool:
-    """The optimizer-wide conditions of :func:`flat_rmsprop_eligible` (class, instance ``step``, hooks, settings)."""
+    """The optimizer-wide conditions of :func:`flat_rmsprop_eligible` (class, instance ``step``, hooks, settings,
+    each parameter once)."""
     if type(optimizer) is not th.optim.RMSprop or "step" in optimizer.__dict__ or _hooked(optimizer):
+        return False
+    # a parameter listed twice (torch warns, and steps it twice in a row) would get one merged flat step
+    if len({id(p) for group in optimizer.param_groups for p in group["params"]}) != sum(
+        len(group["params"]) for group in optimizer.param_groups
+    ):
         return False
     for group in optimizer.param_groups:
         if any(group.get(flag) for flag in _UNSUPPORTED):
@@ -70,13 +76,17 @@ def _group_states(optimizer: th.optim.Optimizer, group: dict) -> list[dict] | No
             if state.keys() != _STATE_KEYS:
                 return None
             step, square_avg = state["step"], state["square_avg"]
-            if not (isinstance(step, th.Tensor) and step.is_cpu and step.dim() == 0):
+            if not (isinstance(step, th.Tensor) and step.is_cpu and step.dim() == 0 and step.is_floating_point()):
                 return None
             if not isinstance(square_avg, th.Tensor) or square_avg.dtype is not dtype or not square_avg.is_cpu:
                 return None
             if square_avg.layout is not th.strided or square_avg.shape != p.shape:
                 return None
         states.append(state)
+    # each parameter's own state tensors (two parameters sharing one square_avg are stepped one after the other)
+    tensors = [id(state[key]) for state in states if state for key in ("step", "square_avg")]
+    if len(set(tensors)) != len(tensors):
+        return None
     return states
 
 
@@ -86,8 +96,8 @@ def flat_rmsprop_eligible(optimizer: th.optim.Optimizer) -> bool:
     (not a subclass, its ``step`` not patched on the instance), no step hooks, no momentum, not centered, no weight
     decay, not ``maximize`` / ``capturable`` / ``differentiable``, float ``lr`` / ``alpha`` / ``eps``, every
     parameter a dense CPU tensor of the group's dtype (float32 or float64) with a dense gradient of that dtype, and
-    each parameter's state either empty or the plain RMSprop state (a CPU scalar ``step`` tensor and a
-    ``square_avg`` of the parameter's shape and dtype).
+    each parameter's state either empty or the plain RMSprop state (a floating-point CPU scalar ``step`` tensor and a
+    ``square_avg`` of the parameter's shape and dtype), every parameter listed once and no state tensor shared.
 
     :param optimizer: the optimizer
     :return: whether a flat step is exact

@@ -48,6 +48,7 @@ from sb3_cherry.common.buffers import (
     check_estimator_args,
     check_imp_samp_max,
 )
+from sb3_cherry.common.fast_forward import InferenceCache
 from sb3_cherry.common.finite import (
     FiniteCheckCallback,
     UpdateSnapshot,
@@ -317,8 +318,11 @@ class CherryOnPolicyAlgorithm(AtomicSaveAlgorithm, OnPolicyAlgorithm):
         :param n_rollout_steps: number of steps to collect per environment
         :return: False if a callback stopped the rollout
         """
-        # (the fast forward built for the policy is kept between rollouts, not saved)
-        with inference_forward(self.policy, self.__dict__.setdefault("_inference_cache", {})):
+        # (the fast forward built for the policy is kept between rollouts; not saved, copied or pickled)
+        cache = self.__dict__.get("_inference_cache")
+        if not isinstance(cache, InferenceCache):
+            cache = self._inference_cache = InferenceCache()
+        with inference_forward(self.policy, cache):
             return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
 
     def _update_info_buffer(self, infos: list[dict[str, Any]], dones: np.ndarray | None = None) -> None:

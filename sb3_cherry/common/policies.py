@@ -28,20 +28,30 @@ from sb3_cherry.common.distributions import (
 )
 from sb3_cherry.common.spaces import flat_action_dim, flat_action_space, unflatten_actions
 
+#: ``nn.Module``'s methods that :func:`set_training_flags` relies on (``train`` follows ``children``, the loop there
+#: follows ``modules``, and sets the flag as ``__setattr__`` does)
+_MODULE_METHODS = frozenset({"train", "__setattr__", "children", "named_children", "modules", "named_modules"})
+
 
 def set_training_flags(module: nn.Module, mode: bool) -> None:
     """
     ``module.train(mode)``: set ``training`` on ``module`` and every submodule. ``nn.Module.train`` recurses through
-    ``train`` calls and ``nn.Module.__setattr__``; when no module in the tree has its own ``train`` (class or instance)
-    and the attribute is a plain one, the same flags are set in one loop. Otherwise ``module.train(mode)`` runs.
+    ``train`` calls and ``nn.Module.__setattr__``; when no module in the tree has its own ``train``, ``__setattr__`` or
+    tree walk (``children`` / ``named_children`` / ``modules`` / ``named_modules``, class or instance), the same flags
+    are set in one loop. Otherwise ``module.train(mode)`` runs.
 
     :param module: the root module
     :param mode: the flag (a bool, as ``nn.Module.train`` requires)
     """
     modules = list(module.modules())
-    plain = isinstance(mode, bool) and all(
-        type(m).train is nn.Module.train and "train" not in m.__dict__ and type(m).__setattr__ is nn.Module.__setattr__
-        for m in modules
+    # train() recurses through children(), modules() through _modules: the same tree unless either is overridden
+    plain = (
+        isinstance(mode, bool)
+        and all(
+            all(getattr(kind, name) is getattr(nn.Module, name) for name in _MODULE_METHODS)
+            for kind in {type(m) for m in modules}
+        )
+        and not any(m.__dict__.keys() & _MODULE_METHODS for m in modules)
     )
     if not plain:
         module.train(mode)
