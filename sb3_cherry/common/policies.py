@@ -151,7 +151,8 @@ class CherryActorCriticPolicy(ActorCriticPolicy):
         Put the policy in training or evaluation mode (this affects batch norm / dropout): SB3's ``set_training_mode``,
         i.e. ``nn.Module.train(mode)``, which sets ``training`` on the policy and every submodule, done here in one
         loop over the submodules instead of a recursion of ``train`` calls (the algorithms switch twice per update;
-        issue 19). A submodule whose class or instance defines its own ``train`` gets SB3's recursion.
+        issue 19). A submodule whose class or instance defines its own ``train``, ``__setattr__`` or tree walk gets
+        SB3's recursion (:func:`set_training_flags`).
 
         :param mode: True for training mode, False for evaluation mode
         """
