@@ -210,8 +210,9 @@ def gae_prepared(
 ) -> tuple[Array, Array]:
     """
     :func:`gae` on inputs that are already checked: one backend and one floating dtype (``dones`` as 0.0 / 1.0 of
-    that dtype), the shapes of :func:`gae`, ``gamma`` and ``gae_lambda`` python floats in [0, 1] (the rollout buffer
-    calls it once per rollout with its own float32 arrays).
+    that dtype), the shapes of :func:`gae`, ``gamma`` and ``gae_lambda`` numbers in [0, 1] used as given (the rollout
+    buffer calls it once per rollout with its own float32 arrays and its coefficients: a NumPy float64 then computes
+    in float64, as in SB3's buffer; :func:`gae` passes Python floats).
 
     :param rewards: rewards, shape ``(n_steps, n_envs)``
     :param values: V(s_t), shape ``(n_steps, n_envs)``
