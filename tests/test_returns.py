@@ -240,13 +240,9 @@ CASE_IDS = [name + "-" + "-".join(f"{k}={v}" for k, v in kwargs.items()) for nam
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("gamma, gae_lambda", [(0.99, 0.95), (0.937, 0.81), (0.5, 1.0), (0.99, 0.0), (1.0, 1.0)])
-@pytest.mark.parametrize("n_envs", [1, 4])
-def test_gae_bit_identical_to_sb3_rollout_buffer(gamma, gae_lambda, n_envs):
-    rng = np.random.default_rng(0)
-    n_steps = 16
-    # SB3's buffer, and sb3_cherry's (its GAE on its own float32 arrays skips the conversions: gae_prepared)
-    buffer, cherry = (
+def _sb3_and_cherry_buffers(n_steps: int, n_envs: int, gamma: float, gae_lambda: float) -> list[RolloutBuffer]:
+    """SB3's ``RolloutBuffer`` and sb3_cherry's ``CherryRolloutBuffer`` with the same settings (2-d observations)."""
+    return [
         cls(
             n_steps,
             spaces.Box(-1, 1, (2,)),
@@ -257,7 +253,16 @@ def test_gae_bit_identical_to_sb3_rollout_buffer(gamma, gae_lambda, n_envs):
             n_envs=n_envs,
         )
         for cls in (RolloutBuffer, CherryRolloutBuffer)
-    )
+    ]
+
+
+@pytest.mark.parametrize("gamma, gae_lambda", [(0.99, 0.95), (0.937, 0.81), (0.5, 1.0), (0.99, 0.0), (1.0, 1.0)])
+@pytest.mark.parametrize("n_envs", [1, 4])
+def test_gae_bit_identical_to_sb3_rollout_buffer(gamma, gae_lambda, n_envs):
+    rng = np.random.default_rng(0)
+    n_steps = 16
+    # SB3's buffer, and sb3_cherry's (its GAE on its own float32 arrays skips the conversions: gae_prepared)
+    buffer, cherry = _sb3_and_cherry_buffers(n_steps, n_envs, gamma, gae_lambda)
     # as SB3's collect_rollouts: episode_starts[t] = dones[t - 1], rewards from the VecEnv are float32
     dones = rng.random((n_steps, n_envs)) < 0.2
     dones[-1, 0] = True
@@ -293,18 +298,7 @@ def test_cherry_buffer_gae_equals_sb3_buffer_with_numpy_scalar_coefficients(gamm
     SB3's advantages and returns bit for bit (from an independent review: it used to cast them to Python floats)."""
     rng = np.random.default_rng(1)
     n_steps, n_envs = 12, 3
-    buffers = [
-        cls(
-            n_steps,
-            spaces.Box(-1, 1, (2,)),
-            spaces.Box(-1, 1, (1,)),
-            device="cpu",
-            gae_lambda=gae_lambda,
-            gamma=gamma,
-            n_envs=n_envs,
-        )
-        for cls in (RolloutBuffer, CherryRolloutBuffer)
-    ]
+    buffers = _sb3_and_cherry_buffers(n_steps, n_envs, gamma, gae_lambda)
     for _ in range(n_steps):
         step = (
             np.zeros((n_envs, 2), np.float32),
