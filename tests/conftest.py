@@ -1,6 +1,7 @@
 """Shared test helpers: references that several test files check the library against."""
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -86,3 +87,27 @@ def umask_read_only(monkeypatch):
     yield
     monkeypatch.undo()
     real_umask(previous)
+
+
+def _assert_same_optimizer_run(ref: Any, ref_opt: Any, other: Any, other_opt: Any) -> None:
+    """Two networks and their optimizers hold equal parameters and optimizer state, bit for bit (same keys, dtypes
+    and shapes)."""
+    import torch as th
+
+    for a, b in zip(ref.parameters(), other.parameters(), strict=True):
+        assert th.equal(a, b)
+    ref_state, other_state = ref_opt.state_dict()["state"], other_opt.state_dict()["state"]
+    assert ref_state.keys() == other_state.keys()
+    for key in ref_state:
+        assert ref_state[key].keys() == other_state[key].keys()
+        for name, value in ref_state[key].items():
+            got = other_state[key][name]
+            assert th.equal(value, got), (key, name)
+            assert value.dtype == got.dtype and value.shape == got.shape, (key, name)
+
+
+@pytest.fixture
+def assert_same_optimizer_run() -> Callable[[Any, Any, Any, Any], None]:
+    """The check that a flat optimizer step (``flat_adam``, ``flat_rmsprop``) left the network and optimizer exactly as
+    torch's own step left the reference: ``assert_same_optimizer_run(ref, ref_opt, other, other_opt)``."""
+    return _assert_same_optimizer_run

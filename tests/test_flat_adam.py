@@ -49,23 +49,12 @@ def _step_both(ref, ref_opt, flat, flat_opt, step, ks, use_log_std=lambda k: Tru
             after_flat_step()
 
 
-def _assert_same(ref, ref_opt, flat, flat_opt):
-    for a, b in zip(ref.parameters(), flat.parameters(), strict=True):
-        assert th.equal(a, b)
-    ref_state, flat_state = ref_opt.state_dict()["state"], flat_opt.state_dict()["state"]
-    assert ref_state.keys() == flat_state.keys()
-    for key in ref_state:
-        assert ref_state[key].keys() == flat_state[key].keys()
-        for name, value in ref_state[key].items():
-            assert th.equal(value, flat_state[key][name]), (key, name)
-
-
 @pytest.mark.parametrize("warm_steps", [0, 2])
 @pytest.mark.parametrize(
     "kwargs",
     [dict(lr=1e-2), dict(lr=3e-3, eps=1e-5, weight_decay=0.01), dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True)],
 )
-def test_flat_steps_equal_torch_adam(warm_steps, kwargs):
+def test_flat_steps_equal_torch_adam(warm_steps, kwargs, assert_same_optimizer_run):
     """Torch's per-parameter Adam vs flat steps, two groups with their own learning rate, changed between steps."""
 
     def make(net):
@@ -88,35 +77,35 @@ def test_flat_steps_equal_torch_adam(warm_steps, kwargs):
             for a, b in zip(ref.parameters(), flat.parameters(), strict=True):
                 assert th.equal(a, b)
         assert [p.data_ptr() for p in flat.parameters()] != addresses  # the flat path ran
-    _assert_same(ref, ref_opt, flat, flat_opt)
+    assert_same_optimizer_run(ref, ref_opt, flat, flat_opt)
     # after the block: the same tensor objects as before, at the same addresses
     assert [p.data_ptr() for p in flat.parameters()] == addresses
     for before, after in zip(states, flat_opt.state.values(), strict=False):
         assert all(before[key] is after[key] for key in before)
 
 
-def test_a_parameter_without_gradient_takes_torchs_step():
+def test_a_parameter_without_gradient_takes_torchs_step(assert_same_optimizer_run):
     """Torch's Adam skips a parameter without gradient (no state created, its step count stays): so does the block."""
     ref, ref_opt, flat, flat_opt = _pair(lambda net: th.optim.Adam(net.parameters(), lr=1e-2))
     with flat_adam_steps(flat_opt) as step:
         # log_std has no gradient in the first two steps
         _step_both(ref, ref_opt, flat, flat_opt, step, range(4), use_log_std=lambda k: k >= 2)
-    _assert_same(ref, ref_opt, flat, flat_opt)
+    assert_same_optimizer_run(ref, ref_opt, flat, flat_opt)
     # the same after flat steps, with a gradient missing later on
     ref, ref_opt, flat, flat_opt = _pair(lambda net: th.optim.Adam(net.parameters(), lr=1e-2))
     with flat_adam_steps(flat_opt) as step:
         _step_both(ref, ref_opt, flat, flat_opt, step, range(4), use_log_std=lambda k: k < 2)
-    _assert_same(ref, ref_opt, flat, flat_opt)
+    assert_same_optimizer_run(ref, ref_opt, flat, flat_opt)
 
 
-def test_an_error_in_the_block_leaves_the_stepped_values():
+def test_an_error_in_the_block_leaves_the_stepped_values(assert_same_optimizer_run):
     ref, ref_opt, flat, flat_opt = _pair(lambda net: th.optim.Adam(net.parameters(), lr=1e-2), warm_steps=1)
     addresses = [p.data_ptr() for p in flat.parameters()]
     with pytest.raises(RuntimeError, match="in the middle"):
         with flat_adam_steps(flat_opt) as step:
             _step_both(ref, ref_opt, flat, flat_opt, step, range(3))
             raise RuntimeError("an error in the middle of an update")
-    _assert_same(ref, ref_opt, flat, flat_opt)
+    assert_same_optimizer_run(ref, ref_opt, flat, flat_opt)
     assert [p.data_ptr() for p in flat.parameters()] == addresses
 
 
@@ -124,7 +113,7 @@ def test_an_error_in_the_block_leaves_the_stepped_values():
     "case",
     ["amsgrad", "maximize", "adamw_class", "step_hook", "tensor_lr", "rmsprop"],
 )
-def test_ineligible_optimizers_take_their_own_step(case):
+def test_ineligible_optimizers_take_their_own_step(case, assert_same_optimizer_run):
     def make(net):
         if case == "adamw_class":
             return th.optim.AdamW(net.parameters(), lr=1e-2)
@@ -147,18 +136,18 @@ def test_ineligible_optimizers_take_their_own_step(case):
             assert [p.data_ptr() for p in flat.parameters()] == addresses
 
         _step_both(ref, ref_opt, flat, flat_opt, step, range(3), after_flat_step=never_flattened)
-    _assert_same(ref, ref_opt, flat, flat_opt)
+    assert_same_optimizer_run(ref, ref_opt, flat, flat_opt)
     if case == "step_hook":
         assert len(calls) == 2 * 3  # the hooks (registered after the warm-up step) ran at every step, on both sides
 
 
-def test_state_from_a_loaded_checkpoint_is_used():
+def test_state_from_a_loaded_checkpoint_is_used(assert_same_optimizer_run):
     """Optimizer state loaded from a state dict (as SB3's load does) is stepped like torch's."""
     ref, ref_opt, flat, flat_opt = _pair(lambda net: th.optim.Adam(net.parameters(), lr=1e-2), warm_steps=3)
     flat_opt.load_state_dict(copy.deepcopy(ref_opt.state_dict()))
     with flat_adam_steps(flat_opt) as step:
         _step_both(ref, ref_opt, flat, flat_opt, step, range(3, 6))
-    _assert_same(ref, ref_opt, flat, flat_opt)
+    assert_same_optimizer_run(ref, ref_opt, flat, flat_opt)
 
 
 def test_ppo_rollback_updates_use_flat_steps(monkeypatch):

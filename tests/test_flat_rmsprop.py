@@ -41,18 +41,6 @@ def _step_both(ref, ref_opt, flat, flat_opt, ks, use_log_std=lambda k: True):
             step()
 
 
-def _assert_same(ref, ref_opt, flat, flat_opt):
-    for a, b in zip(ref.parameters(), flat.parameters(), strict=True):
-        assert th.equal(a, b)
-    ref_state, flat_state = ref_opt.state_dict()["state"], flat_opt.state_dict()["state"]
-    assert ref_state.keys() == flat_state.keys()
-    for key in ref_state:
-        assert ref_state[key].keys() == flat_state[key].keys()
-        for name, value in ref_state[key].items():
-            assert th.equal(value, flat_state[key][name]), (key, name)
-            assert value.dtype == flat_state[key][name].dtype and value.shape == flat_state[key][name].shape
-
-
 def _count_flat_steps(monkeypatch) -> dict[str, int]:
     counts = {"flat": 0}
     original = flat_rmsprop._group_step
@@ -67,7 +55,7 @@ def _count_flat_steps(monkeypatch) -> dict[str, int]:
 
 @pytest.mark.parametrize("foreach", [None, False, True])
 @pytest.mark.parametrize("dtype", [th.float32, th.float64])
-def test_flat_steps_equal_torch_rmsprop(monkeypatch, foreach, dtype):
+def test_flat_steps_equal_torch_rmsprop(monkeypatch, foreach, dtype, assert_same_optimizer_run):
     """Torch's RMSprop (per-parameter loop or foreach) vs flat steps: two groups with their own learning rate and
     alpha, SB3's A2C settings in one of them, the learning rates changed between steps."""
     counts = _count_flat_steps(monkeypatch)
@@ -83,12 +71,12 @@ def test_flat_steps_equal_torch_rmsprop(monkeypatch, foreach, dtype):
     assert flat_rmsprop_eligible(flat_opt) is False  # no gradients yet
     _step_both(ref, ref_opt, flat, flat_opt, range(30))
     assert counts["flat"] == 2 * 30
-    _assert_same(ref, ref_opt, flat, flat_opt)
+    assert_same_optimizer_run(ref, ref_opt, flat, flat_opt)
     # the parameters are still their own tensors (nothing re-pointed)
     assert all(p._base is None for p in flat.parameters())
 
 
-def test_state_of_torchs_steps_and_of_a_loaded_checkpoint_is_continued(monkeypatch):
+def test_state_of_torchs_steps_and_of_a_loaded_checkpoint_is_continued(monkeypatch, assert_same_optimizer_run):
     counts = _count_flat_steps(monkeypatch)
     ref, flat = _net(), _net()
     ref_opt = th.optim.RMSprop(ref.parameters(), lr=1e-2, alpha=0.99, eps=1e-5)
@@ -99,22 +87,22 @@ def test_state_of_torchs_steps_and_of_a_loaded_checkpoint_is_continued(monkeypat
             _loss(net, k).backward()
             opt.step()
     _step_both(ref, ref_opt, flat, flat_opt, range(3, 6))
-    _assert_same(ref, ref_opt, flat, flat_opt)
+    assert_same_optimizer_run(ref, ref_opt, flat, flat_opt)
     # a state dict loaded into a fresh optimizer (as SB3's load does), including the flat buffers' reuse afterwards
     flat_opt2 = th.optim.RMSprop(flat.parameters(), lr=1.0)
     flat_opt2.load_state_dict(copy.deepcopy(flat_opt.state_dict()))
     _step_both(ref, ref_opt, flat, flat_opt2, range(6, 9))
-    _assert_same(ref, ref_opt, flat, flat_opt2)
+    assert_same_optimizer_run(ref, ref_opt, flat, flat_opt2)
     assert counts["flat"] == 6
 
 
-def test_a_parameter_without_gradient_takes_torchs_step(monkeypatch):
+def test_a_parameter_without_gradient_takes_torchs_step(monkeypatch, assert_same_optimizer_run):
     """Torch's RMSprop skips a parameter without gradient (no state, its step count stays): so does rmsprop_step."""
     counts = _count_flat_steps(monkeypatch)
     ref, flat = _net(), _net()
     ref_opt, flat_opt = th.optim.RMSprop(ref.parameters(), lr=1e-2), th.optim.RMSprop(flat.parameters(), lr=1e-2)
     _step_both(ref, ref_opt, flat, flat_opt, range(4), use_log_std=lambda k: 1 <= k < 3)
-    _assert_same(ref, ref_opt, flat, flat_opt)
+    assert_same_optimizer_run(ref, ref_opt, flat, flat_opt)
     assert counts["flat"] == 2  # steps 1 and 2
 
 
@@ -122,7 +110,7 @@ def test_a_parameter_without_gradient_takes_torchs_step(monkeypatch):
     "case",
     ["momentum", "centered", "weight_decay", "maximize", "tensor_lr", "adam", "subclass", "step_hook", "patched_step"],
 )
-def test_ineligible_optimizers_take_their_own_step(monkeypatch, case):
+def test_ineligible_optimizers_take_their_own_step(monkeypatch, case, assert_same_optimizer_run):
     counts = _count_flat_steps(monkeypatch)
 
     class MyRMSprop(th.optim.RMSprop):
@@ -154,7 +142,7 @@ def test_ineligible_optimizers_take_their_own_step(monkeypatch, case):
                 step()
     else:
         _step_both(ref, ref_opt, flat, flat_opt, range(3))
-    _assert_same(ref, ref_opt, flat, flat_opt)
+    assert_same_optimizer_run(ref, ref_opt, flat, flat_opt)
     assert counts["flat"] == 0
     if case in ("step_hook", "patched_step"):
         assert len(calls) == (6 if case == "step_hook" else 3)
