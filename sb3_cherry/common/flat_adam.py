@@ -26,7 +26,7 @@ step does not reproduce (see :func:`flat_adam_eligible`).
 """
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch as th
 from torch.optim.adam import adam as adam_functional
@@ -100,6 +100,35 @@ def _grads_ready(params: list[th.nn.Parameter], dtype: th.dtype) -> bool:
     return all(p.grad is not None and not p.grad.is_sparse and p.grad.dtype == dtype for p in params)
 
 
+class AlignedLayout:
+    """
+    Tensors laid out one after another in a flat tensor of their dtype, each starting at a 64-byte boundary (as the
+    CPU allocator places a tensor of its own; the padding between them is zero).
+
+    :param tensors: the tensors (one dtype), in layout order
+    """
+
+    def __init__(self, tensors: Sequence[th.Tensor]):
+        self.shapes = [t.shape for t in tensors]
+        self.dtype = tensors[0].dtype
+        align = max(1, _ALIGNMENT // tensors[0].element_size())
+        self.offsets, self.size = [], 0
+        for t in tensors:
+            self.offsets.append(self.size)
+            self.size += -(-t.numel() // align) * align
+
+    def zeros(self) -> th.Tensor:
+        """:return: a flat tensor of zeros for this layout"""
+        return th.zeros(self.size, dtype=self.dtype)
+
+    def views(self, flat: th.Tensor) -> list[th.Tensor]:
+        """
+        :param flat: a flat tensor of this layout
+        :return: each tensor's view into it, with the tensor's shape
+        """
+        return [flat[o : o + shape.numel()].view(shape) for o, shape in zip(self.offsets, self.shapes, strict=True)]
+
+
 class _FlatGroup:
     """One parameter group's flat parameters, gradients and moments, and the tensors they came from."""
 
@@ -119,20 +148,10 @@ class _FlatGroup:
         # Each parameter at a 64-byte aligned offset (the CPU allocator's alignment, which the originals have): CPU
         # matrix kernels may round differently for a differently aligned operand, so unaligned views would change
         # the forward and backward passes inside the update. The padding is zero and stays zero under Adam.
-        align = max(1, _ALIGNMENT // self.params[0].element_size())
-        offsets, size = [], 0
-        for p in self.params:
-            offsets.append(size)
-            size += -(-p.numel() // align) * align
-        dtype = self.params[0].dtype
-
-        def views_of(flat: th.Tensor) -> list[th.Tensor]:
-            return [flat[o : o + p.numel()].view_as(p) for o, p in zip(offsets, self.params, strict=True)]
-
-        self.flat, self.grad = th.zeros(size, dtype=dtype), th.zeros(size, dtype=dtype)
-        self.exp_avg, self.exp_avg_sq = th.zeros(size, dtype=dtype), th.zeros(size, dtype=dtype)
-        self.views, self.grad_views = views_of(self.flat), views_of(self.grad)
-        self.exp_avg_views, self.exp_avg_sq_views = views_of(self.exp_avg), views_of(self.exp_avg_sq)
+        layout = AlignedLayout(self.params)
+        self.flat, self.grad, self.exp_avg, self.exp_avg_sq = (layout.zeros() for _ in range(4))
+        self.views, self.grad_views = layout.views(self.flat), layout.views(self.grad)
+        self.exp_avg_views, self.exp_avg_sq_views = layout.views(self.exp_avg), layout.views(self.exp_avg_sq)
         with th.no_grad():
             th._foreach_copy_(self.views, self.originals)
             th._foreach_copy_(self.exp_avg_views, [s["exp_avg"] for s in self.states])

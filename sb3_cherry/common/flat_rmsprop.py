@@ -25,7 +25,7 @@ import weakref
 import torch as th
 from torch.optim.optimizer import _get_scalar_dtype
 
-from sb3_cherry.common.flat_adam import _ALIGNMENT, _hooked
+from sb3_cherry.common.flat_adam import AlignedLayout, _hooked
 
 #: the RMSprop state keys of a plain (no momentum, not centered) step
 _STATE_KEYS = {"step", "square_avg"}
@@ -111,25 +111,15 @@ class _FlatBuffers:
     """The flat gradient, ``square_avg`` and denominator tensors of one parameter group, with per-parameter views."""
 
     def __init__(self, params: list[th.Tensor]):
-        self.shapes = [p.shape for p in params]
-        self.dtype = params[0].dtype
         # each parameter's entries at a 64-byte aligned offset, as a tensor of its own (the padding stays zero)
-        align = max(1, _ALIGNMENT // params[0].element_size())
-        offsets, size = [], 0
-        for p in params:
-            offsets.append(size)
-            size += -(-p.numel() // align) * align
-        self.grad, self.square_avg, self.avg = (th.zeros(size, dtype=self.dtype) for _ in range(3))
-
-        def views_of(flat: th.Tensor) -> list[th.Tensor]:
-            return [flat[o : o + p.numel()].view(p.shape) for o, p in zip(offsets, params, strict=True)]
-
-        self.grad_views, self.square_avg_views = views_of(self.grad), views_of(self.square_avg)
-        self.avg_views = views_of(self.avg)
+        self.layout = AlignedLayout(params)
+        self.grad, self.square_avg, self.avg = (self.layout.zeros() for _ in range(3))
+        self.grad_views, self.square_avg_views = self.layout.views(self.grad), self.layout.views(self.square_avg)
+        self.avg_views = self.layout.views(self.avg)
 
     def fits(self, params: list[th.Tensor]) -> bool:
         """Whether the buffers were made for parameters of these shapes and dtype."""
-        return params[0].dtype == self.dtype and [p.shape for p in params] == self.shapes
+        return params[0].dtype == self.layout.dtype and [p.shape for p in params] == self.layout.shapes
 
 
 #: flat buffers per optimizer and parameter group (dropped with the optimizer)
