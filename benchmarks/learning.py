@@ -70,7 +70,15 @@ ROLLBACK_ONLY = (
     "imp_samp_max",
 )
 # policy_kwargs of the recurrent policies (dropped by --hyperparams-from recurrent_ppo_rollback)
-RECURRENT_ONLY = ("lstm_hidden_size", "n_lstm_layers", "enable_critic_lstm", "shared_lstm", "lstm_kwargs", "rnn_type")
+RECURRENT_ONLY = (
+    "lstm_hidden_size",
+    "n_lstm_layers",
+    "enable_critic_lstm",
+    "shared_lstm",
+    "lstm_kwargs",
+    "rnn_type",
+    "whole_sequences",
+)
 
 
 def csv_path(env_id: str, results: pathlib.Path = RESULTS) -> pathlib.Path:

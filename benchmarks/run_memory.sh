@@ -13,3 +13,8 @@ done
 for seed in 0 1 2; do
   $M --seeds $seed --algo recurrent_ppo_rollback --variant gru_recompute --set recompute_returns=true
 done
+# the GRU entry with the opt-in whole-sequence recurrent pass (policy_kwargs whole_sequences=True: one call of the GRU
+# per minibatch instead of contrib's loop over time steps; weight gradients equal up to float rounding)
+for seed in 0 1 2; do
+  $M --seeds $seed --algo recurrent_ppo_rollback --variant gru_whole_sequences --set policy_kwargs.whole_sequences=true
+done

@@ -10,6 +10,8 @@ in ONE process so that machine noise hits both sides alike; the ratio is what we
         --steps 32768 --repeats 5    # 4x the case's steps: BipedalWalker's short runs are the noisiest
     python -m benchmarks.throughput --out throughput_extra.csv --cases cartpole_gumbel_softmax_vs_sb3_categorical \
         cartpole_recurrent_lstm_vs_sb3_contrib cartpole_recurrent_gru_vs_sb3_contrib_lstm
+    python -m benchmarks.throughput --out throughput_whole_sequences.csv --cases cartpole_recurrent_lstm_vs_sb3_contrib \
+        cartpole_recurrent_lstm_whole_sequences_vs_sb3_contrib
     python -m benchmarks.throughput --guard --out throughput_guard.csv --repeats 5 --cases cartpole_ppo_rollback ...
     python -m benchmarks.throughput --out throughput_envpool.csv --cases zoo_cartpole_envpool zoo_hopper_envpool \
         zoo_bipedal_envpool zoo_bipedal_envpool_2threads zoo_bipedal_both_envpool
@@ -274,6 +276,16 @@ def cases() -> list[Case]:
             8,
             8_192,
             lambda e: RecurrentPPORollback("MlpLstmPolicy", e, **rec),
+            lambda e: RecurrentPPO("MlpLstmPolicy", e, **rec),
+        ),
+        # the opt-in whole-sequence recurrent pass (policy_kwargs whole_sequences=True; weight gradients equal to
+        # contrib's up to float rounding): the same LSTM policy against contrib's step-by-step loop
+        Case(
+            "cartpole_recurrent_lstm_whole_sequences_vs_sb3_contrib",
+            "CartPole-v1",
+            8,
+            8_192,
+            lambda e: RecurrentPPORollback("MlpLstmPolicy", e, policy_kwargs=dict(whole_sequences=True), **rec),
             lambda e: RecurrentPPO("MlpLstmPolicy", e, **rec),
         ),
         Case(

@@ -6,6 +6,7 @@ import pytest
 import torch as th
 from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
@@ -13,7 +14,7 @@ from torch import nn
 
 from sb3_cherry.common.policies import CherryActorCriticPolicy
 from sb3_cherry.ppo_recurrent import RecurrentPPORollback
-from sb3_cherry.ppo_recurrent.policies import LSTMCompatibleGRU, RecurrentCherryActorCriticPolicy
+from sb3_cherry.ppo_recurrent.policies import LSTMCompatibleGRU, make_rnn
 from sb3_cherry.ppo_rollback import PPORollback
 
 TINY = dict(n_steps=16, batch_size=16, n_epochs=1)
@@ -211,7 +212,7 @@ def test_gru_wrapper_matches_gru_and_resets():
     features = th.randn(1 * 6, 3)  # one sequence of length 6
     starts = th.tensor([0.0, 0.0, 0.0, 1.0, 0.0, 0.0])
     state = (th.randn(2, 1, 5), th.zeros(2, 1, 5))
-    latent, (h_end, c_end) = RecurrentCherryActorCriticPolicy._process_sequence(features, state, starts, wrapper)
+    latent, (h_end, c_end) = RecurrentActorCriticPolicy._process_sequence(features, state, starts, wrapper)
     first, _ = gru(features[:3].unsqueeze(1), state[0])
     second, h_ref = gru(features[3:].unsqueeze(1), th.zeros(2, 1, 5))
     th.testing.assert_close(latent, th.cat([first, second]).squeeze(1))
@@ -945,3 +946,108 @@ def test_gru_collection_and_minibatches_equal_a_plain_torch_gru_loop():
         mask = data.mask > 0.5
         np.testing.assert_allclose(lp[mask].numpy(), data.old_log_prob[mask].numpy(), atol=1e-6)
         np.testing.assert_allclose(v.flatten()[mask].numpy(), data.old_values[mask].numpy(), atol=1e-6)
+
+
+def _layer_calls(layer: nn.Module) -> list[int]:
+    """A list that grows by one entry per call of ``layer``."""
+    calls: list[int] = []
+    layer.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+@pytest.mark.parametrize("rnn_type", ["lstm", "gru"])
+@pytest.mark.parametrize("n_layers", [1, 2])
+def test_whole_sequences_equal_contribs_step_by_step_loop(rnn_type, n_layers):
+    """
+    With ``whole_sequences``, padded sequences whose episodes start only at their first step run in ONE call of the
+    recurrent layer and give contrib's step-by-step loop's outputs, final states and gradients (weights, features)
+    up to float rounding, states reset where the first step starts an episode.
+    """
+    policy = RecurrentPPORollback(
+        "MlpLstmPolicy", "CartPole-v1", policy_kwargs=dict(rnn_type=rnn_type, whole_sequences=True), **TINY
+    ).policy
+    th.manual_seed(0)
+    layer = make_rnn(rnn_type, 3, 5, n_layers)
+    n_seq, length = 4, 6
+    starts = th.zeros(n_seq, length)
+    starts[[0, 2], 0] = 1.0  # sequences 0 and 2 start an episode (their states are reset), 1 and 3 continue one
+    states = (
+        th.randn(n_layers, n_seq, 5),
+        th.randn(n_layers, n_seq, 5) if rnn_type == "lstm" else th.zeros(n_layers, n_seq, 5),
+    )
+    features = th.randn(n_seq * length, 3)
+    results = []
+    for process in (RecurrentActorCriticPolicy._process_sequence, policy._process_sequence):
+        layer.zero_grad()
+        inputs = features.clone().requires_grad_(True)
+        calls = _layer_calls(layer)
+        output, (h_n, c_n) = process(inputs, states, starts.reshape(-1), layer)
+        (output.square().sum() + h_n.sum() + c_n.square().sum()).backward()
+        results.append((output, h_n, c_n, inputs.grad, [p.grad.clone() for p in layer.parameters()], len(calls)))
+        layer._forward_hooks.clear()
+    (out_ref, h_ref, c_ref, dx_ref, dw_ref, calls_ref), (out, h, c, dx, dw, calls) = results
+    assert (calls_ref, calls) == (length, 1)
+    for ours, reference in [(out, out_ref), (h, h_ref), (c, c_ref), (dx, dx_ref), *zip(dw, dw_ref, strict=True)]:
+        th.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
+    # the reset is there: without it, sequence 0's outputs differ
+    free, _ = layer(features.reshape(n_seq, length, 3).swapaxes(0, 1), states)
+    assert not th.allclose(free.transpose(0, 1)[0], out.detach().reshape(n_seq, length, 5)[0], atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "starts, length, n_calls",
+    [
+        ([[0, 0, 1, 0], [1, 0, 0, 0]], 4, 4),  # an episode starts after a first step: contrib's loop
+        ([[0, 0, 0, 0], [0, 0, 0, 0]], 4, 1),  # no start: contrib's single call
+        ([[1], [0]], 1, 1),  # one step (collection): contrib's code
+    ],
+)
+def test_whole_sequences_leave_other_batches_to_contrib(starts, length, n_calls):
+    """Batches the one-call path does not cover are computed by contrib's code, bit for bit."""
+    policy = RecurrentPPORollback(
+        "MlpLstmPolicy", "CartPole-v1", policy_kwargs=dict(whole_sequences=True, **SMALL_NET), **TINY
+    ).policy
+    th.manual_seed(1)
+    layer = nn.LSTM(3, 5)
+    states = (th.randn(1, 2, 5), th.randn(1, 2, 5))
+    features, flags = th.randn(2 * length, 3), th.tensor(starts, dtype=th.float32).reshape(-1)
+    calls = _layer_calls(layer)
+    output, (h_n, c_n) = policy._process_sequence(features, states, flags, layer)
+    assert len(calls) == n_calls
+    ref_output, (ref_h, ref_c) = RecurrentActorCriticPolicy._process_sequence(features, states, flags, layer)
+    assert th.equal(output, ref_output) and th.equal(h_n, ref_h) and th.equal(c_n, ref_c)
+
+
+@pytest.mark.parametrize("policy", ["MlpLstmPolicy", "MlpGruPolicy"])
+def test_whole_sequences_evaluate_minibatches_to_the_collected_values(policy, tmp_path):
+    """
+    A model trained with ``whole_sequences``: contrib's padded minibatches (episode ends inside the rollout, states
+    carried from the previous rollout) evaluate, in one call per sequence batch, to the values and log-probabilities
+    collected step by step; the switch is saved with the model, and a bad value is refused.
+    """
+    model = RecurrentPPORollback(
+        policy, make_vec_env("CartPole-v1", n_envs=2, seed=1), n_steps=40, batch_size=20, n_epochs=1, seed=0,
+        policy_kwargs=dict(whole_sequences=True, lstm_hidden_size=6, net_arch=[8]),
+    )  # fmt: skip
+    _, callback = model._setup_learn(400, None)
+    for rollout in range(6):  # from the second rollout on, states carried from the previous one
+        model.collect_rollouts(model.env, callback, model.rollout_buffer, 40)
+        if rollout > 0 and model.rollout_buffer.episode_starts[1:].sum() > 0:
+            break
+    buf = model.rollout_buffer
+    assert buf.episode_starts[1:].sum() > 0
+    calls = _layer_calls(model.policy.lstm_actor)
+    for data in buf.get(20):
+        with th.no_grad():
+            values, log_prob, _ = model.policy.evaluate_actions(
+                data.observations, data.actions.long().flatten(), data.lstm_states, data.episode_starts
+            )
+        mask = data.mask > 0.5
+        np.testing.assert_allclose(log_prob[mask].numpy(), data.old_log_prob[mask].numpy(), atol=1e-6)
+        np.testing.assert_allclose(values.flatten()[mask].numpy(), data.old_values[mask].numpy(), atol=1e-6)
+    assert 1 <= len(calls) < 40  # one call per minibatch with starts, not one per step
+    model.learn(80, reset_num_timesteps=False)
+    model.save(tmp_path / "model.zip")
+    assert RecurrentPPORollback.load(tmp_path / "model.zip").policy.whole_sequences is True
+    with pytest.raises(ValueError, match="whole_sequences"):
+        RecurrentPPORollback(policy, "CartPole-v1", policy_kwargs=dict(whole_sequences="yes"), **TINY)

@@ -97,6 +97,10 @@ class RecurrentCherryActorCriticPolicy(CherryActorCriticPolicy, RecurrentActorCr
     :param action_space: Action space (Box, Discrete, MultiDiscrete, MultiBinary or a, possibly nested, Tuple of them)
     :param lr_schedule: Learning rate schedule (could be constant)
     :param rnn_type: ``"lstm"`` (default) or ``"gru"``; a GRU policy carries a zero cell state (see the module docstring)
+    :param whole_sequences: run each sequence of a training minibatch through the recurrent layers in one call
+        instead of contrib's loop over its time steps (:meth:`_process_sequence`): the same forward values, and weight
+        gradients equal up to float rounding (autograd sums the per-step contributions in another order); about 3x
+        faster forward and backward passes through an LSTM. Off by default (contrib's computation, bit for bit).
     :param action_distribution: ``"normal"``, ``"beta"``, ``"tanh_normal"`` (Box), ``"categorical"``,
         ``"gumbel_softmax"`` (Discrete), ``"multi_categorical"`` (MultiDiscrete), ``"bernoulli"`` (MultiBinary);
         for a Tuple space one name per component, or one name applied to every component that accepts it.
@@ -113,11 +117,15 @@ class RecurrentCherryActorCriticPolicy(CherryActorCriticPolicy, RecurrentActorCr
         lr_schedule: Schedule,
         *args: Any,
         rnn_type: str = "lstm",
+        whole_sequences: bool = False,
         **kwargs: Any,
     ):
         if rnn_type not in RNN_TYPES:
             raise ValueError(f"Unknown rnn_type={rnn_type!r}: choose one of {list(RNN_TYPES)}.")
+        if not isinstance(whole_sequences, bool):
+            raise ValueError(f"whole_sequences must be True or False, got {whole_sequences!r}.")
         self.rnn_type = rnn_type
+        self.whole_sequences = whole_sequences
         super().__init__(observation_space, action_space, lr_schedule, *args, **kwargs)
         if rnn_type == "gru":
             # contrib's constructor builds nn.LSTM layers: replace them (same sizes) and rebuild the optimizer.
@@ -132,6 +140,7 @@ class RecurrentCherryActorCriticPolicy(CherryActorCriticPolicy, RecurrentActorCr
         data = super()._get_constructor_parameters()
         data.update(
             rnn_type=self.rnn_type,
+            whole_sequences=self.whole_sequences,
             lstm_hidden_size=self.lstm_output_dim,
             n_lstm_layers=self.lstm_actor.num_layers,
             shared_lstm=self.shared_lstm,
@@ -139,6 +148,38 @@ class RecurrentCherryActorCriticPolicy(CherryActorCriticPolicy, RecurrentActorCr
             lstm_kwargs=self.lstm_kwargs,
         )
         return data
+
+    def _process_sequence(  # type: ignore[override]  # (contrib's is a staticmethod; called on the instance)
+        self,
+        features: th.Tensor,
+        lstm_states: tuple[th.Tensor, th.Tensor],
+        episode_starts: th.Tensor,
+        lstm: nn.LSTM,
+    ) -> tuple[th.Tensor, Any]:
+        """
+        contrib's ``_process_sequence`` (the recurrent layer over ``n_seq`` padded sequences, states reset where an
+        episode starts); with ``whole_sequences``, a batch whose episodes start only at the first step of its
+        sequences (every training minibatch of contrib's buffer, which splits sequences at episode starts) runs in one
+        call of the layer, from the states reset where the first step starts an episode. contrib then loops over the
+        time steps (one call per step, states multiplied by ``1 - episode_start``, i.e. by 1 after the first step),
+        which gives the same values in ``max length`` times as many calls and autograd nodes.
+
+        :param features: ``(n_seq * max length, features_dim)``, sequence by sequence
+        :param lstm_states: the states before each sequence, each ``(n_layers, n_seq, hidden)``
+        :param episode_starts: ``(n_seq * max length,)``, 1.0 where an episode starts
+        :param lstm: the recurrent layer (an ``nn.LSTM``, or :class:`LSTMCompatibleGRU` with its calling convention)
+        :return: the outputs ``(n_seq * max length, hidden)`` and the states after the sequences
+        """
+        n_seq = lstm_states[0].shape[1]
+        starts = episode_starts.reshape((n_seq, -1)).swapaxes(0, 1)  # (max length, n_seq)
+        # contrib's code for one step or no episode start (one call of the layer there too) and for an episode start
+        # after the first step of a sequence
+        if not self.whole_sequences or len(starts) == 1 or bool(th.any(starts[1:] != 0.0)) or not bool(th.any(starts[0])):
+            return RecurrentActorCriticPolicy._process_sequence(features, lstm_states, episode_starts, lstm)
+        features_sequence = features.reshape((n_seq, -1, lstm.input_size)).swapaxes(0, 1)
+        keep = (1.0 - starts[0]).view(1, n_seq, 1)  # contrib's reset at the first step
+        output, states = lstm(features_sequence, (keep * lstm_states[0], keep * lstm_states[1]))
+        return th.flatten(output.transpose(0, 1), start_dim=0, end_dim=1), states
 
     @contextmanager
     def _flat_action_space(self) -> Iterator[None]:
