@@ -12,5 +12,9 @@ $C --algo ppo_rollback --variant async --set collection=async
 $C --algo recurrent_ppo_rollback --variant gru
 $C --algo recurrent_ppo_rollback --variant lstm --set policy=MlpLstmPolicy
 $C --algo recurrent_ppo_rollback --variant gru_n_step8 --set returns_estimator=n_step --set n_step=8
+# the opt-in whole-sequence recurrent pass (policy_kwargs whole_sequences=True; weight gradients equal up to rounding)
+$C --algo recurrent_ppo_rollback --variant gru_whole_sequences --set policy_kwargs.whole_sequences=true
+$C --algo recurrent_ppo_rollback --variant lstm_whole_sequences --set policy=MlpLstmPolicy \
+  --set policy_kwargs.whole_sequences=true
 P="$PY -m benchmarks.learning --env Pendulum-v1 --seeds 0 1 --timesteps 200000 --eval-freq 20000"
 $P --algo ppo --variant normal_sde

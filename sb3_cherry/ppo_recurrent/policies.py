@@ -99,8 +99,9 @@ class RecurrentCherryActorCriticPolicy(CherryActorCriticPolicy, RecurrentActorCr
     :param rnn_type: ``"lstm"`` (default) or ``"gru"``; a GRU policy carries a zero cell state (see the module docstring)
     :param whole_sequences: run each sequence of a training minibatch through the recurrent layers in one call
         instead of contrib's loop over its time steps (:meth:`_process_sequence`): the same forward values, and weight
-        gradients equal up to float rounding (autograd sums the per-step contributions in another order); about 3x
-        faster forward and backward passes through an LSTM. Off by default (contrib's computation, bit for bit).
+        gradients equal up to float rounding (autograd sums the per-step contributions in another order; a GRU's
+        outputs may differ in the last bit too, and dropout in ``lstm_kwargs`` draws its masks in another order); about
+        3x faster forward and backward passes through an LSTM. Off by default (contrib's computation, bit for bit).
     :param action_distribution: ``"normal"``, ``"beta"``, ``"tanh_normal"`` (Box), ``"categorical"``,
         ``"gumbel_softmax"`` (Discrete), ``"multi_categorical"`` (MultiDiscrete), ``"bernoulli"`` (MultiBinary);
         for a Tuple space one name per component, or one name applied to every component that accepts it.
@@ -149,6 +150,9 @@ class RecurrentCherryActorCriticPolicy(CherryActorCriticPolicy, RecurrentActorCr
         )
         return data
 
+    #: the one-call path of :meth:`_process_sequence` (a class default as well: policies pickled before the switch)
+    whole_sequences: bool = False
+
     def _process_sequence(  # type: ignore[override]  # (contrib's is a staticmethod; called on the instance)
         self,
         features: th.Tensor,
@@ -162,7 +166,7 @@ class RecurrentCherryActorCriticPolicy(CherryActorCriticPolicy, RecurrentActorCr
         sequences (every training minibatch of contrib's buffer, which splits sequences at episode starts) runs in one
         call of the layer, from the states reset where the first step starts an episode. contrib then loops over the
         time steps (one call per step, states multiplied by ``1 - episode_start``, i.e. by 1 after the first step),
-        which gives the same values in ``max length`` times as many calls and autograd nodes.
+        which computes the same values in ``max length`` times as many calls and autograd nodes.
 
         :param features: ``(n_seq * max length, features_dim)``, sequence by sequence
         :param lstm_states: the states before each sequence, each ``(n_layers, n_seq, hidden)``
