@@ -1018,6 +1018,19 @@ def test_whole_sequences_leave_other_batches_to_contrib(starts, length, n_calls)
     assert th.equal(output, ref_output) and th.equal(h_n, ref_h) and th.equal(c_n, ref_c)
 
 
+def test_policy_without_the_switch_attribute_takes_contribs_loop():
+    """A policy pickled before ``whole_sequences`` existed has no such attribute: the class default (off) applies."""
+    policy = RecurrentPPORollback(
+        "MlpLstmPolicy", "CartPole-v1", policy_kwargs=dict(whole_sequences=True, **SMALL_NET), **TINY
+    ).policy
+    del policy.__dict__["whole_sequences"]
+    layer, calls = nn.LSTM(3, 5), []
+    layer.register_forward_hook(lambda *_: calls.append(1))
+    starts = th.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]).reshape(-1)
+    policy._process_sequence(th.randn(6, 3), (th.zeros(1, 2, 5), th.zeros(1, 2, 5)), starts, layer)
+    assert policy.whole_sequences is False and len(calls) == 3
+
+
 @pytest.mark.parametrize("policy", ["MlpLstmPolicy", "MlpGruPolicy"])
 def test_whole_sequences_evaluate_minibatches_to_the_collected_values(policy, tmp_path):
     """
