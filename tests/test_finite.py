@@ -643,11 +643,18 @@ def test_bco_vecnormalize_statistics_checked_after_collection():
         ("inf_reward", "Non-finite reward .* from env 2"),
         ("nan_terminal_obs", "Non-finite terminal observation .* from env 0"),
         ("float64_obs_beyond_float32", "Non-finite observation .* from env 1"),
+        ("nan_obs_and_done", "Non-finite observation .* from env 1"),
+        ("inf_reward_and_done", "Non-finite reward .* from env 2"),
+        ("float64_terminal_obs_beyond_float32", "Non-finite terminal observation .* from env 2"),
+        ("large_finite", None),  # more than SMALL_ARRAY entries: the float32-sum path
+        ("large_nan_obs", "Non-finite observation .* from env 2"),
+        ("byteswapped_nan_obs", "Non-finite observation .* from env 1"),
+        ("list_dones_finite", None),
     ],
 )
 def test_finite_check_callback_step(case, error):
-    """The callback's per-step test (a float32 sum of each array, the exact check when it is not finite or an episode
-    ended) raises exactly where check_finite_step does, naming the env."""
+    """The callback's per-step test (small float32 arrays summed as Python floats, larger ones in float32, the exact
+    check when a sum is not finite or an episode ended) raises exactly where check_finite_step does, naming the env."""
     from stable_baselines3.common.callbacks import CallbackList
 
     from sb3_cherry.common.finite import FiniteCheckCallback
@@ -670,6 +677,27 @@ def test_finite_check_callback_step(case, error):
     elif case == "float64_obs_beyond_float32":
         obs = obs.astype(np.float64)
         obs[1, 0] = 1e39
+    elif case == "nan_obs_and_done":
+        obs[1, 0] = np.nan
+        dones[0] = True
+        infos[0]["terminal_observation"] = np.zeros(3, np.float32)
+    elif case == "inf_reward_and_done":
+        rewards[2] = -np.inf
+        dones[1] = True
+        infos[1]["terminal_observation"] = np.zeros(3, np.float32)
+    elif case == "float64_terminal_obs_beyond_float32":
+        dones[2] = True
+        infos[2]["terminal_observation"] = np.array([0.0, -1e39, 0.0])
+    elif case in ("large_finite", "large_nan_obs"):
+        obs = np.ones((3, 100), np.float32)
+        if case == "large_nan_obs":
+            obs[2, 99] = np.nan
+    elif case == "byteswapped_nan_obs":
+        obs = obs.astype(">f4")
+        obs[1, 1] = np.nan
+    elif case == "list_dones_finite":
+        dones = [False, True, False]  # type: ignore[assignment]
+        infos[1]["terminal_observation"] = np.zeros(3, np.float32)
     callback = CallbackList([FiniteCheckCallback()])
     callback.init_callback(model)
     callback.on_rollout_start()
@@ -721,3 +749,29 @@ def test_failing_update_restores_the_snapshot_of_the_previous_checked_update(alg
         model.learn(8 * N_STEPS, callback=record)
     _assert_state_equal(model.policy.state_dict(), record.at_rollout_end)
     _assert_optimizer_equal(model.policy.optimizer.state_dict(), record.optimizer_at_rollout_end)
+
+
+@pytest.mark.parametrize("size", [1, 8, 32, 255, 256, 257, 2048])
+def test_fast_step_tests_against_isfinite(size):
+    """_float32_finite is True only for float32 arrays whose entries are all finite (np.isfinite as the reference):
+    up to SMALL_ARRAY entries it decides exactly, also where the float32 sum would overflow; _any_done is np.any."""
+    from sb3_cherry.common.finite import SMALL_ARRAY, _any_done, _float32_finite
+
+    rng = np.random.default_rng(size)
+    for trial in range(40):
+        with np.errstate(over="ignore"):  # (beyond float32's range: inf, a non-finite case like the others)
+            values = (rng.normal(size=size) * 10.0 ** int(rng.integers(-30, 39))).astype(np.float32)
+        if trial % 3 == 1:
+            values[rng.integers(size)] = rng.choice([np.nan, np.inf, -np.inf])
+        values = values.reshape(-1, 1) if trial % 2 else values
+        exact = bool(np.isfinite(values).all())
+        fast = _float32_finite(values)
+        assert not fast or exact  # never finite where an entry is not
+        assert values.dtype == np.float32 and (not _float32_finite(values.T) or exact)  # (.T: a strided view)
+        if size <= SMALL_ARRAY:
+            assert fast == exact == _float32_finite(values.T)
+        dones = rng.random(size) < 0.02 * (trial % 4)
+        assert _any_done(dones) == bool(np.any(dones))
+    big = np.full(8, 3e38, np.float32)  # every entry finite, the float32 sum overflows: exact below the limit
+    assert _float32_finite(big) and not _float32_finite(big.astype(np.float64)) and not _float32_finite(list(big))
+    assert _any_done([False, True]) and not _any_done(np.zeros(SMALL_ARRAY + 1, bool))

@@ -43,15 +43,39 @@ def _sum_fits(values: np.ndarray, limit: float = FLOAT32_MAX) -> bool:
     return math.isfinite(total) and total <= limit
 
 
+#: float32's dtype (the object NumPy gives its float32 arrays; another byte order only compares equal)
+_FLOAT32 = np.dtype(np.float32)
+
+#: Step arrays up to this many entries are summed as Python floats by :func:`_float32_finite`
+SMALL_ARRAY = 256
+
+
 def _float32_finite(values: Any) -> bool:
     """
-    Fast test of a step's array: True only for a float32 NumPy array whose sum (in float32) is finite, which every
-    entry then is (NaN and inf carry through a sum); False otherwise (other types, or finite values whose float32 sum
-    overflows: the exact check decides).
+    Fast test of a step's array: True only for a float32 NumPy array whose entries are all finite (NaN and inf carry
+    through a sum); False otherwise (other types and dtypes, non-finite entries, or finite values whose float32 sum
+    overflows: the exact check decides). Arrays of at most :data:`SMALL_ARRAY` entries (a step's rewards, the
+    observations of a few vector envs) are summed as Python floats: float32 values convert exactly and cannot add up
+    beyond float64's range, and inside a collection loop that costs a few times less than a NumPy reduction, whose
+    setup dominates on such sizes. Larger arrays: their float32 sum.
 
     :param values: an observation or reward batch
     """
-    return type(values) is np.ndarray and values.dtype == np.float32 and math.isfinite(np.add.reduce(values, None))
+    if type(values) is not np.ndarray:
+        return False
+    dtype = values.dtype
+    if dtype is not _FLOAT32 and dtype != _FLOAT32:
+        return False
+    if values.size <= SMALL_ARRAY:
+        return math.isfinite(sum(values.ravel().tolist()))
+    return math.isfinite(np.add.reduce(values, None))
+
+
+def _any_done(dones: np.ndarray) -> bool:
+    """``dones.any()``, through a list of Python bools for up to :data:`SMALL_ARRAY` envs (cheaper there)."""
+    if type(dones) is np.ndarray and dones.size <= SMALL_ARRAY:
+        return any(dones.tolist())
+    return bool(np.any(dones))
 
 
 def _first_non_finite(values: np.ndarray, float32_range: bool = True) -> tuple[int, Any] | None:
@@ -150,31 +174,31 @@ def check_finite_step(
     :param num_timesteps: the model's ``num_timesteps`` after this step (reported in the message)
     :raises ValueError: naming what was non-finite, the env index and the step
     """
-    # Fast path (every step): one sum per array within float32's range iff all its entries are (or finite values
-    # added up beyond it; then the checks below find nothing). Terminal observations are checked before the rewards:
-    # AIRL's rewards are computed from them.
-    fast = isinstance(new_obs, np.ndarray) and new_obs.dtype.kind == "f" and _sum_fits(new_obs)
-    step = f"num_timesteps={num_timesteps}"
-    if not fast:
-        check_finite_observation(new_obs, "observation", step)
-    if dones.any():
+    # Fast paths (every step): float32 arrays with finite entries (_float32_finite), else one sum per float array
+    # within float32's range iff all its entries are (or finite values added up beyond it; then the checks below find
+    # nothing). Terminal observations are checked before the rewards: AIRL's rewards are computed from them.
+    if not _float32_finite(new_obs):
+        fast = isinstance(new_obs, np.ndarray) and new_obs.dtype.kind == "f" and _sum_fits(new_obs)
+        if not fast:
+            check_finite_observation(new_obs, "observation", f"num_timesteps={num_timesteps}")
+    if _any_done(dones):
         infos = list(infos)
         for index in np.flatnonzero(dones):
             terminal = infos[index].get("terminal_observation")
-            if terminal is None:
+            if terminal is None or _float32_finite(terminal):
                 continue
             if isinstance(terminal, Mapping):
                 terminal = {key: np.asarray(value)[None] for key, value in terminal.items()}
             else:
                 terminal = np.asarray(terminal)[None]
             try:
-                check_finite_observation(terminal, "terminal observation", step)
+                check_finite_observation(terminal, "terminal observation", f"num_timesteps={num_timesteps}")
             except ValueError as error:  # report the env's own index, not 0 of the one-row batch
                 raise ValueError(str(error).replace("from env 0 ", f"from env {index} ", 1)) from None
-    if rewards is not None and not _sum_fits(np.asarray(rewards)):
+    if rewards is not None and not _float32_finite(rewards) and not _sum_fits(np.asarray(rewards)):
         found = _first_non_finite(rewards)
         if found is not None:
-            _raise("reward", found[0], found[1], step)
+            _raise("reward", found[0], found[1], f"num_timesteps={num_timesteps}")
 
 
 def check_finite_raw_step(vec_normalize: Any, num_timesteps: int) -> None:
@@ -264,7 +288,7 @@ class FiniteCheckCallback(BaseCallback):
     def _on_rollout_start(self) -> None:
         self._vec_normalize = self.model.get_vec_normalize_env()
         last_obs = self.model._last_obs
-        if last_obs is not None:
+        if last_obs is not None and not _float32_finite(last_obs):
             check_finite_observation(last_obs, "observation", f"reset / rollout start, num_timesteps={self.num_timesteps}")
 
     def _on_step(self) -> bool:
@@ -272,10 +296,7 @@ class FiniteCheckCallback(BaseCallback):
         # (a training VecNormalize turns a raw inf into NaN, found below, and into its statistics, checked at the end)
         if self._vec_normalize is not None and not self._vec_normalize.training:
             check_finite_raw_step(self._vec_normalize, self.num_timesteps)
-        new_obs, rewards, dones = local["new_obs"], local["rewards"], local["dones"]
-        # the usual step: float32 arrays with finite sums, no episode end (no terminal observation); else the full check
-        if not (_float32_finite(new_obs) and _float32_finite(rewards) and not dones.any()):
-            check_finite_step(new_obs, rewards, dones, local["infos"], self.num_timesteps)
+        check_finite_step(local["new_obs"], local["rewards"], local["dones"], local["infos"], self.num_timesteps)
         return True
 
     def _on_rollout_end(self) -> None:
@@ -290,7 +311,7 @@ class FiniteCheckCallback(BaseCallback):
         buffer = getattr(self.model, "rollout_buffer", None)
         for name in ("returns", "advantages"):
             values = getattr(buffer, name, None)
-            if isinstance(values, np.ndarray) and not _sum_fits(values) and not np.isfinite(values).all():
+            if isinstance(values, np.ndarray) and not _float32_finite(values) and not np.isfinite(values).all():
                 raise ValueError(
                     f"Non-finite {name} at {step}: the rewards were finite, but their discounted sums overflowed "
                     "float32. Scale the rewards (VecNormalize(norm_reward=True), or a reward-scaling wrapper). "
