@@ -654,7 +654,8 @@ def test_bco_vecnormalize_statistics_checked_after_collection():
 )
 def test_finite_check_callback_step(case, error):
     """The callback's per-step test (small float32 arrays summed as Python floats, larger ones in float32, the exact
-    check when a sum is not finite or an episode ended) raises exactly where check_finite_step does, naming the env."""
+    check when a test fails, terminal observations when an episode ended; byte-swapped arrays take the exact check)
+    raises exactly where check_finite_step does, naming the env."""
     from stable_baselines3.common.callbacks import CallbackList
 
     from sb3_cherry.common.finite import FiniteCheckCallback
@@ -751,7 +752,7 @@ def test_failing_update_restores_the_snapshot_of_the_previous_checked_update(alg
     _assert_optimizer_equal(model.policy.optimizer.state_dict(), record.optimizer_at_rollout_end)
 
 
-@pytest.mark.parametrize("size", [1, 8, 32, 255, 256, 257, 2048])
+@pytest.mark.parametrize("size", [1, 8, 32, 63, 64, 65, 256, 2048])
 def test_fast_step_tests_against_isfinite(size):
     """_float32_finite is True only for float32 arrays whose entries are all finite (np.isfinite as the reference):
     up to SMALL_ARRAY entries it decides exactly, also where the float32 sum would overflow; _any_done is np.any."""
@@ -775,3 +776,4 @@ def test_fast_step_tests_against_isfinite(size):
     big = np.full(8, 3e38, np.float32)  # every entry finite, the float32 sum overflows: exact below the limit
     assert _float32_finite(big) and not _float32_finite(big.astype(np.float64)) and not _float32_finite(list(big))
     assert _any_done([False, True]) and not _any_done(np.zeros(SMALL_ARRAY + 1, bool))
+    assert _any_done(np.array(True)) and not _any_done(np.zeros((3, 1), bool))  # (0-d, 2-D: np.any)
