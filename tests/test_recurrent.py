@@ -1024,8 +1024,8 @@ def test_policy_without_the_switch_attribute_takes_contribs_loop():
         "MlpLstmPolicy", "CartPole-v1", policy_kwargs=dict(whole_sequences=True, **SMALL_NET), **TINY
     ).policy
     del policy.__dict__["whole_sequences"]
-    layer, calls = nn.LSTM(3, 5), []
-    layer.register_forward_hook(lambda *_: calls.append(1))
+    layer = nn.LSTM(3, 5)
+    calls = _layer_calls(layer)
     starts = th.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]).reshape(-1)
     policy._process_sequence(th.randn(6, 3), (th.zeros(1, 2, 5), th.zeros(1, 2, 5)), starts, layer)
     assert policy.whole_sequences is False and len(calls) == 3
