@@ -207,9 +207,9 @@ class FastActorCriticForward:
             if hooks or pre_hooks or modules.get(name) is not module or "forward" in state or type(module) is not kind:
                 return False
             # (the fast path reads a linear layer's weight and bias from the parameter dict it was built on)
-            if kind is nn.Linear and ("weight" in state or "bias" in state or state["_parameters"] is not params):
-                return False
-            if kind is nn.Linear and len(params) != 2:
+            if kind is nn.Linear and (
+                "weight" in state or "bias" in state or state["_parameters"] is not params or len(params) != 2
+            ):
                 return False
             if type(module) is MlpExtractor and ("forward_actor" in state or "forward_critic" in state):
                 return False  # MlpExtractor.forward calls them: an instance patch of either changes the policy

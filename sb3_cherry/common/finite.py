@@ -178,13 +178,11 @@ def check_finite_step(
     :param num_timesteps: the model's ``num_timesteps`` after this step (reported in the message)
     :raises ValueError: naming what was non-finite, the env index and the step
     """
-    # Fast paths (every step): float32 arrays with finite entries (_float32_finite), else one sum per float array
-    # within float32's range iff all its entries are (or finite values added up beyond it; then the checks below find
-    # nothing). Terminal observations are checked before the rewards: AIRL's rewards are computed from them.
+    # Fast path (every step): float32 arrays with finite entries (_float32_finite); other arrays go to the exact
+    # checks, which start with their own one-sum test (_first_non_finite). Terminal observations are checked before
+    # the rewards: AIRL's rewards are computed from them.
     if not _float32_finite(new_obs):
-        fast = isinstance(new_obs, np.ndarray) and new_obs.dtype.kind == "f" and _sum_fits(new_obs)
-        if not fast:
-            check_finite_observation(new_obs, "observation", f"num_timesteps={num_timesteps}")
+        check_finite_observation(new_obs, "observation", f"num_timesteps={num_timesteps}")
     if _any_done(dones):
         infos = list(infos)
         for index in np.flatnonzero(dones):
@@ -199,7 +197,7 @@ def check_finite_step(
                 check_finite_observation(terminal, "terminal observation", f"num_timesteps={num_timesteps}")
             except ValueError as error:  # report the env's own index, not 0 of the one-row batch
                 raise ValueError(str(error).replace("from env 0 ", f"from env {index} ", 1)) from None
-    if rewards is not None and not _float32_finite(rewards) and not _sum_fits(np.asarray(rewards)):
+    if rewards is not None and not _float32_finite(rewards):
         found = _first_non_finite(rewards)
         if found is not None:
             _raise("reward", found[0], found[1], f"num_timesteps={num_timesteps}")
